@@ -1,0 +1,143 @@
+//! The wire format: one format-version byte, then the postcard encoding.
+//!
+//! The version byte lets a fleet run mixed releases: a worker that meets an envelope
+//! from a newer scheduler refuses it with [`DecodeError::UnknownVersion`] (and the job
+//! is dead-lettered with that reason) instead of misreading it.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::job::Job;
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Why bytes are not a valid envelope. Never a panic: queues carry untrusted bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty envelope")]
+    Empty,
+    #[error("unknown envelope format version {found} (this build reads {FORMAT_VERSION})")]
+    UnknownVersion { found: u8 },
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    #[error("envelope has {0} trailing bytes")]
+    TrailingBytes(usize),
+}
+
+/// Encodes any value as an envelope.
+pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    // Serializing our own plain-data types into a Vec cannot fail: postcard only
+    // errors on unsupported serde features (none used) or a full fixed buffer.
+    out.extend(postcard::to_stdvec(value).expect("postcard encodes plain data into a Vec"));
+    out
+}
+
+/// Decodes an envelope written by [`encode_value`].
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion { found: version });
+    }
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+/// Encodes a job.
+pub fn encode(job: &Job) -> Vec<u8> {
+    encode_value(job)
+}
+
+/// Decodes a job.
+pub fn decode(bytes: &[u8]) -> Result<Job, DecodeError> {
+    decode_value(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{EntryPoint, JobId, JobInput, Limits, ModuleHash, TenantId};
+    use proptest::prelude::*;
+
+    fn arb_job() -> impl Strategy<Value = Job> {
+        (
+            any::<[u8; 32]>(),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..256).prop_map(JobInput::Inline),
+                (".{0,40}", any::<u64>()).prop_map(|(uri, len)| JobInput::Blob { uri, len }),
+            ],
+            prop_oneof![
+                Just(EntryPoint::Command),
+                "[a-z_]{1,12}".prop_map(|export| EntryPoint::Raw { export })
+            ],
+            proptest::collection::vec(".{0,12}", 0..4),
+            proptest::collection::vec(("[A-Z_]{1,8}", ".{0,12}"), 0..4),
+            (any::<Option<u64>>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (".{0,10}", any::<u32>(), ".{0,20}", any::<u128>()),
+        )
+            .prop_map(|(hash, input, entry, args, env, limits, (tenant, attempt, label, id))| Job {
+                id: JobId(uuid::Uuid::from_u128(id)),
+                module: ModuleHash(hash),
+                input,
+                entry,
+                args,
+                env,
+                limits: Limits {
+                    fuel: limits.0,
+                    memory_bytes: limits.1,
+                    timeout_ms: limits.2,
+                    max_output_bytes: limits.3,
+                },
+                tenant: TenantId(tenant),
+                attempt,
+                label,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_job_round_trips(job in arb_job()) {
+            prop_assert_eq!(decode(&encode(&job)).unwrap(), job);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(job in arb_job(), cut in any::<prop::sample::Index>()) {
+            let bytes = encode(&job);
+            let cut = cut.index(bytes.len());
+            prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(job in arb_job(), at in any::<prop::sample::Index>(), xor in 1u8..) {
+            let mut bytes = encode(&job);
+            let at = at.index(bytes.len());
+            bytes[at] ^= xor;
+            let _ = decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let mut bytes = encode(&Job::new(ModuleHash::of(b""), JobInput::Inline(vec![])));
+        bytes[0] = 99;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownVersion { found: 99 }));
+    }
+
+    #[test]
+    fn empty_and_trailing_bytes_are_errors() {
+        assert_eq!(decode(&[]), Err(DecodeError::Empty));
+        let mut bytes = encode(&Job::new(ModuleHash::of(b""), JobInput::Inline(vec![])));
+        bytes.push(0);
+        assert_eq!(decode(&bytes), Err(DecodeError::TrailingBytes(1)));
+    }
+}

@@ -1,0 +1,212 @@
+//! The job model: what the scheduler enqueues and a worker runs.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A time-ordered job id (UUIDv7): ids sort by creation time, which keeps reports and
+/// Redis stream ids in submission order without a second timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub uuid::Uuid);
+
+impl JobId {
+    /// A fresh id for a job created now.
+    pub fn new() -> Self {
+        JobId(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(JobId)
+    }
+}
+
+/// The SHA-256 of a module's wasm bytes: modules are stored and cached by content, so
+/// a job names exactly the code it runs and two tenants uploading the same bytes share
+/// one compiled artifact.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ModuleHash(pub [u8; 32]);
+
+impl ModuleHash {
+    /// The content address of `wasm`.
+    pub fn of(wasm: &[u8]) -> Self {
+        ModuleHash(Sha256::digest(wasm).into())
+    }
+
+    /// Lower-case hex, the form used in keys, file names and on the command line.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModuleHash({})", self.to_hex())
+    }
+}
+
+/// Why a string is not a module hash.
+#[derive(Debug, thiserror::Error)]
+#[error("a module hash is 64 hex digits (a SHA-256), got {0:?}")]
+pub struct ParseModuleHashError(String);
+
+impl FromStr for ModuleHash {
+    type Err = ParseModuleHashError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| ParseModuleHashError(s.to_owned()))?;
+        Ok(ModuleHash(out))
+    }
+}
+
+/// The tenant a job runs for. In embedded mode every job is the `local` tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TenantId(pub String);
+
+impl Default for TenantId {
+    fn default() -> Self {
+        TenantId("local".to_owned())
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a job's input comes from. Inline bytes suit small inputs; anything large is a
+/// reference the worker streams from, so no component ever holds a whole large input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobInput {
+    /// The input itself, carried in the envelope.
+    Inline(Vec<u8>),
+    /// A blob stored elsewhere: `uri` is `file:///abs/path` in embedded mode and a
+    /// blob key in distributed mode; `len` is its size in bytes.
+    Blob { uri: String, len: u64 },
+}
+
+impl JobInput {
+    /// The input's size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            JobInput::Inline(bytes) => bytes.len() as u64,
+            JobInput::Blob { len, .. } => *len,
+        }
+    }
+
+    /// Whether the input is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How the worker drives the module (see `docs/guest-abi.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryPoint {
+    /// A WASI command: `_start` reads the input on stdin and writes the output to stdout.
+    #[default]
+    Command,
+    /// The raw ABI: `alloc`, the named transform export (normally `process`), optional
+    /// `free` and `finish`, called once per input chunk.
+    Raw { export: String },
+}
+
+/// The limits a job runs under. Every one is always on: there is no "unlimited".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Instruction budget in wasmtime fuel units; `None` runs without fuel metering
+    /// (faster; the wall-clock deadline still bounds the job).
+    pub fuel: Option<u64>,
+    /// Most linear memory the guest may have, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock deadline for instantiation and the whole run, in milliseconds.
+    pub timeout_ms: u64,
+    /// Most bytes the guest may write as output; more ends the job as `output_limit`.
+    pub max_output_bytes: u64,
+}
+
+impl Limits {
+    /// Default memory cap: 64 MiB.
+    pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
+    /// Default wall-clock deadline: 10 s.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+    /// Default output cap: 64 MiB.
+    pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 << 20;
+
+    /// The deadline as a [`Duration`].
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: None,
+            memory_bytes: Self::DEFAULT_MEMORY_BYTES,
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            max_output_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
+}
+
+/// One job: everything a worker needs to run a module over one input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub module: ModuleHash,
+    pub input: JobInput,
+    pub entry: EntryPoint,
+    /// `argv[1..]` of a WASI command (`argv[0]` is the module hash).
+    pub args: Vec<String>,
+    /// The guest's whole environment: nothing of the host's leaks in.
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    pub tenant: TenantId,
+    /// Attempts already made before this envelope was enqueued (0 for a new job).
+    pub attempt: u32,
+    /// A free-form label the submitter chose (embedded mode: the input file name).
+    pub label: String,
+}
+
+impl Job {
+    /// A job with default entry point, limits and tenant, and no args or env.
+    pub fn new(module: ModuleHash, input: JobInput) -> Self {
+        Job {
+            id: JobId::new(),
+            module,
+            input,
+            entry: EntryPoint::default(),
+            args: Vec::new(),
+            env: Vec::new(),
+            limits: Limits::default(),
+            tenant: TenantId::default(),
+            attempt: 0,
+            label: String::new(),
+        }
+    }
+}

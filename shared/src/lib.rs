@@ -1,0 +1,34 @@
+//! # sluice-shared
+//!
+//! The vocabulary every Sluice process speaks, with no WebAssembly runtime in it:
+//! a scheduler, a worker and a test can all depend on this crate cheaply.
+//!
+//! - [`job`]: what a job is ([`Job`], [`Limits`], [`JobInput`], [`EntryPoint`]) and the
+//!   content address of a module ([`ModuleHash`]).
+//! - [`codec`]: the wire format, postcard behind a format-version byte. Decoding never
+//!   panics: garbage, a truncated envelope or an unknown version is a [`DecodeError`].
+//! - [`outcome`]: the one typed [`Outcome`] every job ends with, and its [`JobResult`].
+//! - [`queue`]: the [`Queue`] trait a worker loop needs, the in-memory [`MemoryQueue`]
+//!   used by embedded batch mode, and a conformance suite every backend must pass.
+//! - [`units`]: `64MiB` / `2s` parsing for the command lines.
+//!
+//! ```
+//! use sluice_shared::{codec, Job, JobInput, Limits, ModuleHash};
+//!
+//! let job = Job::new(ModuleHash::of(b"\0asm\x01\0\0\0"), JobInput::Inline(b"hi".to_vec()));
+//! let bytes = codec::encode(&job);
+//! assert_eq!(codec::decode(&bytes).unwrap(), job);
+//! assert!(codec::decode(&bytes[..3]).is_err());
+//! assert_eq!(job.limits, Limits::default());
+//! ```
+
+pub mod codec;
+pub mod job;
+pub mod outcome;
+pub mod queue;
+pub mod units;
+
+pub use codec::DecodeError;
+pub use job::{EntryPoint, Job, JobId, JobInput, Limits, ModuleHash, TenantId};
+pub use outcome::{JobResult, Outcome, OutcomeKind, RunStats};
+pub use queue::{Claimed, Delivery, Lease, MemoryQueue, Queue, QueueError, RetryPolicy};

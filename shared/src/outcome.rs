@@ -1,0 +1,213 @@
+//! How a job ended. Every job ends with exactly one [`Outcome`]; the worker never
+//! panics or dies because of what a module does.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobId;
+
+/// The typed end of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The guest finished (`_start` returned or exited 0; raw ABI: every chunk processed).
+    Success,
+    /// The instruction budget ran out.
+    FuelExhausted,
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// The guest asked for more memory or table space than its limit allows.
+    MemoryLimit { detail: String },
+    /// The guest wrote more output than `max_output_bytes`.
+    OutputLimit { limit: u64 },
+    /// A WebAssembly trap: `code` is wasmtime's trap code in snake_case
+    /// (`unreachable_code_reached`, `integer_division_by_zero`, `stack_overflow`, …).
+    Trap { code: String, message: String },
+    /// The guest exited with a non-zero status (`proc_exit(n)`, or a raw-ABI `-n`).
+    NonZeroExit { code: i32 },
+    /// The bytes are not a valid module, or it failed to compile.
+    InvalidModule { reason: String },
+    /// The module is larger than the worker's module-size cap.
+    ModuleTooLarge { size: u64, limit: u64 },
+    /// A required export is missing or has the wrong signature.
+    MissingExport { name: String, reason: String },
+    /// The module imports something other than the allowed WASI functions.
+    ImportNotAllowed { module: String, name: String },
+    /// The job's input could not be read (blob missing, I/O error).
+    InputUnavailable { reason: String },
+    /// The envelope could not be decoded (garbage or an unknown format version).
+    BadEnvelope { reason: String },
+    /// The worker could not run the job for a reason of its own (output sink failed,
+    /// no pool slot). Not the guest's fault.
+    HostError { reason: String },
+}
+
+/// The outcome's kind without its details: a closed set, safe as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    Success,
+    FuelExhausted,
+    Timeout,
+    MemoryLimit,
+    OutputLimit,
+    Trap,
+    NonZeroExit,
+    InvalidModule,
+    ModuleTooLarge,
+    MissingExport,
+    ImportNotAllowed,
+    InputUnavailable,
+    BadEnvelope,
+    HostError,
+}
+
+impl OutcomeKind {
+    /// Every kind, in declaration order (for summaries and metric pre-registration).
+    pub const ALL: [OutcomeKind; 14] = [
+        OutcomeKind::Success,
+        OutcomeKind::FuelExhausted,
+        OutcomeKind::Timeout,
+        OutcomeKind::MemoryLimit,
+        OutcomeKind::OutputLimit,
+        OutcomeKind::Trap,
+        OutcomeKind::NonZeroExit,
+        OutcomeKind::InvalidModule,
+        OutcomeKind::ModuleTooLarge,
+        OutcomeKind::MissingExport,
+        OutcomeKind::ImportNotAllowed,
+        OutcomeKind::InputUnavailable,
+        OutcomeKind::BadEnvelope,
+        OutcomeKind::HostError,
+    ];
+
+    /// The snake_case name used on stderr, in reports and as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Success => "success",
+            OutcomeKind::FuelExhausted => "fuel_exhausted",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::MemoryLimit => "memory_limit",
+            OutcomeKind::OutputLimit => "output_limit",
+            OutcomeKind::Trap => "trap",
+            OutcomeKind::NonZeroExit => "nonzero_exit",
+            OutcomeKind::InvalidModule => "invalid_module",
+            OutcomeKind::ModuleTooLarge => "module_too_large",
+            OutcomeKind::MissingExport => "missing_export",
+            OutcomeKind::ImportNotAllowed => "import_not_allowed",
+            OutcomeKind::InputUnavailable => "input_unavailable",
+            OutcomeKind::BadEnvelope => "bad_envelope",
+            OutcomeKind::HostError => "host_error",
+        }
+    }
+
+    /// Whether running the same job again could end differently. A timeout or a host
+    /// error may be transient (a loaded machine, a full disk); a module that is invalid,
+    /// traps deterministically or blows its budget will do so again.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::Timeout | OutcomeKind::HostError | OutcomeKind::InputUnavailable
+        )
+    }
+}
+
+impl fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Outcome {
+    /// The kind of this outcome.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Success => OutcomeKind::Success,
+            Outcome::FuelExhausted => OutcomeKind::FuelExhausted,
+            Outcome::Timeout => OutcomeKind::Timeout,
+            Outcome::MemoryLimit { .. } => OutcomeKind::MemoryLimit,
+            Outcome::OutputLimit { .. } => OutcomeKind::OutputLimit,
+            Outcome::Trap { .. } => OutcomeKind::Trap,
+            Outcome::NonZeroExit { .. } => OutcomeKind::NonZeroExit,
+            Outcome::InvalidModule { .. } => OutcomeKind::InvalidModule,
+            Outcome::ModuleTooLarge { .. } => OutcomeKind::ModuleTooLarge,
+            Outcome::MissingExport { .. } => OutcomeKind::MissingExport,
+            Outcome::ImportNotAllowed { .. } => OutcomeKind::ImportNotAllowed,
+            Outcome::InputUnavailable { .. } => OutcomeKind::InputUnavailable,
+            Outcome::BadEnvelope { .. } => OutcomeKind::BadEnvelope,
+            Outcome::HostError { .. } => OutcomeKind::HostError,
+        }
+    }
+
+    /// Whether the job succeeded.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Success)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.kind();
+        match self {
+            Outcome::Success | Outcome::FuelExhausted | Outcome::Timeout => write!(f, "{kind}"),
+            Outcome::MemoryLimit { detail } => write!(f, "{kind}: {detail}"),
+            Outcome::OutputLimit { limit } => write!(f, "{kind}: more than {limit} bytes"),
+            Outcome::Trap { code, message } => write!(f, "{kind}: {code}: {message}"),
+            Outcome::NonZeroExit { code } => write!(f, "{kind}: exit code {code}"),
+            Outcome::InvalidModule { reason }
+            | Outcome::InputUnavailable { reason }
+            | Outcome::BadEnvelope { reason }
+            | Outcome::HostError { reason } => write!(f, "{kind}: {reason}"),
+            Outcome::ModuleTooLarge { size, limit } => {
+                write!(f, "{kind}: {size} bytes over the {limit}-byte cap")
+            }
+            Outcome::MissingExport { name, reason } => write!(f, "{kind}: `{name}`: {reason}"),
+            Outcome::ImportNotAllowed { module, name } => {
+                write!(f, "{kind}: `{module}::{name}` is not an allowed import")
+            }
+        }
+    }
+}
+
+/// What a run measured, whatever its outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// Fuel consumed; `None` when the job ran without fuel metering.
+    pub fuel_used: Option<u64>,
+    /// Wall time from instantiation to the end of the run, in microseconds.
+    pub wall_time_us: u64,
+    /// Largest linear memory the guest reached, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Output bytes written (up to the cap).
+    pub output_bytes: u64,
+    /// Input bytes the guest consumed.
+    pub input_bytes: u64,
+}
+
+/// A finished job: its outcome, what the run measured and the start of its stderr.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub job_id: JobId,
+    pub outcome: Outcome,
+    pub stats: RunStats,
+    /// The guest's stderr, cut at the worker's stderr cap.
+    pub stderr: Vec<u8>,
+    /// Whether stderr was longer than what was kept.
+    pub stderr_truncated: bool,
+    /// Which attempt this was (1 for the first run).
+    pub attempt: u32,
+}
+
+impl JobResult {
+    /// A result for a job that never reached the sandbox (bad envelope, missing input).
+    pub fn without_run(job_id: JobId, outcome: Outcome, attempt: u32) -> Self {
+        JobResult {
+            job_id,
+            outcome,
+            stats: RunStats::default(),
+            stderr: Vec::new(),
+            stderr_truncated: false,
+            attempt,
+        }
+    }
+}

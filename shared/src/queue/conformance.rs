@@ -1,0 +1,257 @@
+//! The behaviour every [`Queue`] backend must show, as plain async functions that panic
+//! on a violation. A backend's test file runs them all with [`queue_conformance!`]:
+//!
+//! ```ignore
+//! sluice_shared::queue_conformance!(sluice_shared::MemoryQueue::new());
+//! ```
+//!
+//! Each function takes a fresh, empty queue. None sleeps to synchronise: waits are the
+//! queue's own blocking claims, which return as soon as the awaited event happens.
+
+use std::time::Duration;
+
+use super::{Completion, Queue, QueueError};
+use crate::codec::{self, DecodeError};
+use crate::job::{Job, JobInput, ModuleHash};
+use crate::outcome::{JobResult, Outcome, OutcomeKind};
+
+const LONG: Duration = Duration::from_secs(60);
+const PATIENT: Duration = Duration::from_secs(30);
+
+fn job(n: u8) -> Job {
+    let mut job = Job::new(ModuleHash::of(b"conformance"), JobInput::Inline(vec![n]));
+    job.label = format!("job-{n}");
+    job
+}
+
+fn success(job: &Job, attempt: u32) -> JobResult {
+    JobResult::without_run(job.id, Outcome::Success, attempt)
+}
+
+/// Runs every check below against queues made by `make`, in order.
+#[macro_export]
+macro_rules! queue_conformance {
+    ($make:expr) => {
+        $crate::queue_conformance!(@each $make;
+            enqueued_job_is_claimed_intact,
+            claim_honours_max_and_never_hands_a_job_twice,
+            completion_stores_result_and_removes_entry,
+            duplicate_completion_keeps_first_result,
+            expired_lease_is_redelivered_with_higher_count,
+            extended_lease_is_not_taken_over,
+            lost_lease_cannot_be_extended,
+            retry_waits_for_its_delay,
+            dead_letter_keeps_reason,
+            garbage_is_delivered_as_decode_error,
+            released_job_is_claimable_at_once,
+            waiting_claim_wakes_on_enqueue,
+        );
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let queue = $make;
+                $crate::queue::conformance::$name(&queue).await;
+            }
+        )*
+    };
+}
+
+pub async fn enqueued_job_is_claimed_intact<Q: Queue>(queue: &Q) {
+    let sent = job(1);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = queue.claim("c1", 10, LONG, PATIENT).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].delivery.as_ref().unwrap(), &sent);
+    assert_eq!(claimed[0].lease.job_id, Some(sent.id));
+    assert_eq!(claimed[0].lease.deliveries, 1);
+    assert_eq!(claimed[0].attempt(), 1);
+}
+
+pub async fn claim_honours_max_and_never_hands_a_job_twice<Q: Queue>(queue: &Q) {
+    let jobs: Vec<Job> = (0..10).map(job).collect();
+    queue.enqueue(&jobs).await.unwrap();
+    let first = queue.claim("c1", 4, LONG, PATIENT).await.unwrap();
+    let second = queue.claim("c2", 100, LONG, PATIENT).await.unwrap();
+    assert_eq!(first.len(), 4);
+    assert_eq!(second.len(), 6);
+    let mut seen: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .map(|c| c.lease.job_id.unwrap())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 10);
+    let none = queue.claim("c3", 1, LONG, Duration::ZERO).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(queue.stats().await.unwrap().leased, 10);
+}
+
+pub async fn completion_stores_result_and_removes_entry<Q: Queue>(queue: &Q) {
+    let sent = job(2);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    assert_eq!(queue.result(sent.id).await.unwrap(), None);
+    let done = queue
+        .complete(&claimed.lease, success(&sent, 1))
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Recorded);
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(success(&sent, 1)));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.completed), (0, 0, 1));
+}
+
+pub async fn duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
+    let sent = job(3);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    // The first lease expires and a second worker takes the job over; both finish.
+    let first = queue
+        .claim("c1", 1, Duration::from_millis(50), PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
+    let second = queue.claim("c2", 1, LONG, PATIENT).await.unwrap().remove(0);
+    assert_eq!(second.lease.deliveries, 2);
+    let mut later = success(&sent, 2);
+    later.stats.output_bytes = 99;
+    assert_eq!(
+        queue.complete(&second.lease, later.clone()).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(
+        queue
+            .complete(&first.lease, success(&sent, 1))
+            .await
+            .unwrap(),
+        Completion::AlreadyDone
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(later));
+    assert_eq!(queue.stats().await.unwrap().completed, 1);
+}
+
+pub async fn expired_lease_is_redelivered_with_higher_count<Q: Queue>(queue: &Q) {
+    let sent = job(4);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let first = queue
+        .claim("dies", 1, Duration::from_millis(50), PATIENT)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // Blocks until the lease runs out, then takes the job over.
+    let again = queue.claim("c2", 1, LONG, PATIENT).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease.job_id, Some(sent.id));
+    assert_eq!(again[0].lease.deliveries, 2);
+    assert_eq!(again[0].attempt(), 2);
+}
+
+pub async fn extended_lease_is_not_taken_over<Q: Queue>(queue: &Q) {
+    let sent = job(5);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let held = queue
+        .claim("c1", 1, Duration::from_millis(300), PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
+    queue.extend_lease(&held.lease, LONG).await.unwrap();
+    let stolen = queue
+        .claim("c2", 1, LONG, Duration::from_millis(900))
+        .await
+        .unwrap();
+    assert!(stolen.is_empty(), "an extended lease was taken over");
+    queue.extend_lease(&held.lease, LONG).await.unwrap();
+}
+
+pub async fn lost_lease_cannot_be_extended<Q: Queue>(queue: &Q) {
+    let sent = job(6);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let lost = queue
+        .claim("c1", 1, Duration::from_millis(50), PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
+    let taken = queue.claim("c2", 1, LONG, PATIENT).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    let err = queue.extend_lease(&lost.lease, LONG).await.unwrap_err();
+    assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
+}
+
+pub async fn retry_waits_for_its_delay<Q: Queue>(queue: &Q) {
+    let sent = job(7);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    let mut next = sent.clone();
+    next.attempt = claimed.attempt();
+    queue
+        .retry(&claimed.lease, &next, Duration::from_millis(400))
+        .await
+        .unwrap();
+    let early = queue.claim("c1", 1, LONG, Duration::ZERO).await.unwrap();
+    assert!(early.is_empty(), "a delayed retry was delivered at once");
+    assert_eq!(queue.stats().await.unwrap().delayed, 1);
+    let due = queue.claim("c1", 1, LONG, PATIENT).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery.as_ref().unwrap().id, sent.id);
+    assert_eq!(due[0].attempt(), 2);
+}
+
+pub async fn dead_letter_keeps_reason<Q: Queue>(queue: &Q) {
+    let sent = job(8);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    let result = JobResult::without_run(
+        sent.id,
+        Outcome::InvalidModule {
+            reason: "not wasm".into(),
+        },
+        1,
+    );
+    queue.dead_letter(&claimed.lease, result).await.unwrap();
+    let dead = queue.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].job_id, Some(sent.id));
+    assert_eq!(dead[0].kind, OutcomeKind::InvalidModule);
+    assert!(dead[0].reason.contains("not wasm"));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.dead), (0, 0, 1));
+}
+
+pub async fn garbage_is_delivered_as_decode_error<Q: Queue>(queue: &Q) {
+    queue.enqueue_raw(b"garbage".to_vec()).await.unwrap();
+    let mut future = codec::encode(&job(9));
+    future[0] = 200;
+    queue.enqueue_raw(future).await.unwrap();
+    queue.enqueue(&[job(10)]).await.unwrap();
+    let claimed = queue.claim("c1", 10, LONG, PATIENT).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(claimed[0].delivery.is_err());
+    assert_eq!(
+        claimed[1].delivery.as_ref().unwrap_err(),
+        &DecodeError::UnknownVersion { found: 200 }
+    );
+    assert!(claimed[2].delivery.is_ok(), "good job behind garbage was lost");
+}
+
+pub async fn released_job_is_claimable_at_once<Q: Queue>(queue: &Q) {
+    let sent = job(11);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    queue.release(&claimed.lease).await.unwrap();
+    let again = queue.claim("c2", 1, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease.job_id, Some(sent.id));
+}
+
+pub async fn waiting_claim_wakes_on_enqueue<Q: Queue>(queue: &Q) {
+    let sent = job(12);
+    let (claimed, ()) = tokio::join!(queue.claim("c1", 1, LONG, PATIENT), async {
+        tokio::task::yield_now().await;
+        queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    });
+    let claimed = claimed.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].lease.job_id, Some(sent.id));
+}

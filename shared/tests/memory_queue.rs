@@ -1,0 +1,3 @@
+//! The in-memory queue passes the queue conformance suite.
+
+sluice_shared::queue_conformance!(sluice_shared::MemoryQueue::new());
