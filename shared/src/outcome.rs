@@ -211,3 +211,51 @@ impl JobResult {
         }
     }
 }
+
+/// One line of a batch's `report.jsonl` (and of `sluice-worker run --report`): the
+/// stable, flat shape later tooling reads. Fields are only ever added.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportLine {
+    /// The input's name (embedded mode: the file name).
+    pub input: String,
+    pub job_id: JobId,
+    /// The outcome kind, snake_case.
+    pub outcome: OutcomeKind,
+    /// The outcome with its details, for a person.
+    pub detail: String,
+    /// Fuel consumed; null when the job ran without metering.
+    pub fuel_used: Option<u64>,
+    /// Wall time in milliseconds.
+    pub wall_time_ms: f64,
+    pub output_bytes: u64,
+    pub input_bytes: u64,
+    pub peak_memory_bytes: u64,
+    pub attempt: u32,
+    /// The guest's exit code when it exited non-zero.
+    pub exit_code: Option<i32>,
+    /// The start of the guest's stderr (lossy UTF-8).
+    pub stderr: String,
+}
+
+impl ReportLine {
+    /// The report line for `result`, naming its input `input`.
+    pub fn new(input: impl Into<String>, result: &JobResult) -> Self {
+        ReportLine {
+            input: input.into(),
+            job_id: result.job_id,
+            outcome: result.outcome.kind(),
+            detail: result.outcome.to_string(),
+            fuel_used: result.stats.fuel_used,
+            wall_time_ms: result.stats.wall_time_us as f64 / 1000.0,
+            output_bytes: result.stats.output_bytes,
+            input_bytes: result.stats.input_bytes,
+            peak_memory_bytes: result.stats.peak_memory_bytes,
+            attempt: result.attempt,
+            exit_code: match result.outcome {
+                Outcome::NonZeroExit { code } => Some(code),
+                _ => None,
+            },
+            stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
+        }
+    }
+}

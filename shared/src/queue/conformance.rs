@@ -209,7 +209,8 @@ pub async fn dead_letter_keeps_reason<Q: Queue>(queue: &Q) {
         },
         1,
     );
-    queue.dead_letter(&claimed.lease, result).await.unwrap();
+    queue.dead_letter(&claimed.lease, result.clone()).await.unwrap();
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(result));
     let dead = queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].job_id, Some(sent.id));

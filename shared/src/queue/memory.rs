@@ -233,6 +233,9 @@ impl Queue for MemoryQueue {
     async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
         let mut state = self.lock();
         state.remove(lease);
+        if let Some(job_id) = lease.job_id {
+            state.results.entry(job_id).or_insert_with(|| result.clone());
+        }
         state.dead.push(DeadLetter {
             entry_id: lease.entry_id.clone(),
             job_id: lease.job_id,

@@ -181,7 +181,8 @@ pub trait Queue: Send + Sync {
         delay: Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Removes the entry and records it as dead with its final result.
+    /// Removes the entry and records it as dead with its final result (which
+    /// [`Queue::result`] then returns).
     fn dead_letter(
         &self,
         lease: &Lease,

@@ -1,0 +1,37 @@
+//! # sluice-worker
+//!
+//! Runs untrusted WebAssembly transforms as jobs, under hard limits, streaming.
+//!
+//! - [`Sandbox`]: built once per process. Two wasmtime engines (with and without fuel
+//!   metering) on the pooling allocator with copy-on-write memory, epoch interruption
+//!   driven by a ticker thread, a bounded wasm stack, and WASI preview 1 linked in.
+//!   [`Sandbox::load_module`] checks the size cap, compiles, refuses imports other than
+//!   WASI, and prepares an `InstancePre`; [`Sandbox::run`] runs one job and returns its
+//!   typed [`Outcome`](sluice_shared::Outcome).
+//! - [`streams`]: guest stdin/stdout that stream to and from any `Read`/`Write` under a
+//!   byte cap, so memory does not grow with the input.
+//! - [`executor`]: the worker loop over any [`Queue`](sluice_shared::Queue): claim,
+//!   run on a blocking thread, complete, retry or dead-letter.
+//!
+//! ```no_run
+//! use sluice_shared::{Job, JobInput};
+//! use sluice_worker::{Sandbox, SandboxConfig};
+//!
+//! let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+//! let module = sandbox.load_module(b"(module (func (export \"_start\")))").unwrap();
+//! let job = Job::new(module.hash(), JobInput::Inline(Vec::new()));
+//! let result = sandbox.run(&module, &job, Box::new(std::io::empty()), Box::new(std::io::sink()));
+//! assert!(result.outcome.is_success());
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod executor;
+mod limiter;
+mod raw_abi;
+mod sandbox;
+pub mod streams;
+
+pub use config::{DirGrant, SandboxConfig};
+pub use raw_abi::PROCESS as RAW_PROCESS_EXPORT;
+pub use sandbox::{LoadedModule, Sandbox, SandboxError};
