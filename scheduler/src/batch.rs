@@ -1,0 +1,341 @@
+//! Embedded batch mode: one process, an in-memory queue, in-process workers.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sluice_shared::{
+    EntryPoint, Job, JobInput, JobResult, Limits, MemoryQueue, ModuleHash, Outcome, OutcomeKind,
+    Queue, ReportLine, RetryPolicy,
+};
+use sluice_worker::executor::{self, Disposition, ExecutorConfig, JobEnv};
+use sluice_worker::{LoadedModule, Sandbox, SandboxConfig, SandboxError};
+use tokio_util::sync::CancellationToken;
+
+/// The report file written beside the outputs.
+pub const REPORT_FILE: &str = "report.jsonl";
+
+/// What a batch runs, and how.
+#[derive(Clone, Debug)]
+pub struct BatchOptions {
+    pub module: PathBuf,
+    pub input_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub limits: Limits,
+    /// `None`: the module's own (`_start` if exported, else the raw ABI's `process`).
+    pub entry: Option<EntryPoint>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub sandbox: SandboxConfig,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Attempts per job, the first included (only timeouts and host errors are retried).
+    pub max_attempts: u32,
+    /// Draw a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+impl BatchOptions {
+    /// Default limits, one job per core, one attempt, a progress bar.
+    pub fn new(module: PathBuf, input_dir: PathBuf, out_dir: PathBuf) -> Self {
+        let concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
+        BatchOptions {
+            module,
+            input_dir,
+            out_dir,
+            limits: Limits::default(),
+            entry: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            sandbox: SandboxConfig::default(),
+            concurrency,
+            max_attempts: 1,
+            progress: true,
+        }
+    }
+}
+
+/// Why a batch could not run at all (a job's own failure is an outcome, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("cannot read module {path}: {source}")]
+    Module {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot list inputs in {path}: {source}")]
+    Inputs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no input files in {0}")]
+    NoInputs(PathBuf),
+    #[error("the output directory must differ from the input directory")]
+    OutIsInput,
+    #[error("cannot write to {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("queue: {0}")]
+    Queue(#[from] sluice_shared::QueueError),
+}
+
+/// What a batch did.
+#[derive(Debug, Default)]
+pub struct BatchSummary {
+    pub total: usize,
+    pub by_kind: BTreeMap<OutcomeKind, usize>,
+    pub elapsed: Duration,
+    pub report: PathBuf,
+}
+
+impl BatchSummary {
+    /// Jobs that succeeded.
+    pub fn succeeded(&self) -> usize {
+        self.by_kind.get(&OutcomeKind::Success).copied().unwrap_or(0)
+    }
+
+    /// Whether every job succeeded.
+    pub fn all_succeeded(&self) -> bool {
+        self.succeeded() == self.total
+    }
+}
+
+/// Files, one module, and the report: the batch's side of the worker loop.
+struct FileEnv {
+    module: Result<Arc<LoadedModule>, Outcome>,
+    out_dir: PathBuf,
+    report: Mutex<BufWriter<File>>,
+    report_error: Mutex<Option<std::io::Error>>,
+    by_kind: Mutex<BTreeMap<OutcomeKind, usize>>,
+    finished: AtomicUsize,
+    total: usize,
+    progress: ProgressBar,
+    all_done: CancellationToken,
+}
+
+impl FileEnv {
+    fn part_path(&self, job: &Job) -> PathBuf {
+        self.out_dir.join(format!(".{}.part", job.label))
+    }
+}
+
+impl JobEnv for FileEnv {
+    fn module(&self, _hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome> {
+        self.module.clone()
+    }
+
+    fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome> {
+        let unavailable = |reason: String| Outcome::InputUnavailable { reason };
+        match &job.input {
+            JobInput::Inline(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
+            JobInput::Blob { uri, .. } => {
+                let path = uri
+                    .strip_prefix("file://")
+                    .ok_or_else(|| unavailable(format!("not a file URI: {uri}")))?;
+                File::open(path)
+                    .map(|file| Box::new(file) as Box<dyn Read + Send>)
+                    .map_err(|e| unavailable(format!("{path}: {e}")))
+            }
+        }
+    }
+
+    fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome> {
+        let path = self.part_path(job);
+        File::create(&path)
+            .map(|file| Box::new(BufWriter::with_capacity(64 << 10, file)) as Box<dyn Write + Send>)
+            .map_err(|e| Outcome::HostError {
+                reason: format!("{}: {e}", path.display()),
+            })
+    }
+
+    fn finish_output(&self, job: &Job, result: &JobResult) -> Result<(), Outcome> {
+        let part = self.part_path(job);
+        if result.outcome.is_success() {
+            std::fs::rename(&part, self.out_dir.join(&job.label)).map_err(|e| Outcome::HostError {
+                reason: format!("{}: {e}", part.display()),
+            })
+        } else {
+            // A failed job leaves no output behind; the report says why.
+            let _ = std::fs::remove_file(&part);
+            Ok(())
+        }
+    }
+
+    fn on_finished(&self, job: Option<&Job>, result: &JobResult, disposition: Disposition) {
+        if !disposition.is_final() {
+            return;
+        }
+        let label = job.map_or("<undecodable>", |job| job.label.as_str());
+        let line = ReportLine::new(label, result);
+        {
+            let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            let written = serde_json::to_writer(&mut *report, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| report.write_all(b"\n"));
+            if let Err(e) = written {
+                self.report_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+            }
+        }
+        *self
+            .by_kind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(result.outcome.kind())
+            .or_default() += 1;
+        if !result.outcome.is_success() {
+            self.progress
+                .println(format!("{label}: {}", result.outcome));
+        }
+        self.progress.inc(1);
+        if self.finished.fetch_add(1, Ordering::AcqRel) + 1 == self.total {
+            self.all_done.cancel();
+        }
+    }
+}
+
+/// The regular files of `dir`, sorted by name.
+fn list_inputs(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, BatchError> {
+    let err = |source| BatchError::Inputs {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let meta = entry.metadata().map_err(err)?;
+        if meta.is_file() {
+            let path = std::fs::canonicalize(entry.path()).map_err(err)?;
+            inputs.push((entry.file_name().to_string_lossy().into_owned(), path, meta.len()));
+        }
+    }
+    inputs.sort();
+    Ok(inputs)
+}
+
+/// Runs the batch to completion.
+pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError> {
+    let started = Instant::now();
+    let bytes = std::fs::read(&options.module).map_err(|source| BatchError::Module {
+        path: options.module.clone(),
+        source,
+    })?;
+    let inputs = list_inputs(&options.input_dir)?;
+    if inputs.is_empty() {
+        return Err(BatchError::NoInputs(options.input_dir));
+    }
+    let out_err = |source| BatchError::Output {
+        path: options.out_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&options.out_dir).map_err(out_err)?;
+    if std::fs::canonicalize(&options.out_dir).map_err(out_err)?
+        == std::fs::canonicalize(&options.input_dir).map_err(out_err)?
+    {
+        return Err(BatchError::OutIsInput);
+    }
+    let report_path = options.out_dir.join(REPORT_FILE);
+    let report = File::create(&report_path).map_err(|source| BatchError::Output {
+        path: report_path.clone(),
+        source,
+    })?;
+
+    let slots = options.concurrency.max(1);
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        slots: u32::try_from(slots).unwrap_or(u32::MAX),
+        ..options.sandbox.clone()
+    })?);
+    let module = sandbox.load_module(&bytes);
+    let entry = match (&options.entry, &module) {
+        (Some(entry), _) => entry.clone(),
+        (None, Ok(module)) => module.default_entry(&sandbox),
+        (None, Err(_)) => EntryPoint::Command,
+    };
+
+    let progress = if options.progress {
+        ProgressBar::new(inputs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let all_done = CancellationToken::new();
+    let env = Arc::new(FileEnv {
+        module,
+        out_dir: options.out_dir.clone(),
+        report: Mutex::new(BufWriter::new(report)),
+        report_error: Mutex::new(None),
+        by_kind: Mutex::new(BTreeMap::new()),
+        finished: AtomicUsize::new(0),
+        total: inputs.len(),
+        progress: progress.clone(),
+        all_done: all_done.clone(),
+    });
+
+    let hash = ModuleHash::of(&bytes);
+    let jobs: Vec<Job> = inputs
+        .iter()
+        .map(|(name, path, len)| {
+            let mut job = Job::new(
+                hash,
+                JobInput::Blob {
+                    uri: format!("file://{}", path.display()),
+                    len: *len,
+                },
+            );
+            job.entry = entry.clone();
+            job.args = options.args.clone();
+            job.env = options.env.clone();
+            job.limits = options.limits.clone();
+            job.label = name.clone();
+            job
+        })
+        .collect();
+    let queue = Arc::new(MemoryQueue::new());
+    queue.enqueue(&jobs).await?;
+
+    let config = ExecutorConfig {
+        slots,
+        consumer: "embedded".into(),
+        retry: RetryPolicy {
+            max_attempts: options.max_attempts.max(1),
+            ..RetryPolicy::default()
+        },
+        ..ExecutorConfig::default()
+    };
+    executor::run(queue, sandbox, env.clone(), config, all_done).await;
+    progress.finish_and_clear();
+
+    let mut report = env.report.lock().unwrap_or_else(|p| p.into_inner());
+    let flushed = report.flush();
+    if let Some(source) = env.report_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(BatchError::Output {
+            path: report_path,
+            source,
+        });
+    }
+    flushed.map_err(|source| BatchError::Output {
+        path: report_path.clone(),
+        source,
+    })?;
+    let by_kind = env.by_kind.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(BatchSummary {
+        total: jobs.len(),
+        by_kind,
+        elapsed: started.elapsed(),
+        report: report_path,
+    })
+}

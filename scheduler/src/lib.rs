@@ -1,0 +1,21 @@
+//! # sluice-scheduler
+//!
+//! The user-facing side of Sluice: the `sluice` command line and (in distributed mode)
+//! the scheduler service.
+//!
+//! [`batch`] is embedded batch mode: with no infrastructure at all, it runs a module over
+//! every file of a directory through an in-memory [`Queue`](sluice_shared::Queue) and the
+//! same worker loop the fleet uses ([`sluice_worker::executor`]), writing one output per
+//! input and a `report.jsonl`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice_scheduler::batch::BatchError> {
+//! use sluice_scheduler::batch::{BatchOptions, run_batch};
+//!
+//! let options = BatchOptions::new("upper.wasm".into(), "inputs".into(), "out".into());
+//! let summary = run_batch(options).await?;
+//! println!("{} of {} succeeded", summary.succeeded(), summary.total);
+//! # Ok(()) }
+//! ```
+
+pub mod batch;
