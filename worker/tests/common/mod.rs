@@ -1,0 +1,80 @@
+//! Helpers for the worker's integration tests: guest paths and a capturing runner.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use sluice_shared::{Job, JobInput, JobResult, Limits};
+use sluice_worker::Sandbox;
+
+/// A `.wat` guest from `tests/guests/` or a built `.wasm` from `tests/guests/build/`
+/// or `examples/build/`.
+pub fn guest(name: &str) -> Vec<u8> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let candidates = [
+        root.join("tests/guests").join(name),
+        root.join("tests/guests/build").join(name),
+        root.join("examples/build").join(name),
+        root.join("examples/raw").join(name),
+    ];
+    for path in &candidates {
+        if let Ok(bytes) = std::fs::read(path) {
+            return bytes;
+        }
+    }
+    panic!("guest {name} not found (C guests are built by `bash scripts/setup`)");
+}
+
+/// A `Write` whose bytes the test can read afterwards.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Loads `module` and runs it over `input` with `limits`; returns the result and the
+/// output. A module the sandbox refuses comes back as a result without a run.
+pub fn run(
+    sandbox: &Sandbox,
+    module: &[u8],
+    input: &[u8],
+    tweak: impl FnOnce(&mut Job),
+) -> (JobResult, Vec<u8>) {
+    let loaded = match sandbox.load_module(module) {
+        Ok(loaded) => loaded,
+        Err(outcome) => {
+            let job = Job::new(sluice_shared::ModuleHash::of(module), JobInput::Inline(vec![]));
+            return (JobResult::without_run(job.id, outcome, 1), Vec::new());
+        }
+    };
+    let mut job = Job::new(loaded.hash(), JobInput::Inline(input.to_vec()));
+    job.entry = loaded.default_entry(sandbox);
+    job.limits = Limits {
+        timeout_ms: 5_000,
+        ..Limits::default()
+    };
+    tweak(&mut job);
+    let output = Captured::default();
+    let result = sandbox.run(
+        &loaded,
+        &job,
+        Box::new(std::io::Cursor::new(input.to_vec())),
+        Box::new(output.clone()),
+    );
+    (result, output.bytes())
+}
