@@ -90,7 +90,7 @@ impl OutcomeKind {
             OutcomeKind::MemoryLimit => "memory_limit",
             OutcomeKind::OutputLimit => "output_limit",
             OutcomeKind::Trap => "trap",
-            OutcomeKind::NonZeroExit => "nonzero_exit",
+            OutcomeKind::NonZeroExit => "non_zero_exit",
             OutcomeKind::InvalidModule => "invalid_module",
             OutcomeKind::ModuleTooLarge => "module_too_large",
             OutcomeKind::MissingExport => "missing_export",
@@ -256,6 +256,18 @@ impl ReportLine {
                 _ => None,
             },
             stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_the_same_in_json_and_on_stderr() {
+        for kind in OutcomeKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
     }
 }

@@ -1,0 +1,60 @@
+//! Harness for the workspace end-to-end tests: finds the built binaries and the guest
+//! modules, so tests run the real `sluice` and `sluice-worker` processes.
+//!
+//! The binaries are built by the same `cargo test --workspace --release` run that builds
+//! these tests (the worker and scheduler crates have integration tests of their own,
+//! which makes cargo build their binaries first), in the same profile directory.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The profile directory the running test binary was built into (`target/release`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .to_owned()
+}
+
+/// A command for one of the workspace's binaries (`sluice`, `sluice-worker`).
+pub fn bin(name: &str) -> Command {
+    let path = profile_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace --release`",
+        path.display()
+    );
+    let mut command = Command::new(path);
+    command.env_remove("SLUICE_REDIS_URL");
+    command
+}
+
+/// A guest module: built C guests (`examples/build`, `tests/guests/build`) or WAT.
+pub fn guest(name: &str) -> PathBuf {
+    let root = repo_root();
+    [
+        "examples/build",
+        "examples/raw",
+        "tests/guests",
+        "tests/guests/build",
+    ]
+    .iter()
+    .map(|dir| root.join(dir).join(name))
+    .find(|path| path.exists())
+    .unwrap_or_else(|| panic!("guest {name} not found (build guests with `bash scripts/setup`)"))
+}
+
+/// The sample inputs of one example.
+pub fn example_inputs(example: &str) -> PathBuf {
+    repo_root().join("examples/inputs").join(example)
+}
