@@ -100,7 +100,10 @@ pub struct BatchSummary {
 impl BatchSummary {
     /// Jobs that succeeded.
     pub fn succeeded(&self) -> usize {
-        self.by_kind.get(&OutcomeKind::Success).copied().unwrap_or(0)
+        self.by_kind
+            .get(&OutcomeKind::Success)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether every job succeeded.
@@ -217,7 +220,11 @@ fn list_inputs(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, BatchError> {
         let meta = entry.metadata().map_err(err)?;
         if meta.is_file() {
             let path = std::fs::canonicalize(entry.path()).map_err(err)?;
-            inputs.push((entry.file_name().to_string_lossy().into_owned(), path, meta.len()));
+            inputs.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                path,
+                meta.len(),
+            ));
         }
     }
     inputs.sort();
@@ -321,7 +328,12 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
 
     let mut report = env.report.lock().unwrap_or_else(|p| p.into_inner());
     let flushed = report.flush();
-    if let Some(source) = env.report_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(source) = env
+        .report_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         return Err(BatchError::Output {
             path: report_path,
             source,
@@ -331,7 +343,11 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
         path: report_path.clone(),
         source,
     })?;
-    let by_kind = env.by_kind.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let by_kind = env
+        .by_kind
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(BatchSummary {
         total: jobs.len(),
         by_kind,

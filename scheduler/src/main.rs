@@ -9,7 +9,11 @@ use sluice_worker::DirGrant;
 use sluice_worker::cli::GuestArgs;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Sluice: batch jobs of untrusted WebAssembly transforms")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: batch jobs of untrusted WebAssembly transforms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -21,7 +21,9 @@ fn batch_without_inputs_is_a_usage_error() {
 #[test]
 fn limit_flags_reject_bad_units() {
     let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["batch", "--module", "m.wasm", "in", "--out", "o", "--memory", "lots"])
+        .args([
+            "batch", "--module", "m.wasm", "in", "--out", "o", "--memory", "lots",
+        ])
         .output()
         .unwrap();
     assert!(!run.status.success());

@@ -77,26 +77,33 @@ mod tests {
             ],
             proptest::collection::vec(".{0,12}", 0..4),
             proptest::collection::vec(("[A-Z_]{1,8}", ".{0,12}"), 0..4),
-            (any::<Option<u64>>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (
+                any::<Option<u64>>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
             (".{0,10}", any::<u32>(), ".{0,20}", any::<u128>()),
         )
-            .prop_map(|(hash, input, entry, args, env, limits, (tenant, attempt, label, id))| Job {
-                id: JobId(uuid::Uuid::from_u128(id)),
-                module: ModuleHash(hash),
-                input,
-                entry,
-                args,
-                env,
-                limits: Limits {
-                    fuel: limits.0,
-                    memory_bytes: limits.1,
-                    timeout_ms: limits.2,
-                    max_output_bytes: limits.3,
+            .prop_map(
+                |(hash, input, entry, args, env, limits, (tenant, attempt, label, id))| Job {
+                    id: JobId(uuid::Uuid::from_u128(id)),
+                    module: ModuleHash(hash),
+                    input,
+                    entry,
+                    args,
+                    env,
+                    limits: Limits {
+                        fuel: limits.0,
+                        memory_bytes: limits.1,
+                        timeout_ms: limits.2,
+                        max_output_bytes: limits.3,
+                    },
+                    tenant: TenantId(tenant),
+                    attempt,
+                    label,
                 },
-                tenant: TenantId(tenant),
-                attempt,
-                label,
-            })
+            )
     }
 
     proptest! {
@@ -130,7 +137,10 @@ mod tests {
     fn unknown_version_is_named() {
         let mut bytes = encode(&Job::new(ModuleHash::of(b""), JobInput::Inline(vec![])));
         bytes[0] = 99;
-        assert_eq!(decode(&bytes), Err(DecodeError::UnknownVersion { found: 99 }));
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::UnknownVersion { found: 99 })
+        );
     }
 
     #[test]

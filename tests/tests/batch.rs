@@ -39,7 +39,11 @@ fn batch_uppercases_every_example_input_and_reports_each() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.contains("succeeded"), "no summary: {stdout}");
     let expected = inputs("uppercase");
     for (name, content) in &expected {
@@ -69,7 +73,10 @@ fn batch_runs_raw_abi_modules_from_wat() {
         .unwrap();
     assert!(status.success());
     for (name, content) in inputs("uppercase") {
-        assert_eq!(std::fs::read(out.path().join(&name)).unwrap(), content.to_ascii_uppercase());
+        assert_eq!(
+            std::fs::read(out.path().join(&name)).unwrap(),
+            content.to_ascii_uppercase()
+        );
     }
 }
 
@@ -94,7 +101,15 @@ fn batch_reports_fuel_when_metered() {
 fn batch_passes_args_and_env_to_the_guest() {
     let out = tempfile::tempdir().unwrap();
     let status = bin("sluice")
-        .args(["batch", "--quiet", "--arg", "GREETING", "--env", "GREETING=hello", "--module"])
+        .args([
+            "batch",
+            "--quiet",
+            "--arg",
+            "GREETING",
+            "--env",
+            "GREETING=hello",
+            "--module",
+        ])
         .arg(guest("env_echo.wasm"))
         .arg(example_inputs("wordcount"))
         .arg("--out")
@@ -151,7 +166,11 @@ fn batch_mixes_failures_and_successes_without_losing_any() {
     let inputs_dir = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     for i in 0..40 {
-        let body = if i % 4 == 0 { "a,b\n\"unterminated\n" } else { "a,b\n1,2\n" };
+        let body = if i % 4 == 0 {
+            "a,b\n\"unterminated\n"
+        } else {
+            "a,b\n1,2\n"
+        };
         std::fs::write(inputs_dir.path().join(format!("in{i:02}.csv")), body).unwrap();
     }
     let run = bin("sluice")
@@ -165,7 +184,10 @@ fn batch_mixes_failures_and_successes_without_losing_any() {
     assert_eq!(run.status.code(), Some(1));
     let lines = report(out.path());
     assert_eq!(lines.len(), 40);
-    let failed = lines.iter().filter(|l| l["outcome"] == "non_zero_exit").count();
+    let failed = lines
+        .iter()
+        .filter(|l| l["outcome"] == "non_zero_exit")
+        .count();
     let ok = lines.iter().filter(|l| l["outcome"] == "success").count();
     assert_eq!((failed, ok), (10, 30));
     assert_eq!(

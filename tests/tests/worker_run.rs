@@ -54,7 +54,12 @@ fn run_exits_with_the_guests_exit_code() {
 
 #[test]
 fn run_passes_args_after_double_dash_and_env() {
-    let (code, stdout, _) = run_with_args("env_echo.wasm", &["--env", "WHO=you"], &["WHO", "PATH"], b"");
+    let (code, stdout, _) = run_with_args(
+        "env_echo.wasm",
+        &["--env", "WHO=you"],
+        &["WHO", "PATH"],
+        b"",
+    );
     assert_eq!(code, Some(0));
     let text = String::from_utf8(stdout).unwrap();
     assert!(text.contains("WHO=you\n"), "{text}");
@@ -64,19 +69,38 @@ fn run_passes_args_after_double_dash_and_env() {
 #[test]
 fn sandbox_stops_print_one_outcome_line_and_exit_non_zero() {
     let cases: &[(&str, &[&str], &str)] = &[
-        ("infinite_loop.wat", &["--fuel", "1000000"], "fuel_exhausted"),
+        (
+            "infinite_loop.wat",
+            &["--fuel", "1000000"],
+            "fuel_exhausted",
+        ),
         ("infinite_loop.wat", &["--timeout", "200ms"], "timeout"),
-        ("memory_grow_bomb.wat", &["--memory", "4MiB"], "memory_limit"),
-        ("stdout_flood.wasm", &["--max-output", "1MiB"], "output_limit"),
+        (
+            "memory_grow_bomb.wat",
+            &["--memory", "4MiB"],
+            "memory_limit",
+        ),
+        (
+            "stdout_flood.wasm",
+            &["--max-output", "1MiB"],
+            "output_limit",
+        ),
         ("unreachable.wat", &[], "trap"),
         ("unknown_import.wat", &[], "import_not_allowed"),
-        ("missing_start.wat", &["--invoke", "_start"], "missing_export"),
+        (
+            "missing_start.wat",
+            &["--invoke", "_start"],
+            "missing_export",
+        ),
         ("not_wasm.txt", &[], "invalid_module"),
     ];
     for (module, args, kind) in cases {
         let (code, _, stderr) = run(module, args, b"");
         assert_eq!(code, Some(125), "{module}: {stderr}");
-        let outcome_lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("outcome: ")).collect();
+        let outcome_lines: Vec<_> = stderr
+            .lines()
+            .filter(|l| l.starts_with("outcome: "))
+            .collect();
         assert_eq!(outcome_lines.len(), 1, "{module}: {stderr}");
         assert!(
             outcome_lines[0].starts_with(&format!("outcome: {kind}")),
@@ -101,7 +125,15 @@ fn one_gib_streams_through_with_bounded_worker_memory() {
     let report_dir = tempfile::tempdir().unwrap();
     let report_path = report_dir.path().join("report.json");
     let mut child = bin("sluice-worker")
-        .args(["run", "--timeout", "600s", "--max-output", "2GiB", "--memory", "64MiB"])
+        .args([
+            "run",
+            "--timeout",
+            "600s",
+            "--max-output",
+            "2GiB",
+            "--memory",
+            "64MiB",
+        ])
         .arg("--report")
         .arg(&report_path)
         .arg(guest("uppercase.wasm"))
@@ -146,7 +178,9 @@ fn one_gib_streams_through_with_bounded_worker_memory() {
     assert_eq!(report["outcome"], "success");
     assert_eq!(report["input_bytes"], TOTAL);
     assert_eq!(report["output_bytes"], TOTAL);
-    let rss = report["peak_rss_bytes"].as_u64().expect("peak RSS reported");
+    let rss = report["peak_rss_bytes"]
+        .as_u64()
+        .expect("peak RSS reported");
     let guest_memory = report["peak_memory_bytes"].as_u64().unwrap();
     assert!(
         rss < RSS_BOUND_BYTES + guest_memory,

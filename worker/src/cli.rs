@@ -59,7 +59,9 @@ impl GuestArgs {
         Limits {
             fuel: self.fuel,
             memory_bytes: self.memory,
-            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX).max(1),
+            timeout_ms: u64::try_from(self.timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
             max_output_bytes: self.max_output,
         }
     }
@@ -89,8 +91,17 @@ mod tests {
     #[test]
     fn limit_flags_take_units() {
         let cli = Cli::parse_from([
-            "x", "--memory", "8MiB", "--timeout", "500ms", "--max-output", "1KiB", "--fuel", "7",
-            "--env", "A=b=c",
+            "x",
+            "--memory",
+            "8MiB",
+            "--timeout",
+            "500ms",
+            "--max-output",
+            "1KiB",
+            "--fuel",
+            "7",
+            "--env",
+            "A=b=c",
         ]);
         let limits = cli.guest.limits();
         assert_eq!(limits.memory_bytes, 8 << 20);

@@ -96,10 +96,11 @@ impl DirGrant {
             Some(_) => return Err(DirGrantError::Syntax(spec.to_owned())),
             None => (spec, spec),
         };
-        let host_path = std::fs::canonicalize(host).map_err(|source| DirGrantError::Unreadable {
-            path: host.into(),
-            source,
-        })?;
+        let host_path =
+            std::fs::canonicalize(host).map_err(|source| DirGrantError::Unreadable {
+                path: host.into(),
+                source,
+            })?;
         if host_path.parent().is_none() {
             return Err(DirGrantError::Root);
         }
@@ -117,9 +118,18 @@ mod tests {
 
     #[test]
     fn root_is_never_granted() {
-        assert!(matches!(DirGrant::parse("/", false), Err(DirGrantError::Root)));
-        assert!(matches!(DirGrant::parse("/tmp/..::/x", false), Err(DirGrantError::Root)));
-        assert!(matches!(DirGrant::parse("::/x", false), Err(DirGrantError::Syntax(_))));
+        assert!(matches!(
+            DirGrant::parse("/", false),
+            Err(DirGrantError::Root)
+        ));
+        assert!(matches!(
+            DirGrant::parse("/tmp/..::/x", false),
+            Err(DirGrantError::Root)
+        ));
+        assert!(matches!(
+            DirGrant::parse("::/x", false),
+            Err(DirGrantError::Syntax(_))
+        ));
         let ok = DirGrant::parse("/tmp::/data", true).unwrap();
         assert_eq!(ok.guest_path, "/data");
     }

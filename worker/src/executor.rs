@@ -245,10 +245,10 @@ fn run_one<E: JobEnv>(sandbox: &Sandbox, env: &E, job: &Job, attempt: u32) -> Jo
         Err(outcome) => JobResult::without_run(job.id, outcome, attempt),
     };
     result.attempt = attempt;
-    if let Err(outcome) = env.finish_output(job, &result) {
-        if result.outcome.is_success() {
-            result.outcome = outcome;
-        }
+    if let Err(outcome) = env.finish_output(job, &result)
+        && result.outcome.is_success()
+    {
+        result.outcome = outcome;
     }
     result
 }

@@ -17,7 +17,11 @@ use sluice_worker::{DirGrant, Sandbox, SandboxConfig};
 const EXIT_SANDBOX_STOPPED: u8 = 125;
 
 #[derive(Parser)]
-#[command(name = "sluice-worker", version, about = "Sluice worker: runs WebAssembly transforms under hard limits")]
+#[command(
+    name = "sluice-worker",
+    version,
+    about = "Sluice worker: runs WebAssembly transforms under hard limits"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,11 +87,17 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let (mut job, result) = match sandbox.load_module(&bytes) {
         Ok(module) => {
-            let mut job = Job::new(module.hash(), JobInput::Blob {
-                uri: "stdin:".into(),
-                len: 0,
-            });
-            job.entry = args.guest.entry().unwrap_or_else(|| module.default_entry(&sandbox));
+            let mut job = Job::new(
+                module.hash(),
+                JobInput::Blob {
+                    uri: "stdin:".into(),
+                    len: 0,
+                },
+            );
+            job.entry = args
+                .guest
+                .entry()
+                .unwrap_or_else(|| module.default_entry(&sandbox));
             job.args = args.args.clone();
             job.env = args.guest.env.clone();
             job.limits = args.guest.limits();
@@ -95,7 +105,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             (job, result)
         }
         Err(outcome) => {
-            let job = Job::new(sluice_shared::ModuleHash::of(&bytes), JobInput::Inline(Vec::new()));
+            let job = Job::new(
+                sluice_shared::ModuleHash::of(&bytes),
+                JobInput::Inline(Vec::new()),
+            );
             let result = sluice_shared::JobResult::without_run(job.id, outcome, 1);
             (job, result)
         }

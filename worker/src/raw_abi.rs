@@ -43,7 +43,11 @@ struct Exports {
 }
 
 impl Exports {
-    fn find(store: &mut Store<StoreState>, instance: &Instance, process: &str) -> Result<Self, RunError> {
+    fn find(
+        store: &mut Store<StoreState>,
+        instance: &Instance,
+        process: &str,
+    ) -> Result<Self, RunError> {
         let memory = instance.get_memory(&mut *store, MEMORY).ok_or_else(|| {
             RunError::Outcome(Outcome::MissingExport {
                 name: MEMORY.into(),
@@ -145,13 +149,18 @@ pub(crate) fn run(
         }
         // n <= chunk_bytes, which the configuration keeps far below i32::MAX.
         let len = n as i32;
-        let ptr = exports.alloc.call(&mut *store, len).map_err(RunError::Wasm)?;
+        let ptr = exports
+            .alloc
+            .call(&mut *store, len)
+            .map_err(RunError::Wasm)?;
         let start = ptr as u32 as usize;
         let target = exports
             .memory
             .data_mut(&mut *store)
             .get_mut(start..start + n)
-            .ok_or_else(|| abi_violation(format!("alloc({n}) returned {ptr}, outside guest memory")))?;
+            .ok_or_else(|| {
+                abi_violation(format!("alloc({n}) returned {ptr}, outside guest memory"))
+            })?;
         target.copy_from_slice(&chunk[..n]);
         let returned = exports
             .process

@@ -130,8 +130,9 @@ impl LoadedModule {
     /// if it exports `_start`, otherwise the raw ABI's `process`.
     pub fn default_entry(&self, sandbox: &Sandbox) -> EntryPoint {
         match self.prepared(sandbox, Metering::Off) {
-            Ok(pre) if pre.module().get_export("_start").is_none()
-                && pre.module().get_export(raw_abi::PROCESS).is_some() =>
+            Ok(pre)
+                if pre.module().get_export("_start").is_none()
+                    && pre.module().get_export(raw_abi::PROCESS).is_some() =>
             {
                 EntryPoint::Raw {
                     export: raw_abi::PROCESS.to_owned(),
@@ -249,7 +250,10 @@ impl Sandbox {
     fn prepare(&self, set: &EngineSet, bytes: &[u8]) -> Prepared {
         let module = Module::new(&set.engine, bytes).map_err(|e| Outcome::InvalidModule {
             // WAT parse errors span several lines; an outcome is reported on one.
-            reason: format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" "),
+            reason: format!("{e:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
         for import in module.imports() {
             let key = (import.module().to_owned(), import.name().to_owned());
@@ -280,7 +284,12 @@ impl Sandbox {
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let stdin = GuestStdin::new(input);
-        let stdout = GuestOutput::new(output, job.limits.max_output_bytes, Overflow::Stop, stop.clone());
+        let stdout = GuestOutput::new(
+            output,
+            job.limits.max_output_bytes,
+            Overflow::Stop,
+            stop.clone(),
+        );
         let stderr = GuestOutput::new(
             Vec::new(),
             self.config.stderr_cap_bytes as u64,
@@ -288,7 +297,9 @@ impl Sandbox {
             Arc::new(AtomicBool::new(false)),
         );
         let mut stats = RunStats::default();
-        let outcome = self.run_guest(module, job, &stdin, &stdout, &stderr, stop, &mut stats, started);
+        let outcome = self.run_guest(
+            module, job, &stdin, &stdout, &stderr, stop, &mut stats, started,
+        );
         let outcome = match (outcome, stdout.finish()) {
             (Outcome::Success, Err(e)) => Outcome::HostError {
                 reason: format!("writing output: {e}"),
@@ -325,7 +336,10 @@ impl Sandbox {
             Ok(pre) => pre,
             Err(outcome) => return outcome.clone(),
         };
-        let memory_cap = job.limits.memory_bytes.min(self.config.max_guest_memory_bytes);
+        let memory_cap = job
+            .limits
+            .memory_bytes
+            .min(self.config.max_guest_memory_bytes);
         let declared = pre
             .module()
             .resources_required()
@@ -378,12 +392,12 @@ impl Sandbox {
             },
         );
         store.limiter(|state| &mut state.limiter);
-        if let Some(fuel) = job.limits.fuel {
-            if let Err(e) = store.set_fuel(fuel) {
-                return Outcome::HostError {
-                    reason: format!("setting fuel: {e:#}"),
-                };
-            }
+        if let Some(fuel) = job.limits.fuel
+            && let Err(e) = store.set_fuel(fuel)
+        {
+            return Outcome::HostError {
+                reason: format!("setting fuel: {e:#}"),
+            };
         }
         let deadline = started + job.limits.timeout();
         store.set_epoch_deadline(1);
@@ -501,7 +515,10 @@ mod tests {
 
     #[test]
     fn trap_names_become_snake_case() {
-        assert_eq!(snake_case("IntegerDivisionByZero"), "integer_division_by_zero");
+        assert_eq!(
+            snake_case("IntegerDivisionByZero"),
+            "integer_division_by_zero"
+        );
         assert_eq!(snake_case("StackOverflow"), "stack_overflow");
     }
 }

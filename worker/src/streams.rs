@@ -22,7 +22,9 @@ const MAX_READ_BYTES: usize = 64 << 10;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state is counters and a sink; a panic elsewhere cannot make it unsafe to read.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct StdinState {
@@ -318,7 +320,10 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let out = GuestOutput::new(Vec::new(), 5, Overflow::Stop, stop.clone());
         out.write_capped(b"abc").unwrap();
-        assert!(matches!(out.write_capped(b"defg"), Err(WriteRefused::CapReached)));
+        assert!(matches!(
+            out.write_capped(b"defg"),
+            Err(WriteRefused::CapReached)
+        ));
         assert!(stop.load(Ordering::Relaxed));
         assert_eq!(out.take_sink(), b"abcde");
         assert!(out.overflowed());

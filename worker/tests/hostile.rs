@@ -21,7 +21,11 @@ static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
 /// Asserts that the sandbox still runs a good job, and returns `outcome`'s kind.
 fn then_healthy(outcome: &Outcome) -> OutcomeKind {
     let (after, output) = run(&SANDBOX, &guest("uppercase.wasm"), b"still alive", |_| {});
-    assert_eq!(after.outcome, Outcome::Success, "sandbox broken after {outcome}");
+    assert_eq!(
+        after.outcome,
+        Outcome::Success,
+        "sandbox broken after {outcome}"
+    );
     assert_eq!(output, b"STILL ALIVE");
     outcome.kind()
 }
@@ -136,7 +140,11 @@ fn module_over_the_size_cap_is_refused_before_compiling() {
 fn invalid_bytes_are_an_invalid_module() {
     for name in ["invalid_bytes.wasm", "not_wasm.txt"] {
         let (result, _) = run(&SANDBOX, &guest(name), b"", |_| {});
-        assert_eq!(then_healthy(&result.outcome), OutcomeKind::InvalidModule, "{name}");
+        assert_eq!(
+            then_healthy(&result.outcome),
+            OutcomeKind::InvalidModule,
+            "{name}"
+        );
     }
 }
 
@@ -146,7 +154,11 @@ fn missing_or_mistyped_start_is_missing_export() {
         let (result, _) = run(&SANDBOX, &guest(name), b"", |job| {
             job.entry = EntryPoint::Command;
         });
-        assert_eq!(then_healthy(&result.outcome), OutcomeKind::MissingExport, "{name}");
+        assert_eq!(
+            then_healthy(&result.outcome),
+            OutcomeKind::MissingExport,
+            "{name}"
+        );
     }
 }
 
@@ -155,13 +167,19 @@ fn paths_outside_any_grant_are_denied() {
     let data = tempfile::tempdir().unwrap();
     let granted = Sandbox::new(SandboxConfig {
         slots: 2,
-        dir_grants: vec![DirGrant::parse(&format!("{}::/data", data.path().display()), true).unwrap()],
+        dir_grants: vec![
+            DirGrant::parse(&format!("{}::/data", data.path().display()), true).unwrap(),
+        ],
         ..SandboxConfig::default()
     })
     .unwrap();
     for sandbox in [&*SANDBOX, &granted] {
         let (result, output) = run(sandbox, &guest("read_outside_grant.wasm"), b"", |_| {});
-        assert_eq!(result.outcome, Outcome::NonZeroExit { code: 3 }, "{output:?}");
+        assert_eq!(
+            result.outcome,
+            Outcome::NonZeroExit { code: 3 },
+            "{output:?}"
+        );
         assert_eq!(output, b"denied\n");
     }
     then_healthy(&Outcome::Success);
@@ -173,7 +191,9 @@ fn a_granted_directory_is_readable() {
     std::fs::write(data.path().join("hello.txt"), "granted content\n").unwrap();
     let granted = Sandbox::new(SandboxConfig {
         slots: 2,
-        dir_grants: vec![DirGrant::parse(&format!("{}::/data", data.path().display()), true).unwrap()],
+        dir_grants: vec![
+            DirGrant::parse(&format!("{}::/data", data.path().display()), true).unwrap(),
+        ],
         ..SandboxConfig::default()
     })
     .unwrap();

@@ -21,7 +21,12 @@ fn raw_module_is_detected_and_streams_in_chunks() {
     let sandbox = sandbox();
     let input = b"hello raw abi, in several chunks\nsecond line\n";
     let (result, output) = run(&sandbox, &guest("upper_raw.wat"), input, |job| {
-        assert_eq!(job.entry, EntryPoint::Raw { export: "process".into() });
+        assert_eq!(
+            job.entry,
+            EntryPoint::Raw {
+                export: "process".into()
+            }
+        );
     });
     assert_eq!(result.outcome, Outcome::Success);
     assert_eq!(output, input.to_ascii_uppercase());
@@ -61,7 +66,9 @@ fn output_outside_guest_memory_is_an_abi_violation() {
 fn negative_return_is_a_non_zero_exit() {
     let sandbox = sandbox();
     let (result, _) = run(&sandbox, LYING_GUEST.as_bytes(), b"x", |job| {
-        job.entry = EntryPoint::Raw { export: "fail".into() };
+        job.entry = EntryPoint::Raw {
+            export: "fail".into(),
+        };
     });
     assert_eq!(result.outcome, Outcome::NonZeroExit { code: 9 });
 }
@@ -93,7 +100,9 @@ fn missing_alloc_is_missing_export() {
     let wat = r#"(module (memory (export "memory") 1)
       (func (export "process") (param i32 i32) (result i64) (i64.const 0)))"#;
     let (result, _) = run(&sandbox, wat.as_bytes(), b"x", |job| {
-        job.entry = EntryPoint::Raw { export: "process".into() };
+        job.entry = EntryPoint::Raw {
+            export: "process".into(),
+        };
     });
     assert!(matches!(&result.outcome, Outcome::MissingExport { name, .. } if name == "alloc"));
 }

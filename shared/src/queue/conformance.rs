@@ -99,7 +99,10 @@ pub async fn completion_stores_result_and_removes_entry<Q: Queue>(queue: &Q) {
         .await
         .unwrap();
     assert_eq!(done, Completion::Recorded);
-    assert_eq!(queue.result(sent.id).await.unwrap(), Some(success(&sent, 1)));
+    assert_eq!(
+        queue.result(sent.id).await.unwrap(),
+        Some(success(&sent, 1))
+    );
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.ready, stats.leased, stats.completed), (0, 0, 1));
 }
@@ -209,7 +212,10 @@ pub async fn dead_letter_keeps_reason<Q: Queue>(queue: &Q) {
         },
         1,
     );
-    queue.dead_letter(&claimed.lease, result.clone()).await.unwrap();
+    queue
+        .dead_letter(&claimed.lease, result.clone())
+        .await
+        .unwrap();
     assert_eq!(queue.result(sent.id).await.unwrap(), Some(result));
     let dead = queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -233,7 +239,10 @@ pub async fn garbage_is_delivered_as_decode_error<Q: Queue>(queue: &Q) {
         claimed[1].delivery.as_ref().unwrap_err(),
         &DecodeError::UnknownVersion { found: 200 }
     );
-    assert!(claimed[2].delivery.is_ok(), "good job behind garbage was lost");
+    assert!(
+        claimed[2].delivery.is_ok(),
+        "good job behind garbage was lost"
+    );
 }
 
 pub async fn released_job_is_claimable_at_once<Q: Queue>(queue: &Q) {

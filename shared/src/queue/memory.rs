@@ -126,7 +126,9 @@ impl MemoryQueue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State half-updated in a way that
         // matters more than losing the queue, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -168,8 +170,12 @@ impl Queue for MemoryQueue {
                 let next_event = state.tick(now);
                 let mut claimed = Vec::new();
                 while claimed.len() < max {
-                    let Some(id) = state.ready.pop_front() else { break };
-                    let Some(entry) = state.entries.get_mut(&id) else { continue };
+                    let Some(id) = state.ready.pop_front() else {
+                        break;
+                    };
+                    let Some(entry) = state.entries.get_mut(&id) else {
+                        continue;
+                    };
                     entry.deliveries += 1;
                     entry.leased_until = Some(now + lease_for);
                     let delivery = codec::decode(&entry.envelope);
@@ -234,7 +240,10 @@ impl Queue for MemoryQueue {
         let mut state = self.lock();
         state.remove(lease);
         if let Some(job_id) = lease.job_id {
-            state.results.entry(job_id).or_insert_with(|| result.clone());
+            state
+                .results
+                .entry(job_id)
+                .or_insert_with(|| result.clone());
         }
         state.dead.push(DeadLetter {
             entry_id: lease.entry_id.clone(),

@@ -58,7 +58,10 @@ pub fn run(
     let loaded = match sandbox.load_module(module) {
         Ok(loaded) => loaded,
         Err(outcome) => {
-            let job = Job::new(sluice_shared::ModuleHash::of(module), JobInput::Inline(vec![]));
+            let job = Job::new(
+                sluice_shared::ModuleHash::of(module),
+                JobInput::Inline(vec![]),
+            );
             return (JobResult::without_run(job.id, outcome, 1), Vec::new());
         }
     };
