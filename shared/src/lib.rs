@@ -30,5 +30,7 @@ pub mod units;
 
 pub use codec::DecodeError;
 pub use job::{EntryPoint, Job, JobId, JobInput, Limits, ModuleHash, TenantId};
-pub use outcome::{JobResult, Outcome, OutcomeKind, ReportLine, RunStats};
-pub use queue::{Claimed, Delivery, Lease, MemoryQueue, Queue, QueueError, RetryPolicy};
+pub use outcome::{JobOutput, JobResult, Outcome, OutcomeKind, ReportLine, RunStats};
+pub use queue::{
+    Claimed, Delivery, Lease, MemoryQueue, Queue, QueueError, RedisConfig, RedisQueue, RetryPolicy,
+};

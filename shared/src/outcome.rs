@@ -184,6 +184,18 @@ pub struct RunStats {
     pub input_bytes: u64,
 }
 
+/// Where a finished job's output is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobOutput {
+    /// Written straight to the job's own sink (embedded mode: the output file).
+    #[default]
+    Written,
+    /// Small output, carried in the result.
+    Inline(Vec<u8>),
+    /// A chunked blob in the queue's store.
+    Blob { id: String, len: u64 },
+}
+
 /// A finished job: its outcome, what the run measured and the start of its stderr.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobResult {
@@ -196,6 +208,8 @@ pub struct JobResult {
     pub stderr_truncated: bool,
     /// Which attempt this was (1 for the first run).
     pub attempt: u32,
+    /// Where the output is.
+    pub output: JobOutput,
 }
 
 impl JobResult {
@@ -208,6 +222,7 @@ impl JobResult {
             stderr: Vec::new(),
             stderr_truncated: false,
             attempt,
+            output: JobOutput::Written,
         }
     }
 }

@@ -8,6 +8,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod redis;
+
+pub use redis::RedisServer;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sluice_shared::{EntryPoint, Job, JobResult, ModuleHash, Outcome, RunStats};
+use sluice_shared::{EntryPoint, Job, JobOutput, JobResult, ModuleHash, Outcome, RunStats};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolingAllocationConfig, Store, Trap, UpdateDeadline,
@@ -316,6 +316,7 @@ impl Sandbox {
             stderr: stderr.take_sink(),
             stderr_truncated: stderr.overflowed(),
             attempt: job.attempt + 1,
+            output: JobOutput::Written,
         }
     }
 

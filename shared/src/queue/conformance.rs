@@ -2,10 +2,11 @@
 //! on a violation. A backend's test file runs them all with [`queue_conformance!`]:
 //!
 //! ```ignore
-//! sluice_shared::queue_conformance!(sluice_shared::MemoryQueue::new());
+//! sluice_shared::queue_conformance!(async { ((), sluice_shared::MemoryQueue::new()) });
 //! ```
 //!
-//! Each function takes a fresh, empty queue. None sleeps to synchronise: waits are the
+//! The expression is a future of `(guard, queue)`: the guard lives as long as the test
+//! (a Redis server, say). Each function takes a fresh, empty queue. None sleeps to synchronise: waits are the
 //! queue's own blocking claims, which return as soon as the awaited event happens.
 
 use std::time::Duration;
@@ -17,6 +18,8 @@ use crate::outcome::{JobResult, Outcome, OutcomeKind};
 
 const LONG: Duration = Duration::from_secs(60);
 const PATIENT: Duration = Duration::from_secs(30);
+/// The lease of tests that wait for one to expire.
+const SHORT: Duration = Duration::from_millis(300);
 
 fn job(n: u8) -> Job {
     let mut job = Job::new(ModuleHash::of(b"conformance"), JobInput::Inline(vec![n]));
@@ -51,7 +54,7 @@ macro_rules! queue_conformance {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let queue = $make;
+                let (_guard, queue) = $make.await;
                 $crate::queue::conformance::$name(&queue).await;
             }
         )*
@@ -112,11 +115,15 @@ pub async fn duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
     queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
     // The first lease expires and a second worker takes the job over; both finish.
     let first = queue
-        .claim("c1", 1, Duration::from_millis(50), PATIENT)
+        .claim("c1", 1, SHORT, PATIENT)
         .await
         .unwrap()
         .remove(0);
-    let second = queue.claim("c2", 1, LONG, PATIENT).await.unwrap().remove(0);
+    let second = queue
+        .claim("c2", 1, SHORT, PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(second.lease.deliveries, 2);
     let mut later = success(&sent, 2);
     later.stats.output_bytes = 99;
@@ -138,13 +145,10 @@ pub async fn duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
 pub async fn expired_lease_is_redelivered_with_higher_count<Q: Queue>(queue: &Q) {
     let sent = job(4);
     queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
-    let first = queue
-        .claim("dies", 1, Duration::from_millis(50), PATIENT)
-        .await
-        .unwrap();
+    let first = queue.claim("dies", 1, SHORT, PATIENT).await.unwrap();
     assert_eq!(first.len(), 1);
     // Blocks until the lease runs out, then takes the job over.
-    let again = queue.claim("c2", 1, LONG, PATIENT).await.unwrap();
+    let again = queue.claim("c2", 1, SHORT, PATIENT).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].lease.job_id, Some(sent.id));
     assert_eq!(again[0].lease.deliveries, 2);
@@ -155,28 +159,28 @@ pub async fn extended_lease_is_not_taken_over<Q: Queue>(queue: &Q) {
     let sent = job(5);
     queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
     let held = queue
-        .claim("c1", 1, Duration::from_millis(300), PATIENT)
+        .claim("c1", 1, SHORT, PATIENT)
         .await
         .unwrap()
         .remove(0);
-    queue.extend_lease(&held.lease, LONG).await.unwrap();
-    let stolen = queue
-        .claim("c2", 1, LONG, Duration::from_millis(900))
-        .await
-        .unwrap();
-    assert!(stolen.is_empty(), "an extended lease was taken over");
-    queue.extend_lease(&held.lease, LONG).await.unwrap();
+    // Renewed more often than it expires, for three lease lengths in all: never taken.
+    for _ in 0..6 {
+        queue.extend_lease(&held.lease, SHORT).await.unwrap();
+        let stolen = queue.claim("c2", 1, SHORT, SHORT / 2).await.unwrap();
+        assert!(stolen.is_empty(), "a renewed lease was taken over");
+    }
+    queue.extend_lease(&held.lease, SHORT).await.unwrap();
 }
 
 pub async fn lost_lease_cannot_be_extended<Q: Queue>(queue: &Q) {
     let sent = job(6);
     queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
     let lost = queue
-        .claim("c1", 1, Duration::from_millis(50), PATIENT)
+        .claim("c1", 1, SHORT, PATIENT)
         .await
         .unwrap()
         .remove(0);
-    let taken = queue.claim("c2", 1, LONG, PATIENT).await.unwrap();
+    let taken = queue.claim("c2", 1, SHORT, PATIENT).await.unwrap();
     assert_eq!(taken.len(), 1);
     let err = queue.extend_lease(&lost.lease, LONG).await.unwrap_err();
     assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
@@ -188,10 +192,7 @@ pub async fn retry_waits_for_its_delay<Q: Queue>(queue: &Q) {
     let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
     let mut next = sent.clone();
     next.attempt = claimed.attempt();
-    queue
-        .retry(&claimed.lease, &next, Duration::from_millis(400))
-        .await
-        .unwrap();
+    queue.retry(&claimed.lease, &next, SHORT).await.unwrap();
     let early = queue.claim("c1", 1, LONG, Duration::ZERO).await.unwrap();
     assert!(early.is_empty(), "a delayed retry was delivered at once");
     assert_eq!(queue.stats().await.unwrap().delayed, 1);

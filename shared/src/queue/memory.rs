@@ -152,7 +152,7 @@ impl Queue for MemoryQueue {
 
     async fn claim(
         &self,
-        _consumer: &str,
+        consumer: &str,
         max: usize,
         lease_for: Duration,
         wait: Duration,
@@ -184,6 +184,7 @@ impl Queue for MemoryQueue {
                             entry_id: id.to_string(),
                             job_id: delivery.as_ref().ok().map(|job| job.id),
                             deliveries: entry.deliveries,
+                            consumer: consumer.to_owned(),
                         },
                         delivery,
                     });

@@ -4,7 +4,12 @@
 //! exactly one of [`Queue::complete`], [`Queue::retry`], [`Queue::dead_letter`] or
 //! [`Queue::release`]. A lease that is not renewed with [`Queue::extend_lease`] before
 //! it expires is taken back, and the job is delivered again to the next claimer: a
-//! worker that dies loses nothing. Queues store envelopes as bytes, so garbage can be
+//! worker that dies loses nothing.
+//!
+//! Lease lengths are a fleet-wide visibility timeout: every claimer of a queue passes
+//! the same `lease_for`, a claimer takes over entries idle for longer than its own
+//! `lease_for`, and a renewal restarts the holder's idle clock. (This is what Redis
+//! Streams' pending-entries list offers, measured on the server's clock.) Queues store envelopes as bytes, so garbage can be
 //! on a queue; a claim hands it out as a [`Delivery`] whose decode failed, to be
 //! dead-lettered with its reason.
 //!
@@ -22,7 +27,9 @@ use crate::outcome::{JobResult, OutcomeKind};
 
 pub mod conformance;
 mod memory;
+pub mod redis;
 
+pub use self::redis::{RedisConfig, RedisQueue};
 pub use memory::MemoryQueue;
 
 /// A claim on one delivered entry, held until completed, retried, dead-lettered,
@@ -35,6 +42,8 @@ pub struct Lease {
     pub job_id: Option<JobId>,
     /// How many times this entry has been delivered, this delivery included (1 first).
     pub deliveries: u32,
+    /// The consumer holding the lease.
+    pub consumer: String,
 }
 
 /// One claimed entry: the lease, and the job or why its envelope did not decode.
@@ -159,7 +168,8 @@ pub trait Queue: Send + Sync {
         wait: Duration,
     ) -> impl Future<Output = Result<Vec<Claimed>, QueueError>> + Send;
 
-    /// Renews a lease so a long job is not taken over; `LeaseLost` when it already was.
+    /// Renews a lease (restarts its idle clock, for `lease_for` more) so a long job is
+    /// not taken over; `LeaseLost` when it already was.
     fn extend_lease(
         &self,
         lease: &Lease,
@@ -182,7 +192,7 @@ pub trait Queue: Send + Sync {
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Removes the entry and records it as dead with its final result (which
-    /// [`Queue::result`] then returns).
+    /// [`Queue::result`] then returns, unless a result was already stored).
     fn dead_letter(
         &self,
         lease: &Lease,

@@ -1,0 +1,242 @@
+//! Chunked blobs: inputs and outputs too large to travel inline. A blob is a meta hash
+//! (`len`, `chunks`) plus one string key per chunk of at most `chunk_bytes`; every key
+//! carries the blob TTL. The meta hash is written last, so a reader never sees a blob
+//! that is still being written.
+
+use std::io::Read;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Keys, QueueError, millis, unavailable};
+
+/// Writes one blob, chunk by chunk, with one chunk upload in flight while the next
+/// chunk fills.
+pub struct BlobWriter {
+    conn: ConnectionManager,
+    keys: Keys,
+    id: String,
+    chunk_bytes: usize,
+    ttl: Duration,
+    buf: Vec<u8>,
+    chunks: u64,
+    len: u64,
+    in_flight: Option<JoinHandle<Result<(), QueueError>>>,
+}
+
+impl BlobWriter {
+    pub(super) fn new(
+        conn: ConnectionManager,
+        keys: Keys,
+        chunk_bytes: usize,
+        ttl: Duration,
+    ) -> Self {
+        BlobWriter {
+            conn,
+            keys,
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            chunk_bytes: chunk_bytes.max(1),
+            ttl,
+            buf: Vec::new(),
+            chunks: 0,
+            len: 0,
+            in_flight: None,
+        }
+    }
+
+    /// The blob's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    async fn wait_in_flight(&mut self) -> Result<(), QueueError> {
+        if let Some(upload) = self.in_flight.take() {
+            upload
+                .await
+                .map_err(|e| QueueError::Unavailable(format!("blob upload task: {e}")))??;
+        }
+        Ok(())
+    }
+
+    async fn send_chunk(&mut self) -> Result<(), QueueError> {
+        self.wait_in_flight().await?;
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_bytes));
+        let key = self.keys.blob_chunk(&self.id, self.chunks);
+        let mut conn = self.conn.clone();
+        let ttl = millis(self.ttl);
+        self.chunks += 1;
+        self.in_flight = Some(tokio::spawn(async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(chunk)
+                .arg("PX")
+                .arg(ttl)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)
+        }));
+        Ok(())
+    }
+
+    /// Appends `bytes`.
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), QueueError> {
+        while !bytes.is_empty() {
+            let room = self.chunk_bytes - self.buf.len();
+            let take = room.min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..take]);
+            self.len += take as u64;
+            bytes = &bytes[take..];
+            if self.buf.len() == self.chunk_bytes {
+                self.send_chunk().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies everything from `reader` into the blob.
+    pub async fn write_from(
+        &mut self,
+        mut reader: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<(), QueueError> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(|e| QueueError::Unavailable(format!("reading blob source: {e}")))?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.write(&buf[..n]).await?;
+        }
+    }
+
+    /// Uploads the rest and publishes the blob; returns its id and length.
+    pub async fn finish(mut self) -> Result<(String, u64), QueueError> {
+        if !self.buf.is_empty() {
+            self.send_chunk().await?;
+        }
+        self.wait_in_flight().await?;
+        let meta = self.keys.blob_meta(&self.id);
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&meta)
+            .arg("len")
+            .arg(self.len)
+            .arg("chunks")
+            .arg(self.chunks)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&meta)
+            .arg(millis(self.ttl))
+            .ignore()
+            .query_async::<()>(&mut self.conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((self.id, self.len))
+    }
+}
+
+/// Reads one blob in order, one chunk prefetched; implements blocking [`Read`] for
+/// guests running on blocking threads, and [`BlobReader::next_chunk`] for async code.
+pub struct BlobReader {
+    chunks: mpsc::Receiver<Result<Vec<u8>, String>>,
+    current: Vec<u8>,
+    pos: usize,
+    failed: Option<String>,
+}
+
+impl BlobReader {
+    /// Starts fetching; must be called within a tokio runtime context.
+    pub(super) fn new(mut conn: ConnectionManager, keys: Keys, id: String) -> Self {
+        let (tx, chunks) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let meta: std::collections::HashMap<String, u64> = match redis::cmd("HGETALL")
+                .arg(keys.blob_meta(&id))
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(meta) => meta,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string())).await;
+                    return;
+                }
+            };
+            let Some(&count) = meta.get("chunks") else {
+                let _ = tx
+                    .send(Err(format!("blob {id} not found (expired?)")))
+                    .await;
+                return;
+            };
+            for index in 0..count {
+                let chunk: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
+                    .arg(keys.blob_chunk(&id, index))
+                    .query_async(&mut conn)
+                    .await;
+                let item = match chunk {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err(format!("blob {id} chunk {index} is missing (expired?)")),
+                    Err(e) => Err(e.to_string()),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        BlobReader {
+            chunks,
+            current: Vec::new(),
+            pos: 0,
+            failed: None,
+        }
+    }
+
+    /// The next chunk, `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, QueueError> {
+        match self.chunks.recv().await {
+            Some(Ok(chunk)) => Ok(Some(chunk)),
+            Some(Err(e)) => Err(QueueError::Unavailable(e)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(std::io::Error::other(e.clone()));
+        }
+        while self.pos == self.current.len() {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => {
+                    self.failed = Some(e.clone());
+                    return Err(std::io::Error::other(e));
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,1032 @@
+//! The Redis backend: the [`Queue`] on Redis Streams, plus the blob, module, result and
+//! dead-letter stores a fleet shares. Every Redis command and script Sluice sends lives
+//! in this module; `docs/redis-protocol.md` describes the key schema and argues crash
+//! safety.
+//!
+//! All keys of one queue share the hash tag `{queue}` (`sluice:{default}:jobs`, …), so a
+//! queue lives on one Redis Cluster slot and its scripts may touch all its keys.
+//!
+//! Time is always the server's: stream idle times measure leases, and scripts read
+//! `TIME` for due dates and trimming, so worker clock skew changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Claimed, Completion, DeadLetter, Lease, Queue, QueueError, QueueStats};
+use crate::codec::{self, DecodeError};
+use crate::job::{Job, JobId, ModuleHash};
+use crate::outcome::{JobResult, OutcomeKind};
+
+mod blob;
+
+pub use blob::{BlobReader, BlobWriter};
+
+/// The consumer group every worker of a queue joins.
+const GROUP: &str = "workers";
+/// The stream field that holds an envelope.
+const ENVELOPE_FIELD: &[u8] = b"e";
+
+/// How to reach Redis and how long things are kept.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
+    pub url: String,
+    /// The queue's name; its keys are `sluice:{name}:…`.
+    pub queue: String,
+    /// How long results are kept.
+    pub result_ttl: Duration,
+    /// How long completion notices are kept (submitters follow them).
+    pub notice_ttl: Duration,
+    /// How long dead letters are kept (trimmed by age, never by count).
+    pub dead_ttl: Duration,
+    /// How long input and output blobs are kept.
+    pub blob_ttl: Duration,
+    /// Inputs and outputs up to this size travel inline; larger ones are chunked blobs.
+    pub inline_limit: usize,
+    /// Blob chunk size.
+    pub chunk_bytes: usize,
+    /// How often a claimer promotes due delayed jobs and takes over expired leases.
+    pub maintenance_interval: Duration,
+    /// Most completions sent in one script call.
+    pub completion_batch: usize,
+    /// Time allowed for a (non-blocking) command's reply.
+    pub response_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`: queue `default`, results and blobs kept a day, dead letters a
+    /// week, 256 KiB inline limit, 1 MiB chunks.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            queue: "default".into(),
+            result_ttl: Duration::from_secs(24 * 3600),
+            notice_ttl: Duration::from_secs(3600),
+            dead_ttl: Duration::from_secs(7 * 24 * 3600),
+            blob_ttl: Duration::from_secs(24 * 3600),
+            inline_limit: 256 << 10,
+            chunk_bytes: 1 << 20,
+            maintenance_interval: Duration::from_millis(100),
+            completion_batch: 256,
+            response_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The keys of one queue.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+    pub jobs: String,
+    pub delayed: String,
+    pub stats: String,
+    pub done: String,
+    pub dead: String,
+    pub workers: String,
+}
+
+impl Keys {
+    fn new(queue: &str) -> Self {
+        let prefix = format!("sluice:{{{queue}}}:");
+        Keys {
+            jobs: format!("{prefix}jobs"),
+            delayed: format!("{prefix}delayed"),
+            stats: format!("{prefix}stats"),
+            done: format!("{prefix}done"),
+            dead: format!("{prefix}dead"),
+            workers: format!("{prefix}workers"),
+            prefix,
+        }
+    }
+
+    fn result(&self, job: JobId) -> String {
+        format!("{}result:{job}", self.prefix)
+    }
+
+    fn module(&self, hash: &ModuleHash) -> String {
+        format!("{}module:{hash}", self.prefix)
+    }
+
+    fn alias(&self, name: &str) -> String {
+        format!("{}alias:{name}", self.prefix)
+    }
+
+    fn blob_meta(&self, id: &str) -> String {
+        format!("{}blob:{id}", self.prefix)
+    }
+
+    fn blob_chunk(&self, id: &str, index: u64) -> String {
+        format!("{}blob:{id}:{index}", self.prefix)
+    }
+}
+
+struct Scripts {
+    promote: Script,
+    owner: Script,
+    complete: Script,
+    retry: Script,
+    dead: Script,
+    release: Script,
+    dlq_retry: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Scripts {
+            promote: Script::new(include_str!("scripts/promote.lua")),
+            owner: Script::new(include_str!("scripts/owner.lua")),
+            complete: Script::new(include_str!("scripts/complete.lua")),
+            retry: Script::new(include_str!("scripts/retry.lua")),
+            dead: Script::new(include_str!("scripts/dead.lua")),
+            release: Script::new(include_str!("scripts/release.lua")),
+            dlq_retry: Script::new(include_str!("scripts/dlq_retry.lua")),
+        }
+    }
+}
+
+fn unavailable(e: RedisError) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn protocol(what: impl Into<String>) -> QueueError {
+    QueueError::Protocol(what.into())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// One completion waiting for the batch flusher.
+struct PendingCompletion {
+    lease: Lease,
+    result: JobResult,
+    done: oneshot::Sender<Result<Completion, QueueError>>,
+}
+
+/// The [`Queue`] on Redis, with the fleet's shared stores.
+pub struct RedisQueue {
+    config: RedisConfig,
+    keys: Keys,
+    conn: ConnectionManager,
+    /// Blocking reads get their own connection: a `BLOCK` holds up everything behind it.
+    blocking: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+    completions: mpsc::Sender<PendingCompletion>,
+    last_maintenance: Mutex<Option<Instant>>,
+}
+
+/// Counters and sizes of a queue, for `sluice status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RedisStatus {
+    pub stats: QueueStats,
+    pub retried: u64,
+    pub duplicates: u64,
+    pub dlq_retried: u64,
+    /// Consumers of the group with their pending (leased) counts and idle times.
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+/// One consumer of the queue's group.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+impl RedisQueue {
+    /// Connects (reconnecting by itself later when Redis goes away) and makes sure the
+    /// job stream and its consumer group exist.
+    pub async fn connect(config: RedisConfig) -> Result<Self, QueueError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+        let manager = |timeout: Option<Duration>| {
+            let mut cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            cfg = cfg.set_response_timeout(timeout);
+            cfg
+        };
+        let conn = client
+            .get_connection_manager_with_config(manager(Some(config.response_timeout)))
+            .await
+            .map_err(unavailable)?;
+        let blocking = client
+            .get_connection_manager_with_config(manager(None))
+            .await
+            .map_err(unavailable)?;
+        let keys = Keys::new(&config.queue);
+        let scripts = std::sync::Arc::new(Scripts::load());
+        let (completions, pending) = mpsc::channel(config.completion_batch * 4);
+        tokio::spawn(flush_completions(
+            pending,
+            conn.clone(),
+            keys.clone(),
+            scripts.clone(),
+            config.clone(),
+        ));
+        let queue = RedisQueue {
+            config,
+            keys,
+            conn,
+            blocking,
+            scripts,
+            completions,
+            last_maintenance: Mutex::new(None),
+        };
+        queue.ensure_group().await?;
+        Ok(queue)
+    }
+
+    /// The queue's keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// A connection for callers' own commands (shares the multiplexed connection).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        let created: Result<Value, RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Promotes due delayed jobs and takes over entries idle longer than `lease_for`,
+    /// at most once per maintenance interval.
+    async fn maintain(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Vec<Claimed>, QueueError> {
+        {
+            let mut last = self
+                .last_maintenance
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.config.maintenance_interval) {
+                return Ok(Vec::new());
+            }
+            *last = Some(Instant::now());
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .promote
+            .key(&self.keys.delayed)
+            .key(&self.keys.jobs)
+            .arg(1000)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(millis(lease_for))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.group_error(e))?;
+        let Value::Array(parts) = reply else {
+            return Err(protocol("XAUTOCLAIM reply is not an array"));
+        };
+        let entries = parts
+            .get(1)
+            .map(parse_entries)
+            .transpose()?
+            .unwrap_or_default();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // XAUTOCLAIM counted a delivery for each entry but does not say how many there
+        // have been; the pending list does.
+        let first = &entries[0].0;
+        let last = &entries[entries.len() - 1].0;
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .arg(first)
+            .arg(last)
+            .arg(entries.len() * 2 + 16)
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let counts = parse_pending(&pending)?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let deliveries = counts.get(&id).copied().unwrap_or(1);
+                claimed(id, fields, deliveries, consumer)
+            })
+            .collect())
+    }
+
+    fn group_error(&self, e: RedisError) -> QueueError {
+        if e.code() == Some("NOGROUP") {
+            QueueError::Unavailable(format!(
+                "consumer group missing (Redis lost its data?): {e}"
+            ))
+        } else {
+            unavailable(e)
+        }
+    }
+
+    async fn read_new(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Claimed>, QueueError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(millis(block));
+        }
+        cmd.arg("STREAMS").arg(&self.keys.jobs).arg(">");
+        let mut reply: Result<Value, RedisError> =
+            cmd.query_async(&mut self.blocking.clone()).await;
+        if reply
+            .as_ref()
+            .is_err_and(|e| e.is_io_error() || e.is_connection_dropped())
+        {
+            // The connection manager reconnects after the error that revealed the broken
+            // connection; one more try spares the caller a backoff. (A read whose reply
+            // was lost leaves its entries pending, to be taken over after the lease.)
+            reply = cmd.query_async(&mut self.blocking.clone()).await;
+        }
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis restarted without our data: recreate the group and carry on.
+                self.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let streams = match reply {
+            Value::Nil => return Ok(Vec::new()),
+            Value::Array(streams) => streams,
+            Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
+            other => return Err(protocol(format!("XREADGROUP reply: {other:?}"))),
+        };
+        let mut out = Vec::new();
+        for stream in streams {
+            let entries = match &stream {
+                Value::Array(parts) if parts.len() == 2 => parse_entries(&parts[1])?,
+                entries @ Value::Array(_) => parse_entries(entries)?,
+                other => return Err(protocol(format!("XREADGROUP stream: {other:?}"))),
+            };
+            out.extend(
+                entries
+                    .into_iter()
+                    .map(|(id, fields)| claimed(id, fields, 1, consumer)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Adds jobs to run at `due_ms` (milliseconds since the Unix epoch) or later.
+    pub async fn schedule(&self, jobs: &[Job], due_ms: u64) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        for job in jobs {
+            pipe.cmd("ZADD")
+                .arg(&self.keys.delayed)
+                .arg(due_ms)
+                .arg(codec::encode(job))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The server's clock, in milliseconds since the Unix epoch.
+    pub async fn server_time_ms(&self) -> Result<u64, QueueError> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// Stores a module's bytes under their hash (and `alias`, if given).
+    pub async fn put_module(
+        &self,
+        wasm: &[u8],
+        alias: Option<&str>,
+    ) -> Result<ModuleHash, QueueError> {
+        let hash = ModuleHash::of(wasm);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.module(&hash))
+            .arg(wasm)
+            .arg("NX")
+            .ignore();
+        if let Some(alias) = alias {
+            pipe.cmd("SET")
+                .arg(self.keys.alias(alias))
+                .arg(hash.to_hex())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(hash)
+    }
+
+    /// A module's bytes, if stored.
+    pub async fn get_module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, QueueError> {
+        redis::cmd("GET")
+            .arg(self.keys.module(hash))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The hash an alias (or a hash in hex) names.
+    pub async fn resolve_module(&self, name: &str) -> Result<Option<ModuleHash>, QueueError> {
+        if let Ok(hash) = name.parse::<ModuleHash>() {
+            return Ok(Some(hash));
+        }
+        let hex: Option<String> = redis::cmd("GET")
+            .arg(self.keys.alias(name))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(hex.and_then(|h| h.parse().ok()))
+    }
+
+    /// Completion notices after stream id `after` (`"0"` for all, `"$"` for new ones),
+    /// waiting up to `block`: the last id read and each `(job id, outcome kind)`.
+    pub async fn completions(
+        &self,
+        after: &str,
+        block: Duration,
+    ) -> Result<(String, Vec<(JobId, OutcomeKind)>), QueueError> {
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(10_000)
+            .arg("BLOCK")
+            .arg(millis(block))
+            .arg("STREAMS")
+            .arg(&self.keys.done)
+            .arg(after)
+            .query_async(&mut self.blocking.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut last = after.to_owned();
+        let mut notices = Vec::new();
+        let streams = match reply {
+            Value::Nil => return Ok((last, notices)),
+            Value::Array(streams) => streams,
+            Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
+            other => return Err(protocol(format!("XREAD reply: {other:?}"))),
+        };
+        for stream in streams {
+            let Value::Array(parts) = &stream else {
+                continue;
+            };
+            let Some(entries) = parts.get(1) else {
+                continue;
+            };
+            for (id, fields) in parse_entries(entries)? {
+                for (job, kind) in fields {
+                    let job = std::str::from_utf8(&job).ok().and_then(|s| s.parse().ok());
+                    let kind = std::str::from_utf8(&kind)
+                        .ok()
+                        .and_then(|k| OutcomeKind::ALL.into_iter().find(|c| c.as_str() == k));
+                    if let (Some(job), Some(kind)) = (job, kind) {
+                        notices.push((job, kind));
+                    }
+                }
+                last = id;
+            }
+        }
+        Ok((last, notices))
+    }
+
+    /// Puts dead letters back on the queue: one (`Some(id)`) or all.
+    pub async fn dlq_retry(&self, id: Option<&str>) -> Result<u64, QueueError> {
+        self.scripts
+            .dlq_retry
+            .key(&self.keys.dead)
+            .key(&self.keys.jobs)
+            .key(&self.keys.stats)
+            .arg(id.unwrap_or(""))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Deletes every dead letter.
+    pub async fn dlq_purge(&self) -> Result<u64, QueueError> {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&self.keys.dead)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        redis::cmd("DEL")
+            .arg(&self.keys.dead)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(len)
+    }
+
+    /// Counters, depths and consumers.
+    pub async fn status(&self) -> Result<RedisStatus, QueueError> {
+        let stats = self.stats().await?;
+        let counters: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(&self.keys.stats)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let get = |k: &str| counters.get(k).copied().unwrap_or(0).max(0) as u64;
+        let consumers: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap_or(Value::Nil);
+        let mut infos = Vec::new();
+        if let Value::Array(items) = consumers {
+            for item in items {
+                let fields = flat_pairs(&item);
+                let text = |k: &str| fields.get(k).cloned().unwrap_or_default();
+                infos.push(ConsumerInfo {
+                    name: text("name"),
+                    pending: text("pending").parse().unwrap_or(0),
+                    idle_ms: text("idle").parse().unwrap_or(0),
+                });
+            }
+        }
+        Ok(RedisStatus {
+            stats,
+            retried: get("retried"),
+            duplicates: get("duplicates"),
+            dlq_retried: get("dlq_retried"),
+            consumers: infos,
+        })
+    }
+
+    /// Writes a blob from `reader` in chunks; returns its id and length.
+    pub fn blob_writer(&self) -> BlobWriter {
+        BlobWriter::new(
+            self.conn.clone(),
+            self.keys.clone(),
+            self.config.chunk_bytes,
+            self.config.blob_ttl,
+        )
+    }
+
+    /// Reads a blob chunk by chunk, prefetching one chunk ahead.
+    pub fn blob_reader(&self, id: &str) -> BlobReader {
+        BlobReader::new(self.conn.clone(), self.keys.clone(), id.to_owned())
+    }
+}
+
+fn claimed(
+    id: String,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    deliveries: u32,
+    consumer: &str,
+) -> Claimed {
+    let delivery = fields
+        .into_iter()
+        .find(|(k, _)| k == ENVELOPE_FIELD)
+        .map(|(_, v)| v)
+        .ok_or_else(|| DecodeError::Malformed("stream entry has no envelope field `e`".into()))
+        .and_then(|bytes| codec::decode(&bytes));
+    Claimed {
+        lease: Lease {
+            entry_id: id,
+            job_id: delivery.as_ref().ok().map(|job| job.id),
+            deliveries,
+            consumer: consumer.to_owned(),
+        },
+        delivery,
+    }
+}
+
+fn bytes_of(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// `[[id, [k, v, …]], …]` → `(id, [(k, v), …])`; deleted entries (nil fields) are skipped.
+fn parse_entries(v: &Value) -> Result<Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>, QueueError> {
+    let Value::Array(entries) = v else {
+        return Err(protocol(format!("stream entries: {v:?}")));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let Some(id) = parts.first().and_then(bytes_of) else {
+            continue;
+        };
+        let id = String::from_utf8_lossy(&id).into_owned();
+        let mut fields = Vec::new();
+        if let Some(Value::Array(kv)) = parts.get(1) {
+            for pair in kv.chunks(2) {
+                if let [k, v] = pair
+                    && let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v))
+                {
+                    fields.push((k, v));
+                }
+            }
+        }
+        out.push((id, fields));
+    }
+    Ok(out)
+}
+
+/// `XPENDING … <consumer>` → delivery count per entry id.
+fn parse_pending(v: &Value) -> Result<HashMap<String, u32>, QueueError> {
+    let Value::Array(rows) = v else {
+        return Err(protocol(format!("XPENDING reply: {v:?}")));
+    };
+    let mut out = HashMap::new();
+    for row in rows {
+        if let Value::Array(cols) = row
+            && let (Some(id), Some(Value::Int(count))) =
+                (cols.first().and_then(bytes_of), cols.get(3))
+        {
+            out.insert(String::from_utf8_lossy(&id).into_owned(), *count as u32);
+        }
+    }
+    Ok(out)
+}
+
+/// A flat `[k, v, k, v]` (or a map) reply as text.
+fn flat_pairs(v: &Value) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    match v {
+        Value::Array(kv) => {
+            for pair in kv.chunks(2) {
+                if let [k, v] = pair
+                    && let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v))
+                {
+                    out.insert(
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v)) {
+                    out.insert(
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Sends completions in batches: whatever has queued up while the previous batch was
+/// in flight goes in the next script call, so under load one round trip completes many
+/// jobs, and a lone completion goes at once.
+async fn flush_completions(
+    mut pending: mpsc::Receiver<PendingCompletion>,
+    mut conn: ConnectionManager,
+    keys: Keys,
+    scripts: std::sync::Arc<Scripts>,
+    config: RedisConfig,
+) {
+    let mut batch = Vec::with_capacity(config.completion_batch);
+    while let Some(first) = pending.recv().await {
+        batch.push(first);
+        while batch.len() < config.completion_batch {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut invocation = scripts.complete.prepare_invoke();
+        invocation
+            .key(&keys.jobs)
+            .key(&keys.stats)
+            .key(&keys.done)
+            .arg(GROUP)
+            .arg(millis(config.result_ttl))
+            .arg(millis(config.notice_ttl));
+        for item in &batch {
+            invocation
+                .key(keys.result(item.result.job_id))
+                .arg(&item.lease.entry_id)
+                .arg(item.result.job_id.to_string())
+                .arg(item.result.outcome.kind().as_str())
+                .arg(codec::encode_value(&item.result));
+        }
+        // Redis may be restarting: keep trying for a while rather than fail the batch,
+        // whose jobs would otherwise run again after their leases expire.
+        let mut delay = Duration::from_millis(50);
+        let mut outcome = invocation.invoke_async::<Vec<i64>>(&mut conn).await;
+        for _ in 0..8 {
+            if outcome.is_ok() {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            outcome = invocation.invoke_async::<Vec<i64>>(&mut conn).await;
+        }
+        match outcome {
+            Ok(stored) => {
+                for (item, stored) in batch
+                    .drain(..)
+                    .zip(stored.into_iter().chain(std::iter::repeat(0)))
+                {
+                    let status = if stored == 1 {
+                        Completion::Recorded
+                    } else {
+                        Completion::AlreadyDone
+                    };
+                    let _ = item.done.send(Ok(status));
+                }
+            }
+            Err(e) => {
+                for item in batch.drain(..) {
+                    let _ = item.done.send(Err(unavailable(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl Queue for RedisQueue {
+    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        for chunk in jobs.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for job in chunk {
+                pipe.cmd("XADD")
+                    .arg(&self.keys.jobs)
+                    .arg("*")
+                    .arg(ENVELOPE_FIELD)
+                    .arg(codec::encode(job))
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn enqueue_raw(&self, envelope: Vec<u8>) -> Result<(), QueueError> {
+        redis::cmd("XADD")
+            .arg(&self.keys.jobs)
+            .arg("*")
+            .arg(ENVELOPE_FIELD)
+            .arg(envelope)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>, QueueError> {
+        let give_up = Instant::now() + wait;
+        loop {
+            let mut claimed = self.maintain(consumer, max, lease_for).await?;
+            if claimed.len() < max {
+                let left = give_up.saturating_duration_since(Instant::now());
+                // Blocking reads are cut into slices so expired leases and due delayed
+                // jobs are noticed while waiting; new entries wake the read at once.
+                let block = (!left.is_zero() && claimed.is_empty())
+                    .then(|| left.min(self.config.maintenance_interval));
+                claimed.extend(self.read_new(consumer, max - claimed.len(), block).await?);
+            }
+            if !claimed.is_empty() || Instant::now() >= give_up {
+                return Ok(claimed);
+            }
+        }
+    }
+
+    async fn extend_lease(&self, lease: &Lease, _lease_for: Duration) -> Result<(), QueueError> {
+        let renewed: i64 = self
+            .scripts
+            .owner
+            .key(&self.keys.jobs)
+            .arg(GROUP)
+            .arg(&lease.consumer)
+            .arg(&lease.entry_id)
+            .arg(lease.deliveries)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if renewed == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost {
+                entry_id: lease.entry_id.clone(),
+            })
+        }
+    }
+
+    async fn complete(&self, lease: &Lease, result: JobResult) -> Result<Completion, QueueError> {
+        let (done, reply) = oneshot::channel();
+        self.completions
+            .send(PendingCompletion {
+                lease: lease.clone(),
+                result,
+                done,
+            })
+            .await
+            .map_err(|_| QueueError::Unavailable("completion flusher stopped".into()))?;
+        reply
+            .await
+            .map_err(|_| QueueError::Unavailable("completion flusher stopped".into()))?
+    }
+
+    async fn retry(&self, lease: &Lease, job: &Job, delay: Duration) -> Result<(), QueueError> {
+        let moved: i64 = self
+            .scripts
+            .retry
+            .key(&self.keys.jobs)
+            .key(&self.keys.delayed)
+            .key(&self.keys.stats)
+            .arg(GROUP)
+            .arg(&lease.consumer)
+            .arg(&lease.entry_id)
+            .arg(lease.deliveries)
+            .arg(millis(delay))
+            .arg(codec::encode(job))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if moved == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost {
+                entry_id: lease.entry_id.clone(),
+            })
+        }
+    }
+
+    async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
+        let result_key = lease
+            .job_id
+            .map_or_else(|| self.keys.stats.clone(), |id| self.keys.result(id));
+        let _: i64 = self
+            .scripts
+            .dead
+            .key(&self.keys.jobs)
+            .key(&self.keys.dead)
+            .key(&self.keys.stats)
+            .key(&self.keys.done)
+            .key(result_key)
+            .arg(GROUP)
+            .arg(&lease.entry_id)
+            .arg(millis(self.config.dead_ttl))
+            .arg(millis(self.config.result_ttl))
+            .arg(millis(self.config.notice_ttl))
+            .arg(lease.job_id.map(|id| id.to_string()).unwrap_or_default())
+            .arg(result.outcome.kind().as_str())
+            .arg(result.outcome.to_string())
+            .arg(result.attempt)
+            .arg(codec::encode_value(&result))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        let released: i64 = self
+            .scripts
+            .release
+            .key(&self.keys.jobs)
+            .arg(GROUP)
+            .arg(&lease.consumer)
+            .arg(&lease.entry_id)
+            .arg(lease.deliveries)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if released == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost {
+                entry_id: lease.entry_id.clone(),
+            })
+        }
+    }
+
+    async fn result(&self, job_id: JobId) -> Result<Option<JobResult>, QueueError> {
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.keys.result(job_id))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        bytes
+            .map(|b| codec::decode_value(&b).map_err(|e| protocol(format!("stored result: {e}"))))
+            .transpose()
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&self.keys.dead)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(parse_entries(&reply)?
+            .into_iter()
+            .map(|(id, fields)| {
+                let field = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k == name.as_bytes())
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                let kind_name = field("kind");
+                DeadLetter {
+                    entry_id: id,
+                    job_id: field("job").parse().ok(),
+                    reason: field("reason"),
+                    kind: OutcomeKind::ALL
+                        .into_iter()
+                        .find(|k| k.as_str() == kind_name)
+                        .unwrap_or(OutcomeKind::BadEnvelope),
+                    attempts: field("attempts").parse().unwrap_or(0),
+                }
+            })
+            .collect())
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(&self.keys.jobs);
+        pipe.cmd("XPENDING").arg(&self.keys.jobs).arg(GROUP);
+        pipe.cmd("ZCARD").arg(&self.keys.delayed);
+        pipe.cmd("HGET").arg(&self.keys.stats).arg("completed");
+        pipe.cmd("XLEN").arg(&self.keys.dead);
+        let (len, pending, delayed, completed, dead): (u64, Value, u64, Option<u64>, u64) = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let leased = match pending {
+            Value::Array(parts) => match parts.first() {
+                Some(Value::Int(n)) => *n as u64,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok(QueueStats {
+            ready: len.saturating_sub(leased),
+            leased,
+            delayed,
+            completed: completed.unwrap_or(0),
+            dead,
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! The Redis queue against a real redis-server: the shared conformance suite, then what
+//! only Redis has (blobs, modules, schedules, dead-letter commands, restarts).
+
+use std::time::Duration;
+
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::{Job, JobInput, JobResult, ModuleHash, Outcome, Queue, codec};
+use sluice_tests::RedisServer;
+
+async fn fresh() -> (RedisServer, RedisQueue) {
+    let server = RedisServer::start();
+    let queue = RedisQueue::connect(RedisConfig::new(server.url()))
+        .await
+        .expect("connect");
+    (server, queue)
+}
+
+sluice_shared::queue_conformance!(fresh());
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn job(n: u8) -> Job {
+    Job::new(ModuleHash::of(b"redis"), JobInput::Inline(vec![n]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_without_envelope_field_is_a_decode_error() {
+    let (server, queue) = fresh().await;
+    server.cli(&["XADD", &queue.keys().jobs, "*", "junk", "value"]);
+    let claimed = queue.claim("c1", 10, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let err = claimed[0].delivery.as_ref().unwrap_err();
+    assert!(err.to_string().contains("envelope"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completions_are_batched_and_all_recorded() {
+    let (_server, queue) = fresh().await;
+    let queue = std::sync::Arc::new(queue);
+    let jobs: Vec<Job> = (0..200).map(|i| job(i as u8)).collect();
+    queue.enqueue(&jobs).await.unwrap();
+    let claimed = queue.claim("c1", 500, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 200);
+    let mut completing = tokio::task::JoinSet::new();
+    for c in claimed {
+        let queue = queue.clone();
+        completing.spawn(async move {
+            let result = JobResult::without_run(c.lease.job_id.unwrap(), Outcome::Success, 1);
+            queue.complete(&c.lease, result).await
+        });
+    }
+    while let Some(done) = completing.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.completed, stats.leased, stats.ready), (200, 0, 0));
+    for job in &jobs {
+        assert!(queue.result(job.id).await.unwrap().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_round_trip_in_chunks() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.chunk_bytes = 1000;
+    let queue = RedisQueue::connect(config).await.unwrap();
+    let data: Vec<u8> = (0..3500u32).map(|i| (i % 251) as u8).collect();
+    let mut writer = queue.blob_writer();
+    writer.write(&data[..1234]).await.unwrap();
+    writer.write(&data[1234..]).await.unwrap();
+    let (id, len) = writer.finish().await.unwrap();
+    assert_eq!(len, 3500);
+    let mut reader = queue.blob_reader(&id);
+    let mut back = Vec::new();
+    while let Some(chunk) = reader.next_chunk().await.unwrap() {
+        assert!(chunk.len() <= 1000);
+        back.extend(chunk);
+    }
+    assert_eq!(back, data);
+    let mut missing = queue.blob_reader("nope");
+    assert!(missing.next_chunk().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_are_content_addressed_with_aliases() {
+    let (_server, queue) = fresh().await;
+    let hash = queue
+        .put_module(b"\0asm\x01\0\0\0", Some("empty"))
+        .await
+        .unwrap();
+    assert_eq!(hash, ModuleHash::of(b"\0asm\x01\0\0\0"));
+    assert_eq!(queue.resolve_module("empty").await.unwrap(), Some(hash));
+    assert_eq!(
+        queue.resolve_module(&hash.to_hex()).await.unwrap(),
+        Some(hash)
+    );
+    assert_eq!(queue.resolve_module("other").await.unwrap(), None);
+    assert_eq!(
+        queue.get_module(&hash).await.unwrap().unwrap(),
+        b"\0asm\x01\0\0\0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_jobs_wait_for_their_time_on_the_server_clock() {
+    let (_server, queue) = fresh().await;
+    let now = queue.server_time_ms().await.unwrap();
+    queue.schedule(&[job(1)], now + 400).await.unwrap();
+    assert!(
+        queue
+            .claim("c1", 1, LONG, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = queue
+        .claim("c1", 1, LONG, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_retried_and_purged() {
+    let (_server, queue) = fresh().await;
+    queue.enqueue(&[job(1), job(2)]).await.unwrap();
+    for claimed in queue.claim("c1", 2, LONG, LONG).await.unwrap() {
+        let result = JobResult::without_run(claimed.lease.job_id.unwrap(), Outcome::Timeout, 3);
+        queue.dead_letter(&claimed.lease, result).await.unwrap();
+    }
+    let dead = queue.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(queue.dlq_retry(Some(&dead[0].entry_id)).await.unwrap(), 1);
+    assert_eq!(queue.dead_letters().await.unwrap().len(), 1);
+    let again = queue.claim("c1", 5, LONG, LONG).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease.job_id, dead[0].job_id);
+    assert_eq!(queue.dlq_purge().await.unwrap(), 1);
+    assert!(queue.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_jobs_survive_a_redis_restart_with_aof() {
+    let mut server = RedisServer::start_with_aof();
+    let queue = RedisQueue::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    queue.enqueue(&[job(1), job(2)]).await.unwrap();
+    let held = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
+    server.kill();
+    server.start_again();
+    // The same connection manager reconnects; the lease and the other job are intact.
+    let mut renewed = queue.extend_lease(&held.lease, LONG).await;
+    for _ in 0..20 {
+        if renewed.is_ok() {
+            break;
+        }
+        renewed = queue.extend_lease(&held.lease, LONG).await;
+    }
+    renewed.expect("lease survives the restart");
+    let other = queue
+        .claim("c2", 5, LONG, LONG)
+        .await
+        .expect("claims after the restart");
+    assert_eq!(other.len(), 1);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.leased, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_format_version_on_the_stream_is_named() {
+    let (_server, queue) = fresh().await;
+    let mut envelope = codec::encode(&job(1));
+    envelope[0] = 42;
+    queue.enqueue_raw(envelope).await.unwrap();
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
+    assert!(
+        claimed[0]
+            .delivery
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("42")
+    );
+}
