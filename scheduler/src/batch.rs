@@ -86,6 +86,18 @@ pub enum BatchError {
     Sandbox(#[from] SandboxError),
     #[error("queue: {0}")]
     Queue(#[from] sluice_shared::QueueError),
+    #[error(transparent)]
+    InvalidModule(#[from] crate::modules::ModuleError),
+}
+
+/// The progress bar batches draw on stderr (hidden when it is not a terminal).
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    progress
 }
 
 /// What a batch did.
@@ -160,7 +172,7 @@ impl JobEnv for FileEnv {
             })
     }
 
-    fn finish_output(&self, job: &Job, result: &JobResult) -> Result<(), Outcome> {
+    fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome> {
         let part = self.part_path(job);
         if result.outcome.is_success() {
             std::fs::rename(&part, self.out_dir.join(&job.label)).map_err(|e| Outcome::HostError {
@@ -209,7 +221,7 @@ impl JobEnv for FileEnv {
 }
 
 /// The regular files of `dir`, sorted by name.
-fn list_inputs(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, BatchError> {
+pub(crate) fn list_inputs(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, BatchError> {
     let err = |source| BatchError::Inputs {
         path: dir.to_owned(),
         source,
@@ -271,14 +283,10 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
     };
 
     let progress = if options.progress {
-        ProgressBar::new(inputs.len() as u64)
+        progress_bar(inputs.len() as u64)
     } else {
         ProgressBar::hidden()
     };
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     let all_done = CancellationToken::new();
     let env = Arc::new(FileEnv {
         module,

@@ -19,3 +19,6 @@
 //! ```
 
 pub mod batch;
+pub mod bench;
+pub mod distributed;
+pub mod modules;

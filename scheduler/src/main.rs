@@ -2,9 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 use sluice_scheduler::batch::{BatchOptions, BatchSummary, run_batch};
+use sluice_scheduler::{bench, distributed};
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::units::parse_duration;
+use sluice_shared::{Job, JobId, Queue, ReportLine};
 use sluice_worker::DirGrant;
 use sluice_worker::cli::GuestArgs;
 
@@ -22,11 +28,47 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run MODULE over every file in INPUT_DIR, writing OUT_DIR/<file> and
-    /// OUT_DIR/report.jsonl. Exits 0 only when every job succeeded.
+    /// OUT_DIR/report.jsonl. In-process unless --redis is given. Exits 0 only when
+    /// every job succeeded.
     Batch(BatchArgs),
+    /// Store modules in Redis.
+    #[command(subcommand)]
+    Module(ModuleCommand),
+    /// Enqueue one job; prints its id.
+    Submit(SubmitArgs),
+    /// Queue depths, counters and workers.
+    Status(RedisArgs),
+    /// A job's result (and its output with --output).
+    Result(ResultArgs),
+    /// Dead letters: list, retry, purge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// End-to-end throughput and latency of no-op jobs through Redis and real workers.
+    Bench(bench::BenchArgs),
 }
 
-#[derive(clap::Args)]
+/// Where the queue is.
+#[derive(Args, Clone)]
+struct RedisArgs {
+    /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
+    #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
+    redis_url: String,
+    /// Queue name.
+    #[arg(long, env = "SLUICE_QUEUE", default_value = "default")]
+    queue: String,
+}
+
+impl RedisArgs {
+    async fn connect(&self) -> anyhow::Result<RedisQueue> {
+        let mut config = RedisConfig::new(&self.redis_url);
+        config.queue = self.queue.clone();
+        RedisQueue::connect(config)
+            .await
+            .with_context(|| format!("connecting to {}", self.redis_url))
+    }
+}
+
+#[derive(Args)]
 struct BatchArgs {
     /// The module: a .wasm binary or .wat text.
     #[arg(long)]
@@ -41,7 +83,7 @@ struct BatchArgs {
     /// An argument passed to the guest (repeatable).
     #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
     args: Vec<String>,
-    /// Jobs run at once (default: one per core).
+    /// Jobs run at once, in-process (default: one per core).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Attempts per job; only timeouts and host errors are retried.
@@ -50,6 +92,76 @@ struct BatchArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// Run through this Redis and its workers instead of in-process.
+    #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Queue name (with --redis).
+    #[arg(long, env = "SLUICE_QUEUE", default_value = "default")]
+    queue: String,
+}
+
+#[derive(Subcommand)]
+enum ModuleCommand {
+    /// Validate FILE (.wasm or .wat), store it content-addressed, print its hash.
+    Put {
+        file: PathBuf,
+        /// Also name it (jobs may then say --module NAME).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    /// Module hash or name (see `sluice module put`).
+    #[arg(long)]
+    module: String,
+    /// The input file (`-` for stdin).
+    #[arg(long, default_value = "-")]
+    input: PathBuf,
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// An argument passed to the guest (repeatable).
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// Run no earlier than this (milliseconds since the Unix epoch).
+    #[arg(long, value_name = "UNIX_MS", conflicts_with = "delay")]
+    at: Option<u64>,
+    /// Run after this delay (measured on the Redis server's clock).
+    #[arg(long, value_name = "DURATION")]
+    delay: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+#[derive(Args)]
+struct ResultArgs {
+    /// The job id.
+    id: JobId,
+    /// Write the job's output here (`-` for stdout).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters as JSON lines.
+    List(RedisArgs),
+    /// Put a dead letter (or --all) back on the queue.
+    Retry {
+        /// The dead letter's id (from `dlq list`).
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Delete every dead letter.
+    Purge(RedisArgs),
 }
 
 fn print_summary(summary: &BatchSummary) {
@@ -85,13 +197,137 @@ async fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|spec| DirGrant::parse(spec, args.guest.read_only_dirs))
         .collect::<Result<_, _>>()?;
-    let summary = run_batch(options).await?;
+    let summary = match args.redis_url {
+        None => run_batch(options).await?,
+        Some(url) => {
+            let redis = RedisArgs {
+                redis_url: url,
+                queue: args.queue,
+            };
+            distributed::run_batch(Arc::new(redis.connect().await?), options).await?
+        }
+    };
     print_summary(&summary);
     Ok(if summary.all_succeeded() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let queue = args.redis.connect().await?;
+    let module = queue
+        .resolve_module(&args.module)
+        .await?
+        .with_context(|| format!("no module named {}", args.module))?;
+    let wasm = queue
+        .get_module(&module)
+        .await?
+        .with_context(|| format!("module {module} is not stored"))?;
+    let input = if args.input.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("stdin");
+        std::fs::write(&path, &bytes)?;
+        distributed::upload_input(&queue, &path, bytes.len() as u64).await?
+    } else {
+        let len = std::fs::metadata(&args.input)
+            .with_context(|| format!("reading {}", args.input.display()))?
+            .len();
+        distributed::upload_input(&queue, &args.input, len).await?
+    };
+    let mut job = Job::new(module, input);
+    job.entry = args
+        .guest
+        .entry()
+        .unwrap_or_else(|| sluice_scheduler::modules::default_entry(&wasm));
+    job.args = args.args;
+    job.env = args.guest.env.clone();
+    job.limits = args.guest.limits();
+    job.label = args.input.display().to_string();
+    let due = match (args.at, &args.delay) {
+        (Some(at), _) => Some(at),
+        (None, Some(delay)) => {
+            let delay = parse_duration(delay)?;
+            Some(queue.server_time_ms().await? + delay.as_millis() as u64)
+        }
+        (None, None) => None,
+    };
+    match due {
+        Some(due) => queue.schedule(std::slice::from_ref(&job), due).await?,
+        None => queue.enqueue(std::slice::from_ref(&job)).await?,
+    }
+    println!("{}", job.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(redis: RedisArgs) -> anyhow::Result<ExitCode> {
+    let queue = redis.connect().await?;
+    let status = queue.status().await?;
+    let s = &status.stats;
+    println!("queue {}", redis.queue);
+    println!(
+        "  ready {}  leased {}  delayed {}  completed {}  dead {}",
+        s.ready, s.leased, s.delayed, s.completed, s.dead
+    );
+    println!(
+        "  retried {}  duplicates {}  dlq retried {}",
+        status.retried, status.duplicates, status.dlq_retried
+    );
+    println!("workers ({}):", status.consumers.len());
+    for c in &status.consumers {
+        println!(
+            "  {:<32} pending {:<6} idle {} ms",
+            c.name, c.pending, c.idle_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn result(args: ResultArgs) -> anyhow::Result<ExitCode> {
+    let queue = args.redis.connect().await?;
+    let Some(result) = queue.result(args.id).await? else {
+        eprintln!(
+            "sluice: no result for {} (not finished, unknown, or expired)",
+            args.id
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    println!("{}", serde_json::to_string(&ReportLine::new("", &result))?);
+    if let Some(path) = args.output {
+        if path.as_os_str() == "-" {
+            distributed::write_output(&queue, &result, tokio::io::stdout()).await?;
+        } else {
+            let file = tokio::fs::File::create(&path).await?;
+            distributed::write_output(&queue, &result, file).await?;
+        }
+    }
+    Ok(if result.outcome.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List(redis) => {
+            for dead in redis.connect().await?.dead_letters().await? {
+                println!("{}", serde_json::to_string(&dead)?);
+            }
+        }
+        DlqCommand::Retry { id, all, redis } => {
+            anyhow::ensure!(all || id.is_some(), "name a dead letter id, or --all");
+            let moved = redis.connect().await?.dlq_retry(id.as_deref()).await?;
+            println!("re-enqueued {moved}");
+        }
+        DlqCommand::Purge(redis) => {
+            println!("purged {}", redis.connect().await?.dlq_purge().await?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[tokio::main]
@@ -102,6 +338,20 @@ async fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Batch(args) => batch(args).await,
+        Command::Module(ModuleCommand::Put { file, name, redis }) => {
+            async {
+                let queue = redis.connect().await?;
+                let (hash, _) = distributed::put_module(&queue, &file, name.as_deref()).await?;
+                println!("{hash}");
+                Ok(ExitCode::SUCCESS)
+            }
+            .await
+        }
+        Command::Submit(args) => submit(args).await,
+        Command::Status(redis) => status(redis).await,
+        Command::Result(args) => result(args).await,
+        Command::Dlq(command) => dlq(command).await,
+        Command::Bench(args) => bench::run(args).await,
     };
     result.unwrap_or_else(|error| {
         eprintln!("sluice: {error:#}");

@@ -5,12 +5,15 @@
 //! Where modules, inputs and outputs come from is the [`JobEnv`]'s business: files in
 //! embedded batch mode, Redis blobs in the fleet.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_shared::queue::Completion;
-use sluice_shared::{Claimed, Job, JobId, JobResult, ModuleHash, Outcome, Queue, RetryPolicy};
+use sluice_shared::{
+    Claimed, Job, JobId, JobResult, Lease, ModuleHash, Outcome, Queue, RetryPolicy,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -48,8 +51,11 @@ pub trait JobEnv: Send + Sync + 'static {
     fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome>;
     /// A writer for the job's output.
     fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome>;
-    /// Keeps or discards the output once the outcome is known.
-    fn finish_output(&self, job: &Job, result: &JobResult) -> Result<(), Outcome>;
+    /// Keeps or discards the output once the outcome is known, recording where it is
+    /// in `result.output`.
+    fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome>;
+    /// Told when a job starts running (metrics).
+    fn on_started(&self, _job: &Job) {}
     /// Told of every run's end (progress, reports, metrics). `job` is `None` when the
     /// envelope did not decode.
     fn on_finished(&self, job: Option<&Job>, result: &JobResult, disposition: Disposition);
@@ -69,6 +75,9 @@ pub struct ExecutorConfig {
     pub claim_wait: Duration,
     /// Retries and dead letters.
     pub retry: RetryPolicy,
+    /// After shutdown, how long jobs in flight may take to finish before their leases
+    /// are released for other workers.
+    pub grace: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -79,12 +88,18 @@ impl Default for ExecutorConfig {
             lease: Duration::from_secs(30),
             claim_wait: Duration::from_millis(500),
             retry: RetryPolicy::default(),
+            grace: Duration::from_secs(30),
         }
     }
 }
 
-/// Runs jobs from `queue` until `shutdown` is cancelled, then finishes the jobs in
-/// flight and returns.
+/// Leases of the jobs running now, so shutdown can release those that outlive the grace
+/// period.
+type InFlight = Arc<Mutex<HashMap<String, Lease>>>;
+
+/// Runs jobs from `queue` until `shutdown` is cancelled, then lets the jobs in flight
+/// finish for up to the grace period, releases the leases of any still running so
+/// other workers take them at once, and returns.
 pub async fn run<Q: Queue + 'static, E: JobEnv>(
     queue: Arc<Q>,
     sandbox: Arc<Sandbox>,
@@ -93,6 +108,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    let in_flight: InFlight = Arc::default();
     let mut running = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -116,10 +132,18 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
             Ok(claimed) => {
                 backoff = Duration::from_millis(50);
                 for (claimed, permit) in claimed.into_iter().zip(permits) {
-                    let (queue, sandbox, env, config) =
-                        (queue.clone(), sandbox.clone(), env.clone(), config.clone());
+                    let (queue, sandbox, env, config, in_flight) = (
+                        queue.clone(),
+                        sandbox.clone(),
+                        env.clone(),
+                        config.clone(),
+                        in_flight.clone(),
+                    );
+                    let entry_id = claimed.lease.entry_id.clone();
+                    lock(&in_flight).insert(entry_id.clone(), claimed.lease.clone());
                     running.spawn(async move {
                         process(&*queue, sandbox, env, &config, claimed).await;
+                        lock(&in_flight).remove(&entry_id);
                         drop(permit);
                     });
                 }
@@ -134,7 +158,29 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
             }
         }
     }
-    while running.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(config.grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let leftover: Vec<Lease> = lock(&in_flight).drain().map(|(_, lease)| lease).collect();
+        tracing::warn!(
+            jobs = leftover.len(),
+            "grace period over; releasing jobs still running"
+        );
+        for lease in leftover {
+            if let Err(error) = queue.release(&lease).await {
+                tracing::warn!(entry = %lease.entry_id, %error, "release failed; the lease will expire");
+            }
+        }
+        running.abort_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A spread in `[0, 1)` that differs between jobs, so a batch that failed together
@@ -185,6 +231,7 @@ async fn process<Q: Queue, E: JobEnv>(
             }
         }
     };
+    env.on_started(&job);
     let run_job = {
         let job = job.clone();
         let env = env.clone();
@@ -245,7 +292,7 @@ fn run_one<E: JobEnv>(sandbox: &Sandbox, env: &E, job: &Job, attempt: u32) -> Jo
         Err(outcome) => JobResult::without_run(job.id, outcome, attempt),
     };
     result.attempt = attempt;
-    if let Err(outcome) = env.finish_output(job, &result)
+    if let Err(outcome) = env.finish_output(job, &mut result)
         && result.outcome.is_success()
     {
         result.outcome = outcome;

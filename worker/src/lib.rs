@@ -27,7 +27,9 @@
 pub mod cli;
 pub mod config;
 pub mod executor;
+pub mod fleet;
 mod limiter;
+pub mod metrics;
 mod raw_abi;
 mod sandbox;
 pub mod streams;

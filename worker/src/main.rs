@@ -31,6 +31,74 @@ struct Cli {
 enum Command {
     /// Run MODULE (.wasm or .wat) with stdin as its input and stdout as its output.
     Run(RunArgs),
+    /// Run jobs from a Redis queue until SIGTERM (then drain and exit 0).
+    Serve(ServeArgs),
+}
+
+/// `serve` settings. Each flag has a `SLUICE_*` environment equivalent, and any left
+/// unset is taken from `--config FILE` (TOML with the same names, `-` as `_`).
+#[derive(clap::Args, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeArgs {
+    /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
+    #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
+    #[serde(rename = "redis")]
+    redis_url: Option<String>,
+    /// Queue name.
+    #[arg(long, env = "SLUICE_QUEUE")]
+    queue: Option<String>,
+    /// Job slots (jobs run at once). Default: 4 per core.
+    #[arg(long, env = "SLUICE_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "SLUICE_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Visibility timeout: a job whose worker stops renewing its lease for this long is
+    /// taken over by another worker. Default 30s.
+    #[arg(long, env = "SLUICE_LEASE")]
+    lease: Option<String>,
+    /// On SIGTERM, how long jobs in flight may take before they are released. Default 30s.
+    #[arg(long, env = "SLUICE_GRACE")]
+    grace: Option<String>,
+    /// Attempts per job (only transient failures are retried). Default 3.
+    #[arg(long, env = "SLUICE_MAX_ATTEMPTS")]
+    max_attempts: Option<u32>,
+    /// This worker's consumer name in the queue. Default: host-pid.
+    #[arg(long, env = "SLUICE_CONSUMER")]
+    consumer: Option<String>,
+    /// Directories granted to every guest, HOST::GUEST (never `/`).
+    #[arg(long = "dir", env = "SLUICE_DIRS", value_delimiter = ',')]
+    #[serde(default)]
+    dirs: Vec<String>,
+    /// A TOML file with any of the settings above.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Fills every setting the command line and environment left unset from the file.
+    fn merged(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let file: ServeArgs =
+            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        self.redis_url = self.redis_url.or(file.redis_url);
+        self.queue = self.queue.or(file.queue);
+        self.concurrency = self.concurrency.or(file.concurrency);
+        self.metrics_addr = self.metrics_addr.or(file.metrics_addr);
+        self.lease = self.lease.or(file.lease);
+        self.grace = self.grace.or(file.grace);
+        self.max_attempts = self.max_attempts.or(file.max_attempts);
+        self.consumer = self.consumer.or(file.consumer);
+        if self.dirs.is_empty() {
+            self.dirs = file.dirs;
+        }
+        Ok(self)
+    }
 }
 
 #[derive(clap::Args)]
@@ -134,14 +202,131 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use sluice_shared::RetryPolicy;
+    use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+    use sluice_shared::units::parse_duration;
+    use sluice_worker::executor::{self, ExecutorConfig};
+    use sluice_worker::fleet::{RedisEnv, serve_metrics};
+    use sluice_worker::metrics::WorkerMetrics;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    let args = args.merged()?;
+    let url = args
+        .redis_url
+        .context("no Redis configured: pass --redis URL or set SLUICE_REDIS_URL")?;
+    let duration = |value: &Option<String>, default: Duration| -> anyhow::Result<Duration> {
+        value
+            .as_deref()
+            .map_or(Ok(default), |v| Ok(parse_duration(v)?))
+    };
+    let lease = duration(&args.lease, Duration::from_secs(30))?;
+    let grace = duration(&args.grace, Duration::from_secs(30))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let slots = args.concurrency.unwrap_or(cores * 4).max(1);
+    let consumer = args.consumer.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let dir_grants = args
+        .dirs
+        .iter()
+        .map(|spec| DirGrant::parse(spec, true))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down: no new claims, draining jobs in flight");
+            shutdown.cancel();
+        });
+    }
+
+    let mut config = RedisConfig::new(url);
+    if let Some(queue) = args.queue {
+        config.queue = queue;
+    }
+    // Redis may not be up yet (or be restarting): keep trying until it is, or until
+    // we are told to stop.
+    let mut backoff = Duration::from_millis(100);
+    let queue = loop {
+        match RedisQueue::connect(config.clone()).await {
+            Ok(queue) => break Arc::new(queue),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "cannot reach Redis");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        slots: u32::try_from(slots).unwrap_or(u32::MAX),
+        dir_grants,
+        ..SandboxConfig::default()
+    })?);
+    let metrics = WorkerMetrics::new();
+    if let Some(addr) = args.metrics_addr {
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        let listener = tokio::spawn(serve_metrics(addr, metrics, shutdown));
+        tokio::spawn(async move {
+            if let Ok(Err(error)) = listener.await {
+                tracing::error!(%error, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+    let env = Arc::new(RedisEnv::new(queue.clone(), sandbox.clone(), metrics));
+    tracing::info!(%consumer, slots, queue = %queue.config().queue, "worker ready");
+    executor::run(
+        queue,
+        sandbox,
+        env,
+        ExecutorConfig {
+            slots,
+            consumer,
+            lease,
+            grace,
+            retry: RetryPolicy {
+                max_attempts: args.max_attempts.unwrap_or(3).max(1),
+                ..RetryPolicy::default()
+            },
+            ..ExecutorConfig::default()
+        },
+        shutdown,
+    )
+    .await;
+    tracing::info!("drained; exiting");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(serve(args))),
     };
     result.unwrap_or_else(|error| {
         eprintln!("sluice-worker: {error:#}");

@@ -109,6 +109,11 @@ impl Keys {
         format!("{}result:{job}", self.prefix)
     }
 
+    /// The key a job's result is stored under.
+    pub fn result_key(&self, job: JobId) -> String {
+        self.result(job)
+    }
+
     fn module(&self, hash: &ModuleHash) -> String {
         format!("{}module:{hash}", self.prefix)
     }

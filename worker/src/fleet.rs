@@ -1,0 +1,220 @@
+//! The fleet worker: the worker loop on the Redis queue, with modules, inputs and
+//! outputs in Redis, and a `/metrics` endpoint.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use sluice_shared::queue::redis::{BlobWriter, RedisQueue};
+use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome};
+use tokio::runtime::Handle;
+
+use crate::executor::{Disposition, JobEnv};
+use crate::metrics::WorkerMetrics;
+use crate::sandbox::{LoadedModule, Sandbox};
+
+/// The URI scheme of an input stored as a blob in the queue's Redis.
+pub const BLOB_URI_PREFIX: &str = "blob:";
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Output of one job: kept in memory while small, spilled to a chunked blob once it
+/// passes the inline limit, so a large output never sits in worker memory.
+struct OutputState {
+    inline: Vec<u8>,
+    blob: Option<BlobWriter>,
+    error: Option<String>,
+}
+
+#[derive(Clone)]
+struct RedisOutput {
+    state: Arc<Mutex<OutputState>>,
+    queue: Arc<RedisQueue>,
+    handle: Handle,
+}
+
+impl Write for RedisOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut state = lock(&self.state);
+        if let Some(e) = &state.error {
+            return Err(std::io::Error::other(e.clone()));
+        }
+        if state.blob.is_none()
+            && state.inline.len() + buf.len() <= self.queue.config().inline_limit
+        {
+            state.inline.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        let state = &mut *state;
+        let blob = state.blob.get_or_insert_with(|| self.queue.blob_writer());
+        let spilled = std::mem::take(&mut state.inline);
+        // Guests run on blocking threads, where waiting on the runtime is allowed.
+        let written = self.handle.block_on(async {
+            blob.write(&spilled).await?;
+            blob.write(buf).await
+        });
+        match written {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                state.error = Some(e.to_string());
+                Err(std::io::Error::other(e.to_string()))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Modules, inputs and outputs in the queue's Redis.
+pub struct RedisEnv {
+    queue: Arc<RedisQueue>,
+    sandbox: Arc<Sandbox>,
+    handle: Handle,
+    modules: Mutex<HashMap<ModuleHash, Result<Arc<LoadedModule>, Outcome>>>,
+    outputs: Mutex<HashMap<sluice_shared::JobId, RedisOutput>>,
+    metrics: WorkerMetrics,
+}
+
+impl RedisEnv {
+    /// An environment over `queue`; must be created inside the tokio runtime.
+    pub fn new(queue: Arc<RedisQueue>, sandbox: Arc<Sandbox>, metrics: WorkerMetrics) -> Self {
+        RedisEnv {
+            queue,
+            sandbox,
+            handle: Handle::current(),
+            modules: Mutex::default(),
+            outputs: Mutex::default(),
+            metrics,
+        }
+    }
+}
+
+impl JobEnv for RedisEnv {
+    fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome> {
+        if let Some(known) = lock(&self.modules).get(hash) {
+            return known.clone();
+        }
+        let bytes = self
+            .handle
+            .block_on(self.queue.get_module(hash))
+            .map_err(|e| Outcome::HostError {
+                reason: format!("fetching module {hash}: {e}"),
+            })?
+            .ok_or_else(|| Outcome::InvalidModule {
+                reason: format!("module {hash} is not stored (upload it with `sluice module put`)"),
+            })?;
+        let loaded = if ModuleHash::of(&bytes) == *hash {
+            self.sandbox.load_module(&bytes)
+        } else {
+            Err(Outcome::InvalidModule {
+                reason: format!("stored bytes of module {hash} do not match its hash"),
+            })
+        };
+        lock(&self.modules).insert(*hash, loaded.clone());
+        loaded
+    }
+
+    fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome> {
+        match &job.input {
+            JobInput::Inline(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
+            JobInput::Blob { uri, .. } => {
+                let id =
+                    uri.strip_prefix(BLOB_URI_PREFIX)
+                        .ok_or_else(|| Outcome::InputUnavailable {
+                            reason: format!("a fleet worker reads `blob:` inputs, not {uri}"),
+                        })?;
+                let _runtime = self.handle.enter();
+                Ok(Box::new(self.queue.blob_reader(id)))
+            }
+        }
+    }
+
+    fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome> {
+        let output = RedisOutput {
+            state: Arc::new(Mutex::new(OutputState {
+                inline: Vec::new(),
+                blob: None,
+                error: None,
+            })),
+            queue: self.queue.clone(),
+            handle: self.handle.clone(),
+        };
+        lock(&self.outputs).insert(job.id, output.clone());
+        Ok(Box::new(output))
+    }
+
+    fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome> {
+        let Some(output) = lock(&self.outputs).remove(&job.id) else {
+            return Ok(());
+        };
+        let mut state = lock(&output.state);
+        if !result.outcome.is_success() {
+            // A failed job's partial blob chunks expire with the blob TTL.
+            return Ok(());
+        }
+        result.output = match state.blob.take() {
+            None => JobOutput::Inline(std::mem::take(&mut state.inline)),
+            Some(blob) => {
+                let (id, len) =
+                    self.handle
+                        .block_on(blob.finish())
+                        .map_err(|e| Outcome::HostError {
+                            reason: format!("storing output: {e}"),
+                        })?;
+                JobOutput::Blob { id, len }
+            }
+        };
+        Ok(())
+    }
+
+    fn on_started(&self, _job: &Job) {
+        self.metrics.running.inc();
+    }
+
+    fn on_finished(&self, job: Option<&Job>, result: &JobResult, disposition: Disposition) {
+        if job.is_some() {
+            self.metrics.running.dec();
+        }
+        self.metrics.record(result);
+        match disposition {
+            Disposition::Retrying(_) => self.metrics.retries.inc(),
+            Disposition::DeadLettered => self.metrics.dead_letters.inc(),
+            Disposition::Duplicate => self.metrics.duplicates.inc(),
+            Disposition::Unrecorded => self.metrics.queue_errors.inc(),
+            Disposition::Completed => {}
+        }
+    }
+}
+
+/// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown`.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: WorkerMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,128 @@
+//! Every metric the worker exports, declared in one place (listed in `docs/metrics.md`).
+//! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
+//! `_bytes`; the only label is the outcome kind, a closed set of 14 values.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use sluice_shared::{JobResult, OutcomeKind};
+
+/// The worker's metrics and the registry that exports them.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    registry: Registry,
+    /// `sluice_jobs_total{outcome}`: finished runs by outcome kind.
+    pub jobs: IntCounterVec,
+    /// `sluice_job_duration_seconds`: wall time of a run.
+    pub duration: Histogram,
+    /// `sluice_jobs_running`: runs in flight.
+    pub running: IntGauge,
+    /// `sluice_job_fuel_consumed_total`: fuel of metered runs.
+    pub fuel: IntCounter,
+    /// `sluice_job_input_bytes_total` / `sluice_job_output_bytes_total`.
+    pub input_bytes: IntCounter,
+    pub output_bytes: IntCounter,
+    /// `sluice_job_retries_total`, `sluice_job_dead_letters_total`,
+    /// `sluice_job_duplicates_total`: what happened after a run.
+    pub retries: IntCounter,
+    pub dead_letters: IntCounter,
+    pub duplicates: IntCounter,
+    /// `sluice_queue_errors_total`: queue operations that failed (Redis away).
+    pub queue_errors: IntCounter,
+}
+
+impl WorkerMetrics {
+    /// Registers every metric, with each outcome kind's series present from the start.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let jobs = IntCounterVec::new(
+            Opts::new("sluice_jobs_total", "Finished job runs by outcome kind"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(jobs.clone()))
+            .expect("unique metric");
+        for kind in OutcomeKind::ALL {
+            jobs.with_label_values(&[kind.as_str()]);
+        }
+        let duration = Histogram::with_opts(
+            HistogramOpts::new("sluice_job_duration_seconds", "Wall time of a job run").buckets(
+                vec![
+                    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+                ],
+            ),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("unique metric");
+        let running =
+            IntGauge::new("sluice_jobs_running", "Job runs in flight").expect("valid metric");
+        registry
+            .register(Box::new(running.clone()))
+            .expect("unique metric");
+        WorkerMetrics {
+            jobs,
+            duration,
+            running,
+            fuel: counter(
+                "sluice_job_fuel_consumed_total",
+                "Fuel consumed by metered runs",
+            ),
+            input_bytes: counter("sluice_job_input_bytes_total", "Input bytes read by guests"),
+            output_bytes: counter(
+                "sluice_job_output_bytes_total",
+                "Output bytes written by guests",
+            ),
+            retries: counter(
+                "sluice_job_retries_total",
+                "Failed runs scheduled to run again",
+            ),
+            dead_letters: counter(
+                "sluice_job_dead_letters_total",
+                "Jobs moved to the dead letters",
+            ),
+            duplicates: counter(
+                "sluice_job_duplicates_total",
+                "Runs whose job another delivery had already finished",
+            ),
+            queue_errors: counter("sluice_queue_errors_total", "Queue operations that failed"),
+            registry,
+        }
+    }
+
+    /// Records a finished run.
+    pub fn record(&self, result: &JobResult) {
+        self.jobs
+            .with_label_values(&[result.outcome.kind().as_str()])
+            .inc();
+        self.duration
+            .observe(result.stats.wall_time_us as f64 / 1e6);
+        self.fuel.inc_by(result.stats.fuel_used.unwrap_or(0));
+        self.input_bytes.inc_by(result.stats.input_bytes);
+        self.output_bytes.inc_by(result.stats.output_bytes);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding our own registry into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
