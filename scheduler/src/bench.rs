@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Jobs in the latency run.
     #[arg(long, default_value_t = 2_000)]
     latency_jobs: usize,
+    /// TTL of results, notices and blobs given to the workers; the bench waits it out
+    /// and reports Redis memory before the run and after the TTL.
+    #[arg(long, default_value = "10s")]
+    ttl: String,
     /// The worker binary (default: `sluice-worker` beside this binary).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
@@ -63,6 +67,15 @@ async fn commands_executed(queue: &RedisQueue) -> anyhow::Result<u64> {
         .filter_map(|l| l.split("calls=").nth(1))
         .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
         .sum())
+}
+
+/// `used_memory` from INFO memory.
+async fn used_memory(queue: &RedisQueue) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut queue.connection()).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -98,7 +111,7 @@ async fn follow(
     deadline: Duration,
 ) -> anyhow::Result<HashMap<JobId, Instant>> {
     let started = Instant::now();
-    let mut done = HashMap::with_capacity(expected);
+    let mut done = HashMap::with_capacity(expected.min(ids.len()));
     while done.len() < expected {
         anyhow::ensure!(
             started.elapsed() < deadline,
@@ -126,9 +139,11 @@ async fn newest_notice(queue: &RedisQueue) -> anyhow::Result<String> {
 
 /// Runs the bench and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    let ttl = sluice_shared::units::parse_duration(&args.ttl)?;
     let mut config = RedisConfig::new(&args.redis_url);
     config.queue = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let queue = RedisQueue::connect(config.clone()).await?;
+    let memory_before = used_memory(&queue).await?;
     let wasm = wat::parse_str(NOOP)?;
     let module = queue.put_module(&wasm, None).await?;
 
@@ -151,6 +166,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             ])
             .args(["--concurrency", &args.concurrency.to_string()])
             .args(["--consumer", &format!("bench-{i}")])
+            .args(["--ttl", &args.ttl])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -203,10 +219,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             let now = Instant::now();
             last = next;
             for (id, _) in notices {
-                arrived.entry(id).or_insert(now);
+                if sent.contains_key(&id) {
+                    arrived.entry(id).or_insert(now);
+                }
             }
         }
-        let remaining = sent.len() - arrived.len();
+        let remaining = sent.len().saturating_sub(arrived.len());
         let rest = follow(&queue, last, remaining, &sent, Duration::from_secs(60)).await;
         if let Ok(rest) = rest {
             arrived.extend(rest);
@@ -246,6 +264,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         })
         .unwrap_or_else(|| "redis-benchmark not available".into());
 
+    // Wait out the TTL, then touch every key of the queue so expired ones go now
+    // rather than whenever active expiry samples them.
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    let pattern = format!("sluice:{{{}}}:*", config.queue);
+    let mut cursor = 0u64;
+    loop {
+        let (next, _keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut queue.connection())
+            .await?;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let memory_after = used_memory(&queue).await?;
+
     let jobs_per_s = args.jobs as f64 / elapsed.as_secs_f64();
     println!("| figure | value |");
     println!("| --- | --- |");
@@ -276,5 +315,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3
     );
     println!("| redis-benchmark -q -P 16 -t set (same server) | {baseline} |");
+    println!(
+        "| Redis used_memory before the run / after the {} TTL | {:.1} MiB / {:.1} MiB |",
+        args.ttl,
+        memory_before as f64 / (1 << 20) as f64,
+        memory_after as f64 / (1 << 20) as f64
+    );
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -235,8 +235,23 @@ pub async fn run_batch(
     let mut report =
         std::io::BufWriter::new(std::fs::File::create(&report_path).map_err(report_io)?);
     let mut by_kind: BTreeMap<OutcomeKind, usize> = BTreeMap::new();
+    let mut backoff = Duration::from_millis(100);
     while follower.outstanding() > 0 {
-        for result in follower.next(&queue, Duration::from_secs(1)).await? {
+        let finished = match follower.next(&queue, Duration::from_secs(1)).await {
+            Ok(finished) => {
+                backoff = Duration::from_millis(100);
+                finished
+            }
+            Err(QueueError::Unavailable(reason)) => {
+                // Redis is restarting or unreachable: the jobs are safe there; wait.
+                progress.println(format!("redis unavailable ({reason}); retrying in {backoff:?}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for result in finished {
             let label = labels.get(&result.job_id).cloned().unwrap_or_default();
             if result.outcome.is_success() {
                 let path = options.out_dir.join(&label);

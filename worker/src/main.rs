@@ -63,6 +63,10 @@ struct ServeArgs {
     /// Attempts per job (only transient failures are retried). Default 3.
     #[arg(long, env = "SLUICE_MAX_ATTEMPTS")]
     max_attempts: Option<u32>,
+    /// How long results, completion notices and output blobs are kept. Default: results
+    /// and blobs 24h, notices 1h.
+    #[arg(long, env = "SLUICE_TTL")]
+    ttl: Option<String>,
     /// This worker's consumer name in the queue. Default: host-pid.
     #[arg(long, env = "SLUICE_CONSUMER")]
     consumer: Option<String>,
@@ -94,6 +98,7 @@ impl ServeArgs {
         self.grace = self.grace.or(file.grace);
         self.max_attempts = self.max_attempts.or(file.max_attempts);
         self.consumer = self.consumer.or(file.consumer);
+        self.ttl = self.ttl.or(file.ttl);
         if self.dirs.is_empty() {
             self.dirs = file.dirs;
         }
@@ -255,6 +260,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = RedisConfig::new(url);
     if let Some(queue) = args.queue {
         config.queue = queue;
+    }
+    if let Some(ttl) = &args.ttl {
+        let ttl = parse_duration(ttl)?;
+        config.result_ttl = ttl;
+        config.blob_ttl = ttl;
+        config.notice_ttl = ttl.min(config.notice_ttl);
     }
     // Redis may not be up yet (or be restarting): keep trying until it is, or until
     // we are told to stop.
