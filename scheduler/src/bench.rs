@@ -71,7 +71,10 @@ async fn commands_executed(queue: &RedisQueue) -> anyhow::Result<u64> {
 
 /// `used_memory` from INFO memory.
 async fn used_memory(queue: &RedisQueue) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut queue.connection()).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut queue.connection())
+        .await?;
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())

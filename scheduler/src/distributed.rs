@@ -244,7 +244,9 @@ pub async fn run_batch(
             }
             Err(QueueError::Unavailable(reason)) => {
                 // Redis is restarting or unreachable: the jobs are safe there; wait.
-                progress.println(format!("redis unavailable ({reason}); retrying in {backoff:?}"));
+                progress.println(format!(
+                    "redis unavailable ({reason}); retrying in {backoff:?}"
+                ));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;

@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub mod redis;
+pub mod worker;
 
 pub use redis::RedisServer;
+pub use worker::WorkerProcess;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

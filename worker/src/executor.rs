@@ -124,10 +124,25 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
         while let Ok(permit) = slots.clone().try_acquire_owned() {
             permits.push(permit);
         }
-        let claimed = tokio::select! {
-            claimed = queue.claim(&config.consumer, permits.len(), config.lease, config.claim_wait) => claimed,
-            () = shutdown.cancelled() => break,
-        };
+        // A claim is never abandoned half-way: the server may already have handed the
+        // entries to us. It waits at most `claim_wait`; what it brings after shutdown
+        // began is given back at once.
+        let claimed = queue
+            .claim(
+                &config.consumer,
+                permits.len(),
+                config.lease,
+                config.claim_wait,
+            )
+            .await;
+        if shutdown.is_cancelled() {
+            for claimed in claimed.iter().flatten() {
+                if let Err(error) = queue.release(&claimed.lease).await {
+                    tracing::warn!(entry = %claimed.lease.entry_id, %error, "release failed; the lease will expire");
+                }
+            }
+            break;
+        }
         match claimed {
             Ok(claimed) => {
                 backoff = Duration::from_millis(50);

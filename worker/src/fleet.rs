@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
-use sluice_shared::queue::redis::{BlobWriter, RedisQueue};
+use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue};
 use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome};
 use tokio::runtime::Handle;
 
@@ -26,8 +26,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// passes the inline limit, so a large output never sits in worker memory.
 struct OutputState {
     inline: Vec<u8>,
-    blob: Option<BlobWriter>,
-    error: Option<String>,
+    blob: Option<BlobWriteStream>,
 }
 
 #[derive(Clone)]
@@ -40,29 +39,19 @@ struct RedisOutput {
 impl Write for RedisOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut state = lock(&self.state);
-        if let Some(e) = &state.error {
-            return Err(std::io::Error::other(e.clone()));
-        }
-        if state.blob.is_none()
-            && state.inline.len() + buf.len() <= self.queue.config().inline_limit
-        {
-            state.inline.extend_from_slice(buf);
-            return Ok(buf.len());
-        }
         let state = &mut *state;
-        let blob = state.blob.get_or_insert_with(|| self.queue.blob_writer());
-        let spilled = std::mem::take(&mut state.inline);
-        // Guests run on blocking threads, where waiting on the runtime is allowed.
-        let written = self.handle.block_on(async {
-            blob.write(&spilled).await?;
-            blob.write(buf).await
-        });
-        match written {
-            Ok(()) => Ok(buf.len()),
-            Err(e) => {
-                state.error = Some(e.to_string());
-                Err(std::io::Error::other(e.to_string()))
+        if state.blob.is_none() {
+            if state.inline.len() + buf.len() <= self.queue.config().inline_limit {
+                state.inline.extend_from_slice(buf);
+                return Ok(buf.len());
             }
+            let mut blob = self.queue.blob_write_stream(self.handle.clone());
+            blob.write_all(&std::mem::take(&mut state.inline))?;
+            state.blob = Some(blob);
+        }
+        match &mut state.blob {
+            Some(blob) => blob.write(buf),
+            None => Ok(0),
         }
     }
 
@@ -129,8 +118,9 @@ impl JobEnv for RedisEnv {
                         .ok_or_else(|| Outcome::InputUnavailable {
                             reason: format!("a fleet worker reads `blob:` inputs, not {uri}"),
                         })?;
-                let _runtime = self.handle.enter();
-                Ok(Box::new(self.queue.blob_reader(id)))
+                Ok(Box::new(
+                    self.queue.blob_read_stream(self.handle.clone(), id),
+                ))
             }
         }
     }
@@ -140,7 +130,6 @@ impl JobEnv for RedisEnv {
             state: Arc::new(Mutex::new(OutputState {
                 inline: Vec::new(),
                 blob: None,
-                error: None,
             })),
             queue: self.queue.clone(),
             handle: self.handle.clone(),
@@ -161,12 +150,9 @@ impl JobEnv for RedisEnv {
         result.output = match state.blob.take() {
             None => JobOutput::Inline(std::mem::take(&mut state.inline)),
             Some(blob) => {
-                let (id, len) =
-                    self.handle
-                        .block_on(blob.finish())
-                        .map_err(|e| Outcome::HostError {
-                            reason: format!("storing output: {e}"),
-                        })?;
+                let (id, len) = blob.finish().map_err(|e| Outcome::HostError {
+                    reason: format!("storing output: {e}"),
+                })?;
                 JobOutput::Blob { id, len }
             }
         };

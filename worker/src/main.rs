@@ -337,7 +337,13 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(serve(args))),
+            .and_then(|runtime| {
+                let served = runtime.block_on(serve(args));
+                // Guests still running past the grace period were released to other
+                // workers; do not wait for them.
+                runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+                served
+            }),
     };
     result.unwrap_or_else(|error| {
         eprintln!("sluice-worker: {error:#}");

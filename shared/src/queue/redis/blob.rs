@@ -151,13 +151,10 @@ impl BlobWriter {
     }
 }
 
-/// Reads one blob in order, one chunk prefetched; implements blocking [`Read`] for
-/// guests running on blocking threads, and [`BlobReader::next_chunk`] for async code.
+/// Reads one blob in order, one chunk prefetched, for async code
+/// ([`BlobReadStream`] is the blocking form).
 pub struct BlobReader {
     chunks: mpsc::Receiver<Result<Vec<u8>, String>>,
-    current: Vec<u8>,
-    pos: usize,
-    failed: Option<String>,
 }
 
 impl BlobReader {
@@ -198,12 +195,7 @@ impl BlobReader {
                 }
             }
         });
-        BlobReader {
-            chunks,
-            current: Vec::new(),
-            pos: 0,
-            failed: None,
-        }
+        BlobReader { chunks }
     }
 
     /// The next chunk, `None` at the end.
@@ -216,27 +208,132 @@ impl BlobReader {
     }
 }
 
-impl Read for BlobReader {
+/// A blob as a blocking [`Read`], for guests' stdin. The chunks are fetched by a
+/// thread of its own, one chunk ahead, and handed over through a std channel: the
+/// reader is called from inside wasmtime-wasi's own `block_on`, where waiting on a
+/// tokio channel is not allowed.
+pub struct BlobReadStream {
+    chunks: std::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    current: Vec<u8>,
+    pos: usize,
+    failed: Option<String>,
+}
+
+impl BlobReadStream {
+    pub(super) fn new(handle: tokio::runtime::Handle, mut reader: BlobReader) -> Self {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            loop {
+                let item = match handle.block_on(reader.next_chunk()) {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) => return,
+                    Err(e) => Err(e.to_string()),
+                };
+                let failed = item.is_err();
+                if tx.send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        BlobReadStream {
+            chunks,
+            current: Vec::new(),
+            pos: 0,
+            failed: None,
+        }
+    }
+}
+
+impl Read for BlobReadStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if let Some(e) = &self.failed {
             return Err(std::io::Error::other(e.clone()));
         }
         while self.pos == self.current.len() {
-            match self.chunks.blocking_recv() {
-                Some(Ok(chunk)) => {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
                     self.current = chunk;
                     self.pos = 0;
                 }
-                Some(Err(e)) => {
+                Ok(Err(e)) => {
                     self.failed = Some(e.clone());
                     return Err(std::io::Error::other(e));
                 }
-                None => return Ok(0),
+                Err(_) => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len() - self.pos);
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// A blob as a blocking [`std::io::Write`], for guests' stdout: bytes are gathered into
+/// chunks and uploaded by a thread of its own (for the same reason as
+/// [`BlobReadStream`]); [`BlobWriteStream::finish`] publishes the blob.
+pub struct BlobWriteStream {
+    chunk_bytes: usize,
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    uploader: Option<std::thread::JoinHandle<Result<(String, u64), QueueError>>>,
+}
+
+impl BlobWriteStream {
+    pub(super) fn new(handle: tokio::runtime::Handle, mut writer: BlobWriter) -> Self {
+        let chunk_bytes = writer.chunk_bytes;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let uploader = std::thread::spawn(move || {
+            while let Ok(chunk) = rx.recv() {
+                handle.block_on(writer.write(&chunk))?;
+            }
+            handle.block_on(writer.finish())
+        });
+        BlobWriteStream {
+            chunk_bytes,
+            buf: Vec::with_capacity(chunk_bytes),
+            tx: Some(tx),
+            uploader: Some(uploader),
+        }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_bytes));
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("blob already finished"))?;
+        tx.send(chunk)
+            .map_err(|_| std::io::Error::other("blob upload failed"))
+    }
+
+    /// Uploads the rest and publishes the blob; returns its id and length.
+    pub fn finish(mut self) -> Result<(String, u64), QueueError> {
+        if !self.buf.is_empty() {
+            self.send()
+                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        }
+        self.tx.take();
+        self.uploader
+            .take()
+            .map(|t| t.join())
+            .unwrap_or_else(|| Ok(Err(QueueError::Unavailable("no uploader".into()))))
+            .map_err(|_| QueueError::Unavailable("blob uploader panicked".into()))?
+    }
+}
+
+impl std::io::Write for BlobWriteStream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = self.chunk_bytes - self.buf.len();
+        let take = room.min(bytes.len());
+        self.buf.extend_from_slice(&bytes[..take]);
+        if self.buf.len() == self.chunk_bytes {
+            self.send()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@ use crate::outcome::{JobResult, OutcomeKind};
 
 mod blob;
 
-pub use blob::{BlobReader, BlobWriter};
+pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
 
 /// The consumer group every worker of a queue joins.
 const GROUP: &str = "workers";
@@ -621,6 +621,18 @@ impl RedisQueue {
     pub fn blob_reader(&self, id: &str) -> BlobReader {
         BlobReader::new(self.conn.clone(), self.keys.clone(), id.to_owned())
     }
+
+    /// A blob as a blocking `Read` (for code on blocking threads); `handle` is the
+    /// runtime the fetches run on.
+    pub fn blob_read_stream(&self, handle: tokio::runtime::Handle, id: &str) -> BlobReadStream {
+        let _runtime = handle.enter();
+        BlobReadStream::new(handle.clone(), self.blob_reader(id))
+    }
+
+    /// A new blob as a blocking `Write` (for code on blocking threads).
+    pub fn blob_write_stream(&self, handle: tokio::runtime::Handle) -> BlobWriteStream {
+        BlobWriteStream::new(handle, self.blob_writer())
+    }
 }
 
 fn claimed(
@@ -655,8 +667,11 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
     }
 }
 
+/// A stream entry's field-value pairs.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// `[[id, [k, v, …]], …]` → `(id, [(k, v), …])`; deleted entries (nil fields) are skipped.
-fn parse_entries(v: &Value) -> Result<Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>, QueueError> {
+fn parse_entries(v: &Value) -> Result<Vec<(String, Fields)>, QueueError> {
     let Value::Array(entries) = v else {
         return Err(protocol(format!("stream entries: {v:?}")));
     };

@@ -1,0 +1,482 @@
+//! Distributed mode end to end: a real redis-server, real `sluice-worker serve`
+//! processes, and the `sluice` CLI. Workers die, Redis restarts, garbage lands on the
+//! stream; no job is lost.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::{Job, JobId, JobInput, JobResult, ModuleHash, OutcomeKind, Queue, codec};
+use sluice_tests::{RedisServer, WorkerProcess, bin, guest};
+
+/// About 5 ms of compute per job: long enough that a batch is in flight when a test
+/// interferes with it.
+const SLOW_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (local $i i32) (local $x i32)
+    (local.set $i (i32.const 5000000))
+    (loop $l
+      (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 1103515245)) (i32.const 12345)))
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (br_if $l (local.get $i)))
+    (i32.store (i32.const 0) (local.get $x))))"#;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(server: &RedisServer, queue: &str) -> RedisQueue {
+    let mut config = RedisConfig::new(server.url());
+    config.queue = queue.to_owned();
+    RedisQueue::connect(config).await.unwrap()
+}
+
+/// The notice-stream position "now", to follow completions from.
+async fn now_id(queue: &RedisQueue) -> String {
+    format!("{}-0", queue.server_time_ms().await.unwrap())
+}
+
+/// Waits (on completion notices, not sleeps) until every id in `ids` has finished;
+/// returns their outcome kinds. Tolerates Redis being briefly away.
+async fn await_finished(
+    queue: &RedisQueue,
+    mut from: String,
+    ids: &HashSet<JobId>,
+) -> HashMap<JobId, OutcomeKind> {
+    let mut finished = HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while finished.len() < ids.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} finished",
+            finished.len(),
+            ids.len()
+        );
+        match queue.completions(&from, Duration::from_millis(500)).await {
+            Ok((next, notices)) => {
+                from = next;
+                for (id, kind) in notices {
+                    if ids.contains(&id) {
+                        finished.insert(id, kind);
+                    }
+                }
+            }
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+    finished
+}
+
+async fn results(queue: &RedisQueue, ids: &HashSet<JobId>) -> Vec<JobResult> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(
+            queue
+                .result(*id)
+                .await
+                .unwrap()
+                .expect("a result for every job"),
+        );
+    }
+    out
+}
+
+fn slow_jobs(module: ModuleHash, n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
+        .collect()
+}
+
+#[test]
+fn three_workers_complete_a_10k_batch_exactly() {
+    let server = RedisServer::start();
+    let _workers: Vec<WorkerProcess> = (0..3)
+        .map(|i| {
+            WorkerProcess::start(
+                &server.url(),
+                "big",
+                &format!("w{i}"),
+                &["--concurrency", "4"],
+            )
+        })
+        .collect();
+    let inputs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for i in 0..10_000 {
+        std::fs::write(
+            inputs.path().join(format!("in{i:05}.txt")),
+            format!("job number {i}\n"),
+        )
+        .unwrap();
+    }
+    let run = bin("sluice")
+        .args([
+            "batch",
+            "--quiet",
+            "--redis",
+            &server.url(),
+            "--queue",
+            "big",
+            "--module",
+        ])
+        .arg(guest("uppercase.wasm"))
+        .arg(inputs.path())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for i in 0..10_000 {
+        let got = std::fs::read_to_string(out.path().join(format!("in{i:05}.txt"))).unwrap();
+        assert_eq!(got, format!("JOB NUMBER {i}\n"));
+    }
+    let report = std::fs::read_to_string(out.path().join("report.jsonl")).unwrap();
+    assert_eq!(report.lines().count(), 10_000);
+    assert!(
+        report
+            .lines()
+            .all(|l| l.contains("\"outcome\":\"success\""))
+    );
+    let status = server.cli(&["HGET", "sluice:{big}:stats", "completed"]);
+    assert_eq!(status.trim(), "10000");
+}
+
+#[test]
+fn killed_worker_jobs_are_reclaimed() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let queue = rt.block_on(connect(&server, "kill"));
+    let module = rt
+        .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
+        .unwrap();
+    let flags = ["--concurrency", "2", "--lease", "1s"];
+    let mut victim = WorkerProcess::start(&server.url(), "kill", "victim", &flags);
+    let _others: Vec<WorkerProcess> = (0..2)
+        .map(|i| WorkerProcess::start(&server.url(), "kill", &format!("survivor{i}"), &flags))
+        .collect();
+    let jobs = slow_jobs(module, 600);
+    let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
+    let from = rt.block_on(now_id(&queue));
+    rt.block_on(queue.enqueue(&jobs)).unwrap();
+
+    // Kill the victim once the batch is well under way.
+    let mut seen = 0;
+    let mut cursor = from.clone();
+    while seen < 100 {
+        let (next, notices) = rt
+            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
+            .unwrap();
+        cursor = next;
+        seen += notices.len();
+    }
+    victim.kill();
+    let held: u64 = server
+        .cli(&[
+            "XPENDING",
+            "sluice:{kill}:jobs",
+            "workers",
+            "-",
+            "+",
+            "1000",
+            "victim",
+        ])
+        .lines()
+        .filter(|l| l.contains('-'))
+        .count() as u64;
+
+    let finished = rt.block_on(await_finished(&queue, from, &ids));
+    assert!(finished.values().all(|k| *k == OutcomeKind::Success));
+    let results = rt.block_on(results(&queue, &ids));
+    let rerun = results.iter().filter(|r| r.attempt > 1).count() as u64;
+    assert!(
+        rerun <= held,
+        "{rerun} jobs ran twice but the killed worker held only {held}"
+    );
+    eprintln!("killed worker held {held} jobs; {rerun} were run again");
+}
+
+#[test]
+fn redis_restart_mid_batch_loses_nothing() {
+    let mut server = RedisServer::start_with_aof();
+    let flags = ["--concurrency", "2", "--lease", "2s"];
+    let _workers: Vec<WorkerProcess> = (0..3)
+        .map(|i| WorkerProcess::start(&server.url(), "restart", &format!("w{i}"), &flags))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("slow.wat");
+    std::fs::write(&module, SLOW_WAT).unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    for i in 0..600 {
+        std::fs::write(inputs.join(format!("{i:04}")), "").unwrap();
+    }
+    let out = dir.path().join("out");
+    let mut batch = bin("sluice")
+        .args([
+            "batch",
+            "--quiet",
+            "--redis",
+            &server.url(),
+            "--queue",
+            "restart",
+            "--module",
+        ])
+        .arg(&module)
+        .arg(&inputs)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let rt = runtime();
+    let queue = rt.block_on(connect(&server, "restart"));
+    let mut cursor = "0-0".to_owned();
+    let mut seen = 0;
+    while seen < 100 {
+        let (next, notices) = rt
+            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
+            .unwrap();
+        cursor = next;
+        seen += notices.len();
+    }
+    server.kill();
+    server.start_again();
+
+    let mut stdout = String::new();
+    batch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = batch.wait().unwrap();
+    assert!(status.success(), "{stdout}");
+    let report = std::fs::read_to_string(out.join("report.jsonl")).unwrap();
+    let inputs_done: HashSet<&str> = report
+        .lines()
+        .filter(|l| l.contains("\"outcome\":\"success\""))
+        .filter_map(|l| l.split("\"input\":\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(inputs_done.len(), 600);
+}
+
+#[test]
+fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
+    let server = RedisServer::start();
+    let mut worker = WorkerProcess::start(&server.url(), "junk", "w0", &[]);
+    let rt = runtime();
+    let queue = rt.block_on(connect(&server, "junk"));
+    let module = rt
+        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
+        .unwrap();
+    rt.block_on(queue.enqueue_raw(b"\x01\xff\xff garbage".to_vec()))
+        .unwrap();
+    let mut future = codec::encode(&Job::new(module, JobInput::Inline(Vec::new())));
+    future[0] = 99;
+    rt.block_on(queue.enqueue_raw(future)).unwrap();
+    server.cli(&["XADD", "sluice:{junk}:jobs", "*", "not-an-envelope", "x"]);
+    let good = Job::new(module, JobInput::Inline(Vec::new()));
+    let from = rt.block_on(now_id(&queue));
+    rt.block_on(queue.enqueue(std::slice::from_ref(&good)))
+        .unwrap();
+    let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([good.id])));
+    assert_eq!(finished[&good.id], OutcomeKind::Success);
+
+    let dead = rt.block_on(queue.dead_letters()).unwrap();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(dead.iter().all(|d| d.kind == OutcomeKind::BadEnvelope));
+    assert!(
+        dead.iter()
+            .any(|d| d.reason.contains("unknown envelope format version 99"))
+    );
+    assert!(dead.iter().any(|d| d.reason.contains("envelope field")));
+    assert!(worker.is_running());
+}
+
+#[test]
+fn sigterm_drains_in_flight_jobs_and_loses_none() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let queue = rt.block_on(connect(&server, "drain"));
+    let module = rt
+        .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
+        .unwrap();
+    let mut first = WorkerProcess::start(&server.url(), "drain", "first", &["--concurrency", "2"]);
+    let jobs = slow_jobs(module, 300);
+    let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
+    let from = rt.block_on(now_id(&queue));
+    rt.block_on(queue.enqueue(&jobs)).unwrap();
+    let (_, notices) = rt
+        .block_on(queue.completions(&from, Duration::from_secs(30)))
+        .unwrap();
+    assert!(!notices.is_empty());
+    first.terminate();
+    assert!(first.wait().success(), "a draining worker exits 0");
+    let stats = rt.block_on(queue.stats()).unwrap();
+    assert_eq!(stats.leased, 0, "a drained worker holds no leases");
+
+    let _second = WorkerProcess::start(&server.url(), "drain", "second", &["--concurrency", "2"]);
+    let finished = rt.block_on(await_finished(&queue, from, &ids));
+    assert_eq!(finished.len(), 300);
+    assert!(finished.values().all(|k| *k == OutcomeKind::Success));
+}
+
+#[test]
+fn sigterm_after_the_grace_period_releases_jobs_at_once() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let queue = rt.block_on(connect(&server, "grace"));
+    let module = rt
+        .block_on(
+            queue.put_module(
+                std::fs::read(guest("infinite_loop.wat"))
+                    .unwrap()
+                    .as_slice(),
+                None,
+            ),
+        )
+        .unwrap();
+    let mut worker = WorkerProcess::start(
+        &server.url(),
+        "grace",
+        "w0",
+        &["--grace", "200ms", "--lease", "60s"],
+    );
+    let mut job = Job::new(module, JobInput::Inline(Vec::new()));
+    job.limits.timeout_ms = 60_000;
+    rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
+        .unwrap();
+    // Wait until the worker holds it.
+    let mut leased = 0;
+    while leased == 0 {
+        leased = rt.block_on(queue.stats()).unwrap().leased;
+        std::thread::yield_now();
+    }
+    worker.terminate();
+    assert!(worker.wait().success());
+    let stats = rt.block_on(queue.stats()).unwrap();
+    assert_eq!(
+        (stats.leased, stats.ready),
+        (0, 1),
+        "the job was released, not left leased"
+    );
+}
+
+#[test]
+fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
+    const TOTAL: u64 = 1 << 30;
+    let server = RedisServer::start();
+    let worker = WorkerProcess::start(&server.url(), "huge", "w0", &["--concurrency", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        let line = b"the quick brown fox jumps over the lazy dog 0123456789\n";
+        let block: Vec<u8> = line.iter().copied().cycle().take(1 << 20).collect();
+        for _ in 0..(TOTAL >> 20) {
+            file.write_all(&block).unwrap();
+        }
+    }
+    let put = bin("sluice")
+        .args([
+            "module",
+            "put",
+            "--name",
+            "upper",
+            "--redis",
+            &server.url(),
+            "--queue",
+            "huge",
+        ])
+        .arg(guest("uppercase.wasm"))
+        .output()
+        .unwrap();
+    assert!(put.status.success());
+    let rt = runtime();
+    let queue = rt.block_on(connect(&server, "huge"));
+    let from = rt.block_on(now_id(&queue));
+    let submit = bin("sluice")
+        .args([
+            "submit",
+            "--module",
+            "upper",
+            "--max-output",
+            "2GiB",
+            "--timeout",
+            "600s",
+        ])
+        .args(["--redis", &server.url(), "--queue", "huge", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    let id: JobId = String::from_utf8(submit.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(std::fs::remove_file(&input));
+    let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([id])));
+    assert_eq!(finished[&id], OutcomeKind::Success);
+    let rss = worker.peak_rss_bytes();
+    assert!(
+        rss < (256 << 20) + (64 << 20),
+        "worker peak RSS {} MiB",
+        rss >> 20
+    );
+    eprintln!("1 GiB through Redis: worker peak RSS {} MiB", rss >> 20);
+
+    let mut fetch = bin("sluice")
+        .args([
+            "result",
+            &id.to_string(),
+            "--output",
+            "-",
+            "--redis",
+            &server.url(),
+            "--queue",
+            "huge",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = fetch.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut total, mut lowercase, mut first_line) = (0u64, 0u64, true);
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        let mut chunk = &buf[..n];
+        if first_line {
+            // `sluice result` prints the report line first.
+            let end = chunk.iter().position(|b| *b == b'\n').unwrap() + 1;
+            chunk = &chunk[end..];
+            first_line = false;
+        }
+        total += chunk.len() as u64;
+        lowercase += chunk.iter().filter(|b| b.is_ascii_lowercase()).count() as u64;
+    }
+    assert!(fetch.wait().unwrap().success());
+    assert_eq!(total, TOTAL);
+    assert_eq!(lowercase, 0);
+}
