@@ -203,42 +203,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let elapsed = started.elapsed();
     let commands = commands_executed(&queue).await? - commands_before;
 
-    // Latency at a modest offered load.
-    let mut latencies = Vec::with_capacity(args.latency_jobs);
-    {
+    // Latency at a modest offered load: one task sends at the offered rate while
+    // another follows the notices continuously, so an arrival is timed when it
+    // happens, not when the sender next looks.
+    let latencies = {
         let from = newest_notice(&queue).await?;
         let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
-        let mut ticker = tokio::time::interval(interval);
-        let mut sent = HashMap::with_capacity(args.latency_jobs);
-        let mut last = from;
-        let mut arrived: HashMap<JobId, Instant> = HashMap::new();
-        for _ in 0..args.latency_jobs {
-            ticker.tick().await;
-            let job = Job::new(module, JobInput::Inline(Vec::new()));
-            queue.enqueue(std::slice::from_ref(&job)).await?;
-            sent.insert(job.id, Instant::now());
-            // Drain notices without blocking the sender.
-            let (next, notices) = queue.completions(&last, Duration::from_millis(1)).await?;
-            let now = Instant::now();
-            last = next;
-            for (id, _) in notices {
-                if sent.contains_key(&id) {
-                    arrived.entry(id).or_insert(now);
+        let sent_at: std::sync::Mutex<HashMap<JobId, Instant>> = std::sync::Mutex::default();
+        let jobs: Vec<Job> = (0..args.latency_jobs)
+            .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
+            .collect();
+        let ids: std::collections::HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
+        let sender = async {
+            let mut ticker = tokio::time::interval(interval);
+            for job in &jobs {
+                ticker.tick().await;
+                sent_at.lock().unwrap().insert(job.id, Instant::now());
+                queue.enqueue(std::slice::from_ref(job)).await?;
+            }
+            anyhow::Ok(())
+        };
+        let follower = async {
+            let mut last = from;
+            let mut arrived = HashMap::with_capacity(ids.len());
+            let deadline =
+                Instant::now() + Duration::from_secs(120) + interval * args.latency_jobs as u32;
+            while arrived.len() < ids.len() && Instant::now() < deadline {
+                let (next, notices) = queue.completions(&last, Duration::from_millis(100)).await?;
+                let now = Instant::now();
+                last = next;
+                for (id, _) in notices {
+                    if ids.contains(&id) {
+                        arrived.entry(id).or_insert(now);
+                    }
                 }
             }
-        }
-        let remaining = sent.len().saturating_sub(arrived.len());
-        let rest = follow(&queue, last, remaining, &sent, Duration::from_secs(60)).await;
-        if let Ok(rest) = rest {
-            arrived.extend(rest);
-        }
-        for (id, at) in &arrived {
-            if let Some(sent_at) = sent.get(id) {
-                latencies.push(at.saturating_duration_since(*sent_at));
-            }
-        }
+            anyhow::Ok(arrived)
+        };
+        let ((), arrived) = tokio::try_join!(sender, follower)?;
+        let sent_at = sent_at.into_inner().unwrap();
+        let mut latencies: Vec<Duration> = arrived
+            .iter()
+            .filter_map(|(id, at)| Some(at.saturating_duration_since(*sent_at.get(id)?)))
+            .collect();
         latencies.sort();
-    }
+        latencies
+    };
     drop(workers);
 
     let mut throughput_latency: Vec<Duration> = done

@@ -480,3 +480,49 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
     assert_eq!(total, TOTAL);
     assert_eq!(lowercase, 0);
 }
+
+#[test]
+fn a_worker_takes_its_settings_from_environment_and_config_file() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        "queue = \"from-file\"\nconcurrency = 2\nlease = \"5s\"\n",
+    )
+    .unwrap();
+    let mut child = bin("sluice-worker")
+        .arg("serve")
+        .env("SLUICE_REDIS_URL", server.url())
+        .env("SLUICE_CONFIG", &config)
+        .env("SLUICE_CONSUMER", "configured")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = runtime();
+    let queue = rt.block_on(connect(&server, "from-file"));
+    let module = rt
+        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
+        .unwrap();
+    let job = Job::new(module, JobInput::Inline(Vec::new()));
+    let from = rt.block_on(now_id(&queue));
+    rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
+        .unwrap();
+    let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([job.id])));
+    assert_eq!(finished[&job.id], OutcomeKind::Success);
+    let consumers = server.cli(&["XINFO", "CONSUMERS", "sluice:{from-file}:jobs", "workers"]);
+    assert!(consumers.contains("configured"), "{consumers}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    std::fs::write(&config, "queue = \"x\"\nno_such_setting = 1\n").unwrap();
+    let bad = bin("sluice-worker")
+        .args(["serve", "--redis", &server.url(), "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no_such_setting"));
+}
