@@ -60,6 +60,45 @@ impl BatchOptions {
     }
 }
 
+impl BatchOptions {
+    /// Lists the inputs (at least one) and creates the output directory, which must not
+    /// be the input directory.
+    pub(crate) fn prepare_dirs(&self) -> Result<Vec<(String, PathBuf, u64)>, BatchError> {
+        let inputs = list_inputs(&self.input_dir)?;
+        if inputs.is_empty() {
+            return Err(BatchError::NoInputs(self.input_dir.clone()));
+        }
+        let out_err = |source| BatchError::Output {
+            path: self.out_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.out_dir).map_err(out_err)?;
+        if std::fs::canonicalize(&self.out_dir).map_err(out_err)?
+            == std::fs::canonicalize(&self.input_dir).map_err(out_err)?
+        {
+            return Err(BatchError::OutIsInput);
+        }
+        Ok(inputs)
+    }
+
+    /// The job for one input, with this batch's entry point, args, env and limits.
+    pub(crate) fn job(
+        &self,
+        module: ModuleHash,
+        input: JobInput,
+        entry: &EntryPoint,
+        label: &str,
+    ) -> Job {
+        let mut job = Job::new(module, input);
+        job.entry = entry.clone();
+        job.args = self.args.clone();
+        job.env = self.env.clone();
+        job.limits = self.limits.clone();
+        job.label = label.to_owned();
+        job
+    }
+}
+
 /// Why a batch could not run at all (a job's own failure is an outcome, not this).
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -250,20 +289,7 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
         path: options.module.clone(),
         source,
     })?;
-    let inputs = list_inputs(&options.input_dir)?;
-    if inputs.is_empty() {
-        return Err(BatchError::NoInputs(options.input_dir));
-    }
-    let out_err = |source| BatchError::Output {
-        path: options.out_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&options.out_dir).map_err(out_err)?;
-    if std::fs::canonicalize(&options.out_dir).map_err(out_err)?
-        == std::fs::canonicalize(&options.input_dir).map_err(out_err)?
-    {
-        return Err(BatchError::OutIsInput);
-    }
+    let inputs = options.prepare_dirs()?;
     let report_path = options.out_dir.join(REPORT_FILE);
     let report = File::create(&report_path).map_err(|source| BatchError::Output {
         path: report_path.clone(),
@@ -304,19 +330,11 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
     let jobs: Vec<Job> = inputs
         .iter()
         .map(|(name, path, len)| {
-            let mut job = Job::new(
-                hash,
-                JobInput::Blob {
-                    uri: format!("file://{}", path.display()),
-                    len: *len,
-                },
-            );
-            job.entry = entry.clone();
-            job.args = options.args.clone();
-            job.env = options.env.clone();
-            job.limits = options.limits.clone();
-            job.label = name.clone();
-            job
+            let input = JobInput::Blob {
+                uri: format!("file://{}", path.display()),
+                len: *len,
+            };
+            options.job(hash, input, &entry, name)
         })
         .collect();
     let queue = Arc::new(MemoryQueue::new());

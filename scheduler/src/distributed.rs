@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{
-    EntryPoint, Job, JobId, JobInput, JobOutput, JobResult, ModuleHash, OutcomeKind, Queue,
-    QueueError, ReportLine, codec,
+    EntryPoint, JobId, JobInput, JobOutput, JobResult, ModuleHash, OutcomeKind, Queue, QueueError,
+    ReportLine, codec,
 };
 use tokio::io::AsyncWriteExt;
 
-use crate::batch::{
-    BatchError, BatchOptions, BatchSummary, REPORT_FILE, list_inputs, progress_bar,
-};
+use crate::batch::{BatchError, BatchOptions, BatchSummary, REPORT_FILE, progress_bar};
 use crate::modules;
 
 /// The blob-URI scheme workers read (see `sluice_worker::fleet`).
@@ -193,15 +191,7 @@ pub async fn run_batch(
     options: BatchOptions,
 ) -> Result<BatchSummary, BatchError> {
     let started = Instant::now();
-    let inputs = list_inputs(&options.input_dir)?;
-    if inputs.is_empty() {
-        return Err(BatchError::NoInputs(options.input_dir));
-    }
-    let out_err = |source| BatchError::Output {
-        path: options.out_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&options.out_dir).map_err(out_err)?;
+    let inputs = options.prepare_dirs()?;
     let (module, module_entry) = put_module(&queue, &options.module, None).await?;
     let entry = options.entry.clone().unwrap_or(module_entry);
 
@@ -209,12 +199,12 @@ pub async fn run_batch(
     let mut labels = HashMap::new();
     let mut jobs = Vec::with_capacity(inputs.len());
     for (name, path, len) in &inputs {
-        let mut job = Job::new(module, upload_input(&queue, path, *len).await?);
-        job.entry = entry.clone();
-        job.args = options.args.clone();
-        job.env = options.env.clone();
-        job.limits = options.limits.clone();
-        job.label = name.clone();
+        let job = options.job(
+            module,
+            upload_input(&queue, path, *len).await?,
+            &entry,
+            name,
+        );
         labels.insert(job.id, name.clone());
         jobs.push(job);
     }

@@ -1,6 +1,7 @@
 //! `sluice batch` end to end: the README's main command, its report and exit codes.
 
 use std::path::Path;
+use std::process::Output;
 
 use serde_json::Value;
 use sluice_tests::{bin, example_inputs, guest};
@@ -11,6 +12,20 @@ fn report(out: &Path) -> Vec<Value> {
         .lines()
         .map(|line| serde_json::from_str(line).expect("report line is JSON"))
         .collect()
+}
+
+/// Runs `sluice batch --quiet FLAGS --module GUEST INPUTS --out OUT`.
+fn sluice_batch(flags: &[&str], module: &str, inputs: impl AsRef<Path>, out: &Path) -> Output {
+    bin("sluice")
+        .args(["batch", "--quiet"])
+        .args(flags)
+        .arg("--module")
+        .arg(guest(module))
+        .arg(inputs.as_ref())
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
 fn inputs(example: &str) -> Vec<(String, Vec<u8>)> {
@@ -30,14 +45,12 @@ fn inputs(example: &str) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn batch_uppercases_every_example_input_and_reports_each() {
     let out = tempfile::tempdir().unwrap();
-    let run = bin("sluice")
-        .args(["batch", "--quiet", "--module"])
-        .arg(guest("uppercase.wasm"))
-        .arg(example_inputs("uppercase"))
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let run = sluice_batch(
+        &[],
+        "uppercase.wasm",
+        example_inputs("uppercase"),
+        out.path(),
+    );
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -63,14 +76,13 @@ fn batch_uppercases_every_example_input_and_reports_each() {
 #[test]
 fn batch_runs_raw_abi_modules_from_wat() {
     let out = tempfile::tempdir().unwrap();
-    let status = bin("sluice")
-        .args(["batch", "--quiet", "--module"])
-        .arg(guest("upper_raw.wat"))
-        .arg(example_inputs("uppercase"))
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .unwrap();
+    let status = sluice_batch(
+        &[],
+        "upper_raw.wat",
+        example_inputs("uppercase"),
+        out.path(),
+    )
+    .status;
     assert!(status.success());
     for (name, content) in inputs("uppercase") {
         assert_eq!(
@@ -83,14 +95,13 @@ fn batch_runs_raw_abi_modules_from_wat() {
 #[test]
 fn batch_reports_fuel_when_metered() {
     let out = tempfile::tempdir().unwrap();
-    let status = bin("sluice")
-        .args(["batch", "--quiet", "--fuel", "100000000", "--module"])
-        .arg(guest("wordcount.wasm"))
-        .arg(example_inputs("wordcount"))
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .unwrap();
+    let status = sluice_batch(
+        &["--fuel", "100000000"],
+        "wordcount.wasm",
+        example_inputs("wordcount"),
+        out.path(),
+    )
+    .status;
     assert!(status.success());
     for line in report(out.path()) {
         assert!(line["fuel_used"].as_u64().unwrap() > 0, "{line}");
@@ -100,23 +111,14 @@ fn batch_reports_fuel_when_metered() {
 #[test]
 fn batch_passes_args_and_env_to_the_guest() {
     let out = tempfile::tempdir().unwrap();
-    let status = bin("sluice")
-        .args([
-            "batch",
-            "--quiet",
-            "--arg",
-            "GREETING",
-            "--env",
-            "GREETING=hello",
-            "--module",
-        ])
-        .arg(guest("env_echo.wasm"))
-        .arg(example_inputs("wordcount"))
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let flags = ["--arg", "GREETING", "--env", "GREETING=hello"];
+    let run = sluice_batch(
+        &flags,
+        "env_echo.wasm",
+        example_inputs("wordcount"),
+        out.path(),
+    );
+    assert!(run.status.success());
     let (name, _) = &inputs("wordcount")[0];
     let text = std::fs::read_to_string(out.path().join(name)).unwrap();
     assert!(text.contains("GREETING=hello"), "{text}");
@@ -125,14 +127,12 @@ fn batch_passes_args_and_env_to_the_guest() {
 #[test]
 fn batch_of_a_hostile_module_fails_each_job_with_its_outcome() {
     let out = tempfile::tempdir().unwrap();
-    let run = bin("sluice")
-        .args(["batch", "--quiet", "--timeout", "200ms", "--module"])
-        .arg(guest("infinite_loop.wat"))
-        .arg(example_inputs("uppercase"))
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let run = sluice_batch(
+        &["--timeout", "200ms"],
+        "infinite_loop.wat",
+        example_inputs("uppercase"),
+        out.path(),
+    );
     assert!(!run.status.success());
     let lines = report(out.path());
     assert_eq!(lines.len(), inputs("uppercase").len());
@@ -147,14 +147,7 @@ fn batch_of_a_hostile_module_fails_each_job_with_its_outcome() {
 #[test]
 fn batch_with_an_invalid_module_reports_it_per_job() {
     let out = tempfile::tempdir().unwrap();
-    let run = bin("sluice")
-        .args(["batch", "--quiet", "--module"])
-        .arg(guest("not_wasm.txt"))
-        .arg(example_inputs("uppercase"))
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let run = sluice_batch(&[], "not_wasm.txt", example_inputs("uppercase"), out.path());
     assert!(!run.status.success());
     for line in report(out.path()) {
         assert_eq!(line["outcome"], "invalid_module");
@@ -173,14 +166,12 @@ fn batch_mixes_failures_and_successes_without_losing_any() {
         };
         std::fs::write(inputs_dir.path().join(format!("in{i:02}.csv")), body).unwrap();
     }
-    let run = bin("sluice")
-        .args(["batch", "--quiet", "--concurrency", "3", "--module"])
-        .arg(guest("csv2jsonl.wasm"))
-        .arg(inputs_dir.path())
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let run = sluice_batch(
+        &["--concurrency", "3"],
+        "csv2jsonl.wasm",
+        inputs_dir.path(),
+        out.path(),
+    );
     assert_eq!(run.status.code(), Some(1));
     let lines = report(out.path());
     assert_eq!(lines.len(), 40);

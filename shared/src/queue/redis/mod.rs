@@ -354,6 +354,43 @@ impl RedisQueue {
             .collect())
     }
 
+    /// Runs one of the scripts that act on an entry only while `lease` still holds it
+    /// (`owner.lua`, `retry.lua`, `release.lua`: KEYS = the job stream, then
+    /// `extra_keys`; ARGV = group, consumer, entry id, deliveries, then `extra_args`).
+    /// Their `0` reply is a lost lease.
+    async fn as_holder(
+        &self,
+        script: &Script,
+        lease: &Lease,
+        extra_keys: &[&str],
+        extra_args: Vec<Vec<u8>>,
+    ) -> Result<(), QueueError> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&self.keys.jobs);
+        for key in extra_keys {
+            invocation.key(*key);
+        }
+        invocation
+            .arg(GROUP)
+            .arg(&lease.consumer)
+            .arg(&lease.entry_id)
+            .arg(lease.deliveries);
+        for arg in extra_args {
+            invocation.arg(arg);
+        }
+        let held: i64 = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if held == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost {
+                entry_id: lease.entry_id.clone(),
+            })
+        }
+    }
+
     fn group_error(&self, e: RedisError) -> QueueError {
         if e.code() == Some("NOGROUP") {
             QueueError::Unavailable(format!(
@@ -870,24 +907,8 @@ impl Queue for RedisQueue {
     }
 
     async fn extend_lease(&self, lease: &Lease, _lease_for: Duration) -> Result<(), QueueError> {
-        let renewed: i64 = self
-            .scripts
-            .owner
-            .key(&self.keys.jobs)
-            .arg(GROUP)
-            .arg(&lease.consumer)
-            .arg(&lease.entry_id)
-            .arg(lease.deliveries)
-            .invoke_async(&mut self.conn.clone())
+        self.as_holder(&self.scripts.owner, lease, &[], Vec::new())
             .await
-            .map_err(unavailable)?;
-        if renewed == 1 {
-            Ok(())
-        } else {
-            Err(QueueError::LeaseLost {
-                entry_id: lease.entry_id.clone(),
-            })
-        }
     }
 
     async fn complete(&self, lease: &Lease, result: JobResult) -> Result<Completion, QueueError> {
@@ -906,28 +927,10 @@ impl Queue for RedisQueue {
     }
 
     async fn retry(&self, lease: &Lease, job: &Job, delay: Duration) -> Result<(), QueueError> {
-        let moved: i64 = self
-            .scripts
-            .retry
-            .key(&self.keys.jobs)
-            .key(&self.keys.delayed)
-            .key(&self.keys.stats)
-            .arg(GROUP)
-            .arg(&lease.consumer)
-            .arg(&lease.entry_id)
-            .arg(lease.deliveries)
-            .arg(millis(delay))
-            .arg(codec::encode(job))
-            .invoke_async(&mut self.conn.clone())
+        let keys = [self.keys.delayed.as_str(), self.keys.stats.as_str()];
+        let args = vec![millis(delay).to_string().into_bytes(), codec::encode(job)];
+        self.as_holder(&self.scripts.retry, lease, &keys, args)
             .await
-            .map_err(unavailable)?;
-        if moved == 1 {
-            Ok(())
-        } else {
-            Err(QueueError::LeaseLost {
-                entry_id: lease.entry_id.clone(),
-            })
-        }
     }
 
     async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
@@ -959,24 +962,8 @@ impl Queue for RedisQueue {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
-        let released: i64 = self
-            .scripts
-            .release
-            .key(&self.keys.jobs)
-            .arg(GROUP)
-            .arg(&lease.consumer)
-            .arg(&lease.entry_id)
-            .arg(lease.deliveries)
-            .invoke_async(&mut self.conn.clone())
+        self.as_holder(&self.scripts.release, lease, &[], Vec::new())
             .await
-            .map_err(unavailable)?;
-        if released == 1 {
-            Ok(())
-        } else {
-            Err(QueueError::LeaseLost {
-                entry_id: lease.entry_id.clone(),
-            })
-        }
     }
 
     async fn result(&self, job_id: JobId) -> Result<Option<JobResult>, QueueError> {
