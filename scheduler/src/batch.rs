@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice_shared::{
     EntryPoint, Job, JobInput, JobResult, Limits, MemoryQueue, ModuleHash, Outcome, OutcomeKind,
-    Queue, ReportLine, RetryPolicy,
+    Queue, ReportLine, RetryPolicy, TenantId,
 };
 use sluice_worker::executor::{self, Disposition, ExecutorConfig, JobEnv};
 use sluice_worker::{LoadedModule, Sandbox, SandboxConfig, SandboxError};
@@ -38,6 +38,8 @@ pub struct BatchOptions {
     pub max_attempts: u32,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// The tenant the jobs run for.
+    pub tenant: TenantId,
 }
 
 impl BatchOptions {
@@ -56,6 +58,7 @@ impl BatchOptions {
             concurrency,
             max_attempts: 1,
             progress: true,
+            tenant: TenantId::default(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl BatchOptions {
         job.env = self.env.clone();
         job.limits = self.limits.clone();
         job.label = label.to_owned();
+        job.tenant = self.tenant.clone();
         job
     }
 }

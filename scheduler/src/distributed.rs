@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{
-    EntryPoint, JobId, JobInput, JobOutput, JobResult, ModuleHash, OutcomeKind, Queue, QueueError,
-    ReportLine, codec,
+    EntryPoint, JobId, JobInput, JobOutput, JobResult, Limits, ModuleHash, OutcomeKind, Queue,
+    QueueError, ReportLine, codec,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -35,6 +35,20 @@ pub async fn put_module(
     let (wasm, _) = modules::prepare(&bytes)?;
     let entry = modules::default_entry(&wasm);
     Ok((queue.put_module(&wasm, alias).await?, entry))
+}
+
+/// `limits` clamped to `tenant`'s policy (the fleet default for a tenant without one),
+/// as every submitter must: workers refuse jobs over the policy.
+pub async fn clamp_to_policy(
+    queue: &RedisQueue,
+    tenant: &str,
+    limits: &Limits,
+) -> Result<Limits, QueueError> {
+    Ok(queue
+        .policy(tenant)
+        .await?
+        .unwrap_or_default()
+        .clamp(limits))
 }
 
 /// The input for a file: inline when small, else a chunked blob streamed from disk.
@@ -193,6 +207,8 @@ pub async fn run_batch(
     let started = Instant::now();
     let inputs = options.prepare_dirs()?;
     let (module, module_entry) = put_module(&queue, &options.module, None).await?;
+    let mut options = options;
+    options.limits = clamp_to_policy(&queue, &options.tenant.0, &options.limits).await?;
     let entry = options.entry.clone().unwrap_or(module_entry);
 
     let mut follower = Follower::start(&queue).await?;

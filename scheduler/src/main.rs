@@ -10,7 +10,7 @@ use sluice_scheduler::batch::{BatchOptions, BatchSummary, run_batch};
 use sluice_scheduler::{bench, distributed};
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 use sluice_shared::units::parse_duration;
-use sluice_shared::{Job, JobId, Queue, ReportLine};
+use sluice_shared::{Job, JobId, Queue, ReportLine, TenantId, TenantPolicy};
 use sluice_worker::DirGrant;
 use sluice_worker::cli::GuestArgs;
 
@@ -45,6 +45,106 @@ enum Command {
     Dlq(DlqCommand),
     /// End-to-end throughput and latency of no-op jobs through Redis and real workers.
     Bench(bench::BenchArgs),
+    /// Tenants, their tokens and policies (directly on Redis).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+/// A tenant policy, as flags (unset ones keep their current or default values).
+#[derive(Args, Debug, Default)]
+struct PolicyArgs {
+    /// Largest fuel budget; every job of the tenant then runs metered.
+    #[arg(long)]
+    max_fuel: Option<u64>,
+    /// Allow unmetered jobs again (clears --max-fuel).
+    #[arg(long, conflicts_with = "max_fuel")]
+    unmetered: bool,
+    /// Largest guest memory.
+    #[arg(long, value_parser = sluice_shared::units::parse_size)]
+    max_memory: Option<u64>,
+    /// Longest deadline.
+    #[arg(long, value_parser = sluice_shared::units::parse_duration)]
+    max_timeout: Option<std::time::Duration>,
+    /// Largest output.
+    #[arg(long, value_parser = sluice_shared::units::parse_size)]
+    max_output: Option<u64>,
+    /// Most jobs running at once.
+    #[arg(long)]
+    max_concurrent: Option<u32>,
+    /// Most jobs started per second.
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+impl PolicyArgs {
+    fn apply(&self, mut policy: TenantPolicy) -> TenantPolicy {
+        if self.unmetered {
+            policy.max_fuel = None;
+        }
+        if let Some(v) = self.max_fuel {
+            policy.max_fuel = Some(v);
+        }
+        if let Some(v) = self.max_memory {
+            policy.max_memory_bytes = v;
+        }
+        if let Some(v) = self.max_timeout {
+            policy.max_timeout_ms = v.as_millis() as u64;
+        }
+        if let Some(v) = self.max_output {
+            policy.max_output_bytes = v;
+        }
+        if let Some(v) = self.max_concurrent {
+            policy.max_concurrent_jobs = v;
+        }
+        if let Some(v) = self.rate {
+            policy.rate_per_second = Some(v);
+        }
+        policy
+    }
+
+    fn is_empty(&self) -> bool {
+        self.max_fuel.is_none()
+            && !self.unmetered
+            && self.max_memory.is_none()
+            && self.max_timeout.is_none()
+            && self.max_output.is_none()
+            && self.max_concurrent.is_none()
+            && self.rate.is_none()
+    }
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints its first token (shown once: only its hash is stored).
+    Create {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Issue another token for a tenant; prints it.
+    Token {
+        name: String,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Revoke every token of a tenant.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Show a tenant's policy, or change it with flags.
+    Policy {
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// List tenants and their policies (JSON lines).
+    List(RedisArgs),
 }
 
 /// Where the queue is.
@@ -98,6 +198,9 @@ struct BatchArgs {
     /// Queue name (with --redis).
     #[arg(long, env = "SLUICE_QUEUE", default_value = "default")]
     queue: String,
+    /// The tenant the jobs run for (with --redis); limits are clamped to its policy.
+    #[arg(long, default_value = "local")]
+    tenant: String,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +235,9 @@ struct SubmitArgs {
     /// Run after this delay (measured on the Redis server's clock).
     #[arg(long, value_name = "DURATION")]
     delay: Option<String>,
+    /// The tenant the job runs for; its limits are clamped to the tenant's policy.
+    #[arg(long, default_value = "local")]
+    tenant: String,
     #[command(flatten)]
     redis: RedisArgs,
 }
@@ -188,6 +294,8 @@ async fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
     options.env = args.guest.env.clone();
     options.max_attempts = args.max_attempts;
     options.progress = !args.quiet;
+    sluice_shared::tenant::validate_name(&args.tenant)?;
+    options.tenant = TenantId(args.tenant.clone());
     if let Some(n) = args.concurrency {
         options.concurrency = n;
     }
@@ -202,7 +310,7 @@ async fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
         Some(url) => {
             let redis = RedisArgs {
                 redis_url: url,
-                queue: args.queue,
+                queue: args.queue.clone(),
             };
             distributed::run_batch(Arc::new(redis.connect().await?), options).await?
         }
@@ -245,7 +353,9 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| sluice_scheduler::modules::default_entry(&wasm));
     job.args = args.args;
     job.env = args.guest.env.clone();
-    job.limits = args.guest.limits();
+    sluice_shared::tenant::validate_name(&args.tenant)?;
+    job.limits = distributed::clamp_to_policy(&queue, &args.tenant, &args.guest.limits()).await?;
+    job.tenant = TenantId(args.tenant);
     job.label = args.input.display().to_string();
     let due = match (args.at, &args.delay) {
         (Some(at), _) => Some(at),
@@ -330,6 +440,57 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TenantCommand::Create {
+            name,
+            policy,
+            redis,
+        } => {
+            let queue = redis.connect().await?;
+            let token = queue
+                .create_tenant(&name, &policy.apply(TenantPolicy::default()))
+                .await?
+                .with_context(|| format!("tenant {name} already exists"))?;
+            println!("{token}");
+        }
+        TenantCommand::Token { name, redis } => {
+            println!("{}", redis.connect().await?.issue_token(&name).await?);
+        }
+        TenantCommand::Revoke { name, redis } => {
+            println!(
+                "revoked {}",
+                redis.connect().await?.revoke_tokens(&name).await?
+            );
+        }
+        TenantCommand::Policy {
+            name,
+            policy,
+            redis,
+        } => {
+            let queue = redis.connect().await?;
+            let current = queue
+                .policy(&name)
+                .await?
+                .with_context(|| format!("no tenant {name}"))?;
+            let updated = policy.apply(current.clone());
+            if !policy.is_empty() {
+                queue.set_policy(&name, &updated).await?;
+            }
+            println!("{}", serde_json::to_string(&updated)?);
+        }
+        TenantCommand::List(redis) => {
+            for (name, policy) in redis.connect().await?.tenants().await? {
+                println!(
+                    "{}",
+                    serde_json::json!({ "tenant": name, "policy": policy })
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -352,6 +513,7 @@ async fn main() -> ExitCode {
         Command::Result(args) => result(args).await,
         Command::Dlq(command) => dlq(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Tenant(command) => tenant(command).await,
     };
     result.unwrap_or_else(|error| {
         eprintln!("sluice: {error:#}");

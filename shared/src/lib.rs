@@ -26,6 +26,7 @@ pub mod codec;
 pub mod job;
 pub mod outcome;
 pub mod queue;
+pub mod tenant;
 pub mod units;
 
 pub use codec::DecodeError;
@@ -34,3 +35,4 @@ pub use outcome::{JobOutput, JobResult, Outcome, OutcomeKind, ReportLine, RunSta
 pub use queue::{
     Claimed, Delivery, Lease, MemoryQueue, Queue, QueueError, RedisConfig, RedisQueue, RetryPolicy,
 };
+pub use tenant::TenantPolicy;

@@ -37,6 +37,9 @@ pub enum Outcome {
     InputUnavailable { reason: String },
     /// The envelope could not be decoded (garbage or an unknown format version).
     BadEnvelope { reason: String },
+    /// The job asks for more than its tenant's policy allows (a forged or stale
+    /// envelope: submitters clamp limits to the policy).
+    PolicyViolation { reason: String },
     /// The worker could not run the job for a reason of its own (output sink failed,
     /// no pool slot). Not the guest's fault.
     HostError { reason: String },
@@ -59,12 +62,13 @@ pub enum OutcomeKind {
     ImportNotAllowed,
     InputUnavailable,
     BadEnvelope,
+    PolicyViolation,
     HostError,
 }
 
 impl OutcomeKind {
     /// Every kind, in declaration order (for summaries and metric pre-registration).
-    pub const ALL: [OutcomeKind; 14] = [
+    pub const ALL: [OutcomeKind; 15] = [
         OutcomeKind::Success,
         OutcomeKind::FuelExhausted,
         OutcomeKind::Timeout,
@@ -78,6 +82,7 @@ impl OutcomeKind {
         OutcomeKind::ImportNotAllowed,
         OutcomeKind::InputUnavailable,
         OutcomeKind::BadEnvelope,
+        OutcomeKind::PolicyViolation,
         OutcomeKind::HostError,
     ];
 
@@ -97,6 +102,7 @@ impl OutcomeKind {
             OutcomeKind::ImportNotAllowed => "import_not_allowed",
             OutcomeKind::InputUnavailable => "input_unavailable",
             OutcomeKind::BadEnvelope => "bad_envelope",
+            OutcomeKind::PolicyViolation => "policy_violation",
             OutcomeKind::HostError => "host_error",
         }
     }
@@ -135,6 +141,7 @@ impl Outcome {
             Outcome::ImportNotAllowed { .. } => OutcomeKind::ImportNotAllowed,
             Outcome::InputUnavailable { .. } => OutcomeKind::InputUnavailable,
             Outcome::BadEnvelope { .. } => OutcomeKind::BadEnvelope,
+            Outcome::PolicyViolation { .. } => OutcomeKind::PolicyViolation,
             Outcome::HostError { .. } => OutcomeKind::HostError,
         }
     }
@@ -157,6 +164,7 @@ impl fmt::Display for Outcome {
             Outcome::InvalidModule { reason }
             | Outcome::InputUnavailable { reason }
             | Outcome::BadEnvelope { reason }
+            | Outcome::PolicyViolation { reason }
             | Outcome::HostError { reason } => write!(f, "{kind}: {reason}"),
             Outcome::ModuleTooLarge { size, limit } => {
                 write!(f, "{kind}: {size} bytes over the {limit}-byte cap")

@@ -45,6 +45,10 @@ impl Disposition {
 
 /// Where a job's module, input and output live.
 pub trait JobEnv: Send + Sync + 'static {
+    /// Whether this job may run at all (its limits against its tenant's policy).
+    fn admit(&self, _job: &Job) -> Result<(), Outcome> {
+        Ok(())
+    }
     /// The loaded module a job names.
     fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome>;
     /// A reader over the job's input.
@@ -297,11 +301,14 @@ async fn process<Q: Queue, E: JobEnv>(
 }
 
 fn run_one<E: JobEnv>(sandbox: &Sandbox, env: &E, job: &Job, attempt: u32) -> JobResult {
-    let prepared = env.module(&job.module).and_then(|module| {
-        let input = env.open_input(job)?;
-        let output = env.open_output(job)?;
-        Ok((module, input, output))
-    });
+    let prepared = env
+        .admit(job)
+        .and_then(|()| env.module(&job.module))
+        .and_then(|module| {
+            let input = env.open_input(job)?;
+            let output = env.open_output(job)?;
+            Ok((module, input, output))
+        });
     let mut result = match prepared {
         Ok((module, input, output)) => sandbox.run(&module, job, input, output),
         Err(outcome) => JobResult::without_run(job.id, outcome, attempt),

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue};
-use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome};
+use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, TenantPolicy};
 use tokio::runtime::Handle;
 
 use crate::executor::{Disposition, JobEnv};
@@ -67,8 +68,13 @@ pub struct RedisEnv {
     handle: Handle,
     modules: Mutex<HashMap<ModuleHash, Result<Arc<LoadedModule>, Outcome>>>,
     outputs: Mutex<HashMap<sluice_shared::JobId, RedisOutput>>,
+    /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR`.
+    policies: Mutex<HashMap<String, (Instant, TenantPolicy)>>,
     metrics: WorkerMetrics,
 }
+
+/// How long a worker trusts a tenant policy it read before reading it again.
+const POLICY_CACHE_FOR: Duration = Duration::from_secs(5);
 
 impl RedisEnv {
     /// An environment over `queue`; must be created inside the tokio runtime.
@@ -79,12 +85,43 @@ impl RedisEnv {
             handle: Handle::current(),
             modules: Mutex::default(),
             outputs: Mutex::default(),
+            policies: Mutex::default(),
             metrics,
         }
     }
 }
 
+impl RedisEnv {
+    /// The tenant's policy (the fleet default for a tenant without one).
+    fn policy(&self, tenant: &str) -> Result<TenantPolicy, Outcome> {
+        if let Some((read_at, policy)) = lock(&self.policies).get(tenant)
+            && read_at.elapsed() < POLICY_CACHE_FOR
+        {
+            return Ok(policy.clone());
+        }
+        let policy = self
+            .handle
+            .block_on(self.queue.policy(tenant))
+            .map_err(|e| Outcome::HostError {
+                reason: format!("reading the policy of tenant {tenant}: {e}"),
+            })?
+            .unwrap_or_default();
+        lock(&self.policies).insert(tenant.to_owned(), (Instant::now(), policy.clone()));
+        Ok(policy)
+    }
+}
+
 impl JobEnv for RedisEnv {
+    fn admit(&self, job: &Job) -> Result<(), Outcome> {
+        // The envelope is not trusted: its limits are checked against the policy as
+        // stored, whatever the submitter claims to have clamped.
+        self.policy(&job.tenant.0)?
+            .check(&job.limits)
+            .map_err(|violation| Outcome::PolicyViolation {
+                reason: format!("tenant {}: {violation}", job.tenant),
+            })
+    }
+
     fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome> {
         if let Some(known) = lock(&self.modules).get(hash) {
             return known.clone();

@@ -1,6 +1,6 @@
 //! Every metric the worker exports, declared in one place (listed in `docs/metrics.md`).
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
-//! `_bytes`; the only label is the outcome kind, a closed set of 14 values.
+//! `_bytes`; the only label is the outcome kind, a closed set of 15 values.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,

@@ -24,6 +24,7 @@ use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
 
 mod blob;
+mod tenants;
 
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
 

@@ -1,0 +1,243 @@
+//! Tenants against a real redis-server and real workers: tokens stored hashed, policies
+//! clamped by submitters and enforced again by workers, and Redis ACL users.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::{Job, JobInput, Limits, OutcomeKind, Queue, TenantId, TenantPolicy};
+use sluice_tests::{RedisServer, WorkerProcess, bin, guest};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(url: String, queue: &str) -> RedisQueue {
+    let mut config = RedisConfig::new(url);
+    config.queue = queue.to_owned();
+    RedisQueue::connect(config).await.unwrap()
+}
+
+#[test]
+fn tokens_resolve_to_their_tenant_and_are_stored_only_hashed() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let queue = rt.block_on(connect(server.url(), "t"));
+    let token = rt
+        .block_on(queue.create_tenant("acme", &TenantPolicy::default()))
+        .unwrap()
+        .expect("new tenant");
+    assert!(
+        rt.block_on(queue.create_tenant("acme", &TenantPolicy::default()))
+            .unwrap()
+            .is_none()
+    );
+    let second = rt.block_on(queue.issue_token("acme")).unwrap();
+    assert_ne!(token, second);
+    assert_eq!(
+        rt.block_on(queue.tenant_for_token(&token))
+            .unwrap()
+            .as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        rt.block_on(queue.tenant_for_token(&second))
+            .unwrap()
+            .as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        rt.block_on(queue.tenant_for_token("slc_forged")).unwrap(),
+        None
+    );
+
+    let dump = server.cli(&["HGETALL", "sluice:{tenants}:tokens"]);
+    assert!(
+        !dump.contains(&token) && !dump.contains(&second),
+        "a raw token is stored"
+    );
+
+    assert_eq!(rt.block_on(queue.revoke_tokens("acme")).unwrap(), 2);
+    assert_eq!(rt.block_on(queue.tenant_for_token(&token)).unwrap(), None);
+    assert!(
+        rt.block_on(queue.create_tenant("Not Valid", &TenantPolicy::default()))
+            .is_err()
+    );
+}
+
+#[test]
+fn tenant_cli_creates_lists_and_changes_policies() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let sluice = |args: &[&str]| {
+        let out = bin("sluice")
+            .args(args)
+            .args(["--redis", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let token = sluice(&["tenant", "create", "beta", "--max-memory", "16MiB"]);
+    assert!(token.trim().starts_with("slc_"));
+    let policy = sluice(&[
+        "tenant",
+        "policy",
+        "beta",
+        "--max-fuel",
+        "1000",
+        "--max-timeout",
+        "2s",
+    ]);
+    let policy: TenantPolicy = serde_json::from_str(policy.trim()).unwrap();
+    assert_eq!(policy.max_memory_bytes, 16 << 20);
+    assert_eq!(policy.max_fuel, Some(1000));
+    assert_eq!(policy.max_timeout_ms, 2000);
+    assert!(sluice(&["tenant", "list"]).contains("\"tenant\":\"beta\""));
+    assert_eq!(sluice(&["tenant", "revoke", "beta"]).trim(), "revoked 1");
+    let again = bin("sluice")
+        .args(["tenant", "create", "beta", "--redis", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a tenant can be created only once");
+}
+
+#[test]
+fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let queue = rt.block_on(connect(server.url(), "forge"));
+    let strict = TenantPolicy {
+        max_memory_bytes: 16 << 20,
+        max_timeout_ms: 5_000,
+        ..TenantPolicy::default()
+    };
+    rt.block_on(queue.create_tenant("strict", &strict)).unwrap();
+    let module = rt
+        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
+        .unwrap();
+    let _worker = WorkerProcess::start(&server.url(), "forge", "w0", &[]);
+
+    let mut forged = Job::new(module, JobInput::Inline(Vec::new()));
+    forged.tenant = TenantId("strict".into());
+    forged.limits = Limits {
+        memory_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let mut fair = forged.clone();
+    fair.id = sluice_shared::JobId::new();
+    fair.limits = strict.clamp(&forged.limits);
+    let from = format!("{}-0", rt.block_on(queue.server_time_ms()).unwrap());
+    rt.block_on(queue.enqueue(&[forged.clone(), fair.clone()]))
+        .unwrap();
+
+    let mut kinds = std::collections::HashMap::new();
+    let ids: HashSet<_> = [forged.id, fair.id].into();
+    let mut cursor = from;
+    while kinds.len() < 2 {
+        let (next, notices) = rt
+            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
+            .unwrap();
+        cursor = next;
+        kinds.extend(notices.into_iter().filter(|(id, _)| ids.contains(id)));
+    }
+    assert_eq!(kinds[&forged.id], OutcomeKind::PolicyViolation);
+    assert_eq!(kinds[&fair.id], OutcomeKind::Success);
+    let dead = rt.block_on(queue.dead_letters()).unwrap();
+    assert!(
+        dead.iter()
+            .any(|d| d.job_id == Some(forged.id) && d.reason.contains("memory"))
+    );
+}
+
+#[test]
+fn submit_clamps_requested_limits_to_the_policy() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let _worker = WorkerProcess::start(&url, "default", "w0", &[]);
+    let run = |args: &[&str]| {
+        let out = bin("sluice")
+            .args(args)
+            .args(["--redis", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    run(&[
+        "tenant",
+        "create",
+        "small",
+        "--max-memory",
+        "8MiB",
+        "--max-output",
+        "1KiB",
+    ]);
+    let upper = guest("uppercase.wasm");
+    run(&["module", "put", "--name", "upper", upper.to_str().unwrap()]);
+    let id = {
+        let mut child = bin("sluice")
+            .args([
+                "submit", "--module", "upper", "--tenant", "small", "--memory", "1GiB",
+            ])
+            .args(["--max-output", "1GiB", "--redis", &url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"clamped\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let rt = runtime();
+    let queue = rt.block_on(connect(url.clone(), "default"));
+    let job_id = id.parse().unwrap();
+    let mut result = None;
+    while result.is_none() {
+        let _ = rt.block_on(queue.completions("0-0", Duration::from_millis(200)));
+        result = rt.block_on(queue.result(job_id)).unwrap();
+    }
+    assert!(
+        result.unwrap().outcome.is_success(),
+        "the worker accepted the clamped job"
+    );
+}
+
+#[test]
+fn redis_acl_users_and_passwords_are_honoured() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL", "SETUSER", "sluice", "on", ">s3cret", "~*", "&*", "+@all",
+    ]);
+    server.cli(&["ACL", "SETUSER", "default", "off"]);
+    let rt = runtime();
+    let good = format!("redis://sluice:s3cret@127.0.0.1:{}", server.port());
+    let queue = rt.block_on(RedisQueue::connect(RedisConfig::new(good.clone())));
+    let queue = queue.expect("the ACL user connects");
+    rt.block_on(queue.enqueue(&[Job::new(
+        sluice_shared::ModuleHash::of(b""),
+        JobInput::Inline(vec![]),
+    )]))
+    .unwrap();
+    let bad = format!("redis://sluice:wrong@127.0.0.1:{}", server.port());
+    assert!(
+        rt.block_on(RedisQueue::connect(RedisConfig::new(bad)))
+            .is_err()
+    );
+    let anonymous = rt.block_on(RedisQueue::connect(RedisConfig::new(server.url())));
+    assert!(anonymous.is_err(), "the default user is off");
+}
