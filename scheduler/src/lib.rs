@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
+pub mod api_metrics;
 pub mod batch;
 pub mod bench;
 pub mod distributed;

@@ -48,6 +48,20 @@ enum Command {
     /// Tenants, their tokens and policies (directly on Redis).
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// The HTTP API (plus /metrics, /healthz, /readyz) until SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// A token that may manage tenants over HTTP (/v1/admin); none if unset.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 /// A tenant policy, as flags (unset ones keep their current or default values).
@@ -491,6 +505,29 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use sluice_scheduler::api::{Api, router};
+    let queue = Arc::new(args.redis.connect().await?);
+    let api = Arc::new(Api::new(queue, args.admin_token.as_deref()));
+    let app = router(api, sluice_scheduler::api_metrics::ApiMetrics::new());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    eprintln!("sluice serve: listening on {}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -514,6 +551,7 @@ async fn main() -> ExitCode {
         Command::Dlq(command) => dlq(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Tenant(command) => tenant(command).await,
+        Command::Serve(args) => serve(args).await,
     };
     result.unwrap_or_else(|error| {
         eprintln!("sluice: {error:#}");

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub mod redis;
+pub mod serve;
 pub mod worker;
 
 pub use redis::RedisServer;
+pub use serve::ServeProcess;
 pub use worker::WorkerProcess;
 
 /// The repository root.

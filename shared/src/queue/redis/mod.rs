@@ -24,9 +24,11 @@ use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
 
 mod blob;
+mod records;
 mod tenants;
 
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
+pub use records::{Cancelled, JobRecord};
 
 /// The consumer group every worker of a queue joins.
 const GROUP: &str = "workers";
@@ -83,7 +85,7 @@ impl RedisConfig {
 /// The keys of one queue.
 #[derive(Clone, Debug)]
 pub struct Keys {
-    prefix: String,
+    pub(crate) prefix: String,
     pub jobs: String,
     pub delayed: String,
     pub stats: String,

@@ -1,0 +1,202 @@
+//! Job and batch records: who owns a job (the tenant), where its entry is, and which
+//! batch it belongs to. The HTTP API answers only a job's own tenant from these.
+//!
+//! Keys: `sluice:{q}:job:<id>` (hash: `tenant`, `entry`, `batch`, `state`, `limits`),
+//! `sluice:{q}:batch:<id>` (hash: `tenant`, `total`) and `sluice:{q}:batch:<id>:jobs`
+//! (list of job ids); all expire with the result TTL.
+
+use std::collections::HashMap;
+
+use redis::Script;
+
+use super::{GROUP, RedisQueue, millis, unavailable};
+use crate::codec;
+use crate::job::{Job, JobId};
+use crate::queue::QueueError;
+
+/// What the record of a job says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    pub tenant: String,
+    pub entry: String,
+    pub batch: Option<String>,
+    pub cancelled: bool,
+    /// The limits the job was enqueued with (JSON).
+    pub limits: String,
+}
+
+/// What a cancel did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Removed before any worker claimed it.
+    Yes,
+    /// A worker is running it.
+    Running,
+    /// It finished, was cancelled before, or is unknown.
+    Gone,
+}
+
+impl RedisQueue {
+    fn job_record_key(&self, id: JobId) -> String {
+        format!("{}job:{id}", self.keys.prefix)
+    }
+
+    fn batch_key(&self, id: &str) -> String {
+        format!("{}batch:{id}", self.keys.prefix)
+    }
+
+    /// Enqueues `jobs` owned by `tenant` (optionally as batch `batch`), recording each
+    /// job's owner and stream entry in the same pipeline.
+    pub async fn enqueue_owned(
+        &self,
+        jobs: &[Job],
+        tenant: &str,
+        batch: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let ttl = millis(self.config.result_ttl);
+        for chunk in jobs.chunks(500) {
+            let mut pipe = redis::pipe();
+            for job in chunk {
+                pipe.cmd("XADD")
+                    .arg(&self.keys.jobs)
+                    .arg("*")
+                    .arg(super::ENVELOPE_FIELD)
+                    .arg(codec::encode(job));
+            }
+            let ids: Vec<String> = pipe
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            let mut records = redis::pipe();
+            for (job, entry) in chunk.iter().zip(ids) {
+                let key = self.job_record_key(job.id);
+                let limits = serde_json::to_string(&job.limits).unwrap_or_default();
+                records
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg("tenant")
+                    .arg(tenant)
+                    .arg("entry")
+                    .arg(entry)
+                    .arg("batch")
+                    .arg(batch.unwrap_or(""))
+                    .arg("limits")
+                    .arg(limits)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl)
+                    .ignore();
+                if let Some(batch) = batch {
+                    records
+                        .cmd("RPUSH")
+                        .arg(format!("{}:jobs", self.batch_key(batch)))
+                        .arg(job.id.to_string())
+                        .ignore();
+                }
+            }
+            records
+                .query_async::<()>(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+        }
+        if let Some(batch) = batch {
+            let key = self.batch_key(batch);
+            redis::pipe()
+                .cmd("HSET")
+                .arg(&key)
+                .arg("tenant")
+                .arg(tenant)
+                .arg("total")
+                .arg(jobs.len())
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(format!("{key}:jobs"))
+                .arg(ttl)
+                .ignore()
+                .query_async::<()>(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// A job's record, if it exists.
+    pub async fn job_record(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.job_record_key(id))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let Some(tenant) = fields.get("tenant") else {
+            return Ok(None);
+        };
+        Ok(Some(JobRecord {
+            tenant: tenant.clone(),
+            entry: fields.get("entry").cloned().unwrap_or_default(),
+            batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
+            cancelled: fields.get("state").is_some_and(|s| s == "cancelled"),
+            limits: fields.get("limits").cloned().unwrap_or_default(),
+        }))
+    }
+
+    /// Whether a worker holds the job's entry now.
+    pub async fn is_running(&self, entry: &str) -> Result<bool, QueueError> {
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .arg(entry)
+            .arg(entry)
+            .arg(1)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(matches!(pending, redis::Value::Array(rows) if !rows.is_empty()))
+    }
+
+    /// Cancels a job that no worker has claimed yet.
+    pub async fn cancel(&self, id: JobId) -> Result<Cancelled, QueueError> {
+        let script = Script::new(include_str!("scripts/cancel.lua"));
+        let answer: String = script
+            .key(&self.keys.jobs)
+            .key(self.job_record_key(id))
+            .arg(GROUP)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(match answer.as_str() {
+            "cancelled" => Cancelled::Yes,
+            "running" => Cancelled::Running,
+            _ => Cancelled::Gone,
+        })
+    }
+
+    /// A batch's tenant and job ids, if it exists.
+    pub async fn batch(&self, id: &str) -> Result<Option<(String, Vec<JobId>)>, QueueError> {
+        let key = self.batch_key(id);
+        let tenant: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("tenant")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let Some(tenant) = tenant else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("{key}:jobs"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(Some((
+            tenant,
+            ids.iter().filter_map(|i| i.parse().ok()).collect(),
+        )))
+    }
+}
