@@ -29,18 +29,25 @@ use crate::modules;
 /// The OpenAPI document served at `/openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
 
-/// The API's state: the queue and the admin token's hash.
+/// The API's state: the queue, the admin token's hash, and the dispatcher's doorbell.
 pub struct Api {
     queue: Arc<RedisQueue>,
     admin_token_sha256: Option<[u8; 32]>,
+    submitted: Arc<tokio::sync::Notify>,
 }
 
 impl Api {
-    /// An API over `queue`; `admin_token` (if any) may manage tenants over HTTP.
-    pub fn new(queue: Arc<RedisQueue>, admin_token: Option<&str>) -> Self {
+    /// An API over `queue`; `admin_token` (if any) may manage tenants over HTTP;
+    /// `submitted` is notified whenever jobs enter a backlog.
+    pub fn new(
+        queue: Arc<RedisQueue>,
+        admin_token: Option<&str>,
+        submitted: Arc<tokio::sync::Notify>,
+    ) -> Self {
         Api {
             queue,
             admin_token_sha256: admin_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            submitted,
         }
     }
 }
@@ -251,17 +258,28 @@ impl Api {
         Ok((hash, modules::default_entry(&wasm)))
     }
 
-    /// A job of this tenant with the parameters clamped to its policy.
-    async fn job(&self, tenant: &str, params: &JobParams, input: JobInput) -> ApiResult<Job> {
+    /// A template for this tenant's jobs: the module resolved and the parameters
+    /// clamped to its policy; `Job` instances follow with `template(input)`.
+    async fn job_template(
+        &self,
+        tenant: &str,
+        params: &JobParams,
+    ) -> ApiResult<impl Fn(JobInput) -> Job + use<>> {
         let (module, default_entry) = self.module(tenant, &params.module).await?;
         let policy = self.queue.policy(tenant).await?.unwrap_or_default();
-        let mut job = Job::new(module, input);
-        job.entry = params.entry.clone().unwrap_or(default_entry);
-        job.args = params.args.clone();
-        job.env = params.env.clone();
-        job.limits = policy.clamp(&params.requested);
-        job.tenant = TenantId(tenant.to_owned());
-        Ok(job)
+        let entry = params.entry.clone().unwrap_or(default_entry);
+        let (args, env) = (params.args.clone(), params.env.clone());
+        let limits = policy.clamp(&params.requested);
+        let tenant = TenantId(tenant.to_owned());
+        Ok(move |input| {
+            let mut job = Job::new(module, input);
+            job.entry = entry.clone();
+            job.args = args.clone();
+            job.env = env.clone();
+            job.limits = limits.clone();
+            job.tenant = tenant.clone();
+            job
+        })
     }
 
     /// The record of a job if `tenant` owns it; 404 otherwise.
@@ -306,13 +324,15 @@ async fn post_job(
     body: Body,
 ) -> ApiResult<Response> {
     let params = job_params(query.as_deref())?;
-    // Resolve the module before reading the body: a bad request costs no upload.
-    api.module(&tenant, &params.module).await?;
+    // Resolve the module and policy before reading the body: a bad request costs no
+    // upload.
+    let template = api.job_template(&tenant, &params).await?;
     let input = stream_input(&api.queue, body).await?;
-    let job = api.job(&tenant, &params, input).await?;
+    let job = template(input);
     api.queue
         .enqueue_owned(std::slice::from_ref(&job), &tenant, None)
         .await?;
+    api.submitted.notify_one();
     let body = json!({ "id": job.id.to_string(), "limits": job.limits });
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
@@ -418,12 +438,13 @@ async fn post_batch(
         args: request.args,
         env: request.env.into_iter().collect(),
     };
+    let template = api.job_template(&tenant, &params).await?;
     let mut jobs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
         let data = base64::engine::general_purpose::STANDARD
             .decode(input.data.as_bytes())
             .map_err(|e| ApiError::bad_request(format!("input {:?}: {e}", input.name)))?;
-        let mut job = api.job(&tenant, &params, JobInput::Inline(data)).await?;
+        let mut job = template(JobInput::Inline(data));
         job.label = input.name;
         jobs.push(job);
     }
@@ -431,6 +452,7 @@ async fn post_batch(
     api.queue
         .enqueue_owned(&jobs, &tenant, Some(&batch))
         .await?;
+    api.submitted.notify_one();
     let listed: Vec<Value> = jobs
         .iter()
         .map(|j| json!({ "name": j.label, "id": j.id.to_string() }))
@@ -452,7 +474,7 @@ async fn job_status(
         "done"
     } else if record.cancelled {
         "cancelled"
-    } else if api.queue.is_running(&record.entry).await? {
+    } else if api.queue.is_running(record).await? {
         "running"
     } else {
         "queued"

@@ -22,5 +22,6 @@ pub mod api;
 pub mod api_metrics;
 pub mod batch;
 pub mod bench;
+pub mod dispatch;
 pub mod distributed;
 pub mod modules;

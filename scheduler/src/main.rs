@@ -57,6 +57,10 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    /// Most unclaimed jobs the dispatcher keeps on the shared stream; the rest wait in
+    /// their tenants' backlogs, admitted round-robin. About the fleet's total job slots.
+    #[arg(long, env = "SLUICE_DISPATCH_WINDOW", default_value_t = 32)]
+    dispatch_window: u64,
     /// A token that may manage tenants over HTTP (/v1/admin); none if unset.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -508,7 +512,15 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     use sluice_scheduler::api::{Api, router};
     let queue = Arc::new(args.redis.connect().await?);
-    let api = Arc::new(Api::new(queue, args.admin_token.as_deref()));
+    let submitted = Arc::new(tokio::sync::Notify::new());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let dispatcher = tokio::spawn(sluice_scheduler::dispatch::run(
+        queue.clone(),
+        args.dispatch_window,
+        submitted.clone(),
+        shutdown.clone(),
+    ));
+    let api = Arc::new(Api::new(queue, args.admin_token.as_deref(), submitted));
     let app = router(api, sluice_scheduler::api_metrics::ApiMetrics::new());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -525,6 +537,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .await?;
+    shutdown.cancel();
+    let _ = dispatcher.await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -60,8 +60,12 @@ impl ServeProcess {
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("serve is listening");
+        // A fresh connection per request: the server closes a connection whose request
+        // body it did not read (a 405 or 401 answered early), and a pooled connection
+        // closed that way would fail the next request for a reason of the client's own.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_idle_connections(0)
             .build()
             .into();
         ServeProcess {

@@ -366,3 +366,125 @@ mod malformed {
             .unwrap();
     }
 }
+
+#[test]
+fn a_tenants_flood_does_not_starve_another_tenant() {
+    use base64::Engine;
+    let s = service(true);
+    let flooder = s.tenant("flooder", json!({}));
+    let modest = s.tenant("modest", json!({}));
+    let bomb = std::fs::read(guest("infinite_loop.wat")).unwrap();
+    let hash = {
+        let reply = s.api.call("PUT", "/v1/modules", Some(&flooder), &bomb);
+        reply.json()["hash"].as_str().unwrap().to_owned()
+    };
+    s.upload(&modest, "uppercase.wasm", "upper");
+    let empty = base64::engine::general_purpose::STANDARD.encode(b"");
+    let inputs: Vec<Value> = (0..5000)
+        .map(|i| json!({ "name": format!("b{i}"), "data": empty }))
+        .collect();
+    let flood = json!({ "module": hash, "inputs": inputs, "limits": { "fuel": 2_000_000 } });
+    let reply = s.api.call(
+        "POST",
+        "/v1/batches",
+        Some(&flooder),
+        flood.to_string().as_bytes(),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let flood_id = reply.json()["id"].as_str().unwrap().to_owned();
+
+    let small: Vec<Value> = (0..50)
+        .map(|i| json!({ "name": format!("m{i}"), "data": base64::engine::general_purpose::STANDARD.encode(b"hi") }))
+        .collect();
+    let reply = s.api.call(
+        "POST",
+        "/v1/batches",
+        Some(&modest),
+        json!({ "module": "upper", "inputs": small })
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(reply.status, 201);
+    let small_id = reply.json()["id"].as_str().unwrap().to_owned();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mine = s
+            .api
+            .call(
+                "GET",
+                &format!("/v1/batches/{small_id}"),
+                Some(&modest),
+                b"",
+            )
+            .json();
+        if mine["done"] == 50 {
+            assert_eq!(mine["by_outcome"]["success"], 50);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{mine}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let theirs = s
+        .api
+        .call(
+            "GET",
+            &format!("/v1/batches/{flood_id}"),
+            Some(&flooder),
+            b"",
+        )
+        .json();
+    let flood_done = theirs["done"].as_u64().unwrap();
+    assert!(
+        flood_done < 2500,
+        "the modest tenant waited for {flood_done} of the flood"
+    );
+    eprintln!("modest tenant's 50 jobs done while the flood had finished {flood_done} of 5000");
+}
+
+#[test]
+fn a_tenant_at_its_concurrency_limit_waits() {
+    let s = service(true);
+    let token = s.tenant("single", json!({ "max_concurrent_jobs": 1 }));
+    let bomb = std::fs::read(guest("infinite_loop.wat")).unwrap();
+    let reply = s.api.call("PUT", "/v1/modules", Some(&token), &bomb);
+    let hash = reply.json()["hash"].as_str().unwrap().to_owned();
+    let ids: Vec<String> = (0..6)
+        .map(|_| {
+            let job = s.submit(&token, &format!("module={hash}&fuel=20000000"), b"");
+            job["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut most_running = 0;
+    loop {
+        let states: Vec<Value> = ids
+            .iter()
+            .map(|id| {
+                s.api
+                    .call("GET", &format!("/v1/jobs/{id}"), Some(&token), b"")
+                    .json()
+            })
+            .collect();
+        let running = states.iter().filter(|j| j["state"] == "running").count();
+        most_running = most_running.max(running);
+        if states.iter().all(|j| j["state"] == "done") {
+            assert!(
+                states
+                    .iter()
+                    .all(|j| j["result"]["outcome"] == "fuel_exhausted")
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    assert!(
+        most_running <= 1,
+        "{most_running} jobs of a 1-job tenant ran at once"
+    );
+}

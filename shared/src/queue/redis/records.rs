@@ -1,9 +1,14 @@
 //! Job and batch records: who owns a job (the tenant), where its entry is, and which
 //! batch it belongs to. The HTTP API answers only a job's own tenant from these.
 //!
-//! Keys: `sluice:{q}:job:<id>` (hash: `tenant`, `entry`, `batch`, `state`, `limits`),
-//! `sluice:{q}:batch:<id>` (hash: `tenant`, `total`) and `sluice:{q}:batch:<id>:jobs`
-//! (list of job ids); all expire with the result TTL.
+//! Keys: `sluice:{q}:job:<id>` (hash: `tenant`, `stream`, `entry`, `batch`, `state`,
+//! `limits`), `sluice:{q}:batch:<id>` (hash: `tenant`, `total`) and
+//! `sluice:{q}:batch:<id>:jobs` (list of job ids); all expire with the result TTL.
+//!
+//! Fair admission: jobs submitted through the service wait in their tenant's backlog
+//! stream (`sluice:{q}:backlog:<tenant>`, listed in the set `sluice:{q}:backlogs`)
+//! until the dispatcher moves them onto the shared job stream, round-robin across
+//! tenants (`dispatch.lua`).
 
 use std::collections::HashMap;
 
@@ -12,12 +17,14 @@ use redis::Script;
 use super::{GROUP, RedisQueue, millis, unavailable};
 use crate::codec;
 use crate::job::{Job, JobId};
-use crate::queue::QueueError;
+use crate::queue::{Queue, QueueError};
 
 /// What the record of a job says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobRecord {
     pub tenant: String,
+    /// The stream its entry is in: its tenant's backlog, or the shared job stream.
+    pub stream: String,
     pub entry: String,
     pub batch: Option<String>,
     pub cancelled: bool,
@@ -45,8 +52,17 @@ impl RedisQueue {
         format!("{}batch:{id}", self.keys.prefix)
     }
 
-    /// Enqueues `jobs` owned by `tenant` (optionally as batch `batch`), recording each
-    /// job's owner and stream entry in the same pipeline.
+    fn backlog_key(&self, tenant: &str) -> String {
+        format!("{}backlog:{tenant}", self.keys.prefix)
+    }
+
+    fn backlogs_key(&self) -> String {
+        format!("{}backlogs", self.keys.prefix)
+    }
+
+    /// Enqueues `jobs` owned by `tenant` (optionally as batch `batch`) into the
+    /// tenant's backlog, to be admitted fairly by the dispatcher, recording each job's
+    /// owner and entry in the same pipeline.
     pub async fn enqueue_owned(
         &self,
         jobs: &[Job],
@@ -54,15 +70,22 @@ impl RedisQueue {
         batch: Option<&str>,
     ) -> Result<(), QueueError> {
         let ttl = millis(self.config.result_ttl);
+        let backlog = self.backlog_key(tenant);
         for chunk in jobs.chunks(500) {
             let mut pipe = redis::pipe();
             for job in chunk {
                 pipe.cmd("XADD")
-                    .arg(&self.keys.jobs)
+                    .arg(&backlog)
                     .arg("*")
                     .arg(super::ENVELOPE_FIELD)
-                    .arg(codec::encode(job));
+                    .arg(codec::encode(job))
+                    .arg("j")
+                    .arg(job.id.to_string());
             }
+            pipe.cmd("SADD")
+                .arg(self.backlogs_key())
+                .arg(tenant)
+                .ignore();
             let ids: Vec<String> = pipe
                 .query_async(&mut self.connection())
                 .await
@@ -76,6 +99,8 @@ impl RedisQueue {
                     .arg(&key)
                     .arg("tenant")
                     .arg(tenant)
+                    .arg("stream")
+                    .arg(&backlog)
                     .arg("entry")
                     .arg(entry)
                     .arg("batch")
@@ -137,6 +162,7 @@ impl RedisQueue {
         };
         Ok(Some(JobRecord {
             tenant: tenant.clone(),
+            stream: fields.get("stream").cloned().unwrap_or_default(),
             entry: fields.get("entry").cloned().unwrap_or_default(),
             batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
             cancelled: fields.get("state").is_some_and(|s| s == "cancelled"),
@@ -144,8 +170,12 @@ impl RedisQueue {
         }))
     }
 
-    /// Whether a worker holds the job's entry now.
-    pub async fn is_running(&self, entry: &str) -> Result<bool, QueueError> {
+    /// Whether a worker holds the job's entry now (a job still in its backlog does not).
+    pub async fn is_running(&self, record: &JobRecord) -> Result<bool, QueueError> {
+        if record.stream != self.keys.jobs {
+            return Ok(false);
+        }
+        let entry = &record.entry;
         let pending: redis::Value = redis::cmd("XPENDING")
             .arg(&self.keys.jobs)
             .arg(GROUP)
@@ -173,6 +203,58 @@ impl RedisQueue {
             "running" => Cancelled::Running,
             _ => Cancelled::Gone,
         })
+    }
+
+    /// Tenants with jobs waiting in their backlogs.
+    pub async fn backlogged_tenants(&self) -> Result<Vec<String>, QueueError> {
+        let mut tenants: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.backlogs_key())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        tenants.sort();
+        Ok(tenants)
+    }
+
+    /// Moves up to `max` of `tenant`'s oldest backlog jobs onto the job stream; returns
+    /// their ids.
+    pub async fn dispatch(&self, tenant: &str, max: usize) -> Result<Vec<JobId>, QueueError> {
+        let script = Script::new(include_str!("scripts/dispatch.lua"));
+        let moved: Vec<String> = script
+            .key(&self.keys.jobs)
+            .key(self.backlog_key(tenant))
+            .key(self.backlogs_key())
+            .arg(tenant)
+            .arg(format!("{}job:", self.keys.prefix))
+            .arg(max)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(moved.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Jobs on the shared stream that no worker has claimed yet.
+    pub async fn ready_depth(&self) -> Result<u64, QueueError> {
+        Ok(self.stats().await?.ready)
+    }
+
+    /// Takes the dispatcher role for `hold` if no one else holds it (or renews it for
+    /// `holder`); whether `holder` has it now.
+    pub async fn hold_dispatcher(
+        &self,
+        holder: &str,
+        hold: std::time::Duration,
+    ) -> Result<bool, QueueError> {
+        let key = format!("{}dispatcher", self.keys.prefix);
+        let script = Script::new(include_str!("scripts/hold.lua"));
+        let held: i64 = script
+            .key(key)
+            .arg(holder)
+            .arg(millis(hold))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(held == 1)
     }
 
     /// A batch's tenant and job ids, if it exists.
