@@ -66,3 +66,21 @@ pub fn guest(name: &str) -> PathBuf {
 pub fn example_inputs(example: &str) -> PathBuf {
     repo_root().join("examples/inputs").join(example)
 }
+
+/// A two-thread tokio runtime for tests that drive async clients from sync code.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A Redis queue client on `queue` at `url`.
+pub async fn connect(url: &str, queue: &str) -> sluice_shared::queue::redis::RedisQueue {
+    let mut config = sluice_shared::queue::redis::RedisConfig::new(url);
+    config.queue = queue.to_owned();
+    sluice_shared::queue::redis::RedisQueue::connect(config)
+        .await
+        .expect("connect to Redis")
+}

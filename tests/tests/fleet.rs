@@ -7,9 +7,9 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
-use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{Job, JobId, JobInput, JobResult, ModuleHash, OutcomeKind, Queue, codec};
-use sluice_tests::{RedisServer, WorkerProcess, bin, guest};
+use sluice_tests::{RedisServer, WorkerProcess, bin, connect, guest, runtime};
 
 /// About 5 ms of compute per job: long enough that a batch is in flight when a test
 /// interferes with it.
@@ -23,20 +23,6 @@ const SLOW_WAT: &str = r#"(module
       (local.set $i (i32.sub (local.get $i) (i32.const 1)))
       (br_if $l (local.get $i)))
     (i32.store (i32.const 0) (local.get $x))))"#;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn connect(server: &RedisServer, queue: &str) -> RedisQueue {
-    let mut config = RedisConfig::new(server.url());
-    config.queue = queue.to_owned();
-    RedisQueue::connect(config).await.unwrap()
-}
 
 /// The notice-stream position "now", to follow completions from.
 async fn now_id(queue: &RedisQueue) -> String {
@@ -156,7 +142,7 @@ fn three_workers_complete_a_10k_batch_exactly() {
 fn killed_worker_jobs_are_reclaimed() {
     let server = RedisServer::start();
     let rt = runtime();
-    let queue = rt.block_on(connect(&server, "kill"));
+    let queue = rt.block_on(connect(&server.url(), "kill"));
     let module = rt
         .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
         .unwrap();
@@ -242,7 +228,7 @@ fn redis_restart_mid_batch_loses_nothing() {
         .unwrap();
 
     let rt = runtime();
-    let queue = rt.block_on(connect(&server, "restart"));
+    let queue = rt.block_on(connect(&server.url(), "restart"));
     let mut cursor = "0-0".to_owned();
     let mut seen = 0;
     while seen < 100 {
@@ -278,7 +264,7 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
     let server = RedisServer::start();
     let mut worker = WorkerProcess::start(&server.url(), "junk", "w0", &[]);
     let rt = runtime();
-    let queue = rt.block_on(connect(&server, "junk"));
+    let queue = rt.block_on(connect(&server.url(), "junk"));
     let module = rt
         .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
         .unwrap();
@@ -310,7 +296,7 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
 fn sigterm_drains_in_flight_jobs_and_loses_none() {
     let server = RedisServer::start();
     let rt = runtime();
-    let queue = rt.block_on(connect(&server, "drain"));
+    let queue = rt.block_on(connect(&server.url(), "drain"));
     let module = rt
         .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
         .unwrap();
@@ -338,7 +324,7 @@ fn sigterm_drains_in_flight_jobs_and_loses_none() {
 fn sigterm_after_the_grace_period_releases_jobs_at_once() {
     let server = RedisServer::start();
     let rt = runtime();
-    let queue = rt.block_on(connect(&server, "grace"));
+    let queue = rt.block_on(connect(&server.url(), "grace"));
     let module = rt
         .block_on(
             queue.put_module(
@@ -407,7 +393,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
         .unwrap();
     assert!(put.status.success());
     let rt = runtime();
-    let queue = rt.block_on(connect(&server, "huge"));
+    let queue = rt.block_on(connect(&server.url(), "huge"));
     let from = rt.block_on(now_id(&queue));
     let submit = bin("sluice")
         .args([
@@ -502,7 +488,7 @@ fn a_worker_takes_its_settings_from_environment_and_config_file() {
         .spawn()
         .unwrap();
     let rt = runtime();
-    let queue = rt.block_on(connect(&server, "from-file"));
+    let queue = rt.block_on(connect(&server.url(), "from-file"));
     let module = rt
         .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
         .unwrap();

@@ -6,27 +6,13 @@ use std::time::Duration;
 
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 use sluice_shared::{Job, JobInput, Limits, OutcomeKind, Queue, TenantId, TenantPolicy};
-use sluice_tests::{RedisServer, WorkerProcess, bin, guest};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn connect(url: String, queue: &str) -> RedisQueue {
-    let mut config = RedisConfig::new(url);
-    config.queue = queue.to_owned();
-    RedisQueue::connect(config).await.unwrap()
-}
+use sluice_tests::{RedisServer, WorkerProcess, bin, connect, guest, runtime};
 
 #[test]
 fn tokens_resolve_to_their_tenant_and_are_stored_only_hashed() {
     let server = RedisServer::start();
     let rt = runtime();
-    let queue = rt.block_on(connect(server.url(), "t"));
+    let queue = rt.block_on(connect(&server.url(), "t"));
     let token = rt
         .block_on(queue.create_tenant("acme", &TenantPolicy::default()))
         .unwrap()
@@ -114,7 +100,7 @@ fn tenant_cli_creates_lists_and_changes_policies() {
 fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
     let server = RedisServer::start();
     let rt = runtime();
-    let queue = rt.block_on(connect(server.url(), "forge"));
+    let queue = rt.block_on(connect(&server.url(), "forge"));
     let strict = TenantPolicy {
         max_memory_bytes: 16 << 20,
         max_timeout_ms: 5_000,
@@ -204,7 +190,7 @@ fn submit_clamps_requested_limits_to_the_policy() {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     let rt = runtime();
-    let queue = rt.block_on(connect(url.clone(), "default"));
+    let queue = rt.block_on(connect(&url, "default"));
     let job_id = id.parse().unwrap();
     let mut result = None;
     while result.is_none() {

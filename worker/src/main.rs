@@ -245,13 +245,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            sluice_worker::cli::terminated().await;
             tracing::info!("shutting down: no new claims, draining jobs in flight");
             shutdown.cancel();
         });
