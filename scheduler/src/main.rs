@@ -174,12 +174,19 @@ struct RedisArgs {
     /// Queue name.
     #[arg(long, env = "SLUICE_QUEUE", default_value = "default")]
     queue: String,
+    /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
+    #[arg(long, env = "SLUICE_REDIS_CA")]
+    redis_ca: Option<PathBuf>,
 }
 
 impl RedisArgs {
     async fn connect(&self) -> anyhow::Result<RedisQueue> {
         let mut config = RedisConfig::new(&self.redis_url);
         config.queue = self.queue.clone();
+        if let Some(ca) = &self.redis_ca {
+            config.tls_ca_pem =
+                Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
+        }
         RedisQueue::connect(config)
             .await
             .with_context(|| format!("connecting to {}", self.redis_url))
@@ -329,6 +336,7 @@ async fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
             let redis = RedisArgs {
                 redis_url: url,
                 queue: args.queue.clone(),
+                redis_ca: std::env::var_os("SLUICE_REDIS_CA").map(PathBuf::from),
             };
             distributed::run_batch(Arc::new(redis.connect().await?), options).await?
         }

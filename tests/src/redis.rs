@@ -12,6 +12,7 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     aof: bool,
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -21,17 +22,88 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Makes a CA and a server certificate for 127.0.0.1 in `dir` with openssl.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed (bash scripts/setup)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sluice-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext.cnf");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
 /// Starts redis-server and returns once it logged that it accepts connections.
-fn spawn(port: u16, dir: &Path, aof: bool) -> Child {
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
+fn spawn(port: u16, dir: &Path, aof: bool, tls: bool) -> Child {
+    let mut command = Command::new("redis-server");
+    if tls {
+        command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args([
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+            .current_dir(dir);
+    } else {
+        command.args(["--port", &port.to_string()]);
+    }
+    let mut child = command
+        .args(["--bind", "127.0.0.1", "--save", ""])
         .args(["--appendonly", if aof { "yes" } else { "no" }])
         .args(["--appendfsync", "always"])
         .arg("--dir")
@@ -68,21 +140,41 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// A server that speaks only TLS, with a certificate from a CA of its own
+    /// (`ca_path`).
+    pub fn start_with_tls() -> Self {
+        Self::start_inner(false, true)
+    }
+
     fn start_with(aof: bool) -> Self {
+        Self::start_inner(aof, false)
+    }
+
+    fn start_inner(aof: bool, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        if tls {
+            make_certificates(dir.path());
+        }
         let port = free_port();
-        let child = spawn(port, dir.path(), aof);
+        let child = spawn(port, dir.path(), aof, tls);
         RedisServer {
             child: Some(child),
             port,
             dir,
             aof,
+            tls,
         }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate a TLS server's certificate is signed by.
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     /// The port it listens on.
@@ -101,7 +193,7 @@ impl RedisServer {
     /// Starts it again on the same port and directory (replaying the AOF if on).
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "kill it first");
-        self.child = Some(spawn(self.port, self.dir.path(), self.aof));
+        self.child = Some(spawn(self.port, self.dir.path(), self.aof, self.tls));
     }
 
     /// Runs `redis-cli` against it and returns its stdout.

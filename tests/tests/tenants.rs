@@ -227,3 +227,92 @@ fn redis_acl_users_and_passwords_are_honoured() {
     let anonymous = rt.block_on(RedisQueue::connect(RedisConfig::new(server.url())));
     assert!(anonymous.is_err(), "the default user is off");
 }
+
+#[test]
+fn workers_and_the_cli_talk_tls_to_redis() {
+    let server = RedisServer::start_with_tls();
+    let ca = server.ca_path();
+    let url = server.url();
+    assert!(url.starts_with("rediss://"));
+    let ca_arg = ca.to_str().unwrap();
+    let _worker = WorkerProcess::start(&url, "tls", "w0", &["--redis-ca", ca_arg]);
+    let put = bin("sluice")
+        .args([
+            "module",
+            "put",
+            "--name",
+            "upper",
+            "--queue",
+            "tls",
+            "--redis",
+            &url,
+            "--redis-ca",
+            ca_arg,
+        ])
+        .arg(guest("uppercase.wasm"))
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let mut child = bin("sluice")
+        .args([
+            "submit",
+            "--module",
+            "upper",
+            "--queue",
+            "tls",
+            "--redis",
+            &url,
+            "--redis-ca",
+            ca_arg,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"over tls\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let result = bin("sluice")
+            .args([
+                "result",
+                &id,
+                "--output",
+                "-",
+                "--queue",
+                "tls",
+                "--redis",
+                &url,
+                "--redis-ca",
+                ca_arg,
+            ])
+            .output()
+            .unwrap();
+        if result.status.success() {
+            assert!(String::from_utf8_lossy(&result.stdout).ends_with("OVER TLS\n"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no result over TLS");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = bin("sluice")
+        .args(["status", "--queue", "tls", "--redis", &url])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+}

@@ -47,6 +47,9 @@ struct ServeArgs {
     /// Queue name.
     #[arg(long, env = "SLUICE_QUEUE")]
     queue: Option<String>,
+    /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
+    #[arg(long, env = "SLUICE_REDIS_CA")]
+    redis_ca: Option<PathBuf>,
     /// Job slots (jobs run at once). Default: 4 per core.
     #[arg(long, env = "SLUICE_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -99,6 +102,7 @@ impl ServeArgs {
         self.max_attempts = self.max_attempts.or(file.max_attempts);
         self.consumer = self.consumer.or(file.consumer);
         self.ttl = self.ttl.or(file.ttl);
+        self.redis_ca = self.redis_ca.or(file.redis_ca);
         if self.dirs.is_empty() {
             self.dirs = file.dirs;
         }
@@ -254,6 +258,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = RedisConfig::new(url);
     if let Some(queue) = args.queue {
         config.queue = queue;
+    }
+    if let Some(ca) = &args.redis_ca {
+        config.tls_ca_pem =
+            Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
     }
     if let Some(ttl) = &args.ttl {
         let ttl = parse_duration(ttl)?;

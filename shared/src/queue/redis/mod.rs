@@ -60,6 +60,9 @@ pub struct RedisConfig {
     pub completion_batch: usize,
     /// Time allowed for a (non-blocking) command's reply.
     pub response_timeout: Duration,
+    /// PEM certificate(s) of the CA that signed the server's TLS certificate, for a
+    /// `rediss://` URL whose server is not signed by a public CA.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -78,6 +81,7 @@ impl RedisConfig {
             maintenance_interval: Duration::from_millis(100),
             completion_batch: 256,
             response_timeout: Duration::from_secs(10),
+            tls_ca_pem: None,
         }
     }
 }
@@ -212,7 +216,19 @@ impl RedisQueue {
     /// Connects (reconnecting by itself later when Redis goes away) and makes sure the
     /// job stream and its consumer group exist.
     pub async fn connect(config: RedisConfig) -> Result<Self, QueueError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(unavailable)?;
+        // rustls needs one process-wide crypto provider; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match &config.tls_ca_pem {
+            Some(ca) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(config.url.as_str()),
+        }
+        .map_err(unavailable)?;
         let manager = |timeout: Option<Duration>| {
             let mut cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))
