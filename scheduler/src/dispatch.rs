@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 const HOLD: Duration = Duration::from_secs(5);
 /// How often an idle dispatcher looks again (new jobs also wake it at once).
 const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// How often the in-flight counts are checked against Redis, for jobs whose notice was
+/// never seen (cancelled after dispatch, notices trimmed or missed).
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// A token bucket per tenant, for `rate_per_second`.
 struct Bucket {
@@ -46,6 +49,7 @@ pub async fn run(
     let holder = uuid::Uuid::new_v4().to_string();
     let mut tenants: HashMap<String, TenantState> = HashMap::new();
     let mut owners: HashMap<JobId, String> = HashMap::new();
+    let mut reconciled = Instant::now();
     let mut notices = match queue.server_time_ms().await {
         Ok(ms) => format!("{ms}-0"),
         Err(_) => "$".to_owned(),
@@ -65,6 +69,18 @@ pub async fn run(
                     && let Some(state) = tenants.get_mut(&tenant)
                 {
                     state.in_flight = state.in_flight.saturating_sub(1);
+                }
+            }
+            if reconciled.elapsed() >= RECONCILE_EVERY && !owners.is_empty() {
+                reconciled = Instant::now();
+                let ids: Vec<JobId> = owners.keys().copied().collect();
+                for (job, settled) in ids.iter().zip(queue.settled(&ids).await?) {
+                    if settled
+                        && let Some(tenant) = owners.remove(job)
+                        && let Some(state) = tenants.get_mut(&tenant)
+                    {
+                        state.in_flight = state.in_flight.saturating_sub(1);
+                    }
                 }
             }
             let depth = queue.ready_depth().await?;

@@ -488,3 +488,34 @@ fn a_tenant_at_its_concurrency_limit_waits() {
         "{most_running} jobs of a 1-job tenant ran at once"
     );
 }
+
+#[test]
+fn cancelling_a_dispatched_job_frees_its_tenants_concurrency() {
+    let mut s = service(false);
+    let token = s.tenant("single", json!({ "max_concurrent_jobs": 1 }));
+    s.upload(&token, "uppercase.wasm", "upper");
+    let first = s.submit(&token, "module=upper", b"first");
+    let first = first["id"].as_str().unwrap().to_owned();
+    // No worker yet: the dispatcher moves the job to the shared stream (its tenant's
+    // one place) and it waits there unclaimed. Cancelling it must give the place back.
+    let record = format!("sluice:{{api}}:job:{first}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s._redis.cli(&["HGET", &record, "stream"]).trim() != "sluice:{api}:jobs" {
+        assert!(
+            Instant::now() < deadline,
+            "the first job was never dispatched"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        s.api
+            .call("DELETE", &format!("/v1/jobs/{first}"), Some(&token), b"")
+            .status,
+        200
+    );
+    let second = s.submit(&token, "module=upper", b"second");
+    let second = second["id"].as_str().unwrap().to_owned();
+    s._worker = Some(WorkerProcess::start(&s._redis.url(), "api", "late", &[]));
+    let done = s.wait_done(&token, &second);
+    assert_eq!(done["result"]["outcome"], "success");
+}

@@ -7,6 +7,10 @@ use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 use sluice_shared::{Job, JobInput, JobResult, ModuleHash, Outcome, Queue, codec};
 use sluice_tests::RedisServer;
 
+fn uuid_nil() -> uuid::Uuid {
+    uuid::Uuid::nil()
+}
+
 async fn fresh() -> (RedisServer, RedisQueue) {
     let server = RedisServer::start();
     let queue = RedisQueue::connect(RedisConfig::new(server.url()))
@@ -136,7 +140,23 @@ async fn dead_letters_can_be_retried_and_purged() {
     let again = queue.claim("c1", 5, LONG, LONG).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].lease.job_id, dead[0].job_id);
-    assert_eq!(queue.dlq_purge().await.unwrap(), 1);
+    // The retried run's result is recorded, not mistaken for a duplicate of the
+    // failure stored when it died.
+    let job_id = again[0].lease.job_id.unwrap();
+    let success = JobResult::without_run(job_id, Outcome::Success, 4);
+    let done = queue
+        .complete(&again[0].lease, success.clone())
+        .await
+        .unwrap();
+    assert_eq!(done, sluice_shared::queue::Completion::Recorded);
+    assert_eq!(queue.result(job_id).await.unwrap(), Some(success));
+    // An entry that never had an envelope cannot be retried and stays dead.
+    queue.enqueue_raw(Vec::new()).await.unwrap();
+    let garbage = queue.claim("c1", 5, LONG, LONG).await.unwrap().remove(0);
+    let result = JobResult::without_run(sluice_shared::JobId(uuid_nil()), Outcome::Timeout, 1);
+    queue.dead_letter(&garbage.lease, result).await.unwrap();
+    assert_eq!(queue.dead_letters().await.unwrap().len(), 2);
+    assert_eq!(queue.dlq_purge().await.unwrap(), 2);
     assert!(queue.dead_letters().await.unwrap().is_empty());
 }
 

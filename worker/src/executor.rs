@@ -237,6 +237,28 @@ async fn process<Q: Queue, E: JobEnv>(
         }
     };
 
+    // A job that kills its worker every time never reaches the retry decision below;
+    // its delivery count still grows, and past the attempt limit it is given up here.
+    if attempt > config.retry.max_attempts {
+        // Reported as a (zero-length) run, so started/finished stay paired for metrics.
+        env.on_started(&job);
+        let result = JobResult::without_run(
+            job.id,
+            Outcome::HostError {
+                reason: format!(
+                    "delivered {attempt} times without finishing (its worker died each time?); giving up"
+                ),
+            },
+            attempt,
+        );
+        let disposition = match queue.dead_letter(&lease, result.clone()).await {
+            Ok(()) => Disposition::DeadLettered,
+            Err(_) => Disposition::Unrecorded,
+        };
+        env.on_finished(Some(&job), &result, disposition);
+        return;
+    }
+
     let renewing = CancellationToken::new();
     let renewal = async {
         let every = config.lease / 3;

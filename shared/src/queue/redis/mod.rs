@@ -191,6 +191,10 @@ pub struct RedisQueue {
     scripts: std::sync::Arc<Scripts>,
     completions: mpsc::Sender<PendingCompletion>,
     last_maintenance: Mutex<Option<Instant>>,
+    /// Where the next takeover scan of the pending list starts: `XAUTOCLAIM` looks at
+    /// a bounded number of entries per call, so scanning always from the start could
+    /// never reach expired entries behind many live ones.
+    takeover_cursor: Mutex<String>,
 }
 
 /// Counters and sizes of a queue, for `sluice status`.
@@ -263,6 +267,7 @@ impl RedisQueue {
             scripts,
             completions,
             last_maintenance: Mutex::new(None),
+            takeover_cursor: Mutex::new("0-0".to_owned()),
         };
         queue.ensure_group().await?;
         Ok(queue)
@@ -327,12 +332,17 @@ impl RedisQueue {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        let cursor = self
+            .takeover_cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.keys.jobs)
             .arg(GROUP)
             .arg(consumer)
             .arg(millis(lease_for))
-            .arg("0-0")
+            .arg(&cursor)
             .arg("COUNT")
             .arg(max)
             .query_async(&mut conn)
@@ -341,6 +351,12 @@ impl RedisQueue {
         let Value::Array(parts) = reply else {
             return Err(protocol("XAUTOCLAIM reply is not an array"));
         };
+        if let Some(next) = parts.first().and_then(bytes_of) {
+            *self
+                .takeover_cursor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = String::from_utf8_lossy(&next).into_owned();
+        }
         let entries = parts
             .get(1)
             .map(parse_entries)
@@ -350,20 +366,21 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         // XAUTOCLAIM counted a delivery for each entry but does not say how many there
-        // have been; the pending list does.
-        let first = &entries[0].0;
-        let last = &entries[entries.len() - 1].0;
-        let pending: Value = redis::cmd("XPENDING")
-            .arg(&self.keys.jobs)
-            .arg(GROUP)
-            .arg(first)
-            .arg(last)
-            .arg(entries.len() * 2 + 16)
-            .arg(consumer)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let counts = parse_pending(&pending)?;
+        // have been; the pending list does, entry by entry.
+        let mut pipe = redis::pipe();
+        for (id, _) in &entries {
+            pipe.cmd("XPENDING")
+                .arg(&self.keys.jobs)
+                .arg(GROUP)
+                .arg(id)
+                .arg(id)
+                .arg(1);
+        }
+        let rows: Vec<Value> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut counts = HashMap::new();
+        for row in &rows {
+            counts.extend(parse_pending(row)?);
+        }
         Ok(entries
             .into_iter()
             .map(|(id, fields)| {
@@ -606,6 +623,7 @@ impl RedisQueue {
             .key(&self.keys.jobs)
             .key(&self.keys.stats)
             .arg(id.unwrap_or(""))
+            .arg(format!("{}result:", self.keys.prefix))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)
@@ -726,7 +744,8 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
 /// A stream entry's field-value pairs.
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// `[[id, [k, v, …]], …]` → `(id, [(k, v), …])`; deleted entries (nil fields) are skipped.
+/// `[[id, [k, v, …]], …]` → `(id, [(k, v), …])`; an entry deleted while pending (nil
+/// fields) comes back with no fields, and so decodes as a missing envelope.
 fn parse_entries(v: &Value) -> Result<Vec<(String, Fields)>, QueueError> {
     let Value::Array(entries) = v else {
         return Err(protocol(format!("stream entries: {v:?}")));
@@ -956,7 +975,7 @@ impl Queue for RedisQueue {
         let result_key = lease
             .job_id
             .map_or_else(|| self.keys.stats.clone(), |id| self.keys.result(id));
-        let _: i64 = self
+        let moved: i64 = self
             .scripts
             .dead
             .key(&self.keys.jobs)
@@ -977,7 +996,14 @@ impl Queue for RedisQueue {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        Ok(())
+        if moved == 1 {
+            Ok(())
+        } else {
+            // Already gone: another delivery finished it first.
+            Err(QueueError::LeaseLost {
+                entry_id: lease.entry_id.clone(),
+            })
+        }
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), QueueError> {

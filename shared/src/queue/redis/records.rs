@@ -233,6 +233,30 @@ impl RedisQueue {
         Ok(moved.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
+    /// For each job, whether it is settled: finished (a result is stored), cancelled, or
+    /// its record is gone.
+    pub async fn settled(&self, ids: &[JobId]) -> Result<Vec<bool>, QueueError> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("EXISTS").arg(self.keys.result_key(*id));
+            pipe.cmd("HGET").arg(self.job_record_key(*id)).arg("state");
+            pipe.cmd("EXISTS").arg(self.job_record_key(*id));
+        }
+        let replies: Vec<redis::Value> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(replies
+            .chunks(3)
+            .map(|r| {
+                let has_result = matches!(r[0], redis::Value::Int(1));
+                let cancelled = matches!(&r[1], redis::Value::BulkString(s) if s == b"cancelled");
+                let record_gone = matches!(r[2], redis::Value::Int(0));
+                has_result || cancelled || record_gone
+            })
+            .collect())
+    }
+
     /// Jobs on the shared stream that no worker has claimed yet.
     pub async fn ready_depth(&self) -> Result<u64, QueueError> {
         Ok(self.stats().await?.ready)

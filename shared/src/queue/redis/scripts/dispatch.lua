@@ -25,7 +25,11 @@ for _, entry in ipairs(entries) do
   if envelope then
     local id = redis.call('XADD', KEYS[1], '*', 'e', envelope)
     if job then
-      redis.call('HSET', ARGV[2] .. job, 'stream', KEYS[1], 'entry', id)
+      -- Only a record that still exists is pointed at the new entry: recreating an
+      -- expired one would leave a key without owner or TTL behind.
+      if redis.call('EXISTS', ARGV[2] .. job) == 1 then
+        redis.call('HSET', ARGV[2] .. job, 'stream', KEYS[1], 'entry', id)
+      end
       moved[#moved + 1] = job
     end
   end
