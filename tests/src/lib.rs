@@ -84,3 +84,21 @@ pub async fn connect(url: &str, queue: &str) -> sluice_shared::queue::redis::Red
         .await
         .expect("connect to Redis")
 }
+
+/// Runs `sluice ARGS --redis URL`, asserts it succeeded, and returns its trimmed stdout.
+pub fn sluice_ok(redis_url: &str, args: &[&str]) -> String {
+    let out = bin("sluice")
+        .args(args)
+        .args(["--redis", redis_url])
+        .output()
+        .expect("run sluice");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 output")
+        .trim()
+        .to_owned()
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 use sluice_shared::{Job, JobInput, Limits, OutcomeKind, Queue, TenantId, TenantPolicy};
-use sluice_tests::{RedisServer, WorkerProcess, bin, connect, guest, runtime};
+use sluice_tests::{RedisServer, WorkerProcess, bin, connect, guest, runtime, sluice_ok};
 
 #[test]
 fn tokens_resolve_to_their_tenant_and_are_stored_only_hashed() {
@@ -59,19 +59,7 @@ fn tokens_resolve_to_their_tenant_and_are_stored_only_hashed() {
 fn tenant_cli_creates_lists_and_changes_policies() {
     let server = RedisServer::start();
     let url = server.url();
-    let sluice = |args: &[&str]| {
-        let out = bin("sluice")
-            .args(args)
-            .args(["--redis", &url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let sluice = |args: &[&str]| sluice_ok(&url, args);
     let token = sluice(&["tenant", "create", "beta", "--max-memory", "16MiB"]);
     assert!(token.trim().starts_with("slc_"));
     let policy = sluice(&[
@@ -149,19 +137,7 @@ fn submit_clamps_requested_limits_to_the_policy() {
     let server = RedisServer::start();
     let url = server.url();
     let _worker = WorkerProcess::start(&url, "default", "w0", &[]);
-    let run = |args: &[&str]| {
-        let out = bin("sluice")
-            .args(args)
-            .args(["--redis", &url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let run = |args: &[&str]| sluice_ok(&url, args);
     run(&[
         "tenant",
         "create",
