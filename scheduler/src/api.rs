@@ -577,20 +577,27 @@ async fn get_batch(
     if owner != tenant {
         return Err(ApiError::not_found("batch"));
     }
+    let results: std::collections::HashMap<JobId, sluice_shared::JobResult> =
+        crate::distributed::fetch_results(&api.queue, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.job_id, r))
+            .collect();
     let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
-    let mut jobs = Vec::with_capacity(ids.len());
-    for job in &ids {
-        let result = api.queue.result(*job).await?;
-        if let Some(result) = &result {
-            *by_outcome
-                .entry(result.outcome.kind().as_str().to_owned())
-                .or_default() += 1;
-        }
-        jobs.push(json!({
-            "id": job.to_string(),
-            "outcome": result.map(|r| r.outcome.kind()),
-        }));
+    for result in results.values() {
+        *by_outcome
+            .entry(result.outcome.kind().as_str().to_owned())
+            .or_default() += 1;
     }
+    let jobs: Vec<Value> = ids
+        .iter()
+        .map(|job| {
+            json!({
+                "id": job.to_string(),
+                "outcome": results.get(job).map(|r| r.outcome.kind()),
+            })
+        })
+        .collect();
     let done: u64 = by_outcome.values().sum();
     Ok(axum::Json(json!({
         "id": id,

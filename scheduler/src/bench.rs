@@ -133,13 +133,6 @@ async fn follow(
     Ok(done)
 }
 
-async fn newest_notice(queue: &RedisQueue) -> anyhow::Result<String> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME")
-        .query_async(&mut queue.connection())
-        .await?;
-    Ok(format!("{}-0", secs * 1000 + micros / 1000))
-}
-
 /// Runs the bench and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let ttl = sluice_shared::units::parse_duration(&args.ttl)?;
@@ -181,7 +174,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
         .collect();
     let warm_ids: HashMap<JobId, Instant> = warm.iter().map(|j| (j.id, Instant::now())).collect();
-    let from = newest_notice(&queue).await?;
+    let from = queue.notices_from_now().await?;
     queue.enqueue(&warm).await?;
     follow(&queue, from, warm.len(), &warm_ids, Duration::from_secs(60)).await?;
 
@@ -190,7 +183,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
         .collect();
     let commands_before = commands_executed(&queue).await?;
-    let from = newest_notice(&queue).await?;
+    let from = queue.notices_from_now().await?;
     let started = Instant::now();
     let mut sent = HashMap::with_capacity(jobs.len());
     for chunk in jobs.chunks(5_000) {
@@ -207,7 +200,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     // another follows the notices continuously, so an arrival is timed when it
     // happens, not when the sender next looks.
     let latencies = {
-        let from = newest_notice(&queue).await?;
+        let from = queue.notices_from_now().await?;
         let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
         let sent_at: std::sync::Mutex<HashMap<JobId, Instant>> = std::sync::Mutex::default();
         let jobs: Vec<Job> = (0..args.latency_jobs)

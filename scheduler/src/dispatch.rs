@@ -50,10 +50,10 @@ pub async fn run(
     let mut tenants: HashMap<String, TenantState> = HashMap::new();
     let mut owners: HashMap<JobId, String> = HashMap::new();
     let mut reconciled = Instant::now();
-    let mut notices = match queue.server_time_ms().await {
-        Ok(ms) => format!("{ms}-0"),
-        Err(_) => "$".to_owned(),
-    };
+    let mut notices = queue
+        .notices_from_now()
+        .await
+        .unwrap_or_else(|_| "$".to_owned());
     while !shutdown.is_cancelled() {
         let round = async {
             if !queue.hold_dispatcher(&holder, HOLD).await? {

@@ -109,29 +109,7 @@ pub struct Follower {
 impl Follower {
     /// Starts following from the newest notice now (call before enqueueing).
     pub async fn start(queue: &RedisQueue) -> Result<Self, QueueError> {
-        let newest: redis::Value = redis::cmd("XREVRANGE")
-            .arg(&queue.keys().done)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut queue.connection())
-            .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-        let last_notice = match newest {
-            redis::Value::Array(entries) => entries
-                .first()
-                .and_then(|e| match e {
-                    redis::Value::Array(parts) => parts.first().cloned(),
-                    _ => None,
-                })
-                .and_then(|id| match id {
-                    redis::Value::BulkString(b) => String::from_utf8(b).ok(),
-                    _ => None,
-                })
-                .unwrap_or_else(|| "0-0".into()),
-            _ => "0-0".into(),
-        };
+        let last_notice = queue.notices_from_now().await?;
         Ok(Follower {
             last_notice,
             outstanding: HashMap::new(),

@@ -24,11 +24,6 @@ const SLOW_WAT: &str = r#"(module
       (br_if $l (local.get $i)))
     (i32.store (i32.const 0) (local.get $x))))"#;
 
-/// The notice-stream position "now", to follow completions from.
-async fn now_id(queue: &RedisQueue) -> String {
-    format!("{}-0", queue.server_time_ms().await.unwrap())
-}
-
 /// Waits (on completion notices, not sleeps) until every id in `ids` has finished;
 /// returns their outcome kinds. Tolerates Redis being briefly away.
 async fn await_finished(
@@ -153,7 +148,7 @@ fn killed_worker_jobs_are_reclaimed() {
         .collect();
     let jobs = slow_jobs(module, 600);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = rt.block_on(now_id(&queue));
+    let from = rt.block_on(queue.notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&jobs)).unwrap();
 
     // Kill the victim once the batch is well under way.
@@ -275,7 +270,7 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
     rt.block_on(queue.enqueue_raw(future)).unwrap();
     server.cli(&["XADD", "sluice:{junk}:jobs", "*", "not-an-envelope", "x"]);
     let good = Job::new(module, JobInput::Inline(Vec::new()));
-    let from = rt.block_on(now_id(&queue));
+    let from = rt.block_on(queue.notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&good)))
         .unwrap();
     let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([good.id])));
@@ -303,7 +298,7 @@ fn sigterm_drains_in_flight_jobs_and_loses_none() {
     let mut first = WorkerProcess::start(&server.url(), "drain", "first", &["--concurrency", "2"]);
     let jobs = slow_jobs(module, 300);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = rt.block_on(now_id(&queue));
+    let from = rt.block_on(queue.notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&jobs)).unwrap();
     let (_, notices) = rt
         .block_on(queue.completions(&from, Duration::from_secs(30)))
@@ -394,7 +389,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
     assert!(put.status.success());
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "huge"));
-    let from = rt.block_on(now_id(&queue));
+    let from = rt.block_on(queue.notices_from_now()).unwrap();
     let submit = bin("sluice")
         .args([
             "submit",
@@ -493,7 +488,7 @@ fn a_worker_takes_its_settings_from_environment_and_config_file() {
         .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
         .unwrap();
     let job = Job::new(module, JobInput::Inline(Vec::new()));
-    let from = rt.block_on(now_id(&queue));
+    let from = rt.block_on(queue.notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
         .unwrap();
     let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([job.id])));

@@ -109,7 +109,7 @@ fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
     let mut fair = forged.clone();
     fair.id = sluice_shared::JobId::new();
     fair.limits = strict.clamp(&forged.limits);
-    let from = format!("{}-0", rt.block_on(queue.server_time_ms()).unwrap());
+    let from = rt.block_on(queue.notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&[forged.clone(), fair.clone()]))
         .unwrap();
 

@@ -228,10 +228,7 @@ async fn process<Q: Queue, E: JobEnv>(
                 },
                 attempt,
             );
-            let disposition = match queue.dead_letter(&lease, result.clone()).await {
-                Ok(()) => Disposition::DeadLettered,
-                Err(_) => Disposition::Unrecorded,
-            };
+            let disposition = dead_letter(queue, &lease, &result).await;
             env.on_finished(None, &result, disposition);
             return;
         }
@@ -251,10 +248,7 @@ async fn process<Q: Queue, E: JobEnv>(
             },
             attempt,
         );
-        let disposition = match queue.dead_letter(&lease, result.clone()).await {
-            Ok(()) => Disposition::DeadLettered,
-            Err(_) => Disposition::Unrecorded,
-        };
+        let disposition = dead_letter(queue, &lease, &result).await;
         env.on_finished(Some(&job), &result, disposition);
         return;
     }
@@ -314,12 +308,17 @@ async fn process<Q: Queue, E: JobEnv>(
             Err(_) => Disposition::Unrecorded,
         }
     } else {
-        match queue.dead_letter(&lease, result.clone()).await {
-            Ok(()) => Disposition::DeadLettered,
-            Err(_) => Disposition::Unrecorded,
-        }
+        dead_letter(queue, &lease, &result).await
     };
     env.on_finished(Some(&job), &result, disposition);
+}
+
+/// Gives the job up; `Unrecorded` when the queue refused (it will be delivered again).
+async fn dead_letter<Q: Queue>(queue: &Q, lease: &Lease, result: &JobResult) -> Disposition {
+    match queue.dead_letter(lease, result.clone()).await {
+        Ok(()) => Disposition::DeadLettered,
+        Err(_) => Disposition::Unrecorded,
+    }
 }
 
 fn run_one<E: JobEnv>(sandbox: &Sandbox, env: &E, job: &Job, attempt: u32) -> JobResult {

@@ -566,6 +566,12 @@ impl RedisQueue {
         Ok(hex.and_then(|h| h.parse().ok()))
     }
 
+    /// A position in the completion-notice stream meaning "now": notices from it on are
+    /// those of completions after this call (stream ids are the server's clock).
+    pub async fn notices_from_now(&self) -> Result<String, QueueError> {
+        Ok(format!("{}-0", self.server_time_ms().await?))
+    }
+
     /// Completion notices after stream id `after` (`"0"` for all, `"$"` for new ones),
     /// waiting up to `block`: the last id read and each `(job id, outcome kind)`.
     pub async fn completions(
