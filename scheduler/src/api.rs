@@ -569,39 +569,21 @@ async fn get_batch(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let (owner, ids) = api
+    // From the batch's outcome counters (kept by the queue scripts), not its results.
+    let counts = api
         .queue
-        .batch(&id)
+        .batch_counts(&id, &tenant)
         .await?
         .ok_or_else(|| ApiError::not_found("batch"))?;
-    if owner != tenant {
-        return Err(ApiError::not_found("batch"));
-    }
-    let results: std::collections::HashMap<JobId, sluice_shared::JobResult> =
-        crate::distributed::fetch_results(&api.queue, &ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.job_id, r))
-            .collect();
-    let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
-    for result in results.values() {
-        *by_outcome
-            .entry(result.outcome.kind().as_str().to_owned())
-            .or_default() += 1;
-    }
-    let jobs: Vec<Value> = ids
+    let jobs: Vec<Value> = counts
+        .jobs
         .iter()
-        .map(|job| {
-            json!({
-                "id": job.to_string(),
-                "outcome": results.get(job).map(|r| r.outcome.kind()),
-            })
-        })
+        .map(|(job, outcome)| json!({ "id": job.to_string(), "outcome": outcome }))
         .collect();
-    let done: u64 = by_outcome.values().sum();
+    let (total, done, by_outcome) = (counts.total, counts.done(), counts.by_outcome);
     Ok(axum::Json(json!({
         "id": id,
-        "total": ids.len(),
+        "total": total,
         "done": done,
         "by_outcome": by_outcome,
         "jobs": jobs,

@@ -20,6 +20,7 @@ async fn fresh() -> (RedisServer, RedisQueue) {
 }
 
 sluice_shared::queue_conformance!(fresh());
+sluice_shared::queue_ownership_conformance!(fresh());
 
 const LONG: Duration = Duration::from_secs(60);
 

@@ -266,3 +266,140 @@ pub async fn waiting_claim_wakes_on_enqueue<Q: Queue>(queue: &Q) {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].lease.job_id, Some(sent.id));
 }
+
+/// The ownership rules of a queue whose completions race with takeovers: a stale
+/// holder's success ends a job that is still pending (to anyone) and is refused once
+/// the job moved on; only the current holder retries or dead-letters; a job is never
+/// both finished and queued again, nor both completed and dead. Run with
+/// [`queue_ownership_conformance!`] like [`queue_conformance!`].
+#[macro_export]
+macro_rules! queue_ownership_conformance {
+    ($make:expr) => {
+        $crate::queue_conformance!(@each $make;
+            stale_success_after_the_job_was_retried_is_refused,
+            stale_success_while_another_holder_runs_ends_the_job,
+            stale_holder_cannot_dead_letter_or_retry,
+        );
+    };
+}
+
+/// Claims the job as `first`, lets the lease lapse, and has `second` take it over.
+async fn taken_over<Q: Queue>(queue: &Q, sent: &Job) -> (super::Claimed, super::Claimed) {
+    queue.enqueue(std::slice::from_ref(sent)).await.unwrap();
+    let first = queue
+        .claim("stalls", 1, SHORT, PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
+    let second = queue
+        .claim("takes-over", 1, SHORT, PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.lease.job_id, Some(sent.id));
+    assert_eq!(second.lease.deliveries, 2);
+    (first, second)
+}
+
+pub async fn stale_success_after_the_job_was_retried_is_refused<Q: Queue>(queue: &Q) {
+    let sent = job(20);
+    let (stale, holder) = taken_over(queue, &sent).await;
+    // The new holder's run fails retryably: the job waits in the delayed set.
+    let mut next = sent.clone();
+    next.attempt = holder.attempt();
+    queue
+        .retry(&holder.lease, &next, Duration::ZERO)
+        .await
+        .unwrap();
+    // The stalled holder now succeeds: the job has moved on, so its result is refused
+    // (storing it would finish a job that runs again).
+    let err = queue
+        .complete(&stale.lease, success(&sent, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
+    assert_eq!(queue.result(sent.id).await.unwrap(), None);
+    // The retry runs and its success is the one result.
+    let again = queue
+        .claim("third", 1, LONG, PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.lease.job_id, Some(sent.id));
+    let last = success(&sent, again.attempt());
+    assert_eq!(
+        queue.complete(&again.lease, last.clone()).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(last));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.completed, stats.dead, stats.delayed), (1, 0, 0));
+}
+
+pub async fn stale_success_while_another_holder_runs_ends_the_job<Q: Queue>(queue: &Q) {
+    let sent = job(21);
+    let (stale, holder) = taken_over(queue, &sent).await;
+    // Still pending (to the new holder): the job is not final, and the stalled run's
+    // success is as good as any.
+    let first = success(&sent, 1);
+    assert_eq!(
+        queue.complete(&stale.lease, first.clone()).await.unwrap(),
+        Completion::Recorded
+    );
+    // The new holder finds the job finished whatever its run ends as.
+    let mut next = sent.clone();
+    next.attempt = holder.attempt();
+    assert!(matches!(
+        queue.retry(&holder.lease, &next, Duration::ZERO).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    let failure = JobResult::without_run(sent.id, Outcome::InvalidModule { reason: "x".into() }, 2);
+    assert!(matches!(
+        queue.dead_letter(&holder.lease, failure).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        queue
+            .complete(&holder.lease, success(&sent, 2))
+            .await
+            .unwrap(),
+        Completion::AlreadyDone
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(first));
+    assert!(queue.dead_letters().await.unwrap().is_empty());
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.completed,
+            stats.dead,
+            stats.delayed,
+            stats.ready,
+            stats.leased
+        ),
+        (1, 0, 0, 0, 0)
+    );
+}
+
+pub async fn stale_holder_cannot_dead_letter_or_retry<Q: Queue>(queue: &Q) {
+    let sent = job(22);
+    let (stale, holder) = taken_over(queue, &sent).await;
+    let failure = JobResult::without_run(sent.id, Outcome::InvalidModule { reason: "x".into() }, 1);
+    assert!(matches!(
+        queue.dead_letter(&stale.lease, failure).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    let mut next = sent.clone();
+    next.attempt = 1;
+    assert!(matches!(
+        queue.retry(&stale.lease, &next, Duration::ZERO).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    assert!(queue.dead_letters().await.unwrap().is_empty());
+    // The current holder still decides.
+    let last = success(&sent, 2);
+    assert_eq!(
+        queue.complete(&holder.lease, last.clone()).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(last));
+}

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Keys, QueueError, millis, unavailable};
+use super::{Keys, QueueError, millis, on_key};
 
 /// Writes one blob, chunk by chunk, with one chunk upload in flight while the next
 /// chunk fills.
@@ -79,13 +79,13 @@ impl BlobWriter {
         self.chunks += 1;
         self.in_flight = Some(tokio::spawn(async move {
             redis::cmd("SET")
-                .arg(key)
+                .arg(&key)
                 .arg(chunk)
                 .arg("PX")
                 .arg(ttl)
                 .query_async::<()>(&mut conn)
                 .await
-                .map_err(unavailable)
+                .map_err(on_key(&key))
         }));
         Ok(())
     }
@@ -146,7 +146,7 @@ impl BlobWriter {
             .ignore()
             .query_async::<()>(&mut self.conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&meta))?;
         Ok((self.id, self.len))
     }
 }
@@ -162,32 +162,43 @@ impl BlobReader {
     pub(super) fn new(mut conn: ConnectionManager, keys: Keys, id: String) -> Self {
         let (tx, chunks) = mpsc::channel(2);
         tokio::spawn(async move {
-            let meta: std::collections::HashMap<String, u64> = match redis::cmd("HGETALL")
-                .arg(keys.blob_meta(&id))
+            let meta_key = keys.blob_meta(&id);
+            let meta: std::collections::HashMap<String, String> = match redis::cmd("HGETALL")
+                .arg(&meta_key)
                 .query_async(&mut conn)
                 .await
             {
                 Ok(meta) => meta,
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_string())).await;
+                    let _ = tx.send(Err(on_key(&meta_key)(e).to_string())).await;
                     return;
                 }
             };
-            let Some(&count) = meta.get("chunks") else {
-                let _ = tx
-                    .send(Err(format!("blob {id} not found (expired?)")))
-                    .await;
-                return;
+            let count = match meta.get("chunks").map(|c| c.parse::<u64>()) {
+                Some(Ok(count)) => count,
+                Some(Err(_)) => {
+                    let _ = tx
+                        .send(Err(format!("{meta_key}: field chunks is not a number")))
+                        .await;
+                    return;
+                }
+                None => {
+                    let _ = tx
+                        .send(Err(format!("blob {id} not found (expired?)")))
+                        .await;
+                    return;
+                }
             };
             for index in 0..count {
+                let chunk_key = keys.blob_chunk(&id, index);
                 let chunk: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
-                    .arg(keys.blob_chunk(&id, index))
+                    .arg(&chunk_key)
                     .query_async(&mut conn)
                     .await;
                 let item = match chunk {
                     Ok(Some(bytes)) => Ok(bytes),
                     Ok(None) => Err(format!("blob {id} chunk {index} is missing (expired?)")),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(on_key(&chunk_key)(e).to_string()),
                 };
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {

@@ -24,11 +24,15 @@ use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
 
 mod blob;
+mod outcomes;
 mod records;
 mod tenants;
+mod validate;
 
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
+pub use outcomes::BatchCounts;
 pub use records::{Cancelled, JobRecord};
+pub use validate::{RedisConfigError, validate_queue_name};
 
 /// The consumer group every worker of a queue joins.
 const GROUP: &str = "workers";
@@ -140,6 +144,7 @@ impl Keys {
 
 struct Scripts {
     promote: Script,
+    takeover: Script,
     owner: Script,
     complete: Script,
     retry: Script,
@@ -148,22 +153,53 @@ struct Scripts {
     dlq_retry: Script,
 }
 
+/// A script with the key checks of `check.lua` in front (see that file).
+fn checked_script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("scripts/check.lua")))
+}
+
 impl Scripts {
     fn load() -> Self {
         Scripts {
             promote: Script::new(include_str!("scripts/promote.lua")),
-            owner: Script::new(include_str!("scripts/owner.lua")),
-            complete: Script::new(include_str!("scripts/complete.lua")),
-            retry: Script::new(include_str!("scripts/retry.lua")),
-            dead: Script::new(include_str!("scripts/dead.lua")),
+            takeover: checked_script(include_str!("scripts/takeover.lua")),
+            owner: checked_script(include_str!("scripts/owner.lua")),
+            complete: checked_script(include_str!("scripts/complete.lua")),
+            retry: checked_script(include_str!("scripts/retry.lua")),
+            dead: checked_script(include_str!("scripts/dead.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
-            dlq_retry: Script::new(include_str!("scripts/dlq_retry.lua")),
+            dlq_retry: checked_script(include_str!("scripts/dlq_retry.lua")),
         }
     }
 }
 
+/// A failed command as a queue error. A script's `CORRUPT` reply (a key of the queue
+/// holds something foreign; the script changed nothing) names the key, and is a
+/// protocol error: retrying does not help until an operator repairs the key.
 fn unavailable(e: RedisError) -> QueueError {
+    if e.code() == Some("CORRUPT") {
+        return corrupt(e.detail().unwrap_or_default());
+    }
     QueueError::Unavailable(e.to_string())
+}
+
+/// A key of the queue holds something this build did not write there.
+fn corrupt(what: &str) -> QueueError {
+    QueueError::Protocol(format!("corrupt Redis contents: {what}"))
+}
+
+/// A failed command on `key` as a queue error that names the key.
+fn on_key(key: &str) -> impl Fn(RedisError) -> QueueError + '_ {
+    move |e| {
+        if e.code() == Some("WRONGTYPE") {
+            corrupt(&format!("{key} holds a value of the wrong type"))
+        } else {
+            match unavailable(e) {
+                QueueError::Unavailable(m) => QueueError::Unavailable(format!("{key}: {m}")),
+                other => other,
+            }
+        }
+    }
 }
 
 fn protocol(what: impl Into<String>) -> QueueError {
@@ -195,6 +231,9 @@ pub struct RedisQueue {
     /// a bounded number of entries per call, so scanning always from the start could
     /// never reach expired entries behind many live ones.
     takeover_cursor: Mutex<String>,
+    /// When a failing maintenance step was last logged: it fails on every claim until
+    /// repaired, and one line per few seconds says as much as thousands.
+    maintenance_warned: Mutex<HashMap<&'static str, Instant>>,
 }
 
 /// Counters and sizes of a queue, for `sluice status`.
@@ -203,6 +242,9 @@ pub struct RedisStatus {
     pub stats: QueueStats,
     pub retried: u64,
     pub duplicates: u64,
+    /// Completions refused because the job had moved on (retried, dead-lettered,
+    /// released or cancelled) before a stale holder finished it.
+    pub stale: u64,
     pub dlq_retried: u64,
     /// Consumers of the group with their pending (leased) counts and idle times.
     pub consumers: Vec<ConsumerInfo>,
@@ -220,6 +262,9 @@ impl RedisQueue {
     /// Connects (reconnecting by itself later when Redis goes away) and makes sure the
     /// job stream and its consumer group exist.
     pub async fn connect(config: RedisConfig) -> Result<Self, QueueError> {
+        config
+            .validate()
+            .map_err(|e| QueueError::Protocol(format!("Redis configuration: {e}")))?;
         // rustls needs one process-wide crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = match &config.tls_ca_pem {
@@ -268,6 +313,7 @@ impl RedisQueue {
             completions,
             last_maintenance: Mutex::new(None),
             takeover_cursor: Mutex::new("0-0".to_owned()),
+            maintenance_warned: Mutex::new(HashMap::new()),
         };
         queue.ensure_group().await?;
         Ok(queue)
@@ -305,51 +351,86 @@ impl RedisQueue {
     }
 
     /// Promotes due delayed jobs and takes over entries idle longer than `lease_for`,
-    /// at most once per maintenance interval.
-    async fn maintain(
-        &self,
-        consumer: &str,
-        max: usize,
-        lease_for: Duration,
-    ) -> Result<Vec<Claimed>, QueueError> {
+    /// at most once per maintenance interval. A step that fails is logged with the key
+    /// it concerns and skipped, so a corrupt delayed set or job stream never stops
+    /// claims of new jobs.
+    async fn maintain(&self, consumer: &str, max: usize, lease_for: Duration) -> Vec<Claimed> {
         {
             let mut last = self
                 .last_maintenance
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|at| at.elapsed() < self.config.maintenance_interval) {
-                return Ok(Vec::new());
+                return Vec::new();
             }
             *last = Some(Instant::now());
         }
-        let mut conn = self.conn.clone();
-        let _: i64 = self
+        let promoted: Result<i64, RedisError> = self
             .scripts
             .promote
             .key(&self.keys.delayed)
             .key(&self.keys.jobs)
             .arg(1000)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = promoted {
+            self.maintenance_failed(
+                "promote",
+                &self.keys.delayed,
+                &on_key(&self.keys.delayed)(e),
+            );
+        }
+        match self.take_over(consumer, max, lease_for).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                self.maintenance_failed("takeover", &self.keys.jobs, &e);
+                Vec::new()
+            }
+        }
+    }
+
+    fn maintenance_failed(&self, step: &'static str, key: &str, error: &QueueError) {
+        let mut warned = self
+            .maintenance_warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if warned
+            .get(step)
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        warned.insert(step, Instant::now());
+        tracing::warn!(step, key, %error, "queue maintenance step failed; claiming new jobs goes on");
+    }
+
+    /// Takes over entries idle longer than `lease_for`, with their delivery counts, in
+    /// one script (`takeover.lua`): either all of it happens and is returned, or none.
+    async fn take_over(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Vec<Claimed>, QueueError> {
         let cursor = self
             .takeover_cursor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let reply: Value = redis::cmd("XAUTOCLAIM")
-            .arg(&self.keys.jobs)
+        let reply: Value = self
+            .scripts
+            .takeover
+            .key(&self.keys.jobs)
             .arg(GROUP)
             .arg(consumer)
             .arg(millis(lease_for))
             .arg(&cursor)
-            .arg("COUNT")
             .arg(max)
-            .query_async(&mut conn)
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.group_error(e))?;
         let Value::Array(parts) = reply else {
-            return Err(protocol("XAUTOCLAIM reply is not an array"));
+            return Err(protocol("takeover reply is not an array"));
         };
         if let Some(next) = parts.first().and_then(bytes_of) {
             *self
@@ -357,37 +438,37 @@ impl RedisQueue {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = String::from_utf8_lossy(&next).into_owned();
         }
-        let entries = parts
-            .get(1)
-            .map(parse_entries)
-            .transpose()?
-            .unwrap_or_default();
-        if entries.is_empty() {
+        let Some(Value::Array(rows)) = parts.get(1) else {
             return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Value::Array(cols) = row else { continue };
+            let Some(id) = cols.first().and_then(bytes_of) else {
+                continue;
+            };
+            let mut fields = Vec::new();
+            if let Some(Value::Array(kv)) = cols.get(1) {
+                for pair in kv.chunks(2) {
+                    if let [k, v] = pair
+                        && let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v))
+                    {
+                        fields.push((k, v));
+                    }
+                }
+            }
+            let deliveries = match cols.get(2) {
+                Some(Value::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+                _ => 1,
+            };
+            out.push(claimed(
+                String::from_utf8_lossy(&id).into_owned(),
+                fields,
+                deliveries,
+                consumer,
+            ));
         }
-        // XAUTOCLAIM counted a delivery for each entry but does not say how many there
-        // have been; the pending list does, entry by entry.
-        let mut pipe = redis::pipe();
-        for (id, _) in &entries {
-            pipe.cmd("XPENDING")
-                .arg(&self.keys.jobs)
-                .arg(GROUP)
-                .arg(id)
-                .arg(id)
-                .arg(1);
-        }
-        let rows: Vec<Value> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        let mut counts = HashMap::new();
-        for row in &rows {
-            counts.extend(parse_pending(row)?);
-        }
-        Ok(entries
-            .into_iter()
-            .map(|(id, fields)| {
-                let deliveries = counts.get(&id).copied().unwrap_or(1);
-                claimed(id, fields, deliveries, consumer)
-            })
-            .collect())
+        Ok(out)
     }
 
     /// Runs one of the scripts that act on an entry only while `lease` still holds it
@@ -430,10 +511,11 @@ impl RedisQueue {
     fn group_error(&self, e: RedisError) -> QueueError {
         if e.code() == Some("NOGROUP") {
             QueueError::Unavailable(format!(
-                "consumer group missing (Redis lost its data?): {e}"
+                "consumer group missing on {} (Redis lost its data?): {e}",
+                self.keys.jobs
             ))
         } else {
-            unavailable(e)
+            on_key(&self.keys.jobs)(e)
         }
     }
 
@@ -471,7 +553,7 @@ impl RedisQueue {
                 self.ensure_group().await?;
                 return Ok(Vec::new());
             }
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(on_key(&self.keys.jobs)(e)),
         };
         let streams = match reply {
             Value::Nil => return Ok(Vec::new()),
@@ -526,12 +608,11 @@ impl RedisQueue {
         alias: Option<&str>,
     ) -> Result<ModuleHash, QueueError> {
         let hash = ModuleHash::of(wasm);
+        let key = self.keys.module(&hash);
         let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.keys.module(&hash))
-            .arg(wasm)
-            .arg("NX")
-            .ignore();
+        // Not NX: the key is content-addressed, so overwriting changes nothing unless
+        // the stored value was damaged, and then an upload repairs it.
+        pipe.cmd("SET").arg(&key).arg(wasm).ignore();
         if let Some(alias) = alias {
             pipe.cmd("SET")
                 .arg(self.keys.alias(alias))
@@ -540,17 +621,27 @@ impl RedisQueue {
         }
         pipe.query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&key))?;
         Ok(hash)
     }
 
-    /// A module's bytes, if stored.
+    /// A module's bytes, if stored. Bytes that do not hash to `hash` are a corrupt key
+    /// (an error naming it), not a module: callers must not cache them as invalid, since
+    /// an upload of the real module repairs the key.
     pub async fn get_module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, QueueError> {
-        redis::cmd("GET")
-            .arg(self.keys.module(hash))
+        let key = self.keys.module(hash);
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(on_key(&key))?;
+        match bytes {
+            Some(b) if ModuleHash::of(&b) != *hash => Err(corrupt(&format!(
+                "{key} holds {} bytes that do not hash to its name",
+                b.len()
+            ))),
+            other => Ok(other),
+        }
     }
 
     /// The hash an alias (or a hash in hex) names.
@@ -558,11 +649,12 @@ impl RedisQueue {
         if let Ok(hash) = name.parse::<ModuleHash>() {
             return Ok(Some(hash));
         }
+        let key = self.keys.alias(name);
         let hex: Option<String> = redis::cmd("GET")
-            .arg(self.keys.alias(name))
+            .arg(&key)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&key))?;
         Ok(hex.and_then(|h| h.parse().ok()))
     }
 
@@ -622,17 +714,40 @@ impl RedisQueue {
     }
 
     /// Puts dead letters back on the queue: one (`Some(id)`) or all.
+    /// Only failed jobs go back: a letter whose job has a stored success, or one of
+    /// whose keys is corrupt, stays (logged; an error when it was the one asked for).
     pub async fn dlq_retry(&self, id: Option<&str>) -> Result<u64, QueueError> {
-        self.scripts
+        let reply: Vec<Value> = self
+            .scripts
             .dlq_retry
             .key(&self.keys.dead)
             .key(&self.keys.jobs)
             .key(&self.keys.stats)
             .arg(id.unwrap_or(""))
-            .arg(format!("{}result:", self.keys.prefix))
+            .arg(&self.keys.prefix)
+            .arg(millis(self.config.result_ttl))
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        let moved = match reply.first() {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => return Err(protocol("dlq_retry.lua reply has no count")),
+        };
+        let problems: Vec<String> = reply[1..]
+            .iter()
+            .filter_map(bytes_of)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect();
+        if id.is_some() && moved == 0 && !problems.is_empty() {
+            return Err(protocol(format!(
+                "dead letter not retried: {}",
+                problems.join("; ")
+            )));
+        }
+        for problem in &problems {
+            tracing::warn!(%problem, "dead letter not retried");
+        }
+        Ok(moved)
     }
 
     /// Deletes every dead letter.
@@ -653,12 +768,12 @@ impl RedisQueue {
     /// Counters, depths and consumers.
     pub async fn status(&self) -> Result<RedisStatus, QueueError> {
         let stats = self.stats().await?;
-        let counters: HashMap<String, i64> = redis::cmd("HGETALL")
+        let counters: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&self.keys.stats)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
-        let get = |k: &str| counters.get(k).copied().unwrap_or(0).max(0) as u64;
+            .map_err(on_key(&self.keys.stats))?;
+        let get = |k: &str| counters.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
         let consumers: Value = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.keys.jobs)
@@ -682,6 +797,7 @@ impl RedisQueue {
             stats,
             retried: get("retried"),
             duplicates: get("duplicates"),
+            stale: get("stale"),
             dlq_retried: get("dlq_retried"),
             consumers: infos,
         })
@@ -738,6 +854,18 @@ fn claimed(
     }
 }
 
+/// An integer reply (or a numeric string, as `HGET` returns counters); 0 otherwise.
+fn count_of(v: &Value) -> u64 {
+    match v {
+        Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn bytes_of(v: &Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b.clone()),
@@ -774,23 +902,6 @@ fn parse_entries(v: &Value) -> Result<Vec<(String, Fields)>, QueueError> {
             }
         }
         out.push((id, fields));
-    }
-    Ok(out)
-}
-
-/// `XPENDING … <consumer>` → delivery count per entry id.
-fn parse_pending(v: &Value) -> Result<HashMap<String, u32>, QueueError> {
-    let Value::Array(rows) = v else {
-        return Err(protocol(format!("XPENDING reply: {v:?}")));
-    };
-    let mut out = HashMap::new();
-    for row in rows {
-        if let Value::Array(cols) = row
-            && let (Some(id), Some(Value::Int(count))) =
-                (cols.first().and_then(bytes_of), cols.get(3))
-        {
-            out.insert(String::from_utf8_lossy(&id).into_owned(), *count as u32);
-        }
     }
     Ok(out)
 }
@@ -852,44 +963,62 @@ async fn flush_completions(
             .key(&keys.done)
             .arg(GROUP)
             .arg(millis(config.result_ttl))
-            .arg(millis(config.notice_ttl));
+            .arg(millis(config.notice_ttl))
+            .arg(&keys.prefix);
         for item in &batch {
             invocation
                 .key(keys.result(item.result.job_id))
                 .arg(&item.lease.entry_id)
                 .arg(item.result.job_id.to_string())
                 .arg(item.result.outcome.kind().as_str())
-                .arg(codec::encode_value(&item.result));
+                .arg(codec::encode_value(&item.result))
+                .arg(&item.lease.consumer);
         }
         // Redis may be restarting: keep trying for a while rather than fail the batch,
-        // whose jobs would otherwise run again after their leases expire.
+        // whose jobs would otherwise run again after their leases expire. A corrupt key
+        // stays corrupt: no point waiting.
         let mut delay = Duration::from_millis(50);
-        let mut outcome = invocation.invoke_async::<Vec<i64>>(&mut conn).await;
+        let mut outcome = invocation.invoke_async::<Vec<Value>>(&mut conn).await;
         for _ in 0..8 {
-            if outcome.is_ok() {
-                break;
+            match &outcome {
+                Ok(_) => break,
+                Err(e) if e.code() == Some("CORRUPT") => break,
+                Err(_) => {}
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
-            outcome = invocation.invoke_async::<Vec<i64>>(&mut conn).await;
+            outcome = invocation.invoke_async::<Vec<Value>>(&mut conn).await;
         }
         match outcome {
-            Ok(stored) => {
-                for (item, stored) in batch
-                    .drain(..)
-                    .zip(stored.into_iter().chain(std::iter::repeat(0)))
-                {
-                    let status = if stored == 1 {
-                        Completion::Recorded
-                    } else {
-                        Completion::AlreadyDone
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                for item in batch.drain(..) {
+                    let status = match replies.next() {
+                        Some(Value::Int(1)) => Ok(Completion::Recorded),
+                        Some(Value::Int(0)) => Ok(Completion::AlreadyDone),
+                        Some(Value::Int(2)) => Err(QueueError::LeaseLost {
+                            entry_id: item.lease.entry_id.clone(),
+                        }),
+                        Some(other) => {
+                            let text = bytes_of(&other).unwrap_or_default();
+                            let text = String::from_utf8_lossy(&text);
+                            let error = corrupt(text.strip_prefix("CORRUPT ").unwrap_or(&text));
+                            tracing::warn!(job = %item.result.job_id, %error, "result not stored; the job stays queued");
+                            Err(error)
+                        }
+                        None => Err(protocol("complete.lua replied for fewer jobs than sent")),
                     };
-                    let _ = item.done.send(Ok(status));
+                    let _ = item.done.send(status);
                 }
             }
             Err(e) => {
+                let error = unavailable(e);
+                tracing::warn!(jobs = batch.len(), %error, "results not stored; the jobs stay queued");
                 for item in batch.drain(..) {
-                    let _ = item.done.send(Err(unavailable(e.clone())));
+                    let _ = item.done.send(Err(match &error {
+                        QueueError::Protocol(m) => QueueError::Protocol(m.clone()),
+                        other => QueueError::Unavailable(other.to_string()),
+                    }));
                 }
             }
         }
@@ -935,14 +1064,23 @@ impl Queue for RedisQueue {
     ) -> Result<Vec<Claimed>, QueueError> {
         let give_up = Instant::now() + wait;
         loop {
-            let mut claimed = self.maintain(consumer, max, lease_for).await?;
+            let mut claimed = self.maintain(consumer, max, lease_for).await;
             if claimed.len() < max {
                 let left = give_up.saturating_duration_since(Instant::now());
                 // Blocking reads are cut into slices so expired leases and due delayed
                 // jobs are noticed while waiting; new entries wake the read at once.
                 let block = (!left.is_zero() && claimed.is_empty())
                     .then(|| left.min(self.config.maintenance_interval));
-                claimed.extend(self.read_new(consumer, max - claimed.len(), block).await?);
+                match self.read_new(consumer, max - claimed.len(), block).await {
+                    Ok(more) => claimed.extend(more),
+                    // Entries already taken over are this consumer's now: dropping them
+                    // would leave them to expire once more before anyone runs them.
+                    Err(error) if !claimed.is_empty() => {
+                        tracing::warn!(key = %self.keys.jobs, %error, "reading new jobs failed; returning the jobs taken over");
+                        return Ok(claimed);
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             if !claimed.is_empty() || Instant::now() >= give_up {
                 return Ok(claimed);
@@ -999,13 +1137,17 @@ impl Queue for RedisQueue {
             .arg(result.outcome.to_string())
             .arg(result.attempt)
             .arg(codec::encode_value(&result))
+            .arg(&lease.consumer)
+            .arg(lease.deliveries)
+            .arg(&self.keys.prefix)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         if moved == 1 {
             Ok(())
         } else {
-            // Already gone: another delivery finished it first.
+            // 0: another delivery holds it now; 2: it already has a result (a stale
+            // holder's success), so it is finished and not dead.
             Err(QueueError::LeaseLost {
                 entry_id: lease.entry_id.clone(),
             })
@@ -1018,13 +1160,14 @@ impl Queue for RedisQueue {
     }
 
     async fn result(&self, job_id: JobId) -> Result<Option<JobResult>, QueueError> {
+        let key = self.keys.result(job_id);
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.keys.result(job_id))
+            .arg(&key)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&key))?;
         bytes
-            .map(|b| codec::decode_value(&b).map_err(|e| protocol(format!("stored result: {e}"))))
+            .map(|b| codec::decode_value(&b).map_err(|e| corrupt(&format!("{key}: {e}"))))
             .transpose()
     }
 
@@ -1068,22 +1211,51 @@ impl Queue for RedisQueue {
         pipe.cmd("ZCARD").arg(&self.keys.delayed);
         pipe.cmd("HGET").arg(&self.keys.stats).arg("completed");
         pipe.cmd("XLEN").arg(&self.keys.dead);
-        let (len, pending, delayed, completed, dead): (u64, Value, u64, Option<u64>, u64) = pipe
+        let replies: Vec<Result<Value, RedisError>> = pipe
+            .ignore_errors()
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        let leased = match pending {
-            Value::Array(parts) => match parts.first() {
-                Some(Value::Int(n)) => *n as u64,
-                _ => 0,
-            },
+        let mut replies = replies.into_iter();
+        let mut next = |key: &str| -> Result<Value, QueueError> {
+            replies
+                .next()
+                .unwrap_or(Ok(Value::Nil))
+                .map_err(on_key(key))
+        };
+        // The job stream's depths are what claimers and the dispatcher act on: an
+        // error there is an error. The other figures are reported; a corrupt key
+        // among them reads as 0 (logged, by name) rather than stopping the callers.
+        let len = count_of(&next(&self.keys.jobs)?);
+        let leased = match next(&self.keys.jobs)? {
+            Value::Array(parts) => parts.first().map_or(0, count_of),
             _ => 0,
         };
+        let mut lenient = |key: &str| match next(key) {
+            Ok(Value::Nil) => 0,
+            Ok(Value::Int(n)) => u64::try_from(n).unwrap_or(0),
+            Ok(Value::BulkString(b))
+                if std::str::from_utf8(&b).is_ok_and(|t| t.parse::<u64>().is_ok()) =>
+            {
+                count_of(&Value::BulkString(b))
+            }
+            Ok(other) => {
+                tracing::warn!(key, reply = ?other, "not a count; read as 0");
+                0
+            }
+            Err(error) => {
+                tracing::warn!(key, %error, "read as 0");
+                0
+            }
+        };
+        let delayed = lenient(&self.keys.delayed);
+        let completed = lenient(&self.keys.stats);
+        let dead = lenient(&self.keys.dead);
         Ok(QueueStats {
             ready: len.saturating_sub(leased),
             leased,
             delayed,
-            completed: completed.unwrap_or(0),
+            completed,
             dead,
         })
     }

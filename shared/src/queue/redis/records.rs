@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use redis::Script;
 
-use super::{GROUP, RedisQueue, millis, unavailable};
+use super::{GROUP, RedisQueue, checked_script, millis, on_key, unavailable};
 use crate::codec;
 use crate::job::{Job, JobId};
 use crate::queue::{Queue, QueueError};
@@ -44,11 +44,11 @@ pub enum Cancelled {
 }
 
 impl RedisQueue {
-    fn job_record_key(&self, id: JobId) -> String {
+    pub(super) fn job_record_key(&self, id: JobId) -> String {
         format!("{}job:{id}", self.keys.prefix)
     }
 
-    fn batch_key(&self, id: &str) -> String {
+    pub(super) fn batch_key(&self, id: &str) -> String {
         format!("{}batch:{id}", self.keys.prefix)
     }
 
@@ -61,8 +61,8 @@ impl RedisQueue {
     }
 
     /// Enqueues `jobs` owned by `tenant` (optionally as batch `batch`) into the
-    /// tenant's backlog, to be admitted fairly by the dispatcher, recording each job's
-    /// owner and entry in the same pipeline.
+    /// tenant's backlog, to be admitted fairly by the dispatcher, with each job's record
+    /// (owner, entry, batch) written in the same script (`enqueue_owned.lua`).
     pub async fn enqueue_owned(
         &self,
         jobs: &[Job],
@@ -71,79 +71,33 @@ impl RedisQueue {
     ) -> Result<(), QueueError> {
         let ttl = millis(self.config.result_ttl);
         let backlog = self.backlog_key(tenant);
-        for chunk in jobs.chunks(500) {
-            let mut pipe = redis::pipe();
+        let batch_key = batch.map(|b| self.batch_key(b));
+        let script = checked_script(include_str!("scripts/enqueue_owned.lua"));
+        // Chunks bound one script's argument list (envelopes travel inline).
+        for chunk in jobs.chunks(200) {
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(&backlog)
+                .key(self.backlogs_key())
+                .key(batch_key.as_deref().unwrap_or(&backlog))
+                .key(
+                    batch_key
+                        .as_ref()
+                        .map_or_else(|| backlog.clone(), |k| format!("{k}:jobs")),
+                )
+                .arg(tenant)
+                .arg(batch.unwrap_or(""))
+                .arg(ttl)
+                .arg(jobs.len());
             for job in chunk {
-                pipe.cmd("XADD")
-                    .arg(&backlog)
-                    .arg("*")
-                    .arg(super::ENVELOPE_FIELD)
+                invocation
+                    .key(self.job_record_key(job.id))
                     .arg(codec::encode(job))
-                    .arg("j")
-                    .arg(job.id.to_string());
+                    .arg(job.id.to_string())
+                    .arg(serde_json::to_string(&job.limits).unwrap_or_default());
             }
-            pipe.cmd("SADD")
-                .arg(self.backlogs_key())
-                .arg(tenant)
-                .ignore();
-            let ids: Vec<String> = pipe
-                .query_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
-            let mut records = redis::pipe();
-            for (job, entry) in chunk.iter().zip(ids) {
-                let key = self.job_record_key(job.id);
-                let limits = serde_json::to_string(&job.limits).unwrap_or_default();
-                records
-                    .cmd("HSET")
-                    .arg(&key)
-                    .arg("tenant")
-                    .arg(tenant)
-                    .arg("stream")
-                    .arg(&backlog)
-                    .arg("entry")
-                    .arg(entry)
-                    .arg("batch")
-                    .arg(batch.unwrap_or(""))
-                    .arg("limits")
-                    .arg(limits)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(ttl)
-                    .ignore();
-                if let Some(batch) = batch {
-                    records
-                        .cmd("RPUSH")
-                        .arg(format!("{}:jobs", self.batch_key(batch)))
-                        .arg(job.id.to_string())
-                        .ignore();
-                }
-            }
-            records
-                .query_async::<()>(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
-        }
-        if let Some(batch) = batch {
-            let key = self.batch_key(batch);
-            redis::pipe()
-                .cmd("HSET")
-                .arg(&key)
-                .arg("tenant")
-                .arg(tenant)
-                .arg("total")
-                .arg(jobs.len())
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ttl)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(format!("{key}:jobs"))
-                .arg(ttl)
-                .ignore()
-                .query_async::<()>(&mut self.connection())
+            invocation
+                .invoke_async::<Vec<String>>(&mut self.connection())
                 .await
                 .map_err(unavailable)?;
         }
@@ -152,11 +106,12 @@ impl RedisQueue {
 
     /// A job's record, if it exists.
     pub async fn job_record(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        let key = self.job_record_key(id);
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.job_record_key(id))
+            .arg(&key)
             .query_async(&mut self.connection())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&key))?;
         let Some(tenant) = fields.get("tenant") else {
             return Ok(None);
         };
@@ -190,11 +145,12 @@ impl RedisQueue {
 
     /// Cancels a job that no worker has claimed yet.
     pub async fn cancel(&self, id: JobId) -> Result<Cancelled, QueueError> {
-        let script = Script::new(include_str!("scripts/cancel.lua"));
+        let script = checked_script(include_str!("scripts/cancel.lua"));
         let answer: String = script
             .key(&self.keys.jobs)
             .key(self.job_record_key(id))
             .arg(GROUP)
+            .arg(&self.keys.prefix)
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;

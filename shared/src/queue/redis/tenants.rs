@@ -9,7 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{RedisQueue, unavailable};
+use super::{RedisQueue, checked_script, corrupt, on_key, unavailable};
 use crate::queue::QueueError;
 use crate::tenant::{TenantPolicy, validate_name};
 
@@ -54,7 +54,7 @@ impl RedisQueue {
             .arg(json)
             .query_async(&mut self.connection())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(POLICIES))?;
         if !created {
             return Ok(None);
         }
@@ -68,46 +68,26 @@ impl RedisQueue {
         }
         let token = new_token();
         let hash = token_hash(&token);
-        redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(TOKENS)
+        checked_script(include_str!("scripts/issue.lua"))
+            .key(TOKENS)
+            .key(tenant_tokens(tenant))
             .arg(&hash)
             .arg(tenant)
-            .ignore()
-            .cmd("SADD")
-            .arg(tenant_tokens(tenant))
-            .arg(&hash)
-            .ignore()
-            .query_async::<()>(&mut self.connection())
+            .invoke_async::<i64>(&mut self.connection())
             .await
             .map_err(unavailable)?;
         Ok(token)
     }
 
-    /// Revokes every token of `tenant`; returns how many.
+    /// Revokes every token of `tenant`; returns how many. One script
+    /// (`revoke.lua`): a token issued at the same moment is revoked too or issued after.
     pub async fn revoke_tokens(&self, tenant: &str) -> Result<u64, QueueError> {
-        let hashes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(tenant_tokens(tenant))
-            .query_async(&mut self.connection())
+        checked_script(include_str!("scripts/revoke.lua"))
+            .key(TOKENS)
+            .key(tenant_tokens(tenant))
+            .invoke_async(&mut self.connection())
             .await
-            .map_err(unavailable)?;
-        if hashes.is_empty() {
-            return Ok(0);
-        }
-        redis::pipe()
-            .atomic()
-            .cmd("HDEL")
-            .arg(TOKENS)
-            .arg(&hashes)
-            .ignore()
-            .cmd("DEL")
-            .arg(tenant_tokens(tenant))
-            .ignore()
-            .query_async::<()>(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        Ok(hashes.len() as u64)
+            .map_err(unavailable)
     }
 
     /// The tenant a bearer token belongs to.
@@ -117,7 +97,7 @@ impl RedisQueue {
             .arg(token_hash(token))
             .query_async(&mut self.connection())
             .await
-            .map_err(unavailable)
+            .map_err(on_key(TOKENS))
     }
 
     /// Replaces an existing tenant's policy.
@@ -133,7 +113,7 @@ impl RedisQueue {
             .arg(json)
             .query_async::<()>(&mut self.connection())
             .await
-            .map_err(unavailable)
+            .map_err(on_key(POLICIES))
     }
 
     /// A tenant's policy, if the tenant exists.
@@ -143,10 +123,10 @@ impl RedisQueue {
             .arg(tenant)
             .query_async(&mut self.connection())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(POLICIES))?;
         json.map(|j| {
             serde_json::from_str(&j)
-                .map_err(|e| QueueError::Protocol(format!("policy of {tenant}: {e}")))
+                .map_err(|e| corrupt(&format!("{POLICIES} field {tenant}: {e}")))
         })
         .transpose()
     }
@@ -157,12 +137,12 @@ impl RedisQueue {
             .arg(POLICIES)
             .query_async(&mut self.connection())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(POLICIES))?;
         all.into_iter()
             .map(|(name, json)| {
                 serde_json::from_str(&json)
                     .map(|policy| (name.clone(), policy))
-                    .map_err(|e| QueueError::Protocol(format!("policy of {name}: {e}")))
+                    .map_err(|e| corrupt(&format!("{POLICIES} field {name}: {e}")))
             })
             .collect()
     }

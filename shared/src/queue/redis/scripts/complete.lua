@@ -1,4 +1,4 @@
--- complete.lua: stores the results of a batch of finished jobs and acknowledges and
+-- complete.lua: stores the results of a batch of successful runs and acknowledges and
 -- removes their entries.
 --
 -- KEYS[1]      the job stream
@@ -8,40 +8,96 @@
 -- ARGV[1]      consumer group
 -- ARGV[2]      result TTL, ms
 -- ARGV[3]      notice TTL, ms (notices older than this are trimmed)
--- then per job: entry id, job id, outcome kind, encoded result
--- Returns      per job: 1 if its result was stored, 0 if one already was (duplicate).
+-- ARGV[4]      the queue's key prefix (`sluice:{q}:`): job records and batch hashes are
+--              ARGV[4] .. 'job:' .. id and ARGV[4] .. 'batch:' .. id (same hash tag,
+--              so the same slot as the declared keys)
+-- then per job: entry id, job id, outcome kind, encoded result, consumer
+-- Returns      per job: 1 stored; 0 a result was already stored (duplicate; the entry,
+--              if still there, is removed); 2 stale: the entry is gone (retried, dead-
+--              lettered, released, cancelled, or lost with Redis's data) and nothing
+--              changed; or 'CORRUPT <key> …' when a key of that job is corrupt (that
+--              job's entry is left where it was).
 --
--- Atomicity: result, XACK/XDEL and counters change in one script: no entry is
--- acknowledged without its result, and none is counted without being acknowledged.
--- Idempotence: results are written with SET NX, so a duplicate delivery finishing
--- later (after a takeover) neither overwrites the first result nor counts twice.
-local group, ttl, notice_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- Ownership: a result is stored only while the entry is still pending in the group,
+-- whoever holds it now. Pending to the caller: it owns the job. Pending to another
+-- consumer (taken over after the caller stalled): the job is not final yet, the
+-- caller's run is as good as the new holder's, and storing it ends the job (the new
+-- holder's retry, dead letter or completion then finds the entry gone). Not pending:
+-- the job already moved on (a retry is waiting in the delayed set, it is dead, or it
+-- was re-added), so storing a result would finish a job that will run again.
+--
+-- Atomicity: every key is checked before the first write, so a corrupt key fails the
+-- script (shared keys) or skips its job (per-job keys) with nothing half done. The
+-- result, XACK/XDEL and counters change in one script: no entry is acknowledged
+-- without its result, none is counted without being acknowledged, a job is counted
+-- once (SET NX: results are never replaced).
+local group, ttl, notice_ttl, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local n = #KEYS - 3
-local ids, notice, stored = {}, {}, {}
-local recorded = 0
+local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'hash'),
+  foreign(KEYS[3], 'stream'), not_counter(KEYS[2], 'completed'),
+  not_counter(KEYS[2], 'duplicates'), not_counter(KEYS[2], 'stale'))
+if bad then return bad end
+
+-- Which entries are still pending, one XCLAIM per consumer (JUSTID: no delivery is
+-- counted; the entries it names are acknowledged below anyway).
+local by_consumer, pending = {}, {}
 for i = 1, n do
-  local base = 3 + (i - 1) * 4
+  local base = 4 + (i - 1) * 5
+  local consumer = ARGV[base + 5]
+  by_consumer[consumer] = by_consumer[consumer] or {}
+  table.insert(by_consumer[consumer], ARGV[base + 1])
+end
+for consumer, ids in pairs(by_consumer) do
+  local args = {'XCLAIM', KEYS[1], group, consumer, 0}
+  for _, id in ipairs(ids) do args[#args + 1] = id end
+  args[#args + 1] = 'JUSTID'
+  local claimed = redis.pcall(unpack(args))
+  if type(claimed) == 'table' and not claimed.err then
+    for _, id in ipairs(claimed) do pending[id] = true end
+  end
+end
+
+local acked, notice, reply = {}, {}, {}
+local recorded, duplicates, stale = 0, 0, 0
+for i = 1, n do
+  local base = 4 + (i - 1) * 5
   local entry, job, kind, result = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  ids[#ids + 1] = entry
-  if redis.call('SET', KEYS[3 + i], result, 'NX', 'PX', ttl) then
+  local key = KEYS[3 + i]
+  local batch, problem = nil, nil
+  if pending[entry] then batch, problem = batch_of(prefix, job, 'n:' .. kind) end
+  local stored = false
+  if not problem and pending[entry] then
+    stored = redis.call('SET', key, result, 'NX', 'PX', ttl)
+  end
+  if not problem and not stored then problem = foreign(key, 'string') end
+  if problem then
+    reply[i] = 'CORRUPT ' .. problem
+  elseif stored then
+    reply[i] = 1
     recorded = recorded + 1
     notice[#notice + 1] = job
     notice[#notice + 1] = kind
-    stored[i] = 1
+    count_outcome(prefix, job, batch, kind, 1, ttl)
+    acked[#acked + 1] = entry
+  elseif redis.call('EXISTS', key) == 1 then
+    reply[i] = 0
+    duplicates = duplicates + 1
+    if pending[entry] then acked[#acked + 1] = entry end
   else
-    stored[i] = 0
+    reply[i] = 2
+    stale = stale + 1
   end
 end
-redis.call('XACK', KEYS[1], group, unpack(ids))
-redis.call('XDEL', KEYS[1], unpack(ids))
+if #acked > 0 then
+  redis.call('XACK', KEYS[1], group, unpack(acked))
+  redis.call('XDEL', KEYS[1], unpack(acked))
+end
 if recorded > 0 then
   redis.call('HINCRBY', KEYS[2], 'completed', recorded)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   redis.call('XADD', KEYS[3], 'MINID', '~', now - notice_ttl, '*', unpack(notice))
   redis.call('PEXPIRE', KEYS[3], notice_ttl)
 end
-if recorded < n then
-  redis.call('HINCRBY', KEYS[2], 'duplicates', n - recorded)
-end
-return stored
+if duplicates > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', duplicates) end
+if stale > 0 then redis.call('HINCRBY', KEYS[2], 'stale', stale) end
+return reply

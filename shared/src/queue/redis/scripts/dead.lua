@@ -5,7 +5,7 @@
 -- KEYS[2]  the dead-letter stream
 -- KEYS[3]  the stats hash
 -- KEYS[4]  the completion-notice stream
--- KEYS[5]  the job's result key (any key of this queue when the job id is unknown)
+-- KEYS[5]  the job's result key (the stats hash when the job id is unknown)
 -- ARGV[1]  consumer group
 -- ARGV[2]  entry id
 -- ARGV[3]  dead-letter TTL, ms (older dead letters are trimmed; never by count)
@@ -16,28 +16,58 @@
 -- ARGV[8]  reason
 -- ARGV[9]  attempts
 -- ARGV[10] encoded result
--- Returns  1 when the entry was moved, 0 when it was already gone (a duplicate).
+-- ARGV[11] consumer (the lease holder)
+-- ARGV[12] the delivery count the holder was given
+-- ARGV[13] the queue's key prefix (`sluice:{q}:`): the job's record and batch hash
+--          are ARGV[13] .. 'job:' .. id and ARGV[13] .. 'batch:' .. id (same slot)
+-- Returns  1 moved; 0 the lease was lost (nothing changes); 2 the job already has a
+--          result (a stale holder's success was stored): the entry is removed and
+--          counted as a duplicate, and no dead letter is written. An error
+--          'CORRUPT <key> …' (nothing changes) when a key it writes is corrupt.
 --
--- Atomicity: the dead letter (with the original envelope, so it can be retried), the
--- result, the acknowledgement and the counters change together.
-local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-if #entry == 0 then return 0 end
-local envelope = ''
-local fields = entry[1][2]
-for i = 1, #fields, 2 do
-  if fields[i] == 'e' then envelope = fields[i + 1] end
+-- Ownership: only the current holder (as in owner.lua) gives a job up; a job with a
+-- stored result is finished and is never dead-lettered.
+--
+-- Atomicity: every key is checked before the first write; then the dead letter (with
+-- the original envelope, so it can be retried), the result and the notice are written
+-- before the entry is acknowledged and removed, and the counters follow: a failure
+-- can leave the job in two places, never in none.
+local job, kind = ARGV[6], ARGV[7]
+local batch, problem = nil, nil
+if job ~= '' then batch, problem = batch_of(ARGV[13], job, 'n:' .. kind) end
+local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'stream'),
+  foreign(KEYS[3], 'hash'), foreign(KEYS[4], 'stream'),
+  not_counter(KEYS[3], 'dead'), not_counter(KEYS[3], 'duplicates'),
+  job ~= '' and foreign(KEYS[5], 'string') or nil, problem)
+if bad then return bad end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[11] or tostring(p[1][4]) ~= ARGV[12] then return 0 end
+if job ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+  return 2
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+local envelope = ''
+local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if #entry == 1 then
+  local fields = entry[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then envelope = fields[i + 1] end
+  end
+end
+local now = now_ms()
 redis.call('XADD', KEYS[2], 'MINID', '~', now - tonumber(ARGV[3]), '*',
-  'entry', ARGV[2], 'job', ARGV[6], 'kind', ARGV[7], 'reason', ARGV[8],
+  'entry', ARGV[2], 'job', job, 'kind', kind, 'reason', ARGV[8],
   'attempts', ARGV[9], 'e', envelope)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('HINCRBY', KEYS[3], 'dead', 1)
-if ARGV[6] ~= '' and redis.call('SET', KEYS[5], ARGV[10], 'NX', 'PX', ARGV[4]) then
-  redis.call('XADD', KEYS[4], 'MINID', '~', now - tonumber(ARGV[5]), '*', ARGV[6], ARGV[7])
+if job ~= '' then
+  redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[4])
+  count_outcome(ARGV[13], job, batch, kind, 1, ARGV[4])
+  redis.call('XADD', KEYS[4], 'MINID', '~', now - tonumber(ARGV[5]), '*', job, kind)
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'dead', 1)
 return 1

@@ -9,16 +9,23 @@
 -- ARGV[4]  the delivery count the holder was given
 -- ARGV[5]  delay, ms
 -- ARGV[6]  the envelope to run next (its attempt count advanced)
--- Returns  1, or 0 when the lease was lost (then nothing changes).
+-- Returns  1, or 0 when the lease was lost (then nothing changes); an error
+--          'CORRUPT <key> …' (nothing changes) when a key it writes is corrupt.
 --
--- Atomicity: the entry leaves the stream and the next envelope enters the delayed set
--- in one script: the job is never in both, nor in neither.
+-- Ownership: only the current holder (same consumer, same delivery count, as in
+-- owner.lua) may retry; a stale holder's failure says nothing about the new run.
+--
+-- Atomicity: every key is checked before the first write; then the next envelope
+-- enters the delayed set before the entry leaves the stream, and the counter follows.
+-- Should a write still fail, the job is in both places (it runs twice), never in
+-- neither.
+local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'zset'),
+  foreign(KEYS[3], 'hash'), not_counter(KEYS[3], 'retried'))
+if bad then return bad end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[5]), ARGV[6])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'retried', 1)
 return 1

@@ -1,0 +1,48 @@
+-- enqueue_owned.lua: enqueues a tenant's jobs into its backlog with their records (and
+-- their batch's hash and job list), for the dispatcher to admit.
+--
+-- KEYS[1]      the tenant's backlog stream
+-- KEYS[2]      the set of tenants with a non-empty backlog
+-- KEYS[3]      the batch hash (tenant, total, outcome counters `n:<kind>`)
+-- KEYS[4]      the batch's job-id list (KEYS[3], KEYS[4] unused without a batch)
+-- KEYS[4 + i]  the record of the i-th job
+-- ARGV[1]      tenant
+-- ARGV[2]      batch id, or ''
+-- ARGV[3]      record TTL, ms (the result TTL)
+-- ARGV[4]      the batch's total job count
+-- then per job: envelope, job id, limits (JSON)
+-- Returns      the backlog entry id of each job.
+--
+-- Atomicity: every key is checked before the first write ('CORRUPT <key> …' error,
+-- nothing changes). A job's entry, its record and its place in the batch appear
+-- together, and the batch hash before any of its jobs: the dispatcher can never move,
+-- nor a worker finish, a job whose record or batch is not there yet, so the batch's
+-- outcome counters (updated by complete.lua and dead.lua from the record) miss none.
+local tenant, batch, ttl = ARGV[1], ARGV[2], ARGV[3]
+local n = #KEYS - 4
+local problem = foreign(KEYS[1], 'stream') or foreign(KEYS[2], 'set')
+if not problem and batch ~= '' then
+  problem = foreign(KEYS[3], 'hash') or foreign(KEYS[4], 'list')
+end
+for i = 1, n do
+  if problem then break end
+  problem = foreign(KEYS[4 + i], 'hash')
+end
+if problem then return redis.error_reply('CORRUPT ' .. problem) end
+if batch ~= '' then
+  redis.call('HSET', KEYS[3], 'tenant', tenant, 'total', ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+local ids = {}
+for i = 1, n do
+  local base = 4 + (i - 1) * 3
+  local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[base + 1], 'j', ARGV[base + 2])
+  redis.call('HSET', KEYS[4 + i], 'tenant', tenant, 'stream', KEYS[1], 'entry', id,
+    'batch', batch, 'limits', ARGV[base + 3])
+  redis.call('PEXPIRE', KEYS[4 + i], ttl)
+  if batch ~= '' then redis.call('RPUSH', KEYS[4], ARGV[base + 2]) end
+  ids[i] = id
+end
+if batch ~= '' then redis.call('PEXPIRE', KEYS[4], ttl) end
+if n > 0 then redis.call('SADD', KEYS[2], tenant) end
+return ids

@@ -1,0 +1,143 @@
+//! Checks a [`RedisConfig`] before anything connects: a queue name is part of every
+//! key and of the hash tag that keeps a queue on one Cluster slot, so it must not
+//! contain `{`/`}` (which would move the tag) nor anything a shell or a log line would
+//! mangle; sizes and durations must be usable.
+
+use std::time::Duration;
+
+use super::RedisConfig;
+
+/// Longest queue name.
+pub const MAX_QUEUE_NAME: usize = 64;
+/// Most completions in one script call (the script's argument list grows with it).
+pub const MAX_COMPLETION_BATCH: usize = 4096;
+
+/// A [`RedisConfig`] field that cannot be used, named as the config names it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RedisConfigError {
+    #[error("queue: the name is empty")]
+    EmptyQueue,
+    #[error("queue: the name is {len} bytes; at most {MAX_QUEUE_NAME}")]
+    QueueTooLong { len: usize },
+    #[error(
+        "queue: {found:?} is not allowed in a queue name (letters, digits, `-`, `_`, `.`; \
+         `{{` and `}}` would break the hash tag)"
+    )]
+    QueueCharacter { found: char },
+    #[error("{field}: must be more than zero")]
+    Zero { field: &'static str },
+    #[error("{field}: {value} is over the maximum of {max}")]
+    TooLarge {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+}
+
+/// Checks a queue name alone (also for names given on a command line).
+pub fn validate_queue_name(name: &str) -> Result<(), RedisConfigError> {
+    if name.is_empty() {
+        return Err(RedisConfigError::EmptyQueue);
+    }
+    if name.len() > MAX_QUEUE_NAME {
+        return Err(RedisConfigError::QueueTooLong { len: name.len() });
+    }
+    if let Some(found) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(RedisConfigError::QueueCharacter { found });
+    }
+    Ok(())
+}
+
+impl RedisConfig {
+    /// Every field usable, or the first that is not, by name.
+    pub fn validate(&self) -> Result<(), RedisConfigError> {
+        validate_queue_name(&self.queue)?;
+        let durations: [(&'static str, Duration); 6] = [
+            ("result_ttl", self.result_ttl),
+            ("notice_ttl", self.notice_ttl),
+            ("dead_ttl", self.dead_ttl),
+            ("blob_ttl", self.blob_ttl),
+            ("maintenance_interval", self.maintenance_interval),
+            ("response_timeout", self.response_timeout),
+        ];
+        for (field, value) in durations {
+            if value.is_zero() {
+                return Err(RedisConfigError::Zero { field });
+            }
+        }
+        let sizes: [(&'static str, usize, usize); 2] = [
+            ("chunk_bytes", self.chunk_bytes, 512 << 20),
+            (
+                "completion_batch",
+                self.completion_batch,
+                MAX_COMPLETION_BATCH,
+            ),
+        ];
+        for (field, value, max) in sizes {
+            if value == 0 {
+                return Err(RedisConfigError::Zero { field });
+            }
+            if value > max {
+                return Err(RedisConfigError::TooLarge {
+                    field,
+                    value: value as u64,
+                    max: max as u64,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_that_would_break_the_hash_tag_are_refused() {
+        let mut config = RedisConfig::new("redis://127.0.0.1");
+        config.validate().unwrap();
+        for bad in ["a{b", "a}b", "{x}", "", "a b", "a:b", "é"] {
+            config.queue = bad.into();
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().starts_with("queue:"), "{bad}: {err}");
+        }
+        config.queue = "x".repeat(MAX_QUEUE_NAME + 1);
+        assert!(config.validate().is_err());
+        config.queue = "from-file_2.v1".into();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_and_huge_values_name_their_field() {
+        let mut config = RedisConfig::new("redis://127.0.0.1");
+        config.completion_batch = 0;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("completion_batch")
+        );
+        config.completion_batch = MAX_COMPLETION_BATCH + 1;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("completion_batch")
+        );
+        config.completion_batch = 256;
+        config.result_ttl = Duration::ZERO;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("result_ttl")
+        );
+    }
+}
