@@ -205,3 +205,214 @@ async fn unknown_format_version_on_the_stream_is_named() {
             .contains("42")
     );
 }
+
+fn success_of(id: sluice_shared::JobId) -> JobResult {
+    JobResult::without_run(id, Outcome::Success, 1)
+}
+
+fn failure_of(id: sluice_shared::JobId) -> JobResult {
+    JobResult::without_run(
+        id,
+        Outcome::InvalidModule {
+            reason: "test".into(),
+        },
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_name_that_would_break_the_hash_tag_is_refused() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.queue = "a}b{c".into();
+    let err = RedisQueue::connect(config).await.err().expect("refused");
+    assert!(err.to_string().contains("queue:"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_keeps_the_jobs_it_took_over_when_reading_new_ones_fails() {
+    let server = RedisServer::start();
+    let queue = RedisQueue::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    queue.enqueue(&[job(1)]).await.unwrap();
+    let first = queue.claim("dies", 1, LONG, LONG).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // A client that may take over (its scripts run XAUTOCLAIM) but not read new
+    // entries: the read fails after the takeover took the job.
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-xreadgroup",
+    ]);
+    let url = format!("redis://limited:x@127.0.0.1:{}", server.port());
+    let mut config = RedisConfig::new(url);
+    config.maintenance_interval = Duration::from_millis(1);
+    let limited = RedisQueue::connect(config).await.unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..100 {
+        taken = limited
+            .claim("takes-over", 5, Duration::from_millis(1), Duration::ZERO)
+            .await
+            .expect("the jobs taken over are returned, not dropped");
+        if !taken.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].lease.job_id, first[0].lease.job_id);
+    assert_eq!(taken[0].lease.deliveries, 2);
+    // With nothing to take over, the failing read is the claim's error.
+    let err = limited
+        .claim("takes-over", 5, LONG, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sluice:{default}:jobs"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_a_result_is_never_dead_lettered() {
+    let (_server, queue) = fresh().await;
+    let sent = job(1);
+    // The same job twice on the stream (a re-enqueue of a job thought lost).
+    queue.enqueue(&[sent.clone(), sent.clone()]).await.unwrap();
+    let claimed = queue.claim("c1", 2, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let done = success_of(sent.id);
+    queue
+        .complete(&claimed[0].lease, done.clone())
+        .await
+        .unwrap();
+    let refused = queue
+        .dead_letter(&claimed[1].lease, failure_of(sent.id))
+        .await;
+    assert!(
+        matches!(refused, Err(sluice_shared::QueueError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    assert!(queue.dead_letters().await.unwrap().is_empty());
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(done));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.dead), (0, 0, 0));
+    assert_eq!(queue.status().await.unwrap().duplicates, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_retry_never_deletes_a_success() {
+    let (_server, queue) = fresh().await;
+    let sent = job(1);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
+    queue
+        .dead_letter(&claimed.lease, failure_of(sent.id))
+        .await
+        .unwrap();
+    // However it got there (an older build's race), a stored success stays.
+    let done = success_of(sent.id);
+    redis::cmd("SET")
+        .arg(queue.keys().result_key(sent.id))
+        .arg(codec::encode_value(&done))
+        .query_async::<()>(&mut queue.connection())
+        .await
+        .unwrap();
+    assert_eq!(queue.dlq_retry(None).await.unwrap(), 0);
+    let letter = queue.dead_letters().await.unwrap().remove(0);
+    let err = queue.dlq_retry(Some(&letter.entry_id)).await.unwrap_err();
+    assert!(err.to_string().contains("succeeded"), "{err}");
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(done));
+    assert_eq!(queue.stats().await.unwrap().ready, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_outcomes_are_counted_once_across_dead_letters_and_dlq_retry() {
+    let (_server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..3).map(job).collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .enqueue_owned(&jobs, "acme", Some(&batch))
+        .await
+        .unwrap();
+    // Another tenant's view of it is the same as of a batch that does not exist.
+    assert_eq!(queue.batch_counts(&batch, "other").await.unwrap(), None);
+    assert_eq!(
+        queue
+            .batch_counts(&format!("{batch}:jobs"), "acme")
+            .await
+            .unwrap(),
+        None
+    );
+    let fresh_counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    assert_eq!((fresh_counts.total, fresh_counts.done()), (3, 0));
+    assert_eq!(queue.dispatch("acme", 10).await.unwrap().len(), 3);
+    let claimed = queue.claim("c1", 3, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let id = |c: &sluice_shared::queue::Claimed| c.lease.job_id.unwrap();
+    queue
+        .complete(&claimed[0].lease, success_of(id(&claimed[0])))
+        .await
+        .unwrap();
+    for c in &claimed[1..] {
+        queue
+            .dead_letter(&c.lease, failure_of(id(c)))
+            .await
+            .unwrap();
+    }
+    let counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    assert_eq!(counts.by_outcome.get("success"), Some(&1));
+    assert_eq!(counts.by_outcome.get("invalid_module"), Some(&2));
+    assert_eq!(counts.done(), 3);
+    assert_eq!(
+        counts.jobs.iter().filter(|(_, o)| o.is_some()).count(),
+        3,
+        "{counts:?}"
+    );
+    // Retried dead letters are taken back out of the counts, then counted as they end.
+    assert_eq!(queue.dlq_retry(None).await.unwrap(), 2);
+    let counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    assert_eq!(counts.done(), 1);
+    assert_eq!(counts.by_outcome.get("invalid_module"), None);
+    for c in queue.claim("c1", 3, LONG, LONG).await.unwrap() {
+        queue.complete(&c.lease, success_of(id(&c))).await.unwrap();
+    }
+    let counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    assert_eq!(counts.by_outcome.get("success"), Some(&3));
+    assert_eq!(counts.done(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_takes_every_token_issued_before_it() {
+    let (_server, queue) = fresh().await;
+    let first = queue
+        .create_tenant("acme", &sluice_shared::TenantPolicy::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let tokens: Vec<String> = {
+        let mut issued = vec![first];
+        for _ in 0..5 {
+            issued.push(queue.issue_token("acme").await.unwrap());
+        }
+        issued
+    };
+    // Issued and revoked concurrently: each token is either revoked or counted later.
+    let (revoked, late) = tokio::join!(queue.revoke_tokens("acme"), queue.issue_token("acme"));
+    let late = late.unwrap();
+    let revoked = revoked.unwrap();
+    let valid_late = queue.tenant_for_token(&late).await.unwrap().is_some();
+    assert_eq!(revoked, if valid_late { 6 } else { 7 });
+    for token in &tokens {
+        assert_eq!(queue.tenant_for_token(token).await.unwrap(), None);
+    }
+    // Whatever survived is still revocable.
+    assert_eq!(
+        queue.revoke_tokens("acme").await.unwrap(),
+        u64::from(valid_late)
+    );
+    assert_eq!(queue.tenant_for_token(&late).await.unwrap(), None);
+}

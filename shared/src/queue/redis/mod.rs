@@ -589,7 +589,7 @@ impl RedisQueue {
         }
         pipe.query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(on_key(&self.keys.delayed))
     }
 
     /// The server's clock, in milliseconds since the Unix epoch.
@@ -681,7 +681,7 @@ impl RedisQueue {
             .arg(after)
             .query_async(&mut self.blocking.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&self.keys.done))?;
         let mut last = after.to_owned();
         let mut notices = Vec::new();
         let streams = match reply {
@@ -756,12 +756,12 @@ impl RedisQueue {
             .arg(&self.keys.dead)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&self.keys.dead))?;
         redis::cmd("DEL")
             .arg(&self.keys.dead)
             .query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&self.keys.dead))?;
         Ok(len)
     }
 
@@ -1017,7 +1017,10 @@ async fn flush_completions(
                 for item in batch.drain(..) {
                     let _ = item.done.send(Err(match &error {
                         QueueError::Protocol(m) => QueueError::Protocol(m.clone()),
-                        other => QueueError::Unavailable(other.to_string()),
+                        QueueError::Unavailable(m) => QueueError::Unavailable(m.clone()),
+                        QueueError::LeaseLost { entry_id } => QueueError::LeaseLost {
+                            entry_id: entry_id.clone(),
+                        },
                     }));
                 }
             }
@@ -1039,7 +1042,7 @@ impl Queue for RedisQueue {
             }
             pipe.query_async::<()>(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(on_key(&self.keys.jobs))?;
         }
         Ok(())
     }
@@ -1052,7 +1055,7 @@ impl Queue for RedisQueue {
             .arg(envelope)
             .query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(unavailable)
+            .map_err(on_key(&self.keys.jobs))
     }
 
     async fn claim(
@@ -1178,7 +1181,7 @@ impl Queue for RedisQueue {
             .arg("+")
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(on_key(&self.keys.dead))?;
         Ok(parse_entries(&reply)?
             .into_iter()
             .map(|(id, fields)| {

@@ -16,7 +16,8 @@ end
 
 -- The hash `key`'s `field` is an integer or absent (HINCRBY would fail otherwise).
 local function not_counter(key, field)
-  local v = redis.call('HGET', key, field)
+  local v = redis.pcall('HGET', key, field)
+  if type(v) == 'table' and v.err then return foreign(key, 'hash') or (key .. ': ' .. v.err) end
   if v and not string.match(v, '^%-?%d+$') then
     return key .. ' field ' .. field .. ' is not an integer: ' .. string.sub(v, 1, 40)
   end
