@@ -131,6 +131,8 @@ pub enum BatchError {
     Queue(#[from] sluice_shared::QueueError),
     #[error(transparent)]
     InvalidModule(#[from] crate::modules::ModuleError),
+    #[error(transparent)]
+    Stuck(#[from] sluice_worker::executor::ExecutorError),
 }
 
 /// The progress bar batches draw on stderr (hidden when it is not a terminal).
@@ -356,7 +358,7 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
         },
         ..ExecutorConfig::default()
     };
-    executor::run(queue, sandbox, env.clone(), config, all_done).await;
+    executor::run(queue, sandbox, env.clone(), config, all_done).await?;
     progress.finish_and_clear();
 
     let mut report = env.report.lock().unwrap_or_else(|p| p.into_inner());

@@ -354,6 +354,18 @@ fn sigterm_after_the_grace_period_releases_jobs_at_once() {
         (0, 1),
         "the job was released, not left leased"
     );
+    // Still within its deadline when released: the delivery is not counted.
+    let again = rt
+        .block_on(queue.claim(
+            "checker",
+            1,
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease.job_id, Some(job.id));
+    assert_eq!(again[0].attempt(), 1, "a drain release counted an attempt");
 }
 
 #[test]

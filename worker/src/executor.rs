@@ -2,19 +2,30 @@
 //! each on a blocking thread (guests are synchronous; see the NOTES on why), renew the
 //! lease while it runs, then complete, retry or dead-letter it.
 //!
+//! A watchdog stands behind the sandbox's own deadline: a run still going at its
+//! deadline plus [`ExecutorConfig::watchdog_grace`] (blocked in a host call the sandbox
+//! cannot interrupt: an input reader, a [`JobEnv`] call, a wasmtime bug) stops being
+//! renewed and is recorded as `timeout`. Its thread cannot be killed, so it keeps its
+//! slot until it returns, and what it returns is dropped. A worker with more such stuck
+//! runs than [`ExecutorConfig::stuck_bound`] stops claiming, records or releases what it
+//! holds, and [`run`] returns [`ExecutorError::TooManyStuck`] so that its supervisor
+//! restarts it with fresh threads.
+//!
 //! Where modules, inputs and outputs come from is the [`JobEnv`]'s business: files in
 //! embedded batch mode, Redis blobs in the fleet.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use sluice_shared::queue::Completion;
+use sluice_shared::queue::{Completion, ReleaseKind};
 use sluice_shared::{
-    Claimed, Job, JobId, JobResult, Lease, ModuleHash, Outcome, Queue, RetryPolicy,
+    Claimed, Job, JobId, JobResult, Lease, ModuleHash, Outcome, Queue, QueueError, RetryPolicy,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,13 +67,18 @@ pub trait JobEnv: Send + Sync + 'static {
     /// A writer for the job's output.
     fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome>;
     /// Keeps or discards the output once the outcome is known, recording where it is
-    /// in `result.output`.
+    /// in `result.output`. A run the watchdog gave up comes here (late) as a failure,
+    /// so its output is discarded.
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome>;
     /// Told when a job starts running (metrics).
     fn on_started(&self, _job: &Job) {}
     /// Told of every run's end (progress, reports, metrics). `job` is `None` when the
-    /// envelope did not decode.
+    /// envelope did not decode. A run the watchdog gave up ends here as `timeout`
+    /// while its thread is still stuck.
     fn on_finished(&self, job: Option<&Job>, result: &JobResult, disposition: Disposition);
+    /// Told when the watchdog gives a run up while its thread is still busy (after
+    /// `on_finished`), and again with `false` when that thread finally returns.
+    fn on_stuck(&self, _job: &Job, _stuck: bool) {}
 }
 
 /// How the loop claims and leases.
@@ -82,6 +98,25 @@ pub struct ExecutorConfig {
     /// After shutdown, how long jobs in flight may take to finish before their leases
     /// are released for other workers.
     pub grace: Duration,
+    /// How long a run may go past its deadline (`limits.timeout`, counted from the
+    /// guest's start, or from the claim while the module and input are prepared)
+    /// before the watchdog records it as `timeout` and stops renewing its lease.
+    pub watchdog_grace: Duration,
+    /// Stuck runs (given up by the watchdog, thread still busy) this worker tolerates;
+    /// one more and [`run`] stops with [`ExecutorError::TooManyStuck`]. `None`: half
+    /// the slots (so a one-slot worker stops at its first stuck run).
+    pub max_stuck: Option<usize>,
+}
+
+impl ExecutorConfig {
+    /// Default [`ExecutorConfig::watchdog_grace`]: 5 s, well past the sandbox's own
+    /// stop (one epoch tick, 5 ms) and any WASI call's clamp to the deadline.
+    pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_secs(5);
+
+    /// The number of stuck runs tolerated (see [`ExecutorConfig::max_stuck`]).
+    pub fn stuck_bound(&self) -> usize {
+        self.max_stuck.unwrap_or(self.slots / 2)
+    }
 }
 
 impl Default for ExecutorConfig {
@@ -93,36 +128,145 @@ impl Default for ExecutorConfig {
             claim_wait: Duration::from_millis(500),
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(30),
+            watchdog_grace: Self::DEFAULT_WATCHDOG_GRACE,
+            max_stuck: None,
         }
     }
 }
 
-/// Leases of the jobs running now, so shutdown can release those that outlive the grace
-/// period.
-type InFlight = Arc<Mutex<HashMap<String, Lease>>>;
+/// Why the worker loop stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// More runs are stuck in host calls than the worker tolerates: their threads and
+    /// sandbox slots are lost until the process restarts.
+    #[error(
+        "{stuck} runs are stuck past their deadline and the watchdog grace (at most {bound} tolerated); \
+         stopped claiming so that a restart frees their threads and sandbox slots"
+    )]
+    TooManyStuck { stuck: usize, bound: usize },
+}
+
+/// When a run began, shared between its task and its blocking thread: the watchdog's
+/// clock, and what a release at shutdown needs to know.
+struct RunClock {
+    /// When the job was claimed (preparation: policy, module, input).
+    claimed: Instant,
+    /// When the guest started, set by the blocking thread.
+    guest: OnceLock<Instant>,
+    /// Set once the run's result no longer matters (recorded as stuck, or released):
+    /// the thread then discards what it made.
+    abandoned: AtomicBool,
+}
+
+impl RunClock {
+    fn new() -> Arc<Self> {
+        Arc::new(RunClock {
+            claimed: Instant::now(),
+            guest: OnceLock::new(),
+            abandoned: AtomicBool::new(false),
+        })
+    }
+
+    /// When a budget of `limit` runs out; `None` when it is too far to represent.
+    fn due(&self, limit: Duration) -> Option<Instant> {
+        self.guest
+            .get()
+            .copied()
+            .unwrap_or(self.claimed)
+            .checked_add(limit)
+    }
+
+    fn is_past(&self, limit: Duration) -> bool {
+        self.due(limit).is_some_and(|at| Instant::now() >= at)
+    }
+}
+
+/// A job whose result is not recorded yet.
+struct Flight {
+    lease: Lease,
+    job: Option<Job>,
+    clock: Arc<RunClock>,
+}
+
+/// What the loop and its run tasks share.
+#[derive(Default)]
+struct Shared {
+    /// Runs not recorded yet, so shutdown can release those that outlive the grace.
+    in_flight: Mutex<HashMap<String, Flight>>,
+    /// Signalled whenever a run is recorded.
+    recorded: Notify,
+    /// Runs the watchdog gave up whose threads have not returned.
+    stuck: AtomicUsize,
+    /// Signalled when `stuck` grows.
+    stuck_grew: Notify,
+}
+
+impl Shared {
+    fn recorded(&self, entry_id: &str) {
+        lock(&self.in_flight).remove(entry_id);
+        self.recorded.notify_waiters();
+    }
+
+    async fn all_recorded(&self) {
+        loop {
+            let recorded = self.recorded.notified();
+            tokio::pin!(recorded);
+            recorded.as_mut().enable();
+            if lock(&self.in_flight).is_empty() {
+                return;
+            }
+            recorded.await;
+        }
+    }
+
+    fn too_many_stuck(&self, bound: usize) -> Option<ExecutorError> {
+        let stuck = self.stuck.load(Ordering::SeqCst);
+        (stuck > bound).then_some(ExecutorError::TooManyStuck { stuck, bound })
+    }
+}
 
 /// Runs jobs from `queue` until `shutdown` is cancelled, then lets the jobs in flight
 /// finish for up to the grace period, releases the leases of any still running so
-/// other workers take them at once, and returns.
+/// other workers take them at once, and returns. Returns
+/// [`ExecutorError::TooManyStuck`] (after the same drain) when more runs are stuck than
+/// the config tolerates.
 pub async fn run<Q: Queue + 'static, E: JobEnv>(
     queue: Arc<Q>,
     sandbox: Arc<Sandbox>,
     env: Arc<E>,
-    config: ExecutorConfig,
+    mut config: ExecutorConfig,
     shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(config.slots.max(1)));
-    let in_flight: InFlight = Arc::default();
+) -> Result<(), ExecutorError> {
+    // More runs than pool slots would make a job wait for a slot inside the sandbox.
+    let pool = usize::try_from(sandbox.config().slots).unwrap_or(usize::MAX);
+    if config.slots > pool {
+        tracing::warn!(
+            slots = config.slots,
+            pool,
+            "more job slots than sandbox pool slots; running at most the pool's"
+        );
+    }
+    config.slots = config.slots.clamp(1, pool.max(1));
+    let bound = config.stuck_bound();
+    let slots = Arc::new(Semaphore::new(config.slots));
+    let shared = Arc::new(Shared::default());
     let mut running = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
+    let mut stopped_by = None;
     loop {
         while running.try_join_next().is_some() {}
+        if let Some(error) = shared.too_many_stuck(bound) {
+            stopped_by = Some(error);
+            break;
+        }
+        let stuck_grew = shared.stuck_grew.notified();
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
             () = shutdown.cancelled() => break,
+            () = stuck_grew => continue,
         };
         let mut permits = vec![first];
         while let Ok(permit) = slots.clone().try_acquire_owned() {
@@ -130,7 +274,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
         }
         // A claim is never abandoned half-way: the server may already have handed the
         // entries to us. It waits at most `claim_wait`; what it brings after shutdown
-        // began is given back at once.
+        // began (or once too many runs are stuck) is given back at once.
         let claimed = queue
             .claim(
                 &config.consumer,
@@ -139,30 +283,39 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 config.claim_wait,
             )
             .await;
-        if shutdown.is_cancelled() {
+        let too_many = shared.too_many_stuck(bound);
+        if shutdown.is_cancelled() || too_many.is_some() {
             for claimed in claimed.iter().flatten() {
-                if let Err(error) = queue.release(&claimed.lease).await {
-                    tracing::warn!(entry = %claimed.lease.entry_id, %error, "release failed; the lease will expire");
-                }
+                let job = claimed.delivery.as_ref().ok();
+                release(&*queue, &claimed.lease, job, ReleaseKind::Drain).await;
             }
+            stopped_by = too_many;
             break;
         }
         match claimed {
             Ok(claimed) => {
                 backoff = Duration::from_millis(50);
                 for (claimed, permit) in claimed.into_iter().zip(permits) {
-                    let (queue, sandbox, env, config, in_flight) = (
+                    let (queue, sandbox, env, config, shared) = (
                         queue.clone(),
                         sandbox.clone(),
                         env.clone(),
                         config.clone(),
-                        in_flight.clone(),
+                        shared.clone(),
                     );
-                    let entry_id = claimed.lease.entry_id.clone();
-                    lock(&in_flight).insert(entry_id.clone(), claimed.lease.clone());
+                    let clock = RunClock::new();
+                    // In the map before the task is spawned, so a shutdown that comes
+                    // before the task first runs still finds the lease to release.
+                    lock(&shared.in_flight).insert(
+                        claimed.lease.entry_id.clone(),
+                        Flight {
+                            lease: claimed.lease.clone(),
+                            job: claimed.delivery.as_ref().ok().cloned(),
+                            clock: clock.clone(),
+                        },
+                    );
                     running.spawn(async move {
-                        process(&*queue, sandbox, env, &config, claimed).await;
-                        lock(&in_flight).remove(&entry_id);
+                        process(&*queue, sandbox, env, &config, claimed, clock, &shared).await;
                         drop(permit);
                     });
                 }
@@ -177,22 +330,42 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
             }
         }
     }
-    let drained = tokio::time::timeout(config.grace, async {
-        while running.join_next().await.is_some() {}
-    })
-    .await;
+    if let Some(error) = &stopped_by {
+        tracing::error!(%error, "stopping: no new claims, draining jobs in flight");
+    }
+    let drained = tokio::time::timeout(config.grace, shared.all_recorded()).await;
     if drained.is_err() {
-        let leftover: Vec<Lease> = lock(&in_flight).drain().map(|(_, lease)| lease).collect();
+        let leftover: Vec<Flight> = lock(&shared.in_flight)
+            .drain()
+            .map(|(_, flight)| flight)
+            .collect();
         tracing::warn!(
             jobs = leftover.len(),
             "grace period over; releasing jobs still running"
         );
-        for lease in leftover {
-            if let Err(error) = queue.release(&lease).await {
-                tracing::warn!(entry = %lease.entry_id, %error, "release failed; the lease will expire");
-            }
+        for flight in leftover {
+            flight.clock.abandoned.store(true, Ordering::SeqCst);
+            // A run already past its deadline counts as an attempt: otherwise a job
+            // that blocks every worker it reaches would be handed on without end.
+            let kind = match &flight.job {
+                Some(job) if flight.clock.is_past(job.limits.timeout()) => ReleaseKind::Overdue,
+                _ => ReleaseKind::Drain,
+            };
+            release(&*queue, &flight.lease, flight.job.as_ref(), kind).await;
         }
+    }
+    if drained.is_ok() && shared.stuck.load(Ordering::SeqCst) == 0 {
+        while running.join_next().await.is_some() {}
+    } else {
+        // Stuck threads cannot be stopped; their tasks only wait for them.
         running.abort_all();
+    }
+    stopped_by.map_or(Ok(()), Err)
+}
+
+async fn release<Q: Queue>(queue: &Q, lease: &Lease, job: Option<&Job>, kind: ReleaseKind) {
+    if let Err(error) = queue.release(lease, job, kind).await {
+        tracing::warn!(entry = %lease.entry_id, %error, "release failed; the lease will expire");
     }
 }
 
@@ -215,6 +388,8 @@ async fn process<Q: Queue, E: JobEnv>(
     env: Arc<E>,
     config: &ExecutorConfig,
     claimed: Claimed,
+    clock: Arc<RunClock>,
+    shared: &Shared,
 ) {
     let attempt = claimed.attempt();
     let lease = claimed.lease;
@@ -228,14 +403,15 @@ async fn process<Q: Queue, E: JobEnv>(
                 },
                 attempt,
             );
-            let disposition = dead_letter(queue, &lease, &result).await;
-            env.on_finished(None, &result, disposition);
+            finish(queue, &*env, config, &lease, None, result).await;
+            shared.recorded(&lease.entry_id);
             return;
         }
     };
 
     // A job that kills its worker every time never reaches the retry decision below;
-    // its delivery count still grows, and past the attempt limit it is given up here.
+    // its delivery count still grows (as does a job released overdue), and past the
+    // attempt limit it is given up here.
     if attempt > config.retry.max_attempts {
         // Reported as a (zero-length) run, so started/finished stay paired for metrics.
         env.on_started(&job);
@@ -243,85 +419,156 @@ async fn process<Q: Queue, E: JobEnv>(
             job.id,
             Outcome::HostError {
                 reason: format!(
-                    "delivered {attempt} times without finishing (its worker died each time?); giving up"
+                    "delivered {attempt} times without finishing (its worker died, or shut down \
+                     while it ran past its deadline, each time?); giving up"
                 ),
             },
             attempt,
         );
-        let disposition = dead_letter(queue, &lease, &result).await;
-        env.on_finished(Some(&job), &result, disposition);
+        finish(queue, &*env, config, &lease, Some(&job), result).await;
+        shared.recorded(&lease.entry_id);
         return;
     }
 
-    let renewing = CancellationToken::new();
-    let renewal = async {
-        let every = config.lease / 3;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                () = renewing.cancelled() => return,
-            }
-            if let Err(error) = queue.extend_lease(&lease, config.lease).await {
-                tracing::warn!(job = %job.id, %error, "lease renewal failed");
-            }
-        }
-    };
     env.on_started(&job);
-    let run_job = {
-        let job = job.clone();
-        let env = env.clone();
-        tokio::task::spawn_blocking(move || run_one(&sandbox, &*env, &job, attempt))
+    let mut run_job = {
+        let (job, env, clock) = (job.clone(), env.clone(), clock.clone());
+        tokio::task::spawn_blocking(move || run_one(&sandbox, &*env, &job, attempt, &clock))
     };
-    let (ran, ()) = tokio::join!(
-        async {
-            let ran = run_job.await;
-            renewing.cancel();
-            ran
-        },
-        renewal
-    );
-    let result = ran.unwrap_or_else(|panicked| {
-        JobResult::without_run(
-            job.id,
-            Outcome::HostError {
-                reason: format!("worker thread failed: {panicked}"),
-            },
-            attempt,
-        )
-    });
+    let limit = job.limits.timeout().saturating_add(config.watchdog_grace);
+    let ran = tokio::select! {
+        biased;
+        ran = &mut run_job => Some(ran),
+        () = watchdog(&clock, limit) => None,
+        never = renew(queue, &lease, config.lease, job.id) => match never {},
+    };
+    match ran {
+        Some(ran) => {
+            let result = ran.unwrap_or_else(|panicked| {
+                JobResult::without_run(
+                    job.id,
+                    Outcome::HostError {
+                        reason: format!("worker thread failed: {panicked}"),
+                    },
+                    attempt,
+                )
+            });
+            finish(queue, &*env, config, &lease, Some(&job), result).await;
+            shared.recorded(&lease.entry_id);
+        }
+        None => {
+            clock.abandoned.store(true, Ordering::SeqCst);
+            let stuck = shared.stuck.fetch_add(1, Ordering::SeqCst) + 1;
+            shared.stuck_grew.notify_one();
+            tracing::warn!(
+                job = %job.id,
+                past_deadline_by = ?config.watchdog_grace,
+                stuck,
+                "run stuck past its deadline: recorded as timeout; its thread keeps a slot until it returns"
+            );
+            let mut result = JobResult::without_run(job.id, Outcome::Timeout, attempt);
+            result.stats.wall_time_us =
+                u64::try_from(clock.claimed.elapsed().as_micros()).unwrap_or(u64::MAX);
+            finish(queue, &*env, config, &lease, Some(&job), result).await;
+            shared.recorded(&lease.entry_id);
+            env.on_stuck(&job, true);
+            // Whatever the thread ends with is dropped: the job's record is written.
+            let _late = run_job.await;
+            shared.stuck.fetch_sub(1, Ordering::SeqCst);
+            env.on_stuck(&job, false);
+            tracing::info!(job = %job.id, "a stuck run's thread returned; its slot is free");
+        }
+    }
+}
 
-    let kind = result.outcome.kind();
-    let disposition = if result.outcome.is_success() {
-        match queue.complete(&lease, result.clone()).await {
+/// Resolves once the run's budget `limit` is spent, counted from the guest's start (or
+/// from the claim while it is being prepared).
+async fn watchdog(clock: &RunClock, limit: Duration) {
+    loop {
+        let Some(due) = clock.due(limit) else {
+            return std::future::pending().await;
+        };
+        if Instant::now() >= due {
+            return;
+        }
+        // The guest may start meanwhile and move the due time; looked at again on wake.
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// Renews `lease` every third of its length, until dropped (or the lease is lost).
+async fn renew<Q: Queue>(queue: &Q, lease: &Lease, lease_for: Duration, job: JobId) -> Infallible {
+    // A zero lease is refused at start; this only keeps a bad config from spinning.
+    let every = (lease_for / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        match queue.extend_lease(lease, lease_for).await {
+            Ok(()) => {}
+            Err(error @ QueueError::LeaseLost { .. }) => {
+                tracing::warn!(%job, %error, "lease lost; no longer renewing");
+                return std::future::pending().await;
+            }
+            Err(error) => tracing::warn!(%job, %error, "lease renewal failed"),
+        }
+    }
+}
+
+/// Writes a run's end to the queue (complete, retry or dead letter) and tells the
+/// environment. Every result and dead-letter reason the executor stores passes here.
+async fn finish<Q: Queue, E: JobEnv>(
+    queue: &Q,
+    env: &E,
+    config: &ExecutorConfig,
+    lease: &Lease,
+    job: Option<&Job>,
+    result: JobResult,
+) {
+    let disposition = record(queue, config, lease, job, &result).await;
+    env.on_finished(job, &result, disposition);
+}
+
+async fn record<Q: Queue>(
+    queue: &Q,
+    config: &ExecutorConfig,
+    lease: &Lease,
+    job: Option<&Job>,
+    result: &JobResult,
+) -> Disposition {
+    if result.outcome.is_success() {
+        return match queue.complete(lease, result.clone()).await {
             Ok(Completion::Recorded) => Disposition::Completed,
             Ok(Completion::AlreadyDone) => Disposition::Duplicate,
             Err(_) => Disposition::Unrecorded,
-        }
-    } else if let Some(delay) = config
-        .retry
-        .delay_after(kind, attempt, jitter(job.id, attempt))
-    {
+        };
+    }
+    let attempt = result.attempt;
+    let retry = job.and_then(|job| {
+        config
+            .retry
+            .delay_after(result.outcome.kind(), attempt, jitter(job.id, attempt))
+            .map(|delay| (job, delay))
+    });
+    if let Some((job, delay)) = retry {
         let mut again = job.clone();
         again.attempt = attempt;
-        match queue.retry(&lease, &again, delay).await {
+        return match queue.retry(lease, &again, delay).await {
             Ok(()) => Disposition::Retrying(delay),
             Err(_) => Disposition::Unrecorded,
-        }
-    } else {
-        dead_letter(queue, &lease, &result).await
-    };
-    env.on_finished(Some(&job), &result, disposition);
-}
-
-/// Gives the job up; `Unrecorded` when the queue refused (it will be delivered again).
-async fn dead_letter<Q: Queue>(queue: &Q, lease: &Lease, result: &JobResult) -> Disposition {
+        };
+    }
     match queue.dead_letter(lease, result.clone()).await {
         Ok(()) => Disposition::DeadLettered,
         Err(_) => Disposition::Unrecorded,
     }
 }
 
-fn run_one<E: JobEnv>(sandbox: &Sandbox, env: &E, job: &Job, attempt: u32) -> JobResult {
+fn run_one<E: JobEnv>(
+    sandbox: &Sandbox,
+    env: &E,
+    job: &Job,
+    attempt: u32,
+    clock: &RunClock,
+) -> JobResult {
     let prepared = env
         .admit(job)
         .and_then(|()| env.module(&job.module))
@@ -331,10 +578,17 @@ fn run_one<E: JobEnv>(sandbox: &Sandbox, env: &E, job: &Job, attempt: u32) -> Jo
             Ok((module, input, output))
         });
     let mut result = match prepared {
-        Ok((module, input, output)) => sandbox.run(&module, job, input, output),
+        Ok((module, input, output)) => {
+            let _ = clock.guest.set(Instant::now());
+            sandbox.run(&module, job, input, output)
+        }
         Err(outcome) => JobResult::without_run(job.id, outcome, attempt),
     };
     result.attempt = attempt;
+    if clock.abandoned.load(Ordering::SeqCst) {
+        // The watchdog (or a release) already settled this run: keep none of its output.
+        result.outcome = Outcome::Timeout;
+    }
     if let Err(outcome) = env.finish_output(job, &mut result)
         && result.outcome.is_success()
     {

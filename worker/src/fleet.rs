@@ -200,6 +200,15 @@ impl JobEnv for RedisEnv {
         self.metrics.running.inc();
     }
 
+    fn on_stuck(&self, _job: &Job, stuck: bool) {
+        if stuck {
+            self.metrics.stuck.inc();
+            self.metrics.stuck_total.inc();
+        } else {
+            self.metrics.stuck.dec();
+        }
+    }
+
     fn on_finished(&self, job: Option<&Job>, result: &JobResult, disposition: Disposition) {
         if job.is_some() {
             self.metrics.running.dec();

@@ -11,7 +11,11 @@
 //! - [`streams`]: guest stdin/stdout that stream to and from any `Read`/`Write` under a
 //!   byte cap, so memory does not grow with the input.
 //! - [`executor`]: the worker loop over any [`Queue`](sluice_shared::Queue): claim,
-//!   run on a blocking thread, complete, retry or dead-letter.
+//!   run on a blocking thread, complete, retry or dead-letter; a watchdog records runs
+//!   stuck past their deadline as `timeout`, and the loop stops (for a restart) when
+//!   too many are stuck.
+//! - [`serve_config`]: `sluice-worker serve` settings, validated at start with the
+//!   setting named in every error.
 //!
 //! ```no_run
 //! use sluice_shared::{Job, JobInput};
@@ -32,6 +36,7 @@ mod limiter;
 pub mod metrics;
 mod raw_abi;
 mod sandbox;
+pub mod serve_config;
 pub mod streams;
 
 pub use config::{DirGrant, SandboxConfig};

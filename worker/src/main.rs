@@ -11,10 +11,61 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_shared::{Job, JobInput, Outcome, ReportLine};
 use sluice_worker::cli::GuestArgs;
+use sluice_worker::serve_config::ServeArgs;
 use sluice_worker::{DirGrant, Sandbox, SandboxConfig};
 
-/// Exit status when the sandbox (not the guest) ended the run.
-const EXIT_SANDBOX_STOPPED: u8 = 125;
+/// Exit statuses. `run` otherwise exits with the guest's own status.
+mod exit {
+    /// `serve` drained after SIGTERM; `run`: the guest succeeded.
+    pub const OK: u8 = 0;
+    /// The worker failed for a reason that is not the operator's input (the sandbox
+    /// could not be built, an I/O error writing a report).
+    pub const FAILED: u8 = 1;
+    /// A usage or configuration error: the message names the setting (clap's own
+    /// usage errors exit 2 too).
+    pub const USAGE: u8 = 2;
+    /// `serve`: more runs stuck past their deadline than `--max-stuck` tolerates; the
+    /// worker stopped claiming, recorded or released its jobs and wants a restart
+    /// (EX_TEMPFAIL).
+    pub const STUCK: u8 = 75;
+    /// `run`: the sandbox (not the guest) ended the run; the outcome is on stderr.
+    pub const SANDBOX_STOPPED: u8 = 125;
+}
+
+/// How a command failed, and so the exit status.
+#[derive(Debug)]
+enum Failure {
+    Usage(anyhow::Error),
+    Failed(anyhow::Error),
+    Stuck(sluice_worker::executor::ExecutorError),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => exit::USAGE,
+            Failure::Failed(_) => exit::FAILED,
+            Failure::Stuck(_) => exit::STUCK,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(e) | Failure::Failed(e) => write!(f, "{e:#}"),
+            Failure::Stuck(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Usage(e.into())
+}
+
+fn failed(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Failed(e.into())
+}
 
 #[derive(Parser)]
 #[command(
@@ -33,81 +84,6 @@ enum Command {
     Run(RunArgs),
     /// Run jobs from a Redis queue until SIGTERM (then drain and exit 0).
     Serve(ServeArgs),
-}
-
-/// `serve` settings. Each flag has a `SLUICE_*` environment equivalent, and any left
-/// unset is taken from `--config FILE` (TOML with the same names, `-` as `_`).
-#[derive(clap::Args, Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServeArgs {
-    /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
-    #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
-    #[serde(rename = "redis")]
-    redis_url: Option<String>,
-    /// Queue name.
-    #[arg(long, env = "SLUICE_QUEUE")]
-    queue: Option<String>,
-    /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
-    #[arg(long, env = "SLUICE_REDIS_CA")]
-    redis_ca: Option<PathBuf>,
-    /// Job slots (jobs run at once). Default: 4 per core.
-    #[arg(long, env = "SLUICE_CONCURRENCY")]
-    concurrency: Option<usize>,
-    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9464).
-    #[arg(long, env = "SLUICE_METRICS_ADDR")]
-    metrics_addr: Option<std::net::SocketAddr>,
-    /// Visibility timeout: a job whose worker stops renewing its lease for this long is
-    /// taken over by another worker. Default 30s.
-    #[arg(long, env = "SLUICE_LEASE")]
-    lease: Option<String>,
-    /// On SIGTERM, how long jobs in flight may take before they are released. Default 30s.
-    #[arg(long, env = "SLUICE_GRACE")]
-    grace: Option<String>,
-    /// Attempts per job (only transient failures are retried). Default 3.
-    #[arg(long, env = "SLUICE_MAX_ATTEMPTS")]
-    max_attempts: Option<u32>,
-    /// How long results, completion notices and output blobs are kept. Default: results
-    /// and blobs 24h, notices 1h.
-    #[arg(long, env = "SLUICE_TTL")]
-    ttl: Option<String>,
-    /// This worker's consumer name in the queue. Default: host-pid.
-    #[arg(long, env = "SLUICE_CONSUMER")]
-    consumer: Option<String>,
-    /// Directories granted to every guest, HOST::GUEST (never `/`).
-    #[arg(long = "dir", env = "SLUICE_DIRS", value_delimiter = ',')]
-    #[serde(default)]
-    dirs: Vec<String>,
-    /// A TOML file with any of the settings above.
-    #[arg(long, env = "SLUICE_CONFIG")]
-    #[serde(skip)]
-    config: Option<PathBuf>,
-}
-
-impl ServeArgs {
-    /// Fills every setting the command line and environment left unset from the file.
-    fn merged(mut self) -> anyhow::Result<Self> {
-        let Some(path) = self.config.clone() else {
-            return Ok(self);
-        };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        let file: ServeArgs =
-            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
-        self.redis_url = self.redis_url.or(file.redis_url);
-        self.queue = self.queue.or(file.queue);
-        self.concurrency = self.concurrency.or(file.concurrency);
-        self.metrics_addr = self.metrics_addr.or(file.metrics_addr);
-        self.lease = self.lease.or(file.lease);
-        self.grace = self.grace.or(file.grace);
-        self.max_attempts = self.max_attempts.or(file.max_attempts);
-        self.consumer = self.consumer.or(file.consumer);
-        self.ttl = self.ttl.or(file.ttl);
-        self.redis_ca = self.redis_ca.or(file.redis_ca);
-        if self.dirs.is_empty() {
-            self.dirs = file.dirs;
-        }
-        Ok(self)
-    }
 }
 
 #[derive(clap::Args)]
@@ -141,25 +117,38 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let dir_grants = args
         .guest
         .dirs
         .iter()
         .map(|spec| DirGrant::parse(spec, args.guest.read_only_dirs))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(anyhow::Error::from(e).context("--dir")))?;
     let sandbox = Sandbox::new(SandboxConfig {
         slots: 1,
         dir_grants,
         ..SandboxConfig::default()
-    })?;
+    })
+    .map_err(failed)?;
     let bytes = std::fs::read(&args.module)
-        .with_context(|| format!("reading module {}", args.module.display()))?;
+        .with_context(|| format!("reading module {}", args.module.display()))
+        .map_err(usage)?;
 
     // Our own handles on fds 0 and 1: unbuffered reads of whole chunks in, and one
     // buffer out instead of std's line buffering.
-    let stdin = File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
-    let stdout = File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let stdin = File::from(
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(failed)?,
+    );
+    let stdout = File::from(
+        std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(failed)?,
+    );
     let output = BufWriter::with_capacity(64 << 10, stdout);
 
     let (mut job, result) = match sandbox.load_module(&bytes) {
@@ -192,29 +181,32 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     job.label = args.module.display().to_string();
 
-    std::io::stderr().write_all(&result.stderr)?;
+    std::io::stderr()
+        .write_all(&result.stderr)
+        .map_err(failed)?;
     if let Some(path) = &args.report {
         let report = RunReport {
             line: ReportLine::new(job.label.clone(), &result),
             peak_rss_bytes: peak_rss_bytes(),
         };
-        std::fs::write(path, serde_json::to_vec(&report)?)
-            .with_context(|| format!("writing report {}", path.display()))?;
+        let json = serde_json::to_vec(&report).map_err(failed)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("writing report {}", path.display()))
+            .map_err(failed)?;
     }
     Ok(match result.outcome {
         Outcome::Success => ExitCode::SUCCESS,
         Outcome::NonZeroExit { code } => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         outcome => {
             eprintln!("outcome: {outcome}");
-            ExitCode::from(EXIT_SANDBOX_STOPPED)
+            ExitCode::from(exit::SANDBOX_STOPPED)
         }
     })
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+async fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     use sluice_shared::RetryPolicy;
     use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
-    use sluice_shared::units::parse_duration;
     use sluice_worker::executor::{self, ExecutorConfig};
     use sluice_worker::fleet::{RedisEnv, serve_metrics};
     use sluice_worker::metrics::WorkerMetrics;
@@ -222,28 +214,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
-    let args = args.merged()?;
-    let url = args
-        .redis_url
-        .context("no Redis configured: pass --redis URL or set SLUICE_REDIS_URL")?;
-    let duration = |value: &Option<String>, default: Duration| -> anyhow::Result<Duration> {
-        value
-            .as_deref()
-            .map_or(Ok(default), |v| Ok(parse_duration(v)?))
-    };
-    let lease = duration(&args.lease, Duration::from_secs(30))?;
-    let grace = duration(&args.grace, Duration::from_secs(30))?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let slots = args.concurrency.unwrap_or(cores * 4).max(1);
-    let consumer = args.consumer.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
-    let dir_grants = args
-        .dirs
-        .iter()
-        .map(|spec| DirGrant::parse(spec, true))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every setting is checked before anything starts: a bad one is a usage error.
+    let settings = args.validate().map_err(usage)?;
 
     let shutdown = CancellationToken::new();
     {
@@ -255,16 +227,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let mut config = RedisConfig::new(url);
-    if let Some(queue) = args.queue {
-        config.queue = queue;
+    let mut config = RedisConfig::new(settings.redis_url.clone());
+    if let Some(queue) = &settings.queue {
+        config.queue = queue.clone();
     }
-    if let Some(ca) = &args.redis_ca {
-        config.tls_ca_pem =
-            Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
-    }
-    if let Some(ttl) = &args.ttl {
-        let ttl = parse_duration(ttl)?;
+    config.tls_ca_pem = settings.redis_ca_pem.clone();
+    if let Some(ttl) = settings.ttl {
         config.result_ttl = ttl;
         config.blob_ttl = ttl;
         config.notice_ttl = ttl.min(config.notice_ttl);
@@ -285,13 +253,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
-        slots: u32::try_from(slots).unwrap_or(u32::MAX),
-        dir_grants,
-        ..SandboxConfig::default()
-    })?);
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            slots: u32::try_from(settings.slots).unwrap_or(u32::MAX),
+            dir_grants: settings.dir_grants.clone(),
+            ..SandboxConfig::default()
+        })
+        .map_err(failed)?,
+    );
     let metrics = WorkerMetrics::new();
-    if let Some(addr) = args.metrics_addr {
+    if let Some(addr) = settings.metrics_addr {
         let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         let listener = tokio::spawn(serve_metrics(addr, metrics, shutdown));
         tokio::spawn(async move {
@@ -301,27 +272,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let env = Arc::new(RedisEnv::new(queue.clone(), sandbox.clone(), metrics));
-    tracing::info!(%consumer, slots, queue = %queue.config().queue, "worker ready");
+    tracing::info!(
+        consumer = %settings.consumer,
+        slots = settings.slots,
+        max_stuck = settings.max_stuck,
+        queue = %queue.config().queue,
+        "worker ready"
+    );
     executor::run(
         queue,
         sandbox,
         env,
         ExecutorConfig {
-            slots,
-            consumer,
-            lease,
-            grace,
+            slots: settings.slots,
+            consumer: settings.consumer,
+            lease: settings.lease,
+            grace: settings.grace,
+            watchdog_grace: settings.watchdog_grace,
+            max_stuck: Some(settings.max_stuck),
             retry: RetryPolicy {
-                max_attempts: args.max_attempts.unwrap_or(3).max(1),
+                max_attempts: settings.max_attempts,
                 ..RetryPolicy::default()
             },
             ..ExecutorConfig::default()
         },
         shutdown,
     )
-    .await;
+    .await
+    .map_err(Failure::Stuck)?;
     tracing::info!("drained; exiting");
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(exit::OK))
 }
 
 fn main() -> ExitCode {
@@ -338,17 +318,17 @@ fn main() -> ExitCode {
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
-            .map_err(anyhow::Error::from)
+            .map_err(failed)
             .and_then(|runtime| {
                 let served = runtime.block_on(serve(args));
                 // Guests still running past the grace period were released to other
-                // workers; do not wait for them.
+                // workers, and stuck threads cannot be stopped: do not wait for them.
                 runtime.shutdown_timeout(std::time::Duration::from_millis(100));
                 served
             }),
     };
-    result.unwrap_or_else(|error| {
-        eprintln!("sluice-worker: {error:#}");
-        ExitCode::from(EXIT_SANDBOX_STOPPED)
+    result.unwrap_or_else(|failure| {
+        eprintln!("sluice-worker: {failure}");
+        ExitCode::from(failure.code())
     })
 }

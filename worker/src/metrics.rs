@@ -30,6 +30,11 @@ pub struct WorkerMetrics {
     pub duplicates: IntCounter,
     /// `sluice_queue_errors_total`: queue operations that failed (Redis away).
     pub queue_errors: IntCounter,
+    /// `sluice_jobs_stuck`: runs the watchdog gave up (recorded as `timeout`) whose
+    /// threads are still blocked, each holding a job slot.
+    pub stuck: IntGauge,
+    /// `sluice_jobs_stuck_total`: runs the watchdog has given up.
+    pub stuck_total: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -70,8 +75,21 @@ impl WorkerMetrics {
         registry
             .register(Box::new(running.clone()))
             .expect("unique metric");
+        let stuck = IntGauge::new(
+            "sluice_jobs_stuck",
+            "Runs given up by the watchdog whose threads are still blocked",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(stuck.clone()))
+            .expect("unique metric");
         WorkerMetrics {
             jobs,
+            stuck,
+            stuck_total: counter(
+                "sluice_jobs_stuck_total",
+                "Runs given up by the watchdog past their deadline and grace",
+            ),
             duration,
             running,
             fuel: counter(

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::{Completion, Queue, QueueError};
+use super::{Completion, Queue, QueueError, ReleaseKind};
 use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobInput, ModuleHash};
 use crate::outcome::{JobResult, Outcome, OutcomeKind};
@@ -47,6 +47,9 @@ macro_rules! queue_conformance {
             dead_letter_keeps_reason,
             garbage_is_delivered_as_decode_error,
             released_job_is_claimable_at_once,
+            drain_release_keeps_earlier_attempts,
+            overdue_release_counts_an_attempt,
+            release_of_a_lost_lease_is_refused,
             waiting_claim_wakes_on_enqueue,
         );
     };
@@ -250,10 +253,97 @@ pub async fn released_job_is_claimable_at_once<Q: Queue>(queue: &Q) {
     let sent = job(11);
     queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
     let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
-    queue.release(&claimed.lease).await.unwrap();
+    queue
+        .release(
+            &claimed.lease,
+            claimed.delivery.as_ref().ok(),
+            ReleaseKind::Drain,
+        )
+        .await
+        .unwrap();
     let again = queue.claim("c2", 1, LONG, Duration::ZERO).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].lease.job_id, Some(sent.id));
+    assert_eq!(again[0].attempt(), 1, "a drain release counted an attempt");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased), (0, 1));
+}
+
+/// A drained job keeps the attempts it had, takeovers included: a release never
+/// restarts the count (which let a job that wedges workers run without end).
+pub async fn drain_release_keeps_earlier_attempts<Q: Queue>(queue: &Q) {
+    let sent = job(13);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let _dies = queue.claim("dies", 1, SHORT, PATIENT).await.unwrap();
+    // Blocks until the first lease runs out, then takes the job over.
+    let taken = queue.claim("c2", 1, LONG, PATIENT).await.unwrap().remove(0);
+    assert_eq!(taken.attempt(), 2);
+    queue
+        .release(
+            &taken.lease,
+            taken.delivery.as_ref().ok(),
+            ReleaseKind::Drain,
+        )
+        .await
+        .unwrap();
+    let again = queue.claim("c3", 1, LONG, PATIENT).await.unwrap().remove(0);
+    assert_eq!(again.lease.job_id, Some(sent.id));
+    assert_eq!(again.attempt(), 2, "the takeover's attempt was forgotten");
+}
+
+/// Releasing an overdue run counts it, each time, so a job that outlives its deadline
+/// on every worker reaches its attempt limit.
+pub async fn overdue_release_counts_an_attempt<Q: Queue>(queue: &Q) {
+    let sent = job(14);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let mut attempts = Vec::new();
+    for kind in [
+        ReleaseKind::Overdue,
+        ReleaseKind::Overdue,
+        ReleaseKind::Drain,
+    ] {
+        let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+        assert_eq!(claimed.lease.job_id, Some(sent.id));
+        attempts.push(claimed.attempt());
+        queue
+            .release(&claimed.lease, claimed.delivery.as_ref().ok(), kind)
+            .await
+            .unwrap();
+    }
+    let last = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    attempts.push(last.attempt());
+    assert_eq!(attempts, [1, 2, 3, 3]);
+    assert_eq!(
+        last.delivery.as_ref().unwrap().input,
+        sent.input,
+        "the released envelope changed"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.delayed), (0, 1, 0));
+}
+
+/// A release by a holder that lost its lease changes nothing.
+pub async fn release_of_a_lost_lease_is_refused<Q: Queue>(queue: &Q) {
+    let sent = job(15);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let lost = queue
+        .claim("c1", 1, SHORT, PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
+    let taken = queue.claim("c2", 1, LONG, PATIENT).await.unwrap().remove(0);
+    let err = queue
+        .release(
+            &lost.lease,
+            lost.delivery.as_ref().ok(),
+            ReleaseKind::Overdue,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased), (0, 1));
+    queue.extend_lease(&taken.lease, LONG).await.unwrap();
 }
 
 pub async fn waiting_claim_wakes_on_enqueue<Q: Queue>(queue: &Q) {

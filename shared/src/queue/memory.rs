@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Claimed, Completion, DeadLetter, Lease, Queue, QueueError, QueueStats};
+use super::{Claimed, Completion, DeadLetter, Lease, Queue, QueueError, QueueStats, ReleaseKind};
 use crate::codec;
 use crate::job::{Job, JobId};
 use crate::outcome::JobResult;
@@ -256,14 +256,22 @@ impl Queue for MemoryQueue {
         Ok(())
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+    async fn release(
+        &self,
+        lease: &Lease,
+        _job: Option<&Job>,
+        kind: ReleaseKind,
+    ) -> Result<(), QueueError> {
         {
             let mut state = self.lock();
             let id = state.held(lease)?;
             if let Some(entry) = state.entries.get_mut(&id) {
                 entry.leased_until = None;
-                // A release is not an attempt: the next delivery keeps this number.
-                entry.deliveries -= 1;
+                // The entry (and its envelope) stays, so its delivery count carries the
+                // attempts: a drained delivery is taken back, an overdue one kept.
+                if kind == ReleaseKind::Drain {
+                    entry.deliveries = entry.deliveries.saturating_sub(1);
+                }
             }
             state.ready.push_front(id);
         }

@@ -65,6 +65,18 @@ impl Claimed {
     }
 }
 
+/// Whether a released delivery counts as an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseKind {
+    /// The worker stopped before the job could finish, through no fault of the job
+    /// (shutdown, claimed after shutdown began): the delivery is not counted.
+    Drain,
+    /// The run was past its deadline (or stuck in a host call) when it was given back:
+    /// the delivery counts, so a job that wedges every worker it lands on still reaches
+    /// its attempt limit instead of holding fleet slots for good.
+    Overdue,
+}
+
 /// What [`Queue::complete`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Completion {
@@ -199,8 +211,18 @@ pub trait Queue: Send + Sync {
         result: JobResult,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Gives the entry back at once, without counting a failure (shutdown).
-    fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Gives the entry back at once for the next claimer (a worker shutting down or
+    /// giving up). `job` is the entry's job as claimed (`None` when its envelope did not
+    /// decode): a backend that re-adds the entry keeps its attempts from it. `kind` says
+    /// whether this delivery counts as an attempt: the next delivery's
+    /// [`Claimed::attempt`] is this one's for [`ReleaseKind::Drain`], one more for
+    /// [`ReleaseKind::Overdue`].
+    fn release(
+        &self,
+        lease: &Lease,
+        job: Option<&Job>,
+        kind: ReleaseKind,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// The stored result of a job, if it finished.
     fn result(

@@ -18,7 +18,7 @@ use redis::{RedisError, Script, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Claimed, Completion, DeadLetter, Lease, Queue, QueueError, QueueStats};
+use super::{Claimed, Completion, DeadLetter, Lease, Queue, QueueError, QueueStats, ReleaseKind};
 use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
@@ -1157,9 +1157,31 @@ impl Queue for RedisQueue {
         }
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
-        self.as_holder(&self.scripts.release, lease, &[], Vec::new())
-            .await
+    async fn release(
+        &self,
+        lease: &Lease,
+        job: Option<&Job>,
+        kind: ReleaseKind,
+    ) -> Result<(), QueueError> {
+        // The fresh entry starts its delivery count again, so the envelope carries the
+        // attempts made so far: those before this entry, its earlier deliveries, and
+        // this one when it counts.
+        let envelope = job.map(|job| {
+            let uncounted = u32::from(kind == ReleaseKind::Drain);
+            let mut again = job.clone();
+            again.attempt = job
+                .attempt
+                .saturating_add(lease.deliveries)
+                .saturating_sub(uncounted);
+            codec::encode(&again)
+        });
+        self.as_holder(
+            &self.scripts.release,
+            lease,
+            &[],
+            envelope.into_iter().collect(),
+        )
+        .await
     }
 
     async fn result(&self, job_id: JobId) -> Result<Option<JobResult>, QueueError> {

@@ -1,22 +1,33 @@
--- release.lua: gives a claimed job back at once (a worker shutting down), without
--- counting an attempt.
+-- release.lua: gives a claimed job back at once (a worker shutting down, or giving up a
+-- run that is overdue), as a fresh entry that the next claimer gets at once instead of
+-- after the visibility timeout.
 --
 -- KEYS[1]  the job stream
 -- ARGV[1]  consumer group
 -- ARGV[2]  consumer (the lease holder)
 -- ARGV[3]  entry id
 -- ARGV[4]  the delivery count the holder was given
--- Returns  1, or 0 when the lease was lost.
+-- ARGV[5]  optional: the envelope to put back, its attempt count set by the caller to
+--          the attempts made so far (this delivery counted or not). A fresh entry starts
+--          at delivery count 0, so without it the count would restart; absent (an
+--          envelope that did not decode) the entry's own fields are put back.
+-- Returns  1, or 0 when the lease was lost (then nothing changes).
 --
--- Atomicity: the entry is acknowledged, removed and re-added as a fresh entry in one
--- script, so the job is never absent; as a new entry it is delivered to the next
--- claimer at once instead of waiting out the visibility timeout.
+-- Atomicity: the ownership check and the move run in one script. The fresh entry is
+-- added before the old one is acknowledged and deleted, so a failure part-way (Redis
+-- does not roll back a script) leaves the job in the stream (at worst twice, where the
+-- second copy's result is dropped as a duplicate), never nowhere. An entry already
+-- deleted while pending (cancelled) is only acknowledged: it does not come back.
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then return 0 end
 local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+if #entry == 1 then
+  if ARGV[5] then
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[5])
+  else
+    redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+  end
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
-if #entry == 1 then
-  redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
-end
 return 1

@@ -1,0 +1,590 @@
+//! The executor's watchdog, with the real sandbox and the in-memory queue: a run
+//! blocked in a host call the sandbox cannot see (its input reader) is recorded as
+//! `timeout` after its deadline and the watchdog grace, its lease is no longer renewed,
+//! its slot stays busy until the thread returns, what it returns is dropped, and the
+//! worker goes on; too many such runs stop the worker with a typed error; a release at
+//! shutdown counts an attempt only for a run past its deadline.
+//!
+//! Nothing here waits on the clock to synchronise: every wait is for an event (a run
+//! finishing, a lease renewal, a reader being called), bounded so a hang fails.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use sluice_shared::queue::{Completion, DeadLetter, QueueStats, ReleaseKind};
+use sluice_shared::{
+    Claimed, Job, JobId, JobInput, JobResult, Lease, MemoryQueue, ModuleHash, OutcomeKind, Queue,
+    QueueError, RetryPolicy,
+};
+use sluice_worker::executor::{self, Disposition, ExecutorConfig, ExecutorError, JobEnv};
+use sluice_worker::{LoadedModule, Sandbox, SandboxConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Reads one chunk of stdin (one `fd_read`) and writes it back.
+const ECHO_ONE_READ: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 1024))
+    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 4) (i32.load (i32.const 8)))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+/// The longest any single wait here may take before the test fails as hung.
+const BOUND: Duration = Duration::from_secs(60);
+
+/// A door that blocking threads wait at until the test opens it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
+}
+
+/// Opens its gates when dropped, so a failing test still lets the blocked threads go
+/// (the runtime waits for them before the test can end).
+struct OpenOnDrop(Vec<Arc<Gate>>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        for gate in &self.0 {
+            gate.open();
+        }
+    }
+}
+
+/// How many times each job's lease was renewed, with a wait for a count.
+#[derive(Default)]
+struct Renewals {
+    counts: Mutex<HashMap<JobId, u32>>,
+    changed: Condvar,
+}
+
+impl Renewals {
+    fn of(&self, job: JobId) -> u32 {
+        self.counts.lock().unwrap().get(&job).copied().unwrap_or(0)
+    }
+
+    /// Blocks until `job`'s lease was renewed `n` times; false if that takes too long.
+    fn wait_for(&self, job: JobId, n: u32) -> bool {
+        let counts = self.counts.lock().unwrap();
+        let (_counts, waited) = self
+            .changed
+            .wait_timeout_while(counts, BOUND, |c| c.get(&job).copied().unwrap_or(0) < n)
+            .unwrap();
+        !waited.timed_out()
+    }
+}
+
+/// A real `MemoryQueue` that also counts lease renewals per job.
+struct Watched {
+    inner: MemoryQueue,
+    renewals: Arc<Renewals>,
+}
+
+impl Queue for Watched {
+    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        self.inner.enqueue(jobs).await
+    }
+    async fn enqueue_raw(&self, envelope: Vec<u8>) -> Result<(), QueueError> {
+        self.inner.enqueue_raw(envelope).await
+    }
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>, QueueError> {
+        self.inner.claim(consumer, max, lease_for, wait).await
+    }
+    async fn extend_lease(&self, lease: &Lease, lease_for: Duration) -> Result<(), QueueError> {
+        if let Some(job) = lease.job_id {
+            *self.renewals.counts.lock().unwrap().entry(job).or_default() += 1;
+            self.renewals.changed.notify_all();
+        }
+        self.inner.extend_lease(lease, lease_for).await
+    }
+    async fn complete(&self, lease: &Lease, result: JobResult) -> Result<Completion, QueueError> {
+        self.inner.complete(lease, result).await
+    }
+    async fn retry(&self, lease: &Lease, job: &Job, delay: Duration) -> Result<(), QueueError> {
+        self.inner.retry(lease, job, delay).await
+    }
+    async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
+        self.inner.dead_letter(lease, result).await
+    }
+    async fn release(
+        &self,
+        lease: &Lease,
+        job: Option<&Job>,
+        kind: ReleaseKind,
+    ) -> Result<(), QueueError> {
+        self.inner.release(lease, job, kind).await
+    }
+    async fn result(&self, job_id: JobId) -> Result<Option<JobResult>, QueueError> {
+        self.inner.result(job_id).await
+    }
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        self.inner.dead_letters().await
+    }
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.inner.stats().await
+    }
+}
+
+/// What the environment saw, in order.
+// Some fields are only read through `Debug`, in `Rig::seen`.
+#[allow(dead_code)]
+#[derive(Debug)]
+enum Event {
+    Started(String),
+    Reading(String),
+    Output(String, OutcomeKind, Vec<u8>),
+    Finished(String, OutcomeKind, Disposition),
+    Stuck(String, bool),
+}
+
+/// How a job's input behaves, by label.
+enum Input {
+    /// Blocks in `read` until the gate opens, then ends (EOF).
+    Blocked(Arc<Gate>),
+    /// Blocks until the job's lease has been renewed this many times, then gives its
+    /// inline bytes.
+    AfterRenewals(u32),
+}
+
+struct TestEnv {
+    module: Arc<LoadedModule>,
+    inputs: Mutex<HashMap<String, Input>>,
+    renewals: Arc<Renewals>,
+    outputs: Mutex<HashMap<JobId, Arc<Mutex<Vec<u8>>>>>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+struct Reader<F: FnMut(&mut [u8]) -> std::io::Result<usize>>(F);
+
+impl<F: FnMut(&mut [u8]) -> std::io::Result<usize>> Read for Reader<F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (self.0)(buf)
+    }
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl JobEnv for TestEnv {
+    fn module(&self, _hash: &ModuleHash) -> Result<Arc<LoadedModule>, sluice_shared::Outcome> {
+        Ok(self.module.clone())
+    }
+
+    fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, sluice_shared::Outcome> {
+        let JobInput::Inline(bytes) = job.input.clone() else {
+            unreachable!("tests use inline inputs")
+        };
+        let (label, events, id) = (job.label.clone(), self.events.clone(), job.id);
+        let mut told = false;
+        let mut tell = move || {
+            if !std::mem::replace(&mut told, true) {
+                let _ = events.send(Event::Reading(label.clone()));
+            }
+        };
+        Ok(match self.inputs.lock().unwrap().remove(&job.label) {
+            Some(Input::Blocked(gate)) => Box::new(Reader(move |_: &mut [u8]| {
+                tell();
+                gate.wait();
+                Ok(0)
+            })),
+            Some(Input::AfterRenewals(n)) => {
+                let renewals = self.renewals.clone();
+                let mut cursor = std::io::Cursor::new(bytes);
+                Box::new(Reader(move |buf: &mut [u8]| {
+                    tell();
+                    if !renewals.wait_for(id, n) {
+                        return Err(std::io::Error::other("lease never renewed"));
+                    }
+                    cursor.read(buf)
+                }))
+            }
+            None => Box::new(std::io::Cursor::new(bytes)),
+        })
+    }
+
+    fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, sluice_shared::Outcome> {
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        self.outputs.lock().unwrap().insert(job.id, sink.clone());
+        Ok(Box::new(Sink(sink)))
+    }
+
+    fn finish_output(
+        &self,
+        job: &Job,
+        result: &mut JobResult,
+    ) -> Result<(), sluice_shared::Outcome> {
+        let written = self
+            .outputs
+            .lock()
+            .unwrap()
+            .remove(&job.id)
+            .map(|sink| std::mem::take(&mut *sink.lock().unwrap()))
+            .unwrap_or_default();
+        let _ = self.events.send(Event::Output(
+            job.label.clone(),
+            result.outcome.kind(),
+            written,
+        ));
+        Ok(())
+    }
+
+    fn on_started(&self, job: &Job) {
+        let _ = self.events.send(Event::Started(job.label.clone()));
+    }
+
+    fn on_finished(&self, job: Option<&Job>, result: &JobResult, disposition: Disposition) {
+        let label = job.map_or_else(String::new, |job| job.label.clone());
+        let _ = self
+            .events
+            .send(Event::Finished(label, result.outcome.kind(), disposition));
+    }
+
+    fn on_stuck(&self, job: &Job, stuck: bool) {
+        let _ = self.events.send(Event::Stuck(job.label.clone(), stuck));
+    }
+}
+
+struct Rig {
+    queue: Arc<Watched>,
+    env: Arc<TestEnv>,
+    sandbox: Arc<Sandbox>,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Every event seen so far, for order checks.
+    seen: Vec<String>,
+}
+
+impl Rig {
+    fn new(slots: u32) -> Self {
+        let sandbox = Arc::new(
+            Sandbox::new(SandboxConfig {
+                slots,
+                ..SandboxConfig::default()
+            })
+            .unwrap(),
+        );
+        let module = sandbox.load_module(ECHO_ONE_READ.as_bytes()).unwrap();
+        let renewals = Arc::new(Renewals::default());
+        let (tx, events) = mpsc::unbounded_channel();
+        Rig {
+            queue: Arc::new(Watched {
+                inner: MemoryQueue::new(),
+                renewals: renewals.clone(),
+            }),
+            env: Arc::new(TestEnv {
+                module,
+                inputs: Mutex::default(),
+                renewals,
+                outputs: Mutex::default(),
+                events: tx,
+            }),
+            sandbox,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    fn job(&self, label: &str, timeout_ms: u64, input: Option<Input>) -> Job {
+        let mut job = Job::new(
+            self.env.module.hash(),
+            JobInput::Inline(label.as_bytes().to_vec()),
+        );
+        job.label = label.to_owned();
+        job.limits.timeout_ms = timeout_ms;
+        if let Some(input) = input {
+            self.env
+                .inputs
+                .lock()
+                .unwrap()
+                .insert(label.to_owned(), input);
+        }
+        job
+    }
+
+    fn start(
+        &self,
+        config: ExecutorConfig,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), ExecutorError>>,
+    ) {
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(executor::run(
+            self.queue.clone(),
+            self.sandbox.clone(),
+            self.env.clone(),
+            config,
+            shutdown.clone(),
+        ));
+        (shutdown, run)
+    }
+
+    /// The next event `pick` accepts (earlier ones are kept in `seen`).
+    async fn until<T>(&mut self, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        loop {
+            let event = tokio::time::timeout(BOUND, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no awaited event; saw {:?}", self.seen))
+                .expect("environment alive");
+            self.seen.push(format!("{event:?}"));
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    }
+
+    fn position(&self, event: &str) -> Option<usize> {
+        self.seen.iter().position(|seen| seen == event)
+    }
+}
+
+fn config(slots: usize) -> ExecutorConfig {
+    ExecutorConfig {
+        slots,
+        consumer: "watchdog-test".into(),
+        lease: Duration::from_millis(300),
+        claim_wait: Duration::from_millis(50),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+        grace: Duration::from_secs(30),
+        watchdog_grace: Duration::from_millis(200),
+        max_stuck: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_blocked_in_a_host_call_is_recorded_as_timeout_and_the_next_job_succeeds() {
+    let mut rig = Rig::new(2);
+    let gate = Arc::new(Gate::default());
+    let _release = OpenOnDrop(vec![gate.clone()]);
+    let stuck = rig.job("stuck", 200, Some(Input::Blocked(gate.clone())));
+    let (shutdown, run) = rig.start(ExecutorConfig {
+        max_stuck: Some(1),
+        ..config(2)
+    });
+    rig.queue
+        .enqueue(std::slice::from_ref(&stuck))
+        .await
+        .unwrap();
+
+    let (kind, disposition) = rig
+        .until(|e| match e {
+            Event::Finished(label, kind, d) if label == "stuck" => Some((*kind, *d)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(kind, OutcomeKind::Timeout);
+    assert_eq!(disposition, Disposition::DeadLettered);
+    rig.until(|e| matches!(e, Event::Stuck(l, true) if l == "stuck").then_some(()))
+        .await;
+    let stored = rig.queue.result(stuck.id).await.unwrap().unwrap();
+    assert_eq!(stored.outcome.kind(), OutcomeKind::Timeout);
+    let renewed_when_given_up = rig.queue.renewals.of(stuck.id);
+
+    // The next job reads its input only once its own lease was renewed three times:
+    // had the stuck run's renewals gone on, they would show in the same span.
+    let next = rig.job("next", 60_000, Some(Input::AfterRenewals(3)));
+    let third = rig.job("third", 60_000, None);
+    rig.queue
+        .enqueue(std::slice::from_ref(&next))
+        .await
+        .unwrap();
+    rig.until(|e| matches!(e, Event::Started(l) if l == "next").then_some(()))
+        .await;
+    // Both slots are now busy (one stuck, one running): the third job must wait.
+    rig.queue
+        .enqueue(std::slice::from_ref(&third))
+        .await
+        .unwrap();
+    let (kind, disposition) = rig
+        .until(|e| match e {
+            Event::Finished(label, kind, d) if label == "next" => Some((*kind, *d)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (kind, disposition),
+        (OutcomeKind::Success, Disposition::Completed)
+    );
+    assert_eq!(
+        rig.queue.renewals.of(stuck.id),
+        renewed_when_given_up,
+        "a run given up by the watchdog was still renewed"
+    );
+    let output = rig.queue.result(next.id).await.unwrap().unwrap();
+    assert_eq!(output.outcome.kind(), OutcomeKind::Success);
+    rig.until(|e| matches!(e, Event::Finished(l, ..) if l == "third").then_some(()))
+        .await;
+    let third_started = rig.position("Started(\"third\")").unwrap();
+    let next_finished = rig
+        .seen
+        .iter()
+        .position(|e| e.starts_with("Finished(\"next\""))
+        .unwrap();
+    assert!(
+        third_started > next_finished,
+        "a stuck run's slot was handed to another job: {:?}",
+        rig.seen
+    );
+
+    // The stuck thread returns at last: what it made is discarded, the record stays.
+    gate.open();
+    rig.until(|e| matches!(e, Event::Stuck(l, false) if l == "stuck").then_some(()))
+        .await;
+    let late = rig
+        .seen
+        .iter()
+        .find(|e| e.starts_with("Output(\"stuck\""))
+        .expect("the stuck run's output was finished");
+    assert!(late.contains("Timeout"), "late output kept: {late}");
+    let stored = rig.queue.result(stuck.id).await.unwrap().unwrap();
+    assert_eq!(stored.outcome.kind(), OutcomeKind::Timeout);
+    assert_eq!(rig.queue.dead_letters().await.unwrap().len(), 1);
+
+    shutdown.cancel();
+    let ended = tokio::time::timeout(BOUND, run).await.unwrap().unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    let stats = rig.queue.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.completed), (0, 0, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_stuck_runs_than_the_bound_stop_the_worker_with_a_typed_error() {
+    let mut rig = Rig::new(3);
+    let gate = Arc::new(Gate::default());
+    let holding = Arc::new(Gate::default());
+    let _release = OpenOnDrop(vec![gate.clone(), holding.clone()]);
+    let stuck: Vec<Job> = ["stuck-a", "stuck-b"]
+        .iter()
+        .map(|label| rig.job(label, 100, Some(Input::Blocked(gate.clone()))))
+        .collect();
+    // A healthy long job in flight when the worker stops: released, not counted.
+    let healthy = rig.job("healthy", 60_000, Some(Input::Blocked(holding.clone())));
+    let (_shutdown, run) = rig.start(ExecutorConfig {
+        max_stuck: Some(1),
+        grace: Duration::from_millis(100),
+        ..config(3)
+    });
+    rig.queue
+        .enqueue(std::slice::from_ref(&healthy))
+        .await
+        .unwrap();
+    rig.until(|e| matches!(e, Event::Reading(l) if l == "healthy").then_some(()))
+        .await;
+    rig.queue.enqueue(&stuck).await.unwrap();
+
+    let ended = tokio::time::timeout(BOUND, run)
+        .await
+        .expect("the worker stopped")
+        .unwrap();
+    match ended {
+        Err(ExecutorError::TooManyStuck { stuck, bound }) => assert_eq!((stuck, bound), (2, 1)),
+        other => panic!("expected TooManyStuck, got {other:?}"),
+    }
+    for job in &stuck {
+        let stored = rig.queue.result(job.id).await.unwrap().unwrap();
+        assert_eq!(stored.outcome.kind(), OutcomeKind::Timeout);
+    }
+    let stats = rig.queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.leased, stats.ready),
+        (0, 1),
+        "the healthy job was released"
+    );
+    let again = rig
+        .queue
+        .claim("next-worker", 1, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(again[0].lease.job_id, Some(healthy.id));
+    assert_eq!(
+        again[0].attempt(),
+        1,
+        "a drained job was counted an attempt"
+    );
+    gate.open();
+    holding.open();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_at_shutdown_counts_an_attempt_only_for_an_overdue_run() {
+    let mut rig = Rig::new(2);
+    let gate = Arc::new(Gate::default());
+    let _release = OpenOnDrop(vec![gate.clone()]);
+    const DEADLINE_MS: u64 = 50;
+    let overdue = rig.job("overdue", DEADLINE_MS, Some(Input::Blocked(gate.clone())));
+    let on_time = rig.job("on-time", 60_000, Some(Input::Blocked(gate.clone())));
+    let (shutdown, run) = rig.start(ExecutorConfig {
+        grace: Duration::ZERO,
+        // Far longer than the test: the watchdog must not settle the overdue run first.
+        watchdog_grace: Duration::from_secs(3600),
+        ..config(2)
+    });
+    rig.queue
+        .enqueue(&[overdue.clone(), on_time.clone()])
+        .await
+        .unwrap();
+    let mut reading = std::collections::HashSet::new();
+    while reading.len() < 2 {
+        let label = rig
+            .until(|e| match e {
+                Event::Reading(label) => Some(label.clone()),
+                _ => None,
+            })
+            .await;
+        reading.insert(label);
+    }
+    // Waits out the overdue run's deadline (counted from before its guest read).
+    tokio::time::sleep(Duration::from_millis(DEADLINE_MS + 10)).await;
+    shutdown.cancel();
+    let ended = tokio::time::timeout(BOUND, run).await.unwrap().unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    let again = rig
+        .queue
+        .claim("next-worker", 2, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    let attempts: HashMap<JobId, u32> = again
+        .iter()
+        .map(|c| (c.lease.job_id.unwrap(), c.attempt()))
+        .collect();
+    assert_eq!(attempts.get(&overdue.id), Some(&2), "{attempts:?}");
+    assert_eq!(attempts.get(&on_time.id), Some(&1), "{attempts:?}");
+    gate.open();
+}
