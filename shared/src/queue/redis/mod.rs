@@ -24,10 +24,12 @@ use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
 
 mod blob;
+mod locate;
 mod records;
 mod tenants;
 
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
+pub use locate::Whereabouts;
 pub use records::{Cancelled, JobRecord};
 
 /// The consumer group every worker of a queue joins.
