@@ -507,6 +507,15 @@ pub async fn run_batch(
             enqueue_failed = Some(e);
         }
     }
+    // Redis may have lost the module while the jobs went in (a restart mid-enqueue):
+    // workers would fail every job that names it as not stored.
+    if enqueue_failed.is_none() && !queue.module_stored(&module).await? {
+        queue.put_module(&resubmitter.wasm, None).await?;
+        say(
+            &progress,
+            &format!("module {module} was lost by Redis: stored it again"),
+        );
+    }
     if let Some(e) = enqueue_failed {
         say(
             &progress,

@@ -339,7 +339,7 @@ impl RedisQueue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let reply: Value = redis::cmd("XAUTOCLAIM")
+        let reply: Result<Value, RedisError> = redis::cmd("XAUTOCLAIM")
             .arg(&self.keys.jobs)
             .arg(GROUP)
             .arg(consumer)
@@ -348,8 +348,17 @@ impl RedisQueue {
             .arg("COUNT")
             .arg(max)
             .query_async(&mut conn)
-            .await
-            .map_err(|e| self.group_error(e))?;
+            .await;
+        let reply = match reply {
+            // Redis lost the group (with the stream): recreate it here, or once claims
+            // back off past the maintenance interval every claim fails on this step
+            // and never reaches the read that would recreate it.
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            other => other.map_err(|e| self.group_error(e))?,
+        };
         let Value::Array(parts) = reply else {
             return Err(protocol("XAUTOCLAIM reply is not an array"));
         };
