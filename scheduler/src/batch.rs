@@ -40,6 +40,9 @@ pub struct BatchOptions {
     pub progress: bool,
     /// The tenant the jobs run for.
     pub tenant: TenantId,
+    /// Distributed mode: how long without a result before the submitter looks for jobs
+    /// Redis lost (and says what it is waiting for).
+    pub stall_after: Duration,
 }
 
 impl BatchOptions {
@@ -59,6 +62,7 @@ impl BatchOptions {
             max_attempts: 1,
             progress: true,
             tenant: TenantId::default(),
+            stall_after: Duration::from_secs(5),
         }
     }
 }
@@ -133,6 +137,24 @@ pub enum BatchError {
     InvalidModule(#[from] crate::modules::ModuleError),
     #[error(transparent)]
     Stuck(#[from] sluice_worker::executor::ExecutorError),
+    #[error("{} jobs were lost by Redis and their inputs cannot be read again: {}{} (the other results are in {})",
+        lost.len(), lost_list(lost), if lost.len() > LOST_NAMED { ", …" } else { "" }, report.display())]
+    Lost {
+        report: PathBuf,
+        /// Input name and why it cannot be read.
+        lost: Vec<(String, String)>,
+    },
+}
+
+/// Lost inputs named in [`BatchError::Lost`]'s message (all are printed as found).
+const LOST_NAMED: usize = 10;
+
+fn lost_list(lost: &[(String, String)]) -> String {
+    lost.iter()
+        .take(LOST_NAMED)
+        .map(|(name, why)| format!("{name} ({why})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The progress bar batches draw on stderr (hidden when it is not a terminal).

@@ -1,14 +1,15 @@
 //! Distributed mode from the submitter's side: upload modules and inputs to Redis,
 //! enqueue jobs, follow their completion notices, and collect results and outputs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
-use std::path::Path;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use sluice_shared::queue::redis::RedisQueue;
+use sluice_shared::queue::redis::{RedisQueue, Whereabouts};
 use sluice_shared::{
     EntryPoint, JobId, JobInput, JobOutput, JobResult, Limits, ModuleHash, OutcomeKind, Queue,
     QueueError, ReportLine, codec,
@@ -21,6 +22,19 @@ use crate::modules;
 /// The blob-URI scheme workers read (see `sluice_worker::fleet`).
 const BLOB_URI_PREFIX: &str = "blob:";
 
+/// Reads a module file and validates it; returns its wasm, hash and the entry point it
+/// offers.
+fn read_module(path: &Path) -> Result<(Vec<u8>, ModuleHash, EntryPoint), BatchError> {
+    let bytes = std::fs::read(path).map_err(|source| BatchError::Module {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (wasm, _) = modules::prepare(&bytes)?;
+    let entry = modules::default_entry(&wasm);
+    let hash = ModuleHash::of(&wasm);
+    Ok((wasm, hash, entry))
+}
+
 /// Reads a module file, validates it and stores it; returns its hash and the entry
 /// point it offers.
 pub async fn put_module(
@@ -28,12 +42,7 @@ pub async fn put_module(
     path: &Path,
     alias: Option<&str>,
 ) -> Result<(ModuleHash, EntryPoint), BatchError> {
-    let bytes = std::fs::read(path).map_err(|source| BatchError::Module {
-        path: path.to_owned(),
-        source,
-    })?;
-    let (wasm, _) = modules::prepare(&bytes)?;
-    let entry = modules::default_entry(&wasm);
+    let (wasm, _, entry) = read_module(path)?;
     Ok((queue.put_module(&wasm, alias).await?, entry))
 }
 
@@ -100,11 +109,24 @@ pub async fn write_output(
 }
 
 /// Waits for jobs to finish: follows the completion notices, and, should notices be
-/// missed (Redis restarted without them), looks the results up directly.
+/// missed (Redis restarted without them) or the notice stream be unusable (a key of
+/// another type in its place), looks the results up directly.
 pub struct Follower {
     last_notice: String,
-    outstanding: HashMap<JobId, ()>,
+    /// Ordered, so that direct look-ups can go round all of them in turn.
+    outstanding: BTreeSet<JobId>,
+    /// Where the next direct look-up starts.
+    poll_from: Option<JobId>,
+    /// Why notices are not followed any more (results are polled instead).
+    polling: Option<String>,
+    /// A warning for the caller to show, once.
+    warning: Option<String>,
 }
+
+/// Results looked up directly per quiet round while notices are followed (a backstop
+/// for lost notices), and per round once they are not (the only way then).
+const LOOKUPS_WHILE_FOLLOWING: usize = 1_000;
+const LOOKUPS_WHILE_POLLING: usize = 5_000;
 
 impl Follower {
     /// Starts following from the newest notice now (call before enqueueing).
@@ -112,13 +134,23 @@ impl Follower {
         let last_notice = queue.notices_from_now().await?;
         Ok(Follower {
             last_notice,
-            outstanding: HashMap::new(),
+            outstanding: BTreeSet::new(),
+            poll_from: None,
+            polling: None,
+            warning: None,
         })
     }
 
     /// Adds jobs to wait for.
     pub fn expect(&mut self, ids: impl IntoIterator<Item = JobId>) {
-        self.outstanding.extend(ids.into_iter().map(|id| (id, ())));
+        self.outstanding.extend(ids);
+    }
+
+    /// Stops waiting for jobs (they were lost and cannot be enqueued again).
+    pub fn forget(&mut self, ids: &[JobId]) {
+        for id in ids {
+            self.outstanding.remove(id);
+        }
     }
 
     /// Jobs not finished yet.
@@ -126,28 +158,113 @@ impl Follower {
         self.outstanding.len()
     }
 
+    /// The jobs not finished yet.
+    pub fn outstanding_ids(&self) -> HashSet<JobId> {
+        self.outstanding.iter().copied().collect()
+    }
+
+    /// Something the caller should tell the user about the way results are followed.
+    pub fn take_warning(&mut self) -> Option<String> {
+        self.warning.take()
+    }
+
     /// The next finished jobs (waiting up to `wait`), with their results.
+    ///
+    /// A wrong-typed notice key fails every read alike, so it is told apart from Redis
+    /// being away (which the caller waits out): the follower then polls results, and
+    /// warns once with the key's name.
     pub async fn next(
         &mut self,
         queue: &RedisQueue,
         wait: Duration,
     ) -> Result<Vec<JobResult>, QueueError> {
-        let (last, notices) = queue.completions(&self.last_notice, wait).await?;
-        self.last_notice = last;
-        let mut finished: Vec<JobId> = notices
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| self.outstanding.contains_key(id))
-            .collect();
+        let mut finished = Vec::new();
+        if self.polling.is_none() {
+            match queue.completions(&self.last_notice, wait).await {
+                Ok((last, notices)) => {
+                    self.last_notice = last;
+                    finished = notices
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .filter(|id| self.outstanding.contains(id))
+                        .collect();
+                }
+                Err(error) => {
+                    let key = &queue.keys().done;
+                    let kind = queue.key_type(key).await?;
+                    if kind == "stream" || kind == "none" {
+                        return Err(error);
+                    }
+                    let why = format!(
+                        "key {key} holds a {kind}, not a stream of completion notices \
+                         (corrupted, or written by another application): \
+                         looking results up directly instead"
+                    );
+                    self.warning = Some(why.clone());
+                    self.polling = Some(why);
+                }
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+        }
         if finished.is_empty() && !self.outstanding.is_empty() {
-            // Quiet: check directly, in case notices were lost.
-            finished = self.outstanding.keys().take(1000).copied().collect();
+            // Quiet: look results up directly, in case notices were lost.
+            let budget = if self.polling.is_some() {
+                LOOKUPS_WHILE_POLLING
+            } else {
+                LOOKUPS_WHILE_FOLLOWING
+            };
+            finished = self.next_lookups(budget);
         }
         let results = fetch_results(queue, &finished).await?;
         for result in &results {
             self.outstanding.remove(&result.job_id);
         }
         Ok(results)
+    }
+
+    /// Results of `ids` that are stored now (found by a scan, say).
+    pub async fn collect(
+        &mut self,
+        queue: &RedisQueue,
+        ids: &[JobId],
+    ) -> Result<Vec<JobResult>, QueueError> {
+        let ids: Vec<JobId> = ids
+            .iter()
+            .filter(|id| self.outstanding.contains(id))
+            .copied()
+            .collect();
+        let results = fetch_results(queue, &ids).await?;
+        for result in &results {
+            self.outstanding.remove(&result.job_id);
+        }
+        Ok(results)
+    }
+
+    /// Up to `budget` outstanding ids, going round all of them over successive calls.
+    fn next_lookups(&mut self, budget: usize) -> Vec<JobId> {
+        let after = self.poll_from.take();
+        let mut ids: Vec<JobId> = match after {
+            Some(after) => self
+                .outstanding
+                .range((Bound::Excluded(after), Bound::Unbounded))
+                .take(budget)
+                .copied()
+                .collect(),
+            None => Vec::new(),
+        };
+        if ids.len() < budget {
+            let wrap = budget - ids.len();
+            ids.extend(
+                self.outstanding
+                    .iter()
+                    .take_while(|id| after.is_none_or(|after| **id <= after))
+                    .take(wrap)
+                    .copied(),
+            );
+        }
+        self.poll_from = ids.last().copied();
+        ids
     }
 }
 
@@ -176,41 +293,238 @@ pub async fn fetch_results(
     Ok(out)
 }
 
+/// Tells the user something while a batch runs: above the progress bar when it is
+/// drawn, else on stderr (the progress bar's own lines are dropped when it is hidden).
+fn say(progress: &ProgressBar, line: &str) {
+    if progress.is_hidden() {
+        eprintln!("sluice: {line}");
+    } else {
+        progress.println(line);
+    }
+}
+
+/// When the next check for lost jobs is due: after `stall_after` without a result,
+/// then at doubling intervals (up to a minute) while nothing arrives, so that a batch
+/// of long jobs costs a scan now and then, not one per second.
+struct StallWatch {
+    first: Duration,
+    every: Duration,
+    since: Instant,
+}
+
+impl StallWatch {
+    fn new(first: Duration) -> Self {
+        StallWatch {
+            first,
+            every: first,
+            since: Instant::now(),
+        }
+    }
+
+    fn progress(&mut self) {
+        self.every = self.first;
+        self.since = Instant::now();
+    }
+
+    fn due(&self) -> bool {
+        self.since.elapsed() >= self.every
+    }
+
+    fn checked(&mut self, redid: bool) {
+        self.since = Instant::now();
+        self.every = if redid {
+            self.first
+        } else {
+            (self.every * 2).min(Duration::from_secs(60))
+        };
+    }
+}
+
+/// The most lost inputs named one per line; the rest are counted.
+const LOST_LINES: usize = 100;
+
+/// What a batch submitter holds, to enqueue again any job Redis lost.
+struct Resubmitter<'a> {
+    options: &'a BatchOptions,
+    wasm: Vec<u8>,
+    module: ModuleHash,
+    entry: EntryPoint,
+    /// Job id → (input name, path).
+    inputs: HashMap<JobId, (String, PathBuf)>,
+    redone: usize,
+    lost: Vec<(String, String)>,
+}
+
+impl Resubmitter<'_> {
+    /// Enqueues `vanished` again under their own ids, after storing the module again
+    /// if it is gone too; inputs are read from disk again (and blobs uploaded again).
+    /// Returns the ids that could not be enqueued (their inputs are unreadable now).
+    async fn redo(
+        &mut self,
+        queue: &RedisQueue,
+        vanished: &[JobId],
+        progress: &ProgressBar,
+    ) -> Result<Vec<JobId>, BatchError> {
+        if !queue.module_stored(&self.module).await? {
+            queue.put_module(&self.wasm, None).await?;
+            say(
+                progress,
+                &format!("module {} was lost by Redis: stored it again", self.module),
+            );
+        }
+        let mut jobs = Vec::new();
+        let mut unreadable = Vec::new();
+        for id in vanished {
+            let Some((name, path)) = self.inputs.get(id) else {
+                continue;
+            };
+            let input = match std::fs::metadata(path) {
+                Ok(meta) => upload_input(queue, path, meta.len()).await,
+                Err(source) => Err(BatchError::Inputs {
+                    path: path.clone(),
+                    source,
+                }),
+            };
+            match input {
+                Ok(input) => {
+                    let mut job = self.options.job(self.module, input, &self.entry, name);
+                    job.id = *id;
+                    jobs.push(job);
+                }
+                Err(BatchError::Inputs { source, .. }) => {
+                    if self.lost.len() < LOST_LINES {
+                        say(
+                            progress,
+                            &format!(
+                                "lost {name}: Redis lost the job and the input cannot be read again ({source})"
+                            ),
+                        );
+                    }
+                    self.lost.push((name.clone(), source.to_string()));
+                    unreadable.push(*id);
+                }
+                Err(e) => return Err(e),
+            }
+            if jobs.len() == 1_000 {
+                queue.enqueue(&jobs).await?;
+                self.redone += jobs.len();
+                jobs.clear();
+            }
+        }
+        queue.enqueue(&jobs).await?;
+        self.redone += jobs.len();
+        Ok(unreadable)
+    }
+}
+
+/// One line on what a stalled batch is waiting for.
+fn waiting_line(
+    queue: &RedisQueue,
+    outstanding: usize,
+    at: &Whereabouts,
+    workers: usize,
+) -> String {
+    let name = &queue.config().queue;
+    let mut line = format!(
+        "waiting for {outstanding} jobs: {} queued, {} running, {} delayed, {} finished; \
+         {workers} workers on queue {name}",
+        at.queued,
+        at.running,
+        at.delayed,
+        at.finished.len()
+    );
+    if !at.vanished.is_empty() {
+        line += &format!(
+            "; {} lost by Redis, enqueueing them again",
+            at.vanished.len()
+        );
+    }
+    if workers == 0 && at.queued + at.delayed + at.vanished.len() > 0 {
+        line += &format!(" (start one: sluice-worker serve --queue {name})");
+    }
+    line
+}
+
 /// `sluice batch --redis`: the same outputs and `report.jsonl` as embedded mode, the
 /// jobs run by whatever workers serve the queue.
+///
+/// The submitter holds every input, so no job is lost to Redis losing data: when no
+/// result has arrived for a while it looks for its jobs (queued, running, delayed,
+/// finished) and enqueues those found nowhere again under the same id. A job that
+/// had in fact finished only turns into a duplicate, which results stored once make
+/// harmless. Inputs that cannot be read again are listed, and the batch fails.
 pub async fn run_batch(
     queue: Arc<RedisQueue>,
     options: BatchOptions,
 ) -> Result<BatchSummary, BatchError> {
     let started = Instant::now();
     let inputs = options.prepare_dirs()?;
-    let (module, module_entry) = put_module(&queue, &options.module, None).await?;
+    let (wasm, module, module_entry) = read_module(&options.module)?;
+    queue.put_module(&wasm, None).await?;
     let mut options = options;
     options.limits = clamp_to_policy(&queue, &options.tenant.0, &options.limits).await?;
     let entry = options.entry.clone().unwrap_or(module_entry);
-
-    let mut follower = Follower::start(&queue).await?;
-    let mut labels = HashMap::new();
-    let mut jobs = Vec::with_capacity(inputs.len());
-    for (name, path, len) in &inputs {
-        let job = options.job(
-            module,
-            upload_input(&queue, path, *len).await?,
-            &entry,
-            name,
-        );
-        labels.insert(job.id, name.clone());
-        jobs.push(job);
-    }
-    follower.expect(jobs.iter().map(|j| j.id));
-    queue.enqueue(&jobs).await?;
-    drop(jobs);
-
     let progress = if options.progress {
         progress_bar(inputs.len() as u64)
     } else {
         ProgressBar::hidden()
     };
+
+    let mut follower = Follower::start(&queue).await?;
+    let mut labels = HashMap::with_capacity(inputs.len());
+    let mut resubmitter = Resubmitter {
+        options: &options,
+        wasm,
+        module,
+        entry: entry.clone(),
+        inputs: HashMap::with_capacity(inputs.len()),
+        redone: 0,
+        lost: Vec::new(),
+    };
+    // Enqueued a chunk at a time, so inline inputs are never all in memory at once.
+    let mut enqueue_failed = None;
+    for chunk in inputs.chunks(1_000) {
+        let mut jobs = Vec::with_capacity(chunk.len());
+        for (name, path, len) in chunk {
+            let job = options.job(
+                module,
+                upload_input(&queue, path, *len).await?,
+                &entry,
+                name,
+            );
+            labels.insert(job.id, name.clone());
+            resubmitter
+                .inputs
+                .insert(job.id, (name.clone(), path.clone()));
+            jobs.push(job);
+        }
+        follower.expect(jobs.iter().map(|j| j.id));
+        if enqueue_failed.is_none()
+            && let Err(e) = queue.enqueue(&jobs).await
+        {
+            // Redis went away: the jobs not enqueued are found missing when results
+            // stop arriving, and enqueued then.
+            enqueue_failed = Some(e);
+        }
+    }
+    // Redis may have lost the module while the jobs went in (a restart mid-enqueue):
+    // workers would fail every job that names it as not stored.
+    if enqueue_failed.is_none() && !queue.module_stored(&module).await? {
+        queue.put_module(&resubmitter.wasm, None).await?;
+        say(
+            &progress,
+            &format!("module {module} was lost by Redis: stored it again"),
+        );
+    }
+    if let Some(e) = enqueue_failed {
+        say(
+            &progress,
+            &format!(
+                "enqueueing was interrupted ({e}); the jobs not enqueued will be once Redis is back"
+            ),
+        );
+    }
+
     let report_path = options.out_dir.join(REPORT_FILE);
     let report_io = |source| BatchError::Output {
         path: report_path.clone(),
@@ -220,23 +534,62 @@ pub async fn run_batch(
         std::io::BufWriter::new(std::fs::File::create(&report_path).map_err(report_io)?);
     let mut by_kind: BTreeMap<OutcomeKind, usize> = BTreeMap::new();
     let mut backoff = Duration::from_millis(100);
+    let mut stall = StallWatch::new(options.stall_after);
     while follower.outstanding() > 0 {
-        let finished = match follower.next(&queue, Duration::from_secs(1)).await {
+        let mut finished = match follower.next(&queue, Duration::from_secs(1)).await {
             Ok(finished) => {
                 backoff = Duration::from_millis(100);
                 finished
             }
             Err(QueueError::Unavailable(reason)) => {
-                // Redis is restarting or unreachable: the jobs are safe there; wait.
-                progress.println(format!(
-                    "redis unavailable ({reason}); retrying in {backoff:?}"
-                ));
+                // Redis is restarting or unreachable: wait; whatever it lost is
+                // enqueued again once it is back.
+                say(
+                    &progress,
+                    &format!("redis unavailable ({reason}); retrying in {backoff:?}"),
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(warning) = follower.take_warning() {
+            say(&progress, &warning);
+        }
+        if !finished.is_empty() {
+            stall.progress();
+        } else if stall.due() {
+            let outstanding = follower.outstanding_ids();
+            let at = match queue.locate(&outstanding, Some(&options.tenant.0)).await {
+                Ok(at) => at,
+                Err(QueueError::Unavailable(_)) => {
+                    stall.checked(false);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let workers = queue
+                .live_workers(Duration::from_secs(10))
+                .await
+                .unwrap_or(0);
+            say(
+                &progress,
+                &waiting_line(&queue, outstanding.len(), &at, workers),
+            );
+            finished = follower.collect(&queue, &at.finished).await?;
+            if !at.vanished.is_empty() {
+                let unreadable = resubmitter.redo(&queue, &at.vanished, &progress).await?;
+                follower.forget(&unreadable);
+                progress.set_length(
+                    progress
+                        .length()
+                        .unwrap_or(0)
+                        .saturating_sub(unreadable.len() as u64),
+                );
+            }
+            stall.checked(!at.vanished.is_empty());
+        }
         for result in finished {
             let label = labels.get(&result.job_id).cloned().unwrap_or_default();
             if result.outcome.is_success() {
@@ -250,7 +603,7 @@ pub async fn run_batch(
                         })?;
                 write_output(&queue, &result, tokio::io::BufWriter::new(file)).await?;
             } else {
-                progress.println(format!("{label}: {}", result.outcome));
+                say(&progress, &format!("{label}: {}", result.outcome));
             }
             serde_json::to_writer(&mut report, &ReportLine::new(label, &result))
                 .map_err(std::io::Error::from)
@@ -262,6 +615,21 @@ pub async fn run_batch(
     }
     progress.finish_and_clear();
     report.flush().map_err(report_io)?;
+    if resubmitter.redone > 0 {
+        say(
+            &progress,
+            &format!(
+                "{} jobs lost by Redis were enqueued again",
+                resubmitter.redone
+            ),
+        );
+    }
+    if !resubmitter.lost.is_empty() {
+        return Err(BatchError::Lost {
+            report: report_path,
+            lost: resubmitter.lost,
+        });
+    }
     Ok(BatchSummary {
         total: inputs.len(),
         by_kind,

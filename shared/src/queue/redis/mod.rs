@@ -24,12 +24,14 @@ use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
 
 mod blob;
+mod locate;
 mod outcomes;
 mod records;
 mod tenants;
 mod validate;
 
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
+pub use locate::Whereabouts;
 pub use outcomes::BatchCounts;
 pub use records::{Cancelled, JobRecord};
 pub use validate::{RedisConfigError, validate_queue_name};
@@ -417,7 +419,7 @@ impl RedisQueue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let reply: Value = self
+        let reply: Result<Value, RedisError> = self
             .scripts
             .takeover
             .key(&self.keys.jobs)
@@ -427,8 +429,18 @@ impl RedisQueue {
             .arg(&cursor)
             .arg(max)
             .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.group_error(e))?;
+            .await;
+        let reply = match reply {
+            // Redis lost the group (with the stream): recreate it here, or once claims
+            // back off past the maintenance interval every claim fails on this step
+            // and never reaches the read that would recreate it. (An error raised by
+            // `redis.call` inside the script keeps its NOGROUP prefix on Redis 7.)
+            Err(e) if is_nogroup(&e) => {
+                self.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            other => other.map_err(|e| self.group_error(e))?,
+        };
         let Value::Array(parts) = reply else {
             return Err(protocol("takeover reply is not an array"));
         };
@@ -509,7 +521,7 @@ impl RedisQueue {
     }
 
     fn group_error(&self, e: RedisError) -> QueueError {
-        if e.code() == Some("NOGROUP") {
+        if is_nogroup(&e) {
             QueueError::Unavailable(format!(
                 "consumer group missing on {} (Redis lost its data?): {e}",
                 self.keys.jobs
@@ -548,7 +560,7 @@ impl RedisQueue {
         }
         let reply = match reply {
             Ok(reply) => reply,
-            Err(e) if e.code() == Some("NOGROUP") => {
+            Err(e) if is_nogroup(&e) => {
                 // Redis restarted without our data: recreate the group and carry on.
                 self.ensure_group().await?;
                 return Ok(Vec::new());
@@ -1284,4 +1296,10 @@ impl Queue for RedisQueue {
             dead,
         })
     }
+}
+
+/// Whether Redis says the consumer group (or its stream) is gone, whether the command
+/// ran alone or inside a script.
+fn is_nogroup(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }

@@ -1,0 +1,285 @@
+//! Where jobs are: queued, running, delayed, finished, or nowhere. A submitter that
+//! still holds its inputs asks this when its jobs stop finishing, to tell jobs that are
+//! merely slow from jobs Redis lost (a restart without persistence, the last second of
+//! an `everysec` AOF, a failover to a replica that lacked the last writes), which it
+//! then enqueues again under the same id.
+//!
+//! The scan reads each place in pages (`locate_stream.lua`, `locate_delayed.lua`) and
+//! brings back only the first bytes of each envelope, the job id, so looking through a
+//! deep queue costs the server a few milliseconds per ten thousand entries and the wire
+//! a few dozen bytes per entry, whatever the inputs weigh.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use super::{GROUP, RedisQueue, bytes_of, flat_pairs, unavailable};
+use crate::codec::FORMAT_VERSION;
+use crate::job::{JobId, ModuleHash};
+use crate::queue::QueueError;
+
+static LOCATE_STREAM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/locate_stream.lua")));
+static LOCATE_DELAYED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/locate_delayed.lua")));
+
+/// Leading bytes of an envelope that hold the job id: the format version, postcard's
+/// length prefix of the UUID's bytes (one byte: 16), and the 16 bytes. The id is the
+/// first field of [`crate::Job`]; `the_id_prefix_decodes` below keeps that true.
+const ID_PREFIX: usize = 18;
+
+/// Entries (or members) looked at per script call: each call blocks the server only
+/// briefly, however deep the queue.
+const PAGE: usize = 2_000;
+
+/// The job id at the start of an envelope, if it has one.
+fn job_id_of(prefix: &[u8]) -> Option<JobId> {
+    let (&version, body) = prefix.split_first()?;
+    if version != FORMAT_VERSION {
+        return None;
+    }
+    postcard::take_from_bytes::<JobId>(body)
+        .ok()
+        .map(|(id, _)| id)
+}
+
+/// Where each of a set of jobs was found. A job seen in two places (a duplicate
+/// enqueue) is counted once, in the place furthest along.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Whereabouts {
+    /// Waiting in the job stream (or its tenant's backlog), not claimed.
+    pub queued: usize,
+    /// Claimed by a worker (pending in the consumer group).
+    pub running: usize,
+    /// Waiting in the delayed set for a retry or a due time.
+    pub delayed: usize,
+    /// With a stored result (the submitter has not read it yet).
+    pub finished: Vec<JobId>,
+    /// Nowhere: Redis lost them (or something deleted them).
+    pub vanished: Vec<JobId>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    Delayed,
+    Queued,
+    Running,
+}
+
+fn wrong_type(key: &str, kind: &str, expected: &str) -> QueueError {
+    QueueError::Protocol(format!(
+        "key {key} holds a {kind}, not a {expected} (corrupted, or written by another application)"
+    ))
+}
+
+fn text(v: &Value) -> String {
+    bytes_of(v)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+impl RedisQueue {
+    /// Finds where each job of `ids` is. `tenant`'s backlog is searched too (jobs
+    /// submitted through the service wait there before admission).
+    ///
+    /// The places are read one after the other, in the order jobs move between them
+    /// reversed (backlog, delayed set, job stream, delayed set again, results), so a
+    /// job moving while the scan runs is seen where it arrives; a job reported as
+    /// vanished that was in fact moving is only enqueued twice, which results stored
+    /// once (SET NX) make harmless.
+    pub async fn locate(
+        &self,
+        ids: &HashSet<JobId>,
+        tenant: Option<&str>,
+    ) -> Result<Whereabouts, QueueError> {
+        let mut seen: HashMap<JobId, Place> = HashMap::new();
+        let mut note = |id: JobId, place: Place| {
+            if ids.contains(&id) {
+                let at = seen.entry(id).or_insert(place);
+                *at = (*at).max(place);
+            }
+        };
+        if let Some(tenant) = tenant {
+            let backlog = format!("{}backlog:{tenant}", self.keys.prefix);
+            self.scan_stream(&backlog, "", &mut note).await?;
+        }
+        self.scan_delayed(&mut note).await?;
+        let jobs = self.keys.jobs.clone();
+        self.scan_stream(&jobs, GROUP, &mut note).await?;
+        self.scan_delayed(&mut note).await?;
+
+        let mut whereabouts = Whereabouts::default();
+        for place in seen.values() {
+            match place {
+                Place::Queued => whereabouts.queued += 1,
+                Place::Running => whereabouts.running += 1,
+                Place::Delayed => whereabouts.delayed += 1,
+            }
+        }
+        let unseen: Vec<JobId> = ids
+            .iter()
+            .filter(|id| !seen.contains_key(id))
+            .copied()
+            .collect();
+        for chunk in unseen.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("EXISTS").arg(self.keys.result(*id));
+            }
+            let exists: Vec<i64> = pipe
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            for (id, exists) in chunk.iter().zip(exists) {
+                if exists == 1 {
+                    whereabouts.finished.push(*id);
+                } else {
+                    whereabouts.vanished.push(*id);
+                }
+            }
+        }
+        whereabouts.vanished.sort();
+        Ok(whereabouts)
+    }
+
+    async fn scan_stream(
+        &self,
+        stream: &str,
+        group: &str,
+        note: &mut impl FnMut(JobId, Place),
+    ) -> Result<(), QueueError> {
+        let mut start = "-".to_owned();
+        loop {
+            let reply: Vec<Value> = LOCATE_STREAM
+                .key(stream)
+                .arg(group)
+                .arg(&start)
+                .arg(PAGE)
+                .arg(ID_PREFIX)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            let status = reply.first().map(text).unwrap_or_default();
+            if status == "wrongtype" {
+                let kind = reply.get(1).map(text).unwrap_or_default();
+                return Err(wrong_type(stream, &kind, "stream"));
+            }
+            let last = reply.get(1).map(text).unwrap_or_default();
+            for pair in reply.get(2..).unwrap_or_default().chunks(2) {
+                if let [prefix, pending] = pair
+                    && let Some(id) = bytes_of(prefix).as_deref().and_then(job_id_of)
+                {
+                    let running = matches!(pending, Value::Int(1));
+                    note(
+                        id,
+                        if running {
+                            Place::Running
+                        } else {
+                            Place::Queued
+                        },
+                    );
+                }
+            }
+            if last.is_empty() {
+                return Ok(());
+            }
+            start = format!("({last}");
+        }
+    }
+
+    async fn scan_delayed(&self, note: &mut impl FnMut(JobId, Place)) -> Result<(), QueueError> {
+        let mut start = 0usize;
+        loop {
+            let reply: Vec<Value> = LOCATE_DELAYED
+                .key(&self.keys.delayed)
+                .arg(start)
+                .arg(PAGE)
+                .arg(ID_PREFIX)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            let status = reply.first().map(text).unwrap_or_default();
+            if status == "wrongtype" {
+                let kind = reply.get(1).map(text).unwrap_or_default();
+                return Err(wrong_type(&self.keys.delayed, &kind, "sorted set"));
+            }
+            for prefix in reply.get(2..).unwrap_or_default() {
+                if let Some(id) = bytes_of(prefix).as_deref().and_then(job_id_of) {
+                    note(id, Place::Delayed);
+                }
+            }
+            if !matches!(reply.get(1), Some(Value::Int(1))) {
+                return Ok(());
+            }
+            start += PAGE;
+        }
+    }
+
+    /// Consumers of the queue's group that claimed (or tried to) within `within`: the
+    /// workers serving the queue now. None when the group is missing.
+    pub async fn live_workers(&self, within: Duration) -> Result<usize, QueueError> {
+        let reply: Result<Value, redis::RedisError> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .query_async(&mut self.connection())
+            .await;
+        let consumers = match reply {
+            Ok(Value::Array(consumers)) => consumers,
+            Ok(_) => return Ok(0),
+            // NOGROUP, or no stream at all: nobody has claimed since Redis lost it.
+            Err(e) if e.code().is_some() => return Ok(0),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        Ok(consumers
+            .iter()
+            .map(flat_pairs)
+            .filter(|c| {
+                c.get("idle")
+                    .and_then(|idle| idle.parse::<u64>().ok())
+                    .is_some_and(|idle| idle <= within)
+            })
+            .count())
+    }
+
+    /// The type of `key` as Redis names it (`none` when it does not exist).
+    pub async fn key_type(&self, key: &str) -> Result<String, QueueError> {
+        redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Whether the module is stored (a worker fetching it now would find it).
+    pub async fn module_stored(&self, hash: &ModuleHash) -> Result<bool, QueueError> {
+        redis::cmd("EXISTS")
+            .arg(self.keys.module(hash))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::job::{Job, JobInput};
+
+    #[test]
+    fn the_id_prefix_decodes() {
+        let mut job = Job::new(ModuleHash::of(b"m"), JobInput::Inline(vec![7; 1000]));
+        job.label = "x".repeat(300);
+        let bytes = codec::encode(&job);
+        assert_eq!(job_id_of(&bytes[..ID_PREFIX]), Some(job.id));
+        assert_eq!(job_id_of(&bytes[..ID_PREFIX - 1]), None);
+        assert_eq!(job_id_of(b""), None);
+        let mut foreign = bytes.clone();
+        foreign[0] = FORMAT_VERSION + 1;
+        assert_eq!(job_id_of(&foreign[..ID_PREFIX]), None);
+    }
+}
