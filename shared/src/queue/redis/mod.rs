@@ -23,10 +23,12 @@ use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
 
+mod admission;
 mod blob;
 mod records;
 mod tenants;
 
+pub use admission::{AdmissionError, Hold, envelope_job_id};
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
 pub use records::{Cancelled, JobRecord};
 
