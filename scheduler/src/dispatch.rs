@@ -84,7 +84,10 @@ impl Health {
 
     fn failed(&self, error: String) {
         let mut state = self.lock();
-        let since = state.failing.as_ref().map_or_else(Instant::now, |(at, _)| *at);
+        let since = state
+            .failing
+            .as_ref()
+            .map_or_else(Instant::now, |(at, _)| *at);
         state.failing = Some((since, error));
     }
 
@@ -388,10 +391,7 @@ impl Dispatcher {
             }
             // Places planned but not filled (the backlog ran out) give their tokens back.
             if moved < planned
-                && let Some(bucket) = self
-                    .tenants
-                    .get_mut(tenant)
-                    .and_then(|s| s.bucket.as_mut())
+                && let Some(bucket) = self.tenants.get_mut(tenant).and_then(|s| s.bucket.as_mut())
             {
                 bucket.tokens += (planned - moved) as f64;
             }

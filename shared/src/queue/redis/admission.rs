@@ -42,7 +42,9 @@ pub enum AdmissionError {
         expected: &'static str,
     },
     /// A tenant's stored policy does not parse.
-    #[error("policy of tenant {tenant:?} (field of sluice:{{tenants}}:policies) is invalid: {reason}")]
+    #[error(
+        "policy of tenant {tenant:?} (field of sluice:{{tenants}}:policies) is invalid: {reason}"
+    )]
     BadPolicy { tenant: String, reason: String },
     /// Another process holds the dispatcher role now; nothing was admitted.
     #[error("this process no longer holds the dispatcher role")]
@@ -136,7 +138,11 @@ impl RedisQueue {
             Some(Value::Int(code)) => *code,
             other => return Err(QueueError::Protocol(format!("hold.lua answered {other:?}"))),
         };
-        let said = reply.get(1).and_then(text).map(|s| excerpt(&s)).unwrap_or_default();
+        let said = reply
+            .get(1)
+            .and_then(text)
+            .map(|s| excerpt(&s))
+            .unwrap_or_default();
         Ok(match code {
             1 => Hold::Held,
             0 => Hold::Other { holder: said },
@@ -259,7 +265,9 @@ impl RedisQueue {
         }
         let mut pipe = redis::pipe();
         for &i in &ask {
-            pipe.cmd("HGET").arg(self.job_record_key(ids[i])).arg("state");
+            pipe.cmd("HGET")
+                .arg(self.job_record_key(ids[i]))
+                .arg("state");
         }
         let states: Vec<Option<String>> = pipe
             .query_async(&mut self.connection())
