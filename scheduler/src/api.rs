@@ -34,6 +34,7 @@ pub struct Api {
     queue: Arc<RedisQueue>,
     admin_token_sha256: Option<[u8; 32]>,
     submitted: Arc<tokio::sync::Notify>,
+    dispatcher: Option<Arc<crate::dispatch::Health>>,
 }
 
 impl Api {
@@ -48,7 +49,14 @@ impl Api {
             queue,
             admin_token_sha256: admin_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             submitted,
+            dispatcher: None,
         }
+    }
+
+    /// Makes `/readyz` answer 503 while this dispatcher is stuck or failing.
+    pub fn with_dispatcher_health(mut self, health: Arc<crate::dispatch::Health>) -> Self {
+        self.dispatcher = Some(health);
+        self
     }
 }
 
@@ -662,6 +670,9 @@ async fn admin_set_policy(
 }
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    if let Some(Err(reason)) = api.dispatcher.as_ref().map(|h| h.check()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+    }
     match api.queue.stats().await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),

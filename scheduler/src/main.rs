@@ -57,9 +57,12 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
-    /// Most unclaimed jobs the dispatcher keeps on the shared stream; the rest wait in
-    /// their tenants' backlogs, admitted round-robin. About the fleet's total job slots.
-    #[arg(long, env = "SLUICE_DISPATCH_WINDOW", default_value_t = 32)]
+    /// Most unclaimed jobs the dispatcher keeps on the shared stream (at least 1); the
+    /// rest wait in their tenants' backlogs. Workers claim only into free slots, so this
+    /// is how many jobs a newly arriving tenant may wait behind: keep it small, raise it
+    /// only for a large fleet of very short jobs (docs/admission.md).
+    #[arg(long, env = "SLUICE_DISPATCH_WINDOW", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
     dispatch_window: u64,
     /// A token that may manage tenants over HTTP (/v1/admin); none if unset.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
@@ -522,13 +525,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let queue = Arc::new(args.redis.connect().await?);
     let submitted = Arc::new(tokio::sync::Notify::new());
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let health = sluice_scheduler::dispatch::Health::new();
     let dispatcher = tokio::spawn(sluice_scheduler::dispatch::run(
         queue.clone(),
         args.dispatch_window,
         submitted.clone(),
+        health.clone(),
         shutdown.clone(),
     ));
-    let api = Arc::new(Api::new(queue, args.admin_token.as_deref(), submitted));
+    let api = Arc::new(
+        Api::new(queue, args.admin_token.as_deref(), submitted).with_dispatcher_health(health),
+    );
     let app = router(api, sluice_scheduler::api_metrics::ApiMetrics::new());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -23,6 +23,7 @@ use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
 
+mod admission;
 mod blob;
 mod locate;
 mod outcomes;
@@ -30,6 +31,7 @@ mod records;
 mod tenants;
 mod validate;
 
+pub use admission::{AdmissionError, Hold, envelope_job_id};
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
 pub use locate::Whereabouts;
 pub use outcomes::BatchCounts;

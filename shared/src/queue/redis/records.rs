@@ -5,10 +5,9 @@
 //! `limits`), `sluice:{q}:batch:<id>` (hash: `tenant`, `total`) and
 //! `sluice:{q}:batch:<id>:jobs` (list of job ids); all expire with the result TTL.
 //!
-//! Fair admission: jobs submitted through the service wait in their tenant's backlog
-//! stream (`sluice:{q}:backlog:<tenant>`, listed in the set `sluice:{q}:backlogs`)
-//! until the dispatcher moves them onto the shared job stream, round-robin across
-//! tenants (`dispatch.lua`).
+//! Jobs submitted through the service wait in their tenant's backlog stream
+//! (`sluice:{q}:backlog:<tenant>`, listed in the set `sluice:{q}:backlogs`) until the
+//! dispatcher admits them onto the shared job stream (`admission.rs`).
 
 use std::collections::HashMap;
 
@@ -17,7 +16,7 @@ use redis::Script;
 use super::{GROUP, RedisQueue, checked_script, millis, on_key, unavailable};
 use crate::codec;
 use crate::job::{Job, JobId};
-use crate::queue::{Queue, QueueError};
+use crate::queue::QueueError;
 
 /// What the record of a job says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,11 +51,11 @@ impl RedisQueue {
         format!("{}batch:{id}", self.keys.prefix)
     }
 
-    fn backlog_key(&self, tenant: &str) -> String {
+    pub(super) fn backlog_key(&self, tenant: &str) -> String {
         format!("{}backlog:{tenant}", self.keys.prefix)
     }
 
-    fn backlogs_key(&self) -> String {
+    pub(super) fn backlogs_key(&self) -> String {
         format!("{}backlogs", self.keys.prefix)
     }
 
@@ -159,82 +158,6 @@ impl RedisQueue {
             "running" => Cancelled::Running,
             _ => Cancelled::Gone,
         })
-    }
-
-    /// Tenants with jobs waiting in their backlogs.
-    pub async fn backlogged_tenants(&self) -> Result<Vec<String>, QueueError> {
-        let mut tenants: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.backlogs_key())
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        tenants.sort();
-        Ok(tenants)
-    }
-
-    /// Moves up to `max` of `tenant`'s oldest backlog jobs onto the job stream; returns
-    /// their ids.
-    pub async fn dispatch(&self, tenant: &str, max: usize) -> Result<Vec<JobId>, QueueError> {
-        let script = Script::new(include_str!("scripts/dispatch.lua"));
-        let moved: Vec<String> = script
-            .key(&self.keys.jobs)
-            .key(self.backlog_key(tenant))
-            .key(self.backlogs_key())
-            .arg(tenant)
-            .arg(format!("{}job:", self.keys.prefix))
-            .arg(max)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        Ok(moved.iter().filter_map(|id| id.parse().ok()).collect())
-    }
-
-    /// For each job, whether it is settled: finished (a result is stored), cancelled, or
-    /// its record is gone.
-    pub async fn settled(&self, ids: &[JobId]) -> Result<Vec<bool>, QueueError> {
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("EXISTS").arg(self.keys.result_key(*id));
-            pipe.cmd("HGET").arg(self.job_record_key(*id)).arg("state");
-            pipe.cmd("EXISTS").arg(self.job_record_key(*id));
-        }
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        Ok(replies
-            .chunks(3)
-            .map(|r| {
-                let has_result = matches!(r[0], redis::Value::Int(1));
-                let cancelled = matches!(&r[1], redis::Value::BulkString(s) if s == b"cancelled");
-                let record_gone = matches!(r[2], redis::Value::Int(0));
-                has_result || cancelled || record_gone
-            })
-            .collect())
-    }
-
-    /// Jobs on the shared stream that no worker has claimed yet.
-    pub async fn ready_depth(&self) -> Result<u64, QueueError> {
-        Ok(self.stats().await?.ready)
-    }
-
-    /// Takes the dispatcher role for `hold` if no one else holds it (or renews it for
-    /// `holder`); whether `holder` has it now.
-    pub async fn hold_dispatcher(
-        &self,
-        holder: &str,
-        hold: std::time::Duration,
-    ) -> Result<bool, QueueError> {
-        let key = format!("{}dispatcher", self.keys.prefix);
-        let script = Script::new(include_str!("scripts/hold.lua"));
-        let held: i64 = script
-            .key(key)
-            .arg(holder)
-            .arg(millis(hold))
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
-        Ok(held == 1)
     }
 
     /// A batch's tenant and job ids, if it exists.

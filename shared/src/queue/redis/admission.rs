@@ -1,0 +1,501 @@
+//! Admission: the Redis side of the dispatcher in `sluice serve` (see `docs/admission.md`).
+//!
+//! Jobs submitted through the service wait in their tenant's backlog stream
+//! (`sluice:{q}:backlog:<tenant>`, listed in the set `sluice:{q}:backlogs`) until the
+//! dispatcher admits them onto the shared job stream (`dispatch.lua`). Every admitted
+//! job that has not settled is listed in the hash `sluice:{q}:admitted` (job id →
+//! tenant), written in the same script that admits it: that hash, not the dispatcher's
+//! memory, is what a tenant's concurrency is counted from, so a dispatcher that takes
+//! over after a restart or failover counts what its predecessor admitted. A retried
+//! API job leaves the hash when `promote.lua` puts it back in its tenant's backlog;
+//! the dispatcher removes settled jobs (a result, cancelled, or no record any more).
+//!
+//! One process holds the dispatcher role at a time: `sluice:{q}:dispatcher` holds its
+//! name with a TTL (`hold.lua`), and `dispatch.lua` admits only for the holder.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::{RedisError, Script, Value};
+
+use super::{GROUP, RedisQueue, millis, unavailable};
+use crate::codec::FORMAT_VERSION;
+use crate::job::JobId;
+use crate::queue::QueueError;
+use crate::tenant::TenantPolicy;
+
+/// Most stream entries a takeover scans for admitted jobs missing from the admitted
+/// hash (jobs admitted by an older build, or a hash that had to be rebuilt).
+const TAKEOVER_SCAN_LIMIT: usize = 20_000;
+/// Entries read per page of that scan (envelopes may be up to the inline limit each).
+const TAKEOVER_SCAN_PAGE: usize = 200;
+
+/// Why an admission step failed. Each names the key at fault, so an operator can find
+/// corrupt or foreign contents; none carries Redis's own error text to HTTP clients.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// A key holds the wrong type of value (corruption, or another application's key).
+    #[error("key {key} holds a {found}, not a {expected}")]
+    WrongType {
+        key: String,
+        found: String,
+        expected: &'static str,
+    },
+    /// A tenant's stored policy does not parse.
+    #[error(
+        "policy of tenant {tenant:?} (field of sluice:{{tenants}}:policies) is invalid: {reason}"
+    )]
+    BadPolicy { tenant: String, reason: String },
+    /// Another process holds the dispatcher role now; nothing was admitted.
+    #[error("this process no longer holds the dispatcher role")]
+    NotHolder,
+    /// Redis is unreachable or failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What [`RedisQueue::hold_dispatcher`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// The caller holds the role (taken or renewed).
+    Held,
+    /// Another process holds it, with a proper expiry.
+    Other { holder: String },
+    /// The role's key was not a live hold (no expiry, an expiry longer than a hold, or
+    /// not a string): it was given one hold's expiry, so the role is free again within
+    /// one hold unless a live holder renews it. `found` says what was there.
+    Repaired { found: String },
+}
+
+/// The job id at the head of an envelope, without decoding the rest: the format
+/// version byte, then postcard's encoding of the UUID (its length, 16, then its bytes).
+/// `promote.lua` reads the same head.
+pub fn envelope_job_id(envelope: &[u8]) -> Option<JobId> {
+    match envelope {
+        [version, 16, id @ ..] if *version == FORMAT_VERSION && id.len() >= 16 => {
+            uuid::Uuid::from_slice(&id[..16]).ok().map(JobId)
+        }
+        _ => None,
+    }
+}
+
+fn wrong_type<'a>(
+    key: &'a str,
+    expected: &'static str,
+) -> impl Fn(RedisError) -> AdmissionError + 'a {
+    move |e| {
+        if e.code() == Some("WRONGTYPE") {
+            AdmissionError::WrongType {
+                key: key.to_owned(),
+                found: "value of another type".to_owned(),
+                expected,
+            }
+        } else {
+            AdmissionError::Queue(unavailable(e))
+        }
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Okay => Some("OK".to_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// A short, printable excerpt of text taken from Redis, for logs and errors.
+fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().filter(|c| !c.is_control()).take(128).collect();
+    if s.chars().count() > 128 {
+        out.push('…');
+    }
+    out
+}
+
+impl RedisQueue {
+    fn dispatcher_key(&self) -> String {
+        format!("{}dispatcher", self.keys.prefix)
+    }
+
+    fn admitted_key(&self) -> String {
+        format!("{}admitted", self.keys.prefix)
+    }
+
+    /// Takes the dispatcher role for `hold` if no one holds it, or renews it for
+    /// `holder`; repairs a role key that would never expire (see [`Hold::Repaired`]).
+    pub async fn hold_dispatcher(&self, holder: &str, hold: Duration) -> Result<Hold, QueueError> {
+        let reply: Vec<Value> = Script::new(include_str!("scripts/hold.lua"))
+            .key(self.dispatcher_key())
+            .arg(holder)
+            .arg(millis(hold))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let code = match reply.first() {
+            Some(Value::Int(code)) => *code,
+            other => return Err(QueueError::Protocol(format!("hold.lua answered {other:?}"))),
+        };
+        let said = reply
+            .get(1)
+            .and_then(text)
+            .map(|s| excerpt(&s))
+            .unwrap_or_default();
+        Ok(match code {
+            1 => Hold::Held,
+            0 => Hold::Other { holder: said },
+            _ => Hold::Repaired { found: said },
+        })
+    }
+
+    /// Gives up the dispatcher role if `holder` has it, so a standby takes over at once;
+    /// whether it had it.
+    pub async fn release_dispatcher(&self, holder: &str) -> Result<bool, QueueError> {
+        let released: i64 = Script::new(include_str!("scripts/unhold.lua"))
+            .key(self.dispatcher_key())
+            .arg(holder)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(released == 1)
+    }
+
+    /// Tenants with jobs waiting in their backlogs (in no particular order).
+    pub async fn backlogged_tenants(&self) -> Result<Vec<String>, AdmissionError> {
+        let key = self.backlogs_key();
+        redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(wrong_type(&key, "set"))
+    }
+
+    /// A tenant's policy for admission: the default when the tenant has none stored.
+    pub async fn admission_policy(&self, tenant: &str) -> Result<TenantPolicy, AdmissionError> {
+        match self.policy(tenant).await {
+            Ok(policy) => Ok(policy.unwrap_or_default()),
+            Err(QueueError::Protocol(reason)) => Err(AdmissionError::BadPolicy {
+                tenant: excerpt(tenant),
+                reason: excerpt(&reason),
+            }),
+            Err(QueueError::Unavailable(reason)) if reason.contains("WRONGTYPE") => {
+                Err(AdmissionError::WrongType {
+                    key: "sluice:{tenants}:policies".to_owned(),
+                    found: "value of another type".to_owned(),
+                    expected: "hash",
+                })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Admits up to `max` of `tenant`'s oldest backlog jobs onto the job stream, if
+    /// `holder` holds the dispatcher role; returns their ids.
+    pub async fn dispatch(
+        &self,
+        holder: &str,
+        tenant: &str,
+        max: usize,
+    ) -> Result<Vec<JobId>, AdmissionError> {
+        let reply: Vec<Value> = Script::new(include_str!("scripts/dispatch.lua"))
+            .key(&self.keys.jobs)
+            .key(self.backlog_key(tenant))
+            .key(self.backlogs_key())
+            .key(self.admitted_key())
+            .key(self.dispatcher_key())
+            .arg(tenant)
+            .arg(format!("{}job:", self.keys.prefix))
+            .arg(max)
+            .arg(holder)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let mut reply = reply.iter().filter_map(text);
+        match reply.next().as_deref() {
+            Some("ok") => Ok(reply.filter_map(|id| id.parse().ok()).collect()),
+            Some("notholder") => Err(AdmissionError::NotHolder),
+            Some("corrupt") => {
+                let key = reply.next().unwrap_or_default();
+                let found = reply.next().unwrap_or_default();
+                let expected = if key == self.admitted_key() {
+                    "hash"
+                } else {
+                    "stream"
+                };
+                Err(AdmissionError::WrongType {
+                    key: excerpt(&key),
+                    found,
+                    expected,
+                })
+            }
+            other => Err(QueueError::Protocol(format!("dispatch.lua answered {other:?}")).into()),
+        }
+    }
+
+    /// For each job, whether it is settled: finished (a result is stored), cancelled, or
+    /// its record is gone (expired, or not a record any more).
+    pub async fn settled(&self, ids: &[JobId]) -> Result<Vec<bool>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Types first: a command on a wrong-typed key would fail the whole pipeline.
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("EXISTS").arg(self.keys.result_key(*id));
+            pipe.cmd("TYPE").arg(self.job_record_key(*id));
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let mut settled = Vec::with_capacity(ids.len());
+        let mut ask = Vec::new();
+        for (i, pair) in replies.chunks(2).enumerate() {
+            let has_result = matches!(pair.first(), Some(Value::Int(1)));
+            let record = pair.get(1).and_then(text).unwrap_or_default();
+            settled.push(has_result || record != "hash");
+            if !settled[i] {
+                ask.push(i);
+            }
+        }
+        if ask.is_empty() {
+            return Ok(settled);
+        }
+        let mut pipe = redis::pipe();
+        for &i in &ask {
+            pipe.cmd("HGET")
+                .arg(self.job_record_key(ids[i]))
+                .arg("state");
+        }
+        let states: Vec<Option<String>> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        for (i, state) in ask.into_iter().zip(states) {
+            settled[i] = state.as_deref() == Some("cancelled");
+        }
+        Ok(settled)
+    }
+
+    /// Jobs on the shared stream that no worker has claimed yet. Reads only the stream
+    /// and its group (never the stats hash, whose contents do not matter here).
+    pub async fn ready_depth(&self) -> Result<u64, AdmissionError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(&self.keys.jobs);
+        pipe.cmd("XPENDING").arg(&self.keys.jobs).arg(GROUP);
+        let reply: Result<(u64, Value), RedisError> =
+            pipe.query_async(&mut self.connection()).await;
+        let (len, pending) = match reply {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis lost the group (a restart without persistence): recreate it, as
+                // workers do, so admission does not wait for one of them.
+                self.ensure_group().await?;
+                return Ok(0);
+            }
+            Err(e) => return Err(wrong_type(&self.keys.jobs, "stream")(e)),
+        };
+        let leased = match pending {
+            Value::Array(parts) => match parts.first() {
+                Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok(len.saturating_sub(leased))
+    }
+
+    /// The admitted jobs that have not settled (as far as this hash knows), with their
+    /// tenants. Fields that are not job ids are dropped from the hash.
+    pub async fn admitted(&self) -> Result<HashMap<JobId, String>, AdmissionError> {
+        let key = self.admitted_key();
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(wrong_type(&key, "hash"))?;
+        let mut out = HashMap::with_capacity(all.len());
+        let mut garbage = Vec::new();
+        for (id, tenant) in all {
+            match id.parse() {
+                Ok(id) => {
+                    out.insert(id, tenant);
+                }
+                Err(_) => garbage.push(id),
+            }
+        }
+        if !garbage.is_empty() {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&garbage)
+                .query_async::<()>(&mut self.connection())
+                .await
+                .map_err(wrong_type(&key, "hash"))?;
+        }
+        Ok(out)
+    }
+
+    /// Removes settled jobs from the admitted hash.
+    pub async fn forget_admitted(&self, ids: &[JobId]) -> Result<(), AdmissionError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let key = self.admitted_key();
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        redis::cmd("HDEL")
+            .arg(&key)
+            .arg(ids)
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map_err(wrong_type(&key, "hash"))
+    }
+
+    /// Deletes a wrong-typed admitted hash so it can be rebuilt (it is the dispatcher's
+    /// own index, rebuilt from the job stream and records by [`Self::admitted_on_stream`]).
+    /// Does nothing if the key is a hash.
+    pub async fn reset_corrupt_admitted(&self) -> Result<bool, QueueError> {
+        let key = self.admitted_key();
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        if kind == "hash" || kind == "none" {
+            return Ok(false);
+        }
+        redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(true)
+    }
+
+    /// API jobs on the shared stream (unclaimed or running) that the admitted hash
+    /// does not list, found from the stream's envelopes and the jobs' records, and added
+    /// to the hash; for a dispatcher taking over. Scans at most the stream's first
+    /// 20,000 entries.
+    pub async fn admitted_on_stream(
+        &self,
+        known: &HashMap<JobId, String>,
+    ) -> Result<Vec<(JobId, String)>, AdmissionError> {
+        let mut found = Vec::new();
+        let mut start = "-".to_owned();
+        let mut scanned = 0;
+        while scanned < TAKEOVER_SCAN_LIMIT {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(&self.keys.jobs)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(TAKEOVER_SCAN_PAGE)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(wrong_type(&self.keys.jobs, "stream"))?;
+            let entries = super::parse_entries(&reply)?;
+            let Some((last, _)) = entries.last() else {
+                break;
+            };
+            start = format!("({last}");
+            scanned += entries.len();
+            let page = entries.len();
+            let ids: Vec<JobId> = entries
+                .iter()
+                .filter_map(|(_, fields)| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k == super::ENVELOPE_FIELD)
+                        .and_then(|(_, v)| envelope_job_id(v))
+                })
+                .filter(|id| !known.contains_key(id))
+                .collect();
+            found.extend(self.stream_owners(&ids).await?);
+            if page < TAKEOVER_SCAN_PAGE {
+                break;
+            }
+        }
+        if !found.is_empty() {
+            let key = self.admitted_key();
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&key);
+            for (id, tenant) in &found {
+                cmd.arg(id.to_string()).arg(tenant);
+            }
+            cmd.query_async::<()>(&mut self.connection())
+                .await
+                .map_err(wrong_type(&key, "hash"))?;
+        }
+        Ok(found)
+    }
+
+    /// Of `ids`, those whose record says they are on the shared stream, with tenants.
+    async fn stream_owners(&self, ids: &[JobId]) -> Result<Vec<(JobId, String)>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("TYPE").arg(self.job_record_key(*id));
+        }
+        let kinds: Vec<String> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let records: Vec<JobId> = ids
+            .iter()
+            .zip(kinds)
+            .filter(|(_, kind)| kind == "hash")
+            .map(|(id, _)| *id)
+            .collect();
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &records {
+            pipe.cmd("HMGET")
+                .arg(self.job_record_key(*id))
+                .arg("tenant")
+                .arg("stream")
+                .arg("state");
+        }
+        let fields: Vec<(Option<String>, Option<String>, Option<String>)> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(records
+            .into_iter()
+            .zip(fields)
+            .filter_map(|(id, (tenant, stream, state))| {
+                let tenant = tenant.filter(|t| !t.is_empty())?;
+                (stream.as_deref() == Some(self.keys.jobs.as_str())
+                    && state.as_deref() != Some("cancelled"))
+                .then_some((id, tenant))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::job::{Job, JobInput, ModuleHash};
+
+    #[test]
+    fn the_job_id_is_read_from_the_envelope_head_as_promote_lua_reads_it() {
+        let job = Job::new(ModuleHash::of(b"m"), JobInput::Inline(vec![1, 2, 3]));
+        let envelope = codec::encode(&job);
+        // promote.lua relies on exactly this layout.
+        assert_eq!(envelope[0], FORMAT_VERSION);
+        assert_eq!(envelope[1], 16);
+        assert_eq!(&envelope[2..18], job.id.0.as_bytes());
+        assert_eq!(envelope_job_id(&envelope), Some(job.id));
+        assert_eq!(envelope_job_id(&envelope[..17]), None);
+        assert_eq!(envelope_job_id(b""), None);
+        let mut foreign = envelope.clone();
+        foreign[0] = 9;
+        assert_eq!(envelope_job_id(&foreign), None);
+    }
+}
