@@ -24,10 +24,14 @@ use crate::job::{Job, JobId, ModuleHash};
 use crate::outcome::{JobResult, OutcomeKind};
 
 mod blob;
+mod modules_store;
+mod quotas;
 mod records;
 mod tenants;
 
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
+pub use modules_store::{ModulePut, ModuleRemoved};
+pub use quotas::Reservation;
 pub use records::{Cancelled, JobRecord};
 
 /// The consumer group every worker of a queue joins.
