@@ -897,6 +897,7 @@ async fn post_batch(
         args: request.args,
         env: request.env.into_iter().collect(),
     };
+    check_args_env(&policy, &params.args, &params.env)?;
     // Arguments and environment are copied into every job: they count once per input.
     let per_job = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
     let mut batch_bytes = per_job.saturating_mul(request.inputs.len() as u64);
