@@ -529,7 +529,7 @@ impl Api {
                 Err(ApiError::quota_exceeded(
                     "max_stored_bytes",
                     format!(
-                        "{used} input bytes are stored and {bytes} more would pass the quota of {}",
+                        "{used} bytes are stored for the tenant and {bytes} more would pass the quota of {}",
                         policy.max_stored_bytes
                     ),
                     Some(retry_after),
@@ -711,11 +711,14 @@ async fn post_job(
     }
     let template = api.job_template(&tenant, &policy, &params).await?;
     api.check_backlog(&tenant, &policy, 1).await?;
-    // A declared length is reserved whole before the upload starts; a streamed body
-    // is reserved as it arrives.
+    // The arguments and environment travel in the envelope, and a declared length is
+    // reserved whole before the upload starts; a streamed body is reserved as it
+    // arrives.
+    let envelope = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
     let reserved = declared.unwrap_or(0);
-    if reserved > 0 {
-        api.reserve_stored(&tenant, &policy, reserved).await?;
+    if reserved + envelope > 0 {
+        api.reserve_stored(&tenant, &policy, reserved + envelope)
+            .await?;
     }
     let input = stream_input(&api, &tenant, &policy, reserved, body).await?;
     let job = template(input);
@@ -900,7 +903,8 @@ async fn post_batch(
     check_args_env(&policy, &params.args, &params.env)?;
     // Arguments and environment are copied into every job: they count once per input.
     let per_job = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
-    let mut batch_bytes = per_job.saturating_mul(request.inputs.len() as u64);
+    let per_job_total = per_job.saturating_mul(request.inputs.len() as u64);
+    let mut batch_bytes = per_job_total;
     for input in &request.inputs {
         if input.name.len() > MAX_INPUT_NAME {
             return Err(ApiError::bad_request(format!(
@@ -936,7 +940,8 @@ async fn post_batch(
         input_bytes += data.len() as u64;
         decoded.push((input.name, data));
     }
-    api.reserve_stored(&tenant, &policy, input_bytes).await?;
+    api.reserve_stored(&tenant, &policy, input_bytes.saturating_add(per_job_total))
+        .await?;
     // Inputs over the inline limit become blobs, as a single job's do: envelopes stay
     // small however large a batch's inputs are.
     let inline_limit = api.queue.config().inline_limit;

@@ -45,8 +45,9 @@ pub struct TenantPolicy {
     /// Most bytes one batch request may enqueue: its decoded inputs plus each job's
     /// arguments and environment (they are copied into every job).
     pub max_batch_bytes: u64,
-    /// Most input bytes (inline and blobs) the tenant may have submitted within one
-    /// blob lifetime (a rolling window, 24 h by default).
+    /// Most bytes the tenant's requests may put in Redis within one blob lifetime (a
+    /// rolling window, 24 h by default): inputs (inline and blobs), arguments and
+    /// environment.
     pub max_stored_bytes: u64,
     /// Most modules the tenant may hold at once.
     pub max_modules: u32,
@@ -70,7 +71,7 @@ impl Default for TenantPolicy {
             max_batch_jobs: 10_000,
             max_batch_bytes: 64 << 20,
             max_stored_bytes: 4 << 30,
-            max_modules: 64,
+            max_modules: 16,
             max_backlog_jobs: 10_000,
         }
     }

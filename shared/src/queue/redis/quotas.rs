@@ -1,7 +1,7 @@
 //! Per-tenant quotas that need Redis: stored input bytes over a rolling window, backlog
 //! length, and cleaning up an upload refused part-way.
 //!
-//! Keys: `sluice:{q}:usage:<tenant>` (hash: time bucket → input bytes reserved in it;
+//! Keys: `sluice:{q}:usage:<tenant>` (hash: time bucket → bytes reserved in it;
 //! see `scripts/quota_stored.lua`).
 
 use std::time::Duration;
@@ -34,7 +34,7 @@ impl RedisQueue {
         format!("{}backlog:{tenant}", self.keys.prefix)
     }
 
-    /// Counts `bytes` more of `tenant`'s input against `max` stored bytes (0 only
+    /// Counts `bytes` more of `tenant`'s requests against `max` stored bytes (0 only
     /// reads). Bytes stay counted for one blob lifetime (`blob_ttl`), the longest an
     /// input can occupy Redis.
     pub async fn reserve_stored(
