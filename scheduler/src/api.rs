@@ -2,23 +2,31 @@
 //! token names the tenant, never the request body, and a tenant sees only its own jobs
 //! and batches (anything else answers 404, as if it did not exist). Bad input of any
 //! kind is a 4xx with a JSON body `{"error": {"code", "message"}}`; only Redis being
-//! away is a 503.
+//! away is a 503, and no Redis error text ever reaches a client (it is logged).
+//!
+//! Every request is bounded: bodies are read with an idle timeout and a size cap, a
+//! tenant's policy caps what one request may enqueue (413) and what the tenant may hold
+//! (429 with `Retry-After`), and module validation runs off the async threads
+//! (`docs/quotas.md`). The server itself (`server`) caps connections and header reads.
+
+mod server;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sluice_shared::queue::redis::{Cancelled, RedisQueue};
+use sluice_shared::queue::redis::{Cancelled, ModulePut, RedisQueue, Reservation};
 use sluice_shared::{
     EntryPoint, Job, JobId, JobInput, JobOutput, Limits, ModuleHash, Queue, QueueError, ReportLine,
     TenantId, TenantPolicy, units,
@@ -26,15 +34,50 @@ use sluice_shared::{
 
 use crate::modules;
 
+pub use server::{ServerConfig, serve};
+
 /// The OpenAPI document served at `/openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
 
-/// The API's state: the queue, the admin token's hash, and the dispatcher's doorbell.
+/// The API's state: the queue, the admin token's hash, the dispatcher's doorbell and
+/// the bounds on requests.
 pub struct Api {
     queue: Arc<RedisQueue>,
     admin_token_sha256: Option<[u8; 32]>,
     submitted: Arc<tokio::sync::Notify>,
     dispatcher: Option<Arc<crate::dispatch::Health>>,
+    config: ApiConfig,
+    /// Requests whose bodies are buffered whole (modules, batches) at once: each may
+    /// hold up to [`MAX_BUFFERED_BODY`] bytes, so this bounds their memory together.
+    buffered: Arc<tokio::sync::Semaphore>,
+    metrics: crate::api_metrics::ApiMetrics,
+}
+
+/// The largest buffered request body (a module, a batch, admin JSON).
+pub const MAX_BUFFERED_BODY: usize = modules::MAX_MODULE_BYTES + 1024;
+
+/// Bounds on requests that do not depend on the tenant.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// A request body that sends nothing for this long is refused (408).
+    pub body_idle_timeout: Duration,
+    /// A buffered body (module, batch) must arrive whole within this.
+    pub buffered_body_timeout: Duration,
+    /// Most buffered bodies being read or processed at once.
+    pub max_buffered_requests: usize,
+    /// How long a stored module lives after its upload or its last use by a job.
+    pub module_ttl: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            body_idle_timeout: Duration::from_secs(30),
+            buffered_body_timeout: Duration::from_secs(120),
+            max_buffered_requests: 8,
+            module_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 impl Api {
@@ -45,17 +88,36 @@ impl Api {
         admin_token: Option<&str>,
         submitted: Arc<tokio::sync::Notify>,
     ) -> Self {
+        let config = ApiConfig::default();
         Api {
             queue,
             admin_token_sha256: admin_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             submitted,
             dispatcher: None,
+            buffered: Arc::new(tokio::sync::Semaphore::new(config.max_buffered_requests)),
+            config,
+            metrics: crate::api_metrics::ApiMetrics::new(),
         }
     }
 
     /// Makes `/readyz` answer 503 while this dispatcher is stuck or failing.
     pub fn with_dispatcher_health(mut self, health: Arc<crate::dispatch::Health>) -> Self {
         self.dispatcher = Some(health);
+        self
+    }
+
+    /// The same API with other request bounds.
+    pub fn with_config(mut self, config: ApiConfig) -> Self {
+        self.buffered = Arc::new(tokio::sync::Semaphore::new(
+            config.max_buffered_requests.max(1),
+        ));
+        self.config = config;
+        self
+    }
+
+    /// The same API reporting into `metrics` (the ones `/metrics` renders).
+    pub fn with_metrics(mut self, metrics: crate::api_metrics::ApiMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 }
@@ -66,15 +128,57 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<Duration>,
 }
+
+/// The longest error message answered: messages may quote what a client sent.
+const MAX_ERROR_MESSAGE: usize = 1024;
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE {
+            let mut end = MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
         ApiError {
             status,
             code,
-            message: message.into(),
+            message,
+            retry_after: None,
         }
+    }
+
+    /// A request over a per-request quota of the tenant's policy (413).
+    fn too_large(quota: &str, message: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("{message} (tenant policy {quota})"),
+        )
+    }
+
+    /// The tenant holds as much as its policy allows (429), for now.
+    fn quota_exceeded(
+        quota: &str,
+        message: impl std::fmt::Display,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!("{message} (tenant policy {quota})"),
+        );
+        e.retry_after = retry_after;
+        e
+    }
+
+    fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
     }
 
     fn not_found(what: &str) -> Self {
@@ -92,11 +196,20 @@ impl ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
+        // Redis's own words stay in the log: they describe the fleet's internals (key
+        // names, types, other tenants' ids), never the client's request.
+        tracing::warn!(error = %e, "queue error answering a request");
         match e {
-            QueueError::Unavailable(reason) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
-            }
-            other => Self::new(StatusCode::BAD_GATEWAY, "queue_error", other.to_string()),
+            QueueError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the queue backend is unavailable; try again",
+            ),
+            _ => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "queue_error",
+                "the queue backend answered unexpectedly; the operator has the details",
+            ),
         }
     }
 }
@@ -104,7 +217,9 @@ impl From<QueueError> for ApiError {
 impl From<modules::ModuleError> for ApiError {
     fn from(e: modules::ModuleError) -> Self {
         let status = match e {
-            modules::ModuleError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            modules::ModuleError::TooLarge { .. } | modules::ModuleError::TextTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Self::new(status, "invalid_module", e.to_string())
@@ -114,7 +229,16 @@ impl From<modules::ModuleError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up: a client that waits that long finds room.
+            let secs = after.as_millis().div_ceil(1000).max(1);
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                secs.to_string().parse().expect("digits are a header value"),
+            );
+        }
+        response
     }
 }
 
@@ -202,21 +326,28 @@ fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(format!("{key}: {e}"));
         match key.as_ref() {
-            "module" => params.module = value.into_owned(),
+            "module" => {
+                if value.len() > 2 * MAX_NAME {
+                    return Err(bad(&"longer than a module name or hash can be"));
+                }
+                params.module = value.into_owned()
+            }
             "fuel" => params.requested.fuel = Some(value.parse().map_err(|e| bad(&e))?),
             "memory" => {
                 params.requested.memory_bytes = units::parse_size(&value).map_err(|e| bad(&e))?
             }
             "timeout" => {
                 let d = units::parse_duration(&value).map_err(|e| bad(&e))?;
-                params.requested.timeout_ms =
-                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+                params.requested.timeout_ms = units::millis_at_least_one(d);
             }
             "max_output" => {
                 params.requested.max_output_bytes =
                     units::parse_size(&value).map_err(|e| bad(&e))?
             }
             "invoke" => {
+                if value.is_empty() || value.len() > MAX_NAME {
+                    return Err(bad(&format!("an export name is 1-{MAX_NAME} bytes")));
+                }
                 params.entry = Some(match value.as_ref() {
                     "_start" => EntryPoint::Command,
                     other => EntryPoint::Raw {
@@ -247,34 +378,109 @@ fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
     Ok(params)
 }
 
+/// Longest module name (an alias) or export name a request may give.
+const MAX_NAME: usize = 128;
+
+/// Reads a whole request body of at most `limit` bytes; each read must deliver within
+/// the idle timeout and the whole body within `total`.
+async fn read_body(api: &Api, body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
+    let deadline = tokio::time::Instant::now() + api.config.buffered_body_timeout;
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    loop {
+        let idle = tokio::time::Instant::now() + api.config.body_idle_timeout;
+        let next = tokio::time::timeout_at(idle.min(deadline), stream.next())
+            .await
+            .map_err(|_| ApiError::timeout(format!("the {what} did not arrive in time")))?;
+        let Some(frame) = next else { break };
+        let bytes = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+        if out.len() + bytes.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the {what} is over {limit} bytes"),
+            ));
+        }
+        out.extend_from_slice(&bytes);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A turn to buffer a large body; waits for one (a client's connection is already
+/// bounded by the body timeouts while it waits).
+async fn buffered_turn(api: &Api) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    tokio::time::timeout(
+        api.config.buffered_body_timeout,
+        api.buffered.clone().acquire_owned(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "too many large uploads in progress; try again",
+        );
+        e.retry_after = Some(Duration::from_secs(1));
+        e
+    })
+}
+
 impl Api {
-    /// The module a tenant names: a hash, or an alias of its own.
+    /// The module a tenant names: a hash, or an alias of its own. Using it starts its
+    /// lifetime again.
     async fn module(&self, tenant: &str, name: &str) -> ApiResult<(ModuleHash, EntryPoint)> {
-        let hash = match name.parse::<ModuleHash>() {
-            Ok(hash) => hash,
-            Err(_) => self
-                .queue
-                .resolve_module(&format!("{tenant}/{name}"))
-                .await?
-                .ok_or_else(|| ApiError::not_found("module"))?,
+        let (hash, alias) = match name.parse::<ModuleHash>() {
+            Ok(hash) => (hash, None),
+            Err(_) => {
+                if name.len() > MAX_NAME || name.contains('/') {
+                    return Err(ApiError::not_found("module"));
+                }
+                let hash = self
+                    .queue
+                    .resolve_module(&format!("{tenant}/{name}"))
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("module"))?;
+                (hash, Some(name))
+            }
         };
+        if !self
+            .queue
+            .touch_module(tenant, &hash, alias, self.config.module_ttl)
+            .await?
+        {
+            return Err(ApiError::not_found("module"));
+        }
         let wasm = self
             .queue
             .get_module(&hash)
             .await?
             .ok_or_else(|| ApiError::not_found("module"))?;
-        Ok((hash, modules::default_entry(&wasm)))
+        // Reading the exports walks the module: off the async threads, like validation.
+        let entry = tokio::task::spawn_blocking(move || modules::default_entry(&wasm))
+            .await
+            .unwrap_or_default();
+        Ok((hash, entry))
     }
 
-    /// A template for this tenant's jobs: the module resolved and the parameters
-    /// clamped to its policy; `Job` instances follow with `template(input)`.
+    /// The tenant's policy; a tenant whose record vanished (deleted while its token
+    /// lived) gets the fleet default, as the worker does.
+    async fn policy(&self, tenant: &str) -> ApiResult<TenantPolicy> {
+        Ok(self.queue.policy(tenant).await?.unwrap_or_default())
+    }
+
+    /// A template for this tenant's jobs: the module resolved, the parameters checked
+    /// against the policy's argument quotas and the limits clamped to it; `Job`
+    /// instances follow with `template(input)`.
     async fn job_template(
         &self,
         tenant: &str,
+        policy: &TenantPolicy,
         params: &JobParams,
     ) -> ApiResult<impl Fn(JobInput) -> Job + use<>> {
+        check_args_env(policy, &params.args, &params.env)?;
         let (module, default_entry) = self.module(tenant, &params.module).await?;
-        let policy = self.queue.policy(tenant).await?.unwrap_or_default();
         let entry = params.entry.clone().unwrap_or(default_entry);
         let (args, env) = (params.args.clone(), params.env.clone());
         let limits = policy.clamp(&params.requested);
@@ -288,6 +494,56 @@ impl Api {
             job.tenant = tenant.clone();
             job
         })
+    }
+
+    /// Refuses `jobs` more jobs when the tenant's backlog would pass its quota.
+    async fn check_backlog(&self, tenant: &str, policy: &TenantPolicy, jobs: u64) -> ApiResult<()> {
+        let waiting = self.queue.backlog_len(tenant).await?;
+        if waiting.saturating_add(jobs) > policy.max_backlog_jobs {
+            self.metrics.quota_refused("max_backlog_jobs");
+            // The backlog drains at the tenant's admission rate; a second is the
+            // shortest wait after which trying again can succeed.
+            let wait = policy
+                .rate_per_second
+                .map(|rate| Duration::from_secs_f64((jobs as f64 / rate).clamp(1.0, 3600.0)))
+                .unwrap_or(Duration::from_secs(1));
+            return Err(ApiError::quota_exceeded(
+                "max_backlog_jobs",
+                format!(
+                    "{waiting} jobs are waiting and {jobs} more would pass the backlog quota of {}",
+                    policy.max_backlog_jobs
+                ),
+                Some(wait),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` of the tenant's input against its stored-bytes quota.
+    async fn reserve_stored(
+        &self,
+        tenant: &str,
+        policy: &TenantPolicy,
+        bytes: u64,
+    ) -> ApiResult<()> {
+        match self
+            .queue
+            .reserve_stored(tenant, bytes, policy.max_stored_bytes)
+            .await?
+        {
+            Reservation::Granted { .. } => Ok(()),
+            Reservation::Refused { used, retry_after } => {
+                self.metrics.quota_refused("max_stored_bytes");
+                Err(ApiError::quota_exceeded(
+                    "max_stored_bytes",
+                    format!(
+                        "{used} bytes are stored for the tenant and {bytes} more would pass the quota of {}",
+                        policy.max_stored_bytes
+                    ),
+                    Some(retry_after),
+                ))
+            }
+        }
     }
 
     /// The record of a job if `tenant` owns it; 404 otherwise.
@@ -304,38 +560,175 @@ impl Api {
     }
 }
 
-async fn put_module(
-    State(api): State<Arc<Api>>,
-    Tenant(tenant): Tenant,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let (wasm, _) = modules::prepare(&body)?;
+/// Refuses arguments and environment over the policy's quotas (413).
+fn check_args_env(
+    policy: &TenantPolicy,
+    args: &[String],
+    env: &[(String, String)],
+) -> ApiResult<()> {
+    if args.len() as u64 > u64::from(policy.max_args) {
+        return Err(ApiError::too_large(
+            "max_args",
+            format!(
+                "{} arguments are over the quota of {}",
+                args.len(),
+                policy.max_args
+            ),
+        ));
+    }
+    if env.len() as u64 > u64::from(policy.max_env) {
+        return Err(ApiError::too_large(
+            "max_env",
+            format!(
+                "{} environment variables are over the quota of {}",
+                env.len(),
+                policy.max_env
+            ),
+        ));
+    }
+    let bytes = sluice_shared::tenant::args_env_bytes(args, env);
+    if bytes > policy.max_args_env_bytes {
+        return Err(ApiError::too_large(
+            "max_args_env_bytes",
+            format!(
+                "arguments and environment of {bytes} bytes are over the quota of {}",
+                policy.max_args_env_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A module name from the query: 1-128 characters, no `/`.
+fn module_name(query: Option<&str>) -> ApiResult<Option<String>> {
     let name = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "name")
         .map(|(_, v)| v.into_owned());
     if let Some(name) = &name
-        && (name.is_empty() || name.len() > 128 || name.contains('/'))
+        && (name.is_empty()
+            || name.len() > MAX_NAME
+            || name.contains('/')
+            || name.parse::<ModuleHash>().is_ok())
     {
-        return Err(ApiError::bad_request("name: 1-128 characters, no `/`"));
+        return Err(ApiError::bad_request(
+            "name: 1-128 characters, no `/`, not a module hash",
+        ));
     }
-    let alias = name.as_ref().map(|n| format!("{tenant}/{n}"));
-    let hash = api.queue.put_module(&wasm, alias.as_deref()).await?;
-    let body = json!({ "hash": hash.to_hex(), "name": name, "bytes": wasm.len() });
+    Ok(name)
+}
+
+async fn put_module(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let name = module_name(query.as_deref())?;
+    let policy = api.policy(&tenant).await?;
+    let _turn = buffered_turn(&api).await?;
+    let bytes = read_body(&api, body, modules::MAX_MODULE_BYTES, "module").await?;
+    let gauge = api.metrics.clone();
+    let (wasm, _, _) =
+        modules::prepare_off_thread(bytes, move || gauge.validation_started()).await?;
+    let stored = api
+        .queue
+        .put_tenant_module(
+            &tenant,
+            &wasm,
+            name.as_deref(),
+            api.config.module_ttl,
+            policy.max_modules,
+        )
+        .await?;
+    let hash = match stored {
+        ModulePut::Stored { hash, .. } => hash,
+        ModulePut::OverQuota { held } => {
+            api.metrics.quota_refused("max_modules");
+            return Err(ApiError::quota_exceeded(
+                "max_modules",
+                format!(
+                    "the tenant holds {held} modules, its quota; delete one with DELETE /v1/modules/{{name}}"
+                ),
+                None,
+            ));
+        }
+    };
+    let body = json!({
+        "hash": hash.to_hex(),
+        "name": name,
+        "bytes": wasm.len(),
+        "ttl_seconds": api.config.module_ttl.as_secs(),
+    });
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+async fn delete_module(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let (hash, alias) = match name.parse::<ModuleHash>() {
+        Ok(hash) => (hash, None),
+        Err(_) => {
+            if name.is_empty() || name.len() > MAX_NAME || name.contains('/') {
+                return Err(ApiError::not_found("module"));
+            }
+            let hash = api
+                .queue
+                .resolve_module(&format!("{tenant}/{name}"))
+                .await?
+                .ok_or_else(|| ApiError::not_found("module"))?;
+            (hash, Some(name.as_str()))
+        }
+    };
+    let removed = api
+        .queue
+        .remove_tenant_module(&tenant, &hash, alias)
+        .await?;
+    if !removed.held {
+        return Err(ApiError::not_found("module"));
+    }
+    Ok(axum::Json(json!({
+        "hash": hash.to_hex(),
+        "name": alias,
+        "bytes_deleted": removed.bytes_deleted,
+    }))
+    .into_response())
 }
 
 async fn post_job(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let params = job_params(query.as_deref())?;
-    // Resolve the module and policy before reading the body: a bad request costs no
-    // upload.
-    let template = api.job_template(&tenant, &params).await?;
-    let input = stream_input(&api.queue, body).await?;
+    let policy = api.policy(&tenant).await?;
+    // Everything that can refuse the job is checked before the body is read: a refused
+    // request costs no upload.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > policy.max_input_bytes
+    {
+        api.metrics.quota_refused("max_input_bytes");
+        return Err(input_too_large(&policy));
+    }
+    let template = api.job_template(&tenant, &policy, &params).await?;
+    api.check_backlog(&tenant, &policy, 1).await?;
+    // The arguments and environment travel in the envelope, and a declared length is
+    // reserved whole before the upload starts; a streamed body is reserved as it
+    // arrives.
+    let envelope = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
+    let reserved = declared.unwrap_or(0);
+    if reserved + envelope > 0 {
+        api.reserve_stored(&tenant, &policy, reserved + envelope)
+            .await?;
+    }
+    let input = stream_input(&api, &tenant, &policy, reserved, body).await?;
     let job = template(input);
     api.queue
         .enqueue_owned(std::slice::from_ref(&job), &tenant, None)
@@ -345,35 +738,84 @@ async fn post_job(
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
+fn input_too_large(policy: &TenantPolicy) -> ApiError {
+    ApiError::too_large(
+        "max_input_bytes",
+        format!("the input is over {} bytes", policy.max_input_bytes),
+    )
+}
+
+/// Input bytes reserved against the stored-bytes quota at a time while an upload
+/// streams: one quota call per this many bytes.
+const RESERVE_STEP: u64 = 1 << 20;
+
 /// Reads a request body into a job input: inline up to the inline limit, else chunk by
-/// chunk into a blob, so a large upload never sits in memory.
-async fn stream_input(queue: &RedisQueue, body: Body) -> ApiResult<JobInput> {
+/// chunk into a blob, so a large upload never sits in memory. The bytes are counted as
+/// they arrive: past the tenant's input or stored-bytes quota the upload stops, what
+/// was written is deleted, and the client gets a 413 or 429.
+async fn stream_input(
+    api: &Api,
+    tenant: &str,
+    policy: &TenantPolicy,
+    mut reserved: u64,
+    body: Body,
+) -> ApiResult<JobInput> {
+    let queue = &api.queue;
     let limit = queue.config().inline_limit;
     let mut inline = Vec::new();
     let mut blob = None;
     let mut stream = body.into_data_stream();
-    while let Some(frame) = stream.next().await {
-        let bytes = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
-        if blob.is_none() && inline.len() + bytes.len() <= limit {
-            inline.extend_from_slice(&bytes);
-            continue;
+    let mut total: u64 = 0;
+    let outcome: ApiResult<()> = async {
+        loop {
+            let next = tokio::time::timeout(api.config.body_idle_timeout, stream.next())
+                .await
+                .map_err(|_| ApiError::timeout("the input stopped arriving"))?;
+            let Some(frame) = next else { return Ok(()) };
+            let bytes = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+            total += bytes.len() as u64;
+            if total > policy.max_input_bytes {
+                api.metrics.quota_refused("max_input_bytes");
+                return Err(input_too_large(policy));
+            }
+            if total > reserved {
+                let step = (total - reserved).max(RESERVE_STEP);
+                api.reserve_stored(tenant, policy, step).await?;
+                reserved += step;
+            }
+            if blob.is_none() && inline.len() + bytes.len() <= limit {
+                inline.extend_from_slice(&bytes);
+                continue;
+            }
+            let writer = blob.get_or_insert_with(|| queue.blob_writer());
+            if !inline.is_empty() {
+                writer.write(&std::mem::take(&mut inline)).await?;
+            }
+            writer.write(&bytes).await?;
         }
-        let writer = blob.get_or_insert_with(|| queue.blob_writer());
-        if !inline.is_empty() {
-            writer.write(&std::mem::take(&mut inline)).await?;
-        }
-        writer.write(&bytes).await?;
     }
-    Ok(match blob {
-        None => JobInput::Inline(inline),
-        Some(writer) => {
+    .await;
+    match (outcome, blob) {
+        (Ok(()), None) => Ok(JobInput::Inline(inline)),
+        (Ok(()), Some(writer)) => {
             let (id, len) = writer.finish().await?;
-            JobInput::Blob {
+            Ok(JobInput::Blob {
                 uri: format!("blob:{id}"),
                 len,
-            }
+            })
         }
-    })
+        (Err(e), None) => Err(e),
+        (Err(e), Some(writer)) => {
+            // Finishing waits for the chunk upload in flight, so deleting afterwards
+            // leaves nothing of the refused upload behind.
+            if let Ok((id, len)) = writer.finish().await
+                && let Err(cleanup) = queue.delete_blob(&id, len).await
+            {
+                tracing::warn!(blob = %id, error = %cleanup, "deleting a refused upload");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// `POST /v1/batches` body.
@@ -407,37 +849,57 @@ struct BatchLimits {
     max_output: Option<String>,
 }
 
-/// Most inputs in one batch request.
-const MAX_BATCH_INPUTS: usize = 10_000;
+/// Longest name of one batch input (it becomes the job's label).
+const MAX_INPUT_NAME: usize = 1024;
 
 async fn post_batch(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
     use base64::Engine;
+    let policy = api.policy(&tenant).await?;
+    let _turn = buffered_turn(&api).await?;
+    let body = read_body(&api, body, MAX_BUFFERED_BODY, "batch body").await?;
     let request: BatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("batch body: {e}")))?;
-    if request.inputs.is_empty() || request.inputs.len() > MAX_BATCH_INPUTS {
-        return Err(ApiError::bad_request(format!(
-            "a batch has 1 to {MAX_BATCH_INPUTS} inputs"
-        )));
+    drop(body);
+    if request.inputs.is_empty() {
+        return Err(ApiError::bad_request("a batch has at least one input"));
+    }
+    if request.inputs.len() as u64 > u64::from(policy.max_batch_jobs) {
+        api.metrics.quota_refused("max_batch_jobs");
+        return Err(ApiError::too_large(
+            "max_batch_jobs",
+            format!(
+                "{} inputs are over the quota of {} per batch",
+                request.inputs.len(),
+                policy.max_batch_jobs
+            ),
+        ));
     }
     let mut requested = Limits::default();
     let limits = request.limits.unwrap_or_default();
-    let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
+    let bad = |field: &str, e: &dyn std::fmt::Display| {
+        ApiError::bad_request(format!("limits.{field}: {e}"))
+    };
     requested.fuel = limits.fuel;
     if let Some(m) = &limits.memory {
-        requested.memory_bytes = units::parse_size(m).map_err(|e| bad(&e))?;
+        requested.memory_bytes = units::parse_size(m).map_err(|e| bad("memory", &e))?;
     }
     if let Some(t) = &limits.timeout {
-        requested.timeout_ms = units::parse_duration(t)
-            .map_err(|e| bad(&e))?
-            .as_millis()
-            .max(1) as u64;
+        requested.timeout_ms =
+            units::millis_at_least_one(units::parse_duration(t).map_err(|e| bad("timeout", &e))?);
     }
     if let Some(o) = &limits.max_output {
-        requested.max_output_bytes = units::parse_size(o).map_err(|e| bad(&e))?;
+        requested.max_output_bytes = units::parse_size(o).map_err(|e| bad("max_output", &e))?;
+    }
+    for key in request.env.keys() {
+        if key.is_empty() || key.contains('=') {
+            return Err(ApiError::bad_request(format!(
+                "env: a key is non-empty and has no `=`; got {key:?}"
+            )));
+        }
     }
     let params = JobParams {
         module: request.module,
@@ -446,15 +908,87 @@ async fn post_batch(
         args: request.args,
         env: request.env.into_iter().collect(),
     };
-    let template = api.job_template(&tenant, &params).await?;
-    let mut jobs = Vec::with_capacity(request.inputs.len());
+    check_args_env(&policy, &params.args, &params.env)?;
+    // Arguments and environment are copied into every job: they count once per input.
+    let per_job = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
+    let per_job_total = per_job.saturating_mul(request.inputs.len() as u64);
+    let mut batch_bytes = per_job_total;
+    for input in &request.inputs {
+        if input.name.len() > MAX_INPUT_NAME {
+            return Err(ApiError::bad_request(format!(
+                "an input name is over {MAX_INPUT_NAME} bytes"
+            )));
+        }
+        // base64's decoded size, without decoding yet.
+        batch_bytes = batch_bytes.saturating_add(input.data.len() as u64 / 4 * 3);
+    }
+    if batch_bytes > policy.max_batch_bytes {
+        api.metrics.quota_refused("max_batch_bytes");
+        return Err(ApiError::too_large(
+            "max_batch_bytes",
+            format!(
+                "the batch would enqueue {batch_bytes} bytes (inputs plus each job's arguments and environment), over the quota of {}",
+                policy.max_batch_bytes
+            ),
+        ));
+    }
+    let template = api.job_template(&tenant, &policy, &params).await?;
+    api.check_backlog(&tenant, &policy, request.inputs.len() as u64)
+        .await?;
+    let mut decoded = Vec::with_capacity(request.inputs.len());
+    let mut input_bytes: u64 = 0;
     for input in request.inputs {
         let data = base64::engine::general_purpose::STANDARD
             .decode(input.data.as_bytes())
             .map_err(|e| ApiError::bad_request(format!("input {:?}: {e}", input.name)))?;
-        let mut job = template(JobInput::Inline(data));
-        job.label = input.name;
+        if data.len() as u64 > policy.max_input_bytes {
+            api.metrics.quota_refused("max_input_bytes");
+            return Err(input_too_large(&policy));
+        }
+        input_bytes += data.len() as u64;
+        decoded.push((input.name, data));
+    }
+    api.reserve_stored(&tenant, &policy, input_bytes.saturating_add(per_job_total))
+        .await?;
+    // Inputs over the inline limit become blobs, as a single job's do: envelopes stay
+    // small however large a batch's inputs are.
+    let inline_limit = api.queue.config().inline_limit;
+    let mut jobs = Vec::with_capacity(decoded.len());
+    let mut blobs = Vec::new();
+    let mut failed = None;
+    for (name, data) in decoded {
+        let input = if data.len() > inline_limit {
+            let mut writer = api.queue.blob_writer();
+            let written = match writer.write(&data).await {
+                Ok(()) => writer.finish().await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok((id, len)) => {
+                    blobs.push((id.clone(), len));
+                    JobInput::Blob {
+                        uri: format!("blob:{id}"),
+                        len,
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        } else {
+            JobInput::Inline(data)
+        };
+        let mut job = template(input);
+        job.label = name;
         jobs.push(job);
+    }
+    if let Some(e) = failed {
+        // Nothing was enqueued yet: the blobs written so far belong to no job.
+        for (id, len) in &blobs {
+            let _ = api.queue.delete_blob(id, *len).await;
+        }
+        return Err(e.into());
     }
     let batch = uuid::Uuid::now_v7().to_string();
     api.queue
@@ -577,6 +1111,11 @@ async fn get_batch(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
+    // A batch id is a UUID; anything else never reaches a Redis key (`<id>:jobs` would
+    // name another key type, and its error would tell existing ids from unknown ones).
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::not_found("batch"))?
+        .to_string();
     // From the batch's outcome counters (kept by the queue scripts), not its results.
     let counts = api
         .queue
@@ -608,6 +1147,27 @@ struct NewTenant {
     policy: Option<TenantPolicy>,
 }
 
+/// A policy from a request body, checked value by value.
+fn policy_from(body: Option<TenantPolicy>) -> ApiResult<TenantPolicy> {
+    let policy = body.unwrap_or_default();
+    policy
+        .validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(policy)
+}
+
+/// An existing tenant's name from a path: 404 for a name that cannot be a tenant's or
+/// names none.
+async fn existing_tenant(api: &Api, name: &str) -> ApiResult<TenantPolicy> {
+    if sluice_shared::tenant::validate_name(name).is_err() {
+        return Err(ApiError::not_found("tenant"));
+    }
+    api.queue
+        .policy(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))
+}
+
 async fn admin_create_tenant(
     State(api): State<Arc<Api>>,
     _: Admin,
@@ -617,9 +1177,10 @@ async fn admin_create_tenant(
         .map_err(|e| ApiError::bad_request(format!("tenant body: {e}")))?;
     sluice_shared::tenant::validate_name(&request.name)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let policy = policy_from(request.policy)?;
     let token = api
         .queue
-        .create_tenant(&request.name, &request.policy.unwrap_or_default())
+        .create_tenant(&request.name, &policy)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "the tenant exists"))?;
     Ok((
@@ -634,9 +1195,7 @@ async fn admin_issue_token(
     _: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    if api.queue.policy(&name).await?.is_none() {
-        return Err(ApiError::not_found("tenant"));
-    }
+    existing_tenant(&api, &name).await?;
     let token = api.queue.issue_token(&name).await?;
     Ok((
         StatusCode::CREATED,
@@ -650,6 +1209,7 @@ async fn admin_revoke(
     _: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
+    existing_tenant(&api, &name).await?;
     let revoked = api.queue.revoke_tokens(&name).await?;
     Ok(axum::Json(json!({ "tenant": name, "revoked": revoked })).into_response())
 }
@@ -662,9 +1222,8 @@ async fn admin_set_policy(
 ) -> ApiResult<Response> {
     let policy: TenantPolicy = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("policy body: {e}")))?;
-    if api.queue.policy(&name).await?.is_none() {
-        return Err(ApiError::not_found("tenant"));
-    }
+    let policy = policy_from(Some(policy))?;
+    existing_tenant(&api, &name).await?;
     api.queue.set_policy(&name, &policy).await?;
     Ok(axum::Json(json!({ "tenant": name, "policy": policy })).into_response())
 }
@@ -673,9 +1232,16 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     if let Some(Err(reason)) = api.dispatcher.as_ref().map(|h| h.check()) {
         return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
     }
-    match api.queue.stats().await {
+    match api.queue.stats_recreating_group().await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the queue backend is unavailable",
+            )
+                .into_response()
+        }
     }
 }
 
@@ -687,6 +1253,7 @@ async fn fallback() -> ApiError {
 pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router {
     let v1 = Router::new()
         .route("/v1/modules", put(put_module))
+        .route("/v1/modules/{name}", delete(delete_module))
         .route("/v1/jobs", post(post_job))
         .route("/v1/batches", post(post_batch))
         .route("/v1/jobs/{id}", get(get_job).delete(cancel_job))
@@ -698,9 +1265,10 @@ pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router 
             post(admin_issue_token).delete(admin_revoke),
         )
         .route("/v1/admin/tenants/{name}/policy", put(admin_set_policy))
-        // Buffered bodies (modules, batches, admin JSON) are capped; a job's input is
-        // read as a stream, chunk by chunk, and is not subject to this limit.
-        .layer(DefaultBodyLimit::max(modules::MAX_MODULE_BYTES + 1024));
+        // Modules and batches are read by `read_body` (capped, timed) and a job's input
+        // by `stream_input` (counted against the tenant's quotas); this caps the rest
+        // (admin JSON).
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 10));
     let render = metrics.clone();
     Router::new()
         .merge(v1)

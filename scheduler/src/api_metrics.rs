@@ -8,10 +8,10 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-/// Request counters and latencies.
+/// Request counters and latencies, quota refusals, and the server's load.
 #[derive(Clone)]
 pub struct ApiMetrics {
     registry: Registry,
@@ -19,6 +19,21 @@ pub struct ApiMetrics {
     requests: IntCounterVec,
     /// `sluice_http_request_duration_seconds{route}`.
     duration: HistogramVec,
+    /// `sluice_quota_refusals_total{quota}` (quota: a policy field name).
+    quota_refusals: IntCounterVec,
+    /// `sluice_module_validations_running`.
+    validations: IntGauge,
+    /// `sluice_http_connections_open`.
+    connections: IntGauge,
+}
+
+/// Holds a gauge up by one until dropped.
+pub struct GaugeGuard(IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl ApiMetrics {
@@ -41,17 +56,56 @@ impl ApiMetrics {
             &["route"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("unique metric");
+        let quota_refusals = IntCounterVec::new(
+            Opts::new(
+                "sluice_quota_refusals_total",
+                "requests refused by a tenant quota, by policy field",
+            ),
+            &["quota"],
+        )
+        .expect("valid metric");
+        let validations = IntGauge::new(
+            "sluice_module_validations_running",
+            "module uploads being parsed and validated now",
+        )
+        .expect("valid metric");
+        let connections =
+            IntGauge::new("sluice_http_connections_open", "HTTP connections open now")
+                .expect("valid metric");
+        for metric in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(quota_refusals.clone()),
+            Box::new(validations.clone()),
+            Box::new(connections.clone()),
+        ] {
+            registry.register(metric).expect("unique metric");
+        }
         ApiMetrics {
             registry,
             requests,
             duration,
+            quota_refusals,
+            validations,
+            connections,
         }
+    }
+
+    /// A request was refused by the tenant quota `quota` (a policy field name).
+    pub fn quota_refused(&self, quota: &'static str) {
+        self.quota_refusals.with_label_values(&[quota]).inc();
+    }
+
+    /// A module validation started; it counts as running until the guard drops.
+    pub fn validation_started(&self) -> GaugeGuard {
+        self.validations.inc();
+        GaugeGuard(self.validations.clone())
+    }
+
+    /// A connection was accepted; it counts as open until the guard drops.
+    pub fn connection_opened(&self) -> GaugeGuard {
+        self.connections.inc();
+        GaugeGuard(self.connections.clone())
     }
 
     /// The text exposition.

@@ -67,8 +67,31 @@ struct ServeArgs {
     /// A token that may manage tenants over HTTP (/v1/admin); none if unset.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Most HTTP connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// A request's headers must arrive within this (idle keep-alive connections close
+    /// after it too).
+    #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    header_timeout: std::time::Duration,
+    /// A request body that sends nothing for this long is refused (408).
+    #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    body_timeout: std::time::Duration,
+    /// How long a module uploaded over HTTP is kept after its upload or its last use
+    /// by a job.
+    #[arg(long, env = "SLUICE_MODULE_TTL", default_value = "30d", value_parser = positive_duration)]
+    module_ttl: std::time::Duration,
     #[command(flatten)]
     redis: RedisArgs,
+}
+
+/// A duration that must be more than zero (a zero timeout would refuse everything).
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match sluice_shared::units::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A tenant policy, as flags (unset ones keep their current or default values).
@@ -92,13 +115,44 @@ struct PolicyArgs {
     /// Most jobs running at once.
     #[arg(long)]
     max_concurrent: Option<u32>,
-    /// Most jobs started per second.
+    /// Most jobs started per second (a positive finite number).
     #[arg(long)]
     rate: Option<f64>,
+    /// Allow any start rate again (clears --rate).
+    #[arg(long, conflicts_with = "rate")]
+    no_rate: bool,
+    /// Largest input of one job.
+    #[arg(long, value_parser = sluice_shared::units::parse_size)]
+    max_input: Option<u64>,
+    /// Most arguments of one job.
+    #[arg(long)]
+    max_args: Option<u32>,
+    /// Most environment variables of one job.
+    #[arg(long)]
+    max_env: Option<u32>,
+    /// Most bytes of one job's arguments and environment together.
+    #[arg(long, value_parser = sluice_shared::units::parse_size)]
+    max_args_env: Option<u64>,
+    /// Most inputs in one batch request.
+    #[arg(long)]
+    max_batch_jobs: Option<u32>,
+    /// Most bytes one batch request may enqueue.
+    #[arg(long, value_parser = sluice_shared::units::parse_size)]
+    max_batch_bytes: Option<u64>,
+    /// Most input bytes stored for the tenant within one blob lifetime.
+    #[arg(long, value_parser = sluice_shared::units::parse_size)]
+    max_stored: Option<u64>,
+    /// Most modules the tenant may hold.
+    #[arg(long)]
+    max_modules: Option<u32>,
+    /// Most jobs waiting in the tenant's backlog.
+    #[arg(long)]
+    max_backlog: Option<u64>,
 }
 
 impl PolicyArgs {
-    fn apply(&self, mut policy: TenantPolicy) -> TenantPolicy {
+    /// `policy` with the flags applied, checked value by value.
+    fn apply(&self, mut policy: TenantPolicy) -> anyhow::Result<TenantPolicy> {
         if self.unmetered {
             policy.max_fuel = None;
         }
@@ -109,7 +163,7 @@ impl PolicyArgs {
             policy.max_memory_bytes = v;
         }
         if let Some(v) = self.max_timeout {
-            policy.max_timeout_ms = v.as_millis() as u64;
+            policy.max_timeout_ms = sluice_shared::units::millis_at_least_one(v);
         }
         if let Some(v) = self.max_output {
             policy.max_output_bytes = v;
@@ -120,7 +174,34 @@ impl PolicyArgs {
         if let Some(v) = self.rate {
             policy.rate_per_second = Some(v);
         }
-        policy
+        if self.no_rate {
+            policy.rate_per_second = None;
+        }
+        let quotas = [
+            (&mut policy.max_input_bytes, self.max_input),
+            (&mut policy.max_args_env_bytes, self.max_args_env),
+            (&mut policy.max_batch_bytes, self.max_batch_bytes),
+            (&mut policy.max_stored_bytes, self.max_stored),
+            (&mut policy.max_backlog_jobs, self.max_backlog),
+        ];
+        for (field, value) in quotas {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        let counts = [
+            (&mut policy.max_args, self.max_args),
+            (&mut policy.max_env, self.max_env),
+            (&mut policy.max_batch_jobs, self.max_batch_jobs),
+            (&mut policy.max_modules, self.max_modules),
+        ];
+        for (field, value) in counts {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        policy.validate()?;
+        Ok(policy)
     }
 
     fn is_empty(&self) -> bool {
@@ -131,6 +212,16 @@ impl PolicyArgs {
             && self.max_output.is_none()
             && self.max_concurrent.is_none()
             && self.rate.is_none()
+            && !self.no_rate
+            && self.max_input.is_none()
+            && self.max_args.is_none()
+            && self.max_env.is_none()
+            && self.max_args_env.is_none()
+            && self.max_batch_jobs.is_none()
+            && self.max_batch_bytes.is_none()
+            && self.max_stored.is_none()
+            && self.max_modules.is_none()
+            && self.max_backlog.is_none()
     }
 }
 
@@ -239,6 +330,13 @@ enum ModuleCommand {
         /// Also name it (jobs may then say --module NAME).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Delete a module: a NAME deletes that name; a HASH deletes the bytes (jobs that
+    /// name them then fail as invalid_module).
+    Rm {
+        name: String,
         #[command(flatten)]
         redis: RedisArgs,
     },
@@ -478,7 +576,7 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
         } => {
             let queue = redis.connect().await?;
             let token = queue
-                .create_tenant(&name, &policy.apply(TenantPolicy::default()))
+                .create_tenant(&name, &policy.apply(TenantPolicy::default())?)
                 .await?
                 .with_context(|| format!("tenant {name} already exists"))?;
             println!("{token}");
@@ -502,7 +600,7 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
                 .policy(&name)
                 .await?
                 .with_context(|| format!("no tenant {name}"))?;
-            let updated = policy.apply(current.clone());
+            let updated = policy.apply(current.clone())?;
             if !policy.is_empty() {
                 queue.set_policy(&name, &updated).await?;
             }
@@ -521,7 +619,15 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    use sluice_scheduler::api::{Api, router};
+    use sluice_scheduler::api::{Api, ApiConfig, ServerConfig, router};
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections: must be at least 1"
+    );
+    anyhow::ensure!(
+        args.dispatch_window > 0,
+        "--dispatch-window: must be at least 1"
+    );
     let queue = Arc::new(args.redis.connect().await?);
     let submitted = Arc::new(tokio::sync::Notify::new());
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -533,17 +639,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         health.clone(),
         shutdown.clone(),
     ));
-    let api = Arc::new(
-        Api::new(queue, args.admin_token.as_deref(), submitted).with_dispatcher_health(health),
-    );
-    let app = router(api, sluice_scheduler::api_metrics::ApiMetrics::new());
+    let metrics = sluice_scheduler::api_metrics::ApiMetrics::new();
+    let config = ApiConfig {
+        body_idle_timeout: args.body_timeout,
+        module_ttl: args.module_ttl,
+        ..ApiConfig::default()
+    };
+    let api = Api::new(queue, args.admin_token.as_deref(), submitted)
+        .with_config(config)
+        .with_metrics(metrics.clone())
+        .with_dispatcher_health(health);
+    let app = router(Arc::new(api), metrics.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     eprintln!("sluice serve: listening on {}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(sluice_worker::cli::terminated())
-        .await?;
+    let server = ServerConfig {
+        max_connections: args.max_connections,
+        header_read_timeout: args.header_timeout,
+        ..ServerConfig::default()
+    };
+    sluice_scheduler::api::serve(
+        listener,
+        app,
+        server,
+        metrics,
+        sluice_worker::cli::terminated(),
+    )
+    .await;
     shutdown.cancel();
     let _ = dispatcher.await;
     Ok(ExitCode::SUCCESS)
@@ -562,6 +685,15 @@ async fn main() -> ExitCode {
                 let queue = redis.connect().await?;
                 let (hash, _) = distributed::put_module(&queue, &file, name.as_deref()).await?;
                 println!("{hash}");
+                Ok(ExitCode::SUCCESS)
+            }
+            .await
+        }
+        Command::Module(ModuleCommand::Rm { name, redis }) => {
+            async {
+                let queue = redis.connect().await?;
+                anyhow::ensure!(queue.remove_module(&name).await?, "no module named {name}");
+                println!("deleted {name}");
                 Ok(ExitCode::SUCCESS)
             }
             .await

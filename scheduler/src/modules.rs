@@ -1,15 +1,37 @@
 //! Module intake: what `sluice module put` (and a distributed batch) accepts.
+//!
+//! Parsing WAT and validating wasm are CPU- and memory-heavy and run in time linear in
+//! what a client sends, so the service runs them off the async threads
+//! ([`prepare_off_thread`]), at most [`MAX_CONCURRENT_VALIDATIONS`] at once, and caps
+//! WAT text well below the binary cap (WAT expands several-fold while parsed).
+
+use std::sync::Arc;
 
 use sluice_shared::{EntryPoint, ModuleHash};
+use tokio::sync::Semaphore;
 
 /// The most bytes a module may have (the worker's default cap).
 pub const MAX_MODULE_BYTES: usize = 32 << 20;
+
+/// The most bytes of WebAssembly text accepted: real modules arrive as binaries; text
+/// is for small hand-written ones, and parsing it costs many times its size in memory.
+pub const MAX_WAT_BYTES: usize = 4 << 20;
+
+/// Most module validations running at once in one process: each may hold a module,
+/// its parsed form and the validator's state, so this bounds their memory together.
+pub const MAX_CONCURRENT_VALIDATIONS: usize = 2;
 
 /// Why a module is refused at upload.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     #[error("module is {size} bytes, over the {MAX_MODULE_BYTES}-byte cap")]
     TooLarge { size: usize },
+    #[error(
+        "WebAssembly text is {size} bytes, over the {MAX_WAT_BYTES}-byte cap for text (upload a binary .wasm)"
+    )]
+    TextTooLarge { size: usize },
+    #[error("module validation did not finish: {0}")]
+    Interrupted(String),
     #[error("not valid WebAssembly text: {0}")]
     Wat(String),
     #[error("not a valid WebAssembly module: {0}")]
@@ -26,6 +48,9 @@ pub fn prepare(bytes: &[u8]) -> Result<(Vec<u8>, ModuleHash), ModuleError> {
     let wasm = if bytes.starts_with(b"\0asm") {
         bytes.to_vec()
     } else {
+        if bytes.len() > MAX_WAT_BYTES {
+            return Err(ModuleError::TextTooLarge { size: bytes.len() });
+        }
         wat::parse_bytes(bytes)
             .map_err(|e| ModuleError::Wat(e.to_string()))?
             .into_owned()
@@ -38,6 +63,43 @@ pub fn prepare(bytes: &[u8]) -> Result<(Vec<u8>, ModuleHash), ModuleError> {
         .map_err(|e| ModuleError::Invalid(e.to_string()))?;
     let hash = ModuleHash::of(&wasm);
     Ok((wasm, hash))
+}
+
+/// Validations running or waiting, shared by every caller in the process.
+fn validations() -> &'static Arc<Semaphore> {
+    static PERMITS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| Arc::new(Semaphore::new(MAX_CONCURRENT_VALIDATIONS)))
+}
+
+/// [`prepare`] on a blocking thread, at most [`MAX_CONCURRENT_VALIDATIONS`] at once, so
+/// the async threads (and `/healthz`) keep answering while big modules are checked.
+/// `on_turn` runs when this validation gets its turn; what it returns is held until the
+/// validation ends (a metrics guard, say), panics included.
+pub async fn prepare_off_thread<G: Send + 'static>(
+    bytes: axum::body::Bytes,
+    on_turn: impl FnOnce() -> G + Send + 'static,
+) -> Result<(Vec<u8>, ModuleHash, EntryPoint), ModuleError> {
+    if bytes.len() > MAX_MODULE_BYTES {
+        return Err(ModuleError::TooLarge { size: bytes.len() });
+    }
+    if !bytes.starts_with(b"\0asm") && bytes.len() > MAX_WAT_BYTES {
+        return Err(ModuleError::TextTooLarge { size: bytes.len() });
+    }
+    let permit = validations()
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ModuleError::Interrupted(e.to_string()))?;
+    let work = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let _turn = on_turn();
+        prepare(&bytes).map(|(wasm, hash)| {
+            let entry = default_entry(&wasm);
+            (wasm, hash, entry)
+        })
+    });
+    work.await
+        .map_err(|e| ModuleError::Interrupted(e.to_string()))?
 }
 
 /// The entry point a module offers when a job names none: `_start` if exported, else
@@ -90,5 +152,10 @@ mod tests {
         assert_eq!(default_entry(&wasm), EntryPoint::Command);
         let huge = vec![b' '; MAX_MODULE_BYTES + 1];
         assert!(matches!(prepare(&huge), Err(ModuleError::TooLarge { .. })));
+        let wordy = vec![b' '; MAX_WAT_BYTES + 1];
+        assert!(matches!(
+            prepare(&wordy),
+            Err(ModuleError::TextTooLarge { .. })
+        ));
     }
 }

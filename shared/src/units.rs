@@ -1,6 +1,11 @@
-//! Human units on the command line: sizes like `64MiB` and durations like `2s`/`500ms`.
+//! Human units on the command line and in API requests: sizes like `64MiB` and
+//! durations like `2s`/`500ms`. Both come from tenants too (query strings, batch
+//! bodies), so the input is length-capped before parsing and never echoed whole.
 
 use std::time::Duration;
+
+/// The longest size or duration text accepted; real ones are a few characters.
+pub const MAX_UNIT_TEXT: usize = 64;
 
 /// Why a size or duration could not be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -11,30 +16,56 @@ pub enum UnitError {
     Duration { input: String, reason: String },
 }
 
+/// `input` as it may appear in an error message: at most [`MAX_UNIT_TEXT`] characters.
+fn shown(input: &str) -> String {
+    input.chars().take(MAX_UNIT_TEXT).collect()
+}
+
+fn too_long(input: &str) -> Option<String> {
+    (input.len() > MAX_UNIT_TEXT).then(|| format!("longer than {MAX_UNIT_TEXT} bytes"))
+}
+
 /// Parses a byte size: a plain number of bytes or a number with a unit (`KiB`, `MiB`,
 /// `GiB`, `KB`, `MB`, …, case-insensitive).
 pub fn parse_size(input: &str) -> Result<u64, UnitError> {
+    let error = |reason: String| UnitError::Size {
+        input: shown(input),
+        reason,
+    };
+    if let Some(reason) = too_long(input) {
+        return Err(error(reason));
+    }
     input
         .trim()
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
-        .map_err(|reason| UnitError::Size {
-            input: input.to_owned(),
-            reason: reason.to_string(),
-        })
+        .map_err(|reason| error(reason.to_string()))
 }
 
 /// Parses a duration such as `2s`, `500ms` or `1m 30s`.
 pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
-    humantime::parse_duration(input.trim()).map_err(|reason| UnitError::Duration {
-        input: input.to_owned(),
-        reason: reason.to_string(),
-    })
+    let error = |reason: String| UnitError::Duration {
+        input: shown(input),
+        reason,
+    };
+    if let Some(reason) = too_long(input) {
+        return Err(error(reason));
+    }
+    humantime::parse_duration(input.trim()).map_err(|reason| error(reason.to_string()))
+}
+
+/// A duration in whole milliseconds, at least 1 and saturating at `u64::MAX`: what a
+/// limit or a timeout is stored as (0 would mean "already expired").
+pub fn millis_at_least_one(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn sizes_accept_binary_and_decimal_units() {
@@ -52,5 +83,76 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn long_text_is_refused_and_not_echoed_whole() {
+        let long = "9".repeat(100_000);
+        let e = parse_size(&long).unwrap_err().to_string();
+        assert!(e.len() < 300, "{e}");
+        let e = parse_duration(&long).unwrap_err().to_string();
+        assert!(e.len() < 300, "{e}");
+    }
+
+    #[test]
+    fn milliseconds_are_at_least_one_and_saturate() {
+        assert_eq!(millis_at_least_one(Duration::ZERO), 1);
+        assert_eq!(millis_at_least_one(Duration::from_micros(10)), 1);
+        assert_eq!(millis_at_least_one(Duration::from_secs(2)), 2000);
+        assert_eq!(millis_at_least_one(Duration::MAX), u64::MAX);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Arbitrary text never panics either parser, and an error names its kind and
+        /// stays short.
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,80}") {
+            match parse_size(&text) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(e.to_string().starts_with("invalid size") && e.to_string().len() < 600),
+            }
+            match parse_duration(&text) {
+                Ok(d) => { let _ = millis_at_least_one(d); }
+                Err(e) => prop_assert!(e.to_string().starts_with("invalid duration") && e.to_string().len() < 600),
+            }
+        }
+
+        /// Unit-looking text (digits, dots, signs, exponents and unit letters) never
+        /// panics either parser: the shapes most likely to hit overflow paths.
+        #[test]
+        fn unit_shaped_text_never_panics(
+            number in "[-+]?[0-9]{0,25}(\\.[0-9]{0,10})?(e[-+]?[0-9]{1,4})?",
+            space in "[ ]{0,2}",
+            unit in prop::sample::select(vec![
+                "", "b", "B", "k", "KiB", "kb", "MiB", "MB", "GiB", "gb", "TiB", "PiB", "EiB",
+                "ns", "us", "ms", "s", "m", "h", "d", "w", "y", "nan", "inf",
+            ]),
+        ) {
+            let text = format!("{number}{space}{unit}");
+            let _ = parse_size(&text);
+            if let Ok(d) = parse_duration(&text) {
+                let _ = millis_at_least_one(d);
+            }
+        }
+
+        /// A plain byte count and whole binary units read back exactly.
+        #[test]
+        fn sizes_round_trip(n in 0u64..(1 << 40), shift in prop::sample::select(vec![(0u32, ""), (10, "KiB"), (20, "MiB")])) {
+            let (bits, unit) = shift;
+            let text = format!("{n}{unit}");
+            match n.checked_shl(bits).filter(|v| v >> bits == n) {
+                Some(expected) => prop_assert_eq!(parse_size(&text).unwrap(), expected),
+                None => { let _ = parse_size(&text); }
+            }
+        }
+
+        /// Whole milliseconds and seconds read back exactly.
+        #[test]
+        fn durations_round_trip(n in 0u64..(1 << 40)) {
+            prop_assert_eq!(parse_duration(&format!("{n}ms")).unwrap(), Duration::from_millis(n));
+            prop_assert_eq!(parse_duration(&format!("{n}s")).unwrap(), Duration::from_secs(n));
+        }
     }
 }

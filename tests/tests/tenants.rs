@@ -132,6 +132,75 @@ fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
     );
 }
 
+/// The worker re-checks a whole envelope against the stored policy: input size,
+/// arguments and environment over the quotas end as `policy_violation`, naming the
+/// quota, and a job within them still runs.
+#[test]
+fn forged_envelope_over_the_quotas_is_refused_by_the_worker() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let queue = rt.block_on(connect(&server.url(), "forge"));
+    let strict = TenantPolicy {
+        max_input_bytes: 8,
+        max_args: 2,
+        max_args_env_bytes: 16,
+        ..TenantPolicy::default()
+    };
+    rt.block_on(queue.create_tenant("strict", &strict)).unwrap();
+    let module = rt
+        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
+        .unwrap();
+    let _worker = WorkerProcess::start(&server.url(), "forge", "w0", &[]);
+
+    let mut fair = Job::new(module, JobInput::Inline(b"12345678".to_vec()));
+    fair.tenant = TenantId("strict".into());
+    fair.args = vec!["ok".into()];
+    let forge = |f: &dyn Fn(&mut Job)| {
+        let mut job = fair.clone();
+        job.id = sluice_shared::JobId::new();
+        f(&mut job);
+        job
+    };
+    let big_input = forge(&|j| j.input = JobInput::Inline(vec![0; 9]));
+    let long_args = forge(&|j| j.args = vec!["0123456789abcdef!".into()]);
+    let many_args = forge(&|j| j.args = vec!["a".into(); 3]);
+    let jobs = [
+        fair.clone(),
+        big_input.clone(),
+        long_args.clone(),
+        many_args.clone(),
+    ];
+    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    rt.block_on(queue.enqueue(&jobs)).unwrap();
+
+    let ids: HashSet<_> = jobs.iter().map(|j| j.id).collect();
+    let mut kinds = std::collections::HashMap::new();
+    let mut cursor = from;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while kinds.len() < jobs.len() {
+        assert!(std::time::Instant::now() < deadline, "jobs never finished");
+        let (next, notices) = rt
+            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
+            .unwrap();
+        cursor = next;
+        kinds.extend(notices.into_iter().filter(|(id, _)| ids.contains(id)));
+    }
+    assert_eq!(kinds[&fair.id], OutcomeKind::Success);
+    let dead = rt.block_on(queue.dead_letters()).unwrap();
+    for (job, quota) in [
+        (&big_input, "input_bytes"),
+        (&long_args, "args_env_bytes"),
+        (&many_args, "args"),
+    ] {
+        assert_eq!(kinds[&job.id], OutcomeKind::PolicyViolation, "{quota}");
+        assert!(
+            dead.iter()
+                .any(|d| d.job_id == Some(job.id) && d.reason.contains(quota)),
+            "{quota}: {dead:?}"
+        );
+    }
+}
+
 #[test]
 fn submit_clamps_requested_limits_to_the_policy() {
     let server = RedisServer::start();

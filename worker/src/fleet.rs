@@ -113,10 +113,11 @@ impl RedisEnv {
 
 impl JobEnv for RedisEnv {
     fn admit(&self, job: &Job) -> Result<(), Outcome> {
-        // The envelope is not trusted: its limits are checked against the policy as
-        // stored, whatever the submitter claims to have clamped.
+        // The envelope is not trusted: its limits, input size, arguments and
+        // environment are checked against the policy as stored, whatever the submitter
+        // claims to have checked.
         self.policy(&job.tenant.0)?
-            .check(&job.limits)
+            .check_job(job)
             .map_err(|violation| Outcome::PolicyViolation {
                 reason: format!("tenant {}: {violation}", job.tenant),
             })

@@ -27,6 +27,8 @@ mod admission;
 mod blob;
 mod locate;
 mod outcomes;
+mod modules_store;
+mod quotas;
 mod records;
 mod tenants;
 mod validate;
@@ -35,6 +37,8 @@ pub use admission::{AdmissionError, Hold, envelope_job_id};
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
 pub use locate::Whereabouts;
 pub use outcomes::BatchCounts;
+pub use modules_store::{ModulePut, ModuleRemoved};
+pub use quotas::Reservation;
 pub use records::{Cancelled, JobRecord};
 pub use validate::{RedisConfigError, validate_queue_name};
 

@@ -1,0 +1,59 @@
+-- module_put.lua: stores a tenant's module and records the tenant's hold on it, within
+-- the tenant's module quota.
+--
+-- KEYS[1]  the module's bytes (string, content-addressed)
+-- KEYS[2]  the module's holders (set of tenant names)
+-- KEYS[3]  the tenant's held modules (sorted set: hash → expiry, ms since the epoch)
+-- KEYS[4]  the alias to set (string → hash hex); ignored unless ARGV[6] is 1
+-- ARGV[1]  the tenant
+-- ARGV[2]  the module's hash, hex
+-- ARGV[3]  the module's bytes
+-- ARGV[4]  lifetime, ms (refreshed on every use)
+-- ARGV[5]  most modules the tenant may hold
+-- ARGV[6]  1 to set the alias
+-- Returns  {1, modules held} when stored, {0, modules held} when over the quota.
+--
+-- Atomicity: the quota check and every write happen in one script. All type checks
+-- come first, so a wrong-typed key fails the script before any write, with the key
+-- named. A module stored without a lifetime (by an operator with `sluice module put`)
+-- keeps none.
+local function expect(key, want)
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'none' and kind ~= want then
+    return redis.error_reply('module key ' .. key .. ' is a ' .. kind .. ', not a ' .. want)
+  end
+  return nil
+end
+local e = expect(KEYS[1], 'string') or expect(KEYS[2], 'set') or expect(KEYS[3], 'zset')
+if e then return e end
+if ARGV[6] == '1' then
+  e = expect(KEYS[4], 'string')
+  if e then return e end
+end
+local ttl = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local held = redis.call('ZCARD', KEYS[3])
+if not redis.call('ZSCORE', KEYS[3], ARGV[2]) and held >= tonumber(ARGV[5]) then
+  return {0, held}
+end
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ttl)
+if redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('SADD', KEYS[2], ARGV[1])
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl >= 0 and pttl < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+  if pttl >= 0 then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
+if ARGV[6] == '1' then
+  redis.call('SET', KEYS[4], ARGV[2], 'PX', ttl)
+end
+return {1, redis.call('ZCARD', KEYS[3])}

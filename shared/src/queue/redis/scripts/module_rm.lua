@@ -1,0 +1,41 @@
+-- module_rm.lua: a tenant lets go of a module (and of the alias it named it by). The
+-- bytes are deleted when no tenant holds them any more, unless an operator stored
+-- them without a lifetime.
+--
+-- KEYS[1]  the module's bytes
+-- KEYS[2]  the module's holders
+-- KEYS[3]  the tenant's held modules
+-- KEYS[4]  the alias to delete (when ARGV[3] is 1)
+-- ARGV[1]  the tenant
+-- ARGV[2]  the module's hash, hex
+-- ARGV[3]  1 when the module was named by an alias
+-- Returns  {held, bytes deleted}: held is 1 when the tenant held the module or the
+--          alias; 0 means there was nothing of the tenant's to delete.
+--
+-- Atomicity: the holder count is read and the bytes deleted in one script, so a
+-- concurrent upload of the same bytes by another tenant either lands before (and
+-- keeps them) or after (and stores them again). Type checks come first.
+local function expect(key, want)
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'none' and kind ~= want then
+    return redis.error_reply('module key ' .. key .. ' is a ' .. kind .. ', not a ' .. want)
+  end
+  return nil
+end
+local e = expect(KEYS[1], 'string') or expect(KEYS[2], 'set') or expect(KEYS[3], 'zset')
+if e then return e end
+local held = 0
+if ARGV[3] == '1' then
+  e = expect(KEYS[4], 'string')
+  if e then return e end
+  held = held + redis.call('DEL', KEYS[4])
+end
+held = held + redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[1])
+local deleted = 0
+if redis.call('SCARD', KEYS[2]) == 0 and redis.call('PTTL', KEYS[1]) >= 0 then
+  deleted = redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[2])
+end
+if held > 0 then held = 1 end
+return {held, deleted}
