@@ -512,7 +512,12 @@ async fn run(seed: u64, steps: usize) {
 }
 
 async fn dispatch(queue: &RedisQueue, model: &mut Model, log: &mut Vec<String>, max: usize) {
-    let moved = queue.dispatch(TENANT, max).await.unwrap();
+    // Admission is fenced by the dispatcher role: the model is its only holder.
+    queue
+        .hold_dispatcher("model", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let moved = queue.dispatch("model", TENANT, max).await.unwrap();
     log.push(format!("dispatch {max}: {moved:?}"));
     let waiting: Vec<JobId> = model
         .order

@@ -349,7 +349,11 @@ async fn batch_outcomes_are_counted_once_across_dead_letters_and_dlq_retry() {
     );
     let fresh_counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
     assert_eq!((fresh_counts.total, fresh_counts.done()), (3, 0));
-    assert_eq!(queue.dispatch("acme", 10).await.unwrap().len(), 3);
+    queue
+        .hold_dispatcher("test", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(queue.dispatch("test", "acme", 10).await.unwrap().len(), 3);
     let claimed = queue.claim("c1", 3, LONG, LONG).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let id = |c: &sluice_shared::queue::Claimed| c.lease.job_id.unwrap();
