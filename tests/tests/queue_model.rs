@@ -205,7 +205,7 @@ async fn redis_queue_matches_the_model_in_random_interleavings() {
         });
     println!("SLUICE_MODEL_SEED={seed}");
     for round in 0..3u64 {
-        run(seed.wrapping_add(round), 250).await;
+        run(seed.wrapping_add(round), 400).await;
     }
 }
 
