@@ -83,6 +83,7 @@ impl RedisQueue {
                         .as_ref()
                         .map_or_else(|| backlog.clone(), |k| format!("{k}:jobs")),
                 )
+                .key(format!("{}owned", self.keys.prefix))
                 .arg(tenant)
                 .arg(batch.unwrap_or(""))
                 .arg(ttl)

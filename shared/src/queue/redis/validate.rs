@@ -9,8 +9,9 @@ use super::RedisConfig;
 
 /// Longest queue name.
 pub const MAX_QUEUE_NAME: usize = 64;
-/// Most completions in one script call (the script's argument list grows with it).
-pub const MAX_COMPLETION_BATCH: usize = 4096;
+/// Most completions in one script call: `complete.lua` unpacks two values per job into
+/// one `XADD`, and Redis's Lua unpacks at most about 8,000 values at once.
+pub const MAX_COMPLETION_BATCH: usize = 2000;
 
 /// A [`RedisConfig`] field that cannot be used, named as the config names it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -9,8 +9,9 @@
 -- ARGV[2]      result TTL, ms
 -- ARGV[3]      notice TTL, ms (notices older than this are trimmed)
 -- ARGV[4]      the queue's key prefix (`sluice:{q}:`): job records and batch hashes are
---              ARGV[4] .. 'job:' .. id and ARGV[4] .. 'batch:' .. id (same hash tag,
---              so the same slot as the declared keys)
+--              ARGV[4] .. 'job:' .. id and ARGV[4] .. 'batch:' .. id, and the flag
+--              ARGV[4] .. 'owned' says whether the queue has records at all (same hash
+--              tag, so the same slot as the declared keys)
 -- then per job: entry id, job id, outcome kind, encoded result, consumer
 -- Returns      per job: 1 stored; 0 a result was already stored (duplicate; the entry,
 --              if still there, is removed); 2 stale: the entry is gone (retried, dead-
@@ -57,6 +58,8 @@ for consumer, ids in pairs(by_consumer) do
   end
 end
 
+-- Only queues with job records (the HTTP service's) have batches to count.
+local owned = redis.call('EXISTS', prefix .. 'owned') == 1
 local acked, notice, reply = {}, {}, {}
 local recorded, duplicates, stale = 0, 0, 0
 for i = 1, n do
@@ -64,7 +67,7 @@ for i = 1, n do
   local entry, job, kind, result = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local key = KEYS[3 + i]
   local batch, problem = nil, nil
-  if pending[entry] then batch, problem = batch_of(prefix, job, 'n:' .. kind) end
+  if owned and pending[entry] then batch, problem = batch_of(prefix, job, 'n:' .. kind) end
   local stored = false
   if not problem and pending[entry] then
     stored = redis.call('SET', key, result, 'NX', 'PX', ttl)

@@ -5,7 +5,10 @@
 -- KEYS[2]      the set of tenants with a non-empty backlog
 -- KEYS[3]      the batch hash (tenant, total, outcome counters `n:<kind>`)
 -- KEYS[4]      the batch's job-id list (KEYS[3], KEYS[4] unused without a batch)
--- KEYS[4 + i]  the record of the i-th job
+-- KEYS[5]      the queue's `owned` flag: set once any job of the queue has a record,
+--              so complete.lua looks for records (one HGET per job) only on queues
+--              that have them
+-- KEYS[5 + i]  the record of the i-th job
 -- ARGV[1]      tenant
 -- ARGV[2]      batch id, or ''
 -- ARGV[3]      record TTL, ms (the result TTL)
@@ -19,16 +22,17 @@
 -- nor a worker finish, a job whose record or batch is not there yet, so the batch's
 -- outcome counters (updated by complete.lua and dead.lua from the record) miss none.
 local tenant, batch, ttl = ARGV[1], ARGV[2], ARGV[3]
-local n = #KEYS - 4
+local n = #KEYS - 5
 local problem = foreign(KEYS[1], 'stream') or foreign(KEYS[2], 'set')
 if not problem and batch ~= '' then
   problem = foreign(KEYS[3], 'hash') or foreign(KEYS[4], 'list')
 end
 for i = 1, n do
   if problem then break end
-  problem = foreign(KEYS[4 + i], 'hash')
+  problem = foreign(KEYS[5 + i], 'hash')
 end
 if problem then return redis.error_reply('CORRUPT ' .. problem) end
+redis.call('SET', KEYS[5], '1')
 if batch ~= '' then
   redis.call('HSET', KEYS[3], 'tenant', tenant, 'total', ARGV[4])
   redis.call('PEXPIRE', KEYS[3], ttl)
@@ -37,9 +41,9 @@ local ids = {}
 for i = 1, n do
   local base = 4 + (i - 1) * 3
   local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[base + 1], 'j', ARGV[base + 2])
-  redis.call('HSET', KEYS[4 + i], 'tenant', tenant, 'stream', KEYS[1], 'entry', id,
+  redis.call('HSET', KEYS[5 + i], 'tenant', tenant, 'stream', KEYS[1], 'entry', id,
     'batch', batch, 'limits', ARGV[base + 3])
-  redis.call('PEXPIRE', KEYS[4 + i], ttl)
+  redis.call('PEXPIRE', KEYS[5 + i], ttl)
   if batch ~= '' then redis.call('RPUSH', KEYS[4], ARGV[base + 2]) end
   ids[i] = id
 end
