@@ -275,8 +275,13 @@ pub async fn drain_release_keeps_earlier_attempts<Q: Queue>(queue: &Q) {
     let sent = job(13);
     queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
     let _dies = queue.claim("dies", 1, SHORT, PATIENT).await.unwrap();
-    // Blocks until the first lease runs out, then takes the job over.
-    let taken = queue.claim("c2", 1, LONG, PATIENT).await.unwrap().remove(0);
+    // Blocks until the first lease runs out, then takes the job over (a claimer takes
+    // over entries idle for longer than its own lease).
+    let taken = queue
+        .claim("c2", 1, SHORT, PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(taken.attempt(), 2);
     queue
         .release(
@@ -331,7 +336,11 @@ pub async fn release_of_a_lost_lease_is_refused<Q: Queue>(queue: &Q) {
         .await
         .unwrap()
         .remove(0);
-    let taken = queue.claim("c2", 1, LONG, PATIENT).await.unwrap().remove(0);
+    let taken = queue
+        .claim("c2", 1, SHORT, PATIENT)
+        .await
+        .unwrap()
+        .remove(0);
     let err = queue
         .release(
             &lost.lease,
