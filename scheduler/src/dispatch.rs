@@ -35,6 +35,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// First and longest wait for a free place while tenants wait (completions cut it short).
 const MIN_POLL: Duration = Duration::from_millis(1);
 const MAX_POLL: Duration = Duration::from_millis(50);
+/// How often a busy holder reads completion notices between waits.
+const NOTICES_EVERY: Duration = Duration::from_millis(10);
 /// How often the admitted jobs are re-read and checked against Redis, for jobs whose
 /// notice was never seen (cancelled after admission, retried, notices trimmed).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
@@ -158,6 +160,7 @@ struct Dispatcher {
     /// so counts err on the high side, never the low one.
     admitted: HashMap<JobId, String>,
     notices: String,
+    notices_read: Instant,
     reconciled: Instant,
     last_served: Option<String>,
     complained: HashMap<String, Instant>,
@@ -181,6 +184,7 @@ pub async fn run(
         tenants: HashMap::new(),
         admitted: HashMap::new(),
         notices: "$".to_owned(),
+        notices_read: Instant::now(),
         reconciled: Instant::now(),
         last_served: None,
         complained: HashMap::new(),
@@ -215,12 +219,18 @@ pub async fn run(
                             () = wake.notified() => {}
                             () = shutdown.cancelled() => {}
                             notices = queue.completions(&d.notices, wait) => {
-                                if let Ok((last, finished)) = notices
-                                    && !finished.is_empty()
-                                {
-                                    d.notices = last;
-                                    d.finished(finished).await;
-                                    poll = MIN_POLL;
+                                match notices {
+                                    Ok((last, finished)) => {
+                                        d.notices_read = Instant::now();
+                                        if !finished.is_empty() {
+                                            d.notices = last;
+                                            d.finished(finished).await;
+                                            poll = MIN_POLL;
+                                        }
+                                    }
+                                    // A corrupt notice stream fails at once: wait anyway
+                                    // (the round logs it).
+                                    Err(_) => tokio::time::sleep(wait).await,
                                 }
                             }
                         }
@@ -295,7 +305,11 @@ impl Dispatcher {
                 }
             }
         }
-        self.follow_completions().await;
+        // Notices are read while waiting; a burst of admitting rounds reads them too,
+        // but not every round (each read may block for a millisecond).
+        if self.notices_read.elapsed() >= NOTICES_EVERY {
+            self.follow_completions().await;
+        }
         if self.reconciled.elapsed() >= RECONCILE_EVERY {
             self.reconcile().await?;
         }
@@ -512,6 +526,7 @@ impl Dispatcher {
         {
             Ok((last, finished)) => {
                 self.notices = last;
+                self.notices_read = Instant::now();
                 self.finished(finished).await;
             }
             Err(error) => {

@@ -628,3 +628,46 @@ fn retried_api_jobs_go_back_through_their_tenants_backlog() {
         Err(AdmissionError::WrongType { key, .. }) if key == backlog
     ));
 }
+
+#[test]
+fn role_keys_that_would_never_expire_are_given_one_holds_expiry() {
+    let redis = RedisServer::start();
+    let rt = runtime();
+    let queue = rt.block_on(connect(&redis.url(), "role"));
+    let role = "sluice:{role}:dispatcher";
+    let hold = Duration::from_secs(5);
+    let pttl = || redis.cli(&["PTTL", role]).trim().parse::<i64>().unwrap();
+
+    redis.cli(&["SET", role, "long-lived", "PX", "86400000"]);
+    let found = rt.block_on(queue.hold_dispatcher("me", hold)).unwrap();
+    assert!(
+        matches!(&found, Hold::Repaired { found } if found.contains("long-lived")),
+        "{found:?}"
+    );
+    assert!((1..=5000).contains(&pttl()));
+
+    redis.cli(&["DEL", role]);
+    redis.cli(&["HSET", role, "not", "a lock"]);
+    let found = rt.block_on(queue.hold_dispatcher("me", hold)).unwrap();
+    assert!(matches!(&found, Hold::Repaired { found } if found.contains("hash")));
+    assert!((1..=5000).contains(&pttl()));
+
+    // A live hold is respected, renewed by its holder, and released only by it.
+    redis.cli(&["DEL", role]);
+    assert_eq!(
+        rt.block_on(queue.hold_dispatcher("me", hold)).unwrap(),
+        Hold::Held
+    );
+    assert_eq!(
+        rt.block_on(queue.hold_dispatcher("other", hold)).unwrap(),
+        Hold::Other {
+            holder: "me".into()
+        }
+    );
+    assert!(!rt.block_on(queue.release_dispatcher("other")).unwrap());
+    assert!(rt.block_on(queue.release_dispatcher("me")).unwrap());
+    assert_eq!(
+        rt.block_on(queue.hold_dispatcher("other", hold)).unwrap(),
+        Hold::Held
+    );
+}
