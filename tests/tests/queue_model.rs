@@ -363,6 +363,8 @@ async fn run(seed: u64, steps: usize) {
                 let m = &model.jobs[&id];
                 let expected = match &m.state {
                     State::Backlog => Cancelled::Yes,
+                    // Promoted back into its backlog by a claim's maintenance, or not yet.
+                    State::Delayed if reply == Cancelled::Yes => Cancelled::Yes,
                     State::Stream { entry, holder }
                         if *entry == m.record_entry && entry.is_some() =>
                     {
@@ -519,19 +521,40 @@ async fn dispatch(queue: &RedisQueue, model: &mut Model, log: &mut Vec<String>, 
         .unwrap();
     let moved = queue.dispatch("model", TENANT, max).await.unwrap();
     log.push(format!("dispatch {max}: {moved:?}"));
+    // Jobs that never left the backlog, oldest first. A retried owned job goes back to
+    // the backlog's end when a claim's maintenance promotes it, which the model does not
+    // time: it may be moved too, after them.
     let waiting: Vec<JobId> = model
         .order
         .iter()
         .copied()
         .filter(|id| model.jobs[id].state == State::Backlog)
         .collect();
-    // Oldest first, and only jobs still waiting (cancelled ones left the backlog).
+    let first: Vec<JobId> = moved
+        .iter()
+        .copied()
+        .filter(|id| model.jobs[id].state == State::Backlog)
+        .collect();
     assert_eq!(
-        moved,
-        waiting[..moved.len().min(waiting.len())],
+        first,
+        waiting[..first.len()],
+        "oldest first: {}",
+        log.join("\n")
+    );
+    assert!(
+        moved.len() <= max && moved.len() >= max.min(waiting.len()),
         "{}",
         log.join("\n")
     );
+    for id in &moved {
+        let m = &model.jobs[id];
+        assert!(
+            m.state == State::Backlog || (m.state == State::Delayed && m.batch.is_some()),
+            "dispatched {id} while the model has it {:?}\n{}",
+            m.state,
+            log.join("\n")
+        );
+    }
     for id in moved {
         let record = queue.job_record(id).await.unwrap().expect("a record");
         let m = model.jobs.get_mut(&id).unwrap();

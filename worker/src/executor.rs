@@ -64,7 +64,8 @@ pub trait JobEnv: Send + Sync + 'static {
     fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome>;
     /// A reader over the job's input.
     fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome>;
-    /// A writer for the job's output.
+    /// A writer for the job's output. The executor calls this and `finish_output` for
+    /// one run on the same thread.
     fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome>;
     /// Keeps or discards the output once the outcome is known, recording where it is
     /// in `result.output`. A run the watchdog gave up comes here (late) as a failure,

@@ -67,7 +67,12 @@ pub struct RedisEnv {
     sandbox: Arc<Sandbox>,
     handle: Handle,
     modules: Mutex<HashMap<ModuleHash, Result<Arc<LoadedModule>, Outcome>>>,
-    outputs: Mutex<HashMap<sluice_shared::JobId, RedisOutput>>,
+    /// Open outputs by job id and the thread running it: the executor opens and finishes
+    /// a run's output on the one blocking thread that runs it, and two runs of the same
+    /// job can be on one worker at once (a run the watchdog gave up on still going, a
+    /// takeover, a job a submitter enqueued again), so the job id alone would let one
+    /// run take or finish the other's output.
+    outputs: Mutex<HashMap<(sluice_shared::JobId, std::thread::ThreadId), RedisOutput>>,
     /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR`.
     policies: Mutex<HashMap<String, (Instant, TenantPolicy)>>,
     metrics: WorkerMetrics,
@@ -172,12 +177,13 @@ impl JobEnv for RedisEnv {
             queue: self.queue.clone(),
             handle: self.handle.clone(),
         };
-        lock(&self.outputs).insert(job.id, output.clone());
+        lock(&self.outputs).insert((job.id, std::thread::current().id()), output.clone());
         Ok(Box::new(output))
     }
 
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome> {
-        let Some(output) = lock(&self.outputs).remove(&job.id) else {
+        let Some(output) = lock(&self.outputs).remove(&(job.id, std::thread::current().id()))
+        else {
             return Ok(());
         };
         let mut state = lock(&output.state);
