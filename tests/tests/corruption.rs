@@ -213,19 +213,27 @@ async fn corrupt_stats_hash_is_named_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_notice_stream_stops_completions_until_repaired() {
+async fn corrupt_notice_stream_costs_notices_not_completions() {
     let (server, queue) = fresh().await;
     let (jobs, claimed) = running(&queue, 2).await;
     let done = key("done");
     server.cli(&["SET", &done, "x"]);
-    names(
-        queue.complete(&claimed[0].lease, success(jobs[0].id)).await,
-        &done,
+    // Results are the truth and notices only wake followers early: the job completes,
+    // and a follower reading notices is told which key is wrong.
+    assert_eq!(
+        queue
+            .complete(&claimed[0].lease, success(jobs[0].id))
+            .await
+            .unwrap(),
+        Completion::Recorded
     );
+    assert!(queue.result(jobs[0].id).await.unwrap().is_some());
     names(
         queue.completions("0", Duration::from_millis(1)).await,
         &done,
     );
+    // The foreign value is left alone (it may be another application's).
+    assert_eq!(server.cli(&["GET", &done]).trim(), "x");
     // Retries do not write notices.
     let mut next = jobs[1].clone();
     next.attempt = 1;

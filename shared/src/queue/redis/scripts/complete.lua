@@ -35,7 +35,7 @@
 local group, ttl, notice_ttl, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local n = #KEYS - 3
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'hash'),
-  foreign(KEYS[3], 'stream'), not_counter(KEYS[2], 'completed'),
+  not_counter(KEYS[2], 'completed'),
   not_counter(KEYS[2], 'duplicates'), not_counter(KEYS[2], 'stale'))
 if bad then return bad end
 
@@ -97,9 +97,13 @@ if #acked > 0 then
 end
 if recorded > 0 then
   redis.call('HINCRBY', KEYS[2], 'completed', recorded)
-  local now = now_ms()
-  redis.call('XADD', KEYS[3], 'MINID', '~', now - notice_ttl, '*', unpack(notice))
-  redis.call('PEXPIRE', KEYS[3], notice_ttl)
+  -- Notices only wake followers early (they look results up when notices fail them),
+  -- so a foreign notice key costs the notice, never the completion.
+  if not foreign(KEYS[3], 'stream') then
+    local now = now_ms()
+    redis.call('XADD', KEYS[3], 'MINID', '~', now - notice_ttl, '*', unpack(notice))
+    redis.call('PEXPIRE', KEYS[3], notice_ttl)
+  end
 end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', duplicates) end
 if stale > 0 then redis.call('HINCRBY', KEYS[2], 'stale', stale) end

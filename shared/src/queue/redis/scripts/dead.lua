@@ -28,7 +28,8 @@
 -- Ownership: only the current holder (as in owner.lua) gives a job up; a job with a
 -- stored result is finished and is never dead-lettered.
 --
--- Atomicity: every key is checked before the first write; then the dead letter (with
+-- Atomicity: every key it must write is checked before the first write (the notice
+-- stream is only written when it is a stream or absent); then the dead letter (with
 -- the original envelope, so it can be retried), the result and the notice are written
 -- before the entry is acknowledged and removed, and the counters follow: a failure
 -- can leave the job in two places, never in none.
@@ -36,7 +37,7 @@ local job, kind = ARGV[6], ARGV[7]
 local batch, problem = nil, nil
 if job ~= '' then batch, problem = batch_of(ARGV[13], job, 'n:' .. kind) end
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'stream'),
-  foreign(KEYS[3], 'hash'), foreign(KEYS[4], 'stream'),
+  foreign(KEYS[3], 'hash'),
   not_counter(KEYS[3], 'dead'), not_counter(KEYS[3], 'duplicates'),
   job ~= '' and foreign(KEYS[5], 'string') or nil, problem)
 if bad then return bad end
@@ -64,8 +65,12 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if job ~= '' then
   redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[4])
   count_outcome(ARGV[13], job, batch, kind, 1, ARGV[4])
-  redis.call('XADD', KEYS[4], 'MINID', '~', now - tonumber(ARGV[5]), '*', job, kind)
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  -- A notice only wakes followers early: a foreign notice key costs the notice, not
+  -- the dead letter.
+  if not foreign(KEYS[4], 'stream') then
+    redis.call('XADD', KEYS[4], 'MINID', '~', now - tonumber(ARGV[5]), '*', job, kind)
+    redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
