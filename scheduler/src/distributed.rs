@@ -417,7 +417,10 @@ impl Resubmitter<'_> {
     }
 }
 
-/// One line on what a stalled batch is waiting for.
+/// One line on what a stalled batch is waiting for. `workers` counts consumers that
+/// took a job lately (Redis before 7.2 lists a consumer only once it got an entry), so
+/// it is 0 for idle workers: the hint to start one is given only when jobs are queued
+/// and nobody takes them.
 fn waiting_line(
     queue: &RedisQueue,
     outstanding: usize,
@@ -427,7 +430,7 @@ fn waiting_line(
     let name = &queue.config().queue;
     let mut line = format!(
         "waiting for {outstanding} jobs: {} queued, {} running, {} delayed, {} finished; \
-         {workers} workers on queue {name}",
+         {workers} workers active on queue {name}",
         at.queued,
         at.running,
         at.delayed,
@@ -439,7 +442,7 @@ fn waiting_line(
             at.vanished.len()
         );
     }
-    if workers == 0 && at.queued + at.delayed + at.vanished.len() > 0 {
+    if workers == 0 && at.queued > 0 {
         line += &format!(" (start one: sluice-worker serve --queue {name})");
     }
     line
