@@ -352,19 +352,22 @@ struct Resubmitter<'a> {
     /// Job id → (input name, path).
     inputs: HashMap<JobId, (String, PathBuf)>,
     redone: usize,
+    /// Every input lost for good: name and why it cannot be read.
     lost: Vec<(String, String)>,
+    /// Ids of jobs lost for good since the caller last took them.
+    unreadable: Vec<JobId>,
 }
 
 impl Resubmitter<'_> {
     /// Enqueues `vanished` again under their own ids, after storing the module again
     /// if it is gone too; inputs are read from disk again (and blobs uploaded again).
-    /// Returns the ids that could not be enqueued (their inputs are unreadable now).
+    /// Jobs whose inputs are unreadable now go to `lost` and `unreadable`.
     async fn redo(
         &mut self,
         queue: &RedisQueue,
         vanished: &[JobId],
         progress: &ProgressBar,
-    ) -> Result<Vec<JobId>, BatchError> {
+    ) -> Result<(), BatchError> {
         if !queue.module_stored(&self.module).await? {
             queue.put_module(&self.wasm, None).await?;
             say(
@@ -373,7 +376,6 @@ impl Resubmitter<'_> {
             );
         }
         let mut jobs = Vec::new();
-        let mut unreadable = Vec::new();
         for id in vanished {
             let Some((name, path)) = self.inputs.get(id) else {
                 continue;
@@ -401,7 +403,7 @@ impl Resubmitter<'_> {
                         );
                     }
                     self.lost.push((name.clone(), source.to_string()));
-                    unreadable.push(*id);
+                    self.unreadable.push(*id);
                 }
                 Err(e) => return Err(e),
             }
@@ -413,7 +415,7 @@ impl Resubmitter<'_> {
         }
         queue.enqueue(&jobs).await?;
         self.redone += jobs.len();
-        Ok(unreadable)
+        Ok(())
     }
 }
 
@@ -483,6 +485,7 @@ pub async fn run_batch(
         inputs: HashMap::with_capacity(inputs.len()),
         redone: 0,
         lost: Vec::new(),
+        unreadable: Vec::new(),
     };
     // Enqueued a chunk at a time, so inline inputs are never all in memory at once.
     let mut enqueue_failed = None;
@@ -580,16 +583,34 @@ pub async fn run_batch(
                 &progress,
                 &waiting_line(&queue, outstanding.len(), &at, workers),
             );
-            finished = follower.collect(&queue, &at.finished).await?;
-            if !at.vanished.is_empty() {
-                let unreadable = resubmitter.redo(&queue, &at.vanished, &progress).await?;
-                follower.forget(&unreadable);
-                progress.set_length(
-                    progress
-                        .length()
-                        .unwrap_or(0)
-                        .saturating_sub(unreadable.len() as u64),
-                );
+            let redone = async {
+                finished = follower.collect(&queue, &at.finished).await?;
+                if !at.vanished.is_empty() {
+                    resubmitter.redo(&queue, &at.vanished, &progress).await?;
+                }
+                Ok::<_, BatchError>(())
+            }
+            .await;
+            let unreadable = std::mem::take(&mut resubmitter.unreadable);
+            follower.forget(&unreadable);
+            progress.set_length(
+                progress
+                    .length()
+                    .unwrap_or(0)
+                    .saturating_sub(unreadable.len() as u64),
+            );
+            match redone {
+                Ok(()) => {}
+                // Redis went away again: what was not enqueued is found at the next check.
+                Err(BatchError::Queue(QueueError::Unavailable(reason))) => {
+                    say(
+                        &progress,
+                        &format!("redis unavailable ({reason}); will look again"),
+                    );
+                    stall.checked(false);
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             stall.checked(!at.vanished.is_empty());
         }
@@ -639,4 +660,67 @@ pub async fn run_batch(
         elapsed: started.elapsed(),
         report: report_path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower(n: usize) -> (Follower, Vec<JobId>) {
+        let ids: Vec<JobId> = (0..n).map(|_| JobId::new()).collect();
+        let mut follower = Follower {
+            last_notice: "0-0".into(),
+            outstanding: BTreeSet::new(),
+            poll_from: None,
+            polling: None,
+            warning: None,
+        };
+        follower.expect(ids.iter().copied());
+        (follower, ids)
+    }
+
+    /// Lost notices used to be made up for by looking up the same first 1,000 ids on
+    /// every quiet round; the rest could never be found.
+    #[test]
+    fn direct_lookups_go_round_every_outstanding_job() {
+        let (mut follower, ids) = follower(2_500);
+        let mut seen = HashSet::new();
+        for _ in 0..3 {
+            let batch = follower.next_lookups(1_000);
+            assert!(!batch.is_empty() && batch.len() <= 1_000);
+            seen.extend(batch);
+        }
+        assert_eq!(
+            seen.len(),
+            ids.len(),
+            "three rounds of 1,000 cover 2,500 jobs"
+        );
+
+        // Jobs finishing between rounds never stop the rotation.
+        follower.forget(&ids[..2_000]);
+        let mut seen = HashSet::new();
+        for _ in 0..2 {
+            seen.extend(follower.next_lookups(300));
+        }
+        assert_eq!(seen.len(), 500);
+        assert!(seen.iter().all(|id| !ids[..2_000].contains(id)));
+    }
+
+    #[test]
+    fn a_stall_check_backs_off_while_nothing_arrives() {
+        let mut watch = StallWatch::new(Duration::ZERO);
+        assert!(watch.due());
+        let mut watch2 = StallWatch::new(Duration::from_secs(5));
+        assert!(!watch2.due());
+        watch2.checked(false);
+        assert_eq!(watch2.every, Duration::from_secs(10));
+        for _ in 0..10 {
+            watch2.checked(false);
+        }
+        assert_eq!(watch2.every, Duration::from_secs(60));
+        watch2.checked(true);
+        assert_eq!(watch2.every, Duration::from_secs(5));
+        watch.progress();
+        assert_eq!(watch.every, Duration::ZERO);
+    }
 }
