@@ -368,6 +368,9 @@ impl Resubmitter<'_> {
         vanished: &[JobId],
         progress: &ProgressBar,
     ) -> Result<(), BatchError> {
+        // Workers recreate the group themselves; doing it here too means the jobs
+        // are claimable the moment they are back, whoever looks first.
+        queue.recreate_group().await?;
         if !queue.module_stored(&self.module).await? {
             queue.put_module(&self.wasm, None).await?;
             say(
