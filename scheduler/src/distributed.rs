@@ -491,47 +491,55 @@ pub async fn run_batch(
         unreadable: Vec::new(),
     };
     // Enqueued a chunk at a time, so inline inputs are never all in memory at once.
-    let mut enqueue_failed = None;
+    // Should Redis go away meanwhile, the remaining jobs are only registered: they are
+    // found missing when results stop arriving, and enqueued then like any lost job.
+    let mut interrupted = None;
     for chunk in inputs.chunks(1_000) {
         let mut jobs = Vec::with_capacity(chunk.len());
         for (name, path, len) in chunk {
-            let job = options.job(
-                module,
-                upload_input(&queue, path, *len).await?,
-                &entry,
-                name,
-            );
-            labels.insert(job.id, name.clone());
-            resubmitter
-                .inputs
-                .insert(job.id, (name.clone(), path.clone()));
-            jobs.push(job);
+            let id = JobId::new();
+            labels.insert(id, name.clone());
+            resubmitter.inputs.insert(id, (name.clone(), path.clone()));
+            follower.expect([id]);
+            if interrupted.is_some() {
+                continue;
+            }
+            match upload_input(&queue, path, *len).await {
+                Ok(input) => {
+                    let mut job = options.job(module, input, &entry, name);
+                    job.id = id;
+                    jobs.push(job);
+                }
+                Err(BatchError::Queue(e @ QueueError::Unavailable(_))) => interrupted = Some(e),
+                Err(e) => return Err(e),
+            }
         }
-        follower.expect(jobs.iter().map(|j| j.id));
-        if enqueue_failed.is_none()
+        if interrupted.is_none()
             && let Err(e) = queue.enqueue(&jobs).await
         {
-            // Redis went away: the jobs not enqueued are found missing when results
-            // stop arriving, and enqueued then.
-            enqueue_failed = Some(e);
+            interrupted = Some(e);
         }
     }
-    // Redis may have lost the module while the jobs went in (a restart mid-enqueue):
-    // workers would fail every job that names it as not stored.
-    if enqueue_failed.is_none() && !queue.module_stored(&module).await? {
-        queue.put_module(&resubmitter.wasm, None).await?;
-        say(
-            &progress,
-            &format!("module {module} was lost by Redis: stored it again"),
-        );
-    }
-    if let Some(e) = enqueue_failed {
-        say(
+    match interrupted {
+        Some(e) => say(
             &progress,
             &format!(
                 "enqueueing was interrupted ({e}); the jobs not enqueued will be once Redis is back"
             ),
-        );
+        ),
+        // Redis may have lost the module while the jobs went in (a restart
+        // mid-enqueue): workers would fail every job that names it as not stored.
+        // Should Redis be away now, the first check for lost jobs stores it.
+        None => {
+            if let Ok(false) = queue.module_stored(&module).await
+                && queue.put_module(&resubmitter.wasm, None).await.is_ok()
+            {
+                say(
+                    &progress,
+                    &format!("module {module} was lost by Redis: stored it again"),
+                );
+            }
+        }
     }
 
     let report_path = options.out_dir.join(REPORT_FILE);
@@ -628,7 +636,22 @@ pub async fn run_batch(
                             path: path.clone(),
                             source,
                         })?;
-                write_output(&queue, &result, tokio::io::BufWriter::new(file)).await?;
+                match write_output(&queue, &result, tokio::io::BufWriter::new(file)).await {
+                    Ok(()) => {}
+                    // Redis went away while the output streamed: wait for the job
+                    // again; its result is read again, or the job is redone if lost.
+                    Err(BatchError::Queue(QueueError::Unavailable(reason))) => {
+                        say(
+                            &progress,
+                            &format!(
+                                "{label}: reading its output failed ({reason}); will read it again"
+                            ),
+                        );
+                        follower.expect([result.job_id]);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             } else {
                 say(&progress, &format!("{label}: {}", result.outcome));
             }
