@@ -352,19 +352,25 @@ struct Resubmitter<'a> {
     /// Job id → (input name, path).
     inputs: HashMap<JobId, (String, PathBuf)>,
     redone: usize,
+    /// Every input lost for good: name and why it cannot be read.
     lost: Vec<(String, String)>,
+    /// Ids of jobs lost for good since the caller last took them.
+    unreadable: Vec<JobId>,
 }
 
 impl Resubmitter<'_> {
     /// Enqueues `vanished` again under their own ids, after storing the module again
     /// if it is gone too; inputs are read from disk again (and blobs uploaded again).
-    /// Returns the ids that could not be enqueued (their inputs are unreadable now).
+    /// Jobs whose inputs are unreadable now go to `lost` and `unreadable`.
     async fn redo(
         &mut self,
         queue: &RedisQueue,
         vanished: &[JobId],
         progress: &ProgressBar,
-    ) -> Result<Vec<JobId>, BatchError> {
+    ) -> Result<(), BatchError> {
+        // Workers recreate the group themselves; doing it here too means the jobs
+        // are claimable the moment they are back, whoever looks first.
+        queue.recreate_group().await?;
         if !queue.module_stored(&self.module).await? {
             queue.put_module(&self.wasm, None).await?;
             say(
@@ -373,7 +379,6 @@ impl Resubmitter<'_> {
             );
         }
         let mut jobs = Vec::new();
-        let mut unreadable = Vec::new();
         for id in vanished {
             let Some((name, path)) = self.inputs.get(id) else {
                 continue;
@@ -401,7 +406,7 @@ impl Resubmitter<'_> {
                         );
                     }
                     self.lost.push((name.clone(), source.to_string()));
-                    unreadable.push(*id);
+                    self.unreadable.push(*id);
                 }
                 Err(e) => return Err(e),
             }
@@ -413,11 +418,14 @@ impl Resubmitter<'_> {
         }
         queue.enqueue(&jobs).await?;
         self.redone += jobs.len();
-        Ok(unreadable)
+        Ok(())
     }
 }
 
-/// One line on what a stalled batch is waiting for.
+/// One line on what a stalled batch is waiting for. `workers` counts consumers that
+/// took a job lately (Redis before 7.2 lists a consumer only once it got an entry), so
+/// it is 0 for idle workers: the hint to start one is given only when jobs are queued
+/// and nobody takes them.
 fn waiting_line(
     queue: &RedisQueue,
     outstanding: usize,
@@ -427,7 +435,7 @@ fn waiting_line(
     let name = &queue.config().queue;
     let mut line = format!(
         "waiting for {outstanding} jobs: {} queued, {} running, {} delayed, {} finished; \
-         {workers} workers on queue {name}",
+         {workers} workers active on queue {name}",
         at.queued,
         at.running,
         at.delayed,
@@ -439,7 +447,7 @@ fn waiting_line(
             at.vanished.len()
         );
     }
-    if workers == 0 && at.queued + at.delayed + at.vanished.len() > 0 {
+    if workers == 0 && at.queued > 0 {
         line += &format!(" (start one: sluice-worker serve --queue {name})");
     }
     line
@@ -480,49 +488,58 @@ pub async fn run_batch(
         inputs: HashMap::with_capacity(inputs.len()),
         redone: 0,
         lost: Vec::new(),
+        unreadable: Vec::new(),
     };
     // Enqueued a chunk at a time, so inline inputs are never all in memory at once.
-    let mut enqueue_failed = None;
+    // Should Redis go away meanwhile, the remaining jobs are only registered: they are
+    // found missing when results stop arriving, and enqueued then like any lost job.
+    let mut interrupted = None;
     for chunk in inputs.chunks(1_000) {
         let mut jobs = Vec::with_capacity(chunk.len());
         for (name, path, len) in chunk {
-            let job = options.job(
-                module,
-                upload_input(&queue, path, *len).await?,
-                &entry,
-                name,
-            );
-            labels.insert(job.id, name.clone());
-            resubmitter
-                .inputs
-                .insert(job.id, (name.clone(), path.clone()));
-            jobs.push(job);
+            let id = JobId::new();
+            labels.insert(id, name.clone());
+            resubmitter.inputs.insert(id, (name.clone(), path.clone()));
+            follower.expect([id]);
+            if interrupted.is_some() {
+                continue;
+            }
+            match upload_input(&queue, path, *len).await {
+                Ok(input) => {
+                    let mut job = options.job(module, input, &entry, name);
+                    job.id = id;
+                    jobs.push(job);
+                }
+                Err(BatchError::Queue(e @ QueueError::Unavailable(_))) => interrupted = Some(e),
+                Err(e) => return Err(e),
+            }
         }
-        follower.expect(jobs.iter().map(|j| j.id));
-        if enqueue_failed.is_none()
+        if interrupted.is_none()
             && let Err(e) = queue.enqueue(&jobs).await
         {
-            // Redis went away: the jobs not enqueued are found missing when results
-            // stop arriving, and enqueued then.
-            enqueue_failed = Some(e);
+            interrupted = Some(e);
         }
     }
-    // Redis may have lost the module while the jobs went in (a restart mid-enqueue):
-    // workers would fail every job that names it as not stored.
-    if enqueue_failed.is_none() && !queue.module_stored(&module).await? {
-        queue.put_module(&resubmitter.wasm, None).await?;
-        say(
-            &progress,
-            &format!("module {module} was lost by Redis: stored it again"),
-        );
-    }
-    if let Some(e) = enqueue_failed {
-        say(
+    match interrupted {
+        Some(e) => say(
             &progress,
             &format!(
                 "enqueueing was interrupted ({e}); the jobs not enqueued will be once Redis is back"
             ),
-        );
+        ),
+        // Redis may have lost the module while the jobs went in (a restart
+        // mid-enqueue): workers would fail every job that names it as not stored.
+        // Should Redis be away now, the first check for lost jobs stores it.
+        None => {
+            if let Ok(false) = queue.module_stored(&module).await
+                && queue.put_module(&resubmitter.wasm, None).await.is_ok()
+            {
+                say(
+                    &progress,
+                    &format!("module {module} was lost by Redis: stored it again"),
+                );
+            }
+        }
     }
 
     let report_path = options.out_dir.join(REPORT_FILE);
@@ -577,16 +594,34 @@ pub async fn run_batch(
                 &progress,
                 &waiting_line(&queue, outstanding.len(), &at, workers),
             );
-            finished = follower.collect(&queue, &at.finished).await?;
-            if !at.vanished.is_empty() {
-                let unreadable = resubmitter.redo(&queue, &at.vanished, &progress).await?;
-                follower.forget(&unreadable);
-                progress.set_length(
-                    progress
-                        .length()
-                        .unwrap_or(0)
-                        .saturating_sub(unreadable.len() as u64),
-                );
+            let redone = async {
+                finished = follower.collect(&queue, &at.finished).await?;
+                if !at.vanished.is_empty() {
+                    resubmitter.redo(&queue, &at.vanished, &progress).await?;
+                }
+                Ok::<_, BatchError>(())
+            }
+            .await;
+            let unreadable = std::mem::take(&mut resubmitter.unreadable);
+            follower.forget(&unreadable);
+            progress.set_length(
+                progress
+                    .length()
+                    .unwrap_or(0)
+                    .saturating_sub(unreadable.len() as u64),
+            );
+            match redone {
+                Ok(()) => {}
+                // Redis went away again: what was not enqueued is found at the next check.
+                Err(BatchError::Queue(QueueError::Unavailable(reason))) => {
+                    say(
+                        &progress,
+                        &format!("redis unavailable ({reason}); will look again"),
+                    );
+                    stall.checked(false);
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             stall.checked(!at.vanished.is_empty());
         }
@@ -601,7 +636,22 @@ pub async fn run_batch(
                             path: path.clone(),
                             source,
                         })?;
-                write_output(&queue, &result, tokio::io::BufWriter::new(file)).await?;
+                match write_output(&queue, &result, tokio::io::BufWriter::new(file)).await {
+                    Ok(()) => {}
+                    // Redis went away while the output streamed: wait for the job
+                    // again; its result is read again, or the job is redone if lost.
+                    Err(BatchError::Queue(QueueError::Unavailable(reason))) => {
+                        say(
+                            &progress,
+                            &format!(
+                                "{label}: reading its output failed ({reason}); will read it again"
+                            ),
+                        );
+                        follower.expect([result.job_id]);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             } else {
                 say(&progress, &format!("{label}: {}", result.outcome));
             }
@@ -636,4 +686,67 @@ pub async fn run_batch(
         elapsed: started.elapsed(),
         report: report_path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower(n: usize) -> (Follower, Vec<JobId>) {
+        let ids: Vec<JobId> = (0..n).map(|_| JobId::new()).collect();
+        let mut follower = Follower {
+            last_notice: "0-0".into(),
+            outstanding: BTreeSet::new(),
+            poll_from: None,
+            polling: None,
+            warning: None,
+        };
+        follower.expect(ids.iter().copied());
+        (follower, ids)
+    }
+
+    /// Lost notices used to be made up for by looking up the same first 1,000 ids on
+    /// every quiet round; the rest could never be found.
+    #[test]
+    fn direct_lookups_go_round_every_outstanding_job() {
+        let (mut follower, ids) = follower(2_500);
+        let mut seen = HashSet::new();
+        for _ in 0..3 {
+            let batch = follower.next_lookups(1_000);
+            assert!(!batch.is_empty() && batch.len() <= 1_000);
+            seen.extend(batch);
+        }
+        assert_eq!(
+            seen.len(),
+            ids.len(),
+            "three rounds of 1,000 cover 2,500 jobs"
+        );
+
+        // Jobs finishing between rounds never stop the rotation.
+        follower.forget(&ids[..2_000]);
+        let mut seen = HashSet::new();
+        for _ in 0..2 {
+            seen.extend(follower.next_lookups(300));
+        }
+        assert_eq!(seen.len(), 500);
+        assert!(seen.iter().all(|id| !ids[..2_000].contains(id)));
+    }
+
+    #[test]
+    fn a_stall_check_backs_off_while_nothing_arrives() {
+        let mut watch = StallWatch::new(Duration::ZERO);
+        assert!(watch.due());
+        let mut watch2 = StallWatch::new(Duration::from_secs(5));
+        assert!(!watch2.due());
+        watch2.checked(false);
+        assert_eq!(watch2.every, Duration::from_secs(10));
+        for _ in 0..10 {
+            watch2.checked(false);
+        }
+        assert_eq!(watch2.every, Duration::from_secs(60));
+        watch2.checked(true);
+        assert_eq!(watch2.every, Duration::from_secs(5));
+        watch.progress();
+        assert_eq!(watch.every, Duration::ZERO);
+    }
 }

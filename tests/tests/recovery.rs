@@ -250,7 +250,10 @@ fn jobs_deleted_from_the_stream_are_enqueued_again() {
     // No worker yet: the batch stalls and says why.
     let waiting = batch.wait_for_line("waiting line", |l| l.contains("waiting for 41 jobs"));
     assert!(waiting.contains("41 queued"), "{waiting}");
-    assert!(waiting.contains("0 workers on queue gone"), "{waiting}");
+    assert!(
+        waiting.contains("0 workers active on queue gone"),
+        "{waiting}"
+    );
     assert!(
         waiting.contains("sluice-worker serve --queue gone"),
         "{waiting}"

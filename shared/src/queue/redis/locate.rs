@@ -245,6 +245,13 @@ impl RedisQueue {
             .count())
     }
 
+    /// Makes sure the job stream and its consumer group exist, as `connect` does: for
+    /// long-lived clients (a submitter enqueueing again, a readiness probe) after Redis
+    /// lost its data. Idempotent.
+    pub async fn recreate_group(&self) -> Result<(), QueueError> {
+        self.ensure_group().await
+    }
+
     /// The type of `key` as Redis names it (`none` when it does not exist).
     pub async fn key_type(&self, key: &str) -> Result<String, QueueError> {
         redis::cmd("TYPE")
