@@ -406,6 +406,17 @@ struct OutputState<W> {
     deadline: Option<Instant>,
 }
 
+impl<W> Drop for OutputState<W> {
+    fn drop(&mut self) {
+        // Output dropped without `finish` (a panic on the way): let the helper flush
+        // and exit rather than wait for bytes that will never come.
+        if let Sink::Pumped(pipe) = &self.sink {
+            lock(&pipe.state).closed = true;
+            pipe.changed.notify_all();
+        }
+    }
+}
+
 /// A guest's stdout (or stderr): writes go to the sink until the cap.
 pub struct GuestOutput<W> {
     state: Arc<Mutex<OutputState<W>>>,
@@ -680,6 +691,52 @@ mod tests {
         assert!(stop.load(Ordering::Relaxed));
         assert_eq!(out.take_sink(), b"abcde");
         assert!(out.overflowed());
+    }
+
+    #[test]
+    fn a_helper_driven_output_delivers_everything_on_finish() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Shared::default();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = GuestOutput::with_deadline(sink.clone(), 1 << 30, Overflow::Stop, stop, deadline);
+        let block = vec![7u8; 100_000];
+        for _ in 0..10 {
+            out.write_capped(&block).unwrap();
+        }
+        out.finish().unwrap();
+        assert_eq!(lock(&sink.0).len(), 1_000_000);
+        assert_eq!(out.written(), 1_000_000);
+    }
+
+    #[test]
+    fn a_helper_driven_stdin_gives_up_at_the_deadline() {
+        let (keep, never) = mpsc::channel::<()>();
+        struct Stalled(mpsc::Receiver<()>);
+        impl Read for Stalled {
+            fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(0)
+            }
+        }
+        let stdin = GuestStdin::with_deadline(
+            Box::new(Stalled(never)),
+            Some(Instant::now() + std::time::Duration::from_millis(50)),
+        );
+        let error = stdin.read_into(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(stdin.timed_out());
+        drop(keep);
     }
 
     #[test]
