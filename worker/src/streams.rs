@@ -12,6 +12,7 @@
 //! ([`crate::blocking`]) and the guest waits for them only until its deadline: past it,
 //! the guest is stopped as `timeout` and a stuck helper is left to finish on its own.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,9 +61,8 @@ enum Source {
 
 struct StdinState {
     source: Source,
-    /// The chunk being handed out, and how far.
-    current: Vec<u8>,
-    pos: usize,
+    /// What is left of the chunk being handed out.
+    current: Bytes,
     consumed: u64,
     error: Option<String>,
     timed_out: bool,
@@ -87,8 +87,7 @@ impl GuestStdin {
         GuestStdin {
             state: Arc::new(Mutex::new(StdinState {
                 source: Source::Direct(reader),
-                current: Vec::new(),
-                pos: 0,
+                current: Bytes::new(),
                 consumed: 0,
                 error: None,
                 timed_out: false,
@@ -115,24 +114,31 @@ impl GuestStdin {
     /// Reads up to `buf.len()` bytes for the host itself (the raw ABI). Fails with
     /// [`std::io::ErrorKind::TimedOut`] when the input does not come before the deadline.
     pub fn read_into(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let bytes = self.next(buf.len())?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Ok(bytes.len())
+    }
+
+    /// Up to `max` bytes of input, empty at its end. A helper's chunks are handed out
+    /// as slices of themselves, without a copy.
+    fn next(&self, max: usize) -> std::io::Result<Bytes> {
         let mut state = lock(&self.state);
         let state = &mut *state;
         loop {
-            if state.pos < state.current.len() {
-                let n = buf.len().min(state.current.len() - state.pos);
-                buf[..n].copy_from_slice(&state.current[state.pos..state.pos + n]);
-                state.pos += n;
+            if !state.current.is_empty() {
+                let n = max.min(state.current.len());
                 state.consumed += n as u64;
-                return Ok(n);
+                return Ok(state.current.split_to(n));
             }
-            if buf.is_empty() {
-                return Ok(0);
+            if max == 0 {
+                return Ok(Bytes::new());
             }
             match &mut state.source {
-                Source::Ended => return Ok(0),
+                Source::Ended => return Ok(Bytes::new()),
                 Source::Direct(reader) if self.deadline.is_none() => {
+                    let mut buf = vec![0u8; max];
                     let n = loop {
-                        match reader.read(buf) {
+                        match reader.read(&mut buf) {
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                             other => break other,
                         }
@@ -140,7 +146,8 @@ impl GuestStdin {
                     return match n {
                         Ok(n) => {
                             state.consumed += n as u64;
-                            Ok(n)
+                            buf.truncate(n);
+                            Ok(buf.into())
                         }
                         Err(e) => {
                             state.error = Some(e.to_string());
@@ -166,10 +173,7 @@ impl GuestStdin {
                     let deadline = self.deadline.unwrap_or_else(Instant::now);
                     let wait = deadline.saturating_duration_since(Instant::now());
                     match chunks.recv_timeout(wait) {
-                        Ok(Ok(chunk)) => {
-                            state.current = chunk;
-                            state.pos = 0;
-                        }
+                        Ok(Ok(chunk)) => state.current = chunk.into(),
                         Ok(Err(e)) => {
                             state.source = Source::Ended;
                             state.error = Some(e.to_string());
@@ -177,7 +181,7 @@ impl GuestStdin {
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => {
                             state.source = Source::Ended;
-                            return Ok(0);
+                            return Ok(Bytes::new());
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             state.timed_out = true;
@@ -241,13 +245,10 @@ impl Pollable for GuestStdin {
 
 impl InputStream for GuestStdin {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
-        let mut buf = vec![0u8; size.min(MAX_READ_BYTES)];
-        match self.read_into(&mut buf) {
-            Ok(0) if !buf.is_empty() => Err(StreamError::Closed),
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(buf.into())
-            }
+        let max = size.min(MAX_READ_BYTES);
+        match self.next(max) {
+            Ok(bytes) if bytes.is_empty() && max > 0 => Err(StreamError::Closed),
+            Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 Err(StreamError::Trap(Interrupted::Timeout.into()))
             }
@@ -284,7 +285,10 @@ struct Pipe {
 }
 
 struct PipeState {
-    buf: Vec<u8>,
+    /// Queued chunks (the guest's own `Bytes` where it has them: no copy).
+    buf: VecDeque<Bytes>,
+    /// Bytes in `buf`.
+    queued: usize,
     /// No more bytes will come: flush and stop.
     closed: bool,
     /// The helper is gone (flushed, or failed).
@@ -294,13 +298,14 @@ struct PipeState {
 
 impl Pipe {
     /// Queues `bytes`, waiting for room until `deadline`.
-    fn push(&self, mut bytes: &[u8], deadline: Instant) -> Result<(), WriteRefused> {
+    fn push(&self, bytes: Chunk<'_>, deadline: Instant) -> Result<(), WriteRefused> {
         let mut state = lock(&self.state);
-        while !bytes.is_empty() {
+        let mut at = 0;
+        while at < bytes.len() {
             if let Some(e) = &state.error {
                 return Err(WriteRefused::Sink(e.clone()));
             }
-            let room = OUTPUT_WINDOW_BYTES.saturating_sub(state.buf.len());
+            let room = OUTPUT_WINDOW_BYTES.saturating_sub(state.queued);
             if room == 0 {
                 let wait = deadline.saturating_duration_since(Instant::now());
                 if wait.is_zero() {
@@ -313,10 +318,11 @@ impl Pipe {
                     .0;
                 continue;
             }
-            let take = room.min(bytes.len());
+            let take = room.min(bytes.len() - at);
             let was_empty = state.buf.is_empty();
-            state.buf.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
+            state.buf.push_back(bytes.piece(at..at + take));
+            state.queued += take;
+            at += take;
             if was_empty {
                 self.changed.notify_all();
             }
@@ -348,7 +354,7 @@ impl Pipe {
 
     /// The helper's loop: writes what the guest queued, flushes once closed.
     fn drain<W: Write>(&self, mut sink: W, stop: &AtomicBool) {
-        let mut batch = Vec::new();
+        let mut batch = VecDeque::new();
         loop {
             let mut state = lock(&self.state);
             while state.buf.is_empty() && !state.closed {
@@ -365,10 +371,11 @@ impl Pipe {
                 flushed
             } else {
                 std::mem::swap(&mut state.buf, &mut batch);
+                state.queued = 0;
                 // Room again for a guest waiting on a full window.
                 self.changed.notify_all();
                 drop(state);
-                let written = sink.write_all(&batch);
+                let written = batch.drain(..).try_for_each(|chunk| sink.write_all(&chunk));
                 batch.clear();
                 state = lock(&self.state);
                 written
@@ -382,6 +389,42 @@ impl Pipe {
                 self.changed.notify_all();
                 return;
             }
+        }
+    }
+}
+
+/// Bytes offered for output: borrowed (copied only if queued) or already owned.
+enum Chunk<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Bytes),
+}
+
+impl Chunk<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Borrowed(b) => b.len(),
+            Chunk::Owned(b) => b.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Borrowed(b) => b,
+            Chunk::Owned(b) => b,
+        }
+    }
+
+    fn prefix(self, n: usize) -> Self {
+        match self {
+            Chunk::Borrowed(b) => Chunk::Borrowed(&b[..n]),
+            Chunk::Owned(b) => Chunk::Owned(b.slice(..n)),
+        }
+    }
+
+    fn piece(&self, range: std::ops::Range<usize>) -> Bytes {
+        match self {
+            Chunk::Borrowed(b) => Bytes::copy_from_slice(&b[range]),
+            Chunk::Owned(b) => b.slice(range),
         }
     }
 }
@@ -505,14 +548,19 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
 
     /// Writes `bytes`, up to the cap.
     pub fn write_capped(&self, bytes: &[u8]) -> Result<(), WriteRefused> {
+        self.write_chunk(Chunk::Borrowed(bytes))
+    }
+
+    fn write_chunk(&self, bytes: Chunk<'_>) -> Result<(), WriteRefused> {
+        let offered = bytes.len();
         let mut state = lock(&self.state);
         if let Some(e) = &state.error {
             return Err(WriteRefused::Sink(e.clone()));
         }
         let room = state.cap.saturating_sub(state.written);
-        let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let take = offered.min(usize::try_from(room).unwrap_or(usize::MAX));
         if take > 0 {
-            match self.deliver(&mut state, &bytes[..take]) {
+            match self.deliver(&mut state, bytes.prefix(take)) {
                 Ok(()) => state.written += take as u64,
                 Err(WriteRefused::Sink(e)) => {
                     state.error = Some(e.clone());
@@ -522,7 +570,7 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
                 Err(refused) => return Err(refused),
             }
         }
-        if take < bytes.len() {
+        if take < offered {
             state.overflowed = true;
             if state.overflow == Overflow::Stop {
                 self.stop.store(true, Ordering::Relaxed);
@@ -532,14 +580,15 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         Ok(())
     }
 
-    fn deliver(&self, state: &mut OutputState<W>, bytes: &[u8]) -> Result<(), WriteRefused> {
+    fn deliver(&self, state: &mut OutputState<W>, bytes: Chunk<'_>) -> Result<(), WriteRefused> {
         if let Sink::Lazy(_) = state.sink {
             let Sink::Lazy(sink) = std::mem::replace(&mut state.sink, Sink::Broken) else {
                 unreachable!("matched above")
             };
             let pipe = Arc::new(Pipe {
                 state: Mutex::new(PipeState {
-                    buf: Vec::new(),
+                    buf: VecDeque::new(),
+                    queued: 0,
                     closed: false,
                     done: false,
                     error: None,
@@ -553,7 +602,7 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         }
         match &mut state.sink {
             Sink::Direct(sink) => sink
-                .write_all(bytes)
+                .write_all(bytes.as_slice())
                 .map_err(|e| WriteRefused::Sink(e.to_string())),
             Sink::Pumped(pipe) => pipe.push(bytes, state.deadline.unwrap_or_else(Instant::now)),
             Sink::Lazy(_) | Sink::Broken => Err(WriteRefused::Sink(
@@ -638,10 +687,11 @@ fn refused_io(refused: WriteRefused) -> std::io::Error {
 
 impl<W: Write + Send + 'static> OutputStream for GuestOutput<W> {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.write_capped(&bytes).map_err(|refused| match refused {
-            WriteRefused::Deadline => StreamError::Trap(Interrupted::Timeout.into()),
-            refused => StreamError::LastOperationFailed(refused_io(refused).into()),
-        })
+        self.write_chunk(Chunk::Owned(bytes))
+            .map_err(|refused| match refused {
+                WriteRefused::Deadline => StreamError::Trap(Interrupted::Timeout.into()),
+                refused => StreamError::LastOperationFailed(refused_io(refused).into()),
+            })
     }
 
     fn flush(&mut self) -> StreamResult<()> {
