@@ -7,6 +7,55 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobId;
 
+/// Most bytes any outcome reason or detail keeps: guests control much of this text
+/// (import names, name-section function names in backtraces, WAT source in parse
+/// errors), and it is stored with every result and dead letter.
+pub const MAX_REASON_BYTES: usize = 4 << 10;
+
+/// Most guest stderr bytes a result keeps.
+pub const MAX_STDERR_BYTES: usize = 64 << 10;
+
+/// Room [`cut`] keeps for its marker, so a cut string stays within its limit.
+const MARKER_ROOM: usize = 32;
+
+/// `text` cut to at most `max` bytes at a char boundary, ending with a visible
+/// "… (N bytes cut)" marker when anything was cut.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut keep = max.saturating_sub(MARKER_ROOM);
+    while !text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let marker = format!("… ({} bytes cut)", text.len() - keep);
+    if marker.len() > max {
+        // A limit too small for any marker: a bare cut is all that fits.
+        let mut keep = max;
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        return text[..keep].to_owned();
+    }
+    let mut out = String::with_capacity(keep + marker.len());
+    out.push_str(&text[..keep]);
+    out.push_str(&marker);
+    out
+}
+
+fn cap_in_place(text: &mut String, max: usize) {
+    if text.len() > max {
+        *text = cut(text, max);
+    }
+}
+
+/// Caps a (short name, long text) pair so both together fit [`MAX_REASON_BYTES`]: the
+/// name gets at most a quarter, the text the rest.
+fn cap_pair(name: &mut String, text: &mut String) {
+    cap_in_place(name, MAX_REASON_BYTES / 4);
+    cap_in_place(text, MAX_REASON_BYTES - name.len());
+}
+
 /// The typed end of a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -150,6 +199,30 @@ impl Outcome {
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Success)
     }
+
+    /// This outcome with every text field cut so that its texts together stay within
+    /// [`MAX_REASON_BYTES`]. Call it wherever an outcome is stored or logged: it is
+    /// cheap when nothing needs cutting.
+    pub fn capped(mut self) -> Outcome {
+        match &mut self {
+            Outcome::Success
+            | Outcome::FuelExhausted
+            | Outcome::Timeout
+            | Outcome::OutputLimit { .. }
+            | Outcome::NonZeroExit { .. }
+            | Outcome::ModuleTooLarge { .. } => {}
+            Outcome::MemoryLimit { detail: text }
+            | Outcome::InvalidModule { reason: text }
+            | Outcome::InputUnavailable { reason: text }
+            | Outcome::BadEnvelope { reason: text }
+            | Outcome::PolicyViolation { reason: text }
+            | Outcome::HostError { reason: text } => cap_in_place(text, MAX_REASON_BYTES),
+            Outcome::Trap { code, message } => cap_pair(code, message),
+            Outcome::MissingExport { name, reason } => cap_pair(name, reason),
+            Outcome::ImportNotAllowed { module, name } => cap_pair(module, name),
+        }
+        self
+    }
 }
 
 impl fmt::Display for Outcome {
@@ -221,6 +294,17 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// This result with its outcome capped ([`Outcome::capped`]) and its stderr cut to
+    /// [`MAX_STDERR_BYTES`] (marking it truncated). Call it where results are stored.
+    pub fn capped(mut self) -> Self {
+        self.outcome = self.outcome.capped();
+        if self.stderr.len() > MAX_STDERR_BYTES {
+            self.stderr.truncate(MAX_STDERR_BYTES);
+            self.stderr_truncated = true;
+        }
+        self
+    }
+
     /// A result for a job that never reached the sandbox (bad envelope, missing input).
     pub fn without_run(job_id: JobId, outcome: Outcome, attempt: u32) -> Self {
         JobResult {
@@ -261,13 +345,19 @@ pub struct ReportLine {
 }
 
 impl ReportLine {
-    /// The report line for `result`, naming its input `input`.
+    /// The report line for `result`, naming its input `input`. Its texts are capped
+    /// (detail at [`MAX_REASON_BYTES`], stderr at [`MAX_STDERR_BYTES`]) whatever the
+    /// result holds.
     pub fn new(input: impl Into<String>, result: &JobResult) -> Self {
+        let stderr = &result.stderr[..result.stderr.len().min(MAX_STDERR_BYTES)];
         ReportLine {
             input: input.into(),
             job_id: result.job_id,
             outcome: result.outcome.kind(),
-            detail: result.outcome.to_string(),
+            detail: cut(
+                &result.outcome.clone().capped().to_string(),
+                MAX_REASON_BYTES,
+            ),
             fuel_used: result.stats.fuel_used,
             wall_time_ms: result.stats.wall_time_us as f64 / 1000.0,
             output_bytes: result.stats.output_bytes,
@@ -278,7 +368,8 @@ impl ReportLine {
                 Outcome::NonZeroExit { code } => Some(code),
                 _ => None,
             },
-            stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
+            // Lossy decoding can triple invalid bytes: cut again after it.
+            stderr: cut(&String::from_utf8_lossy(stderr), MAX_STDERR_BYTES),
         }
     }
 }
@@ -286,6 +377,66 @@ impl ReportLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_keeps_short_text_and_marks_long_text_within_the_limit() {
+        assert_eq!(cut("short", 10), "short");
+        let long = "é".repeat(5000);
+        let out = cut(&long, MAX_REASON_BYTES);
+        assert!(out.len() <= MAX_REASON_BYTES, "{}", out.len());
+        assert!(out.ends_with(" bytes cut)"), "{out}");
+        let kept = out.split('…').next().unwrap();
+        assert!(kept.chars().all(|c| c == 'é'));
+        assert_eq!(cut(&long, 3), "é");
+    }
+
+    #[test]
+    fn capped_outcomes_and_results_stay_within_their_limits() {
+        let huge = "n".repeat(95_000);
+        let outcome = Outcome::ImportNotAllowed {
+            module: huge.clone(),
+            name: huge.clone(),
+        }
+        .capped();
+        let Outcome::ImportNotAllowed { module, name } = &outcome else {
+            unreachable!()
+        };
+        assert!(module.len() + name.len() <= MAX_REASON_BYTES);
+        for outcome in [
+            Outcome::HostError {
+                reason: huge.clone(),
+            },
+            Outcome::Trap {
+                code: huge.clone(),
+                message: huge.clone(),
+            },
+            Outcome::MissingExport {
+                name: huge.clone(),
+                reason: huge.clone(),
+            },
+            Outcome::MemoryLimit {
+                detail: huge.clone(),
+            },
+        ] {
+            let text = outcome.capped().to_string();
+            assert!(text.len() <= MAX_REASON_BYTES + 64, "{}", text.len());
+            assert!(text.contains("bytes cut)"));
+        }
+        assert_eq!(Outcome::Timeout.capped(), Outcome::Timeout);
+
+        let mut result = JobResult::without_run(
+            JobId(uuid::Uuid::nil()),
+            Outcome::HostError { reason: huge },
+            1,
+        );
+        result.stderr = vec![0xff; 3 * MAX_STDERR_BYTES];
+        let line = ReportLine::new("x", &result);
+        assert!(line.detail.len() <= MAX_REASON_BYTES);
+        assert!(line.stderr.len() <= MAX_STDERR_BYTES);
+        let result = result.capped();
+        assert_eq!(result.stderr.len(), MAX_STDERR_BYTES);
+        assert!(result.stderr_truncated);
+    }
 
     #[test]
     fn kind_names_are_the_same_in_json_and_on_stderr() {

@@ -188,3 +188,63 @@ fn one_gib_streams_through_with_bounded_worker_memory() {
     );
     eprintln!("1 GiB stream: peak RSS {} MiB", rss >> 20);
 }
+
+#[test]
+fn a_guest_blocked_in_poll_oneoff_ends_as_timeout() {
+    // `blocked.wat` sleeps 30 s in one host call; if that sleep were not cut at the
+    // deadline, the guest would wake and trap (`unreachable`) instead.
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = run("blocked.wat", &["--timeout", "1s"], b"");
+    let took = started.elapsed();
+    assert_eq!(code, Some(125), "{stderr}");
+    let outcome_lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.starts_with("outcome: "))
+        .collect();
+    assert_eq!(outcome_lines, ["outcome: timeout"], "{stderr}");
+    eprintln!("blocked.wat under --timeout 1s: {took:?}");
+}
+
+#[test]
+fn a_95_kb_import_name_gives_a_short_outcome_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("long_import.wat");
+    let name = "i".repeat(95_000);
+    std::fs::write(
+        &module,
+        format!(r#"(module (import "env" "{name}" (func)) (func (export "_start")))"#),
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let out = bin("sluice-worker")
+        .arg("run")
+        .arg("--report")
+        .arg(&report)
+        .arg(&module)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr:.300}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("outcome: "))
+        .expect("an outcome line");
+    assert!(
+        line.starts_with("outcome: import_not_allowed"),
+        "{line:.200}"
+    );
+    assert!(
+        line.len() <= 4096 + 100,
+        "outcome line of {} bytes",
+        line.len()
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let detail = report["detail"].as_str().unwrap();
+    assert!(
+        detail.len() <= 4096,
+        "report detail of {} bytes",
+        detail.len()
+    );
+}

@@ -49,6 +49,105 @@ impl SandboxConfig {
     pub const DEFAULT_RAW_CHUNK_BYTES: usize = 64 << 10;
 }
 
+/// A [`SandboxConfig`] value outside what the sandbox can honour.
+#[derive(Debug, thiserror::Error)]
+#[error("sandbox setting `{field}` is {value}: {expected}")]
+pub struct ConfigError {
+    /// The field, as named in [`SandboxConfig`].
+    pub field: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What it must be.
+    pub expected: &'static str,
+}
+
+fn check<T: std::fmt::Debug>(
+    field: &'static str,
+    value: T,
+    ok: bool,
+    expected: &'static str,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            field,
+            value: format!("{value:?}"),
+            expected,
+        })
+    }
+}
+
+impl SandboxConfig {
+    /// Most pool slots: each reserves the address space of a whole guest memory
+    /// (4 GiB plus guards), and a 47-bit address space holds a few thousand.
+    pub const MAX_SLOTS: u32 = 1024;
+    /// Largest guest stack: guests run on tokio's blocking threads, whose native stacks
+    /// are 2 MiB; a wasm stack limit near that would overflow the host's stack instead.
+    pub const MAX_WASM_STACK_BYTES: usize = 1 << 20;
+
+    /// Checks every value, naming the first one out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            "slots",
+            self.slots,
+            (1..=Self::MAX_SLOTS).contains(&self.slots),
+            "between 1 and 1024",
+        )?;
+        check(
+            "max_guest_memory_bytes",
+            self.max_guest_memory_bytes,
+            (64 << 10..=4 << 30).contains(&self.max_guest_memory_bytes),
+            "between one wasm page (64 KiB) and 4 GiB, all a 32-bit guest addresses",
+        )?;
+        check(
+            "max_module_bytes",
+            self.max_module_bytes,
+            (1..=1 << 30).contains(&self.max_module_bytes),
+            "between 1 byte and 1 GiB",
+        )?;
+        check(
+            "max_wasm_stack_bytes",
+            self.max_wasm_stack_bytes,
+            (16 << 10..=Self::MAX_WASM_STACK_BYTES).contains(&self.max_wasm_stack_bytes),
+            "between 16 KiB and 1 MiB (guests run on 2 MiB host stacks)",
+        )?;
+        check(
+            "max_table_elements",
+            self.max_table_elements,
+            (1..=10_000_000).contains(&self.max_table_elements),
+            "between 1 and 10,000,000",
+        )?;
+        check(
+            "epoch_tick",
+            self.epoch_tick,
+            (Duration::from_millis(1)..=Duration::from_secs(1)).contains(&self.epoch_tick),
+            "between 1 ms (a shorter tick spins a core) and 1 s (a longer one blurs every deadline)",
+        )?;
+        check(
+            "stderr_cap_bytes",
+            self.stderr_cap_bytes,
+            self.stderr_cap_bytes <= sluice_shared::outcome::MAX_STDERR_BYTES,
+            "at most 64 KiB, what a result keeps",
+        )?;
+        check(
+            "raw_chunk_bytes",
+            self.raw_chunk_bytes,
+            (1..=16 << 20).contains(&self.raw_chunk_bytes),
+            "between 1 byte and 16 MiB",
+        )?;
+        for grant in &self.dir_grants {
+            check(
+                "dir_grants",
+                &grant.guest_path,
+                !grant.guest_path.is_empty() && grant.host_path.parent().is_some(),
+                "grants of a non-root host directory to a non-empty guest path",
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
@@ -132,5 +231,91 @@ mod tests {
         ));
         let ok = DirGrant::parse("/tmp::/data", true).unwrap();
         assert_eq!(ok.guest_path, "/data");
+    }
+
+    #[test]
+    fn defaults_are_valid_and_each_bad_value_is_named() {
+        SandboxConfig::default().validate().unwrap();
+        let cases: Vec<(&str, SandboxConfig)> = vec![
+            (
+                "slots",
+                SandboxConfig {
+                    slots: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "slots",
+                SandboxConfig {
+                    slots: 1_000_000,
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_guest_memory_bytes",
+                SandboxConfig {
+                    max_guest_memory_bytes: 8 << 30,
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_module_bytes",
+                SandboxConfig {
+                    max_module_bytes: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_wasm_stack_bytes",
+                SandboxConfig {
+                    max_wasm_stack_bytes: 64 << 20,
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_table_elements",
+                SandboxConfig {
+                    max_table_elements: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "epoch_tick",
+                SandboxConfig {
+                    epoch_tick: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
+                "stderr_cap_bytes",
+                SandboxConfig {
+                    stderr_cap_bytes: 1 << 30,
+                    ..Default::default()
+                },
+            ),
+            (
+                "raw_chunk_bytes",
+                SandboxConfig {
+                    raw_chunk_bytes: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "dir_grants",
+                SandboxConfig {
+                    dir_grants: vec![DirGrant {
+                        host_path: "/".into(),
+                        guest_path: "/x".into(),
+                        read_only: true,
+                    }],
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (field, config) in cases {
+            let error = config.validate().expect_err(field);
+            assert_eq!(error.field, field);
+            assert!(error.to_string().contains(field), "{error}");
+        }
     }
 }

@@ -28,10 +28,12 @@
 //! assert!(result.outcome.is_success());
 //! ```
 
+mod blocking;
 pub mod cli;
 pub mod config;
 pub mod executor;
 pub mod fleet;
+mod hostcalls;
 mod limiter;
 pub mod metrics;
 mod raw_abi;

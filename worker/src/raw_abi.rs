@@ -90,20 +90,44 @@ impl Exports {
     }
 }
 
-/// Copies the output a transform named (`(ptr << 32) | len`, or negative for failure)
-/// into `stdout`.
+/// What a transform's `i64` return value says.
+#[derive(Debug, PartialEq, Eq)]
+enum Returned {
+    /// `[ptr, ptr + len)` of guest memory is output; both are unsigned 32-bit.
+    Output { ptr: u32, len: u32 },
+    /// The transform failed with this (positive) code.
+    Failed(i32),
+}
+
+impl Returned {
+    /// Decodes `(ptr << 32) | len`. A failure is a negative i32 sign-extended to i64
+    /// (`-1` … `-2^31`): its high word is all ones and its low word ≥ 2^31, which as an
+    /// output would end past 4 GiB, beyond any 32-bit memory. Every other value,
+    /// pointers ≥ 2^31 included, is an output range.
+    fn decode(returned: i64) -> Self {
+        if (i64::from(i32::MIN)..0).contains(&returned) {
+            return Returned::Failed(i32::try_from(returned.unsigned_abs()).unwrap_or(i32::MAX));
+        }
+        let bits = returned as u64;
+        Returned::Output {
+            ptr: (bits >> 32) as u32,
+            len: bits as u32,
+        }
+    }
+}
+
+/// Copies the output a transform named (`(ptr << 32) | len`, or a negative i32 for
+/// failure) into `stdout`.
 fn emit(
     store: &Store<StoreState>,
     memory: &Memory,
     returned: i64,
     stdout: &GuestOutput<Box<dyn Write + Send>>,
 ) -> Result<(), RunError> {
-    if returned < 0 {
-        let code = i32::try_from(returned.unsigned_abs()).unwrap_or(i32::MAX);
-        return Err(RunError::Outcome(Outcome::NonZeroExit { code }));
-    }
-    let ptr = (returned as u64 >> 32) as usize;
-    let len = (returned as u64 & 0xffff_ffff) as usize;
+    let (ptr, len) = match Returned::decode(returned) {
+        Returned::Failed(code) => return Err(RunError::Outcome(Outcome::NonZeroExit { code })),
+        Returned::Output { ptr, len } => (ptr as usize, len as usize),
+    };
     if len == 0 {
         return Ok(());
     }
@@ -124,6 +148,7 @@ fn emit(
         WriteRefused::Sink(e) => RunError::Outcome(Outcome::HostError {
             reason: format!("writing output: {e}"),
         }),
+        WriteRefused::Deadline => RunError::Outcome(Outcome::Timeout),
     })
 }
 
@@ -140,8 +165,12 @@ pub(crate) fn run(
     let mut chunk = vec![0u8; chunk_bytes.max(1)];
     loop {
         let n = stdin.read_into(&mut chunk).map_err(|e| {
-            RunError::Outcome(Outcome::InputUnavailable {
-                reason: e.to_string(),
+            RunError::Outcome(if stdin.timed_out() {
+                Outcome::Timeout
+            } else {
+                Outcome::InputUnavailable {
+                    reason: e.to_string(),
+                }
             })
         })?;
         if n == 0 {
@@ -176,4 +205,42 @@ pub(crate) fn run(
         emit(store, &exports.memory, returned, stdout)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Returned;
+
+    #[test]
+    fn return_values_decode_as_unsigned_ranges_or_i32_failures() {
+        assert_eq!(Returned::decode(-9), Returned::Failed(9));
+        assert_eq!(Returned::decode(-1), Returned::Failed(1));
+        assert_eq!(
+            Returned::decode(i64::from(i32::MIN)),
+            Returned::Failed(i32::MAX)
+        );
+        let high = (0x8000_0000u64 << 32 | 5) as i64;
+        assert!(high < 0, "a pointer >= 2^31 makes the i64 negative");
+        assert_eq!(
+            Returned::decode(high),
+            Returned::Output {
+                ptr: 0x8000_0000,
+                len: 5
+            }
+        );
+        assert_eq!(
+            Returned::decode((0xffff_ffffu64 << 32 | 1) as i64),
+            Returned::Output {
+                ptr: 0xffff_ffff,
+                len: 1
+            }
+        );
+        assert_eq!(
+            Returned::decode(0xffff_ffff),
+            Returned::Output {
+                ptr: 0,
+                len: 0xffff_ffff
+            }
+        );
+    }
 }

@@ -22,25 +22,41 @@ use wasmtime::{
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use crate::config::SandboxConfig;
+use crate::config::{ConfigError, SandboxConfig};
+use crate::hostcalls::{self, JobClock};
 use crate::limiter::GuestLimiter;
 use crate::raw_abi;
-use crate::streams::{GuestOutput, GuestStdin, Overflow};
+use crate::streams::{FinishError, GuestOutput, GuestStdin, Overflow};
 
 /// Wasm page size: the unit of a module's declared memory.
 const WASM_PAGE_BYTES: u64 = 64 << 10;
+
+/// Most frames of a wasm backtrace kept in an outcome: enough to see where a guest
+/// stopped, without letting its name section fill the result.
+const BACKTRACE_FRAMES_KEPT: usize = 5;
+/// Longest function or module name kept per backtrace frame.
+const FRAME_NAME_BYTES: usize = 120;
 
 /// Why the sandbox itself could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("cannot configure wasmtime: {0}")]
     Engine(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Without the ticker no deadline would ever fire, so the sandbox refuses to run.
+    #[error("cannot start the epoch ticker thread (it enforces every job's deadline): {0}")]
+    EpochTicker(std::io::Error),
 }
 
 /// What a store holds for one job.
 pub(crate) struct StoreState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: GuestLimiter,
+    /// When the job must end; host calls that wait stop here.
+    pub(crate) deadline: Instant,
+    /// The origin of the guest's monotonic clock.
+    pub(crate) job_start: Instant,
 }
 
 /// Raised by the epoch callback to stop a guest.
@@ -80,23 +96,36 @@ struct Ticker {
     thread: Option<JoinHandle<()>>,
 }
 
+type TickerBody = Box<dyn FnOnce() + Send>;
+
 impl Ticker {
-    fn start(engines: Vec<Engine>, tick: Duration) -> Self {
+    fn start(engines: Vec<Engine>, tick: Duration) -> Result<Self, SandboxError> {
+        Self::start_with(engines, tick, |body| {
+            std::thread::Builder::new()
+                .name("sluice-epoch".into())
+                .spawn(body)
+        })
+    }
+
+    /// Starts the ticker through `spawn` (a seam so the failure path can be tested).
+    fn start_with(
+        engines: Vec<Engine>,
+        tick: Duration,
+        spawn: impl FnOnce(TickerBody) -> std::io::Result<JoinHandle<()>>,
+    ) -> Result<Self, SandboxError> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("sluice-epoch".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
-                    for engine in &engines {
-                        engine.increment_epoch();
-                    }
+        let thread = spawn(Box::new(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                for engine in &engines {
+                    engine.increment_epoch();
                 }
-            })
-            .ok();
-        Ticker {
+            }
+        }))
+        .map_err(SandboxError::EpochTicker)?;
+        Ok(Ticker {
             stop: Some(stop),
-            thread,
-        }
+            thread: Some(thread),
+        })
     }
 }
 
@@ -157,8 +186,10 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Builds the engines, the WASI linker and the epoch ticker.
+    /// Checks the configuration, then builds the engines, the WASI linker and the
+    /// epoch ticker.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        config.validate()?;
         let engines = [
             Self::engine_set(&config, Metering::Off)?,
             Self::engine_set(&config, Metering::Fuel)?,
@@ -167,7 +198,7 @@ impl Sandbox {
         let ticker = Ticker::start(
             engines.iter().map(|set| set.engine.clone()).collect(),
             config.epoch_tick,
-        );
+        )?;
         Ok(Sandbox {
             config,
             engines,
@@ -208,6 +239,10 @@ impl Sandbox {
             &mut state.wasi
         })
         .map_err(engine_err)?;
+        hostcalls::shadow_waiting_calls(&mut linker).map_err(engine_err)?;
+        if !config.dir_grants.is_empty() {
+            hostcalls::shadow_file_calls(&mut linker).map_err(engine_err)?;
+        }
         Ok(EngineSet { engine, linker })
     }
 
@@ -218,6 +253,8 @@ impl Sandbox {
             StoreState {
                 wasi: WasiCtxBuilder::new().build_p1(),
                 limiter: GuestLimiter::new(0, 0),
+                deadline: Instant::now(),
+                job_start: Instant::now(),
             },
         );
         Ok(set
@@ -230,6 +267,10 @@ impl Sandbox {
     /// Accepts a module (wasm bytes or WAT text): checks the size cap, compiles it,
     /// checks its imports and links it. Fails with the job outcome the module earns.
     pub fn load_module(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, Outcome> {
+        self.load_uncapped(bytes).map_err(Outcome::capped)
+    }
+
+    fn load_uncapped(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, Outcome> {
         let size = bytes.len() as u64;
         if size > self.config.max_module_bytes {
             return Err(Outcome::ModuleTooLarge {
@@ -250,7 +291,7 @@ impl Sandbox {
     fn prepare(&self, set: &EngineSet, bytes: &[u8]) -> Prepared {
         let module = Module::new(&set.engine, bytes).map_err(|e| Outcome::InvalidModule {
             // WAT parse errors span several lines; an outcome is reported on one.
-            reason: format!("{e:#}")
+            reason: describe(&e)
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" "),
@@ -258,18 +299,21 @@ impl Sandbox {
         for import in module.imports() {
             let key = (import.module().to_owned(), import.name().to_owned());
             if !self.allowed_imports.contains(&key) {
+                // Capped here too: names reach 100 kB, and the prepared result is kept.
                 return Err(Outcome::ImportNotAllowed {
                     module: key.0,
                     name: key.1,
-                });
+                }
+                .capped());
             }
         }
-        set.linker
-            .instantiate_pre(&module)
-            .map_err(|e| Outcome::ImportNotAllowed {
+        set.linker.instantiate_pre(&module).map_err(|e| {
+            Outcome::ImportNotAllowed {
                 module: "wasi_snapshot_preview1".into(),
-                name: format!("{e:#}"),
-            })
+                name: describe(&e),
+            }
+            .capped()
+        })
     }
 
     /// Runs `job` with `module` over `input`, streaming the output into `output`.
@@ -282,13 +326,18 @@ impl Sandbox {
         output: Box<dyn Write + Send>,
     ) -> JobResult {
         let started = Instant::now();
+        // A timeout past what an `Instant` holds is as good as none: a century.
+        let deadline = started
+            .checked_add(job.limits.timeout())
+            .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
         let stop = Arc::new(AtomicBool::new(false));
-        let stdin = GuestStdin::new(input);
-        let stdout = GuestOutput::new(
+        let stdin = GuestStdin::with_deadline(input, Some(deadline));
+        let stdout = GuestOutput::with_deadline(
             output,
             job.limits.max_output_bytes,
             Overflow::Stop,
             stop.clone(),
+            deadline,
         );
         let stderr = GuestOutput::new(
             Vec::new(),
@@ -298,10 +347,11 @@ impl Sandbox {
         );
         let mut stats = RunStats::default();
         let outcome = self.run_guest(
-            module, job, &stdin, &stdout, &stderr, stop, &mut stats, started,
+            module, job, &stdin, &stdout, &stderr, stop, &mut stats, started, deadline,
         );
         let outcome = match (outcome, stdout.finish()) {
-            (Outcome::Success, Err(e)) => Outcome::HostError {
+            (Outcome::Success, Err(FinishError::Deadline)) => Outcome::Timeout,
+            (Outcome::Success, Err(FinishError::Sink(e))) => Outcome::HostError {
                 reason: format!("writing output: {e}"),
             },
             (outcome, _) => outcome,
@@ -318,6 +368,7 @@ impl Sandbox {
             attempt: job.attempt + 1,
             output: JobOutput::Written,
         }
+        .capped()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -331,6 +382,7 @@ impl Sandbox {
         stop: Arc<AtomicBool>,
         stats: &mut RunStats,
         started: Instant,
+        deadline: Instant,
     ) -> Outcome {
         let metering = Metering::of(job);
         let pre = match module.prepared(self, metering) {
@@ -356,7 +408,11 @@ impl Sandbox {
         }
 
         let mut wasi = WasiCtxBuilder::new();
-        wasi.allow_blocking_current_thread(true)
+        // With grants, file I/O runs on tokio's blocking pool, where the shadowed file
+        // calls can abandon it at the deadline; without, there are no files to block on
+        // and inline is fastest.
+        wasi.allow_blocking_current_thread(self.config.dir_grants.is_empty())
+            .monotonic_clock(JobClock(started))
             .stderr(stderr.clone())
             .arg(job.module.to_hex())
             .args(&job.args)
@@ -379,7 +435,7 @@ impl Sandbox {
             };
             if let Err(e) = wasi.preopened_dir(&grant.host_path, &grant.guest_path, perms) {
                 return Outcome::HostError {
-                    reason: format!("granting {}: {e:#}", grant.host_path.display()),
+                    reason: format!("granting {}: {}", grant.host_path.display(), describe(&e)),
                 };
             }
         }
@@ -390,6 +446,8 @@ impl Sandbox {
             StoreState {
                 wasi: wasi.build_p1(),
                 limiter: GuestLimiter::new(memory_cap, self.config.max_table_elements),
+                deadline,
+                job_start: started,
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -397,10 +455,9 @@ impl Sandbox {
             && let Err(e) = store.set_fuel(fuel)
         {
             return Outcome::HostError {
-                reason: format!("setting fuel: {e:#}"),
+                reason: format!("setting fuel: {}", describe(&e)),
             };
         }
-        let deadline = started + job.limits.timeout();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if stop.load(Ordering::Relaxed) {
@@ -446,6 +503,7 @@ impl Sandbox {
             Outcome::Success if stdout.overflowed() => Outcome::OutputLimit {
                 limit: job.limits.max_output_bytes,
             },
+            Outcome::Success if stdin.timed_out() => Outcome::Timeout,
             Outcome::Success if stdin.error().is_some() => Outcome::InputUnavailable {
                 reason: stdin.error().unwrap_or_default(),
             },
@@ -457,8 +515,59 @@ impl Sandbox {
 pub(crate) fn missing_export(name: &str, error: wasmtime::Error) -> Outcome {
     Outcome::MissingExport {
         name: name.to_owned(),
-        reason: format!("{error:#}"),
+        reason: describe(&error),
     }
+    .capped()
+}
+
+/// An error's message chain for an outcome: every cause, but a wasm backtrace cut to
+/// its first frames with their names shortened (a guest's name section can make each
+/// frame kilobytes long).
+pub(crate) fn describe(error: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    // wasmtime attaches the backtrace as a context of the error: it is one link of the
+    // chain, rendered whole by its `Display`.
+    let backtrace = error.downcast_ref::<wasmtime::WasmBacktrace>();
+    let backtrace_text = backtrace.map(ToString::to_string);
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if backtrace_text.as_ref() == Some(&text) {
+            continue;
+        }
+        // Contexts often repeat their cause's text; say it once.
+        if parts.last().is_none_or(|last| !last.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    let mut out = parts.join(": ");
+    if let Some(trace) = backtrace {
+        let frames = trace.frames();
+        let shown: Vec<String> = frames
+            .iter()
+            .take(BACKTRACE_FRAMES_KEPT)
+            .map(|frame| {
+                let module = frame.module().name().unwrap_or("<module>");
+                let func = frame
+                    .func_name()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("<func {}>", frame.func_index()));
+                format!(
+                    "{}!{}",
+                    sluice_shared::outcome::cut(module, FRAME_NAME_BYTES),
+                    sluice_shared::outcome::cut(&func, FRAME_NAME_BYTES)
+                )
+            })
+            .collect();
+        if !shown.is_empty() {
+            out.push_str(" (wasm backtrace: ");
+            out.push_str(&shown.join(" <- "));
+            if frames.len() > shown.len() {
+                out.push_str(&format!(", {} more frames", frames.len() - shown.len()));
+            }
+            out.push(')');
+        }
+    }
+    out
 }
 
 /// Maps how a guest stopped to its outcome.
@@ -489,7 +598,7 @@ fn classify(error: &wasmtime::Error, limit_hit: Option<String>, job: &Job) -> Ou
         },
         None => Outcome::Trap {
             code: "host_function".into(),
-            message: format!("{error:#}"),
+            message: describe(error),
         },
     }
 }
@@ -521,5 +630,26 @@ mod tests {
             "integer_division_by_zero"
         );
         assert_eq!(snake_case("StackOverflow"), "stack_overflow");
+    }
+
+    #[test]
+    fn a_failed_ticker_spawn_fails_the_sandbox() {
+        let started = Ticker::start_with(Vec::new(), Duration::from_millis(5), |_| {
+            Err(std::io::Error::other("no more threads"))
+        });
+        assert!(matches!(started, Err(SandboxError::EpochTicker(_))));
+    }
+
+    #[test]
+    fn a_bad_config_value_fails_the_sandbox_naming_it() {
+        let built = Sandbox::new(SandboxConfig {
+            epoch_tick: Duration::ZERO,
+            ..SandboxConfig::default()
+        });
+        match built {
+            Err(SandboxError::Config(e)) => assert_eq!(e.field, "epoch_tick"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a zero epoch tick was accepted"),
+        }
     }
 }

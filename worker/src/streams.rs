@@ -5,20 +5,35 @@
 //! Both implement wasmtime-wasi's blocking stream traits directly (as its `InputFile`
 //! and `OutputFile` do) rather than through an async adapter: guests run on blocking
 //! threads, where a plain `read`/`write` is the fastest path.
+//!
+//! The job's reader and writer may stall (a Redis blob that stops arriving, a pipe
+//! nobody writes to), and a blocked `read` or `write` cannot be interrupted. So once a
+//! job has a deadline, the reader and the writer are driven by a helper thread
+//! ([`crate::blocking`]) and the guest waits for them only until its deadline: past it,
+//! the guest is stopped as `timeout` and a stuck helper is left to finish on its own.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
+use crate::blocking;
+use crate::sandbox::Interrupted;
+
 /// Largest single read handed to the guest: bounds the buffer one `fd_read` allocates.
 const MAX_READ_BYTES: usize = 64 << 10;
+
+/// Output bytes queued for a helper-driven writer before the guest waits for room:
+/// bounds what a stalled sink makes the worker hold per job.
+const OUTPUT_WINDOW_BYTES: usize = 256 << 10;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state is counters and a sink; a panic elsewhere cannot make it unsafe to read.
@@ -27,56 +42,183 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The error a guest-side wait returns when the job's deadline passed first.
+fn deadline_passed(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the job's deadline passed while {what}"),
+    )
+}
+
+enum Source {
+    /// Not read from yet (or no deadline): read on the caller's thread.
+    Direct(Box<dyn Read + Send>),
+    /// Read ahead by a helper thread, one chunk at a time.
+    Pumped(mpsc::Receiver<std::io::Result<Vec<u8>>>),
+    /// End of input, or the helper failed.
+    Ended,
+}
+
 struct StdinState {
-    reader: Box<dyn Read + Send>,
+    source: Source,
+    /// What is left of the chunk being handed out.
+    current: Bytes,
     consumed: u64,
     error: Option<String>,
+    timed_out: bool,
 }
 
 /// A guest's stdin, reading from the job's input as the guest asks for it.
 #[derive(Clone)]
-pub struct GuestStdin(Arc<Mutex<StdinState>>);
+pub struct GuestStdin {
+    state: Arc<Mutex<StdinState>>,
+    /// When the guest stops waiting for input; `None` reads on the guest's thread.
+    deadline: Option<Instant>,
+}
 
 impl GuestStdin {
-    /// Stdin fed from `reader`.
+    /// Stdin fed from `reader`, read on the caller's thread (no deadline).
     pub fn new(reader: Box<dyn Read + Send>) -> Self {
-        GuestStdin(Arc::new(Mutex::new(StdinState {
-            reader,
-            consumed: 0,
-            error: None,
-        })))
+        Self::with_deadline(reader, None)
+    }
+
+    /// Stdin fed from `reader` by a helper thread, waited for until `deadline`.
+    pub fn with_deadline(reader: Box<dyn Read + Send>, deadline: Option<Instant>) -> Self {
+        GuestStdin {
+            state: Arc::new(Mutex::new(StdinState {
+                source: Source::Direct(reader),
+                current: Bytes::new(),
+                consumed: 0,
+                error: None,
+                timed_out: false,
+            })),
+            deadline,
+        }
     }
 
     /// Bytes the guest has read so far.
     pub fn consumed(&self) -> u64 {
-        lock(&self.0).consumed
+        lock(&self.state).consumed
     }
 
     /// The host-side read error, if reading the input failed.
     pub fn error(&self) -> Option<String> {
-        lock(&self.0).error.clone()
+        lock(&self.state).error.clone()
     }
 
-    /// Reads up to `buf.len()` bytes for the host itself (the raw ABI).
+    /// Whether a read gave up because the job's deadline passed.
+    pub fn timed_out(&self) -> bool {
+        lock(&self.state).timed_out
+    }
+
+    /// Reads up to `buf.len()` bytes for the host itself (the raw ABI). Fails with
+    /// [`std::io::ErrorKind::TimedOut`] when the input does not come before the deadline.
     pub fn read_into(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let mut state = lock(&self.0);
-        let n = loop {
-            match state.reader.read(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        match n {
-            Ok(n) => {
+        let bytes = self.next(buf.len())?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Ok(bytes.len())
+    }
+
+    /// Up to `max` bytes of input, empty at its end. A helper's chunks are handed out
+    /// as slices of themselves, without a copy.
+    fn next(&self, max: usize) -> std::io::Result<Bytes> {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        loop {
+            if !state.current.is_empty() {
+                let n = max.min(state.current.len());
                 state.consumed += n as u64;
-                Ok(n)
+                return Ok(state.current.split_to(n));
             }
-            Err(e) => {
-                state.error = Some(e.to_string());
-                Err(e)
+            if max == 0 {
+                return Ok(Bytes::new());
+            }
+            match &mut state.source {
+                Source::Ended => return Ok(Bytes::new()),
+                Source::Direct(reader) if self.deadline.is_none() => {
+                    let mut buf = vec![0u8; max];
+                    let n = loop {
+                        match reader.read(&mut buf) {
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            other => break other,
+                        }
+                    };
+                    return match n {
+                        Ok(n) => {
+                            state.consumed += n as u64;
+                            buf.truncate(n);
+                            Ok(buf.into())
+                        }
+                        Err(e) => {
+                            state.error = Some(e.to_string());
+                            Err(e)
+                        }
+                    };
+                }
+                Source::Direct(_) => {
+                    let Source::Direct(reader) =
+                        std::mem::replace(&mut state.source, Source::Ended)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    match pump_input(reader) {
+                        Ok(chunks) => state.source = Source::Pumped(chunks),
+                        Err(e) => {
+                            state.error = Some(e.to_string());
+                            return Err(std::io::Error::other(e));
+                        }
+                    }
+                }
+                Source::Pumped(chunks) => {
+                    let deadline = self.deadline.unwrap_or_else(Instant::now);
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match chunks.recv_timeout(wait) {
+                        Ok(Ok(chunk)) => state.current = chunk.into(),
+                        Ok(Err(e)) => {
+                            state.source = Source::Ended;
+                            state.error = Some(e.to_string());
+                            return Err(e);
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            state.source = Source::Ended;
+                            return Ok(Bytes::new());
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            state.timed_out = true;
+                            return Err(deadline_passed("waiting for input"));
+                        }
+                    }
+                }
             }
         }
     }
+}
+
+/// Starts a helper that reads `reader` ahead, one chunk in the channel at a time.
+fn pump_input(
+    mut reader: Box<dyn Read + Send>,
+) -> Result<mpsc::Receiver<std::io::Result<Vec<u8>>>, blocking::SpawnFailed> {
+    let (tx, chunks) = mpsc::sync_channel(1);
+    blocking::spawn(move || {
+        loop {
+            let mut chunk = vec![0u8; MAX_READ_BYTES];
+            let item = match reader.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    Ok(chunk)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            // A send fails once the job is over: stop reading for it.
+            if tx.send(item).is_err() || failed {
+                return;
+            }
+        }
+    })?;
+    Ok(chunks)
 }
 
 impl IsTerminal for GuestStdin {
@@ -94,6 +236,8 @@ impl StdinStream for GuestStdin {
     }
 }
 
+/// Always ready: a read then waits for data itself, bounded by the deadline, so a
+/// `poll_oneoff` on stdin never blocks.
 #[async_trait::async_trait]
 impl Pollable for GuestStdin {
     async fn ready(&mut self) {}
@@ -101,12 +245,12 @@ impl Pollable for GuestStdin {
 
 impl InputStream for GuestStdin {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
-        let mut buf = vec![0u8; size.min(MAX_READ_BYTES)];
-        match self.read_into(&mut buf) {
-            Ok(0) if !buf.is_empty() => Err(StreamError::Closed),
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(buf.into())
+        let max = size.min(MAX_READ_BYTES);
+        match self.next(max) {
+            Ok(bytes) if bytes.is_empty() && max > 0 => Err(StreamError::Closed),
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(StreamError::Trap(Interrupted::Timeout.into()))
             }
             Err(e) => Err(StreamError::LastOperationFailed(e.into())),
         }
@@ -134,13 +278,186 @@ pub enum Overflow {
     Truncate,
 }
 
+/// Bytes on their way from the guest to a helper-driven sink.
+struct Pipe {
+    state: Mutex<PipeState>,
+    changed: Condvar,
+}
+
+struct PipeState {
+    /// Queued chunks (the guest's own `Bytes` where it has them: no copy).
+    buf: VecDeque<Bytes>,
+    /// Bytes in `buf`.
+    queued: usize,
+    /// No more bytes will come: flush and stop.
+    closed: bool,
+    /// The helper is gone (flushed, or failed).
+    done: bool,
+    error: Option<String>,
+}
+
+impl Pipe {
+    /// Queues `bytes`, waiting for room until `deadline`.
+    fn push(&self, bytes: Chunk<'_>, deadline: Instant) -> Result<(), WriteRefused> {
+        let mut state = lock(&self.state);
+        let mut at = 0;
+        while at < bytes.len() {
+            if let Some(e) = &state.error {
+                return Err(WriteRefused::Sink(e.clone()));
+            }
+            let room = OUTPUT_WINDOW_BYTES.saturating_sub(state.queued);
+            if room == 0 {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    return Err(WriteRefused::Deadline);
+                }
+                state = self
+                    .changed
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
+                continue;
+            }
+            let take = room.min(bytes.len() - at);
+            let was_empty = state.buf.is_empty();
+            state.buf.push_back(bytes.piece(at..at + take));
+            state.queued += take;
+            at += take;
+            if was_empty {
+                self.changed.notify_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the pipe and waits until the helper has flushed, at most until `deadline`.
+    fn close(&self, deadline: Instant) -> Result<(), FinishError> {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        self.changed.notify_all();
+        while !state.done {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                return Err(FinishError::Deadline);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        match &state.error {
+            Some(e) => Err(FinishError::Sink(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The helper's loop: writes what the guest queued, flushes once closed.
+    fn drain<W: Write>(&self, mut sink: W, stop: &AtomicBool) {
+        let mut batch = VecDeque::new();
+        loop {
+            let mut state = lock(&self.state);
+            while state.buf.is_empty() && !state.closed {
+                state = self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            let written = if state.buf.is_empty() {
+                drop(state);
+                let flushed = sink.flush();
+                state = lock(&self.state);
+                state.done = true;
+                flushed
+            } else {
+                std::mem::swap(&mut state.buf, &mut batch);
+                state.queued = 0;
+                // Room again for a guest waiting on a full window.
+                self.changed.notify_all();
+                drop(state);
+                let written = batch.drain(..).try_for_each(|chunk| sink.write_all(&chunk));
+                batch.clear();
+                state = lock(&self.state);
+                written
+            };
+            if let Err(e) = written {
+                state.error = Some(e.to_string());
+                state.done = true;
+                stop.store(true, Ordering::Relaxed);
+            }
+            if state.done {
+                self.changed.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+/// Bytes offered for output: borrowed (copied only if queued) or already owned.
+enum Chunk<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Bytes),
+}
+
+impl Chunk<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Borrowed(b) => b.len(),
+            Chunk::Owned(b) => b.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Borrowed(b) => b,
+            Chunk::Owned(b) => b,
+        }
+    }
+
+    fn prefix(self, n: usize) -> Self {
+        match self {
+            Chunk::Borrowed(b) => Chunk::Borrowed(&b[..n]),
+            Chunk::Owned(b) => Chunk::Owned(b.slice(..n)),
+        }
+    }
+
+    fn piece(&self, range: std::ops::Range<usize>) -> Bytes {
+        match self {
+            Chunk::Borrowed(b) => Bytes::copy_from_slice(&b[range]),
+            Chunk::Owned(b) => b.slice(range),
+        }
+    }
+}
+
+enum Sink<W> {
+    /// Written on the guest's thread (in-memory sinks, or no deadline).
+    Direct(W),
+    /// To be driven by a helper from the first write on.
+    Lazy(W),
+    Pumped(Arc<Pipe>),
+    /// The helper could not be started.
+    Broken,
+}
+
 struct OutputState<W> {
-    sink: W,
+    sink: Sink<W>,
     written: u64,
     cap: u64,
     overflow: Overflow,
     overflowed: bool,
     error: Option<String>,
+    deadline: Option<Instant>,
+}
+
+impl<W> Drop for OutputState<W> {
+    fn drop(&mut self) {
+        // Output dropped without `finish` (a panic on the way): let the helper flush
+        // and exit rather than wait for bytes that will never come.
+        if let Sink::Pumped(pipe) = &self.sink {
+            lock(&pipe.state).closed = true;
+            pipe.changed.notify_all();
+        }
+    }
 }
 
 /// A guest's stdout (or stderr): writes go to the sink until the cap.
@@ -167,11 +484,54 @@ pub enum WriteRefused {
     CapReached,
     /// The sink failed.
     Sink(String),
+    /// The sink did not take the bytes before the job's deadline.
+    Deadline,
+}
+
+/// Why the output could not be completed once the guest ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FinishError {
+    /// The sink failed.
+    Sink(String),
+    /// The sink did not take everything before the job's deadline.
+    Deadline,
+}
+
+impl std::fmt::Display for FinishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FinishError::Sink(e) => f.write_str(e),
+            FinishError::Deadline => f.write_str("the job's deadline passed while writing output"),
+        }
+    }
 }
 
 impl<W: Write + Send + 'static> GuestOutput<W> {
-    /// Output to `sink`, capped at `cap` bytes.
+    /// Output to `sink`, capped at `cap` bytes, written on the guest's thread: for
+    /// sinks that never block (memory).
     pub fn new(sink: W, cap: u64, overflow: Overflow, stop: Arc<AtomicBool>) -> Self {
+        Self::build(Sink::Direct(sink), cap, overflow, stop, None)
+    }
+
+    /// Output to `sink`, capped at `cap` bytes, written by a helper thread; the guest
+    /// waits for the sink only until `deadline`.
+    pub fn with_deadline(
+        sink: W,
+        cap: u64,
+        overflow: Overflow,
+        stop: Arc<AtomicBool>,
+        deadline: Instant,
+    ) -> Self {
+        Self::build(Sink::Lazy(sink), cap, overflow, stop, Some(deadline))
+    }
+
+    fn build(
+        sink: Sink<W>,
+        cap: u64,
+        overflow: Overflow,
+        stop: Arc<AtomicBool>,
+        deadline: Option<Instant>,
+    ) -> Self {
         GuestOutput {
             state: Arc::new(Mutex::new(OutputState {
                 sink,
@@ -180,6 +540,7 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
                 overflow,
                 overflowed: false,
                 error: None,
+                deadline,
             })),
             stop,
         }
@@ -187,21 +548,29 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
 
     /// Writes `bytes`, up to the cap.
     pub fn write_capped(&self, bytes: &[u8]) -> Result<(), WriteRefused> {
+        self.write_chunk(Chunk::Borrowed(bytes))
+    }
+
+    fn write_chunk(&self, bytes: Chunk<'_>) -> Result<(), WriteRefused> {
+        let offered = bytes.len();
         let mut state = lock(&self.state);
         if let Some(e) = &state.error {
             return Err(WriteRefused::Sink(e.clone()));
         }
         let room = state.cap.saturating_sub(state.written);
-        let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let take = offered.min(usize::try_from(room).unwrap_or(usize::MAX));
         if take > 0 {
-            if let Err(e) = state.sink.write_all(&bytes[..take]) {
-                state.error = Some(e.to_string());
-                self.stop.store(true, Ordering::Relaxed);
-                return Err(WriteRefused::Sink(e.to_string()));
+            match self.deliver(&mut state, bytes.prefix(take)) {
+                Ok(()) => state.written += take as u64,
+                Err(WriteRefused::Sink(e)) => {
+                    state.error = Some(e.clone());
+                    self.stop.store(true, Ordering::Relaxed);
+                    return Err(WriteRefused::Sink(e));
+                }
+                Err(refused) => return Err(refused),
             }
-            state.written += take as u64;
         }
-        if take < bytes.len() {
+        if take < offered {
             state.overflowed = true;
             if state.overflow == Overflow::Stop {
                 self.stop.store(true, Ordering::Relaxed);
@@ -211,12 +580,43 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         Ok(())
     }
 
+    fn deliver(&self, state: &mut OutputState<W>, bytes: Chunk<'_>) -> Result<(), WriteRefused> {
+        if let Sink::Lazy(_) = state.sink {
+            let Sink::Lazy(sink) = std::mem::replace(&mut state.sink, Sink::Broken) else {
+                unreachable!("matched above")
+            };
+            let pipe = Arc::new(Pipe {
+                state: Mutex::new(PipeState {
+                    buf: VecDeque::new(),
+                    queued: 0,
+                    closed: false,
+                    done: false,
+                    error: None,
+                }),
+                changed: Condvar::new(),
+            });
+            let (helper_pipe, stop) = (pipe.clone(), self.stop.clone());
+            blocking::spawn(move || helper_pipe.drain(sink, &stop))
+                .map_err(|e| WriteRefused::Sink(e.to_string()))?;
+            state.sink = Sink::Pumped(pipe);
+        }
+        match &mut state.sink {
+            Sink::Direct(sink) => sink
+                .write_all(bytes.as_slice())
+                .map_err(|e| WriteRefused::Sink(e.to_string())),
+            Sink::Pumped(pipe) => pipe.push(bytes, state.deadline.unwrap_or_else(Instant::now)),
+            Sink::Lazy(_) | Sink::Broken => Err(WriteRefused::Sink(
+                "cannot start a host I/O helper thread".into(),
+            )),
+        }
+    }
+
     /// The cap, in bytes.
     pub fn cap(&self) -> u64 {
         lock(&self.state).cap
     }
 
-    /// Bytes written to the sink.
+    /// Bytes accepted for the sink.
     pub fn written(&self) -> u64 {
         lock(&self.state).written
     }
@@ -226,13 +626,21 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         lock(&self.state).overflowed
     }
 
-    /// Flushes the sink; the first sink error seen, if any.
-    pub fn finish(&self) -> Result<(), String> {
+    /// Flushes the sink (waiting for a helper at most until the deadline); the first
+    /// sink error seen, if any.
+    pub fn finish(&self) -> Result<(), FinishError> {
         let mut state = lock(&self.state);
         if let Some(e) = &state.error {
-            return Err(e.clone());
+            return Err(FinishError::Sink(e.clone()));
         }
-        state.sink.flush().map_err(|e| e.to_string())
+        let deadline = state.deadline.unwrap_or_else(Instant::now);
+        match &mut state.sink {
+            // Never written to: there is nothing of the guest's to flush, and a sink
+            // that may block is not touched on the guest's thread.
+            Sink::Lazy(_) | Sink::Broken => Ok(()),
+            Sink::Direct(sink) => sink.flush().map_err(|e| FinishError::Sink(e.to_string())),
+            Sink::Pumped(pipe) => pipe.close(deadline),
+        }
     }
 
     /// Takes the sink's contents out (for in-memory sinks such as captured stderr).
@@ -240,7 +648,10 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
     where
         W: Default,
     {
-        std::mem::take(&mut lock(&self.state).sink)
+        match &mut lock(&self.state).sink {
+            Sink::Direct(sink) | Sink::Lazy(sink) => std::mem::take(sink),
+            Sink::Pumped(_) | Sink::Broken => W::default(),
+        }
     }
 }
 
@@ -264,17 +675,23 @@ impl<W: Write + Send + 'static> Pollable for GuestOutput<W> {
     async fn ready(&mut self) {}
 }
 
+fn refused_io(refused: WriteRefused) -> std::io::Error {
+    match refused {
+        WriteRefused::CapReached => {
+            std::io::Error::new(std::io::ErrorKind::StorageFull, "output limit reached")
+        }
+        WriteRefused::Sink(e) => std::io::Error::other(e),
+        WriteRefused::Deadline => deadline_passed("writing output"),
+    }
+}
+
 impl<W: Write + Send + 'static> OutputStream for GuestOutput<W> {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.write_capped(&bytes).map_err(|refused| {
-            let e = match refused {
-                WriteRefused::CapReached => {
-                    std::io::Error::new(std::io::ErrorKind::StorageFull, "output limit reached")
-                }
-                WriteRefused::Sink(e) => std::io::Error::other(e),
-            };
-            StreamError::LastOperationFailed(e.into())
-        })
+        self.write_chunk(Chunk::Owned(bytes))
+            .map_err(|refused| match refused {
+                WriteRefused::Deadline => StreamError::Trap(Interrupted::Timeout.into()),
+                refused => StreamError::LastOperationFailed(refused_io(refused).into()),
+            })
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -294,14 +711,11 @@ impl<W: Write + Send + 'static> AsyncWrite for GuestOutput<W> {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(match self.write_capped(buf) {
-            Ok(()) => Ok(buf.len()),
-            Err(WriteRefused::CapReached) => Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "output limit reached",
-            )),
-            Err(WriteRefused::Sink(e)) => Err(std::io::Error::other(e)),
-        })
+        Poll::Ready(
+            self.write_capped(buf)
+                .map(|()| buf.len())
+                .map_err(refused_io),
+        )
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -327,6 +741,52 @@ mod tests {
         assert!(stop.load(Ordering::Relaxed));
         assert_eq!(out.take_sink(), b"abcde");
         assert!(out.overflowed());
+    }
+
+    #[test]
+    fn a_helper_driven_output_delivers_everything_on_finish() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Shared::default();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = GuestOutput::with_deadline(sink.clone(), 1 << 30, Overflow::Stop, stop, deadline);
+        let block = vec![7u8; 100_000];
+        for _ in 0..10 {
+            out.write_capped(&block).unwrap();
+        }
+        out.finish().unwrap();
+        assert_eq!(lock(&sink.0).len(), 1_000_000);
+        assert_eq!(out.written(), 1_000_000);
+    }
+
+    #[test]
+    fn a_helper_driven_stdin_gives_up_at_the_deadline() {
+        let (keep, never) = mpsc::channel::<()>();
+        struct Stalled(mpsc::Receiver<()>);
+        impl Read for Stalled {
+            fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(0)
+            }
+        }
+        let stdin = GuestStdin::with_deadline(
+            Box::new(Stalled(never)),
+            Some(Instant::now() + std::time::Duration::from_millis(50)),
+        );
+        let error = stdin.read_into(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(stdin.timed_out());
+        drop(keep);
     }
 
     #[test]

@@ -106,3 +106,23 @@ fn missing_alloc_is_missing_export() {
     });
     assert!(matches!(&result.outcome, Outcome::MissingExport { name, .. } if name == "alloc"));
 }
+
+/// Copies each chunk to 0x8000_0000 and names it there: an output pointer >= 2^31,
+/// which makes the returned i64 negative.
+const HIGH_OUTPUT: &str = r#"(module
+  (memory (export "memory") 32769)
+  (func (export "alloc") (param i32) (result i32) (i32.const 16))
+  (func (export "process") (param $ptr i32) (param $len i32) (result i64)
+    (memory.copy (i32.const 0x80000000) (local.get $ptr) (local.get $len))
+    (i64.or (i64.const 0x8000000000000000) (i64.extend_i32_u (local.get $len)))))"#;
+
+#[test]
+fn an_output_pointer_at_or_past_2_gib_is_read_unsigned() {
+    let sandbox = sandbox();
+    let input = b"pointers are unsigned";
+    let (result, output) = run(&sandbox, HIGH_OUTPUT.as_bytes(), input, |job| {
+        job.limits.memory_bytes = 3 << 30;
+    });
+    assert_eq!(result.outcome, Outcome::Success);
+    assert_eq!(output, input);
+}

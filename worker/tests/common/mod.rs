@@ -47,6 +47,60 @@ impl Write for Captured {
     }
 }
 
+/// A reader that never delivers: each read waits until the test drops the sender
+/// (standing in for a Redis blob that stopped arriving, or a silent pipe).
+pub struct Stalled(pub std::sync::mpsc::Receiver<()>);
+
+impl std::io::Read for Stalled {
+    fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+        let _ = self.0.recv();
+        Ok(0)
+    }
+}
+
+/// A writer that never takes a byte, until the test drops the sender.
+pub struct StalledSink(pub std::sync::mpsc::Receiver<()>);
+
+impl Write for StalledSink {
+    fn write(&mut self, _buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.recv();
+        Err(std::io::Error::other("released"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Loads `module` and runs it with `input` as its reader and `output` as its writer;
+/// returns the result. A module the sandbox refuses comes back as a result without a
+/// run.
+pub fn run_with(
+    sandbox: &Sandbox,
+    module: &[u8],
+    input: Box<dyn std::io::Read + Send>,
+    output: Box<dyn Write + Send>,
+    tweak: impl FnOnce(&mut Job),
+) -> JobResult {
+    let loaded = match sandbox.load_module(module) {
+        Ok(loaded) => loaded,
+        Err(outcome) => {
+            let job = Job::new(
+                sluice_shared::ModuleHash::of(module),
+                JobInput::Inline(vec![]),
+            );
+            return JobResult::without_run(job.id, outcome, 1);
+        }
+    };
+    let mut job = Job::new(loaded.hash(), JobInput::Inline(vec![]));
+    job.entry = loaded.default_entry(sandbox);
+    job.limits = Limits {
+        timeout_ms: 5_000,
+        ..Limits::default()
+    };
+    tweak(&mut job);
+    sandbox.run(&loaded, &job, input, output)
+}
+
 /// Loads `module` and runs it over `input` with `limits`; returns the result and the
 /// output. A module the sandbox refuses comes back as a result without a run.
 pub fn run(
