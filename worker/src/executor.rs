@@ -524,6 +524,9 @@ async fn finish<Q: Queue, E: JobEnv>(
     job: Option<&Job>,
     result: JobResult,
 ) {
+    // Every path that stores a result or a dead letter passes here: guest-controlled
+    // text (reasons, stderr) is capped once more before it reaches Redis or a report.
+    let result = result.capped();
     let disposition = record(queue, config, lease, job, &result).await;
     env.on_finished(job, &result, disposition);
 }
