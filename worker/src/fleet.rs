@@ -186,11 +186,12 @@ impl JobEnv for RedisEnv {
         else {
             return Ok(());
         };
-        let mut state = lock(&output.state);
         if !result.outcome.is_success() {
-            // A failed job's partial blob chunks expire with the blob TTL.
+            // A failed job's partial blob chunks expire with the blob TTL. Not locking
+            // the state first: a helper thread stuck in a stalled blob write may hold it.
             return Ok(());
         }
+        let mut state = lock(&output.state);
         result.output = match state.blob.take() {
             None => JobOutput::Inline(std::mem::take(&mut state.inline)),
             Some(blob) => {
