@@ -153,17 +153,4 @@ impl RedisQueue {
             .map_err(unavailable)?;
         Ok(deleted > 0)
     }
-
-    /// How many modules `tenant` holds now.
-    pub async fn tenant_module_count(&self, tenant: &str) -> Result<u64, QueueError> {
-        let key = self.tenant_modules_key(tenant);
-        let now = self.server_time_ms().await?;
-        redis::cmd("ZCOUNT")
-            .arg(&key)
-            .arg(format!("({now}"))
-            .arg("+inf")
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)
-    }
 }
