@@ -1,5 +1,6 @@
 //! The worker loop over any [`Queue`]: claim as many jobs as there are free slots, run
-//! each on a blocking thread (guests are synchronous; see the NOTES on why), renew the
+//! each on a blocking thread (guests run synchronously: wasmtime-wasi's async stdio on a
+//! multi-threaded runtime streams ~10x slower, `docs/ARCHITECTURE.md`), renew the
 //! lease while it runs, then complete, retry or dead-letter it.
 //!
 //! A watchdog stands behind the sandbox's own deadline: a run still going at its

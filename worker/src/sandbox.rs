@@ -3,7 +3,7 @@
 //! one typed outcome.
 //!
 //! Why two engines: fuel metering is an engine-wide switch that costs 40–80% on compute
-//! (see `../shared/NOTES-wasmtime.md`), so jobs that ask for an instruction budget run on
+//! (measured on wasmtime 48; our own figures are in `docs/benchmarks.md`), so jobs that ask for an instruction budget run on
 //! a metered engine and the rest on an unmetered one. Both use epoch interruption, so
 //! every job has a wall-clock deadline.
 

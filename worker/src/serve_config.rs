@@ -21,7 +21,7 @@ pub struct ServeArgs {
     #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
     #[serde(rename = "redis")]
     pub redis_url: Option<String>,
-    /// Queue name (letters, digits, `-`, `_`, `.`, `:`; at most 64). Default `default`.
+    /// Queue name (letters, digits, `-`, `_`, `.`; at most 64). Default `default`.
     #[arg(long, env = "SLUICE_QUEUE")]
     pub queue: Option<String>,
     /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
@@ -147,8 +147,6 @@ pub mod limits {
     /// Shortest and longest TTL of results, notices and blobs.
     pub const MIN_TTL: Duration = Duration::from_secs(60);
     pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-    /// Longest queue name (it is in every key).
-    pub const MAX_QUEUE_NAME: usize = 64;
     /// Longest consumer name.
     pub const MAX_CONSUMER_NAME: usize = 128;
 }
@@ -399,12 +397,12 @@ fn check_redis_url(url: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// A queue name goes inside every key's hash tag `{name}`: a brace would break the tag
-/// (and with it Redis Cluster slotting), and anything unusual makes keys hard to read.
+/// A queue name goes inside every key's hash tag `{name}`: the protocol's one rule
+/// (`sluice_shared::queue::redis::validate_queue_name`), named here as the flag,
+/// variable and key.
 fn check_queue(queue: &str) -> Result<(), ConfigError> {
-    check_name(field::QUEUE, queue, limits::MAX_QUEUE_NAME, |c| {
-        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
-    })
+    sluice_shared::queue::redis::validate_queue_name(queue)
+        .map_err(|e| invalid(field::QUEUE, e.to_string()))
 }
 
 fn check_name(
