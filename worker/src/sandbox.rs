@@ -589,6 +589,17 @@ fn classify(error: &wasmtime::Error, limit_hit: Option<String>, job: &Job) -> Ou
     if let Some(detail) = limit_hit {
         return Outcome::MemoryLimit { detail };
     }
+    // The pool had no free slot for this instance (one just freed can still be waiting
+    // in the decommit queue): the worker's doing, not the guest's, so a retryable host
+    // error rather than a final trap.
+    if error
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return Outcome::HostError {
+            reason: format!("instance pool full: {error}"),
+        };
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::FuelExhausted,
         Some(Trap::Interrupt) => Outcome::Timeout,
