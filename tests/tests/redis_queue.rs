@@ -420,3 +420,40 @@ async fn revocation_takes_every_token_issued_before_it() {
     );
     assert_eq!(queue.tenant_for_token(&late).await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_copy_is_not_retried_once_the_job_has_a_result() {
+    let (_server, queue) = fresh().await;
+    let sent = job(1);
+    // Two copies of one job (a takeover's stale run, or a recovery re-enqueue).
+    queue.enqueue(&[sent.clone(), sent.clone()]).await.unwrap();
+    let claimed = queue.claim("c1", 2, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let done = success_of(sent.id);
+    queue
+        .complete(&claimed[0].lease, done.clone())
+        .await
+        .unwrap();
+    let mut again = sent.clone();
+    again.attempt = 2;
+    let refused = queue.retry(&claimed[1].lease, &again, Duration::ZERO).await;
+    assert!(
+        matches!(refused, Err(sluice_shared::QueueError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.leased, stats.delayed, stats.dead),
+        (0, 0, 0, 0)
+    );
+    assert!(
+        queue
+            .claim("c2", 5, LONG, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(done));
+    let status = queue.status().await.unwrap();
+    assert_eq!((status.duplicates, status.retried), (1, 0));
+}

@@ -26,8 +26,8 @@ use crate::outcome::{JobResult, OutcomeKind};
 mod admission;
 mod blob;
 mod locate;
-mod outcomes;
 mod modules_store;
+mod outcomes;
 mod quotas;
 mod records;
 mod tenants;
@@ -36,8 +36,8 @@ mod validate;
 pub use admission::{AdmissionError, Hold, envelope_job_id};
 pub use blob::{BlobReadStream, BlobReader, BlobWriteStream, BlobWriter};
 pub use locate::Whereabouts;
-pub use outcomes::BatchCounts;
 pub use modules_store::{ModulePut, ModuleRemoved};
+pub use outcomes::BatchCounts;
 pub use quotas::Reservation;
 pub use records::{Cancelled, JobRecord};
 pub use validate::{RedisConfigError, validate_queue_name};
@@ -1130,7 +1130,15 @@ impl Queue for RedisQueue {
     }
 
     async fn retry(&self, lease: &Lease, job: &Job, delay: Duration) -> Result<(), QueueError> {
-        let keys = [self.keys.delayed.as_str(), self.keys.stats.as_str()];
+        // A duplicate copy failing after another copy's result was stored must not
+        // run again: `retry.lua` checks the result key (reply 2, a lost lease here,
+        // as for `dead.lua`).
+        let result_key = self.keys.result(job.id);
+        let keys = [
+            self.keys.delayed.as_str(),
+            self.keys.stats.as_str(),
+            result_key.as_str(),
+        ];
         let args = vec![millis(delay).to_string().into_bytes(), codec::encode(job)];
         self.as_holder(&self.scripts.retry, lease, &keys, args)
             .await
