@@ -457,3 +457,40 @@ async fn a_duplicate_copy_is_not_retried_once_the_job_has_a_result() {
     let status = queue.status().await.unwrap();
     assert_eq!((status.duplicates, status.retried), (1, 0));
 }
+
+/// An API job (with a record) admitted by the dispatcher and claimed.
+async fn dispatched(queue: &RedisQueue) -> (Job, sluice_shared::Claimed) {
+    let sent = job(7);
+    queue
+        .enqueue_owned(std::slice::from_ref(&sent), "acme", None)
+        .await
+        .unwrap();
+    queue.hold_dispatcher("d", LONG).await.unwrap();
+    assert_eq!(
+        queue.dispatch("d", "acme", 10).await.unwrap(),
+        vec![sent.id]
+    );
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
+    (sent, claimed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_job_can_still_be_cancelled() {
+    let (_server, queue) = fresh().await;
+    let (sent, claimed) = dispatched(&queue).await;
+    queue
+        .release(
+            &claimed.lease,
+            Some(&sent),
+            sluice_shared::queue::ReleaseKind::Drain,
+        )
+        .await
+        .unwrap();
+    let record = queue.job_record(sent.id).await.unwrap().unwrap();
+    assert_ne!(record.entry, claimed.lease.entry_id);
+    assert_eq!(
+        queue.cancel(sent.id).await.unwrap(),
+        sluice_shared::queue::redis::Cancelled::Yes
+    );
+    assert_eq!(queue.stats().await.unwrap().ready, 0);
+}

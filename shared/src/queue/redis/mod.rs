@@ -1201,10 +1201,15 @@ impl Queue for RedisQueue {
                 .saturating_sub(uncounted);
             codec::encode(&again)
         });
+        // The job's record follows the fresh entry (`release.lua`), so a cancel finds
+        // the queued job; without a job id the stream key stands in and is skipped.
+        let record = lease
+            .job_id
+            .map_or_else(|| self.keys.jobs.clone(), |id| self.job_record_key(id));
         self.as_holder(
             &self.scripts.release,
             lease,
-            &[],
+            &[record.as_str()],
             envelope.into_iter().collect(),
         )
         .await
