@@ -494,3 +494,53 @@ async fn a_released_job_can_still_be_cancelled() {
     );
     assert_eq!(queue.stats().await.unwrap().ready, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_and_promotion_renew_the_job_record() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    // Every claim runs the maintenance step that promotes due jobs.
+    config.maintenance_interval = Duration::from_millis(1);
+    let queue = RedisQueue::connect(config).await.unwrap();
+    let sent = job(9);
+    queue
+        .enqueue_owned(std::slice::from_ref(&sent), "acme", None)
+        .await
+        .unwrap();
+    let record = format!(
+        "{}job:{}",
+        queue.keys().jobs.trim_end_matches("jobs"),
+        sent.id
+    );
+    let pttl =
+        |server: &RedisServer| -> i64 { server.cli(&["PTTL", &record]).trim().parse().unwrap() };
+    // As if it had waited in its backlog for most of the result TTL.
+    server.cli(&["PEXPIRE", &record, "5000"]);
+    queue.hold_dispatcher("d", LONG).await.unwrap();
+    queue.dispatch("d", "acme", 10).await.unwrap();
+    assert!(pttl(&server) > 60_000, "admission renews the record");
+    // Retried, then promoted back into its backlog: renewed again.
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
+    server.cli(&["PEXPIRE", &record, "5000"]);
+    let mut again = sent.clone();
+    again.attempt = 2;
+    queue
+        .retry(&claimed.lease, &again, Duration::ZERO)
+        .await
+        .unwrap();
+    // A claim promotes the job once due (into its backlog: nothing to claim yet).
+    for _ in 0..100 {
+        let claimed = queue
+            .claim("c1", 1, LONG, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert!(claimed.is_empty());
+        if queue.stats().await.unwrap().delayed == 0 {
+            break;
+        }
+    }
+    assert_eq!(queue.stats().await.unwrap().delayed, 0);
+    let record_now = queue.job_record(sent.id).await.unwrap().unwrap();
+    assert!(record_now.stream.contains("backlog:acme"), "{record_now:?}");
+    assert!(pttl(&server) > 60_000, "promotion renews the record");
+}

@@ -379,6 +379,7 @@ impl RedisQueue {
             .key(&self.keys.delayed)
             .key(&self.keys.jobs)
             .arg(1000)
+            .arg(millis(self.config.result_ttl))
             .invoke_async(&mut self.conn.clone())
             .await;
         if let Err(e) = promoted {

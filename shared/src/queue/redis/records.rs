@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 
-
 use super::{GROUP, RedisQueue, checked_script, millis, on_key, unavailable};
 use crate::codec;
 use crate::job::{Job, JobId};
