@@ -544,3 +544,41 @@ async fn admission_and_promotion_renew_the_job_record() {
     assert!(record_now.stream.contains("backlog:acme"), "{record_now:?}");
     assert!(pttl(&server) > 60_000, "promotion renews the record");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_quota_holds_under_concurrent_enqueues() {
+    use sluice_shared::queue::redis::Enqueued;
+    let (_server, queue) = fresh().await;
+    let queue = std::sync::Arc::new(queue);
+    // Twenty one-job requests at once against a quota of 5: each checks the length
+    // and enqueues in one step, so exactly five get in.
+    let mut sending = tokio::task::JoinSet::new();
+    for n in 0..20u8 {
+        let queue = queue.clone();
+        sending.spawn(async move {
+            queue
+                .enqueue_owned_within(&[job(n)], "acme", None, Some(5))
+                .await
+                .unwrap()
+        });
+    }
+    let mut admitted = 0;
+    while let Some(done) = sending.join_next().await {
+        match done.unwrap() {
+            Enqueued::Yes => admitted += 1,
+            Enqueued::BacklogFull { waiting } => assert_eq!(waiting, 5),
+        }
+    }
+    assert_eq!(admitted, 5);
+    assert_eq!(queue.backlog_len("acme").await.unwrap(), 5);
+    // A batch that would pass the quota is refused whole: no entry, no record.
+    let batch: Vec<Job> = (0..3).map(|n| job(100 + n)).collect();
+    let refused = queue
+        .enqueue_owned_within(&batch, "other", Some("b1"), Some(2))
+        .await
+        .unwrap();
+    assert_eq!(refused, Enqueued::BacklogFull { waiting: 0 });
+    assert_eq!(queue.backlog_len("other").await.unwrap(), 0);
+    assert!(queue.job_record(batch[0].id).await.unwrap().is_none());
+    assert!(queue.batch("b1").await.unwrap().is_none());
+}

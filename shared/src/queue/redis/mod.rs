@@ -39,7 +39,7 @@ pub use locate::Whereabouts;
 pub use modules_store::{ModulePut, ModuleRemoved};
 pub use outcomes::BatchCounts;
 pub use quotas::Reservation;
-pub use records::{Cancelled, JobRecord};
+pub use records::{Cancelled, Enqueued, JobRecord};
 pub use validate::{RedisConfigError, validate_queue_name};
 
 /// The consumer group every worker of a queue joins.
