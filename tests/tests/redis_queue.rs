@@ -582,3 +582,49 @@ async fn the_backlog_quota_holds_under_concurrent_enqueues() {
     assert!(queue.job_record(batch[0].id).await.unwrap().is_none());
     assert!(queue.batch("b1").await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_retry_of_all_goes_page_by_page() {
+    let (server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..1100u32).map(|n| job((n % 251) as u8)).collect();
+    let mut pipe = redis::pipe();
+    for sent in &jobs {
+        pipe.cmd("XADD")
+            .arg(&queue.keys().dead)
+            .arg("*")
+            .arg("job")
+            .arg(sent.id.to_string())
+            .arg("kind")
+            .arg("invalid_module")
+            .arg("reason")
+            .arg("test")
+            .arg("attempts")
+            .arg(1)
+            .arg("e")
+            .arg(codec::encode(sent))
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut queue.connection())
+        .await
+        .unwrap();
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(queue.dlq_retry(None).await.unwrap(), 1100);
+    assert!(queue.dead_letters().await.unwrap().is_empty());
+    assert_eq!(queue.stats().await.unwrap().ready, 1100);
+    // 500 letters a script: three calls that ran (a NOSCRIPT reply, before the script
+    // is loaded, is a failed call), none of them over every letter at once.
+    let scripts = server.cli(&["INFO", "commandstats"]);
+    let stat = |line: &str, name: &str| -> u64 {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let ran: u64 = scripts
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .map(|l| stat(l, "calls") - stat(l, "failed_calls"))
+        .sum();
+    assert_eq!(ran, 3, "{scripts}");
+}
