@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sluice_shared::queue::redis::{Cancelled, ModulePut, RedisQueue, Reservation};
+use sluice_shared::queue::redis::{Cancelled, Enqueued, ModulePut, RedisQueue, Reservation};
 use sluice_shared::{
     EntryPoint, Job, JobId, JobInput, JobOutput, Limits, ModuleHash, Queue, QueueError, ReportLine,
     TenantId, TenantPolicy, units,
@@ -500,23 +500,30 @@ impl Api {
     async fn check_backlog(&self, tenant: &str, policy: &TenantPolicy, jobs: u64) -> ApiResult<()> {
         let waiting = self.queue.backlog_len(tenant).await?;
         if waiting.saturating_add(jobs) > policy.max_backlog_jobs {
-            self.metrics.quota_refused("max_backlog_jobs");
-            // The backlog drains at the tenant's admission rate; a second is the
-            // shortest wait after which trying again can succeed.
-            let wait = policy
-                .rate_per_second
-                .map(|rate| Duration::from_secs_f64((jobs as f64 / rate).clamp(1.0, 3600.0)))
-                .unwrap_or(Duration::from_secs(1));
-            return Err(ApiError::quota_exceeded(
-                "max_backlog_jobs",
-                format!(
-                    "{waiting} jobs are waiting and {jobs} more would pass the backlog quota of {}",
-                    policy.max_backlog_jobs
-                ),
-                Some(wait),
-            ));
+            return Err(self.backlog_full(policy, waiting, jobs));
         }
         Ok(())
+    }
+
+    /// The 429 for a backlog quota refusal: by the early check above (a refused request
+    /// costs no upload), or by `enqueue_owned.lua`, which checks again atomically with
+    /// the enqueue so concurrent requests cannot together pass the quota.
+    fn backlog_full(&self, policy: &TenantPolicy, waiting: u64, jobs: u64) -> ApiError {
+        self.metrics.quota_refused("max_backlog_jobs");
+        // The backlog drains at the tenant's admission rate; a second is the
+        // shortest wait after which trying again can succeed.
+        let wait = policy
+            .rate_per_second
+            .map(|rate| Duration::from_secs_f64((jobs as f64 / rate).clamp(1.0, 3600.0)))
+            .unwrap_or(Duration::from_secs(1));
+        ApiError::quota_exceeded(
+            "max_backlog_jobs",
+            format!(
+                "{waiting} jobs are waiting and {jobs} more would pass the backlog quota of {}",
+                policy.max_backlog_jobs
+            ),
+            Some(wait),
+        )
     }
 
     /// Counts `bytes` of the tenant's input against its stored-bytes quota.
@@ -730,9 +737,23 @@ async fn post_job(
     }
     let input = stream_input(&api, &tenant, &policy, reserved, body).await?;
     let job = template(input);
-    api.queue
-        .enqueue_owned(std::slice::from_ref(&job), &tenant, None)
+    let enqueued = api
+        .queue
+        .enqueue_owned_within(
+            std::slice::from_ref(&job),
+            &tenant,
+            None,
+            Some(policy.max_backlog_jobs),
+        )
         .await?;
+    if let Enqueued::BacklogFull { waiting } = enqueued {
+        if let JobInput::Blob { uri, len } = &job.input
+            && let Some(id) = uri.strip_prefix("blob:")
+        {
+            let _ = api.queue.delete_blob(id, *len).await;
+        }
+        return Err(api.backlog_full(&policy, waiting, 1));
+    }
     api.submitted.notify_one();
     let body = json!({ "id": job.id.to_string(), "limits": job.limits });
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
@@ -991,9 +1012,17 @@ async fn post_batch(
         return Err(e.into());
     }
     let batch = uuid::Uuid::now_v7().to_string();
-    api.queue
-        .enqueue_owned(&jobs, &tenant, Some(&batch))
+    let enqueued = api
+        .queue
+        .enqueue_owned_within(&jobs, &tenant, Some(&batch), Some(policy.max_backlog_jobs))
         .await?;
+    if let Enqueued::BacklogFull { waiting } = enqueued {
+        // Nothing was enqueued: the blobs written belong to no job.
+        for (id, len) in &blobs {
+            let _ = api.queue.delete_blob(id, *len).await;
+        }
+        return Err(api.backlog_full(&policy, waiting, jobs.len() as u64));
+    }
     api.submitted.notify_one();
     let listed: Vec<Value> = jobs
         .iter()

@@ -420,3 +420,211 @@ async fn revocation_takes_every_token_issued_before_it() {
     );
     assert_eq!(queue.tenant_for_token(&late).await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_copy_is_not_retried_once_the_job_has_a_result() {
+    let (_server, queue) = fresh().await;
+    let sent = job(1);
+    // Two copies of one job (a takeover's stale run, or a recovery re-enqueue).
+    queue.enqueue(&[sent.clone(), sent.clone()]).await.unwrap();
+    let claimed = queue.claim("c1", 2, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let done = success_of(sent.id);
+    queue
+        .complete(&claimed[0].lease, done.clone())
+        .await
+        .unwrap();
+    let mut again = sent.clone();
+    again.attempt = 2;
+    let refused = queue.retry(&claimed[1].lease, &again, Duration::ZERO).await;
+    assert!(
+        matches!(refused, Err(sluice_shared::QueueError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.leased, stats.delayed, stats.dead),
+        (0, 0, 0, 0)
+    );
+    assert!(
+        queue
+            .claim("c2", 5, LONG, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(done));
+    let status = queue.status().await.unwrap();
+    assert_eq!((status.duplicates, status.retried), (1, 0));
+}
+
+/// An API job (with a record) admitted by the dispatcher and claimed.
+async fn dispatched(queue: &RedisQueue) -> (Job, sluice_shared::Claimed) {
+    let sent = job(7);
+    queue
+        .enqueue_owned(std::slice::from_ref(&sent), "acme", None)
+        .await
+        .unwrap();
+    queue.hold_dispatcher("d", LONG).await.unwrap();
+    assert_eq!(
+        queue.dispatch("d", "acme", 10).await.unwrap(),
+        vec![sent.id]
+    );
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
+    (sent, claimed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_job_can_still_be_cancelled() {
+    let (_server, queue) = fresh().await;
+    let (sent, claimed) = dispatched(&queue).await;
+    queue
+        .release(
+            &claimed.lease,
+            Some(&sent),
+            sluice_shared::queue::ReleaseKind::Drain,
+        )
+        .await
+        .unwrap();
+    let record = queue.job_record(sent.id).await.unwrap().unwrap();
+    assert_ne!(record.entry, claimed.lease.entry_id);
+    assert_eq!(
+        queue.cancel(sent.id).await.unwrap(),
+        sluice_shared::queue::redis::Cancelled::Yes
+    );
+    assert_eq!(queue.stats().await.unwrap().ready, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_and_promotion_renew_the_job_record() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    // Every claim runs the maintenance step that promotes due jobs.
+    config.maintenance_interval = Duration::from_millis(1);
+    let queue = RedisQueue::connect(config).await.unwrap();
+    let sent = job(9);
+    queue
+        .enqueue_owned(std::slice::from_ref(&sent), "acme", None)
+        .await
+        .unwrap();
+    let record = format!(
+        "{}job:{}",
+        queue.keys().jobs.trim_end_matches("jobs"),
+        sent.id
+    );
+    let pttl =
+        |server: &RedisServer| -> i64 { server.cli(&["PTTL", &record]).trim().parse().unwrap() };
+    // As if it had waited in its backlog for most of the result TTL.
+    server.cli(&["PEXPIRE", &record, "5000"]);
+    queue.hold_dispatcher("d", LONG).await.unwrap();
+    queue.dispatch("d", "acme", 10).await.unwrap();
+    assert!(pttl(&server) > 60_000, "admission renews the record");
+    // Retried, then promoted back into its backlog: renewed again.
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
+    server.cli(&["PEXPIRE", &record, "5000"]);
+    let mut again = sent.clone();
+    again.attempt = 2;
+    queue
+        .retry(&claimed.lease, &again, Duration::ZERO)
+        .await
+        .unwrap();
+    // A claim promotes the job once due (into its backlog: nothing to claim yet).
+    for _ in 0..100 {
+        let claimed = queue
+            .claim("c1", 1, LONG, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert!(claimed.is_empty());
+        if queue.stats().await.unwrap().delayed == 0 {
+            break;
+        }
+    }
+    assert_eq!(queue.stats().await.unwrap().delayed, 0);
+    let record_now = queue.job_record(sent.id).await.unwrap().unwrap();
+    assert!(record_now.stream.contains("backlog:acme"), "{record_now:?}");
+    assert!(pttl(&server) > 60_000, "promotion renews the record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_quota_holds_under_concurrent_enqueues() {
+    use sluice_shared::queue::redis::Enqueued;
+    let (_server, queue) = fresh().await;
+    let queue = std::sync::Arc::new(queue);
+    // Twenty one-job requests at once against a quota of 5: each checks the length
+    // and enqueues in one step, so exactly five get in.
+    let mut sending = tokio::task::JoinSet::new();
+    for n in 0..20u8 {
+        let queue = queue.clone();
+        sending.spawn(async move {
+            queue
+                .enqueue_owned_within(&[job(n)], "acme", None, Some(5))
+                .await
+                .unwrap()
+        });
+    }
+    let mut admitted = 0;
+    while let Some(done) = sending.join_next().await {
+        match done.unwrap() {
+            Enqueued::Yes => admitted += 1,
+            Enqueued::BacklogFull { waiting } => assert_eq!(waiting, 5),
+        }
+    }
+    assert_eq!(admitted, 5);
+    assert_eq!(queue.backlog_len("acme").await.unwrap(), 5);
+    // A batch that would pass the quota is refused whole: no entry, no record.
+    let batch: Vec<Job> = (0..3).map(|n| job(100 + n)).collect();
+    let refused = queue
+        .enqueue_owned_within(&batch, "other", Some("b1"), Some(2))
+        .await
+        .unwrap();
+    assert_eq!(refused, Enqueued::BacklogFull { waiting: 0 });
+    assert_eq!(queue.backlog_len("other").await.unwrap(), 0);
+    assert!(queue.job_record(batch[0].id).await.unwrap().is_none());
+    assert!(queue.batch("b1").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_retry_of_all_goes_page_by_page() {
+    let (server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..1100u32).map(|n| job((n % 251) as u8)).collect();
+    let mut pipe = redis::pipe();
+    for sent in &jobs {
+        pipe.cmd("XADD")
+            .arg(&queue.keys().dead)
+            .arg("*")
+            .arg("job")
+            .arg(sent.id.to_string())
+            .arg("kind")
+            .arg("invalid_module")
+            .arg("reason")
+            .arg("test")
+            .arg("attempts")
+            .arg(1)
+            .arg("e")
+            .arg(codec::encode(sent))
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut queue.connection())
+        .await
+        .unwrap();
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(queue.dlq_retry(None).await.unwrap(), 1100);
+    assert!(queue.dead_letters().await.unwrap().is_empty());
+    assert_eq!(queue.stats().await.unwrap().ready, 1100);
+    // 500 letters a script: three calls that ran (a NOSCRIPT reply, before the script
+    // is loaded, is a failed call), none of them over every letter at once.
+    let scripts = server.cli(&["INFO", "commandstats"]);
+    let stat = |line: &str, name: &str| -> u64 {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let ran: u64 = scripts
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .map(|l| stat(l, "calls") - stat(l, "failed_calls"))
+        .sum();
+    assert_eq!(ran, 3, "{scripts}");
+}

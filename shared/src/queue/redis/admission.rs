@@ -209,6 +209,7 @@ impl RedisQueue {
             .arg(format!("{}job:", self.keys.prefix))
             .arg(max)
             .arg(holder)
+            .arg(millis(self.config.result_ttl))
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;

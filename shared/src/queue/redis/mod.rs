@@ -39,7 +39,7 @@ pub use locate::Whereabouts;
 pub use modules_store::{ModulePut, ModuleRemoved};
 pub use outcomes::BatchCounts;
 pub use quotas::Reservation;
-pub use records::{Cancelled, JobRecord};
+pub use records::{Cancelled, Enqueued, JobRecord};
 pub use validate::{RedisConfigError, validate_queue_name};
 
 /// The consumer group every worker of a queue joins.
@@ -379,6 +379,7 @@ impl RedisQueue {
             .key(&self.keys.delayed)
             .key(&self.keys.jobs)
             .arg(1000)
+            .arg(millis(self.config.result_ttl))
             .invoke_async(&mut self.conn.clone())
             .await;
         if let Err(e) = promoted {
@@ -735,27 +736,64 @@ impl RedisQueue {
     /// Only failed jobs go back: a letter whose job has a stored success, or one of
     /// whose keys is corrupt, stays (logged; an error when it was the one asked for).
     pub async fn dlq_retry(&self, id: Option<&str>) -> Result<u64, QueueError> {
-        let reply: Vec<Value> = self
-            .scripts
-            .dlq_retry
-            .key(&self.keys.dead)
-            .key(&self.keys.jobs)
-            .key(&self.keys.stats)
-            .arg(id.unwrap_or(""))
-            .arg(&self.keys.prefix)
-            .arg(millis(self.config.result_ttl))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
-        let moved = match reply.first() {
-            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-            _ => return Err(protocol("dlq_retry.lua reply has no count")),
+        // All of them: page by page (`DLQ_PAGE` letters a script), up to the newest
+        // letter at the start, so no one script blocks Redis over days of letters.
+        let (mut start, stop) = match id {
+            Some(id) => (id.to_owned(), id.to_owned()),
+            None => {
+                let newest: Value = redis::cmd("XREVRANGE")
+                    .arg(&self.keys.dead)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(on_key(&self.keys.dead))?;
+                match parse_entries(&newest)?.into_iter().next() {
+                    Some((newest, _)) => ("-".to_owned(), newest),
+                    None => return Ok(0),
+                }
+            }
         };
-        let problems: Vec<String> = reply[1..]
-            .iter()
-            .filter_map(bytes_of)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .collect();
+        let (mut moved, mut problems) = (0u64, Vec::new());
+        loop {
+            let reply: Vec<Value> = self
+                .scripts
+                .dlq_retry
+                .key(&self.keys.dead)
+                .key(&self.keys.jobs)
+                .key(&self.keys.stats)
+                .arg(id.unwrap_or(""))
+                .arg(&self.keys.prefix)
+                .arg(millis(self.config.result_ttl))
+                .arg(&start)
+                .arg(&stop)
+                .arg(DLQ_PAGE)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            match reply.first() {
+                Some(Value::Int(n)) => moved += u64::try_from(*n).unwrap_or(0),
+                _ => return Err(protocol("dlq_retry.lua reply has no count")),
+            }
+            let next = reply
+                .get(1)
+                .and_then(bytes_of)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            problems.extend(
+                reply
+                    .iter()
+                    .skip(2)
+                    .filter_map(bytes_of)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            );
+            if id.is_some() || next.is_empty() {
+                break;
+            }
+            start = format!("({next}");
+        }
         if id.is_some() && moved == 0 && !problems.is_empty() {
             return Err(protocol(format!(
                 "dead letter not retried: {}",
@@ -883,6 +921,9 @@ fn count_of(v: &Value) -> u64 {
         _ => 0,
     }
 }
+
+/// Dead letters looked at by one `dlq_retry.lua` call.
+const DLQ_PAGE: usize = 500;
 
 fn bytes_of(v: &Value) -> Option<Vec<u8>> {
     match v {
@@ -1130,7 +1171,15 @@ impl Queue for RedisQueue {
     }
 
     async fn retry(&self, lease: &Lease, job: &Job, delay: Duration) -> Result<(), QueueError> {
-        let keys = [self.keys.delayed.as_str(), self.keys.stats.as_str()];
+        // A duplicate copy failing after another copy's result was stored must not
+        // run again: `retry.lua` checks the result key (reply 2, a lost lease here,
+        // as for `dead.lua`).
+        let result_key = self.keys.result(job.id);
+        let keys = [
+            self.keys.delayed.as_str(),
+            self.keys.stats.as_str(),
+            result_key.as_str(),
+        ];
         let args = vec![millis(delay).to_string().into_bytes(), codec::encode(job)];
         self.as_holder(&self.scripts.retry, lease, &keys, args)
             .await
@@ -1193,10 +1242,15 @@ impl Queue for RedisQueue {
                 .saturating_sub(uncounted);
             codec::encode(&again)
         });
+        // The job's record follows the fresh entry (`release.lua`), so a cancel finds
+        // the queued job; without a job id the stream key stands in and is skipped.
+        let record = lease
+            .job_id
+            .map_or_else(|| self.keys.jobs.clone(), |id| self.job_record_key(id));
         self.as_holder(
             &self.scripts.release,
             lease,
-            &[],
+            &[record.as_str()],
             envelope.into_iter().collect(),
         )
         .await

@@ -29,6 +29,16 @@ pub struct JobRecord {
     pub limits: String,
 }
 
+/// What [`RedisQueue::enqueue_owned_within`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Every job is in the tenant's backlog.
+    Yes,
+    /// The backlog holds `waiting` jobs, and the request's would pass the quota:
+    /// nothing was enqueued.
+    BacklogFull { waiting: u64 },
+}
+
 /// What a cancel did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cancelled {
@@ -66,12 +76,33 @@ impl RedisQueue {
         tenant: &str,
         batch: Option<&str>,
     ) -> Result<(), QueueError> {
+        self.enqueue_owned_within(jobs, tenant, batch, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::enqueue_owned`], refused as a whole ([`Enqueued::BacklogFull`], nothing
+    /// written) when the tenant's backlog would hold more than `max_backlog` jobs. The
+    /// script checks the length and enqueues in one step, so concurrent requests
+    /// cannot together pass the quota (a request of more than one chunk is checked
+    /// whole with its first chunk).
+    pub async fn enqueue_owned_within(
+        &self,
+        jobs: &[Job],
+        tenant: &str,
+        batch: Option<&str>,
+        max_backlog: Option<u64>,
+    ) -> Result<Enqueued, QueueError> {
         let ttl = millis(self.config.result_ttl);
         let backlog = self.backlog_key(tenant);
         let batch_key = batch.map(|b| self.batch_key(b));
         let script = checked_script(include_str!("scripts/enqueue_owned.lua"));
         // Chunks bound one script's argument list (envelopes travel inline).
-        for chunk in jobs.chunks(200) {
+        for (index, chunk) in jobs.chunks(200).enumerate() {
+            let limit = max_backlog
+                .filter(|_| index == 0)
+                .map(|max| max.to_string())
+                .unwrap_or_default();
             let mut invocation = script.prepare_invoke();
             invocation
                 .key(&backlog)
@@ -86,7 +117,8 @@ impl RedisQueue {
                 .arg(tenant)
                 .arg(batch.unwrap_or(""))
                 .arg(ttl)
-                .arg(jobs.len());
+                .arg(jobs.len())
+                .arg(limit);
             for job in chunk {
                 invocation
                     .key(self.job_record_key(job.id))
@@ -94,12 +126,16 @@ impl RedisQueue {
                     .arg(job.id.to_string())
                     .arg(serde_json::to_string(&job.limits).unwrap_or_default());
             }
-            invocation
+            let reply = invocation
                 .invoke_async::<Vec<String>>(&mut self.connection())
                 .await
                 .map_err(unavailable)?;
+            if reply.first().is_some_and(|r| r == "full") {
+                let waiting = reply.get(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+                return Ok(Enqueued::BacklogFull { waiting });
+            }
         }
-        Ok(())
+        Ok(Enqueued::Yes)
     }
 
     /// A job's record, if it exists.

@@ -10,6 +10,9 @@
 --          tag, so the same slot as the declared keys)
 -- ARGV[3]  the most jobs to move
 -- ARGV[4]  the caller's name as dispatcher
+-- ARGV[5]  the result TTL, ms: an admitted job's record lives that long again from
+--          now (records expire a result TTL after submission; a job that waited long
+--          in its backlog would otherwise lose its record, and with it its owner)
 -- Returns  {'ok', id, ...}     the ids of the jobs moved (maybe none);
 --          {'notholder'}       the caller does not hold the dispatcher role: nothing
 --                              changes (a dispatcher that stalled past its hold cannot
@@ -56,6 +59,7 @@ for _, entry in ipairs(entries) do
       -- expired one would leave a key without owner or TTL behind.
       if kind(ARGV[2] .. job) == 'hash' then
         redis.call('HSET', ARGV[2] .. job, 'stream', KEYS[1], 'entry', id)
+        if ARGV[5] then redis.call('PEXPIRE', ARGV[2] .. job, ARGV[5]) end
       end
       moved[#moved + 1] = job
     end

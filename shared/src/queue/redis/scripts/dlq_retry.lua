@@ -8,8 +8,15 @@
 --          hash are ARGV[2] .. 'result:' .. id, … 'job:' .. id, … 'batch:' .. id
 --          (same hash tag, so the same slot as the declared keys)
 -- ARGV[3]  result TTL, ms (for a batch hash recreated by the count)
--- Returns  {moved, problem, …}: how many were re-enqueued, then one line per letter
---          left in place because a key of its job is corrupt or it has succeeded.
+-- ARGV[4]  with ARGV[1] = '': where this page starts (`-`, or `(<id>` after the last
+--          letter of the previous page)
+-- ARGV[5]  with ARGV[1] = '': the last letter to look at (the newest when the caller
+--          started: letters written while it pages are not retried by the same run)
+-- ARGV[6]  with ARGV[1] = '': the most letters to look at in this call
+-- Returns  {moved, next, problem, …}: how many were re-enqueued; the id of the last
+--          letter looked at when the page was full (the caller goes on after it), else
+--          ''; then one line per letter left in place because a key of its job is
+--          corrupt or it has succeeded.
 --          An error 'CORRUPT <key> …' (nothing changes) when a shared key is corrupt.
 --
 -- Only failed jobs are touched: a letter whose job has a stored success (results
@@ -23,13 +30,17 @@
 -- only once, SET NX, so a kept failure would make the retried run look like a
 -- duplicate) and its batch count taken back, so the job is counted once. The envelope
 -- keeps its attempt count; the retried job gets a fresh set of deliveries.
+--
+-- Paging: `--all` over days of dead letters in one script would block Redis for as
+-- long as it takes; each call looks at one bounded page, and every letter is handled
+-- whole within one call, so a page boundary changes nothing above.
 local prefix = ARGV[2]
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'stream'),
   foreign(KEYS[3], 'hash'), not_counter(KEYS[3], 'dlq_retried'))
 if bad then return bad end
 local entries
 if ARGV[1] == '' then
-  entries = redis.call('XRANGE', KEYS[1], '-', '+')
+  entries = redis.call('XRANGE', KEYS[1], ARGV[4], ARGV[5], 'COUNT', tonumber(ARGV[6]))
 else
   entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 end
@@ -63,6 +74,8 @@ for _, entry in ipairs(entries) do
   end
 end
 if moved > 0 then redis.call('HINCRBY', KEYS[3], 'dlq_retried', moved) end
-local reply = {moved}
+local next = ''
+if ARGV[1] == '' and #entries >= tonumber(ARGV[6]) then next = entries[#entries][1] end
+local reply = {moved, next}
 for _, p in ipairs(problems) do reply[#reply + 1] = p end
 return reply

@@ -12,15 +12,23 @@
 -- ARGV[1]      tenant
 -- ARGV[2]      batch id, or ''
 -- ARGV[3]      record TTL, ms (the result TTL)
--- ARGV[4]      the batch's total job count
+-- ARGV[4]      the request's total job count (the batch's, when a batch)
+-- ARGV[5]      the tenant's backlog quota (most jobs waiting), or '' for none; the
+--              caller passes it with the first of a request's chunks only
 -- then per job: envelope, job id, limits (JSON)
--- Returns      the backlog entry id of each job.
+-- Returns      the backlog entry id of each job; or {'full', <jobs waiting>} when
+--              the backlog's length plus ARGV[4] would pass ARGV[5] (nothing changes).
 --
 -- Atomicity: every key is checked before the first write ('CORRUPT <key> …' error,
 -- nothing changes). A job's entry, its record and its place in the batch appear
 -- together, and the batch hash before any of its jobs: the dispatcher can never move,
 -- nor a worker finish, a job whose record or batch is not there yet, so the batch's
 -- outcome counters (updated by complete.lua and dead.lua from the record) miss none.
+-- The backlog quota is checked here, before the first write, rather than by the caller
+-- beforehand: a check-then-enqueue lets concurrent requests each pass the check and
+-- together overshoot the quota. A request split into several calls is checked whole
+-- with its first call; a concurrent request between its calls sees only the part
+-- written so far, so it may overshoot by at most the rest of that one request.
 local tenant, batch, ttl = ARGV[1], ARGV[2], ARGV[3]
 local n = #KEYS - 5
 local problem = foreign(KEYS[1], 'stream') or foreign(KEYS[2], 'set')
@@ -32,6 +40,12 @@ for i = 1, n do
   problem = foreign(KEYS[5 + i], 'hash')
 end
 if problem then return redis.error_reply('CORRUPT ' .. problem) end
+if ARGV[5] ~= '' then
+  local waiting = redis.call('XLEN', KEYS[1])
+  if waiting + tonumber(ARGV[4]) > tonumber(ARGV[5]) then
+    return {'full', tostring(waiting)}
+  end
+end
 redis.call('SET', KEYS[5], '1')
 if batch ~= '' then
   redis.call('HSET', KEYS[3], 'tenant', tenant, 'total', ARGV[4])
@@ -39,7 +53,7 @@ if batch ~= '' then
 end
 local ids = {}
 for i = 1, n do
-  local base = 4 + (i - 1) * 3
+  local base = 5 + (i - 1) * 3
   local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[base + 1], 'j', ARGV[base + 2])
   redis.call('HSET', KEYS[5 + i], 'tenant', tenant, 'stream', KEYS[1], 'entry', id,
     'batch', batch, 'limits', ARGV[base + 3])

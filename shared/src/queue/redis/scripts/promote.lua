@@ -9,6 +9,8 @@
 --          the same slot) `job:<id>` (records), `backlog:<tenant>`, `backlogs` and
 --          `admitted` (see dispatch.lua)
 -- ARGV[1]  the most jobs to move in one call
+-- ARGV[2]  the result TTL, ms: a job record moved back into its backlog lives that
+--          long again from now, so a job that waits long in line keeps its record
 -- Returns  how many were moved; an error naming the key if KEYS[1] is not a sorted set
 --          or KEYS[2] not a stream.
 --
@@ -77,6 +79,7 @@ for _, envelope in ipairs(due) do
     local entry = redis.call('XADD', backlog, '*', 'e', envelope, 'j', id)
     redis.call('SADD', prefix .. 'backlogs', tenant)
     redis.call('HSET', record, 'stream', backlog, 'entry', entry)
+    if ARGV[2] then redis.call('PEXPIRE', record, ARGV[2]) end
   else
     redis.call('XADD', KEYS[2], '*', 'e', envelope)
   end

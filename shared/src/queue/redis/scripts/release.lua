@@ -3,6 +3,8 @@
 -- after the visibility timeout.
 --
 -- KEYS[1]  the job stream
+-- KEYS[2]  the job's record (hash `job:<id>`; the job stream again when the job id
+--          is unknown)
 -- ARGV[1]  consumer group
 -- ARGV[2]  consumer (the lease holder)
 -- ARGV[3]  entry id
@@ -18,14 +20,23 @@
 -- does not roll back a script) leaves the job in the stream (at worst twice, where the
 -- second copy's result is dropped as a duplicate), never nowhere. An entry already
 -- deleted while pending (cancelled) is only acknowledged: it does not come back.
+-- A record that is a hash and names the old entry on this stream is pointed at the
+-- new one in the same script, so a cancel finds the queued job where its record says
+-- (a record naming another copy, or none, is left alone; nothing is recreated).
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then return 0 end
 local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+local fresh
 if #entry == 1 then
   if ARGV[5] then
-    redis.call('XADD', KEYS[1], '*', 'e', ARGV[5])
+    fresh = redis.call('XADD', KEYS[1], '*', 'e', ARGV[5])
   else
-    redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+    fresh = redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+  end
+  if KEYS[2] ~= KEYS[1] and redis.call('TYPE', KEYS[2])['ok'] == 'hash'
+    and redis.call('HGET', KEYS[2], 'entry') == ARGV[3]
+    and (redis.call('HGET', KEYS[2], 'stream') or KEYS[1]) == KEYS[1] then
+    redis.call('HSET', KEYS[2], 'entry', fresh)
   end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
