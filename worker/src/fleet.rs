@@ -96,9 +96,15 @@ impl RedisOutput {
                 let _ = self.quota.refused.set(used);
                 Err(self.over_quota())
             }
-            Err(e) => Err(std::io::Error::other(format!(
-                "counting stored output against the quota: {e}"
-            ))),
+            Err(e) => {
+                // Fails open: a broken usage key must not fail the tenant's jobs (the
+                // API refuses its requests on the same key), and an unreachable Redis
+                // fails the blob write that follows anyway.
+                tracing::warn!(tenant = %self.quota.tenant, error = %e,
+                    "could not count output against max_stored_bytes; keeping it");
+                state.reserved = state.reserved.saturating_add(step);
+                Ok(())
+            }
         }
     }
 }
@@ -314,9 +320,9 @@ impl JobEnv for RedisEnv {
                     return Ok(());
                 }
                 Err(e) => {
-                    return Err(Outcome::HostError {
-                        reason: format!("counting stored output against the quota: {e}"),
-                    });
+                    // Fails open, as `RedisOutput::cover` does.
+                    tracing::warn!(tenant = %output.quota.tenant, error = %e,
+                        "could not count output against max_stored_bytes; keeping it");
                 }
             }
         }
