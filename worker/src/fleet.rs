@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue};
+use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue, Reservation};
 use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, TenantPolicy};
 use tokio::runtime::Handle;
 
@@ -28,6 +28,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct OutputState {
     inline: Vec<u8>,
     blob: Option<BlobWriteStream>,
+    /// Bytes written to `blob` so far.
+    blob_len: u64,
+    /// Bytes already counted against the tenant's `max_stored_bytes` for this run.
+    reserved: u64,
+}
+
+/// Blob output is counted against the stored-bytes quota ahead of writing it, this
+/// many bytes at a time: one Redis round trip per MiB, and a tenant over its quota
+/// stores at most this much more per running job.
+const OUTPUT_RESERVE_STEP: u64 = 1 << 20;
+
+/// Bytes counted for a stored result besides its output and stderr (ids, outcome,
+/// stats, the completion notice); outcome texts are capped at 4 KiB, stderr is counted
+/// by its length.
+const RESULT_OVERHEAD: u64 = 512;
+
+/// Whose quota a run's stored output is counted against.
+struct StoredQuota {
+    tenant: String,
+    max: u64,
+    /// Set (to the bytes counted in the window) once a reservation was refused: the
+    /// run's output is then not kept and the job ends as `output_limit`. Outside the
+    /// state lock so that `finish_output` can read it while a stalled write holds that.
+    refused: OnceLock<u64>,
 }
 
 #[derive(Clone)]
@@ -35,6 +59,54 @@ struct RedisOutput {
     state: Arc<Mutex<OutputState>>,
     queue: Arc<RedisQueue>,
     handle: Handle,
+    quota: Arc<StoredQuota>,
+}
+
+impl RedisOutput {
+    fn over_quota(&self) -> std::io::Error {
+        std::io::Error::other(format!(
+            "tenant {} is over its max_stored_bytes quota",
+            self.quota.tenant
+        ))
+    }
+
+    /// Makes sure `total` bytes of blob output are counted against the tenant's quota
+    /// before they are written.
+    fn cover(&self, state: &mut OutputState, total: u64) -> std::io::Result<()> {
+        if self.quota.refused.get().is_some() {
+            return Err(self.over_quota());
+        }
+        if total <= state.reserved {
+            return Ok(());
+        }
+        let step = (total - state.reserved)
+            .div_ceil(OUTPUT_RESERVE_STEP)
+            .saturating_mul(OUTPUT_RESERVE_STEP);
+        let reply = self.handle.block_on(self.queue.reserve_stored(
+            &self.quota.tenant,
+            step,
+            self.quota.max,
+        ));
+        match reply {
+            Ok(Reservation::Granted { .. }) => {
+                state.reserved = state.reserved.saturating_add(step);
+                Ok(())
+            }
+            Ok(Reservation::Refused { used, .. }) => {
+                let _ = self.quota.refused.set(used);
+                Err(self.over_quota())
+            }
+            Err(e) => {
+                // Fails open: a broken usage key must not fail the tenant's jobs (the
+                // API refuses its requests on the same key), and an unreachable Redis
+                // fails the blob write that follows anyway.
+                tracing::warn!(tenant = %self.quota.tenant, error = %e,
+                    "could not count output against max_stored_bytes; keeping it");
+                state.reserved = state.reserved.saturating_add(step);
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Write for RedisOutput {
@@ -46,12 +118,21 @@ impl Write for RedisOutput {
                 state.inline.extend_from_slice(buf);
                 return Ok(buf.len());
             }
+            self.cover(state, (state.inline.len() + buf.len()) as u64)?;
             let mut blob = self.queue.blob_write_stream(self.handle.clone());
-            blob.write_all(&std::mem::take(&mut state.inline))?;
+            let spilled = std::mem::take(&mut state.inline);
+            blob.write_all(&spilled)?;
+            state.blob_len = spilled.len() as u64;
             state.blob = Some(blob);
+        } else {
+            self.cover(state, state.blob_len.saturating_add(buf.len() as u64))?;
         }
         match &mut state.blob {
-            Some(blob) => blob.write(buf),
+            Some(blob) => {
+                let n = blob.write(buf)?;
+                state.blob_len = state.blob_len.saturating_add(n as u64);
+                Ok(n)
+            }
             None => Ok(0),
         }
     }
@@ -169,13 +250,21 @@ impl JobEnv for RedisEnv {
     }
 
     fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome> {
+        let max = self.policy(&job.tenant.0)?.max_stored_bytes;
         let output = RedisOutput {
             state: Arc::new(Mutex::new(OutputState {
                 inline: Vec::new(),
                 blob: None,
+                blob_len: 0,
+                reserved: 0,
             })),
             queue: self.queue.clone(),
             handle: self.handle.clone(),
+            quota: Arc::new(StoredQuota {
+                tenant: job.tenant.0.clone(),
+                max,
+                refused: OnceLock::new(),
+            }),
         };
         lock(&self.outputs).insert((job.id, std::thread::current().id()), output.clone());
         Ok(Box::new(output))
@@ -186,12 +275,57 @@ impl JobEnv for RedisEnv {
         else {
             return Ok(());
         };
+        if let Some(&used) = output.quota.refused.get()
+            && result.outcome != Outcome::Timeout
+        {
+            // Whatever the guest made of its refused write, the quota is why it ended.
+            refuse_stored(&output.quota, used, result);
+            return Ok(());
+        }
+        let result_bytes = (result.stderr.len() as u64).saturating_add(RESULT_OVERHEAD);
         if !result.outcome.is_success() {
-            // A failed job's partial blob chunks expire with the blob TTL. Not locking
-            // the state first: a helper thread stuck in a stalled blob write may hold it.
+            // A failed job's result (and dead letter) is stored whatever the quota says:
+            // it is counted, never refused. Best effort: the completion that follows
+            // fails on its own if Redis is away. A failed job's partial blob chunks
+            // expire with the blob TTL. Not locking the state: a helper thread stuck in
+            // a stalled blob write may hold it.
+            let _ = self.handle.block_on(self.queue.reserve_stored(
+                &output.quota.tenant,
+                result_bytes,
+                u64::MAX,
+            ));
             return Ok(());
         }
         let mut state = lock(&output.state);
+        let stored = match &state.blob {
+            None => state.inline.len() as u64,
+            Some(_) => state.blob_len,
+        };
+        let need = stored
+            .saturating_add(result_bytes)
+            .saturating_sub(state.reserved);
+        if need > 0 {
+            let reply = self.handle.block_on(self.queue.reserve_stored(
+                &output.quota.tenant,
+                need,
+                output.quota.max,
+            ));
+            match reply {
+                Ok(Reservation::Granted { .. }) => {}
+                Ok(Reservation::Refused { used, .. }) => {
+                    // The blob's chunks expire with the blob TTL; nothing points at them.
+                    state.blob = None;
+                    state.inline = Vec::new();
+                    refuse_stored(&output.quota, used, result);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Fails open, as `RedisOutput::cover` does.
+                    tracing::warn!(tenant = %output.quota.tenant, error = %e,
+                        "could not count output against max_stored_bytes; keeping it");
+                }
+            }
+        }
         result.output = match state.blob.take() {
             None => JobOutput::Inline(std::mem::take(&mut state.inline)),
             Some(blob) => {
@@ -230,6 +364,22 @@ impl JobEnv for RedisEnv {
             Disposition::Completed => {}
         }
     }
+}
+
+/// Ends `result` as `output_limit` because its tenant is over `max_stored_bytes`: its
+/// output is not kept, and a line at the head of its stderr names the quota (the
+/// outcome's own fields are fixed by the stored result format).
+fn refuse_stored(quota: &StoredQuota, used: u64, result: &mut JobResult) {
+    result.outcome = Outcome::OutputLimit { limit: quota.max };
+    result.output = JobOutput::Inline(Vec::new());
+    let mut stderr = format!(
+        "sluice: output not kept: tenant {} is over its max_stored_bytes quota \
+         ({} bytes; {used} bytes counted in the current window)\n",
+        quota.tenant, quota.max
+    )
+    .into_bytes();
+    stderr.append(&mut result.stderr);
+    result.stderr = stderr;
 }
 
 /// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown`.

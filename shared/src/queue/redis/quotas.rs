@@ -1,4 +1,5 @@
-//! Per-tenant quotas that need Redis: stored input bytes over a rolling window, backlog
+//! Per-tenant quotas that need Redis: stored bytes (inputs the API accepts, outputs
+//! and results workers store) over a rolling window, backlog
 //! length, and cleaning up an upload refused part-way.
 //!
 //! Keys: `sluice:{q}:usage:<tenant>` (hash: time bucket → bytes reserved in it;
@@ -34,9 +35,10 @@ impl RedisQueue {
         format!("{}backlog:{tenant}", self.keys.prefix)
     }
 
-    /// Counts `bytes` more of `tenant`'s requests against `max` stored bytes (0 only
-    /// reads). Bytes stay counted for one blob lifetime (`blob_ttl`), the longest an
-    /// input can occupy Redis.
+    /// Counts `bytes` more stored for `tenant` (a request's input, arguments and
+    /// environment, or a run's output and result) against `max` stored bytes (0 bytes
+    /// only reads; `u64::MAX` counts without refusing). Bytes stay counted for one blob
+    /// lifetime (`blob_ttl`), the longest an input, output or result occupies Redis.
     pub async fn reserve_stored(
         &self,
         tenant: &str,

@@ -1,5 +1,6 @@
--- quota_stored.lua: reserves input bytes against a tenant's stored-bytes quota, counted
--- over a rolling window of time buckets (the blob lifetime).
+-- quota_stored.lua: reserves bytes stored for a tenant (inputs the API accepts, outputs
+-- and results workers store) against its stored-bytes quota, counted over a rolling
+-- window of time buckets (the blob lifetime).
 --
 -- KEYS[1]  the tenant's usage hash (field: bucket index, value: bytes reserved in it)
 -- ARGV[1]  bytes to reserve (0 only reads)
@@ -10,7 +11,7 @@
 --          {0, bytes used, ms until the oldest counted bucket leaves the window}.
 --
 -- Atomicity: the sum, the check and the increment run as one script, so concurrent
--- uploads of one tenant can never together pass the quota. A wrong-typed key fails
+-- uploads and runs of one tenant can never together pass the quota. A wrong-typed key fails
 -- the script before any write, with the key named.
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'none' and kind ~= 'hash' then
