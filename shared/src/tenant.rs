@@ -45,9 +45,10 @@ pub struct TenantPolicy {
     /// Most bytes one batch request may enqueue: its decoded inputs plus each job's
     /// arguments and environment (they are copied into every job).
     pub max_batch_bytes: u64,
-    /// Most bytes the tenant's requests may put in Redis within one blob lifetime (a
-    /// rolling window, 24 h by default): inputs (inline and blobs), arguments and
-    /// environment.
+    /// Most bytes the tenant may put in Redis within one blob lifetime (a rolling
+    /// window, 24 h by default): what its requests store (inputs, inline and blobs,
+    /// arguments and environment) and what workers store for its jobs (outputs and
+    /// results).
     pub max_stored_bytes: u64,
     /// Most modules the tenant may hold at once.
     pub max_modules: u32,
