@@ -734,6 +734,8 @@ fn big_module_validations_do_not_hold_the_server() {
     let redis = RedisServer::start();
     let s = std::sync::Arc::new(Serve::start(&redis, &[]));
     let token = s.tenant("uploader", json!({ "max_modules": 100 }));
+    // Four uploads at once come from two tenants: one tenant gets two buffered turns.
+    let second = s.tenant("uploader2", json!({ "max_modules": 100 }));
     let wat = format!(
         "(module (func (export \"_start\") {}))",
         "(drop (i32.const 0)) ".repeat((16 << 20) / 21)
@@ -748,6 +750,7 @@ fn big_module_validations_do_not_hold_the_server() {
     for attempt in 0..5 {
         let uploads: Vec<_> = (0..4)
             .map(|i| {
+                let token = if i % 2 == 0 { &token } else { &second };
                 let (s, module, token) = (s.clone(), module.clone(), token.clone());
                 let mut bytes = (*module).clone();
                 // Distinct bytes (a custom section's name) so each is really stored.
