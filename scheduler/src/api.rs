@@ -536,10 +536,11 @@ impl Api {
 
     fn remember_entry(&self, hash: ModuleHash, entry: EntryPoint) {
         let mut known = self.entry_points.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() >= MAX_ENTRY_POINTS && !known.contains_key(&hash) {
-            if let Some(evicted) = known.keys().next().copied() {
-                known.remove(&evicted);
-            }
+        if known.len() >= MAX_ENTRY_POINTS
+            && !known.contains_key(&hash)
+            && let Some(evicted) = known.keys().next().copied()
+        {
+            known.remove(&evicted);
         }
         known.insert(hash, entry);
     }
