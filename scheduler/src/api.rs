@@ -50,8 +50,19 @@ pub struct Api {
     /// Requests whose bodies are buffered whole (modules, batches) at once: each may
     /// hold up to [`MAX_BUFFERED_BODY`] bytes, so this bounds their memory together.
     buffered: Arc<tokio::sync::Semaphore>,
+    /// Buffered-body turns each tenant holds: one tenant trickling bodies must not
+    /// hold every turn of [`Api::buffered`].
+    buffered_by_tenant: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Entry points of modules already read, by hash: modules are content-addressed, so
+    /// an entry never goes stale, and a job POST need not fetch (up to 32 MiB) and walk
+    /// the module again.
+    entry_points: std::sync::Mutex<std::collections::HashMap<ModuleHash, EntryPoint>>,
     metrics: crate::api_metrics::ApiMetrics,
 }
+
+/// Most entry points remembered; past it, an arbitrary one is forgotten (a miss costs
+/// one module read, as before).
+const MAX_ENTRY_POINTS: usize = 4096;
 
 /// The largest buffered request body (a module, a batch, admin JSON).
 pub const MAX_BUFFERED_BODY: usize = modules::MAX_MODULE_BYTES + 1024;
@@ -65,6 +76,8 @@ pub struct ApiConfig {
     pub buffered_body_timeout: Duration,
     /// Most buffered bodies being read or processed at once.
     pub max_buffered_requests: usize,
+    /// Most of those one tenant may hold at once (429 with `Retry-After` past it).
+    pub max_buffered_per_tenant: usize,
     /// How long a stored module lives after its upload or its last use by a job.
     pub module_ttl: Duration,
 }
@@ -75,6 +88,7 @@ impl Default for ApiConfig {
             body_idle_timeout: Duration::from_secs(30),
             buffered_body_timeout: Duration::from_secs(120),
             max_buffered_requests: 8,
+            max_buffered_per_tenant: 2,
             module_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -95,6 +109,8 @@ impl Api {
             submitted,
             dispatcher: None,
             buffered: Arc::new(tokio::sync::Semaphore::new(config.max_buffered_requests)),
+            buffered_by_tenant: Arc::default(),
+            entry_points: std::sync::Mutex::default(),
             config,
             metrics: crate::api_metrics::ApiMetrics::new(),
         }
@@ -406,24 +422,68 @@ async fn read_body(api: &Api, body: Body, limit: usize, what: &str) -> ApiResult
     Ok(Bytes::from(out))
 }
 
-/// A turn to buffer a large body; waits for one (a client's connection is already
-/// bounded by the body timeouts while it waits).
-async fn buffered_turn(api: &Api) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    tokio::time::timeout(
+/// A turn to buffer a large body, held until dropped.
+struct BufferedTurn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _tenant: TenantTurn,
+}
+
+/// One of a tenant's buffered-body turns; gives it back when dropped.
+struct TenantTurn {
+    held: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Drop for TenantTurn {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// A turn to buffer a large body for `tenant`; waits for one (a client's connection is
+/// already bounded by the body timeouts while it waits), unless the tenant already
+/// holds its share of the turns, which answers 429 at once.
+async fn buffered_turn(api: &Api, tenant: &str) -> ApiResult<BufferedTurn> {
+    let busy = |message: &str| {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message);
+        e.retry_after = Some(Duration::from_secs(1));
+        e
+    };
+    let tenant_turn = {
+        let mut held = api
+            .buffered_by_tenant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(tenant.to_owned()).or_insert(0);
+        if *n >= api.config.max_buffered_per_tenant.max(1) {
+            return Err(busy(&format!(
+                "this tenant already has {n} large uploads (modules, batches) in progress, \
+                 its share; try again when one ends"
+            )));
+        }
+        *n += 1;
+        TenantTurn {
+            held: api.buffered_by_tenant.clone(),
+            tenant: tenant.to_owned(),
+        }
+    };
+    let permit = tokio::time::timeout(
         api.config.buffered_body_timeout,
         api.buffered.clone().acquire_owned(),
     )
     .await
     .ok()
     .and_then(Result::ok)
-    .ok_or_else(|| {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "busy",
-            "too many large uploads in progress; try again",
-        );
-        e.retry_after = Some(Duration::from_secs(1));
-        e
+    .ok_or_else(|| busy("too many large uploads in progress; try again"))?;
+    Ok(BufferedTurn {
+        _permit: permit,
+        _tenant: tenant_turn,
     })
 }
 
@@ -452,6 +512,10 @@ impl Api {
         {
             return Err(ApiError::not_found("module"));
         }
+        // The touch just checked that the module is stored.
+        if let Some(entry) = self.known_entry(&hash) {
+            return Ok((hash, entry));
+        }
         let wasm = self
             .queue
             .get_module(&hash)
@@ -461,7 +525,24 @@ impl Api {
         let entry = tokio::task::spawn_blocking(move || modules::default_entry(&wasm))
             .await
             .unwrap_or_default();
+        self.remember_entry(hash, entry.clone());
         Ok((hash, entry))
+    }
+
+    fn known_entry(&self, hash: &ModuleHash) -> Option<EntryPoint> {
+        let known = self.entry_points.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(hash).cloned()
+    }
+
+    fn remember_entry(&self, hash: ModuleHash, entry: EntryPoint) {
+        let mut known = self.entry_points.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= MAX_ENTRY_POINTS
+            && !known.contains_key(&hash)
+            && let Some(evicted) = known.keys().next().copied()
+        {
+            known.remove(&evicted);
+        }
+        known.insert(hash, entry);
     }
 
     /// The tenant's policy; a tenant whose record vanished (deleted while its token
@@ -632,10 +713,10 @@ async fn put_module(
 ) -> ApiResult<Response> {
     let name = module_name(query.as_deref())?;
     let policy = api.policy(&tenant).await?;
-    let _turn = buffered_turn(&api).await?;
+    let _turn = buffered_turn(&api, &tenant).await?;
     let bytes = read_body(&api, body, modules::MAX_MODULE_BYTES, "module").await?;
     let gauge = api.metrics.clone();
-    let (wasm, _, _) =
+    let (wasm, _, entry) =
         modules::prepare_off_thread(bytes, move || gauge.validation_started()).await?;
     let stored = api
         .queue
@@ -648,7 +729,10 @@ async fn put_module(
         )
         .await?;
     let hash = match stored {
-        ModulePut::Stored { hash, .. } => hash,
+        ModulePut::Stored { hash, .. } => {
+            api.remember_entry(hash, entry);
+            hash
+        }
         ModulePut::OverQuota { held } => {
             api.metrics.quota_refused("max_modules");
             return Err(ApiError::quota_exceeded(
@@ -880,7 +964,7 @@ async fn post_batch(
 ) -> ApiResult<Response> {
     use base64::Engine;
     let policy = api.policy(&tenant).await?;
-    let _turn = buffered_turn(&api).await?;
+    let _turn = buffered_turn(&api, &tenant).await?;
     let body = read_body(&api, body, MAX_BUFFERED_BODY, "batch body").await?;
     let request: BatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("batch body: {e}")))?;

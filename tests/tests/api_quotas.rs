@@ -485,6 +485,109 @@ fn a_full_backlog_answers_429_with_retry_after() {
     assert!(reply.headers.contains_key("retry-after"));
 }
 
+/// A job POST does not fetch its module from Redis once its entry point is known
+/// (before: every POST /v1/jobs read the whole module, up to 32 MiB, and walked it).
+#[test]
+fn job_posts_do_not_fetch_a_known_module() {
+    let redis = RedisServer::start();
+    let s = Serve::start(&redis, &[]);
+    let token = s.tenant("poster", json!({ "max_modules": 10 }));
+    let module = big_binary_module(2 << 20);
+    assert_eq!(s.upload(&token, &module, "big").status, 201);
+    let sent = || -> u64 {
+        redis
+            .cli(&["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("total_net_output_bytes in INFO stats")
+    };
+    let before = sent();
+    for _ in 0..10 {
+        let reply = s.call("POST", "/v1/jobs?module=big", Some(&token), b"job");
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    let read = sent() - before;
+    // Ten fetches would be 20 MiB; one (a cache the upload did not fill) 2 MiB.
+    assert!(
+        read < 4 << 20,
+        "Redis sent {read} bytes for 10 job posts of a 2 MiB module"
+    );
+    eprintln!("Redis sent {read} bytes for 10 job posts of a 2 MiB module");
+}
+
+/// One tenant trickling module bodies holds at most its share of the buffered-body
+/// turns: its next upload gets 429 with `Retry-After` at once, while another tenant's
+/// upload goes through; a turn comes back when its upload ends (before: one tenant could
+/// hold all 8 turns and stall every upload and batch of the fleet).
+#[test]
+fn one_tenant_cannot_hold_every_upload_turn() {
+    let redis = RedisServer::start();
+    let s = Serve::start(&redis, &[]);
+    let hog = s.tenant("hog", json!({ "max_modules": 100 }));
+    let other = s.tenant("other", json!({ "max_modules": 100 }));
+    // Two uploads that send a few bytes of a declared 1 MiB and then stall.
+    let stalled_upload = |i: usize| {
+        let mut c = TcpStream::connect(&s.addr).expect("connect");
+        write!(
+            c,
+            "PUT /v1/modules?name=slow{i} HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {hog}\r\nContent-Length: {}\r\n\r\n\0asm",
+            1 << 20
+        )
+        .unwrap();
+        c.set_nonblocking(true).unwrap();
+        c
+    };
+    let mut stalled: Vec<TcpStream> = (0..2).map(stalled_upload).collect();
+    // The event: the stalled uploads hold their turns once a third upload of the same
+    // tenant is refused for it; until then, a third one is answered on its merits (422).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let reply = s.upload(&hog, b"(module", "third");
+        if reply.status == 429 {
+            break reply;
+        }
+        assert_eq!(reply.status, 422, "{}", reply.text());
+        // A stalled upload that arrived while the third held a turn was itself refused
+        // (answered, or closed): start it again.
+        for (i, c) in stalled.iter_mut().enumerate() {
+            let answered = match c.peek(&mut [0u8; 1]) {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            if answered {
+                *c = stalled_upload(i);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a third upload was never refused while two stalled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(refused.error_code(), "busy");
+    assert!(refused.headers.contains_key("retry-after"));
+    let stored = s.upload(&other, &upper_wasm(), "upper");
+    assert_eq!(stored.status, 201, "{}", stored.text());
+    // A stalled upload that ends gives its turn back.
+    drop(stalled.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = s.upload(&hog, &upper_wasm(), "upper");
+        if reply.status != 429 {
+            assert_eq!(reply.status, 201, "{}", reply.text());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ended upload never gave its turn back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stalled);
+}
+
 /// Modules count against the tenant's quota, can be deleted (by name or hash), and
 /// shared bytes go only when their last holder lets go.
 #[test]
@@ -631,6 +734,8 @@ fn big_module_validations_do_not_hold_the_server() {
     let redis = RedisServer::start();
     let s = std::sync::Arc::new(Serve::start(&redis, &[]));
     let token = s.tenant("uploader", json!({ "max_modules": 100 }));
+    // Four uploads at once come from two tenants: one tenant gets two buffered turns.
+    let second = s.tenant("uploader2", json!({ "max_modules": 100 }));
     let wat = format!(
         "(module (func (export \"_start\") {}))",
         "(drop (i32.const 0)) ".repeat((16 << 20) / 21)
@@ -645,6 +750,7 @@ fn big_module_validations_do_not_hold_the_server() {
     for attempt in 0..5 {
         let uploads: Vec<_> = (0..4)
             .map(|i| {
+                let token = if i % 2 == 0 { &token } else { &second };
                 let (s, module, token) = (s.clone(), module.clone(), token.clone());
                 let mut bytes = (*module).clone();
                 // Distinct bytes (a custom section's name) so each is really stored.

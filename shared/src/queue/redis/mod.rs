@@ -25,6 +25,7 @@ use crate::outcome::{JobResult, OutcomeKind};
 
 mod admission;
 mod blob;
+mod blocking;
 mod locate;
 mod modules_store;
 mod outcomes;
@@ -231,7 +232,7 @@ pub struct RedisQueue {
     keys: Keys,
     conn: ConnectionManager,
     /// Blocking reads get their own connection: a `BLOCK` holds up everything behind it.
-    blocking: ConnectionManager,
+    blocking: blocking::BlockingConnection,
     scripts: std::sync::Arc<Scripts>,
     completions: mpsc::Sender<PendingCompletion>,
     last_maintenance: Mutex<Option<Instant>>,
@@ -298,10 +299,12 @@ impl RedisQueue {
             .get_connection_manager_with_config(manager(Some(config.response_timeout)))
             .await
             .map_err(unavailable)?;
-        let blocking = client
-            .get_connection_manager_with_config(manager(None))
-            .await
-            .map_err(unavailable)?;
+        // No response timeout of its own (a reply takes as long as the block): each read
+        // is bounded by its block plus this margin instead.
+        let blocking =
+            blocking::BlockingConnection::connect(client, manager(None), config.response_timeout)
+                .await
+                .map_err(unavailable)?;
         let keys = Keys::new(&config.queue);
         let scripts = std::sync::Arc::new(Scripts::load());
         let (completions, pending) = mpsc::channel(config.completion_batch * 4);
@@ -554,8 +557,7 @@ impl RedisQueue {
             cmd.arg("BLOCK").arg(millis(block));
         }
         cmd.arg("STREAMS").arg(&self.keys.jobs).arg(">");
-        let mut reply: Result<Value, RedisError> =
-            cmd.query_async(&mut self.blocking.clone()).await;
+        let mut reply: Result<Value, RedisError> = self.blocking.query(&cmd, block).await;
         if reply
             .as_ref()
             .is_err_and(|e| e.is_io_error() || e.is_connection_dropped())
@@ -563,7 +565,7 @@ impl RedisQueue {
             // The connection manager reconnects after the error that revealed the broken
             // connection; one more try spares the caller a backoff. (A read whose reply
             // was lost leaves its entries pending, to be taken over after the lease.)
-            reply = cmd.query_async(&mut self.blocking.clone()).await;
+            reply = self.blocking.query(&cmd, block).await;
         }
         let reply = match reply {
             Ok(reply) => reply,
@@ -690,15 +692,17 @@ impl RedisQueue {
         after: &str,
         block: Duration,
     ) -> Result<(String, Vec<(JobId, OutcomeKind)>), QueueError> {
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
             .arg(10_000)
             .arg("BLOCK")
             .arg(millis(block))
             .arg("STREAMS")
             .arg(&self.keys.done)
-            .arg(after)
-            .query_async(&mut self.blocking.clone())
+            .arg(after);
+        let reply = self
+            .blocking
+            .query(&cmd, Some(block))
             .await
             .map_err(on_key(&self.keys.done))?;
         let mut last = after.to_owned();
