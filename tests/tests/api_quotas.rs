@@ -2,10 +2,9 @@
 //! each replaying a scenario that hurt the fleet before: a real redis-server and a
 //! real `sluice serve` (started here with the flags each test needs).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -54,34 +53,8 @@ impl Reply {
 
 impl Serve {
     fn start(redis: &RedisServer, extra: &[&str]) -> Self {
-        let mut child = bin("sluice")
-            .args(["serve", "--listen", "127.0.0.1:0", "--queue", QUEUE])
-            .args(["--redis", &redis.url()])
-            .args(extra)
-            .env("SLUICE_ADMIN_TOKEN", ADMIN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("sluice serve: listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-                eprintln!("[serve] {line}");
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("serve is listening");
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .build()
-            .into();
+        let spawned = sluice_tests::serve::spawn_serve(&redis.url(), QUEUE, ADMIN, extra);
+        let (child, addr, agent) = (spawned.child, spawned.addr, sluice_tests::serve::agent());
         Serve {
             child,
             base: format!("http://{addr}"),

@@ -3,15 +3,14 @@
 //! Assertions are about order and counts, never about how long anything took.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_shared::queue::redis::{AdmissionError, Hold, RedisQueue};
 use sluice_shared::{Job, JobId, JobInput, ModuleHash, Queue, TenantId};
-use sluice_tests::{RedisServer, WorkerProcess, bin, connect, guest, runtime};
+use sluice_tests::{RedisServer, WorkerProcess, connect, guest, runtime};
 
 const ADMIN: &str = "admin-secret-for-fairness";
 
@@ -25,38 +24,9 @@ struct Serve {
 
 impl Serve {
     fn start(redis_url: &str, queue: &str, extra: &[&str]) -> Self {
-        let mut child = bin("sluice")
-            .args(["serve", "--listen", "127.0.0.1:0", "--redis", redis_url])
-            .args(["--queue", queue])
-            .args(extra)
-            .env("SLUICE_ADMIN_TOKEN", ADMIN)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("sluice serve: listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-                eprintln!("[serve] {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("serve is listening");
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .build()
-            .into();
+        let spawned = sluice_tests::serve::spawn_serve(redis_url, queue, ADMIN, extra);
+        let (child, addr, log) = (spawned.child, spawned.addr, spawned.log);
+        let agent = sluice_tests::serve::agent();
         Serve {
             child,
             base: format!("http://{addr}"),
