@@ -14,6 +14,7 @@
 //! name with a TTL (`hold.lua`), and `dispatch.lua` admits only for the holder.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{RedisError, Script, Value};
@@ -23,6 +24,12 @@ use crate::codec::FORMAT_VERSION;
 use crate::job::JobId;
 use crate::queue::QueueError;
 use crate::tenant::TenantPolicy;
+
+// Built once: `Script::new` hashes the source, and these run per job or per round.
+static HOLD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/hold.lua")));
+static UNHOLD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/unhold.lua")));
+static DISPATCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/dispatch.lua")));
 
 /// Most stream entries a takeover scans for admitted jobs missing from the admitted
 /// hash (jobs admitted by an older build, or a hash that had to be rebuilt).
@@ -127,7 +134,7 @@ impl RedisQueue {
     /// Takes the dispatcher role for `hold` if no one holds it, or renews it for
     /// `holder`; repairs a role key that would never expire (see [`Hold::Repaired`]).
     pub async fn hold_dispatcher(&self, holder: &str, hold: Duration) -> Result<Hold, QueueError> {
-        let reply: Vec<Value> = Script::new(include_str!("scripts/hold.lua"))
+        let reply: Vec<Value> = HOLD
             .key(self.dispatcher_key())
             .arg(holder)
             .arg(millis(hold))
@@ -153,7 +160,7 @@ impl RedisQueue {
     /// Gives up the dispatcher role if `holder` has it, so a standby takes over at once;
     /// whether it had it.
     pub async fn release_dispatcher(&self, holder: &str) -> Result<bool, QueueError> {
-        let released: i64 = Script::new(include_str!("scripts/unhold.lua"))
+        let released: i64 = UNHOLD
             .key(self.dispatcher_key())
             .arg(holder)
             .invoke_async(&mut self.connection())
@@ -199,7 +206,7 @@ impl RedisQueue {
         tenant: &str,
         max: usize,
     ) -> Result<Vec<JobId>, AdmissionError> {
-        let reply: Vec<Value> = Script::new(include_str!("scripts/dispatch.lua"))
+        let reply: Vec<Value> = DISPATCH
             .key(&self.keys.jobs)
             .key(self.backlog_key(tenant))
             .key(self.backlogs_key())

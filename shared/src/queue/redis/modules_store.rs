@@ -11,6 +11,7 @@
 //! last holder lets go, or one lifetime after their last use. Modules an operator
 //! stored with `sluice module put` (no lifetime) are never deleted by a tenant.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
@@ -18,6 +19,14 @@ use redis::Script;
 use super::{RedisQueue, millis, unavailable};
 use crate::job::ModuleHash;
 use crate::queue::QueueError;
+
+// Built once: `Script::new` hashes the source, and these run per job or per round.
+static MODULE_PUT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/module_put.lua")));
+static MODULE_TOUCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/module_touch.lua")));
+static MODULE_RM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/module_rm.lua")));
 
 /// What storing a tenant's module did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +71,7 @@ impl RedisQueue {
     ) -> Result<ModulePut, QueueError> {
         let hash = ModuleHash::of(wasm);
         let alias = self.tenant_alias_key(tenant, name.unwrap_or(""));
-        let script = Script::new(include_str!("scripts/module_put.lua"));
+        let script = &*MODULE_PUT;
         let reply: Vec<u64> = script
             .key(self.keys.module(&hash))
             .key(self.module_owners_key(&hash))
@@ -95,7 +104,7 @@ impl RedisQueue {
         name: Option<&str>,
         ttl: Duration,
     ) -> Result<bool, QueueError> {
-        let script = Script::new(include_str!("scripts/module_touch.lua"));
+        let script = &*MODULE_TOUCH;
         let stored: i64 = script
             .key(self.keys.module(hash))
             .key(self.module_owners_key(hash))
@@ -116,7 +125,7 @@ impl RedisQueue {
         hash: &ModuleHash,
         name: Option<&str>,
     ) -> Result<ModuleRemoved, QueueError> {
-        let script = Script::new(include_str!("scripts/module_rm.lua"));
+        let script = &*MODULE_RM;
         let reply: Vec<u64> = script
             .key(self.keys.module(hash))
             .key(self.module_owners_key(hash))

@@ -5,12 +5,17 @@
 //! Keys: `sluice:{q}:usage:<tenant>` (hash: time bucket → bytes reserved in it;
 //! see `scripts/quota_stored.lua`).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
 
 use super::{RedisQueue, millis, unavailable};
 use crate::queue::{Queue, QueueError, QueueStats};
+
+// Built once: `Script::new` hashes the source, and these run per job or per round.
+static QUOTA_STORED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/quota_stored.lua")));
 
 /// Buckets per blob lifetime in the stored-bytes window: bytes are counted for between
 /// one and `1 + 1/BUCKETS` blob lifetimes, never less than the blobs can live.
@@ -46,7 +51,7 @@ impl RedisQueue {
         max: u64,
     ) -> Result<Reservation, QueueError> {
         let bucket = (millis(self.config.blob_ttl) / BUCKETS).max(1);
-        let script = Script::new(include_str!("scripts/quota_stored.lua"));
+        let script = &*QUOTA_STORED;
         let reply: Vec<u64> = script
             .key(self.usage_key(tenant))
             .arg(bytes)
