@@ -1397,7 +1397,7 @@ pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router 
                 let render = render.clone();
                 async move {
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(header::CONTENT_TYPE, sluice_shared::metrics::CONTENT_TYPE)],
                         render.render(),
                     )
                 }

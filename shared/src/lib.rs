@@ -10,6 +10,8 @@
 //! - [`outcome`]: the one typed [`Outcome`] every job ends with, and its [`JobResult`].
 //! - [`queue`]: the [`Queue`] trait a worker loop needs, the in-memory [`MemoryQueue`]
 //!   used by embedded batch mode, and a conformance suite every backend must pass.
+//! - [`backoff`]: the one exponential backoff every retry loop uses.
+//! - [`metrics`]: the Prometheus text renderer both binaries serve.
 //! - [`units`]: `64MiB` / `2s` parsing for the command lines.
 //!
 //! ```
@@ -22,8 +24,10 @@
 //! assert_eq!(job.limits, Limits::default());
 //! ```
 
+pub mod backoff;
 pub mod codec;
 pub mod job;
+pub mod metrics;
 pub mod outcome;
 pub mod queue;
 pub mod tenant;

@@ -396,7 +396,7 @@ pub async fn serve_metrics(
                 let metrics = metrics.clone();
                 async move {
                     (
-                        [("content-type", "text/plain; version=0.0.4")],
+                        [("content-type", sluice_shared::metrics::CONTENT_TYPE)],
                         metrics.render(),
                     )
                 }

@@ -2,10 +2,7 @@
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
 //! `_bytes`; the only label is the outcome kind, a closed set of 15 values.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use sluice_shared::{JobResult, OutcomeKind};
 
 /// The worker's metrics and the registry that exports them.
@@ -132,10 +129,7 @@ impl WorkerMetrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        // Encoding our own registry into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        sluice_shared::metrics::render(&self.registry)
     }
 }
 
