@@ -28,8 +28,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_shared::queue::redis::{Cancelled, Enqueued, ModulePut, RedisQueue, Reservation};
 use sluice_shared::{
-    EntryPoint, Job, JobId, JobInput, JobOutput, Limits, ModuleHash, Queue, QueueError, ReportLine,
-    TenantId, TenantPolicy, units,
+    BlobId, EntryPoint, Job, JobId, JobInput, JobOutput, Limits, ModuleHash, Queue, QueueError,
+    ReportLine, TenantId, TenantPolicy, units,
 };
 
 use crate::modules;
@@ -831,10 +831,8 @@ async fn post_job(
         )
         .await?;
     if let Enqueued::BacklogFull { waiting } = enqueued {
-        if let JobInput::Blob { uri, len } = &job.input
-            && let Some(id) = uri.strip_prefix("blob:")
-        {
-            let _ = api.queue.delete_blob(id, *len).await;
+        if let JobInput::Blob { id, len } = &job.input {
+            let _ = api.queue.delete_blob(id.as_str(), *len).await;
         }
         return Err(api.backlog_full(&policy, waiting, 1));
     }
@@ -905,7 +903,7 @@ async fn stream_input(
         (Ok(()), Some(writer)) => {
             let (id, len) = writer.finish().await?;
             Ok(JobInput::Blob {
-                uri: format!("blob:{id}"),
+                id: BlobId::new(id),
                 len,
             })
         }
@@ -1072,7 +1070,7 @@ async fn post_batch(
                 Ok((id, len)) => {
                     blobs.push((id.clone(), len));
                     JobInput::Blob {
-                        uri: format!("blob:{id}"),
+                        id: BlobId::new(id),
                         len,
                     }
                 }
@@ -1091,7 +1089,7 @@ async fn post_batch(
     if let Some(e) = failed {
         // Nothing was enqueued yet: the blobs written so far belong to no job.
         for (id, len) in &blobs {
-            let _ = api.queue.delete_blob(id, *len).await;
+            let _ = api.queue.delete_blob(id.as_str(), *len).await;
         }
         return Err(e.into());
     }
@@ -1103,7 +1101,7 @@ async fn post_batch(
     if let Enqueued::BacklogFull { waiting } = enqueued {
         // Nothing was enqueued: the blobs written belong to no job.
         for (id, len) in &blobs {
-            let _ = api.queue.delete_blob(id, *len).await;
+            let _ = api.queue.delete_blob(id.as_str(), *len).await;
         }
         return Err(api.backlog_full(&policy, waiting, jobs.len() as u64));
     }

@@ -219,14 +219,13 @@ impl JobEnv for FileEnv {
         let unavailable = |reason: String| Outcome::InputUnavailable { reason };
         match &job.input {
             JobInput::Inline(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
-            JobInput::Blob { uri, .. } => {
-                let path = uri
-                    .strip_prefix("file://")
-                    .ok_or_else(|| unavailable(format!("not a file URI: {uri}")))?;
-                File::open(path)
-                    .map(|file| Box::new(file) as Box<dyn Read + Send>)
-                    .map_err(|e| unavailable(format!("{path}: {e}")))
-            }
+            JobInput::File { path, .. } => File::open(path)
+                .map(|file| Box::new(file) as Box<dyn Read + Send>)
+                .map_err(|e| unavailable(format!("{}: {e}", path.display()))),
+            other => Err(unavailable(format!(
+                "an embedded batch reads file inputs, not {}",
+                other.kind()
+            ))),
         }
     }
 
@@ -358,8 +357,8 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
     let jobs: Vec<Job> = inputs
         .iter()
         .map(|(name, path, len)| {
-            let input = JobInput::Blob {
-                uri: format!("file://{}", path.display()),
+            let input = JobInput::File {
+                path: path.clone(),
                 len: *len,
             };
             options.job(hash, input, &entry, name)

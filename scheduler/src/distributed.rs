@@ -11,16 +11,13 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use sluice_shared::queue::redis::{RedisQueue, Whereabouts};
 use sluice_shared::{
-    EntryPoint, JobId, JobInput, JobOutput, JobResult, Limits, ModuleHash, OutcomeKind, Queue,
-    QueueError, ReportLine, codec,
+    BlobId, EntryPoint, JobId, JobInput, JobOutput, JobResult, Limits, ModuleHash, OutcomeKind,
+    Queue, QueueError, ReportLine, codec,
 };
 use tokio::io::AsyncWriteExt;
 
 use crate::batch::{BatchError, BatchOptions, BatchSummary, REPORT_FILE, progress_bar};
 use crate::modules;
-
-/// The blob-URI scheme workers read (see `sluice_worker::fleet`).
-const BLOB_URI_PREFIX: &str = "blob:";
 
 /// Reads a module file and validates it; returns its wasm, hash and the entry point it
 /// offers.
@@ -79,7 +76,7 @@ pub async fn upload_input(
         .await?;
     let (id, len) = blob.finish().await?;
     Ok(JobInput::Blob {
-        uri: format!("{BLOB_URI_PREFIX}{id}"),
+        id: BlobId::new(id),
         len,
     })
 }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use sluice_shared::{EntryPoint, ModuleHash};
 use tokio::sync::Semaphore;
 
-/// The most bytes a module may have (the worker's default cap).
-pub const MAX_MODULE_BYTES: usize = 32 << 20;
+/// The most bytes a module may have: the rule the worker's default cap follows too
+/// ([`sluice_shared::job::MAX_MODULE_BYTES`]).
+pub const MAX_MODULE_BYTES: usize = sluice_shared::job::MAX_MODULE_BYTES as usize;
 
 /// The most bytes of WebAssembly text accepted: real modules arrive as binaries; text
 /// is for small hand-written ones, and parsing it costs many times its size in memory.
@@ -102,8 +103,8 @@ pub async fn prepare_off_thread<G: Send + 'static>(
         .map_err(|e| ModuleError::Interrupted(e.to_string()))?
 }
 
-/// The entry point a module offers when a job names none: `_start` if exported, else
-/// the raw ABI's `process` if exported, else `_start` (which then fails as missing).
+/// The entry point a module offers when a job names none, by the shared rule
+/// ([`EntryPoint::default_for`]) over the module's exports as wasmparser reads them.
 pub fn default_entry(wasm: &[u8]) -> EntryPoint {
     let mut exports = Vec::new();
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
@@ -116,14 +117,7 @@ pub fn default_entry(wasm: &[u8]) -> EntryPoint {
             );
         }
     }
-    let has = |name: &str| exports.iter().any(|e| e == name);
-    if !has("_start") && has("process") {
-        EntryPoint::Raw {
-            export: "process".into(),
-        }
-    } else {
-        EntryPoint::Command
-    }
+    EntryPoint::default_for(|name| exports.iter().any(|e| e == name))
 }
 
 #[cfg(test)]

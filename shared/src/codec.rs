@@ -10,7 +10,12 @@ use serde::de::DeserializeOwned;
 use crate::job::Job;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// - 1: input references were prefixed strings (`blob:ID`, `file://PATH`, `stdin:`).
+/// - 2: input references are a typed [`crate::JobInput`] (inline, file, blob, stdin).
+///   A version-1 envelope decodes to [`DecodeError::UnknownVersion`] and is
+///   dead-lettered as `bad_envelope`, as any unknown version is.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Why bytes are not a valid envelope. Never a panic: queues carry untrusted bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +66,7 @@ pub fn decode(bytes: &[u8]) -> Result<Job, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{EntryPoint, JobId, JobInput, Limits, ModuleHash, TenantId};
+    use crate::job::{BlobId, EntryPoint, JobId, JobInput, Limits, ModuleHash, TenantId};
     use proptest::prelude::*;
 
     fn arb_job() -> impl Strategy<Value = Job> {
@@ -69,7 +74,18 @@ mod tests {
             any::<[u8; 32]>(),
             prop_oneof![
                 proptest::collection::vec(any::<u8>(), 0..256).prop_map(JobInput::Inline),
-                (".{0,40}", any::<u64>()).prop_map(|(uri, len)| JobInput::Blob { uri, len }),
+                (".{0,40}", any::<u64>()).prop_map(|(id, len)| JobInput::Blob {
+                    id: BlobId::new(id),
+                    len
+                }),
+                (proptest::collection::vec(1u8.., 0..40), any::<u64>()).prop_map(|(path, len)| {
+                    use std::os::unix::ffi::OsStringExt;
+                    JobInput::File {
+                        path: std::ffi::OsString::from_vec(path).into(),
+                        len,
+                    }
+                }),
+                Just(JobInput::Stdin),
             ],
             prop_oneof![
                 Just(EntryPoint::Command),
@@ -140,6 +156,18 @@ mod tests {
         assert_eq!(
             decode(&bytes),
             Err(DecodeError::UnknownVersion { found: 99 })
+        );
+    }
+
+    #[test]
+    fn a_version_one_envelope_with_a_string_reference_is_refused_by_version() {
+        // What a version-1 scheduler wrote for a blob input: the same job layout with
+        // the input as variant 1 holding a `blob:`-prefixed string and a length.
+        let mut bytes = encode(&Job::new(ModuleHash::of(b""), JobInput::Inline(vec![])));
+        bytes[0] = 1;
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::UnknownVersion { found: 1 })
         );
     }
 

@@ -1,6 +1,7 @@
 //! The job model: what the scheduler enqueues and a worker runs.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -98,29 +99,105 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// The most bytes a module may have, as stored and as loaded: the scheduler refuses a
+/// larger upload and the worker's default `max_module_bytes` is this, so a module the
+/// service accepted is never one a default worker refuses.
+pub const MAX_MODULE_BYTES: u64 = 32 << 20;
+
+/// A chunked blob in the queue's blob store, by the id its writer chose.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlobId(String);
+
+impl BlobId {
+    /// The blob named `id`: ids come from the blob writer and are only compared and
+    /// put into keys, so any string is a (possibly missing) blob.
+    pub fn new(id: impl Into<String>) -> Self {
+        BlobId(id.into())
+    }
+
+    /// The id as it appears in the store's keys.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Where a job's input comes from. Inline bytes suit small inputs; anything large is a
 /// reference the worker streams from, so no component ever holds a whole large input.
+/// Which references a worker can open depends on its mode: an embedded batch reads
+/// [`JobInput::File`], a fleet worker [`JobInput::Blob`], `sluice-worker run`
+/// [`JobInput::Stdin`]; any other is the job's `input_unavailable` outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobInput {
     /// The input itself, carried in the envelope.
     Inline(Vec<u8>),
-    /// A blob stored elsewhere: `uri` is `file:///abs/path` in embedded mode and a
-    /// blob key in distributed mode; `len` is its size in bytes.
-    Blob { uri: String, len: u64 },
+    /// A file on the worker's own host (embedded mode), `len` bytes long when queued.
+    File {
+        /// The file's path; any bytes a Unix path may hold.
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        /// Its size in bytes.
+        len: u64,
+    },
+    /// A blob in the queue's blob store (distributed mode).
+    Blob {
+        /// The blob.
+        id: BlobId,
+        /// Its size in bytes.
+        len: u64,
+    },
+    /// The worker process's own standard input (`sluice-worker run`); its size is not
+    /// known in advance.
+    Stdin,
 }
 
 impl JobInput {
-    /// The input's size in bytes.
+    /// The input's size in bytes (0 for stdin, whose size is not known in advance).
     pub fn len(&self) -> u64 {
         match self {
             JobInput::Inline(bytes) => bytes.len() as u64,
-            JobInput::Blob { len, .. } => *len,
+            JobInput::File { len, .. } | JobInput::Blob { len, .. } => *len,
+            JobInput::Stdin => 0,
         }
     }
 
-    /// Whether the input is empty.
+    /// What kind of reference this is, for messages: `inline`, `file`, `blob`, `stdin`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobInput::Inline(_) => "inline",
+            JobInput::File { .. } => "file",
+            JobInput::Blob { .. } => "blob",
+            JobInput::Stdin => "stdin",
+        }
+    }
+
+    /// Whether the input is known to be empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Paths as their raw bytes on the wire: a file name need not be UTF-8, and an
+/// embedded batch must not fail (or mangle the name) on one that is not.
+mod path_bytes {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(path.as_os_str().as_bytes())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+        let bytes = <Vec<u8>>::deserialize(deserializer)?;
+        Ok(PathBuf::from(OsString::from_vec(bytes)))
     }
 }
 
@@ -132,7 +209,32 @@ pub enum EntryPoint {
     Command,
     /// The raw ABI: `alloc`, the named transform export (normally `process`), optional
     /// `free` and `finish`, called once per input chunk.
-    Raw { export: String },
+    Raw {
+        /// The transform export called per chunk.
+        export: String,
+    },
+}
+
+impl EntryPoint {
+    /// The export a WASI command runs.
+    pub const COMMAND_EXPORT: &str = "_start";
+    /// The raw ABI's transform export, used when a job names none.
+    pub const RAW_EXPORT: &str = "process";
+
+    /// The entry point a module offers when a job names none, given whether it exports
+    /// a name: a WASI command if it exports `_start`, else the raw ABI if it exports
+    /// `process`, else a command (which then fails as missing `_start`). The scheduler
+    /// (reading exports with wasmparser) and the worker (from the compiled module) both
+    /// decide here, so they cannot disagree.
+    pub fn default_for(exports: impl Fn(&str) -> bool) -> Self {
+        if !exports(Self::COMMAND_EXPORT) && exports(Self::RAW_EXPORT) {
+            EntryPoint::Raw {
+                export: Self::RAW_EXPORT.to_owned(),
+            }
+        } else {
+            EntryPoint::Command
+        }
+    }
 }
 
 /// The limits a job runs under. Every one is always on: there is no "unlimited".

@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(
             limit(&|j| {
                 j.input = JobInput::Blob {
-                    uri: "blob:x".into(),
+                    id: crate::BlobId::new("x"),
                     len: 1 << 40,
                 }
             }),

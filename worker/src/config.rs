@@ -35,8 +35,9 @@ impl SandboxConfig {
     pub const DEFAULT_SLOTS: u32 = 16;
     /// Default per-guest memory ceiling: 4 GiB, all a 32-bit guest can address.
     pub const DEFAULT_MAX_GUEST_MEMORY_BYTES: u64 = 4 << 30;
-    /// Default module-size cap: 32 MiB.
-    pub const DEFAULT_MAX_MODULE_BYTES: u64 = 32 << 20;
+    /// Default module-size cap: 32 MiB, the cap the scheduler accepts uploads under
+    /// ([`sluice_shared::job::MAX_MODULE_BYTES`]).
+    pub const DEFAULT_MAX_MODULE_BYTES: u64 = sluice_shared::job::MAX_MODULE_BYTES;
     /// Default guest stack: 512 KiB (wasmtime's own default).
     pub const DEFAULT_MAX_WASM_STACK_BYTES: usize = 512 << 10;
     /// Default table-element ceiling.

@@ -14,9 +14,6 @@ use crate::executor::{Disposition, JobEnv};
 use crate::metrics::WorkerMetrics;
 use crate::sandbox::{LoadedModule, Sandbox};
 
-/// The URI scheme of an input stored as a blob in the queue's Redis.
-pub const BLOB_URI_PREFIX: &str = "blob:";
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -236,16 +233,13 @@ impl JobEnv for RedisEnv {
     fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome> {
         match &job.input {
             JobInput::Inline(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
-            JobInput::Blob { uri, .. } => {
-                let id =
-                    uri.strip_prefix(BLOB_URI_PREFIX)
-                        .ok_or_else(|| Outcome::InputUnavailable {
-                            reason: format!("a fleet worker reads `blob:` inputs, not {uri}"),
-                        })?;
-                Ok(Box::new(
-                    self.queue.blob_read_stream(self.handle.clone(), id),
-                ))
-            }
+            JobInput::Blob { id, .. } => Ok(Box::new(
+                self.queue
+                    .blob_read_stream(self.handle.clone(), id.as_str()),
+            )),
+            other => Err(Outcome::InputUnavailable {
+                reason: format!("a fleet worker reads blob inputs, not {}", other.kind()),
+            }),
         }
     }
 

@@ -153,13 +153,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let (mut job, result) = match sandbox.load_module(&bytes) {
         Ok(module) => {
-            let mut job = Job::new(
-                module.hash(),
-                JobInput::Blob {
-                    uri: "stdin:".into(),
-                    len: 0,
-                },
-            );
+            let mut job = Job::new(module.hash(), JobInput::Stdin);
             job.entry = args
                 .guest
                 .entry()

@@ -13,7 +13,7 @@ use crate::sandbox::{StoreState, missing_export};
 use crate::streams::{GuestOutput, GuestStdin, WriteRefused};
 
 /// The transform export a raw-ABI module offers by default.
-pub const PROCESS: &str = "process";
+pub const PROCESS: &str = sluice_shared::EntryPoint::RAW_EXPORT;
 const ALLOC: &str = "alloc";
 const FREE: &str = "free";
 const FINISH: &str = "finish";

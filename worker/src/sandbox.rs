@@ -155,19 +155,13 @@ impl LoadedModule {
         self.hash
     }
 
-    /// The entry point this module offers when a job does not name one: a WASI command
-    /// if it exports `_start`, otherwise the raw ABI's `process`.
+    /// The entry point this module offers when a job does not name one, by the rule
+    /// the scheduler applies too ([`EntryPoint::default_for`]); a module that does not
+    /// compile gets a command (whose run then reports why).
     pub fn default_entry(&self, sandbox: &Sandbox) -> EntryPoint {
         match self.prepared(sandbox, Metering::Off) {
-            Ok(pre)
-                if pre.module().get_export("_start").is_none()
-                    && pre.module().get_export(raw_abi::PROCESS).is_some() =>
-            {
-                EntryPoint::Raw {
-                    export: raw_abi::PROCESS.to_owned(),
-                }
-            }
-            _ => EntryPoint::Command,
+            Ok(pre) => EntryPoint::default_for(|name| pre.module().get_export(name).is_some()),
+            Err(_) => EntryPoint::Command,
         }
     }
 

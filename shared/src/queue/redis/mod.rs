@@ -383,6 +383,7 @@ impl RedisQueue {
             .key(&self.keys.jobs)
             .arg(1000)
             .arg(millis(self.config.result_ttl))
+            .arg(crate::codec::FORMAT_VERSION)
             .invoke_async(&mut self.conn.clone())
             .await;
         if let Err(e) = promoted {

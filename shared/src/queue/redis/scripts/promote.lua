@@ -11,10 +11,11 @@
 -- ARGV[1]  the most jobs to move in one call
 -- ARGV[2]  the result TTL, ms: a job record moved back into its backlog lives that
 --          long again from now, so a job that waits long in line keeps its record
+-- ARGV[3]  the envelope format version this build writes (`codec::FORMAT_VERSION`)
 -- Returns  how many were moved; an error naming the key if KEYS[1] is not a sorted set
 --          or KEYS[2] not a stream.
 --
--- The job id is read from the envelope's fixed head: format version 1, then the
+-- The job id is read from the envelope's fixed head: format version ARGV[3], then the
 -- postcard encoding of the UUID (length byte 16, then its 16 bytes). An envelope that
 -- does not start that way goes to the job stream, where a worker dead-letters it.
 --
@@ -41,8 +42,9 @@ end
 local prefix = nil
 if string.sub(KEYS[2], -4) == 'jobs' then prefix = string.sub(KEYS[2], 1, -5) end
 
+local version = tonumber(ARGV[3])
 local function job_id(envelope)
-  if #envelope < 18 or string.byte(envelope, 1) ~= 1 or string.byte(envelope, 2) ~= 16 then
+  if #envelope < 18 or string.byte(envelope, 1) ~= version or string.byte(envelope, 2) ~= 16 then
     return nil
   end
   local hex = string.format(string.rep('%02x', 16), string.byte(envelope, 3, 18))
