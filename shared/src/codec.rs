@@ -20,12 +20,19 @@ pub const FORMAT_VERSION: u8 = 2;
 /// Why bytes are not a valid envelope. Never a panic: queues carry untrusted bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// No bytes at all.
     #[error("empty envelope")]
     Empty,
+    /// Written by another release's format.
     #[error("unknown envelope format version {found} (this build reads {FORMAT_VERSION})")]
-    UnknownVersion { found: u8 },
+    UnknownVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The body does not decode as the expected type (postcard's reason).
     #[error("malformed envelope: {0}")]
     Malformed(String),
+    /// A whole value decoded with bytes left over.
     #[error("envelope has {0} trailing bytes")]
     TrailingBytes(usize),
 }

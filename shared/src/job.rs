@@ -279,15 +279,21 @@ impl Default for Limits {
 /// One job: everything a worker needs to run a module over one input.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
+    /// The job's id, chosen by the submitter.
     pub id: JobId,
+    /// The module it runs, by content.
     pub module: ModuleHash,
+    /// Where its input comes from.
     pub input: JobInput,
+    /// How the module is driven.
     pub entry: EntryPoint,
     /// `argv[1..]` of a WASI command (`argv[0]` is the module hash).
     pub args: Vec<String>,
     /// The guest's whole environment: nothing of the host's leaks in.
     pub env: Vec<(String, String)>,
+    /// The limits it runs under (already clamped to its tenant's policy).
     pub limits: Limits,
+    /// The tenant it runs for.
     pub tenant: TenantId,
     /// Attempts already made before this envelope was enqueued (0 for a new job).
     pub attempt: u32,
