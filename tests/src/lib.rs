@@ -4,14 +4,23 @@
 //! The binaries are built by the same `cargo test --workspace --release` run that builds
 //! these tests (the worker and scheduler crates have integration tests of their own,
 //! which makes cargo build their binaries first), in the same profile directory.
+//!
+//! Fixtures, one per repeated setup, each stopping what it started when dropped:
+//! [`RedisServer`] (a redis-server), [`WorkerProcess`] (a `sluice-worker serve`),
+//! [`ServeProcess`] (a `sluice serve` and an HTTP client with tenant creation),
+//! [`Fleet`] (a server, a queue client and workers on demand); [`wait`] holds the
+//! bounded waits for results.
 
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod fleet;
 pub mod redis;
 pub mod serve;
+pub mod wait;
 pub mod worker;
 
+pub use fleet::Fleet;
 pub use redis::RedisServer;
 pub use serve::ServeProcess;
 pub use worker::WorkerProcess;

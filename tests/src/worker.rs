@@ -10,6 +10,7 @@ use crate::bin;
 /// A running worker.
 pub struct WorkerProcess {
     child: Child,
+    /// The consumer name it claims jobs as.
     pub consumer: String,
 }
 

@@ -26,33 +26,13 @@ fn service(with_worker: bool) -> Service {
 
 impl Service {
     fn tenant(&self, name: &str, policy: Value) -> String {
-        let body = json!({ "name": name, "policy": policy }).to_string();
-        let reply = self
-            .api
-            .call("POST", "/v1/admin/tenants", Some(ADMIN), body.as_bytes());
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        reply.json()["token"].as_str().unwrap().to_owned()
+        self.api.tenant(name, policy)
     }
 
     fn upload(&self, token: &str, module: &str, name: &str) -> String {
         let bytes = std::fs::read(guest(module)).unwrap();
-        let reply = self.api.call(
-            "PUT",
-            &format!("/v1/modules?name={name}"),
-            Some(token),
-            &bytes,
-        );
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        let reply = self.api.upload(token, &bytes, name);
+        assert_eq!(reply.status, 201, "{}", reply.text());
         reply.json()["hash"].as_str().unwrap().to_owned()
     }
 
@@ -285,13 +265,7 @@ fn a_one_gib_upload_streams_through_the_service() {
     let job = s.submit(&token, "module=upper", &input);
     drop(input);
     assert!(job["id"].is_string());
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.api.pid())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let peak_kib = s.api.peak_rss_kib();
     assert!(
         peak_kib < 256 << 10,
         "sluice serve peaked at {} MiB",

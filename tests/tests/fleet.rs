@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use sluice_shared::queue::redis::RedisQueue;
-use sluice_shared::{Job, JobId, JobInput, JobResult, ModuleHash, OutcomeKind, Queue, codec};
-use sluice_tests::{RedisServer, WorkerProcess, bin, connect, guest, runtime};
+use sluice_shared::{Job, JobId, JobInput, ModuleHash, OutcomeKind, Queue, codec};
+use sluice_tests::{Fleet, RedisServer, bin, connect, guest, runtime, wait};
 
 /// About 5 ms of compute per job: long enough that a batch is in flight when a test
 /// interferes with it.
@@ -24,49 +24,17 @@ const SLOW_WAT: &str = r#"(module
       (br_if $l (local.get $i)))
     (i32.store (i32.const 0) (local.get $x))))"#;
 
+/// How long a test waits for its jobs to finish.
+const FINISH_WITHIN: Duration = Duration::from_secs(300);
+
 /// Waits (on completion notices, not sleeps) until every id in `ids` has finished;
 /// returns their outcome kinds. Tolerates Redis being briefly away.
 async fn await_finished(
     queue: &RedisQueue,
-    mut from: String,
+    from: String,
     ids: &HashSet<JobId>,
 ) -> HashMap<JobId, OutcomeKind> {
-    let mut finished = HashMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while finished.len() < ids.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} finished",
-            finished.len(),
-            ids.len()
-        );
-        match queue.completions(&from, Duration::from_millis(500)).await {
-            Ok((next, notices)) => {
-                from = next;
-                for (id, kind) in notices {
-                    if ids.contains(&id) {
-                        finished.insert(id, kind);
-                    }
-                }
-            }
-            Err(_) => tokio::task::yield_now().await,
-        }
-    }
-    finished
-}
-
-async fn results(queue: &RedisQueue, ids: &HashSet<JobId>) -> Vec<JobResult> {
-    let mut out = Vec::new();
-    for id in ids {
-        out.push(
-            queue
-                .result(*id)
-                .await
-                .unwrap()
-                .expect("a result for every job"),
-        );
-    }
-    out
+    wait::await_finished(queue, from, ids, FINISH_WITHIN).await
 }
 
 fn slow_jobs(module: ModuleHash, n: usize) -> Vec<Job> {
@@ -77,17 +45,9 @@ fn slow_jobs(module: ModuleHash, n: usize) -> Vec<Job> {
 
 #[test]
 fn three_workers_complete_a_10k_batch_exactly() {
-    let server = RedisServer::start();
-    let _workers: Vec<WorkerProcess> = (0..3)
-        .map(|i| {
-            WorkerProcess::start(
-                &server.url(),
-                "big",
-                &format!("w{i}"),
-                &["--concurrency", "4"],
-            )
-        })
-        .collect();
+    let fleet = Fleet::start("big");
+    let _workers = fleet.workers("w", 3, &["--concurrency", "4"]);
+    let server = &fleet.redis;
     let inputs = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     for i in 0..10_000 {
@@ -135,17 +95,17 @@ fn three_workers_complete_a_10k_batch_exactly() {
 
 #[test]
 fn killed_worker_jobs_are_reclaimed() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "kill"));
-    let module = rt
-        .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
-        .unwrap();
+    let fleet = Fleet::start("kill");
+    let Fleet {
+        redis: server,
+        rt,
+        queue,
+        ..
+    } = &fleet;
+    let module = fleet.put_module(SLOW_WAT.as_bytes());
     let flags = ["--concurrency", "2", "--lease", "1s"];
-    let mut victim = WorkerProcess::start(&server.url(), "kill", "victim", &flags);
-    let _others: Vec<WorkerProcess> = (0..2)
-        .map(|i| WorkerProcess::start(&server.url(), "kill", &format!("survivor{i}"), &flags))
-        .collect();
+    let mut victim = fleet.worker("victim", &flags);
+    let _others = fleet.workers("survivor", 2, &flags);
     let jobs = slow_jobs(module, 600);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
     let from = rt.block_on(queue.notices_from_now()).unwrap();
@@ -178,7 +138,7 @@ fn killed_worker_jobs_are_reclaimed() {
 
     let finished = rt.block_on(await_finished(&queue, from, &ids));
     assert!(finished.values().all(|k| *k == OutcomeKind::Success));
-    let results = rt.block_on(results(&queue, &ids));
+    let results = rt.block_on(wait::results(queue, &ids));
     let rerun = results.iter().filter(|r| r.attempt > 1).count() as u64;
     assert!(
         rerun <= held,
@@ -189,11 +149,15 @@ fn killed_worker_jobs_are_reclaimed() {
 
 #[test]
 fn redis_restart_mid_batch_loses_nothing() {
-    let mut server = RedisServer::start_with_aof();
+    let mut fleet = Fleet::start_with_aof("restart");
     let flags = ["--concurrency", "2", "--lease", "2s"];
-    let _workers: Vec<WorkerProcess> = (0..3)
-        .map(|i| WorkerProcess::start(&server.url(), "restart", &format!("w{i}"), &flags))
-        .collect();
+    let _workers = fleet.workers("w", 3, &flags);
+    let Fleet {
+        redis: server,
+        rt,
+        queue,
+        ..
+    } = &mut fleet;
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("slow.wat");
     std::fs::write(&module, SLOW_WAT).unwrap();
@@ -222,8 +186,6 @@ fn redis_restart_mid_batch_loses_nothing() {
         .spawn()
         .unwrap();
 
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "restart"));
     let mut cursor = "0-0".to_owned();
     let mut seen = 0;
     while seen < 100 {
@@ -256,13 +218,15 @@ fn redis_restart_mid_batch_loses_nothing() {
 
 #[test]
 fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
-    let server = RedisServer::start();
-    let mut worker = WorkerProcess::start(&server.url(), "junk", "w0", &[]);
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "junk"));
-    let module = rt
-        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
-        .unwrap();
+    let fleet = Fleet::start("junk");
+    let mut worker = fleet.worker("w0", &[]);
+    let Fleet {
+        redis: server,
+        rt,
+        queue,
+        ..
+    } = &fleet;
+    let module = fleet.put_module(b"(module (func (export \"_start\")))");
     rt.block_on(queue.enqueue_raw(b"\x01\xff\xff garbage".to_vec()))
         .unwrap();
     let mut future = codec::encode(&Job::new(module, JobInput::Inline(Vec::new())));
@@ -289,13 +253,10 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
 
 #[test]
 fn sigterm_drains_in_flight_jobs_and_loses_none() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "drain"));
-    let module = rt
-        .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
-        .unwrap();
-    let mut first = WorkerProcess::start(&server.url(), "drain", "first", &["--concurrency", "2"]);
+    let fleet = Fleet::start("drain");
+    let Fleet { rt, queue, .. } = &fleet;
+    let module = fleet.put_module(SLOW_WAT.as_bytes());
+    let mut first = fleet.worker("first", &["--concurrency", "2"]);
     let jobs = slow_jobs(module, 300);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
     let from = rt.block_on(queue.notices_from_now()).unwrap();
@@ -309,7 +270,7 @@ fn sigterm_drains_in_flight_jobs_and_loses_none() {
     let stats = rt.block_on(queue.stats()).unwrap();
     assert_eq!(stats.leased, 0, "a drained worker holds no leases");
 
-    let _second = WorkerProcess::start(&server.url(), "drain", "second", &["--concurrency", "2"]);
+    let _second = fleet.worker("second", &["--concurrency", "2"]);
     let finished = rt.block_on(await_finished(&queue, from, &ids));
     assert_eq!(finished.len(), 300);
     assert!(finished.values().all(|k| *k == OutcomeKind::Success));
@@ -317,25 +278,10 @@ fn sigterm_drains_in_flight_jobs_and_loses_none() {
 
 #[test]
 fn sigterm_after_the_grace_period_releases_jobs_at_once() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "grace"));
-    let module = rt
-        .block_on(
-            queue.put_module(
-                std::fs::read(guest("infinite_loop.wat"))
-                    .unwrap()
-                    .as_slice(),
-                None,
-            ),
-        )
-        .unwrap();
-    let mut worker = WorkerProcess::start(
-        &server.url(),
-        "grace",
-        "w0",
-        &["--grace", "200ms", "--lease", "60s"],
-    );
+    let fleet = Fleet::start("grace");
+    let Fleet { rt, queue, .. } = &fleet;
+    let module = fleet.put_module(&std::fs::read(guest("infinite_loop.wat")).unwrap());
+    let mut worker = fleet.worker("w0", &["--grace", "200ms", "--lease", "60s"]);
     let mut job = Job::new(module, JobInput::Inline(Vec::new()));
     job.limits.timeout_ms = 60_000;
     rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
@@ -371,8 +317,14 @@ fn sigterm_after_the_grace_period_releases_jobs_at_once() {
 #[test]
 fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
     const TOTAL: u64 = 1 << 30;
-    let server = RedisServer::start();
-    let worker = WorkerProcess::start(&server.url(), "huge", "w0", &["--concurrency", "1"]);
+    let fleet = Fleet::start("huge");
+    let worker = fleet.worker("w0", &["--concurrency", "1"]);
+    let Fleet {
+        redis: server,
+        rt,
+        queue,
+        ..
+    } = &fleet;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.txt");
     {
@@ -399,8 +351,6 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
         .output()
         .unwrap();
     assert!(put.status.success());
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "huge"));
     let from = rt.block_on(queue.notices_from_now()).unwrap();
     let submit = bin("sluice")
         .args([

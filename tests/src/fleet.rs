@@ -1,0 +1,69 @@
+//! A fleet for a test: a real redis-server, a queue client on one named queue with a
+//! runtime to drive it, and real `sluice-worker serve` processes started on demand.
+//! Everything it starts is stopped when dropped (workers are the caller's to hold).
+
+use sluice_shared::ModuleHash;
+use sluice_shared::queue::redis::RedisQueue;
+use tokio::runtime::Runtime;
+
+use crate::{RedisServer, WorkerProcess, connect, runtime};
+
+/// A Redis server and a client on one queue of it. Fields drop in order: the client,
+/// its runtime, then the server.
+pub struct Fleet {
+    /// The queue client.
+    pub queue: RedisQueue,
+    /// A two-thread runtime to drive `queue` from sync test code.
+    pub rt: Runtime,
+    /// The server.
+    pub redis: RedisServer,
+    name: String,
+}
+
+impl Fleet {
+    /// A server without persistence and a client on queue `name`.
+    pub fn start(name: &str) -> Self {
+        Self::on(RedisServer::start(), name)
+    }
+
+    /// A server that logs every write to an append-only file (a restart loses
+    /// nothing) and a client on queue `name`.
+    pub fn start_with_aof(name: &str) -> Self {
+        Self::on(RedisServer::start_with_aof(), name)
+    }
+
+    fn on(redis: RedisServer, name: &str) -> Self {
+        let rt = runtime();
+        let queue = rt.block_on(connect(&redis.url(), name));
+        Fleet {
+            queue,
+            rt,
+            redis,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        self.redis.url()
+    }
+
+    /// Stores `module` (WAT or WASM) in the queue's module store, unnamed.
+    pub fn put_module(&self, module: &[u8]) -> ModuleHash {
+        self.rt
+            .block_on(self.queue.put_module(module, None))
+            .expect("store the module")
+    }
+
+    /// Starts worker `consumer` on the queue with `extra` flags, once it is ready.
+    pub fn worker(&self, consumer: &str, extra: &[&str]) -> WorkerProcess {
+        WorkerProcess::start(&self.url(), &self.name, consumer, extra)
+    }
+
+    /// Starts `n` workers named `<prefix>0`, `<prefix>1`, … with `extra` flags.
+    pub fn workers(&self, prefix: &str, n: usize, extra: &[&str]) -> Vec<WorkerProcess> {
+        (0..n)
+            .map(|i| self.worker(&format!("{prefix}{i}"), extra))
+            .collect()
+    }
+}
