@@ -56,6 +56,15 @@ pub fn bin(name: &str) -> Command {
     command
 }
 
+/// Sends SIGTERM to process `pid`.
+pub fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
 /// A guest module: built C guests (`examples/build`, `tests/guests/build`) or WAT.
 pub fn guest(name: &str) -> PathBuf {
     let root = repo_root();

@@ -148,11 +148,7 @@ impl ServeProcess {
 
     /// Sends SIGTERM (it drains and exits; `Drop` still reaps it).
     pub fn terminate(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        crate::sigterm(self.pid());
     }
 
     /// Whether any stderr line so far contains `needle`.
@@ -183,6 +179,11 @@ impl ServeProcess {
             headers,
             body,
         }
+    }
+
+    /// Sends `body` as JSON with a POST to `path` for `token`'s tenant.
+    pub fn post_json(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.call("POST", path, Some(token), body.to_string().as_bytes())
     }
 
     /// Sends a request that must succeed (2xx) and returns its JSON body.

@@ -61,11 +61,7 @@ impl WorkerProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        crate::sigterm(self.pid());
     }
 
     /// SIGKILL, and reaps it.

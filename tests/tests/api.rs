@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_tests::{RedisServer, ServeProcess, WorkerProcess, guest};
+use sluice_tests::{RedisServer, ServeProcess, WorkerProcess, guest, wait};
 
 const ADMIN: &str = "admin-secret-for-tests";
 
@@ -51,18 +51,16 @@ impl Service {
 
     /// Polls the job until it is done (the API offers no push; this is its contract).
     fn wait_done(&self, token: &str, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let job = self
-                .api
-                .call("GET", &format!("/v1/jobs/{id}"), Some(token), b"")
-                .json();
-            if job["state"] == "done" {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {id} not done: {job}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait::poll(
+            &format!("job {id} not done"),
+            Duration::from_secs(60),
+            || {
+                self.api
+                    .call("GET", &format!("/v1/jobs/{id}"), Some(token), b"")
+                    .json()
+            },
+            |job| job["state"] == "done",
+        )
     }
 }
 
@@ -114,12 +112,7 @@ fn batches_report_progress_by_outcome() {
             { "name": "bad.csv", "data": encode(b"a,b\n\"open\n") },
         ],
     });
-    let reply = s.api.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.api.post_json("/v1/batches", &token, &body);
     assert_eq!(
         reply.status,
         201,
@@ -127,20 +120,18 @@ fn batches_report_progress_by_outcome() {
         String::from_utf8_lossy(&reply.body)
     );
     let batch = reply.json()["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = s
-            .api
-            .call("GET", &format!("/v1/batches/{batch}"), Some(&token), b"")
-            .json();
-        if status["done"] == 2 {
-            assert_eq!(status["by_outcome"]["success"], 1);
-            assert_eq!(status["by_outcome"]["non_zero_exit"], 1);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait::poll(
+        "batch not done",
+        Duration::from_secs(60),
+        || {
+            s.api
+                .call("GET", &format!("/v1/batches/{batch}"), Some(&token), b"")
+                .json()
+        },
+        |status| status["done"] == 2,
+    );
+    assert_eq!(status["by_outcome"]["success"], 1);
+    assert_eq!(status["by_outcome"]["non_zero_exit"], 1);
 }
 
 #[test]
@@ -358,12 +349,7 @@ fn a_tenants_flood_does_not_starve_another_tenant() {
         .map(|i| json!({ "name": format!("b{i}"), "data": empty }))
         .collect();
     let flood = json!({ "module": hash, "inputs": inputs, "limits": { "fuel": 2_000_000 } });
-    let reply = s.api.call(
-        "POST",
-        "/v1/batches",
-        Some(&flooder),
-        flood.to_string().as_bytes(),
-    );
+    let reply = s.api.post_json("/v1/batches", &flooder, &flood);
     assert_eq!(
         reply.status,
         201,
@@ -386,24 +372,22 @@ fn a_tenants_flood_does_not_starve_another_tenant() {
     assert_eq!(reply.status, 201);
     let small_id = reply.json()["id"].as_str().unwrap().to_owned();
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mine = s
-            .api
-            .call(
-                "GET",
-                &format!("/v1/batches/{small_id}"),
-                Some(&modest),
-                b"",
-            )
-            .json();
-        if mine["done"] == 50 {
-            assert_eq!(mine["by_outcome"]["success"], 50);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{mine}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mine = wait::poll(
+        "the modest tenant's batch not done",
+        Duration::from_secs(120),
+        || {
+            s.api
+                .call(
+                    "GET",
+                    &format!("/v1/batches/{small_id}"),
+                    Some(&modest),
+                    b"",
+                )
+                .json()
+        },
+        |mine| mine["done"] == 50,
+    );
+    assert_eq!(mine["by_outcome"]["success"], 50);
     let theirs = s
         .api
         .call(

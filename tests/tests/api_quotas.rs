@@ -168,12 +168,7 @@ fn big_batches_and_arguments_are_refused_by_the_policy() {
 
     let big_arg = "a".repeat(8 << 20);
     let body = json!({ "module": "upper", "inputs": inputs[..10], "args": [big_arg] });
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert!(
         reply.text().contains("max_args_env_bytes"),
@@ -182,24 +177,14 @@ fn big_batches_and_arguments_are_refused_by_the_policy() {
     );
 
     let body = json!({ "module": "upper", "inputs": inputs });
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert!(reply.text().contains("max_batch_jobs"), "{}", reply.text());
 
     // 1,500 jobs × 60 KiB of arguments: each job is within its quota, the batch is not.
     let arg = "b".repeat(60 << 10);
     let body = json!({ "module": "upper", "inputs": inputs[..1500], "args": [arg] });
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert!(reply.text().contains("max_batch_bytes"), "{}", reply.text());
 
@@ -219,12 +204,7 @@ fn big_batches_and_arguments_are_refused_by_the_policy() {
     let body = json!({ "module": "upper", "inputs": [
         { "name": "big", "data": big }, { "name": "small", "data": "aGk=" }
     ]});
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 201, "{}", reply.text());
     let metas: Vec<_> = keys(&redis, "*blob:*")
         .into_iter()
@@ -276,12 +256,7 @@ fn a_full_backlog_answers_429_with_retry_after() {
     );
     assert!(refused.headers.contains_key("retry-after"));
     let batch = json!({ "module": "upper", "inputs": [{ "name": "a", "data": "" }] });
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        batch.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &batch);
     assert_eq!(reply.status, 429, "{}", reply.text());
     assert!(reply.headers.contains_key("retry-after"));
 }
@@ -600,25 +575,11 @@ fn batch_paths_are_no_oracle_and_never_leak_redis_errors() {
     assert_eq!(s.upload(&theirs, &upper_wasm(), "upper").status, 201);
     assert_eq!(s.upload(&mine, &upper_wasm(), "upper").status, 201);
     let batch = json!({ "module": "upper", "inputs": [{ "name": "a", "data": "" }] });
-    let their_batch = s
-        .call(
-            "POST",
-            "/v1/batches",
-            Some(&theirs),
-            batch.to_string().as_bytes(),
-        )
-        .json()["id"]
+    let their_batch = s.post_json("/v1/batches", &theirs, &batch).json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let my_batch = s
-        .call(
-            "POST",
-            "/v1/batches",
-            Some(&mine),
-            batch.to_string().as_bytes(),
-        )
-        .json()["id"]
+    let my_batch = s.post_json("/v1/batches", &mine, &batch).json()["id"]
         .as_str()
         .unwrap()
         .to_owned();

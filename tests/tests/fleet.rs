@@ -37,6 +37,19 @@ async fn await_finished(
     wait::await_finished(queue, from, ids, FINISH_WITHIN).await
 }
 
+/// Follows completion notices from `cursor` until `n` jobs (any) have finished.
+async fn await_notices(queue: &RedisQueue, mut cursor: String, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        let (next, notices) = queue
+            .completions(&cursor, Duration::from_secs(5))
+            .await
+            .unwrap();
+        cursor = next;
+        seen += notices.len();
+    }
+}
+
 fn slow_jobs(module: ModuleHash, n: usize) -> Vec<Job> {
     (0..n)
         .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
@@ -112,15 +125,7 @@ fn killed_worker_jobs_are_reclaimed() {
     rt.block_on(queue.enqueue(&jobs)).unwrap();
 
     // Kill the victim once the batch is well under way.
-    let mut seen = 0;
-    let mut cursor = from.clone();
-    while seen < 100 {
-        let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
-            .unwrap();
-        cursor = next;
-        seen += notices.len();
-    }
+    rt.block_on(await_notices(queue, from.clone(), 100));
     victim.kill();
     let held: u64 = server
         .cli(&[
@@ -186,15 +191,7 @@ fn redis_restart_mid_batch_loses_nothing() {
         .spawn()
         .unwrap();
 
-    let mut cursor = "0-0".to_owned();
-    let mut seen = 0;
-    while seen < 100 {
-        let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
-            .unwrap();
-        cursor = next;
-        seen += notices.len();
-    }
+    rt.block_on(await_notices(queue, "0-0".to_owned(), 100));
     server.kill();
     server.start_again();
 
