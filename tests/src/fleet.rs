@@ -3,10 +3,20 @@
 //! Everything it starts is stopped when dropped (workers are the caller's to hold).
 
 use sluice_shared::ModuleHash;
-use sluice_shared::queue::redis::RedisQueue;
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 use tokio::runtime::Runtime;
 
 use crate::{RedisServer, WorkerProcess, connect, runtime};
+
+/// A fresh redis-server and an async client on it, configured by `configure` from the
+/// defaults for the server's URL.
+pub async fn fresh_queue(configure: impl FnOnce(&mut RedisConfig)) -> (RedisServer, RedisQueue) {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    configure(&mut config);
+    let queue = RedisQueue::connect(config).await.expect("connect");
+    (server, queue)
+}
 
 /// A Redis server and a client on one queue of it. Fields drop in order: the client,
 /// its runtime, then the server.

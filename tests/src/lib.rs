@@ -20,7 +20,7 @@ pub mod serve;
 pub mod wait;
 pub mod worker;
 
-pub use fleet::Fleet;
+pub use fleet::{Fleet, fresh_queue};
 pub use redis::RedisServer;
 pub use serve::ServeProcess;
 pub use worker::WorkerProcess;
