@@ -2,11 +2,13 @@
 //! runtime to drive it, and real `sluice-worker serve` processes started on demand.
 //! Everything it starts is stopped when dropped (workers are the caller's to hold).
 
+use std::process::Command;
+
 use sluice_shared::ModuleHash;
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 use tokio::runtime::Runtime;
 
-use crate::{RedisServer, WorkerProcess, connect, runtime};
+use crate::{RedisServer, WorkerProcess, bin, connect, runtime};
 
 /// A fresh redis-server and an async client on it, configured by `configure` from the
 /// defaults for the server's URL.
@@ -63,6 +65,15 @@ impl Fleet {
         self.rt
             .block_on(self.queue.put_module(module, None))
             .expect("store the module")
+    }
+
+    /// A `sluice ARGS --redis <url> --queue <name>` command on this fleet.
+    pub fn sluice(&self, args: &[&str]) -> Command {
+        let mut command = bin("sluice");
+        command
+            .args(args)
+            .args(["--redis", &self.url(), "--queue", &self.name]);
+        command
     }
 
     /// Starts worker `consumer` on the queue with `extra` flags, once it is ready.

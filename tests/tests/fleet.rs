@@ -70,16 +70,9 @@ fn three_workers_complete_a_10k_batch_exactly() {
         )
         .unwrap();
     }
-    let run = bin("sluice")
-        .args([
-            "batch",
-            "--quiet",
-            "--redis",
-            &server.url(),
-            "--queue",
-            "big",
-            "--module",
-        ])
+    let run = fleet
+        .sluice(&["batch", "--quiet"])
+        .arg("--module")
         .arg(guest("uppercase.wasm"))
         .arg(inputs.path())
         .arg("--out")
@@ -157,12 +150,6 @@ fn redis_restart_mid_batch_loses_nothing() {
     let mut fleet = Fleet::start_with_aof("restart");
     let flags = ["--concurrency", "2", "--lease", "2s"];
     let _workers = fleet.workers("w", 3, &flags);
-    let Fleet {
-        redis: server,
-        rt,
-        queue,
-        ..
-    } = &mut fleet;
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("slow.wat");
     std::fs::write(&module, SLOW_WAT).unwrap();
@@ -172,16 +159,9 @@ fn redis_restart_mid_batch_loses_nothing() {
         std::fs::write(inputs.join(format!("{i:04}")), "").unwrap();
     }
     let out = dir.path().join("out");
-    let mut batch = bin("sluice")
-        .args([
-            "batch",
-            "--quiet",
-            "--redis",
-            &server.url(),
-            "--queue",
-            "restart",
-            "--module",
-        ])
+    let mut batch = fleet
+        .sluice(&["batch", "--quiet"])
+        .arg("--module")
         .arg(&module)
         .arg(&inputs)
         .arg("--out")
@@ -191,6 +171,12 @@ fn redis_restart_mid_batch_loses_nothing() {
         .spawn()
         .unwrap();
 
+    let Fleet {
+        redis: server,
+        rt,
+        queue,
+        ..
+    } = &mut fleet;
     rt.block_on(await_notices(queue, "0-0".to_owned(), 100));
     server.kill();
     server.start_again();
@@ -316,12 +302,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
     const TOTAL: u64 = 1 << 30;
     let fleet = Fleet::start("huge");
     let worker = fleet.worker("w0", &["--concurrency", "1"]);
-    let Fleet {
-        redis: server,
-        rt,
-        queue,
-        ..
-    } = &fleet;
+    let Fleet { rt, queue, .. } = &fleet;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.txt");
     {
@@ -333,24 +314,15 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
             file.write_all(&block).unwrap();
         }
     }
-    let put = bin("sluice")
-        .args([
-            "module",
-            "put",
-            "--name",
-            "upper",
-            "--redis",
-            &server.url(),
-            "--queue",
-            "huge",
-        ])
+    let put = fleet
+        .sluice(&["module", "put", "--name", "upper"])
         .arg(guest("uppercase.wasm"))
         .output()
         .unwrap();
     assert!(put.status.success());
     let from = rt.block_on(queue.notices_from_now()).unwrap();
-    let submit = bin("sluice")
-        .args([
+    let submit = fleet
+        .sluice(&[
             "submit",
             "--module",
             "upper",
@@ -359,7 +331,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
             "--timeout",
             "600s",
         ])
-        .args(["--redis", &server.url(), "--queue", "huge", "--input"])
+        .arg("--input")
         .arg(&input)
         .output()
         .unwrap();
@@ -384,17 +356,8 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
     );
     eprintln!("1 GiB through Redis: worker peak RSS {} MiB", rss >> 20);
 
-    let mut fetch = bin("sluice")
-        .args([
-            "result",
-            &id.to_string(),
-            "--output",
-            "-",
-            "--redis",
-            &server.url(),
-            "--queue",
-            "huge",
-        ])
+    let mut fetch = fleet
+        .sluice(&["result", &id.to_string(), "--output", "-"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

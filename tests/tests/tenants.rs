@@ -262,19 +262,15 @@ fn workers_and_the_cli_talk_tls_to_redis() {
     assert!(url.starts_with("rediss://"));
     let ca_arg = ca.to_str().unwrap();
     let _worker = WorkerProcess::start(&url, "tls", "w0", &["--redis-ca", ca_arg]);
-    let put = bin("sluice")
-        .args([
-            "module",
-            "put",
-            "--name",
-            "upper",
-            "--queue",
-            "tls",
-            "--redis",
-            &url,
-            "--redis-ca",
-            ca_arg,
-        ])
+    // `sluice ARGS` on the TLS server, trusting its CA.
+    let sluice = |args: &[&str]| {
+        let mut command = bin("sluice");
+        command
+            .args(args)
+            .args(["--queue", "tls", "--redis", &url, "--redis-ca", ca_arg]);
+        command
+    };
+    let put = sluice(&["module", "put", "--name", "upper"])
         .arg(guest("uppercase.wasm"))
         .output()
         .unwrap();
@@ -283,18 +279,7 @@ fn workers_and_the_cli_talk_tls_to_redis() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    let mut child = bin("sluice")
-        .args([
-            "submit",
-            "--module",
-            "upper",
-            "--queue",
-            "tls",
-            "--redis",
-            &url,
-            "--redis-ca",
-            ca_arg,
-        ])
+    let mut child = sluice(&["submit", "--module", "upper"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -313,21 +298,7 @@ fn workers_and_the_cli_talk_tls_to_redis() {
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let result = bin("sluice")
-            .args([
-                "result",
-                &id,
-                "--output",
-                "-",
-                "--queue",
-                "tls",
-                "--redis",
-                &url,
-                "--redis-ca",
-                ca_arg,
-            ])
-            .output()
-            .unwrap();
+        let result = sluice(&["result", &id, "--output", "-"]).output().unwrap();
         if result.status.success() {
             assert!(String::from_utf8_lossy(&result.stdout).ends_with("OVER TLS\n"));
             break;
