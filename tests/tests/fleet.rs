@@ -134,7 +134,7 @@ fn killed_worker_jobs_are_reclaimed() {
         .filter(|l| l.contains('-'))
         .count() as u64;
 
-    let finished = rt.block_on(await_finished(&queue, from, &ids));
+    let finished = rt.block_on(await_finished(queue, from, &ids));
     assert!(finished.values().all(|k| *k == OutcomeKind::Success));
     let results = rt.block_on(wait::results(queue, &ids));
     let rerun = results.iter().filter(|r| r.attempt > 1).count() as u64;
@@ -220,7 +220,7 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
     let from = rt.block_on(queue.notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&good)))
         .unwrap();
-    let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([good.id])));
+    let finished = rt.block_on(await_finished(queue, from, &HashSet::from([good.id])));
     assert_eq!(finished[&good.id], OutcomeKind::Success);
 
     let dead = rt.block_on(queue.dead_letters()).unwrap();
@@ -254,7 +254,7 @@ fn sigterm_drains_in_flight_jobs_and_loses_none() {
     assert_eq!(stats.leased, 0, "a drained worker holds no leases");
 
     let _second = fleet.worker("second", &["--concurrency", "2"]);
-    let finished = rt.block_on(await_finished(&queue, from, &ids));
+    let finished = rt.block_on(await_finished(queue, from, &ids));
     assert_eq!(finished.len(), 300);
     assert!(finished.values().all(|k| *k == OutcomeKind::Success));
 }
@@ -346,7 +346,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
         .parse()
         .unwrap();
     drop(std::fs::remove_file(&input));
-    let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([id])));
+    let finished = rt.block_on(await_finished(queue, from, &HashSet::from([id])));
     assert_eq!(finished[&id], OutcomeKind::Success);
     let rss = worker.peak_rss_bytes();
     assert!(

@@ -60,7 +60,7 @@ fn outputs_count_against_stored_bytes_and_only_the_hoarder_is_refused() {
     // One slot: the hoarder's jobs run one after another, so exactly two fit.
     let _worker = fleet.worker("w1", &["--concurrency", "1"]);
 
-    let hoarded = rt.block_on(run(&queue, &jobs(module, "hoarder", 4)));
+    let hoarded = rt.block_on(run(queue, &jobs(module, "hoarder", 4)));
     let (kept, refused): (Vec<&JobResult>, Vec<&JobResult>) = hoarded
         .iter()
         .partition(|r| r.outcome.kind() == OutcomeKind::Success);
@@ -88,7 +88,7 @@ fn outputs_count_against_stored_bytes_and_only_the_hoarder_is_refused() {
     }
 
     // The other tenant's job on the same worker is unaffected.
-    let other = rt.block_on(run(&queue, &jobs(module, "other", 1)));
+    let other = rt.block_on(run(queue, &jobs(module, "other", 1)));
     assert_eq!(other[0].outcome.kind(), OutcomeKind::Success, "{other:?}");
     assert!(
         matches!(other[0].output, JobOutput::Blob { len, .. } if len == OUTPUT_BYTES),
