@@ -65,6 +65,17 @@ pub fn sigterm(pid: u32) {
     assert!(status.success(), "kill -TERM {pid}");
 }
 
+/// Peak resident set size of process `pid` so far (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .expect("VmHWM")
+}
+
 /// A guest module: built C guests (`examples/build`, `tests/guests/build`) or WAT.
 pub fn guest(name: &str) -> PathBuf {
     let root = repo_root();

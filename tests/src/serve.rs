@@ -234,14 +234,7 @@ impl ServeProcess {
 
     /// Peak resident set size so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmHWM")
+        crate::peak_rss_kib(self.pid())
     }
 
     /// Sends a POST with a body of `total` zero bytes, declared (`Content-Length`) or

@@ -82,15 +82,7 @@ impl WorkerProcess {
 
     /// Peak resident set size so far (VmHWM), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .expect("VmHWM")
-            * 1024
+        crate::peak_rss_kib(self.pid()) * 1024
     }
 }
 

@@ -49,16 +49,19 @@ impl Service {
         reply.json()
     }
 
+    /// The job `id` as `token`'s tenant sees it.
+    fn job(&self, token: &str, id: &str) -> Value {
+        self.api
+            .call("GET", &format!("/v1/jobs/{id}"), Some(token), b"")
+            .json()
+    }
+
     /// Polls the job until it is done (the API offers no push; this is its contract).
     fn wait_done(&self, token: &str, id: &str) -> Value {
         wait::poll(
             &format!("job {id} not done"),
             Duration::from_secs(60),
-            || {
-                self.api
-                    .call("GET", &format!("/v1/jobs/{id}"), Some(token), b"")
-                    .json()
-            },
+            || self.job(token, id),
             |job| job["state"] == "done",
         )
     }
@@ -212,10 +215,7 @@ fn requested_limits_are_clamped_to_the_policy_and_queued_jobs_cancel() {
 
     // No worker serves this queue: the job stays queued and can be cancelled once.
     let id = job["id"].as_str().unwrap();
-    let state = s
-        .api
-        .call("GET", &format!("/v1/jobs/{id}"), Some(&token), b"")
-        .json();
+    let state = s.job(&token, id);
     assert_eq!(state["state"], "queued");
     assert_eq!(
         s.api
@@ -223,10 +223,7 @@ fn requested_limits_are_clamped_to_the_policy_and_queued_jobs_cancel() {
             .status,
         200
     );
-    let state = s
-        .api
-        .call("GET", &format!("/v1/jobs/{id}"), Some(&token), b"")
-        .json();
+    let state = s.job(&token, id);
     assert_eq!(state["state"], "cancelled");
     assert_eq!(
         s.api
@@ -421,14 +418,7 @@ fn a_tenant_at_its_concurrency_limit_waits() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut most_running = 0;
     loop {
-        let states: Vec<Value> = ids
-            .iter()
-            .map(|id| {
-                s.api
-                    .call("GET", &format!("/v1/jobs/{id}"), Some(&token), b"")
-                    .json()
-            })
-            .collect();
+        let states: Vec<Value> = ids.iter().map(|id| s.job(&token, id)).collect();
         let running = states.iter().filter(|j| j["state"] == "running").count();
         most_running = most_running.max(running);
         if states.iter().all(|j| j["state"] == "done") {
