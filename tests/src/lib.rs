@@ -4,14 +4,23 @@
 //! The binaries are built by the same `cargo test --workspace --release` run that builds
 //! these tests (the worker and scheduler crates have integration tests of their own,
 //! which makes cargo build their binaries first), in the same profile directory.
+//!
+//! Fixtures, one per repeated setup, each stopping what it started when dropped:
+//! [`RedisServer`] (a redis-server), [`WorkerProcess`] (a `sluice-worker serve`),
+//! [`ServeProcess`] (a `sluice serve` and an HTTP client with tenant creation),
+//! [`Fleet`] (a server, a queue client and workers on demand); [`wait`] holds the
+//! bounded waits for results.
 
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod fleet;
 pub mod redis;
 pub mod serve;
+pub mod wait;
 pub mod worker;
 
+pub use fleet::{Fleet, fresh_queue};
 pub use redis::RedisServer;
 pub use serve::ServeProcess;
 pub use worker::WorkerProcess;
@@ -45,6 +54,26 @@ pub fn bin(name: &str) -> Command {
     let mut command = Command::new(path);
     command.env_remove("SLUICE_REDIS_URL");
     command
+}
+
+/// Sends SIGTERM to process `pid`.
+pub fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
+/// Peak resident set size of process `pid` so far (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .expect("VmHWM")
 }
 
 /// A guest module: built C guests (`examples/build`, `tests/guests/build`) or WAT.

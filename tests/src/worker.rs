@@ -10,6 +10,7 @@ use crate::bin;
 /// A running worker.
 pub struct WorkerProcess {
     child: Child,
+    /// The consumer name it claims jobs as.
     pub consumer: String,
 }
 
@@ -60,11 +61,7 @@ impl WorkerProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        crate::sigterm(self.pid());
     }
 
     /// SIGKILL, and reaps it.
@@ -85,15 +82,7 @@ impl WorkerProcess {
 
     /// Peak resident set size so far (VmHWM), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .expect("VmHWM")
-            * 1024
+        crate::peak_rss_kib(self.pid()) * 1024
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_tests::{RedisServer, ServeProcess, WorkerProcess, guest};
+use sluice_tests::{RedisServer, ServeProcess, WorkerProcess, guest, wait};
 
 const ADMIN: &str = "admin-secret-for-tests";
 
@@ -26,33 +26,13 @@ fn service(with_worker: bool) -> Service {
 
 impl Service {
     fn tenant(&self, name: &str, policy: Value) -> String {
-        let body = json!({ "name": name, "policy": policy }).to_string();
-        let reply = self
-            .api
-            .call("POST", "/v1/admin/tenants", Some(ADMIN), body.as_bytes());
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        reply.json()["token"].as_str().unwrap().to_owned()
+        self.api.tenant(name, policy)
     }
 
     fn upload(&self, token: &str, module: &str, name: &str) -> String {
         let bytes = std::fs::read(guest(module)).unwrap();
-        let reply = self.api.call(
-            "PUT",
-            &format!("/v1/modules?name={name}"),
-            Some(token),
-            &bytes,
-        );
-        assert_eq!(
-            reply.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        let reply = self.api.upload(token, &bytes, name);
+        assert_eq!(reply.status, 201, "{}", reply.text());
         reply.json()["hash"].as_str().unwrap().to_owned()
     }
 
@@ -69,20 +49,21 @@ impl Service {
         reply.json()
     }
 
+    /// The job `id` as `token`'s tenant sees it.
+    fn job(&self, token: &str, id: &str) -> Value {
+        self.api
+            .call("GET", &format!("/v1/jobs/{id}"), Some(token), b"")
+            .json()
+    }
+
     /// Polls the job until it is done (the API offers no push; this is its contract).
     fn wait_done(&self, token: &str, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let job = self
-                .api
-                .call("GET", &format!("/v1/jobs/{id}"), Some(token), b"")
-                .json();
-            if job["state"] == "done" {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {id} not done: {job}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait::poll(
+            &format!("job {id} not done"),
+            Duration::from_secs(60),
+            || self.job(token, id),
+            |job| job["state"] == "done",
+        )
     }
 }
 
@@ -134,12 +115,7 @@ fn batches_report_progress_by_outcome() {
             { "name": "bad.csv", "data": encode(b"a,b\n\"open\n") },
         ],
     });
-    let reply = s.api.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.api.post_json("/v1/batches", &token, &body);
     assert_eq!(
         reply.status,
         201,
@@ -147,20 +123,18 @@ fn batches_report_progress_by_outcome() {
         String::from_utf8_lossy(&reply.body)
     );
     let batch = reply.json()["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = s
-            .api
-            .call("GET", &format!("/v1/batches/{batch}"), Some(&token), b"")
-            .json();
-        if status["done"] == 2 {
-            assert_eq!(status["by_outcome"]["success"], 1);
-            assert_eq!(status["by_outcome"]["non_zero_exit"], 1);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait::poll(
+        "batch not done",
+        Duration::from_secs(60),
+        || {
+            s.api
+                .call("GET", &format!("/v1/batches/{batch}"), Some(&token), b"")
+                .json()
+        },
+        |status| status["done"] == 2,
+    );
+    assert_eq!(status["by_outcome"]["success"], 1);
+    assert_eq!(status["by_outcome"]["non_zero_exit"], 1);
 }
 
 #[test]
@@ -241,10 +215,7 @@ fn requested_limits_are_clamped_to_the_policy_and_queued_jobs_cancel() {
 
     // No worker serves this queue: the job stays queued and can be cancelled once.
     let id = job["id"].as_str().unwrap();
-    let state = s
-        .api
-        .call("GET", &format!("/v1/jobs/{id}"), Some(&token), b"")
-        .json();
+    let state = s.job(&token, id);
     assert_eq!(state["state"], "queued");
     assert_eq!(
         s.api
@@ -252,10 +223,7 @@ fn requested_limits_are_clamped_to_the_policy_and_queued_jobs_cancel() {
             .status,
         200
     );
-    let state = s
-        .api
-        .call("GET", &format!("/v1/jobs/{id}"), Some(&token), b"")
-        .json();
+    let state = s.job(&token, id);
     assert_eq!(state["state"], "cancelled");
     assert_eq!(
         s.api
@@ -285,13 +253,7 @@ fn a_one_gib_upload_streams_through_the_service() {
     let job = s.submit(&token, "module=upper", &input);
     drop(input);
     assert!(job["id"].is_string());
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.api.pid())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let peak_kib = s.api.peak_rss_kib();
     assert!(
         peak_kib < 256 << 10,
         "sluice serve peaked at {} MiB",
@@ -384,12 +346,7 @@ fn a_tenants_flood_does_not_starve_another_tenant() {
         .map(|i| json!({ "name": format!("b{i}"), "data": empty }))
         .collect();
     let flood = json!({ "module": hash, "inputs": inputs, "limits": { "fuel": 2_000_000 } });
-    let reply = s.api.call(
-        "POST",
-        "/v1/batches",
-        Some(&flooder),
-        flood.to_string().as_bytes(),
-    );
+    let reply = s.api.post_json("/v1/batches", &flooder, &flood);
     assert_eq!(
         reply.status,
         201,
@@ -412,24 +369,22 @@ fn a_tenants_flood_does_not_starve_another_tenant() {
     assert_eq!(reply.status, 201);
     let small_id = reply.json()["id"].as_str().unwrap().to_owned();
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mine = s
-            .api
-            .call(
-                "GET",
-                &format!("/v1/batches/{small_id}"),
-                Some(&modest),
-                b"",
-            )
-            .json();
-        if mine["done"] == 50 {
-            assert_eq!(mine["by_outcome"]["success"], 50);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{mine}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mine = wait::poll(
+        "the modest tenant's batch not done",
+        Duration::from_secs(120),
+        || {
+            s.api
+                .call(
+                    "GET",
+                    &format!("/v1/batches/{small_id}"),
+                    Some(&modest),
+                    b"",
+                )
+                .json()
+        },
+        |mine| mine["done"] == 50,
+    );
+    assert_eq!(mine["by_outcome"]["success"], 50);
     let theirs = s
         .api
         .call(
@@ -463,14 +418,7 @@ fn a_tenant_at_its_concurrency_limit_waits() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut most_running = 0;
     loop {
-        let states: Vec<Value> = ids
-            .iter()
-            .map(|id| {
-                s.api
-                    .call("GET", &format!("/v1/jobs/{id}"), Some(&token), b"")
-                    .json()
-            })
-            .collect();
+        let states: Vec<Value> = ids.iter().map(|id| s.job(&token, id)).collect();
         let running = states.iter().filter(|j| j["state"] == "running").count();
         most_running = most_running.max(running);
         if states.iter().all(|j| j["state"] == "done") {

@@ -4,183 +4,17 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_tests::{RedisServer, bin, guest};
+use sluice_tests::{RedisServer, ServeProcess, bin, guest};
 
 const ADMIN: &str = "admin-secret-for-quota-tests";
 const QUEUE: &str = "quota";
 
-/// A `sluice serve` with extra flags, and a client that shows response headers.
-struct Serve {
-    child: Child,
-    base: String,
-    addr: String,
-    agent: ureq::Agent,
-}
-
-/// A response: status, headers and body.
-struct Reply {
-    status: u16,
-    headers: ureq::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// The body as text, cut to 1 KiB (failure messages quote it).
-    fn text(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body);
-        text.chars().take(1024).collect()
-    }
-
-    /// The JSON error's code, asserting the error body's shape.
-    fn error_code(&self) -> String {
-        let body = self.json();
-        assert!(body["error"]["message"].is_string(), "{body}");
-        body["error"]["code"]
-            .as_str()
-            .expect("an error code")
-            .to_owned()
-    }
-}
-
-impl Serve {
-    fn start(redis: &RedisServer, extra: &[&str]) -> Self {
-        let spawned = sluice_tests::serve::spawn_serve(&redis.url(), QUEUE, ADMIN, extra);
-        let (child, addr, agent) = (spawned.child, spawned.addr, sluice_tests::serve::agent());
-        Serve {
-            child,
-            base: format!("http://{addr}"),
-            addr,
-            agent,
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Reply {
-        let request = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{}", self.base, path));
-        let request = match token {
-            Some(t) => request.header("Authorization", format!("Bearer {t}")),
-            None => request,
-        };
-        let mut response = self
-            .agent
-            .run(request.body(body.to_vec()).expect("request"))
-            .expect("HTTP round trip");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(u64::MAX)
-            .read_to_vec()
-            .expect("read body");
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    fn tenant(&self, name: &str, policy: Value) -> String {
-        let body = json!({ "name": name, "policy": policy }).to_string();
-        let reply = self.call("POST", "/v1/admin/tenants", Some(ADMIN), body.as_bytes());
-        assert_eq!(reply.status, 201, "{}", reply.text());
-        reply.json()["token"].as_str().unwrap().to_owned()
-    }
-
-    fn upload(&self, token: &str, bytes: &[u8], name: &str) -> Reply {
-        self.call(
-            "PUT",
-            &format!("/v1/modules?name={name}"),
-            Some(token),
-            bytes,
-        )
-    }
-
-    /// A gauge or counter from `/metrics` (0 when absent).
-    fn metric(&self, name: &str) -> f64 {
-        let reply = self.call("GET", "/metrics", None, b"");
-        let text = String::from_utf8_lossy(&reply.body);
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Sends a request with a body of `total` bytes, declared (`Content-Length`) or
-    /// chunked (so the server can only count the bytes as they stream), and returns
-    /// the response's status. A reader runs alongside the writer: the server may answer
-    /// before the body is sent, and then closes the connection.
-    fn raw_upload(&self, path: &str, token: &str, total: usize, chunked: bool) -> u16 {
-        let mut stream = TcpStream::connect(&self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let framing = if chunked {
-            "Transfer-Encoding: chunked".to_owned()
-        } else {
-            format!("Content-Length: {total}")
-        };
-        write!(
-            stream,
-            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-             {framing}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut reader = stream.try_clone().unwrap();
-        let response = std::thread::spawn(move || {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            head
-        });
-        let chunk = vec![0u8; 64 << 10];
-        let mut sent = 0;
-        while sent < total {
-            let n = chunk.len().min(total - sent);
-            let ok = if chunked {
-                stream.write_all(format!("{n:x}\r\n").as_bytes()).is_ok()
-                    && stream.write_all(&chunk[..n]).is_ok()
-                    && stream.write_all(b"\r\n").is_ok()
-            } else {
-                stream.write_all(&chunk[..n]).is_ok()
-            };
-            if !ok {
-                break; // The server answered early and closed.
-            }
-            sent += n;
-        }
-        if chunked {
-            let _ = stream.write_all(b"0\r\n\r\n");
-        }
-        let head = response.join().unwrap();
-        let line = String::from_utf8_lossy(&head);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("no status line in {line:?}"))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `sluice serve` on the test queue with the admin token and `extra` flags.
+fn serve(redis: &RedisServer, extra: &[&str]) -> ServeProcess {
+    ServeProcess::start_with(&redis.url(), QUEUE, ADMIN, extra)
 }
 
 /// Redis's memory for data, bytes.
@@ -220,7 +54,7 @@ fn upper_wasm() -> Vec<u8> {
 #[test]
 fn an_upload_over_the_input_quota_is_refused_while_streaming_and_leaves_nothing() {
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     let token = s.tenant("small", json!({ "max_input_bytes": 1 << 20 }));
     assert_eq!(s.upload(&token, &upper_wasm(), "upper").status, 201);
     let before = used_memory(&redis);
@@ -270,7 +104,7 @@ fn an_upload_over_the_input_quota_is_refused_while_streaming_and_leaves_nothing(
 #[test]
 fn stored_bytes_are_counted_per_tenant_and_refused_with_retry_after() {
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     let token = s.tenant("hoarder", json!({ "max_stored_bytes": 3 << 20 }));
     let other = s.tenant("other", json!({ "max_stored_bytes": 3 << 20 }));
     for t in [&token, &other] {
@@ -325,7 +159,7 @@ fn stored_bytes_are_counted_per_tenant_and_refused_with_retry_after() {
 fn big_batches_and_arguments_are_refused_by_the_policy() {
     use base64::Engine;
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     let token = s.tenant("batcher", json!({ "max_batch_jobs": 1500 }));
     assert_eq!(s.upload(&token, &upper_wasm(), "upper").status, 201);
     let inputs: Vec<Value> = (0..2000)
@@ -334,12 +168,7 @@ fn big_batches_and_arguments_are_refused_by_the_policy() {
 
     let big_arg = "a".repeat(8 << 20);
     let body = json!({ "module": "upper", "inputs": inputs[..10], "args": [big_arg] });
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert!(
         reply.text().contains("max_args_env_bytes"),
@@ -348,24 +177,14 @@ fn big_batches_and_arguments_are_refused_by_the_policy() {
     );
 
     let body = json!({ "module": "upper", "inputs": inputs });
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert!(reply.text().contains("max_batch_jobs"), "{}", reply.text());
 
     // 1,500 jobs × 60 KiB of arguments: each job is within its quota, the batch is not.
     let arg = "b".repeat(60 << 10);
     let body = json!({ "module": "upper", "inputs": inputs[..1500], "args": [arg] });
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert!(reply.text().contains("max_batch_bytes"), "{}", reply.text());
 
@@ -385,12 +204,7 @@ fn big_batches_and_arguments_are_refused_by_the_policy() {
     let body = json!({ "module": "upper", "inputs": [
         { "name": "big", "data": big }, { "name": "small", "data": "aGk=" }
     ]});
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        body.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 201, "{}", reply.text());
     let metas: Vec<_> = keys(&redis, "*blob:*")
         .into_iter()
@@ -398,13 +212,7 @@ fn big_batches_and_arguments_are_refused_by_the_policy() {
         .collect();
     assert_eq!(metas.len(), 1, "{metas:?}");
 
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let peak_kib = s.peak_rss_kib();
     eprintln!("big batches: sluice serve peak RSS {} MiB", peak_kib >> 10);
     assert!(
         peak_kib < 512 << 10,
@@ -418,7 +226,7 @@ fn big_batches_and_arguments_are_refused_by_the_policy() {
 fn a_full_backlog_answers_429_with_retry_after() {
     let redis = RedisServer::start();
     // No worker: jobs stay queued. A dispatch window of 1 keeps the rest in the backlog.
-    let s = Serve::start(&redis, &["--dispatch-window", "1"]);
+    let s = serve(&redis, &["--dispatch-window", "1"]);
     let token = s.tenant("busy", json!({ "max_backlog_jobs": 3 }));
     assert_eq!(s.upload(&token, &upper_wasm(), "upper").status, 201);
     // The first job is admitted to the shared stream (the window's one place, never
@@ -448,12 +256,7 @@ fn a_full_backlog_answers_429_with_retry_after() {
     );
     assert!(refused.headers.contains_key("retry-after"));
     let batch = json!({ "module": "upper", "inputs": [{ "name": "a", "data": "" }] });
-    let reply = s.call(
-        "POST",
-        "/v1/batches",
-        Some(&token),
-        batch.to_string().as_bytes(),
-    );
+    let reply = s.post_json("/v1/batches", &token, &batch);
     assert_eq!(reply.status, 429, "{}", reply.text());
     assert!(reply.headers.contains_key("retry-after"));
 }
@@ -463,7 +266,7 @@ fn a_full_backlog_answers_429_with_retry_after() {
 #[test]
 fn job_posts_do_not_fetch_a_known_module() {
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     let token = s.tenant("poster", json!({ "max_modules": 10 }));
     let module = big_binary_module(2 << 20);
     assert_eq!(s.upload(&token, &module, "big").status, 201);
@@ -496,7 +299,7 @@ fn job_posts_do_not_fetch_a_known_module() {
 #[test]
 fn one_tenant_cannot_hold_every_upload_turn() {
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     let hog = s.tenant("hog", json!({ "max_modules": 100 }));
     let other = s.tenant("other", json!({ "max_modules": 100 }));
     // Two uploads that send a few bytes of a declared 1 MiB and then stall.
@@ -566,7 +369,7 @@ fn one_tenant_cannot_hold_every_upload_turn() {
 #[test]
 fn modules_are_counted_deleted_and_shared_bytes_outlive_one_holder() {
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     let a = s.tenant("alpha", json!({ "max_modules": 1 }));
     let b = s.tenant("beta", json!({}));
     let upper = upper_wasm();
@@ -705,7 +508,7 @@ fn big_binary_module(size: usize) -> Vec<u8> {
 #[test]
 fn big_module_validations_do_not_hold_the_server() {
     let redis = RedisServer::start();
-    let s = std::sync::Arc::new(Serve::start(&redis, &[]));
+    let s = std::sync::Arc::new(serve(&redis, &[]));
     let token = s.tenant("uploader", json!({ "max_modules": 100 }));
     // Four uploads at once come from two tenants: one tenant gets two buffered turns.
     let second = s.tenant("uploader2", json!({ "max_modules": 100 }));
@@ -766,31 +569,17 @@ fn big_module_validations_do_not_hold_the_server() {
 #[test]
 fn batch_paths_are_no_oracle_and_never_leak_redis_errors() {
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     let mine = s.tenant("mine", json!({}));
     let theirs = s.tenant("theirs", json!({}));
     assert_eq!(s.upload(&theirs, &upper_wasm(), "upper").status, 201);
     assert_eq!(s.upload(&mine, &upper_wasm(), "upper").status, 201);
     let batch = json!({ "module": "upper", "inputs": [{ "name": "a", "data": "" }] });
-    let their_batch = s
-        .call(
-            "POST",
-            "/v1/batches",
-            Some(&theirs),
-            batch.to_string().as_bytes(),
-        )
-        .json()["id"]
+    let their_batch = s.post_json("/v1/batches", &theirs, &batch).json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let my_batch = s
-        .call(
-            "POST",
-            "/v1/batches",
-            Some(&mine),
-            batch.to_string().as_bytes(),
-        )
-        .json()["id"]
+    let my_batch = s.post_json("/v1/batches", &mine, &batch).json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -837,7 +626,7 @@ fn batch_paths_are_no_oracle_and_never_leak_redis_errors() {
 #[test]
 fn readyz_recovers_after_redis_lost_its_data() {
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     assert_eq!(s.call("GET", "/readyz", None, b"").status, 200);
     assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
     let ready = s.call("GET", "/readyz", None, b"");
@@ -852,7 +641,7 @@ fn readyz_recovers_after_redis_lost_its_data() {
 #[test]
 fn policies_are_validated_and_unknown_tenants_are_404() {
     let redis = RedisServer::start();
-    let s = Serve::start(&redis, &[]);
+    let s = serve(&redis, &[]);
     for (policy, field) in [
         (json!({ "rate_per_second": 0.0 }), "rate_per_second"),
         (json!({ "rate_per_second": -2.5 }), "rate_per_second"),
@@ -927,7 +716,7 @@ fn policies_are_validated_and_unknown_tenants_are_404() {
 #[test]
 fn half_sent_connections_are_capped_and_closed() {
     let redis = RedisServer::start();
-    let s = Serve::start(
+    let s = serve(
         &redis,
         &["--max-connections", "8", "--header-timeout", "1s"],
     );
@@ -1074,34 +863,35 @@ mod structured {
     #[test]
     fn structured_bodies_and_queries_never_get_a_server_error() {
         let redis = RedisServer::start();
-        let s = Serve::start(&redis, &[]);
+        let s = serve(&redis, &[]);
         let token = s.tenant("fuzz", json!({ "max_batch_jobs": 3 }));
         assert_eq!(s.upload(&token, &upper_wasm(), "upper").status, 201);
         let mut runner = TestRunner::new(Config {
             cases: 150,
             ..Config::default()
         });
-        let check = |what: String, reply: Reply| -> Result<(), TestCaseError> {
-            if reply.status >= 500 {
-                return Err(TestCaseError::fail(format!(
-                    "{what} → {}: {}",
-                    reply.status,
-                    reply.text()
-                )));
-            }
-            if reply.status >= 400 {
-                let body: Value = serde_json::from_slice(&reply.body).map_err(|e| {
-                    TestCaseError::fail(format!(
-                        "{what} → {}: not JSON ({e}): {}",
+        let check =
+            |what: String, reply: sluice_tests::serve::Reply| -> Result<(), TestCaseError> {
+                if reply.status >= 500 {
+                    return Err(TestCaseError::fail(format!(
+                        "{what} → {}: {}",
                         reply.status,
                         reply.text()
-                    ))
-                })?;
-                prop_assert!(body["error"]["code"].is_string(), "{what}: {body}");
-                prop_assert!(body["error"]["message"].is_string(), "{what}: {body}");
-            }
-            Ok(())
-        };
+                    )));
+                }
+                if reply.status >= 400 {
+                    let body: Value = serde_json::from_slice(&reply.body).map_err(|e| {
+                        TestCaseError::fail(format!(
+                            "{what} → {}: not JSON ({e}): {}",
+                            reply.status,
+                            reply.text()
+                        ))
+                    })?;
+                    prop_assert!(body["error"]["code"].is_string(), "{what}: {body}");
+                    prop_assert!(body["error"]["message"].is_string(), "{what}: {body}");
+                }
+                Ok(())
+            };
         runner
             .run(
                 &(batch_body(), job_query(), any_json()),

@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::queue::{Claimed, Completion, QueueError};
 use sluice_shared::{Job, JobId, JobInput, JobResult, ModuleHash, Outcome, Queue, TenantPolicy};
-use sluice_tests::RedisServer;
+use sluice_tests::{RedisServer, fresh_queue};
 
 const LONG: Duration = Duration::from_secs(600);
 const WAIT: Duration = Duration::from_secs(10);
@@ -20,12 +20,11 @@ fn key(suffix: &str) -> String {
 }
 
 async fn fresh() -> (RedisServer, RedisQueue) {
-    let server = RedisServer::start();
-    let mut config = RedisConfig::new(server.url());
-    config.queue = Q.into();
-    config.maintenance_interval = Duration::from_millis(1);
-    let queue = RedisQueue::connect(config).await.expect("connect");
-    (server, queue)
+    fresh_queue(|config| {
+        config.queue = Q.into();
+        config.maintenance_interval = Duration::from_millis(1);
+    })
+    .await
 }
 
 fn job(n: u8) -> Job {

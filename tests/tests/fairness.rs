@@ -3,119 +3,47 @@
 //! Assertions are about order and counts, never about how long anything took.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Child;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_shared::queue::redis::{AdmissionError, Hold, RedisQueue};
 use sluice_shared::{Job, JobId, JobInput, ModuleHash, Queue, TenantId};
-use sluice_tests::{RedisServer, WorkerProcess, connect, guest, runtime};
+use sluice_tests::serve::Reply;
+use sluice_tests::{RedisServer, ServeProcess, WorkerProcess, connect, guest, runtime};
 
 const ADMIN: &str = "admin-secret-for-fairness";
 
-/// A `sluice serve` with extra flags, whose log lines are kept for assertions.
-struct Serve {
-    child: Child,
-    base: String,
-    agent: ureq::Agent,
-    log: Arc<Mutex<Vec<String>>>,
+/// A `sluice serve` on `queue` with the admin token and `extra` flags.
+fn start_serve(redis_url: &str, queue: &str, extra: &[&str]) -> ServeProcess {
+    ServeProcess::start_with(redis_url, queue, ADMIN, extra)
 }
 
-impl Serve {
-    fn start(redis_url: &str, queue: &str, extra: &[&str]) -> Self {
-        let spawned = sluice_tests::serve::spawn_serve(redis_url, queue, ADMIN, extra);
-        let (child, addr, log) = (spawned.child, spawned.addr, spawned.log);
-        let agent = sluice_tests::serve::agent();
-        Serve {
-            child,
-            base: format!("http://{addr}"),
-            agent,
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
-        let request = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{}", self.base, path));
-        let request = match token {
-            Some(t) => request.header("Authorization", format!("Bearer {t}")),
-            None => request,
-        };
-        let mut response = self
-            .agent
-            .run(request.body(body.to_vec()).expect("request"))
-            .expect("HTTP round trip");
-        let status = response.status().as_u16();
-        let body = response.body_mut().read_to_vec().expect("read body");
-        (status, body)
-    }
-
-    fn ok(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Value {
-        let (status, reply) = self.call(method, path, token, body);
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {}",
-            String::from_utf8_lossy(&reply)
-        );
-        serde_json::from_slice(&reply).expect("JSON reply")
-    }
-
-    fn tenant(&self, name: &str, policy: Value) -> String {
-        let body = json!({ "name": name, "policy": policy }).to_string();
-        let reply = self.ok("POST", "/v1/admin/tenants", Some(ADMIN), body.as_bytes());
-        reply["token"].as_str().unwrap().to_owned()
-    }
-
-    fn upload(&self, token: &str, module: &str) -> String {
-        let bytes = std::fs::read(guest(module)).unwrap();
-        let reply = self.ok("PUT", "/v1/modules", Some(token), &bytes);
-        reply["hash"].as_str().unwrap().to_owned()
-    }
-
-    /// Posts a batch of `n` empty inputs; returns the job ids.
-    fn batch(&self, token: &str, module: &str, n: usize, limits: Value) -> Vec<JobId> {
-        let inputs: Vec<Value> = (0..n)
-            .map(|i| json!({ "name": format!("i{i}"), "data": "" }))
-            .collect();
-        let body = json!({ "module": module, "inputs": inputs, "limits": limits });
-        let reply = self.ok(
-            "POST",
-            "/v1/batches",
-            Some(token),
-            body.to_string().as_bytes(),
-        );
-        reply["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["id"].as_str().unwrap().parse().unwrap())
-            .collect()
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-
-    fn terminate(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
+/// Uploads guest `module` for `token`'s tenant, unnamed; returns its hash.
+fn upload(serve: &ServeProcess, token: &str, module: &str) -> String {
+    let bytes = std::fs::read(guest(module)).unwrap();
+    let reply = serve.ok("PUT", "/v1/modules", Some(token), &bytes);
+    reply["hash"].as_str().unwrap().to_owned()
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Posts a batch of `n` empty inputs; returns the job ids.
+fn batch(serve: &ServeProcess, token: &str, module: &str, n: usize, limits: Value) -> Vec<JobId> {
+    let inputs: Vec<Value> = (0..n)
+        .map(|i| json!({ "name": format!("i{i}"), "data": "" }))
+        .collect();
+    let body = json!({ "module": module, "inputs": inputs, "limits": limits });
+    let reply = serve.ok(
+        "POST",
+        "/v1/batches",
+        Some(token),
+        body.to_string().as_bytes(),
+    );
+    reply["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().parse().unwrap())
+        .collect()
 }
 
 /// Raw Redis commands for observing the queue (never for driving it).
@@ -208,17 +136,17 @@ fn flood_then_trickle(
     b_after: Option<Duration>,
 ) -> (u64, Duration) {
     let redis = RedisServer::start();
-    let serve = Serve::start(&redis.url(), "fair", &[]);
+    let serve = start_serve(&redis.url(), "fair", &[]);
     let a = serve.tenant("aaa", json!({}));
     let b = serve.tenant("bbb", json!({}));
-    let spin = serve.upload(&a, "infinite_loop.wat");
-    let noop = serve.upload(&b, "noop.wat");
+    let spin = upload(&serve, &a, "infinite_loop.wat");
+    let noop = upload(&serve, &b, "noop.wat");
     let rt = runtime();
     let queue = rt.block_on(connect(&redis.url(), "fair"));
     let slots_arg = slots.to_string();
     let _worker = WorkerProcess::start(&redis.url(), "fair", "w0", &["--concurrency", &slots_arg]);
 
-    serve.batch(&a, &spin, a_jobs, json!({ "timeout": a_timeout }));
+    batch(&serve, &a, &spin, a_jobs, json!({ "timeout": a_timeout }));
     if let Some(after) = b_after {
         std::thread::sleep(after);
     }
@@ -241,7 +169,9 @@ fn flood_then_trickle(
     let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
     let before = rt.block_on(runs_ended(&queue));
     let submitted = Instant::now();
-    let bs: HashSet<JobId> = serve.batch(&b, &noop, 10, json!({})).into_iter().collect();
+    let bs: HashSet<JobId> = batch(&serve, &b, &noop, 10, json!({}))
+        .into_iter()
+        .collect();
     let mut first = None;
     let mut seen = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -296,15 +226,15 @@ fn tenants_with_equal_shares_take_turns_whatever_their_names() {
     let redis = RedisServer::start();
     // One place on the stream: every round admits one job, so a dispatcher that always
     // started from the first name would serve `aaa` until its backlog ran dry.
-    let serve = Serve::start(&redis.url(), "turns", &["--dispatch-window", "1"]);
+    let serve = start_serve(&redis.url(), "turns", &["--dispatch-window", "1"]);
     let a = serve.tenant("aaa", json!({}));
     let z = serve.tenant("zzz", json!({}));
-    let noop = serve.upload(&a, "noop.wat");
+    let noop = upload(&serve, &a, "noop.wat");
     let rt = runtime();
     let queue = rt.block_on(connect(&redis.url(), "turns"));
     let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
-    let a_ids = serve.batch(&a, &noop, 12, json!({}));
-    let z_ids = serve.batch(&z, &noop, 12, json!({}));
+    let a_ids = batch(&serve, &a, &noop, 12, json!({}));
+    let z_ids = batch(&serve, &z, &noop, 12, json!({}));
     let _worker = WorkerProcess::start(&redis.url(), "turns", "w0", &["--concurrency", "1"]);
     let all: HashSet<JobId> = a_ids.iter().chain(&z_ids).copied().collect();
     let order = completed_in_order(&rt, &queue, &mut cursor, &all, Duration::from_secs(120));
@@ -326,9 +256,9 @@ fn tenants_with_equal_shares_take_turns_whatever_their_names() {
 #[test]
 fn a_dispatcher_taking_over_counts_the_jobs_its_predecessor_admitted() {
     let redis = RedisServer::start();
-    let first = Serve::start(&redis.url(), "takeover", &[]);
+    let first = start_serve(&redis.url(), "takeover", &[]);
     let token = first.tenant("single", json!({ "max_concurrent_jobs": 1 }));
-    let spin = first.upload(&token, "infinite_loop.wat");
+    let spin = upload(&first, &token, "infinite_loop.wat");
     let rt = runtime();
     let queue = rt.block_on(connect(&redis.url(), "takeover"));
     let _worker = WorkerProcess::start(
@@ -338,15 +268,14 @@ fn a_dispatcher_taking_over_counts_the_jobs_its_predecessor_admitted() {
         &["--concurrency", "4", "--max-attempts", "1"],
     );
     let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
-    let ids: HashSet<JobId> = first
-        .batch(&token, &spin, 3, json!({ "timeout": "3s" }))
+    let ids: HashSet<JobId> = batch(&first, &token, &spin, 3, json!({ "timeout": "3s" }))
         .into_iter()
         .collect();
     wait_for("the first job to run", Duration::from_secs(30), || {
         rt.block_on(leased(&queue)) == 1
     });
     let role = "sluice:{takeover}:dispatcher";
-    let second = Serve::start(&redis.url(), "takeover", &[]);
+    let second = start_serve(&redis.url(), "takeover", &[]);
     first.terminate();
     let successor = format!("{}-", second.pid());
     wait_for(
@@ -388,11 +317,11 @@ fn a_dispatcher_taking_over_counts_the_jobs_its_predecessor_admitted() {
 #[test]
 fn one_corrupt_tenant_or_counter_does_not_stop_the_others() {
     let redis = RedisServer::start();
-    let serve = Serve::start(&redis.url(), "bad", &[]);
+    let serve = start_serve(&redis.url(), "bad", &[]);
     serve.tenant("xbogus", json!({}));
     let y = serve.tenant("yfine", json!({}));
     serve.tenant("zwrong", json!({}));
-    let noop = serve.upload(&y, "noop.wat");
+    let noop = upload(&serve, &y, "noop.wat");
     let rt = runtime();
     let queue = rt.block_on(connect(&redis.url(), "bad"));
 
@@ -414,7 +343,7 @@ fn one_corrupt_tenant_or_counter_does_not_stop_the_others() {
     redis.cli(&["SADD", "sluice:{bad}:backlogs", "zwrong"]);
 
     let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
-    let y_ids: HashSet<JobId> = serve.batch(&y, &noop, 5, json!({})).into_iter().collect();
+    let y_ids: HashSet<JobId> = batch(&serve, &y, &noop, 5, json!({})).into_iter().collect();
     let _worker = WorkerProcess::start(&redis.url(), "bad", "w0", &["--concurrency", "2"]);
     completed_in_order(&rt, &queue, &mut cursor, &y_ids, Duration::from_secs(60));
 
@@ -429,14 +358,14 @@ fn one_corrupt_tenant_or_counter_does_not_stop_the_others() {
         "not a stream",
         "a foreign key is left alone"
     );
-    let (status, body) = serve.call("GET", "/readyz", None, b"");
+    let Reply { status, body, .. } = serve.call("GET", "/readyz", None, b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
     // A counter the dispatcher used to read is not a number: admission goes on. (Only
     // admission is asserted: completing jobs writes that counter, which is not the
     // dispatcher's business.)
     redis.cli(&["HSET", "sluice:{bad}:stats", "completed", "many"]);
-    let more = serve.batch(&y, &noop, 2, json!({}));
+    let more = batch(&serve, &y, &noop, 2, json!({}));
     wait_admitted(&rt, &queue, &more);
 
     // Repaired, X's jobs are admitted too.
@@ -462,12 +391,12 @@ fn a_role_key_without_expiry_is_reported_then_taken_over() {
     let role = "sluice:{lock}:dispatcher";
     redis.cli(&["SET", role, "ghost-of-a-crashed-run"]);
     assert_eq!(redis.cli(&["PTTL", role]).trim(), "-1");
-    let serve = Serve::start(&redis.url(), "lock", &[]);
+    let serve = start_serve(&redis.url(), "lock", &[]);
 
     // Meanwhile /readyz says why the service cannot admit jobs.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = serve.call("GET", "/readyz", None, b"");
+        let Reply { status, body, .. } = serve.call("GET", "/readyz", None, b"");
         let body = String::from_utf8_lossy(&body).into_owned();
         if status == 503 {
             assert!(body.contains("ghost-of-a-crashed-run"), "{body}");
@@ -485,13 +414,12 @@ fn a_role_key_without_expiry_is_reported_then_taken_over() {
     );
 
     let token = serve.tenant("acme", json!({}));
-    let noop = serve.upload(&token, "noop.wat");
+    let noop = upload(&serve, &token, "noop.wat");
     let rt = runtime();
     let queue = rt.block_on(connect(&redis.url(), "lock"));
     let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
     let _worker = WorkerProcess::start(&redis.url(), "lock", "w0", &[]);
-    let ids: HashSet<JobId> = serve
-        .batch(&token, &noop, 3, json!({}))
+    let ids: HashSet<JobId> = batch(&serve, &token, &noop, 3, json!({}))
         .into_iter()
         .collect();
     completed_in_order(&rt, &queue, &mut cursor, &ids, Duration::from_secs(60));
@@ -501,7 +429,7 @@ fn a_role_key_without_expiry_is_reported_then_taken_over() {
         "{holder}"
     );
     wait_for("/readyz to recover", Duration::from_secs(10), || {
-        serve.call("GET", "/readyz", None, b"").0 == 200
+        serve.call("GET", "/readyz", None, b"").status == 200
     });
 }
 

@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use sluice_shared::queue::redis::RedisQueue;
-use sluice_shared::{Job, JobId, JobInput, JobResult, ModuleHash, OutcomeKind, Queue, codec};
-use sluice_tests::{RedisServer, WorkerProcess, bin, connect, guest, runtime};
+use sluice_shared::{Job, JobId, JobInput, ModuleHash, OutcomeKind, Queue, codec};
+use sluice_tests::{Fleet, RedisServer, bin, connect, guest, runtime, wait};
 
 /// About 5 ms of compute per job: long enough that a batch is in flight when a test
 /// interferes with it.
@@ -24,49 +24,30 @@ const SLOW_WAT: &str = r#"(module
       (br_if $l (local.get $i)))
     (i32.store (i32.const 0) (local.get $x))))"#;
 
+/// How long a test waits for its jobs to finish.
+const FINISH_WITHIN: Duration = Duration::from_secs(300);
+
 /// Waits (on completion notices, not sleeps) until every id in `ids` has finished;
 /// returns their outcome kinds. Tolerates Redis being briefly away.
 async fn await_finished(
     queue: &RedisQueue,
-    mut from: String,
+    from: String,
     ids: &HashSet<JobId>,
 ) -> HashMap<JobId, OutcomeKind> {
-    let mut finished = HashMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while finished.len() < ids.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} finished",
-            finished.len(),
-            ids.len()
-        );
-        match queue.completions(&from, Duration::from_millis(500)).await {
-            Ok((next, notices)) => {
-                from = next;
-                for (id, kind) in notices {
-                    if ids.contains(&id) {
-                        finished.insert(id, kind);
-                    }
-                }
-            }
-            Err(_) => tokio::task::yield_now().await,
-        }
-    }
-    finished
+    wait::await_finished(queue, from, ids, FINISH_WITHIN).await
 }
 
-async fn results(queue: &RedisQueue, ids: &HashSet<JobId>) -> Vec<JobResult> {
-    let mut out = Vec::new();
-    for id in ids {
-        out.push(
-            queue
-                .result(*id)
-                .await
-                .unwrap()
-                .expect("a result for every job"),
-        );
+/// Follows completion notices from `cursor` until `n` jobs (any) have finished.
+async fn await_notices(queue: &RedisQueue, mut cursor: String, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        let (next, notices) = queue
+            .completions(&cursor, Duration::from_secs(5))
+            .await
+            .unwrap();
+        cursor = next;
+        seen += notices.len();
     }
-    out
 }
 
 fn slow_jobs(module: ModuleHash, n: usize) -> Vec<Job> {
@@ -77,17 +58,9 @@ fn slow_jobs(module: ModuleHash, n: usize) -> Vec<Job> {
 
 #[test]
 fn three_workers_complete_a_10k_batch_exactly() {
-    let server = RedisServer::start();
-    let _workers: Vec<WorkerProcess> = (0..3)
-        .map(|i| {
-            WorkerProcess::start(
-                &server.url(),
-                "big",
-                &format!("w{i}"),
-                &["--concurrency", "4"],
-            )
-        })
-        .collect();
+    let fleet = Fleet::start("big");
+    let _workers = fleet.workers("w", 3, &["--concurrency", "4"]);
+    let server = &fleet.redis;
     let inputs = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     for i in 0..10_000 {
@@ -97,16 +70,9 @@ fn three_workers_complete_a_10k_batch_exactly() {
         )
         .unwrap();
     }
-    let run = bin("sluice")
-        .args([
-            "batch",
-            "--quiet",
-            "--redis",
-            &server.url(),
-            "--queue",
-            "big",
-            "--module",
-        ])
+    let run = fleet
+        .sluice(&["batch", "--quiet"])
+        .arg("--module")
         .arg(guest("uppercase.wasm"))
         .arg(inputs.path())
         .arg("--out")
@@ -135,32 +101,24 @@ fn three_workers_complete_a_10k_batch_exactly() {
 
 #[test]
 fn killed_worker_jobs_are_reclaimed() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "kill"));
-    let module = rt
-        .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
-        .unwrap();
+    let fleet = Fleet::start("kill");
+    let Fleet {
+        redis: server,
+        rt,
+        queue,
+        ..
+    } = &fleet;
+    let module = fleet.put_module(SLOW_WAT.as_bytes());
     let flags = ["--concurrency", "2", "--lease", "1s"];
-    let mut victim = WorkerProcess::start(&server.url(), "kill", "victim", &flags);
-    let _others: Vec<WorkerProcess> = (0..2)
-        .map(|i| WorkerProcess::start(&server.url(), "kill", &format!("survivor{i}"), &flags))
-        .collect();
+    let mut victim = fleet.worker("victim", &flags);
+    let _others = fleet.workers("survivor", 2, &flags);
     let jobs = slow_jobs(module, 600);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
     let from = rt.block_on(queue.notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&jobs)).unwrap();
 
     // Kill the victim once the batch is well under way.
-    let mut seen = 0;
-    let mut cursor = from.clone();
-    while seen < 100 {
-        let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
-            .unwrap();
-        cursor = next;
-        seen += notices.len();
-    }
+    rt.block_on(await_notices(queue, from.clone(), 100));
     victim.kill();
     let held: u64 = server
         .cli(&[
@@ -176,9 +134,9 @@ fn killed_worker_jobs_are_reclaimed() {
         .filter(|l| l.contains('-'))
         .count() as u64;
 
-    let finished = rt.block_on(await_finished(&queue, from, &ids));
+    let finished = rt.block_on(await_finished(queue, from, &ids));
     assert!(finished.values().all(|k| *k == OutcomeKind::Success));
-    let results = rt.block_on(results(&queue, &ids));
+    let results = rt.block_on(wait::results(queue, &ids));
     let rerun = results.iter().filter(|r| r.attempt > 1).count() as u64;
     assert!(
         rerun <= held,
@@ -189,11 +147,9 @@ fn killed_worker_jobs_are_reclaimed() {
 
 #[test]
 fn redis_restart_mid_batch_loses_nothing() {
-    let mut server = RedisServer::start_with_aof();
+    let mut fleet = Fleet::start_with_aof("restart");
     let flags = ["--concurrency", "2", "--lease", "2s"];
-    let _workers: Vec<WorkerProcess> = (0..3)
-        .map(|i| WorkerProcess::start(&server.url(), "restart", &format!("w{i}"), &flags))
-        .collect();
+    let _workers = fleet.workers("w", 3, &flags);
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("slow.wat");
     std::fs::write(&module, SLOW_WAT).unwrap();
@@ -203,16 +159,9 @@ fn redis_restart_mid_batch_loses_nothing() {
         std::fs::write(inputs.join(format!("{i:04}")), "").unwrap();
     }
     let out = dir.path().join("out");
-    let mut batch = bin("sluice")
-        .args([
-            "batch",
-            "--quiet",
-            "--redis",
-            &server.url(),
-            "--queue",
-            "restart",
-            "--module",
-        ])
+    let mut batch = fleet
+        .sluice(&["batch", "--quiet"])
+        .arg("--module")
         .arg(&module)
         .arg(&inputs)
         .arg("--out")
@@ -222,17 +171,13 @@ fn redis_restart_mid_batch_loses_nothing() {
         .spawn()
         .unwrap();
 
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "restart"));
-    let mut cursor = "0-0".to_owned();
-    let mut seen = 0;
-    while seen < 100 {
-        let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
-            .unwrap();
-        cursor = next;
-        seen += notices.len();
-    }
+    let Fleet {
+        redis: server,
+        rt,
+        queue,
+        ..
+    } = &mut fleet;
+    rt.block_on(await_notices(queue, "0-0".to_owned(), 100));
     server.kill();
     server.start_again();
 
@@ -256,13 +201,15 @@ fn redis_restart_mid_batch_loses_nothing() {
 
 #[test]
 fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
-    let server = RedisServer::start();
-    let mut worker = WorkerProcess::start(&server.url(), "junk", "w0", &[]);
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "junk"));
-    let module = rt
-        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
-        .unwrap();
+    let fleet = Fleet::start("junk");
+    let mut worker = fleet.worker("w0", &[]);
+    let Fleet {
+        redis: server,
+        rt,
+        queue,
+        ..
+    } = &fleet;
+    let module = fleet.put_module(b"(module (func (export \"_start\")))");
     rt.block_on(queue.enqueue_raw(b"\x01\xff\xff garbage".to_vec()))
         .unwrap();
     let mut future = codec::encode(&Job::new(module, JobInput::Inline(Vec::new())));
@@ -273,7 +220,7 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
     let from = rt.block_on(queue.notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&good)))
         .unwrap();
-    let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([good.id])));
+    let finished = rt.block_on(await_finished(queue, from, &HashSet::from([good.id])));
     assert_eq!(finished[&good.id], OutcomeKind::Success);
 
     let dead = rt.block_on(queue.dead_letters()).unwrap();
@@ -289,13 +236,10 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
 
 #[test]
 fn sigterm_drains_in_flight_jobs_and_loses_none() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "drain"));
-    let module = rt
-        .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
-        .unwrap();
-    let mut first = WorkerProcess::start(&server.url(), "drain", "first", &["--concurrency", "2"]);
+    let fleet = Fleet::start("drain");
+    let Fleet { rt, queue, .. } = &fleet;
+    let module = fleet.put_module(SLOW_WAT.as_bytes());
+    let mut first = fleet.worker("first", &["--concurrency", "2"]);
     let jobs = slow_jobs(module, 300);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
     let from = rt.block_on(queue.notices_from_now()).unwrap();
@@ -309,33 +253,18 @@ fn sigterm_drains_in_flight_jobs_and_loses_none() {
     let stats = rt.block_on(queue.stats()).unwrap();
     assert_eq!(stats.leased, 0, "a drained worker holds no leases");
 
-    let _second = WorkerProcess::start(&server.url(), "drain", "second", &["--concurrency", "2"]);
-    let finished = rt.block_on(await_finished(&queue, from, &ids));
+    let _second = fleet.worker("second", &["--concurrency", "2"]);
+    let finished = rt.block_on(await_finished(queue, from, &ids));
     assert_eq!(finished.len(), 300);
     assert!(finished.values().all(|k| *k == OutcomeKind::Success));
 }
 
 #[test]
 fn sigterm_after_the_grace_period_releases_jobs_at_once() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "grace"));
-    let module = rt
-        .block_on(
-            queue.put_module(
-                std::fs::read(guest("infinite_loop.wat"))
-                    .unwrap()
-                    .as_slice(),
-                None,
-            ),
-        )
-        .unwrap();
-    let mut worker = WorkerProcess::start(
-        &server.url(),
-        "grace",
-        "w0",
-        &["--grace", "200ms", "--lease", "60s"],
-    );
+    let fleet = Fleet::start("grace");
+    let Fleet { rt, queue, .. } = &fleet;
+    let module = fleet.put_module(&std::fs::read(guest("infinite_loop.wat")).unwrap());
+    let mut worker = fleet.worker("w0", &["--grace", "200ms", "--lease", "60s"]);
     let mut job = Job::new(module, JobInput::Inline(Vec::new()));
     job.limits.timeout_ms = 60_000;
     rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
@@ -371,8 +300,9 @@ fn sigterm_after_the_grace_period_releases_jobs_at_once() {
 #[test]
 fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
     const TOTAL: u64 = 1 << 30;
-    let server = RedisServer::start();
-    let worker = WorkerProcess::start(&server.url(), "huge", "w0", &["--concurrency", "1"]);
+    let fleet = Fleet::start("huge");
+    let worker = fleet.worker("w0", &["--concurrency", "1"]);
+    let Fleet { rt, queue, .. } = &fleet;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.txt");
     {
@@ -384,26 +314,15 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
             file.write_all(&block).unwrap();
         }
     }
-    let put = bin("sluice")
-        .args([
-            "module",
-            "put",
-            "--name",
-            "upper",
-            "--redis",
-            &server.url(),
-            "--queue",
-            "huge",
-        ])
+    let put = fleet
+        .sluice(&["module", "put", "--name", "upper"])
         .arg(guest("uppercase.wasm"))
         .output()
         .unwrap();
     assert!(put.status.success());
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "huge"));
     let from = rt.block_on(queue.notices_from_now()).unwrap();
-    let submit = bin("sluice")
-        .args([
+    let submit = fleet
+        .sluice(&[
             "submit",
             "--module",
             "upper",
@@ -412,7 +331,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
             "--timeout",
             "600s",
         ])
-        .args(["--redis", &server.url(), "--queue", "huge", "--input"])
+        .arg("--input")
         .arg(&input)
         .output()
         .unwrap();
@@ -427,7 +346,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
         .parse()
         .unwrap();
     drop(std::fs::remove_file(&input));
-    let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([id])));
+    let finished = rt.block_on(await_finished(queue, from, &HashSet::from([id])));
     assert_eq!(finished[&id], OutcomeKind::Success);
     let rss = worker.peak_rss_bytes();
     assert!(
@@ -437,17 +356,8 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
     );
     eprintln!("1 GiB through Redis: worker peak RSS {} MiB", rss >> 20);
 
-    let mut fetch = bin("sluice")
-        .args([
-            "result",
-            &id.to_string(),
-            "--output",
-            "-",
-            "--redis",
-            &server.url(),
-            "--queue",
-            "huge",
-        ])
+    let mut fetch = fleet
+        .sluice(&["result", &id.to_string(), "--output", "-"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

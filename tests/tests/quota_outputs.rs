@@ -2,15 +2,13 @@
 //! results), not only what its requests put in Redis: a real redis-server and a real
 //! `sluice-worker serve`.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{
-    Job, JobId, JobInput, JobOutput, JobResult, ModuleHash, OutcomeKind, Queue, TenantId,
-    TenantPolicy,
+    Job, JobInput, JobOutput, JobResult, ModuleHash, OutcomeKind, TenantId, TenantPolicy,
 };
-use sluice_tests::{RedisServer, WorkerProcess, connect, runtime};
+use sluice_tests::{Fleet, wait};
 
 /// Writes 2 MiB to stdout: 32 `fd_write`s of 64 KiB.
 const TWO_MIB_OUT: &str = r#"(module
@@ -31,35 +29,6 @@ const OUTPUT_BYTES: u64 = 2 << 20;
 /// Room for two jobs' outputs and results, not three.
 const QUOTA: u64 = 5 << 20;
 
-/// Waits on completion notices (bounded) until every id in `ids` finished.
-async fn await_finished(
-    queue: &RedisQueue,
-    mut from: String,
-    ids: &HashSet<JobId>,
-) -> HashMap<JobId, OutcomeKind> {
-    let mut finished = HashMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while finished.len() < ids.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} finished",
-            finished.len(),
-            ids.len()
-        );
-        let (next, notices) = queue
-            .completions(&from, Duration::from_millis(500))
-            .await
-            .expect("read completions");
-        from = next;
-        for (id, kind) in notices {
-            if ids.contains(&id) {
-                finished.insert(id, kind);
-            }
-        }
-    }
-    finished
-}
-
 fn jobs(module: ModuleHash, tenant: &str, n: usize) -> Vec<Job> {
     (0..n)
         .map(|_| {
@@ -70,32 +39,17 @@ fn jobs(module: ModuleHash, tenant: &str, n: usize) -> Vec<Job> {
         .collect()
 }
 
+/// Runs `jobs` to the end (at most two minutes) and returns their results in order.
 async fn run(queue: &RedisQueue, jobs: &[Job]) -> Vec<JobResult> {
-    let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = queue.notices_from_now().await.unwrap();
-    queue.enqueue(jobs).await.unwrap();
-    await_finished(queue, from, &ids).await;
-    let mut out = Vec::new();
-    for job in jobs {
-        out.push(
-            queue
-                .result(job.id)
-                .await
-                .unwrap()
-                .expect("a result for every job"),
-        );
-    }
-    out
+    wait::enqueue_and_await(queue, jobs, Duration::from_secs(120)).await;
+    wait::results(queue, jobs.iter().map(|j| &j.id)).await
 }
 
 #[test]
 fn outputs_count_against_stored_bytes_and_only_the_hoarder_is_refused() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "qout"));
-    let module = rt
-        .block_on(queue.put_module(TWO_MIB_OUT.as_bytes(), None))
-        .unwrap();
+    let fleet = Fleet::start("qout");
+    let Fleet { rt, queue, .. } = &fleet;
+    let module = fleet.put_module(TWO_MIB_OUT.as_bytes());
     let policy = TenantPolicy {
         max_stored_bytes: QUOTA,
         ..TenantPolicy::default()
@@ -104,9 +58,9 @@ fn outputs_count_against_stored_bytes_and_only_the_hoarder_is_refused() {
         .unwrap();
     rt.block_on(queue.create_tenant("other", &policy)).unwrap();
     // One slot: the hoarder's jobs run one after another, so exactly two fit.
-    let _worker = WorkerProcess::start(&server.url(), "qout", "w1", &["--concurrency", "1"]);
+    let _worker = fleet.worker("w1", &["--concurrency", "1"]);
 
-    let hoarded = rt.block_on(run(&queue, &jobs(module, "hoarder", 4)));
+    let hoarded = rt.block_on(run(queue, &jobs(module, "hoarder", 4)));
     let (kept, refused): (Vec<&JobResult>, Vec<&JobResult>) = hoarded
         .iter()
         .partition(|r| r.outcome.kind() == OutcomeKind::Success);
@@ -134,7 +88,7 @@ fn outputs_count_against_stored_bytes_and_only_the_hoarder_is_refused() {
     }
 
     // The other tenant's job on the same worker is unaffected.
-    let other = rt.block_on(run(&queue, &jobs(module, "other", 1)));
+    let other = rt.block_on(run(queue, &jobs(module, "other", 1)));
     assert_eq!(other[0].outcome.kind(), OutcomeKind::Success, "{other:?}");
     assert!(
         matches!(other[0].output, JobOutput::Blob { len, .. } if len == OUTPUT_BYTES),

@@ -3,20 +3,17 @@
 
 use std::time::Duration;
 
+use sluice_shared::queue::Claimed;
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 use sluice_shared::{Job, JobInput, JobResult, ModuleHash, Outcome, Queue, codec};
-use sluice_tests::RedisServer;
+use sluice_tests::{RedisServer, fresh_queue};
 
 fn uuid_nil() -> uuid::Uuid {
     uuid::Uuid::nil()
 }
 
 async fn fresh() -> (RedisServer, RedisQueue) {
-    let server = RedisServer::start();
-    let queue = RedisQueue::connect(RedisConfig::new(server.url()))
-        .await
-        .expect("connect");
-    (server, queue)
+    fresh_queue(|_| {}).await
 }
 
 sluice_shared::queue_conformance!(fresh());
@@ -210,6 +207,21 @@ fn success_of(id: sluice_shared::JobId) -> JobResult {
     JobResult::without_run(id, Outcome::Success, 1)
 }
 
+/// Enqueues two copies of one job, claims both and completes the first copy; returns
+/// the job, both claims and the stored result.
+async fn two_copies_first_completed(queue: &RedisQueue) -> (Job, Vec<Claimed>, JobResult) {
+    let sent = job(1);
+    queue.enqueue(&[sent.clone(), sent.clone()]).await.unwrap();
+    let claimed = queue.claim("c1", 2, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let done = success_of(sent.id);
+    queue
+        .complete(&claimed[0].lease, done.clone())
+        .await
+        .unwrap();
+    (sent, claimed, done)
+}
+
 fn failure_of(id: sluice_shared::JobId) -> JobResult {
     JobResult::without_run(
         id,
@@ -279,16 +291,8 @@ async fn a_claim_keeps_the_jobs_it_took_over_when_reading_new_ones_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_a_result_is_never_dead_lettered() {
     let (_server, queue) = fresh().await;
-    let sent = job(1);
     // The same job twice on the stream (a re-enqueue of a job thought lost).
-    queue.enqueue(&[sent.clone(), sent.clone()]).await.unwrap();
-    let claimed = queue.claim("c1", 2, LONG, LONG).await.unwrap();
-    assert_eq!(claimed.len(), 2);
-    let done = success_of(sent.id);
-    queue
-        .complete(&claimed[0].lease, done.clone())
-        .await
-        .unwrap();
+    let (sent, claimed, done) = two_copies_first_completed(&queue).await;
     let refused = queue
         .dead_letter(&claimed[1].lease, failure_of(sent.id))
         .await;
@@ -424,16 +428,8 @@ async fn revocation_takes_every_token_issued_before_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_copy_is_not_retried_once_the_job_has_a_result() {
     let (_server, queue) = fresh().await;
-    let sent = job(1);
     // Two copies of one job (a takeover's stale run, or a recovery re-enqueue).
-    queue.enqueue(&[sent.clone(), sent.clone()]).await.unwrap();
-    let claimed = queue.claim("c1", 2, LONG, LONG).await.unwrap();
-    assert_eq!(claimed.len(), 2);
-    let done = success_of(sent.id);
-    queue
-        .complete(&claimed[0].lease, done.clone())
-        .await
-        .unwrap();
+    let (sent, claimed, done) = two_copies_first_completed(&queue).await;
     let mut again = sent.clone();
     again.attempt = 2;
     let refused = queue.retry(&claimed[1].lease, &again, Duration::ZERO).await;

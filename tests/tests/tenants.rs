@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 use sluice_shared::{Job, JobInput, Limits, OutcomeKind, Queue, TenantId, TenantPolicy};
-use sluice_tests::{RedisServer, WorkerProcess, bin, connect, guest, runtime, sluice_ok};
+use sluice_tests::{
+    Fleet, RedisServer, WorkerProcess, bin, connect, guest, runtime, sluice_ok, wait,
+};
+
+/// How long a test waits for its jobs to finish.
+const FINISH_WITHIN: Duration = Duration::from_secs(60);
 
 #[test]
 fn tokens_resolve_to_their_tenant_and_are_stored_only_hashed() {
@@ -86,19 +91,16 @@ fn tenant_cli_creates_lists_and_changes_policies() {
 
 #[test]
 fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "forge"));
+    let fleet = Fleet::start("forge");
+    let Fleet { rt, queue, .. } = &fleet;
     let strict = TenantPolicy {
         max_memory_bytes: 16 << 20,
         max_timeout_ms: 5_000,
         ..TenantPolicy::default()
     };
     rt.block_on(queue.create_tenant("strict", &strict)).unwrap();
-    let module = rt
-        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
-        .unwrap();
-    let _worker = WorkerProcess::start(&server.url(), "forge", "w0", &[]);
+    let module = fleet.put_module(b"(module (func (export \"_start\")))");
+    let _worker = fleet.worker("w0", &[]);
 
     let mut forged = Job::new(module, JobInput::Inline(Vec::new()));
     forged.tenant = TenantId("strict".into());
@@ -113,16 +115,8 @@ fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
     rt.block_on(queue.enqueue(&[forged.clone(), fair.clone()]))
         .unwrap();
 
-    let mut kinds = std::collections::HashMap::new();
     let ids: HashSet<_> = [forged.id, fair.id].into();
-    let mut cursor = from;
-    while kinds.len() < 2 {
-        let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
-            .unwrap();
-        cursor = next;
-        kinds.extend(notices.into_iter().filter(|(id, _)| ids.contains(id)));
-    }
+    let kinds = rt.block_on(wait::await_finished(queue, from, &ids, FINISH_WITHIN));
     assert_eq!(kinds[&forged.id], OutcomeKind::PolicyViolation);
     assert_eq!(kinds[&fair.id], OutcomeKind::Success);
     let dead = rt.block_on(queue.dead_letters()).unwrap();
@@ -137,9 +131,8 @@ fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
 /// quota, and a job within them still runs.
 #[test]
 fn forged_envelope_over_the_quotas_is_refused_by_the_worker() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let queue = rt.block_on(connect(&server.url(), "forge"));
+    let fleet = Fleet::start("forge");
+    let Fleet { rt, queue, .. } = &fleet;
     let strict = TenantPolicy {
         max_input_bytes: 8,
         max_args: 2,
@@ -147,10 +140,8 @@ fn forged_envelope_over_the_quotas_is_refused_by_the_worker() {
         ..TenantPolicy::default()
     };
     rt.block_on(queue.create_tenant("strict", &strict)).unwrap();
-    let module = rt
-        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
-        .unwrap();
-    let _worker = WorkerProcess::start(&server.url(), "forge", "w0", &[]);
+    let module = fleet.put_module(b"(module (func (export \"_start\")))");
+    let _worker = fleet.worker("w0", &[]);
 
     let mut fair = Job::new(module, JobInput::Inline(b"12345678".to_vec()));
     fair.tenant = TenantId("strict".into());
@@ -174,17 +165,7 @@ fn forged_envelope_over_the_quotas_is_refused_by_the_worker() {
     rt.block_on(queue.enqueue(&jobs)).unwrap();
 
     let ids: HashSet<_> = jobs.iter().map(|j| j.id).collect();
-    let mut kinds = std::collections::HashMap::new();
-    let mut cursor = from;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while kinds.len() < jobs.len() {
-        assert!(std::time::Instant::now() < deadline, "jobs never finished");
-        let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
-            .unwrap();
-        cursor = next;
-        kinds.extend(notices.into_iter().filter(|(id, _)| ids.contains(id)));
-    }
+    let kinds = rt.block_on(wait::await_finished(queue, from, &ids, FINISH_WITHIN));
     assert_eq!(kinds[&fair.id], OutcomeKind::Success);
     let dead = rt.block_on(queue.dead_letters()).unwrap();
     for (job, quota) in [
@@ -281,19 +262,15 @@ fn workers_and_the_cli_talk_tls_to_redis() {
     assert!(url.starts_with("rediss://"));
     let ca_arg = ca.to_str().unwrap();
     let _worker = WorkerProcess::start(&url, "tls", "w0", &["--redis-ca", ca_arg]);
-    let put = bin("sluice")
-        .args([
-            "module",
-            "put",
-            "--name",
-            "upper",
-            "--queue",
-            "tls",
-            "--redis",
-            &url,
-            "--redis-ca",
-            ca_arg,
-        ])
+    // `sluice ARGS` on the TLS server, trusting its CA.
+    let sluice = |args: &[&str]| {
+        let mut command = bin("sluice");
+        command
+            .args(args)
+            .args(["--queue", "tls", "--redis", &url, "--redis-ca", ca_arg]);
+        command
+    };
+    let put = sluice(&["module", "put", "--name", "upper"])
         .arg(guest("uppercase.wasm"))
         .output()
         .unwrap();
@@ -302,18 +279,7 @@ fn workers_and_the_cli_talk_tls_to_redis() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    let mut child = bin("sluice")
-        .args([
-            "submit",
-            "--module",
-            "upper",
-            "--queue",
-            "tls",
-            "--redis",
-            &url,
-            "--redis-ca",
-            ca_arg,
-        ])
+    let mut child = sluice(&["submit", "--module", "upper"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -332,21 +298,7 @@ fn workers_and_the_cli_talk_tls_to_redis() {
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let result = bin("sluice")
-            .args([
-                "result",
-                &id,
-                "--output",
-                "-",
-                "--queue",
-                "tls",
-                "--redis",
-                &url,
-                "--redis-ca",
-                ca_arg,
-            ])
-            .output()
-            .unwrap();
+        let result = sluice(&["result", &id, "--output", "-"]).output().unwrap();
         if result.status.success() {
             assert!(String::from_utf8_lossy(&result.stdout).ends_with("OVER TLS\n"));
             break;

@@ -8,11 +8,14 @@
 //! Nothing here waits on the clock to synchronise: every wait is for an event (a run
 //! finishing, a lease renewal, a reader being called), bounded so a hang fails.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use common::Captured;
 use sluice_shared::queue::{Completion, DeadLetter, QueueStats, ReleaseKind};
 use sluice_shared::{
     Claimed, Job, JobId, JobInput, JobResult, Lease, MemoryQueue, ModuleHash, OutcomeKind, Queue,
@@ -176,7 +179,7 @@ struct TestEnv {
     module: Arc<LoadedModule>,
     inputs: Mutex<HashMap<String, Input>>,
     renewals: Arc<Renewals>,
-    outputs: Mutex<HashMap<JobId, Arc<Mutex<Vec<u8>>>>>,
+    outputs: Mutex<HashMap<JobId, Captured>>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -185,18 +188,6 @@ struct Reader<F: FnMut(&mut [u8]) -> std::io::Result<usize>>(F);
 impl<F: FnMut(&mut [u8]) -> std::io::Result<usize>> Read for Reader<F> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         (self.0)(buf)
-    }
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -242,9 +233,9 @@ impl JobEnv for TestEnv {
     }
 
     fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, sluice_shared::Outcome> {
-        let sink = Arc::new(Mutex::new(Vec::new()));
+        let sink = Captured::default();
         self.outputs.lock().unwrap().insert(job.id, sink.clone());
-        Ok(Box::new(Sink(sink)))
+        Ok(Box::new(sink))
     }
 
     fn finish_output(
@@ -257,7 +248,7 @@ impl JobEnv for TestEnv {
             .lock()
             .unwrap()
             .remove(&job.id)
-            .map(|sink| std::mem::take(&mut *sink.lock().unwrap()))
+            .map(|sink| sink.bytes())
             .unwrap_or_default();
         let _ = self.events.send(Event::Output(
             job.label.clone(),
@@ -371,6 +362,20 @@ impl Rig {
         }
     }
 
+    /// Waits for the job labelled `label` to finish; returns how it ended.
+    async fn finished(&mut self, label: &str) -> (OutcomeKind, Disposition) {
+        self.until(|e| match e {
+            Event::Finished(l, kind, d) if l == label => Some((*kind, *d)),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Enqueues `job` alone on the watched queue.
+    async fn enqueue(&self, job: &Job) {
+        self.queue.enqueue(std::slice::from_ref(job)).await.unwrap();
+    }
+
     fn position(&self, event: &str) -> Option<usize> {
         self.seen.iter().position(|seen| seen == event)
     }
@@ -402,17 +407,9 @@ async fn a_run_blocked_in_a_host_call_is_recorded_as_timeout_and_the_next_job_su
         max_stuck: Some(1),
         ..config(2)
     });
-    rig.queue
-        .enqueue(std::slice::from_ref(&stuck))
-        .await
-        .unwrap();
+    rig.enqueue(&stuck).await;
 
-    let (kind, disposition) = rig
-        .until(|e| match e {
-            Event::Finished(label, kind, d) if label == "stuck" => Some((*kind, *d)),
-            _ => None,
-        })
-        .await;
+    let (kind, disposition) = rig.finished("stuck").await;
     assert_eq!(kind, OutcomeKind::Timeout);
     assert_eq!(disposition, Disposition::DeadLettered);
     rig.until(|e| matches!(e, Event::Stuck(l, true) if l == "stuck").then_some(()))
@@ -425,23 +422,12 @@ async fn a_run_blocked_in_a_host_call_is_recorded_as_timeout_and_the_next_job_su
     // had the stuck run's renewals gone on, they would show in the same span.
     let next = rig.job("next", 60_000, Some(Input::AfterRenewals(3)));
     let third = rig.job("third", 60_000, None);
-    rig.queue
-        .enqueue(std::slice::from_ref(&next))
-        .await
-        .unwrap();
+    rig.enqueue(&next).await;
     rig.until(|e| matches!(e, Event::Started(l) if l == "next").then_some(()))
         .await;
     // Both slots are now busy (one stuck, one running): the third job must wait.
-    rig.queue
-        .enqueue(std::slice::from_ref(&third))
-        .await
-        .unwrap();
-    let (kind, disposition) = rig
-        .until(|e| match e {
-            Event::Finished(label, kind, d) if label == "next" => Some((*kind, *d)),
-            _ => None,
-        })
-        .await;
+    rig.enqueue(&third).await;
+    let (kind, disposition) = rig.finished("next").await;
     assert_eq!(
         (kind, disposition),
         (OutcomeKind::Success, Disposition::Completed)
@@ -505,10 +491,7 @@ async fn more_stuck_runs_than_the_bound_stop_the_worker_with_a_typed_error() {
         grace: Duration::from_millis(100),
         ..config(3)
     });
-    rig.queue
-        .enqueue(std::slice::from_ref(&healthy))
-        .await
-        .unwrap();
+    rig.enqueue(&healthy).await;
     rig.until(|e| matches!(e, Event::Reading(l) if l == "healthy").then_some(()))
         .await;
     rig.queue.enqueue(&stuck).await.unwrap();

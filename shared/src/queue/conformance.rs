@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::{Completion, Queue, QueueError, ReleaseKind};
+use super::{Claimed, Completion, Queue, QueueError, ReleaseKind};
 use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobInput, ModuleHash};
 use crate::outcome::{JobResult, Outcome, OutcomeKind};
@@ -29,6 +29,19 @@ fn job(n: u8) -> Job {
 
 fn success(job: &Job, attempt: u32) -> JobResult {
     JobResult::without_run(job.id, Outcome::Success, attempt)
+}
+
+/// Enqueues `sent` alone.
+async fn enqueue_one<Q: Queue>(queue: &Q, sent: &Job) {
+    queue.enqueue(std::slice::from_ref(sent)).await.unwrap();
+}
+
+/// Claims one job as `consumer` with a lease of `lease`, waiting for it as long as
+/// [`PATIENT`]; fails if none comes.
+async fn claim_one<Q: Queue>(queue: &Q, consumer: &str, lease: Duration) -> Claimed {
+    let mut claimed = queue.claim(consumer, 1, lease, PATIENT).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{consumer} claimed nothing");
+    claimed.remove(0)
 }
 
 /// Runs every check below against queues made by `make`, in order.
@@ -66,7 +79,7 @@ macro_rules! queue_conformance {
 
 pub async fn enqueued_job_is_claimed_intact<Q: Queue>(queue: &Q) {
     let sent = job(1);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    enqueue_one(queue, &sent).await;
     let claimed = queue.claim("c1", 10, LONG, PATIENT).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].delivery.as_ref().unwrap(), &sent);
@@ -97,8 +110,8 @@ pub async fn claim_honours_max_and_never_hands_a_job_twice<Q: Queue>(queue: &Q) 
 
 pub async fn completion_stores_result_and_removes_entry<Q: Queue>(queue: &Q) {
     let sent = job(2);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
-    let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    enqueue_one(queue, &sent).await;
+    let claimed = claim_one(queue, "c1", LONG).await;
     assert_eq!(queue.result(sent.id).await.unwrap(), None);
     let done = queue
         .complete(&claimed.lease, success(&sent, 1))
@@ -115,18 +128,10 @@ pub async fn completion_stores_result_and_removes_entry<Q: Queue>(queue: &Q) {
 
 pub async fn duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
     let sent = job(3);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    enqueue_one(queue, &sent).await;
     // The first lease expires and a second worker takes the job over; both finish.
-    let first = queue
-        .claim("c1", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
-    let second = queue
-        .claim("c2", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
+    let first = claim_one(queue, "c1", SHORT).await;
+    let second = claim_one(queue, "c2", SHORT).await;
     assert_eq!(second.lease.deliveries, 2);
     let mut later = success(&sent, 2);
     later.stats.output_bytes = 99;
@@ -147,7 +152,7 @@ pub async fn duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
 
 pub async fn expired_lease_is_redelivered_with_higher_count<Q: Queue>(queue: &Q) {
     let sent = job(4);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    enqueue_one(queue, &sent).await;
     let first = queue.claim("dies", 1, SHORT, PATIENT).await.unwrap();
     assert_eq!(first.len(), 1);
     // Blocks until the lease runs out, then takes the job over.
@@ -160,12 +165,8 @@ pub async fn expired_lease_is_redelivered_with_higher_count<Q: Queue>(queue: &Q)
 
 pub async fn extended_lease_is_not_taken_over<Q: Queue>(queue: &Q) {
     let sent = job(5);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
-    let held = queue
-        .claim("c1", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
+    enqueue_one(queue, &sent).await;
+    let held = claim_one(queue, "c1", SHORT).await;
     // Renewed more often than it expires, for three lease lengths in all: never taken.
     for _ in 0..6 {
         queue.extend_lease(&held.lease, SHORT).await.unwrap();
@@ -177,12 +178,8 @@ pub async fn extended_lease_is_not_taken_over<Q: Queue>(queue: &Q) {
 
 pub async fn lost_lease_cannot_be_extended<Q: Queue>(queue: &Q) {
     let sent = job(6);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
-    let lost = queue
-        .claim("c1", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
+    enqueue_one(queue, &sent).await;
+    let lost = claim_one(queue, "c1", SHORT).await;
     let taken = queue.claim("c2", 1, SHORT, PATIENT).await.unwrap();
     assert_eq!(taken.len(), 1);
     let err = queue.extend_lease(&lost.lease, LONG).await.unwrap_err();
@@ -191,8 +188,8 @@ pub async fn lost_lease_cannot_be_extended<Q: Queue>(queue: &Q) {
 
 pub async fn retry_waits_for_its_delay<Q: Queue>(queue: &Q) {
     let sent = job(7);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
-    let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    enqueue_one(queue, &sent).await;
+    let claimed = claim_one(queue, "c1", LONG).await;
     let mut next = sent.clone();
     next.attempt = claimed.attempt();
     queue.retry(&claimed.lease, &next, SHORT).await.unwrap();
@@ -207,8 +204,8 @@ pub async fn retry_waits_for_its_delay<Q: Queue>(queue: &Q) {
 
 pub async fn dead_letter_keeps_reason<Q: Queue>(queue: &Q) {
     let sent = job(8);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
-    let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    enqueue_one(queue, &sent).await;
+    let claimed = claim_one(queue, "c1", LONG).await;
     let result = JobResult::without_run(
         sent.id,
         Outcome::InvalidModule {
@@ -251,8 +248,8 @@ pub async fn garbage_is_delivered_as_decode_error<Q: Queue>(queue: &Q) {
 
 pub async fn released_job_is_claimable_at_once<Q: Queue>(queue: &Q) {
     let sent = job(11);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
-    let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    enqueue_one(queue, &sent).await;
+    let claimed = claim_one(queue, "c1", LONG).await;
     queue
         .release(
             &claimed.lease,
@@ -273,15 +270,11 @@ pub async fn released_job_is_claimable_at_once<Q: Queue>(queue: &Q) {
 /// restarts the count (which let a job that wedges workers run without end).
 pub async fn drain_release_keeps_earlier_attempts<Q: Queue>(queue: &Q) {
     let sent = job(13);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    enqueue_one(queue, &sent).await;
     let _dies = queue.claim("dies", 1, SHORT, PATIENT).await.unwrap();
     // Blocks until the first lease runs out, then takes the job over (a claimer takes
     // over entries idle for longer than its own lease).
-    let taken = queue
-        .claim("c2", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
+    let taken = claim_one(queue, "c2", SHORT).await;
     assert_eq!(taken.attempt(), 2);
     queue
         .release(
@@ -291,7 +284,7 @@ pub async fn drain_release_keeps_earlier_attempts<Q: Queue>(queue: &Q) {
         )
         .await
         .unwrap();
-    let again = queue.claim("c3", 1, LONG, PATIENT).await.unwrap().remove(0);
+    let again = claim_one(queue, "c3", LONG).await;
     assert_eq!(again.lease.job_id, Some(sent.id));
     assert_eq!(again.attempt(), 2, "the takeover's attempt was forgotten");
 }
@@ -300,14 +293,14 @@ pub async fn drain_release_keeps_earlier_attempts<Q: Queue>(queue: &Q) {
 /// on every worker reaches its attempt limit.
 pub async fn overdue_release_counts_an_attempt<Q: Queue>(queue: &Q) {
     let sent = job(14);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    enqueue_one(queue, &sent).await;
     let mut attempts = Vec::new();
     for kind in [
         ReleaseKind::Overdue,
         ReleaseKind::Overdue,
         ReleaseKind::Drain,
     ] {
-        let claimed = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+        let claimed = claim_one(queue, "c1", LONG).await;
         assert_eq!(claimed.lease.job_id, Some(sent.id));
         attempts.push(claimed.attempt());
         queue
@@ -315,7 +308,7 @@ pub async fn overdue_release_counts_an_attempt<Q: Queue>(queue: &Q) {
             .await
             .unwrap();
     }
-    let last = queue.claim("c1", 1, LONG, PATIENT).await.unwrap().remove(0);
+    let last = claim_one(queue, "c1", LONG).await;
     attempts.push(last.attempt());
     assert_eq!(attempts, [1, 2, 3, 3]);
     assert_eq!(
@@ -330,17 +323,9 @@ pub async fn overdue_release_counts_an_attempt<Q: Queue>(queue: &Q) {
 /// A release by a holder that lost its lease changes nothing.
 pub async fn release_of_a_lost_lease_is_refused<Q: Queue>(queue: &Q) {
     let sent = job(15);
-    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
-    let lost = queue
-        .claim("c1", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
-    let taken = queue
-        .claim("c2", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
+    enqueue_one(queue, &sent).await;
+    let lost = claim_one(queue, "c1", SHORT).await;
+    let taken = claim_one(queue, "c2", SHORT).await;
     let err = queue
         .release(
             &lost.lease,
@@ -359,7 +344,7 @@ pub async fn waiting_claim_wakes_on_enqueue<Q: Queue>(queue: &Q) {
     let sent = job(12);
     let (claimed, ()) = tokio::join!(queue.claim("c1", 1, LONG, PATIENT), async {
         tokio::task::yield_now().await;
-        queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+        enqueue_one(queue, &sent).await;
     });
     let claimed = claimed.unwrap();
     assert_eq!(claimed.len(), 1);
@@ -383,18 +368,10 @@ macro_rules! queue_ownership_conformance {
 }
 
 /// Claims the job as `first`, lets the lease lapse, and has `second` take it over.
-async fn taken_over<Q: Queue>(queue: &Q, sent: &Job) -> (super::Claimed, super::Claimed) {
-    queue.enqueue(std::slice::from_ref(sent)).await.unwrap();
-    let first = queue
-        .claim("stalls", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
-    let second = queue
-        .claim("takes-over", 1, SHORT, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
+async fn taken_over<Q: Queue>(queue: &Q, sent: &Job) -> (Claimed, Claimed) {
+    enqueue_one(queue, sent).await;
+    let first = claim_one(queue, "stalls", SHORT).await;
+    let second = claim_one(queue, "takes-over", SHORT).await;
     assert_eq!(second.lease.job_id, Some(sent.id));
     assert_eq!(second.lease.deliveries, 2);
     (first, second)
@@ -419,11 +396,7 @@ pub async fn stale_success_after_the_job_was_retried_is_refused<Q: Queue>(queue:
     assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
     assert_eq!(queue.result(sent.id).await.unwrap(), None);
     // The retry runs and its success is the one result.
-    let again = queue
-        .claim("third", 1, LONG, PATIENT)
-        .await
-        .unwrap()
-        .remove(0);
+    let again = claim_one(queue, "third", LONG).await;
     assert_eq!(again.lease.job_id, Some(sent.id));
     let last = success(&sent, again.attempt());
     assert_eq!(

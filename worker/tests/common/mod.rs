@@ -32,6 +32,7 @@ pub fn guest(name: &str) -> Vec<u8> {
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
+    /// Every byte written so far.
     pub fn bytes(&self) -> Vec<u8> {
         self.0.lock().unwrap().clone()
     }
@@ -81,24 +82,7 @@ pub fn run_with(
     output: Box<dyn Write + Send>,
     tweak: impl FnOnce(&mut Job),
 ) -> JobResult {
-    let loaded = match sandbox.load_module(module) {
-        Ok(loaded) => loaded,
-        Err(outcome) => {
-            let job = Job::new(
-                sluice_shared::ModuleHash::of(module),
-                JobInput::Inline(vec![]),
-            );
-            return JobResult::without_run(job.id, outcome, 1);
-        }
-    };
-    let mut job = Job::new(loaded.hash(), JobInput::Inline(vec![]));
-    job.entry = loaded.default_entry(sandbox);
-    job.limits = Limits {
-        timeout_ms: 5_000,
-        ..Limits::default()
-    };
-    tweak(&mut job);
-    sandbox.run(&loaded, &job, input, output)
+    run_job(sandbox, module, Vec::new(), input, output, tweak)
 }
 
 /// Loads `module` and runs it over `input` with `limits`; returns the result and the
@@ -109,6 +93,29 @@ pub fn run(
     input: &[u8],
     tweak: impl FnOnce(&mut Job),
 ) -> (JobResult, Vec<u8>) {
+    let output = Captured::default();
+    let result = run_job(
+        sandbox,
+        module,
+        input.to_vec(),
+        Box::new(std::io::Cursor::new(input.to_vec())),
+        Box::new(output.clone()),
+        tweak,
+    );
+    (result, output.bytes())
+}
+
+/// Loads `module` and runs a job of it (inline input `job_input`, the module's default
+/// entry point, a 5 s deadline, then `tweak`) over `input` and `output`. A module the
+/// sandbox refuses comes back as a result without a run.
+fn run_job(
+    sandbox: &Sandbox,
+    module: &[u8],
+    job_input: Vec<u8>,
+    input: Box<dyn std::io::Read + Send>,
+    output: Box<dyn Write + Send>,
+    tweak: impl FnOnce(&mut Job),
+) -> JobResult {
     let loaded = match sandbox.load_module(module) {
         Ok(loaded) => loaded,
         Err(outcome) => {
@@ -116,22 +123,15 @@ pub fn run(
                 sluice_shared::ModuleHash::of(module),
                 JobInput::Inline(vec![]),
             );
-            return (JobResult::without_run(job.id, outcome, 1), Vec::new());
+            return JobResult::without_run(job.id, outcome, 1);
         }
     };
-    let mut job = Job::new(loaded.hash(), JobInput::Inline(input.to_vec()));
+    let mut job = Job::new(loaded.hash(), JobInput::Inline(job_input));
     job.entry = loaded.default_entry(sandbox);
     job.limits = Limits {
         timeout_ms: 5_000,
         ..Limits::default()
     };
     tweak(&mut job);
-    let output = Captured::default();
-    let result = sandbox.run(
-        &loaded,
-        &job,
-        Box::new(std::io::Cursor::new(input.to_vec())),
-        Box::new(output.clone()),
-    );
-    (result, output.bytes())
+    sandbox.run(&loaded, &job, input, output)
 }

@@ -1,0 +1,90 @@
+//! A fleet for a test: a real redis-server, a queue client on one named queue with a
+//! runtime to drive it, and real `sluice-worker serve` processes started on demand.
+//! Everything it starts is stopped when dropped (workers are the caller's to hold).
+
+use std::process::Command;
+
+use sluice_shared::ModuleHash;
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use tokio::runtime::Runtime;
+
+use crate::{RedisServer, WorkerProcess, bin, connect, runtime};
+
+/// A fresh redis-server and an async client on it, configured by `configure` from the
+/// defaults for the server's URL.
+pub async fn fresh_queue(configure: impl FnOnce(&mut RedisConfig)) -> (RedisServer, RedisQueue) {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    configure(&mut config);
+    let queue = RedisQueue::connect(config).await.expect("connect");
+    (server, queue)
+}
+
+/// A Redis server and a client on one queue of it. Fields drop in order: the client,
+/// its runtime, then the server.
+pub struct Fleet {
+    /// The queue client.
+    pub queue: RedisQueue,
+    /// A two-thread runtime to drive `queue` from sync test code.
+    pub rt: Runtime,
+    /// The server.
+    pub redis: RedisServer,
+    name: String,
+}
+
+impl Fleet {
+    /// A server without persistence and a client on queue `name`.
+    pub fn start(name: &str) -> Self {
+        Self::on(RedisServer::start(), name)
+    }
+
+    /// A server that logs every write to an append-only file (a restart loses
+    /// nothing) and a client on queue `name`.
+    pub fn start_with_aof(name: &str) -> Self {
+        Self::on(RedisServer::start_with_aof(), name)
+    }
+
+    fn on(redis: RedisServer, name: &str) -> Self {
+        let rt = runtime();
+        let queue = rt.block_on(connect(&redis.url(), name));
+        Fleet {
+            queue,
+            rt,
+            redis,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        self.redis.url()
+    }
+
+    /// Stores `module` (WAT or WASM) in the queue's module store, unnamed.
+    pub fn put_module(&self, module: &[u8]) -> ModuleHash {
+        self.rt
+            .block_on(self.queue.put_module(module, None))
+            .expect("store the module")
+    }
+
+    /// A `sluice ARGS --redis <url> --queue <name>` command on this fleet.
+    pub fn sluice(&self, args: &[&str]) -> Command {
+        let mut command = bin("sluice");
+        command
+            .args(args)
+            .args(["--redis", &self.url(), "--queue", &self.name]);
+        command
+    }
+
+    /// Starts worker `consumer` on the queue with `extra` flags, once it is ready.
+    pub fn worker(&self, consumer: &str, extra: &[&str]) -> WorkerProcess {
+        WorkerProcess::start(&self.url(), &self.name, consumer, extra)
+    }
+
+    /// Starts `n` workers named `<prefix>0`, `<prefix>1`, … with `extra` flags.
+    pub fn workers(&self, prefix: &str, n: usize, extra: &[&str]) -> Vec<WorkerProcess> {
+        (0..n)
+            .map(|i| self.worker(&format!("{prefix}{i}"), extra))
+            .collect()
+    }
+}
