@@ -22,6 +22,7 @@ pub mod api;
 pub mod api_metrics;
 pub mod batch;
 pub mod bench;
+pub mod cli;
 pub mod dispatch;
 pub mod distributed;
 pub mod modules;
