@@ -173,6 +173,23 @@ impl fmt::Display for OutcomeKind {
     }
 }
 
+/// Why a name is not an outcome kind.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown outcome kind {0:?}")]
+pub struct UnknownOutcomeKind(String);
+
+/// The kind named by [`OutcomeKind::as_str`] (snake_case, as in reports and metrics).
+impl std::str::FromStr for OutcomeKind {
+    type Err = UnknownOutcomeKind;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        OutcomeKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| UnknownOutcomeKind(cut(name, 64)))
+    }
+}
+
 impl Outcome {
     /// The kind of this outcome.
     pub fn kind(&self) -> OutcomeKind {
@@ -436,6 +453,18 @@ mod tests {
         let result = result.capped();
         assert_eq!(result.stderr.len(), MAX_STDERR_BYTES);
         assert!(result.stderr_truncated);
+    }
+
+    #[test]
+    fn kinds_parse_from_their_names_and_unknown_names_are_refused() {
+        for kind in OutcomeKind::ALL {
+            assert_eq!(kind.as_str().parse::<OutcomeKind>(), Ok(kind));
+        }
+        let e = "Success".parse::<OutcomeKind>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown outcome kind \"Success\"");
+        assert!("".parse::<OutcomeKind>().is_err());
+        let long = "x".repeat(10_000).parse::<OutcomeKind>().unwrap_err();
+        assert!(long.to_string().len() < 200, "{long}");
     }
 
     #[test]

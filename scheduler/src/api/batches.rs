@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_shared::parse::{LimitField, set_limit};
 use sluice_shared::queue::redis::Enqueued;
-use sluice_shared::{JobInput, Limits, units};
+use sluice_shared::{JobInput, Limits};
 
 use super::auth::Tenant;
 use super::error::{ApiError, ApiResult};
@@ -81,19 +82,17 @@ pub(super) async fn post_batch(
     }
     let mut requested = Limits::default();
     let limits = request.limits.unwrap_or_default();
-    let bad = |field: &str, e: &dyn std::fmt::Display| {
-        ApiError::bad_request(format!("limits.{field}: {e}"))
-    };
     requested.fuel = limits.fuel;
-    if let Some(m) = &limits.memory {
-        requested.memory_bytes = units::parse_size(m).map_err(|e| bad("memory", &e))?;
-    }
-    if let Some(t) = &limits.timeout {
-        requested.timeout_ms =
-            units::millis_at_least_one(units::parse_duration(t).map_err(|e| bad("timeout", &e))?);
-    }
-    if let Some(o) = &limits.max_output {
-        requested.max_output_bytes = units::parse_size(o).map_err(|e| bad("max_output", &e))?;
+    let texts = [
+        (LimitField::Memory, &limits.memory),
+        (LimitField::Timeout, &limits.timeout),
+        (LimitField::MaxOutput, &limits.max_output),
+    ];
+    for (field, text) in texts {
+        if let Some(text) = text {
+            set_limit(&mut requested, field, text)
+                .map_err(|e| ApiError::bad_request(format!("limits.{e}")))?;
+        }
     }
     for key in request.env.keys() {
         if key.is_empty() || key.contains('=') {

@@ -1,6 +1,7 @@
 //! Job parameters and module names from query strings.
 
-use sluice_shared::{EntryPoint, Limits, ModuleHash, units};
+use sluice_shared::parse::{LimitField, env_pair, set_limit};
+use sluice_shared::{EntryPoint, Limits, ModuleHash};
 
 use super::error::{ApiError, ApiResult};
 
@@ -31,37 +32,14 @@ pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
                 }
                 params.module = value.into_owned()
             }
-            "fuel" => params.requested.fuel = Some(value.parse().map_err(|e| bad(&e))?),
-            "memory" => {
-                params.requested.memory_bytes = units::parse_size(&value).map_err(|e| bad(&e))?
+            "fuel" | "memory" | "timeout" | "max_output" => {
+                let field: LimitField = key.parse().map_err(|e| bad(&e))?;
+                set_limit(&mut params.requested, field, &value)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?
             }
-            "timeout" => {
-                let d = units::parse_duration(&value).map_err(|e| bad(&e))?;
-                params.requested.timeout_ms = units::millis_at_least_one(d);
-            }
-            "max_output" => {
-                params.requested.max_output_bytes =
-                    units::parse_size(&value).map_err(|e| bad(&e))?
-            }
-            "invoke" => {
-                if value.is_empty() || value.len() > MAX_NAME {
-                    return Err(bad(&format!("an export name is 1-{MAX_NAME} bytes")));
-                }
-                params.entry = Some(match value.as_ref() {
-                    "_start" => EntryPoint::Command,
-                    other => EntryPoint::Raw {
-                        export: other.to_owned(),
-                    },
-                })
-            }
+            "invoke" => params.entry = Some(value.parse().map_err(|e| bad(&e))?),
             "arg" => params.args.push(value.into_owned()),
-            "env" => {
-                let (k, v) = value
-                    .split_once('=')
-                    .filter(|(k, _)| !k.is_empty())
-                    .ok_or_else(|| ApiError::bad_request("env: expected KEY=VALUE"))?;
-                params.env.push((k.to_owned(), v.to_owned()));
-            }
+            "env" => params.env.push(env_pair(&value).map_err(|e| bad(&e))?),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter {other:?}"
@@ -77,7 +55,7 @@ pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
     Ok(params)
 }
 
-/// Longest module name (an alias) or export name a request may give.
+/// Longest module name (an alias) a request may give.
 pub(super) const MAX_NAME: usize = 128;
 
 /// A module name from the query: 1-128 characters, no `/`.
