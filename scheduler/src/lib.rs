@@ -26,3 +26,4 @@ pub mod cli;
 pub mod dispatch;
 pub mod distributed;
 pub mod modules;
+mod report;

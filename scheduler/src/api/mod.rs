@@ -57,11 +57,11 @@ pub struct Api {
     buffered: Arc<tokio::sync::Semaphore>,
     /// Buffered-body turns each tenant holds: one tenant trickling bodies must not
     /// hold every turn of [`Api::buffered`].
-    buffered_by_tenant: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    buffered_by_tenant: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
     /// Entry points of modules already read, by hash: modules are content-addressed, so
     /// an entry never goes stale, and a job POST need not fetch (up to 32 MiB) and walk
     /// the module again.
-    entry_points: std::sync::Mutex<std::collections::HashMap<ModuleHash, EntryPoint>>,
+    entry_points: parking_lot::Mutex<std::collections::HashMap<ModuleHash, EntryPoint>>,
     metrics: crate::api_metrics::ApiMetrics,
 }
 
@@ -115,7 +115,7 @@ impl Api {
             dispatcher: None,
             buffered: Arc::new(tokio::sync::Semaphore::new(config.max_buffered_requests)),
             buffered_by_tenant: Arc::default(),
-            entry_points: std::sync::Mutex::default(),
+            entry_points: parking_lot::Mutex::default(),
             config,
             metrics: crate::api_metrics::ApiMetrics::new(),
         }

@@ -65,12 +65,12 @@ impl Api {
     }
 
     pub(super) fn known_entry(&self, hash: &ModuleHash) -> Option<EntryPoint> {
-        let known = self.entry_points.lock().unwrap_or_else(|p| p.into_inner());
+        let known = self.entry_points.lock();
         known.get(hash).cloned()
     }
 
     pub(super) fn remember_entry(&self, hash: ModuleHash, entry: EntryPoint) {
-        let mut known = self.entry_points.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.entry_points.lock();
         if known.len() >= MAX_ENTRY_POINTS
             && !known.contains_key(&hash)
             && let Some(evicted) = known.keys().next().copied()

@@ -44,13 +44,13 @@ pub(super) struct BufferedTurn {
 
 /// One of a tenant's buffered-body turns; gives it back when dropped.
 pub(super) struct TenantTurn {
-    held: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    held: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
     tenant: String,
 }
 
 impl Drop for TenantTurn {
     fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock();
         if let Some(n) = held.get_mut(&self.tenant) {
             *n -= 1;
             if *n == 0 {
@@ -70,10 +70,7 @@ pub(super) async fn buffered_turn(api: &Api, tenant: &str) -> ApiResult<Buffered
         e
     };
     let tenant_turn = {
-        let mut held = api
-            .buffered_by_tenant
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut held = api.buffered_by_tenant.lock();
         let n = held.entry(tenant.to_owned()).or_insert(0);
         if *n >= api.config.max_buffered_per_tenant.max(1) {
             return Err(busy(&format!(
