@@ -23,14 +23,21 @@ use crate::report::Report;
 /// What a batch runs, and how.
 #[derive(Clone, Debug)]
 pub struct BatchOptions {
+    /// The module file: a .wasm binary or .wat text.
     pub module: PathBuf,
+    /// The directory whose regular files are the inputs, one job each.
     pub input_dir: PathBuf,
+    /// Where the outputs and the report go.
     pub out_dir: PathBuf,
+    /// Every job's limits (clamped to the tenant's policy in distributed mode).
     pub limits: Limits,
     /// `None`: the module's own (`_start` if exported, else the raw ABI's `process`).
     pub entry: Option<EntryPoint>,
+    /// The arguments every job's guest gets.
     pub args: Vec<String>,
+    /// The environment every job's guest gets.
     pub env: Vec<(String, String)>,
+    /// The sandbox embedded mode runs jobs in (directory grants included).
     pub sandbox: SandboxConfig,
     /// Jobs run at once.
     pub concurrency: usize,
@@ -110,36 +117,53 @@ impl BatchOptions {
 /// Why a batch could not run at all (a job's own failure is an outcome, not this).
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// The module file could not be read.
     #[error("cannot read module {path}: {source}")]
     Module {
+        /// The module file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The inputs could not be listed or read.
     #[error("cannot list inputs in {path}: {source}")]
     Inputs {
+        /// The input directory or file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The input directory holds no regular file.
     #[error("no input files in {0}")]
     NoInputs(PathBuf),
+    /// The output directory is the input directory.
     #[error("the output directory must differ from the input directory")]
     OutIsInput,
+    /// An output or the report could not be written.
     #[error("cannot write to {path}: {source}")]
     Output {
+        /// The file that could not be written.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The sandbox could not be built.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The queue failed.
     #[error("queue: {0}")]
     Queue(#[from] sluice_shared::QueueError),
+    /// The module is not valid WebAssembly (distributed mode validates it first).
     #[error(transparent)]
     InvalidModule(#[from] crate::modules::ModuleError),
+    /// The in-process workers stopped (too many stuck runs).
     #[error(transparent)]
     Stuck(#[from] sluice_worker::executor::ExecutorError),
+    /// Redis lost jobs whose inputs cannot be read again.
     #[error("{} jobs were lost by Redis and their inputs cannot be read again: {}{} (the other results are in {})",
         lost.len(), lost_list(lost), if lost.len() > LOST_NAMED { ", …" } else { "" }, report.display())]
     Lost {
+        /// The report, with the other results.
         report: PathBuf,
         /// Input name and why it cannot be read.
         lost: Vec<(String, String)>,
@@ -160,9 +184,13 @@ fn lost_list(lost: &[(String, String)]) -> String {
 /// What a batch did.
 #[derive(Debug, Default)]
 pub struct BatchSummary {
+    /// Jobs run.
     pub total: usize,
+    /// Jobs by how they ended.
     pub by_kind: BTreeMap<OutcomeKind, usize>,
+    /// How long the batch took.
     pub elapsed: Duration,
+    /// Where the report is.
     pub report: PathBuf,
 }
 

@@ -66,6 +66,7 @@ struct HealthState {
 }
 
 impl Health {
+    /// A dispatcher health that is fine so far.
     pub fn new() -> Arc<Self> {
         Arc::new(Health {
             state: Mutex::new(HealthState {
