@@ -19,17 +19,17 @@ use super::{Api, MAX_ENTRY_POINTS};
 use crate::modules;
 
 impl Api {
-    /// The module a tenant names: a hash, or an alias of its own. Using it starts its
-    /// lifetime again.
-    pub(super) async fn module(
+    /// The hash of the module a tenant names (a hash, or an alias of its own), and the
+    /// alias if it gave one; 404 for a name that cannot be an alias or names none.
+    async fn resolve<'n>(
         &self,
         tenant: &str,
-        name: &str,
-    ) -> ApiResult<(ModuleHash, EntryPoint)> {
-        let (hash, alias) = match name.parse::<ModuleHash>() {
-            Ok(hash) => (hash, None),
+        name: &'n str,
+    ) -> ApiResult<(ModuleHash, Option<&'n str>)> {
+        match name.parse::<ModuleHash>() {
+            Ok(hash) => Ok((hash, None)),
             Err(_) => {
-                if name.len() > MAX_NAME || name.contains('/') {
+                if name.is_empty() || name.len() > MAX_NAME || name.contains('/') {
                     return Err(ApiError::not_found("module"));
                 }
                 let hash = self
@@ -37,9 +37,19 @@ impl Api {
                     .resolve_module(&format!("{tenant}/{name}"))
                     .await?
                     .ok_or_else(|| ApiError::not_found("module"))?;
-                (hash, Some(name))
+                Ok((hash, Some(name)))
             }
-        };
+        }
+    }
+
+    /// The module a tenant names: a hash, or an alias of its own. Using it starts its
+    /// lifetime again.
+    pub(super) async fn module(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> ApiResult<(ModuleHash, EntryPoint)> {
+        let (hash, alias) = self.resolve(tenant, name).await?;
         if !self
             .queue
             .touch_module(tenant, &hash, alias, self.config.module_ttl)
@@ -134,20 +144,7 @@ pub(super) async fn delete_module(
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let (hash, alias) = match name.parse::<ModuleHash>() {
-        Ok(hash) => (hash, None),
-        Err(_) => {
-            if name.is_empty() || name.len() > MAX_NAME || name.contains('/') {
-                return Err(ApiError::not_found("module"));
-            }
-            let hash = api
-                .queue
-                .resolve_module(&format!("{tenant}/{name}"))
-                .await?
-                .ok_or_else(|| ApiError::not_found("module"))?;
-            (hash, Some(name.as_str()))
-        }
-    };
+    let (hash, alias) = api.resolve(&tenant, &name).await?;
     let removed = api
         .queue
         .remove_tenant_module(&tenant, &hash, alias)
