@@ -54,6 +54,7 @@ pub(super) struct BatchLimits {
 /// Longest name of one batch input (it becomes the job's label).
 pub(super) const MAX_INPUT_NAME: usize = 1024;
 
+/// `POST /v1/batches`: many jobs of one module, inputs base64 in a JSON body (201 with the batch's and the jobs' ids).
 pub(super) async fn post_batch(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
@@ -214,6 +215,7 @@ pub(super) async fn post_batch(
         .into_response())
 }
 
+/// `GET /v1/batches/{id}`: the batch's counts by outcome and its jobs.
 pub(super) async fn get_batch(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,

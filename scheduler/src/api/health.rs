@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::Api;
 
+/// `/readyz`: 200 when the queue answers and the dispatcher is not stuck, else 503.
 pub(super) async fn readyz(State(api): State<Arc<Api>>) -> Response {
     if let Some(Err(reason)) = api.dispatcher.as_ref().map(|h| h.check()) {
         return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();

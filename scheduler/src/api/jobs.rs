@@ -59,6 +59,7 @@ impl Api {
     }
 }
 
+/// `POST /v1/jobs?module=…`: one job, its input the request body (201 with its id).
 pub(super) async fn post_job(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
@@ -188,6 +189,7 @@ pub(super) async fn stream_input(
     }
 }
 
+/// A job's state (`queued`, `running`, `cancelled`, `done`), limits and result, as JSON.
 pub(super) async fn job_status(
     api: &Api,
     id: JobId,
@@ -213,6 +215,7 @@ pub(super) async fn job_status(
     }))
 }
 
+/// `GET /v1/jobs/{id}`: the job's state and result.
 pub(super) async fn get_job(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
@@ -222,6 +225,7 @@ pub(super) async fn get_job(
     Ok(axum::Json(job_status(&api, id, &record).await?).into_response())
 }
 
+/// `GET /v1/jobs/{id}/output`: a finished job's output, streamed.
 pub(super) async fn get_output(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
@@ -265,6 +269,7 @@ pub(super) async fn get_output(
     Ok((headers, body).into_response())
 }
 
+/// `DELETE /v1/jobs/{id}`: cancels a job that is still queued.
 pub(super) async fn cancel_job(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,

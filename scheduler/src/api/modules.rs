@@ -91,6 +91,7 @@ impl Api {
     }
 }
 
+/// `PUT /v1/modules[?name=]`: validates and stores a module for the tenant (201).
 pub(super) async fn put_module(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
@@ -139,6 +140,7 @@ pub(super) async fn put_module(
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
+/// `DELETE /v1/modules/{name}`: a name deletes that alias; a hash deletes the tenant's hold on the bytes.
 pub(super) async fn delete_module(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,

@@ -45,6 +45,7 @@ pub(super) async fn existing_tenant(api: &Api, name: &str) -> ApiResult<TenantPo
         .ok_or_else(|| ApiError::not_found("tenant"))
 }
 
+/// `POST /v1/admin/tenants`: creates a tenant; answers its first token (201).
 pub(super) async fn admin_create_tenant(
     State(api): State<Arc<Api>>,
     _: Admin,
@@ -67,6 +68,7 @@ pub(super) async fn admin_create_tenant(
         .into_response())
 }
 
+/// `POST /v1/admin/tenants/{name}/tokens`: another token for the tenant (201).
 pub(super) async fn admin_issue_token(
     State(api): State<Arc<Api>>,
     _: Admin,
@@ -81,6 +83,7 @@ pub(super) async fn admin_issue_token(
         .into_response())
 }
 
+/// `DELETE /v1/admin/tenants/{name}/tokens`: revokes every token of the tenant.
 pub(super) async fn admin_revoke(
     State(api): State<Arc<Api>>,
     _: Admin,
@@ -91,6 +94,7 @@ pub(super) async fn admin_revoke(
     Ok(axum::Json(json!({ "tenant": name, "revoked": revoked })).into_response())
 }
 
+/// `PUT /v1/admin/tenants/{name}/policy`: replaces the tenant's policy.
 pub(super) async fn admin_set_policy(
     State(api): State<Arc<Api>>,
     _: Admin,
