@@ -4,33 +4,40 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
 use sluice_shared::{
     EntryPoint, Job, JobInput, JobResult, Limits, MemoryQueue, ModuleHash, Outcome, OutcomeKind,
-    Queue, ReportLine, RetryPolicy, TenantId,
+    Queue, RetryPolicy, TenantId,
 };
 use sluice_worker::executor::{self, Disposition, ExecutorConfig, JobEnv};
 use sluice_worker::{LoadedModule, Sandbox, SandboxConfig, SandboxError};
 use tokio_util::sync::CancellationToken;
 
-/// The report file written beside the outputs.
-pub const REPORT_FILE: &str = "report.jsonl";
+pub use crate::report::REPORT_FILE;
+use crate::report::Report;
 
 /// What a batch runs, and how.
 #[derive(Clone, Debug)]
 pub struct BatchOptions {
+    /// The module file: a .wasm binary or .wat text.
     pub module: PathBuf,
+    /// The directory whose regular files are the inputs, one job each.
     pub input_dir: PathBuf,
+    /// Where the outputs and the report go.
     pub out_dir: PathBuf,
+    /// Every job's limits (clamped to the tenant's policy in distributed mode).
     pub limits: Limits,
     /// `None`: the module's own (`_start` if exported, else the raw ABI's `process`).
     pub entry: Option<EntryPoint>,
+    /// The arguments every job's guest gets.
     pub args: Vec<String>,
+    /// The environment every job's guest gets.
     pub env: Vec<(String, String)>,
+    /// The sandbox embedded mode runs jobs in (directory grants included).
     pub sandbox: SandboxConfig,
     /// Jobs run at once.
     pub concurrency: usize,
@@ -110,36 +117,53 @@ impl BatchOptions {
 /// Why a batch could not run at all (a job's own failure is an outcome, not this).
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// The module file could not be read.
     #[error("cannot read module {path}: {source}")]
     Module {
+        /// The module file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The inputs could not be listed or read.
     #[error("cannot list inputs in {path}: {source}")]
     Inputs {
+        /// The input directory or file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The input directory holds no regular file.
     #[error("no input files in {0}")]
     NoInputs(PathBuf),
+    /// The output directory is the input directory.
     #[error("the output directory must differ from the input directory")]
     OutIsInput,
+    /// An output or the report could not be written.
     #[error("cannot write to {path}: {source}")]
     Output {
+        /// The file that could not be written.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The sandbox could not be built.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The queue failed.
     #[error("queue: {0}")]
     Queue(#[from] sluice_shared::QueueError),
+    /// The module is not valid WebAssembly (distributed mode validates it first).
     #[error(transparent)]
     InvalidModule(#[from] crate::modules::ModuleError),
+    /// The in-process workers stopped (too many stuck runs).
     #[error(transparent)]
     Stuck(#[from] sluice_worker::executor::ExecutorError),
+    /// Redis lost jobs whose inputs cannot be read again.
     #[error("{} jobs were lost by Redis and their inputs cannot be read again: {}{} (the other results are in {})",
         lost.len(), lost_list(lost), if lost.len() > LOST_NAMED { ", …" } else { "" }, report.display())]
     Lost {
+        /// The report, with the other results.
         report: PathBuf,
         /// Input name and why it cannot be read.
         lost: Vec<(String, String)>,
@@ -157,22 +181,16 @@ fn lost_list(lost: &[(String, String)]) -> String {
         .join(", ")
 }
 
-/// The progress bar batches draw on stderr (hidden when it is not a terminal).
-pub(crate) fn progress_bar(total: u64) -> ProgressBar {
-    let progress = ProgressBar::new(total);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    progress
-}
-
 /// What a batch did.
 #[derive(Debug, Default)]
 pub struct BatchSummary {
+    /// Jobs run.
     pub total: usize,
+    /// Jobs by how they ended.
     pub by_kind: BTreeMap<OutcomeKind, usize>,
+    /// How long the batch took.
     pub elapsed: Duration,
+    /// Where the report is.
     pub report: PathBuf,
 }
 
@@ -195,12 +213,9 @@ impl BatchSummary {
 struct FileEnv {
     module: Result<Arc<LoadedModule>, Outcome>,
     out_dir: PathBuf,
-    report: Mutex<BufWriter<File>>,
-    report_error: Mutex<Option<std::io::Error>>,
-    by_kind: Mutex<BTreeMap<OutcomeKind, usize>>,
+    report: Mutex<Report>,
     finished: AtomicUsize,
     total: usize,
-    progress: ProgressBar,
     all_done: CancellationToken,
 }
 
@@ -256,30 +271,8 @@ impl JobEnv for FileEnv {
             return;
         }
         let label = job.map_or("<undecodable>", |job| job.label.as_str());
-        let line = ReportLine::new(label, result);
-        {
-            let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
-            let written = serde_json::to_writer(&mut *report, &line)
-                .map_err(std::io::Error::from)
-                .and_then(|()| report.write_all(b"\n"));
-            if let Err(e) = written {
-                self.report_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
-            }
-        }
-        *self
-            .by_kind
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(result.outcome.kind())
-            .or_default() += 1;
-        if !result.outcome.is_success() {
-            self.progress
-                .println(format!("{label}: {}", result.outcome));
-        }
-        self.progress.inc(1);
+        // A failed write is kept by the report, and fails the batch when it finishes.
+        let _ = self.report.lock().record(label, result);
         if self.finished.fetch_add(1, Ordering::AcqRel) + 1 == self.total {
             self.all_done.cancel();
         }
@@ -317,11 +310,7 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
         source,
     })?;
     let inputs = options.prepare_dirs()?;
-    let report_path = options.out_dir.join(REPORT_FILE);
-    let report = File::create(&report_path).map_err(|source| BatchError::Output {
-        path: report_path.clone(),
-        source,
-    })?;
+    let report = Report::create(&options.out_dir, inputs.len(), options.progress)?;
 
     let slots = options.concurrency.max(1);
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
@@ -335,21 +324,13 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
         (None, Err(_)) => EntryPoint::Command,
     };
 
-    let progress = if options.progress {
-        progress_bar(inputs.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
     let all_done = CancellationToken::new();
     let env = Arc::new(FileEnv {
         module,
         out_dir: options.out_dir.clone(),
-        report: Mutex::new(BufWriter::new(report)),
-        report_error: Mutex::new(None),
-        by_kind: Mutex::new(BTreeMap::new()),
+        report: Mutex::new(report),
         finished: AtomicUsize::new(0),
         total: inputs.len(),
-        progress: progress.clone(),
         all_done: all_done.clone(),
     });
 
@@ -380,34 +361,5 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
         ..ExecutorConfig::default()
     };
     executor::run(queue, sandbox, env.clone(), config, all_done).await?;
-    progress.finish_and_clear();
-
-    let mut report = env.report.lock().unwrap_or_else(|p| p.into_inner());
-    let flushed = report.flush();
-    if let Some(source) = env
-        .report_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
-        return Err(BatchError::Output {
-            path: report_path,
-            source,
-        });
-    }
-    flushed.map_err(|source| BatchError::Output {
-        path: report_path.clone(),
-        source,
-    })?;
-    let by_kind = env
-        .by_kind
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    Ok(BatchSummary {
-        total: jobs.len(),
-        by_kind,
-        elapsed: started.elapsed(),
-        report: report_path,
-    })
+    env.report.lock().finish(jobs.len(), started.elapsed())
 }

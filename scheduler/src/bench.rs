@@ -202,7 +202,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let latencies = {
         let from = queue.notices_from_now().await?;
         let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
-        let sent_at: std::sync::Mutex<HashMap<JobId, Instant>> = std::sync::Mutex::default();
+        let sent_at: parking_lot::Mutex<HashMap<JobId, Instant>> = parking_lot::Mutex::default();
         let jobs: Vec<Job> = (0..args.latency_jobs)
             .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
             .collect();
@@ -211,7 +211,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             let mut ticker = tokio::time::interval(interval);
             for job in &jobs {
                 ticker.tick().await;
-                sent_at.lock().unwrap().insert(job.id, Instant::now());
+                sent_at.lock().insert(job.id, Instant::now());
                 queue.enqueue(std::slice::from_ref(job)).await?;
             }
             anyhow::Ok(())
@@ -234,7 +234,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             anyhow::Ok(arrived)
         };
         let ((), arrived) = tokio::try_join!(sender, follower)?;
-        let sent_at = sent_at.into_inner().unwrap();
+        let sent_at = sent_at.into_inner();
         let mut latencies: Vec<Duration> = arrived
             .iter()
             .filter_map(|(id, at)| Some(at.saturating_duration_since(*sent_at.get(id)?)))

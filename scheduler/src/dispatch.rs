@@ -18,9 +18,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
+use sluice_shared::backoff::Backoff;
 use sluice_shared::queue::redis::{AdmissionError, Hold, RedisQueue};
 use sluice_shared::{JobId, OutcomeKind, TenantPolicy};
 use tokio::sync::Notify;
@@ -63,6 +66,7 @@ struct HealthState {
 }
 
 impl Health {
+    /// A dispatcher health that is fine so far.
     pub fn new() -> Arc<Self> {
         Arc::new(Health {
             state: Mutex::new(HealthState {
@@ -73,8 +77,8 @@ impl Health {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HealthState> {
+        self.state.lock()
     }
 
     fn ok(&self, role_key_problem: Option<String>) {
@@ -189,12 +193,13 @@ pub async fn run(
         last_served: None,
         complained: HashMap::new(),
     };
-    let mut poll = MIN_POLL;
-    let mut backoff = Duration::from_millis(100);
+    let mut poll = Backoff::new(MIN_POLL, MAX_POLL);
+    // Doubling from 200 ms up to 2 s while rounds fail.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     while !shutdown.is_cancelled() {
         let wait = match d.round().await {
             Ok(round) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 match round {
                     Round::Standby(problem) => {
                         health.ok(problem);
@@ -206,14 +211,13 @@ pub async fn run(
                     }
                     Round::Moved => {
                         health.ok(None);
-                        poll = MIN_POLL;
+                        poll.reset();
                         tokio::task::yield_now().await;
                         continue;
                     }
                     Round::Waiting => {
                         health.ok(None);
-                        let wait = poll;
-                        poll = (poll * 2).min(MAX_POLL);
+                        let wait = poll.next_delay();
                         // A completion frees a place: wait for one, briefly.
                         tokio::select! {
                             () = wake.notified() => {}
@@ -225,7 +229,7 @@ pub async fn run(
                                         if !finished.is_empty() {
                                             d.notices = last;
                                             d.finished(finished).await;
-                                            poll = MIN_POLL;
+                                            poll.reset();
                                         }
                                     }
                                     // A corrupt notice stream fails at once: wait anyway
@@ -241,8 +245,7 @@ pub async fn run(
             Err(error) => {
                 d.complain("dispatcher", &error.to_string());
                 health.failed(error.to_string());
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                backoff
+                backoff.next_delay()
             }
         };
         tokio::select! {

@@ -1,23 +1,24 @@
 //! Distributed mode from the submitter's side: upload modules and inputs to Redis,
 //! enqueue jobs, follow their completion notices, and collect results and outputs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::Write;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
+use sluice_shared::backoff::Backoff;
 use sluice_shared::queue::redis::{RedisQueue, Whereabouts};
 use sluice_shared::{
-    BlobId, EntryPoint, JobId, JobInput, JobOutput, JobResult, Limits, ModuleHash, OutcomeKind,
-    Queue, QueueError, ReportLine, codec,
+    BlobId, EntryPoint, JobId, JobInput, JobOutput, JobResult, Limits, ModuleHash, Queue,
+    QueueError, codec,
 };
 use tokio::io::AsyncWriteExt;
 
-use crate::batch::{BatchError, BatchOptions, BatchSummary, REPORT_FILE, progress_bar};
+use crate::batch::{BatchError, BatchOptions, BatchSummary};
 use crate::modules;
+use crate::report::{Report, say};
 
 /// Reads a module file and validates it; returns its wasm, hash and the entry point it
 /// offers.
@@ -290,16 +291,6 @@ pub async fn fetch_results(
     Ok(out)
 }
 
-/// Tells the user something while a batch runs: above the progress bar when it is
-/// drawn, else on stderr (the progress bar's own lines are dropped when it is hidden).
-fn say(progress: &ProgressBar, line: &str) {
-    if progress.is_hidden() {
-        eprintln!("sluice: {line}");
-    } else {
-        progress.println(line);
-    }
-}
-
 /// When the next check for lost jobs is due: after `stall_after` without a result,
 /// then at doubling intervals (up to a minute) while nothing arrives, so that a batch
 /// of long jobs costs a scan now and then, not one per second.
@@ -469,11 +460,8 @@ pub async fn run_batch(
     let mut options = options;
     options.limits = clamp_to_policy(&queue, &options.tenant.0, &options.limits).await?;
     let entry = options.entry.clone().unwrap_or(module_entry);
-    let progress = if options.progress {
-        progress_bar(inputs.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let mut report = Report::create(&options.out_dir, inputs.len(), options.progress)?;
+    let progress = report.progress().clone();
 
     let mut follower = Follower::start(&queue).await?;
     let mut labels = HashMap::with_capacity(inputs.len());
@@ -539,31 +527,23 @@ pub async fn run_batch(
         }
     }
 
-    let report_path = options.out_dir.join(REPORT_FILE);
-    let report_io = |source| BatchError::Output {
-        path: report_path.clone(),
-        source,
-    };
-    let mut report =
-        std::io::BufWriter::new(std::fs::File::create(&report_path).map_err(report_io)?);
-    let mut by_kind: BTreeMap<OutcomeKind, usize> = BTreeMap::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut stall = StallWatch::new(options.stall_after);
     while follower.outstanding() > 0 {
         let mut finished = match follower.next(&queue, Duration::from_secs(1)).await {
             Ok(finished) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 finished
             }
             Err(QueueError::Unavailable(reason)) => {
                 // Redis is restarting or unreachable: wait; whatever it lost is
                 // enqueued again once it is back.
+                let delay = backoff.next_delay();
                 say(
                     &progress,
-                    &format!("redis unavailable ({reason}); retrying in {backoff:?}"),
+                    &format!("redis unavailable ({reason}); retrying in {delay:?}"),
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(delay).await;
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -649,19 +629,11 @@ pub async fn run_batch(
                     }
                     Err(e) => return Err(e),
                 }
-            } else {
-                say(&progress, &format!("{label}: {}", result.outcome));
             }
-            serde_json::to_writer(&mut report, &ReportLine::new(label, &result))
-                .map_err(std::io::Error::from)
-                .map_err(report_io)?;
-            report.write_all(b"\n").map_err(report_io)?;
-            *by_kind.entry(result.outcome.kind()).or_default() += 1;
-            progress.inc(1);
+            report.record(&label, &result)?;
         }
     }
-    progress.finish_and_clear();
-    report.flush().map_err(report_io)?;
+    let summary = report.finish(inputs.len(), started.elapsed())?;
     if resubmitter.redone > 0 {
         say(
             &progress,
@@ -673,16 +645,11 @@ pub async fn run_batch(
     }
     if !resubmitter.lost.is_empty() {
         return Err(BatchError::Lost {
-            report: report_path,
+            report: summary.report,
             lost: resubmitter.lost,
         });
     }
-    Ok(BatchSummary {
-        total: inputs.len(),
-        by_kind,
-        elapsed: started.elapsed(),
-        report: report_path,
-    })
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -3,6 +3,16 @@
 //! The user-facing side of Sluice: the `sluice` command line and (in distributed mode)
 //! the scheduler service.
 //!
+//! - [`cli`]: the subcommands, one file per command group; `main.rs` only parses and
+//!   calls them.
+//! - [`batch`]: embedded batch mode; [`distributed`]: the submitter's side of
+//!   distributed mode (`batch --redis`, `submit`, `result`). Both write their report
+//!   through one writer (`report.rs`).
+//! - [`modules`]: module validation (wasmparser, off the async threads).
+//! - [`api`]: `sluice serve`'s HTTP API, one file per resource; [`api_metrics`]: its
+//!   `/metrics`; [`dispatch`]: the fair-admission dispatcher beside it.
+//! - [`bench`]: `sluice bench`.
+//!
 //! [`batch`] is embedded batch mode: with no infrastructure at all, it runs a module over
 //! every file of a directory through an in-memory [`Queue`](sluice_shared::Queue) and the
 //! same worker loop the fleet uses ([`sluice_worker::executor`]), writing one output per
@@ -22,6 +32,8 @@ pub mod api;
 pub mod api_metrics;
 pub mod batch;
 pub mod bench;
+pub mod cli;
 pub mod dispatch;
 pub mod distributed;
 pub mod modules;
+mod report;

@@ -25,16 +25,27 @@ pub const MAX_CONCURRENT_VALIDATIONS: usize = 2;
 /// Why a module is refused at upload.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
+    /// The module is over [`MAX_MODULE_BYTES`].
     #[error("module is {size} bytes, over the {MAX_MODULE_BYTES}-byte cap")]
-    TooLarge { size: usize },
+    TooLarge {
+        /// The module's size in bytes.
+        size: usize,
+    },
+    /// WebAssembly text over [`MAX_WAT_BYTES`].
     #[error(
         "WebAssembly text is {size} bytes, over the {MAX_WAT_BYTES}-byte cap for text (upload a binary .wasm)"
     )]
-    TextTooLarge { size: usize },
+    TextTooLarge {
+        /// The text's size in bytes.
+        size: usize,
+    },
+    /// The validation task ended without an answer.
     #[error("module validation did not finish: {0}")]
     Interrupted(String),
+    /// The text does not parse as WebAssembly text.
     #[error("not valid WebAssembly text: {0}")]
     Wat(String),
+    /// The bytes are not a valid WebAssembly module.
     #[error("not a valid WebAssembly module: {0}")]
     Invalid(String),
 }

@@ -13,6 +13,8 @@
 //! - [`backoff`]: the one exponential backoff every retry loop uses.
 //! - [`metrics`]: the Prometheus text renderer both binaries serve.
 //! - [`units`]: `64MiB` / `2s` parsing for the command lines.
+//! - [`parse`]: one parser per text format the command line and the HTTP API share
+//!   (entry points, `KEY=VALUE` pairs, job limits).
 //!
 //! ```
 //! use sluice_shared::{codec, Job, JobInput, Limits, ModuleHash};
@@ -29,6 +31,7 @@ pub mod codec;
 pub mod job;
 pub mod metrics;
 pub mod outcome;
+pub mod parse;
 pub mod queue;
 pub mod tenant;
 pub mod units;

@@ -66,52 +66,111 @@ pub enum Outcome {
     /// The wall-clock deadline passed.
     Timeout,
     /// The guest asked for more memory or table space than its limit allows.
-    MemoryLimit { detail: String },
+    MemoryLimit {
+        /// What the guest asked for, as wasmtime reported it.
+        detail: String,
+    },
     /// The guest wrote more output than `max_output_bytes`.
-    OutputLimit { limit: u64 },
+    OutputLimit {
+        /// The job's `max_output_bytes`.
+        limit: u64,
+    },
     /// A WebAssembly trap: `code` is wasmtime's trap code in snake_case
     /// (`unreachable_code_reached`, `integer_division_by_zero`, `stack_overflow`, …).
-    Trap { code: String, message: String },
+    Trap {
+        /// wasmtime's trap code, snake_case.
+        code: String,
+        /// The trap's message, with the guest's backtrace if any.
+        message: String,
+    },
     /// The guest exited with a non-zero status (`proc_exit(n)`, or a raw-ABI `-n`).
-    NonZeroExit { code: i32 },
+    NonZeroExit {
+        /// The exit status.
+        code: i32,
+    },
     /// The bytes are not a valid module, or it failed to compile.
-    InvalidModule { reason: String },
+    InvalidModule {
+        /// Why the module was refused.
+        reason: String,
+    },
     /// The module is larger than the worker's module-size cap.
-    ModuleTooLarge { size: u64, limit: u64 },
+    ModuleTooLarge {
+        /// The module's size in bytes.
+        size: u64,
+        /// The cap it is over, in bytes.
+        limit: u64,
+    },
     /// A required export is missing or has the wrong signature.
-    MissingExport { name: String, reason: String },
+    MissingExport {
+        /// The export looked for.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The module imports something other than the allowed WASI functions.
-    ImportNotAllowed { module: String, name: String },
+    ImportNotAllowed {
+        /// The import's module name.
+        module: String,
+        /// The import's field name.
+        name: String,
+    },
     /// The job's input could not be read (blob missing, I/O error).
-    InputUnavailable { reason: String },
+    InputUnavailable {
+        /// Why the input could not be read.
+        reason: String,
+    },
     /// The envelope could not be decoded (garbage or an unknown format version).
-    BadEnvelope { reason: String },
+    BadEnvelope {
+        /// Why the envelope could not be decoded.
+        reason: String,
+    },
     /// The job asks for more than its tenant's policy allows (a forged or stale
     /// envelope: submitters clamp limits to the policy).
-    PolicyViolation { reason: String },
+    PolicyViolation {
+        /// Which limit is over the policy, and by how much.
+        reason: String,
+    },
     /// The worker could not run the job for a reason of its own (output sink failed,
     /// no pool slot). Not the guest's fault.
-    HostError { reason: String },
+    HostError {
+        /// What failed on the worker's side.
+        reason: String,
+    },
 }
 
 /// The outcome's kind without its details: a closed set, safe as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
+    /// The guest finished.
     Success,
+    /// The instruction budget ran out.
     FuelExhausted,
+    /// The wall-clock deadline passed.
     Timeout,
+    /// The guest asked for more memory than its limit.
     MemoryLimit,
+    /// The guest wrote more output than its limit.
     OutputLimit,
+    /// A WebAssembly trap.
     Trap,
+    /// The guest exited with a non-zero status.
     NonZeroExit,
+    /// The bytes are not a valid module.
     InvalidModule,
+    /// The module is over the module-size cap.
     ModuleTooLarge,
+    /// A required export is missing or has the wrong signature.
     MissingExport,
+    /// The module imports something not allowed.
     ImportNotAllowed,
+    /// The job's input could not be read.
     InputUnavailable,
+    /// The envelope could not be decoded.
     BadEnvelope,
+    /// The job asks for more than its tenant's policy allows.
     PolicyViolation,
+    /// The worker failed for a reason of its own.
     HostError,
 }
 
@@ -170,6 +229,23 @@ impl OutcomeKind {
 impl fmt::Display for OutcomeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a name is not an outcome kind.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown outcome kind {0:?}")]
+pub struct UnknownOutcomeKind(String);
+
+/// The kind named by [`OutcomeKind::as_str`] (snake_case, as in reports and metrics).
+impl std::str::FromStr for OutcomeKind {
+    type Err = UnknownOutcomeKind;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        OutcomeKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| UnknownOutcomeKind(cut(name, 64)))
     }
 }
 
@@ -274,14 +350,22 @@ pub enum JobOutput {
     /// Small output, carried in the result.
     Inline(Vec<u8>),
     /// A chunked blob in the queue's store.
-    Blob { id: String, len: u64 },
+    Blob {
+        /// The blob's id in the store.
+        id: String,
+        /// Its length in bytes.
+        len: u64,
+    },
 }
 
 /// A finished job: its outcome, what the run measured and the start of its stderr.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobResult {
+    /// The job this is the result of.
     pub job_id: JobId,
+    /// How the job ended.
     pub outcome: Outcome,
+    /// What the run measured.
     pub stats: RunStats,
     /// The guest's stderr, cut at the worker's stderr cap.
     pub stderr: Vec<u8>,
@@ -325,6 +409,7 @@ impl JobResult {
 pub struct ReportLine {
     /// The input's name (embedded mode: the file name).
     pub input: String,
+    /// The job's id.
     pub job_id: JobId,
     /// The outcome kind, snake_case.
     pub outcome: OutcomeKind,
@@ -334,9 +419,13 @@ pub struct ReportLine {
     pub fuel_used: Option<u64>,
     /// Wall time in milliseconds.
     pub wall_time_ms: f64,
+    /// Output bytes written.
     pub output_bytes: u64,
+    /// Input bytes read.
     pub input_bytes: u64,
+    /// The guest's largest linear memory, in bytes.
     pub peak_memory_bytes: u64,
+    /// Which attempt this was (1 for the first run).
     pub attempt: u32,
     /// The guest's exit code when it exited non-zero.
     pub exit_code: Option<i32>,
@@ -436,6 +525,18 @@ mod tests {
         let result = result.capped();
         assert_eq!(result.stderr.len(), MAX_STDERR_BYTES);
         assert!(result.stderr_truncated);
+    }
+
+    #[test]
+    fn kinds_parse_from_their_names_and_unknown_names_are_refused() {
+        for kind in OutcomeKind::ALL {
+            assert_eq!(kind.as_str().parse::<OutcomeKind>(), Ok(kind));
+        }
+        let e = "Success".parse::<OutcomeKind>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown outcome kind \"Success\"");
+        assert!("".parse::<OutcomeKind>().is_err());
+        let long = "x".repeat(10_000).parse::<OutcomeKind>().unwrap_err();
+        assert!(long.to_string().len() < 200, "{long}");
     }
 
     #[test]

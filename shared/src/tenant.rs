@@ -82,8 +82,11 @@ impl Default for TenantPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{limit} {asked} is over the tenant's policy of {allowed}")]
 pub struct PolicyViolation {
+    /// The limit's name.
     pub limit: &'static str,
+    /// What the job asked for.
     pub asked: String,
+    /// What the policy allows.
     pub allowed: String,
 }
 
@@ -91,7 +94,9 @@ pub struct PolicyViolation {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("policy field {field}: {reason}")]
 pub struct InvalidPolicy {
+    /// The policy field.
     pub field: &'static str,
+    /// What is wrong with its value.
     pub reason: String,
 }
 

@@ -10,10 +10,22 @@ pub const MAX_UNIT_TEXT: usize = 64;
 /// Why a size or duration could not be parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum UnitError {
+    /// Not a size.
     #[error("invalid size {input:?}: {reason} (examples: 4096, 64KiB, 64MiB, 1GiB)")]
-    Size { input: String, reason: String },
+    Size {
+        /// The text given (at most [`MAX_UNIT_TEXT`] characters of it).
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Not a duration.
     #[error("invalid duration {input:?}: {reason} (examples: 500ms, 2s, 1m)")]
-    Duration { input: String, reason: String },
+    Duration {
+        /// The text given (at most [`MAX_UNIT_TEXT`] characters of it).
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// `input` as it may appear in an error message: at most [`MAX_UNIT_TEXT`] characters.

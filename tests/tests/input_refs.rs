@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_shared::{Job, JobInput, OutcomeKind, codec};
+use sluice_shared::{Job, JobInput, OutcomeKind, Queue, codec};
 use sluice_tests::fleet::Fleet;
 use sluice_tests::wait::enqueue_and_await;
 

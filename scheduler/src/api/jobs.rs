@@ -1,0 +1,294 @@
+//! `POST /v1/jobs` (the input streamed inline or into a blob), `GET /v1/jobs/{id}`,
+//! `GET /v1/jobs/{id}/output` and `DELETE /v1/jobs/{id}`.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sluice_shared::queue::redis::{Cancelled, Enqueued};
+use sluice_shared::{
+    BlobId, Job, JobId, JobInput, JobOutput, Queue, ReportLine, TenantId, TenantPolicy,
+};
+
+use super::Api;
+use super::auth::Tenant;
+use super::error::{ApiError, ApiResult};
+use super::params::{JobParams, job_params};
+use super::quotas::{check_args_env, input_too_large};
+
+impl Api {
+    /// A template for this tenant's jobs: the module resolved, the parameters checked
+    /// against the policy's argument quotas and the limits clamped to it; `Job`
+    /// instances follow with `template(input)`.
+    pub(super) async fn job_template(
+        &self,
+        tenant: &str,
+        policy: &TenantPolicy,
+        params: &JobParams,
+    ) -> ApiResult<impl Fn(JobInput) -> Job + use<>> {
+        check_args_env(policy, &params.args, &params.env)?;
+        let (module, default_entry) = self.module(tenant, &params.module).await?;
+        let entry = params.entry.clone().unwrap_or(default_entry);
+        let (args, env) = (params.args.clone(), params.env.clone());
+        let limits = policy.clamp(&params.requested);
+        let tenant = TenantId(tenant.to_owned());
+        Ok(move |input| {
+            let mut job = Job::new(module, input);
+            job.entry = entry.clone();
+            job.args = args.clone();
+            job.env = env.clone();
+            job.limits = limits.clone();
+            job.tenant = tenant.clone();
+            job
+        })
+    }
+
+    /// The record of a job if `tenant` owns it; 404 otherwise.
+    pub(super) async fn owned(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> ApiResult<(JobId, sluice_shared::queue::redis::JobRecord)> {
+        let id: JobId = id.parse().map_err(|_| ApiError::not_found("job"))?;
+        match self.queue.job_record(id).await? {
+            Some(record) if record.tenant == tenant => Ok((id, record)),
+            _ => Err(ApiError::not_found("job")),
+        }
+    }
+}
+
+/// `POST /v1/jobs?module=…`: one job, its input the request body (201 with its id).
+pub(super) async fn post_job(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let params = job_params(query.as_deref())?;
+    let policy = api.policy(&tenant).await?;
+    // Everything that can refuse the job is checked before the body is read: a refused
+    // request costs no upload.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > policy.max_input_bytes
+    {
+        api.metrics.quota_refused("max_input_bytes");
+        return Err(input_too_large(&policy));
+    }
+    let template = api.job_template(&tenant, &policy, &params).await?;
+    api.check_backlog(&tenant, &policy, 1).await?;
+    // The arguments and environment travel in the envelope, and a declared length is
+    // reserved whole before the upload starts; a streamed body is reserved as it
+    // arrives.
+    let envelope = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
+    let reserved = declared.unwrap_or(0);
+    if reserved + envelope > 0 {
+        api.reserve_stored(&tenant, &policy, reserved + envelope)
+            .await?;
+    }
+    let input = stream_input(&api, &tenant, &policy, reserved, body).await?;
+    let job = template(input);
+    let enqueued = api
+        .queue
+        .enqueue_owned_within(
+            std::slice::from_ref(&job),
+            &tenant,
+            None,
+            Some(policy.max_backlog_jobs),
+        )
+        .await?;
+    if let Enqueued::BacklogFull { waiting } = enqueued {
+        if let JobInput::Blob { id, len } = &job.input {
+            let _ = api.queue.delete_blob(id.as_str(), *len).await;
+        }
+        return Err(api.backlog_full(&policy, waiting, 1));
+    }
+    api.submitted.notify_one();
+    let body = json!({ "id": job.id.to_string(), "limits": job.limits });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+/// Input bytes reserved against the stored-bytes quota at a time while an upload
+/// streams: one quota call per this many bytes.
+pub(super) const RESERVE_STEP: u64 = 1 << 20;
+
+/// Reads a request body into a job input: inline up to the inline limit, else chunk by
+/// chunk into a blob, so a large upload never sits in memory. The bytes are counted as
+/// they arrive: past the tenant's input or stored-bytes quota the upload stops, what
+/// was written is deleted, and the client gets a 413 or 429.
+pub(super) async fn stream_input(
+    api: &Api,
+    tenant: &str,
+    policy: &TenantPolicy,
+    mut reserved: u64,
+    body: Body,
+) -> ApiResult<JobInput> {
+    let queue = &api.queue;
+    let limit = queue.config().inline_limit;
+    let mut inline = Vec::new();
+    let mut blob = None;
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    let outcome: ApiResult<()> = async {
+        loop {
+            let next = tokio::time::timeout(api.config.body_idle_timeout, stream.next())
+                .await
+                .map_err(|_| ApiError::timeout("the input stopped arriving"))?;
+            let Some(frame) = next else { return Ok(()) };
+            let bytes = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+            total += bytes.len() as u64;
+            if total > policy.max_input_bytes {
+                api.metrics.quota_refused("max_input_bytes");
+                return Err(input_too_large(policy));
+            }
+            if total > reserved {
+                let step = (total - reserved).max(RESERVE_STEP);
+                api.reserve_stored(tenant, policy, step).await?;
+                reserved += step;
+            }
+            if blob.is_none() && inline.len() + bytes.len() <= limit {
+                inline.extend_from_slice(&bytes);
+                continue;
+            }
+            let writer = blob.get_or_insert_with(|| queue.blob_writer());
+            if !inline.is_empty() {
+                writer.write(&std::mem::take(&mut inline)).await?;
+            }
+            writer.write(&bytes).await?;
+        }
+    }
+    .await;
+    match (outcome, blob) {
+        (Ok(()), None) => Ok(JobInput::Inline(inline)),
+        (Ok(()), Some(writer)) => {
+            let (id, len) = writer.finish().await?;
+            Ok(JobInput::Blob {
+                id: BlobId::new(id),
+                len,
+            })
+        }
+        (Err(e), None) => Err(e),
+        (Err(e), Some(writer)) => {
+            // Finishing waits for the chunk upload in flight, so deleting afterwards
+            // leaves nothing of the refused upload behind.
+            if let Ok((id, len)) = writer.finish().await
+                && let Err(cleanup) = queue.delete_blob(&id, len).await
+            {
+                tracing::warn!(blob = %id, error = %cleanup, "deleting a refused upload");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A job's state (`queued`, `running`, `cancelled`, `done`), limits and result, as JSON.
+pub(super) async fn job_status(
+    api: &Api,
+    id: JobId,
+    record: &sluice_shared::queue::redis::JobRecord,
+) -> ApiResult<Value> {
+    let result = api.queue.result(id).await?;
+    let state = if result.is_some() {
+        "done"
+    } else if record.cancelled {
+        "cancelled"
+    } else if api.queue.is_running(record).await? {
+        "running"
+    } else {
+        "queued"
+    };
+    let limits: Value = serde_json::from_str(&record.limits).unwrap_or(Value::Null);
+    Ok(json!({
+        "id": id.to_string(),
+        "state": state,
+        "batch": record.batch,
+        "limits": limits,
+        "result": result.map(|r| ReportLine::new("", &r)),
+    }))
+}
+
+/// `GET /v1/jobs/{id}`: the job's state and result.
+pub(super) async fn get_job(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let (id, record) = api.owned(&tenant, &id).await?;
+    Ok(axum::Json(job_status(&api, id, &record).await?).into_response())
+}
+
+/// `GET /v1/jobs/{id}/output`: a finished job's output, streamed.
+pub(super) async fn get_output(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let (id, _) = api.owned(&tenant, &id).await?;
+    let result = api.queue.result(id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            "the job has not finished",
+        )
+    })?;
+    if !result.outcome.is_success() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "failed",
+            format!("the job failed ({}); it has no output", result.outcome),
+        ));
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/octet-stream".parse().expect("static header"),
+    );
+    let body = match result.output {
+        JobOutput::Inline(bytes) => Body::from(bytes),
+        JobOutput::Written => Body::empty(),
+        JobOutput::Blob { id, .. } => {
+            let reader = api.queue.blob_reader(&id);
+            let chunks = futures_util::stream::unfold(reader, |mut reader| async move {
+                match reader.next_chunk().await {
+                    Ok(Some(chunk)) => Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), reader)),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), reader)),
+                }
+            });
+            Body::from_stream(chunks)
+        }
+    };
+    Ok((headers, body).into_response())
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a job that is still queued.
+pub(super) async fn cancel_job(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let (id, _) = api.owned(&tenant, &id).await?;
+    match api.queue.cancel(id).await? {
+        Cancelled::Yes => {
+            Ok(axum::Json(json!({ "id": id.to_string(), "state": "cancelled" })).into_response())
+        }
+        Cancelled::Running => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "running",
+            "the job is running",
+        )),
+        Cancelled::Gone => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "finished",
+            "the job is no longer queued",
+        )),
+    }
+}

@@ -1,0 +1,163 @@
+//! `PUT /v1/modules` and `DELETE /v1/modules/{name}`, and resolving the module a job
+//! names (with its entry point, remembered by hash).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use sluice_shared::queue::redis::ModulePut;
+use sluice_shared::{EntryPoint, ModuleHash};
+
+use super::auth::Tenant;
+use super::error::{ApiError, ApiResult};
+use super::params::{MAX_NAME, module_name};
+use super::turns::{buffered_turn, read_body};
+use super::{Api, MAX_ENTRY_POINTS};
+use crate::modules;
+
+impl Api {
+    /// The hash of the module a tenant names (a hash, or an alias of its own), and the
+    /// alias if it gave one; 404 for a name that cannot be an alias or names none.
+    async fn resolve<'n>(
+        &self,
+        tenant: &str,
+        name: &'n str,
+    ) -> ApiResult<(ModuleHash, Option<&'n str>)> {
+        match name.parse::<ModuleHash>() {
+            Ok(hash) => Ok((hash, None)),
+            Err(_) => {
+                if name.is_empty() || name.len() > MAX_NAME || name.contains('/') {
+                    return Err(ApiError::not_found("module"));
+                }
+                let hash = self
+                    .queue
+                    .resolve_module(&format!("{tenant}/{name}"))
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("module"))?;
+                Ok((hash, Some(name)))
+            }
+        }
+    }
+
+    /// The module a tenant names: a hash, or an alias of its own. Using it starts its
+    /// lifetime again.
+    pub(super) async fn module(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> ApiResult<(ModuleHash, EntryPoint)> {
+        let (hash, alias) = self.resolve(tenant, name).await?;
+        if !self
+            .queue
+            .touch_module(tenant, &hash, alias, self.config.module_ttl)
+            .await?
+        {
+            return Err(ApiError::not_found("module"));
+        }
+        // The touch just checked that the module is stored.
+        if let Some(entry) = self.known_entry(&hash) {
+            return Ok((hash, entry));
+        }
+        let wasm = self
+            .queue
+            .get_module(&hash)
+            .await?
+            .ok_or_else(|| ApiError::not_found("module"))?;
+        // Reading the exports walks the module: off the async threads, like validation.
+        let entry = tokio::task::spawn_blocking(move || modules::default_entry(&wasm))
+            .await
+            .unwrap_or_default();
+        self.remember_entry(hash, entry.clone());
+        Ok((hash, entry))
+    }
+
+    pub(super) fn known_entry(&self, hash: &ModuleHash) -> Option<EntryPoint> {
+        let known = self.entry_points.lock();
+        known.get(hash).cloned()
+    }
+
+    pub(super) fn remember_entry(&self, hash: ModuleHash, entry: EntryPoint) {
+        let mut known = self.entry_points.lock();
+        if known.len() >= MAX_ENTRY_POINTS
+            && !known.contains_key(&hash)
+            && let Some(evicted) = known.keys().next().copied()
+        {
+            known.remove(&evicted);
+        }
+        known.insert(hash, entry);
+    }
+}
+
+/// `PUT /v1/modules[?name=]`: validates and stores a module for the tenant (201).
+pub(super) async fn put_module(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let name = module_name(query.as_deref())?;
+    let policy = api.policy(&tenant).await?;
+    let _turn = buffered_turn(&api, &tenant).await?;
+    let bytes = read_body(&api, body, modules::MAX_MODULE_BYTES, "module").await?;
+    let gauge = api.metrics.clone();
+    let (wasm, _, entry) =
+        modules::prepare_off_thread(bytes, move || gauge.validation_started()).await?;
+    let stored = api
+        .queue
+        .put_tenant_module(
+            &tenant,
+            &wasm,
+            name.as_deref(),
+            api.config.module_ttl,
+            policy.max_modules,
+        )
+        .await?;
+    let hash = match stored {
+        ModulePut::Stored { hash, .. } => {
+            api.remember_entry(hash, entry);
+            hash
+        }
+        ModulePut::OverQuota { held } => {
+            api.metrics.quota_refused("max_modules");
+            return Err(ApiError::quota_exceeded(
+                "max_modules",
+                format!(
+                    "the tenant holds {held} modules, its quota; delete one with DELETE /v1/modules/{{name}}"
+                ),
+                None,
+            ));
+        }
+    };
+    let body = json!({
+        "hash": hash.to_hex(),
+        "name": name,
+        "bytes": wasm.len(),
+        "ttl_seconds": api.config.module_ttl.as_secs(),
+    });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+/// `DELETE /v1/modules/{name}`: a name deletes that alias; a hash deletes the tenant's hold on the bytes.
+pub(super) async fn delete_module(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let (hash, alias) = api.resolve(&tenant, &name).await?;
+    let removed = api
+        .queue
+        .remove_tenant_module(&tenant, &hash, alias)
+        .await?;
+    if !removed.held {
+        return Err(ApiError::not_found("module"));
+    }
+    Ok(axum::Json(json!({
+        "hash": hash.to_hex(),
+        "name": alias,
+        "bytes_deleted": removed.bytes_deleted,
+    }))
+    .into_response())
+}

@@ -1,0 +1,36 @@
+//! Where the queue is: the Redis flags every subcommand that talks to Redis shares.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+
+/// Where the queue is.
+#[derive(Args, Clone, Debug)]
+pub struct RedisArgs {
+    /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
+    #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
+    pub redis_url: String,
+    /// Queue name.
+    #[arg(long, env = "SLUICE_QUEUE", default_value = "default")]
+    pub queue: String,
+    /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
+    #[arg(long, env = "SLUICE_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+}
+
+impl RedisArgs {
+    /// Connects to the queue these flags name.
+    pub async fn connect(&self) -> anyhow::Result<RedisQueue> {
+        let mut config = RedisConfig::new(&self.redis_url);
+        config.queue = self.queue.clone();
+        if let Some(ca) = &self.redis_ca {
+            config.tls_ca_pem =
+                Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
+        }
+        RedisQueue::connect(config)
+            .await
+            .with_context(|| format!("connecting to {}", self.redis_url))
+    }
+}

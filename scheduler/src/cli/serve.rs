@@ -1,0 +1,109 @@
+//! `sluice serve`: the HTTP API (plus `/metrics`, `/healthz`, `/readyz`) and the
+//! dispatcher, until SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::RedisArgs;
+use crate::api::{Api, ApiConfig, ServerConfig, router};
+
+/// `sluice serve` flags.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Most unclaimed jobs the dispatcher keeps on the shared stream (at least 1); the
+    /// rest wait in their tenants' backlogs. Workers claim only into free slots, so this
+    /// is how many jobs a newly arriving tenant may wait behind: keep it small, raise it
+    /// only for a large fleet of very short jobs (docs/admission.md).
+    #[arg(long, env = "SLUICE_DISPATCH_WINDOW", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub dispatch_window: u64,
+    /// A token that may manage tenants over HTTP (/v1/admin); none if unset.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Most HTTP connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (idle keep-alive connections close
+    /// after it too).
+    #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: std::time::Duration,
+    /// A request body that sends nothing for this long is refused (408).
+    #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub body_timeout: std::time::Duration,
+    /// How long a module uploaded over HTTP is kept after its upload or its last use
+    /// by a job.
+    #[arg(long, env = "SLUICE_MODULE_TTL", default_value = "30d", value_parser = positive_duration)]
+    pub module_ttl: std::time::Duration,
+    /// Where the queue is.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// A duration that must be more than zero (a zero timeout would refuse everything).
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match sluice_shared::units::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Serves the HTTP API, with the dispatcher beside it, until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections: must be at least 1"
+    );
+    anyhow::ensure!(
+        args.dispatch_window > 0,
+        "--dispatch-window: must be at least 1"
+    );
+    let queue = Arc::new(args.redis.connect().await?);
+    let submitted = Arc::new(tokio::sync::Notify::new());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let health = crate::dispatch::Health::new();
+    let dispatcher = tokio::spawn(crate::dispatch::run(
+        queue.clone(),
+        args.dispatch_window,
+        submitted.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let metrics = crate::api_metrics::ApiMetrics::new();
+    let config = ApiConfig {
+        body_idle_timeout: args.body_timeout,
+        module_ttl: args.module_ttl,
+        ..ApiConfig::default()
+    };
+    let api = Api::new(queue, args.admin_token.as_deref(), submitted)
+        .with_config(config)
+        .with_metrics(metrics.clone())
+        .with_dispatcher_health(health);
+    let app = router(Arc::new(api), metrics.clone());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    eprintln!("sluice serve: listening on {}", listener.local_addr()?);
+    let server = ServerConfig {
+        max_connections: args.max_connections,
+        header_read_timeout: args.header_timeout,
+        ..ServerConfig::default()
+    };
+    crate::api::serve(
+        listener,
+        app,
+        server,
+        metrics,
+        sluice_worker::cli::terminated(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = dispatcher.await;
+    Ok(ExitCode::SUCCESS)
+}
