@@ -26,7 +26,10 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sluice_shared::queue::redis::{Cancelled, Enqueued, ModulePut, RedisQueue, Reservation};
+use sluice_shared::queue::redis::{
+    AdmissionError, BlobError, Cancelled, Enqueued, ModulePut, ModuleStoreError, RedisQueue,
+    Reservation, ResultsError, StoreError, TenantError,
+};
 use sluice_shared::{
     EntryPoint, Job, JobId, JobInput, JobOutput, Limits, ModuleHash, Queue, QueueError, ReportLine,
     TenantId, TenantPolicy, units,
@@ -230,6 +233,38 @@ impl From<QueueError> for ApiError {
     }
 }
 
+/// A missing tenant is a 404 and a bad name a 400; the other protocol errors answer as
+/// the queue's own do (503 when Redis is unavailable, 502 otherwise), Redis's words
+/// staying in the log.
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::NotFound(_) => Self::not_found("tenant"),
+            TenantError::BadName(e) => Self::bad_request(e.to_string()),
+            TenantError::Store(e) => QueueError::from(e).into(),
+            other => QueueError::Protocol(other.to_string()).into(),
+        }
+    }
+}
+
+/// The protocol's role errors answer as the queue's own do (see `From<QueueError>`).
+macro_rules! answers_as_queue_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for ApiError {
+            fn from(e: $error) -> Self {
+                QueueError::from(e).into()
+            }
+        }
+    )*};
+}
+answers_as_queue_error!(
+    AdmissionError,
+    BlobError,
+    ModuleStoreError,
+    ResultsError,
+    StoreError
+);
+
 impl From<modules::ModuleError> for ApiError {
     fn from(e: modules::ModuleError) -> Self {
         let status = match e {
@@ -286,7 +321,8 @@ impl FromRequestParts<Arc<Api>> for Tenant {
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> ApiResult<Self> {
         let token = bearer(parts)?;
         api.queue
-            .tenant_for_token(token)
+            .tenants()
+            .for_token(token)
             .await?
             .map(Tenant)
             .ok_or_else(|| {
@@ -499,7 +535,8 @@ impl Api {
                 }
                 let hash = self
                     .queue
-                    .resolve_module(&format!("{tenant}/{name}"))
+                    .modules()
+                    .resolve(&format!("{tenant}/{name}"))
                     .await?
                     .ok_or_else(|| ApiError::not_found("module"))?;
                 (hash, Some(name))
@@ -507,7 +544,8 @@ impl Api {
         };
         if !self
             .queue
-            .touch_module(tenant, &hash, alias, self.config.module_ttl)
+            .modules()
+            .touch(tenant, &hash, alias, self.config.module_ttl)
             .await?
         {
             return Err(ApiError::not_found("module"));
@@ -518,7 +556,8 @@ impl Api {
         }
         let wasm = self
             .queue
-            .get_module(&hash)
+            .modules()
+            .get(&hash)
             .await?
             .ok_or_else(|| ApiError::not_found("module"))?;
         // Reading the exports walks the module: off the async threads, like validation.
@@ -548,7 +587,12 @@ impl Api {
     /// The tenant's policy; a tenant whose record vanished (deleted while its token
     /// lived) gets the fleet default, as the worker does.
     async fn policy(&self, tenant: &str) -> ApiResult<TenantPolicy> {
-        Ok(self.queue.policy(tenant).await?.unwrap_or_default())
+        Ok(self
+            .queue
+            .tenants()
+            .policy(tenant)
+            .await?
+            .unwrap_or_default())
     }
 
     /// A template for this tenant's jobs: the module resolved, the parameters checked
@@ -579,7 +623,7 @@ impl Api {
 
     /// Refuses `jobs` more jobs when the tenant's backlog would pass its quota.
     async fn check_backlog(&self, tenant: &str, policy: &TenantPolicy, jobs: u64) -> ApiResult<()> {
-        let waiting = self.queue.backlog_len(tenant).await?;
+        let waiting = self.queue.admission().backlog_len(tenant).await?;
         if waiting.saturating_add(jobs) > policy.max_backlog_jobs {
             return Err(self.backlog_full(policy, waiting, jobs));
         }
@@ -616,6 +660,7 @@ impl Api {
     ) -> ApiResult<()> {
         match self
             .queue
+            .admission()
             .reserve_stored(tenant, bytes, policy.max_stored_bytes)
             .await?
         {
@@ -641,7 +686,7 @@ impl Api {
         id: &str,
     ) -> ApiResult<(JobId, sluice_shared::queue::redis::JobRecord)> {
         let id: JobId = id.parse().map_err(|_| ApiError::not_found("job"))?;
-        match self.queue.job_record(id).await? {
+        match self.queue.results().job_record(id).await? {
             Some(record) if record.tenant == tenant => Ok((id, record)),
             _ => Err(ApiError::not_found("job")),
         }
@@ -720,7 +765,8 @@ async fn put_module(
         modules::prepare_off_thread(bytes, move || gauge.validation_started()).await?;
     let stored = api
         .queue
-        .put_tenant_module(
+        .modules()
+        .put_for_tenant(
             &tenant,
             &wasm,
             name.as_deref(),
@@ -766,7 +812,8 @@ async fn delete_module(
             }
             let hash = api
                 .queue
-                .resolve_module(&format!("{tenant}/{name}"))
+                .modules()
+                .resolve(&format!("{tenant}/{name}"))
                 .await?
                 .ok_or_else(|| ApiError::not_found("module"))?;
             (hash, Some(name.as_str()))
@@ -774,7 +821,8 @@ async fn delete_module(
     };
     let removed = api
         .queue
-        .remove_tenant_module(&tenant, &hash, alias)
+        .modules()
+        .remove_for_tenant(&tenant, &hash, alias)
         .await?;
     if !removed.held {
         return Err(ApiError::not_found("module"));
@@ -823,6 +871,7 @@ async fn post_job(
     let job = template(input);
     let enqueued = api
         .queue
+        .admission()
         .enqueue_owned_within(
             std::slice::from_ref(&job),
             &tenant,
@@ -834,7 +883,7 @@ async fn post_job(
         if let JobInput::Blob { uri, len } = &job.input
             && let Some(id) = uri.strip_prefix("blob:")
         {
-            let _ = api.queue.delete_blob(id, *len).await;
+            let _ = api.queue.blobs().delete(id, *len).await;
         }
         return Err(api.backlog_full(&policy, waiting, 1));
     }
@@ -892,7 +941,7 @@ async fn stream_input(
                 inline.extend_from_slice(&bytes);
                 continue;
             }
-            let writer = blob.get_or_insert_with(|| queue.blob_writer());
+            let writer = blob.get_or_insert_with(|| queue.blobs().writer());
             if !inline.is_empty() {
                 writer.write(&std::mem::take(&mut inline)).await?;
             }
@@ -914,7 +963,7 @@ async fn stream_input(
             // Finishing waits for the chunk upload in flight, so deleting afterwards
             // leaves nothing of the refused upload behind.
             if let Ok((id, len)) = writer.finish().await
-                && let Err(cleanup) = queue.delete_blob(&id, len).await
+                && let Err(cleanup) = queue.blobs().delete(&id, len).await
             {
                 tracing::warn!(blob = %id, error = %cleanup, "deleting a refused upload");
             }
@@ -1063,7 +1112,7 @@ async fn post_batch(
     let mut failed = None;
     for (name, data) in decoded {
         let input = if data.len() > inline_limit {
-            let mut writer = api.queue.blob_writer();
+            let mut writer = api.queue.blobs().writer();
             let written = match writer.write(&data).await {
                 Ok(()) => writer.finish().await,
                 Err(e) => Err(e),
@@ -1091,19 +1140,20 @@ async fn post_batch(
     if let Some(e) = failed {
         // Nothing was enqueued yet: the blobs written so far belong to no job.
         for (id, len) in &blobs {
-            let _ = api.queue.delete_blob(id, *len).await;
+            let _ = api.queue.blobs().delete(id, *len).await;
         }
         return Err(e.into());
     }
     let batch = uuid::Uuid::now_v7().to_string();
     let enqueued = api
         .queue
+        .admission()
         .enqueue_owned_within(&jobs, &tenant, Some(&batch), Some(policy.max_backlog_jobs))
         .await?;
     if let Enqueued::BacklogFull { waiting } = enqueued {
         // Nothing was enqueued: the blobs written belong to no job.
         for (id, len) in &blobs {
-            let _ = api.queue.delete_blob(id, *len).await;
+            let _ = api.queue.blobs().delete(id, *len).await;
         }
         return Err(api.backlog_full(&policy, waiting, jobs.len() as u64));
     }
@@ -1129,7 +1179,7 @@ async fn job_status(
         "done"
     } else if record.cancelled {
         "cancelled"
-    } else if api.queue.is_running(record).await? {
+    } else if api.queue.results().is_running(record).await? {
         "running"
     } else {
         "queued"
@@ -1182,7 +1232,7 @@ async fn get_output(
         JobOutput::Inline(bytes) => Body::from(bytes),
         JobOutput::Written => Body::empty(),
         JobOutput::Blob { id, .. } => {
-            let reader = api.queue.blob_reader(&id);
+            let reader = api.queue.blobs().reader(&id);
             let chunks = futures_util::stream::unfold(reader, |mut reader| async move {
                 match reader.next_chunk().await {
                     Ok(Some(chunk)) => Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), reader)),
@@ -1202,7 +1252,7 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let (id, _) = api.owned(&tenant, &id).await?;
-    match api.queue.cancel(id).await? {
+    match api.queue.results().cancel(id).await? {
         Cancelled::Yes => {
             Ok(axum::Json(json!({ "id": id.to_string(), "state": "cancelled" })).into_response())
         }
@@ -1232,6 +1282,7 @@ async fn get_batch(
     // From the batch's outcome counters (kept by the queue scripts), not its results.
     let counts = api
         .queue
+        .results()
         .batch_counts(&id, &tenant)
         .await?
         .ok_or_else(|| ApiError::not_found("batch"))?;
@@ -1276,6 +1327,7 @@ async fn existing_tenant(api: &Api, name: &str) -> ApiResult<TenantPolicy> {
         return Err(ApiError::not_found("tenant"));
     }
     api.queue
+        .tenants()
         .policy(name)
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))
@@ -1293,7 +1345,8 @@ async fn admin_create_tenant(
     let policy = policy_from(request.policy)?;
     let token = api
         .queue
-        .create_tenant(&request.name, &policy)
+        .tenants()
+        .create(&request.name, &policy)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "the tenant exists"))?;
     Ok((
@@ -1309,7 +1362,7 @@ async fn admin_issue_token(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     existing_tenant(&api, &name).await?;
-    let token = api.queue.issue_token(&name).await?;
+    let token = api.queue.tenants().issue_token(&name).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "tenant": name, "token": token })),
@@ -1323,7 +1376,7 @@ async fn admin_revoke(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     existing_tenant(&api, &name).await?;
-    let revoked = api.queue.revoke_tokens(&name).await?;
+    let revoked = api.queue.tenants().revoke_tokens(&name).await?;
     Ok(axum::Json(json!({ "tenant": name, "revoked": revoked })).into_response())
 }
 
@@ -1337,7 +1390,7 @@ async fn admin_set_policy(
         .map_err(|e| ApiError::bad_request(format!("policy body: {e}")))?;
     let policy = policy_from(Some(policy))?;
     existing_tenant(&api, &name).await?;
-    api.queue.set_policy(&name, &policy).await?;
+    api.queue.tenants().set_policy(&name, &policy).await?;
     Ok(axum::Json(json!({ "tenant": name, "policy": policy })).into_response())
 }
 
@@ -1345,7 +1398,7 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     if let Some(Err(reason)) = api.dispatcher.as_ref().map(|h| h.check()) {
         return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
     }
-    match api.queue.stats_recreating_group().await {
+    match api.queue.admin().stats_recreating_group().await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");

@@ -453,11 +453,13 @@ async fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let queue = args.redis.connect().await?;
     let module = queue
-        .resolve_module(&args.module)
+        .modules()
+        .resolve(&args.module)
         .await?
         .with_context(|| format!("no module named {}", args.module))?;
     let wasm = queue
-        .get_module(&module)
+        .modules()
+        .get(&module)
         .await?
         .with_context(|| format!("module {module} is not stored"))?;
     let input = if args.input.as_os_str() == "-" {
@@ -502,7 +504,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 
 async fn status(redis: RedisArgs) -> anyhow::Result<ExitCode> {
     let queue = redis.connect().await?;
-    let status = queue.status().await?;
+    let status = queue.admin().status().await?;
     let s = &status.stats;
     println!("queue {}", redis.queue);
     println!(
@@ -557,11 +559,19 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
         DlqCommand::Retry { id, all, redis } => {
             anyhow::ensure!(all || id.is_some(), "name a dead letter id, or --all");
-            let moved = redis.connect().await?.dlq_retry(id.as_deref()).await?;
+            let moved = redis
+                .connect()
+                .await?
+                .admin()
+                .dlq_retry(id.as_deref())
+                .await?;
             println!("re-enqueued {moved}");
         }
         DlqCommand::Purge(redis) => {
-            println!("purged {}", redis.connect().await?.dlq_purge().await?);
+            println!(
+                "purged {}",
+                redis.connect().await?.admin().dlq_purge().await?
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -576,18 +586,27 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
         } => {
             let queue = redis.connect().await?;
             let token = queue
-                .create_tenant(&name, &policy.apply(TenantPolicy::default())?)
+                .tenants()
+                .create(&name, &policy.apply(TenantPolicy::default())?)
                 .await?
                 .with_context(|| format!("tenant {name} already exists"))?;
             println!("{token}");
         }
         TenantCommand::Token { name, redis } => {
-            println!("{}", redis.connect().await?.issue_token(&name).await?);
+            println!(
+                "{}",
+                redis.connect().await?.tenants().issue_token(&name).await?
+            );
         }
         TenantCommand::Revoke { name, redis } => {
             println!(
                 "revoked {}",
-                redis.connect().await?.revoke_tokens(&name).await?
+                redis
+                    .connect()
+                    .await?
+                    .tenants()
+                    .revoke_tokens(&name)
+                    .await?
             );
         }
         TenantCommand::Policy {
@@ -597,17 +616,18 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<ExitCode> {
         } => {
             let queue = redis.connect().await?;
             let current = queue
+                .tenants()
                 .policy(&name)
                 .await?
                 .with_context(|| format!("no tenant {name}"))?;
             let updated = policy.apply(current.clone())?;
             if !policy.is_empty() {
-                queue.set_policy(&name, &updated).await?;
+                queue.tenants().set_policy(&name, &updated).await?;
             }
             println!("{}", serde_json::to_string(&updated)?);
         }
         TenantCommand::List(redis) => {
-            for (name, policy) in redis.connect().await?.tenants().await? {
+            for (name, policy) in redis.connect().await?.tenants().all().await? {
                 println!(
                     "{}",
                     serde_json::json!({ "tenant": name, "policy": policy })
@@ -692,7 +712,10 @@ async fn main() -> ExitCode {
         Command::Module(ModuleCommand::Rm { name, redis }) => {
             async {
                 let queue = redis.connect().await?;
-                anyhow::ensure!(queue.remove_module(&name).await?, "no module named {name}");
+                anyhow::ensure!(
+                    queue.modules().remove(&name).await?,
+                    "no module named {name}"
+                );
                 println!("deleted {name}");
                 Ok(ExitCode::SUCCESS)
             }

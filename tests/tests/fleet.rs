@@ -40,7 +40,11 @@ async fn await_finished(
             finished.len(),
             ids.len()
         );
-        match queue.completions(&from, Duration::from_millis(500)).await {
+        match queue
+            .results()
+            .completions(&from, Duration::from_millis(500))
+            .await
+        {
             Ok((next, notices)) => {
                 from = next;
                 for (id, kind) in notices {
@@ -139,7 +143,7 @@ fn killed_worker_jobs_are_reclaimed() {
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "kill"));
     let module = rt
-        .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
+        .block_on(queue.modules().put(SLOW_WAT.as_bytes(), None))
         .unwrap();
     let flags = ["--concurrency", "2", "--lease", "1s"];
     let mut victim = WorkerProcess::start(&server.url(), "kill", "victim", &flags);
@@ -148,7 +152,7 @@ fn killed_worker_jobs_are_reclaimed() {
         .collect();
     let jobs = slow_jobs(module, 600);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&jobs)).unwrap();
 
     // Kill the victim once the batch is well under way.
@@ -156,7 +160,7 @@ fn killed_worker_jobs_are_reclaimed() {
     let mut cursor = from.clone();
     while seen < 100 {
         let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
+            .block_on(queue.results().completions(&cursor, Duration::from_secs(5)))
             .unwrap();
         cursor = next;
         seen += notices.len();
@@ -228,7 +232,7 @@ fn redis_restart_mid_batch_loses_nothing() {
     let mut seen = 0;
     while seen < 100 {
         let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_secs(5)))
+            .block_on(queue.results().completions(&cursor, Duration::from_secs(5)))
             .unwrap();
         cursor = next;
         seen += notices.len();
@@ -261,7 +265,11 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "junk"));
     let module = rt
-        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
+        .block_on(
+            queue
+                .modules()
+                .put(b"(module (func (export \"_start\")))", None),
+        )
         .unwrap();
     rt.block_on(queue.enqueue_raw(b"\x01\xff\xff garbage".to_vec()))
         .unwrap();
@@ -270,7 +278,7 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
     rt.block_on(queue.enqueue_raw(future)).unwrap();
     server.cli(&["XADD", "sluice:{junk}:jobs", "*", "not-an-envelope", "x"]);
     let good = Job::new(module, JobInput::Inline(Vec::new()));
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&good)))
         .unwrap();
     let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([good.id])));
@@ -293,15 +301,15 @@ fn sigterm_drains_in_flight_jobs_and_loses_none() {
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "drain"));
     let module = rt
-        .block_on(queue.put_module(SLOW_WAT.as_bytes(), None))
+        .block_on(queue.modules().put(SLOW_WAT.as_bytes(), None))
         .unwrap();
     let mut first = WorkerProcess::start(&server.url(), "drain", "first", &["--concurrency", "2"]);
     let jobs = slow_jobs(module, 300);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&jobs)).unwrap();
     let (_, notices) = rt
-        .block_on(queue.completions(&from, Duration::from_secs(30)))
+        .block_on(queue.results().completions(&from, Duration::from_secs(30)))
         .unwrap();
     assert!(!notices.is_empty());
     first.terminate();
@@ -322,7 +330,7 @@ fn sigterm_after_the_grace_period_releases_jobs_at_once() {
     let queue = rt.block_on(connect(&server.url(), "grace"));
     let module = rt
         .block_on(
-            queue.put_module(
+            queue.modules().put(
                 std::fs::read(guest("infinite_loop.wat"))
                     .unwrap()
                     .as_slice(),
@@ -401,7 +409,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
     assert!(put.status.success());
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "huge"));
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     let submit = bin("sluice")
         .args([
             "submit",
@@ -497,10 +505,14 @@ fn a_worker_takes_its_settings_from_environment_and_config_file() {
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "from-file"));
     let module = rt
-        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
+        .block_on(
+            queue
+                .modules()
+                .put(b"(module (func (export \"_start\")))", None),
+        )
         .unwrap();
     let job = Job::new(module, JobInput::Inline(Vec::new()));
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
         .unwrap();
     let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([job.id])));

@@ -47,6 +47,7 @@ async fn await_finished(
             ids.len()
         );
         let (next, notices) = queue
+            .results()
             .completions(&from, Duration::from_millis(500))
             .await
             .expect("read completions");
@@ -72,7 +73,7 @@ fn jobs(module: ModuleHash, tenant: &str, n: usize) -> Vec<Job> {
 
 async fn run(queue: &RedisQueue, jobs: &[Job]) -> Vec<JobResult> {
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = queue.notices_from_now().await.unwrap();
+    let from = queue.results().notices_from_now().await.unwrap();
     queue.enqueue(jobs).await.unwrap();
     await_finished(queue, from, &ids).await;
     let mut out = Vec::new();
@@ -94,15 +95,16 @@ fn outputs_count_against_stored_bytes_and_only_the_hoarder_is_refused() {
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "qout"));
     let module = rt
-        .block_on(queue.put_module(TWO_MIB_OUT.as_bytes(), None))
+        .block_on(queue.modules().put(TWO_MIB_OUT.as_bytes(), None))
         .unwrap();
     let policy = TenantPolicy {
         max_stored_bytes: QUOTA,
         ..TenantPolicy::default()
     };
-    rt.block_on(queue.create_tenant("hoarder", &policy))
+    rt.block_on(queue.tenants().create("hoarder", &policy))
         .unwrap();
-    rt.block_on(queue.create_tenant("other", &policy)).unwrap();
+    rt.block_on(queue.tenants().create("other", &policy))
+        .unwrap();
     // One slot: the hoarder's jobs run one after another, so exactly two fit.
     let _worker = WorkerProcess::start(&server.url(), "qout", "w1", &["--concurrency", "1"]);
 

@@ -82,7 +82,7 @@ impl RedisOutput {
         let step = (total - state.reserved)
             .div_ceil(OUTPUT_RESERVE_STEP)
             .saturating_mul(OUTPUT_RESERVE_STEP);
-        let reply = self.handle.block_on(self.queue.reserve_stored(
+        let reply = self.handle.block_on(self.queue.admission().reserve_stored(
             &self.quota.tenant,
             step,
             self.quota.max,
@@ -119,7 +119,7 @@ impl Write for RedisOutput {
                 return Ok(buf.len());
             }
             self.cover(state, (state.inline.len() + buf.len()) as u64)?;
-            let mut blob = self.queue.blob_write_stream(self.handle.clone());
+            let mut blob = self.queue.blobs().write_stream(self.handle.clone());
             let spilled = std::mem::take(&mut state.inline);
             blob.write_all(&spilled)?;
             state.blob_len = spilled.len() as u64;
@@ -187,7 +187,7 @@ impl RedisEnv {
         }
         let policy = self
             .handle
-            .block_on(self.queue.policy(tenant))
+            .block_on(self.queue.tenants().policy(tenant))
             .map_err(|e| Outcome::HostError {
                 reason: format!("reading the policy of tenant {tenant}: {e}"),
             })?
@@ -215,7 +215,7 @@ impl JobEnv for RedisEnv {
         }
         let bytes = self
             .handle
-            .block_on(self.queue.get_module(hash))
+            .block_on(self.queue.modules().get(hash))
             .map_err(|e| Outcome::HostError {
                 reason: format!("fetching module {hash}: {e}"),
             })?
@@ -243,7 +243,7 @@ impl JobEnv for RedisEnv {
                             reason: format!("a fleet worker reads `blob:` inputs, not {uri}"),
                         })?;
                 Ok(Box::new(
-                    self.queue.blob_read_stream(self.handle.clone(), id),
+                    self.queue.blobs().read_stream(self.handle.clone(), id),
                 ))
             }
         }
@@ -289,7 +289,7 @@ impl JobEnv for RedisEnv {
             // fails on its own if Redis is away. A failed job's partial blob chunks
             // expire with the blob TTL. Not locking the state: a helper thread stuck in
             // a stalled blob write may hold it.
-            let _ = self.handle.block_on(self.queue.reserve_stored(
+            let _ = self.handle.block_on(self.queue.admission().reserve_stored(
                 &output.quota.tenant,
                 result_bytes,
                 u64::MAX,
@@ -305,7 +305,7 @@ impl JobEnv for RedisEnv {
             .saturating_add(result_bytes)
             .saturating_sub(state.reserved);
         if need > 0 {
-            let reply = self.handle.block_on(self.queue.reserve_stored(
+            let reply = self.handle.block_on(self.queue.admission().reserve_stored(
                 &output.quota.tenant,
                 need,
                 output.quota.max,

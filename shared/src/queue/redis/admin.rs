@@ -17,6 +17,7 @@ use crate::queue::{QueueError, QueueStats};
 const DLQ_PAGE: usize = 500;
 
 /// Dead letters, status and server figures of a queue (from [`RedisQueue::admin`]).
+#[derive(Clone, Copy)]
 pub struct Admin<'a> {
     pub(super) q: &'a RedisQueue,
 }
@@ -72,7 +73,7 @@ pub struct ConsumerInfo {
 }
 
 impl Admin<'_> {
-    pub async fn dlq_retry(&self, id: Option<&str>) -> Result<u64, AdminError> {
+    pub async fn dlq_retry(self, id: Option<&str>) -> Result<u64, AdminError> {
         // All of them: page by page (`DLQ_PAGE` letters a script), up to the newest
         // letter at the start, so no one script blocks Redis over days of letters.
         let (mut start, stop) = match id {
@@ -140,7 +141,7 @@ impl Admin<'_> {
     }
 
     /// Deletes every dead letter.
-    pub async fn dlq_purge(&self) -> Result<u64, AdminError> {
+    pub async fn dlq_purge(self) -> Result<u64, AdminError> {
         let len: u64 = redis::cmd("XLEN")
             .arg(&self.q.keys.dead)
             .query_async(&mut self.q.connection())
@@ -155,7 +156,7 @@ impl Admin<'_> {
     }
 
     /// Counters, depths and consumers.
-    pub async fn status(&self) -> Result<RedisStatus, AdminError> {
+    pub async fn status(self) -> Result<RedisStatus, AdminError> {
         let stats = self.q.depths().await?;
         let counters: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&self.q.keys.stats)
@@ -196,7 +197,7 @@ impl Admin<'_> {
     /// Redis lost them (a restart without persistence, a failover): a readiness probe
     /// that only reported `NOGROUP` would keep the service unready until some other
     /// client happened to recreate them.
-    pub async fn stats_recreating_group(&self) -> Result<QueueStats, AdminError> {
+    pub async fn stats_recreating_group(self) -> Result<QueueStats, AdminError> {
         match self.q.depths().await {
             Err(e) if e.is_nogroup() => {
                 self.q.ensure_group().await?;
@@ -206,8 +207,7 @@ impl Admin<'_> {
         }
     }
 
-
-    pub async fn live_workers(&self, within: Duration) -> Result<usize, AdminError> {
+    pub async fn live_workers(self, within: Duration) -> Result<usize, AdminError> {
         let reply: Result<Value, redis::RedisError> = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.q.keys.jobs)
@@ -233,9 +233,8 @@ impl Admin<'_> {
             .count())
     }
 
-
     /// The type of `key` as Redis names it (`none` when it does not exist).
-    pub async fn key_type(&self, key: &str) -> Result<String, AdminError> {
+    pub async fn key_type(self, key: &str) -> Result<String, AdminError> {
         Ok(redis::cmd("TYPE")
             .arg(key)
             .query_async(&mut self.q.connection())
@@ -243,9 +242,8 @@ impl Admin<'_> {
             .map_err(unavailable)?)
     }
 
-
     /// A section of the server's `INFO` (`memory`, `commandstats`, …), as text.
-    pub async fn server_info(&self, section: &str) -> Result<String, AdminError> {
+    pub async fn server_info(self, section: &str) -> Result<String, AdminError> {
         Ok(redis::cmd("INFO")
             .arg(section)
             .query_async(&mut self.q.connection())
@@ -256,7 +254,7 @@ impl Admin<'_> {
     /// Visits every key of the queue (`SCAN` over its prefix), which makes Redis
     /// delete the expired ones now rather than whenever active expiry samples them.
     /// Returns how many keys were seen.
-    pub async fn touch_all_keys(&self) -> Result<u64, AdminError> {
+    pub async fn touch_all_keys(self) -> Result<u64, AdminError> {
         let pattern = self.q.keys.pattern();
         let (mut cursor, mut seen) = (0u64, 0u64);
         loop {

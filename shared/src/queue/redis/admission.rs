@@ -36,6 +36,7 @@ use crate::tenant::TenantPolicy;
 
 /// Admission of a queue: backlogs, the dispatcher role, dispatch and quotas (from
 /// [`RedisQueue::admission`]).
+#[derive(Clone, Copy)]
 pub struct Admission<'a> {
     pub(super) q: &'a RedisQueue,
 }
@@ -162,7 +163,11 @@ pub enum Reservation {
 impl Admission<'_> {
     /// Takes the dispatcher role for `hold` if no one holds it, or renews it for
     /// `holder`; repairs a role key that would never expire (see [`Hold::Repaired`]).
-    pub async fn hold_dispatcher(&self, holder: &str, hold: Duration) -> Result<Hold, AdmissionError> {
+    pub async fn hold_dispatcher(
+        self,
+        holder: &str,
+        hold: Duration,
+    ) -> Result<Hold, AdmissionError> {
         let reply: Vec<Value> = SCRIPTS
             .hold
             .key(self.q.keys.dispatcher())
@@ -189,7 +194,7 @@ impl Admission<'_> {
 
     /// Gives up the dispatcher role if `holder` has it, so a standby takes over at once;
     /// whether it had it.
-    pub async fn release_dispatcher(&self, holder: &str) -> Result<bool, AdmissionError> {
+    pub async fn release_dispatcher(self, holder: &str) -> Result<bool, AdmissionError> {
         let released: i64 = SCRIPTS
             .unhold
             .key(self.q.keys.dispatcher())
@@ -201,7 +206,7 @@ impl Admission<'_> {
     }
 
     /// Tenants with jobs waiting in their backlogs (in no particular order).
-    pub async fn backlogged_tenants(&self) -> Result<Vec<String>, AdmissionError> {
+    pub async fn backlogged_tenants(self) -> Result<Vec<String>, AdmissionError> {
         let key = self.q.keys.backlogs();
         redis::cmd("SMEMBERS")
             .arg(&key)
@@ -211,10 +216,12 @@ impl Admission<'_> {
     }
 
     /// A tenant's policy for admission: the default when the tenant has none stored.
-    pub async fn admission_policy(&self, tenant: &str) -> Result<TenantPolicy, AdmissionError> {
+    pub async fn admission_policy(self, tenant: &str) -> Result<TenantPolicy, AdmissionError> {
         match self.q.tenants().policy(tenant).await {
             Ok(policy) => Ok(policy.unwrap_or_default()),
-            Err(TenantError::Store(StoreError::Unavailable(reason))) if reason.contains("WRONGTYPE") => {
+            Err(TenantError::Store(StoreError::Unavailable(reason)))
+                if reason.contains("WRONGTYPE") =>
+            {
                 Err(AdmissionError::WrongType {
                     key: TENANT_POLICIES.to_owned(),
                     found: "value of another type".to_owned(),
@@ -236,7 +243,7 @@ impl Admission<'_> {
     /// Admits up to `max` of `tenant`'s oldest backlog jobs onto the job stream, if
     /// `holder` holds the dispatcher role; returns their ids.
     pub async fn dispatch(
-        &self,
+        self,
         holder: &str,
         tenant: &str,
         max: usize,
@@ -280,7 +287,7 @@ impl Admission<'_> {
 
     /// For each job, whether it is settled: finished (a result is stored), cancelled, or
     /// its record is gone (expired, or not a record any more).
-    pub async fn settled(&self, ids: &[JobId]) -> Result<Vec<bool>, AdmissionError> {
+    pub async fn settled(self, ids: &[JobId]) -> Result<Vec<bool>, AdmissionError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -325,7 +332,7 @@ impl Admission<'_> {
 
     /// Jobs on the shared stream that no worker has claimed yet. Reads only the stream
     /// and its group (never the stats hash, whose contents do not matter here).
-    pub async fn ready_depth(&self) -> Result<u64, AdmissionError> {
+    pub async fn ready_depth(self) -> Result<u64, AdmissionError> {
         let mut pipe = redis::pipe();
         pipe.cmd("XLEN").arg(&self.q.keys.jobs);
         pipe.cmd("XPENDING").arg(&self.q.keys.jobs).arg(GROUP);
@@ -353,7 +360,7 @@ impl Admission<'_> {
 
     /// The admitted jobs that have not settled (as far as this hash knows), with their
     /// tenants. Fields that are not job ids are dropped from the hash.
-    pub async fn admitted(&self) -> Result<HashMap<JobId, String>, AdmissionError> {
+    pub async fn admitted(self) -> Result<HashMap<JobId, String>, AdmissionError> {
         let key = self.q.keys.admitted();
         let all: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&key)
@@ -382,7 +389,7 @@ impl Admission<'_> {
     }
 
     /// Removes settled jobs from the admitted hash.
-    pub async fn forget_admitted(&self, ids: &[JobId]) -> Result<(), AdmissionError> {
+    pub async fn forget_admitted(self, ids: &[JobId]) -> Result<(), AdmissionError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -399,7 +406,7 @@ impl Admission<'_> {
     /// Deletes a wrong-typed admitted hash so it can be rebuilt (it is the dispatcher's
     /// own index, rebuilt from the job stream and records by [`Self::admitted_on_stream`]).
     /// Does nothing if the key is a hash.
-    pub async fn reset_corrupt_admitted(&self) -> Result<bool, AdmissionError> {
+    pub async fn reset_corrupt_admitted(self) -> Result<bool, AdmissionError> {
         let key = self.q.keys.admitted();
         let kind: String = redis::cmd("TYPE")
             .arg(&key)
@@ -422,7 +429,7 @@ impl Admission<'_> {
     /// to the hash; for a dispatcher taking over. Scans at most the stream's first
     /// 20,000 entries.
     pub async fn admitted_on_stream(
-        &self,
+        self,
         known: &HashMap<JobId, String>,
     ) -> Result<Vec<(JobId, String)>, AdmissionError> {
         let mut found = Vec::new();
@@ -475,7 +482,7 @@ impl Admission<'_> {
     }
 
     /// Of `ids`, those whose record says they are on the shared stream, with tenants.
-    async fn stream_owners(&self, ids: &[JobId]) -> Result<Vec<(JobId, String)>, AdmissionError> {
+    async fn stream_owners(self, ids: &[JobId]) -> Result<Vec<(JobId, String)>, AdmissionError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -524,7 +531,7 @@ impl Admission<'_> {
     /// tenant's backlog, to be admitted fairly by the dispatcher, with each job's record
     /// (owner, entry, batch) written in the same script (`enqueue_owned.lua`).
     pub async fn enqueue_owned(
-        &self,
+        self,
         jobs: &[Job],
         tenant: &str,
         batch: Option<&str>,
@@ -540,7 +547,7 @@ impl Admission<'_> {
     /// cannot together pass the quota (a request of more than one chunk is checked
     /// whole with its first chunk).
     pub async fn enqueue_owned_within(
-        &self,
+        self,
         jobs: &[Job],
         tenant: &str,
         batch: Option<&str>,
@@ -549,7 +556,7 @@ impl Admission<'_> {
         let ttl = millis(self.q.config.result_ttl);
         let backlog = self.q.keys.backlog(tenant);
         let batch_key = batch.map(|b| self.q.keys.batch(b));
-                // Chunks bound one script's argument list (envelopes travel inline).
+        // Chunks bound one script's argument list (envelopes travel inline).
         for (index, chunk) in jobs.chunks(200).enumerate() {
             let limit = max_backlog
                 .filter(|_| index == 0)
@@ -595,7 +602,7 @@ impl Admission<'_> {
     /// only reads; `u64::MAX` counts without refusing). Bytes stay counted for one blob
     /// lifetime (`blob_ttl`), the longest an input, output or result occupies Redis.
     pub async fn reserve_stored(
-        &self,
+        self,
         tenant: &str,
         bytes: u64,
         max: u64,
@@ -622,7 +629,7 @@ impl Admission<'_> {
     }
 
     /// Jobs waiting in `tenant`'s backlog.
-    pub async fn backlog_len(&self, tenant: &str) -> Result<u64, AdmissionError> {
+    pub async fn backlog_len(self, tenant: &str) -> Result<u64, AdmissionError> {
         let key = self.q.keys.backlog(tenant);
         let kind: String = redis::cmd("TYPE")
             .arg(&key)

@@ -17,6 +17,7 @@ use super::reply::millis;
 use crate::queue::QueueError;
 
 /// The blobs of a queue (from [`RedisQueue::blobs`]).
+#[derive(Clone, Copy)]
 pub struct Blobs<'a> {
     pub(super) q: &'a RedisQueue,
 }
@@ -59,7 +60,7 @@ impl From<BlobError> for QueueError {
 
 impl Blobs<'_> {
     /// Writes a blob in chunks; [`BlobWriter::finish`] returns its id and length.
-    pub fn writer(&self) -> BlobWriter {
+    pub fn writer(self) -> BlobWriter {
         BlobWriter::new(
             self.q.connection(),
             self.q.keys.clone(),
@@ -69,24 +70,24 @@ impl Blobs<'_> {
     }
 
     /// Reads a blob chunk by chunk, prefetching one chunk ahead.
-    pub fn reader(&self, id: &str) -> BlobReader {
+    pub fn reader(self, id: &str) -> BlobReader {
         BlobReader::new(self.q.connection(), self.q.keys.clone(), id.to_owned())
     }
 
     /// A blob as a blocking `Read` (for code on blocking threads); `handle` is the
     /// runtime the fetches run on.
-    pub fn read_stream(&self, handle: tokio::runtime::Handle, id: &str) -> BlobReadStream {
+    pub fn read_stream(self, handle: tokio::runtime::Handle, id: &str) -> BlobReadStream {
         let _runtime = handle.enter();
         BlobReadStream::new(handle.clone(), self.reader(id))
     }
 
     /// A new blob as a blocking `Write` (for code on blocking threads).
-    pub fn write_stream(&self, handle: tokio::runtime::Handle) -> BlobWriteStream {
+    pub fn write_stream(self, handle: tokio::runtime::Handle) -> BlobWriteStream {
         BlobWriteStream::new(handle, self.writer())
     }
 
     /// Deletes a finished blob of `len` bytes (an upload refused after it was written).
-    pub async fn delete(&self, id: &str, len: u64) -> Result<(), BlobError> {
+    pub async fn delete(self, id: &str, len: u64) -> Result<(), BlobError> {
         let chunk = self.q.config.chunk_bytes.max(1) as u64;
         let chunks = len.div_ceil(chunk);
         let mut keys = vec![self.q.keys.blob_meta(id)];
@@ -100,7 +101,6 @@ impl Blobs<'_> {
         }
         Ok(())
     }
-
 }
 
 /// Writes one blob, chunk by chunk, with one chunk upload in flight while the next
@@ -118,12 +118,7 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    fn new(
-        conn: ConnectionManager,
-        keys: Keys,
-        chunk_bytes: usize,
-        ttl: Duration,
-    ) -> Self {
+    fn new(conn: ConnectionManager, keys: Keys, chunk_bytes: usize, ttl: Duration) -> Self {
         BlobWriter {
             conn,
             keys,

@@ -45,9 +45,7 @@ mod scripts;
 mod tenants;
 
 pub use admin::{Admin, AdminError, ConsumerInfo, RedisStatus};
-pub use admission::{
-    Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id,
-};
+pub use admission::{Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id};
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
 pub use config::{RedisConfig, RedisConfigError, validate_queue_name};
 pub use error::StoreError;

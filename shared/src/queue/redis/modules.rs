@@ -22,6 +22,7 @@ use crate::job::ModuleHash;
 use crate::queue::QueueError;
 
 /// The module store of a queue (from [`RedisQueue::modules`]).
+#[derive(Clone, Copy)]
 pub struct Modules<'a> {
     pub(super) q: &'a RedisQueue,
 }
@@ -73,7 +74,7 @@ pub struct ModuleRemoved {
 impl Modules<'_> {
     /// Stores a module's bytes under their hash (and `alias`, if given).
     pub async fn put(
-        &self,
+        self,
         wasm: &[u8],
         alias: Option<&str>,
     ) -> Result<ModuleHash, ModuleStoreError> {
@@ -98,7 +99,7 @@ impl Modules<'_> {
     /// A module's bytes, if stored. Bytes that do not hash to `hash` are a corrupt key
     /// (an error naming it), not a module: callers must not cache them as invalid, since
     /// an upload of the real module repairs the key.
-    pub async fn get(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, ModuleStoreError> {
+    pub async fn get(self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, ModuleStoreError> {
         let key = self.q.keys.module(hash);
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&key)
@@ -114,7 +115,7 @@ impl Modules<'_> {
     }
 
     /// The hash an alias (or a hash in hex) names.
-    pub async fn resolve(&self, name: &str) -> Result<Option<ModuleHash>, ModuleStoreError> {
+    pub async fn resolve(self, name: &str) -> Result<Option<ModuleHash>, ModuleStoreError> {
         if let Ok(hash) = name.parse::<ModuleHash>() {
             return Ok(Some(hash));
         }
@@ -128,7 +129,7 @@ impl Modules<'_> {
     }
 
     /// Whether the module is stored (a worker fetching it now would find it).
-    pub async fn is_stored(&self, hash: &ModuleHash) -> Result<bool, ModuleStoreError> {
+    pub async fn is_stored(self, hash: &ModuleHash) -> Result<bool, ModuleStoreError> {
         Ok(redis::cmd("EXISTS")
             .arg(self.q.keys.module(hash))
             .query_async(&mut self.q.connection())
@@ -139,7 +140,7 @@ impl Modules<'_> {
     /// Stores `wasm` for `tenant` (named `name`, if given) with lifetime `ttl`, unless
     /// the tenant already holds `max_modules` other modules.
     pub async fn put_for_tenant(
-        &self,
+        self,
         tenant: &str,
         wasm: &[u8],
         name: Option<&str>,
@@ -173,7 +174,7 @@ impl Modules<'_> {
     /// A job of `tenant` is about to use module `hash` (named `name`, if by alias):
     /// its lifetime starts again. Returns whether the module is stored.
     pub async fn touch(
-        &self,
+        self,
         tenant: &str,
         hash: &ModuleHash,
         name: Option<&str>,
@@ -195,7 +196,7 @@ impl Modules<'_> {
 
     /// `tenant` lets go of module `hash`, named by alias `name` if given.
     pub async fn remove_for_tenant(
-        &self,
+        self,
         tenant: &str,
         hash: &ModuleHash,
         name: Option<&str>,
@@ -223,7 +224,7 @@ impl Modules<'_> {
 
     /// The operator's delete (`sluice module rm`): a hash deletes the bytes (whoever
     /// holds them), a name deletes that alias. Returns whether anything was deleted.
-    pub async fn remove(&self, name_or_hash: &str) -> Result<bool, ModuleStoreError> {
+    pub async fn remove(self, name_or_hash: &str) -> Result<bool, ModuleStoreError> {
         let keys = match name_or_hash.parse::<ModuleHash>() {
             Ok(hash) => vec![self.q.keys.module(&hash), self.q.keys.module_owners(&hash)],
             Err(_) => vec![self.q.keys.alias(name_or_hash)],

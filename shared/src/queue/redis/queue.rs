@@ -21,8 +21,9 @@ use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobId};
 use crate::outcome::{JobResult, OutcomeKind};
-use crate::queue::{Claimed, Completion, DeadLetter, Lease, Queue, QueueError, QueueStats, ReleaseKind};
-
+use crate::queue::{
+    Claimed, Completion, DeadLetter, Lease, Queue, QueueError, QueueStats, ReleaseKind,
+};
 
 /// One completion waiting for the batch flusher.
 struct PendingCompletion {
@@ -71,7 +72,8 @@ impl RedisQueue {
             }
             *last = Some(Instant::now());
         }
-        let promoted: Result<i64, RedisError> = SCRIPTS.promote
+        let promoted: Result<i64, RedisError> = SCRIPTS
+            .promote
             .key(&self.keys.delayed)
             .key(&self.keys.jobs)
             .arg(1000)
@@ -95,8 +97,7 @@ impl RedisQueue {
     }
 
     fn maintenance_failed(&self, step: &'static str, key: &str, error: &QueueError) {
-        let mut warned = self.claims.maintenance_warned
-            .lock();
+        let mut warned = self.claims.maintenance_warned.lock();
         if warned
             .get(step)
             .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
@@ -115,10 +116,9 @@ impl RedisQueue {
         max: usize,
         lease_for: Duration,
     ) -> Result<Vec<Claimed>, QueueError> {
-        let cursor = self.claims.takeover_cursor
-            .lock()
-            .clone();
-        let reply: Result<Value, RedisError> = SCRIPTS.takeover
+        let cursor = self.claims.takeover_cursor.lock().clone();
+        let reply: Result<Value, RedisError> = SCRIPTS
+            .takeover
             .key(&self.keys.jobs)
             .arg(GROUP)
             .arg(consumer)
@@ -296,7 +296,6 @@ impl RedisQueue {
             .map_err(unavailable)?;
         Ok(secs * 1000 + micros / 1000)
     }
-
 }
 
 fn claimed(
@@ -391,9 +390,9 @@ async fn flush_completions(
                             tracing::warn!(job = %item.result.job_id, %error, "result not stored; the job stays queued");
                             Err(error)
                         }
-                        None => Err(
-                            bad_reply("complete.lua replied for fewer jobs than sent").into()
-                        ),
+                        None => {
+                            Err(bad_reply("complete.lua replied for fewer jobs than sent").into())
+                        }
                     };
                     let _ = item.done.send(status);
                 }
@@ -532,13 +531,13 @@ impl Queue for RedisQueue {
     }
 
     async fn extend_lease(&self, lease: &Lease, _lease_for: Duration) -> Result<(), QueueError> {
-        self.as_holder(&SCRIPTS.owner, lease, &[], Vec::new())
-            .await
+        self.as_holder(&SCRIPTS.owner, lease, &[], Vec::new()).await
     }
 
     async fn complete(&self, lease: &Lease, result: JobResult) -> Result<Completion, QueueError> {
         let (done, reply) = oneshot::channel();
-        self.claims.completions
+        self.claims
+            .completions
             .send(PendingCompletion {
                 lease: lease.clone(),
                 result,
@@ -562,15 +561,15 @@ impl Queue for RedisQueue {
             result_key.as_str(),
         ];
         let args = vec![millis(delay).to_string().into_bytes(), codec::encode(job)];
-        self.as_holder(&SCRIPTS.retry, lease, &keys, args)
-            .await
+        self.as_holder(&SCRIPTS.retry, lease, &keys, args).await
     }
 
     async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
         let result_key = lease
             .job_id
             .map_or_else(|| self.keys.stats.clone(), |id| self.keys.result_key(id));
-        let moved: i64 = SCRIPTS.dead
+        let moved: i64 = SCRIPTS
+            .dead
             .key(&self.keys.jobs)
             .key(&self.keys.dead)
             .key(&self.keys.stats)

@@ -22,6 +22,7 @@ use crate::job::JobId;
 use crate::queue::QueueError;
 
 /// Finding lost jobs and recreating what Redis lost (from [`RedisQueue::recovery`]).
+#[derive(Clone, Copy)]
 pub struct Recovery<'a> {
     pub(super) q: &'a RedisQueue,
 }
@@ -123,7 +124,7 @@ impl Recovery<'_> {
     /// vanished that was in fact moving is only enqueued twice, which results stored
     /// once (SET NX) make harmless.
     pub async fn locate(
-        &self,
+        self,
         ids: &HashSet<JobId>,
         tenant: Option<&str>,
     ) -> Result<Whereabouts, RecoveryError> {
@@ -178,7 +179,7 @@ impl Recovery<'_> {
     }
 
     async fn scan_stream(
-        &self,
+        self,
         stream: &str,
         group: &str,
         note: &mut impl FnMut(JobId, Place),
@@ -223,7 +224,7 @@ impl Recovery<'_> {
         }
     }
 
-    async fn scan_delayed(&self, note: &mut impl FnMut(JobId, Place)) -> Result<(), RecoveryError> {
+    async fn scan_delayed(self, note: &mut impl FnMut(JobId, Place)) -> Result<(), RecoveryError> {
         let mut start = 0usize;
         loop {
             let reply: Vec<Value> = SCRIPTS
@@ -255,7 +256,7 @@ impl Recovery<'_> {
     /// Makes sure the job stream and its consumer group exist, as `connect` does: for
     /// long-lived clients (a submitter enqueueing again, a readiness probe) after Redis
     /// lost its data. Idempotent.
-    pub async fn recreate_group(&self) -> Result<(), RecoveryError> {
+    pub async fn recreate_group(self) -> Result<(), RecoveryError> {
         Ok(self.q.ensure_group().await?)
     }
 }

@@ -31,6 +31,7 @@ use crate::queue::QueueError;
 
 /// Completion notices, stored results and job records of a queue (from
 /// [`RedisQueue::results`]).
+#[derive(Clone, Copy)]
 pub struct Results<'a> {
     pub(super) q: &'a RedisQueue,
 }
@@ -113,14 +114,14 @@ fn kind_named(name: &str) -> Option<OutcomeKind> {
 impl Results<'_> {
     /// A position in the completion-notice stream meaning "now": notices from it on are
     /// those of completions after this call (stream ids are the server's clock).
-    pub async fn notices_from_now(&self) -> Result<String, ResultsError> {
+    pub async fn notices_from_now(self) -> Result<String, StoreError> {
         Ok(format!("{}-0", self.q.server_time_ms().await?))
     }
 
     /// Completion notices after stream id `after` (`"0"` for all, `"$"` for new ones),
     /// waiting up to `block`: the last id read and each `(job id, outcome kind)`.
     pub async fn completions(
-        &self,
+        self,
         after: &str,
         block: Duration,
     ) -> Result<(String, Vec<(JobId, OutcomeKind)>), ResultsError> {
@@ -173,7 +174,7 @@ impl Results<'_> {
     /// Only failed jobs go back: a letter whose job has a stored success, or one of
 
     /// The stored results of `ids` (read in batches of 500); missing ones are skipped.
-    pub async fn fetch(&self, ids: &[JobId]) -> Result<Vec<JobResult>, ResultsError> {
+    pub async fn fetch(self, ids: &[JobId]) -> Result<Vec<JobResult>, ResultsError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let keys: Vec<String> = chunk.iter().map(|id| self.q.keys.result_key(*id)).collect();
@@ -196,7 +197,7 @@ impl Results<'_> {
     }
 
     /// A job's record, if it exists.
-    pub async fn job_record(&self, id: JobId) -> Result<Option<JobRecord>, ResultsError> {
+    pub async fn job_record(self, id: JobId) -> Result<Option<JobRecord>, ResultsError> {
         let key = self.q.keys.job_record(id);
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&key)
@@ -217,7 +218,7 @@ impl Results<'_> {
     }
 
     /// Whether a worker holds the job's entry now (a job still in its backlog does not).
-    pub async fn is_running(&self, record: &JobRecord) -> Result<bool, ResultsError> {
+    pub async fn is_running(self, record: &JobRecord) -> Result<bool, ResultsError> {
         if record.stream != self.q.keys.jobs {
             return Ok(false);
         }
@@ -235,7 +236,7 @@ impl Results<'_> {
     }
 
     /// Cancels a job that no worker has claimed yet.
-    pub async fn cancel(&self, id: JobId) -> Result<Cancelled, ResultsError> {
+    pub async fn cancel(self, id: JobId) -> Result<Cancelled, ResultsError> {
         let answer: String = SCRIPTS
             .cancel
             .key(&self.q.keys.jobs)
@@ -253,7 +254,7 @@ impl Results<'_> {
     }
 
     /// A batch's tenant and job ids, if it exists.
-    pub async fn batch(&self, id: &str) -> Result<Option<(String, Vec<JobId>)>, ResultsError> {
+    pub async fn batch(self, id: &str) -> Result<Option<(String, Vec<JobId>)>, ResultsError> {
         let key = self.q.keys.batch(id);
         let tenant: Option<String> = redis::cmd("HGET")
             .arg(&key)
@@ -277,11 +278,10 @@ impl Results<'_> {
         )))
     }
 
-
     /// Batch `id`'s counters, if it exists and belongs to `tenant` (another tenant's
     /// batch reads as missing, and costs no more than a missing one).
     pub async fn batch_counts(
-        &self,
+        self,
         id: &str,
         tenant: &str,
     ) -> Result<Option<BatchCounts>, ResultsError> {
@@ -346,7 +346,6 @@ impl Results<'_> {
             jobs,
         }))
     }
-
 }
 
 #[cfg(test)]

@@ -13,9 +13,11 @@ use super::RedisQueue;
 use super::error::{StoreError, on_key, unavailable};
 use super::keys::{TENANT_POLICIES as POLICIES, TENANT_TOKENS as TOKENS, tenant_tokens};
 use super::scripts::SCRIPTS;
+use crate::queue::QueueError;
 use crate::tenant::{BadTenantName, TenantPolicy, validate_name};
 
 /// The tenant store (from [`RedisQueue::tenants`]).
+#[derive(Clone, Copy)]
 pub struct Tenants<'a> {
     pub(super) q: &'a RedisQueue,
 }
@@ -42,6 +44,16 @@ pub enum TenantError {
     Store(#[from] StoreError),
 }
 
+impl From<TenantError> for QueueError {
+    /// For callers that speak [`QueueError`] (a submitter clamping limits to a policy).
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::Store(e) => e.into(),
+            other => QueueError::Protocol(other.to_string()),
+        }
+    }
+}
+
 fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -64,7 +76,7 @@ impl Tenants<'_> {
     /// Creates a tenant with `policy` and returns its first token; `None` if the tenant
     /// already exists.
     pub async fn create(
-        &self,
+        self,
         tenant: &str,
         policy: &TenantPolicy,
     ) -> Result<Option<String>, TenantError> {
@@ -84,7 +96,7 @@ impl Tenants<'_> {
     }
 
     /// A new token for an existing tenant (older tokens stay valid until revoked).
-    pub async fn issue_token(&self, tenant: &str) -> Result<String, TenantError> {
+    pub async fn issue_token(self, tenant: &str) -> Result<String, TenantError> {
         if self.policy(tenant).await?.is_none() {
             return Err(TenantError::NotFound(tenant.to_owned()));
         }
@@ -104,7 +116,7 @@ impl Tenants<'_> {
 
     /// Revokes every token of `tenant`; returns how many. One script
     /// (`revoke.lua`): a token issued at the same moment is revoked too or issued after.
-    pub async fn revoke_tokens(&self, tenant: &str) -> Result<u64, TenantError> {
+    pub async fn revoke_tokens(self, tenant: &str) -> Result<u64, TenantError> {
         SCRIPTS
             .revoke
             .key(TOKENS)
@@ -115,7 +127,7 @@ impl Tenants<'_> {
     }
 
     /// The tenant a bearer token belongs to.
-    pub async fn for_token(&self, token: &str) -> Result<Option<String>, TenantError> {
+    pub async fn for_token(self, token: &str) -> Result<Option<String>, TenantError> {
         redis::cmd("HGET")
             .arg(TOKENS)
             .arg(token_hash(token))
@@ -125,7 +137,7 @@ impl Tenants<'_> {
     }
 
     /// Replaces an existing tenant's policy.
-    pub async fn set_policy(&self, tenant: &str, policy: &TenantPolicy) -> Result<(), TenantError> {
+    pub async fn set_policy(self, tenant: &str, policy: &TenantPolicy) -> Result<(), TenantError> {
         if self.policy(tenant).await?.is_none() {
             return Err(TenantError::NotFound(tenant.to_owned()));
         }
@@ -140,7 +152,7 @@ impl Tenants<'_> {
     }
 
     /// A tenant's policy, if the tenant exists.
-    pub async fn policy(&self, tenant: &str) -> Result<Option<TenantPolicy>, TenantError> {
+    pub async fn policy(self, tenant: &str) -> Result<Option<TenantPolicy>, TenantError> {
         let json: Option<String> = redis::cmd("HGET")
             .arg(POLICIES)
             .arg(tenant)
@@ -148,17 +160,16 @@ impl Tenants<'_> {
             .await
             .map_err(on_key(POLICIES))?;
         json.map(|j| {
-            serde_json::from_str(&j)
-                .map_err(|e| TenantError::BadPolicy {
-                    tenant: tenant.to_owned(),
-                    reason: e.to_string(),
-                })
+            serde_json::from_str(&j).map_err(|e| TenantError::BadPolicy {
+                tenant: tenant.to_owned(),
+                reason: e.to_string(),
+            })
         })
         .transpose()
     }
 
     /// Every tenant with its policy, sorted by name.
-    pub async fn all(&self) -> Result<Vec<(String, TenantPolicy)>, TenantError> {
+    pub async fn all(self) -> Result<Vec<(String, TenantPolicy)>, TenantError> {
         let all: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
             .arg(POLICIES)
             .query_async(&mut self.q.connection())
