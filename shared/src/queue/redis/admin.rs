@@ -73,6 +73,9 @@ pub struct ConsumerInfo {
 }
 
 impl Admin<'_> {
+    /// Puts dead letters back on the queue: one (`Some(id)`) or all.
+    /// Only failed jobs go back: a letter whose job has a stored success, or one of
+    /// whose keys is corrupt, stays (logged; an error when it was the one asked for).
     pub async fn dlq_retry(self, id: Option<&str>) -> Result<u64, AdminError> {
         // All of them: page by page (`DLQ_PAGE` letters a script), up to the newest
         // letter at the start, so no one script blocks Redis over days of letters.
@@ -207,6 +210,8 @@ impl Admin<'_> {
         }
     }
 
+    /// Consumers of the queue's group that claimed (or tried to) within `within`: the
+    /// workers serving the queue now. None when the group is missing.
     pub async fn live_workers(self, within: Duration) -> Result<usize, AdminError> {
         let reply: Result<Value, redis::RedisError> = redis::cmd("XINFO")
             .arg("CONSUMERS")

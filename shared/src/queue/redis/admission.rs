@@ -143,7 +143,10 @@ pub enum Enqueued {
     Yes,
     /// The backlog holds `waiting` jobs, and the request's would pass the quota:
     /// nothing was enqueued.
-    BacklogFull { waiting: u64 },
+    BacklogFull {
+        /// Jobs waiting in the backlog now.
+        waiting: u64,
+    },
 }
 
 /// Buckets per blob lifetime in the stored-bytes window: bytes are counted for between
@@ -154,10 +157,18 @@ const BUCKETS: u64 = 24;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reservation {
     /// Reserved; the tenant now has this many bytes counted.
-    Granted { used: u64 },
+    Granted {
+        /// Bytes counted for the tenant, these included.
+        used: u64,
+    },
     /// Over the quota: `used` bytes are counted; the oldest leave the window in
     /// `retry_after`.
-    Refused { used: u64, retry_after: Duration },
+    Refused {
+        /// Bytes counted for the tenant.
+        used: u64,
+        /// When the oldest counted bytes leave the window.
+        retry_after: Duration,
+    },
 }
 
 impl Admission<'_> {

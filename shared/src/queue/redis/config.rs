@@ -65,21 +65,38 @@ pub const MAX_COMPLETION_BATCH: usize = 2000;
 /// A [`RedisConfig`] field that cannot be used, named as the config names it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RedisConfigError {
+    /// The queue name is empty.
     #[error("queue: the name is empty")]
     EmptyQueue,
+    /// The queue name is too long.
     #[error("queue: the name is {len} bytes; at most {MAX_QUEUE_NAME}")]
-    QueueTooLong { len: usize },
+    QueueTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The queue name holds a character that is not allowed.
     #[error(
         "queue: {found:?} is not allowed in a queue name (letters, digits, `-`, `_`, `.`; \
          `{{` and `}}` would break the hash tag)"
     )]
-    QueueCharacter { found: char },
+    QueueCharacter {
+        /// The first such character.
+        found: char,
+    },
+    /// A size or duration is zero.
     #[error("{field}: must be more than zero")]
-    Zero { field: &'static str },
+    Zero {
+        /// The field.
+        field: &'static str,
+    },
+    /// A size is over its maximum.
     #[error("{field}: {value} is over the maximum of {max}")]
     TooLarge {
+        /// The field.
         field: &'static str,
+        /// Its value.
         value: u64,
+        /// The maximum.
         max: u64,
     },
 }

@@ -57,9 +57,17 @@ impl From<ModuleStoreError> for QueueError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModulePut {
     /// Stored (or already stored), held by the tenant, which now holds `held` modules.
-    Stored { hash: ModuleHash, held: u64 },
+    Stored {
+        /// The module's hash.
+        hash: ModuleHash,
+        /// Modules the tenant holds now.
+        held: u64,
+    },
     /// The tenant already holds `held` modules, its quota.
-    OverQuota { held: u64 },
+    OverQuota {
+        /// Modules the tenant holds.
+        held: u64,
+    },
 }
 
 /// What a tenant's delete did.

@@ -427,7 +427,7 @@ impl RedisQueue {
             replies
                 .next()
                 .unwrap_or(Ok(Value::Nil))
-                .map_err(|e| on_key(key)(e).into())
+                .map_err(on_key(key))
         };
         // The job stream's depths are what claimers and the dispatcher act on: an
         // error there is an error. The other figures are reported; a corrupt key

@@ -64,11 +64,15 @@ impl From<ResultsError> for QueueError {
 /// What the record of a job says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobRecord {
+    /// The tenant that owns the job.
     pub tenant: String,
     /// The stream its entry is in: its tenant's backlog, or the shared job stream.
     pub stream: String,
+    /// The entry's id in that stream.
     pub entry: String,
+    /// The batch it was submitted in, if any.
     pub batch: Option<String>,
+    /// Whether it was cancelled.
     pub cancelled: bool,
     /// The limits the job was enqueued with (JSON).
     pub limits: String,
@@ -91,6 +95,7 @@ const COUNTER: &str = "n:";
 /// What a batch's counters say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchCounts {
+    /// The tenant that owns the batch.
     pub tenant: String,
     /// Jobs submitted in the batch.
     pub total: u64,
@@ -169,9 +174,6 @@ impl Results<'_> {
         }
         Ok((last, notices))
     }
-
-    /// Puts dead letters back on the queue: one (`Some(id)`) or all.
-    /// Only failed jobs go back: a letter whose job has a stored success, or one of
 
     /// The stored results of `ids` (read in batches of 500); missing ones are skipped.
     pub async fn fetch(self, ids: &[JobId]) -> Result<Vec<JobResult>, ResultsError> {
