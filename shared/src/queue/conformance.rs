@@ -1,5 +1,5 @@
 //! The behaviour every [`Queue`] backend must show, as plain async functions that panic
-//! on a violation. A backend's test file runs them all with [`queue_conformance!`]:
+//! on a violation. A backend's test file runs them all with [`queue_conformance!`](crate::queue_conformance):
 //!
 //! ```ignore
 //! sluice_shared::queue_conformance!(async { ((), sluice_shared::MemoryQueue::new()) });
@@ -382,7 +382,7 @@ pub async fn waiting_claim_wakes_on_enqueue<Q: Queue>(queue: &Q) {
 /// holder's success ends a job that is still pending (to anyone) and is refused once
 /// the job moved on; only the current holder retries or dead-letters; a job is never
 /// both finished and queued again, nor both completed and dead. Run with
-/// [`queue_ownership_conformance!`] like [`queue_conformance!`].
+/// [`queue_ownership_conformance!`](crate::queue_ownership_conformance) like [`queue_conformance!`](crate::queue_conformance).
 #[macro_export]
 macro_rules! queue_ownership_conformance {
     ($make:expr) => {

@@ -62,9 +62,7 @@ pub enum AdmissionError {
         expected: &'static str,
     },
     /// A tenant's stored policy does not parse.
-    #[error(
-        "policy of tenant {tenant:?} (field of sluice:{{tenants}}:policies) is invalid: {reason}"
-    )]
+    #[error("policy of tenant {tenant:?} (field of {TENANT_POLICIES}) is invalid: {reason}")]
     BadPolicy {
         /// The tenant (an excerpt of its name).
         tenant: String,
@@ -88,7 +86,7 @@ impl From<AdmissionError> for QueueError {
     }
 }
 
-/// What [`RedisQueue::hold_dispatcher`] found.
+/// What [`Admission::hold_dispatcher`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hold {
     /// The caller holds the role (taken or renewed).
@@ -136,7 +134,7 @@ fn wrong_type<'a>(
     }
 }
 
-/// What [`RedisQueue::enqueue_owned_within`] did.
+/// What [`Admission::enqueue_owned_within`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueued {
     /// Every job is in the tenant's backlog.
@@ -578,11 +576,7 @@ impl Admission<'_> {
                 .key(&backlog)
                 .key(self.q.keys.backlogs())
                 .key(batch_key.as_deref().unwrap_or(&backlog))
-                .key(
-                    batch_key
-                        .as_ref()
-                        .map_or_else(|| backlog.clone(), |k| format!("{k}:jobs")),
-                )
+                .key(batch.map_or_else(|| backlog.clone(), |b| self.q.keys.batch_jobs(b)))
                 .key(self.q.keys.owned())
                 .arg(tenant)
                 .arg(batch.unwrap_or(""))
