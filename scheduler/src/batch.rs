@@ -363,3 +363,21 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
     executor::run(queue, sandbox, env.clone(), config, all_done).await?;
     env.report.lock().finish(jobs.len(), started.elapsed())
 }
+
+/// The protocol's role errors stop a batch as the queue's own do.
+macro_rules! stops_batch_as_queue_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for BatchError {
+            fn from(e: $error) -> Self {
+                BatchError::Queue(e.into())
+            }
+        }
+    )*};
+}
+stops_batch_as_queue_error!(
+    sluice_shared::queue::redis::BlobError,
+    sluice_shared::queue::redis::ModuleStoreError,
+    sluice_shared::queue::redis::RecoveryError,
+    sluice_shared::queue::redis::ResultsError,
+    sluice_shared::queue::redis::StoreError
+);

@@ -58,10 +58,7 @@ fn host_port(url: &str) -> (String, String) {
 /// Total commands the server has executed (INFO commandstats, scripts' inner calls
 /// included).
 async fn commands_executed(queue: &RedisQueue) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut queue.connection())
-        .await?;
+    let info = queue.admin().server_info("commandstats").await?;
     Ok(info
         .lines()
         .filter_map(|l| l.split("calls=").nth(1))
@@ -71,10 +68,7 @@ async fn commands_executed(queue: &RedisQueue) -> anyhow::Result<u64> {
 
 /// `used_memory` from INFO memory.
 async fn used_memory(queue: &RedisQueue) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut queue.connection())
-        .await?;
+    let info = queue.admin().server_info("memory").await?;
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
@@ -121,7 +115,10 @@ async fn follow(
             "only {} of {expected} jobs finished in {deadline:?}",
             done.len()
         );
-        let (next, notices) = queue.completions(&last, Duration::from_millis(500)).await?;
+        let (next, notices) = queue
+            .results()
+            .completions(&last, Duration::from_millis(500))
+            .await?;
         let now = Instant::now();
         last = next;
         for (id, _) in notices {
@@ -141,7 +138,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let queue = RedisQueue::connect(config.clone()).await?;
     let memory_before = used_memory(&queue).await?;
     let wasm = wat::parse_str(NOOP)?;
-    let module = queue.put_module(&wasm, None).await?;
+    let module = queue.modules().put(&wasm, None).await?;
 
     let worker_bin = match args.worker_bin {
         Some(path) => path,
@@ -174,7 +171,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
         .collect();
     let warm_ids: HashMap<JobId, Instant> = warm.iter().map(|j| (j.id, Instant::now())).collect();
-    let from = queue.notices_from_now().await?;
+    let from = queue.results().notices_from_now().await?;
     queue.enqueue(&warm).await?;
     follow(&queue, from, warm.len(), &warm_ids, Duration::from_secs(60)).await?;
 
@@ -183,7 +180,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
         .collect();
     let commands_before = commands_executed(&queue).await?;
-    let from = queue.notices_from_now().await?;
+    let from = queue.results().notices_from_now().await?;
     let started = Instant::now();
     let mut sent = HashMap::with_capacity(jobs.len());
     for chunk in jobs.chunks(5_000) {
@@ -200,7 +197,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     // another follows the notices continuously, so an arrival is timed when it
     // happens, not when the sender next looks.
     let latencies = {
-        let from = queue.notices_from_now().await?;
+        let from = queue.results().notices_from_now().await?;
         let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
         let sent_at: parking_lot::Mutex<HashMap<JobId, Instant>> = parking_lot::Mutex::default();
         let jobs: Vec<Job> = (0..args.latency_jobs)
@@ -222,7 +219,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             let deadline =
                 Instant::now() + Duration::from_secs(120) + interval * args.latency_jobs as u32;
             while arrived.len() < ids.len() && Instant::now() < deadline {
-                let (next, notices) = queue.completions(&last, Duration::from_millis(100)).await?;
+                let (next, notices) = queue
+                    .results()
+                    .completions(&last, Duration::from_millis(100))
+                    .await?;
                 let now = Instant::now();
                 last = next;
                 for (id, _) in notices {
@@ -273,22 +273,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     // Wait out the TTL, then touch every key of the queue so expired ones go now
     // rather than whenever active expiry samples them.
     tokio::time::sleep(ttl + Duration::from_secs(1)).await;
-    let pattern = format!("sluice:{{{}}}:*", config.queue);
-    let mut cursor = 0u64;
-    loop {
-        let (next, _keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut queue.connection())
-            .await?;
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    queue.admin().touch_all_keys().await?;
     let memory_after = used_memory(&queue).await?;
 
     let jobs_per_s = args.jobs as f64 / elapsed.as_secs_f64();

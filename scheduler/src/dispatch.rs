@@ -222,7 +222,7 @@ pub async fn run(
                         tokio::select! {
                             () = wake.notified() => {}
                             () = shutdown.cancelled() => {}
-                            notices = queue.completions(&d.notices, wait) => {
+                            notices = queue.results().completions(&d.notices, wait) => {
                                 match notices {
                                     Ok((last, finished)) => {
                                         d.notices_read = Instant::now();
@@ -255,7 +255,7 @@ pub async fn run(
         }
     }
     if d.holding
-        && let Ok(true) = queue.release_dispatcher(&d.holder).await
+        && let Ok(true) = queue.admission().release_dispatcher(&d.holder).await
     {
         tracing::info!("dispatcher role released");
     }
@@ -280,7 +280,12 @@ impl Dispatcher {
 
     async fn round(&mut self) -> Result<Round, AdmissionError> {
         if !self.holding || self.last_held.elapsed() >= RENEW_EVERY {
-            match self.queue.hold_dispatcher(&self.holder, HOLD).await? {
+            match self
+                .queue
+                .admission()
+                .hold_dispatcher(&self.holder, HOLD)
+                .await?
+            {
                 Hold::Held => {
                     // A gap longer than a hold since the last renewal means another
                     // process may have held the role in between: count afresh.
@@ -317,11 +322,11 @@ impl Dispatcher {
             self.reconcile().await?;
         }
 
-        let mut waiting = self.queue.backlogged_tenants().await?;
+        let mut waiting = self.queue.admission().backlogged_tenants().await?;
         if waiting.is_empty() {
             return Ok(Round::Idle);
         }
-        let unclaimed = self.queue.ready_depth().await?;
+        let unclaimed = self.queue.admission().ready_depth().await?;
         let mut free = self.window.saturating_sub(unclaimed);
         if free == 0 {
             return Ok(Round::Waiting);
@@ -381,7 +386,12 @@ impl Dispatcher {
             let mut left = planned;
             while left > 0 {
                 let want = left.min(MAX_PER_CALL);
-                match self.queue.dispatch(&self.holder, tenant, want).await {
+                match self
+                    .queue
+                    .admission()
+                    .dispatch(&self.holder, tenant, want)
+                    .await
+                {
                     Ok(jobs) => {
                         let got = jobs.len();
                         for job in jobs {
@@ -432,7 +442,7 @@ impl Dispatcher {
         {
             return Some(policy.clone());
         }
-        match self.queue.admission_policy(tenant).await {
+        match self.queue.admission().admission_policy(tenant).await {
             Ok(policy) => {
                 let state = self.tenants.entry(tenant.to_owned()).or_default();
                 state.policy = Some((now, policy.clone()));
@@ -461,10 +471,10 @@ impl Dispatcher {
     /// Becoming the holder: count what is in flight from Redis, not from memory.
     async fn take_over(&mut self) -> Result<(), AdmissionError> {
         // Notices from before the count are covered by the count itself.
-        self.notices = self.queue.notices_from_now().await?;
+        self.notices = self.queue.results().notices_from_now().await?;
         self.admitted = self.load_admitted().await?;
         let known = self.admitted.clone();
-        match self.queue.admitted_on_stream(&known).await {
+        match self.queue.admission().admitted_on_stream(&known).await {
             Ok(found) => self.admitted.extend(found),
             Err(error @ AdmissionError::WrongType { .. }) => {
                 // The job stream itself is corrupt: nothing can be admitted anyway.
@@ -483,14 +493,18 @@ impl Dispatcher {
     /// The admitted hash; a wrong-typed one is reported, deleted and rebuilt from the
     /// job stream (it is the dispatcher's own index).
     async fn load_admitted(&mut self) -> Result<HashMap<JobId, String>, AdmissionError> {
-        match self.queue.admitted().await {
+        match self.queue.admission().admitted().await {
             Err(error @ AdmissionError::WrongType { .. }) => {
                 self.complain(
                     "admitted",
                     &format!("{error}: deleted; rebuilt from the job stream"),
                 );
-                self.queue.reset_corrupt_admitted().await?;
-                let found = self.queue.admitted_on_stream(&HashMap::new()).await?;
+                self.queue.admission().reset_corrupt_admitted().await?;
+                let found = self
+                    .queue
+                    .admission()
+                    .admitted_on_stream(&HashMap::new())
+                    .await?;
                 Ok(found.into_iter().collect())
             }
             other => other,
@@ -505,7 +519,10 @@ impl Dispatcher {
         let ids: Vec<JobId> = current.keys().copied().collect();
         let mut settled = Vec::new();
         for chunk in ids.chunks(1000) {
-            for (id, done) in chunk.iter().zip(self.queue.settled(chunk).await?) {
+            for (id, done) in chunk
+                .iter()
+                .zip(self.queue.admission().settled(chunk).await?)
+            {
                 if done {
                     settled.push(*id);
                 }
@@ -514,7 +531,7 @@ impl Dispatcher {
         for id in &settled {
             current.remove(id);
         }
-        self.queue.forget_admitted(&settled).await?;
+        self.queue.admission().forget_admitted(&settled).await?;
         self.admitted = current;
         Ok(())
     }
@@ -524,6 +541,7 @@ impl Dispatcher {
     async fn follow_completions(&mut self) {
         match self
             .queue
+            .results()
             .completions(&self.notices, Duration::from_millis(1))
             .await
         {
@@ -548,7 +566,7 @@ impl Dispatcher {
             .map(|(job, _)| job)
             .filter(|job| self.admitted.remove(job).is_some())
             .collect();
-        if let Err(error) = self.queue.forget_admitted(&done).await {
+        if let Err(error) = self.queue.admission().forget_admitted(&done).await {
             // Left in the hash, the jobs are found settled by the next reconciliation.
             tracing::warn!(%error, "forgetting finished jobs failed");
         }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use sluice_shared::backoff::Backoff;
-use sluice_shared::queue::redis::{RedisQueue, Whereabouts};
+use sluice_shared::queue::redis::{RecoveryError, RedisQueue, StoreError, Whereabouts};
 use sluice_shared::{
     BlobId, EntryPoint, JobId, JobInput, JobOutput, JobResult, Limits, ModuleHash, Queue,
-    QueueError, codec,
+    QueueError,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -41,7 +41,7 @@ pub async fn put_module(
     alias: Option<&str>,
 ) -> Result<(ModuleHash, EntryPoint), BatchError> {
     let (wasm, _, entry) = read_module(path)?;
-    Ok((queue.put_module(&wasm, alias).await?, entry))
+    Ok((queue.modules().put(&wasm, alias).await?, entry))
 }
 
 /// `limits` clamped to `tenant`'s policy (the fleet default for a tenant without one),
@@ -52,6 +52,7 @@ pub async fn clamp_to_policy(
     limits: &Limits,
 ) -> Result<Limits, QueueError> {
     Ok(queue
+        .tenants()
         .policy(tenant)
         .await?
         .unwrap_or_default()
@@ -72,7 +73,7 @@ pub async fn upload_input(
         return Ok(JobInput::Inline(std::fs::read(path).map_err(read_err)?));
     }
     let file = tokio::fs::File::open(path).await.map_err(read_err)?;
-    let mut blob = queue.blob_writer();
+    let mut blob = queue.blobs().writer();
     blob.write_from(tokio::io::BufReader::with_capacity(1 << 20, file))
         .await?;
     let (id, len) = blob.finish().await?;
@@ -97,7 +98,7 @@ pub async fn write_output(
         JobOutput::Written => {}
         JobOutput::Inline(bytes) => out.write_all(bytes).await.map_err(io)?,
         JobOutput::Blob { id, .. } => {
-            let mut reader = queue.blob_reader(id);
+            let mut reader = queue.blobs().reader(id);
             while let Some(chunk) = reader.next_chunk().await? {
                 out.write_all(&chunk).await.map_err(io)?;
             }
@@ -129,7 +130,7 @@ const LOOKUPS_WHILE_POLLING: usize = 5_000;
 impl Follower {
     /// Starts following from the newest notice now (call before enqueueing).
     pub async fn start(queue: &RedisQueue) -> Result<Self, QueueError> {
-        let last_notice = queue.notices_from_now().await?;
+        let last_notice = queue.results().notices_from_now().await?;
         Ok(Follower {
             last_notice,
             outstanding: BTreeSet::new(),
@@ -178,7 +179,7 @@ impl Follower {
     ) -> Result<Vec<JobResult>, QueueError> {
         let mut finished = Vec::new();
         if self.polling.is_none() {
-            match queue.completions(&self.last_notice, wait).await {
+            match queue.results().completions(&self.last_notice, wait).await {
                 Ok((last, notices)) => {
                     self.last_notice = last;
                     finished = notices
@@ -189,9 +190,9 @@ impl Follower {
                 }
                 Err(error) => {
                     let key = &queue.keys().done;
-                    let kind = queue.key_type(key).await?;
+                    let kind = queue.admin().key_type(key).await?;
                     if kind == "stream" || kind == "none" {
-                        return Err(error);
+                        return Err(error.into());
                     }
                     let why = format!(
                         "key {key} holds a {kind}, not a stream of completion notices \
@@ -266,29 +267,12 @@ impl Follower {
     }
 }
 
-/// Fetches stored results (MGET in batches); missing ones are skipped.
+/// Fetches stored results; missing ones are skipped.
 pub async fn fetch_results(
     queue: &RedisQueue,
     ids: &[JobId],
 ) -> Result<Vec<JobResult>, QueueError> {
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
-        let keys: Vec<String> = chunk
-            .iter()
-            .map(|id| queue.keys().result_key(*id))
-            .collect();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut queue.connection())
-            .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-        for bytes in values.into_iter().flatten() {
-            let result: JobResult = codec::decode_value(&bytes)
-                .map_err(|e| QueueError::Protocol(format!("stored result: {e}")))?;
-            out.push(result);
-        }
-    }
-    Ok(out)
+    Ok(queue.results().fetch(ids).await?)
 }
 
 /// When the next check for lost jobs is due: after `stall_after` without a result,
@@ -358,9 +342,9 @@ impl Resubmitter<'_> {
     ) -> Result<(), BatchError> {
         // Workers recreate the group themselves; doing it here too means the jobs
         // are claimable the moment they are back, whoever looks first.
-        queue.recreate_group().await?;
-        if !queue.module_stored(&self.module).await? {
-            queue.put_module(&self.wasm, None).await?;
+        queue.recovery().recreate_group().await?;
+        if !queue.modules().is_stored(&self.module).await? {
+            queue.modules().put(&self.wasm, None).await?;
             say(
                 progress,
                 &format!("module {} was lost by Redis: stored it again", self.module),
@@ -456,7 +440,7 @@ pub async fn run_batch(
     let started = Instant::now();
     let inputs = options.prepare_dirs()?;
     let (wasm, module, module_entry) = read_module(&options.module)?;
-    queue.put_module(&wasm, None).await?;
+    queue.modules().put(&wasm, None).await?;
     let mut options = options;
     options.limits = clamp_to_policy(&queue, &options.tenant.0, &options.limits).await?;
     let entry = options.entry.clone().unwrap_or(module_entry);
@@ -516,8 +500,8 @@ pub async fn run_batch(
         // mid-enqueue): workers would fail every job that names it as not stored.
         // Should Redis be away now, the first check for lost jobs stores it.
         None => {
-            if let Ok(false) = queue.module_stored(&module).await
-                && queue.put_module(&resubmitter.wasm, None).await.is_ok()
+            if let Ok(false) = queue.modules().is_stored(&module).await
+                && queue.modules().put(&resubmitter.wasm, None).await.is_ok()
             {
                 say(
                     &progress,
@@ -555,15 +539,20 @@ pub async fn run_batch(
             stall.progress();
         } else if stall.due() {
             let outstanding = follower.outstanding_ids();
-            let at = match queue.locate(&outstanding, Some(&options.tenant.0)).await {
+            let at = match queue
+                .recovery()
+                .locate(&outstanding, Some(&options.tenant.0))
+                .await
+            {
                 Ok(at) => at,
-                Err(QueueError::Unavailable(_)) => {
+                Err(RecoveryError::Store(StoreError::Unavailable(_))) => {
                     stall.checked(false);
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
             let workers = queue
+                .admin()
                 .live_workers(Duration::from_secs(10))
                 .await
                 .unwrap_or(0);

@@ -1,7 +1,8 @@
 //! # sluice-shared
 //!
-//! The vocabulary every Sluice process speaks, with no WebAssembly runtime in it:
-//! a scheduler, a worker and a test can all depend on this crate cheaply.
+//! The vocabulary every Sluice process speaks, and the Redis protocol they speak it
+//! over, with no WebAssembly runtime in it: a scheduler, a worker and a test can all
+//! depend on this crate cheaply.
 //!
 //! - [`job`]: what a job is ([`Job`], [`Limits`], [`JobInput`], [`EntryPoint`]) and the
 //!   content address of a module ([`ModuleHash`]).
@@ -10,6 +11,11 @@
 //! - [`outcome`]: the one typed [`Outcome`] every job ends with, and its [`JobResult`].
 //! - [`queue`]: the [`Queue`] trait a worker loop needs, the in-memory [`MemoryQueue`]
 //!   used by embedded batch mode, and a conformance suite every backend must pass.
+//! - [`queue::redis`]: the Redis protocol, the only code that sends Redis commands:
+//!   [`RedisQueue`] (connection, configuration, keys) implements [`Queue`], and its
+//!   roles (modules, results, admin, blobs, tenants, admission, recovery) each live in
+//!   a file of their own with their own error enum.
+//! - [`tenant`]: a tenant's [`TenantPolicy`] (quotas and limits) and tenant names.
 //! - [`backoff`]: the one exponential backoff every retry loop uses.
 //! - [`metrics`]: the Prometheus text renderer both binaries serve.
 //! - [`units`]: `64MiB` / `2s` parsing for the command lines.

@@ -63,7 +63,7 @@ impl Fleet {
     /// Stores `module` (WAT or WASM) in the queue's module store, unnamed.
     pub fn put_module(&self, module: &[u8]) -> ModuleHash {
         self.rt
-            .block_on(self.queue.put_module(module, None))
+            .block_on(self.queue.modules().put(module, None))
             .expect("store the module")
     }
 

@@ -51,7 +51,11 @@ pub async fn await_finished(
             finished.len(),
             ids.len()
         );
-        match queue.completions(&from, Duration::from_millis(500)).await {
+        match queue
+            .results()
+            .completions(&from, Duration::from_millis(500))
+            .await
+        {
             Ok((next, notices)) => {
                 from = next;
                 for (id, kind) in notices {
@@ -92,7 +96,7 @@ pub async fn enqueue_and_await(
     within: Duration,
 ) -> HashMap<JobId, OutcomeKind> {
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = queue.notices_from_now().await.unwrap();
+    let from = queue.results().notices_from_now().await.unwrap();
     queue.enqueue(jobs).await.unwrap();
     await_finished(queue, from, &ids, within).await
 }

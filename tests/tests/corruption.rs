@@ -45,9 +45,10 @@ fn failure(id: JobId) -> JobResult {
     )
 }
 
-/// The error names `key` (and is not a lost lease, which would hide the damage).
-fn names<T: std::fmt::Debug>(reply: Result<T, QueueError>, key: &str) {
-    match reply {
+/// The error names `key` (and is not a lost lease, which would hide the damage). Role
+/// errors are checked as the [`QueueError`] they become.
+fn names<T: std::fmt::Debug, E: Into<QueueError>>(reply: Result<T, E>, key: &str) {
+    match reply.map_err(Into::into) {
         Err(QueueError::LeaseLost { .. }) => panic!("a lost lease instead of naming {key}"),
         Err(e) => assert!(e.to_string().contains(key), "{e} does not name {key}"),
         Ok(v) => panic!("{v:?}: expected an error naming {key}"),
@@ -148,7 +149,7 @@ async fn corrupt_dead_letter_stream_stops_dead_letters_only() {
         &dead,
     );
     names(queue.dead_letters().await, &dead);
-    names(queue.dlq_retry(None).await, &dead);
+    names(queue.admin().dlq_retry(None).await, &dead);
     // Nothing moved: the job is still held and has no result.
     assert_eq!(queue.result(jobs[0].id).await.unwrap(), None);
     assert_eq!(queue.stats().await.unwrap().leased, 2);
@@ -228,7 +229,10 @@ async fn corrupt_notice_stream_costs_notices_not_completions() {
     );
     assert!(queue.result(jobs[0].id).await.unwrap().is_some());
     names(
-        queue.completions("0", Duration::from_millis(1)).await,
+        queue
+            .results()
+            .completions("0", Duration::from_millis(1))
+            .await,
         &done,
     );
     // The foreign value is left alone (it may be another application's).
@@ -285,44 +289,45 @@ async fn corrupt_result_key_fails_its_job_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_job_stream_is_named_and_other_stores_keep_working() {
     let (server, queue) = fresh().await;
-    let hash = queue.put_module(b"\0asm\x01\0\0\0", None).await.unwrap();
+    let hash = queue.modules().put(b"\0asm\x01\0\0\0", None).await.unwrap();
     let jobs_key = key("jobs");
     server.cli(&["DEL", &jobs_key]);
     server.cli(&["SET", &jobs_key, "x"]);
     names(queue.claim("c1", 1, LONG, Duration::ZERO).await, &jobs_key);
     names(queue.enqueue(&[job(1)]).await, &jobs_key);
-    assert!(queue.get_module(&hash).await.unwrap().is_some());
-    let mut writer = queue.blob_writer();
+    assert!(queue.modules().get(&hash).await.unwrap().is_some());
+    let mut writer = queue.blobs().writer();
     writer.write(b"still works").await.unwrap();
     let (id, _) = writer.finish().await.unwrap();
-    let mut reader = queue.blob_reader(&id);
+    let mut reader = queue.blobs().reader(&id);
     assert_eq!(reader.next_chunk().await.unwrap().unwrap(), b"still works");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_blob_keys_are_named_when_read() {
     let (server, queue) = fresh().await;
-    let mut writer = queue.blob_writer();
+    let mut writer = queue.blobs().writer();
     writer.write(b"input").await.unwrap();
     let (id, _) = writer.finish().await.unwrap();
     let meta = key(&format!("blob:{id}"));
     let chunk = key(&format!("blob:{id}:0"));
     server.cli(&["HSET", &meta, "chunks", "many"]);
-    names(queue.blob_reader(&id).next_chunk().await, &meta);
+    names(queue.blobs().reader(&id).next_chunk().await, &meta);
     server.cli(&["HSET", &meta, "chunks", "1"]);
     server.cli(&["DEL", &chunk]);
     server.cli(&["HSET", &chunk, "x", "y"]);
-    names(queue.blob_reader(&id).next_chunk().await, &chunk);
+    names(queue.blobs().reader(&id).next_chunk().await, &chunk);
     server.cli(&["DEL", &meta]);
     server.cli(&["SET", &meta, "x"]);
-    names(queue.blob_reader(&id).next_chunk().await, &meta);
+    names(queue.blobs().reader(&id).next_chunk().await, &meta);
     // Other blobs are unaffected.
-    let mut writer = queue.blob_writer();
+    let mut writer = queue.blobs().writer();
     writer.write(b"other").await.unwrap();
     let (other, _) = writer.finish().await.unwrap();
     assert_eq!(
         queue
-            .blob_reader(&other)
+            .blobs()
+            .reader(&other)
             .next_chunk()
             .await
             .unwrap()
@@ -338,16 +343,16 @@ async fn corrupt_module_is_named_and_repaired_by_an_upload() {
     let hash = ModuleHash::of(wasm);
     let module = key(&format!("module:{hash}"));
     server.cli(&["SET", &module, "not the module"]);
-    names(queue.get_module(&hash).await, &module);
-    queue.put_module(wasm, Some("m")).await.unwrap();
-    assert_eq!(queue.get_module(&hash).await.unwrap().unwrap(), wasm);
+    names(queue.modules().get(&hash).await, &module);
+    queue.modules().put(wasm, Some("m")).await.unwrap();
+    assert_eq!(queue.modules().get(&hash).await.unwrap().unwrap(), wasm);
     server.cli(&["DEL", &module]);
     server.cli(&["HSET", &module, "a", "b"]);
-    names(queue.get_module(&hash).await, &module);
+    names(queue.modules().get(&hash).await, &module);
     let alias = key("alias:m");
     server.cli(&["DEL", &alias]);
     server.cli(&["HSET", &alias, "a", "b"]);
-    names(queue.resolve_module("m").await, &alias);
+    names(queue.modules().resolve("m").await, &alias);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,14 +361,24 @@ async fn corrupt_job_record_and_batch_fail_their_jobs_alone() {
     let jobs: Vec<Job> = (0..3).map(job).collect();
     let batch = uuid::Uuid::now_v7().to_string();
     queue
+        .admission()
         .enqueue_owned(&jobs, "acme", Some(&batch))
         .await
         .unwrap();
     queue
+        .admission()
         .hold_dispatcher("test", std::time::Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(queue.dispatch("test", "acme", 10).await.unwrap().len(), 3);
+    assert_eq!(
+        queue
+            .admission()
+            .dispatch("test", "acme", 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     let claimed = queue.claim("c1", 3, LONG, WAIT).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let lease_of = |id: JobId| {
@@ -383,8 +398,8 @@ async fn corrupt_job_record_and_batch_fail_their_jobs_alone() {
             .await,
         &record,
     );
-    names(queue.cancel(jobs[0].id).await, &record);
-    names(queue.job_record(jobs[0].id).await, &record);
+    names(queue.results().cancel(jobs[0].id).await, &record);
+    names(queue.results().job_record(jobs[0].id).await, &record);
     queue
         .complete(&lease_of(jobs[1].id), success(jobs[1].id))
         .await
@@ -398,7 +413,12 @@ async fn corrupt_job_record_and_batch_fail_their_jobs_alone() {
         &batch_key,
     );
     // The status reads what it can: a counter that is not a number counts 0.
-    let counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "acme")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(counts.total, 3);
     server.cli(&["HSET", &batch_key, "n:success", "1"]);
     server.cli(&["DEL", &record]);
@@ -408,7 +428,12 @@ async fn corrupt_job_record_and_batch_fail_their_jobs_alone() {
             Completion::Recorded
         );
     }
-    let counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "acme")
+        .await
+        .unwrap()
+        .unwrap();
     // Job 0's record went with the damage, so its batch cannot count it; 1 and 2 count.
     assert_eq!(counts.by_outcome.get("success"), Some(&2));
     all_finish(&queue, &jobs).await;
@@ -421,42 +446,44 @@ async fn corrupt_tenant_keys_are_named_and_tokens_stay_revocable() {
     let tokens = "sluice:{tenants}:tokens";
     let acme_tokens = "sluice:{tenants}:tokens:acme";
     let token = queue
-        .create_tenant("acme", &TenantPolicy::default())
+        .tenants()
+        .create("acme", &TenantPolicy::default())
         .await
         .unwrap()
         .unwrap();
     queue
-        .create_tenant("other", &TenantPolicy::default())
+        .tenants()
+        .create("other", &TenantPolicy::default())
         .await
         .unwrap()
         .unwrap();
     // One tenant's bad policy is that tenant's error, named; the others read fine.
     server.cli(&["HSET", policies, "other", "{not json"]);
-    names(queue.policy("other").await, policies);
-    assert!(queue.policy("acme").await.unwrap().is_some());
+    names(queue.tenants().policy("other").await, policies);
+    assert!(queue.tenants().policy("acme").await.unwrap().is_some());
     // A foreign tenant token set: issuing fails before the token becomes valid, so no
     // valid token is ever missing from the set revocation reads.
     server.cli(&["DEL", acme_tokens]);
     server.cli(&["SET", acme_tokens, "x"]);
-    names(queue.issue_token("acme").await, acme_tokens);
-    names(queue.revoke_tokens("acme").await, acme_tokens);
+    names(queue.tenants().issue_token("acme").await, acme_tokens);
+    names(queue.tenants().revoke_tokens("acme").await, acme_tokens);
     assert_eq!(
-        queue.tenant_for_token(&token).await.unwrap().as_deref(),
+        queue.tenants().for_token(&token).await.unwrap().as_deref(),
         Some("acme")
     );
     server.cli(&["DEL", acme_tokens]);
-    let second = queue.issue_token("acme").await.unwrap();
-    assert_eq!(queue.revoke_tokens("acme").await.unwrap(), 1);
-    assert_eq!(queue.tenant_for_token(&second).await.unwrap(), None);
+    let second = queue.tenants().issue_token("acme").await.unwrap();
+    assert_eq!(queue.tenants().revoke_tokens("acme").await.unwrap(), 1);
+    assert_eq!(queue.tenants().for_token(&second).await.unwrap(), None);
     // The token hash replaced: lookups name it.
     server.cli(&["DEL", tokens]);
     server.cli(&["SET", tokens, "x"]);
-    names(queue.tenant_for_token(&token).await, tokens);
-    names(queue.revoke_tokens("acme").await, tokens);
+    names(queue.tenants().for_token(&token).await, tokens);
+    names(queue.tenants().revoke_tokens("acme").await, tokens);
     server.cli(&["DEL", policies]);
     server.cli(&["SET", policies, "x"]);
-    names(queue.policy("acme").await, policies);
-    names(queue.tenants().await, policies);
+    names(queue.tenants().policy("acme").await, policies);
+    names(queue.tenants().all().await, policies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

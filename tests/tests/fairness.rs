@@ -111,7 +111,11 @@ fn completed_in_order(
             ids.len()
         );
         let (next, notices) = rt
-            .block_on(queue.completions(cursor, Duration::from_millis(200)))
+            .block_on(
+                queue
+                    .results()
+                    .completions(cursor, Duration::from_millis(200)),
+            )
             .unwrap();
         *cursor = next;
         order.extend(
@@ -166,7 +170,7 @@ fn flood_then_trickle(
             >= slots as u64
     });
 
-    let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
+    let mut cursor = rt.block_on(queue.results().notices_from_now()).unwrap();
     let before = rt.block_on(runs_ended(&queue));
     let submitted = Instant::now();
     let bs: HashSet<JobId> = batch(&serve, &b, &noop, 10, json!({}))
@@ -181,7 +185,11 @@ fn flood_then_trickle(
             "only {seen} of B's 10 jobs finished"
         );
         let (next, notices) = rt
-            .block_on(queue.completions(&cursor, Duration::from_millis(200)))
+            .block_on(
+                queue
+                    .results()
+                    .completions(&cursor, Duration::from_millis(200)),
+            )
             .unwrap();
         cursor = next;
         seen += notices.iter().filter(|(id, _)| bs.contains(id)).count();
@@ -232,7 +240,7 @@ fn tenants_with_equal_shares_take_turns_whatever_their_names() {
     let noop = upload(&serve, &a, "noop.wat");
     let rt = runtime();
     let queue = rt.block_on(connect(&redis.url(), "turns"));
-    let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
+    let mut cursor = rt.block_on(queue.results().notices_from_now()).unwrap();
     let a_ids = batch(&serve, &a, &noop, 12, json!({}));
     let z_ids = batch(&serve, &z, &noop, 12, json!({}));
     let _worker = WorkerProcess::start(&redis.url(), "turns", "w0", &["--concurrency", "1"]);
@@ -267,7 +275,7 @@ fn a_dispatcher_taking_over_counts_the_jobs_its_predecessor_admitted() {
         "w0",
         &["--concurrency", "4", "--max-attempts", "1"],
     );
-    let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
+    let mut cursor = rt.block_on(queue.results().notices_from_now()).unwrap();
     let ids: HashSet<JobId> = batch(&first, &token, &spin, 3, json!({ "timeout": "3s" }))
         .into_iter()
         .collect();
@@ -337,12 +345,12 @@ fn one_corrupt_tenant_or_counter_does_not_stop_the_others() {
         })
         .collect();
     let x_ids: HashSet<JobId> = x_jobs.iter().map(|j| j.id).collect();
-    rt.block_on(queue.enqueue_owned(&x_jobs, "xbogus", None))
+    rt.block_on(queue.admission().enqueue_owned(&x_jobs, "xbogus", None))
         .unwrap();
     redis.cli(&["SET", "sluice:{bad}:backlog:zwrong", "not a stream"]);
     redis.cli(&["SADD", "sluice:{bad}:backlogs", "zwrong"]);
 
-    let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
+    let mut cursor = rt.block_on(queue.results().notices_from_now()).unwrap();
     let y_ids: HashSet<JobId> = batch(&serve, &y, &noop, 5, json!({})).into_iter().collect();
     let _worker = WorkerProcess::start(&redis.url(), "bad", "w0", &["--concurrency", "2"]);
     completed_in_order(&rt, &queue, &mut cursor, &y_ids, Duration::from_secs(60));
@@ -379,7 +387,10 @@ fn one_corrupt_tenant_or_counter_does_not_stop_the_others() {
 fn wait_admitted(rt: &tokio::runtime::Runtime, queue: &RedisQueue, ids: &[JobId]) {
     wait_for("jobs to be admitted", Duration::from_secs(30), || {
         ids.iter().all(|id| {
-            let record = rt.block_on(queue.job_record(*id)).unwrap().unwrap();
+            let record = rt
+                .block_on(queue.results().job_record(*id))
+                .unwrap()
+                .unwrap();
             record.stream == queue.keys().jobs
         })
     });
@@ -417,7 +428,7 @@ fn a_role_key_without_expiry_is_reported_then_taken_over() {
     let noop = upload(&serve, &token, "noop.wat");
     let rt = runtime();
     let queue = rt.block_on(connect(&redis.url(), "lock"));
-    let mut cursor = rt.block_on(queue.notices_from_now()).unwrap();
+    let mut cursor = rt.block_on(queue.results().notices_from_now()).unwrap();
     let _worker = WorkerProcess::start(&redis.url(), "lock", "w0", &[]);
     let ids: HashSet<JobId> = batch(&serve, &token, &noop, 3, json!({}))
         .into_iter()
@@ -440,25 +451,34 @@ fn retried_api_jobs_go_back_through_their_tenants_backlog() {
     let queue = rt.block_on(connect(&redis.url(), "retry"));
     let mut job = Job::new(ModuleHash::of(b"m"), JobInput::Inline(vec![]));
     job.tenant = TenantId("acme".into());
-    rt.block_on(queue.enqueue_owned(std::slice::from_ref(&job), "acme", None))
-        .unwrap();
+    rt.block_on(
+        queue
+            .admission()
+            .enqueue_owned(std::slice::from_ref(&job), "acme", None),
+    )
+    .unwrap();
 
     // Only the holder of the dispatcher role admits.
     assert_eq!(
-        rt.block_on(queue.hold_dispatcher("me", Duration::from_secs(5)))
-            .unwrap(),
+        rt.block_on(
+            queue
+                .admission()
+                .hold_dispatcher("me", Duration::from_secs(5))
+        )
+        .unwrap(),
         Hold::Held
     );
     assert!(matches!(
-        rt.block_on(queue.dispatch("someone-else", "acme", 1)),
+        rt.block_on(queue.admission().dispatch("someone-else", "acme", 1)),
         Err(AdmissionError::NotHolder)
     ));
     assert_eq!(
-        rt.block_on(queue.dispatch("me", "acme", 1)).unwrap(),
+        rt.block_on(queue.admission().dispatch("me", "acme", 1))
+            .unwrap(),
         vec![job.id]
     );
     assert_eq!(
-        rt.block_on(queue.admitted())
+        rt.block_on(queue.admission().admitted())
             .unwrap()
             .get(&job.id)
             .map(String::as_str),
@@ -490,19 +510,31 @@ fn retried_api_jobs_go_back_through_their_tenants_backlog() {
     assert_eq!(got, vec![plain.id]);
     let backlog = "sluice:{retry}:backlog:acme";
     assert_eq!(redis.cli(&["XLEN", backlog]).trim(), "1");
-    let record = rt.block_on(queue.job_record(job.id)).unwrap().unwrap();
+    let record = rt
+        .block_on(queue.results().job_record(job.id))
+        .unwrap()
+        .unwrap();
     assert_eq!(record.stream, backlog);
-    assert!(!rt.block_on(queue.admitted()).unwrap().contains_key(&job.id));
+    assert!(
+        !rt.block_on(queue.admission().admitted())
+            .unwrap()
+            .contains_key(&job.id)
+    );
     assert_eq!(
-        rt.block_on(queue.backlogged_tenants()).unwrap(),
+        rt.block_on(queue.admission().backlogged_tenants()).unwrap(),
         vec!["acme".to_owned()]
     );
 
     // Admitted again, it runs as its next attempt.
-    rt.block_on(queue.hold_dispatcher("me", Duration::from_secs(5)))
-        .unwrap();
+    rt.block_on(
+        queue
+            .admission()
+            .hold_dispatcher("me", Duration::from_secs(5)),
+    )
+    .unwrap();
     assert_eq!(
-        rt.block_on(queue.dispatch("me", "acme", 1)).unwrap(),
+        rt.block_on(queue.admission().dispatch("me", "acme", 1))
+            .unwrap(),
         vec![job.id]
     );
     let claimed = rt
@@ -519,10 +551,14 @@ fn retried_api_jobs_go_back_through_their_tenants_backlog() {
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].delivery.as_ref().unwrap().id, job.id);
-    rt.block_on(queue.hold_dispatcher("me", Duration::from_secs(5)))
-        .unwrap();
+    rt.block_on(
+        queue
+            .admission()
+            .hold_dispatcher("me", Duration::from_secs(5)),
+    )
+    .unwrap();
     assert!(matches!(
-        rt.block_on(queue.dispatch("me", "acme", 1)),
+        rt.block_on(queue.admission().dispatch("me", "acme", 1)),
         Err(AdmissionError::WrongType { key, .. }) if key == backlog
     ));
 }
@@ -537,7 +573,9 @@ fn role_keys_that_would_never_expire_are_given_one_holds_expiry() {
     let pttl = || redis.cli(&["PTTL", role]).trim().parse::<i64>().unwrap();
 
     redis.cli(&["SET", role, "long-lived", "PX", "86400000"]);
-    let found = rt.block_on(queue.hold_dispatcher("me", hold)).unwrap();
+    let found = rt
+        .block_on(queue.admission().hold_dispatcher("me", hold))
+        .unwrap();
     assert!(
         matches!(&found, Hold::Repaired { found } if found.contains("long-lived")),
         "{found:?}"
@@ -546,26 +584,37 @@ fn role_keys_that_would_never_expire_are_given_one_holds_expiry() {
 
     redis.cli(&["DEL", role]);
     redis.cli(&["HSET", role, "not", "a lock"]);
-    let found = rt.block_on(queue.hold_dispatcher("me", hold)).unwrap();
+    let found = rt
+        .block_on(queue.admission().hold_dispatcher("me", hold))
+        .unwrap();
     assert!(matches!(&found, Hold::Repaired { found } if found.contains("hash")));
     assert!((1..=5000).contains(&pttl()));
 
     // A live hold is respected, renewed by its holder, and released only by it.
     redis.cli(&["DEL", role]);
     assert_eq!(
-        rt.block_on(queue.hold_dispatcher("me", hold)).unwrap(),
+        rt.block_on(queue.admission().hold_dispatcher("me", hold))
+            .unwrap(),
         Hold::Held
     );
     assert_eq!(
-        rt.block_on(queue.hold_dispatcher("other", hold)).unwrap(),
+        rt.block_on(queue.admission().hold_dispatcher("other", hold))
+            .unwrap(),
         Hold::Other {
             holder: "me".into()
         }
     );
-    assert!(!rt.block_on(queue.release_dispatcher("other")).unwrap());
-    assert!(rt.block_on(queue.release_dispatcher("me")).unwrap());
+    assert!(
+        !rt.block_on(queue.admission().release_dispatcher("other"))
+            .unwrap()
+    );
+    assert!(
+        rt.block_on(queue.admission().release_dispatcher("me"))
+            .unwrap()
+    );
     assert_eq!(
-        rt.block_on(queue.hold_dispatcher("other", hold)).unwrap(),
+        rt.block_on(queue.admission().hold_dispatcher("other", hold))
+            .unwrap(),
         Hold::Held
     );
 }

@@ -42,6 +42,7 @@ async fn await_notices(queue: &RedisQueue, mut cursor: String, n: usize) {
     let mut seen = 0;
     while seen < n {
         let (next, notices) = queue
+            .results()
             .completions(&cursor, Duration::from_secs(5))
             .await
             .unwrap();
@@ -114,7 +115,7 @@ fn killed_worker_jobs_are_reclaimed() {
     let _others = fleet.workers("survivor", 2, &flags);
     let jobs = slow_jobs(module, 600);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&jobs)).unwrap();
 
     // Kill the victim once the batch is well under way.
@@ -217,7 +218,7 @@ fn garbage_on_the_stream_is_dead_lettered_and_work_goes_on() {
     rt.block_on(queue.enqueue_raw(future)).unwrap();
     server.cli(&["XADD", "sluice:{junk}:jobs", "*", "not-an-envelope", "x"]);
     let good = Job::new(module, JobInput::Inline(Vec::new()));
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&good)))
         .unwrap();
     let finished = rt.block_on(await_finished(queue, from, &HashSet::from([good.id])));
@@ -242,10 +243,10 @@ fn sigterm_drains_in_flight_jobs_and_loses_none() {
     let mut first = fleet.worker("first", &["--concurrency", "2"]);
     let jobs = slow_jobs(module, 300);
     let ids: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&jobs)).unwrap();
     let (_, notices) = rt
-        .block_on(queue.completions(&from, Duration::from_secs(30)))
+        .block_on(queue.results().completions(&from, Duration::from_secs(30)))
         .unwrap();
     assert!(!notices.is_empty());
     first.terminate();
@@ -320,7 +321,7 @@ fn one_gib_input_streams_through_redis_with_bounded_worker_memory() {
         .output()
         .unwrap();
     assert!(put.status.success());
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     let submit = fleet
         .sluice(&[
             "submit",
@@ -407,10 +408,14 @@ fn a_worker_takes_its_settings_from_environment_and_config_file() {
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "from-file"));
     let module = rt
-        .block_on(queue.put_module(b"(module (func (export \"_start\")))", None))
+        .block_on(
+            queue
+                .modules()
+                .put(b"(module (func (export \"_start\")))", None),
+        )
         .unwrap();
     let job = Job::new(module, JobInput::Inline(Vec::new()));
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
         .unwrap();
     let finished = rt.block_on(await_finished(&queue, from, &HashSet::from([job.id])));

@@ -269,6 +269,7 @@ async fn run(seed: u64, steps: usize) {
                     .collect();
                 let batch = uuid::Uuid::now_v7().to_string();
                 queue
+                    .admission()
                     .enqueue_owned(&jobs, TENANT, Some(&batch))
                     .await
                     .unwrap();
@@ -358,7 +359,7 @@ async fn run(seed: u64, steps: usize) {
                     continue;
                 }
                 let id = owned[rng.below(owned.len())];
-                let reply = queue.cancel(id).await.unwrap();
+                let reply = queue.results().cancel(id).await.unwrap();
                 log.push(format!("cancel {id}: {reply:?}"));
                 let m = &model.jobs[&id];
                 let expected = match &m.state {
@@ -388,7 +389,7 @@ async fn run(seed: u64, steps: usize) {
                 }
             }
             _ => {
-                let moved = queue.dlq_retry(None).await.unwrap();
+                let moved = queue.admin().dlq_retry(None).await.unwrap();
                 log.push(format!("dlq retry: {moved}"));
                 let dead: Vec<JobId> = model
                     .order
@@ -444,7 +445,7 @@ async fn run(seed: u64, steps: usize) {
         "{}",
         log.join("\n")
     );
-    let status = queue.status().await.unwrap();
+    let status = queue.admin().status().await.unwrap();
     let counters = Counters {
         completed: status.stats.completed,
         duplicates: status.duplicates,
@@ -488,7 +489,12 @@ async fn run(seed: u64, steps: usize) {
 
     // Each batch's counters are its jobs' final outcomes, each counted once.
     for batch in &model.batches {
-        let counts = queue.batch_counts(batch, TENANT).await.unwrap().unwrap();
+        let counts = queue
+            .results()
+            .batch_counts(batch, TENANT)
+            .await
+            .unwrap()
+            .unwrap();
         let mut expected: BTreeMap<String, u64> = BTreeMap::new();
         for id in &model.order {
             let m = &model.jobs[id];
@@ -516,10 +522,15 @@ async fn run(seed: u64, steps: usize) {
 async fn dispatch(queue: &RedisQueue, model: &mut Model, log: &mut Vec<String>, max: usize) {
     // Admission is fenced by the dispatcher role: the model is its only holder.
     queue
+        .admission()
         .hold_dispatcher("model", std::time::Duration::from_secs(60))
         .await
         .unwrap();
-    let moved = queue.dispatch("model", TENANT, max).await.unwrap();
+    let moved = queue
+        .admission()
+        .dispatch("model", TENANT, max)
+        .await
+        .unwrap();
     log.push(format!("dispatch {max}: {moved:?}"));
     // Jobs that never left the backlog, oldest first. A retried owned job goes back to
     // the backlog's end when a claim's maintenance promotes it, which the model does not
@@ -556,7 +567,12 @@ async fn dispatch(queue: &RedisQueue, model: &mut Model, log: &mut Vec<String>, 
         );
     }
     for id in moved {
-        let record = queue.job_record(id).await.unwrap().expect("a record");
+        let record = queue
+            .results()
+            .job_record(id)
+            .await
+            .unwrap()
+            .expect("a record");
         let m = model.jobs.get_mut(&id).unwrap();
         m.record_entry = Some(record.entry.clone());
         m.state = State::Stream {

@@ -54,9 +54,10 @@ fn outputs_count_against_stored_bytes_and_only_the_hoarder_is_refused() {
         max_stored_bytes: QUOTA,
         ..TenantPolicy::default()
     };
-    rt.block_on(queue.create_tenant("hoarder", &policy))
+    rt.block_on(queue.tenants().create("hoarder", &policy))
         .unwrap();
-    rt.block_on(queue.create_tenant("other", &policy)).unwrap();
+    rt.block_on(queue.tenants().create("other", &policy))
+        .unwrap();
     // One slot: the hoarder's jobs run one after another, so exactly two fit.
     let _worker = fleet.worker("w1", &["--concurrency", "1"]);
 

@@ -155,9 +155,11 @@ fn await_notices(queue: &RedisQueue, n: usize) {
             Instant::now() < give_up,
             "only {seen} of {n} notices arrived"
         );
-        if let Ok((next, notices)) =
-            rt.block_on(queue.completions(&cursor, Duration::from_millis(500)))
-        {
+        if let Ok((next, notices)) = rt.block_on(
+            queue
+                .results()
+                .completions(&cursor, Duration::from_millis(500)),
+        ) {
             cursor = next;
             seen += notices.len();
         }
@@ -416,7 +418,11 @@ fn locate_finds_each_job_where_it_is() {
         assert_eq!(xdel(&queue, &queued_entries).await, 2);
 
         let wanted: HashSet<JobId> = ids.iter().copied().collect();
-        let at = queue.locate(&wanted, Some("nobody")).await.unwrap();
+        let at = queue
+            .recovery()
+            .locate(&wanted, Some("nobody"))
+            .await
+            .unwrap();
         assert_eq!(
             (
                 at.queued,
@@ -431,15 +437,24 @@ fn locate_finds_each_job_where_it_is() {
         assert_eq!(at.finished, vec![job_of(2).id]);
         assert!(!at.vanished.contains(&job_of(0).id));
         assert_eq!(
-            queue.live_workers(Duration::from_secs(60)).await.unwrap(),
+            queue
+                .admin()
+                .live_workers(Duration::from_secs(60))
+                .await
+                .unwrap(),
             1
         );
-        assert!(!queue.module_stored(&module).await.unwrap());
+        assert!(!queue.modules().is_stored(&module).await.unwrap());
 
         // A foreign key where the stream belongs is named, not misread.
         assert_eq!(server.cli(&["DEL", &queue.keys().jobs]).trim(), "1");
         assert_eq!(server.cli(&["SET", &queue.keys().jobs, "x"]).trim(), "OK");
-        let error = queue.locate(&wanted, None).await.unwrap_err().to_string();
+        let error = queue
+            .recovery()
+            .locate(&wanted, None)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(error.contains(&queue.keys().jobs), "{error}");
         assert!(error.contains("holds a string, not a stream"), "{error}");
     });

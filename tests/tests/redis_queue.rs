@@ -68,19 +68,19 @@ async fn blobs_round_trip_in_chunks() {
     config.chunk_bytes = 1000;
     let queue = RedisQueue::connect(config).await.unwrap();
     let data: Vec<u8> = (0..3500u32).map(|i| (i % 251) as u8).collect();
-    let mut writer = queue.blob_writer();
+    let mut writer = queue.blobs().writer();
     writer.write(&data[..1234]).await.unwrap();
     writer.write(&data[1234..]).await.unwrap();
     let (id, len) = writer.finish().await.unwrap();
     assert_eq!(len, 3500);
-    let mut reader = queue.blob_reader(&id);
+    let mut reader = queue.blobs().reader(&id);
     let mut back = Vec::new();
     while let Some(chunk) = reader.next_chunk().await.unwrap() {
         assert!(chunk.len() <= 1000);
         back.extend(chunk);
     }
     assert_eq!(back, data);
-    let mut missing = queue.blob_reader("nope");
+    let mut missing = queue.blobs().reader("nope");
     assert!(missing.next_chunk().await.is_err());
 }
 
@@ -88,18 +88,19 @@ async fn blobs_round_trip_in_chunks() {
 async fn modules_are_content_addressed_with_aliases() {
     let (_server, queue) = fresh().await;
     let hash = queue
-        .put_module(b"\0asm\x01\0\0\0", Some("empty"))
+        .modules()
+        .put(b"\0asm\x01\0\0\0", Some("empty"))
         .await
         .unwrap();
     assert_eq!(hash, ModuleHash::of(b"\0asm\x01\0\0\0"));
-    assert_eq!(queue.resolve_module("empty").await.unwrap(), Some(hash));
+    assert_eq!(queue.modules().resolve("empty").await.unwrap(), Some(hash));
     assert_eq!(
-        queue.resolve_module(&hash.to_hex()).await.unwrap(),
+        queue.modules().resolve(&hash.to_hex()).await.unwrap(),
         Some(hash)
     );
-    assert_eq!(queue.resolve_module("other").await.unwrap(), None);
+    assert_eq!(queue.modules().resolve("other").await.unwrap(), None);
     assert_eq!(
-        queue.get_module(&hash).await.unwrap().unwrap(),
+        queue.modules().get(&hash).await.unwrap().unwrap(),
         b"\0asm\x01\0\0\0"
     );
 }
@@ -133,7 +134,14 @@ async fn dead_letters_can_be_retried_and_purged() {
     }
     let dead = queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 2);
-    assert_eq!(queue.dlq_retry(Some(&dead[0].entry_id)).await.unwrap(), 1);
+    assert_eq!(
+        queue
+            .admin()
+            .dlq_retry(Some(&dead[0].entry_id))
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(queue.dead_letters().await.unwrap().len(), 1);
     let again = queue.claim("c1", 5, LONG, LONG).await.unwrap();
     assert_eq!(again.len(), 1);
@@ -154,7 +162,7 @@ async fn dead_letters_can_be_retried_and_purged() {
     let result = JobResult::without_run(sluice_shared::JobId(uuid_nil()), Outcome::Timeout, 1);
     queue.dead_letter(&garbage.lease, result).await.unwrap();
     assert_eq!(queue.dead_letters().await.unwrap().len(), 2);
-    assert_eq!(queue.dlq_purge().await.unwrap(), 2);
+    assert_eq!(queue.admin().dlq_purge().await.unwrap(), 2);
     assert!(queue.dead_letters().await.unwrap().is_empty());
 }
 
@@ -304,7 +312,7 @@ async fn a_job_with_a_result_is_never_dead_lettered() {
     assert_eq!(queue.result(sent.id).await.unwrap(), Some(done));
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.ready, stats.leased, stats.dead), (0, 0, 0));
-    assert_eq!(queue.status().await.unwrap().duplicates, 1);
+    assert_eq!(queue.admin().status().await.unwrap().duplicates, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,9 +333,13 @@ async fn dlq_retry_never_deletes_a_success() {
         .query_async::<()>(&mut queue.connection())
         .await
         .unwrap();
-    assert_eq!(queue.dlq_retry(None).await.unwrap(), 0);
+    assert_eq!(queue.admin().dlq_retry(None).await.unwrap(), 0);
     let letter = queue.dead_letters().await.unwrap().remove(0);
-    let err = queue.dlq_retry(Some(&letter.entry_id)).await.unwrap_err();
+    let err = queue
+        .admin()
+        .dlq_retry(Some(&letter.entry_id))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("succeeded"), "{err}");
     assert_eq!(queue.result(sent.id).await.unwrap(), Some(done));
     assert_eq!(queue.stats().await.unwrap().ready, 0);
@@ -339,25 +351,44 @@ async fn batch_outcomes_are_counted_once_across_dead_letters_and_dlq_retry() {
     let jobs: Vec<Job> = (0..3).map(job).collect();
     let batch = uuid::Uuid::now_v7().to_string();
     queue
+        .admission()
         .enqueue_owned(&jobs, "acme", Some(&batch))
         .await
         .unwrap();
     // Another tenant's view of it is the same as of a batch that does not exist.
-    assert_eq!(queue.batch_counts(&batch, "other").await.unwrap(), None);
+    assert_eq!(
+        queue.results().batch_counts(&batch, "other").await.unwrap(),
+        None
+    );
     assert_eq!(
         queue
+            .results()
             .batch_counts(&format!("{batch}:jobs"), "acme")
             .await
             .unwrap(),
         None
     );
-    let fresh_counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    let fresh_counts = queue
+        .results()
+        .batch_counts(&batch, "acme")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((fresh_counts.total, fresh_counts.done()), (3, 0));
     queue
+        .admission()
         .hold_dispatcher("test", std::time::Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(queue.dispatch("test", "acme", 10).await.unwrap().len(), 3);
+    assert_eq!(
+        queue
+            .admission()
+            .dispatch("test", "acme", 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     let claimed = queue.claim("c1", 3, LONG, LONG).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let id = |c: &sluice_shared::queue::Claimed| c.lease.job_id.unwrap();
@@ -371,7 +402,12 @@ async fn batch_outcomes_are_counted_once_across_dead_letters_and_dlq_retry() {
             .await
             .unwrap();
     }
-    let counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "acme")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(counts.by_outcome.get("success"), Some(&1));
     assert_eq!(counts.by_outcome.get("invalid_module"), Some(&2));
     assert_eq!(counts.done(), 3);
@@ -381,14 +417,24 @@ async fn batch_outcomes_are_counted_once_across_dead_letters_and_dlq_retry() {
         "{counts:?}"
     );
     // Retried dead letters are taken back out of the counts, then counted as they end.
-    assert_eq!(queue.dlq_retry(None).await.unwrap(), 2);
-    let counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    assert_eq!(queue.admin().dlq_retry(None).await.unwrap(), 2);
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "acme")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(counts.done(), 1);
     assert_eq!(counts.by_outcome.get("invalid_module"), None);
     for c in queue.claim("c1", 3, LONG, LONG).await.unwrap() {
         queue.complete(&c.lease, success_of(id(&c))).await.unwrap();
     }
-    let counts = queue.batch_counts(&batch, "acme").await.unwrap().unwrap();
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "acme")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(counts.by_outcome.get("success"), Some(&3));
     assert_eq!(counts.done(), 3);
 }
@@ -397,32 +443,36 @@ async fn batch_outcomes_are_counted_once_across_dead_letters_and_dlq_retry() {
 async fn revocation_takes_every_token_issued_before_it() {
     let (_server, queue) = fresh().await;
     let first = queue
-        .create_tenant("acme", &sluice_shared::TenantPolicy::default())
+        .tenants()
+        .create("acme", &sluice_shared::TenantPolicy::default())
         .await
         .unwrap()
         .unwrap();
     let tokens: Vec<String> = {
         let mut issued = vec![first];
         for _ in 0..5 {
-            issued.push(queue.issue_token("acme").await.unwrap());
+            issued.push(queue.tenants().issue_token("acme").await.unwrap());
         }
         issued
     };
     // Issued and revoked concurrently: each token is either revoked or counted later.
-    let (revoked, late) = tokio::join!(queue.revoke_tokens("acme"), queue.issue_token("acme"));
+    let (revoked, late) = tokio::join!(
+        queue.tenants().revoke_tokens("acme"),
+        queue.tenants().issue_token("acme")
+    );
     let late = late.unwrap();
     let revoked = revoked.unwrap();
-    let valid_late = queue.tenant_for_token(&late).await.unwrap().is_some();
+    let valid_late = queue.tenants().for_token(&late).await.unwrap().is_some();
     assert_eq!(revoked, if valid_late { 6 } else { 7 });
     for token in &tokens {
-        assert_eq!(queue.tenant_for_token(token).await.unwrap(), None);
+        assert_eq!(queue.tenants().for_token(token).await.unwrap(), None);
     }
     // Whatever survived is still revocable.
     assert_eq!(
-        queue.revoke_tokens("acme").await.unwrap(),
+        queue.tenants().revoke_tokens("acme").await.unwrap(),
         u64::from(valid_late)
     );
-    assert_eq!(queue.tenant_for_token(&late).await.unwrap(), None);
+    assert_eq!(queue.tenants().for_token(&late).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,7 +500,7 @@ async fn a_duplicate_copy_is_not_retried_once_the_job_has_a_result() {
             .is_empty()
     );
     assert_eq!(queue.result(sent.id).await.unwrap(), Some(done));
-    let status = queue.status().await.unwrap();
+    let status = queue.admin().status().await.unwrap();
     assert_eq!((status.duplicates, status.retried), (1, 0));
 }
 
@@ -458,12 +508,13 @@ async fn a_duplicate_copy_is_not_retried_once_the_job_has_a_result() {
 async fn dispatched(queue: &RedisQueue) -> (Job, sluice_shared::Claimed) {
     let sent = job(7);
     queue
+        .admission()
         .enqueue_owned(std::slice::from_ref(&sent), "acme", None)
         .await
         .unwrap();
-    queue.hold_dispatcher("d", LONG).await.unwrap();
+    queue.admission().hold_dispatcher("d", LONG).await.unwrap();
     assert_eq!(
-        queue.dispatch("d", "acme", 10).await.unwrap(),
+        queue.admission().dispatch("d", "acme", 10).await.unwrap(),
         vec![sent.id]
     );
     let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
@@ -482,10 +533,10 @@ async fn a_released_job_can_still_be_cancelled() {
         )
         .await
         .unwrap();
-    let record = queue.job_record(sent.id).await.unwrap().unwrap();
+    let record = queue.results().job_record(sent.id).await.unwrap().unwrap();
     assert_ne!(record.entry, claimed.lease.entry_id);
     assert_eq!(
-        queue.cancel(sent.id).await.unwrap(),
+        queue.results().cancel(sent.id).await.unwrap(),
         sluice_shared::queue::redis::Cancelled::Yes
     );
     assert_eq!(queue.stats().await.unwrap().ready, 0);
@@ -500,6 +551,7 @@ async fn admission_and_promotion_renew_the_job_record() {
     let queue = RedisQueue::connect(config).await.unwrap();
     let sent = job(9);
     queue
+        .admission()
         .enqueue_owned(std::slice::from_ref(&sent), "acme", None)
         .await
         .unwrap();
@@ -512,8 +564,8 @@ async fn admission_and_promotion_renew_the_job_record() {
         |server: &RedisServer| -> i64 { server.cli(&["PTTL", &record]).trim().parse().unwrap() };
     // As if it had waited in its backlog for most of the result TTL.
     server.cli(&["PEXPIRE", &record, "5000"]);
-    queue.hold_dispatcher("d", LONG).await.unwrap();
-    queue.dispatch("d", "acme", 10).await.unwrap();
+    queue.admission().hold_dispatcher("d", LONG).await.unwrap();
+    queue.admission().dispatch("d", "acme", 10).await.unwrap();
     assert!(pttl(&server) > 60_000, "admission renews the record");
     // Retried, then promoted back into its backlog: renewed again.
     let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
@@ -536,7 +588,7 @@ async fn admission_and_promotion_renew_the_job_record() {
         }
     }
     assert_eq!(queue.stats().await.unwrap().delayed, 0);
-    let record_now = queue.job_record(sent.id).await.unwrap().unwrap();
+    let record_now = queue.results().job_record(sent.id).await.unwrap().unwrap();
     assert!(record_now.stream.contains("backlog:acme"), "{record_now:?}");
     assert!(pttl(&server) > 60_000, "promotion renews the record");
 }
@@ -553,6 +605,7 @@ async fn the_backlog_quota_holds_under_concurrent_enqueues() {
         let queue = queue.clone();
         sending.spawn(async move {
             queue
+                .admission()
                 .enqueue_owned_within(&[job(n)], "acme", None, Some(5))
                 .await
                 .unwrap()
@@ -566,17 +619,25 @@ async fn the_backlog_quota_holds_under_concurrent_enqueues() {
         }
     }
     assert_eq!(admitted, 5);
-    assert_eq!(queue.backlog_len("acme").await.unwrap(), 5);
+    assert_eq!(queue.admission().backlog_len("acme").await.unwrap(), 5);
     // A batch that would pass the quota is refused whole: no entry, no record.
     let batch: Vec<Job> = (0..3).map(|n| job(100 + n)).collect();
     let refused = queue
+        .admission()
         .enqueue_owned_within(&batch, "other", Some("b1"), Some(2))
         .await
         .unwrap();
     assert_eq!(refused, Enqueued::BacklogFull { waiting: 0 });
-    assert_eq!(queue.backlog_len("other").await.unwrap(), 0);
-    assert!(queue.job_record(batch[0].id).await.unwrap().is_none());
-    assert!(queue.batch("b1").await.unwrap().is_none());
+    assert_eq!(queue.admission().backlog_len("other").await.unwrap(), 0);
+    assert!(
+        queue
+            .results()
+            .job_record(batch[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(queue.results().batch("b1").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,7 +665,7 @@ async fn dlq_retry_of_all_goes_page_by_page() {
         .await
         .unwrap();
     server.cli(&["CONFIG", "RESETSTAT"]);
-    assert_eq!(queue.dlq_retry(None).await.unwrap(), 1100);
+    assert_eq!(queue.admin().dlq_retry(None).await.unwrap(), 1100);
     assert!(queue.dead_letters().await.unwrap().is_empty());
     assert_eq!(queue.stats().await.unwrap().ready, 1100);
     // 500 letters a script: three calls that ran (a NOSCRIPT reply, before the script

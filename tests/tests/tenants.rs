@@ -19,30 +19,31 @@ fn tokens_resolve_to_their_tenant_and_are_stored_only_hashed() {
     let rt = runtime();
     let queue = rt.block_on(connect(&server.url(), "t"));
     let token = rt
-        .block_on(queue.create_tenant("acme", &TenantPolicy::default()))
+        .block_on(queue.tenants().create("acme", &TenantPolicy::default()))
         .unwrap()
         .expect("new tenant");
     assert!(
-        rt.block_on(queue.create_tenant("acme", &TenantPolicy::default()))
+        rt.block_on(queue.tenants().create("acme", &TenantPolicy::default()))
             .unwrap()
             .is_none()
     );
-    let second = rt.block_on(queue.issue_token("acme")).unwrap();
+    let second = rt.block_on(queue.tenants().issue_token("acme")).unwrap();
     assert_ne!(token, second);
     assert_eq!(
-        rt.block_on(queue.tenant_for_token(&token))
+        rt.block_on(queue.tenants().for_token(&token))
             .unwrap()
             .as_deref(),
         Some("acme")
     );
     assert_eq!(
-        rt.block_on(queue.tenant_for_token(&second))
+        rt.block_on(queue.tenants().for_token(&second))
             .unwrap()
             .as_deref(),
         Some("acme")
     );
     assert_eq!(
-        rt.block_on(queue.tenant_for_token("slc_forged")).unwrap(),
+        rt.block_on(queue.tenants().for_token("slc_forged"))
+            .unwrap(),
         None
     );
 
@@ -52,11 +53,21 @@ fn tokens_resolve_to_their_tenant_and_are_stored_only_hashed() {
         "a raw token is stored"
     );
 
-    assert_eq!(rt.block_on(queue.revoke_tokens("acme")).unwrap(), 2);
-    assert_eq!(rt.block_on(queue.tenant_for_token(&token)).unwrap(), None);
+    assert_eq!(
+        rt.block_on(queue.tenants().revoke_tokens("acme")).unwrap(),
+        2
+    );
+    assert_eq!(
+        rt.block_on(queue.tenants().for_token(&token)).unwrap(),
+        None
+    );
     assert!(
-        rt.block_on(queue.create_tenant("Not Valid", &TenantPolicy::default()))
-            .is_err()
+        rt.block_on(
+            queue
+                .tenants()
+                .create("Not Valid", &TenantPolicy::default())
+        )
+        .is_err()
     );
 }
 
@@ -98,7 +109,8 @@ fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
         max_timeout_ms: 5_000,
         ..TenantPolicy::default()
     };
-    rt.block_on(queue.create_tenant("strict", &strict)).unwrap();
+    rt.block_on(queue.tenants().create("strict", &strict))
+        .unwrap();
     let module = fleet.put_module(b"(module (func (export \"_start\")))");
     let _worker = fleet.worker("w0", &[]);
 
@@ -111,7 +123,7 @@ fn forged_envelope_over_the_policy_is_refused_by_the_worker() {
     let mut fair = forged.clone();
     fair.id = sluice_shared::JobId::new();
     fair.limits = strict.clamp(&forged.limits);
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&[forged.clone(), fair.clone()]))
         .unwrap();
 
@@ -139,7 +151,8 @@ fn forged_envelope_over_the_quotas_is_refused_by_the_worker() {
         max_args_env_bytes: 16,
         ..TenantPolicy::default()
     };
-    rt.block_on(queue.create_tenant("strict", &strict)).unwrap();
+    rt.block_on(queue.tenants().create("strict", &strict))
+        .unwrap();
     let module = fleet.put_module(b"(module (func (export \"_start\")))");
     let _worker = fleet.worker("w0", &[]);
 
@@ -161,7 +174,7 @@ fn forged_envelope_over_the_quotas_is_refused_by_the_worker() {
         long_args.clone(),
         many_args.clone(),
     ];
-    let from = rt.block_on(queue.notices_from_now()).unwrap();
+    let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(&jobs)).unwrap();
 
     let ids: HashSet<_> = jobs.iter().map(|j| j.id).collect();
@@ -220,7 +233,11 @@ fn submit_clamps_requested_limits_to_the_policy() {
     let job_id = id.parse().unwrap();
     let mut result = None;
     while result.is_none() {
-        let _ = rt.block_on(queue.completions("0-0", Duration::from_millis(200)));
+        let _ = rt.block_on(
+            queue
+                .results()
+                .completions("0-0", Duration::from_millis(200)),
+        );
         result = rt.block_on(queue.result(job_id)).unwrap();
     }
     assert!(

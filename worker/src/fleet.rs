@@ -79,7 +79,7 @@ impl RedisOutput {
         let step = (total - state.reserved)
             .div_ceil(OUTPUT_RESERVE_STEP)
             .saturating_mul(OUTPUT_RESERVE_STEP);
-        let reply = self.handle.block_on(self.queue.reserve_stored(
+        let reply = self.handle.block_on(self.queue.admission().reserve_stored(
             &self.quota.tenant,
             step,
             self.quota.max,
@@ -116,7 +116,7 @@ impl Write for RedisOutput {
                 return Ok(buf.len());
             }
             self.cover(state, (state.inline.len() + buf.len()) as u64)?;
-            let mut blob = self.queue.blob_write_stream(self.handle.clone());
+            let mut blob = self.queue.blobs().write_stream(self.handle.clone());
             let spilled = std::mem::take(&mut state.inline);
             blob.write_all(&spilled)?;
             state.blob_len = spilled.len() as u64;
@@ -184,7 +184,7 @@ impl RedisEnv {
         }
         let policy = self
             .handle
-            .block_on(self.queue.policy(tenant))
+            .block_on(self.queue.tenants().policy(tenant))
             .map_err(|e| Outcome::HostError {
                 reason: format!("reading the policy of tenant {tenant}: {e}"),
             })?
@@ -212,7 +212,7 @@ impl JobEnv for RedisEnv {
         }
         let bytes = self
             .handle
-            .block_on(self.queue.get_module(hash))
+            .block_on(self.queue.modules().get(hash))
             .map_err(|e| Outcome::HostError {
                 reason: format!("fetching module {hash}: {e}"),
             })?
@@ -235,7 +235,8 @@ impl JobEnv for RedisEnv {
             JobInput::Inline(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
             JobInput::Blob { id, .. } => Ok(Box::new(
                 self.queue
-                    .blob_read_stream(self.handle.clone(), id.as_str()),
+                    .blobs()
+                    .read_stream(self.handle.clone(), id.as_str()),
             )),
             other => Err(Outcome::InputUnavailable {
                 reason: format!("a fleet worker reads blob inputs, not {}", other.kind()),
@@ -283,7 +284,7 @@ impl JobEnv for RedisEnv {
             // fails on its own if Redis is away. A failed job's partial blob chunks
             // expire with the blob TTL. Not locking the state: a helper thread stuck in
             // a stalled blob write may hold it.
-            let _ = self.handle.block_on(self.queue.reserve_stored(
+            let _ = self.handle.block_on(self.queue.admission().reserve_stored(
                 &output.quota.tenant,
                 result_bytes,
                 u64::MAX,
@@ -299,7 +300,7 @@ impl JobEnv for RedisEnv {
             .saturating_add(result_bytes)
             .saturating_sub(state.reserved);
         if need > 0 {
-            let reply = self.handle.block_on(self.queue.reserve_stored(
+            let reply = self.handle.block_on(self.queue.admission().reserve_stored(
                 &output.quota.tenant,
                 need,
                 output.quota.max,

@@ -36,7 +36,8 @@ impl FromRequestParts<Arc<Api>> for Tenant {
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> ApiResult<Self> {
         let token = bearer(parts)?;
         api.queue
-            .tenant_for_token(token)
+            .tenants()
+            .for_token(token)
             .await?
             .map(Tenant)
             .ok_or_else(|| {

@@ -159,7 +159,7 @@ pub(super) async fn post_batch(
     let mut failed = None;
     for (name, data) in decoded {
         let input = if data.len() > inline_limit {
-            let mut writer = api.queue.blob_writer();
+            let mut writer = api.queue.blobs().writer();
             let written = match writer.write(&data).await {
                 Ok(()) => writer.finish().await,
                 Err(e) => Err(e),
@@ -187,19 +187,20 @@ pub(super) async fn post_batch(
     if let Some(e) = failed {
         // Nothing was enqueued yet: the blobs written so far belong to no job.
         for (id, len) in &blobs {
-            let _ = api.queue.delete_blob(id.as_str(), *len).await;
+            let _ = api.queue.blobs().delete(id.as_str(), *len).await;
         }
         return Err(e.into());
     }
     let batch = uuid::Uuid::now_v7().to_string();
     let enqueued = api
         .queue
+        .admission()
         .enqueue_owned_within(&jobs, &tenant, Some(&batch), Some(policy.max_backlog_jobs))
         .await?;
     if let Enqueued::BacklogFull { waiting } = enqueued {
         // Nothing was enqueued: the blobs written belong to no job.
         for (id, len) in &blobs {
-            let _ = api.queue.delete_blob(id.as_str(), *len).await;
+            let _ = api.queue.blobs().delete(id.as_str(), *len).await;
         }
         return Err(api.backlog_full(&policy, waiting, jobs.len() as u64));
     }
@@ -229,6 +230,7 @@ pub(super) async fn get_batch(
     // From the batch's outcome counters (kept by the queue scripts), not its results.
     let counts = api
         .queue
+        .results()
         .batch_counts(&id, &tenant)
         .await?
         .ok_or_else(|| ApiError::not_found("batch"))?;

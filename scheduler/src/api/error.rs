@@ -6,6 +6,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sluice_shared::QueueError;
+use sluice_shared::queue::redis::{
+    AdmissionError, BlobError, ModuleStoreError, ResultsError, StoreError, TenantError,
+};
 
 use crate::modules;
 
@@ -100,6 +103,38 @@ impl From<QueueError> for ApiError {
         }
     }
 }
+
+/// A missing tenant is a 404 and a bad name a 400; the other protocol errors answer as
+/// the queue's own do (503 when Redis is unavailable, 502 otherwise), Redis's words
+/// staying in the log.
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::NotFound(_) => Self::not_found("tenant"),
+            TenantError::BadName(e) => Self::bad_request(e.to_string()),
+            TenantError::Store(e) => QueueError::from(e).into(),
+            other => QueueError::Protocol(other.to_string()).into(),
+        }
+    }
+}
+
+/// The protocol's role errors answer as the queue's own do (see `From<QueueError>`).
+macro_rules! answers_as_queue_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for ApiError {
+            fn from(e: $error) -> Self {
+                QueueError::from(e).into()
+            }
+        }
+    )*};
+}
+answers_as_queue_error!(
+    AdmissionError,
+    BlobError,
+    ModuleStoreError,
+    ResultsError,
+    StoreError
+);
 
 impl From<modules::ModuleError> for ApiError {
     fn from(e: modules::ModuleError) -> Self {

@@ -13,7 +13,7 @@ pub(super) async fn readyz(State(api): State<Arc<Api>>) -> Response {
     if let Some(Err(reason)) = api.dispatcher.as_ref().map(|h| h.check()) {
         return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
     }
-    match api.queue.stats_recreating_group().await {
+    match api.queue.admin().stats_recreating_group().await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");

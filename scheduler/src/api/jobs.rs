@@ -54,7 +54,7 @@ impl Api {
         id: &str,
     ) -> ApiResult<(JobId, sluice_shared::queue::redis::JobRecord)> {
         let id: JobId = id.parse().map_err(|_| ApiError::not_found("job"))?;
-        match self.queue.job_record(id).await? {
+        match self.queue.results().job_record(id).await? {
             Some(record) if record.tenant == tenant => Ok((id, record)),
             _ => Err(ApiError::not_found("job")),
         }
@@ -98,6 +98,7 @@ pub(super) async fn post_job(
     let job = template(input);
     let enqueued = api
         .queue
+        .admission()
         .enqueue_owned_within(
             std::slice::from_ref(&job),
             &tenant,
@@ -107,7 +108,7 @@ pub(super) async fn post_job(
         .await?;
     if let Enqueued::BacklogFull { waiting } = enqueued {
         if let JobInput::Blob { id, len } = &job.input {
-            let _ = api.queue.delete_blob(id.as_str(), *len).await;
+            let _ = api.queue.blobs().delete(id.as_str(), *len).await;
         }
         return Err(api.backlog_full(&policy, waiting, 1));
     }
@@ -158,7 +159,7 @@ pub(super) async fn stream_input(
                 inline.extend_from_slice(&bytes);
                 continue;
             }
-            let writer = blob.get_or_insert_with(|| queue.blob_writer());
+            let writer = blob.get_or_insert_with(|| queue.blobs().writer());
             if !inline.is_empty() {
                 writer.write(&std::mem::take(&mut inline)).await?;
             }
@@ -180,7 +181,7 @@ pub(super) async fn stream_input(
             // Finishing waits for the chunk upload in flight, so deleting afterwards
             // leaves nothing of the refused upload behind.
             if let Ok((id, len)) = writer.finish().await
-                && let Err(cleanup) = queue.delete_blob(&id, len).await
+                && let Err(cleanup) = queue.blobs().delete(&id, len).await
             {
                 tracing::warn!(blob = %id, error = %cleanup, "deleting a refused upload");
             }
@@ -200,7 +201,7 @@ pub(super) async fn job_status(
         "done"
     } else if record.cancelled {
         "cancelled"
-    } else if api.queue.is_running(record).await? {
+    } else if api.queue.results().is_running(record).await? {
         "running"
     } else {
         "queued"
@@ -255,7 +256,7 @@ pub(super) async fn get_output(
         JobOutput::Inline(bytes) => Body::from(bytes),
         JobOutput::Written => Body::empty(),
         JobOutput::Blob { id, .. } => {
-            let reader = api.queue.blob_reader(&id);
+            let reader = api.queue.blobs().reader(&id);
             let chunks = futures_util::stream::unfold(reader, |mut reader| async move {
                 match reader.next_chunk().await {
                     Ok(Some(chunk)) => Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), reader)),
@@ -276,7 +277,7 @@ pub(super) async fn cancel_job(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let (id, _) = api.owned(&tenant, &id).await?;
-    match api.queue.cancel(id).await? {
+    match api.queue.results().cancel(id).await? {
         Cancelled::Yes => {
             Ok(axum::Json(json!({ "id": id.to_string(), "state": "cancelled" })).into_response())
         }

@@ -34,7 +34,8 @@ impl Api {
                 }
                 let hash = self
                     .queue
-                    .resolve_module(&format!("{tenant}/{name}"))
+                    .modules()
+                    .resolve(&format!("{tenant}/{name}"))
                     .await?
                     .ok_or_else(|| ApiError::not_found("module"))?;
                 Ok((hash, Some(name)))
@@ -52,7 +53,8 @@ impl Api {
         let (hash, alias) = self.resolve(tenant, name).await?;
         if !self
             .queue
-            .touch_module(tenant, &hash, alias, self.config.module_ttl)
+            .modules()
+            .touch(tenant, &hash, alias, self.config.module_ttl)
             .await?
         {
             return Err(ApiError::not_found("module"));
@@ -63,7 +65,8 @@ impl Api {
         }
         let wasm = self
             .queue
-            .get_module(&hash)
+            .modules()
+            .get(&hash)
             .await?
             .ok_or_else(|| ApiError::not_found("module"))?;
         // Reading the exports walks the module: off the async threads, like validation.
@@ -107,7 +110,8 @@ pub(super) async fn put_module(
         modules::prepare_off_thread(bytes, move || gauge.validation_started()).await?;
     let stored = api
         .queue
-        .put_tenant_module(
+        .modules()
+        .put_for_tenant(
             &tenant,
             &wasm,
             name.as_deref(),
@@ -149,7 +153,8 @@ pub(super) async fn delete_module(
     let (hash, alias) = api.resolve(&tenant, &name).await?;
     let removed = api
         .queue
-        .remove_tenant_module(&tenant, &hash, alias)
+        .modules()
+        .remove_for_tenant(&tenant, &hash, alias)
         .await?;
     if !removed.held {
         return Err(ApiError::not_found("module"));

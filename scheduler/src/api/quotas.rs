@@ -13,7 +13,12 @@ impl Api {
     /// The tenant's policy; a tenant whose record vanished (deleted while its token
     /// lived) gets the fleet default, as the worker does.
     pub(super) async fn policy(&self, tenant: &str) -> ApiResult<TenantPolicy> {
-        Ok(self.queue.policy(tenant).await?.unwrap_or_default())
+        Ok(self
+            .queue
+            .tenants()
+            .policy(tenant)
+            .await?
+            .unwrap_or_default())
     }
 
     /// Refuses `jobs` more jobs when the tenant's backlog would pass its quota.
@@ -23,7 +28,7 @@ impl Api {
         policy: &TenantPolicy,
         jobs: u64,
     ) -> ApiResult<()> {
-        let waiting = self.queue.backlog_len(tenant).await?;
+        let waiting = self.queue.admission().backlog_len(tenant).await?;
         if waiting.saturating_add(jobs) > policy.max_backlog_jobs {
             return Err(self.backlog_full(policy, waiting, jobs));
         }
@@ -60,6 +65,7 @@ impl Api {
     ) -> ApiResult<()> {
         match self
             .queue
+            .admission()
             .reserve_stored(tenant, bytes, policy.max_stored_bytes)
             .await?
         {

@@ -40,6 +40,7 @@ pub(super) async fn existing_tenant(api: &Api, name: &str) -> ApiResult<TenantPo
         return Err(ApiError::not_found("tenant"));
     }
     api.queue
+        .tenants()
         .policy(name)
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))
@@ -58,7 +59,8 @@ pub(super) async fn admin_create_tenant(
     let policy = policy_from(request.policy)?;
     let token = api
         .queue
-        .create_tenant(&request.name, &policy)
+        .tenants()
+        .create(&request.name, &policy)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "the tenant exists"))?;
     Ok((
@@ -75,7 +77,7 @@ pub(super) async fn admin_issue_token(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     existing_tenant(&api, &name).await?;
-    let token = api.queue.issue_token(&name).await?;
+    let token = api.queue.tenants().issue_token(&name).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "tenant": name, "token": token })),
@@ -90,7 +92,7 @@ pub(super) async fn admin_revoke(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     existing_tenant(&api, &name).await?;
-    let revoked = api.queue.revoke_tokens(&name).await?;
+    let revoked = api.queue.tenants().revoke_tokens(&name).await?;
     Ok(axum::Json(json!({ "tenant": name, "revoked": revoked })).into_response())
 }
 
@@ -105,6 +107,6 @@ pub(super) async fn admin_set_policy(
         .map_err(|e| ApiError::bad_request(format!("policy body: {e}")))?;
     let policy = policy_from(Some(policy))?;
     existing_tenant(&api, &name).await?;
-    api.queue.set_policy(&name, &policy).await?;
+    api.queue.tenants().set_policy(&name, &policy).await?;
     Ok(axum::Json(json!({ "tenant": name, "policy": policy })).into_response())
 }

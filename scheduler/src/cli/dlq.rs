@@ -37,11 +37,19 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
         DlqCommand::Retry { id, all, redis } => {
             anyhow::ensure!(all || id.is_some(), "name a dead letter id, or --all");
-            let moved = redis.connect().await?.dlq_retry(id.as_deref()).await?;
+            let moved = redis
+                .connect()
+                .await?
+                .admin()
+                .dlq_retry(id.as_deref())
+                .await?;
             println!("re-enqueued {moved}");
         }
         DlqCommand::Purge(redis) => {
-            println!("purged {}", redis.connect().await?.dlq_purge().await?);
+            println!(
+                "purged {}",
+                redis.connect().await?.admin().dlq_purge().await?
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

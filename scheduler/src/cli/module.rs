@@ -43,7 +43,10 @@ pub async fn run(command: ModuleCommand) -> anyhow::Result<ExitCode> {
         }
         ModuleCommand::Rm { name, redis } => {
             let queue = redis.connect().await?;
-            anyhow::ensure!(queue.remove_module(&name).await?, "no module named {name}");
+            anyhow::ensure!(
+                queue.modules().remove(&name).await?,
+                "no module named {name}"
+            );
             println!("deleted {name}");
         }
     }

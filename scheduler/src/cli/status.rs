@@ -7,7 +7,7 @@ use super::RedisArgs;
 /// Prints the queue's depths, counters and workers.
 pub async fn run(redis: RedisArgs) -> anyhow::Result<ExitCode> {
     let queue = redis.connect().await?;
-    let status = queue.status().await?;
+    let status = queue.admin().status().await?;
     let s = &status.stats;
     println!("queue {}", redis.queue);
     println!(

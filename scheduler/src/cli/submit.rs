@@ -46,11 +46,13 @@ pub struct SubmitArgs {
 pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let queue = args.redis.connect().await?;
     let module = queue
-        .resolve_module(&args.module)
+        .modules()
+        .resolve(&args.module)
         .await?
         .with_context(|| format!("no module named {}", args.module))?;
     let wasm = queue
-        .get_module(&module)
+        .modules()
+        .get(&module)
         .await?
         .with_context(|| format!("module {module} is not stored"))?;
     let input = if args.input.as_os_str() == "-" {

@@ -195,18 +195,27 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
         } => {
             let queue = redis.connect().await?;
             let token = queue
-                .create_tenant(&name, &policy.apply(TenantPolicy::default())?)
+                .tenants()
+                .create(&name, &policy.apply(TenantPolicy::default())?)
                 .await?
                 .with_context(|| format!("tenant {name} already exists"))?;
             println!("{token}");
         }
         TenantCommand::Token { name, redis } => {
-            println!("{}", redis.connect().await?.issue_token(&name).await?);
+            println!(
+                "{}",
+                redis.connect().await?.tenants().issue_token(&name).await?
+            );
         }
         TenantCommand::Revoke { name, redis } => {
             println!(
                 "revoked {}",
-                redis.connect().await?.revoke_tokens(&name).await?
+                redis
+                    .connect()
+                    .await?
+                    .tenants()
+                    .revoke_tokens(&name)
+                    .await?
             );
         }
         TenantCommand::Policy {
@@ -216,17 +225,18 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
         } => {
             let queue = redis.connect().await?;
             let current = queue
+                .tenants()
                 .policy(&name)
                 .await?
                 .with_context(|| format!("no tenant {name}"))?;
             let updated = policy.apply(current.clone())?;
             if !policy.is_empty() {
-                queue.set_policy(&name, &updated).await?;
+                queue.tenants().set_policy(&name, &updated).await?;
             }
             println!("{}", serde_json::to_string(&updated)?);
         }
         TenantCommand::List(redis) => {
-            for (name, policy) in redis.connect().await?.tenants().await? {
+            for (name, policy) in redis.connect().await?.tenants().all().await? {
                 println!(
                     "{}",
                     serde_json::json!({ "tenant": name, "policy": policy })

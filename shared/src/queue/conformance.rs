@@ -1,5 +1,5 @@
 //! The behaviour every [`Queue`] backend must show, as plain async functions that panic
-//! on a violation. A backend's test file runs them all with [`queue_conformance!`]:
+//! on a violation. A backend's test file runs them all with [`queue_conformance!`](crate::queue_conformance):
 //!
 //! ```ignore
 //! sluice_shared::queue_conformance!(async { ((), sluice_shared::MemoryQueue::new()) });
@@ -77,6 +77,7 @@ macro_rules! queue_conformance {
     };
 }
 
+/// Checks that enqueued job is claimed intact.
 pub async fn enqueued_job_is_claimed_intact<Q: Queue>(queue: &Q) {
     let sent = job(1);
     enqueue_one(queue, &sent).await;
@@ -88,6 +89,7 @@ pub async fn enqueued_job_is_claimed_intact<Q: Queue>(queue: &Q) {
     assert_eq!(claimed[0].attempt(), 1);
 }
 
+/// Checks that claim honours max and never hands a job twice.
 pub async fn claim_honours_max_and_never_hands_a_job_twice<Q: Queue>(queue: &Q) {
     let jobs: Vec<Job> = (0..10).map(job).collect();
     queue.enqueue(&jobs).await.unwrap();
@@ -108,6 +110,7 @@ pub async fn claim_honours_max_and_never_hands_a_job_twice<Q: Queue>(queue: &Q) 
     assert_eq!(queue.stats().await.unwrap().leased, 10);
 }
 
+/// Checks that completion stores result and removes entry.
 pub async fn completion_stores_result_and_removes_entry<Q: Queue>(queue: &Q) {
     let sent = job(2);
     enqueue_one(queue, &sent).await;
@@ -126,6 +129,7 @@ pub async fn completion_stores_result_and_removes_entry<Q: Queue>(queue: &Q) {
     assert_eq!((stats.ready, stats.leased, stats.completed), (0, 0, 1));
 }
 
+/// Checks that duplicate completion keeps first result.
 pub async fn duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
     let sent = job(3);
     enqueue_one(queue, &sent).await;
@@ -150,6 +154,7 @@ pub async fn duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
     assert_eq!(queue.stats().await.unwrap().completed, 1);
 }
 
+/// Checks that expired lease is redelivered with higher count.
 pub async fn expired_lease_is_redelivered_with_higher_count<Q: Queue>(queue: &Q) {
     let sent = job(4);
     enqueue_one(queue, &sent).await;
@@ -163,6 +168,7 @@ pub async fn expired_lease_is_redelivered_with_higher_count<Q: Queue>(queue: &Q)
     assert_eq!(again[0].attempt(), 2);
 }
 
+/// Checks that extended lease is not taken over.
 pub async fn extended_lease_is_not_taken_over<Q: Queue>(queue: &Q) {
     let sent = job(5);
     enqueue_one(queue, &sent).await;
@@ -176,6 +182,7 @@ pub async fn extended_lease_is_not_taken_over<Q: Queue>(queue: &Q) {
     queue.extend_lease(&held.lease, SHORT).await.unwrap();
 }
 
+/// Checks that lost lease cannot be extended.
 pub async fn lost_lease_cannot_be_extended<Q: Queue>(queue: &Q) {
     let sent = job(6);
     enqueue_one(queue, &sent).await;
@@ -186,6 +193,7 @@ pub async fn lost_lease_cannot_be_extended<Q: Queue>(queue: &Q) {
     assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
 }
 
+/// Checks that retry waits for its delay.
 pub async fn retry_waits_for_its_delay<Q: Queue>(queue: &Q) {
     let sent = job(7);
     enqueue_one(queue, &sent).await;
@@ -202,6 +210,7 @@ pub async fn retry_waits_for_its_delay<Q: Queue>(queue: &Q) {
     assert_eq!(due[0].attempt(), 2);
 }
 
+/// Checks that dead letter keeps reason.
 pub async fn dead_letter_keeps_reason<Q: Queue>(queue: &Q) {
     let sent = job(8);
     enqueue_one(queue, &sent).await;
@@ -227,6 +236,7 @@ pub async fn dead_letter_keeps_reason<Q: Queue>(queue: &Q) {
     assert_eq!((stats.ready, stats.leased, stats.dead), (0, 0, 1));
 }
 
+/// Checks that garbage is delivered as decode error.
 pub async fn garbage_is_delivered_as_decode_error<Q: Queue>(queue: &Q) {
     queue.enqueue_raw(b"garbage".to_vec()).await.unwrap();
     let mut future = codec::encode(&job(9));
@@ -246,6 +256,7 @@ pub async fn garbage_is_delivered_as_decode_error<Q: Queue>(queue: &Q) {
     );
 }
 
+/// Checks that released job is claimable at once.
 pub async fn released_job_is_claimable_at_once<Q: Queue>(queue: &Q) {
     let sent = job(11);
     enqueue_one(queue, &sent).await;
@@ -340,6 +351,7 @@ pub async fn release_of_a_lost_lease_is_refused<Q: Queue>(queue: &Q) {
     queue.extend_lease(&taken.lease, LONG).await.unwrap();
 }
 
+/// Checks that waiting claim wakes on enqueue.
 pub async fn waiting_claim_wakes_on_enqueue<Q: Queue>(queue: &Q) {
     let sent = job(12);
     let (claimed, ()) = tokio::join!(queue.claim("c1", 1, LONG, PATIENT), async {
@@ -355,7 +367,7 @@ pub async fn waiting_claim_wakes_on_enqueue<Q: Queue>(queue: &Q) {
 /// holder's success ends a job that is still pending (to anyone) and is refused once
 /// the job moved on; only the current holder retries or dead-letters; a job is never
 /// both finished and queued again, nor both completed and dead. Run with
-/// [`queue_ownership_conformance!`] like [`queue_conformance!`].
+/// [`queue_ownership_conformance!`](crate::queue_ownership_conformance) like [`queue_conformance!`](crate::queue_conformance).
 #[macro_export]
 macro_rules! queue_ownership_conformance {
     ($make:expr) => {
@@ -377,6 +389,7 @@ async fn taken_over<Q: Queue>(queue: &Q, sent: &Job) -> (Claimed, Claimed) {
     (first, second)
 }
 
+/// Checks that stale success after the job was retried is refused.
 pub async fn stale_success_after_the_job_was_retried_is_refused<Q: Queue>(queue: &Q) {
     let sent = job(20);
     let (stale, holder) = taken_over(queue, &sent).await;
@@ -408,6 +421,7 @@ pub async fn stale_success_after_the_job_was_retried_is_refused<Q: Queue>(queue:
     assert_eq!((stats.completed, stats.dead, stats.delayed), (1, 0, 0));
 }
 
+/// Checks that stale success while another holder runs ends the job.
 pub async fn stale_success_while_another_holder_runs_ends_the_job<Q: Queue>(queue: &Q) {
     let sent = job(21);
     let (stale, holder) = taken_over(queue, &sent).await;
@@ -452,6 +466,7 @@ pub async fn stale_success_while_another_holder_runs_ends_the_job<Q: Queue>(queu
     );
 }
 
+/// Checks that stale holder cannot dead letter or retry.
 pub async fn stale_holder_cannot_dead_letter_or_retry<Q: Queue>(queue: &Q) {
     let sent = job(22);
     let (stale, holder) = taken_over(queue, &sent).await;

@@ -1,8 +1,8 @@
 //! The in-memory queue behind embedded batch mode: one process, no infrastructure, the
 //! same lease semantics as the Redis backend.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -124,11 +124,7 @@ impl MemoryQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-updated in a way that
-        // matters more than losing the queue, so poisoning is ignored.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock()
     }
 }
 

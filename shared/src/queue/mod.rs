@@ -9,12 +9,16 @@
 //! Lease lengths are a fleet-wide visibility timeout: every claimer of a queue passes
 //! the same `lease_for`, a claimer takes over entries idle for longer than its own
 //! `lease_for`, and a renewal restarts the holder's idle clock. (This is what Redis
-//! Streams' pending-entries list offers, measured on the server's clock.) Queues store envelopes as bytes, so garbage can be
-//! on a queue; a claim hands it out as a [`Delivery`] whose decode failed, to be
-//! dead-lettered with its reason.
+//! Streams' pending-entries list offers, measured on the server's clock.)
 //!
-//! [`MemoryQueue`] backs embedded batch mode; the Redis backend implements the same
-//! trait, and both must pass [`conformance`].
+//! Queues store envelopes as bytes, so garbage can be on a queue; a claim hands it out
+//! as a [`Delivery`] whose decode failed, to be dead-lettered with its reason.
+//!
+//! This module holds the trait and its vocabulary ([`Lease`], [`Claimed`],
+//! [`Completion`], [`DeadLetter`], [`QueueStats`], [`RetryPolicy`], [`QueueError`]),
+//! [`MemoryQueue`] (`memory.rs`), which backs embedded batch mode, the Redis protocol
+//! ([`redis`]), whose [`RedisQueue`] implements the same trait and much more a fleet
+//! shares, and [`conformance`], the specification both backends must pass.
 
 use std::future::Future;
 use std::time::Duration;
@@ -49,7 +53,9 @@ pub struct Lease {
 /// One claimed entry: the lease, and the job or why its envelope did not decode.
 #[derive(Debug)]
 pub struct Claimed {
+    /// The lease held on the entry.
     pub lease: Lease,
+    /// The job, or why its envelope did not decode.
     pub delivery: Delivery,
 }
 
@@ -90,20 +96,30 @@ pub enum Completion {
 /// A job that will not be tried again, with the reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
+    /// The dead-letter entry's id.
     pub entry_id: String,
+    /// The job's id, when its envelope decoded.
     pub job_id: Option<JobId>,
+    /// Why it was given up, in words.
     pub reason: String,
+    /// The final outcome's kind.
     pub kind: OutcomeKind,
+    /// Attempts made.
     pub attempts: u32,
 }
 
 /// How many entries are where.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStats {
+    /// Entries waiting to be claimed.
     pub ready: u64,
+    /// Entries claimed and not yet settled.
     pub leased: u64,
+    /// Jobs waiting for their due time (retries, scheduled jobs).
     pub delayed: u64,
+    /// Jobs completed (a counter).
     pub completed: u64,
+    /// Dead letters kept.
     pub dead: u64,
 }
 
@@ -112,7 +128,10 @@ pub struct QueueStats {
 pub enum QueueError {
     /// The lease expired and the entry was handed to another claimer (or finished).
     #[error("lease on entry {entry_id} was lost")]
-    LeaseLost { entry_id: String },
+    LeaseLost {
+        /// The entry whose lease was lost.
+        entry_id: String,
+    },
     /// The backend is unreachable or answered with an error; the operation may be retried.
     #[error("queue backend unavailable: {0}")]
     Unavailable(String),

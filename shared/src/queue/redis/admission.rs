@@ -12,24 +12,34 @@
 //!
 //! One process holds the dispatcher role at a time: `sluice:{q}:dispatcher` holds its
 //! name with a TTL (`hold.lua`), and `dispatch.lua` admits only for the holder.
+//!
+//! The per-tenant quotas that need Redis live here too: stored bytes (inputs the API
+//! accepts, outputs and results workers store) over a rolling window in
+//! `sluice:{q}:usage:<tenant>` (hash: time bucket → bytes reserved in it; see
+//! `scripts/quota_stored.lua`), and backlog length (checked in `enqueue_owned.lua`).
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{RedisError, Script, Value};
+use redis::{RedisError, Value};
 
-use super::{GROUP, RedisQueue, millis, unavailable};
-use crate::codec::FORMAT_VERSION;
-use crate::job::JobId;
+use super::error::{StoreError, bad_reply, unavailable};
+use super::keys::TENANT_POLICIES;
+use super::reply::{excerpt, millis, parse_entries, text};
+use super::scripts::SCRIPTS;
+use super::tenants::TenantError;
+use super::{ENVELOPE_FIELD, GROUP, RedisQueue};
+use crate::codec::{self, FORMAT_VERSION};
+use crate::job::{Job, JobId};
 use crate::queue::QueueError;
 use crate::tenant::TenantPolicy;
 
-// Built once: `Script::new` hashes the source, and these run per job or per round.
-static HOLD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/hold.lua")));
-static UNHOLD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/unhold.lua")));
-static DISPATCH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/dispatch.lua")));
+/// Admission of a queue: backlogs, the dispatcher role, dispatch and quotas (from
+/// [`RedisQueue::admission`]).
+#[derive(Clone, Copy)]
+pub struct Admission<'a> {
+    pub(super) q: &'a RedisQueue,
+}
 
 /// Most stream entries a takeover scans for admitted jobs missing from the admitted
 /// hash (jobs admitted by an older build, or a hash that had to be rebuilt).
@@ -44,34 +54,55 @@ pub enum AdmissionError {
     /// A key holds the wrong type of value (corruption, or another application's key).
     #[error("key {key} holds a {found}, not a {expected}")]
     WrongType {
+        /// The key at fault.
         key: String,
+        /// What it holds.
         found: String,
+        /// What it should hold.
         expected: &'static str,
     },
     /// A tenant's stored policy does not parse.
-    #[error(
-        "policy of tenant {tenant:?} (field of sluice:{{tenants}}:policies) is invalid: {reason}"
-    )]
-    BadPolicy { tenant: String, reason: String },
+    #[error("policy of tenant {tenant:?} (field of {TENANT_POLICIES}) is invalid: {reason}")]
+    BadPolicy {
+        /// The tenant (an excerpt of its name).
+        tenant: String,
+        /// Why the policy does not parse.
+        reason: String,
+    },
     /// Another process holds the dispatcher role now; nothing was admitted.
     #[error("this process no longer holds the dispatcher role")]
     NotHolder,
-    /// Redis is unreachable or failed.
+    /// Redis failed, a key is corrupt, or a reply was not understood.
     #[error(transparent)]
-    Queue(#[from] QueueError),
+    Store(#[from] StoreError),
 }
 
-/// What [`RedisQueue::hold_dispatcher`] found.
+impl From<AdmissionError> for QueueError {
+    fn from(e: AdmissionError) -> Self {
+        match e {
+            AdmissionError::Store(e) => e.into(),
+            other => QueueError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// What [`Admission::hold_dispatcher`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hold {
     /// The caller holds the role (taken or renewed).
     Held,
     /// Another process holds it, with a proper expiry.
-    Other { holder: String },
+    Other {
+        /// Who holds it (an excerpt).
+        holder: String,
+    },
     /// The role's key was not a live hold (no expiry, an expiry longer than a hold, or
     /// not a string): it was given one hold's expiry, so the role is free again within
     /// one hold unless a live holder renews it. `found` says what was there.
-    Repaired { found: String },
+    Repaired {
+        /// What the key held (an excerpt).
+        found: String,
+    },
 }
 
 /// The job id at the head of an envelope, without decoding the rest: the format
@@ -98,52 +129,65 @@ fn wrong_type<'a>(
                 expected,
             }
         } else {
-            AdmissionError::Queue(unavailable(e))
+            AdmissionError::Store(unavailable(e))
         }
     }
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Okay => Some("OK".to_owned()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
+/// What [`Admission::enqueue_owned_within`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Every job is in the tenant's backlog.
+    Yes,
+    /// The backlog holds `waiting` jobs, and the request's would pass the quota:
+    /// nothing was enqueued.
+    BacklogFull {
+        /// Jobs waiting in the backlog now.
+        waiting: u64,
+    },
 }
 
-/// A short, printable excerpt of text taken from Redis, for logs and errors.
-fn excerpt(s: &str) -> String {
-    let mut out: String = s.chars().filter(|c| !c.is_control()).take(128).collect();
-    if s.chars().count() > 128 {
-        out.push('…');
-    }
-    out
+/// Buckets per blob lifetime in the stored-bytes window: bytes are counted for between
+/// one and `1 + 1/BUCKETS` blob lifetimes, never less than the blobs can live.
+const BUCKETS: u64 = 24;
+
+/// What a stored-bytes reservation found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Reserved; the tenant now has this many bytes counted.
+    Granted {
+        /// Bytes counted for the tenant, these included.
+        used: u64,
+    },
+    /// Over the quota: `used` bytes are counted; the oldest leave the window in
+    /// `retry_after`.
+    Refused {
+        /// Bytes counted for the tenant.
+        used: u64,
+        /// When the oldest counted bytes leave the window.
+        retry_after: Duration,
+    },
 }
 
-impl RedisQueue {
-    fn dispatcher_key(&self) -> String {
-        format!("{}dispatcher", self.keys.prefix)
-    }
-
-    fn admitted_key(&self) -> String {
-        format!("{}admitted", self.keys.prefix)
-    }
-
+impl Admission<'_> {
     /// Takes the dispatcher role for `hold` if no one holds it, or renews it for
     /// `holder`; repairs a role key that would never expire (see [`Hold::Repaired`]).
-    pub async fn hold_dispatcher(&self, holder: &str, hold: Duration) -> Result<Hold, QueueError> {
-        let reply: Vec<Value> = HOLD
-            .key(self.dispatcher_key())
+    pub async fn hold_dispatcher(
+        self,
+        holder: &str,
+        hold: Duration,
+    ) -> Result<Hold, AdmissionError> {
+        let reply: Vec<Value> = SCRIPTS
+            .hold
+            .key(self.q.keys.dispatcher())
             .arg(holder)
             .arg(millis(hold))
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         let code = match reply.first() {
             Some(Value::Int(code)) => *code,
-            other => return Err(QueueError::Protocol(format!("hold.lua answered {other:?}"))),
+            other => return Err(bad_reply(format!("hold.lua answered {other:?}")).into()),
         };
         let said = reply
             .get(1)
@@ -159,65 +203,73 @@ impl RedisQueue {
 
     /// Gives up the dispatcher role if `holder` has it, so a standby takes over at once;
     /// whether it had it.
-    pub async fn release_dispatcher(&self, holder: &str) -> Result<bool, QueueError> {
-        let released: i64 = UNHOLD
-            .key(self.dispatcher_key())
+    pub async fn release_dispatcher(self, holder: &str) -> Result<bool, AdmissionError> {
+        let released: i64 = SCRIPTS
+            .unhold
+            .key(self.q.keys.dispatcher())
             .arg(holder)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         Ok(released == 1)
     }
 
     /// Tenants with jobs waiting in their backlogs (in no particular order).
-    pub async fn backlogged_tenants(&self) -> Result<Vec<String>, AdmissionError> {
-        let key = self.backlogs_key();
+    pub async fn backlogged_tenants(self) -> Result<Vec<String>, AdmissionError> {
+        let key = self.q.keys.backlogs();
         redis::cmd("SMEMBERS")
             .arg(&key)
-            .query_async(&mut self.connection())
+            .query_async(&mut self.q.connection())
             .await
             .map_err(wrong_type(&key, "set"))
     }
 
     /// A tenant's policy for admission: the default when the tenant has none stored.
-    pub async fn admission_policy(&self, tenant: &str) -> Result<TenantPolicy, AdmissionError> {
-        match self.policy(tenant).await {
+    pub async fn admission_policy(self, tenant: &str) -> Result<TenantPolicy, AdmissionError> {
+        match self.q.tenants().policy(tenant).await {
             Ok(policy) => Ok(policy.unwrap_or_default()),
-            Err(QueueError::Protocol(reason)) => Err(AdmissionError::BadPolicy {
-                tenant: excerpt(tenant),
-                reason: excerpt(&reason),
-            }),
-            Err(QueueError::Unavailable(reason)) if reason.contains("WRONGTYPE") => {
+            Err(TenantError::Store(StoreError::Unavailable(reason)))
+                if reason.contains("WRONGTYPE") =>
+            {
                 Err(AdmissionError::WrongType {
-                    key: "sluice:{tenants}:policies".to_owned(),
+                    key: TENANT_POLICIES.to_owned(),
                     found: "value of another type".to_owned(),
                     expected: "hash",
                 })
             }
-            Err(other) => Err(other.into()),
+            Err(TenantError::Store(e @ StoreError::Unavailable(_))) => Err(e.into()),
+            Err(TenantError::BadPolicy { reason, .. }) => Err(AdmissionError::BadPolicy {
+                tenant: excerpt(tenant),
+                reason: excerpt(&reason),
+            }),
+            Err(other) => Err(AdmissionError::BadPolicy {
+                tenant: excerpt(tenant),
+                reason: excerpt(&other.to_string()),
+            }),
         }
     }
 
     /// Admits up to `max` of `tenant`'s oldest backlog jobs onto the job stream, if
     /// `holder` holds the dispatcher role; returns their ids.
     pub async fn dispatch(
-        &self,
+        self,
         holder: &str,
         tenant: &str,
         max: usize,
     ) -> Result<Vec<JobId>, AdmissionError> {
-        let reply: Vec<Value> = DISPATCH
-            .key(&self.keys.jobs)
-            .key(self.backlog_key(tenant))
-            .key(self.backlogs_key())
-            .key(self.admitted_key())
-            .key(self.dispatcher_key())
+        let reply: Vec<Value> = SCRIPTS
+            .dispatch
+            .key(&self.q.keys.jobs)
+            .key(self.q.keys.backlog(tenant))
+            .key(self.q.keys.backlogs())
+            .key(self.q.keys.admitted())
+            .key(self.q.keys.dispatcher())
             .arg(tenant)
-            .arg(format!("{}job:", self.keys.prefix))
+            .arg(self.q.keys.job_record_prefix())
             .arg(max)
             .arg(holder)
-            .arg(millis(self.config.result_ttl))
-            .invoke_async(&mut self.connection())
+            .arg(millis(self.q.config.result_ttl))
+            .invoke_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         let mut reply = reply.iter().filter_map(text);
@@ -227,7 +279,7 @@ impl RedisQueue {
             Some("corrupt") => {
                 let key = reply.next().unwrap_or_default();
                 let found = reply.next().unwrap_or_default();
-                let expected = if key == self.admitted_key() {
+                let expected = if key == self.q.keys.admitted() {
                     "hash"
                 } else {
                     "stream"
@@ -238,24 +290,24 @@ impl RedisQueue {
                     expected,
                 })
             }
-            other => Err(QueueError::Protocol(format!("dispatch.lua answered {other:?}")).into()),
+            other => Err(bad_reply(format!("dispatch.lua answered {other:?}")).into()),
         }
     }
 
     /// For each job, whether it is settled: finished (a result is stored), cancelled, or
     /// its record is gone (expired, or not a record any more).
-    pub async fn settled(&self, ids: &[JobId]) -> Result<Vec<bool>, QueueError> {
+    pub async fn settled(self, ids: &[JobId]) -> Result<Vec<bool>, AdmissionError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         // Types first: a command on a wrong-typed key would fail the whole pipeline.
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("EXISTS").arg(self.keys.result_key(*id));
-            pipe.cmd("TYPE").arg(self.job_record_key(*id));
+            pipe.cmd("EXISTS").arg(self.q.keys.result_key(*id));
+            pipe.cmd("TYPE").arg(self.q.keys.job_record(*id));
         }
         let replies: Vec<Value> = pipe
-            .query_async(&mut self.connection())
+            .query_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         let mut settled = Vec::with_capacity(ids.len());
@@ -274,11 +326,11 @@ impl RedisQueue {
         let mut pipe = redis::pipe();
         for &i in &ask {
             pipe.cmd("HGET")
-                .arg(self.job_record_key(ids[i]))
+                .arg(self.q.keys.job_record(ids[i]))
                 .arg("state");
         }
         let states: Vec<Option<String>> = pipe
-            .query_async(&mut self.connection())
+            .query_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         for (i, state) in ask.into_iter().zip(states) {
@@ -289,21 +341,21 @@ impl RedisQueue {
 
     /// Jobs on the shared stream that no worker has claimed yet. Reads only the stream
     /// and its group (never the stats hash, whose contents do not matter here).
-    pub async fn ready_depth(&self) -> Result<u64, AdmissionError> {
+    pub async fn ready_depth(self) -> Result<u64, AdmissionError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("XLEN").arg(&self.keys.jobs);
-        pipe.cmd("XPENDING").arg(&self.keys.jobs).arg(GROUP);
+        pipe.cmd("XLEN").arg(&self.q.keys.jobs);
+        pipe.cmd("XPENDING").arg(&self.q.keys.jobs).arg(GROUP);
         let reply: Result<(u64, Value), RedisError> =
-            pipe.query_async(&mut self.connection()).await;
+            pipe.query_async(&mut self.q.connection()).await;
         let (len, pending) = match reply {
             Ok(reply) => reply,
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost the group (a restart without persistence): recreate it, as
                 // workers do, so admission does not wait for one of them.
-                self.ensure_group().await?;
+                self.q.ensure_group().await?;
                 return Ok(0);
             }
-            Err(e) => return Err(wrong_type(&self.keys.jobs, "stream")(e)),
+            Err(e) => return Err(wrong_type(&self.q.keys.jobs, "stream")(e)),
         };
         let leased = match pending {
             Value::Array(parts) => match parts.first() {
@@ -317,11 +369,11 @@ impl RedisQueue {
 
     /// The admitted jobs that have not settled (as far as this hash knows), with their
     /// tenants. Fields that are not job ids are dropped from the hash.
-    pub async fn admitted(&self) -> Result<HashMap<JobId, String>, AdmissionError> {
-        let key = self.admitted_key();
+    pub async fn admitted(self) -> Result<HashMap<JobId, String>, AdmissionError> {
+        let key = self.q.keys.admitted();
         let all: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&key)
-            .query_async(&mut self.connection())
+            .query_async(&mut self.q.connection())
             .await
             .map_err(wrong_type(&key, "hash"))?;
         let mut out = HashMap::with_capacity(all.len());
@@ -338,7 +390,7 @@ impl RedisQueue {
             redis::cmd("HDEL")
                 .arg(&key)
                 .arg(&garbage)
-                .query_async::<()>(&mut self.connection())
+                .query_async::<()>(&mut self.q.connection())
                 .await
                 .map_err(wrong_type(&key, "hash"))?;
         }
@@ -346,16 +398,16 @@ impl RedisQueue {
     }
 
     /// Removes settled jobs from the admitted hash.
-    pub async fn forget_admitted(&self, ids: &[JobId]) -> Result<(), AdmissionError> {
+    pub async fn forget_admitted(self, ids: &[JobId]) -> Result<(), AdmissionError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let key = self.admitted_key();
+        let key = self.q.keys.admitted();
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         redis::cmd("HDEL")
             .arg(&key)
             .arg(ids)
-            .query_async::<()>(&mut self.connection())
+            .query_async::<()>(&mut self.q.connection())
             .await
             .map_err(wrong_type(&key, "hash"))
     }
@@ -363,11 +415,11 @@ impl RedisQueue {
     /// Deletes a wrong-typed admitted hash so it can be rebuilt (it is the dispatcher's
     /// own index, rebuilt from the job stream and records by [`Self::admitted_on_stream`]).
     /// Does nothing if the key is a hash.
-    pub async fn reset_corrupt_admitted(&self) -> Result<bool, QueueError> {
-        let key = self.admitted_key();
+    pub async fn reset_corrupt_admitted(self) -> Result<bool, AdmissionError> {
+        let key = self.q.keys.admitted();
         let kind: String = redis::cmd("TYPE")
             .arg(&key)
-            .query_async(&mut self.connection())
+            .query_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         if kind == "hash" || kind == "none" {
@@ -375,7 +427,7 @@ impl RedisQueue {
         }
         redis::cmd("DEL")
             .arg(&key)
-            .query_async::<()>(&mut self.connection())
+            .query_async::<()>(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         Ok(true)
@@ -386,7 +438,7 @@ impl RedisQueue {
     /// to the hash; for a dispatcher taking over. Scans at most the stream's first
     /// 20,000 entries.
     pub async fn admitted_on_stream(
-        &self,
+        self,
         known: &HashMap<JobId, String>,
     ) -> Result<Vec<(JobId, String)>, AdmissionError> {
         let mut found = Vec::new();
@@ -394,15 +446,15 @@ impl RedisQueue {
         let mut scanned = 0;
         while scanned < TAKEOVER_SCAN_LIMIT {
             let reply: Value = redis::cmd("XRANGE")
-                .arg(&self.keys.jobs)
+                .arg(&self.q.keys.jobs)
                 .arg(&start)
                 .arg("+")
                 .arg("COUNT")
                 .arg(TAKEOVER_SCAN_PAGE)
-                .query_async(&mut self.connection())
+                .query_async(&mut self.q.connection())
                 .await
-                .map_err(wrong_type(&self.keys.jobs, "stream"))?;
-            let entries = super::parse_entries(&reply)?;
+                .map_err(wrong_type(&self.q.keys.jobs, "stream"))?;
+            let entries = parse_entries(&reply)?;
             let Some((last, _)) = entries.last() else {
                 break;
             };
@@ -414,7 +466,7 @@ impl RedisQueue {
                 .filter_map(|(_, fields)| {
                     fields
                         .iter()
-                        .find(|(k, _)| k == super::ENVELOPE_FIELD)
+                        .find(|(k, _)| k == ENVELOPE_FIELD)
                         .and_then(|(_, v)| envelope_job_id(v))
                 })
                 .filter(|id| !known.contains_key(id))
@@ -425,13 +477,13 @@ impl RedisQueue {
             }
         }
         if !found.is_empty() {
-            let key = self.admitted_key();
+            let key = self.q.keys.admitted();
             let mut cmd = redis::cmd("HSET");
             cmd.arg(&key);
             for (id, tenant) in &found {
                 cmd.arg(id.to_string()).arg(tenant);
             }
-            cmd.query_async::<()>(&mut self.connection())
+            cmd.query_async::<()>(&mut self.q.connection())
                 .await
                 .map_err(wrong_type(&key, "hash"))?;
         }
@@ -439,16 +491,16 @@ impl RedisQueue {
     }
 
     /// Of `ids`, those whose record says they are on the shared stream, with tenants.
-    async fn stream_owners(&self, ids: &[JobId]) -> Result<Vec<(JobId, String)>, QueueError> {
+    async fn stream_owners(self, ids: &[JobId]) -> Result<Vec<(JobId, String)>, AdmissionError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("TYPE").arg(self.job_record_key(*id));
+            pipe.cmd("TYPE").arg(self.q.keys.job_record(*id));
         }
         let kinds: Vec<String> = pipe
-            .query_async(&mut self.connection())
+            .query_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         let records: Vec<JobId> = ids
@@ -463,13 +515,13 @@ impl RedisQueue {
         let mut pipe = redis::pipe();
         for id in &records {
             pipe.cmd("HMGET")
-                .arg(self.job_record_key(*id))
+                .arg(self.q.keys.job_record(*id))
                 .arg("tenant")
                 .arg("stream")
                 .arg("state");
         }
         let fields: Vec<(Option<String>, Option<String>, Option<String>)> = pipe
-            .query_async(&mut self.connection())
+            .query_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
         Ok(records
@@ -477,11 +529,131 @@ impl RedisQueue {
             .zip(fields)
             .filter_map(|(id, (tenant, stream, state))| {
                 let tenant = tenant.filter(|t| !t.is_empty())?;
-                (stream.as_deref() == Some(self.keys.jobs.as_str())
+                (stream.as_deref() == Some(self.q.keys.jobs.as_str())
                     && state.as_deref() != Some("cancelled"))
                 .then_some((id, tenant))
             })
             .collect())
+    }
+
+    /// Enqueues `jobs` owned by `tenant` (optionally as batch `batch`) into the
+    /// tenant's backlog, to be admitted fairly by the dispatcher, with each job's record
+    /// (owner, entry, batch) written in the same script (`enqueue_owned.lua`).
+    pub async fn enqueue_owned(
+        self,
+        jobs: &[Job],
+        tenant: &str,
+        batch: Option<&str>,
+    ) -> Result<(), AdmissionError> {
+        self.enqueue_owned_within(jobs, tenant, batch, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::enqueue_owned`], refused as a whole ([`Enqueued::BacklogFull`], nothing
+    /// written) when the tenant's backlog would hold more than `max_backlog` jobs. The
+    /// script checks the length and enqueues in one step, so concurrent requests
+    /// cannot together pass the quota (a request of more than one chunk is checked
+    /// whole with its first chunk).
+    pub async fn enqueue_owned_within(
+        self,
+        jobs: &[Job],
+        tenant: &str,
+        batch: Option<&str>,
+        max_backlog: Option<u64>,
+    ) -> Result<Enqueued, AdmissionError> {
+        let ttl = millis(self.q.config.result_ttl);
+        let backlog = self.q.keys.backlog(tenant);
+        let batch_key = batch.map(|b| self.q.keys.batch(b));
+        // Chunks bound one script's argument list (envelopes travel inline).
+        for (index, chunk) in jobs.chunks(200).enumerate() {
+            let limit = max_backlog
+                .filter(|_| index == 0)
+                .map(|max| max.to_string())
+                .unwrap_or_default();
+            let mut invocation = SCRIPTS.enqueue_owned.prepare_invoke();
+            invocation
+                .key(&backlog)
+                .key(self.q.keys.backlogs())
+                .key(batch_key.as_deref().unwrap_or(&backlog))
+                .key(batch.map_or_else(|| backlog.clone(), |b| self.q.keys.batch_jobs(b)))
+                .key(self.q.keys.owned())
+                .arg(tenant)
+                .arg(batch.unwrap_or(""))
+                .arg(ttl)
+                .arg(jobs.len())
+                .arg(limit);
+            for job in chunk {
+                invocation
+                    .key(self.q.keys.job_record(job.id))
+                    .arg(codec::encode(job))
+                    .arg(job.id.to_string())
+                    .arg(serde_json::to_string(&job.limits).unwrap_or_default());
+            }
+            let reply = invocation
+                .invoke_async::<Vec<String>>(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            if reply.first().is_some_and(|r| r == "full") {
+                let waiting = reply.get(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+                return Ok(Enqueued::BacklogFull { waiting });
+            }
+        }
+        Ok(Enqueued::Yes)
+    }
+
+    /// Counts `bytes` more stored for `tenant` (a request's input, arguments and
+    /// environment, or a run's output and result) against `max` stored bytes (0 bytes
+    /// only reads; `u64::MAX` counts without refusing). Bytes stay counted for one blob
+    /// lifetime (`blob_ttl`), the longest an input, output or result occupies Redis.
+    pub async fn reserve_stored(
+        self,
+        tenant: &str,
+        bytes: u64,
+        max: u64,
+    ) -> Result<Reservation, AdmissionError> {
+        let bucket = (millis(self.q.config.blob_ttl) / BUCKETS).max(1);
+        let reply: Vec<u64> = SCRIPTS
+            .quota_stored
+            .key(self.q.keys.usage(tenant))
+            .arg(bytes)
+            .arg(max)
+            .arg(bucket)
+            .arg(BUCKETS + 1)
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [1, used] => Ok(Reservation::Granted { used: *used }),
+            [0, used, retry_ms] => Ok(Reservation::Refused {
+                used: *used,
+                retry_after: Duration::from_millis(*retry_ms),
+            }),
+            other => Err(bad_reply(format!("quota_stored.lua answered {other:?}")).into()),
+        }
+    }
+
+    /// Jobs waiting in `tenant`'s backlog.
+    pub async fn backlog_len(self, tenant: &str) -> Result<u64, AdmissionError> {
+        let key = self.q.keys.backlog(tenant);
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        match kind.as_str() {
+            "none" => Ok(0),
+            "stream" => Ok(redis::cmd("XLEN")
+                .arg(&key)
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?),
+            other => Err(AdmissionError::WrongType {
+                key,
+                found: other.to_owned(),
+                expected: "stream",
+            }),
+        }
     }
 }
 

@@ -8,12 +8,13 @@
 //! connection: the stalled one would otherwise hold every later read queued behind it
 //! (the client library does not reconnect after a timeout, only after an I/O error).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, Value};
 
+/// A connection for blocking reads, replaced when a read overruns its bound.
 pub(super) struct BlockingConnection {
     client: redis::Client,
     config: ConnectionManagerConfig,
@@ -47,7 +48,7 @@ impl BlockingConnection {
         cmd: &Cmd,
         block: Option<Duration>,
     ) -> Result<Value, RedisError> {
-        let mut conn = self.current.lock().expect("not poisoned").clone();
+        let mut conn = self.current.lock().clone();
         let bound = block.unwrap_or_default().saturating_add(self.margin);
         match tokio::time::timeout(bound, cmd.query_async::<Value>(&mut conn)).await {
             Ok(reply) => reply,
@@ -62,7 +63,7 @@ impl BlockingConnection {
                     self.client.clone(),
                     self.config.clone(),
                 ) {
-                    *self.current.lock().expect("not poisoned") = fresh;
+                    *self.current.lock() = fresh;
                 }
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

@@ -1,4 +1,4 @@
--- check.lua: helpers prepended to every script that moves a job (see `Scripts::load`).
+-- check.lua: helpers prepended to every script that moves a job (see `scripts.rs`).
 --
 -- Redis does not roll back a script that fails part-way, so a script that moves a job
 -- first checks every key it will write with these helpers and, when one is foreign or

@@ -1,11 +1,60 @@
-//! Checks a [`RedisConfig`] before anything connects: a queue name is part of every
-//! key and of the hash tag that keeps a queue on one Cluster slot, so it must not
-//! contain `{`/`}` (which would move the tag) nor anything a shell or a log line would
-//! mangle; sizes and durations must be usable.
+//! How to reach Redis and how long things are kept ([`RedisConfig`]), checked before
+//! anything connects: a queue name is part of every key and of the hash tag that keeps a
+//! queue on one Cluster slot, so it must not contain `{`/`}` (which would move the tag)
+//! nor anything a shell or a log line would mangle; sizes and durations must be usable.
 
 use std::time::Duration;
 
-use super::RedisConfig;
+/// How to reach Redis and how long things are kept.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
+    pub url: String,
+    /// The queue's name; its keys are `sluice:{name}:…`.
+    pub queue: String,
+    /// How long results are kept.
+    pub result_ttl: Duration,
+    /// How long completion notices are kept (submitters follow them).
+    pub notice_ttl: Duration,
+    /// How long dead letters are kept (trimmed by age, never by count).
+    pub dead_ttl: Duration,
+    /// How long input and output blobs are kept.
+    pub blob_ttl: Duration,
+    /// Inputs and outputs up to this size travel inline; larger ones are chunked blobs.
+    pub inline_limit: usize,
+    /// Blob chunk size.
+    pub chunk_bytes: usize,
+    /// How often a claimer promotes due delayed jobs and takes over expired leases.
+    pub maintenance_interval: Duration,
+    /// Most completions sent in one script call.
+    pub completion_batch: usize,
+    /// Time allowed for a (non-blocking) command's reply.
+    pub response_timeout: Duration,
+    /// PEM certificate(s) of the CA that signed the server's TLS certificate, for a
+    /// `rediss://` URL whose server is not signed by a public CA.
+    pub tls_ca_pem: Option<Vec<u8>>,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`: queue `default`, results and blobs kept a day, dead letters a
+    /// week, 256 KiB inline limit, 1 MiB chunks.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            queue: "default".into(),
+            result_ttl: Duration::from_secs(24 * 3600),
+            notice_ttl: Duration::from_secs(3600),
+            dead_ttl: Duration::from_secs(7 * 24 * 3600),
+            blob_ttl: Duration::from_secs(24 * 3600),
+            inline_limit: 256 << 10,
+            chunk_bytes: 1 << 20,
+            maintenance_interval: Duration::from_millis(100),
+            completion_batch: 256,
+            response_timeout: Duration::from_secs(10),
+            tls_ca_pem: None,
+        }
+    }
+}
 
 /// Longest queue name.
 pub const MAX_QUEUE_NAME: usize = 64;
@@ -16,21 +65,38 @@ pub const MAX_COMPLETION_BATCH: usize = 2000;
 /// A [`RedisConfig`] field that cannot be used, named as the config names it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RedisConfigError {
+    /// The queue name is empty.
     #[error("queue: the name is empty")]
     EmptyQueue,
+    /// The queue name is too long.
     #[error("queue: the name is {len} bytes; at most {MAX_QUEUE_NAME}")]
-    QueueTooLong { len: usize },
+    QueueTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The queue name holds a character that is not allowed.
     #[error(
         "queue: {found:?} is not allowed in a queue name (letters, digits, `-`, `_`, `.`; \
          `{{` and `}}` would break the hash tag)"
     )]
-    QueueCharacter { found: char },
+    QueueCharacter {
+        /// The first such character.
+        found: char,
+    },
+    /// A size or duration is zero.
     #[error("{field}: must be more than zero")]
-    Zero { field: &'static str },
+    Zero {
+        /// The field.
+        field: &'static str,
+    },
+    /// A size is over its maximum.
     #[error("{field}: {value} is over the maximum of {max}")]
     TooLarge {
+        /// The field.
         field: &'static str,
+        /// Its value.
         value: u64,
+        /// The maximum.
         max: u64,
     },
 }

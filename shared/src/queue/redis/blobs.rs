@@ -10,7 +10,98 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Keys, QueueError, millis, on_key};
+use super::RedisQueue;
+use super::error::{StoreError, on_key, unavailable};
+use super::keys::Keys;
+use super::reply::millis;
+use crate::queue::QueueError;
+
+/// The blobs of a queue (from [`RedisQueue::blobs`]).
+#[derive(Clone, Copy)]
+pub struct Blobs<'a> {
+    pub(super) q: &'a RedisQueue,
+}
+
+/// Why writing or reading a blob failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The blob does not exist (never written, or expired).
+    #[error("blob {0} not found (expired?)")]
+    NotFound(String),
+    /// A chunk of the blob is gone (expired while the blob was read).
+    #[error("blob {id} chunk {index} is missing (expired?)")]
+    ChunkMissing {
+        /// The blob's id.
+        id: String,
+        /// The missing chunk.
+        index: u64,
+    },
+    /// The blob's meta hash does not say how many chunks it has.
+    #[error("{0}: field chunks is not a number")]
+    BadMeta(String),
+    /// Reading what was to be written failed.
+    #[error("reading blob source: {0}")]
+    Source(String),
+    /// The upload task or thread failed.
+    #[error("{0}")]
+    Upload(String),
+    /// Redis failed, a key is corrupt, or a reply was not understood.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<BlobError> for QueueError {
+    /// Every blob failure is one the caller may retry or report; none is a protocol
+    /// violation of the queue itself.
+    fn from(e: BlobError) -> Self {
+        QueueError::Unavailable(e.to_string())
+    }
+}
+
+impl Blobs<'_> {
+    /// Writes a blob in chunks; [`BlobWriter::finish`] returns its id and length.
+    pub fn writer(self) -> BlobWriter {
+        BlobWriter::new(
+            self.q.connection(),
+            self.q.keys.clone(),
+            self.q.config.chunk_bytes,
+            self.q.config.blob_ttl,
+        )
+    }
+
+    /// Reads a blob chunk by chunk, prefetching one chunk ahead.
+    pub fn reader(self, id: &str) -> BlobReader {
+        BlobReader::new(self.q.connection(), self.q.keys.clone(), id.to_owned())
+    }
+
+    /// A blob as a blocking `Read` (for code on blocking threads); `handle` is the
+    /// runtime the fetches run on.
+    pub fn read_stream(self, handle: tokio::runtime::Handle, id: &str) -> BlobReadStream {
+        let _runtime = handle.enter();
+        BlobReadStream::new(handle.clone(), self.reader(id))
+    }
+
+    /// A new blob as a blocking `Write` (for code on blocking threads).
+    pub fn write_stream(self, handle: tokio::runtime::Handle) -> BlobWriteStream {
+        BlobWriteStream::new(handle, self.writer())
+    }
+
+    /// Deletes a finished blob of `len` bytes (an upload refused after it was written).
+    pub async fn delete(self, id: &str, len: u64) -> Result<(), BlobError> {
+        let chunk = self.q.config.chunk_bytes.max(1) as u64;
+        let chunks = len.div_ceil(chunk);
+        let mut keys = vec![self.q.keys.blob_meta(id)];
+        keys.extend((0..chunks).map(|i| self.q.keys.blob_chunk(id, i)));
+        for batch in keys.chunks(512) {
+            redis::cmd("DEL")
+                .arg(batch)
+                .query_async::<()>(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
 
 /// Writes one blob, chunk by chunk, with one chunk upload in flight while the next
 /// chunk fills.
@@ -23,16 +114,11 @@ pub struct BlobWriter {
     buf: Vec<u8>,
     chunks: u64,
     len: u64,
-    in_flight: Option<JoinHandle<Result<(), QueueError>>>,
+    in_flight: Option<JoinHandle<Result<(), BlobError>>>,
 }
 
 impl BlobWriter {
-    pub(super) fn new(
-        conn: ConnectionManager,
-        keys: Keys,
-        chunk_bytes: usize,
-        ttl: Duration,
-    ) -> Self {
+    fn new(conn: ConnectionManager, keys: Keys, chunk_bytes: usize, ttl: Duration) -> Self {
         BlobWriter {
             conn,
             keys,
@@ -61,16 +147,16 @@ impl BlobWriter {
         self.len == 0
     }
 
-    async fn wait_in_flight(&mut self) -> Result<(), QueueError> {
+    async fn wait_in_flight(&mut self) -> Result<(), BlobError> {
         if let Some(upload) = self.in_flight.take() {
             upload
                 .await
-                .map_err(|e| QueueError::Unavailable(format!("blob upload task: {e}")))??;
+                .map_err(|e| BlobError::Upload(format!("blob upload task: {e}")))??;
         }
         Ok(())
     }
 
-    async fn send_chunk(&mut self) -> Result<(), QueueError> {
+    async fn send_chunk(&mut self) -> Result<(), BlobError> {
         self.wait_in_flight().await?;
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_bytes));
         let key = self.keys.blob_chunk(&self.id, self.chunks);
@@ -85,13 +171,13 @@ impl BlobWriter {
                 .arg(ttl)
                 .query_async::<()>(&mut conn)
                 .await
-                .map_err(on_key(&key))
+                .map_err(|e| BlobError::from(on_key(&key)(e)))
         }));
         Ok(())
     }
 
     /// Appends `bytes`.
-    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), QueueError> {
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), BlobError> {
         while !bytes.is_empty() {
             let room = self.chunk_bytes - self.buf.len();
             let take = room.min(bytes.len());
@@ -109,14 +195,14 @@ impl BlobWriter {
     pub async fn write_from(
         &mut self,
         mut reader: impl tokio::io::AsyncRead + Unpin,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), BlobError> {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 256 << 10];
         loop {
             let n = reader
                 .read(&mut buf)
                 .await
-                .map_err(|e| QueueError::Unavailable(format!("reading blob source: {e}")))?;
+                .map_err(|e| BlobError::Source(e.to_string()))?;
             if n == 0 {
                 return Ok(());
             }
@@ -125,7 +211,7 @@ impl BlobWriter {
     }
 
     /// Uploads the rest and publishes the blob; returns its id and length.
-    pub async fn finish(mut self) -> Result<(String, u64), QueueError> {
+    pub async fn finish(mut self) -> Result<(String, u64), BlobError> {
         if !self.buf.is_empty() {
             self.send_chunk().await?;
         }
@@ -154,12 +240,12 @@ impl BlobWriter {
 /// Reads one blob in order, one chunk prefetched, for async code
 /// ([`BlobReadStream`] is the blocking form).
 pub struct BlobReader {
-    chunks: mpsc::Receiver<Result<Vec<u8>, String>>,
+    chunks: mpsc::Receiver<Result<Vec<u8>, BlobError>>,
 }
 
 impl BlobReader {
     /// Starts fetching; must be called within a tokio runtime context.
-    pub(super) fn new(mut conn: ConnectionManager, keys: Keys, id: String) -> Self {
+    fn new(mut conn: ConnectionManager, keys: Keys, id: String) -> Self {
         let (tx, chunks) = mpsc::channel(2);
         tokio::spawn(async move {
             let meta_key = keys.blob_meta(&id);
@@ -170,22 +256,18 @@ impl BlobReader {
             {
                 Ok(meta) => meta,
                 Err(e) => {
-                    let _ = tx.send(Err(on_key(&meta_key)(e).to_string())).await;
+                    let _ = tx.send(Err(on_key(&meta_key)(e).into())).await;
                     return;
                 }
             };
             let count = match meta.get("chunks").map(|c| c.parse::<u64>()) {
                 Some(Ok(count)) => count,
                 Some(Err(_)) => {
-                    let _ = tx
-                        .send(Err(format!("{meta_key}: field chunks is not a number")))
-                        .await;
+                    let _ = tx.send(Err(BlobError::BadMeta(meta_key))).await;
                     return;
                 }
                 None => {
-                    let _ = tx
-                        .send(Err(format!("blob {id} not found (expired?)")))
-                        .await;
+                    let _ = tx.send(Err(BlobError::NotFound(id))).await;
                     return;
                 }
             };
@@ -197,8 +279,11 @@ impl BlobReader {
                     .await;
                 let item = match chunk {
                     Ok(Some(bytes)) => Ok(bytes),
-                    Ok(None) => Err(format!("blob {id} chunk {index} is missing (expired?)")),
-                    Err(e) => Err(on_key(&chunk_key)(e).to_string()),
+                    Ok(None) => Err(BlobError::ChunkMissing {
+                        id: id.clone(),
+                        index,
+                    }),
+                    Err(e) => Err(on_key(&chunk_key)(e).into()),
                 };
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
@@ -210,10 +295,10 @@ impl BlobReader {
     }
 
     /// The next chunk, `None` at the end.
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, QueueError> {
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, BlobError> {
         match self.chunks.recv().await {
             Some(Ok(chunk)) => Ok(Some(chunk)),
-            Some(Err(e)) => Err(QueueError::Unavailable(e)),
+            Some(Err(e)) => Err(e),
             None => Ok(None),
         }
     }
@@ -231,7 +316,7 @@ pub struct BlobReadStream {
 }
 
 impl BlobReadStream {
-    pub(super) fn new(handle: tokio::runtime::Handle, mut reader: BlobReader) -> Self {
+    fn new(handle: tokio::runtime::Handle, mut reader: BlobReader) -> Self {
         let (tx, chunks) = std::sync::mpsc::sync_channel(1);
         std::thread::spawn(move || {
             loop {
@@ -287,11 +372,11 @@ pub struct BlobWriteStream {
     chunk_bytes: usize,
     buf: Vec<u8>,
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    uploader: Option<std::thread::JoinHandle<Result<(String, u64), QueueError>>>,
+    uploader: Option<std::thread::JoinHandle<Result<(String, u64), BlobError>>>,
 }
 
 impl BlobWriteStream {
-    pub(super) fn new(handle: tokio::runtime::Handle, mut writer: BlobWriter) -> Self {
+    fn new(handle: tokio::runtime::Handle, mut writer: BlobWriter) -> Self {
         let chunk_bytes = writer.chunk_bytes;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
         let uploader = std::thread::spawn(move || {
@@ -319,17 +404,16 @@ impl BlobWriteStream {
     }
 
     /// Uploads the rest and publishes the blob; returns its id and length.
-    pub fn finish(mut self) -> Result<(String, u64), QueueError> {
+    pub fn finish(mut self) -> Result<(String, u64), BlobError> {
         if !self.buf.is_empty() {
-            self.send()
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            self.send().map_err(|e| BlobError::Upload(e.to_string()))?;
         }
         self.tx.take();
         self.uploader
             .take()
             .map(|t| t.join())
-            .unwrap_or_else(|| Ok(Err(QueueError::Unavailable("no uploader".into()))))
-            .map_err(|_| QueueError::Unavailable("blob uploader panicked".into()))?
+            .unwrap_or_else(|| Ok(Err(BlobError::Upload("no uploader".into()))))
+            .map_err(|_| BlobError::Upload("blob uploader panicked".into()))?
     }
 }
 

@@ -10,20 +10,52 @@
 //! a few dozen bytes per entry, whatever the inputs weigh.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
-use std::time::Duration;
 
-use redis::{Script, Value};
+use redis::Value;
 
-use super::{GROUP, RedisQueue, bytes_of, flat_pairs, unavailable};
+use super::error::{StoreError, unavailable};
+use super::reply::bytes_of;
+use super::scripts::SCRIPTS;
+use super::{GROUP, RedisQueue};
 use crate::codec::FORMAT_VERSION;
-use crate::job::{JobId, ModuleHash};
+use crate::job::JobId;
 use crate::queue::QueueError;
 
-static LOCATE_STREAM: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/locate_stream.lua")));
-static LOCATE_DELAYED: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/locate_delayed.lua")));
+/// Finding lost jobs and recreating what Redis lost (from [`RedisQueue::recovery`]).
+#[derive(Clone, Copy)]
+pub struct Recovery<'a> {
+    pub(super) q: &'a RedisQueue,
+}
+
+/// Why looking for jobs (or recreating the group) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// A key searched holds another type of value (corrupted, or written by another
+    /// application).
+    #[error(
+        "key {key} holds a {found}, not a {expected} (corrupted, or written by another application)"
+    )]
+    WrongType {
+        /// The key at fault.
+        key: String,
+        /// What it holds.
+        found: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// Redis failed, a key is corrupt, or a reply was not understood.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<RecoveryError> for QueueError {
+    fn from(e: RecoveryError) -> Self {
+        match e {
+            RecoveryError::Store(e) => e.into(),
+            other => QueueError::Protocol(other.to_string()),
+        }
+    }
+}
 
 /// Leading bytes of an envelope that hold the job id: the format version, postcard's
 /// length prefix of the UUID's bytes (one byte: 16), and the 16 bytes. The id is the
@@ -68,10 +100,12 @@ enum Place {
     Running,
 }
 
-fn wrong_type(key: &str, kind: &str, expected: &str) -> QueueError {
-    QueueError::Protocol(format!(
-        "key {key} holds a {kind}, not a {expected} (corrupted, or written by another application)"
-    ))
+fn wrong_type(key: &str, kind: &str, expected: &'static str) -> RecoveryError {
+    RecoveryError::WrongType {
+        key: key.to_owned(),
+        found: kind.to_owned(),
+        expected,
+    }
 }
 
 fn text(v: &Value) -> String {
@@ -80,7 +114,7 @@ fn text(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-impl RedisQueue {
+impl Recovery<'_> {
     /// Finds where each job of `ids` is. `tenant`'s backlog is searched too (jobs
     /// submitted through the service wait there before admission).
     ///
@@ -90,10 +124,10 @@ impl RedisQueue {
     /// vanished that was in fact moving is only enqueued twice, which results stored
     /// once (SET NX) make harmless.
     pub async fn locate(
-        &self,
+        self,
         ids: &HashSet<JobId>,
         tenant: Option<&str>,
-    ) -> Result<Whereabouts, QueueError> {
+    ) -> Result<Whereabouts, RecoveryError> {
         let mut seen: HashMap<JobId, Place> = HashMap::new();
         let mut note = |id: JobId, place: Place| {
             if ids.contains(&id) {
@@ -102,11 +136,11 @@ impl RedisQueue {
             }
         };
         if let Some(tenant) = tenant {
-            let backlog = format!("{}backlog:{tenant}", self.keys.prefix);
+            let backlog = self.q.keys.backlog(tenant);
             self.scan_stream(&backlog, "", &mut note).await?;
         }
         self.scan_delayed(&mut note).await?;
-        let jobs = self.keys.jobs.clone();
+        let jobs = self.q.keys.jobs.clone();
         self.scan_stream(&jobs, GROUP, &mut note).await?;
         self.scan_delayed(&mut note).await?;
 
@@ -126,10 +160,10 @@ impl RedisQueue {
         for chunk in unseen.chunks(1_000) {
             let mut pipe = redis::pipe();
             for id in chunk {
-                pipe.cmd("EXISTS").arg(self.keys.result(*id));
+                pipe.cmd("EXISTS").arg(self.q.keys.result_key(*id));
             }
             let exists: Vec<i64> = pipe
-                .query_async(&mut self.connection())
+                .query_async(&mut self.q.connection())
                 .await
                 .map_err(unavailable)?;
             for (id, exists) in chunk.iter().zip(exists) {
@@ -145,20 +179,21 @@ impl RedisQueue {
     }
 
     async fn scan_stream(
-        &self,
+        self,
         stream: &str,
         group: &str,
         note: &mut impl FnMut(JobId, Place),
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), RecoveryError> {
         let mut start = "-".to_owned();
         loop {
-            let reply: Vec<Value> = LOCATE_STREAM
+            let reply: Vec<Value> = SCRIPTS
+                .locate_stream
                 .key(stream)
                 .arg(group)
                 .arg(&start)
                 .arg(PAGE)
                 .arg(ID_PREFIX)
-                .invoke_async(&mut self.connection())
+                .invoke_async(&mut self.q.connection())
                 .await
                 .map_err(unavailable)?;
             let status = reply.first().map(text).unwrap_or_default();
@@ -189,21 +224,22 @@ impl RedisQueue {
         }
     }
 
-    async fn scan_delayed(&self, note: &mut impl FnMut(JobId, Place)) -> Result<(), QueueError> {
+    async fn scan_delayed(self, note: &mut impl FnMut(JobId, Place)) -> Result<(), RecoveryError> {
         let mut start = 0usize;
         loop {
-            let reply: Vec<Value> = LOCATE_DELAYED
-                .key(&self.keys.delayed)
+            let reply: Vec<Value> = SCRIPTS
+                .locate_delayed
+                .key(&self.q.keys.delayed)
                 .arg(start)
                 .arg(PAGE)
                 .arg(ID_PREFIX)
-                .invoke_async(&mut self.connection())
+                .invoke_async(&mut self.q.connection())
                 .await
                 .map_err(unavailable)?;
             let status = reply.first().map(text).unwrap_or_default();
             if status == "wrongtype" {
                 let kind = reply.get(1).map(text).unwrap_or_default();
-                return Err(wrong_type(&self.keys.delayed, &kind, "sorted set"));
+                return Err(wrong_type(&self.q.keys.delayed, &kind, "sorted set"));
             }
             for prefix in reply.get(2..).unwrap_or_default() {
                 if let Some(id) = bytes_of(prefix).as_deref().and_then(job_id_of) {
@@ -217,57 +253,11 @@ impl RedisQueue {
         }
     }
 
-    /// Consumers of the queue's group that claimed (or tried to) within `within`: the
-    /// workers serving the queue now. None when the group is missing.
-    pub async fn live_workers(&self, within: Duration) -> Result<usize, QueueError> {
-        let reply: Result<Value, redis::RedisError> = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(&self.keys.jobs)
-            .arg(GROUP)
-            .query_async(&mut self.connection())
-            .await;
-        let consumers = match reply {
-            Ok(Value::Array(consumers)) => consumers,
-            Ok(_) => return Ok(0),
-            // NOGROUP, or no stream at all: nobody has claimed since Redis lost it.
-            Err(e) if e.code().is_some() => return Ok(0),
-            Err(e) => return Err(unavailable(e)),
-        };
-        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
-        Ok(consumers
-            .iter()
-            .map(flat_pairs)
-            .filter(|c| {
-                c.get("idle")
-                    .and_then(|idle| idle.parse::<u64>().ok())
-                    .is_some_and(|idle| idle <= within)
-            })
-            .count())
-    }
-
     /// Makes sure the job stream and its consumer group exist, as `connect` does: for
     /// long-lived clients (a submitter enqueueing again, a readiness probe) after Redis
     /// lost its data. Idempotent.
-    pub async fn recreate_group(&self) -> Result<(), QueueError> {
-        self.ensure_group().await
-    }
-
-    /// The type of `key` as Redis names it (`none` when it does not exist).
-    pub async fn key_type(&self, key: &str) -> Result<String, QueueError> {
-        redis::cmd("TYPE")
-            .arg(key)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)
-    }
-
-    /// Whether the module is stored (a worker fetching it now would find it).
-    pub async fn module_stored(&self, hash: &ModuleHash) -> Result<bool, QueueError> {
-        redis::cmd("EXISTS")
-            .arg(self.keys.module(hash))
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)
+    pub async fn recreate_group(self) -> Result<(), RecoveryError> {
+        Ok(self.q.ensure_group().await?)
     }
 }
 
@@ -275,7 +265,7 @@ impl RedisQueue {
 mod tests {
     use super::*;
     use crate::codec;
-    use crate::job::{Job, JobInput};
+    use crate::job::{Job, JobInput, ModuleHash};
 
     #[test]
     fn the_id_prefix_decodes() {

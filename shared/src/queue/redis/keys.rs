@@ -1,0 +1,183 @@
+//! Every Redis key Sluice uses, in one place: no key string is built anywhere else.
+//! `docs/redis-protocol.md` describes what each holds.
+//!
+//! A queue's keys share the hash tag `{queue}` (`sluice:{default}:jobs`, …), so a queue
+//! lives on one Redis Cluster slot and its scripts may touch all its keys. The tenant
+//! store spans queues and has its own tag, `{tenants}`.
+
+use crate::job::{JobId, ModuleHash};
+
+/// The tenant store's policies: a hash of tenant → policy JSON.
+pub const TENANT_POLICIES: &str = "sluice:{tenants}:policies";
+/// The tenant store's tokens: a hash of token hash → tenant.
+pub const TENANT_TOKENS: &str = "sluice:{tenants}:tokens";
+
+/// The set of `tenant`'s token hashes (for revocation).
+pub fn tenant_tokens(tenant: &str) -> String {
+    format!("{TENANT_TOKENS}:{tenant}")
+}
+
+/// The keys of one queue: the fixed ones as fields, the per-job, per-module,
+/// per-blob and per-tenant ones as methods.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+    /// The job stream (with the consumer group every worker joins).
+    pub jobs: String,
+    /// The delayed set: envelopes scored by their due time.
+    pub delayed: String,
+    /// The counters hash (`completed`, `retried`, `dead`, …).
+    pub stats: String,
+    /// The completion-notice stream submitters follow.
+    pub done: String,
+    /// The dead-letter stream.
+    pub dead: String,
+    /// Reserved for worker registrations.
+    pub workers: String,
+}
+
+impl Keys {
+    /// The keys of queue `queue`.
+    pub fn new(queue: &str) -> Self {
+        let prefix = format!("sluice:{{{queue}}}:");
+        Keys {
+            jobs: format!("{prefix}jobs"),
+            delayed: format!("{prefix}delayed"),
+            stats: format!("{prefix}stats"),
+            done: format!("{prefix}done"),
+            dead: format!("{prefix}dead"),
+            workers: format!("{prefix}workers"),
+            prefix,
+        }
+    }
+
+    /// `sluice:{queue}:`, which every key of the queue starts with (scripts that build
+    /// per-job keys themselves get it as an argument).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A pattern matching every key of the queue (for `SCAN`).
+    pub fn pattern(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+
+    /// The key a job's result is stored under.
+    pub fn result_key(&self, job: JobId) -> String {
+        format!("{}result:{job}", self.prefix)
+    }
+
+    /// A module's bytes, content-addressed.
+    pub fn module(&self, hash: &ModuleHash) -> String {
+        format!("{}module:{hash}", self.prefix)
+    }
+
+    /// The set of tenants holding a module's bytes.
+    pub fn module_owners(&self, hash: &ModuleHash) -> String {
+        format!("{}:owners", self.module(hash))
+    }
+
+    /// An alias naming a module's hash (an operator's name).
+    pub fn alias(&self, name: &str) -> String {
+        format!("{}alias:{name}", self.prefix)
+    }
+
+    /// A tenant's alias for a module (`alias:<tenant>/<name>`).
+    pub fn tenant_alias(&self, tenant: &str, name: &str) -> String {
+        self.alias(&format!("{tenant}/{name}"))
+    }
+
+    /// The sorted set of a tenant's module holds (hash → hold expiry).
+    pub fn tenant_modules(&self, tenant: &str) -> String {
+        format!("{}modules:{tenant}", self.prefix)
+    }
+
+    /// A blob's meta hash (`len`, `chunks`).
+    pub fn blob_meta(&self, id: &str) -> String {
+        format!("{}blob:{id}", self.prefix)
+    }
+
+    /// A blob's chunk `index`.
+    pub fn blob_chunk(&self, id: &str, index: u64) -> String {
+        format!("{}blob:{id}:{index}", self.prefix)
+    }
+
+    /// The prefix of job records, `job:<id>` after the queue's prefix (for
+    /// `dispatch.lua`, which builds records' keys itself).
+    pub fn job_record_prefix(&self) -> String {
+        format!("{}job:", self.prefix)
+    }
+
+    /// A job's record (hash: `tenant`, `stream`, `entry`, `batch`, `state`, …).
+    pub fn job_record(&self, id: JobId) -> String {
+        format!("{}{id}", self.job_record_prefix())
+    }
+
+    /// A batch's hash (`tenant`, `total`, outcome counters).
+    pub fn batch(&self, id: &str) -> String {
+        format!("{}batch:{id}", self.prefix)
+    }
+
+    /// A batch's list of job ids.
+    pub fn batch_jobs(&self, id: &str) -> String {
+        format!("{}:jobs", self.batch(id))
+    }
+
+    /// A tenant's backlog stream (jobs waiting for admission).
+    pub fn backlog(&self, tenant: &str) -> String {
+        format!("{}backlog:{tenant}", self.prefix)
+    }
+
+    /// The set of tenants with a non-empty backlog.
+    pub fn backlogs(&self) -> String {
+        format!("{}backlogs", self.prefix)
+    }
+
+    /// The set of owned job ids `enqueue_owned.lua` keeps.
+    pub fn owned(&self) -> String {
+        format!("{}owned", self.prefix)
+    }
+
+    /// The dispatcher role's holder (a string with a TTL).
+    pub fn dispatcher(&self) -> String {
+        format!("{}dispatcher", self.prefix)
+    }
+
+    /// The hash of admitted, unsettled jobs (job id → tenant).
+    pub fn admitted(&self) -> String {
+        format!("{}admitted", self.prefix)
+    }
+
+    /// A tenant's stored-bytes usage (hash: time bucket → bytes).
+    pub fn usage(&self, tenant: &str) -> String {
+        format!("{}usage:{tenant}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_queue_carries_its_hash_tag() {
+        let keys = Keys::new("q");
+        let id: JobId = "0190a0a0-0000-7000-8000-000000000000".parse().unwrap();
+        let hash = ModuleHash::of(b"m");
+        for key in [
+            keys.jobs.clone(),
+            keys.result_key(id),
+            keys.module_owners(&hash),
+            keys.tenant_alias("t", "n"),
+            keys.blob_chunk("b", 3),
+            keys.job_record(id),
+            keys.batch_jobs("b"),
+            keys.backlog("t"),
+            keys.usage("t"),
+        ] {
+            assert!(key.starts_with("sluice:{q}:"), "{key}");
+        }
+        assert_eq!(keys.batch_jobs("b"), "sluice:{q}:batch:b:jobs");
+        assert_eq!(keys.tenant_alias("t", "n"), "sluice:{q}:alias:t/n");
+        assert_eq!(tenant_tokens("t"), "sluice:{tenants}:tokens:t");
+    }
+}

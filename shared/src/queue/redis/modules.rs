@@ -1,0 +1,247 @@
+//! The module store: modules' bytes under their content hash, aliases, and tenants'
+//! modules with a lifetime refreshed on use, holders, deletion and a per-tenant count
+//! quota. Everything that touches a module key is here.
+//!
+//! Module bytes stay content-addressed and shared (`sluice:{q}:module:<hash>`): two
+//! tenants uploading the same bytes store them once. Around them:
+//! `sluice:{q}:module:<hash>:owners` (set of the tenants holding the bytes) and
+//! `sluice:{q}:modules:<tenant>` (sorted set: hash → when the tenant's hold expires).
+//! An upload through the API, and every job that names the module, sets the bytes',
+//! the holders', the hold's and the alias's lifetime to the module lifetime again; a
+//! tenant's delete drops its hold (and the alias it named), and the bytes go when the
+//! last holder lets go, or one lifetime after their last use. Modules an operator
+//! stored with `sluice module put` (no lifetime) are never deleted by a tenant.
+
+use std::time::Duration;
+
+use super::RedisQueue;
+use super::error::{StoreError, bad_reply, on_key, unavailable};
+use super::reply::millis;
+use super::scripts::SCRIPTS;
+use crate::job::ModuleHash;
+use crate::queue::QueueError;
+
+/// The module store of a queue (from [`RedisQueue::modules`]).
+#[derive(Clone, Copy)]
+pub struct Modules<'a> {
+    pub(super) q: &'a RedisQueue,
+}
+
+/// Why a module-store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleStoreError {
+    /// The bytes stored under a module's hash do not hash to it: the key is damaged (an
+    /// upload of the real module repairs it). Not an invalid module: do not cache it.
+    #[error("corrupt Redis contents: {key} holds {len} bytes that do not hash to its name")]
+    NotItsHash {
+        /// The module's key.
+        key: String,
+        /// How many bytes it holds.
+        len: usize,
+    },
+    /// Redis failed, a key is corrupt, or a reply was not understood.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ModuleStoreError> for QueueError {
+    fn from(e: ModuleStoreError) -> Self {
+        match e {
+            ModuleStoreError::Store(e) => e.into(),
+            other => QueueError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// What storing a tenant's module did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModulePut {
+    /// Stored (or already stored), held by the tenant, which now holds `held` modules.
+    Stored {
+        /// The module's hash.
+        hash: ModuleHash,
+        /// Modules the tenant holds now.
+        held: u64,
+    },
+    /// The tenant already holds `held` modules, its quota.
+    OverQuota {
+        /// Modules the tenant holds.
+        held: u64,
+    },
+}
+
+/// What a tenant's delete did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleRemoved {
+    /// The tenant held the module (or the alias); false means nothing was deleted.
+    pub held: bool,
+    /// The bytes were deleted (no tenant holds them any more).
+    pub bytes_deleted: bool,
+}
+
+impl Modules<'_> {
+    /// Stores a module's bytes under their hash (and `alias`, if given).
+    pub async fn put(
+        self,
+        wasm: &[u8],
+        alias: Option<&str>,
+    ) -> Result<ModuleHash, ModuleStoreError> {
+        let hash = ModuleHash::of(wasm);
+        let key = self.q.keys.module(&hash);
+        let mut pipe = redis::pipe();
+        // Not NX: the key is content-addressed, so overwriting changes nothing unless
+        // the stored value was damaged, and then an upload repairs it.
+        pipe.cmd("SET").arg(&key).arg(wasm).ignore();
+        if let Some(alias) = alias {
+            pipe.cmd("SET")
+                .arg(self.q.keys.alias(alias))
+                .arg(hash.to_hex())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        Ok(hash)
+    }
+
+    /// A module's bytes, if stored. Bytes that do not hash to `hash` are a corrupt key
+    /// (an error naming it), not a module: callers must not cache them as invalid, since
+    /// an upload of the real module repairs the key.
+    pub async fn get(self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, ModuleStoreError> {
+        let key = self.q.keys.module(hash);
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        match bytes {
+            Some(b) if ModuleHash::of(&b) != *hash => {
+                Err(ModuleStoreError::NotItsHash { key, len: b.len() })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// The hash an alias (or a hash in hex) names.
+    pub async fn resolve(self, name: &str) -> Result<Option<ModuleHash>, ModuleStoreError> {
+        if let Ok(hash) = name.parse::<ModuleHash>() {
+            return Ok(Some(hash));
+        }
+        let key = self.q.keys.alias(name);
+        let hex: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        Ok(hex.and_then(|h| h.parse().ok()))
+    }
+
+    /// Whether the module is stored (a worker fetching it now would find it).
+    pub async fn is_stored(self, hash: &ModuleHash) -> Result<bool, ModuleStoreError> {
+        Ok(redis::cmd("EXISTS")
+            .arg(self.q.keys.module(hash))
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?)
+    }
+
+    /// Stores `wasm` for `tenant` (named `name`, if given) with lifetime `ttl`, unless
+    /// the tenant already holds `max_modules` other modules.
+    pub async fn put_for_tenant(
+        self,
+        tenant: &str,
+        wasm: &[u8],
+        name: Option<&str>,
+        ttl: Duration,
+        max_modules: u32,
+    ) -> Result<ModulePut, ModuleStoreError> {
+        let hash = ModuleHash::of(wasm);
+        let alias = self.q.keys.tenant_alias(tenant, name.unwrap_or(""));
+        let reply: Vec<u64> = SCRIPTS
+            .module_put
+            .key(self.q.keys.module(&hash))
+            .key(self.q.keys.module_owners(&hash))
+            .key(self.q.keys.tenant_modules(tenant))
+            .key(alias)
+            .arg(tenant)
+            .arg(hash.to_hex())
+            .arg(wasm)
+            .arg(millis(ttl))
+            .arg(max_modules)
+            .arg(if name.is_some() { "1" } else { "0" })
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [1, held] => Ok(ModulePut::Stored { hash, held: *held }),
+            [0, held] => Ok(ModulePut::OverQuota { held: *held }),
+            other => Err(bad_reply(format!("module_put.lua answered {other:?}")).into()),
+        }
+    }
+
+    /// A job of `tenant` is about to use module `hash` (named `name`, if by alias):
+    /// its lifetime starts again. Returns whether the module is stored.
+    pub async fn touch(
+        self,
+        tenant: &str,
+        hash: &ModuleHash,
+        name: Option<&str>,
+        ttl: Duration,
+    ) -> Result<bool, ModuleStoreError> {
+        let stored: i64 = SCRIPTS
+            .module_touch
+            .key(self.q.keys.module(hash))
+            .key(self.q.keys.module_owners(hash))
+            .key(self.q.keys.tenant_modules(tenant))
+            .key(self.q.keys.tenant_alias(tenant, name.unwrap_or("")))
+            .arg(millis(ttl))
+            .arg(hash.to_hex())
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(stored == 1)
+    }
+
+    /// `tenant` lets go of module `hash`, named by alias `name` if given.
+    pub async fn remove_for_tenant(
+        self,
+        tenant: &str,
+        hash: &ModuleHash,
+        name: Option<&str>,
+    ) -> Result<ModuleRemoved, ModuleStoreError> {
+        let reply: Vec<u64> = SCRIPTS
+            .module_rm
+            .key(self.q.keys.module(hash))
+            .key(self.q.keys.module_owners(hash))
+            .key(self.q.keys.tenant_modules(tenant))
+            .key(self.q.keys.tenant_alias(tenant, name.unwrap_or("")))
+            .arg(tenant)
+            .arg(hash.to_hex())
+            .arg(if name.is_some() { "1" } else { "0" })
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [held, deleted] => Ok(ModuleRemoved {
+                held: *held == 1,
+                bytes_deleted: *deleted == 1,
+            }),
+            other => Err(bad_reply(format!("module_rm.lua answered {other:?}")).into()),
+        }
+    }
+
+    /// The operator's delete (`sluice module rm`): a hash deletes the bytes (whoever
+    /// holds them), a name deletes that alias. Returns whether anything was deleted.
+    pub async fn remove(self, name_or_hash: &str) -> Result<bool, ModuleStoreError> {
+        let keys = match name_or_hash.parse::<ModuleHash>() {
+            Ok(hash) => vec![self.q.keys.module(&hash), self.q.keys.module_owners(&hash)],
+            Err(_) => vec![self.q.keys.alias(name_or_hash)],
+        };
+        let deleted: u64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted > 0)
+    }
+}

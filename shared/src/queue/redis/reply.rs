@@ -1,0 +1,120 @@
+//! Reading Redis replies: stream entries, flat field lists, counts and text.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Value;
+
+use super::error::{StoreError, bad_reply};
+
+/// A duration as whole milliseconds for Redis, at least 1 (0 often means "forever").
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A reply's bytes, for strings and integers.
+pub(crate) fn bytes_of(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// A reply as text, for strings, integers and `OK`.
+pub(crate) fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Okay => Some("OK".to_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// A short, printable excerpt of text taken from Redis, for logs and errors.
+pub(crate) fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().filter(|c| !c.is_control()).take(128).collect();
+    if s.chars().count() > 128 {
+        out.push('…');
+    }
+    out
+}
+
+/// An integer reply (or a numeric string, as `HGET` returns counters); 0 otherwise.
+pub(crate) fn count_of(v: &Value) -> u64 {
+    match v {
+        Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A stream entry's field-value pairs.
+pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// `[k, v, k, v, …]` as pairs of bytes.
+pub(crate) fn field_pairs(v: Option<&Value>) -> Fields {
+    let mut fields = Vec::new();
+    if let Some(Value::Array(kv)) = v {
+        for pair in kv.chunks(2) {
+            if let [k, v] = pair
+                && let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v))
+            {
+                fields.push((k, v));
+            }
+        }
+    }
+    fields
+}
+
+/// `[[id, [k, v, …]], …]` → `(id, [(k, v), …])`; an entry deleted while pending (nil
+/// fields) comes back with no fields, and so decodes as a missing envelope.
+pub(crate) fn parse_entries(v: &Value) -> Result<Vec<(String, Fields)>, StoreError> {
+    let Value::Array(entries) = v else {
+        return Err(bad_reply(format!("stream entries: {v:?}")));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let Some(id) = parts.first().and_then(bytes_of) else {
+            continue;
+        };
+        let id = String::from_utf8_lossy(&id).into_owned();
+        out.push((id, field_pairs(parts.get(1))));
+    }
+    Ok(out)
+}
+
+/// A flat `[k, v, k, v]` (or a map) reply as text.
+pub(crate) fn flat_pairs(v: &Value) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut put = |k: &Value, v: &Value| {
+        if let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v)) {
+            out.insert(
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            );
+        }
+    };
+    match v {
+        Value::Array(kv) => {
+            for pair in kv.chunks(2) {
+                if let [k, v] = pair {
+                    put(k, v);
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                put(k, v);
+            }
+        }
+        _ => {}
+    }
+    out
+}

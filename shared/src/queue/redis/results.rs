@@ -1,0 +1,370 @@
+//! What became of jobs: completion notices (the `done` stream submitters follow),
+//! stored results, job and batch records (who owns a job, where its entry is, which
+//! batch it belongs to; the HTTP API answers only a job's own tenant from these), a
+//! batch's progress from its outcome counters, and cancelling a job not yet claimed.
+//!
+//! Keys: `sluice:{q}:done` (stream of `job id → outcome kind`), `sluice:{q}:result:<id>`,
+//! `sluice:{q}:job:<id>` (hash: `tenant`, `stream`, `entry`, `batch`, `state`,
+//! `limits`, `outcome`), `sluice:{q}:batch:<id>` (hash: `tenant`, `total`, `n:<kind>`
+//! counters) and `sluice:{q}:batch:<id>:jobs` (list of job ids); all expire with the
+//! result TTL.
+//!
+//! `complete.lua` and `dead.lua` count a job's final outcome in its batch hash and note
+//! it in the job's record in the same script that stores the result, once per job
+//! (results are never replaced; `dlq_retry.lua` takes the count back with the failure
+//! it deletes). Reading a batch's status is then one `HGETALL` and one `HGET` per job,
+//! never a decoded result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use redis::Value;
+
+use super::error::{StoreError, bad_reply, on_key, unavailable};
+use super::reply::{millis, parse_entries};
+use super::scripts::SCRIPTS;
+use super::{GROUP, RedisQueue};
+use crate::codec;
+use crate::job::JobId;
+use crate::outcome::{JobResult, OutcomeKind};
+use crate::queue::QueueError;
+
+/// Completion notices, stored results and job records of a queue (from
+/// [`RedisQueue::results`]).
+#[derive(Clone, Copy)]
+pub struct Results<'a> {
+    pub(super) q: &'a RedisQueue,
+}
+
+/// Why reading notices, results or records failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    /// A stored result does not decode (a damaged or foreign value under its key).
+    #[error("corrupt Redis contents: stored result {key}: {reason}")]
+    BadResult {
+        /// The result's key.
+        key: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+    /// Redis failed, a key is corrupt, or a reply was not understood.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ResultsError> for QueueError {
+    fn from(e: ResultsError) -> Self {
+        match e {
+            ResultsError::Store(e) => e.into(),
+            other => QueueError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// What the record of a job says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    /// The tenant that owns the job.
+    pub tenant: String,
+    /// The stream its entry is in: its tenant's backlog, or the shared job stream.
+    pub stream: String,
+    /// The entry's id in that stream.
+    pub entry: String,
+    /// The batch it was submitted in, if any.
+    pub batch: Option<String>,
+    /// Whether it was cancelled.
+    pub cancelled: bool,
+    /// The limits the job was enqueued with (JSON).
+    pub limits: String,
+}
+
+/// What a cancel did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Removed before any worker claimed it.
+    Yes,
+    /// A worker is running it.
+    Running,
+    /// It finished, was cancelled before, or is unknown.
+    Gone,
+}
+
+/// The counter field prefix in a batch hash.
+const COUNTER: &str = "n:";
+
+/// What a batch's counters say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// The tenant that owns the batch.
+    pub tenant: String,
+    /// Jobs submitted in the batch.
+    pub total: u64,
+    /// Finished jobs per outcome kind, each job counted once.
+    pub by_outcome: BTreeMap<String, u64>,
+    /// Each job of the batch, in submission order, with its outcome once finished.
+    pub jobs: Vec<(JobId, Option<OutcomeKind>)>,
+}
+
+impl BatchCounts {
+    /// Finished jobs.
+    pub fn done(&self) -> u64 {
+        self.by_outcome.values().sum()
+    }
+}
+
+fn kind_named(name: &str) -> Option<OutcomeKind> {
+    OutcomeKind::ALL.into_iter().find(|k| k.as_str() == name)
+}
+
+impl Results<'_> {
+    /// A position in the completion-notice stream meaning "now": notices from it on are
+    /// those of completions after this call (stream ids are the server's clock).
+    pub async fn notices_from_now(self) -> Result<String, StoreError> {
+        Ok(format!("{}-0", self.q.server_time_ms().await?))
+    }
+
+    /// Completion notices after stream id `after` (`"0"` for all, `"$"` for new ones),
+    /// waiting up to `block`: the last id read and each `(job id, outcome kind)`.
+    pub async fn completions(
+        self,
+        after: &str,
+        block: Duration,
+    ) -> Result<(String, Vec<(JobId, OutcomeKind)>), ResultsError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(10_000)
+            .arg("BLOCK")
+            .arg(millis(block))
+            .arg("STREAMS")
+            .arg(&self.q.keys.done)
+            .arg(after);
+        let reply = self
+            .q
+            .blocking
+            .query(&cmd, Some(block))
+            .await
+            .map_err(on_key(&self.q.keys.done))?;
+        let mut last = after.to_owned();
+        let mut notices = Vec::new();
+        let streams = match reply {
+            Value::Nil => return Ok((last, notices)),
+            Value::Array(streams) => streams,
+            Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
+            other => return Err(bad_reply(format!("XREAD reply: {other:?}")).into()),
+        };
+        for stream in streams {
+            let Value::Array(parts) = &stream else {
+                continue;
+            };
+            let Some(entries) = parts.get(1) else {
+                continue;
+            };
+            for (id, fields) in parse_entries(entries)? {
+                for (job, kind) in fields {
+                    let job = std::str::from_utf8(&job).ok().and_then(|s| s.parse().ok());
+                    let kind = std::str::from_utf8(&kind)
+                        .ok()
+                        .and_then(|k| OutcomeKind::ALL.into_iter().find(|c| c.as_str() == k));
+                    if let (Some(job), Some(kind)) = (job, kind) {
+                        notices.push((job, kind));
+                    }
+                }
+                last = id;
+            }
+        }
+        Ok((last, notices))
+    }
+
+    /// The stored results of `ids` (read in batches of 500); missing ones are skipped.
+    pub async fn fetch(self, ids: &[JobId]) -> Result<Vec<JobResult>, ResultsError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.q.keys.result_key(*id)).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            for (key, bytes) in keys.into_iter().zip(values) {
+                let Some(bytes) = bytes else { continue };
+                let result: JobResult =
+                    codec::decode_value(&bytes).map_err(|e| ResultsError::BadResult {
+                        key,
+                        reason: e.to_string(),
+                    })?;
+                out.push(result);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A job's record, if it exists.
+    pub async fn job_record(self, id: JobId) -> Result<Option<JobRecord>, ResultsError> {
+        let key = self.q.keys.job_record(id);
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        let Some(tenant) = fields.get("tenant") else {
+            return Ok(None);
+        };
+        Ok(Some(JobRecord {
+            tenant: tenant.clone(),
+            stream: fields.get("stream").cloned().unwrap_or_default(),
+            entry: fields.get("entry").cloned().unwrap_or_default(),
+            batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
+            cancelled: fields.get("state").is_some_and(|s| s == "cancelled"),
+            limits: fields.get("limits").cloned().unwrap_or_default(),
+        }))
+    }
+
+    /// Whether a worker holds the job's entry now (a job still in its backlog does not).
+    pub async fn is_running(self, record: &JobRecord) -> Result<bool, ResultsError> {
+        if record.stream != self.q.keys.jobs {
+            return Ok(false);
+        }
+        let entry = &record.entry;
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(&self.q.keys.jobs)
+            .arg(GROUP)
+            .arg(entry)
+            .arg(entry)
+            .arg(1)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(matches!(pending, redis::Value::Array(rows) if !rows.is_empty()))
+    }
+
+    /// Cancels a job that no worker has claimed yet.
+    pub async fn cancel(self, id: JobId) -> Result<Cancelled, ResultsError> {
+        let answer: String = SCRIPTS
+            .cancel
+            .key(&self.q.keys.jobs)
+            .key(self.q.keys.job_record(id))
+            .arg(GROUP)
+            .arg(self.q.keys.prefix())
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(match answer.as_str() {
+            "cancelled" => Cancelled::Yes,
+            "running" => Cancelled::Running,
+            _ => Cancelled::Gone,
+        })
+    }
+
+    /// A batch's tenant and job ids, if it exists.
+    pub async fn batch(self, id: &str) -> Result<Option<(String, Vec<JobId>)>, ResultsError> {
+        let key = self.q.keys.batch(id);
+        let tenant: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("tenant")
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        let Some(tenant) = tenant else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.q.keys.batch_jobs(id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(Some((
+            tenant,
+            ids.iter().filter_map(|i| i.parse().ok()).collect(),
+        )))
+    }
+
+    /// Batch `id`'s counters, if it exists and belongs to `tenant` (another tenant's
+    /// batch reads as missing, and costs no more than a missing one).
+    pub async fn batch_counts(
+        self,
+        id: &str,
+        tenant: &str,
+    ) -> Result<Option<BatchCounts>, ResultsError> {
+        // Batch ids are UUIDs; anything else (`<id>:jobs`, say) names another key.
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Ok(None);
+        }
+        let key = self.q.keys.batch(id);
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        if field("tenant").is_none_or(|owner| owner != tenant) {
+            return Ok(None);
+        }
+        let mut by_outcome = BTreeMap::new();
+        for (name, value) in &fields {
+            if let Some(kind) = name.strip_prefix(COUNTER).and_then(kind_named) {
+                // A counter that is not a number was not written by Sluice; it counts 0.
+                let n: i64 = value.parse().unwrap_or(0);
+                if n > 0 {
+                    by_outcome.insert(kind.as_str().to_owned(), n as u64);
+                }
+            }
+        }
+        let list = self.q.keys.batch_jobs(id);
+        let ids: Vec<String> = redis::cmd("LRANGE")
+            .arg(&list)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&list))?;
+        let ids: Vec<JobId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+        let mut jobs = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for job in chunk {
+                pipe.cmd("HGET")
+                    .arg(self.q.keys.job_record(*job))
+                    .arg("outcome");
+            }
+            let outcomes: Vec<Result<Option<String>, redis::RedisError>> = pipe
+                .ignore_errors()
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            for (job, outcome) in chunk.iter().zip(outcomes) {
+                // A corrupt record hides that job's outcome, not the batch's.
+                let kind = outcome.ok().flatten().as_deref().and_then(kind_named);
+                jobs.push((*job, kind));
+            }
+        }
+        Ok(Some(BatchCounts {
+            tenant: tenant.to_owned(),
+            total: field("total")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(ids.len() as u64),
+            by_outcome,
+            jobs,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::codec;
+    use crate::job::JobId;
+    use crate::outcome::{JobResult, Outcome};
+
+    /// `dlq_retry.lua` tells a stored success from a failure by byte 18 of the result
+    /// (version, id length, 16 id bytes, then the outcome's variant): this pins that.
+    #[test]
+    fn a_stored_success_has_variant_zero_at_byte_18() {
+        let id = JobId(uuid::Uuid::now_v7());
+        let success = codec::encode_value(&JobResult::without_run(id, Outcome::Success, 1));
+        assert_eq!(success[18], 0);
+        let failed = codec::encode_value(&JobResult::without_run(id, Outcome::Timeout, 1));
+        assert_ne!(failed[18], 0);
+        assert_eq!(&success[2..18], id.0.as_bytes());
+    }
+}

@@ -1,0 +1,87 @@
+//! Every Lua script Sluice runs, each built once per process (`Script::new` hashes its
+//! source; `EVALSHA` then sends only the hash). The scripts themselves live in
+//! `scripts/*.lua`, each with its KEYS, ARGV and atomicity argument in its header.
+//!
+//! Scripts that move a job have `scripts/check.lua` prepended: its helpers check every
+//! key the script will write and answer `CORRUPT <what>` before the first write when
+//! one is foreign.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// The scripts, by the file each comes from.
+pub(crate) struct Scripts {
+    /// `promote.lua`: due delayed jobs onto the job stream (or their tenant's backlog).
+    pub promote: Script,
+    /// `takeover.lua`: entries idle past their lease, with their delivery counts.
+    pub takeover: Script,
+    /// `owner.lua`: renews a lease if still held.
+    pub owner: Script,
+    /// `complete.lua`: stores a batch of results and removes their entries.
+    pub complete: Script,
+    /// `retry.lua`: removes an entry and delays its next attempt.
+    pub retry: Script,
+    /// `dead.lua`: removes an entry and records it as dead with its result.
+    pub dead: Script,
+    /// `release.lua`: gives an entry back at once as a fresh entry.
+    pub release: Script,
+    /// `dlq_retry.lua`: dead letters back onto the queue, a page at a time.
+    pub dlq_retry: Script,
+    /// `enqueue_owned.lua`: a tenant's jobs into its backlog, with their records.
+    pub enqueue_owned: Script,
+    /// `cancel.lua`: removes a job no worker has claimed.
+    pub cancel: Script,
+    /// `issue.lua`: stores a new token's hash for a tenant.
+    pub issue: Script,
+    /// `revoke.lua`: revokes every token of a tenant.
+    pub revoke: Script,
+    /// `hold.lua`: takes or renews the dispatcher role.
+    pub hold: Script,
+    /// `unhold.lua`: gives up the dispatcher role.
+    pub unhold: Script,
+    /// `dispatch.lua`: admits a tenant's oldest backlog jobs onto the job stream.
+    pub dispatch: Script,
+    /// `quota_stored.lua`: counts stored bytes against a tenant's quota.
+    pub quota_stored: Script,
+    /// `module_put.lua`: stores a tenant's module and its hold.
+    pub module_put: Script,
+    /// `module_touch.lua`: restarts a tenant's module's lifetime.
+    pub module_touch: Script,
+    /// `module_rm.lua`: drops a tenant's hold on a module.
+    pub module_rm: Script,
+    /// `locate_stream.lua`: a page of job ids from a stream, with whether each is pending.
+    pub locate_stream: Script,
+    /// `locate_delayed.lua`: a page of job ids from the delayed set.
+    pub locate_delayed: Script,
+}
+
+/// A script with the key checks of `check.lua` in front (see that file).
+fn checked(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("scripts/check.lua")))
+}
+
+/// The one set of scripts of this process.
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    promote: Script::new(include_str!("scripts/promote.lua")),
+    takeover: checked(include_str!("scripts/takeover.lua")),
+    owner: checked(include_str!("scripts/owner.lua")),
+    complete: checked(include_str!("scripts/complete.lua")),
+    retry: checked(include_str!("scripts/retry.lua")),
+    dead: checked(include_str!("scripts/dead.lua")),
+    release: Script::new(include_str!("scripts/release.lua")),
+    dlq_retry: checked(include_str!("scripts/dlq_retry.lua")),
+    enqueue_owned: checked(include_str!("scripts/enqueue_owned.lua")),
+    cancel: checked(include_str!("scripts/cancel.lua")),
+    issue: checked(include_str!("scripts/issue.lua")),
+    revoke: checked(include_str!("scripts/revoke.lua")),
+    hold: Script::new(include_str!("scripts/hold.lua")),
+    unhold: Script::new(include_str!("scripts/unhold.lua")),
+    dispatch: Script::new(include_str!("scripts/dispatch.lua")),
+    quota_stored: Script::new(include_str!("scripts/quota_stored.lua")),
+    module_put: Script::new(include_str!("scripts/module_put.lua")),
+    module_touch: Script::new(include_str!("scripts/module_touch.lua")),
+    module_rm: Script::new(include_str!("scripts/module_rm.lua")),
+    locate_stream: Script::new(include_str!("scripts/locate_stream.lua")),
+    locate_delayed: Script::new(include_str!("scripts/locate_delayed.lua")),
+});
