@@ -33,12 +33,17 @@ pub(super) fn policy_from(body: Option<TenantPolicy>) -> ApiResult<TenantPolicy>
     Ok(policy)
 }
 
+/// A tenant's name from a path: 404 for a name that cannot be a tenant's (no tenant
+/// has it), rather than a 400 for the name's form.
+fn tenant_path(name: &str) -> ApiResult<&str> {
+    sluice_shared::tenant::validate_name(name).map_err(|_| ApiError::not_found("tenant"))?;
+    Ok(name)
+}
+
 /// An existing tenant's name from a path: 404 for a name that cannot be a tenant's or
 /// names none.
 pub(super) async fn existing_tenant(api: &Api, name: &str) -> ApiResult<TenantPolicy> {
-    if sluice_shared::tenant::validate_name(name).is_err() {
-        return Err(ApiError::not_found("tenant"));
-    }
+    tenant_path(name)?;
     api.queue
         .tenants()
         .policy(name)
@@ -76,8 +81,8 @@ pub(super) async fn admin_issue_token(
     _: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    existing_tenant(&api, &name).await?;
-    let token = api.queue.tenants().issue_token(&name).await?;
+    // A tenant that does not exist is the store's `TenantError::NotFound`: a 404.
+    let token = api.queue.tenants().issue_token(tenant_path(&name)?).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "tenant": name, "token": token })),
@@ -106,7 +111,9 @@ pub(super) async fn admin_set_policy(
     let policy: TenantPolicy = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("policy body: {e}")))?;
     let policy = policy_from(Some(policy))?;
-    existing_tenant(&api, &name).await?;
-    api.queue.tenants().set_policy(&name, &policy).await?;
+    api.queue
+        .tenants()
+        .set_policy(tenant_path(&name)?, &policy)
+        .await?;
     Ok(axum::Json(json!({ "tenant": name, "policy": policy })).into_response())
 }
