@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue, Reservation};
 use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, TenantPolicy};
 use tokio::runtime::Handle;
@@ -16,12 +17,6 @@ use crate::sandbox::{LoadedModule, Sandbox};
 
 /// The URI scheme of an input stored as a blob in the queue's Redis.
 pub const BLOB_URI_PREFIX: &str = "blob:";
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Output of one job: kept in memory while small, spilled to a chunked blob once it
 /// passes the inline limit, so a large output never sits in worker memory.
@@ -111,7 +106,7 @@ impl RedisOutput {
 
 impl Write for RedisOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let state = &mut *state;
         if state.blob.is_none() {
             if state.inline.len() + buf.len() <= self.queue.config().inline_limit {
@@ -180,7 +175,7 @@ impl RedisEnv {
 impl RedisEnv {
     /// The tenant's policy (the fleet default for a tenant without one).
     fn policy(&self, tenant: &str) -> Result<TenantPolicy, Outcome> {
-        if let Some((read_at, policy)) = lock(&self.policies).get(tenant)
+        if let Some((read_at, policy)) = self.policies.lock().get(tenant)
             && read_at.elapsed() < POLICY_CACHE_FOR
         {
             return Ok(policy.clone());
@@ -192,7 +187,9 @@ impl RedisEnv {
                 reason: format!("reading the policy of tenant {tenant}: {e}"),
             })?
             .unwrap_or_default();
-        lock(&self.policies).insert(tenant.to_owned(), (Instant::now(), policy.clone()));
+        self.policies
+            .lock()
+            .insert(tenant.to_owned(), (Instant::now(), policy.clone()));
         Ok(policy)
     }
 }
@@ -210,7 +207,7 @@ impl JobEnv for RedisEnv {
     }
 
     fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome> {
-        if let Some(known) = lock(&self.modules).get(hash) {
+        if let Some(known) = self.modules.lock().get(hash) {
             return known.clone();
         }
         let bytes = self
@@ -229,7 +226,7 @@ impl JobEnv for RedisEnv {
                 reason: format!("stored bytes of module {hash} do not match its hash"),
             })
         };
-        lock(&self.modules).insert(*hash, loaded.clone());
+        self.modules.lock().insert(*hash, loaded.clone());
         loaded
     }
 
@@ -266,12 +263,17 @@ impl JobEnv for RedisEnv {
                 refused: OnceLock::new(),
             }),
         };
-        lock(&self.outputs).insert((job.id, std::thread::current().id()), output.clone());
+        self.outputs
+            .lock()
+            .insert((job.id, std::thread::current().id()), output.clone());
         Ok(Box::new(output))
     }
 
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome> {
-        let Some(output) = lock(&self.outputs).remove(&(job.id, std::thread::current().id()))
+        let Some(output) = self
+            .outputs
+            .lock()
+            .remove(&(job.id, std::thread::current().id()))
         else {
             return Ok(());
         };
@@ -296,7 +298,7 @@ impl JobEnv for RedisEnv {
             ));
             return Ok(());
         }
-        let mut state = lock(&output.state);
+        let mut state = output.state.lock();
         let stored = match &state.blob {
             None => state.inline.len() as u64,
             Some(_) => state.blob_len,

@@ -17,13 +17,16 @@ pub struct WorkerMetrics {
     pub running: IntGauge,
     /// `sluice_job_fuel_consumed_total`: fuel of metered runs.
     pub fuel: IntCounter,
-    /// `sluice_job_input_bytes_total` / `sluice_job_output_bytes_total`.
+    /// `sluice_job_input_bytes_total`: input bytes the guests read.
     pub input_bytes: IntCounter,
+    /// `sluice_job_output_bytes_total`: output bytes the guests wrote.
     pub output_bytes: IntCounter,
-    /// `sluice_job_retries_total`, `sluice_job_dead_letters_total`,
-    /// `sluice_job_duplicates_total`: what happened after a run.
+    /// `sluice_job_retries_total`: failed runs that will run again.
     pub retries: IntCounter,
+    /// `sluice_job_dead_letters_total`: jobs given up into the dead letters.
     pub dead_letters: IntCounter,
+    /// `sluice_job_duplicates_total`: results dropped because another delivery of the
+    /// same job finished first.
     pub duplicates: IntCounter,
     /// `sluice_queue_errors_total`: queue operations that failed (Redis away).
     pub queue_errors: IntCounter,
