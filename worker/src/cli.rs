@@ -1,5 +1,6 @@
 //! Command-line pieces shared by `sluice-worker run` and `sluice batch`, so both take
-//! the same limit flags with the same units and defaults.
+//! the same limit flags with the same units and defaults, and how both services learn
+//! to shut down.
 
 use std::time::Duration;
 
@@ -91,6 +92,19 @@ pub async fn terminated() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C, for [`crate::fleet::serve`]; must be called
+/// inside the tokio runtime.
+pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        terminated().await;
+        tracing::info!("shutting down: no new claims, draining jobs in flight");
+        cancel.cancel();
+    });
+    shutdown
 }
 
 #[cfg(test)]

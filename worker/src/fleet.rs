@@ -1,5 +1,16 @@
 //! The fleet worker: the worker loop on the Redis queue, with modules, inputs and
 //! outputs in Redis, and a `/metrics` endpoint.
+//!
+//! - [`config`]: the `serve` settings ([`FleetArgs`] as given, [`FleetConfig`] checked).
+//! - [`serve()`]: connect, build the sandbox, start the metrics endpoint, run the loop.
+//! - [`RedisEnv`] (here): the [`JobEnv`] that reads modules and inputs from Redis and
+//!   stores outputs there, counted against the tenant's quota.
+
+pub mod config;
+mod serve;
+
+pub use config::{ConfigError, FleetArgs, FleetConfig};
+pub use serve::{ServeError, serve};
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -382,31 +393,4 @@ fn refuse_stored(quota: &StoredQuota, used: u64, result: &mut JobResult) {
     .into_bytes();
     stderr.append(&mut result.stderr);
     result.stderr = stderr;
-}
-
-/// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown`.
-pub async fn serve_metrics(
-    addr: std::net::SocketAddr,
-    metrics: WorkerMetrics,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [("content-type", sluice_shared::metrics::CONTENT_TYPE)],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }

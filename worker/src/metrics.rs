@@ -1,4 +1,5 @@
-//! Every metric the worker exports, declared in one place (listed in `docs/metrics.md`).
+//! Every metric the worker exports, declared in one place (listed in `docs/metrics.md`),
+//! and the endpoint that serves them.
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
 //! `_bytes`; the only label is the outcome kind, a closed set of 15 values.
 
@@ -140,4 +141,31 @@ impl Default for WorkerMetrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown`.
+pub async fn serve_endpoint(
+    addr: std::net::SocketAddr,
+    metrics: WorkerMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [("content-type", sluice_shared::metrics::CONTENT_TYPE)],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
