@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use std::time::Duration;
 
 type Task = Box<dyn FnOnce() + Send>;
 
