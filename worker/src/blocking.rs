@@ -8,8 +8,10 @@
 //! behind them; idle helpers exit after a while, so a burst costs nothing afterwards.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
 
 type Task = Box<dyn FnOnce() + Send>;
 
@@ -36,13 +38,6 @@ static POOL: LazyLock<Pool> = LazyLock::new(|| Pool {
     wake: Condvar::new(),
 });
 
-fn lock(pool: &Pool) -> MutexGuard<'_, State> {
-    // The state is a queue and a counter; a panic in a task never holds this lock.
-    pool.state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Why a helper could not be started.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start a host I/O helper thread: {0}")]
@@ -51,7 +46,7 @@ pub struct SpawnFailed(#[from] std::io::Error);
 /// Runs `task` on a helper thread.
 pub fn spawn(task: impl FnOnce() + Send + 'static) -> Result<(), SpawnFailed> {
     let pool = &*POOL;
-    let mut state = lock(pool);
+    let mut state = pool.state.lock();
     state.queue.push_back(Box::new(task));
     if state.queue.len() <= state.idle {
         pool.wake.notify_one();
@@ -70,21 +65,17 @@ pub fn spawn(task: impl FnOnce() + Send + 'static) -> Result<(), SpawnFailed> {
 
 fn helper() {
     let pool = &*POOL;
-    let mut state = lock(pool);
+    let mut state = pool.state.lock();
     loop {
         if let Some(task) = state.queue.pop_front() {
             drop(state);
             // A panicking task must not take the helper (and its queue share) down.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
-            state = lock(pool);
+            state = pool.state.lock();
             continue;
         }
         state.idle += 1;
-        let (next, waited) = pool
-            .wake
-            .wait_timeout(state, IDLE_EXIT)
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        state = next;
+        let waited = pool.wake.wait_for(&mut state, IDLE_EXIT);
         state.idle -= 1;
         if waited.timed_out() && state.queue.is_empty() {
             return;

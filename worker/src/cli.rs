@@ -1,10 +1,12 @@
 //! Command-line pieces shared by `sluice-worker run` and `sluice batch`, so both take
-//! the same limit flags with the same units and defaults.
+//! the same limit flags with the same units and defaults, and how both services learn
+//! to shut down.
 
 use std::time::Duration;
 
 use clap::Args;
-use sluice_shared::units::{UnitError, parse_duration, parse_size};
+use sluice_shared::parse::env_pair;
+use sluice_shared::units::{UnitError, millis_at_least_one, parse_duration, parse_size};
 use sluice_shared::{EntryPoint, Limits};
 
 fn size(s: &str) -> Result<u64, UnitError> {
@@ -13,13 +15,6 @@ fn size(s: &str) -> Result<u64, UnitError> {
 
 fn duration(s: &str) -> Result<Duration, UnitError> {
     parse_duration(s)
-}
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 /// The limits and guest environment of a job, as flags.
@@ -39,7 +34,7 @@ pub struct GuestArgs {
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
     pub max_output: u64,
     /// An environment variable for the guest (repeatable); the guest sees no others.
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = key_value)]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = env_pair)]
     pub env: Vec<(String, String)>,
     /// Grant a host directory to the guest as HOST::GUEST (repeatable; never `/`).
     #[arg(long = "dir", value_name = "HOST::GUEST")]
@@ -49,8 +44,8 @@ pub struct GuestArgs {
     pub read_only_dirs: bool,
     /// Call this raw-ABI transform export instead of the WASI command's `_start`
     /// (the default is `_start` if exported, else `process`).
-    #[arg(long, value_name = "EXPORT")]
-    pub invoke: Option<String>,
+    #[arg(long, value_name = "EXPORT", value_parser = |s: &str| s.parse::<EntryPoint>())]
+    pub invoke: Option<EntryPoint>,
 }
 
 impl GuestArgs {
@@ -59,21 +54,14 @@ impl GuestArgs {
         Limits {
             fuel: self.fuel,
             memory_bytes: self.memory,
-            timeout_ms: u64::try_from(self.timeout.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            timeout_ms: millis_at_least_one(self.timeout),
             max_output_bytes: self.max_output,
         }
     }
 
     /// The entry point `--invoke` names, if any.
     pub fn entry(&self) -> Option<EntryPoint> {
-        self.invoke.as_ref().map(|export| match export.as_str() {
-            "_start" => EntryPoint::Command,
-            other => EntryPoint::Raw {
-                export: other.to_owned(),
-            },
-        })
+        self.invoke.clone()
     }
 }
 
@@ -91,6 +79,19 @@ pub async fn terminated() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C, for [`crate::fleet::serve`]; must be called
+/// inside the tokio runtime.
+pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        terminated().await;
+        tracing::info!("shutting down: no new claims, draining jobs in flight");
+        cancel.cancel();
+    });
+    shutdown
 }
 
 #[cfg(test)]

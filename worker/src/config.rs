@@ -168,21 +168,29 @@ impl Default for SandboxConfig {
 /// A host directory made visible to guests at `guest_path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirGrant {
+    /// The directory on the host (canonical, never `/`).
     pub host_path: PathBuf,
+    /// Where the guest sees it.
     pub guest_path: String,
+    /// Whether the guest may only read it.
     pub read_only: bool,
 }
 
 /// Why a directory cannot be granted.
 #[derive(Debug, thiserror::Error)]
 pub enum DirGrantError {
+    /// The text is not `HOST::GUEST` (or `HOST`).
     #[error("a grant is HOST::GUEST (e.g. ./data::/data), got {0:?}")]
     Syntax(String),
+    /// The host directory cannot be resolved.
     #[error("cannot grant {path:?}: {source}")]
     Unreadable {
+        /// The host path as given.
         path: PathBuf,
+        /// Why it cannot be resolved.
         source: std::io::Error,
     },
+    /// The host path is `/`.
     #[error("refusing to grant the host's root directory to a guest")]
     Root,
 }

@@ -19,9 +19,11 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+use sluice_shared::backoff::Backoff;
 use sluice_shared::queue::{Completion, ReleaseKind};
 use sluice_shared::{
     Claimed, Job, JobId, JobResult, Lease, ModuleHash, Outcome, Queue, QueueError, RetryPolicy,
@@ -145,7 +147,12 @@ pub enum ExecutorError {
         "{stuck} runs are stuck past their deadline and the watchdog grace (at most {bound} tolerated); \
          stopped claiming so that a restart frees their threads and sandbox slots"
     )]
-    TooManyStuck { stuck: usize, bound: usize },
+    TooManyStuck {
+        /// Runs stuck when the loop stopped.
+        stuck: usize,
+        /// The most the config tolerates ([`ExecutorConfig::stuck_bound`]).
+        bound: usize,
+    },
 }
 
 /// When a run began, shared between its task and its blocking thread: the watchdog's
@@ -205,7 +212,7 @@ struct Shared {
 
 impl Shared {
     fn recorded(&self, entry_id: &str) {
-        lock(&self.in_flight).remove(entry_id);
+        self.in_flight.lock().remove(entry_id);
         self.recorded.notify_waiters();
     }
 
@@ -214,7 +221,7 @@ impl Shared {
             let recorded = self.recorded.notified();
             tokio::pin!(recorded);
             recorded.as_mut().enable();
-            if lock(&self.in_flight).is_empty() {
+            if self.in_flight.lock().is_empty() {
                 return;
             }
             recorded.await;
@@ -226,6 +233,12 @@ impl Shared {
         (stuck > bound).then_some(ExecutorError::TooManyStuck { stuck, bound })
     }
 }
+
+/// The first wait after a failed claim (the queue's backend away); it doubles on each
+/// failure up to [`CLAIM_RETRY_MAX`] and starts again after a claim succeeds.
+const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// The longest wait between claims while the backend is away.
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs jobs from `queue` until `shutdown` is cancelled, then lets the jobs in flight
 /// finish for up to the grace period, releases the leases of any still running so
@@ -253,7 +266,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
     let slots = Arc::new(Semaphore::new(config.slots));
     let shared = Arc::new(Shared::default());
     let mut running = JoinSet::new();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
     let mut stopped_by = None;
     loop {
         while running.try_join_next().is_some() {}
@@ -296,7 +309,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
         }
         match claimed {
             Ok(claimed) => {
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 for (claimed, permit) in claimed.into_iter().zip(permits) {
                     let (queue, sandbox, env, config, shared) = (
                         queue.clone(),
@@ -308,7 +321,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                     let clock = RunClock::new();
                     // In the map before the task is spawned, so a shutdown that comes
                     // before the task first runs still finds the lease to release.
-                    lock(&shared.in_flight).insert(
+                    shared.in_flight.lock().insert(
                         claimed.lease.entry_id.clone(),
                         Flight {
                             lease: claimed.lease.clone(),
@@ -323,12 +336,12 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "claim failed");
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "claim failed");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -337,7 +350,9 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
     }
     let drained = tokio::time::timeout(config.grace, shared.all_recorded()).await;
     if drained.is_err() {
-        let leftover: Vec<Flight> = lock(&shared.in_flight)
+        let leftover: Vec<Flight> = shared
+            .in_flight
+            .lock()
             .drain()
             .map(|(_, flight)| flight)
             .collect();
@@ -369,12 +384,6 @@ async fn release<Q: Queue>(queue: &Q, lease: &Lease, job: Option<&Job>, kind: Re
     if let Err(error) = queue.release(lease, job, kind).await {
         tracing::warn!(entry = %lease.entry_id, %error, "release failed; the lease will expire");
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A spread in `[0, 1)` that differs between jobs, so a batch that failed together

@@ -1,11 +1,23 @@
 //! The fleet worker: the worker loop on the Redis queue, with modules, inputs and
 //! outputs in Redis, and a `/metrics` endpoint.
+//!
+//! - [`config`]: the `serve` settings ([`FleetArgs`] as given, [`FleetConfig`] checked).
+//! - [`serve()`]: connect, build the sandbox, start the metrics endpoint, run the loop.
+//! - [`RedisEnv`] (here): the [`JobEnv`] that reads modules and inputs from Redis and
+//!   stores outputs there, counted against the tenant's quota.
+
+pub mod config;
+mod serve;
+
+pub use config::{ConfigError, FleetArgs, FleetConfig};
+pub use serve::{ServeError, serve};
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue, Reservation};
 use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, TenantPolicy};
 use tokio::runtime::Handle;
@@ -13,12 +25,6 @@ use tokio::runtime::Handle;
 use crate::executor::{Disposition, JobEnv};
 use crate::metrics::WorkerMetrics;
 use crate::sandbox::{LoadedModule, Sandbox};
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Output of one job: kept in memory while small, spilled to a chunked blob once it
 /// passes the inline limit, so a large output never sits in worker memory.
@@ -108,7 +114,7 @@ impl RedisOutput {
 
 impl Write for RedisOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let state = &mut *state;
         if state.blob.is_none() {
             if state.inline.len() + buf.len() <= self.queue.config().inline_limit {
@@ -177,7 +183,7 @@ impl RedisEnv {
 impl RedisEnv {
     /// The tenant's policy (the fleet default for a tenant without one).
     fn policy(&self, tenant: &str) -> Result<TenantPolicy, Outcome> {
-        if let Some((read_at, policy)) = lock(&self.policies).get(tenant)
+        if let Some((read_at, policy)) = self.policies.lock().get(tenant)
             && read_at.elapsed() < POLICY_CACHE_FOR
         {
             return Ok(policy.clone());
@@ -189,7 +195,9 @@ impl RedisEnv {
                 reason: format!("reading the policy of tenant {tenant}: {e}"),
             })?
             .unwrap_or_default();
-        lock(&self.policies).insert(tenant.to_owned(), (Instant::now(), policy.clone()));
+        self.policies
+            .lock()
+            .insert(tenant.to_owned(), (Instant::now(), policy.clone()));
         Ok(policy)
     }
 }
@@ -207,7 +215,7 @@ impl JobEnv for RedisEnv {
     }
 
     fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome> {
-        if let Some(known) = lock(&self.modules).get(hash) {
+        if let Some(known) = self.modules.lock().get(hash) {
             return known.clone();
         }
         let bytes = self
@@ -226,7 +234,7 @@ impl JobEnv for RedisEnv {
                 reason: format!("stored bytes of module {hash} do not match its hash"),
             })
         };
-        lock(&self.modules).insert(*hash, loaded.clone());
+        self.modules.lock().insert(*hash, loaded.clone());
         loaded
     }
 
@@ -261,12 +269,17 @@ impl JobEnv for RedisEnv {
                 refused: OnceLock::new(),
             }),
         };
-        lock(&self.outputs).insert((job.id, std::thread::current().id()), output.clone());
+        self.outputs
+            .lock()
+            .insert((job.id, std::thread::current().id()), output.clone());
         Ok(Box::new(output))
     }
 
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome> {
-        let Some(output) = lock(&self.outputs).remove(&(job.id, std::thread::current().id()))
+        let Some(output) = self
+            .outputs
+            .lock()
+            .remove(&(job.id, std::thread::current().id()))
         else {
             return Ok(());
         };
@@ -291,7 +304,7 @@ impl JobEnv for RedisEnv {
             ));
             return Ok(());
         }
-        let mut state = lock(&output.state);
+        let mut state = output.state.lock();
         let stored = match &state.blob {
             None => state.inline.len() as u64,
             Some(_) => state.blob_len,
@@ -375,31 +388,4 @@ fn refuse_stored(quota: &StoredQuota, used: u64, result: &mut JobResult) {
     .into_bytes();
     stderr.append(&mut result.stderr);
     result.stderr = stderr;
-}
-
-/// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown`.
-pub async fn serve_metrics(
-    addr: std::net::SocketAddr,
-    metrics: WorkerMetrics,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [("content-type", sluice_shared::metrics::CONTENT_TYPE)],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }

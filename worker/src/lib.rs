@@ -14,8 +14,13 @@
 //!   run on a blocking thread, complete, retry or dead-letter; a watchdog records runs
 //!   stuck past their deadline as `timeout`, and the loop stops (for a restart) when
 //!   too many are stuck.
-//! - [`serve_config`]: `sluice-worker serve` settings, validated at start with the
-//!   setting named in every error.
+//! - [`fleet`]: the fleet worker over Redis: its settings ([`fleet::FleetArgs`] merged
+//!   from flags, environment and file, checked into a [`fleet::FleetConfig`] with the
+//!   setting named in every error), [`fleet::serve`], and the Redis [`JobEnv`](executor::JobEnv)
+//!   ([`fleet::RedisEnv`]).
+//! - [`run`]: `sluice-worker run`, one module over stdin → stdout.
+//! - [`cli`]: the guest limit flags shared with `sluice batch`, and signal handling.
+//! - [`metrics`]: the worker's Prometheus metrics and their endpoint.
 //!
 //! ```no_run
 //! use sluice_shared::{Job, JobInput};
@@ -37,8 +42,8 @@ mod hostcalls;
 mod limiter;
 pub mod metrics;
 mod raw_abi;
+pub mod run;
 mod sandbox;
-pub mod serve_config;
 pub mod streams;
 
 pub use config::{DirGrant, SandboxConfig};

@@ -1,4 +1,5 @@
-//! Every metric the worker exports, declared in one place (listed in `docs/metrics.md`).
+//! Every metric the worker exports, declared in one place (listed in `docs/metrics.md`),
+//! and the endpoint that serves them.
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
 //! `_bytes`; the only label is the outcome kind, a closed set of 15 values.
 
@@ -17,13 +18,16 @@ pub struct WorkerMetrics {
     pub running: IntGauge,
     /// `sluice_job_fuel_consumed_total`: fuel of metered runs.
     pub fuel: IntCounter,
-    /// `sluice_job_input_bytes_total` / `sluice_job_output_bytes_total`.
+    /// `sluice_job_input_bytes_total`: input bytes the guests read.
     pub input_bytes: IntCounter,
+    /// `sluice_job_output_bytes_total`: output bytes the guests wrote.
     pub output_bytes: IntCounter,
-    /// `sluice_job_retries_total`, `sluice_job_dead_letters_total`,
-    /// `sluice_job_duplicates_total`: what happened after a run.
+    /// `sluice_job_retries_total`: failed runs that will run again.
     pub retries: IntCounter,
+    /// `sluice_job_dead_letters_total`: jobs given up into the dead letters.
     pub dead_letters: IntCounter,
+    /// `sluice_job_duplicates_total`: results dropped because another delivery of the
+    /// same job finished first.
     pub duplicates: IntCounter,
     /// `sluice_queue_errors_total`: queue operations that failed (Redis away).
     pub queue_errors: IntCounter,
@@ -137,4 +141,31 @@ impl Default for WorkerMetrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown`.
+pub async fn serve_endpoint(
+    addr: std::net::SocketAddr,
+    metrics: WorkerMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [("content-type", sluice_shared::metrics::CONTENT_TYPE)],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

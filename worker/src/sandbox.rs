@@ -40,8 +40,10 @@ const FRAME_NAME_BYTES: usize = 120;
 /// Why the sandbox itself could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// wasmtime refused the engine or pooling allocator configuration.
     #[error("cannot configure wasmtime: {0}")]
     Engine(String),
+    /// The [`SandboxConfig`](crate::SandboxConfig) is out of bounds.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Without the ticker no deadline would ever fire, so the sandbox refuses to run.

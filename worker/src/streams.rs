@@ -16,11 +16,12 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
@@ -34,13 +35,6 @@ const MAX_READ_BYTES: usize = 64 << 10;
 /// Output bytes queued for a helper-driven writer before the guest waits for room:
 /// bounds what a stalled sink makes the worker hold per job.
 const OUTPUT_WINDOW_BYTES: usize = 256 << 10;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The state is counters and a sink; a panic elsewhere cannot make it unsafe to read.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The error a guest-side wait returns when the job's deadline passed first.
 fn deadline_passed(what: &str) -> std::io::Error {
@@ -98,17 +92,17 @@ impl GuestStdin {
 
     /// Bytes the guest has read so far.
     pub fn consumed(&self) -> u64 {
-        lock(&self.state).consumed
+        self.state.lock().consumed
     }
 
     /// The host-side read error, if reading the input failed.
     pub fn error(&self) -> Option<String> {
-        lock(&self.state).error.clone()
+        self.state.lock().error.clone()
     }
 
     /// Whether a read gave up because the job's deadline passed.
     pub fn timed_out(&self) -> bool {
-        lock(&self.state).timed_out
+        self.state.lock().timed_out
     }
 
     /// Reads up to `buf.len()` bytes for the host itself (the raw ABI). Fails with
@@ -122,7 +116,7 @@ impl GuestStdin {
     /// Up to `max` bytes of input, empty at its end. A helper's chunks are handed out
     /// as slices of themselves, without a copy.
     fn next(&self, max: usize) -> std::io::Result<Bytes> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let state = &mut *state;
         loop {
             if !state.current.is_empty() {
@@ -299,7 +293,7 @@ struct PipeState {
 impl Pipe {
     /// Queues `bytes`, waiting for room until `deadline`.
     fn push(&self, bytes: Chunk<'_>, deadline: Instant) -> Result<(), WriteRefused> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let mut at = 0;
         while at < bytes.len() {
             if let Some(e) = &state.error {
@@ -311,11 +305,7 @@ impl Pipe {
                 if wait.is_zero() {
                     return Err(WriteRefused::Deadline);
                 }
-                state = self
-                    .changed
-                    .wait_timeout(state, wait)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .0;
+                self.changed.wait_for(&mut state, wait);
                 continue;
             }
             let take = room.min(bytes.len() - at);
@@ -332,7 +322,7 @@ impl Pipe {
 
     /// Closes the pipe and waits until the helper has flushed, at most until `deadline`.
     fn close(&self, deadline: Instant) -> Result<(), FinishError> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.closed = true;
         self.changed.notify_all();
         while !state.done {
@@ -340,11 +330,7 @@ impl Pipe {
             if wait.is_zero() {
                 return Err(FinishError::Deadline);
             }
-            state = self
-                .changed
-                .wait_timeout(state, wait)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            self.changed.wait_for(&mut state, wait);
         }
         match &state.error {
             Some(e) => Err(FinishError::Sink(e.clone())),
@@ -356,17 +342,14 @@ impl Pipe {
     fn drain<W: Write>(&self, mut sink: W, stop: &AtomicBool) {
         let mut batch = VecDeque::new();
         loop {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             while state.buf.is_empty() && !state.closed {
-                state = self
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.changed.wait(&mut state);
             }
             let written = if state.buf.is_empty() {
                 drop(state);
                 let flushed = sink.flush();
-                state = lock(&self.state);
+                state = self.state.lock();
                 state.done = true;
                 flushed
             } else {
@@ -377,7 +360,7 @@ impl Pipe {
                 drop(state);
                 let written = batch.drain(..).try_for_each(|chunk| sink.write_all(&chunk));
                 batch.clear();
-                state = lock(&self.state);
+                state = self.state.lock();
                 written
             };
             if let Err(e) = written {
@@ -454,7 +437,7 @@ impl<W> Drop for OutputState<W> {
         // Output dropped without `finish` (a panic on the way): let the helper flush
         // and exit rather than wait for bytes that will never come.
         if let Sink::Pumped(pipe) = &self.sink {
-            lock(&pipe.state).closed = true;
+            pipe.state.lock().closed = true;
             pipe.changed.notify_all();
         }
     }
@@ -553,7 +536,7 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
 
     fn write_chunk(&self, bytes: Chunk<'_>) -> Result<(), WriteRefused> {
         let offered = bytes.len();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if let Some(e) = &state.error {
             return Err(WriteRefused::Sink(e.clone()));
         }
@@ -613,23 +596,23 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
 
     /// The cap, in bytes.
     pub fn cap(&self) -> u64 {
-        lock(&self.state).cap
+        self.state.lock().cap
     }
 
     /// Bytes accepted for the sink.
     pub fn written(&self) -> u64 {
-        lock(&self.state).written
+        self.state.lock().written
     }
 
     /// Whether more than the cap was offered.
     pub fn overflowed(&self) -> bool {
-        lock(&self.state).overflowed
+        self.state.lock().overflowed
     }
 
     /// Flushes the sink (waiting for a helper at most until the deadline); the first
     /// sink error seen, if any.
     pub fn finish(&self) -> Result<(), FinishError> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if let Some(e) = &state.error {
             return Err(FinishError::Sink(e.clone()));
         }
@@ -648,7 +631,7 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
     where
         W: Default,
     {
-        match &mut lock(&self.state).sink {
+        match &mut self.state.lock().sink {
             Sink::Direct(sink) | Sink::Lazy(sink) => std::mem::take(sink),
             Sink::Pumped(_) | Sink::Broken => W::default(),
         }
@@ -749,7 +732,7 @@ mod tests {
         struct Shared(Arc<Mutex<Vec<u8>>>);
         impl Write for Shared {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                lock(&self.0).extend_from_slice(buf);
+                self.0.lock().extend_from_slice(buf);
                 Ok(buf.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -765,7 +748,7 @@ mod tests {
             out.write_capped(&block).unwrap();
         }
         out.finish().unwrap();
-        assert_eq!(lock(&sink.0).len(), 1_000_000);
+        assert_eq!(sink.0.lock().len(), 1_000_000);
         assert_eq!(out.written(), 1_000_000);
     }
 

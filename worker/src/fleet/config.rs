@@ -1,0 +1,936 @@
+//! `sluice-worker serve` settings: flags, `SLUICE_*` environment variables and a TOML
+//! file, merged in that order of precedence and validated before anything starts, so a
+//! bad value stops the worker at once with the setting named in all three spellings
+//! instead of showing up later as a spinning renewal or a broken hash tag.
+//!
+//! [`FleetArgs`] is the settings as given, every one optional: clap reads the flags and
+//! variables into it, serde reads the file into another, and [`FleetArgs::merged`]
+//! lays the first over the second as TOML tables, so no setting can be left out of the
+//! merge. [`FleetArgs::load`] then applies the defaults (those of [`ExecutorConfig`],
+//! the one place they are written) and checks every value, giving a [`FleetConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sluice_shared::units::parse_duration;
+
+use crate::config::DirGrant;
+use crate::executor::ExecutorConfig;
+
+/// `serve` settings as given, each `None` where unset. Each flag has a `SLUICE_*`
+/// environment equivalent, and any left unset is taken from `--config FILE` (TOML with
+/// the same names, `_` for `-`). Durations take units (`500ms`, `30s`, `1h`) in all
+/// three, read by [`parse_duration`].
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetArgs {
+    /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
+    #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
+    #[serde(rename = "redis")]
+    pub redis_url: Option<String>,
+    /// Queue name (letters, digits, `-`, `_`, `.`; at most 64). Default `default`.
+    #[arg(long, env = "SLUICE_QUEUE")]
+    pub queue: Option<String>,
+    /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
+    #[arg(long, env = "SLUICE_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// Job slots (jobs run at once), 1 to 1024. Default: 4 per core.
+    #[arg(long, env = "SLUICE_CONCURRENCY", value_parser = parsed::<usize>(field::CONCURRENCY))]
+    pub concurrency: Option<usize>,
+    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "SLUICE_METRICS_ADDR", value_parser = parsed::<SocketAddr>(field::METRICS_ADDR))]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Visibility timeout: a job whose worker stops renewing its lease for this long is
+    /// taken over by another worker. 1s to 24h; default 30s.
+    #[arg(long, env = "SLUICE_LEASE", value_parser = duration(field::LEASE))]
+    #[serde(default, with = "duration_text")]
+    pub lease: Option<Duration>,
+    /// On SIGTERM, how long jobs in flight may take before they are released. Up to
+    /// 24h; default 30s.
+    #[arg(long, env = "SLUICE_GRACE", value_parser = duration(field::GRACE))]
+    #[serde(default, with = "duration_text")]
+    pub grace: Option<Duration>,
+    /// How long a run may go past its deadline (blocked in a host call) before it is
+    /// recorded as timeout and its lease is no longer renewed. Up to 1h; default 5s.
+    #[arg(long, env = "SLUICE_WATCHDOG_GRACE", value_parser = duration(field::WATCHDOG_GRACE))]
+    #[serde(default, with = "duration_text")]
+    pub watchdog_grace: Option<Duration>,
+    /// Runs stuck past deadline + watchdog grace this worker tolerates; one more and it
+    /// exits 75 to be restarted. Below --concurrency; default half of it.
+    #[arg(long, env = "SLUICE_MAX_STUCK", value_parser = parsed::<usize>(field::MAX_STUCK))]
+    pub max_stuck: Option<usize>,
+    /// Attempts per job (only transient failures are retried), 1 to 100. Default 3.
+    #[arg(long, env = "SLUICE_MAX_ATTEMPTS", value_parser = parsed::<u32>(field::MAX_ATTEMPTS))]
+    pub max_attempts: Option<u32>,
+    /// How long results, completion notices and output blobs are kept, 1m to 365d.
+    /// Default: results and blobs 24h, notices 1h.
+    #[arg(long, env = "SLUICE_TTL", value_parser = duration(field::TTL))]
+    #[serde(default, with = "duration_text")]
+    pub ttl: Option<Duration>,
+    /// This worker's consumer name in the queue (at most 128 visible characters).
+    /// Default: host-pid.
+    #[arg(long, env = "SLUICE_CONSUMER")]
+    pub consumer: Option<String>,
+    /// Directories granted (read-only) to every guest, HOST::GUEST (never `/`).
+    #[arg(long = "dir", env = "SLUICE_DIRS", value_delimiter = ',')]
+    pub dirs: Option<Vec<String>>,
+    /// A TOML file with any of the settings above.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+/// One setting, as it is spelled on the command line, in the environment and in the
+/// config file: an error names all three, since the operator may have used any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The flag, e.g. `--lease`.
+    pub flag: &'static str,
+    /// The environment variable, e.g. `SLUICE_LEASE`.
+    pub env: &'static str,
+    /// The config file key, e.g. `lease`.
+    pub key: &'static str,
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, config key `{}`)", self.flag, self.env, self.key)
+    }
+}
+
+macro_rules! fields {
+    ($($(#[$doc:meta])* $name:ident: $flag:literal, $env:literal, $key:literal;)*) => {
+        /// Every `serve` setting (all but `--config` itself).
+        pub mod field {
+            use super::Field;
+            $($(#[$doc])* pub const $name: Field = Field { flag: $flag, env: $env, key: $key };)*
+            /// All of them, in the order of [`FleetArgs`](super::FleetArgs).
+            pub const ALL: &[Field] = &[$($name),*];
+        }
+    };
+}
+
+fields! {
+    /// The Redis URL.
+    REDIS: "--redis", "SLUICE_REDIS_URL", "redis";
+    /// The queue name.
+    QUEUE: "--queue", "SLUICE_QUEUE", "queue";
+    /// The Redis server's CA certificate file.
+    REDIS_CA: "--redis-ca", "SLUICE_REDIS_CA", "redis_ca";
+    /// Job slots.
+    CONCURRENCY: "--concurrency", "SLUICE_CONCURRENCY", "concurrency";
+    /// The /metrics address.
+    METRICS_ADDR: "--metrics-addr", "SLUICE_METRICS_ADDR", "metrics_addr";
+    /// The lease (visibility timeout).
+    LEASE: "--lease", "SLUICE_LEASE", "lease";
+    /// The SIGTERM grace.
+    GRACE: "--grace", "SLUICE_GRACE", "grace";
+    /// The watchdog grace past a run's deadline.
+    WATCHDOG_GRACE: "--watchdog-grace", "SLUICE_WATCHDOG_GRACE", "watchdog_grace";
+    /// Stuck runs tolerated.
+    MAX_STUCK: "--max-stuck", "SLUICE_MAX_STUCK", "max_stuck";
+    /// Attempts per job.
+    MAX_ATTEMPTS: "--max-attempts", "SLUICE_MAX_ATTEMPTS", "max_attempts";
+    /// Result, notice and blob TTL.
+    TTL: "--ttl", "SLUICE_TTL", "ttl";
+    /// The consumer name.
+    CONSUMER: "--consumer", "SLUICE_CONSUMER", "consumer";
+    /// Directory grants.
+    DIRS: "--dir", "SLUICE_DIRS", "dirs";
+}
+
+/// A flag or variable read as `T` (its `FromStr`), the setting named in an error.
+fn parsed<T>(field: Field) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    move |text| text.parse().map_err(|e| format!("{e}; {field}"))
+}
+
+/// A flag or variable read as a duration by [`parse_duration`], the setting named in
+/// an error.
+fn duration(
+    field: Field,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text| parse_duration(text).map_err(|e| format!("{e}; {field}"))
+}
+
+/// Durations in the config file: read by [`parse_duration`], as the flags are, and
+/// written (for the merge) as whole seconds plus nanoseconds, which it reads back
+/// exactly.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use sluice_shared::units::parse_duration;
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(d) if d.subsec_nanos() == 0 => s.serialize_str(&format!("{}s", d.as_secs())),
+            Some(d) => s.serialize_str(&format!("{}s {}ns", d.as_secs(), d.subsec_nanos())),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why the settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting's value is out of bounds or malformed.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The setting.
+        field: Field,
+        /// What is wrong with its value.
+        problem: String,
+    },
+    /// The config file cannot be read or is not valid TOML for these settings.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file as given.
+        path: PathBuf,
+        /// What is wrong, naming the key where there is one.
+        reason: String,
+    },
+}
+
+fn invalid(field: Field, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// The bounds `serve` settings are held to.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Most job slots: each reserves address space in two pooling allocators (a guest
+    /// memory's 4 GiB reservation per engine), and claims are sized to free slots.
+    pub const MAX_CONCURRENCY: usize = 1024;
+    /// Job slots per core when `--concurrency` is unset: guests mostly wait on I/O.
+    pub const SLOTS_PER_CORE: usize = 4;
+    /// Shortest lease: renewals go every third of it, so shorter would spend Redis round
+    /// trips on renewing and hand jobs over on any pause.
+    pub const MIN_LEASE: Duration = Duration::from_secs(1);
+    /// Longest lease: a dead worker's jobs wait this long to be taken over.
+    pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+    /// Longest SIGTERM grace (0 releases at once).
+    pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
+    /// Shortest watchdog grace.
+    pub const MIN_WATCHDOG_GRACE: Duration = Duration::from_millis(1);
+    /// Longest watchdog grace.
+    pub const MAX_WATCHDOG_GRACE: Duration = Duration::from_secs(3600);
+    /// Most attempts per job.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// Shortest TTL of results, notices and blobs.
+    pub const MIN_TTL: Duration = Duration::from_secs(60);
+    /// Longest TTL of results, notices and blobs.
+    pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// Longest consumer name.
+    pub const MAX_CONSUMER_NAME: usize = 128;
+}
+
+/// Validated `serve` settings, defaults applied: what [`serve`](super::serve) runs on.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// The Redis URL (its scheme checked; it may hold a password).
+    pub redis_url: String,
+    /// The queue name; `None` for the protocol's default queue.
+    pub queue: Option<String>,
+    /// The CA certificate(s) of `--redis-ca`, read.
+    pub redis_ca_pem: Option<Vec<u8>>,
+    /// Job slots, 1 to [`limits::MAX_CONCURRENCY`].
+    pub slots: usize,
+    /// Where to serve /metrics and /healthz, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The lease a claim takes, renewed every third of it.
+    pub lease: Duration,
+    /// After SIGTERM, how long jobs in flight may take before they are released.
+    pub grace: Duration,
+    /// How long a run may go past its deadline before the watchdog gives it up.
+    pub watchdog_grace: Duration,
+    /// Stuck runs tolerated, below `slots`.
+    pub max_stuck: usize,
+    /// Attempts per job.
+    pub max_attempts: u32,
+    /// One TTL for results, notices (at most their default) and blobs; `None` keeps
+    /// the protocol's defaults.
+    pub ttl: Option<Duration>,
+    /// The consumer name; `None` names the worker after its host and process id.
+    pub consumer: Option<String>,
+    /// Directories granted read-only to every guest.
+    pub dir_grants: Vec<DirGrant>,
+}
+
+impl FleetArgs {
+    /// Fills every setting the command line and environment left unset from the
+    /// `--config` file (without one, returns the settings as they are).
+    pub fn merged(self) -> Result<Self, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let file_error = |reason: String| ConfigError::File {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
+        // Read as the settings first: a wrong type or an unknown key is named with its
+        // line.
+        let file: FleetArgs =
+            toml::from_str(&text).map_err(|e| file_error(toml_reason(&text, &e)))?;
+        let mut merged = overlay(&self, &file)
+            .map_err(|e| file_error(format!("merging with the flags and environment: {e}")))?;
+        merged.config = self.config;
+        Ok(merged)
+    }
+
+    /// Merges the config file, applies the defaults and checks every setting; the
+    /// first bad one is named.
+    pub fn load(self) -> Result<FleetConfig, ConfigError> {
+        let args = self.merged()?;
+        let defaults = ExecutorConfig::default();
+        let redis_url = args.redis_url.ok_or_else(|| {
+            invalid(
+                field::REDIS,
+                "no Redis configured (e.g. redis://127.0.0.1:6379)",
+            )
+        })?;
+        check_redis_url(&redis_url)?;
+        if let Some(queue) = &args.queue {
+            check_queue(queue)?;
+        }
+        let redis_ca_pem = args
+            .redis_ca
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path)
+                    .map_err(|e| invalid(field::REDIS_CA, format!("{}: {e}", path.display())))
+            })
+            .transpose()?;
+
+        let slots = match args.concurrency {
+            Some(0) => return Err(invalid(field::CONCURRENCY, "must be at least 1, got 0")),
+            Some(n) if n > limits::MAX_CONCURRENCY => {
+                return Err(invalid(
+                    field::CONCURRENCY,
+                    format!(
+                        "at most {} (sandbox pool slots), got {n}",
+                        limits::MAX_CONCURRENCY
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores * limits::SLOTS_PER_CORE).min(limits::MAX_CONCURRENCY)
+            }
+        };
+        let max_stuck = match args.max_stuck {
+            Some(n) if n >= slots => {
+                return Err(invalid(
+                    field::MAX_STUCK,
+                    format!(
+                        "must be below --concurrency ({slots}), got {n}: a worker whose every \
+                         slot is stuck would stay up doing nothing"
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None => ExecutorConfig {
+                slots,
+                ..defaults.clone()
+            }
+            .stuck_bound(),
+        };
+
+        let lease = args.lease.unwrap_or(defaults.lease);
+        within(field::LEASE, lease, limits::MIN_LEASE, limits::MAX_LEASE)?;
+        let grace = args.grace.unwrap_or(defaults.grace);
+        within(field::GRACE, grace, Duration::ZERO, limits::MAX_GRACE)?;
+        let watchdog_grace = args.watchdog_grace.unwrap_or(defaults.watchdog_grace);
+        within(
+            field::WATCHDOG_GRACE,
+            watchdog_grace,
+            limits::MIN_WATCHDOG_GRACE,
+            limits::MAX_WATCHDOG_GRACE,
+        )?;
+        if let Some(ttl) = args.ttl {
+            within(field::TTL, ttl, limits::MIN_TTL, limits::MAX_TTL)?;
+        }
+
+        let max_attempts = args.max_attempts.unwrap_or(defaults.retry.max_attempts);
+        if !(1..=limits::MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(invalid(
+                field::MAX_ATTEMPTS,
+                format!("must be 1 to {}, got {max_attempts}", limits::MAX_ATTEMPTS),
+            ));
+        }
+
+        if let Some(consumer) = &args.consumer {
+            check_name(field::CONSUMER, consumer, limits::MAX_CONSUMER_NAME, |c| {
+                c.is_ascii_graphic()
+            })?;
+        }
+        let dir_grants = args
+            .dirs
+            .unwrap_or_default()
+            .iter()
+            .map(|spec| {
+                DirGrant::parse(spec, true).map_err(|e| invalid(field::DIRS, e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(FleetConfig {
+            redis_url,
+            queue: args.queue,
+            redis_ca_pem,
+            slots,
+            metrics_addr: args.metrics_addr,
+            lease,
+            grace,
+            watchdog_grace,
+            max_stuck,
+            max_attempts,
+            ttl: args.ttl,
+            consumer: args.consumer,
+            dir_grants,
+        })
+    }
+}
+
+/// `over` laid over `under`, setting by setting: both are written as TOML tables, in
+/// which an unset setting is absent, so whatever `over` sets wins and the rest comes
+/// from `under`, for every setting there is.
+fn overlay(over: &FleetArgs, under: &FleetArgs) -> Result<FleetArgs, String> {
+    let mut merged = toml::Table::try_from(under).map_err(|e| e.to_string())?;
+    merged.extend(toml::Table::try_from(over).map_err(|e| e.to_string())?);
+    merged
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
+}
+
+/// A TOML error on one line, naming the key whose value is wrong (the error's own
+/// text quotes the line over several, and for a bad value does not name the key).
+fn toml_reason(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else {
+        return error.message().to_owned();
+    };
+    let line_start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line_no = text[..line_start].matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => format!(
+            "key `{}` (line {line_no}): {}",
+            key.trim().chars().take(64).collect::<String>(),
+            error.message()
+        ),
+        _ => format!("line {line_no}: {}", error.message()),
+    }
+}
+
+fn within(field: Field, value: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        let shown = |d: Duration| format!("{d:?}");
+        let floor = if min.is_zero() {
+            String::new()
+        } else {
+            format!("at least {} and ", shown(min))
+        };
+        return Err(invalid(
+            field,
+            format!(
+                "must be {floor}at most {}, got {}",
+                shown(max),
+                shown(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A URL's scheme only: the rest may hold a password, which never goes in an error.
+fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    let rest = SCHEMES.iter().find_map(|scheme| url.strip_prefix(scheme));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => Ok(()),
+        Some(_) => Err(invalid(field::REDIS, "the URL names no host")),
+        None => Err(invalid(
+            field::REDIS,
+            "must start with redis://, rediss://, redis+unix:// or unix://",
+        )),
+    }
+}
+
+/// A queue name goes inside every key's hash tag `{name}`: the protocol's one rule
+/// (`sluice_shared::queue::redis::validate_queue_name`), named here as the flag,
+/// variable and key.
+fn check_queue(queue: &str) -> Result<(), ConfigError> {
+    sluice_shared::queue::redis::validate_queue_name(queue)
+        .map_err(|e| invalid(field::QUEUE, e.to_string()))
+}
+
+fn check_name(
+    field: Field,
+    name: &str,
+    max: usize,
+    allowed: impl Fn(&char) -> bool,
+) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if name.len() > max {
+        return Err(invalid(
+            field,
+            format!("at most {max} bytes, got {}", name.len()),
+        ));
+    }
+    if let Some(bad) = name.chars().find(|c| !allowed(c)) {
+        return Err(invalid(field, format!("{bad:?} is not allowed in a name")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: FleetArgs,
+    }
+
+    /// Settings as `sluice-worker serve` would read these flags (and the environment).
+    fn flags(flags: &[&str]) -> Result<FleetArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .map(|cli| cli.args)
+    }
+
+    fn args() -> FleetArgs {
+        FleetArgs {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            concurrency: Some(4),
+            consumer: Some("w1".into()),
+            ..FleetArgs::default()
+        }
+    }
+
+    fn refused(args: FleetArgs) -> (Field, String) {
+        match args.load() {
+            Err(ConfigError::Invalid { field, problem }) => (field, problem),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn secs(n: u64) -> Option<Duration> {
+        Some(Duration::from_secs(n))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = args().load().unwrap();
+        assert_eq!(config.lease, Duration::from_secs(30));
+        assert_eq!(
+            config.watchdog_grace,
+            ExecutorConfig::DEFAULT_WATCHDOG_GRACE
+        );
+        assert_eq!(config.max_stuck, 2);
+        assert_eq!(config.max_attempts, 3);
+        let unset = FleetArgs {
+            concurrency: None,
+            ..args()
+        };
+        let config = unset.load().unwrap();
+        assert!((1..=limits::MAX_CONCURRENCY).contains(&config.slots));
+        assert!(config.max_stuck < config.slots);
+    }
+
+    #[test]
+    fn defaults_are_the_executors() {
+        let config = args().load().unwrap();
+        let executor = ExecutorConfig::default();
+        assert_eq!(config.lease, executor.lease);
+        assert_eq!(config.grace, executor.grace);
+        assert_eq!(config.watchdog_grace, executor.watchdog_grace);
+        assert_eq!(config.max_attempts, executor.retry.max_attempts);
+        let bound = ExecutorConfig {
+            slots: config.slots,
+            ..executor
+        }
+        .stuck_bound();
+        assert_eq!(config.max_stuck, bound);
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        let cases: Vec<(FleetArgs, Field)> = vec![
+            (
+                FleetArgs {
+                    lease: secs(0),
+                    ..args()
+                },
+                field::LEASE,
+            ),
+            (
+                FleetArgs {
+                    lease: Some(Duration::from_millis(10)),
+                    ..args()
+                },
+                field::LEASE,
+            ),
+            (
+                FleetArgs {
+                    grace: secs(400 * 24 * 3600),
+                    ..args()
+                },
+                field::GRACE,
+            ),
+            (
+                FleetArgs {
+                    watchdog_grace: secs(0),
+                    ..args()
+                },
+                field::WATCHDOG_GRACE,
+            ),
+            (
+                FleetArgs {
+                    concurrency: Some(0),
+                    ..args()
+                },
+                field::CONCURRENCY,
+            ),
+            (
+                FleetArgs {
+                    concurrency: Some(100_000),
+                    ..args()
+                },
+                field::CONCURRENCY,
+            ),
+            (
+                FleetArgs {
+                    max_stuck: Some(4),
+                    ..args()
+                },
+                field::MAX_STUCK,
+            ),
+            (
+                FleetArgs {
+                    max_attempts: Some(0),
+                    ..args()
+                },
+                field::MAX_ATTEMPTS,
+            ),
+            (
+                FleetArgs {
+                    max_attempts: Some(1000),
+                    ..args()
+                },
+                field::MAX_ATTEMPTS,
+            ),
+            (
+                FleetArgs {
+                    ttl: secs(0),
+                    ..args()
+                },
+                field::TTL,
+            ),
+            (
+                FleetArgs {
+                    ttl: secs(1000 * 365 * 24 * 3600),
+                    ..args()
+                },
+                field::TTL,
+            ),
+            (
+                FleetArgs {
+                    queue: Some("a{b}".into()),
+                    ..args()
+                },
+                field::QUEUE,
+            ),
+            (
+                FleetArgs {
+                    queue: Some(String::new()),
+                    ..args()
+                },
+                field::QUEUE,
+            ),
+            (
+                FleetArgs {
+                    queue: Some("q".repeat(65)),
+                    ..args()
+                },
+                field::QUEUE,
+            ),
+            (
+                FleetArgs {
+                    consumer: Some("a b".into()),
+                    ..args()
+                },
+                field::CONSUMER,
+            ),
+            (
+                FleetArgs {
+                    redis_url: None,
+                    ..args()
+                },
+                field::REDIS,
+            ),
+            (
+                FleetArgs {
+                    redis_url: Some("http://x".into()),
+                    ..args()
+                },
+                field::REDIS,
+            ),
+            (
+                FleetArgs {
+                    redis_ca: Some("/no/such/ca.pem".into()),
+                    ..args()
+                },
+                field::REDIS_CA,
+            ),
+            (
+                FleetArgs {
+                    dirs: Some(vec!["/".into()]),
+                    ..args()
+                },
+                field::DIRS,
+            ),
+        ];
+        for (args, expected) in cases {
+            let described = format!("{args:?}");
+            let (field, problem) = refused(args);
+            assert_eq!(field, expected, "{described}: {problem}");
+            let message = invalid(field, problem).to_string();
+            for name in [field.flag, field.env, field.key] {
+                assert!(message.contains(name), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_the_parser_refuses_name_their_field() {
+        let cases = [
+            (field::LEASE, "soon"),
+            (field::GRACE, "forever"),
+            (field::WATCHDOG_GRACE, "5 parsecs"),
+            (field::TTL, "-1s"),
+            (field::CONCURRENCY, "lots"),
+            (field::MAX_STUCK, "-1"),
+            (field::MAX_ATTEMPTS, "three"),
+            (field::METRICS_ADDR, "nowhere"),
+        ];
+        for (field, value) in cases {
+            let error = flags(&[&format!("{}={value}", field.flag)])
+                .unwrap_err()
+                .to_string();
+            for name in [field.flag, field.env, field.key] {
+                assert!(error.contains(name), "{name} not in: {error}");
+            }
+        }
+        // In the file, the same parser, and the key named.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.toml");
+        std::fs::write(&path, "lease = \"soon\"\n").unwrap();
+        let error = FleetArgs {
+            config: Some(path),
+            ..args()
+        }
+        .load()
+        .unwrap_err();
+        assert!(matches!(error, ConfigError::File { .. }), "{error}");
+        assert!(error.to_string().contains("`lease`"), "{error}");
+    }
+
+    #[test]
+    fn durations_take_units_in_flags_and_file_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.toml");
+        for text in ["500ms", "2s", "1m 30s", "1h", "36h"] {
+            let from_flag = flags(&["--lease", text]).unwrap().lease;
+            std::fs::write(&path, format!("lease = {text:?}\n")).unwrap();
+            let from_file = flags(&["--config", path.to_str().unwrap()])
+                .unwrap()
+                .merged()
+                .unwrap()
+                .lease;
+            assert_eq!(from_flag, Some(parse_duration(text).unwrap()));
+            assert_eq!(from_file, from_flag, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_password_in_a_bad_url_is_not_repeated() {
+        let (_, problem) = refused(FleetArgs {
+            redis_url: Some("htp://user:hunter2@host".into()),
+            ..args()
+        });
+        assert!(!problem.contains("hunter2"), "{problem}");
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_left_unset_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.toml");
+        std::fs::write(&path, "lease = \"0s\"\nmax_attempts = 5\n").unwrap();
+        let (field, _) = refused(FleetArgs {
+            config: Some(path.clone()),
+            ..args()
+        });
+        assert_eq!(field, field::LEASE);
+        let flag_wins = FleetArgs {
+            config: Some(path.clone()),
+            lease: secs(2),
+            ..args()
+        };
+        let config = flag_wins.load().unwrap();
+        assert_eq!(
+            (config.lease, config.max_attempts),
+            (Duration::from_secs(2), 5)
+        );
+
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let error = FleetArgs {
+            config: Some(path),
+            ..args()
+        }
+        .load()
+        .unwrap_err();
+        assert!(matches!(error, ConfigError::File { .. }), "{error}");
+        assert!(error.to_string().contains("no_such_setting"), "{error}");
+    }
+
+    /// Every setting, set one way by flags and another by the file.
+    const EVERY_FLAG: &[&str] = &[
+        "--redis=redis://flag:1",
+        "--queue=qflag",
+        "--redis-ca=/flag/ca.pem",
+        "--concurrency=3",
+        "--metrics-addr=127.0.0.1:1001",
+        "--lease=2s",
+        "--grace=4s",
+        "--watchdog-grace=6s",
+        "--max-stuck=1",
+        "--max-attempts=4",
+        "--ttl=2m",
+        "--consumer=cflag",
+        "--dir=/a::/a",
+    ];
+    const EVERY_KEY: &str = r#"
+        redis = "redis://file:2"
+        queue = "qfile"
+        redis_ca = "/file/ca.pem"
+        concurrency = 5
+        metrics_addr = "127.0.0.1:1002"
+        lease = "3s"
+        grace = "5s"
+        watchdog_grace = "7s"
+        max_stuck = 2
+        max_attempts = 6
+        ttl = "3m"
+        consumer = "cfile"
+        dirs = ["/b::/b"]
+    "#;
+
+    fn table(args: &FleetArgs) -> toml::Table {
+        toml::Table::try_from(args).unwrap()
+    }
+
+    #[test]
+    fn the_samples_set_every_setting() {
+        let keys = |args: &FleetArgs| {
+            let mut keys: Vec<String> = table(args).keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let mut all: Vec<String> = field::ALL.iter().map(|f| f.key.to_owned()).collect();
+        all.sort();
+        assert_eq!(keys(&flags(EVERY_FLAG).unwrap()), all);
+        assert_eq!(keys(&toml::from_str(EVERY_KEY).unwrap()), all);
+        // Unset is absent: an empty layer overrides nothing.
+        assert!(table(&FleetArgs::default()).is_empty());
+        // And each flag names one setting: the sets differ everywhere.
+        let (from_flags, from_file) = (
+            table(&flags(EVERY_FLAG).unwrap()),
+            table(&toml::from_str(EVERY_KEY).unwrap()),
+        );
+        for key in &all {
+            assert_ne!(from_flags[key], from_file[key], "{key}");
+        }
+    }
+
+    #[test]
+    fn for_every_setting_the_file_fills_an_unset_flag_and_a_flag_beats_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.toml");
+        std::fs::write(&path, EVERY_KEY).unwrap();
+        let config = format!("--config={}", path.display());
+        let file: FleetArgs = toml::from_str(EVERY_KEY).unwrap();
+        let every_flag = table(&flags(EVERY_FLAG).unwrap());
+
+        // No flags: every setting from the file.
+        let merged = flags(&[&config]).unwrap().merged().unwrap();
+        assert_eq!(
+            merged,
+            FleetArgs {
+                config: Some(path.clone()),
+                ..file.clone()
+            }
+        );
+        // All flags: every setting from them.
+        let mut all: Vec<&str> = EVERY_FLAG.to_vec();
+        all.push(&config);
+        let merged = flags(&all).unwrap().merged().unwrap();
+        assert_eq!(table(&merged), every_flag);
+        // One flag at a time: that setting from it, every other from the file.
+        for (flag, field) in EVERY_FLAG.iter().zip(field::ALL) {
+            assert!(flag.starts_with(&format!("{}=", field.flag)), "{flag}");
+            let merged = flags(&[flag, &config]).unwrap().merged().unwrap();
+            let mut expected = table(&file);
+            expected.insert(field.key.to_owned(), every_flag[field.key].clone());
+            assert_eq!(table(&merged), expected, "{flag}");
+        }
+    }
+
+    #[test]
+    fn every_field_is_spelled_as_clap_and_serde_spell_it() {
+        let command = FleetArgs::augment_args(clap::Command::new("serve"));
+        let settings: Vec<_> = command
+            .get_arguments()
+            .filter(|arg| arg.get_id() != "config")
+            .collect();
+        assert_eq!(settings.len(), field::ALL.len());
+        for (arg, field) in settings.iter().zip(field::ALL) {
+            assert_eq!(
+                arg.get_long().map(|l| format!("--{l}")).as_deref(),
+                Some(field.flag)
+            );
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(field.env),
+                "{}",
+                field.flag
+            );
+        }
+        let keys: Vec<String> = table(&flags(EVERY_FLAG).unwrap()).keys().cloned().collect();
+        for field in field::ALL {
+            assert!(keys.iter().any(|k| k == field.key), "{}", field.key);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! `sluice-worker serve` as a library call: connect to Redis (with backoff, until it
+//! answers or the worker is told to stop), build the sandbox, start the `/metrics`
+//! endpoint, and run the executor over the queue until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_shared::RetryPolicy;
+use sluice_shared::backoff::Backoff;
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use tokio_util::sync::CancellationToken;
+
+use super::RedisEnv;
+use super::config::FleetConfig;
+use crate::config::SandboxConfig;
+use crate::executor::{self, ExecutorConfig, ExecutorError};
+use crate::metrics::{self, WorkerMetrics};
+use crate::sandbox::{Sandbox, SandboxError};
+
+/// The first wait after Redis could not be reached; it doubles up to
+/// [`CONNECT_RETRY_MAX`].
+const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between connection attempts.
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Why `serve` stopped other than by a shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The sandbox could not be built (wasmtime refused its configuration, or the
+    /// epoch ticker thread could not start).
+    #[error("cannot build the sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
+    /// The executor stopped claiming: too many runs are stuck (the worker wants a
+    /// restart).
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+}
+
+/// Runs jobs from the configured queue until `shutdown` is cancelled, then drains (see
+/// [`executor::run`]) and returns `Ok`. While Redis is away at start it keeps trying,
+/// and returns `Ok` if told to stop meanwhile.
+pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let Some(queue) = connect(redis_config(&config), &shutdown).await else {
+        return Ok(());
+    };
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
+        dir_grants: config.dir_grants.clone(),
+        ..SandboxConfig::default()
+    })?);
+    let metrics = WorkerMetrics::new();
+    if let Some(addr) = config.metrics_addr {
+        let endpoint = tokio::spawn(metrics::serve_endpoint(
+            addr,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(async move {
+            if let Ok(Err(error)) = endpoint.await {
+                tracing::error!(%error, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+    let env = Arc::new(RedisEnv::new(queue.clone(), sandbox.clone(), metrics));
+    let executor = executor_config(&config);
+    tracing::info!(
+        consumer = %executor.consumer,
+        slots = executor.slots,
+        max_stuck = config.max_stuck,
+        queue = %queue.config().queue,
+        "worker ready"
+    );
+    executor::run(queue, sandbox, env, executor, shutdown).await?;
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// The queue's connection settings: `--ttl` sets the result and blob TTLs, and the
+/// notice TTL where it is shorter than the notices' own.
+fn redis_config(config: &FleetConfig) -> RedisConfig {
+    let mut redis = RedisConfig::new(config.redis_url.clone());
+    if let Some(queue) = &config.queue {
+        redis.queue = queue.clone();
+    }
+    redis.tls_ca_pem = config.redis_ca_pem.clone();
+    if let Some(ttl) = config.ttl {
+        redis.result_ttl = ttl;
+        redis.blob_ttl = ttl;
+        redis.notice_ttl = ttl.min(redis.notice_ttl);
+    }
+    redis
+}
+
+/// The worker loop's settings; what the fleet does not set keeps
+/// [`ExecutorConfig::default`].
+fn executor_config(config: &FleetConfig) -> ExecutorConfig {
+    ExecutorConfig {
+        slots: config.slots,
+        consumer: config.consumer.clone().unwrap_or_else(default_consumer),
+        lease: config.lease,
+        grace: config.grace,
+        watchdog_grace: config.watchdog_grace,
+        max_stuck: Some(config.max_stuck),
+        retry: RetryPolicy {
+            max_attempts: config.max_attempts,
+            ..RetryPolicy::default()
+        },
+        ..ExecutorConfig::default()
+    }
+}
+
+/// `host-pid`: unique per worker process on a host, and says where it runs.
+fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(char::is_ascii_graphic)
+        .take(64)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+/// Connects to Redis, which may not be up yet (or be restarting): keeps trying until
+/// it answers, or returns `None` once `shutdown` is cancelled.
+async fn connect(config: RedisConfig, shutdown: &CancellationToken) -> Option<Arc<RedisQueue>> {
+    let mut backoff = Backoff::new(CONNECT_RETRY_FIRST, CONNECT_RETRY_MAX);
+    loop {
+        match RedisQueue::connect(config.clone()).await {
+            Ok(queue) => return Some(Arc::new(queue)),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "cannot reach Redis");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> FleetConfig {
+        crate::fleet::FleetArgs {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            concurrency: Some(4),
+            ..Default::default()
+        }
+        .load()
+        .unwrap()
+    }
+
+    #[test]
+    fn the_ttl_sets_results_and_blobs_and_shortens_notices() {
+        let defaults = RedisConfig::new("redis://x");
+        let unset = redis_config(&config());
+        assert_eq!(
+            (unset.result_ttl, unset.blob_ttl, unset.notice_ttl),
+            (defaults.result_ttl, defaults.blob_ttl, defaults.notice_ttl)
+        );
+        let short = Duration::from_secs(120);
+        let set = redis_config(&FleetConfig {
+            ttl: Some(short),
+            ..config()
+        });
+        assert_eq!((set.result_ttl, set.blob_ttl), (short, short));
+        assert_eq!(set.notice_ttl, short.min(defaults.notice_ttl));
+        let long = Duration::from_secs(30 * 24 * 3600);
+        let set = redis_config(&FleetConfig {
+            ttl: Some(long),
+            ..config()
+        });
+        assert_eq!(set.notice_ttl, defaults.notice_ttl);
+    }
+
+    #[test]
+    fn the_executor_gets_every_setting() {
+        let config = FleetConfig {
+            consumer: Some("w1".into()),
+            max_attempts: 7,
+            ..config()
+        };
+        let executor = executor_config(&config);
+        assert_eq!(executor.slots, 4);
+        assert_eq!(executor.consumer, "w1");
+        assert_eq!(executor.lease, config.lease);
+        assert_eq!(executor.grace, config.grace);
+        assert_eq!(executor.watchdog_grace, config.watchdog_grace);
+        assert_eq!(executor.stuck_bound(), config.max_stuck);
+        assert_eq!(executor.retry.max_attempts, 7);
+        let unnamed = executor_config(&FleetConfig {
+            consumer: None,
+            ..config
+        });
+        assert!(
+            unnamed
+                .consumer
+                .ends_with(&format!("-{}", std::process::id())),
+            "{}",
+            unnamed.consumer
+        );
+    }
+}
