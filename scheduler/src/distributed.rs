@@ -279,36 +279,36 @@ pub async fn fetch_results(
 /// then at doubling intervals (up to a minute) while nothing arrives, so that a batch
 /// of long jobs costs a scan now and then, not one per second.
 struct StallWatch {
-    first: Duration,
-    every: Duration,
+    /// How long without progress before the next check: `first`, doubling up to a
+    /// minute while checks find nothing to redo.
+    every: Backoff,
     since: Instant,
 }
 
 impl StallWatch {
     fn new(first: Duration) -> Self {
         StallWatch {
-            first,
-            every: first,
+            every: Backoff::new(first, Duration::from_secs(60)),
             since: Instant::now(),
         }
     }
 
     fn progress(&mut self) {
-        self.every = self.first;
+        self.every.reset();
         self.since = Instant::now();
     }
 
     fn due(&self) -> bool {
-        self.since.elapsed() >= self.every
+        self.since.elapsed() >= self.every.peek()
     }
 
     fn checked(&mut self, redid: bool) {
         self.since = Instant::now();
-        self.every = if redid {
-            self.first
+        if redid {
+            self.every.reset();
         } else {
-            (self.every * 2).min(Duration::from_secs(60))
-        };
+            self.every.next_delay();
+        }
     }
 }
 
@@ -692,14 +692,14 @@ mod tests {
         let mut watch2 = StallWatch::new(Duration::from_secs(5));
         assert!(!watch2.due());
         watch2.checked(false);
-        assert_eq!(watch2.every, Duration::from_secs(10));
+        assert_eq!(watch2.every.peek(), Duration::from_secs(10));
         for _ in 0..10 {
             watch2.checked(false);
         }
-        assert_eq!(watch2.every, Duration::from_secs(60));
+        assert_eq!(watch2.every.peek(), Duration::from_secs(60));
         watch2.checked(true);
-        assert_eq!(watch2.every, Duration::from_secs(5));
+        assert_eq!(watch2.every.peek(), Duration::from_secs(5));
         watch.progress();
-        assert_eq!(watch.every, Duration::ZERO);
+        assert_eq!(watch.every.peek(), Duration::ZERO);
     }
 }

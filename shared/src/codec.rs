@@ -1,4 +1,5 @@
-//! The wire format: one format-version byte, then the postcard encoding.
+//! The wire format: one format-version byte, then the postcard encoding; job
+//! envelopes and stored results each have their own version.
 //!
 //! The version byte lets a fleet run mixed releases: a worker that meets an envelope
 //! from a newer scheduler refuses it with [`DecodeError::UnknownVersion`] (and the job
@@ -8,8 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::job::Job;
+use crate::outcome::JobResult;
 
-/// The format version this build writes and reads.
+/// The job envelope's format version this build writes and reads.
 ///
 /// - 1: input references were prefixed strings (`blob:ID`, `file://PATH`, `stdin:`).
 /// - 2: input references are a typed [`crate::JobInput`] (inline, file, blob, stdin).
@@ -17,14 +19,22 @@ use crate::job::Job;
 ///   dead-lettered as `bad_envelope`, as any unknown version is.
 pub const FORMAT_VERSION: u8 = 2;
 
-/// Why bytes are not a valid envelope. Never a panic: queues carry untrusted bytes.
+/// The stored result's format version. Results have their own: the envelope's bump to
+/// 2 did not change [`JobResult`], so results written before it (kept for their TTL)
+/// still read.
+pub const RESULT_FORMAT_VERSION: u8 = 1;
+
+/// Why bytes are not a valid envelope or result. Never a panic: queues carry untrusted
+/// bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// No bytes at all.
     #[error("empty envelope")]
     Empty,
     /// Written by another release's format.
-    #[error("unknown envelope format version {found} (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "unknown envelope format version {found} (this build reads jobs of version {FORMAT_VERSION} and results of version {RESULT_FORMAT_VERSION})"
+    )]
     UnknownVersion {
         /// The version byte found.
         found: u8,
@@ -37,19 +47,17 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
-/// Encodes any value as an envelope.
-pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
+fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![version];
     // Serializing our own plain-data types into a Vec cannot fail: postcard only
     // errors on unsupported serde features (none used) or a full fixed buffer.
     out.extend(postcard::to_stdvec(value).expect("postcard encodes plain data into a Vec"));
     out
 }
 
-/// Decodes an envelope written by [`encode_value`].
-pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+fn decode_versioned<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != FORMAT_VERSION {
+    if version != expected {
         return Err(DecodeError::UnknownVersion { found: version });
     }
     let (value, rest) =
@@ -60,14 +68,24 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError>
     Ok(value)
 }
 
-/// Encodes a job.
+/// Encodes a job as an envelope.
 pub fn encode(job: &Job) -> Vec<u8> {
-    encode_value(job)
+    encode_versioned(FORMAT_VERSION, job)
 }
 
-/// Decodes a job.
+/// Decodes a job envelope.
 pub fn decode(bytes: &[u8]) -> Result<Job, DecodeError> {
-    decode_value(bytes)
+    decode_versioned(FORMAT_VERSION, bytes)
+}
+
+/// Encodes a job's result as it is stored.
+pub fn encode_result(result: &JobResult) -> Vec<u8> {
+    encode_versioned(RESULT_FORMAT_VERSION, result)
+}
+
+/// Decodes a stored result.
+pub fn decode_result(bytes: &[u8]) -> Result<JobResult, DecodeError> {
+    decode_versioned(RESULT_FORMAT_VERSION, bytes)
 }
 
 #[cfg(test)]
@@ -176,6 +194,16 @@ mod tests {
             decode(&bytes),
             Err(DecodeError::UnknownVersion { found: 1 })
         );
+    }
+
+    #[test]
+    fn results_keep_their_own_version_so_stored_ones_read_across_the_envelope_bump() {
+        let result = crate::JobResult::without_run(JobId::new(), crate::Outcome::Success, 1);
+        let bytes = encode_result(&result);
+        assert_eq!(bytes[0], RESULT_FORMAT_VERSION);
+        assert_eq!(RESULT_FORMAT_VERSION, 1);
+        assert_eq!(decode_result(&bytes), Ok(result));
+        assert!(decode(&bytes).is_err());
     }
 
     #[test]

@@ -678,7 +678,7 @@ async fn check_results(queue: &RedisQueue, model: &Model, log: &[String]) {
     }
     let stored: Vec<Option<Vec<u8>>> = pipe.query_async(&mut queue.connection()).await.unwrap();
     for (id, bytes) in model.order.iter().zip(stored) {
-        let stored: Option<JobResult> = bytes.map(|b| codec::decode_value(&b).unwrap());
+        let stored: Option<JobResult> = bytes.map(|b| codec::decode_result(&b).unwrap());
         assert_eq!(
             stored.as_ref(),
             model.result(*id),

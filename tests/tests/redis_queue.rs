@@ -329,7 +329,7 @@ async fn dlq_retry_never_deletes_a_success() {
     let done = success_of(sent.id);
     redis::cmd("SET")
         .arg(queue.keys().result_key(sent.id))
-        .arg(codec::encode_value(&done))
+        .arg(codec::encode_result(&done))
         .query_async::<()>(&mut queue.connection())
         .await
         .unwrap();

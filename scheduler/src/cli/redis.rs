@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue, redacted_url};
 
 /// Where the queue is.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone)]
 pub struct RedisArgs {
     /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
     #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
@@ -31,6 +31,17 @@ impl RedisArgs {
         }
         RedisQueue::connect(config)
             .await
-            .with_context(|| format!("connecting to {}", self.redis_url))
+            .with_context(|| format!("connecting to {}", redacted_url(&self.redis_url)))
+    }
+}
+
+/// The URL's password never shows in debug output.
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &redacted_url(&self.redis_url))
+            .field("queue", &self.queue)
+            .field("redis_ca", &self.redis_ca)
+            .finish()
     }
 }

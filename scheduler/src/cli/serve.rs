@@ -11,7 +11,7 @@ use super::RedisArgs;
 use crate::api::{Api, ApiConfig, ServerConfig, router};
 
 /// `sluice serve` flags.
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]

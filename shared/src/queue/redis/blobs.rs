@@ -51,10 +51,13 @@ pub enum BlobError {
 }
 
 impl From<BlobError> for QueueError {
-    /// Every blob failure is one the caller may retry or report; none is a protocol
-    /// violation of the queue itself.
+    /// A store failure keeps its kind (a corrupt key or an unreadable reply is not
+    /// cured by retrying); every other blob failure is one the caller may retry.
     fn from(e: BlobError) -> Self {
-        QueueError::Unavailable(e.to_string())
+        match e {
+            BlobError::Store(e) => e.into(),
+            other => QueueError::Unavailable(other.to_string()),
+        }
     }
 }
 

@@ -159,9 +159,40 @@ impl RedisConfig {
     }
 }
 
+/// `url` with its password replaced by `***`, for messages and logs:
+/// `redis://user:secret@host:6379` becomes `redis://user:***@host:6379`.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at]
+                .split_once(':')
+                .map_or(&rest[..at], |(user, _)| user);
+            let password = if rest[..at].contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{password}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_url_keeps_everything_but_the_password() {
+        assert_eq!(
+            redacted_url("redis://u:s3cr@t@host:6379/0"),
+            "redis://u:***@host:6379/0"
+        );
+        assert_eq!(redacted_url("rediss://:pw@host"), "rediss://:***@host");
+        assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redacted_url("redis://u@host"), "redis://u@host");
+        assert_eq!(redacted_url("not a url"), "not a url");
+    }
 
     #[test]
     fn queue_names_that_would_break_the_hash_tag_are_refused() {

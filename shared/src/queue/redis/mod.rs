@@ -47,7 +47,7 @@ mod tenants;
 pub use admin::{Admin, AdminError, ConsumerInfo, RedisStatus};
 pub use admission::{Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id};
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
-pub use config::{RedisConfig, RedisConfigError, validate_queue_name};
+pub use config::{RedisConfig, RedisConfigError, redacted_url, validate_queue_name};
 pub use error::StoreError;
 pub use keys::Keys;
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};

@@ -355,7 +355,7 @@ async fn flush_completions(
                 .arg(&item.lease.entry_id)
                 .arg(item.result.job_id.to_string())
                 .arg(item.result.outcome.kind().as_str())
-                .arg(codec::encode_value(&item.result))
+                .arg(codec::encode_result(&item.result))
                 .arg(&item.lease.consumer);
         }
         // Redis may be restarting: keep trying for a while rather than fail the batch,
@@ -585,7 +585,7 @@ impl Queue for RedisQueue {
             .arg(result.outcome.kind().as_str())
             .arg(result.outcome.to_string())
             .arg(result.attempt)
-            .arg(codec::encode_value(&result))
+            .arg(codec::encode_result(&result))
             .arg(&lease.consumer)
             .arg(lease.deliveries)
             .arg(self.keys.prefix())
@@ -643,7 +643,7 @@ impl Queue for RedisQueue {
             .await
             .map_err(on_key(&key))?;
         bytes
-            .map(|b| codec::decode_value(&b).map_err(|e| corrupt(&format!("{key}: {e}")).into()))
+            .map(|b| codec::decode_result(&b).map_err(|e| corrupt(&format!("{key}: {e}")).into()))
             .transpose()
     }
 
@@ -670,10 +670,7 @@ impl Queue for RedisQueue {
                     entry_id: id,
                     job_id: field("job").parse().ok(),
                     reason: field("reason"),
-                    kind: OutcomeKind::ALL
-                        .into_iter()
-                        .find(|k| k.as_str() == kind_name)
-                        .unwrap_or(OutcomeKind::BadEnvelope),
+                    kind: kind_name.parse().unwrap_or(OutcomeKind::BadEnvelope),
                     attempts: field("attempts").parse().unwrap_or(0),
                 }
             })

@@ -113,7 +113,7 @@ impl BatchCounts {
 }
 
 fn kind_named(name: &str) -> Option<OutcomeKind> {
-    OutcomeKind::ALL.into_iter().find(|k| k.as_str() == name)
+    name.parse().ok()
 }
 
 impl Results<'_> {
@@ -162,9 +162,7 @@ impl Results<'_> {
             for (id, fields) in parse_entries(entries)? {
                 for (job, kind) in fields {
                     let job = std::str::from_utf8(&job).ok().and_then(|s| s.parse().ok());
-                    let kind = std::str::from_utf8(&kind)
-                        .ok()
-                        .and_then(|k| OutcomeKind::ALL.into_iter().find(|c| c.as_str() == k));
+                    let kind = std::str::from_utf8(&kind).ok().and_then(kind_named);
                     if let (Some(job), Some(kind)) = (job, kind) {
                         notices.push((job, kind));
                     }
@@ -188,7 +186,7 @@ impl Results<'_> {
             for (key, bytes) in keys.into_iter().zip(values) {
                 let Some(bytes) = bytes else { continue };
                 let result: JobResult =
-                    codec::decode_value(&bytes).map_err(|e| ResultsError::BadResult {
+                    codec::decode_result(&bytes).map_err(|e| ResultsError::BadResult {
                         key,
                         reason: e.to_string(),
                     })?;
@@ -361,9 +359,9 @@ mod tests {
     #[test]
     fn a_stored_success_has_variant_zero_at_byte_18() {
         let id = JobId(uuid::Uuid::now_v7());
-        let success = codec::encode_value(&JobResult::without_run(id, Outcome::Success, 1));
+        let success = codec::encode_result(&JobResult::without_run(id, Outcome::Success, 1));
         assert_eq!(success[18], 0);
-        let failed = codec::encode_value(&JobResult::without_run(id, Outcome::Timeout, 1));
+        let failed = codec::encode_result(&JobResult::without_run(id, Outcome::Timeout, 1));
         assert_ne!(failed[18], 0);
         assert_eq!(&success[2..18], id.0.as_bytes());
     }
