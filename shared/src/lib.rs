@@ -6,7 +6,8 @@
 //!
 //! - [`job`]: what a job is ([`Job`], [`Limits`], [`JobInput`], [`EntryPoint`]) and the
 //!   content address of a module ([`ModuleHash`]).
-//! - [`codec`]: the wire format, postcard behind a format-version byte. Decoding never
+//! - [`codec`]: the wire format, postcard behind a format-version byte (job envelopes
+//!   and stored results each have their own version). Decoding never
 //!   panics: garbage, a truncated envelope or an unknown version is a [`DecodeError`].
 //! - [`outcome`]: the one typed [`Outcome`] every job ends with, and its [`JobResult`].
 //! - [`queue`]: the [`Queue`] trait a worker loop needs, the in-memory [`MemoryQueue`]

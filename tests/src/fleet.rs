@@ -10,6 +10,22 @@ use tokio::runtime::Runtime;
 
 use crate::{RedisServer, WorkerProcess, bin, connect, runtime};
 
+/// Admits up to `max` of `tenant`'s backlogged jobs onto the job stream now, as the
+/// dispatcher would (holding its role as `test`); returns how many were admitted.
+pub async fn admit(queue: &RedisQueue, tenant: &str, max: usize) -> usize {
+    queue
+        .admission()
+        .hold_dispatcher("test", std::time::Duration::from_secs(60))
+        .await
+        .expect("hold the dispatcher role");
+    queue
+        .admission()
+        .dispatch("test", tenant, max)
+        .await
+        .expect("dispatch")
+        .len()
+}
+
 /// A fresh redis-server and an async client on it, configured by `configure` from the
 /// defaults for the server's URL.
 pub async fn fresh_queue(configure: impl FnOnce(&mut RedisConfig)) -> (RedisServer, RedisQueue) {

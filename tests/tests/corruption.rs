@@ -365,20 +365,7 @@ async fn corrupt_job_record_and_batch_fail_their_jobs_alone() {
         .enqueue_owned(&jobs, "acme", Some(&batch))
         .await
         .unwrap();
-    queue
-        .admission()
-        .hold_dispatcher("test", std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(
-        queue
-            .admission()
-            .dispatch("test", "acme", 10)
-            .await
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(sluice_tests::fleet::admit(&queue, "acme", 10).await, 3);
     let claimed = queue.claim("c1", 3, LONG, WAIT).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let lease_of = |id: JobId| {

@@ -375,20 +375,7 @@ async fn batch_outcomes_are_counted_once_across_dead_letters_and_dlq_retry() {
         .unwrap()
         .unwrap();
     assert_eq!((fresh_counts.total, fresh_counts.done()), (3, 0));
-    queue
-        .admission()
-        .hold_dispatcher("test", std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(
-        queue
-            .admission()
-            .dispatch("test", "acme", 10)
-            .await
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(sluice_tests::fleet::admit(&queue, "acme", 10).await, 3);
     let claimed = queue.claim("c1", 3, LONG, LONG).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let id = |c: &sluice_shared::queue::Claimed| c.lease.job_id.unwrap();
