@@ -8,6 +8,9 @@
 //!   [`Sandbox::load_module`] checks the size cap, compiles, refuses imports other than
 //!   WASI, and prepares an `InstancePre`; [`Sandbox::run`] runs one job and returns its
 //!   typed [`Outcome`](sluice_shared::Outcome).
+//! - [`compile`]: compilation in a `sluice-worker compile` child under address-space,
+//!   CPU and wall-clock limits ([`compile::Compiler`]), the engine configuration both
+//!   sides build from, and [`compile::load_artifact`], the one `unsafe`.
 //! - [`streams`]: guest stdin/stdout that stream to and from any `Read`/`Write` under a
 //!   byte cap, so memory does not grow with the input.
 //! - [`executor`]: the worker loop over any [`Queue`](sluice_shared::Queue): claim,
@@ -35,6 +38,7 @@
 
 mod blocking;
 pub mod cli;
+pub mod compile;
 pub mod config;
 pub mod executor;
 pub mod fleet;

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sluice_worker::compile::{CompileArgs, child};
 use sluice_worker::executor::ExecutorError;
 use sluice_worker::fleet::{self, FleetArgs, ServeError};
 use sluice_worker::run::{self, RunArgs, RunExit};
@@ -44,6 +45,10 @@ enum Command {
     Run(RunArgs),
     /// Run jobs from a Redis queue until SIGTERM (then drain and exit 0).
     Serve(FleetArgs),
+    /// Internal: compile the module on stdin under limits, artifact to stdout (the
+    /// child `serve` starts for every compile).
+    #[command(hide = true)]
+    Compile(CompileArgs),
 }
 
 /// Prints why the command failed and exits with `code`.
@@ -89,6 +94,11 @@ fn serve_command(args: FleetArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The compile child says how it ended by its status and one stderr line only.
+    if let Command::Compile(args) = &cli.command {
+        return ExitCode::from(child::run(args));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -96,8 +106,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Run(args) => run_command(args),
         Command::Serve(args) => serve_command(args),
+        Command::Compile(args) => ExitCode::from(child::run(&args)),
     }
 }

@@ -1,7 +1,8 @@
 //! Every metric the worker exports, declared in one place (listed in `docs/metrics.md`),
 //! and the endpoint that serves them.
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
-//! `_bytes`; the only label is the outcome kind, a closed set of 15 values.
+//! `_bytes`; the labels are closed sets: the outcome kind (15 values) and the compile
+//! limit (4).
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use sluice_shared::{JobResult, OutcomeKind};
@@ -36,6 +37,66 @@ pub struct WorkerMetrics {
     pub stuck: IntGauge,
     /// `sluice_jobs_stuck_total`: runs the watchdog has given up.
     pub stuck_total: IntCounter,
+    /// The out-of-process compiler's metrics.
+    pub compile: CompileMetrics,
+}
+
+/// What the out-of-process compiler ([`crate::compile::Compiler`]) counts.
+#[derive(Clone)]
+pub struct CompileMetrics {
+    /// `sluice_module_compiles_total`: compile children started.
+    pub compiles: IntCounter,
+    /// `sluice_module_compile_seconds`: wall time of a compile, child start to artifact
+    /// (or failure).
+    pub seconds: Histogram,
+    /// `sluice_module_compile_limit_failures_total{limit}`: compiles stopped by a limit
+    /// (`memory`, `cpu`, `wall_clock`, `artifact_size`).
+    pub limit_failures: IntCounterVec,
+}
+
+impl CompileMetrics {
+    fn register(registry: &Registry) -> Self {
+        let compiles = IntCounter::new(
+            "sluice_module_compiles_total",
+            "Module compiles run in a compile child",
+        )
+        .expect("valid metric");
+        let seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_module_compile_seconds",
+                "Wall time of a module compile in a compile child",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        )
+        .expect("valid metric");
+        let limit_failures = IntCounterVec::new(
+            Opts::new(
+                "sluice_module_compile_limit_failures_total",
+                "Module compiles stopped by a compile limit",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        for limit in crate::compile::CompileLimit::ALL {
+            limit_failures.with_label_values(&[limit.as_str()]);
+        }
+        registry
+            .register(Box::new(compiles.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(seconds.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(limit_failures.clone()))
+            .expect("unique metric");
+        CompileMetrics {
+            compiles,
+            seconds,
+            limit_failures,
+        }
+    }
 }
 
 impl WorkerMetrics {
@@ -84,7 +145,9 @@ impl WorkerMetrics {
         registry
             .register(Box::new(stuck.clone()))
             .expect("unique metric");
+        let compile = CompileMetrics::register(&registry);
         WorkerMetrics {
+            compile,
             jobs,
             stuck,
             stuck_total: counter(

@@ -2,6 +2,12 @@
 //! loader, and [`Sandbox::run`], which runs one job under its limits and returns its
 //! one typed outcome.
 //!
+//! Where code comes from: [`Sandbox::new`] compiles in process (`Module::new`; the
+//! embedded `sluice batch` and `sluice-worker run`), [`Sandbox::with_compiler`] in a
+//! limited child process ([`Compiler`]; `sluice-worker serve`), loading its artifact
+//! through [`load_artifact`](crate::compile::load_artifact). Both engines are built
+//! from [`code_config`], the function the compile child uses too.
+//!
 //! Why two engines: fuel metering is an engine-wide switch that costs 40–80% on compute
 //! (measured on wasmtime 48; our own figures are in `docs/benchmarks.md`), so jobs that ask for an instruction budget run on
 //! a metered engine and the rest on an unmetered one. Both use epoch interruption, so
@@ -16,12 +22,14 @@ use std::time::{Duration, Instant};
 
 use sluice_shared::{EntryPoint, Job, JobOutput, JobResult, ModuleHash, Outcome, RunStats};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+    Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
+    Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use crate::compile::engine::{EngineSettings, Metering, code_config};
+use crate::compile::{CompileError, Compiler};
 use crate::config::{ConfigError, SandboxConfig};
 use crate::hostcalls::{self, JobClock};
 use crate::limiter::GuestLimiter;
@@ -49,6 +57,15 @@ pub enum SandboxError {
     /// Without the ticker no deadline would ever fire, so the sandbox refuses to run.
     #[error("cannot start the epoch ticker thread (it enforces every job's deadline): {0}")]
     EpochTicker(std::io::Error),
+    /// The compiler was built for other engine settings than this sandbox's, so its
+    /// artifacts would not load.
+    #[error("the compiler's engine settings {compiler:?} differ from the sandbox's {sandbox:?}")]
+    CompilerMismatch {
+        /// What the compiler compiles for.
+        compiler: EngineSettings,
+        /// What the sandbox runs.
+        sandbox: EngineSettings,
+    },
 }
 
 /// What a store holds for one job.
@@ -75,21 +92,21 @@ struct EngineSet {
     linker: Linker<StoreState>,
 }
 
-/// Engine index: jobs with a fuel budget run on the metered engine.
-#[derive(Clone, Copy)]
-enum Metering {
-    Off = 0,
-    Fuel = 1,
+/// The engine a job runs on: the metered one if it has a fuel budget.
+fn metering_of(job: &Job) -> Metering {
+    if job.limits.fuel.is_some() {
+        Metering::Fuel
+    } else {
+        Metering::Off
+    }
 }
 
-impl Metering {
-    fn of(job: &Job) -> Self {
-        if job.limits.fuel.is_some() {
-            Metering::Fuel
-        } else {
-            Metering::Off
-        }
-    }
+/// Where the sandbox gets a module's code.
+enum CodeSource {
+    /// `Module::new` in this process.
+    InProcess,
+    /// A compile child under limits, its artifact loaded.
+    Child(Compiler),
 }
 
 /// Drives the engines' epochs from a thread; stops it on drop.
@@ -168,8 +185,7 @@ impl LoadedModule {
     }
 
     fn prepared<'a>(&'a self, sandbox: &Sandbox, metering: Metering) -> &'a Prepared {
-        self.prepared[metering as usize]
-            .get_or_init(|| sandbox.prepare(&sandbox.engines[metering as usize], &self.bytes))
+        self.prepared[metering.index()].get_or_init(|| sandbox.prepare(metering, &self.bytes))
     }
 }
 
@@ -178,13 +194,32 @@ pub struct Sandbox {
     config: SandboxConfig,
     engines: [EngineSet; 2],
     allowed_imports: HashSet<(String, String)>,
+    code: CodeSource,
     _ticker: Ticker,
 }
 
 impl Sandbox {
     /// Checks the configuration, then builds the engines, the WASI linker and the
-    /// epoch ticker.
+    /// epoch ticker. Modules are compiled in this process.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        Self::build(config, CodeSource::InProcess)
+    }
+
+    /// As [`Sandbox::new`], but modules are compiled by `compiler` in a child process
+    /// under its limits; `compiler` must be built for this configuration's
+    /// [`EngineSettings`].
+    pub fn with_compiler(config: SandboxConfig, compiler: Compiler) -> Result<Self, SandboxError> {
+        let sandbox = EngineSettings::of(&config);
+        if compiler.settings() != sandbox {
+            return Err(SandboxError::CompilerMismatch {
+                compiler: compiler.settings(),
+                sandbox,
+            });
+        }
+        Self::build(config, CodeSource::Child(compiler))
+    }
+
+    fn build(config: SandboxConfig, code: CodeSource) -> Result<Self, SandboxError> {
         config.validate()?;
         let engines = [
             Self::engine_set(&config, Metering::Off)?,
@@ -199,6 +234,7 @@ impl Sandbox {
             config,
             engines,
             allowed_imports,
+            code,
             _ticker: ticker,
         })
     }
@@ -223,12 +259,9 @@ impl Sandbox {
             // Batched decommits amortise madvise calls across jobs (12 µs → 110k/s on two
             // threads in our measurements); half the pool keeps slots available.
             .decommit_batch_size((config.slots as usize / 2).max(1));
-        let mut wasm = Config::new();
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .memory_init_cow(true)
-            .epoch_interruption(true)
-            .consume_fuel(matches!(metering, Metering::Fuel))
-            .max_wasm_stack(config.max_wasm_stack_bytes);
+        // The code-shaping part is shared with the compile child; the pool is ours.
+        let mut wasm = code_config(&EngineSettings::of(config), metering);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut StoreState| {
@@ -284,14 +317,28 @@ impl Sandbox {
         Ok(Arc::new(loaded))
     }
 
-    fn prepare(&self, set: &EngineSet, bytes: &[u8]) -> Prepared {
-        let module = Module::new(&set.engine, bytes).map_err(|e| Outcome::InvalidModule {
-            // WAT parse errors span several lines; an outcome is reported on one.
-            reason: describe(&e)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        })?;
+    /// The module's code for one engine, from wherever this sandbox compiles.
+    fn compile(&self, metering: Metering, bytes: &[u8]) -> Result<Module, Outcome> {
+        let engine = &self.engines[metering.index()].engine;
+        match &self.code {
+            CodeSource::InProcess => {
+                Module::new(engine, bytes).map_err(|e| Outcome::InvalidModule {
+                    // WAT parse errors span several lines; an outcome is reported on one.
+                    reason: describe(&e)
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                })
+            }
+            CodeSource::Child(compiler) => compiler
+                .compile_module(engine, bytes, metering)
+                .map_err(|e: CompileError| e.outcome()),
+        }
+    }
+
+    fn prepare(&self, metering: Metering, bytes: &[u8]) -> Prepared {
+        let set = &self.engines[metering.index()];
+        let module = self.compile(metering, bytes)?;
         for import in module.imports() {
             let key = (import.module().to_owned(), import.name().to_owned());
             if !self.allowed_imports.contains(&key) {
@@ -380,7 +427,7 @@ impl Sandbox {
         started: Instant,
         deadline: Instant,
     ) -> Outcome {
-        let metering = Metering::of(job);
+        let metering = metering_of(job);
         let pre = match module.prepared(self, metering) {
             Ok(pre) => pre,
             Err(outcome) => return outcome.clone(),
@@ -436,7 +483,7 @@ impl Sandbox {
             }
         }
 
-        let set = &self.engines[metering as usize];
+        let set = &self.engines[metering.index()];
         let mut store = Store::new(
             &set.engine,
             StoreState {
