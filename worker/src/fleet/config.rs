@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sluice_shared::units::parse_duration;
+use sluice_shared::units::{parse_duration, parse_size};
 
+use crate::compile::CompileLimits;
 use crate::config::DirGrant;
 use crate::executor::ExecutorConfig;
 
@@ -76,6 +77,21 @@ pub struct FleetArgs {
     /// Directories granted (read-only) to every guest, HOST::GUEST (never `/`).
     #[arg(long = "dir", env = "SLUICE_DIRS", value_delimiter = ',')]
     pub dirs: Option<Vec<String>>,
+    /// Address space a module's compile child may use (e.g. `2GiB`); a module that
+    /// needs more is `invalid_module`. 64 MiB to 1 TiB; default 4 GiB.
+    #[arg(long, env = "SLUICE_COMPILE_MEMORY", value_parser = size(field::COMPILE_MEMORY))]
+    #[serde(default, with = "size_text")]
+    pub compile_memory: Option<u64>,
+    /// CPU time a module's compile child may use (whole seconds, over all its
+    /// threads). 1s to 1h; default 120s.
+    #[arg(long, env = "SLUICE_COMPILE_CPU", value_parser = duration(field::COMPILE_CPU))]
+    #[serde(default, with = "duration_text")]
+    pub compile_cpu: Option<Duration>,
+    /// How long a module's compile may take before its child is killed. 100ms to 1h;
+    /// default 60s.
+    #[arg(long, env = "SLUICE_COMPILE_TIMEOUT", value_parser = duration(field::COMPILE_TIMEOUT))]
+    #[serde(default, with = "duration_text")]
+    pub compile_timeout: Option<Duration>,
     /// A TOML file with any of the settings above.
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip)]
@@ -139,6 +155,12 @@ fields! {
     CONSUMER: "--consumer", "SLUICE_CONSUMER", "consumer";
     /// Directory grants.
     DIRS: "--dir", "SLUICE_DIRS", "dirs";
+    /// The compile child's address-space limit.
+    COMPILE_MEMORY: "--compile-memory", "SLUICE_COMPILE_MEMORY", "compile_memory";
+    /// The compile child's CPU limit.
+    COMPILE_CPU: "--compile-cpu", "SLUICE_COMPILE_CPU", "compile_cpu";
+    /// The compile's wall-clock limit.
+    COMPILE_TIMEOUT: "--compile-timeout", "SLUICE_COMPILE_TIMEOUT", "compile_timeout";
 }
 
 /// A flag or variable read as `T` (its `FromStr`), the setting named in an error.
@@ -156,6 +178,42 @@ fn duration(
     field: Field,
 ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
     move |text| parse_duration(text).map_err(|e| format!("{e}; {field}"))
+}
+
+/// A flag or variable read as a byte size by [`parse_size`], the setting named in an
+/// error.
+fn size(field: Field) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |text| parse_size(text).map_err(|e| format!("{e}; {field}"))
+}
+
+/// Byte sizes in the config file: a number of bytes or a string with a unit (`2GiB`),
+/// read by [`parse_size`] as the flags are; written (for the merge) as a number.
+mod size_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use sluice_shared::units::parse_size;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(bytes) => s.serialize_u64(*bytes),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Size::deserialize(d)? {
+            Size::Bytes(bytes) => Ok(Some(bytes)),
+            Size::Text(text) => parse_size(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// Durations in the config file: read by [`parse_duration`], as the flags are, and
@@ -271,6 +329,8 @@ pub struct FleetConfig {
     pub consumer: Option<String>,
     /// Directories granted read-only to every guest.
     pub dir_grants: Vec<DirGrant>,
+    /// The limits every module compile runs under (its child process).
+    pub compile: CompileLimits,
 }
 
 impl FleetArgs {
@@ -377,6 +437,7 @@ impl FleetArgs {
             ));
         }
 
+        let compile = compile_limits(args.compile_memory, args.compile_cpu, args.compile_timeout)?;
         if let Some(consumer) = &args.consumer {
             check_name(field::CONSUMER, consumer, limits::MAX_CONSUMER_NAME, |c| {
                 c.is_ascii_graphic()
@@ -392,6 +453,7 @@ impl FleetArgs {
             .collect::<Result<Vec<_>, _>>()?;
 
         Ok(FleetConfig {
+            compile,
             redis_url,
             queue: args.queue,
             redis_ca_pem,
@@ -407,6 +469,49 @@ impl FleetArgs {
             dir_grants,
         })
     }
+}
+
+/// The compile limits: [`CompileLimits`]'s defaults where unset, each value checked
+/// against its bounds and named by its setting.
+fn compile_limits(
+    memory: Option<u64>,
+    cpu: Option<Duration>,
+    timeout: Option<Duration>,
+) -> Result<CompileLimits, ConfigError> {
+    let defaults = CompileLimits::default();
+    let memory_bytes = memory.unwrap_or(defaults.memory_bytes);
+    if !(CompileLimits::MIN_MEMORY_BYTES..=CompileLimits::MAX_MEMORY_BYTES).contains(&memory_bytes)
+    {
+        return Err(invalid(
+            field::COMPILE_MEMORY,
+            format!("must be 64 MiB to 1 TiB, got {memory_bytes} bytes"),
+        ));
+    }
+    let cpu = cpu.unwrap_or(defaults.cpu);
+    within(
+        field::COMPILE_CPU,
+        cpu,
+        CompileLimits::MIN_CPU,
+        CompileLimits::MAX_CPU,
+    )?;
+    let wall_clock = timeout.unwrap_or(defaults.wall_clock);
+    within(
+        field::COMPILE_TIMEOUT,
+        wall_clock,
+        CompileLimits::MIN_WALL_CLOCK,
+        CompileLimits::MAX_WALL_CLOCK,
+    )?;
+    let limits = CompileLimits {
+        memory_bytes,
+        cpu,
+        wall_clock,
+        ..defaults
+    };
+    // Every field is checked above; this keeps the two in step.
+    limits
+        .validate()
+        .map_err(|e| invalid(field::COMPILE_MEMORY, e.to_string()))?;
+    Ok(limits)
 }
 
 /// `over` laid over `under`, setting by setting: both are written as TOML tables, in
@@ -568,6 +673,7 @@ mod tests {
         assert_eq!(config.grace, executor.grace);
         assert_eq!(config.watchdog_grace, executor.watchdog_grace);
         assert_eq!(config.max_attempts, executor.retry.max_attempts);
+        assert_eq!(config.compile, CompileLimits::default());
         let bound = ExecutorConfig {
             slots: config.slots,
             ..executor
@@ -648,6 +754,27 @@ mod tests {
                     ..args()
                 },
                 field::TTL,
+            ),
+            (
+                FleetArgs {
+                    compile_memory: Some(1 << 20),
+                    ..args()
+                },
+                field::COMPILE_MEMORY,
+            ),
+            (
+                FleetArgs {
+                    compile_cpu: Some(Duration::from_millis(10)),
+                    ..args()
+                },
+                field::COMPILE_CPU,
+            ),
+            (
+                FleetArgs {
+                    compile_timeout: secs(7200),
+                    ..args()
+                },
+                field::COMPILE_TIMEOUT,
             ),
             (
                 FleetArgs {
@@ -735,6 +862,9 @@ mod tests {
             (field::MAX_STUCK, "-1"),
             (field::MAX_ATTEMPTS, "three"),
             (field::METRICS_ADDR, "nowhere"),
+            (field::COMPILE_MEMORY, "lots"),
+            (field::COMPILE_CPU, "a while"),
+            (field::COMPILE_TIMEOUT, "-1s"),
         ];
         for (field, value) in cases {
             let error = flags(&[&format!("{}={value}", field.flag)])
@@ -831,6 +961,9 @@ mod tests {
         "--ttl=2m",
         "--consumer=cflag",
         "--dir=/a::/a",
+        "--compile-memory=1GiB",
+        "--compile-cpu=10s",
+        "--compile-timeout=5s",
     ];
     const EVERY_KEY: &str = r#"
         redis = "redis://file:2"
@@ -846,6 +979,9 @@ mod tests {
         ttl = "3m"
         consumer = "cfile"
         dirs = ["/b::/b"]
+        compile_memory = "2GiB"
+        compile_cpu = "20s"
+        compile_timeout = "15s"
     "#;
 
     fn table(args: &FleetArgs) -> toml::Table {

@@ -1,5 +1,6 @@
 //! `sluice-worker serve` as a library call: connect to Redis (with backoff, until it
-//! answers or the worker is told to stop), build the sandbox, start the `/metrics`
+//! answers or the worker is told to stop), build the sandbox (compiling in a limited
+//! child process), start the `/metrics`
 //! endpoint, and run the executor over the queue until shutdown.
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::RedisEnv;
 use super::config::FleetConfig;
+use crate::compile::{Compiler, EngineSettings};
 use crate::config::SandboxConfig;
 use crate::executor::{self, ExecutorConfig, ExecutorError};
 use crate::metrics::{self, WorkerMetrics};
@@ -43,12 +45,19 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
     let Some(queue) = connect(redis_config(&config), &shutdown).await else {
         return Ok(());
     };
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+    let metrics = WorkerMetrics::new();
+    let sandbox_config = SandboxConfig {
         slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
         dir_grants: config.dir_grants.clone(),
         ..SandboxConfig::default()
-    })?);
-    let metrics = WorkerMetrics::new();
+    };
+    // Modules are compiled in a `sluice-worker compile` child under the compile limits,
+    // so a hostile one cannot take this process's memory or CPU.
+    let compiler = Compiler::new(config.compile, EngineSettings::of(&sandbox_config))
+        .map_err(|e| ServeError::Sandbox(SandboxError::Engine(e.to_string())))?
+        .with_max_module_bytes(sandbox_config.max_module_bytes)
+        .with_metrics(metrics.compile.clone());
+    let sandbox = Arc::new(Sandbox::with_compiler(sandbox_config, compiler)?);
     if let Some(addr) = config.metrics_addr {
         let endpoint = tokio::spawn(metrics::serve_endpoint(
             addr,
