@@ -183,15 +183,23 @@ impl std::fmt::Debug for Compiler {
 }
 
 impl Compiler {
-    /// A compiler for engines of `settings` under `limits`, running this executable
-    /// (`std::env::current_exe`) as the child.
+    /// A compiler for engines of `settings` under `limits`, running this executable as
+    /// the child: `/proc/self/exe`, which stays the running binary even when the file
+    /// was replaced by an upgrade (another build's artifacts would not load), or
+    /// `std::env::current_exe` where there is no procfs.
     pub fn new(
         limits: CompileLimits,
         settings: EngineSettings,
     ) -> Result<Self, CompileLimitsError> {
         limits.validate()?;
+        let own = PathBuf::from("/proc/self/exe");
+        let program = if own.exists() {
+            own
+        } else {
+            std::env::current_exe().unwrap_or(own)
+        };
         Ok(Compiler {
-            program: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+            program,
             limits,
             settings,
             max_module_bytes: sluice_shared::job::MAX_MODULE_BYTES,
