@@ -311,7 +311,6 @@ impl Compiler {
             // glibc reserves 64 MiB of address space per thread arena; two keep the
             // compiler's threads from spending the address-space limit on reservations.
             .env("MALLOC_ARENA_MAX", "2")
-            .env("RUST_LOG", "error")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
