@@ -335,7 +335,10 @@ impl Compiler {
             });
             let said = scope.spawn(move || {
                 let mut text = Vec::new();
-                let _ = stderr.take(STDERR_KEPT).read_to_end(&mut text);
+                let mut stderr = stderr;
+                let _ = (&mut stderr).take(STDERR_KEPT).read_to_end(&mut text);
+                // The rest is drained, not kept, so the child never blocks on it.
+                let _ = std::io::copy(&mut stderr, &mut std::io::sink());
                 String::from_utf8_lossy(&text).into_owned()
             });
             let (sender, read) = mpsc::channel();
