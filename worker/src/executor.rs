@@ -106,6 +106,11 @@ pub struct ExecutorConfig {
     /// guest's start, or from the claim while the module and input are prepared)
     /// before the watchdog records it as `timeout` and stops renewing its lease.
     pub watchdog_grace: Duration,
+    /// Extra time the watchdog allows while a job is being prepared (policy, module,
+    /// input), before its guest starts: a fleet worker sets it to its compile
+    /// wall-clock limit, so a slow compile ends as the compile limit's
+    /// `invalid_module` rather than as a retryable `timeout`. Zero by default.
+    pub prepare_budget: Duration,
     /// Stuck runs (given up by the watchdog, thread still busy) this worker tolerates;
     /// one more and [`run`] stops with [`ExecutorError::TooManyStuck`]. `None`: half
     /// the slots (so a one-slot worker stops at its first stuck run).
@@ -133,6 +138,7 @@ impl Default for ExecutorConfig {
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(30),
             watchdog_grace: Self::DEFAULT_WATCHDOG_GRACE,
+            prepare_budget: Duration::ZERO,
             max_stuck: None,
         }
     }
@@ -160,6 +166,8 @@ pub enum ExecutorError {
 struct RunClock {
     /// When the job was claimed (preparation: policy, module, input).
     claimed: Instant,
+    /// Extra budget while preparing ([`ExecutorConfig::prepare_budget`]).
+    prepare_budget: Duration,
     /// When the guest started, set by the blocking thread.
     guest: OnceLock<Instant>,
     /// Set once the run's result no longer matters (recorded as stuck, or released):
@@ -168,9 +176,10 @@ struct RunClock {
 }
 
 impl RunClock {
-    fn new() -> Arc<Self> {
+    fn new(prepare_budget: Duration) -> Arc<Self> {
         Arc::new(RunClock {
             claimed: Instant::now(),
+            prepare_budget,
             guest: OnceLock::new(),
             abandoned: AtomicBool::new(false),
         })
@@ -178,11 +187,12 @@ impl RunClock {
 
     /// When a budget of `limit` runs out; `None` when it is too far to represent.
     fn due(&self, limit: Duration) -> Option<Instant> {
-        self.guest
-            .get()
-            .copied()
-            .unwrap_or(self.claimed)
-            .checked_add(limit)
+        match self.guest.get() {
+            Some(started) => started.checked_add(limit),
+            None => self
+                .claimed
+                .checked_add(limit.saturating_add(self.prepare_budget)),
+        }
     }
 
     fn is_past(&self, limit: Duration) -> bool {
@@ -318,7 +328,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                         config.clone(),
                         shared.clone(),
                     );
-                    let clock = RunClock::new();
+                    let clock = RunClock::new(config.prepare_budget);
                     // In the map before the task is spawned, so a shutdown that comes
                     // before the task first runs still finds the lease to release.
                     shared.in_flight.lock().insert(

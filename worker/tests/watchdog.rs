@@ -393,6 +393,7 @@ fn config(slots: usize) -> ExecutorConfig {
         },
         grace: Duration::from_secs(30),
         watchdog_grace: Duration::from_millis(200),
+        prepare_budget: Duration::ZERO,
         max_stuck: None,
     }
 }
@@ -574,4 +575,33 @@ async fn a_release_at_shutdown_counts_an_attempt_only_for_an_overdue_run() {
     assert_eq!(attempts.get(&overdue.id), Some(&2), "{attempts:?}");
     assert_eq!(attempts.get(&on_time.id), Some(&1), "{attempts:?}");
     gate.open();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preparation_within_its_budget_is_not_taken_for_a_stuck_run() {
+    let mut rig = Rig::new(1);
+    let gate = Arc::new(Gate::default());
+    let _release = OpenOnDrop(vec![gate.clone()]);
+    // Blocked while being prepared (as a slow compile would be) for longer than its
+    // deadline plus the watchdog grace (200 + 200 ms): six renewals of a 300 ms lease.
+    let slow = rig.job("slow", 200, Some(Input::Blocked(gate.clone())));
+    let (shutdown, run) = rig.start(ExecutorConfig {
+        prepare_budget: BOUND,
+        ..config(1)
+    });
+    rig.enqueue(&slow).await;
+    let (renewals, id) = (rig.queue.renewals.clone(), slow.id);
+    let renewed = tokio::task::spawn_blocking(move || renewals.wait_for(id, 6))
+        .await
+        .unwrap();
+    assert!(renewed, "the slow job's lease was not renewed six times");
+    gate.open();
+    let (kind, disposition) = rig.finished("slow").await;
+    assert_eq!(
+        (kind, disposition),
+        (OutcomeKind::Success, Disposition::Completed)
+    );
+    shutdown.cancel();
+    let ended = tokio::time::timeout(BOUND, run).await.unwrap().unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
 }

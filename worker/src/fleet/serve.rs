@@ -109,6 +109,9 @@ fn executor_config(config: &FleetConfig) -> ExecutorConfig {
         lease: config.lease,
         grace: config.grace,
         watchdog_grace: config.watchdog_grace,
+        // A compile may take up to its wall-clock limit (one per engine the job
+        // needs) before the guest starts; the compile limit ends it, not the watchdog.
+        prepare_budget: config.compile.wall_clock.saturating_mul(2),
         max_stuck: Some(config.max_stuck),
         retry: RetryPolicy {
             max_attempts: config.max_attempts,
