@@ -118,9 +118,15 @@ fn kind_named(name: &str) -> Option<OutcomeKind> {
 
 impl Results<'_> {
     /// A position in the completion-notice stream meaning "now": notices from it on are
-    /// those of completions after this call (stream ids are the server's clock).
+    /// those of completions after this call (stream ids are the server's clock). It is
+    /// the last id of the previous millisecond: `XREAD` returns ids strictly after its
+    /// cursor, so `<now>-0` would miss a notice added within the same millisecond.
     pub async fn notices_from_now(self) -> Result<String, StoreError> {
-        Ok(format!("{}-0", self.q.server_time_ms().await?))
+        let now = self.q.server_time_ms().await?;
+        Ok(match now.checked_sub(1) {
+            Some(before) => format!("{before}-{}", u64::MAX),
+            None => "0".to_owned(),
+        })
     }
 
     /// Completion notices after stream id `after` (`"0"` for all, `"$"` for new ones),
