@@ -34,6 +34,7 @@
 //! ```
 
 mod blocking;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod executor;
@@ -48,4 +49,4 @@ pub mod streams;
 
 pub use config::{DirGrant, SandboxConfig};
 pub use raw_abi::PROCESS as RAW_PROCESS_EXPORT;
-pub use sandbox::{LoadedModule, Sandbox, SandboxError};
+pub use sandbox::{CompiledSource, LoadedModule, Metering, Sandbox, SandboxError};

@@ -84,7 +84,7 @@ fn serve_command(args: FleetArgs) -> ExitCode {
         Err(error @ ServeError::Executor(ExecutorError::TooManyStuck { .. })) => {
             failed(error, exit::STUCK)
         }
-        Err(error @ ServeError::Sandbox(_)) => failed(error, exit::FAILED),
+        Err(error @ (ServeError::Sandbox(_) | ServeError::Cache(_))) => failed(error, exit::FAILED),
     }
 }
 

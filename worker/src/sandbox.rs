@@ -76,14 +76,20 @@ struct EngineSet {
 }
 
 /// Engine index: jobs with a fuel budget run on the metered engine.
-#[derive(Clone, Copy)]
-enum Metering {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Metering {
+    /// The unmetered engine (no fuel budget).
     Off = 0,
+    /// The metered engine (fuel consumed per instruction).
     Fuel = 1,
 }
 
 impl Metering {
-    fn of(job: &Job) -> Self {
+    /// Both engines, in index order.
+    pub const ALL: [Metering; 2] = [Metering::Off, Metering::Fuel];
+
+    /// The engine a job runs on.
+    pub fn of(job: &Job) -> Self {
         if job.limits.fuel.is_some() {
             Metering::Fuel
         } else {
@@ -143,12 +149,22 @@ impl Drop for Ticker {
 /// A module compiled and linked for one engine, ready to instantiate cheaply.
 type Prepared = Result<InstancePre<StoreState>, Outcome>;
 
+/// Where a module's compiled code for one engine comes from when it is not compiled
+/// here from its bytes (the fleet's artifact cache).
+pub trait CompiledSource: Send + Sync {
+    /// The module compiled for `sandbox`'s engine `metering`, or the outcome the module
+    /// earns.
+    fn compiled(&self, sandbox: &Sandbox, metering: Metering) -> Result<Module, Outcome>;
+}
+
 /// A module accepted by the sandbox: validated, size-checked, and prepared (lazily per
 /// engine) as an `InstancePre` so a job's instantiation is a copy-on-write map.
 pub struct LoadedModule {
     hash: ModuleHash,
     bytes: Arc<[u8]>,
     prepared: [OnceLock<Prepared>; 2],
+    /// Compiled code from elsewhere (`None`: compiled in process from `bytes`).
+    source: Option<Box<dyn CompiledSource>>,
 }
 
 impl LoadedModule {
@@ -168,8 +184,15 @@ impl LoadedModule {
     }
 
     fn prepared<'a>(&'a self, sandbox: &Sandbox, metering: Metering) -> &'a Prepared {
-        self.prepared[metering as usize]
-            .get_or_init(|| sandbox.prepare(&sandbox.engines[metering as usize], &self.bytes))
+        self.prepared[metering as usize].get_or_init(|| {
+            let set = &sandbox.engines[metering as usize];
+            match &self.source {
+                Some(source) => source
+                    .compiled(sandbox, metering)
+                    .and_then(|module| sandbox.link(set, &module)),
+                None => sandbox.prepare(set, &self.bytes),
+            }
+        })
     }
 }
 
@@ -278,10 +301,40 @@ impl Sandbox {
             hash: ModuleHash::of(bytes),
             bytes: bytes.into(),
             prepared: [OnceLock::new(), OnceLock::new()],
+            source: None,
         };
         // Compile for the unmetered engine now so a bad module is refused at load.
         loaded.prepared(self, Metering::Off).clone()?;
         Ok(Arc::new(loaded))
+    }
+
+    /// Accepts a module whose compiled code comes from `source`, per engine, when a job
+    /// first needs that engine (nothing is compiled here); imports are checked and the
+    /// module linked as [`Self::load_module`] does. `wasm` must hash to `hash`.
+    pub fn load_compiled(
+        &self,
+        hash: ModuleHash,
+        wasm: Arc<[u8]>,
+        source: Box<dyn CompiledSource>,
+    ) -> Result<Arc<LoadedModule>, Outcome> {
+        let size = wasm.len() as u64;
+        if size > self.config.max_module_bytes {
+            return Err(Outcome::ModuleTooLarge {
+                size,
+                limit: self.config.max_module_bytes,
+            });
+        }
+        Ok(Arc::new(LoadedModule {
+            hash,
+            bytes: wasm,
+            prepared: [OnceLock::new(), OnceLock::new()],
+            source: Some(source),
+        }))
+    }
+
+    /// The engine jobs of `metering` run on (to compile or load code for it).
+    pub fn engine(&self, metering: Metering) -> &Engine {
+        &self.engines[metering as usize].engine
     }
 
     fn prepare(&self, set: &EngineSet, bytes: &[u8]) -> Prepared {
@@ -292,6 +345,11 @@ impl Sandbox {
                 .collect::<Vec<_>>()
                 .join(" "),
         })?;
+        self.link(set, &module)
+    }
+
+    /// Checks a compiled module's imports against the linker and links it.
+    fn link(&self, set: &EngineSet, module: &Module) -> Prepared {
         for import in module.imports() {
             let key = (import.module().to_owned(), import.name().to_owned());
             if !self.allowed_imports.contains(&key) {
@@ -303,7 +361,7 @@ impl Sandbox {
                 .capped());
             }
         }
-        set.linker.instantiate_pre(&module).map_err(|e| {
+        set.linker.instantiate_pre(module).map_err(|e| {
             Outcome::ImportNotAllowed {
                 module: "wasi_snapshot_preview1".into(),
                 name: describe(&e),

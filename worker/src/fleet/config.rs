@@ -14,8 +14,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sluice_shared::units::parse_duration;
+use sluice_shared::units::{parse_duration, parse_size};
 
+use crate::cache::CacheConfig;
+use crate::cache::mac::CacheSecret;
 use crate::config::DirGrant;
 use crate::executor::ExecutorConfig;
 
@@ -76,6 +78,30 @@ pub struct FleetArgs {
     /// Directories granted (read-only) to every guest, HOST::GUEST (never `/`).
     #[arg(long = "dir", env = "SLUICE_DIRS", value_delimiter = ',')]
     pub dirs: Option<Vec<String>>,
+    // --- module cache settings (issue 9: the artifact cache tiers) ---
+    /// Directory of the on-disk artifact cache (L2), created if missing; only this
+    /// worker's user should be able to write it. Unset: no L2.
+    #[arg(long, env = "SLUICE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes of artifacts kept in --cache-dir (e.g. `2GiB`). Default 2GiB.
+    #[arg(long, env = "SLUICE_CACHE_BYTES", value_parser = size(field::CACHE_BYTES))]
+    #[serde(default, with = "size_text")]
+    pub cache_bytes: Option<u64>,
+    /// Most bytes of loaded modules (wasm and compiled code) kept in memory (L1).
+    /// Default 512MiB.
+    #[arg(long, env = "SLUICE_MODULE_CACHE_BYTES", value_parser = size(field::MODULE_CACHE_BYTES))]
+    #[serde(default, with = "size_text")]
+    pub module_cache_bytes: Option<u64>,
+    /// Most loaded modules kept in memory (L1), 1 to 100000. Default 256.
+    #[arg(long, env = "SLUICE_MODULE_CACHE_COUNT", value_parser = parsed::<usize>(field::MODULE_CACHE_COUNT))]
+    pub module_cache_count: Option<usize>,
+    /// File holding the fleet's cache key (at least 16 bytes), which tags every cached
+    /// artifact; with a key, artifacts are shared through Redis (L3). The key itself
+    /// may be given in SLUICE_CACHE_KEY instead (never as a flag or in the file).
+    /// Without either, a random per-process key tags L2 only.
+    #[arg(long, env = "SLUICE_CACHE_KEY_FILE")]
+    pub cache_key_file: Option<PathBuf>,
+    // --- end of module cache settings ---
     /// A TOML file with any of the settings above.
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip)]
@@ -139,7 +165,22 @@ fields! {
     CONSUMER: "--consumer", "SLUICE_CONSUMER", "consumer";
     /// Directory grants.
     DIRS: "--dir", "SLUICE_DIRS", "dirs";
+    /// The on-disk artifact cache directory (L2).
+    CACHE_DIR: "--cache-dir", "SLUICE_CACHE_DIR", "cache_dir";
+    /// The on-disk artifact cache's byte bound.
+    CACHE_BYTES: "--cache-bytes", "SLUICE_CACHE_BYTES", "cache_bytes";
+    /// The in-memory module cache's byte bound (L1).
+    MODULE_CACHE_BYTES: "--module-cache-bytes", "SLUICE_MODULE_CACHE_BYTES", "module_cache_bytes";
+    /// The in-memory module cache's count bound (L1).
+    MODULE_CACHE_COUNT: "--module-cache-count", "SLUICE_MODULE_CACHE_COUNT", "module_cache_count";
+    /// The file holding the fleet's cache key.
+    CACHE_KEY_FILE: "--cache-key-file", "SLUICE_CACHE_KEY_FILE", "cache_key_file";
 }
+
+/// The environment variable that may hold the fleet's cache key itself (read only
+/// when `--cache-key-file` is unset; never a flag or a config key, so it does not show
+/// in process listings or config files).
+pub const CACHE_KEY_ENV: &str = "SLUICE_CACHE_KEY";
 
 /// A flag or variable read as `T` (its `FromStr`), the setting named in an error.
 fn parsed<T>(field: Field) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
@@ -156,6 +197,42 @@ fn duration(
     field: Field,
 ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
     move |text| parse_duration(text).map_err(|e| format!("{e}; {field}"))
+}
+
+/// A flag or variable read as a byte size by [`parse_size`], the setting named in an
+/// error.
+fn size(field: Field) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |text| parse_size(text).map_err(|e| format!("{e}; {field}"))
+}
+
+/// Byte sizes in the config file: a number of bytes, or text read by [`parse_size`]
+/// as the flags are (`2GiB`); written (for the merge) as a number.
+mod size_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use sluice_shared::units::parse_size;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(n) => s.serialize_u64(*n),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Size::deserialize(d)? {
+            Size::Bytes(n) => Ok(Some(n)),
+            Size::Text(text) => parse_size(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// Durations in the config file: read by [`parse_duration`], as the flags are, and
@@ -239,6 +316,8 @@ pub mod limits {
     pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Longest consumer name.
     pub const MAX_CONSUMER_NAME: usize = 128;
+    /// Most loaded modules held in memory.
+    pub const MAX_MODULE_CACHE_COUNT: usize = 100_000;
 }
 
 /// Validated `serve` settings, defaults applied: what [`serve`](super::serve) runs on.
@@ -271,6 +350,8 @@ pub struct FleetConfig {
     pub consumer: Option<String>,
     /// Directories granted read-only to every guest.
     pub dir_grants: Vec<DirGrant>,
+    /// The module cache (L1 bounds, L2 directory and bound, the fleet's key).
+    pub cache: CacheConfig,
 }
 
 impl FleetArgs {
@@ -300,6 +381,7 @@ impl FleetArgs {
     pub fn load(self) -> Result<FleetConfig, ConfigError> {
         let args = self.merged()?;
         let defaults = ExecutorConfig::default();
+        let cache = cache_config(&args)?;
         let redis_url = args.redis_url.ok_or_else(|| {
             invalid(
                 field::REDIS,
@@ -405,9 +487,62 @@ impl FleetArgs {
             ttl: args.ttl,
             consumer: args.consumer,
             dir_grants,
+            cache,
         })
     }
 }
+
+// --- module cache settings (issue 9) ---
+
+/// The module cache's settings, checked; the key read from `--cache-key-file` or, when
+/// that is unset, from [`CACHE_KEY_ENV`].
+fn cache_config(args: &FleetArgs) -> Result<CacheConfig, ConfigError> {
+    let defaults = CacheConfig::default();
+    let l1_count = args.module_cache_count.unwrap_or(defaults.l1_count);
+    if !(1..=limits::MAX_MODULE_CACHE_COUNT).contains(&l1_count) {
+        return Err(invalid(
+            field::MODULE_CACHE_COUNT,
+            format!(
+                "must be 1 to {}, got {l1_count}",
+                limits::MAX_MODULE_CACHE_COUNT
+            ),
+        ));
+    }
+    let l1_bytes = args.module_cache_bytes.unwrap_or(defaults.l1_bytes);
+    if l1_bytes == 0 {
+        return Err(invalid(field::MODULE_CACHE_BYTES, "must be above 0"));
+    }
+    let dir_bytes = args.cache_bytes.unwrap_or(defaults.dir_bytes);
+    if dir_bytes == 0 {
+        return Err(invalid(field::CACHE_BYTES, "must be above 0"));
+    }
+    let secret =
+        match &args.cache_key_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    invalid(field::CACHE_KEY_FILE, format!("{}: {e}", path.display()))
+                })?;
+                Some(CacheSecret::new(&bytes).map_err(|e| {
+                    invalid(field::CACHE_KEY_FILE, format!("{}: {e}", path.display()))
+                })?)
+            }
+            None => match std::env::var_os(CACHE_KEY_ENV) {
+                Some(key) => Some(CacheSecret::new(key.as_encoded_bytes()).map_err(|e| {
+                    invalid(field::CACHE_KEY_FILE, format!("{CACHE_KEY_ENV}: {e}"))
+                })?),
+                None => None,
+            },
+        };
+    Ok(CacheConfig {
+        l1_bytes,
+        l1_count,
+        dir: args.cache_dir.clone(),
+        dir_bytes,
+        secret,
+    })
+}
+
+// --- end of module cache settings ---
 
 /// `over` laid over `under`, setting by setting: both are written as TOML tables, in
 /// which an unset setting is absent, so whatever `over` sets wins and the rest comes
@@ -831,6 +966,11 @@ mod tests {
         "--ttl=2m",
         "--consumer=cflag",
         "--dir=/a::/a",
+        "--cache-dir=/flag/cache",
+        "--cache-bytes=1GiB",
+        "--module-cache-bytes=64MiB",
+        "--module-cache-count=10",
+        "--cache-key-file=/flag/key",
     ];
     const EVERY_KEY: &str = r#"
         redis = "redis://file:2"
@@ -846,6 +986,11 @@ mod tests {
         ttl = "3m"
         consumer = "cfile"
         dirs = ["/b::/b"]
+        cache_dir = "/file/cache"
+        cache_bytes = "2GiB"
+        module_cache_bytes = 1048576
+        module_cache_count = 20
+        cache_key_file = "/file/key"
     "#;
 
     fn table(args: &FleetArgs) -> toml::Table {

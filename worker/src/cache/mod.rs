@@ -1,0 +1,379 @@
+//! The module cache: compile a module once per fleet, load it everywhere, and never
+//! load compiled code whose integrity was not checked.
+//!
+//! [`ArtifactCache::module`] looks a module up in three tiers, then compiles:
+//!
+//! - **L1** (`l1.rs`): loaded modules (`Arc<LoadedModule>`, with their `InstancePre`
+//!   per engine) in process, least recently used out past a byte and a count bound;
+//!   failed loads remembered too.
+//! - **L2** (`l2.rs`): artifacts on local disk, written atomically, mapped by wasmtime
+//!   from the descriptor their tag was checked through, bounded in bytes.
+//! - **L3**: artifacts in Redis (the protocol's `artifacts` role), shared by the fleet,
+//!   on when a cache key is configured.
+//! - **compile**: the function the cache is given (today `Engine::precompile_module`
+//!   in process), then the artifact is published to L2 and L3.
+//!
+//! The artifact key (`key.rs`) is the module's SHA-256 plus the engine's fingerprint;
+//! artifacts are built lazily, per engine a job needs. Every L2 and L3 artifact carries
+//! an HMAC-SHA256 tag (`mac.rs`); [`deserialize`], the one place compiled code is
+//! loaded, takes only a [`Verified`] artifact. A tag that does not match is logged,
+//! counted (`sluice_module_cache_integrity_failures_total{tier}`), the artifact
+//! discarded, and the module recompiled. No API accepts precompiled code: artifacts
+//! come only from this cache's own compile function, under its own key.
+
+pub mod key;
+pub mod l1;
+pub mod l2;
+pub mod mac;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use sluice_shared::queue::redis::RedisQueue;
+use sluice_shared::{ModuleHash, Outcome};
+use tokio::runtime::Handle;
+use wasmtime::{Engine, Module};
+
+use crate::metrics::{CacheMetrics, Tier};
+use crate::sandbox::{CompiledSource, LoadedModule, Metering, Sandbox, describe};
+use key::{ArtifactKey, EngineFingerprint};
+use l1::Lru;
+use l2::{Disk, DiskError};
+use mac::{Artifact, CacheSecret, Mac, Tag, Verified, VerifyError};
+
+/// Compiles wasm for the sandbox's engine `Metering` into a serialized artifact, or
+/// says why the module is refused.
+pub type CompileFn = dyn Fn(&[u8], Metering) -> Result<Vec<u8>, Outcome> + Send + Sync;
+
+/// The cache's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most bytes of wasm and artifacts L1 holds.
+    pub l1_bytes: u64,
+    /// Most modules L1 holds.
+    pub l1_count: usize,
+    /// L2's directory; `None`: no L2.
+    pub dir: Option<PathBuf>,
+    /// Most artifact bytes L2 holds.
+    pub dir_bytes: u64,
+    /// The fleet's shared secret; L3 is on when there is one. Without one, a random
+    /// per-process secret tags L2's artifacts.
+    pub secret: Option<CacheSecret>,
+}
+
+impl CacheConfig {
+    /// Default L1 byte bound: 512 MiB.
+    pub const DEFAULT_L1_BYTES: u64 = 512 << 20;
+    /// Default L1 count bound.
+    pub const DEFAULT_L1_COUNT: usize = 256;
+    /// Default L2 byte bound: 2 GiB.
+    pub const DEFAULT_DIR_BYTES: u64 = 2 << 30;
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            l1_bytes: Self::DEFAULT_L1_BYTES,
+            l1_count: Self::DEFAULT_L1_COUNT,
+            dir: None,
+            dir_bytes: Self::DEFAULT_DIR_BYTES,
+            secret: None,
+        }
+    }
+}
+
+/// Why the cache could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The L2 directory is unusable.
+    #[error("module cache: {0}")]
+    Disk(#[from] DiskError),
+}
+
+/// L3: the queue's Redis, driven from the blocking threads jobs run on.
+struct Shared {
+    queue: Arc<RedisQueue>,
+    handle: Handle,
+}
+
+/// The three tiers and the compile function behind them.
+pub struct ArtifactCache {
+    sandbox: Arc<Sandbox>,
+    fingerprints: [EngineFingerprint; 2],
+    mac: Mac,
+    l1: Mutex<Lru<ModuleHash, Arc<LoadedModule>, Outcome>>,
+    l2: Option<Disk>,
+    l3: Option<Shared>,
+    compile: Box<CompileFn>,
+    metrics: CacheMetrics,
+    me: Weak<ArtifactCache>,
+}
+
+/// The stand-in compile function: the sandbox's engine, in this process.
+pub fn compile_in_process(sandbox: Arc<Sandbox>) -> Box<CompileFn> {
+    Box::new(move |wasm, metering| {
+        sandbox
+            .engine(metering)
+            .precompile_module(wasm)
+            .map_err(|e| Outcome::InvalidModule {
+                reason: describe(&e)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            })
+    })
+}
+
+/// Loads a verified artifact for `engine`: the one place compiled code is
+/// deserialized.
+#[allow(unsafe_code)]
+pub fn deserialize(engine: &Engine, verified: Verified<'_>) -> wasmtime::Result<Module> {
+    match verified.into_artifact() {
+        // SAFETY: `Verified` is only built by `Mac::verify`, after the artifact's
+        // HMAC-SHA256 tag over its key and these exact bytes matched (constant-time):
+        // the bytes are an artifact this fleet's compile function produced for this
+        // key's engine, with the secret only the fleet holds.
+        Artifact::Bytes(bytes) => unsafe { Module::deserialize(engine, bytes) },
+        // SAFETY: as above; the tag was checked over the contents read through this
+        // same open descriptor, which is what is mapped (a rename of the path after
+        // the check does not change it; L2 files are never rewritten in place).
+        Artifact::File(file) => unsafe { Module::deserialize_open_file(engine, file) },
+    }
+}
+
+impl ArtifactCache {
+    /// A cache for `sandbox`'s engines; L3 over `queue` when `config` has a secret.
+    /// Must be called inside the tokio runtime when `queue` is given.
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        config: &CacheConfig,
+        queue: Option<Arc<RedisQueue>>,
+        compile: Box<CompileFn>,
+        metrics: CacheMetrics,
+    ) -> Result<Arc<Self>, CacheError> {
+        let l3 = match (&config.secret, queue) {
+            (Some(_), Some(queue)) => Some(Shared {
+                queue,
+                handle: Handle::current(),
+            }),
+            _ => None,
+        };
+        let mac = Mac::new(config.secret.clone().unwrap_or_else(CacheSecret::random));
+        let l2 = config
+            .dir
+            .as_deref()
+            .map(|dir| Disk::open_dir(dir, config.dir_bytes, &mac.key_id()))
+            .transpose()?;
+        if let Some(disk) = &l2 {
+            metrics.set_bytes(Tier::L2, disk.bytes());
+        }
+        let fingerprints = Metering::ALL.map(|m| EngineFingerprint::of(sandbox.engine(m), m));
+        Ok(Arc::new_cyclic(|me| ArtifactCache {
+            sandbox,
+            fingerprints,
+            mac,
+            l1: Mutex::new(Lru::new(config.l1_bytes, config.l1_count)),
+            l2,
+            l3,
+            compile,
+            metrics,
+            me: me.clone(),
+        }))
+    }
+
+    /// The loaded module `hash`, from L1 or loaded now from `fetch`ed wasm (whose code
+    /// comes from L2, L3 or the compile function when a job first needs an engine).
+    /// Loads that fail for the module's own reasons are remembered.
+    pub fn module(
+        &self,
+        hash: &ModuleHash,
+        fetch: impl FnOnce() -> Result<Vec<u8>, Outcome>,
+    ) -> Result<Arc<LoadedModule>, Outcome> {
+        if let Some(known) = self.l1.lock().get(hash) {
+            if known.is_ok() {
+                self.metrics.hit(Tier::L1);
+            }
+            return known;
+        }
+        self.metrics.miss(Tier::L1);
+        // Fetch errors (Redis away, a damaged key) are not the module's: not kept.
+        let wasm: Arc<[u8]> = fetch()?.into();
+        let source = Box::new(CacheSource {
+            cache: self.me.clone(),
+            hash: *hash,
+            wasm: wasm.clone(),
+        });
+        let loaded = self.sandbox.load_compiled(*hash, wasm.clone(), source);
+        let mut l1 = self.l1.lock();
+        // Another thread may have loaded it meanwhile: share its copy (and its code).
+        if let Some(Ok(known)) = l1.get(hash) {
+            return Ok(known);
+        }
+        match &loaded {
+            Ok(module) => {
+                l1.insert(*hash, module.clone(), wasm.len() as u64);
+            }
+            Err(outcome) => l1.fail(*hash, outcome.clone()),
+        }
+        self.metrics.set_bytes(Tier::L1, l1.bytes());
+        loaded
+    }
+
+    /// Counts `bytes` of artifact against module `hash` in L1.
+    fn held(&self, hash: &ModuleHash, bytes: u64) {
+        let mut l1 = self.l1.lock();
+        l1.grow(hash, bytes);
+        self.metrics.set_bytes(Tier::L1, l1.bytes());
+    }
+
+    /// The module compiled for engine `metering`: from L2, L3, or compiled and
+    /// published.
+    fn compiled(
+        &self,
+        hash: ModuleHash,
+        wasm: &[u8],
+        metering: Metering,
+    ) -> Result<Module, Outcome> {
+        let key = ArtifactKey {
+            module: hash,
+            engine: self.fingerprints[metering as usize],
+        };
+        let engine = self.sandbox.engine(metering);
+        if let Some(module) = self.load_from_disk(&key, engine) {
+            return Ok(module);
+        }
+        if let Some(module) = self.load_from_redis(&key, engine) {
+            return Ok(module);
+        }
+        let bytes = (self.compile)(wasm, metering)?;
+        let tag = self.mac.sign(&key, &bytes);
+        let module = self
+            .mac
+            .verify(&key, Artifact::Bytes(&bytes), &tag)
+            .map_err(|e| e.to_string())
+            .and_then(|verified| deserialize(engine, verified).map_err(|e| format!("{e:#}")))
+            .map_err(|reason| Outcome::HostError {
+                reason: format!("loading the artifact just compiled for module {hash}: {reason}"),
+            })?;
+        self.publish_disk(&key, &bytes, &tag);
+        if let Some(l3) = &self.l3 {
+            let put = l3
+                .handle
+                .block_on(l3.queue.artifacts().put(&key.id(), &tag.0, &bytes));
+            if let Err(error) = put {
+                tracing::warn!(artifact = %key, %error, "could not publish the artifact to Redis");
+            }
+        }
+        self.held(&hash, bytes.len() as u64);
+        Ok(module)
+    }
+
+    /// L2's artifact for `key`, if there is one whose tag matches and that loads.
+    fn load_from_disk(&self, key: &ArtifactKey, engine: &Engine) -> Option<Module> {
+        let disk = self.l2.as_ref()?;
+        let found = match disk.open(key) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(artifact = %key, %error, "could not read the artifact on disk");
+                None
+            }
+        };
+        if let Some(stored) = found {
+            let len = stored.file.metadata().map_or(0, |m| m.len());
+            match self
+                .mac
+                .verify(key, Artifact::File(stored.file), &stored.tag)
+            {
+                Ok(verified) => match deserialize(engine, verified) {
+                    Ok(module) => {
+                        self.metrics.hit(Tier::L2);
+                        self.held(&key.module, len);
+                        return Some(module);
+                    }
+                    Err(error) => {
+                        tracing::warn!(artifact = %key, error = %format!("{error:#}"),
+                            "artifact on disk passed its integrity check but does not load; discarding it");
+                        disk.remove(key);
+                    }
+                },
+                Err(VerifyError::Mismatch(_)) => {
+                    tracing::warn!(artifact = %key, tier = "l2",
+                        "artifact on disk failed its integrity check; discarding it");
+                    self.metrics.integrity_failure(Tier::L2);
+                    disk.remove(key);
+                }
+                Err(error) => {
+                    tracing::warn!(artifact = %key, %error, "could not check the artifact on disk");
+                }
+            }
+            self.metrics.set_bytes(Tier::L2, disk.bytes());
+        }
+        self.metrics.miss(Tier::L2);
+        None
+    }
+
+    /// L3's artifact for `key`, if there is one whose tag matches and that loads (then
+    /// also written to L2).
+    fn load_from_redis(&self, key: &ArtifactKey, engine: &Engine) -> Option<Module> {
+        let l3 = self.l3.as_ref()?;
+        let found = match l3.handle.block_on(l3.queue.artifacts().get(&key.id())) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(artifact = %key, %error, "could not read the artifact from Redis");
+                None
+            }
+        };
+        if let Some(stored) = found {
+            let tag = Tag(stored.tag);
+            match self.mac.verify(key, Artifact::Bytes(&stored.bytes), &tag) {
+                Ok(verified) => match deserialize(engine, verified) {
+                    Ok(module) => {
+                        self.metrics.hit(Tier::L3);
+                        self.publish_disk(key, &stored.bytes, &tag);
+                        self.held(&key.module, stored.bytes.len() as u64);
+                        return Some(module);
+                    }
+                    Err(error) => {
+                        tracing::warn!(artifact = %key, error = %format!("{error:#}"),
+                            "artifact in Redis passed its integrity check but does not load; recompiling");
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(artifact = %key, tier = "l3", %error,
+                        "artifact in Redis failed its integrity check; discarding it");
+                    self.metrics.integrity_failure(Tier::L3);
+                }
+            }
+        }
+        self.metrics.miss(Tier::L3);
+        None
+    }
+
+    /// Writes an artifact to L2 (best effort: a full or broken disk costs a compile
+    /// later, not this job).
+    fn publish_disk(&self, key: &ArtifactKey, bytes: &[u8], tag: &Tag) {
+        let Some(disk) = &self.l2 else { return };
+        if let Err(error) = disk.put(key, bytes, tag) {
+            tracing::warn!(artifact = %key, %error, "could not write the artifact to disk");
+        }
+        self.metrics.set_bytes(Tier::L2, disk.bytes());
+    }
+}
+
+/// A loaded module's code, per engine, through the cache that loaded it.
+struct CacheSource {
+    /// Weak: the cache holds the loaded module in L1.
+    cache: Weak<ArtifactCache>,
+    hash: ModuleHash,
+    wasm: Arc<[u8]>,
+}
+
+impl CompiledSource for CacheSource {
+    fn compiled(&self, _sandbox: &Sandbox, metering: Metering) -> Result<Module, Outcome> {
+        let cache = self.cache.upgrade().ok_or_else(|| Outcome::HostError {
+            reason: "the module cache is shut down".into(),
+        })?;
+        cache.compiled(self.hash, &self.wasm, metering)
+    }
+}
