@@ -377,3 +377,164 @@ impl CompiledSource for CacheSource {
         cache.compiled(self.hash, &self.wasm, metering)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::SandboxConfig;
+    use crate::metrics::WorkerMetrics;
+    use sluice_shared::EntryPoint;
+
+    const WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+
+    struct Setup {
+        sandbox: Arc<Sandbox>,
+        compiles: Arc<AtomicUsize>,
+        metrics: CacheMetrics,
+        config: CacheConfig,
+    }
+
+    impl Setup {
+        fn new(dir: &std::path::Path) -> Self {
+            let sandbox = Arc::new(
+                Sandbox::new(SandboxConfig {
+                    slots: 2,
+                    ..SandboxConfig::default()
+                })
+                .unwrap(),
+            );
+            Setup {
+                sandbox,
+                compiles: Arc::default(),
+                metrics: WorkerMetrics::new().cache,
+                config: CacheConfig {
+                    dir: Some(dir.to_owned()),
+                    secret: Some(CacheSecret::new(b"a test secret of some length").unwrap()),
+                    ..CacheConfig::default()
+                },
+            }
+        }
+
+        /// A cache with empty L1 over the same disk and secret (a fresh process).
+        fn cache(&self) -> Arc<ArtifactCache> {
+            let compiles = self.compiles.clone();
+            let inner = compile_in_process(self.sandbox.clone());
+            ArtifactCache::new(
+                self.sandbox.clone(),
+                &self.config,
+                None,
+                Box::new(move |wasm, metering| {
+                    compiles.fetch_add(1, Ordering::SeqCst);
+                    inner(wasm, metering)
+                }),
+                self.metrics.clone(),
+            )
+            .unwrap()
+        }
+
+        fn compiles(&self) -> usize {
+            self.compiles.load(Ordering::SeqCst)
+        }
+
+        fn count(&self, vec: &IntCounterVec, tier: Tier) -> u64 {
+            vec.with_label_values(&[tier.as_str()]).get()
+        }
+    }
+
+    use prometheus::IntCounterVec;
+
+    /// Loads `wasm` through `cache` and prepares it for the unmetered engine.
+    fn load(cache: &ArtifactCache, wasm: &[u8], sandbox: &Sandbox) -> EntryPoint {
+        let module = cache
+            .module(&ModuleHash::of(wasm), || Ok(wasm.to_vec()))
+            .unwrap();
+        module.default_entry(sandbox)
+    }
+
+    fn artifact_files(dir: &std::path::Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    }
+
+    #[test]
+    fn disk_artifacts_are_reused_and_a_flipped_byte_is_caught_and_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new(dir.path());
+        let wasm = WAT.as_bytes();
+        let first = s.cache();
+        assert_eq!(load(&first, wasm, &s.sandbox), EntryPoint::Command);
+        assert_eq!(s.compiles(), 1);
+        // The same module again: L1, nothing compiled or read.
+        load(&first, wasm, &s.sandbox);
+        assert_eq!(s.count(&s.metrics.hits, Tier::L1), 1);
+        assert_eq!(s.compiles(), 1);
+        drop(first);
+
+        // A fresh cache over the same disk loads the artifact without compiling.
+        load(&s.cache(), wasm, &s.sandbox);
+        assert_eq!(s.compiles(), 1);
+        assert_eq!(s.count(&s.metrics.hits, Tier::L2), 1);
+
+        // One byte flipped on disk: caught, counted, recompiled, rewritten.
+        let files = artifact_files(dir.path());
+        assert_eq!(files.len(), 1);
+        let mut bytes = std::fs::read(&files[0]).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&files[0], &bytes).unwrap();
+        assert_eq!(load(&s.cache(), wasm, &s.sandbox), EntryPoint::Command);
+        assert_eq!(s.count(&s.metrics.integrity_failures, Tier::L2), 1);
+        assert_eq!(s.compiles(), 2);
+        assert_ne!(std::fs::read(&files[0]).unwrap(), bytes);
+    }
+
+    #[test]
+    fn another_key_never_loads_this_ones_artifacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Setup::new(dir.path());
+        load(&s.cache(), WAT.as_bytes(), &s.sandbox);
+        s.config.secret = None; // a random per-process key
+        load(&s.cache(), WAT.as_bytes(), &s.sandbox);
+        assert_eq!(s.compiles(), 2);
+        assert_eq!(s.count(&s.metrics.hits, Tier::L2), 0);
+    }
+
+    #[test]
+    fn a_bad_module_is_compiled_once_and_remembered_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new(dir.path());
+        let cache = s.cache();
+        let bad = b"\0asm\x01\0\0\0\x01garbage".as_slice();
+        for _ in 0..3 {
+            // A module that does not compile gets a command (whose run says why).
+            assert_eq!(load(&cache, bad, &s.sandbox), EntryPoint::Command);
+        }
+        assert_eq!(s.compiles(), 1);
+        assert!(artifact_files(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn past_the_count_bound_a_module_is_loaded_again_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Setup::new(dir.path());
+        s.config.l1_count = 1;
+        let cache = s.cache();
+        let other = r#"(module (memory (export "memory") 1) (func (export "_start") nop))"#;
+        load(&cache, WAT.as_bytes(), &s.sandbox);
+        let held = cache
+            .module(&ModuleHash::of(WAT.as_bytes()), || unreachable!())
+            .unwrap();
+        load(&cache, other.as_bytes(), &s.sandbox);
+        assert_eq!(s.compiles(), 2);
+        // The first was evicted (a job still holds it) and comes back from disk.
+        load(&cache, WAT.as_bytes(), &s.sandbox);
+        assert_eq!(s.compiles(), 2);
+        assert_eq!(s.count(&s.metrics.hits, Tier::L2), 1);
+        assert_eq!(held.hash(), ModuleHash::of(WAT.as_bytes()));
+    }
+}
