@@ -1078,4 +1078,77 @@ mod tests {
             assert!(keys.iter().any(|k| k == field.key), "{}", field.key);
         }
     }
+
+    // --- module cache settings (issue 9) ---
+
+    #[test]
+    fn cache_settings_are_checked_and_the_key_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "too short\n").unwrap();
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, "a key of at least sixteen bytes\n").unwrap();
+        let cases = [
+            (
+                FleetArgs {
+                    module_cache_count: Some(0),
+                    ..args()
+                },
+                field::MODULE_CACHE_COUNT,
+            ),
+            (
+                FleetArgs {
+                    module_cache_bytes: Some(0),
+                    ..args()
+                },
+                field::MODULE_CACHE_BYTES,
+            ),
+            (
+                FleetArgs {
+                    cache_bytes: Some(0),
+                    ..args()
+                },
+                field::CACHE_BYTES,
+            ),
+            (
+                FleetArgs {
+                    cache_key_file: Some(dir.path().join("missing.key")),
+                    ..args()
+                },
+                field::CACHE_KEY_FILE,
+            ),
+            (
+                FleetArgs {
+                    cache_key_file: Some(short),
+                    ..args()
+                },
+                field::CACHE_KEY_FILE,
+            ),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(refused(args).0, expected);
+        }
+        let config = FleetArgs {
+            cache_key_file: Some(good),
+            cache_dir: Some(dir.path().join("cache")),
+            cache_bytes: Some(1 << 30),
+            ..args()
+        }
+        .load()
+        .unwrap();
+        assert_eq!(
+            config.cache.secret,
+            Some(CacheSecret::new(b"a key of at least sixteen bytes").unwrap())
+        );
+        assert_eq!(config.cache.dir, Some(dir.path().join("cache")));
+        assert_eq!(config.cache.dir_bytes, 1 << 30);
+        assert_eq!(config.cache.l1_count, CacheConfig::DEFAULT_L1_COUNT);
+        // Sizes take units in flags and file alike.
+        assert_eq!(
+            flags(&["--cache-bytes=2GiB"]).unwrap().cache_bytes,
+            Some(2 << 30)
+        );
+        let file: FleetArgs = toml::from_str("module_cache_bytes = \"1MiB\"").unwrap();
+        assert_eq!(file.module_cache_bytes, Some(1 << 20));
+    }
 }
