@@ -3,11 +3,12 @@
 //! artifact with one byte flipped, in Redis or on disk, is caught by its integrity tag,
 //! discarded and recompiled, while the job still succeeds with the right output.
 
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sluice_shared::{Job, JobInput, JobOutput, ModuleHash, Outcome};
+use sluice_shared::{Job, JobInput, JobOutput, ModuleHash, Outcome, Queue};
 use sluice_tests::{Fleet, WorkerProcess, serve, wait};
 
 /// Writes `cached ok\n` to stdout.
@@ -74,9 +75,19 @@ impl CachedWorker {
 fn run_job(fleet: &Fleet, module: ModuleHash) {
     let job = Job::new(module, JobInput::Inline(Vec::new()));
     let id = job.id;
-    fleet
-        .rt
-        .block_on(wait::enqueue_and_await(&fleet.queue, &[job], FINISH_WITHIN));
+    // Notices are followed from the stream's start, not from "now": a job served from
+    // L1 can finish within the millisecond `notices_from_now` names, and its notice
+    // (id `<that ms>-0`) would then not be after the cursor.
+    fleet.rt.block_on(async {
+        fleet.queue.enqueue(&[job]).await.unwrap();
+        wait::await_finished(
+            &fleet.queue,
+            "0-0".into(),
+            &HashSet::from([id]),
+            FINISH_WITHIN,
+        )
+        .await
+    });
     let result = fleet
         .rt
         .block_on(wait::results(&fleet.queue, [&id]))
