@@ -68,7 +68,8 @@ const ENVELOPE_FIELD: &[u8] = b"e";
 /// The connection to one queue's Redis, its configuration and keys: the core every
 /// role works over. Implements [`Queue`](crate::queue::Queue); the other roles are
 /// reached through [`Self::modules`], [`Self::results`], [`Self::admin`],
-/// [`Self::blobs`], [`Self::tenants`], [`Self::admission`] and [`Self::recovery`].
+/// [`Self::blobs`], [`Self::tenants`], [`Self::admission`], [`Self::recovery`] and
+/// [`Self::artifacts`].
 pub struct RedisQueue {
     config: RedisConfig,
     keys: Keys,
