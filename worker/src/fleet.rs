@@ -3,8 +3,9 @@
 //!
 //! - [`config`]: the `serve` settings ([`FleetArgs`] as given, [`FleetConfig`] checked).
 //! - [`serve()`]: connect, build the sandbox, start the metrics endpoint, run the loop.
-//! - [`RedisEnv`] (here): the [`JobEnv`] that reads modules and inputs from Redis and
-//!   stores outputs there, counted against the tenant's quota.
+//! - [`RedisEnv`] (here): the [`JobEnv`] that reads modules (through the
+//!   [`ArtifactCache`]) and inputs from Redis and stores outputs there, counted against
+//!   the tenant's quota.
 
 pub mod config;
 mod serve;
@@ -22,6 +23,7 @@ use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue, Reservation};
 use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, TenantPolicy};
 use tokio::runtime::Handle;
 
+use crate::cache::{ArtifactCache, CacheConfig, CacheError, compile_with};
 use crate::executor::{Disposition, JobEnv};
 use crate::metrics::WorkerMetrics;
 use crate::sandbox::{LoadedModule, Sandbox};
@@ -148,9 +150,9 @@ impl Write for RedisOutput {
 /// Modules, inputs and outputs in the queue's Redis.
 pub struct RedisEnv {
     queue: Arc<RedisQueue>,
-    sandbox: Arc<Sandbox>,
     handle: Handle,
-    modules: Mutex<HashMap<ModuleHash, Result<Arc<LoadedModule>, Outcome>>>,
+    /// Loaded modules and their compiled code (L1, L2, L3).
+    modules: Arc<ArtifactCache>,
     /// Open outputs by job id and the thread running it: the executor opens and finishes
     /// a run's output on the one blocking thread that runs it, and two runs of the same
     /// job can be on one worker at once (a run the watchdog gave up on still going, a
@@ -166,17 +168,29 @@ pub struct RedisEnv {
 const POLICY_CACHE_FOR: Duration = Duration::from_secs(5);
 
 impl RedisEnv {
-    /// An environment over `queue`; must be created inside the tokio runtime.
-    pub fn new(queue: Arc<RedisQueue>, sandbox: Arc<Sandbox>, metrics: WorkerMetrics) -> Self {
-        RedisEnv {
+    /// An environment over `queue` with the module cache `cache` configures (L3 in
+    /// `queue`'s Redis when it has a key); must be created inside the tokio runtime.
+    pub fn new(
+        queue: Arc<RedisQueue>,
+        sandbox: Arc<Sandbox>,
+        metrics: WorkerMetrics,
+        cache: &CacheConfig,
+    ) -> Result<Self, CacheError> {
+        let modules = ArtifactCache::new(
+            sandbox.clone(),
+            cache,
+            Some(queue.clone()),
+            compile_with(sandbox),
+            metrics.cache.clone(),
+        )?;
+        Ok(RedisEnv {
             queue,
-            sandbox,
             handle: Handle::current(),
-            modules: Mutex::default(),
+            modules,
             outputs: Mutex::default(),
             policies: Mutex::default(),
             metrics,
-        }
+        })
     }
 }
 
@@ -215,27 +229,27 @@ impl JobEnv for RedisEnv {
     }
 
     fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome> {
-        if let Some(known) = self.modules.lock().get(hash) {
-            return known.clone();
-        }
-        let bytes = self
-            .handle
-            .block_on(self.queue.modules().get(hash))
-            .map_err(|e| Outcome::HostError {
-                reason: format!("fetching module {hash}: {e}"),
-            })?
-            .ok_or_else(|| Outcome::InvalidModule {
-                reason: format!("module {hash} is not stored (upload it with `sluice module put`)"),
-            })?;
-        let loaded = if ModuleHash::of(&bytes) == *hash {
-            self.sandbox.load_module(&bytes)
-        } else {
-            Err(Outcome::InvalidModule {
-                reason: format!("stored bytes of module {hash} do not match its hash"),
-            })
-        };
-        self.modules.lock().insert(*hash, loaded.clone());
-        loaded
+        self.modules.module(hash, || {
+            let bytes = self
+                .handle
+                .block_on(self.queue.modules().get(hash))
+                .map_err(|e| Outcome::HostError {
+                    reason: format!("fetching module {hash}: {e}"),
+                })?
+                .ok_or_else(|| Outcome::InvalidModule {
+                    reason: format!(
+                        "module {hash} is not stored (upload it with `sluice module put`)"
+                    ),
+                })?;
+            // `get` refuses bytes that do not hash to their key; checked again here
+            // since the cache keys compiled code by this hash.
+            if ModuleHash::of(&bytes) != *hash {
+                return Err(Outcome::HostError {
+                    reason: format!("stored bytes of module {hash} do not match its hash"),
+                });
+            }
+            Ok(bytes)
+        })
     }
 
     fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome> {

@@ -37,6 +37,7 @@
 //! ```
 
 mod blocking;
+pub mod cache;
 pub mod cli;
 pub mod compile;
 pub mod config;
@@ -52,4 +53,4 @@ pub mod streams;
 
 pub use config::{DirGrant, SandboxConfig};
 pub use raw_abi::PROCESS as RAW_PROCESS_EXPORT;
-pub use sandbox::{LoadedModule, Sandbox, SandboxError};
+pub use sandbox::{CompiledSource, LoadedModule, Metering, Sandbox, SandboxError};

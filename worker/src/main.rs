@@ -44,7 +44,7 @@ enum Command {
     /// Run MODULE (.wasm or .wat) with stdin as its input and stdout as its output.
     Run(RunArgs),
     /// Run jobs from a Redis queue until SIGTERM (then drain and exit 0).
-    Serve(FleetArgs),
+    Serve(Box<FleetArgs>),
     /// Internal: compile the module on stdin under limits, artifact to stdout (the
     /// child `serve` starts for every compile).
     #[command(hide = true)]
@@ -89,7 +89,7 @@ fn serve_command(args: FleetArgs) -> ExitCode {
         Err(error @ ServeError::Executor(ExecutorError::TooManyStuck { .. })) => {
             failed(error, exit::STUCK)
         }
-        Err(error @ ServeError::Sandbox(_)) => failed(error, exit::FAILED),
+        Err(error @ (ServeError::Sandbox(_) | ServeError::Cache(_))) => failed(error, exit::FAILED),
     }
 }
 
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Run(args) => run_command(args),
-        Command::Serve(args) => serve_command(args),
+        Command::Serve(args) => serve_command(*args),
         Command::Compile(args) => ExitCode::from(child::run(&args)),
     }
 }

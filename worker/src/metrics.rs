@@ -1,10 +1,12 @@
 //! Every metric the worker exports, declared in one place (listed in `docs/metrics.md`),
 //! and the endpoint that serves them.
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
-//! `_bytes`; the labels are closed sets: the outcome kind (15 values) and the compile
-//! limit (4).
+//! `_bytes`; the labels are closed sets: the outcome kind (15 values), the compile
+//! limit (4) and the module cache tier (`l1`, `l2`, `l3`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use sluice_shared::{JobResult, OutcomeKind};
 
 /// The worker's metrics and the registry that exports them.
@@ -39,6 +41,8 @@ pub struct WorkerMetrics {
     pub stuck_total: IntCounter,
     /// The out-of-process compiler's metrics.
     pub compile: CompileMetrics,
+    /// The module cache's metrics.
+    pub cache: CacheMetrics,
 }
 
 /// What the out-of-process compiler ([`crate::compile::Compiler`]) counts.
@@ -178,6 +182,7 @@ impl WorkerMetrics {
                 "Runs whose job another delivery had already finished",
             ),
             queue_errors: counter("sluice_queue_errors_total", "Queue operations that failed"),
+            cache: CacheMetrics::register(&registry),
             registry,
         }
     }
@@ -199,6 +204,119 @@ impl WorkerMetrics {
         sluice_shared::metrics::render(&self.registry)
     }
 }
+
+// --- module cache metrics (issue 9: the artifact cache tiers) ---
+
+/// A module cache tier, the `tier` label's closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// Loaded modules in process.
+    L1,
+    /// Artifacts on local disk.
+    L2,
+    /// Artifacts in Redis.
+    L3,
+}
+
+impl Tier {
+    /// Every tier.
+    pub const ALL: [Tier; 3] = [Tier::L1, Tier::L2, Tier::L3];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 => "l2",
+            Tier::L3 => "l3",
+        }
+    }
+}
+
+/// The module cache's metrics, each by tier.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    /// `sluice_module_cache_hits_total{tier}`: lookups the tier answered.
+    pub hits: IntCounterVec,
+    /// `sluice_module_cache_misses_total{tier}`: lookups the tier could not answer (a
+    /// miss in the last tier in use is a compile).
+    pub misses: IntCounterVec,
+    /// `sluice_module_cache_integrity_failures_total{tier}`: artifacts whose integrity
+    /// tag did not match (discarded, the module recompiled).
+    pub integrity_failures: IntCounterVec,
+    /// `sluice_module_cache_bytes{tier}`: bytes held (`l1`: wasm and artifacts of the
+    /// loaded modules; `l2`: artifact files).
+    pub bytes: IntGaugeVec,
+}
+
+impl CacheMetrics {
+    fn register(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["tier"]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            for tier in Tier::ALL {
+                c.with_label_values(&[tier.as_str()]);
+            }
+            c
+        };
+        let bytes = IntGaugeVec::new(
+            Opts::new(
+                "sluice_module_cache_bytes",
+                "Bytes held by the module cache tier",
+            ),
+            &["tier"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(bytes.clone()))
+            .expect("unique metric");
+        for tier in [Tier::L1, Tier::L2] {
+            bytes.with_label_values(&[tier.as_str()]);
+        }
+        CacheMetrics {
+            hits: counter(
+                "sluice_module_cache_hits_total",
+                "Module cache lookups answered by the tier",
+            ),
+            misses: counter(
+                "sluice_module_cache_misses_total",
+                "Module cache lookups the tier could not answer",
+            ),
+            integrity_failures: counter(
+                "sluice_module_cache_integrity_failures_total",
+                "Cached artifacts whose integrity tag did not match",
+            ),
+            bytes,
+        }
+    }
+
+    /// Counts a hit in `tier`.
+    pub fn hit(&self, tier: Tier) {
+        self.hits.with_label_values(&[tier.as_str()]).inc();
+    }
+
+    /// Counts a miss in `tier`.
+    pub fn miss(&self, tier: Tier) {
+        self.misses.with_label_values(&[tier.as_str()]).inc();
+    }
+
+    /// Counts an integrity failure in `tier`.
+    pub fn integrity_failure(&self, tier: Tier) {
+        self.integrity_failures
+            .with_label_values(&[tier.as_str()])
+            .inc();
+    }
+
+    /// Sets the bytes `tier` holds.
+    pub fn set_bytes(&self, tier: Tier, bytes: u64) {
+        self.bytes
+            .with_label_values(&[tier.as_str()])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+// --- end of module cache metrics ---
 
 impl Default for WorkerMetrics {
     fn default() -> Self {

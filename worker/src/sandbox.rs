@@ -28,7 +28,8 @@ use wasmtime::{
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use crate::compile::engine::{EngineSettings, Metering, code_config};
+pub use crate::compile::engine::Metering;
+use crate::compile::engine::{EngineSettings, code_config};
 use crate::compile::{CompileError, Compiler};
 use crate::config::{ConfigError, SandboxConfig};
 use crate::hostcalls::{self, JobClock};
@@ -160,12 +161,22 @@ impl Drop for Ticker {
 /// A module compiled and linked for one engine, ready to instantiate cheaply.
 type Prepared = Result<InstancePre<StoreState>, Outcome>;
 
+/// Where a module's compiled code for one engine comes from when it is not compiled
+/// here from its bytes (the fleet's artifact cache).
+pub trait CompiledSource: Send + Sync {
+    /// The module compiled for `sandbox`'s engine `metering`, or the outcome the module
+    /// earns.
+    fn compiled(&self, sandbox: &Sandbox, metering: Metering) -> Result<Module, Outcome>;
+}
+
 /// A module accepted by the sandbox: validated, size-checked, and prepared (lazily per
 /// engine) as an `InstancePre` so a job's instantiation is a copy-on-write map.
 pub struct LoadedModule {
     hash: ModuleHash,
     bytes: Arc<[u8]>,
     prepared: [OnceLock<Prepared>; 2],
+    /// Compiled code from elsewhere (`None`: compiled in process from `bytes`).
+    source: Option<Box<dyn CompiledSource>>,
 }
 
 impl LoadedModule {
@@ -185,7 +196,12 @@ impl LoadedModule {
     }
 
     fn prepared<'a>(&'a self, sandbox: &Sandbox, metering: Metering) -> &'a Prepared {
-        self.prepared[metering.index()].get_or_init(|| sandbox.prepare(metering, &self.bytes))
+        self.prepared[metering.index()].get_or_init(|| match &self.source {
+            Some(source) => source
+                .compiled(sandbox, metering)
+                .and_then(|module| sandbox.link(metering, &module)),
+            None => sandbox.prepare(metering, &self.bytes),
+        })
     }
 }
 
@@ -311,6 +327,7 @@ impl Sandbox {
             hash: ModuleHash::of(bytes),
             bytes: bytes.into(),
             prepared: [OnceLock::new(), OnceLock::new()],
+            source: None,
         };
         // Compile for the unmetered engine now so a bad module is refused at load.
         loaded.prepared(self, Metering::Off).clone()?;
@@ -336,9 +353,64 @@ impl Sandbox {
         }
     }
 
+    /// The serialized artifact of a module for engine `metering`, compiled where this
+    /// sandbox compiles (in process, or in its limited compile child): what the module
+    /// cache stores. A module that does not compile, or breaks a compile limit, gets
+    /// the outcome it earns.
+    pub fn precompile(&self, metering: Metering, wasm: &[u8]) -> Result<Vec<u8>, Outcome> {
+        match &self.code {
+            CodeSource::InProcess => self.engines[metering.index()]
+                .engine
+                .precompile_module(wasm)
+                .map_err(|e| Outcome::InvalidModule {
+                    reason: describe(&e)
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                }),
+            CodeSource::Child(compiler) => compiler
+                .precompile(wasm, metering)
+                .map_err(|e: CompileError| e.outcome()),
+        }
+    }
+
     fn prepare(&self, metering: Metering, bytes: &[u8]) -> Prepared {
-        let set = &self.engines[metering.index()];
         let module = self.compile(metering, bytes)?;
+        self.link(metering, &module)
+    }
+
+    /// Accepts a module whose compiled code comes from `source`, per engine, when a job
+    /// first needs that engine (nothing is compiled here); imports are checked and the
+    /// module linked as [`Self::load_module`] does. `wasm` must hash to `hash`.
+    pub fn load_compiled(
+        &self,
+        hash: ModuleHash,
+        wasm: Arc<[u8]>,
+        source: Box<dyn CompiledSource>,
+    ) -> Result<Arc<LoadedModule>, Outcome> {
+        let size = wasm.len() as u64;
+        if size > self.config.max_module_bytes {
+            return Err(Outcome::ModuleTooLarge {
+                size,
+                limit: self.config.max_module_bytes,
+            });
+        }
+        Ok(Arc::new(LoadedModule {
+            hash,
+            bytes: wasm,
+            prepared: [OnceLock::new(), OnceLock::new()],
+            source: Some(source),
+        }))
+    }
+
+    /// The engine jobs of `metering` run on (to compile or load code for it).
+    pub fn engine(&self, metering: Metering) -> &Engine {
+        &self.engines[metering.index()].engine
+    }
+
+    /// Checks a compiled module's imports against the linker and links it.
+    fn link(&self, metering: Metering, module: &Module) -> Prepared {
+        let set = &self.engines[metering.index()];
         for import in module.imports() {
             let key = (import.module().to_owned(), import.name().to_owned());
             if !self.allowed_imports.contains(&key) {
@@ -350,7 +422,7 @@ impl Sandbox {
                 .capped());
             }
         }
-        set.linker.instantiate_pre(&module).map_err(|e| {
+        set.linker.instantiate_pre(module).map_err(|e| {
             Outcome::ImportNotAllowed {
                 module: "wasi_snapshot_preview1".into(),
                 name: describe(&e),

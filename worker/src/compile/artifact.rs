@@ -20,11 +20,22 @@ pub enum Provenance {
     MacChecked,
 }
 
-/// Artifact bytes together with the check that makes them trusted. Only this crate can
-/// make one, and only through a constructor that names the check.
-#[derive(Clone, Copy, Debug)]
+/// Where artifact code is: bytes in memory, or an open file read through the same
+/// descriptor that will be mapped (a rename of the path after a check changes
+/// nothing; artifact files are never rewritten in place).
+#[derive(Debug)]
+pub enum Artifact<'a> {
+    /// Artifact bytes.
+    Bytes(&'a [u8]),
+    /// An open artifact file.
+    File(std::fs::File),
+}
+
+/// An artifact together with the check that makes it trusted. Only this crate can make
+/// one, and only through a constructor that names the check.
+#[derive(Debug)]
 pub struct Verified<'a> {
-    bytes: &'a [u8],
+    artifact: Artifact<'a>,
     provenance: Provenance,
 }
 
@@ -32,42 +43,41 @@ impl<'a> Verified<'a> {
     /// Bytes read from the stdout pipe of a compile child this process spawned.
     pub(crate) fn from_own_child(bytes: &'a [u8]) -> Self {
         Verified {
-            bytes,
+            artifact: Artifact::Bytes(bytes),
             provenance: Provenance::OwnChild,
         }
     }
 
-    /// Bytes from a cache whose HMAC tag over key and bytes the caller has just
-    /// compared (in constant time) with the one it computed. Call it nowhere else.
-    #[allow(dead_code)] // the cache's caller arrives with the shared module cache
-    pub(crate) fn after_mac_check(bytes: &'a [u8]) -> Self {
+    /// An artifact from a cache whose HMAC tag over key and contents was just compared
+    /// (in constant time) with the one computed: only `cache::mac::Mac::verify` calls
+    /// it.
+    pub(crate) fn after_mac_check(artifact: Artifact<'a>) -> Self {
         Verified {
-            bytes,
+            artifact,
             provenance: Provenance::MacChecked,
         }
     }
 
-    /// Why these bytes are trusted.
+    /// Why this artifact is trusted.
     pub fn provenance(&self) -> Provenance {
         self.provenance
     }
-
-    /// The artifact bytes.
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
-    }
 }
 
-/// Loads a serialized artifact into `engine`. wasmtime still refuses bytes built for
-/// another engine configuration or version (its own header and compatibility check).
-pub fn load_artifact(engine: &Engine, artifact: Verified<'_>) -> wasmtime::Result<Module> {
-    // SAFETY: `Module::deserialize` requires bytes produced by `Engine::precompile_module`
+/// Loads an artifact into `engine`: the crate's one deserialization of compiled code.
+/// wasmtime still refuses an artifact built for another engine configuration or
+/// version (its own header and compatibility check).
+#[allow(unsafe_code)]
+pub fn load_artifact(engine: &Engine, verified: Verified<'_>) -> wasmtime::Result<Module> {
+    // SAFETY: `Module::deserialize*` requires code produced by `Engine::precompile_module`
     // (or `Module::serialize`) that nobody else could have altered. A `Verified` exists
     // only for bytes read from the pipe of a compile child this process spawned and
-    // whose stdout nothing else holds (`Provenance::OwnChild`), or bytes whose HMAC tag
-    // under the fleet's secret was checked just before (`Provenance::MacChecked`).
-    #[allow(unsafe_code)]
-    unsafe {
-        Module::deserialize(engine, artifact.bytes)
+    // whose stdout nothing else holds (`Provenance::OwnChild`), or for an artifact whose
+    // HMAC-SHA256 tag under the fleet's secret, over its key and these exact contents,
+    // was checked just before (`Provenance::MacChecked`; a file is checked through the
+    // same descriptor that is then mapped).
+    match verified.artifact {
+        Artifact::Bytes(bytes) => unsafe { Module::deserialize(engine, bytes) },
+        Artifact::File(file) => unsafe { Module::deserialize_open_file(engine, file) },
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use sluice_shared::{ModuleHash, Outcome};
 
-pub use artifact::{Provenance, Verified, load_artifact};
+pub use artifact::{Artifact, Provenance, Verified, load_artifact};
 pub use child::CompileArgs;
 pub use engine::{EngineSettings, Metering};
 pub use limits::{CompileLimits, CompileLimitsError};

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use sluice_shared::units::{parse_duration, parse_size};
 
+use crate::cache::CacheConfig;
+use crate::cache::mac::CacheSecret;
 use crate::compile::CompileLimits;
 use crate::config::DirGrant;
 use crate::executor::ExecutorConfig;
@@ -92,6 +94,30 @@ pub struct FleetArgs {
     #[arg(long, env = "SLUICE_COMPILE_TIMEOUT", value_parser = duration(field::COMPILE_TIMEOUT))]
     #[serde(default, with = "duration_text")]
     pub compile_timeout: Option<Duration>,
+    // --- module cache settings (issue 9: the artifact cache tiers) ---
+    /// Directory of the on-disk artifact cache (L2), created if missing; only this
+    /// worker's user should be able to write it. Unset: no L2.
+    #[arg(long, env = "SLUICE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes of artifacts kept in --cache-dir (e.g. `2GiB`). Default 2GiB.
+    #[arg(long, env = "SLUICE_CACHE_BYTES", value_parser = size(field::CACHE_BYTES))]
+    #[serde(default, with = "size_text")]
+    pub cache_bytes: Option<u64>,
+    /// Most bytes of loaded modules (wasm and compiled code) kept in memory (L1).
+    /// Default 512MiB.
+    #[arg(long, env = "SLUICE_MODULE_CACHE_BYTES", value_parser = size(field::MODULE_CACHE_BYTES))]
+    #[serde(default, with = "size_text")]
+    pub module_cache_bytes: Option<u64>,
+    /// Most loaded modules kept in memory (L1), 1 to 100000. Default 256.
+    #[arg(long, env = "SLUICE_MODULE_CACHE_COUNT", value_parser = parsed::<usize>(field::MODULE_CACHE_COUNT))]
+    pub module_cache_count: Option<usize>,
+    /// File holding the fleet's cache key (at least 16 bytes), which tags every cached
+    /// artifact; with a key, artifacts are shared through Redis (L3). The key itself
+    /// may be given in SLUICE_CACHE_KEY instead (never as a flag or in the file).
+    /// Without either, a random per-process key tags L2 only.
+    #[arg(long, env = "SLUICE_CACHE_KEY_FILE")]
+    pub cache_key_file: Option<PathBuf>,
+    // --- end of module cache settings ---
     /// A TOML file with any of the settings above.
     #[arg(long, env = "SLUICE_CONFIG")]
     #[serde(skip)]
@@ -161,7 +187,22 @@ fields! {
     COMPILE_CPU: "--compile-cpu", "SLUICE_COMPILE_CPU", "compile_cpu";
     /// The compile's wall-clock limit.
     COMPILE_TIMEOUT: "--compile-timeout", "SLUICE_COMPILE_TIMEOUT", "compile_timeout";
+    /// The on-disk artifact cache directory (L2).
+    CACHE_DIR: "--cache-dir", "SLUICE_CACHE_DIR", "cache_dir";
+    /// The on-disk artifact cache's byte bound.
+    CACHE_BYTES: "--cache-bytes", "SLUICE_CACHE_BYTES", "cache_bytes";
+    /// The in-memory module cache's byte bound (L1).
+    MODULE_CACHE_BYTES: "--module-cache-bytes", "SLUICE_MODULE_CACHE_BYTES", "module_cache_bytes";
+    /// The in-memory module cache's count bound (L1).
+    MODULE_CACHE_COUNT: "--module-cache-count", "SLUICE_MODULE_CACHE_COUNT", "module_cache_count";
+    /// The file holding the fleet's cache key.
+    CACHE_KEY_FILE: "--cache-key-file", "SLUICE_CACHE_KEY_FILE", "cache_key_file";
 }
+
+/// The environment variable that may hold the fleet's cache key itself (read only
+/// when `--cache-key-file` is unset; never a flag or a config key, so it does not show
+/// in process listings or config files).
+pub const CACHE_KEY_ENV: &str = "SLUICE_CACHE_KEY";
 
 /// A flag or variable read as `T` (its `FromStr`), the setting named in an error.
 fn parsed<T>(field: Field) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
@@ -297,6 +338,8 @@ pub mod limits {
     pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Longest consumer name.
     pub const MAX_CONSUMER_NAME: usize = 128;
+    /// Most loaded modules held in memory.
+    pub const MAX_MODULE_CACHE_COUNT: usize = 100_000;
 }
 
 /// Validated `serve` settings, defaults applied: what [`serve`](super::serve) runs on.
@@ -331,6 +374,8 @@ pub struct FleetConfig {
     pub dir_grants: Vec<DirGrant>,
     /// The limits every module compile runs under (its child process).
     pub compile: CompileLimits,
+    /// The module cache (L1 bounds, L2 directory and bound, the fleet's key).
+    pub cache: CacheConfig,
 }
 
 impl FleetArgs {
@@ -360,6 +405,7 @@ impl FleetArgs {
     pub fn load(self) -> Result<FleetConfig, ConfigError> {
         let args = self.merged()?;
         let defaults = ExecutorConfig::default();
+        let cache = cache_config(&args)?;
         let redis_url = args.redis_url.ok_or_else(|| {
             invalid(
                 field::REDIS,
@@ -467,6 +513,7 @@ impl FleetArgs {
             ttl: args.ttl,
             consumer: args.consumer,
             dir_grants,
+            cache,
         })
     }
 }
@@ -513,6 +560,58 @@ fn compile_limits(
         .map_err(|e| invalid(field::COMPILE_MEMORY, e.to_string()))?;
     Ok(limits)
 }
+
+// --- module cache settings (issue 9) ---
+
+/// The module cache's settings, checked; the key read from `--cache-key-file` or, when
+/// that is unset, from [`CACHE_KEY_ENV`].
+fn cache_config(args: &FleetArgs) -> Result<CacheConfig, ConfigError> {
+    let defaults = CacheConfig::default();
+    let l1_count = args.module_cache_count.unwrap_or(defaults.l1_count);
+    if !(1..=limits::MAX_MODULE_CACHE_COUNT).contains(&l1_count) {
+        return Err(invalid(
+            field::MODULE_CACHE_COUNT,
+            format!(
+                "must be 1 to {}, got {l1_count}",
+                limits::MAX_MODULE_CACHE_COUNT
+            ),
+        ));
+    }
+    let l1_bytes = args.module_cache_bytes.unwrap_or(defaults.l1_bytes);
+    if l1_bytes == 0 {
+        return Err(invalid(field::MODULE_CACHE_BYTES, "must be above 0"));
+    }
+    let dir_bytes = args.cache_bytes.unwrap_or(defaults.dir_bytes);
+    if dir_bytes == 0 {
+        return Err(invalid(field::CACHE_BYTES, "must be above 0"));
+    }
+    let secret =
+        match &args.cache_key_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    invalid(field::CACHE_KEY_FILE, format!("{}: {e}", path.display()))
+                })?;
+                Some(CacheSecret::new(&bytes).map_err(|e| {
+                    invalid(field::CACHE_KEY_FILE, format!("{}: {e}", path.display()))
+                })?)
+            }
+            None => match std::env::var_os(CACHE_KEY_ENV) {
+                Some(key) => Some(CacheSecret::new(key.as_encoded_bytes()).map_err(|e| {
+                    invalid(field::CACHE_KEY_FILE, format!("{CACHE_KEY_ENV}: {e}"))
+                })?),
+                None => None,
+            },
+        };
+    Ok(CacheConfig {
+        l1_bytes,
+        l1_count,
+        dir: args.cache_dir.clone(),
+        dir_bytes,
+        secret,
+    })
+}
+
+// --- end of module cache settings ---
 
 /// `over` laid over `under`, setting by setting: both are written as TOML tables, in
 /// which an unset setting is absent, so whatever `over` sets wins and the rest comes
@@ -964,6 +1063,11 @@ mod tests {
         "--compile-memory=1GiB",
         "--compile-cpu=10s",
         "--compile-timeout=5s",
+        "--cache-dir=/flag/cache",
+        "--cache-bytes=1GiB",
+        "--module-cache-bytes=64MiB",
+        "--module-cache-count=10",
+        "--cache-key-file=/flag/key",
     ];
     const EVERY_KEY: &str = r#"
         redis = "redis://file:2"
@@ -982,6 +1086,11 @@ mod tests {
         compile_memory = "2GiB"
         compile_cpu = "20s"
         compile_timeout = "15s"
+        cache_dir = "/file/cache"
+        cache_bytes = "2GiB"
+        module_cache_bytes = 1048576
+        module_cache_count = 20
+        cache_key_file = "/file/key"
     "#;
 
     fn table(args: &FleetArgs) -> toml::Table {
@@ -1068,5 +1177,78 @@ mod tests {
         for field in field::ALL {
             assert!(keys.iter().any(|k| k == field.key), "{}", field.key);
         }
+    }
+
+    // --- module cache settings (issue 9) ---
+
+    #[test]
+    fn cache_settings_are_checked_and_the_key_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "too short\n").unwrap();
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, "a key of at least sixteen bytes\n").unwrap();
+        let cases = [
+            (
+                FleetArgs {
+                    module_cache_count: Some(0),
+                    ..args()
+                },
+                field::MODULE_CACHE_COUNT,
+            ),
+            (
+                FleetArgs {
+                    module_cache_bytes: Some(0),
+                    ..args()
+                },
+                field::MODULE_CACHE_BYTES,
+            ),
+            (
+                FleetArgs {
+                    cache_bytes: Some(0),
+                    ..args()
+                },
+                field::CACHE_BYTES,
+            ),
+            (
+                FleetArgs {
+                    cache_key_file: Some(dir.path().join("missing.key")),
+                    ..args()
+                },
+                field::CACHE_KEY_FILE,
+            ),
+            (
+                FleetArgs {
+                    cache_key_file: Some(short),
+                    ..args()
+                },
+                field::CACHE_KEY_FILE,
+            ),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(refused(args).0, expected);
+        }
+        let config = FleetArgs {
+            cache_key_file: Some(good),
+            cache_dir: Some(dir.path().join("cache")),
+            cache_bytes: Some(1 << 30),
+            ..args()
+        }
+        .load()
+        .unwrap();
+        assert_eq!(
+            config.cache.secret,
+            Some(CacheSecret::new(b"a key of at least sixteen bytes").unwrap())
+        );
+        assert_eq!(config.cache.dir, Some(dir.path().join("cache")));
+        assert_eq!(config.cache.dir_bytes, 1 << 30);
+        assert_eq!(config.cache.l1_count, CacheConfig::DEFAULT_L1_COUNT);
+        // Sizes take units in flags and file alike.
+        assert_eq!(
+            flags(&["--cache-bytes=2GiB"]).unwrap().cache_bytes,
+            Some(2 << 30)
+        );
+        let file: FleetArgs = toml::from_str("module_cache_bytes = \"1MiB\"").unwrap();
+        assert_eq!(file.module_cache_bytes, Some(1 << 20));
     }
 }

@@ -36,6 +36,9 @@ pub enum ServeError {
     /// restart).
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+    /// The module cache could not be set up (its directory is unusable).
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// Runs jobs from the configured queue until `shutdown` is cancelled, then drains (see
@@ -70,7 +73,12 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
             }
         });
     }
-    let env = Arc::new(RedisEnv::new(queue.clone(), sandbox.clone(), metrics));
+    let env = Arc::new(RedisEnv::new(
+        queue.clone(),
+        sandbox.clone(),
+        metrics,
+        &config.cache,
+    )?);
     let executor = executor_config(&config);
     tracing::info!(
         consumer = %executor.consumer,

@@ -152,6 +152,15 @@ impl Keys {
     pub fn usage(&self, tenant: &str) -> String {
         format!("{}usage:{tenant}", self.prefix)
     }
+
+    /// A compiled artifact of a module for one engine (integrity tag + artifact).
+    pub fn artifact(&self, module: &ModuleHash, engine: &[u8; 32]) -> String {
+        format!(
+            "{}artifact:{module}:{}",
+            self.prefix,
+            crate::queue::redis::artifacts::engine_hex(engine)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +182,7 @@ mod tests {
             keys.batch_jobs("b"),
             keys.backlog("t"),
             keys.usage("t"),
+            keys.artifact(&hash, &[0; 32]),
         ] {
             assert!(key.starts_with("sluice:{q}:"), "{key}");
         }

@@ -15,6 +15,7 @@
 //! | tenants and their tokens | `tenants.rs` | [`RedisQueue::tenants`] | [`TenantError`] |
 //! | admission: backlogs, dispatcher role, dispatch, quotas | `admission.rs` | [`RedisQueue::admission`] | [`AdmissionError`] |
 //! | locating lost jobs, recreating the group | `recovery.rs` | [`RedisQueue::recovery`] | [`RecoveryError`] |
+//! | compiled module artifacts (the fleet's L3 cache) | `artifacts.rs` | [`RedisQueue::artifacts`] | [`ArtifactError`] |
 //!
 //! Every key is built in `keys.rs`, every script is loaded once in `scripts.rs`; the
 //! transport failure all role errors share is [`StoreError`] (`error.rs`).
@@ -31,6 +32,7 @@ use crate::queue::QueueError;
 
 mod admin;
 mod admission;
+mod artifacts;
 mod blobs;
 mod blocking;
 mod config;
@@ -46,6 +48,9 @@ mod tenants;
 
 pub use admin::{Admin, AdminError, ConsumerInfo, RedisStatus};
 pub use admission::{Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id};
+pub use artifacts::{
+    ARTIFACT_TTL, ArtifactError, ArtifactId, Artifacts, MAX_ARTIFACT_BYTES, StoredArtifact,
+};
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
 pub use config::{RedisConfig, RedisConfigError, redacted_url, validate_queue_name};
 pub use error::StoreError;
@@ -63,7 +68,8 @@ const ENVELOPE_FIELD: &[u8] = b"e";
 /// The connection to one queue's Redis, its configuration and keys: the core every
 /// role works over. Implements [`Queue`](crate::queue::Queue); the other roles are
 /// reached through [`Self::modules`], [`Self::results`], [`Self::admin`],
-/// [`Self::blobs`], [`Self::tenants`], [`Self::admission`] and [`Self::recovery`].
+/// [`Self::blobs`], [`Self::tenants`], [`Self::admission`], [`Self::recovery`] and
+/// [`Self::artifacts`].
 pub struct RedisQueue {
     config: RedisConfig,
     keys: Keys,
@@ -174,6 +180,11 @@ impl RedisQueue {
     /// Locating lost jobs and recreating the consumer group.
     pub fn recovery(&self) -> Recovery<'_> {
         Recovery { q: self }
+    }
+
+    /// Compiled module artifacts shared by the fleet.
+    pub fn artifacts(&self) -> Artifacts<'_> {
+        Artifacts { q: self }
     }
 
     /// Makes sure the job stream and its consumer group exist.

@@ -1,0 +1,521 @@
+//! The module cache: compile a module once per fleet, load it everywhere, and never
+//! load compiled code whose integrity was not checked.
+//!
+//! [`ArtifactCache::module`] looks a module up in three tiers, then compiles:
+//!
+//! - **L1** (`l1.rs`): loaded modules (`Arc<LoadedModule>`, with their `InstancePre`
+//!   per engine) in process, least recently used out past a byte and a count bound;
+//!   failed loads remembered too.
+//! - **L2** (`l2.rs`): artifacts on local disk, written atomically, mapped by wasmtime
+//!   from the descriptor their tag was checked through, bounded in bytes.
+//! - **L3**: artifacts in Redis (the protocol's `artifacts` role), shared by the fleet,
+//!   on when a cache key is configured.
+//! - **compile**: the function the cache is given ([`compile_with`]: the sandbox's
+//!   compiler, a limited `sluice-worker compile` child in a fleet worker), then the
+//!   artifact is published to L2 and L3.
+//!
+//! The artifact key (`key.rs`) is the module's SHA-256 plus the engine's fingerprint;
+//! artifacts are built lazily, per engine a job needs. Every L2 and L3 artifact carries
+//! an HMAC-SHA256 tag (`mac.rs`); [`deserialize`], the one place compiled code is
+//! loaded, takes only a [`Verified`] artifact. A tag that does not match is logged,
+//! counted (`sluice_module_cache_integrity_failures_total{tier}`), the artifact
+//! discarded, and the module recompiled. No API accepts precompiled code: artifacts
+//! come only from this cache's own compile function, under its own key.
+
+pub mod key;
+pub mod l1;
+pub mod l2;
+pub mod mac;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use sluice_shared::queue::redis::RedisQueue;
+use sluice_shared::{ModuleHash, Outcome};
+use tokio::runtime::Handle;
+use wasmtime::{Engine, Module};
+
+use crate::metrics::{CacheMetrics, Tier};
+use crate::sandbox::{CompiledSource, LoadedModule, Metering, Sandbox};
+use key::{ArtifactKey, EngineFingerprint};
+use l1::Lru;
+use l2::{Disk, DiskError};
+use mac::{Artifact, CacheSecret, Mac, Tag, Verified, VerifyError};
+
+/// Compiles wasm for the sandbox's engine `Metering` into a serialized artifact, or
+/// says why the module is refused.
+pub type CompileFn = dyn Fn(&[u8], Metering) -> Result<Vec<u8>, Outcome> + Send + Sync;
+
+/// The cache's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most bytes of wasm and artifacts L1 holds.
+    pub l1_bytes: u64,
+    /// Most modules L1 holds.
+    pub l1_count: usize,
+    /// L2's directory; `None`: no L2.
+    pub dir: Option<PathBuf>,
+    /// Most artifact bytes L2 holds.
+    pub dir_bytes: u64,
+    /// The fleet's shared secret; L3 is on when there is one. Without one, a random
+    /// per-process secret tags L2's artifacts.
+    pub secret: Option<CacheSecret>,
+}
+
+impl CacheConfig {
+    /// Default L1 byte bound: 512 MiB.
+    pub const DEFAULT_L1_BYTES: u64 = 512 << 20;
+    /// Default L1 count bound.
+    pub const DEFAULT_L1_COUNT: usize = 256;
+    /// Default L2 byte bound: 2 GiB.
+    pub const DEFAULT_DIR_BYTES: u64 = 2 << 30;
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            l1_bytes: Self::DEFAULT_L1_BYTES,
+            l1_count: Self::DEFAULT_L1_COUNT,
+            dir: None,
+            dir_bytes: Self::DEFAULT_DIR_BYTES,
+            secret: None,
+        }
+    }
+}
+
+/// Why the cache could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The L2 directory is unusable.
+    #[error("module cache: {0}")]
+    Disk(#[from] DiskError),
+}
+
+/// L3: the queue's Redis, driven from the blocking threads jobs run on.
+struct Shared {
+    queue: Arc<RedisQueue>,
+    handle: Handle,
+}
+
+/// The three tiers and the compile function behind them.
+pub struct ArtifactCache {
+    sandbox: Arc<Sandbox>,
+    fingerprints: [EngineFingerprint; 2],
+    mac: Mac,
+    l1: Mutex<Lru<ModuleHash, Arc<LoadedModule>, Outcome>>,
+    l2: Option<Disk>,
+    l3: Option<Shared>,
+    compile: Box<CompileFn>,
+    metrics: CacheMetrics,
+    me: Weak<ArtifactCache>,
+}
+
+/// The compile function of a fleet worker: wherever its sandbox compiles (the limited
+/// compile child for `sluice-worker serve`, see [`Sandbox::precompile`]).
+pub fn compile_with(sandbox: Arc<Sandbox>) -> Box<CompileFn> {
+    Box::new(move |wasm, metering| sandbox.precompile(metering, wasm))
+}
+
+/// Loads a verified artifact for `engine` (see [`crate::compile::load_artifact`], the
+/// one place compiled code is deserialized).
+pub fn deserialize(engine: &Engine, verified: Verified<'_>) -> wasmtime::Result<Module> {
+    crate::compile::load_artifact(engine, verified)
+}
+
+impl ArtifactCache {
+    /// A cache for `sandbox`'s engines; L3 over `queue` when `config` has a secret.
+    /// Must be called inside the tokio runtime when `queue` is given.
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        config: &CacheConfig,
+        queue: Option<Arc<RedisQueue>>,
+        compile: Box<CompileFn>,
+        metrics: CacheMetrics,
+    ) -> Result<Arc<Self>, CacheError> {
+        let l3 = match (&config.secret, queue) {
+            (Some(_), Some(queue)) => Some(Shared {
+                queue,
+                handle: Handle::current(),
+            }),
+            _ => None,
+        };
+        let mac = Mac::new(config.secret.clone().unwrap_or_else(CacheSecret::random));
+        let l2 = config
+            .dir
+            .as_deref()
+            .map(|dir| Disk::open_dir(dir, config.dir_bytes, &mac.key_id()))
+            .transpose()?;
+        if let Some(disk) = &l2 {
+            metrics.set_bytes(Tier::L2, disk.bytes());
+        }
+        let fingerprints = Metering::ALL.map(|m| EngineFingerprint::of(sandbox.engine(m), m));
+        Ok(Arc::new_cyclic(|me| ArtifactCache {
+            sandbox,
+            fingerprints,
+            mac,
+            l1: Mutex::new(Lru::new(config.l1_bytes, config.l1_count)),
+            l2,
+            l3,
+            compile,
+            metrics,
+            me: me.clone(),
+        }))
+    }
+
+    /// The loaded module `hash`, from L1 or loaded now from `fetch`ed wasm (whose code
+    /// comes from L2, L3 or the compile function when a job first needs an engine).
+    /// Loads that fail for the module's own reasons are remembered.
+    pub fn module(
+        &self,
+        hash: &ModuleHash,
+        fetch: impl FnOnce() -> Result<Vec<u8>, Outcome>,
+    ) -> Result<Arc<LoadedModule>, Outcome> {
+        if let Some(known) = self.l1.lock().get(hash) {
+            if known.is_ok() {
+                self.metrics.hit(Tier::L1);
+            }
+            return known;
+        }
+        self.metrics.miss(Tier::L1);
+        // Fetch errors (Redis away, a damaged key) are not the module's: not kept.
+        let wasm: Arc<[u8]> = fetch()?.into();
+        let source = Box::new(CacheSource {
+            cache: self.me.clone(),
+            hash: *hash,
+            wasm: wasm.clone(),
+        });
+        let loaded = self.sandbox.load_compiled(*hash, wasm.clone(), source);
+        let mut l1 = self.l1.lock();
+        // Another thread may have loaded it meanwhile: share its copy (and its code).
+        if let Some(Ok(known)) = l1.get(hash) {
+            return Ok(known);
+        }
+        match &loaded {
+            Ok(module) => {
+                l1.insert(*hash, module.clone(), wasm.len() as u64);
+            }
+            Err(outcome) => l1.fail(*hash, outcome.clone()),
+        }
+        self.metrics.set_bytes(Tier::L1, l1.bytes());
+        loaded
+    }
+
+    /// Counts `bytes` of artifact against module `hash` in L1.
+    fn held(&self, hash: &ModuleHash, bytes: u64) {
+        let mut l1 = self.l1.lock();
+        l1.grow(hash, bytes);
+        self.metrics.set_bytes(Tier::L1, l1.bytes());
+    }
+
+    /// The module compiled for engine `metering`: from L2, L3, or compiled and
+    /// published.
+    fn compiled(
+        &self,
+        hash: ModuleHash,
+        wasm: &[u8],
+        metering: Metering,
+    ) -> Result<Module, Outcome> {
+        let key = ArtifactKey {
+            module: hash,
+            engine: self.fingerprints[metering as usize],
+        };
+        let engine = self.sandbox.engine(metering);
+        if let Some(module) = self.load_from_disk(&key, engine) {
+            return Ok(module);
+        }
+        if let Some(module) = self.load_from_redis(&key, engine) {
+            return Ok(module);
+        }
+        let bytes = (self.compile)(wasm, metering)?;
+        let tag = self.mac.sign(&key, &bytes);
+        let module = self
+            .mac
+            .verify(&key, Artifact::Bytes(&bytes), &tag)
+            .map_err(|e| e.to_string())
+            .and_then(|verified| deserialize(engine, verified).map_err(|e| format!("{e:#}")))
+            .map_err(|reason| Outcome::HostError {
+                reason: format!("loading the artifact just compiled for module {hash}: {reason}"),
+            })?;
+        self.publish_disk(&key, &bytes, &tag);
+        if let Some(l3) = &self.l3 {
+            let put = l3
+                .handle
+                .block_on(l3.queue.artifacts().put(&key.id(), &tag.0, &bytes));
+            if let Err(error) = put {
+                tracing::warn!(artifact = %key, %error, "could not publish the artifact to Redis");
+            }
+        }
+        self.held(&hash, bytes.len() as u64);
+        Ok(module)
+    }
+
+    /// L2's artifact for `key`, if there is one whose tag matches and that loads.
+    fn load_from_disk(&self, key: &ArtifactKey, engine: &Engine) -> Option<Module> {
+        let disk = self.l2.as_ref()?;
+        let found = match disk.open(key) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(artifact = %key, %error, "could not read the artifact on disk");
+                None
+            }
+        };
+        if let Some(stored) = found {
+            let len = stored.file.metadata().map_or(0, |m| m.len());
+            match self
+                .mac
+                .verify(key, Artifact::File(stored.file), &stored.tag)
+            {
+                Ok(verified) => match deserialize(engine, verified) {
+                    Ok(module) => {
+                        self.metrics.hit(Tier::L2);
+                        self.held(&key.module, len);
+                        return Some(module);
+                    }
+                    Err(error) => {
+                        tracing::warn!(artifact = %key, error = %format!("{error:#}"),
+                            "artifact on disk passed its integrity check but does not load; discarding it");
+                        disk.remove(key);
+                    }
+                },
+                Err(VerifyError::Mismatch(_)) => {
+                    tracing::warn!(artifact = %key, tier = "l2",
+                        "artifact on disk failed its integrity check; discarding it");
+                    self.metrics.integrity_failure(Tier::L2);
+                    disk.remove(key);
+                }
+                Err(error) => {
+                    tracing::warn!(artifact = %key, %error, "could not check the artifact on disk");
+                }
+            }
+            self.metrics.set_bytes(Tier::L2, disk.bytes());
+        }
+        self.metrics.miss(Tier::L2);
+        None
+    }
+
+    /// L3's artifact for `key`, if there is one whose tag matches and that loads (then
+    /// also written to L2).
+    fn load_from_redis(&self, key: &ArtifactKey, engine: &Engine) -> Option<Module> {
+        let l3 = self.l3.as_ref()?;
+        let found = match l3.handle.block_on(l3.queue.artifacts().get(&key.id())) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(artifact = %key, %error, "could not read the artifact from Redis");
+                None
+            }
+        };
+        if let Some(stored) = found {
+            let tag = Tag(stored.tag);
+            match self.mac.verify(key, Artifact::Bytes(&stored.bytes), &tag) {
+                Ok(verified) => match deserialize(engine, verified) {
+                    Ok(module) => {
+                        self.metrics.hit(Tier::L3);
+                        self.publish_disk(key, &stored.bytes, &tag);
+                        self.held(&key.module, stored.bytes.len() as u64);
+                        return Some(module);
+                    }
+                    Err(error) => {
+                        tracing::warn!(artifact = %key, error = %format!("{error:#}"),
+                            "artifact in Redis passed its integrity check but does not load; recompiling");
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(artifact = %key, tier = "l3", %error,
+                        "artifact in Redis failed its integrity check; discarding it");
+                    self.metrics.integrity_failure(Tier::L3);
+                }
+            }
+        }
+        self.metrics.miss(Tier::L3);
+        None
+    }
+
+    /// Writes an artifact to L2 (best effort: a full or broken disk costs a compile
+    /// later, not this job).
+    fn publish_disk(&self, key: &ArtifactKey, bytes: &[u8], tag: &Tag) {
+        let Some(disk) = &self.l2 else { return };
+        if let Err(error) = disk.put(key, bytes, tag) {
+            tracing::warn!(artifact = %key, %error, "could not write the artifact to disk");
+        }
+        self.metrics.set_bytes(Tier::L2, disk.bytes());
+    }
+}
+
+/// A loaded module's code, per engine, through the cache that loaded it.
+struct CacheSource {
+    /// Weak: the cache holds the loaded module in L1.
+    cache: Weak<ArtifactCache>,
+    hash: ModuleHash,
+    wasm: Arc<[u8]>,
+}
+
+impl CompiledSource for CacheSource {
+    fn compiled(&self, _sandbox: &Sandbox, metering: Metering) -> Result<Module, Outcome> {
+        let cache = self.cache.upgrade().ok_or_else(|| Outcome::HostError {
+            reason: "the module cache is shut down".into(),
+        })?;
+        cache.compiled(self.hash, &self.wasm, metering)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::SandboxConfig;
+    use crate::metrics::WorkerMetrics;
+    use sluice_shared::EntryPoint;
+
+    const WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+
+    struct Setup {
+        sandbox: Arc<Sandbox>,
+        compiles: Arc<AtomicUsize>,
+        metrics: CacheMetrics,
+        config: CacheConfig,
+    }
+
+    impl Setup {
+        fn new(dir: &std::path::Path) -> Self {
+            let sandbox = Arc::new(
+                Sandbox::new(SandboxConfig {
+                    slots: 2,
+                    ..SandboxConfig::default()
+                })
+                .unwrap(),
+            );
+            Setup {
+                sandbox,
+                compiles: Arc::default(),
+                metrics: WorkerMetrics::new().cache,
+                config: CacheConfig {
+                    dir: Some(dir.to_owned()),
+                    secret: Some(CacheSecret::new(b"a test secret of some length").unwrap()),
+                    ..CacheConfig::default()
+                },
+            }
+        }
+
+        /// A cache with empty L1 over the same disk and secret (a fresh process).
+        fn cache(&self) -> Arc<ArtifactCache> {
+            let compiles = self.compiles.clone();
+            let inner = compile_with(self.sandbox.clone());
+            ArtifactCache::new(
+                self.sandbox.clone(),
+                &self.config,
+                None,
+                Box::new(move |wasm, metering| {
+                    compiles.fetch_add(1, Ordering::SeqCst);
+                    inner(wasm, metering)
+                }),
+                self.metrics.clone(),
+            )
+            .unwrap()
+        }
+
+        fn compiles(&self) -> usize {
+            self.compiles.load(Ordering::SeqCst)
+        }
+
+        fn count(&self, vec: &IntCounterVec, tier: Tier) -> u64 {
+            vec.with_label_values(&[tier.as_str()]).get()
+        }
+    }
+
+    use prometheus::IntCounterVec;
+
+    /// Loads `wasm` through `cache` and prepares it for the unmetered engine.
+    fn load(cache: &ArtifactCache, wasm: &[u8], sandbox: &Sandbox) -> EntryPoint {
+        let module = cache
+            .module(&ModuleHash::of(wasm), || Ok(wasm.to_vec()))
+            .unwrap();
+        module.default_entry(sandbox)
+    }
+
+    fn artifact_files(dir: &std::path::Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    }
+
+    #[test]
+    fn disk_artifacts_are_reused_and_a_flipped_byte_is_caught_and_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new(dir.path());
+        let wasm = WAT.as_bytes();
+        let first = s.cache();
+        assert_eq!(load(&first, wasm, &s.sandbox), EntryPoint::Command);
+        assert_eq!(s.compiles(), 1);
+        // The same module again: L1, nothing compiled or read.
+        load(&first, wasm, &s.sandbox);
+        assert_eq!(s.count(&s.metrics.hits, Tier::L1), 1);
+        assert_eq!(s.compiles(), 1);
+        drop(first);
+
+        // A fresh cache over the same disk loads the artifact without compiling.
+        load(&s.cache(), wasm, &s.sandbox);
+        assert_eq!(s.compiles(), 1);
+        assert_eq!(s.count(&s.metrics.hits, Tier::L2), 1);
+
+        // One byte flipped on disk: caught, counted, recompiled, rewritten.
+        let files = artifact_files(dir.path());
+        assert_eq!(files.len(), 1);
+        let mut bytes = std::fs::read(&files[0]).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&files[0], &bytes).unwrap();
+        assert_eq!(load(&s.cache(), wasm, &s.sandbox), EntryPoint::Command);
+        assert_eq!(s.count(&s.metrics.integrity_failures, Tier::L2), 1);
+        assert_eq!(s.compiles(), 2);
+        assert_ne!(std::fs::read(&files[0]).unwrap(), bytes);
+    }
+
+    #[test]
+    fn another_key_never_loads_this_ones_artifacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Setup::new(dir.path());
+        load(&s.cache(), WAT.as_bytes(), &s.sandbox);
+        s.config.secret = None; // a random per-process key
+        load(&s.cache(), WAT.as_bytes(), &s.sandbox);
+        assert_eq!(s.compiles(), 2);
+        assert_eq!(s.count(&s.metrics.hits, Tier::L2), 0);
+    }
+
+    #[test]
+    fn a_bad_module_is_compiled_once_and_remembered_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new(dir.path());
+        let cache = s.cache();
+        let bad = b"\0asm\x01\0\0\0\x01garbage".as_slice();
+        for _ in 0..3 {
+            // A module that does not compile gets a command (whose run says why).
+            assert_eq!(load(&cache, bad, &s.sandbox), EntryPoint::Command);
+        }
+        assert_eq!(s.compiles(), 1);
+        assert!(artifact_files(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn past_the_count_bound_a_module_is_loaded_again_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Setup::new(dir.path());
+        s.config.l1_count = 1;
+        let cache = s.cache();
+        let other = r#"(module (memory (export "memory") 1) (func (export "_start") nop))"#;
+        load(&cache, WAT.as_bytes(), &s.sandbox);
+        let held = cache
+            .module(&ModuleHash::of(WAT.as_bytes()), || unreachable!())
+            .unwrap();
+        load(&cache, other.as_bytes(), &s.sandbox);
+        assert_eq!(s.compiles(), 2);
+        // The first was evicted (a job still holds it) and comes back from disk.
+        load(&cache, WAT.as_bytes(), &s.sandbox);
+        assert_eq!(s.compiles(), 2);
+        assert_eq!(s.count(&s.metrics.hits, Tier::L2), 1);
+        assert_eq!(held.hash(), ModuleHash::of(WAT.as_bytes()));
+    }
+}
