@@ -16,32 +16,33 @@ use sluice_shared::{
 };
 use tokio::io::AsyncWriteExt;
 
+use sluice_shared::module_meta::ModuleMeta;
+
 use crate::batch::{BatchError, BatchOptions, BatchSummary};
 use crate::modules;
 use crate::report::{Report, say};
 
-/// Reads a module file and validates it; returns its wasm, hash and the entry point it
-/// offers.
-fn read_module(path: &Path) -> Result<(Vec<u8>, ModuleHash, EntryPoint), BatchError> {
+/// Reads a module file and validates it; returns its wasm, hash and metadata.
+fn read_module(path: &Path) -> Result<(Vec<u8>, ModuleHash, ModuleMeta), BatchError> {
     let bytes = std::fs::read(path).map_err(|source| BatchError::Module {
         path: path.to_owned(),
         source,
     })?;
-    let (wasm, _) = modules::prepare(&bytes)?;
-    let entry = modules::default_entry(&wasm);
-    let hash = ModuleHash::of(&wasm);
-    Ok((wasm, hash, entry))
+    let (wasm, hash) = modules::prepare(&bytes)?;
+    let meta = modules::metadata(&wasm);
+    Ok((wasm, hash, meta))
 }
 
-/// Reads a module file, validates it and stores it; returns its hash and the entry
-/// point it offers.
+/// Reads a module file, validates it and stores it with its metadata; returns its hash
+/// and the entry point it offers.
 pub async fn put_module(
     queue: &RedisQueue,
     path: &Path,
     alias: Option<&str>,
 ) -> Result<(ModuleHash, EntryPoint), BatchError> {
-    let (wasm, _, entry) = read_module(path)?;
-    Ok((queue.modules().put(&wasm, alias).await?, entry))
+    let (wasm, _, meta) = read_module(path)?;
+    let hash = queue.modules().put_with_meta(&wasm, &meta, alias).await?;
+    Ok((hash, meta.default_entry))
 }
 
 /// `limits` clamped to `tenant`'s policy (the fleet default for a tenant without one),
@@ -319,6 +320,8 @@ const LOST_LINES: usize = 100;
 struct Resubmitter<'a> {
     options: &'a BatchOptions,
     wasm: Vec<u8>,
+    /// The module's metadata, stored with it again.
+    meta: ModuleMeta,
     module: ModuleHash,
     entry: EntryPoint,
     /// Job id → (input name, path).
@@ -344,7 +347,10 @@ impl Resubmitter<'_> {
         // are claimable the moment they are back, whoever looks first.
         queue.recovery().recreate_group().await?;
         if !queue.modules().is_stored(&self.module).await? {
-            queue.modules().put(&self.wasm, None).await?;
+            queue
+                .modules()
+                .put_with_meta(&self.wasm, &self.meta, None)
+                .await?;
             say(
                 progress,
                 &format!("module {} was lost by Redis: stored it again", self.module),
@@ -439,8 +445,12 @@ pub async fn run_batch(
 ) -> Result<BatchSummary, BatchError> {
     let started = Instant::now();
     let inputs = options.prepare_dirs()?;
-    let (wasm, module, module_entry) = read_module(&options.module)?;
-    queue.modules().put(&wasm, None).await?;
+    let (wasm, module, module_meta) = read_module(&options.module)?;
+    queue
+        .modules()
+        .put_with_meta(&wasm, &module_meta, None)
+        .await?;
+    let module_entry = module_meta.default_entry.clone();
     let mut options = options;
     options.limits = clamp_to_policy(&queue, &options.tenant.0, &options.limits).await?;
     let entry = options.entry.clone().unwrap_or(module_entry);
@@ -452,6 +462,7 @@ pub async fn run_batch(
     let mut resubmitter = Resubmitter {
         options: &options,
         wasm,
+        meta: module_meta,
         module,
         entry: entry.clone(),
         inputs: HashMap::with_capacity(inputs.len()),
@@ -501,7 +512,11 @@ pub async fn run_batch(
         // Should Redis be away now, the first check for lost jobs stores it.
         None => {
             if let Ok(false) = queue.modules().is_stored(&module).await
-                && queue.modules().put(&resubmitter.wasm, None).await.is_ok()
+                && queue
+                    .modules()
+                    .put_with_meta(&resubmitter.wasm, &resubmitter.meta, None)
+                    .await
+                    .is_ok()
             {
                 say(
                     &progress,

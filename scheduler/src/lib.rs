@@ -8,7 +8,9 @@
 //! - [`batch`]: embedded batch mode; [`distributed`]: the submitter's side of
 //!   distributed mode (`batch --redis`, `submit`, `result`). Both write their report
 //!   through one writer (`report.rs`).
-//! - [`modules`]: module validation (wasmparser, off the async threads).
+//! - [`modules`]: module validation (wasmparser, off the async threads) and the
+//!   metadata read from a module on upload; [`module_meta`]: a stored module's
+//!   metadata for a submitter (never the module itself).
 //! - [`api`]: `sluice serve`'s HTTP API, one file per resource; [`api_metrics`]: its
 //!   `/metrics`; [`dispatch`]: the fair-admission dispatcher beside it.
 //! - [`bench`]: `sluice bench`.
@@ -35,5 +37,6 @@ pub mod bench;
 pub mod cli;
 pub mod dispatch;
 pub mod distributed;
+pub mod module_meta;
 pub mod modules;
 mod report;

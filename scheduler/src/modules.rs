@@ -4,9 +4,13 @@
 //! what a client sends, so the service runs them off the async threads
 //! ([`prepare_off_thread`]), at most [`MAX_CONCURRENT_VALIDATIONS`] at once, and caps
 //! WAT text well below the binary cap (WAT expands several-fold while parsed).
+//!
+//! Intake also reads what a module offers ([`metadata`]: size, exports, imports,
+//! default entry point) for the module store to keep beside the bytes.
 
 use std::sync::Arc;
 
+use sluice_shared::module_meta::{ModuleImport, ModuleMeta};
 use sluice_shared::{EntryPoint, ModuleHash};
 use tokio::sync::Semaphore;
 
@@ -90,7 +94,7 @@ fn validations() -> &'static Arc<Semaphore> {
 pub async fn prepare_off_thread<G: Send + 'static>(
     bytes: axum::body::Bytes,
     on_turn: impl FnOnce() -> G + Send + 'static,
-) -> Result<(Vec<u8>, ModuleHash, EntryPoint), ModuleError> {
+) -> Result<(Vec<u8>, ModuleHash, ModuleMeta), ModuleError> {
     if bytes.len() > MAX_MODULE_BYTES {
         return Err(ModuleError::TooLarge { size: bytes.len() });
     }
@@ -106,29 +110,47 @@ pub async fn prepare_off_thread<G: Send + 'static>(
         let _permit = permit;
         let _turn = on_turn();
         prepare(&bytes).map(|(wasm, hash)| {
-            let entry = default_entry(&wasm);
-            (wasm, hash, entry)
+            let meta = metadata(&wasm);
+            (wasm, hash, meta)
         })
     });
     work.await
         .map_err(|e| ModuleError::Interrupted(e.to_string()))?
 }
 
-/// The entry point a module offers when a job names none, by the shared rule
-/// ([`EntryPoint::default_for`]) over the module's exports as wasmparser reads them.
-pub fn default_entry(wasm: &[u8]) -> EntryPoint {
+/// What a module offers, read in one pass with wasmparser: its size, exports and
+/// imports (capped, see [`ModuleMeta::new`]) and the entry point a job naming none
+/// runs, by the shared rule ([`EntryPoint::default_for`]) over every export. Sections
+/// that do not parse are skipped (intake validates a module before this).
+pub fn metadata(wasm: &[u8]) -> ModuleMeta {
     let mut exports = Vec::new();
+    let mut imports = Vec::new();
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        if let Ok(wasmparser::Payload::ExportSection(reader)) = payload {
-            exports.extend(
+        match payload {
+            Ok(wasmparser::Payload::ExportSection(reader)) => exports.extend(
                 reader
                     .into_iter()
                     .filter_map(Result::ok)
                     .map(|e| e.name.to_owned()),
-            );
+            ),
+            Ok(wasmparser::Payload::ImportSection(reader)) => imports.extend(
+                reader
+                    .into_imports()
+                    .filter_map(Result::ok)
+                    .map(|i| ModuleImport {
+                        module: i.module.to_owned(),
+                        name: i.name.to_owned(),
+                    }),
+            ),
+            _ => {}
         }
     }
-    EntryPoint::default_for(|name| exports.iter().any(|e| e == name))
+    ModuleMeta::new(wasm.len() as u64, exports, imports)
+}
+
+/// The entry point a module offers when a job names none ([`metadata`]'s).
+pub fn default_entry(wasm: &[u8]) -> EntryPoint {
+    metadata(wasm).default_entry
 }
 
 #[cfg(test)]
@@ -162,5 +184,69 @@ mod tests {
             prepare(&wordy),
             Err(ModuleError::TextTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn metadata_lists_exports_and_imports_and_the_default_entry() {
+        let (wasm, _) = prepare(
+            br#"(module
+                 (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+                 (import "env" "mem" (memory 1))
+                 (func (export "process"))
+                 (global (export "g") i32 (i32.const 0)))"#,
+        )
+        .unwrap();
+        let meta = metadata(&wasm);
+        assert_eq!(meta.size, wasm.len() as u64);
+        assert_eq!(meta.exports, ["process", "g"]);
+        assert_eq!(meta.exports_omitted, 0);
+        assert_eq!(
+            meta.imports,
+            [
+                ModuleImport {
+                    module: "wasi_snapshot_preview1".into(),
+                    name: "fd_write".into()
+                },
+                ModuleImport {
+                    module: "env".into(),
+                    name: "mem".into()
+                }
+            ]
+        );
+        assert_eq!(
+            meta.default_entry,
+            EntryPoint::Raw {
+                export: "process".into()
+            }
+        );
+    }
+
+    #[test]
+    fn metadata_caps_names_but_decides_the_entry_over_all_of_them() {
+        use sluice_shared::module_meta::{MAX_META_NAME_BYTES, MAX_META_NAMES};
+        let long = "n".repeat(MAX_META_NAME_BYTES + 1);
+        let mut wat = String::from("(module");
+        for i in 0..MAX_META_NAMES + 3 {
+            wat.push_str(&format!(" (import \"env\" \"i{i}\" (func))"));
+        }
+        wat.push_str(" (func $f)");
+        for i in 0..MAX_META_NAMES {
+            wat.push_str(&format!(" (export \"e{i}\" (func $f))"));
+        }
+        wat.push_str(&format!(" (export \"{long}\" (func $f))"));
+        wat.push_str(" (export \"process\" (func $f)))");
+        let (wasm, _) = prepare(wat.as_bytes()).unwrap();
+        let meta = metadata(&wasm);
+        assert_eq!(meta.exports.len(), MAX_META_NAMES);
+        assert_eq!(meta.exports_omitted, 2);
+        assert!(!meta.exports.iter().any(|e| e == "process"));
+        assert_eq!(
+            meta.default_entry,
+            EntryPoint::Raw {
+                export: "process".into()
+            }
+        );
+        assert_eq!(meta.imports.len(), MAX_META_NAMES);
+        assert_eq!(meta.imports_omitted, 3);
     }
 }

@@ -19,6 +19,8 @@
 //! - [`tenant`]: a tenant's [`TenantPolicy`] (quotas and limits) and tenant names.
 //! - [`backoff`]: the one exponential backoff every retry loop uses.
 //! - [`metrics`]: the Prometheus text renderer both binaries serve.
+//! - [`module_meta`]: what a stored module offers ([`module_meta::ModuleMeta`]), kept
+//!   beside its bytes so submitters never download a module.
 //! - [`units`]: `64MiB` / `2s` parsing for the command lines.
 //! - [`parse`]: one parser per text format the command line and the HTTP API share
 //!   (entry points, `KEY=VALUE` pairs, job limits).
@@ -37,6 +39,7 @@ pub mod backoff;
 pub mod codec;
 pub mod job;
 pub mod metrics;
+pub mod module_meta;
 pub mod outcome;
 pub mod parse;
 pub mod queue;

@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiResult};
 use super::params::{MAX_NAME, module_name};
 use super::turns::{buffered_turn, read_body};
 use super::{Api, MAX_ENTRY_POINTS};
-use crate::modules;
+use crate::{module_meta, modules};
 
 impl Api {
     /// The hash of the module a tenant names (a hash, or an alias of its own), and the
@@ -63,16 +63,11 @@ impl Api {
         if let Some(entry) = self.known_entry(&hash) {
             return Ok((hash, entry));
         }
-        let wasm = self
-            .queue
-            .modules()
-            .get(&hash)
+        // Its metadata, recorded on upload: the module itself is never downloaded.
+        let entry = module_meta::stored_meta(&self.queue, &hash)
             .await?
-            .ok_or_else(|| ApiError::not_found("module"))?;
-        // Reading the exports walks the module: off the async threads, like validation.
-        let entry = tokio::task::spawn_blocking(move || modules::default_entry(&wasm))
-            .await
-            .unwrap_or_default();
+            .ok_or_else(|| ApiError::not_found("module"))?
+            .default_entry;
         self.remember_entry(hash, entry.clone());
         Ok((hash, entry))
     }
@@ -106,7 +101,7 @@ pub(super) async fn put_module(
     let _turn = buffered_turn(&api, &tenant).await?;
     let bytes = read_body(&api, body, modules::MAX_MODULE_BYTES, "module").await?;
     let gauge = api.metrics.clone();
-    let (wasm, _, entry) =
+    let (wasm, _, meta) =
         modules::prepare_off_thread(bytes, move || gauge.validation_started()).await?;
     let stored = api
         .queue
@@ -114,6 +109,7 @@ pub(super) async fn put_module(
         .put_for_tenant(
             &tenant,
             &wasm,
+            &meta,
             name.as_deref(),
             api.config.module_ttl,
             policy.max_modules,
@@ -121,7 +117,7 @@ pub(super) async fn put_module(
         .await?;
     let hash = match stored {
         ModulePut::Stored { hash, .. } => {
-            api.remember_entry(hash, entry);
+            api.remember_entry(hash, meta.default_entry.clone());
             hash
         }
         ModulePut::OverQuota { held } => {

@@ -50,9 +50,8 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         .resolve(&args.module)
         .await?
         .with_context(|| format!("no module named {}", args.module))?;
-    let wasm = queue
-        .modules()
-        .get(&module)
+    // The metadata recorded on upload, not the module: a submitter never downloads it.
+    let meta = crate::module_meta::stored_meta(&queue, &module)
         .await?
         .with_context(|| format!("module {module} is not stored"))?;
     let input = if args.input.as_os_str() == "-" {
@@ -69,10 +68,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         distributed::upload_input(&queue, &args.input, len).await?
     };
     let mut job = Job::new(module, input);
-    job.entry = args
-        .guest
-        .entry()
-        .unwrap_or_else(|| crate::modules::default_entry(&wasm));
+    job.entry = args.guest.entry().unwrap_or(meta.default_entry);
     job.args = args.args;
     job.env = args.guest.env.clone();
     sluice_shared::tenant::validate_name(&args.tenant)?;

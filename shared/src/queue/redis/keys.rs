@@ -77,6 +77,12 @@ impl Keys {
         format!("{}:owners", self.module(hash))
     }
 
+    /// A module's metadata (`ModuleMeta`, JSON behind a format version), with the
+    /// bytes' lifetime.
+    pub fn module_meta(&self, hash: &ModuleHash) -> String {
+        format!("{}:meta", self.module(hash))
+    }
+
     /// An alias naming a module's hash (an operator's name).
     pub fn alias(&self, name: &str) -> String {
         format!("{}alias:{name}", self.prefix)
@@ -176,6 +182,7 @@ mod tests {
             keys.jobs.clone(),
             keys.result_key(id),
             keys.module_owners(&hash),
+            keys.module_meta(&hash),
             keys.tenant_alias("t", "n"),
             keys.blob_chunk("b", 3),
             keys.job_record(id),

@@ -11,6 +11,10 @@
 //! tenant's delete drops its hold (and the alias it named), and the bytes go when the
 //! last holder lets go, or one lifetime after their last use. Modules an operator
 //! stored with `sluice module put` (no lifetime) are never deleted by a tenant.
+//!
+//! Beside the bytes, `sluice:{q}:module:<hash>:meta` holds the module's [`ModuleMeta`]
+//! (written in the same atomic step as the bytes, with their lifetime, refreshed and
+//! deleted with them), so a submitter reads what a module offers without fetching it.
 
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use super::error::{StoreError, bad_reply, on_key, unavailable};
 use super::reply::millis;
 use super::scripts::SCRIPTS;
 use crate::job::ModuleHash;
+use crate::module_meta::{MetaDecodeError, ModuleMeta};
 use crate::queue::QueueError;
 
 /// The module store of a queue (from [`RedisQueue::modules`]).
@@ -38,6 +43,16 @@ pub enum ModuleStoreError {
         key: String,
         /// How many bytes it holds.
         len: usize,
+    },
+    /// A module's metadata key holds something this build cannot read: garbage (a
+    /// damaged key, repaired by recording the metadata again) or another format
+    /// version.
+    #[error("module metadata at {key} cannot be read: {source}")]
+    BadMeta {
+        /// The metadata key.
+        key: String,
+        /// What is wrong with it.
+        source: MetaDecodeError,
     },
     /// Redis failed, a key is corrupt, or a reply was not understood.
     #[error(transparent)]
@@ -80,18 +95,50 @@ pub struct ModuleRemoved {
 }
 
 impl Modules<'_> {
-    /// Stores a module's bytes under their hash (and `alias`, if given).
+    /// Stores a module's bytes under their hash (and `alias`, if given), with no
+    /// lifetime, and its metadata beside them, in one transaction: how the scheduler
+    /// stores a module.
+    pub async fn put_with_meta(
+        self,
+        wasm: &[u8],
+        meta: &ModuleMeta,
+        alias: Option<&str>,
+    ) -> Result<ModuleHash, ModuleStoreError> {
+        self.put_bytes(wasm, Some(meta), alias).await
+    }
+
+    /// Stores a module's bytes as [`put_with_meta`](Self::put_with_meta) does but
+    /// records no metadata (a submitter computes it from the bytes on first use): for
+    /// callers with no WebAssembly parser (tests, tools). Metadata recorded before
+    /// loses its lifetime with the bytes.
     pub async fn put(
         self,
         wasm: &[u8],
         alias: Option<&str>,
     ) -> Result<ModuleHash, ModuleStoreError> {
+        self.put_bytes(wasm, None, alias).await
+    }
+
+    /// The one MULTI of [`put_with_meta`](Self::put_with_meta) and [`put`](Self::put).
+    async fn put_bytes(
+        self,
+        wasm: &[u8],
+        meta: Option<&ModuleMeta>,
+        alias: Option<&str>,
+    ) -> Result<ModuleHash, ModuleStoreError> {
         let hash = ModuleHash::of(wasm);
         let key = self.q.keys.module(&hash);
+        let meta_key = self.q.keys.module_meta(&hash);
         let mut pipe = redis::pipe();
+        pipe.atomic();
         // Not NX: the key is content-addressed, so overwriting changes nothing unless
         // the stored value was damaged, and then an upload repairs it.
         pipe.cmd("SET").arg(&key).arg(wasm).ignore();
+        match meta {
+            Some(meta) => pipe.cmd("SET").arg(&meta_key).arg(meta.encode()).ignore(),
+            // The bytes have no lifetime now; metadata kept from before follows them.
+            None => pipe.cmd("PERSIST").arg(&meta_key).ignore(),
+        };
         if let Some(alias) = alias {
             pipe.cmd("SET")
                 .arg(self.q.keys.alias(alias))
@@ -102,6 +149,45 @@ impl Modules<'_> {
             .await
             .map_err(on_key(&key))?;
         Ok(hash)
+    }
+
+    /// A stored module's metadata, or `None` when none is recorded (the module is not
+    /// stored, or was stored without it) or it was written by another format version.
+    /// Garbage under the key is [`ModuleStoreError::BadMeta`].
+    pub async fn meta(self, hash: &ModuleHash) -> Result<Option<ModuleMeta>, ModuleStoreError> {
+        let key = self.q.keys.module_meta(hash);
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        match ModuleMeta::decode(&bytes) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(MetaDecodeError::UnknownVersion { .. }) => Ok(None),
+            Err(source) => Err(ModuleStoreError::BadMeta { key, source }),
+        }
+    }
+
+    /// Records the metadata of module `hash` (computed from its verified bytes), with
+    /// the bytes' lifetime; returns false, writing nothing, when the module is not
+    /// stored. For modules stored before metadata was recorded on upload.
+    pub async fn record_meta(
+        self,
+        hash: &ModuleHash,
+        meta: &ModuleMeta,
+    ) -> Result<bool, ModuleStoreError> {
+        let recorded: i64 = SCRIPTS
+            .module_meta
+            .key(self.q.keys.module(hash))
+            .key(self.q.keys.module_meta(hash))
+            .arg(meta.encode())
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(recorded == 1)
     }
 
     /// A module's bytes, if stored. Bytes that do not hash to `hash` are a corrupt key
@@ -145,12 +231,13 @@ impl Modules<'_> {
             .map_err(unavailable)?)
     }
 
-    /// Stores `wasm` for `tenant` (named `name`, if given) with lifetime `ttl`, unless
-    /// the tenant already holds `max_modules` other modules.
+    /// Stores `wasm` and its metadata for `tenant` (named `name`, if given) with
+    /// lifetime `ttl`, unless the tenant already holds `max_modules` other modules.
     pub async fn put_for_tenant(
         self,
         tenant: &str,
         wasm: &[u8],
+        meta: &ModuleMeta,
         name: Option<&str>,
         ttl: Duration,
         max_modules: u32,
@@ -163,12 +250,14 @@ impl Modules<'_> {
             .key(self.q.keys.module_owners(&hash))
             .key(self.q.keys.tenant_modules(tenant))
             .key(alias)
+            .key(self.q.keys.module_meta(&hash))
             .arg(tenant)
             .arg(hash.to_hex())
             .arg(wasm)
             .arg(millis(ttl))
             .arg(max_modules)
             .arg(if name.is_some() { "1" } else { "0" })
+            .arg(meta.encode())
             .invoke_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
@@ -194,6 +283,7 @@ impl Modules<'_> {
             .key(self.q.keys.module_owners(hash))
             .key(self.q.keys.tenant_modules(tenant))
             .key(self.q.keys.tenant_alias(tenant, name.unwrap_or("")))
+            .key(self.q.keys.module_meta(hash))
             .arg(millis(ttl))
             .arg(hash.to_hex())
             .invoke_async(&mut self.q.connection())
@@ -215,6 +305,7 @@ impl Modules<'_> {
             .key(self.q.keys.module_owners(hash))
             .key(self.q.keys.tenant_modules(tenant))
             .key(self.q.keys.tenant_alias(tenant, name.unwrap_or("")))
+            .key(self.q.keys.module_meta(hash))
             .arg(tenant)
             .arg(hash.to_hex())
             .arg(if name.is_some() { "1" } else { "0" })
@@ -234,7 +325,11 @@ impl Modules<'_> {
     /// holds them), a name deletes that alias. Returns whether anything was deleted.
     pub async fn remove(self, name_or_hash: &str) -> Result<bool, ModuleStoreError> {
         let keys = match name_or_hash.parse::<ModuleHash>() {
-            Ok(hash) => vec![self.q.keys.module(&hash), self.q.keys.module_owners(&hash)],
+            Ok(hash) => vec![
+                self.q.keys.module(&hash),
+                self.q.keys.module_owners(&hash),
+                self.q.keys.module_meta(&hash),
+            ],
             Err(_) => vec![self.q.keys.alias(name_or_hash)],
         };
         let deleted: u64 = redis::cmd("DEL")

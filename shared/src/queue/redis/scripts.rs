@@ -50,6 +50,8 @@ pub(crate) struct Scripts {
     pub module_touch: Script,
     /// `module_rm.lua`: drops a tenant's hold on a module.
     pub module_rm: Script,
+    /// `module_meta.lua`: records a stored module's metadata with the bytes' lifetime.
+    pub module_meta: Script,
     /// `locate_stream.lua`: a page of job ids from a stream, with whether each is pending.
     pub locate_stream: Script,
     /// `locate_delayed.lua`: a page of job ids from the delayed set.
@@ -82,6 +84,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     module_put: Script::new(include_str!("scripts/module_put.lua")),
     module_touch: Script::new(include_str!("scripts/module_touch.lua")),
     module_rm: Script::new(include_str!("scripts/module_rm.lua")),
+    module_meta: Script::new(include_str!("scripts/module_meta.lua")),
     locate_stream: Script::new(include_str!("scripts/locate_stream.lua")),
     locate_delayed: Script::new(include_str!("scripts/locate_delayed.lua")),
 });

@@ -5,18 +5,22 @@
 -- KEYS[2]  the module's holders (set of tenant names)
 -- KEYS[3]  the tenant's held modules (sorted set: hash → expiry, ms since the epoch)
 -- KEYS[4]  the alias to set (string → hash hex); ignored unless ARGV[6] is 1
+-- KEYS[5]  the module's metadata (string, JSON; kept with the bytes' lifetime)
 -- ARGV[1]  the tenant
 -- ARGV[2]  the module's hash, hex
 -- ARGV[3]  the module's bytes
 -- ARGV[4]  lifetime, ms (refreshed on every use)
 -- ARGV[5]  most modules the tenant may hold
 -- ARGV[6]  1 to set the alias
+-- ARGV[7]  the module's metadata
 -- Returns  {1, modules held} when stored, {0, modules held} when over the quota.
 --
 -- Atomicity: the quota check and every write happen in one script. All type checks
 -- come first, so a wrong-typed key fails the script before any write, with the key
 -- named. A module stored without a lifetime (by an operator with `sluice module put`)
--- keeps none.
+-- keeps none. The metadata is written with the bytes and takes their lifetime (none
+-- for an operator's module), so it never outlives them nor is missing while they are
+-- stored.
 local function expect(key, want)
   local kind = redis.call('TYPE', key).ok
   if kind ~= 'none' and kind ~= want then
@@ -25,6 +29,7 @@ local function expect(key, want)
   return nil
 end
 local e = expect(KEYS[1], 'string') or expect(KEYS[2], 'set') or expect(KEYS[3], 'zset')
+  or expect(KEYS[5], 'string')
 if e then return e end
 if ARGV[6] == '1' then
   e = expect(KEYS[4], 'string')
@@ -52,6 +57,12 @@ else
   if pttl >= 0 then
     redis.call('PEXPIRE', KEYS[2], ttl)
   end
+end
+local bytes_pttl = redis.call('PTTL', KEYS[1])
+if bytes_pttl > 0 then
+  redis.call('SET', KEYS[5], ARGV[7], 'PX', bytes_pttl)
+else
+  redis.call('SET', KEYS[5], ARGV[7])
 end
 if ARGV[6] == '1' then
   redis.call('SET', KEYS[4], ARGV[2], 'PX', ttl)

@@ -6,6 +6,7 @@
 -- KEYS[2]  the module's holders
 -- KEYS[3]  the tenant's held modules
 -- KEYS[4]  the alias to delete (when ARGV[3] is 1)
+-- KEYS[5]  the module's metadata (deleted with the bytes)
 -- ARGV[1]  the tenant
 -- ARGV[2]  the module's hash, hex
 -- ARGV[3]  1 when the module was named by an alias
@@ -35,7 +36,7 @@ redis.call('SREM', KEYS[2], ARGV[1])
 local deleted = 0
 if redis.call('SCARD', KEYS[2]) == 0 and redis.call('PTTL', KEYS[1]) >= 0 then
   deleted = redis.call('DEL', KEYS[1])
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[5])
 end
 if held > 0 then held = 1 end
 return {held, deleted}

@@ -4,6 +4,7 @@
 -- KEYS[2]  the module's holders
 -- KEYS[3]  the using tenant's held modules
 -- KEYS[4]  the alias the job named the module by ("" key name when by hash)
+-- KEYS[5]  the module's metadata (follows the bytes' lifetime)
 -- ARGV[1]  lifetime, ms
 -- ARGV[2]  the module's hash, hex
 -- Returns  1 when the module is stored, 0 when it is not.
@@ -19,6 +20,9 @@ if pttl >= 0 and pttl < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
   if redis.call('TYPE', KEYS[2]).ok == 'set' then
     redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+  if redis.call('TYPE', KEYS[5]).ok == 'string' then
+    redis.call('PEXPIRE', KEYS[5], ttl)
   end
 end
 if redis.call('TYPE', KEYS[3]).ok == 'zset' then
