@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod redis;
 pub mod serve;
 pub mod wait;
+pub mod wasm_gen;
 pub mod worker;
 
 pub use fleet::{Fleet, fresh_queue};

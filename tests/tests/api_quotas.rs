@@ -464,17 +464,7 @@ fn module_rm_deletes_names_and_bytes() {
 /// are `i32.const 0; drop` repeated, which the validator must walk instruction by
 /// instruction.
 fn big_binary_module(size: usize) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    use sluice_tests::wasm_gen::{leb, section};
     let per_function = 1 << 20;
     let functions = size.div_ceil(per_function);
     let mut body = vec![0u8]; // no locals
@@ -483,22 +473,18 @@ fn big_binary_module(size: usize) -> Vec<u8> {
     }
     body.push(0x0b);
     let mut code = Vec::new();
-    leb(functions, &mut code);
+    leb(functions as u64, &mut code);
     for _ in 0..functions {
-        leb(body.len(), &mut code);
+        leb(body.len() as u64, &mut code);
         code.extend_from_slice(&body);
     }
     let mut wasm = b"\0asm\x01\0\0\0".to_vec();
-    wasm.extend_from_slice(&[0x01, 0x04, 0x01, 0x60, 0x00, 0x00]); // type () -> ()
+    section(1, &[0x01, 0x60, 0x00, 0x00], &mut wasm); // type () -> ()
     let mut funcs = Vec::new();
-    leb(functions, &mut funcs);
+    leb(functions as u64, &mut funcs);
     funcs.extend(std::iter::repeat_n(0u8, functions)); // each of type 0
-    wasm.push(0x03);
-    leb(funcs.len(), &mut wasm);
-    wasm.extend_from_slice(&funcs);
-    wasm.push(0x0a);
-    leb(code.len(), &mut wasm);
-    wasm.extend_from_slice(&code);
+    section(3, &funcs, &mut wasm);
+    section(10, &code, &mut wasm);
     wasm
 }
 

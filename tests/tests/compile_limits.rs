@@ -10,72 +10,10 @@ use sluice_tests::{Fleet, guest, wait};
 /// How long a test waits for its jobs to finish.
 const FINISH_WITHIN: Duration = Duration::from_secs(120);
 
-fn leb(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn section(id: u8, body: &[u8], module: &mut Vec<u8>) {
-    module.push(id);
-    leb(body.len() as u64, module);
-    module.extend_from_slice(body);
-}
-
-/// One function of 1000 nested blocks over 1000 i64 locals, with a conditional branch
-/// after every addition: every block end merges every local, so 57 KB of wasm takes
-/// Cranelift over a minute and more than a gigabyte (the same module as the worker's
-/// own compile_limits test).
+/// The worker's own compile_limits module: 57 KB that takes Cranelift over a minute
+/// and more than a gigabyte.
 fn hard_to_compile() -> Vec<u8> {
-    let (depth, locals, rounds) = (1000u64, 1000u64, 4u64);
-    let mut body = Vec::new();
-    leb(1, &mut body);
-    leb(locals, &mut body);
-    body.push(0x7e);
-    for level in 0..depth {
-        body.extend_from_slice(&[0x02, 0x40]);
-        for round in 0..rounds {
-            let k = level * rounds + round;
-            body.push(0x20);
-            leb((k * 7) % locals, &mut body);
-            body.push(0x20);
-            leb((k * 13 + 1) % locals, &mut body);
-            body.push(0x7c);
-            body.push(0x22);
-            leb((k * 31 + 2) % locals, &mut body);
-            body.push(0xa7);
-            body.push(0x0d);
-            leb(round % (level + 1), &mut body);
-        }
-    }
-    body.extend(std::iter::repeat_n(0x0b, depth as usize));
-    body.push(0x20);
-    leb(0, &mut body);
-    for local in 1..locals {
-        body.push(0x20);
-        leb(local, &mut body);
-        body.push(0x7c);
-    }
-    body.push(0x0b);
-    let mut module = b"\0asm\x01\0\0\0".to_vec();
-    section(1, &[1, 0x60, 0, 1, 0x7e], &mut module);
-    section(3, &[1, 0], &mut module);
-    let mut export = vec![1, 3];
-    export.extend_from_slice(b"sum");
-    export.extend_from_slice(&[0, 0]);
-    section(7, &export, &mut module);
-    let mut code = Vec::new();
-    leb(1, &mut code);
-    leb(body.len() as u64, &mut code);
-    code.extend_from_slice(&body);
-    section(10, &code, &mut module);
-    module
+    sluice_tests::wasm_gen::hard_to_compile(1000, 1000, 4)
 }
 
 #[test]
