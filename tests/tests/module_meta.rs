@@ -60,6 +60,23 @@ fn claim_one(fleet: &Fleet) -> sluice_shared::Job {
     claimed.pop().unwrap().delivery.expect("a job")
 }
 
+/// `sluice module put ARGS` on the fleet's queue, asserting it succeeded; the hash it
+/// printed.
+fn module_put(fleet: &Fleet, args: &[&str]) -> ModuleHash {
+    let mut command = vec!["module", "put"];
+    command.extend_from_slice(args);
+    let put = fleet.sluice(&command).output().unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    String::from_utf8(put.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
 #[test]
 fn submit_reads_the_metadata_recorded_by_module_put_not_the_module() {
     let fleet = Fleet::start("meta");
@@ -69,20 +86,7 @@ fn submit_reads_the_metadata_recorded_by_module_put_not_the_module() {
     let input = dir.path().join("in");
     std::fs::write(&input, b"x").unwrap();
 
-    let put = fleet
-        .sluice(&["module", "put", module.to_str().unwrap(), "--name", "raw"])
-        .output()
-        .unwrap();
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
-    let hash: ModuleHash = String::from_utf8(put.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let hash = module_put(&fleet, &[module.to_str().unwrap(), "--name", "raw"]);
 
     let meta = fleet
         .rt
@@ -129,20 +133,7 @@ fn a_module_stored_without_metadata_gets_it_on_first_submit() {
     std::fs::write(&input, b"x").unwrap();
     let module = dir.path().join("raw.wat");
     std::fs::write(&module, RAW_WAT).unwrap();
-    let put = fleet
-        .sluice(&["module", "put", module.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
-    let hash: ModuleHash = String::from_utf8(put.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let hash = module_put(&fleet, &[module.to_str().unwrap()]);
     // As a build from before metadata stored it: bytes only.
     let meta_key = fleet.queue.keys().module_meta(&hash);
     assert_eq!(fleet.redis.cli(&["DEL", &meta_key]).trim(), "1");
