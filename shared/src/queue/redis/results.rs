@@ -47,6 +47,12 @@ pub enum ResultsError {
         /// Why it does not decode.
         reason: String,
     },
+    /// No batch of that id exists (never did, expired, or the id is not a batch id).
+    #[error("no batch {id} (unknown, or expired with its results)")]
+    UnknownBatch {
+        /// The id asked for (capped).
+        id: String,
+    },
     /// Redis failed, a key is corrupt, or a reply was not understood.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -88,6 +94,32 @@ pub enum Cancelled {
     /// It finished, was cancelled before, or is unknown.
     Gone,
 }
+
+/// What cancelling a batch did, counted job by job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchCancelled {
+    /// Jobs removed before any worker claimed them.
+    pub cancelled: u64,
+    /// Jobs a worker is running now (they run to their end).
+    pub running: u64,
+    /// Jobs already finished, cancelled before, or whose record expired.
+    pub finished: u64,
+    /// Jobs left alone because their record, or the stream it names, is corrupt.
+    pub corrupt: u64,
+}
+
+impl BatchCancelled {
+    /// Every job of the batch that was looked at.
+    pub fn total(&self) -> u64 {
+        self.cancelled + self.running + self.finished + self.corrupt
+    }
+}
+
+/// Jobs cancelled per `cancel_batch.lua` call (one script holds Redis for its page).
+const CANCEL_PAGE: usize = 500;
+
+/// Longest batch id quoted back in an error.
+const MAX_ID_IN_ERROR: usize = 64;
 
 /// The counter field prefix in a batch hash.
 const COUNTER: &str = "n:";
@@ -257,6 +289,44 @@ impl Results<'_> {
             "running" => Cancelled::Running,
             _ => Cancelled::Gone,
         })
+    }
+
+    /// Cancels every job of batch `id` that no worker has claimed yet, each atomically
+    /// (`cancel_batch.lua`, a page of jobs per call); jobs running now run to their end.
+    /// The caller checks who owns the batch first ([`Self::batch`] names its tenant).
+    pub async fn cancel_batch(self, id: &str) -> Result<BatchCancelled, ResultsError> {
+        let unknown = || ResultsError::UnknownBatch {
+            id: id.chars().take(MAX_ID_IN_ERROR).collect(),
+        };
+        // Batch ids are UUIDs; anything else (`<id>:jobs`, say) names another key.
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(unknown());
+        }
+        let Some((_, jobs)) = self.batch(id).await? else {
+            return Err(unknown());
+        };
+        let mut done = BatchCancelled::default();
+        for page in jobs.chunks(CANCEL_PAGE) {
+            let mut invocation = SCRIPTS.cancel_batch.prepare_invoke();
+            invocation.key(&self.q.keys.jobs);
+            for job in page {
+                invocation.key(self.q.keys.job_record(*job));
+            }
+            let counts: Vec<u64> = invocation
+                .arg(GROUP)
+                .arg(self.q.keys.prefix())
+                .invoke_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            let [cancelled, running, finished, corrupt] = counts[..] else {
+                return Err(bad_reply(format!("cancel_batch.lua reply: {counts:?}")).into());
+            };
+            done.cancelled += cancelled;
+            done.running += running;
+            done.finished += finished;
+            done.corrupt += corrupt;
+        }
+        Ok(done)
     }
 
     /// A batch's tenant and job ids, if it exists.
