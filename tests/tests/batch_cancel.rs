@@ -95,3 +95,48 @@ async fn an_unknown_batch_or_a_non_batch_id_is_a_typed_error() {
         assert!(err.to_string().len() < 200, "the id is capped: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_batch_is_recorded_and_cancels_on_the_job_stream() {
+    let (_server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..4)
+        .map(|n| {
+            let mut job = job(n);
+            job.label = format!("input-{n}");
+            job
+        })
+        .collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .results()
+        .enqueue_batch(&batch, "local", jobs.len(), &jobs, false)
+        .await
+        .unwrap();
+    let (tenant, ids) = queue.results().batch(&batch).await.unwrap().unwrap();
+    assert_eq!(tenant, "local");
+    assert_eq!(ids, jobs.iter().map(|j| j.id).collect::<Vec<_>>());
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let done = queue.results().cancel_batch(&batch).await.unwrap();
+    assert_eq!((done.cancelled, done.running), (3, 1), "{done:?}");
+    let recorded = queue.results().batch_jobs(&ids).await.unwrap();
+    let labels: Vec<&str> = recorded.iter().map(|j| j.label.as_str()).collect();
+    assert_eq!(labels, ["input-0", "input-1", "input-2", "input-3"]);
+    assert_eq!(recorded.iter().filter(|j| j.cancelled).count(), 3);
+    // The running job finishes and is counted in its batch.
+    let id = claimed[0].lease.job_id.unwrap();
+    queue
+        .complete(
+            &claimed[0].lease,
+            JobResult::without_run(id, Outcome::Success, 1),
+        )
+        .await
+        .unwrap();
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "local")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((counts.total, counts.done()), (4, 1));
+}

@@ -57,7 +57,9 @@ pub use error::StoreError;
 pub use keys::Keys;
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
-pub use results::{BatchCancelled, BatchCounts, Cancelled, JobRecord, Results, ResultsError};
+pub use results::{
+    BatchCancelled, BatchCounts, BatchJob, Cancelled, JobRecord, Results, ResultsError,
+};
 pub use tenants::{TenantError, Tenants};
 
 /// The consumer group every worker of a queue joins.

@@ -34,6 +34,9 @@ pub(crate) struct Scripts {
     pub cancel: Script,
     /// `cancel_batch.lua`: removes a page of a batch's jobs no worker has claimed.
     pub cancel_batch: Script,
+    /// `enqueue_batch.lua`: a command-line batch's jobs onto the job stream, with
+    /// their records.
+    pub enqueue_batch: Script,
     /// `issue.lua`: stores a new token's hash for a tenant.
     pub issue: Script,
     /// `revoke.lua`: revokes every token of a tenant.
@@ -83,6 +86,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue_owned: checked(include_str!("scripts/enqueue_owned.lua")),
     cancel: checked(&cancelling(include_str!("scripts/cancel.lua"))),
     cancel_batch: checked(&cancelling(include_str!("scripts/cancel_batch.lua"))),
+    enqueue_batch: checked(include_str!("scripts/enqueue_batch.lua")),
     issue: checked(include_str!("scripts/issue.lua")),
     revoke: checked(include_str!("scripts/revoke.lua")),
     hold: Script::new(include_str!("scripts/hold.lua")),
