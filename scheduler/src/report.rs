@@ -1,15 +1,17 @@
 //! What a batch tells as it runs, the same in both modes: one `report.jsonl` line per
-//! finished job, a count by outcome kind, a line per failed job and a progress bar on
-//! stderr. Embedded mode ([`crate::batch`]) and distributed mode
-//! ([`crate::distributed`]) both write through [`Report`].
+//! finished job, a count by outcome kind, failed jobs named on stderr and a progress
+//! bar. Embedded mode ([`crate::batch`]) and distributed mode ([`crate::distributed`])
+//! both write through [`Report`], the batch's one report writer: each line goes out
+//! whole in one write (no buffer to lose), so an interrupted batch leaves only complete
+//! lines.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use sluice_shared::{JobResult, OutcomeKind, ReportLine};
 
 use crate::batch::{BatchError, BatchSummary};
@@ -17,13 +19,32 @@ use crate::batch::{BatchError, BatchSummary};
 /// The report file written beside the outputs.
 pub const REPORT_FILE: &str = "report.jsonl";
 
-/// The progress bar batches draw on stderr (hidden when it is not a terminal).
+/// Failed jobs named one per line on a terminal; the rest are counted, and the count
+/// printed when the batch ends.
+pub const FAILURE_LINES: usize = 10;
+
+/// The progress bar batches draw on stderr (hidden when it is not a terminal): done
+/// and total, the rate as a whole number, elapsed time, failures so far, and a message
+/// (what the batch waits for).
 fn progress_bar(total: u64) -> ProgressBar {
     let progress = ProgressBar::new(total);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let style = ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} jobs  {rate}  {elapsed}  {prefix}  {msg}",
+    )
+    .map(|style| {
+        style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} jobs/s", state.per_sec());
+            },
+        )
+    })
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    progress.set_style(style);
+    progress.set_prefix("0 failed");
+    if !progress.is_hidden() {
+        progress.enable_steady_tick(Duration::from_millis(500));
+    }
     progress
 }
 
@@ -40,32 +61,50 @@ pub(crate) fn say(progress: &ProgressBar, line: &str) {
 /// A batch's `report.jsonl`, its counts by outcome kind and its progress bar.
 pub(crate) struct Report {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
     /// The first write to the report that failed: the batch goes on, and fails at
     /// [`Report::finish`].
     error: Option<std::io::Error>,
     by_kind: BTreeMap<OutcomeKind, usize>,
     progress: ProgressBar,
+    /// Failed jobs not named (past [`FAILURE_LINES`] on a terminal).
+    failures_unnamed: usize,
+    /// Whether failures are named without end (stderr is not a terminal: a log).
+    name_every_failure: bool,
+    /// Set by [`Report::finish`]: nothing is recorded after it.
+    closed: bool,
 }
 
 impl Report {
-    /// Creates `out_dir/report.jsonl` for `jobs` jobs, with a progress bar if `progress`.
-    pub(crate) fn create(out_dir: &Path, jobs: usize, progress: bool) -> Result<Self, BatchError> {
+    /// Opens `out_dir/report.jsonl` for `jobs` jobs (appending when `append`, else
+    /// starting it afresh), with a progress bar if `progress`.
+    pub(crate) fn create(
+        out_dir: &Path,
+        jobs: usize,
+        progress: bool,
+        append: bool,
+    ) -> Result<Self, BatchError> {
         let path = out_dir.join(REPORT_FILE);
-        let file = File::create(&path).map_err(|source| BatchError::Output {
-            path: path.clone(),
-            source,
-        })?;
+        let file = if append {
+            OpenOptions::new().create(true).append(true).open(&path)
+        } else {
+            File::create(&path)
+        }
+        .map_err(|e| BatchError::output(&path, e))?;
+        let progress = if progress {
+            progress_bar(jobs as u64)
+        } else {
+            ProgressBar::hidden()
+        };
         Ok(Report {
             path,
-            file: BufWriter::new(file),
+            file,
             error: None,
             by_kind: BTreeMap::new(),
-            progress: if progress {
-                progress_bar(jobs as u64)
-            } else {
-                ProgressBar::hidden()
-            },
+            name_every_failure: progress.is_hidden() || !std::io::stderr().is_terminal(),
+            progress,
+            failures_unnamed: 0,
+            closed: false,
         })
     }
 
@@ -79,52 +118,79 @@ impl Report {
         say(&self.progress, line);
     }
 
-    /// Records one finished job: its report line, its kind's count, a line if it
-    /// failed, one step of progress. A failed write is answered now and again by
-    /// [`Report::finish`].
+    /// Whether [`Report::finish`] was called: the batch is over, nothing more is
+    /// recorded (an output finishing now is not kept either).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Records one finished job: its report line (written whole), its kind's count, a
+    /// line if it failed, one step of progress. A failed write is answered now and
+    /// again by [`Report::finish`]. Nothing happens once the report is closed.
     pub(crate) fn record(&mut self, label: &str, result: &JobResult) -> Result<(), BatchError> {
-        let written = serde_json::to_writer(&mut self.file, &ReportLine::new(label, result))
+        if self.closed {
+            return Ok(());
+        }
+        let written = serde_json::to_vec(&ReportLine::new(label, result))
             .map_err(std::io::Error::from)
-            .and_then(|()| self.file.write_all(b"\n"));
+            .and_then(|mut line| {
+                line.push(b'\n');
+                self.file.write_all(&line)
+            });
         *self.by_kind.entry(result.outcome.kind()).or_default() += 1;
         if !result.outcome.is_success() {
-            self.say(&format!("{label}: {}", result.outcome));
+            let failures: usize = self
+                .by_kind
+                .iter()
+                .filter(|(kind, _)| **kind != OutcomeKind::Success)
+                .map(|(_, n)| n)
+                .sum();
+            self.progress.set_prefix(format!("{failures} failed"));
+            if self.name_every_failure || failures <= FAILURE_LINES {
+                self.say(&format!("{label}: {}", result.outcome));
+            } else {
+                self.failures_unnamed += 1;
+            }
         }
         self.progress.inc(1);
         match written {
             Ok(()) => Ok(()),
             Err(e) => {
-                let answer = self.output_error(std::io::Error::new(e.kind(), e.to_string()));
+                let answer =
+                    BatchError::output(&self.path, std::io::Error::new(e.kind(), e.to_string()));
                 self.error.get_or_insert(e);
                 Err(answer)
             }
         }
     }
 
-    /// Clears the progress bar, flushes the report and sums the batch up.
+    /// Closes the report (nothing is recorded after), clears the progress bar and
+    /// sums the batch up: `total` jobs were to run.
     pub(crate) fn finish(
         &mut self,
         total: usize,
         elapsed: Duration,
     ) -> Result<BatchSummary, BatchError> {
+        self.closed = true;
         self.progress.finish_and_clear();
-        let flushed = self.file.flush();
-        if let Some(source) = self.error.take() {
-            return Err(self.output_error(source));
+        if self.failures_unnamed > 0 {
+            eprintln!(
+                "sluice: … and {} more failed; see {}",
+                self.failures_unnamed,
+                self.path.display()
+            );
         }
-        flushed.map_err(|source| self.output_error(source))?;
+        let synced = self.file.flush();
+        if let Some(error) = self.error.take() {
+            return Err(BatchError::output(&self.path, error));
+        }
+        synced.map_err(|e| BatchError::output(&self.path, e))?;
         Ok(BatchSummary {
             total,
             by_kind: self.by_kind.clone(),
             elapsed,
             report: self.path.clone(),
+            ..BatchSummary::default()
         })
-    }
-
-    fn output_error(&self, source: std::io::Error) -> BatchError {
-        BatchError::Output {
-            path: self.path.clone(),
-            source,
-        }
     }
 }

@@ -1,30 +1,89 @@
 //! `sluice batch`: run a module over every file of a directory, in-process or through
-//! Redis, and print a summary.
+//! Redis, and print a summary; `sluice batch cancel|attach ID` for a distributed batch
+//! by its id.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use sluice_shared::TenantId;
 use sluice_worker::DirGrant;
 use sluice_worker::cli::GuestArgs;
 
 use super::RedisArgs;
-use crate::batch::{BatchOptions, BatchSummary, run_batch};
-use crate::distributed;
+use crate::batch::interrupt::INTERRUPTED_EXIT;
+use crate::batch::{
+    BatchOptions, BatchSummary, DEFAULT_MAX_ATTEMPTS, Interrupted, Interrupts, OutMode, jobs,
+    run_batch_with,
+};
+use crate::distributed::{self, OnInterrupt};
 
-/// `sluice batch` flags.
+/// `sluice batch` flags, or one of its subcommands.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BatchArgs {
-    /// The module: a .wasm binary or .wat text.
+    /// `cancel` or `attach` a distributed batch by its id.
+    #[command(subcommand)]
+    pub command: Option<BatchCommand>,
+    /// Running a batch.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `sluice batch cancel|attach`.
+#[derive(Subcommand, Debug)]
+pub enum BatchCommand {
+    /// Cancel the jobs of a distributed batch that no worker has started (running
+    /// jobs finish); prints how many were cancelled, running and finished.
+    Cancel {
+        /// The batch id `sluice batch --redis` printed.
+        id: String,
+        /// Where the queue is.
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Follow a distributed batch again (after it was detached or interrupted): write
+    /// the outputs and report lines of its jobs not written to OUT yet.
+    Attach {
+        /// The batch id `sluice batch --redis` printed.
+        id: String,
+        /// The batch's output directory (created if missing; its report.jsonl says
+        /// which jobs are written already).
+        #[arg(long)]
+        out: PathBuf,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Where the queue is.
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+}
+
+/// The flags of a batch run.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The module: a .wasm binary or .wat text (checked before any job runs).
+    #[arg(long, required = true)]
+    pub module: Option<PathBuf>,
+    /// Directory whose regular files are the inputs, one job each (none may be named
+    /// report.jsonl or .<name>.part).
+    #[arg(required = true)]
+    pub input_dir: Option<PathBuf>,
+    /// Where outputs (OUT/<input name>) and OUT/report.jsonl go; must be empty unless
+    /// --force or --resume.
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+    /// OUT is not empty: remove the previous run's outputs, report and partial files
+    /// first.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// OUT is not empty: skip inputs whose successful output and report line exist,
+    /// run the rest, append to the report.
     #[arg(long)]
-    pub module: PathBuf,
-    /// Directory whose regular files are the inputs, one job each.
-    pub input_dir: PathBuf,
-    /// Where outputs and report.jsonl go.
-    #[arg(long)]
-    pub out: PathBuf,
+    pub resume: bool,
     /// The job limits, entry point, environment and directory grants.
     #[command(flatten)]
     pub guest: GuestArgs,
@@ -34,8 +93,10 @@ pub struct BatchArgs {
     /// Jobs run at once, in-process (default: one per core).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Attempts per job; only timeouts and host errors are retried.
-    #[arg(long, default_value_t = 1)]
+    /// Attempts per job in-process, the first included; only timeouts and host errors
+    /// are retried (the same default as `sluice-worker serve`; with --redis the
+    /// workers' own setting applies).
+    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
     /// No progress bar.
     #[arg(long, short)]
@@ -46,31 +107,119 @@ pub struct BatchArgs {
     /// Queue name (with --redis).
     #[arg(long, env = "SLUICE_QUEUE", default_value = "default")]
     pub queue: String,
+    /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
+    #[arg(long, env = "SLUICE_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
     /// The tenant the jobs run for (with --redis); limits are clamped to its policy.
     #[arg(long, default_value = "local")]
     pub tenant: String,
+    /// With --redis, on the first Ctrl-C or SIGTERM: cancel the jobs not started, or
+    /// detach and leave them to the workers (default: ask on a terminal, else detach).
+    #[arg(long, value_enum)]
+    pub on_interrupt: Option<OnInterrupt>,
 }
 
-/// Prints what a batch did: counts, rate, outcomes by kind and where the report is.
+/// Prints what a batch did: counts, rate, outcomes by kind, whether it was
+/// interrupted, its id and where the report is.
 pub fn print_summary(summary: &BatchSummary) {
     let secs = summary.elapsed.as_secs_f64();
+    let finished = summary.finished();
     println!(
-        "{} jobs in {:.2}s ({:.0} jobs/s): {} succeeded, {} failed",
-        summary.total,
+        "{} in {:.2}s ({:.0} jobs/s): {} succeeded, {} failed",
+        jobs(finished),
         secs,
-        summary.total as f64 / secs.max(1e-9),
+        finished as f64 / secs.max(1e-9),
         summary.succeeded(),
-        summary.total - summary.succeeded()
+        summary.failed()
     );
     for (kind, count) in &summary.by_kind {
         println!("  {:<20} {count}", kind.as_str());
     }
+    if summary.skipped > 0 {
+        println!("skipped: {} already done (--resume)", jobs(summary.skipped));
+    }
+    if let Some(how) = &summary.interrupted {
+        let how = match how {
+            Interrupted::Stopped => "running jobs finished",
+            Interrupted::Aborted => "running jobs abandoned",
+        };
+        println!(
+            "interrupted: {} of {} not finished ({how})",
+            summary.total.saturating_sub(finished),
+            jobs(summary.total)
+        );
+    }
+    for note in &summary.notes {
+        println!("  {note}");
+    }
+    if let Some(id) = &summary.batch_id {
+        println!("batch: {id}");
+    }
     println!("report: {}", summary.report.display());
 }
 
-/// Runs the batch; exits 0 only when every job succeeded.
+/// The exit status for a summary: 130 interrupted, 0 every job succeeded, else 1. An
+/// abandoned run ends the process here: guest threads still running are not waited
+/// for.
+fn exit_for(summary: &BatchSummary) -> ExitCode {
+    match summary.interrupted {
+        Some(Interrupted::Aborted) => {
+            let _ = std::io::stdout().flush();
+            std::process::exit(i32::from(INTERRUPTED_EXIT));
+        }
+        Some(Interrupted::Stopped) => ExitCode::from(INTERRUPTED_EXIT),
+        None if summary.all_succeeded() => ExitCode::SUCCESS,
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// Runs the batch, or the subcommand; a batch exits 0 only when every job succeeded.
 pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
-    let mut options = BatchOptions::new(args.module, args.input_dir, args.out);
+    match args.command {
+        Some(BatchCommand::Cancel { id, redis }) => {
+            let queue = redis.connect().await?;
+            let done = distributed::cancel(&queue, &id).await?;
+            println!(
+                "batch {id}: cancelled {}; {} running (they finish); {} already finished",
+                jobs(done.cancelled as usize),
+                done.running,
+                done.finished
+            );
+            if done.corrupt > 0 {
+                println!(
+                    "  {} left as they are: their records are corrupt",
+                    jobs(done.corrupt as usize)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(BatchCommand::Attach {
+            id,
+            out,
+            quiet,
+            redis,
+        }) => {
+            let interrupts = Interrupts::from_signals()?;
+            let queue = redis.connect().await?;
+            let summary = distributed::attach(&queue, &id, &out, !quiet, &interrupts).await?;
+            print_summary(&summary);
+            Ok(exit_for(&summary))
+        }
+        None => run_batch_args(args.run).await,
+    }
+}
+
+async fn run_batch_args(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let interrupts = Interrupts::from_signals()?;
+    let (Some(module), Some(input_dir), Some(out)) = (args.module, args.input_dir, args.out) else {
+        anyhow::bail!("sluice batch needs --module, INPUT_DIR and --out");
+    };
+    let mut options = BatchOptions::new(module, input_dir, out);
+    options.out_mode = match (args.force, args.resume) {
+        (true, _) => OutMode::Force,
+        (_, true) => OutMode::Resume,
+        _ => OutMode::Fresh,
+    };
     options.limits = args.guest.limits();
     options.entry = args.guest.entry();
     options.args = args.args;
@@ -89,20 +238,23 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         .map(|spec| DirGrant::parse(spec, args.guest.read_only_dirs))
         .collect::<Result<_, _>>()?;
     let summary = match args.redis_url {
-        None => run_batch(options).await?,
+        None => run_batch_with(options, &interrupts).await?,
         Some(url) => {
             let redis = RedisArgs {
                 redis_url: url,
                 queue: args.queue.clone(),
-                redis_ca: std::env::var_os("SLUICE_REDIS_CA").map(PathBuf::from),
+                redis_ca: args.redis_ca.clone(),
             };
-            distributed::run_batch(Arc::new(redis.connect().await?), options).await?
+            let on_interrupt = args.on_interrupt.unwrap_or(OnInterrupt::Ask);
+            distributed::run_batch(
+                Arc::new(redis.connect().await?),
+                options,
+                on_interrupt,
+                &interrupts,
+            )
+            .await?
         }
     };
     print_summary(&summary);
-    Ok(if summary.all_succeeded() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(exit_for(&summary))
 }

@@ -1,0 +1,250 @@
+//! The output directory of a batch: outputs are `OUT/<input name>`, the report is
+//! `OUT/report.jsonl`, and a job's output is written to `OUT/.<input name>.part` until
+//! it succeeds. So no input may be named `report.jsonl` or `.<…>.part` (refused before
+//! any job runs), and a rerun into a directory that holds files refuses unless told
+//! what to do with them: `--force` removes the previous run's outputs and report,
+//! `--resume` keeps the inputs whose successful output and report line exist.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::{BatchError, BatchOptions};
+use crate::report::REPORT_FILE;
+
+/// What to do with an output directory that holds files already.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutMode {
+    /// Refuse (the default).
+    #[default]
+    Fresh,
+    /// Remove the previous run's outputs, report and partial files first.
+    Force,
+    /// Skip the inputs whose successful output and report line exist; append to the
+    /// report.
+    Resume,
+}
+
+/// One input: its name (the output's name too), its path and size.
+pub type Input = (String, PathBuf, u64);
+
+/// What the output directory holds for this run.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// The inputs to run, sorted by name.
+    pub inputs: Vec<Input>,
+    /// Inputs skipped by `--resume`.
+    pub skipped: usize,
+    /// Whether the report is appended to (`--resume`) rather than started afresh.
+    pub append: bool,
+}
+
+/// Where a job's output goes until it succeeds.
+pub(crate) fn part_path(out_dir: &Path, label: &str) -> PathBuf {
+    out_dir.join(format!(".{label}.part"))
+}
+
+fn is_part_name(name: &str) -> bool {
+    name.len() > ".part".len() && name.starts_with('.') && name.ends_with(".part")
+}
+
+/// Whether `name` can be an output's name under the output directory: one plain
+/// component, not the report's, not a partial file's. Names read back from Redis or
+/// from a report are checked with it before any file is touched.
+pub(crate) fn is_output_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && name != REPORT_FILE
+        && !is_part_name(name)
+}
+
+/// The regular files of `dir`, sorted by name.
+pub fn list_inputs(dir: &Path) -> Result<Vec<Input>, BatchError> {
+    let err = |error| BatchError::Inputs {
+        path: dir.to_owned(),
+        error,
+    };
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let path = entry.path();
+        let meta = entry.metadata().map_err(|error| BatchError::Inputs {
+            path: path.clone(),
+            error,
+        })?;
+        if meta.is_file() {
+            let path =
+                std::fs::canonicalize(&path).map_err(|error| BatchError::Inputs { path, error })?;
+            inputs.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                path,
+                meta.len(),
+            ));
+        }
+    }
+    inputs.sort();
+    Ok(inputs)
+}
+
+/// Lists the inputs (at least one, none with a reserved name), creates the output
+/// directory (not the input directory) and applies `options.out_mode` to what it
+/// holds.
+pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
+    let inputs = list_inputs(&options.input_dir)?;
+    if inputs.is_empty() {
+        return Err(BatchError::NoInputs(options.input_dir.clone()));
+    }
+    for (name, path, _) in &inputs {
+        let why = if name == REPORT_FILE {
+            Some("the report is OUT/report.jsonl")
+        } else if is_part_name(name) {
+            Some("OUT/.<name>.part holds an output being written")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(BatchError::ReservedName {
+                path: path.clone(),
+                why,
+            });
+        }
+    }
+    let out = &options.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| BatchError::output(out, e))?;
+    let canonical = |dir: &Path| std::fs::canonicalize(dir).map_err(|e| BatchError::output(dir, e));
+    if canonical(out)? == canonical(&options.input_dir)? {
+        return Err(BatchError::OutIsInput);
+    }
+    let entries = std::fs::read_dir(out)
+        .map_err(|e| BatchError::output(out, e))?
+        .count();
+    if entries == 0 {
+        return Ok(Prepared {
+            inputs,
+            skipped: 0,
+            append: false,
+        });
+    }
+    match options.out_mode {
+        OutMode::Fresh => Err(BatchError::OutNotEmpty {
+            path: out.clone(),
+            entries,
+        }),
+        OutMode::Force => {
+            let previous = previous_report(out)?;
+            let names = previous
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .chain(inputs.iter().map(|(name, _, _)| name.as_str()));
+            for name in names {
+                remove(&out.join(name))?;
+            }
+            remove(&out.join(REPORT_FILE))?;
+            remove_parts(out)?;
+            Ok(Prepared {
+                inputs,
+                skipped: 0,
+                append: false,
+            })
+        }
+        OutMode::Resume => resume(out, inputs),
+    }
+}
+
+/// `--resume`: keeps the inputs with a successful report line and their output, and a
+/// report of just those lines (rewritten whole, then renamed over the old one); the
+/// rest run again, their stale outputs removed first.
+fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
+    let wanted: HashSet<&str> = inputs.iter().map(|(name, _, _)| name.as_str()).collect();
+    let mut kept: HashMap<String, String> = HashMap::new();
+    for (name, line) in previous_report(out)? {
+        let success = serde_json::from_str::<serde_json::Value>(&line)
+            .is_ok_and(|v| v["outcome"] == "success");
+        if success && wanted.contains(name.as_str()) && out.join(&name).is_file() {
+            kept.insert(name, line);
+        } else {
+            kept.remove(&name);
+        }
+    }
+    let mut report = String::new();
+    let mut run = Vec::new();
+    for input in inputs {
+        match kept.get(&input.0) {
+            Some(line) => {
+                report.push_str(line);
+                report.push('\n');
+            }
+            None => {
+                remove(&out.join(&input.0))?;
+                run.push(input);
+            }
+        }
+    }
+    let path = out.join(REPORT_FILE);
+    let part = part_path(out, REPORT_FILE);
+    std::fs::write(&part, report).map_err(|e| BatchError::output(&part, e))?;
+    std::fs::rename(&part, &path).map_err(|e| BatchError::output(&path, e))?;
+    remove_parts(out)?;
+    Ok(Prepared {
+        skipped: kept.len(),
+        inputs: run,
+        append: true,
+    })
+}
+
+/// The previous run's report lines that parse, with the input each names (only names
+/// that can be outputs); none without a report.
+pub(crate) fn previous_report(out: &Path) -> Result<Vec<(String, String)>, BatchError> {
+    let path = out.join(REPORT_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(BatchError::output(&path, e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            let name = value["input"].as_str()?;
+            is_output_name(name).then(|| (name.to_owned(), line.to_owned()))
+        })
+        .collect())
+}
+
+/// Removes the partial files (`.<name>.part`) in `out`: what an interrupted or
+/// failed write left.
+pub(crate) fn remove_parts(out: &Path) -> Result<(), BatchError> {
+    let entries = std::fs::read_dir(out).map_err(|e| BatchError::output(out, e))?;
+    for entry in entries.flatten() {
+        if is_part_name(&entry.file_name().to_string_lossy()) {
+            remove(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a regular file; one that is not there is fine.
+fn remove(path: &Path) -> Result<(), BatchError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(BatchError::output(path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_cannot_be_outputs() {
+        for bad in ["", ".", "..", "a/b", "report.jsonl", ".x.part"] {
+            assert!(!is_output_name(bad), "{bad:?}");
+        }
+        for good in ["a", ".hidden", "x.part", "report.jsonl.txt"] {
+            assert!(is_output_name(good), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,629 @@
+//! `sluice batch --redis`: a batch recorded in Redis under a printed id, its jobs run
+//! by whatever workers serve the queue, followed to its end; the same outputs and
+//! `report.jsonl` as embedded mode.
+//!
+//! Interrupted, the submitter stops enqueueing, then cancels the jobs not yet started
+//! and waits for the running ones (`--on-interrupt cancel`), or leaves the batch to the
+//! fleet for `sluice batch attach` (`detach`); on a terminal it asks. A second
+//! interrupt stops waiting.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use sluice_shared::backoff::Backoff;
+use sluice_shared::queue::redis::{RecoveryError, RedisQueue, StoreError, Whereabouts};
+use sluice_shared::{EntryPoint, Job, JobId, ModuleHash, QueueError};
+
+use sluice_shared::module_meta::ModuleMeta;
+
+use super::watch::{WorkerWatch, write_finished};
+use super::{Follower, clamp_to_policy, read_module, upload_input};
+use crate::batch::outdir;
+use crate::batch::{BatchError, BatchOptions, BatchSummary, Interrupted, Interrupts, jobs};
+use crate::report::{Report, say};
+
+/// What an interrupted distributed batch does with its jobs not finished yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnInterrupt {
+    /// Cancel the jobs no worker has started; wait for the running ones.
+    Cancel,
+    /// Leave the jobs to the fleet; `sluice batch attach ID` follows them again.
+    Detach,
+    /// Ask on the terminal (detach when stdin or stderr is not a terminal).
+    Ask,
+}
+
+/// When the next check for lost jobs is due: after `stall_after` without a result,
+/// then at doubling intervals (up to a minute) while nothing arrives, so that a batch
+/// of long jobs costs a scan now and then, not one per second.
+struct StallWatch {
+    /// How long without progress before the next check: `first`, doubling up to a
+    /// minute while checks find nothing to redo.
+    every: Backoff,
+    since: Instant,
+}
+
+impl StallWatch {
+    fn new(first: Duration) -> Self {
+        StallWatch {
+            every: Backoff::new(first, Duration::from_secs(60)),
+            since: Instant::now(),
+        }
+    }
+
+    fn progress(&mut self) {
+        self.every.reset();
+        self.since = Instant::now();
+    }
+
+    fn due(&self) -> bool {
+        self.since.elapsed() >= self.every.peek()
+    }
+
+    fn checked(&mut self, redid: bool) {
+        self.since = Instant::now();
+        if redid {
+            self.every.reset();
+        } else {
+            self.every.next_delay();
+        }
+    }
+}
+
+/// The most lost inputs named one per line; the rest are counted.
+const LOST_LINES: usize = 100;
+
+/// What a batch submitter holds, to enqueue again any job Redis lost.
+struct Resubmitter<'a> {
+    options: &'a BatchOptions,
+    /// The batch's id and job count.
+    batch_id: String,
+    total: usize,
+    wasm: Vec<u8>,
+    /// The module's metadata, stored with it again.
+    meta: ModuleMeta,
+    module: ModuleHash,
+    entry: EntryPoint,
+    /// Job id → (input name, path).
+    inputs: HashMap<JobId, (String, PathBuf)>,
+    redone: usize,
+    /// Every input lost for good: name and why it cannot be read.
+    lost: Vec<(String, String)>,
+    /// Ids of jobs lost for good since the caller last took them.
+    unreadable: Vec<JobId>,
+}
+
+impl Resubmitter<'_> {
+    /// Enqueues jobs of this batch again (already in its job list).
+    async fn enqueue(&mut self, queue: &RedisQueue, jobs: &[Job]) -> Result<(), BatchError> {
+        queue
+            .results()
+            .enqueue_batch(
+                &self.batch_id,
+                &self.options.tenant.0,
+                self.total,
+                jobs,
+                true,
+            )
+            .await?;
+        self.redone += jobs.len();
+        Ok(())
+    }
+
+    /// Enqueues `vanished` again under their own ids, after storing the module again
+    /// if it is gone too; inputs are read from disk again (and blobs uploaded again).
+    /// Jobs whose inputs are unreadable now go to `lost` and `unreadable`.
+    async fn redo(
+        &mut self,
+        queue: &RedisQueue,
+        vanished: &[JobId],
+        progress: &ProgressBar,
+    ) -> Result<(), BatchError> {
+        // Workers recreate the group themselves; doing it here too means the jobs
+        // are claimable the moment they are back, whoever looks first.
+        queue.recovery().recreate_group().await?;
+        if !queue.modules().is_stored(&self.module).await? {
+            queue
+                .modules()
+                .put_with_meta(&self.wasm, &self.meta, None)
+                .await?;
+            say(
+                progress,
+                &format!("module {} was lost by Redis: stored it again", self.module),
+            );
+        }
+        let mut jobs = Vec::new();
+        for id in vanished {
+            let Some((name, path)) = self.inputs.get(id) else {
+                continue;
+            };
+            let input = match std::fs::metadata(path) {
+                Ok(meta) => upload_input(queue, path, meta.len()).await,
+                Err(error) => Err(BatchError::Inputs {
+                    path: path.clone(),
+                    error,
+                }),
+            };
+            match input {
+                Ok(input) => {
+                    let mut job = self.options.job(self.module, input, &self.entry, name);
+                    job.id = *id;
+                    jobs.push(job);
+                }
+                Err(BatchError::Inputs { error, .. }) => {
+                    if self.lost.len() < LOST_LINES {
+                        say(
+                            progress,
+                            &format!(
+                                "lost {name}: Redis lost the job and the input cannot be read again ({error})"
+                            ),
+                        );
+                    }
+                    self.lost.push((name.clone(), error.to_string()));
+                    self.unreadable.push(*id);
+                }
+                Err(e) => return Err(e),
+            }
+            if jobs.len() == 1_000 {
+                self.enqueue(queue, &jobs).await?;
+                jobs.clear();
+            }
+        }
+        self.enqueue(queue, &jobs).await?;
+        Ok(())
+    }
+}
+
+/// One line on what a stalled batch is waiting for. `workers` counts consumers that
+/// took a job lately (Redis before 7.2 lists a consumer only once it got an entry), so
+/// it is 0 for idle workers: the hint to start one is given only when jobs are queued
+/// and nobody takes them.
+fn waiting_line(
+    queue: &RedisQueue,
+    outstanding: usize,
+    at: &Whereabouts,
+    workers: usize,
+) -> String {
+    let name = &queue.config().queue;
+    let mut line = format!(
+        "waiting for {outstanding} jobs: {} queued, {} running, {} delayed, {} finished; \
+         {workers} workers active on queue {name}",
+        at.queued,
+        at.running,
+        at.delayed,
+        at.finished.len()
+    );
+    if !at.vanished.is_empty() {
+        line += &format!(
+            "; {} lost by Redis, enqueueing them again",
+            at.vanished.len()
+        );
+    }
+    if workers == 0 && at.queued > 0 {
+        line += &format!(" (start one: sluice-worker serve --queue {name})");
+    }
+    line
+}
+
+/// Asks the user what to do with the batch's unfinished jobs, or tells why it does
+/// not ask. A second interrupt while asking detaches.
+async fn decide(
+    on_interrupt: OnInterrupt,
+    progress: &ProgressBar,
+    interrupts: &Interrupts,
+    batch_id: &str,
+    outstanding: usize,
+) -> OnInterrupt {
+    if on_interrupt != OnInterrupt::Ask {
+        return on_interrupt;
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        say(
+            progress,
+            "interrupted; not a terminal, so not asking: detaching (--on-interrupt cancel cancels instead)",
+        );
+        return OnInterrupt::Detach;
+    }
+    let question = format!(
+        "interrupted: {} of batch {batch_id} not finished. [c]ancel those not started, or [d]etach and leave them running? ",
+        jobs(outstanding)
+    );
+    let answer = progress.suspend(|| {
+        eprint!("{question}");
+        tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+    });
+    tokio::select! {
+        answer = answer => match answer {
+            Ok(Ok(line)) if line.trim().starts_with(['c', 'C']) => OnInterrupt::Cancel,
+            _ => OnInterrupt::Detach,
+        },
+        () = interrupts.abort.cancelled() => OnInterrupt::Detach,
+    }
+}
+
+/// What the follow loop does once interrupted.
+struct Stop {
+    /// How it was interrupted, once it was.
+    interrupted: Option<Interrupted>,
+    /// Whether the first interrupt was dealt with (cancelled or detached).
+    handled: bool,
+    /// What the summary says about jobs not run here.
+    notes: Vec<String>,
+}
+
+/// `sluice batch --redis`: the same outputs and `report.jsonl` as embedded mode, the
+/// jobs run by whatever workers serve the queue.
+///
+/// The submitter holds every input, so no job is lost to Redis losing data: when no
+/// result has arrived for a while it looks for its jobs (queued, running, delayed,
+/// finished) and enqueues those found nowhere again under the same id. A job that
+/// had in fact finished only turns into a duplicate, which results stored once make
+/// harmless. Inputs that cannot be read again are listed, and the batch fails. Jobs
+/// cancelled meanwhile (`sluice batch cancel`) are not enqueued again.
+pub async fn run_batch(
+    queue: Arc<RedisQueue>,
+    options: BatchOptions,
+    on_interrupt: OnInterrupt,
+    interrupts: &Interrupts,
+) -> Result<BatchSummary, BatchError> {
+    let started = Instant::now();
+    let (wasm, module, module_meta) = read_module(&options.module)?;
+    let prepared = outdir::prepare(&options)?;
+    let inputs = prepared.inputs;
+    queue
+        .modules()
+        .put_with_meta(&wasm, &module_meta, None)
+        .await?;
+    let module_entry = module_meta.default_entry.clone();
+    let mut options = options;
+    options.limits = clamp_to_policy(&queue, &options.tenant.0, &options.limits).await?;
+    let entry = options.entry.clone().unwrap_or(module_entry);
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    let queue_name = queue.config().queue.clone();
+    eprintln!(
+        "sluice: batch {batch_id}: {} on queue {queue_name}",
+        jobs(inputs.len())
+    );
+    let mut report = Report::create(
+        &options.out_dir,
+        inputs.len(),
+        options.progress,
+        prepared.append,
+    )?;
+    let progress = report.progress().clone();
+    progress.tick();
+    if prepared.skipped > 0 {
+        report.say(&format!(
+            "--resume: {} already done, {} to run",
+            jobs(prepared.skipped),
+            inputs.len()
+        ));
+    }
+    let mut workers = WorkerWatch::new();
+    workers.check(&queue, &progress).await;
+
+    let mut follower = Follower::start(&queue).await?;
+    let mut labels = HashMap::with_capacity(inputs.len());
+    let mut resubmitter = Resubmitter {
+        options: &options,
+        batch_id: batch_id.clone(),
+        total: inputs.len(),
+        wasm,
+        meta: module_meta,
+        module,
+        entry: entry.clone(),
+        inputs: HashMap::with_capacity(inputs.len()),
+        redone: 0,
+        lost: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    // Enqueued a chunk at a time, so inline inputs are never all in memory at once.
+    // Should Redis go away meanwhile, the remaining jobs are only registered: they are
+    // found missing when results stop arriving, and enqueued then like any lost job.
+    // Interrupted, the rest are not enqueued at all.
+    let mut unavailable = None;
+    let mut registered = 0;
+    let mut stop_enqueueing = false;
+    'chunks: for chunk in inputs.chunks(1_000) {
+        let mut jobs = Vec::with_capacity(chunk.len());
+        for (name, path, len) in chunk {
+            if interrupts.stopping() {
+                stop_enqueueing = true;
+                queue
+                    .results()
+                    .enqueue_batch(&batch_id, &options.tenant.0, inputs.len(), &jobs, false)
+                    .await?;
+                break 'chunks;
+            }
+            let id = JobId::new();
+            labels.insert(id, name.clone());
+            resubmitter.inputs.insert(id, (name.clone(), path.clone()));
+            follower.expect([id]);
+            registered += 1;
+            if unavailable.is_some() {
+                continue;
+            }
+            match upload_input(&queue, path, *len).await {
+                Ok(input) => {
+                    let mut job = options.job(module, input, &entry, name);
+                    job.id = id;
+                    jobs.push(job);
+                }
+                Err(BatchError::Queue(e @ QueueError::Unavailable(_))) => unavailable = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if unavailable.is_none()
+            && let Err(e) = queue
+                .results()
+                .enqueue_batch(&batch_id, &options.tenant.0, inputs.len(), &jobs, false)
+                .await
+        {
+            unavailable = Some(e.into());
+        }
+    }
+    progress.set_length(registered as u64);
+    match unavailable {
+        Some(e) => say(
+            &progress,
+            &format!(
+                "enqueueing was interrupted ({e}); the jobs not enqueued will be once Redis is back"
+            ),
+        ),
+        // Redis may have lost the module while the jobs went in (a restart
+        // mid-enqueue): workers would fail every job that names it as not stored.
+        // Should Redis be away now, the first check for lost jobs stores it.
+        None => {
+            if let Ok(false) = queue.modules().is_stored(&module).await
+                && queue
+                    .modules()
+                    .put_with_meta(&resubmitter.wasm, &resubmitter.meta, None)
+                    .await
+                    .is_ok()
+            {
+                say(
+                    &progress,
+                    &format!("module {module} was lost by Redis: stored it again"),
+                );
+            }
+        }
+    }
+
+    let mut stop = Stop {
+        interrupted: None,
+        handled: false,
+        notes: Vec::new(),
+    };
+    if stop_enqueueing {
+        stop.interrupted = Some(Interrupted::Stopped);
+        stop.notes.push(format!(
+            "{} not enqueued (interrupted while enqueueing)",
+            jobs(inputs.len() - registered)
+        ));
+    }
+    let attach_hint = format!(
+        "`sluice batch attach {batch_id} --out {}` writes their results",
+        options.out_dir.display()
+    );
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut stall = StallWatch::new(options.stall_after);
+    while follower.outstanding() > 0 {
+        if interrupts.aborting() {
+            stop.interrupted = Some(Interrupted::Aborted);
+            stop.notes.push(format!(
+                "stopped waiting: {} still running on queue {queue_name}; {attach_hint}",
+                jobs(follower.outstanding())
+            ));
+            break;
+        }
+        if interrupts.stopping() && !stop.handled {
+            stop.handled = true;
+            stop.interrupted = Some(Interrupted::Stopped);
+            let choice = decide(
+                on_interrupt,
+                &progress,
+                interrupts,
+                &batch_id,
+                follower.outstanding(),
+            )
+            .await;
+            if choice == OnInterrupt::Detach {
+                stop.notes.push(format!(
+                    "detached: {} left to the workers on queue {queue_name}; {attach_hint}, `sluice batch cancel {batch_id}` cancels them",
+                    jobs(follower.outstanding())
+                ));
+                break;
+            }
+            let cancelled = queue.results().cancel_batch(&batch_id).await?;
+            let outstanding: Vec<JobId> = follower.outstanding_ids().into_iter().collect();
+            let gone: Vec<JobId> = queue
+                .results()
+                .batch_jobs(&outstanding)
+                .await?
+                .into_iter()
+                .filter(|job| job.cancelled)
+                .map(|job| job.id)
+                .collect();
+            follower.forget(&gone);
+            let line = format!(
+                "cancelled {} not started; waiting for {} running (interrupt again to stop waiting)",
+                jobs(cancelled.cancelled as usize),
+                follower.outstanding()
+            );
+            say(&progress, &line);
+            stop.notes.push(format!(
+                "cancelled {} not started",
+                jobs(cancelled.cancelled as usize)
+            ));
+            continue;
+        }
+        workers.check(&queue, &progress).await;
+        let mut finished = match follower.next(&queue, Duration::from_secs(1)).await {
+            Ok(finished) => {
+                backoff.reset();
+                finished
+            }
+            Err(QueueError::Unavailable(reason)) => {
+                // Redis is restarting or unreachable: wait; whatever it lost is
+                // enqueued again once it is back.
+                let delay = backoff.next_delay();
+                say(
+                    &progress,
+                    &format!("redis unavailable ({reason}); retrying in {delay:?}"),
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(warning) = follower.take_warning() {
+            say(&progress, &warning);
+        }
+        if !finished.is_empty() {
+            stall.progress();
+        } else if stall.due() {
+            let outstanding = follower.outstanding_ids();
+            let mut at = match queue
+                .recovery()
+                .locate(&outstanding, Some(&options.tenant.0))
+                .await
+            {
+                Ok(at) => at,
+                Err(RecoveryError::Store(StoreError::Unavailable(_))) => {
+                    stall.checked(false);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let live = queue
+                .admin()
+                .live_workers(Duration::from_secs(10))
+                .await
+                .unwrap_or(0);
+            say(
+                &progress,
+                &waiting_line(&queue, outstanding.len(), &at, live),
+            );
+            let redone = async {
+                finished = follower.collect(&queue, &at.finished).await?;
+                if !at.vanished.is_empty() {
+                    // Cancelled jobs (`sluice batch cancel`) are gone on purpose.
+                    let cancelled: Vec<JobId> = queue
+                        .results()
+                        .batch_jobs(&at.vanished)
+                        .await?
+                        .into_iter()
+                        .filter(|job| job.cancelled)
+                        .map(|job| job.id)
+                        .collect();
+                    if !cancelled.is_empty() {
+                        follower.forget(&cancelled);
+                        at.vanished.retain(|id| !cancelled.contains(id));
+                        say(
+                            &progress,
+                            &format!("{} of this batch were cancelled", jobs(cancelled.len())),
+                        );
+                    }
+                    resubmitter.redo(&queue, &at.vanished, &progress).await?;
+                }
+                Ok::<_, BatchError>(())
+            }
+            .await;
+            let unreadable = std::mem::take(&mut resubmitter.unreadable);
+            follower.forget(&unreadable);
+            progress.set_length(
+                progress
+                    .length()
+                    .unwrap_or(0)
+                    .saturating_sub(unreadable.len() as u64),
+            );
+            match redone {
+                Ok(()) => {}
+                // Redis went away again: what was not enqueued is found at the next check.
+                Err(BatchError::Queue(QueueError::Unavailable(reason))) => {
+                    say(
+                        &progress,
+                        &format!("redis unavailable ({reason}); will look again"),
+                    );
+                    stall.checked(false);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            stall.checked(!at.vanished.is_empty());
+        }
+        for result in finished {
+            let label = labels.get(&result.job_id).cloned().unwrap_or_default();
+            match write_finished(&queue, &options.out_dir, &mut report, &label, &result).await {
+                Ok(()) => {}
+                // Redis went away while the output streamed: wait for the job
+                // again; its result is read again, or the job is redone if lost.
+                Err(BatchError::Queue(QueueError::Unavailable(reason))) => {
+                    say(
+                        &progress,
+                        &format!(
+                            "{label}: reading its output failed ({reason}); will read it again"
+                        ),
+                    );
+                    follower.expect([result.job_id]);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let mut summary = report.finish(registered, started.elapsed())?;
+    outdir::remove_parts(&options.out_dir)?;
+    summary.skipped = prepared.skipped;
+    summary.batch_id = Some(batch_id);
+    if stop.interrupted.is_some() && summary.finished() < inputs.len() {
+        summary.total = inputs.len();
+        summary.interrupted = stop.interrupted;
+        summary.notes = stop.notes;
+    }
+    if resubmitter.redone > 0 {
+        say(
+            &progress,
+            &format!(
+                "{} lost by Redis were enqueued again",
+                jobs(resubmitter.redone)
+            ),
+        );
+    }
+    if !resubmitter.lost.is_empty() {
+        return Err(BatchError::Lost {
+            report: summary.report,
+            lost: resubmitter.lost,
+        });
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_check_backs_off_while_nothing_arrives() {
+        let mut watch = StallWatch::new(Duration::ZERO);
+        assert!(watch.due());
+        let mut watch2 = StallWatch::new(Duration::from_secs(5));
+        assert!(!watch2.due());
+        watch2.checked(false);
+        assert_eq!(watch2.every.peek(), Duration::from_secs(10));
+        for _ in 0..10 {
+            watch2.checked(false);
+        }
+        assert_eq!(watch2.every.peek(), Duration::from_secs(60));
+        watch2.checked(true);
+        assert_eq!(watch2.every.peek(), Duration::from_secs(5));
+        watch.progress();
+        assert_eq!(watch.every.peek(), Duration::ZERO);
+    }
+}
