@@ -144,14 +144,43 @@ fn batch_of_a_hostile_module_fails_each_job_with_its_outcome() {
     assert!(String::from_utf8_lossy(&run.stdout).contains("timeout"));
 }
 
+/// Not a module: the batch fails before any job runs, naming the file (it used to run
+/// every job as `invalid_module`, which read as if the inputs were wrong).
 #[test]
-fn batch_with_an_invalid_module_reports_it_per_job() {
-    let out = tempfile::tempdir().unwrap();
-    let run = sluice_batch(&[], "not_wasm.txt", example_inputs("uppercase"), out.path());
-    assert!(!run.status.success());
-    for line in report(out.path()) {
-        assert_eq!(line["outcome"], "invalid_module");
+fn batch_with_an_invalid_module_fails_up_front_naming_it() {
+    for module in ["not_wasm.txt", "unknown_import.wat"] {
+        let out = tempfile::tempdir().unwrap();
+        let run = sluice_batch(&[], module, example_inputs("uppercase"), out.path());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(module), "names the module: {stderr}");
+        assert!(!out.path().join("report.jsonl").exists());
     }
+    let out = tempfile::tempdir().unwrap();
+    let readme = sluice_tests::repo_root().join("README.md");
+    let run = bin("sluice")
+        .args(["batch", "--quiet", "--module"])
+        .arg(&readme)
+        .arg(example_inputs("uppercase"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&*readme.to_string_lossy()), "{stderr}");
+    // A missing module is named once, with why once.
+    let run = bin("sluice")
+        .args(["batch", "--module", "/no/such/module.wasm"])
+        .arg(example_inputs("uppercase"))
+        .arg("--out")
+        .arg(out.path().join("x"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/no/such/module.wasm"), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 }
 
 #[test]
@@ -185,4 +214,111 @@ fn batch_mixes_failures_and_successes_without_losing_any() {
         std::fs::read_to_string(out.path().join("in01.csv")).unwrap(),
         "{\"a\":\"1\",\"b\":\"2\"}\n"
     );
+}
+
+fn csv_inputs(dir: &Path, bad_every: usize) {
+    for i in 0..12 {
+        let body = if bad_every > 0 && i % bad_every == 0 {
+            "a,b\n\"unterminated\n"
+        } else {
+            "a,b\n1,2\n"
+        };
+        std::fs::write(dir.join(format!("in{i:02}.csv")), body).unwrap();
+    }
+}
+
+fn stderr_of(run: &Output) -> String {
+    String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
+#[test]
+fn an_input_named_like_the_report_is_refused_before_any_job() {
+    let inputs_dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    csv_inputs(inputs_dir.path(), 0);
+    std::fs::write(inputs_dir.path().join("report.jsonl"), "a,b\n").unwrap();
+    let run = sluice_batch(&[], "csv2jsonl.wasm", inputs_dir.path(), out.path());
+    assert_eq!(run.status.code(), Some(2), "{}", stderr_of(&run));
+    assert!(
+        stderr_of(&run).contains("report.jsonl"),
+        "{}",
+        stderr_of(&run)
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_rerun_into_a_non_empty_directory_refuses_unless_force_or_resume() {
+    let inputs_dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    csv_inputs(inputs_dir.path(), 4);
+    let first = sluice_batch(&[], "csv2jsonl.wasm", inputs_dir.path(), out.path());
+    assert_eq!(first.status.code(), Some(1), "{}", stderr_of(&first));
+    let ids: Vec<(String, String)> = report(out.path())
+        .iter()
+        .map(|l| (l["input"].to_string(), l["job_id"].to_string()))
+        .collect();
+    assert_eq!(ids.len(), 12);
+
+    // A plain rerun refuses and touches nothing.
+    let again = sluice_batch(&[], "csv2jsonl.wasm", inputs_dir.path(), out.path());
+    assert_eq!(again.status.code(), Some(2), "{}", stderr_of(&again));
+    assert!(
+        stderr_of(&again).contains("not empty"),
+        "{}",
+        stderr_of(&again)
+    );
+    assert_eq!(report(out.path()).len(), 12);
+
+    // --resume after fixing the failed inputs: only those run; the report ends with
+    // one success line per input, the earlier successes' lines kept as they were.
+    csv_inputs(inputs_dir.path(), 0);
+    let resumed = sluice_batch(
+        &["--resume"],
+        "csv2jsonl.wasm",
+        inputs_dir.path(),
+        out.path(),
+    );
+    assert!(resumed.status.success(), "{}", stderr_of(&resumed));
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(stdout.starts_with("3 jobs in"), "{stdout}");
+    assert!(stdout.contains("skipped: 9 jobs already done"), "{stdout}");
+    let lines = report(out.path());
+    assert_eq!(lines.len(), 12);
+    assert!(lines.iter().all(|l| l["outcome"] == "success"), "{lines:?}");
+    let kept = lines
+        .iter()
+        .filter(|l| ids.contains(&(l["input"].to_string(), l["job_id"].to_string())))
+        .count();
+    assert_eq!(kept, 9, "the earlier successes keep their lines");
+
+    // --force: an input gone since is gone from the outputs too; the report is new.
+    std::fs::remove_file(inputs_dir.path().join("in05.csv")).unwrap();
+    std::fs::write(out.path().join(".in07.csv.part"), "stale").unwrap();
+    let forced = sluice_batch(
+        &["--force"],
+        "csv2jsonl.wasm",
+        inputs_dir.path(),
+        out.path(),
+    );
+    assert!(forced.status.success(), "{}", stderr_of(&forced));
+    assert!(!out.path().join("in05.csv").exists());
+    assert!(!out.path().join(".in07.csv.part").exists());
+    let lines = report(out.path());
+    assert_eq!(lines.len(), 11);
+    assert!(
+        lines
+            .iter()
+            .all(|l| !ids.iter().any(|(_, id)| *id == l["job_id"].to_string()))
+    );
+}
+
+#[test]
+fn one_job_is_one_job() {
+    let inputs_dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(inputs_dir.path().join("only.txt"), "x").unwrap();
+    let run = sluice_batch(&[], "uppercase.wasm", inputs_dir.path(), out.path());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.starts_with("1 job in "), "{stdout}");
 }
