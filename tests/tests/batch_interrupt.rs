@@ -1,0 +1,307 @@
+//! Interrupting `sluice batch` with a signal, embedded and distributed, and following a
+//! distributed batch by its id (`batch cancel`, `batch attach`): the report holds only
+//! whole lines, no partial output stays, the summary says "interrupted", exit 130.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_shared::Queue;
+use sluice_tests::fleet::Fleet;
+use sluice_tests::wait::poll;
+use sluice_tests::{bin, guest};
+
+/// A guest that computes for a while (50M iterations) and succeeds with no output.
+const SLOW: &str = "compute_loop.wat";
+
+fn inputs(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..n {
+        std::fs::write(dir.path().join(format!("in{i:03}")), format!("{i}\n")).unwrap();
+    }
+    dir
+}
+
+fn names(n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("in{i:03}")).collect()
+}
+
+/// Every report line, each of which must parse.
+fn report_lines(out: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(out.join("report.jsonl")).unwrap_or_default();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a cut line: {text:?}"
+    );
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect()
+}
+
+/// Output files (not the report, no partial file left).
+fn outputs(out: &Path) -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    for entry in std::fs::read_dir(out).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".part"), "partial file left: {name}");
+        if name != "report.jsonl" {
+            files.insert(name);
+        }
+    }
+    files
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Starts `command` with piped output; stderr lines are passed on (to the test's own
+/// stderr) and sent to the returned channel.
+fn spawn(mut command: Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[sluice] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// The first stderr line containing `what`, waiting up to a minute.
+fn line_with(lines: &mpsc::Receiver<String>, what: &str) -> String {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no stderr line with {what:?}: {e}"));
+        if line.contains(what) {
+            return line;
+        }
+    }
+}
+
+/// Waits until the report has at least one line.
+fn first_report_line(out: &Path) {
+    poll(
+        "a report line",
+        Duration::from_secs(120),
+        || report_lines(out).len(),
+        |n| *n > 0,
+    );
+}
+
+fn finish(child: Child) -> (Output, String) {
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output, stdout)
+}
+
+/// The batch id a summary names (`batch: <id>`).
+fn batch_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("batch: "))
+        .unwrap_or_else(|| panic!("no batch id in {stdout}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn an_interrupted_embedded_batch_keeps_whole_lines_and_no_partial_files() {
+    let inputs = inputs(200);
+    let out = tempfile::tempdir().unwrap();
+    let mut command = bin("sluice");
+    command
+        .args(["batch", "--quiet", "--concurrency", "2", "--module"])
+        .arg(guest(SLOW))
+        .arg(inputs.path())
+        .arg("--out")
+        .arg(out.path());
+    let (child, _stderr) = spawn(command);
+    first_report_line(out.path());
+    signal(&child, "-INT");
+    let (output, stdout) = finish(child);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    let lines = report_lines(out.path());
+    assert!(
+        !lines.is_empty() && lines.len() < 200,
+        "{} lines",
+        lines.len()
+    );
+    // Every output written is in the report, and every success has its output.
+    let reported: BTreeSet<String> = lines
+        .iter()
+        .map(|l| l["input"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outputs(out.path()), reported);
+    assert!(lines.iter().all(|l| l["outcome"] == "success"));
+}
+
+#[test]
+fn a_second_signal_abandons_running_jobs_and_still_leaves_a_clean_directory() {
+    let inputs = inputs(40);
+    let out = tempfile::tempdir().unwrap();
+    let mut command = bin("sluice");
+    command
+        .args(["batch", "--quiet", "--concurrency", "2", "--timeout", "60s"])
+        .arg("--module")
+        .arg(guest("infinite_loop.wat"))
+        .arg(inputs.path())
+        .arg("--out")
+        .arg(out.path());
+    let (child, stderr) = spawn(command);
+    // Jobs are running once their partial outputs exist.
+    poll(
+        "jobs running",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_dir(out.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".part")
+                })
+                .count()
+        },
+        |running| *running == 2,
+    );
+    signal(&child, "-TERM");
+    line_with(&stderr, "interrupted");
+    signal(&child, "-TERM");
+    let (output, stdout) = finish(child);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(stdout.contains("abandoned"), "{stdout}");
+    assert!(report_lines(out.path()).is_empty());
+    assert!(outputs(out.path()).is_empty());
+}
+
+fn distributed(fleet: &Fleet, inputs: &Path, out: &Path, on_interrupt: &str) -> Command {
+    let mut command = fleet.sluice(&["batch", "--quiet", "--on-interrupt", on_interrupt]);
+    command
+        .arg("--module")
+        .arg(guest(SLOW))
+        .arg(inputs)
+        .arg("--out")
+        .arg(out);
+    command
+}
+
+#[test]
+fn an_interrupted_distributed_batch_cancels_what_has_not_started() {
+    let fleet = Fleet::start("int_cancel");
+    let _worker = fleet.worker("w", &["--concurrency", "1"]);
+    let inputs = inputs(60);
+    let out = tempfile::tempdir().unwrap();
+    let (child, _stderr) = spawn(distributed(&fleet, inputs.path(), out.path(), "cancel"));
+    first_report_line(out.path());
+    signal(&child, "-INT");
+    let (output, stdout) = finish(child);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(stdout.contains("cancelled"), "{stdout}");
+    batch_id(&stdout);
+    let lines = report_lines(out.path());
+    assert!(lines.len() < 60, "{} lines", lines.len());
+    assert_eq!(outputs(out.path()).len(), lines.len());
+    // Nothing of the batch is left on the queue: the running job finished before
+    // the submitter exited, the rest were cancelled.
+    let stats = fleet.rt.block_on(fleet.queue.stats()).unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.delayed), (0, 0, 0));
+    assert!(stats.completed < 60, "{stats:?}");
+    assert_eq!(stats.completed as usize, lines.len());
+}
+
+#[test]
+fn a_detached_batch_runs_on_and_attach_writes_every_output_once() {
+    let fleet = Fleet::start("int_detach");
+    let _worker = fleet.worker("w", &["--concurrency", "2"]);
+    let inputs = inputs(40);
+    let out = tempfile::tempdir().unwrap();
+    let (child, _stderr) = spawn(distributed(&fleet, inputs.path(), out.path(), "detach"));
+    first_report_line(out.path());
+    signal(&child, "-INT");
+    let (output, stdout) = finish(child);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("detached"), "{stdout}");
+    let id = batch_id(&stdout);
+    let before = report_lines(out.path()).len();
+    assert!(before < 40);
+
+    let out_dir = out.path().to_string_lossy();
+    let attached = fleet
+        .sluice(&["batch", "attach", &id, "--quiet", "--out", &out_dir])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&attached.stdout);
+    assert!(
+        attached.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&attached.stderr)
+    );
+    assert_eq!(outputs(out.path()), names(40));
+    let lines = report_lines(out.path());
+    let reported: Vec<String> = lines
+        .iter()
+        .map(|l| l["input"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reported.len(), 40, "one line per input");
+    assert_eq!(reported.iter().cloned().collect::<BTreeSet<_>>(), names(40));
+}
+
+#[test]
+fn batch_cancel_cancels_a_queued_batch_with_no_worker() {
+    let fleet = Fleet::start("cancel_cli");
+    let inputs = inputs(25);
+    let out = tempfile::tempdir().unwrap();
+    let (child, stderr) = spawn(distributed(&fleet, inputs.path(), out.path(), "detach"));
+    let started = line_with(&stderr, "sluice: batch ");
+    let id = started
+        .strip_prefix("sluice: batch ")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .to_owned();
+    // No worker: the batch says so, and how to start one.
+    let hint = line_with(&stderr, "0 workers on queue cancel_cli");
+    assert!(hint.contains("sluice-worker serve"), "{hint}");
+
+    poll(
+        "the batch's jobs queued",
+        Duration::from_secs(60),
+        || fleet.rt.block_on(fleet.queue.stats()).unwrap().ready,
+        |ready| *ready == 25,
+    );
+    let cancelled = fleet.sluice(&["batch", "cancel", &id]).output().unwrap();
+    let said = String::from_utf8_lossy(&cancelled.stdout);
+    assert!(cancelled.status.success(), "{said}");
+    assert!(said.contains("cancelled 25 jobs; 0 running"), "{said}");
+    let stats = fleet.rt.block_on(fleet.queue.stats()).unwrap();
+    assert_eq!((stats.ready, stats.leased), (0, 0));
+
+    // The submitter notices its jobs were cancelled (not lost: none is enqueued
+    // again) and ends.
+    let (output, stdout) = finish(child);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with("0 jobs in"), "{stdout}");
+    let stats = fleet.rt.block_on(fleet.queue.stats()).unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.completed), (0, 0, 0));
+}
