@@ -229,23 +229,30 @@ async fn decide(
         return OnInterrupt::Detach;
     }
     let question = format!(
-        "interrupted: {} of batch {batch_id} not finished. [c]ancel those not started, or [d]etach and leave them running? ",
+        "interrupted: {} of batch {batch_id} not finished. Type c and Enter to cancel those not started, or d (or Enter) to detach and leave them running:",
         jobs(outstanding)
     );
-    let answer = progress.suspend(|| {
-        eprint!("{question}");
-        tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map(|_| line)
-        })
+    // Above the bar, which stands still while the user answers.
+    progress.disable_steady_tick();
+    say(progress, &question);
+    // A thread of its own, not the runtime's blocking pool: the process must be able
+    // to exit while it still waits for a line.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = tx.send(std::io::stdin().read_line(&mut line).map(|_| line));
     });
-    tokio::select! {
-        answer = answer => match answer {
+    let choice = tokio::select! {
+        answer = rx => match answer {
             Ok(Ok(line)) if line.trim().starts_with(['c', 'C']) => OnInterrupt::Cancel,
             _ => OnInterrupt::Detach,
         },
         () = interrupts.abort.cancelled() => OnInterrupt::Detach,
+    };
+    if !progress.is_hidden() {
+        progress.enable_steady_tick(Duration::from_millis(500));
     }
+    choice
 }
 
 /// What the follow loop does once interrupted.
@@ -336,10 +343,14 @@ pub async fn run_batch(
         for (name, path, len) in chunk {
             if interrupts.stopping() {
                 stop_enqueueing = true;
-                queue
-                    .results()
-                    .enqueue_batch(&batch_id, &options.tenant.0, inputs.len(), &jobs, false)
-                    .await?;
+                if unavailable.is_none()
+                    && let Err(e) = queue
+                        .results()
+                        .enqueue_batch(&batch_id, &options.tenant.0, inputs.len(), &jobs, false)
+                        .await
+                {
+                    unavailable = Some(e.into());
+                }
                 break 'chunks;
             }
             let id = JobId::new();
