@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Run MODULE over every file in INPUT_DIR, writing OUT_DIR/<file> and
     /// OUT_DIR/report.jsonl. In-process unless --redis is given. Exits 0 only when
-    /// every job succeeded.
+    /// every job succeeded (130 interrupted); `batch cancel|attach ID` for a --redis batch.
     Batch(BatchArgs),
     /// Store modules in Redis.
     #[command(subcommand)]

@@ -200,12 +200,28 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
             redis,
         }) => {
             let interrupts = Interrupts::from_signals()?;
-            let queue = redis.connect().await?;
+            let Some(queue) = connect(&redis, &interrupts).await? else {
+                return Ok(ExitCode::from(INTERRUPTED_EXIT));
+            };
             let summary = distributed::attach(&queue, &id, &out, !quiet, &interrupts).await?;
             print_summary(&summary);
             Ok(exit_for(&summary))
         }
         None => run_batch_args(args.run).await,
+    }
+}
+
+/// Connects, unless interrupted first (`None`: a signal came before Redis answered).
+async fn connect(
+    redis: &RedisArgs,
+    interrupts: &Interrupts,
+) -> anyhow::Result<Option<sluice_shared::queue::redis::RedisQueue>> {
+    tokio::select! {
+        queue = redis.connect() => Ok(Some(queue?)),
+        () = interrupts.stop.cancelled() => {
+            eprintln!("sluice: interrupted while connecting to Redis; nothing was submitted");
+            Ok(None)
+        }
     }
 }
 
@@ -246,13 +262,10 @@ async fn run_batch_args(args: RunArgs) -> anyhow::Result<ExitCode> {
                 redis_ca: args.redis_ca.clone(),
             };
             let on_interrupt = args.on_interrupt.unwrap_or(OnInterrupt::Ask);
-            distributed::run_batch(
-                Arc::new(redis.connect().await?),
-                options,
-                on_interrupt,
-                &interrupts,
-            )
-            .await?
+            let Some(queue) = connect(&redis, &interrupts).await? else {
+                return Ok(ExitCode::from(INTERRUPTED_EXIT));
+            };
+            distributed::run_batch(Arc::new(queue), options, on_interrupt, &interrupts).await?
         }
     };
     print_summary(&summary);
