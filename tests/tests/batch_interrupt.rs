@@ -305,3 +305,70 @@ fn batch_cancel_cancels_a_queued_batch_with_no_worker() {
     let stats = fleet.rt.block_on(fleet.queue.stats()).unwrap();
     assert_eq!((stats.ready, stats.leased, stats.completed), (0, 0, 0));
 }
+
+/// On a terminal the first Ctrl-C asks what to do; answering `c` cancels. Driven
+/// through a pseudo-terminal (`script`), with Ctrl-C typed as the terminal's interrupt
+/// character, so the progress bar is drawn too.
+#[test]
+fn ctrl_c_on_a_terminal_asks_and_c_cancels() {
+    use std::io::{Read, Write};
+
+    let fleet = Fleet::start("int_tty");
+    let _worker = fleet.worker("w", &["--concurrency", "1"]);
+    let inputs = inputs(60);
+    let out = tempfile::tempdir().unwrap();
+    let sluice = bin("sluice");
+    let command_line = format!(
+        "{} batch --module {} {} --out {} --redis {} --queue int_tty",
+        sluice.get_program().to_string_lossy(),
+        guest(SLOW).display(),
+        inputs.path().display(),
+        out.path().display(),
+        fleet.url()
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &command_line, "/dev/null"])
+        .env_remove("SLUICE_REDIS_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    let mut terminal = child.stdout.take().unwrap();
+    let (tx, seen) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = terminal.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = String::new();
+    let mut wait_for = |what: &str| {
+        while !screen.contains(what) {
+            let bytes = seen
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("no {what:?} on the terminal ({e}): {screen}"));
+            screen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        screen.clone()
+    };
+    first_report_line(out.path());
+    let keys = child.stdin.as_mut().unwrap();
+    keys.write_all(b"\x03").unwrap();
+    keys.flush().unwrap();
+    wait_for("Type c and Enter");
+    keys.write_all(b"c\n").unwrap();
+    keys.flush().unwrap();
+    let screen = wait_for("report: ");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{screen}");
+    assert!(screen.contains("interrupted"), "{screen}");
+    assert!(screen.contains("cancelled"), "{screen}");
+    let lines = report_lines(out.path());
+    assert!(lines.len() < 60);
+    assert_eq!(outputs(out.path()).len(), lines.len());
+    let stats = fleet.rt.block_on(fleet.queue.stats()).unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.delayed), (0, 0, 0));
+}
