@@ -314,7 +314,6 @@ pub async fn run_batch(
         ));
     }
     let mut workers = WorkerWatch::new();
-    workers.check(&queue, &progress).await;
 
     let mut follower = Follower::start(&queue).await?;
     let mut labels = HashMap::with_capacity(inputs.len());
@@ -379,6 +378,7 @@ pub async fn run_batch(
         {
             unavailable = Some(e.into());
         }
+        workers.check(&queue, &progress).await;
     }
     progress.set_length(registered as u64);
     match unavailable {

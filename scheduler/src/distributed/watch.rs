@@ -23,9 +23,14 @@ const LIVE_WITHIN: Duration = Duration::from_secs(10);
 /// Whether any worker serves the queue: while none does, the batch says so (on the
 /// progress bar's message, or once on stderr when no bar is drawn), and says so again
 /// when one comes.
+///
+/// Redis before 7.2 lists an idle worker only once it got an entry, and a worker takes
+/// a moment to get its first one, so "none" is said only when two checks in a row,
+/// [`CHECK_EVERY`] apart and after the first jobs were enqueued, found none.
 pub(crate) struct WorkerWatch {
     next_check: Instant,
     last: Option<usize>,
+    zeros: u32,
 }
 
 impl WorkerWatch {
@@ -34,6 +39,7 @@ impl WorkerWatch {
         WorkerWatch {
             next_check: Instant::now(),
             last: None,
+            zeros: 0,
         }
     }
 
@@ -48,6 +54,10 @@ impl WorkerWatch {
             return;
         };
         let name = &queue.config().queue;
+        self.zeros = if workers == 0 { self.zeros + 1 } else { 0 };
+        if workers == 0 && self.zeros < 2 {
+            return;
+        }
         if workers == 0 && self.last != Some(0) {
             let line = format!(
                 "0 workers on queue {name} — start one with `sluice-worker serve --queue {name}`"
