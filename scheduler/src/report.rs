@@ -194,3 +194,39 @@ impl Report {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_shared::{JobId, Outcome};
+
+    use super::*;
+
+    fn failure() -> JobResult {
+        JobResult::without_run(JobId::new(), Outcome::Timeout, 1)
+    }
+
+    /// On a terminal only the first failures are named; the rest are counted for the
+    /// end. Every failure still gets its whole report line.
+    #[test]
+    fn failure_lines_are_capped_on_a_terminal_and_every_line_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = Report::create(dir.path(), 30, false, false).unwrap();
+        report.name_every_failure = false;
+        for i in 0..30 {
+            report.record(&format!("in{i}"), &failure()).unwrap();
+        }
+        assert_eq!(report.failures_unnamed, 30 - FAILURE_LINES);
+        let summary = report.finish(30, Duration::from_secs(1)).unwrap();
+        assert_eq!(summary.failed(), 30);
+        let text = std::fs::read_to_string(dir.path().join(REPORT_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 30);
+        assert!(text.ends_with('\n'));
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        // Closed: nothing more is recorded.
+        report.record("late", &failure()).unwrap();
+        let after = std::fs::read_to_string(dir.path().join(REPORT_FILE)).unwrap();
+        assert_eq!(after, text);
+    }
+}

@@ -180,7 +180,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
             let queue = redis.connect().await?;
             let done = distributed::cancel(&queue, &id).await?;
             println!(
-                "batch {id}: cancelled {}; {} running (they finish); {} already finished",
+                "batch {id}: cancelled {}; {} running (they finish); {} already finished or cancelled",
                 jobs(done.cancelled as usize),
                 done.running,
                 done.finished
