@@ -7,6 +7,7 @@
 //!   when Redis loses jobs, interruptible (cancel or detach);
 //! - [`attach`]: `sluice batch attach` and `sluice batch cancel`, on a batch by id;
 //! - [`follower`]: waiting for a set of jobs through the completion notices;
+//! - `recover.rs`: enqueueing again the jobs Redis lost;
 //! - [`watch`]: what the batch waits for (no worker on the queue) and writing each
 //!   finished job's output and report line.
 
@@ -24,6 +25,7 @@ use crate::modules;
 
 pub mod attach;
 pub mod follower;
+mod recover;
 pub mod run;
 pub mod watch;
 
