@@ -16,10 +16,11 @@ use std::collections::BTreeMap;
 
 use redis::Value;
 
-use super::RedisQueue;
 use super::error::{StoreError, bad_reply, on_key, unavailable};
 use super::keys::TENANT_POLICIES;
 use super::results::BatchCounts;
+use super::{ENVELOPE_FIELD, RedisQueue};
+use crate::codec;
 use crate::job::{JobId, ModuleHash};
 use crate::outcome::OutcomeKind;
 use crate::queue::QueueError;
@@ -35,6 +36,13 @@ const MAX_MODULES_READ: usize = 100_000;
 /// The most tenants read for one listing page (an operator's set; names are sorted
 /// here, so the whole set is read).
 const MAX_TENANTS_READ: usize = 100_000;
+
+/// A stream entry as `XRANGE` answers it: its id and field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// The most `ZSCAN` steps (of about 1,000 members each) spent looking for a job in the
+/// delayed set.
+const MAX_DELAYED_SCANS: usize = 20;
 
 /// Listing (from [`RedisQueue::listing`]).
 #[derive(Clone, Copy)]
@@ -374,6 +382,26 @@ impl Listing<'_> {
         Ok(Self::first(holds, limit, |hold| hold.hash.to_hex()))
     }
 
+    /// `tenant`'s hold on module `hash`, if it holds it (and the hold has not expired).
+    pub async fn module_hold(
+        self,
+        tenant: &str,
+        hash: &ModuleHash,
+    ) -> Result<Option<ModuleHold>, ListingError> {
+        let key = self.q.keys.tenant_modules(tenant);
+        let now = self.q.server_time_ms().await?;
+        let expiry: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&key)
+            .arg(hash.to_hex())
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        Ok(expiry.filter(|e| *e >= now as f64).map(|e| ModuleHold {
+            hash: *hash,
+            expires_at_ms: e as u64,
+        }))
+    }
+
     /// A page of every tenant with its policy, by name, after tenant `after`.
     pub async fn tenants(
         self,
@@ -419,6 +447,78 @@ impl Listing<'_> {
             items,
             next: page.next,
         })
+    }
+
+    /// Attempts already made at job `id` while it waits to run again: read from its
+    /// envelope, in its record's stream (`stream`, `entry`; the tenant's backlog
+    /// `backlog` or the job stream) or, while it waits out a retry delay, in the
+    /// delayed set (scanned in bounded steps). `None` when the envelope is in neither.
+    pub async fn attempts_made(
+        self,
+        id: JobId,
+        backlog: &str,
+        stream: &str,
+        entry: &str,
+    ) -> Result<Option<u32>, ListingError> {
+        // The record's stream is one of these two; nothing else is read.
+        if (stream == backlog || stream == self.q.keys.jobs) && !entry.is_empty() {
+            let found: Vec<StreamEntry> = redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(entry)
+                .arg(entry)
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(on_key(stream))?;
+            let envelope = found.into_iter().next().and_then(|(_, fields)| {
+                fields
+                    .into_iter()
+                    .find(|(f, _)| f.as_bytes() == ENVELOPE_FIELD)
+                    .map(|(_, e)| e)
+            });
+            if let Some(envelope) = envelope {
+                return Ok(codec::decode(&envelope).ok().map(|job| job.attempt));
+            }
+        }
+        // The envelope's head is the format version, the id's length and its bytes
+        // (see `envelope_job_id`); glob metacharacters among them are escaped.
+        let mut pattern = vec![codec::FORMAT_VERSION, 16];
+        for byte in id.0.as_bytes() {
+            if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\') {
+                pattern.push(b'\\');
+            }
+            pattern.push(*byte);
+        }
+        pattern.push(b'*');
+        let key = &self.q.keys.delayed;
+        let mut cursor = 0u64;
+        for _ in 0..MAX_DELAYED_SCANS {
+            let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("ZSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(on_key(key))?;
+            // ZSCAN answers member, score pairs.
+            if let Some(job) = found
+                .iter()
+                .step_by(2)
+                .filter_map(|e| codec::decode(e).ok())
+                .find(|job| job.id == id)
+            {
+                return Ok(Some(job.attempt));
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(None)
     }
 
     /// The first `limit` of `sorted`, and the position after the last when more follow.
