@@ -256,6 +256,11 @@ pub(super) async fn get_batch(
         .to_string();
     let paging = paging(query.as_deref())?;
     let offset: u64 = paging.after_as()?.unwrap_or(0);
+    // No batch has more jobs than a policy's `max_batch_jobs` (a u32): a larger offset
+    // is no cursor of ours (and Redis would refuse it as a list index).
+    if offset > u64::from(u32::MAX) {
+        return Err(ApiError::bad_request("cursor: not a cursor of this list"));
+    }
     // From the batch's outcome counters (kept by the queue scripts), not its results.
     let (counts, page) = api
         .queue
