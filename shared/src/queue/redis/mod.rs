@@ -59,7 +59,9 @@ pub use keys::Keys;
 pub use listing::{BatchSummary, JobSummary, Listing, ListingError, MAX_PAGE, ModuleHold, Page};
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
-pub use results::{BatchCounts, Cancelled, JobRecord, Results, ResultsError};
+pub use results::{
+    BatchCancelled, BatchCounts, BatchJob, Cancelled, JobRecord, Results, ResultsError,
+};
 pub use tenants::{TenantError, Tenants};
 
 /// The consumer group every worker of a queue joins.

@@ -25,7 +25,7 @@ use super::reply::{millis, parse_entries};
 use super::scripts::SCRIPTS;
 use super::{GROUP, RedisQueue};
 use crate::codec;
-use crate::job::JobId;
+use crate::job::{Job, JobId};
 use crate::outcome::{JobResult, OutcomeKind};
 use crate::queue::QueueError;
 
@@ -46,6 +46,12 @@ pub enum ResultsError {
         key: String,
         /// Why it does not decode.
         reason: String,
+    },
+    /// No batch of that id exists (never did, expired, or the id is not a batch id).
+    #[error("no batch {id} (unknown, or expired with its results)")]
+    UnknownBatch {
+        /// The id asked for (capped).
+        id: String,
     },
     /// Redis failed, a key is corrupt, or a reply was not understood.
     #[error(transparent)]
@@ -88,6 +94,50 @@ pub enum Cancelled {
     /// It finished, was cancelled before, or is unknown.
     Gone,
 }
+
+/// What cancelling a batch did, counted job by job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchCancelled {
+    /// Jobs removed before any worker claimed them.
+    pub cancelled: u64,
+    /// Jobs a worker is running now (they run to their end).
+    pub running: u64,
+    /// Jobs already finished, cancelled before, or whose record expired.
+    pub finished: u64,
+    /// Jobs left alone because their record, or the stream it names, is corrupt.
+    pub corrupt: u64,
+}
+
+impl BatchCancelled {
+    /// Every job of the batch that was looked at.
+    pub fn total(&self) -> u64 {
+        self.cancelled + self.running + self.finished + self.corrupt
+    }
+}
+
+/// A job of a batch, as its record says (see [`Results::batch_jobs`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchJob {
+    /// The job's id.
+    pub id: JobId,
+    /// Its label (a command-line batch's input name); empty when the record has none
+    /// or has expired.
+    pub label: String,
+    /// Whether it was cancelled.
+    pub cancelled: bool,
+}
+
+/// A record's `label` and `state` fields.
+type LabelState = (Option<String>, Option<String>);
+
+/// Jobs per `enqueue_batch.lua` call (envelopes travel inline in its arguments).
+const ENQUEUE_CHUNK: usize = 200;
+
+/// Jobs cancelled per `cancel_batch.lua` call (one script holds Redis for its page).
+const CANCEL_PAGE: usize = 500;
+
+/// Longest batch id quoted back in an error.
+const MAX_ID_IN_ERROR: usize = 64;
 
 /// The counter field prefix in a batch hash.
 const COUNTER: &str = "n:";
@@ -257,6 +307,114 @@ impl Results<'_> {
             "running" => Cancelled::Running,
             _ => Cancelled::Gone,
         })
+    }
+
+    /// Cancels every job of batch `id` that no worker has claimed yet, each atomically
+    /// (`cancel_batch.lua`, a page of jobs per call); jobs running now run to their end.
+    /// The caller checks who owns the batch first ([`Self::batch`] names its tenant).
+    pub async fn cancel_batch(self, id: &str) -> Result<BatchCancelled, ResultsError> {
+        let unknown = || ResultsError::UnknownBatch {
+            id: id.chars().take(MAX_ID_IN_ERROR).collect(),
+        };
+        // Batch ids are UUIDs; anything else (`<id>:jobs`, say) names another key.
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(unknown());
+        }
+        let Some((_, jobs)) = self.batch(id).await? else {
+            return Err(unknown());
+        };
+        let mut done = BatchCancelled::default();
+        for page in jobs.chunks(CANCEL_PAGE) {
+            let mut invocation = SCRIPTS.cancel_batch.prepare_invoke();
+            invocation.key(&self.q.keys.jobs);
+            for job in page {
+                invocation.key(self.q.keys.job_record(*job));
+            }
+            let counts: Vec<u64> = invocation
+                .arg(GROUP)
+                .arg(self.q.keys.prefix())
+                .invoke_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            let [cancelled, running, finished, corrupt] = counts[..] else {
+                return Err(bad_reply(format!("cancel_batch.lua reply: {counts:?}")).into());
+            };
+            done.cancelled += cancelled;
+            done.running += running;
+            done.finished += finished;
+            done.corrupt += corrupt;
+        }
+        Ok(done)
+    }
+
+    /// Enqueues a command-line batch's `jobs` onto the job stream with their records
+    /// (label, entry) and batch `id`'s hash and job list (`enqueue_batch.lua`, a chunk
+    /// of jobs per call, each job atomically with its record). `total` is the whole
+    /// batch's job count; `again`: the jobs were enqueued before (Redis lost them) and
+    /// are already listed in the batch.
+    pub async fn enqueue_batch(
+        self,
+        id: &str,
+        tenant: &str,
+        total: usize,
+        jobs: &[Job],
+        again: bool,
+    ) -> Result<(), ResultsError> {
+        let ttl = millis(self.q.config.result_ttl);
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            let mut invocation = SCRIPTS.enqueue_batch.prepare_invoke();
+            invocation
+                .key(&self.q.keys.jobs)
+                .key(self.q.keys.batch(id))
+                .key(self.q.keys.batch_jobs(id))
+                .key(self.q.keys.owned())
+                .arg(tenant)
+                .arg(id)
+                .arg(ttl)
+                .arg(total)
+                .arg(if again { "0" } else { "1" });
+            for job in chunk {
+                invocation
+                    .key(self.q.keys.job_record(job.id))
+                    .arg(codec::encode(job))
+                    .arg(job.id.to_string())
+                    .arg(&job.label);
+            }
+            invocation
+                .invoke_async::<Vec<String>>(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// The label and state of each of `ids` from its record (read in pages of 1,000).
+    pub async fn batch_jobs(self, ids: &[JobId]) -> Result<Vec<BatchJob>, ResultsError> {
+        let mut jobs = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for job in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.q.keys.job_record(*job))
+                    .arg("label")
+                    .arg("state");
+            }
+            let fields: Vec<Result<LabelState, redis::RedisError>> = pipe
+                .ignore_errors()
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            for (id, fields) in chunk.iter().zip(fields) {
+                // A corrupt record reads as one without a label, not as a failed batch.
+                let (label, state) = fields.unwrap_or_default();
+                jobs.push(BatchJob {
+                    id: *id,
+                    label: label.unwrap_or_default(),
+                    cancelled: state.is_some_and(|s| s == "cancelled"),
+                });
+            }
+        }
+        Ok(jobs)
     }
 
     /// A batch's tenant and job ids, if it exists.

@@ -32,6 +32,11 @@ pub(crate) struct Scripts {
     pub enqueue_owned: Script,
     /// `cancel.lua`: removes a job no worker has claimed.
     pub cancel: Script,
+    /// `cancel_batch.lua`: removes a page of a batch's jobs no worker has claimed.
+    pub cancel_batch: Script,
+    /// `enqueue_batch.lua`: a command-line batch's jobs onto the job stream, with
+    /// their records.
+    pub enqueue_batch: Script,
     /// `issue.lua`: stores a new token's hash for a tenant.
     pub issue: Script,
     /// `revoke.lua`: revokes every token of a tenant.
@@ -63,6 +68,11 @@ fn checked(body: &str) -> Script {
     Script::new(&format!("{}\n{body}", include_str!("scripts/check.lua")))
 }
 
+/// A script with the cancel rule of `cancel_job.lua` in front (see that file).
+fn cancelling(body: &str) -> String {
+    format!("{}\n{body}", include_str!("scripts/cancel_job.lua"))
+}
+
 /// The one set of scripts of this process.
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     promote: Script::new(include_str!("scripts/promote.lua")),
@@ -74,7 +84,9 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release: Script::new(include_str!("scripts/release.lua")),
     dlq_retry: checked(include_str!("scripts/dlq_retry.lua")),
     enqueue_owned: checked(include_str!("scripts/enqueue_owned.lua")),
-    cancel: checked(include_str!("scripts/cancel.lua")),
+    cancel: checked(&cancelling(include_str!("scripts/cancel.lua"))),
+    cancel_batch: checked(&cancelling(include_str!("scripts/cancel_batch.lua"))),
+    enqueue_batch: checked(include_str!("scripts/enqueue_batch.lua")),
     issue: checked(include_str!("scripts/issue.lua")),
     revoke: checked(include_str!("scripts/revoke.lua")),
     hold: Script::new(include_str!("scripts/hold.lua")),

@@ -1,0 +1,142 @@
+//! Cancelling a whole batch (`results().cancel_batch`, `cancel_batch.lua`) against a real
+//! redis-server: queued jobs go, wherever they wait; running and finished ones are
+//! counted, not touched; one corrupt record does not keep the rest running.
+
+use std::time::Duration;
+
+use sluice_shared::queue::redis::{BatchCancelled, RedisQueue, ResultsError};
+use sluice_shared::{Job, JobInput, JobResult, ModuleHash, Outcome, Queue};
+use sluice_tests::{RedisServer, fresh_queue};
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn fresh() -> (RedisServer, RedisQueue) {
+    fresh_queue(|_| {}).await
+}
+
+fn job(n: u8) -> Job {
+    Job::new(ModuleHash::of(b"cancel"), JobInput::Inline(vec![n]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cancel_removes_queued_jobs_and_counts_running_and_finished_ones() {
+    let (_server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..6).map(job).collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .admission()
+        .enqueue_owned(&jobs, "acme", Some(&batch))
+        .await
+        .unwrap();
+    // Four admitted onto the shared stream, two left in the tenant's backlog; of the
+    // admitted, one finishes, one is running, two wait unclaimed.
+    assert_eq!(sluice_tests::fleet::admit(&queue, "acme", 4).await, 4);
+    let claimed = queue.claim("c1", 2, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let first = claimed[0].lease.job_id.unwrap();
+    queue
+        .complete(
+            &claimed[0].lease,
+            JobResult::without_run(first, Outcome::Success, 1),
+        )
+        .await
+        .unwrap();
+
+    let done = queue.results().cancel_batch(&batch).await.unwrap();
+    assert_eq!(
+        done,
+        BatchCancelled {
+            cancelled: 4,
+            running: 1,
+            finished: 1,
+            corrupt: 0
+        }
+    );
+    assert_eq!(done.total(), 6);
+    // Nothing is left to claim, and the backlog is empty.
+    assert!(
+        queue
+            .claim("c2", 10, LONG, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(queue.admission().backlog_len("acme").await.unwrap(), 0);
+    // Cancelling again finds nothing more to cancel.
+    let again = queue.results().cancel_batch(&batch).await.unwrap();
+    assert_eq!((again.cancelled, again.running, again.finished), (0, 1, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_corrupt_record_is_skipped_and_the_rest_of_the_batch_is_cancelled() {
+    let (server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..3).map(job).collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .admission()
+        .enqueue_owned(&jobs, "acme", Some(&batch))
+        .await
+        .unwrap();
+    let record = queue.keys().job_record(jobs[1].id);
+    server.cli(&["DEL", &record]);
+    server.cli(&["SET", &record, "junk"]);
+    let done = queue.results().cancel_batch(&batch).await.unwrap();
+    assert_eq!((done.cancelled, done.corrupt), (2, 1), "{done:?}");
+    assert_eq!(queue.admission().backlog_len("acme").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_batch_or_a_non_batch_id_is_a_typed_error() {
+    let (_server, queue) = fresh().await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    for id in [unknown.as_str(), "x:jobs", &"y".repeat(5_000)] {
+        let err = queue.results().cancel_batch(id).await.unwrap_err();
+        assert!(matches!(err, ResultsError::UnknownBatch { .. }), "{err}");
+        assert!(err.to_string().len() < 200, "the id is capped: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_batch_is_recorded_and_cancels_on_the_job_stream() {
+    let (_server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..4)
+        .map(|n| {
+            let mut job = job(n);
+            job.label = format!("input-{n}");
+            job
+        })
+        .collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .results()
+        .enqueue_batch(&batch, "local", jobs.len(), &jobs, false)
+        .await
+        .unwrap();
+    let (tenant, ids) = queue.results().batch(&batch).await.unwrap().unwrap();
+    assert_eq!(tenant, "local");
+    assert_eq!(ids, jobs.iter().map(|j| j.id).collect::<Vec<_>>());
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let done = queue.results().cancel_batch(&batch).await.unwrap();
+    assert_eq!((done.cancelled, done.running), (3, 1), "{done:?}");
+    let recorded = queue.results().batch_jobs(&ids).await.unwrap();
+    let labels: Vec<&str> = recorded.iter().map(|j| j.label.as_str()).collect();
+    assert_eq!(labels, ["input-0", "input-1", "input-2", "input-3"]);
+    assert_eq!(recorded.iter().filter(|j| j.cancelled).count(), 3);
+    // The running job finishes and is counted in its batch.
+    let id = claimed[0].lease.job_id.unwrap();
+    queue
+        .complete(
+            &claimed[0].lease,
+            JobResult::without_run(id, Outcome::Success, 1),
+        )
+        .await
+        .unwrap();
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "local")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((counts.total, counts.done()), (4, 1));
+}
