@@ -624,3 +624,32 @@ fn the_openapi_document_matches_the_live_router() {
         );
     }
 }
+
+#[test]
+fn deleting_a_batch_cancels_its_queued_jobs() {
+    let (_redis, api) = serve();
+    let token = api.tenant("acme", json!({}));
+    let other = api.tenant("other", json!({}));
+    upload(&api, &token, "uppercase.wasm", "upper");
+    // No worker: every job stays unclaimed.
+    let (id, jobs) = batch(&api, &token, "upper", 5);
+    let path = format!("/v1/batches/{id}");
+    let reply = api.call("DELETE", &path, Some(&other), b"");
+    assert_eq!((reply.status, reply.error_code()), (404, "not_found".into()));
+    let done = api.ok("DELETE", &path, Some(&token), b"");
+    assert_eq!(done["cancelled"], 5, "{done}");
+    for job in &jobs {
+        let state = api.ok("GET", &format!("/v1/jobs/{job}"), Some(&token), b"");
+        assert_eq!(state["state"], "cancelled", "{state}");
+    }
+    let again = api.ok("DELETE", &path, Some(&token), b"");
+    assert_eq!(again["cancelled"], 0, "{again}");
+    assert_eq!(again["finished"], 5, "{again}");
+    let reply = api.call(
+        "DELETE",
+        "/v1/batches/0190a0a0-0000-7000-8000-000000000000",
+        Some(&token),
+        b"",
+    );
+    assert_eq!(reply.status, 404);
+}

@@ -1,5 +1,6 @@
 //! `POST /v1/batches`, `GET /v1/batches` (the tenant's batches, a page at a time) and
-//! `GET /v1/batches/{id}` (whole counts, the jobs a page at a time).
+//! `GET /v1/batches/{id}` (whole counts, the jobs a page at a time) and
+//! `DELETE /v1/batches/{id}` (cancels the jobs no worker has claimed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_shared::parse::LimitField;
-use sluice_shared::queue::redis::Enqueued;
+use sluice_shared::queue::redis::{Enqueued, ResultsError};
 use sluice_shared::{BlobId, JobInput, Limits};
 
 use super::auth::Tenant;
@@ -282,6 +283,39 @@ pub(super) async fn get_batch(
         "by_outcome": counts.by_outcome,
         "jobs": jobs,
         "next_cursor": cursor,
+    }))
+    .into_response())
+}
+
+/// `DELETE /v1/batches/{id}`: cancels every job of the batch no worker has claimed yet;
+/// running jobs run to their end. Answers how many were cancelled, running, finished.
+pub(super) async fn cancel_batch(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::not_found("batch"))?
+        .to_string();
+    // Another tenant's batch is a 404, as an unknown one.
+    match api.queue.results().batch(&id).await? {
+        Some((owner, _)) if owner == tenant => {}
+        _ => return Err(ApiError::not_found("batch")),
+    }
+    let done = match api.queue.results().cancel_batch(&id).await {
+        Ok(done) => done,
+        // Expired between the two reads.
+        Err(ResultsError::UnknownBatch { .. }) => return Err(ApiError::not_found("batch")),
+        Err(e) => return Err(e.into()),
+    };
+    if done.corrupt > 0 {
+        tracing::warn!(batch = %id, corrupt = done.corrupt, "cancelling a batch left jobs with corrupt records alone");
+    }
+    Ok(axum::Json(json!({
+        "id": id,
+        "cancelled": done.cancelled,
+        "running": done.running,
+        "finished": done.finished,
     }))
     .into_response())
 }

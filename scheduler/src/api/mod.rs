@@ -164,7 +164,10 @@ pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router 
         )
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v1/jobs/{id}/output", get(jobs::get_output))
-        .route("/v1/batches/{id}", get(batches::get_batch))
+        .route(
+            "/v1/batches/{id}",
+            get(batches::get_batch).delete(batches::cancel_batch),
+        )
         .route(
             "/v1/admin/tenants",
             get(tenants::admin_list_tenants).post(tenants::admin_create_tenant),
