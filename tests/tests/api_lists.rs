@@ -635,7 +635,10 @@ fn deleting_a_batch_cancels_its_queued_jobs() {
     let (id, jobs) = batch(&api, &token, "upper", 5);
     let path = format!("/v1/batches/{id}");
     let reply = api.call("DELETE", &path, Some(&other), b"");
-    assert_eq!((reply.status, reply.error_code()), (404, "not_found".into()));
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (404, "not_found".into())
+    );
     let done = api.ok("DELETE", &path, Some(&token), b"");
     assert_eq!(done["cancelled"], 5, "{done}");
     for job in &jobs {

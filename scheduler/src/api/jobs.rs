@@ -253,6 +253,8 @@ pub(super) async fn job_status(
     } else {
         // Waiting: in its backlog or on the job stream (a new job, or one a retry
         // put back), or in the delayed set until its retry is due.
+        // The count is a detail: a key it cannot read (Redis away, a corrupt delayed
+        // set) leaves it unknown rather than failing the job's status.
         let made = api
             .queue
             .listing()
@@ -262,7 +264,11 @@ pub(super) async fn job_status(
                 &record.stream,
                 &record.entry,
             )
-            .await?;
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(job = %id, error = %e, "reading a waiting job's attempts");
+                None
+            });
         attempts = made;
         if made.is_some_and(|n| n > 0) {
             "retrying"

@@ -42,7 +42,7 @@ pub(super) async fn request_log(mut request: Request, next: Next) -> Response {
         method = %method,
         route = %route,
         status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         tenant = %tenant,
         "request"
     );
