@@ -155,3 +155,37 @@ impl Paging {
 pub(super) fn page_json(items: Vec<serde_json::Value>, next: Option<String>) -> serde_json::Value {
     serde_json::json!({ "items": items, "next_cursor": cursor_of(next) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_anything_else_is_refused() {
+        let cursor = cursor_of(Some("0190a0a0-0000-7000-8000-000000000000".into())).unwrap();
+        let page = paging(Some(&format!("limit=5&cursor={cursor}"))).unwrap();
+        assert_eq!(page.limit, 5);
+        let id: Option<sluice_shared::JobId> = page.after_as().unwrap();
+        assert!(id.is_some());
+        // A position of another list's form is refused by the list.
+        let offset: ApiResult<Option<u64>> = page.after_as();
+        assert!(offset.is_err());
+        for bad in [
+            "cursor=not-base64!".to_owned(),
+            format!("cursor={}", "A".repeat(MAX_CURSOR + 4)),
+            "cursor=bm8tcHJlZml4".to_owned(), // "no-prefix"
+            "limit=0".to_owned(),
+            "limit=-3".to_owned(),
+            "limit=x".to_owned(),
+            "page=2".to_owned(),
+        ] {
+            assert!(paging(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_limit_defaults_to_100_and_is_capped_at_1000() {
+        assert_eq!(paging(None).unwrap().limit, DEFAULT_PAGE);
+        assert_eq!(paging(Some("limit=1000000")).unwrap().limit, 1000);
+    }
+}
