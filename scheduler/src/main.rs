@@ -54,11 +54,22 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let command = Cli::parse().command;
+    // `RUST_LOG` wins; without it `serve` logs its requests (cli/serve.rs), the rest
+    // errors only.
+    let default = match &command {
+        Command::Serve(_) => cli::serve::DEFAULT_LOG_FILTER,
+        _ => "error",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let result = match Cli::parse().command {
+    let result = match command {
         Command::Batch(args) => cli::batch::run(args).await,
         Command::Module(command) => cli::module::run(command).await,
         Command::Submit(args) => cli::submit::run(args).await,

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::http::{StatusCode, header};
+use axum::http::header;
 
 use super::Api;
 use super::error::{ApiError, ApiResult};
+use super::log::Caller;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -18,13 +19,7 @@ pub(super) fn bearer(parts: &Parts) -> ApiResult<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing bearer token",
-            )
-        })
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token"))
 }
 
 /// The tenant the request's token belongs to.
@@ -35,18 +30,14 @@ impl FromRequestParts<Arc<Api>> for Tenant {
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> ApiResult<Self> {
         let token = bearer(parts)?;
-        api.queue
+        let tenant = api
+            .queue
             .tenants()
             .for_token(token)
             .await?
-            .map(Tenant)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "unknown or revoked token",
-                )
-            })
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+        Caller::set(parts, &tenant);
+        Ok(Tenant(tenant))
     }
 }
 
@@ -61,13 +52,19 @@ impl FromRequestParts<Arc<Api>> for Admin {
         let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Comparing hashes (not tokens) keeps the comparison's timing independent of
         // how much of the secret a guess got right.
-        match api.admin_token_sha256 {
-            Some(admin) if admin == given => Ok(Admin),
-            _ => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "admin token required",
-            )),
+        if api.admin_token_sha256 == Some(given) {
+            Caller::set(parts, "admin");
+            return Ok(Admin);
+        }
+        // A tenant's valid token is known credentials without the right: 403, not 401.
+        match api.queue.tenants().for_token(token).await? {
+            Some(tenant) => {
+                Caller::set(parts, &tenant);
+                Err(ApiError::forbidden(
+                    "this route needs the admin token; a tenant's token may not use it",
+                ))
+            }
+            None => Err(ApiError::unauthorized("admin token required")),
         }
     }
 }

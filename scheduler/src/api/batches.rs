@@ -1,23 +1,26 @@
-//! `POST /v1/batches` and `GET /v1/batches/{id}`.
+//! `POST /v1/batches`, `GET /v1/batches` (the tenant's batches, a page at a time) and
+//! `GET /v1/batches/{id}` (whole counts, the jobs a page at a time) and
+//! `DELETE /v1/batches/{id}` (cancels the jobs no worker has claimed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_shared::parse::{LimitField, set_limit};
-use sluice_shared::queue::redis::Enqueued;
+use sluice_shared::parse::LimitField;
+use sluice_shared::queue::redis::{Enqueued, ResultsError};
 use sluice_shared::{BlobId, JobInput, Limits};
 
 use super::auth::Tenant;
 use super::error::{ApiError, ApiResult};
-use super::params::JobParams;
+use super::jobs::created;
+use super::params::{JobParams, page_json, paging};
 use super::quotas::{check_args_env, input_too_large};
 use super::turns::{buffered_turn, read_body};
+use super::units::{UnitValue, set_limit_value};
 use super::{Api, MAX_BUFFERED_BODY};
 
 /// `POST /v1/batches` body.
@@ -42,13 +45,15 @@ pub(super) struct BatchInput {
     data: String,
 }
 
+/// A batch's limits: sizes and durations as strings (`64MiB`, `2s`) or integers in base
+/// units (bytes, milliseconds); fuel in units.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BatchLimits {
-    fuel: Option<u64>,
-    memory: Option<String>,
-    timeout: Option<String>,
-    max_output: Option<String>,
+    fuel: Option<UnitValue>,
+    memory: Option<UnitValue>,
+    timeout: Option<UnitValue>,
+    max_output: Option<UnitValue>,
 }
 
 /// Longest name of one batch input (it becomes the job's label).
@@ -83,15 +88,15 @@ pub(super) async fn post_batch(
     }
     let mut requested = Limits::default();
     let limits = request.limits.unwrap_or_default();
-    requested.fuel = limits.fuel;
-    let texts = [
+    let given = [
+        (LimitField::Fuel, &limits.fuel),
         (LimitField::Memory, &limits.memory),
         (LimitField::Timeout, &limits.timeout),
         (LimitField::MaxOutput, &limits.max_output),
     ];
-    for (field, text) in texts {
-        if let Some(text) = text {
-            set_limit(&mut requested, field, text)
+    for (field, value) in given {
+        if let Some(value) = value {
+            set_limit_value(&mut requested, field, value)
                 .map_err(|e| ApiError::bad_request(format!("limits.{e}")))?;
         }
     }
@@ -209,43 +214,108 @@ pub(super) async fn post_batch(
         .iter()
         .map(|j| json!({ "name": j.label, "id": j.id.to_string() }))
         .collect();
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({ "id": batch, "jobs": listed })),
-    )
-        .into_response())
+    Ok(created(
+        &format!("/v1/batches/{batch}"),
+        json!({ "id": batch, "jobs": listed }),
+    ))
 }
 
-/// `GET /v1/batches/{id}`: the batch's counts by outcome and its jobs.
+/// `GET /v1/batches[?limit=N&cursor=C]`: the tenant's batches, newest first, a page at
+/// a time.
+pub(super) async fn list_batches(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let paging = paging(query.as_deref())?;
+    let after: Option<uuid::Uuid> = paging.after_as()?;
+    let page = api
+        .queue
+        .listing()
+        .batches(&tenant, after, paging.limit)
+        .await?;
+    let items = page
+        .items
+        .iter()
+        .map(|b| json!({ "id": b.id, "total": b.total, "done": b.done }))
+        .collect();
+    Ok(axum::Json(page_json(items, page.next)).into_response())
+}
+
+/// `GET /v1/batches/{id}[?limit=N&cursor=C]`: the batch's counts by outcome (always
+/// whole) and a page of its jobs in submission order.
 pub(super) async fn get_batch(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     // A batch id is a UUID; anything else never reaches a Redis key (`<id>:jobs` would
     // name another key type, and its error would tell existing ids from unknown ones).
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError::not_found("batch"))?
         .to_string();
+    let paging = paging(query.as_deref())?;
+    let offset: u64 = paging.after_as()?.unwrap_or(0);
+    // No batch has more jobs than a policy's `max_batch_jobs` (a u32): a larger offset
+    // is no cursor of ours (and Redis would refuse it as a list index).
+    if offset > u64::from(u32::MAX) {
+        return Err(ApiError::bad_request("cursor: not a cursor of this list"));
+    }
     // From the batch's outcome counters (kept by the queue scripts), not its results.
-    let counts = api
+    let (counts, page) = api
         .queue
-        .results()
-        .batch_counts(&id, &tenant)
+        .listing()
+        .batch_with_page(&id, &tenant, offset, paging.limit)
         .await?
         .ok_or_else(|| ApiError::not_found("batch"))?;
-    let jobs: Vec<Value> = counts
-        .jobs
+    let jobs: Vec<Value> = page
+        .items
         .iter()
         .map(|(job, outcome)| json!({ "id": job.to_string(), "outcome": outcome }))
         .collect();
-    let (total, done, by_outcome) = (counts.total, counts.done(), counts.by_outcome);
+    let done = counts.done();
+    let cursor = super::params::cursor_of(page.next);
     Ok(axum::Json(json!({
         "id": id,
-        "total": total,
+        "total": counts.total,
         "done": done,
-        "by_outcome": by_outcome,
+        "by_outcome": counts.by_outcome,
         "jobs": jobs,
+        "next_cursor": cursor,
+    }))
+    .into_response())
+}
+
+/// `DELETE /v1/batches/{id}`: cancels every job of the batch no worker has claimed yet;
+/// running jobs run to their end. Answers how many were cancelled, running, finished.
+pub(super) async fn cancel_batch(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::not_found("batch"))?
+        .to_string();
+    // Another tenant's batch is a 404, as an unknown one.
+    match api.queue.results().batch(&id).await? {
+        Some((owner, _)) if owner == tenant => {}
+        _ => return Err(ApiError::not_found("batch")),
+    }
+    let done = match api.queue.results().cancel_batch(&id).await {
+        Ok(done) => done,
+        // Expired between the two reads.
+        Err(ResultsError::UnknownBatch { .. }) => return Err(ApiError::not_found("batch")),
+        Err(e) => return Err(e.into()),
+    };
+    if done.corrupt > 0 {
+        tracing::warn!(batch = %id, corrupt = done.corrupt, "cancelling a batch left jobs with corrupt records alone");
+    }
+    Ok(axum::Json(json!({
+        "id": id,
+        "cancelled": done.cancelled,
+        "running": done.running,
+        "finished": done.finished,
     }))
     .into_response())
 }

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sluice_shared::QueueError;
 use sluice_shared::queue::redis::{
-    AdmissionError, BlobError, ModuleStoreError, ResultsError, StoreError, TenantError,
+    AdmissionError, BlobError, ListingError, ModuleStoreError, ResultsError, StoreError,
+    TenantError,
 };
 
 use crate::modules;
@@ -82,6 +83,90 @@ impl ApiError {
     pub(super) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
+
+    /// No credentials, or ones that name no one (401).
+    pub(super) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// Valid credentials that may not do this (403): a tenant's token on an admin route.
+    pub(super) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+/// The answer to a path no route matches: a JSON 404.
+pub(super) async fn no_route() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// The answer to a method a path has no route for: a JSON 405.
+pub(super) async fn no_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not answer that method (see /openapi.json)",
+    )
+}
+
+/// The error code answered for a status when the error came from outside the API's
+/// handlers (an extractor's rejection, a body limit).
+fn code_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "timeout",
+        409 => "conflict",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        429 => "quota_exceeded",
+        503 => "unavailable",
+        _ if status.is_server_error() => "internal",
+        _ => "error",
+    }
+}
+
+/// Middleware: every error answer is JSON in the one shape. Handlers answer
+/// [`ApiError`]s already; this rewrites what axum's own extractors and layers answer as
+/// text (a body over the limit, a malformed path), keeping their message.
+pub(super) async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_MESSAGE)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut error = ApiError::new(status, code_for(status), message);
+    if let Some(after) = parts
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        error.retry_after = Some(Duration::from_secs(after));
+    }
+    error.into_response()
 }
 
 impl From<QueueError> for ApiError {
@@ -131,6 +216,7 @@ macro_rules! answers_as_queue_error {
 answers_as_queue_error!(
     AdmissionError,
     BlobError,
+    ListingError,
     ModuleStoreError,
     ResultsError,
     StoreError
@@ -150,6 +236,9 @@ impl From<modules::ModuleError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), code = self.code, message = %self.message, "answering an error");
+        }
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(after) = self.retry_after {

@@ -1,5 +1,6 @@
-//! `POST /v1/jobs` (the input streamed inline or into a blob), `GET /v1/jobs/{id}`,
-//! `GET /v1/jobs/{id}/output` and `DELETE /v1/jobs/{id}`.
+//! `POST /v1/jobs` (the input streamed inline or into a blob), `GET /v1/jobs` (the
+//! tenant's jobs, a page at a time), `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/output`
+//! and `DELETE /v1/jobs/{id}`.
 
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use sluice_shared::{
 use super::Api;
 use super::auth::Tenant;
 use super::error::{ApiError, ApiResult};
-use super::params::{JobParams, job_params};
+use super::params::{JobParams, job_params, page_json, paging};
 use super::quotas::{check_args_env, input_too_large};
 
 impl Api {
@@ -114,7 +115,50 @@ pub(super) async fn post_job(
     }
     api.submitted.notify_one();
     let body = json!({ "id": job.id.to_string(), "limits": job.limits });
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    Ok(created(&format!("/v1/jobs/{}", job.id), body))
+}
+
+/// A 201 with `body` and a `Location` header naming the new resource.
+pub(super) fn created(location: &str, body: Value) -> Response {
+    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+    if let Ok(value) = location.parse() {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// `GET /v1/jobs[?limit=N&cursor=C]`: the tenant's jobs, newest first, a page at a
+/// time (`state`: `done`, `cancelled` or `pending`, which is queued or running).
+pub(super) async fn list_jobs(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let paging = paging(query.as_deref())?;
+    let after: Option<JobId> = paging.after_as()?;
+    let page = api
+        .queue
+        .listing()
+        .jobs(&tenant, after, paging.limit)
+        .await?;
+    let items = page
+        .items
+        .iter()
+        .map(|job| {
+            let state = match (job.outcome, job.cancelled) {
+                (Some(_), _) => "done",
+                (None, true) => "cancelled",
+                (None, false) => "pending",
+            };
+            json!({
+                "id": job.id.to_string(),
+                "state": state,
+                "batch": job.batch,
+                "outcome": job.outcome.map(|o| o.as_str()),
+            })
+        })
+        .collect();
+    Ok(axum::Json(page_json(items, page.next)).into_response())
 }
 
 /// Input bytes reserved against the stored-bytes quota at a time while an upload
@@ -190,13 +234,16 @@ pub(super) async fn stream_input(
     }
 }
 
-/// A job's state (`queued`, `running`, `cancelled`, `done`), limits and result, as JSON.
+/// A job's state (`queued`, `retrying`, `running`, `cancelled`, `done`), attempts made
+/// (runs that ended, once known: a waiting job's from its envelope, a finished job's
+/// from its result; `null` while running), limits and result, as JSON.
 pub(super) async fn job_status(
     api: &Api,
     id: JobId,
     record: &sluice_shared::queue::redis::JobRecord,
 ) -> ApiResult<Value> {
     let result = api.queue.result(id).await?;
+    let mut attempts = result.as_ref().map(|r| r.attempt);
     let state = if result.is_some() {
         "done"
     } else if record.cancelled {
@@ -204,12 +251,36 @@ pub(super) async fn job_status(
     } else if api.queue.results().is_running(record).await? {
         "running"
     } else {
-        "queued"
+        // Waiting: in its backlog or on the job stream (a new job, or one a retry
+        // put back), or in the delayed set until its retry is due.
+        // The count is a detail: a key it cannot read (Redis away, a corrupt delayed
+        // set) leaves it unknown rather than failing the job's status.
+        let made = api
+            .queue
+            .listing()
+            .attempts_made(
+                id,
+                &api.queue.keys().backlog(&record.tenant),
+                &record.stream,
+                &record.entry,
+            )
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(job = %id, error = %e, "reading a waiting job's attempts");
+                None
+            });
+        attempts = made;
+        if made.is_some_and(|n| n > 0) {
+            "retrying"
+        } else {
+            "queued"
+        }
     };
     let limits: Value = serde_json::from_str(&record.limits).unwrap_or(Value::Null);
     Ok(json!({
         "id": id.to_string(),
         "state": state,
+        "attempts": attempts,
         "batch": record.batch,
         "limits": limits,
         "result": result.map(|r| ReportLine::new("", &r)),
@@ -232,14 +303,22 @@ pub(super) async fn get_output(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let (id, _) = api.owned(&tenant, &id).await?;
-    let result = api.queue.result(id).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "not_finished",
-            "the job has not finished",
-        )
-    })?;
+    let (id, record) = api.owned(&tenant, &id).await?;
+    let Some(result) = api.queue.result(id).await? else {
+        return Err(if record.cancelled {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "cancelled",
+                "the job was cancelled; it has no output",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_finished",
+                "the job has not finished",
+            )
+        });
+    };
     if !result.outcome.is_success() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

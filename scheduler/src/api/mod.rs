@@ -12,7 +12,8 @@
 //!
 //! One file per resource: modules (`/v1/modules`), jobs (`/v1/jobs`), batches
 //! (`/v1/batches`), tenants (`/v1/admin/tenants`), health (`/readyz`); beside them the
-//! error type (`error`), who is asking (`auth`), query parameters (`params`), the
+//! error type and the JSON error answers (`error`), the request log (`log`), who is
+//! asking (`auth`), query parameters and list paging (`params`), the
 //! tenant's quotas applied to a request (`quotas`) and buffered-body turns (`turns`).
 
 mod auth;
@@ -20,19 +21,21 @@ mod batches;
 mod error;
 mod health;
 mod jobs;
+mod log;
 mod modules;
 mod params;
 mod quotas;
 mod server;
 mod tenants;
 mod turns;
+mod units;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::header;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 use sha2::{Digest, Sha256};
 use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{EntryPoint, ModuleHash};
@@ -143,28 +146,40 @@ impl Api {
     }
 }
 
-async fn fallback() -> ApiError {
-    ApiError::not_found("route")
-}
-
 /// The service's routes.
 pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router {
     let v1 = Router::new()
-        .route("/v1/modules", put(modules::put_module))
-        .route("/v1/modules/{name}", delete(modules::delete_module))
-        .route("/v1/jobs", post(jobs::post_job))
-        .route("/v1/batches", post(batches::post_batch))
+        .route(
+            "/v1/modules",
+            get(modules::list_modules).put(modules::put_module),
+        )
+        .route(
+            "/v1/modules/{name}",
+            get(modules::get_module).delete(modules::delete_module),
+        )
+        .route("/v1/jobs", get(jobs::list_jobs).post(jobs::post_job))
+        .route(
+            "/v1/batches",
+            get(batches::list_batches).post(batches::post_batch),
+        )
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v1/jobs/{id}/output", get(jobs::get_output))
-        .route("/v1/batches/{id}", get(batches::get_batch))
-        .route("/v1/admin/tenants", post(tenants::admin_create_tenant))
+        .route(
+            "/v1/batches/{id}",
+            get(batches::get_batch).delete(batches::cancel_batch),
+        )
+        .route(
+            "/v1/admin/tenants",
+            get(tenants::admin_list_tenants).post(tenants::admin_create_tenant),
+        )
+        .route("/v1/admin/tenants/{name}", get(tenants::admin_get_tenant))
         .route(
             "/v1/admin/tenants/{name}/tokens",
             post(tenants::admin_issue_token).delete(tenants::admin_revoke),
         )
         .route(
             "/v1/admin/tenants/{name}/policy",
-            put(tenants::admin_set_policy),
+            put(tenants::admin_set_policy).patch(tenants::admin_patch_policy),
         )
         // Modules and batches are read by `read_body` (capped, timed) and a job's input
         // by `stream_input` (counted against the tenant's quotas); this caps the rest
@@ -191,7 +206,10 @@ pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router 
                 }
             }),
         )
-        .fallback(fallback)
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::no_method)
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn(log::request_log))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::api_metrics::track,

@@ -1,11 +1,11 @@
-//! `PUT /v1/modules` and `DELETE /v1/modules/{name}`, and resolving the module a job
+//! `PUT /v1/modules`, `GET /v1/modules` (the tenant's modules, a page at a time),
+//! `GET` and `DELETE /v1/modules/{name}`, and resolving the module a job
 //! names (with its entry point, remembered by hash).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sluice_shared::queue::redis::ModulePut;
@@ -13,7 +13,8 @@ use sluice_shared::{EntryPoint, ModuleHash};
 
 use super::auth::Tenant;
 use super::error::{ApiError, ApiResult};
-use super::params::{MAX_NAME, module_name};
+use super::jobs::created;
+use super::params::{MAX_NAME, module_name, page_json, paging};
 use super::turns::{buffered_turn, read_body};
 use super::{Api, MAX_ENTRY_POINTS};
 use crate::{module_meta, modules};
@@ -137,7 +138,51 @@ pub(super) async fn put_module(
         "bytes": wasm.len(),
         "ttl_seconds": api.config.module_ttl.as_secs(),
     });
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    let location = format!("/v1/modules/{}", name.as_deref().unwrap_or(&hash.to_hex()));
+    Ok(created(&location, body))
+}
+
+/// `GET /v1/modules[?limit=N&cursor=C]`: the modules the tenant holds, by hash, with
+/// when each hold ends unless a job uses it.
+pub(super) async fn list_modules(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let paging = paging(query.as_deref())?;
+    let after: Option<ModuleHash> = paging.after_as()?;
+    let page = api
+        .queue
+        .listing()
+        .modules(&tenant, after, paging.limit)
+        .await?;
+    let items = page
+        .items
+        .iter()
+        .map(|m| json!({ "hash": m.hash.to_hex(), "expires_at_ms": m.expires_at_ms }))
+        .collect();
+    Ok(axum::Json(page_json(items, page.next)).into_response())
+}
+
+/// `GET /v1/modules/{name}`: a module the tenant holds (by its name or hash).
+pub(super) async fn get_module(
+    State(api): State<Arc<Api>>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let (hash, alias) = api.resolve(&tenant, &name).await?;
+    let hold = api
+        .queue
+        .listing()
+        .module_hold(&tenant, &hash)
+        .await?
+        .ok_or_else(|| ApiError::not_found("module"))?;
+    Ok(axum::Json(json!({
+        "hash": hash.to_hex(),
+        "name": alias,
+        "expires_at_ms": hold.expires_at_ms,
+    }))
+    .into_response())
 }
 
 /// `DELETE /v1/modules/{name}`: a name deletes that alias; a hash deletes the tenant's hold on the bytes.

@@ -1,6 +1,6 @@
 //! Job parameters and module names from query strings.
 
-use sluice_shared::parse::{LimitField, env_pair, set_limit};
+use sluice_shared::parse::{LimitField, env_pair};
 use sluice_shared::{EntryPoint, Limits, ModuleHash};
 
 use super::error::{ApiError, ApiResult};
@@ -34,8 +34,8 @@ pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
             }
             "fuel" | "memory" | "timeout" | "max_output" => {
                 let field: LimitField = key.parse().map_err(|e| bad(&e))?;
-                set_limit(&mut params.requested, field, &value)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?
+                super::units::set_limit_text(&mut params.requested, field, &value)
+                    .map_err(ApiError::bad_request)?
             }
             "invoke" => params.entry = Some(value.parse().map_err(|e| bad(&e))?),
             "arg" => params.args.push(value.into_owned()),
@@ -74,4 +74,118 @@ pub(super) fn module_name(query: Option<&str>) -> ApiResult<Option<String>> {
         ));
     }
     Ok(name)
+}
+
+/// Items a list page holds when the client does not say.
+pub(super) const DEFAULT_PAGE: usize = 100;
+
+/// The longest cursor accepted (the API's own are well under it).
+const MAX_CURSOR: usize = 256;
+
+/// `?limit` and `?cursor` of a list route: the page size (1-1000, default 100; more is
+/// capped at 1000) and where to resume, as the position the previous page ended at.
+pub(super) struct Paging {
+    pub(super) limit: usize,
+    pub(super) after: Option<String>,
+}
+
+/// A cursor as answered: the position after which the next page starts, URL-safe
+/// base64 so clients treat it as opaque.
+pub(super) fn cursor_of(position: Option<String>) -> Option<String> {
+    use base64::Engine;
+    position.map(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("c1:{p}")))
+}
+
+/// `?limit` and `?cursor` from a query string; any other parameter, a limit that is
+/// not a positive number, or a cursor this API did not give is a 400.
+pub(super) fn paging(query: Option<&str>) -> ApiResult<Paging> {
+    use base64::Engine;
+    let mut paging = Paging {
+        limit: DEFAULT_PAGE,
+        after: None,
+    };
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "limit" => {
+                let limit: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| ApiError::bad_request("limit: a positive whole number"))?;
+                paging.limit = limit.min(sluice_shared::queue::redis::MAX_PAGE as u64) as usize;
+            }
+            "cursor" => {
+                let bad = || ApiError::bad_request("cursor: not a cursor this API answered");
+                if value.len() > MAX_CURSOR {
+                    return Err(bad());
+                }
+                let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(value.as_bytes())
+                    .map_err(|_| bad())?;
+                let text = String::from_utf8(decoded).map_err(|_| bad())?;
+                let position = text.strip_prefix("c1:").ok_or_else(bad)?;
+                paging.after = Some(position.to_owned());
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {:?} (limit, cursor)",
+                    sluice_shared::outcome::cut(other, 64)
+                )));
+            }
+        }
+    }
+    Ok(paging)
+}
+
+impl Paging {
+    /// The cursor's position parsed as `T`; a position of another form is a 400 (a
+    /// cursor of another list, or forged).
+    pub(super) fn after_as<T: std::str::FromStr>(&self) -> ApiResult<Option<T>> {
+        self.after
+            .as_deref()
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| ApiError::bad_request("cursor: not a cursor of this list"))
+            })
+            .transpose()
+    }
+}
+
+/// A list page as answered: `{"items": [...], "next_cursor": ...}`.
+pub(super) fn page_json(items: Vec<serde_json::Value>, next: Option<String>) -> serde_json::Value {
+    serde_json::json!({ "items": items, "next_cursor": cursor_of(next) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_anything_else_is_refused() {
+        let cursor = cursor_of(Some("0190a0a0-0000-7000-8000-000000000000".into())).unwrap();
+        let page = paging(Some(&format!("limit=5&cursor={cursor}"))).unwrap();
+        assert_eq!(page.limit, 5);
+        let id: Option<sluice_shared::JobId> = page.after_as().unwrap();
+        assert!(id.is_some());
+        // A position of another list's form is refused by the list.
+        let offset: ApiResult<Option<u64>> = page.after_as();
+        assert!(offset.is_err());
+        for bad in [
+            "cursor=not-base64!".to_owned(),
+            format!("cursor={}", "A".repeat(MAX_CURSOR + 4)),
+            "cursor=bm8tcHJlZml4".to_owned(), // "no-prefix"
+            "limit=0".to_owned(),
+            "limit=-3".to_owned(),
+            "limit=x".to_owned(),
+            "page=2".to_owned(),
+        ] {
+            assert!(paging(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_limit_defaults_to_100_and_is_capped_at_1000() {
+        assert_eq!(paging(None).unwrap().limit, DEFAULT_PAGE);
+        assert_eq!(paging(Some("limit=1000000")).unwrap().limit, 1000);
+    }
 }

@@ -10,6 +10,11 @@ use clap::Args;
 use super::RedisArgs;
 use crate::api::{Api, ApiConfig, ServerConfig, router};
 
+/// What `sluice serve` logs when `RUST_LOG` is unset: warnings and errors (with their
+/// causes), and one info line per request (`sluice::api::request`: method, matched
+/// route, status, latency, tenant).
+pub const DEFAULT_LOG_FILTER: &str = "warn,sluice::api::request=info";
+
 /// `sluice serve` flags.
 #[derive(Args)]
 pub struct ServeArgs {

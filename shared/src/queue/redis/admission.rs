@@ -578,6 +578,8 @@ impl Admission<'_> {
                 .key(batch_key.as_deref().unwrap_or(&backlog))
                 .key(batch.map_or_else(|| backlog.clone(), |b| self.q.keys.batch_jobs(b)))
                 .key(self.q.keys.owned())
+                .key(self.q.keys.tenant_jobs_index(tenant))
+                .key(self.q.keys.tenant_batches_index(tenant))
                 .arg(tenant)
                 .arg(batch.unwrap_or(""))
                 .arg(ttl)

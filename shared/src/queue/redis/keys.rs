@@ -129,6 +129,17 @@ impl Keys {
         format!("{}:jobs", self.batch(id))
     }
 
+    /// A tenant's index of its jobs (a sorted set, every score 0, of job ids: UUIDv7s,
+    /// so their lexical order is their submission order), for listing.
+    pub fn tenant_jobs_index(&self, tenant: &str) -> String {
+        format!("{}index:jobs:{tenant}", self.prefix)
+    }
+
+    /// A tenant's index of its batches (as [`Self::tenant_jobs_index`], of batch ids).
+    pub fn tenant_batches_index(&self, tenant: &str) -> String {
+        format!("{}index:batches:{tenant}", self.prefix)
+    }
+
     /// A tenant's backlog stream (jobs waiting for admission).
     pub fn backlog(&self, tenant: &str) -> String {
         format!("{}backlog:{tenant}", self.prefix)
@@ -189,6 +200,8 @@ mod tests {
             keys.batch_jobs("b"),
             keys.backlog("t"),
             keys.usage("t"),
+            keys.tenant_jobs_index("t"),
+            keys.tenant_batches_index("t"),
             keys.artifact(&hash, &[0; 32]),
         ] {
             assert!(key.starts_with("sluice:{q}:"), "{key}");

@@ -38,6 +38,7 @@ mod blocking;
 mod config;
 mod error;
 pub mod keys;
+mod listing;
 mod modules;
 mod queue;
 mod recovery;
@@ -55,6 +56,7 @@ pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWrit
 pub use config::{RedisConfig, RedisConfigError, redacted_url, validate_queue_name};
 pub use error::StoreError;
 pub use keys::Keys;
+pub use listing::{BatchSummary, JobSummary, Listing, ListingError, MAX_PAGE, ModuleHold, Page};
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{
@@ -177,6 +179,11 @@ impl RedisQueue {
     /// Backlogs, the dispatcher role, dispatch and quotas.
     pub fn admission(&self) -> Admission<'_> {
         Admission { q: self }
+    }
+
+    /// Listing jobs, batches, modules and tenants a page at a time.
+    pub fn listing(&self) -> Listing<'_> {
+        Listing { q: self }
     }
 
     /// Locating lost jobs and recreating the consumer group.
