@@ -13,7 +13,9 @@
 //!    then from L1.
 //!
 //! `COLD_START_TRIALS` (default 3) sets the process trials, `COLD_START_REPS` (default
-//! 20) the in-process loads per tier.
+//! 20) the in-process loads per tier; `COLD_START_PERF=<file>` also runs, in the first
+//! trial, one more fresh L3 worker under `perf record --call-graph dwarf` writing
+//! `<file>` (its times are not in the tables).
 
 mod in_process;
 mod module;

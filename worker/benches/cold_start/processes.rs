@@ -14,8 +14,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -73,16 +73,42 @@ struct Worker {
     spawned: Instant,
     recorded: Receiver<Recorded>,
     metrics: String,
+    /// Running under `perf record`.
+    profiled: bool,
+}
+
+/// How a worker is started.
+struct Opts<'a> {
+    /// Its `--cache-dir` (none: no L2).
+    dir: Option<&'a Path>,
+    /// The fleet's key.
+    key_file: &'a Path,
+    /// Where `perf record` writes, to run it under perf.
+    perf: Option<PathBuf>,
 }
 
 impl Worker {
-    fn start(url: &str, queue: &str, name: &str, dir: Option<&Path>, key_file: &Path) -> Self {
+    fn start(url: &str, queue: &str, name: &str, opts: &Opts<'_>) -> Self {
         let metrics = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .to_string();
         let spawned = Instant::now();
-        let mut child = sluice_tests::bin("sluice-worker")
+        let worker = sluice_tests::bin("sluice-worker");
+        let mut command = match &opts.perf {
+            // Under `perf record`: stopped with SIGINT so perf writes its data.
+            Some(out) => {
+                let mut perf = Command::new("perf");
+                perf.args(["record", "--call-graph", "dwarf,16384", "-F", "4000", "-o"])
+                    .arg(out)
+                    .arg("--")
+                    .arg(worker.get_program())
+                    .env_remove("SLUICE_REDIS_URL");
+                perf
+            }
+            None => worker,
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--redis",
@@ -94,8 +120,8 @@ impl Worker {
             ])
             .arg("--concurrency=1")
             .arg(format!("--metrics-addr={metrics}"))
-            .args(dir.map(|dir| format!("--cache-dir={}", dir.display())))
-            .arg(format!("--cache-key-file={}", key_file.display()))
+            .args(opts.dir.map(|dir| format!("--cache-dir={}", dir.display())))
+            .arg(format!("--cache-key-file={}", opts.key_file.display()))
             .env("RUST_LOG", "warn,sluice_worker::executor=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -135,6 +161,7 @@ impl Worker {
             spawned,
             recorded,
             metrics,
+            profiled: opts.perf.is_some(),
         }
     }
 
@@ -161,7 +188,13 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if self.profiled {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+        } else {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -231,14 +264,13 @@ impl Processes {
         &self,
         (queue, name): (&RedisQueue, &str),
         module: ModuleHash,
-        dir: Option<&Path>,
-        key_file: &Path,
+        opts: &Opts<'_>,
         into: &mut Tier,
     ) -> Worker {
         let ids = self.enqueue(queue, module, 2);
         // A consumer name of its own: a killed worker's name is never taken over.
         let consumer = format!("{name}-{}", uuid::Uuid::new_v4().simple());
-        let worker = Worker::start(&self.url, name, &consumer, dir, key_file);
+        let worker = Worker::start(&self.url, name, &consumer, opts);
         let first = worker.next();
         let second = worker.next();
         into.prepare.push_us(first.prepare_us);
@@ -270,13 +302,31 @@ impl Processes {
         let (dir_a, dir_b) = (scratch.join(format!("{n}a")), scratch.join(format!("{n}b")));
 
         let mut tier = std::mem::take(&mut self.compile);
-        let a = self.first_two((&queue, &name), module, Some(&dir_a), &key_file, &mut tier);
+        let a = self.first_two(
+            (&queue, &name),
+            module,
+            &Opts {
+                dir: Some(&dir_a),
+                key_file: &key_file,
+                perf: None,
+            },
+            &mut tier,
+        );
         self.compile = tier;
         assert_eq!(a.tier("misses_total", "l3"), 1.0, "A compiled");
         drop(a);
 
         let mut tier = std::mem::take(&mut self.l3);
-        let b = self.first_two((&queue, &name), module, Some(&dir_b), &key_file, &mut tier);
+        let b = self.first_two(
+            (&queue, &name),
+            module,
+            &Opts {
+                dir: Some(&dir_b),
+                key_file: &key_file,
+                perf: None,
+            },
+            &mut tier,
+        );
         self.l3 = tier;
         assert_eq!(b.tier("hits_total", "l3"), 1.0, "B loaded from Redis");
         assert_eq!(b.tier("misses_total", "l3"), 0.0, "B did not compile");
@@ -290,7 +340,16 @@ impl Processes {
         drop(b);
 
         let mut tier = std::mem::take(&mut self.l2);
-        let c = self.first_two((&queue, &name), module, Some(&dir_b), &key_file, &mut tier);
+        let c = self.first_two(
+            (&queue, &name),
+            module,
+            &Opts {
+                dir: Some(&dir_b),
+                key_file: &key_file,
+                perf: None,
+            },
+            &mut tier,
+        );
         self.l2 = tier;
         assert_eq!(c.tier("hits_total", "l2"), 1.0, "C loaded from disk");
         assert_eq!(c.tier("hits_total", "l3"), 0.0);
@@ -298,11 +357,33 @@ impl Processes {
         drop(c);
 
         let mut tier = std::mem::take(&mut self.l3_only);
-        let d = self.first_two((&queue, &name), module, None, &key_file, &mut tier);
+        let d = self.first_two(
+            (&queue, &name),
+            module,
+            &Opts {
+                dir: None,
+                key_file: &key_file,
+                perf: None,
+            },
+            &mut tier,
+        );
         self.l3_only = tier;
         assert_eq!(d.tier("hits_total", "l3"), 1.0, "D loaded from Redis");
         assert_eq!(d.tier("misses_total", "l3"), 0.0, "D did not compile");
         drop(d);
+
+        // With COLD_START_PERF=<file>, once more as D under `perf record` (its times
+        // are perf's, not kept).
+        if let Some(out) = std::env::var_os("COLD_START_PERF").filter(|_| n == 0) {
+            let opts = Opts {
+                dir: None,
+                key_file: &key_file,
+                perf: Some(PathBuf::from(out)),
+            };
+            let e = self.first_two((&queue, &name), module, &opts, &mut Tier::default());
+            assert_eq!(e.tier("hits_total", "l3"), 1.0, "E loaded from Redis");
+            drop(e);
+        }
     }
 
     /// Prints the tables; returns the fresh replica's (L3) first job, claim → result.
