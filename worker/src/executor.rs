@@ -477,9 +477,10 @@ async fn process<Q: Queue, E: JobEnv>(
             let run_us = result.stats.wall_time_us;
             finish(queue, &*env, config, &lease, Some(&job), result).await;
             shared.recorded(&lease.entry_id);
-            // Where a job's time went, from its claim: preparing (policy, module load
-            // through the cache, input) until the guest started, the run, and the
-            // result stored. The cold-start benchmark reads it (docs/benchmarks.md).
+            // Where a job's time went, from its claim: preparing (policy, the module
+            // from the cache, input) until `Sandbox::run`, the run (which loads the
+            // module's code when a job first needs its engine), and the result stored.
+            // The cold-start benchmark reads it (docs/benchmarks.md).
             tracing::debug!(
                 job = %job.id,
                 prepare_us = clock.guest.get().map(|at| micros(at.duration_since(clock.claimed))),

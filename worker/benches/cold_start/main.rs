@@ -1,6 +1,6 @@
 //! Cold start of a large module through the module cache, for `docs/benchmarks.md`:
 //! `cargo bench -p sluice-worker --bench cold_start` (needs `redis-server` and clang
-//! with wasi-libc on the PATH, like the end-to-end tests; builds the binaries first
+//! with wasi-libc on the PATH, like the end-to-end tests; build the binaries first
 //! with `cargo build --release --bins`).
 //!
 //! The module is `examples/bench/hashbank.c` (4096 distinct functions, a 1.46 MB code
