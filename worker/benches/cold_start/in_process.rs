@@ -258,6 +258,7 @@ impl Bench {
         let engine = self.sandbox.engine(Metering::Off);
         let (mut get, mut hmac, mut deser) =
             (Samples::default(), Samples::default(), Samples::default());
+        let mut unsynced = Samples::default();
         let (mut write, mut open_file, mut deser_file) =
             (Samples::default(), Samples::default(), Samples::default());
         let scratch = tempfile::tempdir().expect("temp dir");
@@ -289,6 +290,12 @@ impl Bench {
             let started = Instant::now();
             l2.put(key, &stored.bytes, &tag).expect("write");
             write.push(started.elapsed());
+            // For comparison: the same bytes written and renamed without an fsync.
+            let (temp, path) = (dir.join("unsynced.tmp"), dir.join("unsynced"));
+            let started = Instant::now();
+            std::fs::write(&temp, &stored.bytes).expect("write");
+            std::fs::rename(&temp, &path).expect("rename");
+            unsynced.push(started.elapsed());
             // And an L2 load: check the file through its descriptor, then map it.
             let l2 =
                 Disk::open_dir(disk, CacheConfig::DEFAULT_DIR_BYTES, &mac.key_id()).expect("disk");
@@ -321,6 +328,10 @@ impl Bench {
         row(
             "L3 hit's write to L2 (two files, write + fsync + rename)",
             &write,
+        );
+        row(
+            "for comparison: the artifact written + renamed, no fsync",
+            &unsynced,
         );
         row("L2: open + HMAC read through the descriptor", &open_file);
         row("L2: Module::deserialize_open_file (mmap)", &deser_file);
