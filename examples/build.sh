@@ -5,9 +5,24 @@
 # and generates tests/guests/build/invalid_bytes.wasm (a corrupt module; generated so
 # that no binary is committed). WAT guests are not touched: the Rust side compiles them.
 #
+# With --bench it also builds the cold-start benchmark's large module
+#   examples/bench/hashbank.c -> examples/build/hashbank.wasm
+# (about a minute of clang, so only when asked; the benchmark asks).
+#
 # Idempotent and runnable from any directory. A .wasm newer than its .c is left alone.
 # Prints one line per file it (re)builds.
 set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+    case "$arg" in
+    --bench) bench=1 ;;
+    *)
+        echo "usage: examples/build.sh [--bench]" >&2
+        exit 2
+        ;;
+    esac
+done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CLANG="${CLANG:-clang}"
@@ -52,6 +67,9 @@ build_dir() {
 
 build_dir "$root/examples/src" "$root/examples/build"
 build_dir "$root/tests/guests" "$root/tests/guests/build"
+if [[ "$bench" == 1 ]]; then
+    compile "$root/examples/bench/hashbank.c" "$root/examples/build/hashbank.wasm"
+fi
 
 # invalid_bytes.wasm: the "\0asm" magic, a bogus version (2) and junk: 16 bytes that a
 # loader must reject as an invalid module rather than as "not wasm at all".

@@ -474,8 +474,20 @@ async fn process<Q: Queue, E: JobEnv>(
                     attempt,
                 )
             });
+            let run_us = result.stats.wall_time_us;
             finish(queue, &*env, config, &lease, Some(&job), result).await;
             shared.recorded(&lease.entry_id);
+            // Where a job's time went, from its claim: preparing (policy, the module
+            // from the cache, input) until `Sandbox::run`, the run (which loads the
+            // module's code when a job first needs its engine), and the result stored.
+            // The cold-start benchmark reads it (docs/benchmarks.md).
+            tracing::debug!(
+                job = %job.id,
+                prepare_us = clock.guest.get().map(|at| micros(at.duration_since(clock.claimed))),
+                run_us,
+                recorded_us = micros(clock.claimed.elapsed()),
+                "job recorded"
+            );
         }
         None => {
             clock.abandoned.store(true, Ordering::SeqCst);
@@ -500,6 +512,11 @@ async fn process<Q: Queue, E: JobEnv>(
             tracing::info!(job = %job.id, "a stuck run's thread returned; its slot is free");
         }
     }
+}
+
+/// `elapsed` in whole microseconds (saturating).
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Resolves once the run's budget `limit` is spent, counted from the guest's start (or
