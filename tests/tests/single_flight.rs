@@ -7,7 +7,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_shared::queue::redis::{ArtifactId, MAX_REFUSAL_BYTES, MAX_REFUSAL_TTL, RedisQueue};
+use sluice_shared::queue::redis::{
+    ArtifactId, MAX_REFUSAL_BYTES, MAX_REFUSAL_TTL, PrecompileRequest, RedisQueue,
+};
 use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, Queue};
 use sluice_tests::{Fleet, WorkerProcess, fresh_queue, serve, wait, wasm_gen};
 
@@ -434,9 +436,13 @@ fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protoc
             .precompile_requests(cursor, Duration::from_millis(10))
             .await
             .unwrap();
+        let tenants_upload = PrecompileRequest {
+            module: ModuleHash::of(wasm.as_bytes()),
+            tenant: Some("acme".into()),
+        };
         assert_eq!(
             requested,
-            vec![ModuleHash::of(wasm.as_bytes())],
+            vec![tenants_upload.clone()],
             "the tenant's upload"
         );
         let meta_put = q
@@ -448,6 +454,10 @@ fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protoc
             .precompile_requests(cursor, Duration::from_millis(10))
             .await
             .unwrap();
-        assert_eq!(requested, vec![ModuleHash::of(wasm.as_bytes()), meta_put]);
+        let operators_upload = PrecompileRequest {
+            module: meta_put,
+            tenant: None,
+        };
+        assert_eq!(requested, vec![tenants_upload, operators_upload]);
     });
 }

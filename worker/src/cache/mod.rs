@@ -24,10 +24,12 @@
 //! hour), so a compile bomb is compiled once, not once per worker.
 //!
 //! Uploads ask the fleet to precompile (the protocol's precompile stream, followed by
-//! `fleet/precompile.rs` through [`ArtifactCache::precompile`]). Only the unmetered
-//! engine's artifact is built then: jobs run unmetered unless they (or their tenant's
-//! policy) set a fuel budget, so it is the one nearly every first job needs; a metered
-//! job's first run compiles the metered artifact, once per fleet, under the same lock.
+//! `fleet/precompile.rs` through [`ArtifactCache::precompile`]). One engine's artifact
+//! is built then, the one the uploader's jobs use by default: the unmetered engine
+//! (a job runs unmetered unless it sets a fuel budget), or the metered one for a
+//! tenant whose policy sets `max_fuel` (every job of it runs metered). Not both: the
+//! other would be compile time and Redis memory spent on an artifact few first jobs
+//! need; a job that needs it compiles it, once per fleet, under the same lock.
 //!
 //! The artifact key (`key.rs`) is the module's SHA-256 plus the engine's fingerprint;
 //! artifacts are built lazily, per engine a job needs. Every L2 and L3 artifact carries

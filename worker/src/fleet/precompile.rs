@@ -1,7 +1,9 @@
 //! Warm on upload: a fleet worker with the shared cache (L3) on follows the queue's
 //! precompile stream, which module uploads add to (`sluice module put`,
-//! `PUT /v1/modules`), and compiles each new module for the unmetered engine (the
-//! cache's module doc says why that one), so a module's first job is an L3 hit.
+//! `PUT /v1/modules`), and compiles each new module for the engine its jobs use by
+//! default (the cache's module doc says why one): the unmetered one, or the metered one
+//! for a tenant whose policy sets `max_fuel` (all its jobs run metered), so a module's
+//! first job is an L3 hit.
 //!
 //! One task per worker, one precompile at a time, on its own Redis connections (a
 //! `RedisQueue` of its own: its `XREAD BLOCK` never waits behind claims, nor claims
@@ -14,9 +16,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_shared::ModuleHash;
 use sluice_shared::backoff::Backoff;
-use sluice_shared::queue::redis::{Artifacts, RedisConfig, RedisQueue};
+use sluice_shared::queue::redis::{Artifacts, PrecompileRequest, RedisConfig, RedisQueue};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{ArtifactCache, Precompiled};
@@ -74,11 +75,11 @@ async fn follow(
                 .precompile_requests(&cursor, READ_BLOCK)
                 .await
             {
-                Ok((last, modules)) => {
+                Ok((last, requests)) => {
                     backoff.reset();
                     cursor = last;
-                    for module in modules {
-                        let result = precompile(&queue, &cache, module).await;
+                    for request in requests {
+                        let result = precompile(&queue, &cache, request).await;
                         metrics.precompiled(result);
                     }
                 }
@@ -94,13 +95,31 @@ async fn follow(
     }
 }
 
-/// Precompiles `module` unless the fleet has it already.
+/// The engine the uploader's jobs use by default: metered for a tenant whose policy
+/// sets `max_fuel`, else unmetered (jobs without a fuel budget).
+async fn engine_for(queue: &RedisQueue, tenant: Option<&str>) -> Metering {
+    let Some(tenant) = tenant else {
+        return Metering::Off;
+    };
+    match queue.tenants().policy(tenant).await {
+        Ok(Some(policy)) if policy.max_fuel.is_some() => Metering::Fuel,
+        Ok(_) => Metering::Off,
+        Err(error) => {
+            tracing::warn!(%tenant, %error, "precompile: cannot read the tenant's policy");
+            Metering::Off
+        }
+    }
+}
+
+/// Precompiles the requested module unless the fleet has it already.
 async fn precompile(
     queue: &RedisQueue,
     cache: &Arc<ArtifactCache>,
-    module: ModuleHash,
+    request: PrecompileRequest,
 ) -> PrecompileResult {
-    let id = cache.artifact_id(&module, Metering::Off);
+    let module = request.module;
+    let metering = engine_for(queue, request.tenant.as_deref()).await;
+    let id = cache.artifact_id(&module, metering);
     match queue.artifacts().known(&id).await {
         Ok(true) => return PrecompileResult::Present,
         Ok(false) => {}
@@ -122,7 +141,7 @@ async fn precompile(
     };
     let cache = cache.clone();
     let done =
-        tokio::task::spawn_blocking(move || cache.precompile(&module, &wasm, Metering::Off)).await;
+        tokio::task::spawn_blocking(move || cache.precompile(&module, &wasm, metering)).await;
     match done {
         Ok(Precompiled::Compiled) => {
             tracing::info!(%module, "precompiled");

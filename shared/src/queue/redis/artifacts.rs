@@ -18,8 +18,9 @@
 //! - `sluice:{q}:refused:<module>:<engine>` says why a module does not compile (for the
 //!   module's own reasons: invalid, or a compile limit), for at most
 //!   [`MAX_REFUSAL_TTL`], so the fleet compiles a compile bomb once.
-//! - `sluice:{q}:precompile` is a stream of module hashes (capped near
-//!   [`PRECOMPILE_STREAM_CAP`]) that uploads add to and workers follow.
+//! - `sluice:{q}:precompile` is a stream of [`PrecompileRequest`]s (field `module`, the
+//!   hash; `tenant` for a tenant's upload), capped near [`PRECOMPILE_STREAM_CAP`], that
+//!   uploads add to and workers follow.
 //!
 //! This role stores and returns bytes only: the worker checks the tag before it loads
 //! anything (the protocol never trusts what Redis holds).
@@ -70,6 +71,16 @@ pub struct StoredArtifact {
     pub tag: [u8; 32],
     /// The artifact.
     pub bytes: Vec<u8>,
+}
+
+/// An upload's request that the fleet precompile a module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrecompileRequest {
+    /// The module.
+    pub module: ModuleHash,
+    /// The tenant that uploaded it (its policy says which engine its jobs use); `None`
+    /// for an operator's upload.
+    pub tenant: Option<String>,
 }
 
 /// The artifact store of a queue (from [`RedisQueue::artifacts`]).
@@ -291,15 +302,16 @@ impl Artifacts<'_> {
     }
 
     /// Modules uploads asked the fleet to precompile after stream id `after`, waiting
-    /// up to `block`: the last id read and each module's hash (at most 100 a read;
-    /// entries that do not name a hash are skipped). Reads over this queue's
+    /// up to `block`: the last id read and each request (at most 100 a read; entries
+    /// that do not name a hash are skipped, a tenant name that is not UTF-8 is
+    /// dropped). Reads over this queue's
     /// blocking connection: give the reader its own [`RedisQueue`], so it never waits
     /// behind claims.
     pub async fn precompile_requests(
         self,
         after: &str,
         block: Duration,
-    ) -> Result<(String, Vec<ModuleHash>), ArtifactError> {
+    ) -> Result<(String, Vec<PrecompileRequest>), ArtifactError> {
         let stream = self.q.keys.precompile();
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
@@ -316,9 +328,9 @@ impl Artifacts<'_> {
             .await
             .map_err(on_key(&stream))?;
         let mut last = after.to_owned();
-        let mut hashes = Vec::new();
+        let mut requests = Vec::new();
         let streams = match reply {
-            Value::Nil => return Ok((last, hashes)),
+            Value::Nil => return Ok((last, requests)),
             Value::Array(streams) => streams,
             Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
             other => return Err(bad_reply(format!("XREAD reply: {other:?}")).into()),
@@ -331,14 +343,21 @@ impl Artifacts<'_> {
                 continue;
             };
             for (id, fields) in parse_entries(entries)? {
-                hashes.extend(fields.iter().filter_map(|(name, value)| {
-                    (name == b"module")
-                        .then(|| std::str::from_utf8(value).ok()?.parse::<ModuleHash>().ok())
-                        .flatten()
-                }));
+                let field = |want: &[u8]| {
+                    fields
+                        .iter()
+                        .find(|(name, _)| name == want)
+                        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+                };
+                if let Some(module) = field(b"module").and_then(|m| m.parse().ok()) {
+                    requests.push(PrecompileRequest {
+                        module,
+                        tenant: field(b"tenant").map(str::to_owned),
+                    });
+                }
                 last = id;
             }
         }
-        Ok((last, hashes))
+        Ok((last, requests))
     }
 }

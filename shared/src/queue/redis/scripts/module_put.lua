@@ -6,7 +6,8 @@
 -- KEYS[3]  the tenant's held modules (sorted set: hash → expiry, ms since the epoch)
 -- KEYS[4]  the alias to set (string → hash hex); ignored unless ARGV[6] is 1
 -- KEYS[5]  the module's metadata (string, JSON; kept with the bytes' lifetime)
--- KEYS[6]  the precompile stream (the module's hash is added: the fleet compiles it)
+-- KEYS[6]  the precompile stream (the module's hash and the tenant are added: the
+--          fleet compiles it for the engine the tenant's jobs use)
 -- ARGV[1]  the tenant
 -- ARGV[2]  the module's hash, hex
 -- ARGV[3]  the module's bytes
@@ -72,6 +73,6 @@ if ARGV[6] == '1' then
 end
 local stream = redis.call('TYPE', KEYS[6]).ok
 if stream == 'none' or stream == 'stream' then
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'module', ARGV[2])
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'module', ARGV[2], 'tenant', ARGV[1])
 end
 return {1, redis.call('ZCARD', KEYS[3])}
