@@ -6,8 +6,11 @@
 //! - [`RedisEnv`] (here): the [`JobEnv`] that reads modules (through the
 //!   [`ArtifactCache`]) and inputs from Redis and stores outputs there, counted against
 //!   the tenant's quota.
+//! - `precompile`: with the shared cache on, the task that compiles uploaded modules
+//!   before their first job (started with the [`RedisEnv`], stopped when it drops).
 
 pub mod config;
+mod precompile;
 mod serve;
 
 pub use config::{ConfigError, FleetArgs, FleetConfig};
@@ -162,6 +165,8 @@ pub struct RedisEnv {
     /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR`.
     policies: Mutex<HashMap<String, (Instant, TenantPolicy)>>,
     metrics: WorkerMetrics,
+    /// Stops the precompile task (when there is one) with the environment.
+    _precompile: Option<tokio_util::sync::DropGuard>,
 }
 
 /// How long a worker trusts a tenant policy it read before reading it again.
@@ -169,7 +174,8 @@ const POLICY_CACHE_FOR: Duration = Duration::from_secs(5);
 
 impl RedisEnv {
     /// An environment over `queue` with the module cache `cache` configures (L3 in
-    /// `queue`'s Redis when it has a key); must be created inside the tokio runtime.
+    /// `queue`'s Redis when it has a key, and then the precompile task following
+    /// uploads); must be created inside the tokio runtime.
     pub fn new(
         queue: Arc<RedisQueue>,
         sandbox: Arc<Sandbox>,
@@ -183,7 +189,18 @@ impl RedisEnv {
             compile_with(sandbox),
             metrics.cache.clone(),
         )?;
+        let precompile = cache.secret.is_some().then(|| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            precompile::spawn(
+                queue.config().clone(),
+                modules.clone(),
+                metrics.cache.clone(),
+                stop.clone(),
+            );
+            stop.drop_guard()
+        });
         Ok(RedisEnv {
+            _precompile: precompile,
             queue,
             handle: Handle::current(),
             modules,

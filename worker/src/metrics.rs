@@ -2,7 +2,7 @@
 //! and the endpoint that serves them.
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
 //! `_bytes`; the labels are closed sets: the outcome kind (15 values), the compile
-//! limit (4) and the module cache tier (`l1`, `l2`, `l3`).
+//! limit (4), the module cache tier (`l1`, `l2`, `l3`) and the precompile result (4).
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -246,6 +246,43 @@ pub struct CacheMetrics {
     /// `sluice_module_cache_bytes{tier}`: bytes held (`l1`: wasm and artifacts of the
     /// loaded modules; `l2`: artifact files).
     pub bytes: IntGaugeVec,
+    /// `sluice_module_precompiles_total{result}`: uploaded modules this worker was
+    /// asked to precompile, by result (see [`PrecompileResult`]).
+    pub precompiles: IntCounterVec,
+}
+
+/// What a precompile request came to, the `result` label's closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecompileResult {
+    /// Compiled by this worker and published.
+    Compiled,
+    /// Already compiled (or refused) by the fleet, or compiled by another worker
+    /// while this one waited: nothing compiled here.
+    Present,
+    /// The module does not compile (invalid, or a compile limit).
+    Refused,
+    /// Not the module's fault: Redis, the compile child, a module no longer stored.
+    Failed,
+}
+
+impl PrecompileResult {
+    /// Every result.
+    pub const ALL: [PrecompileResult; 4] = [
+        PrecompileResult::Compiled,
+        PrecompileResult::Present,
+        PrecompileResult::Refused,
+        PrecompileResult::Failed,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrecompileResult::Compiled => "compiled",
+            PrecompileResult::Present => "present",
+            PrecompileResult::Refused => "refused",
+            PrecompileResult::Failed => "failed",
+        }
+    }
 }
 
 impl CacheMetrics {
@@ -274,7 +311,22 @@ impl CacheMetrics {
         for tier in [Tier::L1, Tier::L2] {
             bytes.with_label_values(&[tier.as_str()]);
         }
+        let precompiles = IntCounterVec::new(
+            Opts::new(
+                "sluice_module_precompiles_total",
+                "Uploaded modules this worker was asked to precompile, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(precompiles.clone()))
+            .expect("unique metric");
+        for result in PrecompileResult::ALL {
+            precompiles.with_label_values(&[result.as_str()]);
+        }
         CacheMetrics {
+            precompiles,
             hits: counter(
                 "sluice_module_cache_hits_total",
                 "Module cache lookups answered by the tier",
@@ -306,6 +358,11 @@ impl CacheMetrics {
         self.integrity_failures
             .with_label_values(&[tier.as_str()])
             .inc();
+    }
+
+    /// Counts a precompile request's `result`.
+    pub fn precompiled(&self, result: PrecompileResult) {
+        self.precompiles.with_label_values(&[result.as_str()]).inc();
     }
 
     /// Sets the bytes `tier` holds.

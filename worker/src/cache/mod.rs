@@ -9,10 +9,27 @@
 //! - **L2** (`l2.rs`): artifacts on local disk, written atomically, mapped by wasmtime
 //!   from the descriptor their tag was checked through, bounded in bytes.
 //! - **L3**: artifacts in Redis (the protocol's `artifacts` role), shared by the fleet,
-//!   on when a cache key is configured.
+//!   on when a cache key is configured. Kept for [`CacheConfig::ttl`] after their last
+//!   use (`--cache-ttl`, default 7 days), never longer than their module, and deleted
+//!   with it.
 //! - **compile**: the function the cache is given ([`compile_with`]: the sandbox's
 //!   compiler, a limited `sluice-worker compile` child in a fleet worker), then the
 //!   artifact is published to L2 and L3.
+//!
+//! With L3 on, a miss is compiled once per fleet (`flight.rs`): the worker that takes
+//! the artifact's lock in Redis compiles, the others wait (bounded by the lock's
+//! lifetime: the compile wall-clock limit plus [`LOCK_MARGIN`]) and load what it
+//! publishes, or compile themselves if it never comes. A module refused for its own
+//! reasons (invalid, a compile limit) is recorded as refused for the fleet (at most an
+//! hour), so a compile bomb is compiled once, not once per worker.
+//!
+//! Uploads ask the fleet to precompile (the protocol's precompile stream, followed by
+//! `fleet/precompile.rs` through [`ArtifactCache::precompile`]). One engine's artifact
+//! is built then, the one the uploader's jobs use by default: the unmetered engine
+//! (a job runs unmetered unless it sets a fuel budget), or the metered one for a
+//! tenant whose policy sets `max_fuel` (every job of it runs metered). Not both: the
+//! other would be compile time and Redis memory spent on an artifact few first jobs
+//! need; a job that needs it compiles it, once per fleet, under the same lock.
 //!
 //! The artifact key (`key.rs`) is the module's SHA-256 plus the engine's fingerprint;
 //! artifacts are built lazily, per engine a job needs. Every L2 and L3 artifact carries
@@ -22,6 +39,7 @@
 //! discarded, and the module recompiled. No API accepts precompiled code: artifacts
 //! come only from this cache's own compile function, under its own key.
 
+mod flight;
 pub mod key;
 pub mod l1;
 pub mod l2;
@@ -29,9 +47,10 @@ pub mod mac;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use sluice_shared::queue::redis::RedisQueue;
+use sluice_shared::queue::redis::{ARTIFACT_TTL, ArtifactId, RedisQueue};
 use sluice_shared::{ModuleHash, Outcome};
 use tokio::runtime::Handle;
 use wasmtime::{Engine, Module};
@@ -61,7 +80,16 @@ pub struct CacheConfig {
     /// The fleet's shared secret; L3 is on when there is one. Without one, a random
     /// per-process secret tags L2's artifacts.
     pub secret: Option<CacheSecret>,
+    /// How long an L3 artifact is kept after it was last stored or read (never longer
+    /// than its module).
+    pub ttl: Duration,
+    /// The compile wall-clock limit: a compile lock lives this plus [`LOCK_MARGIN`].
+    pub compile_wall_clock: Duration,
 }
+
+/// How much longer than the compile wall-clock limit a compile lock lives (the
+/// holder's Redis round trips and deserialization after the compile).
+pub const LOCK_MARGIN: Duration = Duration::from_secs(5);
 
 impl CacheConfig {
     /// Default L1 byte bound: 512 MiB.
@@ -70,6 +98,14 @@ impl CacheConfig {
     pub const DEFAULT_L1_COUNT: usize = 256;
     /// Default L2 byte bound: 2 GiB.
     pub const DEFAULT_DIR_BYTES: u64 = 2 << 30;
+    /// Default L3 artifact lifetime: 7 days after last use.
+    pub const DEFAULT_TTL: Duration = ARTIFACT_TTL;
+
+    /// How long a compile lock lives: the compile wall-clock limit plus
+    /// [`LOCK_MARGIN`].
+    pub fn lock_ttl(&self) -> Duration {
+        self.compile_wall_clock.saturating_add(LOCK_MARGIN)
+    }
 }
 
 impl Default for CacheConfig {
@@ -80,6 +116,8 @@ impl Default for CacheConfig {
             dir: None,
             dir_bytes: Self::DEFAULT_DIR_BYTES,
             secret: None,
+            ttl: Self::DEFAULT_TTL,
+            compile_wall_clock: crate::compile::CompileLimits::default().wall_clock,
         }
     }
 }
@@ -108,7 +146,34 @@ pub struct ArtifactCache {
     l3: Option<Shared>,
     compile: Box<CompileFn>,
     metrics: CacheMetrics,
+    /// L3 artifact lifetime.
+    ttl: Duration,
+    /// Compile lock lifetime.
+    lock_ttl: Duration,
     me: Weak<ArtifactCache>,
+}
+
+/// Where [`ArtifactCache::precompile`] found a module's code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precompiled {
+    /// Compiled here and published.
+    Compiled,
+    /// Already on disk or in Redis (compiled by another worker, maybe while this one
+    /// waited for it).
+    Present,
+    /// The module does not compile for its own reasons (recorded for the fleet).
+    Refused(String),
+    /// Something else failed (not the module's fault).
+    Failed(String),
+}
+
+/// Where a module's code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// L2 or L3.
+    Cached,
+    /// The compile function.
+    Compiled,
 }
 
 /// The compile function of a fleet worker: wherever its sandbox compiles (the limited
@@ -159,6 +224,8 @@ impl ArtifactCache {
             l3,
             compile,
             metrics,
+            ttl: config.ttl,
+            lock_ttl: config.lock_ttl(),
             me: me.clone(),
         }))
     }
@@ -208,6 +275,30 @@ impl ArtifactCache {
         self.metrics.set_bytes(Tier::L1, l1.bytes());
     }
 
+    /// The fleet's name for module `hash`'s artifact for engine `metering`.
+    pub fn artifact_id(&self, hash: &ModuleHash, metering: Metering) -> ArtifactId {
+        self.key(*hash, metering).id()
+    }
+
+    fn key(&self, module: ModuleHash, metering: Metering) -> ArtifactKey {
+        ArtifactKey {
+            module,
+            engine: self.fingerprints[metering as usize],
+        }
+    }
+
+    /// Makes sure module `hash` (`wasm`) has an artifact for engine `metering` on disk
+    /// and in Redis, compiling it (once per fleet) if it has none: an upload's
+    /// precompile. Nothing is added to L1.
+    pub fn precompile(&self, hash: &ModuleHash, wasm: &[u8], metering: Metering) -> Precompiled {
+        match self.compiled_from(*hash, wasm, metering) {
+            Ok((_, Origin::Cached)) => Precompiled::Present,
+            Ok((_, Origin::Compiled)) => Precompiled::Compiled,
+            Err(Outcome::InvalidModule { reason }) => Precompiled::Refused(reason),
+            Err(other) => Precompiled::Failed(other.to_string()),
+        }
+    }
+
     /// The module compiled for engine `metering`: from L2, L3, or compiled and
     /// published.
     fn compiled(
@@ -216,34 +307,66 @@ impl ArtifactCache {
         wasm: &[u8],
         metering: Metering,
     ) -> Result<Module, Outcome> {
-        let key = ArtifactKey {
-            module: hash,
-            engine: self.fingerprints[metering as usize],
-        };
+        self.compiled_from(hash, wasm, metering)
+            .map(|(module, _)| module)
+    }
+
+    /// [`Self::compiled`], and whether it was compiled here.
+    fn compiled_from(
+        &self,
+        hash: ModuleHash,
+        wasm: &[u8],
+        metering: Metering,
+    ) -> Result<(Module, Origin), Outcome> {
+        let key = self.key(hash, metering);
         let engine = self.sandbox.engine(metering);
         if let Some(module) = self.load_from_disk(&key, engine) {
-            return Ok(module);
+            return Ok((module, Origin::Cached));
         }
-        if let Some(module) = self.load_from_redis(&key, engine) {
-            return Ok(module);
+        match &self.l3 {
+            Some(l3) => self.through_fleet(l3, &key, wasm, metering),
+            None => self
+                .compile_and_publish(&key, wasm, metering)
+                .map(|module| (module, Origin::Compiled)),
         }
+    }
+
+    /// Compiles `wasm` for engine `metering`, loads the artifact and publishes it to
+    /// L2 and L3.
+    fn compile_and_publish(
+        &self,
+        key: &ArtifactKey,
+        wasm: &[u8],
+        metering: Metering,
+    ) -> Result<Module, Outcome> {
+        let hash = key.module;
+        let engine = self.sandbox.engine(metering);
         let bytes = (self.compile)(wasm, metering)?;
-        let tag = self.mac.sign(&key, &bytes);
+        let tag = self.mac.sign(key, &bytes);
         let module = self
             .mac
-            .verify(&key, Artifact::Bytes(&bytes), &tag)
+            .verify(key, Artifact::Bytes(&bytes), &tag)
             .map_err(|e| e.to_string())
             .and_then(|verified| deserialize(engine, verified).map_err(|e| format!("{e:#}")))
             .map_err(|reason| Outcome::HostError {
                 reason: format!("loading the artifact just compiled for module {hash}: {reason}"),
             })?;
-        self.publish_disk(&key, &bytes, &tag);
+        self.publish_disk(key, &bytes, &tag);
         if let Some(l3) = &self.l3 {
-            let put = l3
-                .handle
-                .block_on(l3.queue.artifacts().put(&key.id(), &tag.0, &bytes));
-            if let Err(error) = put {
-                tracing::warn!(artifact = %key, %error, "could not publish the artifact to Redis");
+            let put = l3.handle.block_on(l3.queue.artifacts().put(
+                &key.id(),
+                &tag.0,
+                &bytes,
+                self.ttl,
+            ));
+            match put {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(artifact = %key, "module no longer stored; artifact not published");
+                }
+                Err(error) => {
+                    tracing::warn!(artifact = %key, %error, "could not publish the artifact to Redis");
+                }
             }
         }
         self.held(&hash, bytes.len() as u64);
@@ -295,10 +418,13 @@ impl ArtifactCache {
     }
 
     /// L3's artifact for `key`, if there is one whose tag matches and that loads (then
-    /// also written to L2).
-    fn load_from_redis(&self, key: &ArtifactKey, engine: &Engine) -> Option<Module> {
-        let l3 = self.l3.as_ref()?;
-        let found = match l3.handle.block_on(l3.queue.artifacts().get(&key.id())) {
+    /// also written to L2). A miss is not counted here: the single flight may look
+    /// several times in one lookup, and counts one miss when it ends without a hit.
+    fn load_from_redis(&self, l3: &Shared, key: &ArtifactKey, engine: &Engine) -> Option<Module> {
+        let found = match l3
+            .handle
+            .block_on(l3.queue.artifacts().get(&key.id(), self.ttl))
+        {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(artifact = %key, %error, "could not read the artifact from Redis");
@@ -327,7 +453,6 @@ impl ArtifactCache {
                 }
             }
         }
-        self.metrics.miss(Tier::L3);
         None
     }
 

@@ -117,6 +117,11 @@ pub struct FleetArgs {
     /// Without either, a random per-process key tags L2 only.
     #[arg(long, env = "SLUICE_CACHE_KEY_FILE")]
     pub cache_key_file: Option<PathBuf>,
+    /// How long a compiled artifact stays in Redis (L3) after it was last stored or
+    /// used, never longer than its module, 1m to 365d. Default 7d.
+    #[arg(long, env = "SLUICE_CACHE_TTL", value_parser = duration(field::CACHE_TTL))]
+    #[serde(default, with = "duration_text")]
+    pub cache_ttl: Option<Duration>,
     // --- end of module cache settings ---
     /// A TOML file with any of the settings above.
     #[arg(long, env = "SLUICE_CONFIG")]
@@ -197,6 +202,8 @@ fields! {
     MODULE_CACHE_COUNT: "--module-cache-count", "SLUICE_MODULE_CACHE_COUNT", "module_cache_count";
     /// The file holding the fleet's cache key.
     CACHE_KEY_FILE: "--cache-key-file", "SLUICE_CACHE_KEY_FILE", "cache_key_file";
+    /// How long an artifact stays in Redis after its last use (L3).
+    CACHE_TTL: "--cache-ttl", "SLUICE_CACHE_TTL", "cache_ttl";
 }
 
 /// The environment variable that may hold the fleet's cache key itself (read only
@@ -602,12 +609,22 @@ fn cache_config(args: &FleetArgs) -> Result<CacheConfig, ConfigError> {
                 None => None,
             },
         };
+    let ttl = args.cache_ttl.unwrap_or(defaults.ttl);
+    if !(limits::MIN_TTL..=limits::MAX_TTL).contains(&ttl) {
+        return Err(invalid(
+            field::CACHE_TTL,
+            format!("must be 1m to 365d, got {}s", ttl.as_secs()),
+        ));
+    }
     Ok(CacheConfig {
         l1_bytes,
         l1_count,
         dir: args.cache_dir.clone(),
         dir_bytes,
         secret,
+        ttl,
+        // Checked with the compile limits; a lock lives this plus a margin.
+        compile_wall_clock: args.compile_timeout.unwrap_or(defaults.compile_wall_clock),
     })
 }
 
@@ -1068,6 +1085,7 @@ mod tests {
         "--module-cache-bytes=64MiB",
         "--module-cache-count=10",
         "--cache-key-file=/flag/key",
+        "--cache-ttl=3d",
     ];
     const EVERY_KEY: &str = r#"
         redis = "redis://file:2"
@@ -1091,6 +1109,7 @@ mod tests {
         module_cache_bytes = 1048576
         module_cache_count = 20
         cache_key_file = "/file/key"
+        cache_ttl = "2d"
     "#;
 
     fn table(args: &FleetArgs) -> toml::Table {
@@ -1224,6 +1243,13 @@ mod tests {
                 },
                 field::CACHE_KEY_FILE,
             ),
+            (
+                FleetArgs {
+                    cache_ttl: Some(Duration::from_secs(59)),
+                    ..args()
+                },
+                field::CACHE_TTL,
+            ),
         ];
         for (args, expected) in cases {
             assert_eq!(refused(args).0, expected);
@@ -1243,6 +1269,19 @@ mod tests {
         assert_eq!(config.cache.dir, Some(dir.path().join("cache")));
         assert_eq!(config.cache.dir_bytes, 1 << 30);
         assert_eq!(config.cache.l1_count, CacheConfig::DEFAULT_L1_COUNT);
+        assert_eq!(config.cache.ttl, CacheConfig::DEFAULT_TTL);
+        assert_eq!(
+            flags(&["--cache-ttl=2d"]).unwrap().cache_ttl,
+            Some(Duration::from_secs(2 * 24 * 3600))
+        );
+        // A compile lock lives the compile wall-clock limit and a margin.
+        let short = FleetArgs {
+            compile_timeout: Some(Duration::from_secs(2)),
+            ..args()
+        }
+        .load()
+        .unwrap();
+        assert_eq!(short.cache.compile_wall_clock, Duration::from_secs(2));
         // Sizes take units in flags and file alike.
         assert_eq!(
             flags(&["--cache-bytes=2GiB"]).unwrap().cache_bytes,

@@ -118,8 +118,14 @@ fn executor_config(config: &FleetConfig) -> ExecutorConfig {
         grace: config.grace,
         watchdog_grace: config.watchdog_grace,
         // A compile may take up to its wall-clock limit (one per engine the job
-        // needs) before the guest starts; the compile limit ends it, not the watchdog.
-        prepare_budget: config.compile.wall_clock.saturating_mul(2),
+        // needs), after waiting up to a compile lock's lifetime for another worker's
+        // (the cache's single flight), before the guest starts; the compile limit and
+        // the lock's lifetime end them, not the watchdog.
+        prepare_budget: config
+            .compile
+            .wall_clock
+            .saturating_add(config.cache.lock_ttl())
+            .saturating_mul(2),
         max_stuck: Some(config.max_stuck),
         retry: RetryPolicy {
             max_attempts: config.max_attempts,

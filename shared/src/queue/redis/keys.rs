@@ -83,6 +83,12 @@ impl Keys {
         format!("{}:meta", self.module(hash))
     }
 
+    /// The set of keys derived from a module (its artifacts and compile refusals),
+    /// deleted with the module's bytes.
+    pub fn module_artifacts(&self, hash: &ModuleHash) -> String {
+        format!("{}:artifacts", self.module(hash))
+    }
+
     /// An alias naming a module's hash (an operator's name).
     pub fn alias(&self, name: &str) -> String {
         format!("{}alias:{name}", self.prefix)
@@ -178,6 +184,32 @@ impl Keys {
             crate::queue::redis::artifacts::engine_hex(engine)
         )
     }
+
+    /// The single-flight lock of one artifact: held (a string, the holder's token,
+    /// with a TTL) by the worker compiling it.
+    pub fn artifact_lock(&self, module: &ModuleHash, engine: &[u8; 32]) -> String {
+        format!(
+            "{}compiling:{module}:{}",
+            self.prefix,
+            crate::queue::redis::artifacts::engine_hex(engine)
+        )
+    }
+
+    /// Why a module does not compile for one engine (a string with a TTL), recorded
+    /// by the worker that tried, so the rest of the fleet does not try again.
+    pub fn artifact_refusal(&self, module: &ModuleHash, engine: &[u8; 32]) -> String {
+        format!(
+            "{}refused:{module}:{}",
+            self.prefix,
+            crate::queue::redis::artifacts::engine_hex(engine)
+        )
+    }
+
+    /// The stream of modules to precompile (module hashes, capped), added to by
+    /// module uploads and read by every worker with the shared cache on.
+    pub fn precompile(&self) -> String {
+        format!("{}precompile", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +235,10 @@ mod tests {
             keys.tenant_jobs_index("t"),
             keys.tenant_batches_index("t"),
             keys.artifact(&hash, &[0; 32]),
+            keys.artifact_lock(&hash, &[0; 32]),
+            keys.artifact_refusal(&hash, &[0; 32]),
+            keys.module_artifacts(&hash),
+            keys.precompile(),
         ] {
             assert!(key.starts_with("sluice:{q}:"), "{key}");
         }

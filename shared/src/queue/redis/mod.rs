@@ -50,7 +50,8 @@ mod tenants;
 pub use admin::{Admin, AdminError, ConsumerInfo, RedisStatus};
 pub use admission::{Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id};
 pub use artifacts::{
-    ARTIFACT_TTL, ArtifactError, ArtifactId, Artifacts, MAX_ARTIFACT_BYTES, StoredArtifact,
+    ARTIFACT_TTL, ArtifactError, ArtifactId, Artifacts, MAX_ARTIFACT_BYTES, MAX_REFUSAL_BYTES,
+    MAX_REFUSAL_TTL, PRECOMPILE_STREAM_CAP, PrecompileRequest, StoredArtifact,
 };
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
 pub use config::{RedisConfig, RedisConfigError, redacted_url, validate_queue_name};

@@ -15,10 +15,17 @@
 //! Beside the bytes, `sluice:{q}:module:<hash>:meta` holds the module's [`ModuleMeta`]
 //! (written in the same atomic step as the bytes, with their lifetime, refreshed and
 //! deleted with them), so a submitter reads what a module offers without fetching it.
+//!
+//! Keys derived from a module (its compiled artifacts and compile refusals, written by
+//! the `artifacts` role) are listed in `sluice:{q}:module:<hash>:artifacts` and deleted
+//! with the bytes. An upload with metadata (`put_with_meta`, `put_for_tenant`) also adds
+//! the module's hash to the capped `sluice:{q}:precompile` stream, which fleet workers
+//! with the shared cache follow to compile it before its first job.
 
 use std::time::Duration;
 
 use super::RedisQueue;
+use super::artifacts::PRECOMPILE_STREAM_CAP;
 use super::error::{StoreError, bad_reply, on_key, unavailable};
 use super::reply::millis;
 use super::scripts::SCRIPTS;
@@ -96,21 +103,34 @@ pub struct ModuleRemoved {
 
 impl Modules<'_> {
     /// Stores a module's bytes under their hash (and `alias`, if given), with no
-    /// lifetime, and its metadata beside them, in one transaction: how the scheduler
-    /// stores a module.
+    /// lifetime, and its metadata beside them, in one transaction, then asks the fleet
+    /// to precompile it (the precompile stream): how the scheduler stores a module.
     pub async fn put_with_meta(
         self,
         wasm: &[u8],
         meta: &ModuleMeta,
         alias: Option<&str>,
     ) -> Result<ModuleHash, ModuleStoreError> {
-        self.put_bytes(wasm, Some(meta), alias).await
+        let hash = self.put_bytes(wasm, Some(meta), alias).await?;
+        let stream = self.q.keys.precompile();
+        redis::cmd("XADD")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(PRECOMPILE_STREAM_CAP)
+            .arg("*")
+            .arg("module")
+            .arg(hash.to_hex())
+            .query_async::<()>(&mut self.q.connection())
+            .await
+            .map_err(on_key(&stream))?;
+        Ok(hash)
     }
 
     /// Stores a module's bytes as [`put_with_meta`](Self::put_with_meta) does but
-    /// records no metadata (a submitter computes it from the bytes on first use): for
-    /// callers with no WebAssembly parser (tests, tools). Metadata recorded before
-    /// loses its lifetime with the bytes.
+    /// records no metadata (a submitter computes it from the bytes on first use) and
+    /// asks for no precompile: for callers with no WebAssembly parser (tests, tools).
+    /// Metadata recorded before loses its lifetime with the bytes.
     pub async fn put(
         self,
         wasm: &[u8],
@@ -251,6 +271,7 @@ impl Modules<'_> {
             .key(self.q.keys.tenant_modules(tenant))
             .key(alias)
             .key(self.q.keys.module_meta(&hash))
+            .key(self.q.keys.precompile())
             .arg(tenant)
             .arg(hash.to_hex())
             .arg(wasm)
@@ -258,6 +279,7 @@ impl Modules<'_> {
             .arg(max_modules)
             .arg(if name.is_some() { "1" } else { "0" })
             .arg(meta.encode())
+            .arg(PRECOMPILE_STREAM_CAP)
             .invoke_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
@@ -306,6 +328,7 @@ impl Modules<'_> {
             .key(self.q.keys.tenant_modules(tenant))
             .key(self.q.keys.tenant_alias(tenant, name.unwrap_or("")))
             .key(self.q.keys.module_meta(hash))
+            .key(self.q.keys.module_artifacts(hash))
             .arg(tenant)
             .arg(hash.to_hex())
             .arg(if name.is_some() { "1" } else { "0" })
@@ -322,21 +345,25 @@ impl Modules<'_> {
     }
 
     /// The operator's delete (`sluice module rm`): a hash deletes the bytes (whoever
-    /// holds them), a name deletes that alias. Returns whether anything was deleted.
+    /// holds them) with their metadata and compiled artifacts, a name deletes that
+    /// alias. Returns whether anything was deleted.
     pub async fn remove(self, name_or_hash: &str) -> Result<bool, ModuleStoreError> {
-        let keys = match name_or_hash.parse::<ModuleHash>() {
-            Ok(hash) => vec![
-                self.q.keys.module(&hash),
-                self.q.keys.module_owners(&hash),
-                self.q.keys.module_meta(&hash),
-            ],
-            Err(_) => vec![self.q.keys.alias(name_or_hash)],
+        let deleted: u64 = match name_or_hash.parse::<ModuleHash>() {
+            Ok(hash) => SCRIPTS
+                .module_del
+                .key(self.q.keys.module(&hash))
+                .key(self.q.keys.module_owners(&hash))
+                .key(self.q.keys.module_meta(&hash))
+                .key(self.q.keys.module_artifacts(&hash))
+                .invoke_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?,
+            Err(_) => redis::cmd("DEL")
+                .arg(self.q.keys.alias(name_or_hash))
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?,
         };
-        let deleted: u64 = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut self.q.connection())
-            .await
-            .map_err(unavailable)?;
         Ok(deleted > 0)
     }
 }

@@ -43,7 +43,7 @@ pub(crate) struct Scripts {
     pub revoke: Script,
     /// `hold.lua`: takes or renews the dispatcher role.
     pub hold: Script,
-    /// `unhold.lua`: gives up the dispatcher role.
+    /// `unhold.lua`: gives up the dispatcher role, or an artifact's compile lock.
     pub unhold: Script,
     /// `dispatch.lua`: admits a tenant's oldest backlog jobs onto the job stream.
     pub dispatch: Script,
@@ -57,6 +57,12 @@ pub(crate) struct Scripts {
     pub module_rm: Script,
     /// `module_meta.lua`: records a stored module's metadata with the bytes' lifetime.
     pub module_meta: Script,
+    /// `module_del.lua`: the operator's delete of a module and its derived keys.
+    pub module_del: Script,
+    /// `artifact_put.lua`: stores an artifact (or a refusal) within its module's life.
+    pub artifact_put: Script,
+    /// `artifact_get.lua`: reads an artifact and refreshes it within its module's life.
+    pub artifact_get: Script,
     /// `locate_stream.lua`: a page of job ids from a stream, with whether each is pending.
     pub locate_stream: Script,
     /// `locate_delayed.lua`: a page of job ids from the delayed set.
@@ -97,6 +103,9 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     module_touch: Script::new(include_str!("scripts/module_touch.lua")),
     module_rm: Script::new(include_str!("scripts/module_rm.lua")),
     module_meta: Script::new(include_str!("scripts/module_meta.lua")),
+    module_del: Script::new(include_str!("scripts/module_del.lua")),
+    artifact_put: Script::new(include_str!("scripts/artifact_put.lua")),
+    artifact_get: Script::new(include_str!("scripts/artifact_get.lua")),
     locate_stream: Script::new(include_str!("scripts/locate_stream.lua")),
     locate_delayed: Script::new(include_str!("scripts/locate_delayed.lua")),
 });

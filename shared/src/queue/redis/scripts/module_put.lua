@@ -6,6 +6,8 @@
 -- KEYS[3]  the tenant's held modules (sorted set: hash → expiry, ms since the epoch)
 -- KEYS[4]  the alias to set (string → hash hex); ignored unless ARGV[6] is 1
 -- KEYS[5]  the module's metadata (string, JSON; kept with the bytes' lifetime)
+-- KEYS[6]  the precompile stream (the module's hash and the tenant are added: the
+--          fleet compiles it for the engine the tenant's jobs use)
 -- ARGV[1]  the tenant
 -- ARGV[2]  the module's hash, hex
 -- ARGV[3]  the module's bytes
@@ -13,6 +15,7 @@
 -- ARGV[5]  most modules the tenant may hold
 -- ARGV[6]  1 to set the alias
 -- ARGV[7]  the module's metadata
+-- ARGV[8]  the precompile stream's approximate cap (MAXLEN ~)
 -- Returns  {1, modules held} when stored, {0, modules held} when over the quota.
 --
 -- Atomicity: the quota check and every write happen in one script. All type checks
@@ -20,7 +23,8 @@
 -- named. A module stored without a lifetime (by an operator with `sluice module put`)
 -- keeps none. The metadata is written with the bytes and takes their lifetime (none
 -- for an operator's module), so it never outlives them nor is missing while they are
--- stored.
+-- stored. The precompile request is added last, and skipped when the stream's key is
+-- foreign (a warm cache is an optimization; an upload must not fail for it).
 local function expect(key, want)
   local kind = redis.call('TYPE', key).ok
   if kind ~= 'none' and kind ~= want then
@@ -66,5 +70,9 @@ else
 end
 if ARGV[6] == '1' then
   redis.call('SET', KEYS[4], ARGV[2], 'PX', ttl)
+end
+local stream = redis.call('TYPE', KEYS[6]).ok
+if stream == 'none' or stream == 'stream' then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'module', ARGV[2], 'tenant', ARGV[1])
 end
 return {1, redis.call('ZCARD', KEYS[3])}

@@ -7,6 +7,8 @@
 -- KEYS[3]  the tenant's held modules
 -- KEYS[4]  the alias to delete (when ARGV[3] is 1)
 -- KEYS[5]  the module's metadata (deleted with the bytes)
+-- KEYS[6]  the module's derived keys (set of key names: artifacts, compile refusals;
+--          they and the set are deleted with the bytes)
 -- ARGV[1]  the tenant
 -- ARGV[2]  the module's hash, hex
 -- ARGV[3]  1 when the module was named by an alias
@@ -15,7 +17,9 @@
 --
 -- Atomicity: the holder count is read and the bytes deleted in one script, so a
 -- concurrent upload of the same bytes by another tenant either lands before (and
--- keeps them) or after (and stores them again). Type checks come first.
+-- keeps them) or after (and stores them again). Type checks come first. The derived
+-- keys go with the bytes, and artifact_put.lua stores nothing for a module that is
+-- gone, so no artifact outlives its module.
 local function expect(key, want)
   local kind = redis.call('TYPE', key).ok
   if kind ~= 'none' and kind ~= want then
@@ -24,6 +28,7 @@ local function expect(key, want)
   return nil
 end
 local e = expect(KEYS[1], 'string') or expect(KEYS[2], 'set') or expect(KEYS[3], 'zset')
+  or expect(KEYS[6], 'set')
 if e then return e end
 local held = 0
 if ARGV[3] == '1' then
@@ -37,6 +42,10 @@ local deleted = 0
 if redis.call('SCARD', KEYS[2]) == 0 and redis.call('PTTL', KEYS[1]) >= 0 then
   deleted = redis.call('DEL', KEYS[1])
   redis.call('DEL', KEYS[2], KEYS[5])
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+    redis.call('DEL', key)
+  end
+  redis.call('DEL', KEYS[6])
 end
 if held > 0 then held = 1 end
 return {held, deleted}

@@ -1,5 +1,7 @@
 -- unhold.lua: gives up a role (see hold.lua) if the caller holds it, so a process
 -- that stops cleanly hands the role over at once instead of after its hold expires.
+-- Also releases an artifact's compile lock (artifacts.rs: the caller's name is the
+-- lock's token), when its compile is done or failed.
 --
 -- KEYS[1]  the role's key
 -- ARGV[1]  the caller's name

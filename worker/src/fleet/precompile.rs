@@ -1,0 +1,164 @@
+//! Warm on upload: a fleet worker with the shared cache (L3) on follows the queue's
+//! precompile stream, which module uploads add to (`sluice module put`,
+//! `PUT /v1/modules`), and compiles each new module for the engine its jobs use by
+//! default (the cache's module doc says why one): the unmetered one, or the metered one
+//! for a tenant whose policy sets `max_fuel` (all its jobs run metered), so a module's
+//! first job is an L3 hit.
+//!
+//! One task per worker, one precompile at a time, on its own Redis connections (a
+//! `RedisQueue` of its own: its `XREAD BLOCK` never waits behind claims, nor claims
+//! behind it), reconnecting with [`Backoff`]. A module whose artifact (or refusal) the
+//! fleet already has is skipped before its bytes are fetched; otherwise the cache's
+//! single flight makes one worker per engine fingerprint compile and the rest wait and
+//! load, or skip. Compiles go through the cache's compile function (the limited
+//! compile child) on a blocking thread, so claims and jobs never wait for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_shared::backoff::Backoff;
+use sluice_shared::queue::redis::{Artifacts, PrecompileRequest, RedisConfig, RedisQueue};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{ArtifactCache, Precompiled};
+use crate::metrics::{CacheMetrics, PrecompileResult};
+use crate::sandbox::Metering;
+
+/// How long one read of the stream blocks.
+const READ_BLOCK: Duration = Duration::from_secs(5);
+/// How far before its start (by its own clock) a worker reads requests: an upload
+/// just before the worker was ready is still precompiled (what the fleet already has
+/// is skipped).
+const LOOKBACK: Duration = Duration::from_secs(1);
+/// First wait after Redis failed; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Starts the precompile task; it stops when `stop` is cancelled.
+pub(super) fn spawn(
+    config: RedisConfig,
+    cache: Arc<ArtifactCache>,
+    metrics: CacheMetrics,
+    stop: CancellationToken,
+) {
+    let cursor = Artifacts::precompile_cursor(LOOKBACK);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow(config, cache, metrics, cursor) => {}
+            () = stop.cancelled() => {}
+        }
+    });
+}
+
+/// Reads the stream from `cursor` for ever, reconnecting when Redis fails.
+async fn follow(
+    config: RedisConfig,
+    cache: Arc<ArtifactCache>,
+    metrics: CacheMetrics,
+    mut cursor: String,
+) {
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+    loop {
+        let queue = match RedisQueue::connect(config.clone()).await {
+            Ok(queue) => queue,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "precompile: cannot reach Redis");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        loop {
+            match queue
+                .artifacts()
+                .precompile_requests(&cursor, READ_BLOCK)
+                .await
+            {
+                Ok((last, requests)) => {
+                    backoff.reset();
+                    cursor = last;
+                    for request in requests {
+                        let result = precompile(&queue, &cache, request).await;
+                        metrics.precompiled(result);
+                    }
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay,
+                        "precompile: cannot read the precompile stream; reconnecting");
+                    tokio::time::sleep(delay).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The engine the uploader's jobs use by default: metered for a tenant whose policy
+/// sets `max_fuel`, else unmetered (jobs without a fuel budget).
+async fn engine_for(queue: &RedisQueue, tenant: Option<&str>) -> Metering {
+    let Some(tenant) = tenant else {
+        return Metering::Off;
+    };
+    match queue.tenants().policy(tenant).await {
+        Ok(Some(policy)) if policy.max_fuel.is_some() => Metering::Fuel,
+        Ok(_) => Metering::Off,
+        Err(error) => {
+            tracing::warn!(%tenant, %error, "precompile: cannot read the tenant's policy");
+            Metering::Off
+        }
+    }
+}
+
+/// Precompiles the requested module unless the fleet has it already.
+async fn precompile(
+    queue: &RedisQueue,
+    cache: &Arc<ArtifactCache>,
+    request: PrecompileRequest,
+) -> PrecompileResult {
+    let module = request.module;
+    let metering = engine_for(queue, request.tenant.as_deref()).await;
+    let id = cache.artifact_id(&module, metering);
+    match queue.artifacts().known(&id).await {
+        Ok(true) => return PrecompileResult::Present,
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(%module, %error, "precompile: cannot check the artifact");
+            return PrecompileResult::Failed;
+        }
+    }
+    let wasm = match queue.modules().get(&module).await {
+        Ok(Some(wasm)) => wasm,
+        Ok(None) => {
+            tracing::info!(%module, "precompile: module no longer stored");
+            return PrecompileResult::Failed;
+        }
+        Err(error) => {
+            tracing::warn!(%module, %error, "precompile: cannot fetch the module");
+            return PrecompileResult::Failed;
+        }
+    };
+    let cache = cache.clone();
+    let done =
+        tokio::task::spawn_blocking(move || cache.precompile(&module, &wasm, metering)).await;
+    match done {
+        Ok(Precompiled::Compiled) => {
+            tracing::info!(%module, "precompiled");
+            PrecompileResult::Compiled
+        }
+        Ok(Precompiled::Present) => PrecompileResult::Present,
+        Ok(Precompiled::Refused(reason)) => {
+            tracing::warn!(%module, %reason, "precompile: module refused");
+            PrecompileResult::Refused
+        }
+        Ok(Precompiled::Failed(error)) => {
+            tracing::warn!(%module, %error, "precompile failed");
+            PrecompileResult::Failed
+        }
+        Err(error) => {
+            tracing::error!(%module, %error, "precompile task failed");
+            PrecompileResult::Failed
+        }
+    }
+}
