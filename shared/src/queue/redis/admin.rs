@@ -1,5 +1,7 @@
 //! Dead letters and status: what an operator reads and repairs (`sluice dlq`, `sluice
-//! status`, the service's readiness probe), and the server figures the benchmark reads.
+//! status`, `sluice module ls`, the service's readiness probe), where one job is
+//! (`sluice result`, `sluice wait`: [`find`]), and the server figures the benchmark
+//! reads.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,10 +10,16 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 
 use super::error::{StoreError, bad_reply, on_key, unavailable};
-use super::reply::{bytes_of, flat_pairs, millis, parse_entries};
+use super::reply::{bytes_of, count_of, flat_pairs, millis, parse_entries};
+use super::results::ResultsError;
 use super::scripts::SCRIPTS;
 use super::{GROUP, RedisQueue};
+use crate::job::{JobId, ModuleHash};
 use crate::queue::{QueueError, QueueStats};
+
+mod find;
+
+pub use find::JobState;
 
 /// Dead letters looked at by one `dlq_retry.lua` call.
 const DLQ_PAGE: usize = 500;
@@ -29,6 +37,15 @@ pub enum AdminError {
     /// keys is corrupt (each reason given).
     #[error("dead letter not retried: {0}")]
     NotRetried(String),
+    /// No dead letter has this entry id (or is of this job).
+    #[error("no dead letter {0} (see `sluice dlq list`)")]
+    NoSuchDeadLetter(String),
+    /// What was given is neither a dead letter's entry id (`<ms>-<seq>`) nor a job id.
+    #[error("{0:?} is not a dead letter id (`<ms>-<seq>`, from `sluice dlq list`) nor a job id")]
+    BadDeadLetterId(String),
+    /// A job's record could not be read.
+    #[error(transparent)]
+    Results(#[from] ResultsError),
     /// Redis failed, a key is corrupt, or a reply was not understood.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,7 +76,33 @@ pub struct RedisStatus {
     pub dlq_retried: u64,
     /// Consumers of the group with their pending (leased) counts and idle times.
     pub consumers: Vec<ConsumerInfo>,
+    /// Tenants with jobs waiting in their backlogs for admission (jobs submitted over
+    /// HTTP), with how many wait.
+    pub backlogs: Vec<TenantBacklog>,
 }
+
+/// Jobs waiting in one tenant's backlog.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantBacklog {
+    /// The tenant.
+    pub tenant: String,
+    /// Jobs waiting in its backlog.
+    pub waiting: u64,
+}
+
+/// A stored module and the names that point at it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredModule {
+    /// Its content address.
+    pub hash: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The names pointing at it: an operator's (`NAME`) and tenants' (`TENANT/NAME`).
+    pub names: Vec<String>,
+}
+
+/// Most modules and aliases `module_list` reads (an operator's listing, not an export).
+pub const MAX_LISTED_MODULES: usize = 10_000;
 
 /// One consumer of the queue's group.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -72,11 +115,28 @@ pub struct ConsumerInfo {
     pub idle_ms: u64,
 }
 
+/// Whether `id` is a stream entry id (`<ms>` or `<ms>-<seq>`), as dead letters have.
+fn is_entry_id(id: &str) -> bool {
+    let mut parts = id.splitn(2, '-');
+    let digits = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let ms = parts.next();
+    let seq = parts.next();
+    digits(ms) && (seq.is_none() || digits(seq))
+}
+
 impl Admin<'_> {
     /// Puts dead letters back on the queue: one (`Some(id)`) or all.
     /// Only failed jobs go back: a letter whose job has a stored success, or one of
     /// whose keys is corrupt, stays (logged; an error when it was the one asked for).
+    /// An id that is not an entry id, or names no dead letter, is an error saying so.
     pub async fn dlq_retry(self, id: Option<&str>) -> Result<u64, AdminError> {
+        if let Some(id) = id
+            && !is_entry_id(id)
+        {
+            return Err(AdminError::BadDeadLetterId(id.to_owned()));
+        }
         // All of them: page by page (`DLQ_PAGE` letters a script), up to the newest
         // letter at the start, so no one script blocks Redis over days of letters.
         let (mut start, stop) = match id {
@@ -134,8 +194,14 @@ impl Admin<'_> {
             }
             start = format!("({next}");
         }
-        if id.is_some() && moved == 0 && !problems.is_empty() {
-            return Err(AdminError::NotRetried(problems.join("; ")));
+        if let Some(id) = id
+            && moved == 0
+        {
+            return Err(if problems.is_empty() {
+                AdminError::NoSuchDeadLetter(id.to_owned())
+            } else {
+                AdminError::NotRetried(problems.join("; "))
+            });
         }
         for problem in &problems {
             tracing::warn!(%problem, "dead letter not retried");
@@ -193,7 +259,174 @@ impl Admin<'_> {
             stale: get("stale"),
             dlq_retried: get("dlq_retried"),
             consumers: infos,
+            backlogs: self.backlogs().await?,
         })
+    }
+
+    /// Tenants with jobs in their backlogs and how many, largest first.
+    pub async fn backlogs(self) -> Result<Vec<TenantBacklog>, AdminError> {
+        let set = self.q.keys.backlogs();
+        let tenants: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&set)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&set))?;
+        let mut pipe = redis::pipe();
+        for tenant in &tenants {
+            pipe.cmd("XLEN").arg(self.q.keys.backlog(tenant));
+        }
+        // A backlog key of another type counts 0 here: status reports, it does not judge.
+        let lens: Vec<Result<Value, redis::RedisError>> = pipe
+            .ignore_errors()
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        let mut out: Vec<TenantBacklog> = tenants
+            .into_iter()
+            .zip(lens)
+            .map(|(tenant, len)| TenantBacklog {
+                tenant,
+                waiting: len.as_ref().map_or(0, count_of),
+            })
+            .filter(|b| b.waiting > 0)
+            .collect();
+        out.sort_by(|a, b| b.waiting.cmp(&a.waiting).then(a.tenant.cmp(&b.tenant)));
+        Ok(out)
+    }
+
+    /// The entry id of job `job`'s dead letter (the oldest, should there be several).
+    pub async fn dead_letter_of(self, job: JobId) -> Result<Option<String>, AdminError> {
+        let key = &self.q.keys.dead;
+        let wanted = job.to_string();
+        let mut start = "-".to_owned();
+        loop {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(DLQ_PAGE)
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(on_key(key))?;
+            let entries = parse_entries(&reply)?;
+            for (id, fields) in &entries {
+                if fields
+                    .iter()
+                    .any(|(k, v)| k == b"job" && v == wanted.as_bytes())
+                {
+                    return Ok(Some(id.clone()));
+                }
+            }
+            match entries.last() {
+                Some((last, _)) if entries.len() >= DLQ_PAGE => start = format!("({last}"),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Removes worker `consumer` from the job stream's group if it holds no jobs (a
+    /// worker calls this when it exits cleanly, so `sluice status` stops listing it);
+    /// whether it was removed.
+    pub async fn forget_consumer(self, consumer: &str) -> Result<bool, AdminError> {
+        let removed: i64 = SCRIPTS
+            .consumer_forget
+            .key(&self.q.keys.jobs)
+            .arg(GROUP)
+            .arg(consumer)
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1)
+    }
+
+    /// Every stored module (up to [`MAX_LISTED_MODULES`]) with the names pointing at it,
+    /// by hash; names whose module is gone are listed with size 0.
+    pub async fn modules(self) -> Result<Vec<StoredModule>, AdminError> {
+        let prefix = self.q.keys.prefix();
+        let mut by_hash: std::collections::BTreeMap<String, StoredModule> = Default::default();
+        let hashes = self.scan(&format!("{prefix}module:*")).await?;
+        let hashes: Vec<String> = hashes
+            .iter()
+            .filter_map(|key| key.strip_prefix(&format!("{prefix}module:")))
+            .filter(|rest| rest.parse::<ModuleHash>().is_ok())
+            .map(str::to_owned)
+            .collect();
+        let mut pipe = redis::pipe();
+        for hash in &hashes {
+            pipe.cmd("STRLEN").arg(format!("{prefix}module:{hash}"));
+        }
+        let sizes: Vec<Result<Value, redis::RedisError>> = pipe
+            .ignore_errors()
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        for (hash, size) in hashes.into_iter().zip(sizes) {
+            let bytes = size.as_ref().map_or(0, count_of);
+            by_hash.insert(
+                hash.clone(),
+                StoredModule {
+                    hash,
+                    bytes,
+                    names: Vec::new(),
+                },
+            );
+        }
+        let aliases = self.scan(&format!("{prefix}alias:*")).await?;
+        let mut pipe = redis::pipe();
+        for key in &aliases {
+            pipe.cmd("GET").arg(key);
+        }
+        let targets: Vec<Result<Option<String>, redis::RedisError>> = pipe
+            .ignore_errors()
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        for (key, target) in aliases.iter().zip(targets) {
+            let (Some(name), Ok(Some(hash))) =
+                (key.strip_prefix(&format!("{prefix}alias:")), target)
+            else {
+                continue;
+            };
+            by_hash
+                .entry(hash.clone())
+                .or_insert_with(|| StoredModule {
+                    hash,
+                    bytes: 0,
+                    names: Vec::new(),
+                })
+                .names
+                .push(name.to_owned());
+        }
+        let mut out: Vec<StoredModule> = by_hash.into_values().collect();
+        for module in &mut out {
+            module.names.sort();
+        }
+        Ok(out)
+    }
+
+    /// Keys matching `pattern` (`SCAN`), at most [`MAX_LISTED_MODULES`].
+    async fn scan(self, pattern: &str) -> Result<Vec<String>, AdminError> {
+        let (mut cursor, mut out) = (0u64, Vec::new());
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            out.extend(keys);
+            cursor = next;
+            if cursor == 0 || out.len() >= MAX_LISTED_MODULES {
+                out.sort();
+                out.dedup();
+                out.truncate(MAX_LISTED_MODULES);
+                return Ok(out);
+            }
+        }
     }
 
     /// The queue's depths, recreating the job stream and its consumer group first if
