@@ -1,12 +1,15 @@
 //! `sluice status`: queue depths, counters, jobs waiting in tenant backlogs, and the
 //! workers serving the queue now; once, or redrawn with `--watch`.
 //!
-//! A worker is a consumer of the queue's group. It is live while it has been heard
-//! from (a claim, or a lease renewal, which a busy worker sends every third of its
-//! lease) within `--stale-after`; one that has not is gone: listed while it still
-//! holds jobs (other workers take them over once their leases expire), else not
-//! listed at all (it exited, or died holding nothing).
+//! A worker is live while its heartbeat (`Admin::heartbeat`, which says how long it
+//! holds) has not run out; a worker without one (a consumer of the queue's group that
+//! registered none) is live while it has been heard from (a claim, or a lease renewal,
+//! which a busy worker sends every third of its lease) within `--stale-after`. One that
+//! is not live is gone: listed while it still holds jobs (other workers take them over
+//! once their leases expire), else not listed at all (it exited, or died holding
+//! nothing). A worker that exits cleanly removes itself (`Admin::forget_consumer`).
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -51,7 +54,7 @@ struct Worker {
     state: &'static str,
     /// Jobs it holds.
     pending: u64,
-    /// Milliseconds since it was last heard from.
+    /// Milliseconds since it last claimed or renewed a lease (0 when it never has).
     idle_ms: u64,
 }
 
@@ -80,18 +83,29 @@ struct View {
 impl View {
     fn of(queue: &str, status: RedisStatus, stale_after: Duration) -> Self {
         let stale_ms = u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX);
-        let (mut workers, mut departed) = (Vec::new(), 0);
+        let now = status.server_time_ms;
+        // name → (live, pending, idle ms)
+        let mut seen: BTreeMap<String, (bool, u64, u64)> = BTreeMap::new();
+        for (name, until) in &status.heartbeats {
+            seen.insert(name.clone(), (*until >= now, 0, 0));
+        }
         for c in status.consumers {
-            let live = c.idle_ms <= stale_ms;
-            if !live && c.pending == 0 {
+            let by_idle = c.idle_ms <= stale_ms;
+            let entry = seen.entry(c.name).or_insert((by_idle, 0, 0));
+            entry.1 = c.pending;
+            entry.2 = c.idle_ms;
+        }
+        let (mut workers, mut departed) = (Vec::new(), 0);
+        for (name, (live, pending, idle_ms)) in seen {
+            if !live && pending == 0 {
                 departed += 1;
                 continue;
             }
             workers.push(Worker {
-                name: c.name,
+                name,
                 state: if live { "live" } else { "gone" },
-                pending: c.pending,
-                idle_ms: c.idle_ms,
+                pending,
+                idle_ms,
             });
         }
         workers.sort_by(|a, b| a.state.cmp(b.state).reverse().then(a.name.cmp(&b.name)));

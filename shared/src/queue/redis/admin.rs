@@ -79,6 +79,11 @@ pub struct RedisStatus {
     /// Tenants with jobs waiting in their backlogs for admission (jobs submitted over
     /// HTTP), with how many wait.
     pub backlogs: Vec<TenantBacklog>,
+    /// Workers that registered a heartbeat ([`Admin::heartbeat`]): name and the
+    /// server time (ms) after which it counts as gone unless it beats again.
+    pub heartbeats: Vec<(String, u64)>,
+    /// The server's clock when this was read (ms since the Unix epoch).
+    pub server_time_ms: u64,
 }
 
 /// Jobs waiting in one tenant's backlog.
@@ -260,7 +265,42 @@ impl Admin<'_> {
             dlq_retried: get("dlq_retried"),
             consumers: infos,
             backlogs: self.backlogs().await?,
+            heartbeats: self.heartbeats().await?,
+            server_time_ms: self.q.server_time_ms().await?,
         })
+    }
+
+    /// Records that worker `consumer` is alive, and counts as gone unless it beats
+    /// again within `stale_after` (by the server's clock). A worker beats every third of
+    /// that; `sluice status` lists only workers whose last beat has not run out.
+    pub async fn heartbeat(self, consumer: &str, stale_after: Duration) -> Result<(), AdminError> {
+        let now = self.q.server_time_ms().await?;
+        let key = &self.q.keys.workers;
+        redis::cmd("HSET")
+            .arg(key)
+            .arg(consumer)
+            .arg(now.saturating_add(millis(stale_after)))
+            .query_async::<()>(&mut self.q.connection())
+            .await
+            .map_err(on_key(key))?;
+        Ok(())
+    }
+
+    /// Registered workers and when each counts as gone (server ms).
+    async fn heartbeats(self) -> Result<Vec<(String, u64)>, AdminError> {
+        let key = &self.q.keys.workers;
+        let beats: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut self.q.connection())
+            .await
+            // A foreign value under the key hides heartbeats; status still reports.
+            .unwrap_or_default();
+        let mut beats: Vec<(String, u64)> = beats
+            .into_iter()
+            .map(|(name, until)| (name, until.parse().unwrap_or(0)))
+            .collect();
+        beats.sort();
+        Ok(beats)
     }
 
     /// Tenants with jobs in their backlogs and how many, largest first.
@@ -271,6 +311,9 @@ impl Admin<'_> {
             .query_async(&mut self.q.connection())
             .await
             .map_err(on_key(&set))?;
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for tenant in &tenants {
             pipe.cmd("XLEN").arg(self.q.keys.backlog(tenant));
@@ -325,10 +368,17 @@ impl Admin<'_> {
         }
     }
 
-    /// Removes worker `consumer` from the job stream's group if it holds no jobs (a
-    /// worker calls this when it exits cleanly, so `sluice status` stops listing it);
-    /// whether it was removed.
+    /// Removes worker `consumer`'s heartbeat, and its consumer from the job stream's
+    /// group if it holds no jobs (a worker calls this when it exits cleanly, so `sluice
+    /// status` stops listing it); whether the consumer was removed.
     pub async fn forget_consumer(self, consumer: &str) -> Result<bool, AdminError> {
+        let key = &self.q.keys.workers;
+        redis::cmd("HDEL")
+            .arg(key)
+            .arg(consumer)
+            .query_async::<()>(&mut self.q.connection())
+            .await
+            .map_err(on_key(key))?;
         let removed: i64 = SCRIPTS
             .consumer_forget
             .key(&self.q.keys.jobs)
@@ -356,11 +406,14 @@ impl Admin<'_> {
         for hash in &hashes {
             pipe.cmd("STRLEN").arg(format!("{prefix}module:{hash}"));
         }
-        let sizes: Vec<Result<Value, redis::RedisError>> = pipe
-            .ignore_errors()
-            .query_async(&mut self.q.connection())
-            .await
-            .map_err(unavailable)?;
+        let sizes: Vec<Result<Value, redis::RedisError>> = if hashes.is_empty() {
+            Vec::new()
+        } else {
+            pipe.ignore_errors()
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?
+        };
         for (hash, size) in hashes.into_iter().zip(sizes) {
             let bytes = size.as_ref().map_or(0, count_of);
             by_hash.insert(
@@ -377,11 +430,14 @@ impl Admin<'_> {
         for key in &aliases {
             pipe.cmd("GET").arg(key);
         }
-        let targets: Vec<Result<Option<String>, redis::RedisError>> = pipe
-            .ignore_errors()
-            .query_async(&mut self.q.connection())
-            .await
-            .map_err(unavailable)?;
+        let targets: Vec<Result<Option<String>, redis::RedisError>> = if aliases.is_empty() {
+            Vec::new()
+        } else {
+            pipe.ignore_errors()
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?
+        };
         for (key, target) in aliases.iter().zip(targets) {
             let (Some(name), Ok(Some(hash))) =
                 (key.strip_prefix(&format!("{prefix}alias:")), target)
