@@ -115,10 +115,26 @@ pub async fn settle(
     // From before the first look-up: a job finishing in between is in the notices.
     let mut cursor = queue.results().notices_from_now().await?;
     let mut open: BTreeSet<JobId> = BTreeSet::new();
-    for &id in ids {
-        if open.contains(&id) {
-            continue;
+    let unique: BTreeSet<JobId> = ids.iter().copied().collect();
+    // Many jobs: their results at once, one scan for where the rest are, and a search
+    // of its own only for a job that scan did not find (unknown, cancelled, or in a
+    // tenant's backlog).
+    let searched: Vec<JobId> = if wait.is_some() && unique.len() > 1 {
+        let ids: Vec<JobId> = unique.iter().copied().collect();
+        let mut rest: std::collections::HashSet<JobId> = unique.iter().copied().collect();
+        for result in queue.results().fetch(&ids).await? {
+            if rest.remove(&result.job_id) {
+                done(result.job_id, Settled::Finished(Box::new(result)))?;
+            }
         }
+        let found = queue.recovery().locate(&rest, None).await?;
+        let lost: BTreeSet<JobId> = found.vanished.into_iter().collect();
+        open.extend(rest.iter().filter(|id| !lost.contains(id)));
+        lost.into_iter().collect()
+    } else {
+        unique.into_iter().collect()
+    };
+    for id in searched {
         match look_up(queue, id).await? {
             Settled::Unfinished(state) if wait.is_some() && is_pending(&state) => {
                 open.insert(id);
