@@ -43,7 +43,8 @@ enum Command {
     Status(StatusArgs),
     /// A job's result (and its output with --output); --wait for it to finish.
     Result(ResultArgs),
-    /// Wait for jobs to finish; prints each one's report line as it does.
+    /// Wait for jobs to finish; prints each one's report line as it does, and exits with
+    /// the highest of their statuses.
     Wait(WaitArgs),
     /// Dead letters: list, retry, purge.
     #[command(subcommand)]

@@ -397,7 +397,8 @@ fn status_shows_tenant_backlogs_and_only_live_workers() {
     assert_eq!(after["live_workers"], 1, "{after}");
 
     // --watch into a pipe: one line per refresh.
-    let mut watch = spawn_piped(fleet.sluice(&["status", "--watch", "100ms"]));
+    let mut watch =
+        spawn_piped(fleet.sluice(&["status", "--watch", "100ms", "--stale-after", "2s"]));
     let mut stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
     let mut line = String::new();
     for _ in 0..2 {
