@@ -14,12 +14,15 @@ use super::reply::{bytes_of, count_of, flat_pairs, millis, parse_entries};
 use super::results::ResultsError;
 use super::scripts::SCRIPTS;
 use super::{GROUP, RedisQueue};
-use crate::job::{JobId, ModuleHash};
+use crate::job::JobId;
 use crate::queue::{QueueError, QueueStats};
 
 mod find;
+mod listing;
+mod workers;
 
 pub use find::JobState;
+pub use listing::{MAX_LISTED_MODULES, StoredModule};
 
 /// Dead letters looked at by one `dlq_retry.lua` call.
 const DLQ_PAGE: usize = 500;
@@ -95,20 +98,6 @@ pub struct TenantBacklog {
     pub waiting: u64,
 }
 
-/// A stored module and the names that point at it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredModule {
-    /// Its content address.
-    pub hash: String,
-    /// Its size in bytes.
-    pub bytes: u64,
-    /// The names pointing at it: an operator's (`NAME`) and tenants' (`TENANT/NAME`).
-    pub names: Vec<String>,
-}
-
-/// Most modules and aliases `module_list` reads (an operator's listing, not an export).
-pub const MAX_LISTED_MODULES: usize = 10_000;
-
 /// One consumer of the queue's group.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ConsumerInfo {
@@ -120,15 +109,14 @@ pub struct ConsumerInfo {
     pub idle_ms: u64,
 }
 
-/// Whether `id` is a stream entry id (`<ms>` or `<ms>-<seq>`), as dead letters have.
+/// Whether `id` is a stream entry id (`<ms>` or `<ms>-<seq>`, each a u64), as dead
+/// letters have.
 fn is_entry_id(id: &str) -> bool {
-    let mut parts = id.splitn(2, '-');
-    let digits = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let ms = parts.next();
-    let seq = parts.next();
-    digits(ms) && (seq.is_none() || digits(seq))
+    let number = |p: &str| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok();
+    match id.split_once('-') {
+        Some((ms, seq)) => number(ms) && number(seq),
+        None => number(id),
+    }
 }
 
 impl Admin<'_> {
@@ -270,39 +258,6 @@ impl Admin<'_> {
         })
     }
 
-    /// Records that worker `consumer` is alive, and counts as gone unless it beats
-    /// again within `stale_after` (by the server's clock). A worker beats every third of
-    /// that; `sluice status` lists only workers whose last beat has not run out.
-    pub async fn heartbeat(self, consumer: &str, stale_after: Duration) -> Result<(), AdminError> {
-        let now = self.q.server_time_ms().await?;
-        let key = &self.q.keys.workers;
-        redis::cmd("HSET")
-            .arg(key)
-            .arg(consumer)
-            .arg(now.saturating_add(millis(stale_after)))
-            .query_async::<()>(&mut self.q.connection())
-            .await
-            .map_err(on_key(key))?;
-        Ok(())
-    }
-
-    /// Registered workers and when each counts as gone (server ms).
-    async fn heartbeats(self) -> Result<Vec<(String, u64)>, AdminError> {
-        let key = &self.q.keys.workers;
-        let beats: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(key)
-            .query_async(&mut self.q.connection())
-            .await
-            // A foreign value under the key hides heartbeats; status still reports.
-            .unwrap_or_default();
-        let mut beats: Vec<(String, u64)> = beats
-            .into_iter()
-            .map(|(name, until)| (name, until.parse().unwrap_or(0)))
-            .collect();
-        beats.sort();
-        Ok(beats)
-    }
-
     /// Tenants with jobs in their backlogs and how many, largest first.
     pub async fn backlogs(self) -> Result<Vec<TenantBacklog>, AdminError> {
         let set = self.q.keys.backlogs();
@@ -364,123 +319,6 @@ impl Admin<'_> {
             match entries.last() {
                 Some((last, _)) if entries.len() >= DLQ_PAGE => start = format!("({last}"),
                 _ => return Ok(None),
-            }
-        }
-    }
-
-    /// Removes worker `consumer`'s heartbeat, and its consumer from the job stream's
-    /// group if it holds no jobs (a worker calls this when it exits cleanly, so `sluice
-    /// status` stops listing it); whether the consumer was removed.
-    pub async fn forget_consumer(self, consumer: &str) -> Result<bool, AdminError> {
-        let key = &self.q.keys.workers;
-        redis::cmd("HDEL")
-            .arg(key)
-            .arg(consumer)
-            .query_async::<()>(&mut self.q.connection())
-            .await
-            .map_err(on_key(key))?;
-        let removed: i64 = SCRIPTS
-            .consumer_forget
-            .key(&self.q.keys.jobs)
-            .arg(GROUP)
-            .arg(consumer)
-            .invoke_async(&mut self.q.connection())
-            .await
-            .map_err(unavailable)?;
-        Ok(removed == 1)
-    }
-
-    /// Every stored module (up to [`MAX_LISTED_MODULES`]) with the names pointing at it,
-    /// by hash; names whose module is gone are listed with size 0.
-    pub async fn modules(self) -> Result<Vec<StoredModule>, AdminError> {
-        let prefix = self.q.keys.prefix();
-        let mut by_hash: std::collections::BTreeMap<String, StoredModule> = Default::default();
-        let hashes = self.scan(&format!("{prefix}module:*")).await?;
-        let hashes: Vec<String> = hashes
-            .iter()
-            .filter_map(|key| key.strip_prefix(&format!("{prefix}module:")))
-            .filter(|rest| rest.parse::<ModuleHash>().is_ok())
-            .map(str::to_owned)
-            .collect();
-        let mut pipe = redis::pipe();
-        for hash in &hashes {
-            pipe.cmd("STRLEN").arg(format!("{prefix}module:{hash}"));
-        }
-        let sizes: Vec<Result<Value, redis::RedisError>> = if hashes.is_empty() {
-            Vec::new()
-        } else {
-            pipe.ignore_errors()
-                .query_async(&mut self.q.connection())
-                .await
-                .map_err(unavailable)?
-        };
-        for (hash, size) in hashes.into_iter().zip(sizes) {
-            let bytes = size.as_ref().map_or(0, count_of);
-            by_hash.insert(
-                hash.clone(),
-                StoredModule {
-                    hash,
-                    bytes,
-                    names: Vec::new(),
-                },
-            );
-        }
-        let aliases = self.scan(&format!("{prefix}alias:*")).await?;
-        let mut pipe = redis::pipe();
-        for key in &aliases {
-            pipe.cmd("GET").arg(key);
-        }
-        let targets: Vec<Result<Option<String>, redis::RedisError>> = if aliases.is_empty() {
-            Vec::new()
-        } else {
-            pipe.ignore_errors()
-                .query_async(&mut self.q.connection())
-                .await
-                .map_err(unavailable)?
-        };
-        for (key, target) in aliases.iter().zip(targets) {
-            let (Some(name), Ok(Some(hash))) =
-                (key.strip_prefix(&format!("{prefix}alias:")), target)
-            else {
-                continue;
-            };
-            by_hash
-                .entry(hash.clone())
-                .or_insert_with(|| StoredModule {
-                    hash,
-                    bytes: 0,
-                    names: Vec::new(),
-                })
-                .names
-                .push(name.to_owned());
-        }
-        let mut out: Vec<StoredModule> = by_hash.into_values().collect();
-        for module in &mut out {
-            module.names.sort();
-        }
-        Ok(out)
-    }
-
-    /// Keys matching `pattern` (`SCAN`), at most [`MAX_LISTED_MODULES`].
-    async fn scan(self, pattern: &str) -> Result<Vec<String>, AdminError> {
-        let (mut cursor, mut out) = (0u64, Vec::new());
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut self.q.connection())
-                .await
-                .map_err(unavailable)?;
-            out.extend(keys);
-            cursor = next;
-            if cursor == 0 || out.len() >= MAX_LISTED_MODULES {
-                out.sort();
-                out.dedup();
-                out.truncate(MAX_LISTED_MODULES);
-                return Ok(out);
             }
         }
     }
@@ -566,6 +404,30 @@ impl Admin<'_> {
             if cursor == 0 {
                 return Ok(seen);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_entry_id;
+
+    #[test]
+    fn entry_ids_are_told_from_anything_else() {
+        for good in ["1", "1-0", "1732800000000-18446744073709551615"] {
+            assert!(is_entry_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "a-1",
+            "1-2-3",
+            "99999999999999999999-0",
+            "+",
+        ] {
+            assert!(!is_entry_id(bad), "{bad}");
         }
     }
 }
