@@ -1,18 +1,21 @@
 //! `sluice`: the Sluice command line. Parses the command, starts tracing and calls the
 //! subcommand in [`sluice_scheduler::cli`]; any error it returns is printed and exits 2.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sluice_scheduler::bench;
+use sluice_scheduler::cli;
 use sluice_scheduler::cli::batch::BatchArgs;
 use sluice_scheduler::cli::dlq::DlqCommand;
 use sluice_scheduler::cli::module::ModuleCommand;
 use sluice_scheduler::cli::result::ResultArgs;
 use sluice_scheduler::cli::serve::ServeArgs;
+use sluice_scheduler::cli::status::StatusArgs;
 use sluice_scheduler::cli::submit::SubmitArgs;
 use sluice_scheduler::cli::tenant::TenantCommand;
-use sluice_scheduler::cli::{self, RedisArgs};
+use sluice_scheduler::cli::wait::WaitArgs;
 
 #[derive(Parser)]
 #[command(
@@ -36,10 +39,13 @@ enum Command {
     Module(ModuleCommand),
     /// Enqueue one job; prints its id.
     Submit(SubmitArgs),
-    /// Queue depths, counters and workers.
-    Status(RedisArgs),
-    /// A job's result (and its output with --output).
+    /// Queue depths, counters, tenant backlogs and live workers.
+    Status(StatusArgs),
+    /// A job's result (and its output with --output); --wait for it to finish.
     Result(ResultArgs),
+    /// Wait for jobs to finish; prints each one's report line as it does, and exits with
+    /// the highest of their statuses.
+    Wait(WaitArgs),
     /// Dead letters: list, retry, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -50,6 +56,12 @@ enum Command {
     Tenant(TenantCommand),
     /// The HTTP API (plus /metrics, /healthz, /readyz) until SIGTERM.
     Serve(ServeArgs),
+    /// Print a shell completion script (e.g. `sluice completions bash >
+    /// /etc/bash_completion.d/sluice`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
@@ -67,18 +79,23 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match command {
         Command::Batch(args) => cli::batch::run(args).await,
         Command::Module(command) => cli::module::run(command).await,
         Command::Submit(args) => cli::submit::run(args).await,
-        Command::Status(redis) => cli::status::run(redis).await,
+        Command::Status(args) => cli::status::run(args).await,
         Command::Result(args) => cli::result::run(args).await,
+        Command::Wait(args) => cli::wait::run(args).await,
         Command::Dlq(command) => cli::dlq::run(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Tenant(command) => cli::tenant::run(command).await,
         Command::Serve(args) => cli::serve::run(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|error| {
         eprintln!("sluice: {error:#}");

@@ -91,7 +91,7 @@ fn tenant_cli_creates_lists_and_changes_policies() {
     assert_eq!(policy.max_memory_bytes, 16 << 20);
     assert_eq!(policy.max_fuel, Some(1000));
     assert_eq!(policy.max_timeout_ms, 2000);
-    assert!(sluice(&["tenant", "list"]).contains("\"tenant\":\"beta\""));
+    assert!(sluice(&["tenant", "list", "--json"]).contains("\"tenant\":\"beta\""));
     assert_eq!(sluice(&["tenant", "revoke", "beta"]).trim(), "revoked 1");
     let again = bin("sluice")
         .args(["tenant", "create", "beta", "--redis", &url])

@@ -2,10 +2,13 @@
 //! parses the command line into these argument types and calls their `run`.
 //!
 //! - [`batch`]: `sluice batch`, embedded or through Redis, and its summary.
-//! - [`module`]: `sluice module put|rm`.
+//! - [`module`]: `sluice module put|ls|rm`.
 //! - [`submit`]: `sluice submit`, one job.
-//! - [`status`]: `sluice status`, queue depths and workers.
-//! - [`result`]: `sluice result`, a job's result and output.
+//! - [`status`]: `sluice status`, queue depths, tenant backlogs and live workers.
+//! - [`result`]: `sluice result`, a job's result and output (`--wait` for it).
+//! - [`wait`]: `sluice wait`, and the waiting on completion notices behind
+//!   `result --wait`; [`job_state`]: the messages and exit statuses of a job without a
+//!   result.
 //! - [`dlq`]: `sluice dlq list|retry|purge`.
 //! - [`tenant`]: `sluice tenant …`, tenants, tokens and policies directly on Redis.
 //! - [`serve`]: `sluice serve`, the HTTP API and the dispatcher.
@@ -18,6 +21,7 @@
 
 pub mod batch;
 pub mod dlq;
+pub mod job_state;
 pub mod module;
 pub mod redis;
 pub mod result;
@@ -25,5 +29,6 @@ pub mod serve;
 pub mod status;
 pub mod submit;
 pub mod tenant;
+pub mod wait;
 
 pub use redis::RedisArgs;

@@ -1,12 +1,14 @@
-//! `sluice module put|rm`: store and delete modules in Redis.
+//! `sluice module put|ls|rm`: store, list and delete modules in Redis.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Subcommand;
+use sluice_shared::queue::redis::MAX_LISTED_MODULES;
 
 use super::RedisArgs;
-use crate::distributed;
+use crate::modules;
 
 /// `sluice module` subcommands.
 #[derive(Subcommand, Debug)]
@@ -18,6 +20,18 @@ pub enum ModuleCommand {
         /// Also name it (jobs may then say --module NAME).
         #[arg(long)]
         name: Option<String>,
+        /// Re-point --name to this module when it already names another one.
+        #[arg(long, requires = "name")]
+        force: bool,
+        /// Where the queue is.
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// List stored modules (hash, size, names): a table, or JSON lines with --json.
+    Ls {
+        /// One JSON document per module, one per line.
+        #[arg(long)]
+        json: bool,
         /// Where the queue is.
         #[command(flatten)]
         redis: RedisArgs,
@@ -36,10 +50,53 @@ pub enum ModuleCommand {
 /// Runs a `sluice module` subcommand.
 pub async fn run(command: ModuleCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ModuleCommand::Put { file, name, redis } => {
+        ModuleCommand::Put {
+            file,
+            name,
+            force,
+            redis,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (wasm, hash) =
+                modules::prepare(&bytes).with_context(|| format!("module {}", file.display()))?;
             let queue = redis.connect().await?;
-            let (hash, _) = distributed::put_module(&queue, &file, name.as_deref()).await?;
-            println!("{hash}");
+            if let Some(name) = &name
+                && !force
+                && let Some(current) = queue.modules().resolve(name).await?
+                && current != hash
+            {
+                anyhow::bail!(
+                    "name {name} already names module {current}; --force re-points it to {hash}"
+                );
+            }
+            let meta = modules::metadata(&wasm);
+            let stored = queue
+                .modules()
+                .put_with_meta(&wasm, &meta, name.as_deref())
+                .await?;
+            println!("{stored}");
+        }
+        ModuleCommand::Ls { json, redis } => {
+            let listed = redis.connect().await?.admin().modules().await?;
+            if json {
+                for module in &listed {
+                    println!("{}", serde_json::to_string(module)?);
+                }
+            } else {
+                println!("{:<64} {:>10}  names", "hash", "bytes");
+                for module in &listed {
+                    println!(
+                        "{:<64} {:>10}  {}",
+                        module.hash,
+                        module.bytes,
+                        module.names.join(" ")
+                    );
+                }
+            }
+            if listed.len() >= MAX_LISTED_MODULES {
+                eprintln!("sluice: listing stopped at {MAX_LISTED_MODULES} modules");
+            }
         }
         ModuleCommand::Rm { name, redis } => {
             let queue = redis.connect().await?;

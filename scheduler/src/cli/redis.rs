@@ -10,7 +10,7 @@ use sluice_shared::queue::redis::{RedisConfig, RedisQueue, redacted_url};
 #[derive(Args, Clone)]
 pub struct RedisArgs {
     /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
-    #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
+    #[arg(long = "redis", env = "SLUICE_REDIS_URL", hide_env_values = true)]
     pub redis_url: String,
     /// Queue name.
     #[arg(long, env = "SLUICE_QUEUE", default_value = "default")]

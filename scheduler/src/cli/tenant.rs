@@ -181,8 +181,16 @@ pub enum TenantCommand {
         #[command(flatten)]
         redis: RedisArgs,
     },
-    /// List tenants and their policies (JSON lines).
-    List(RedisArgs),
+    /// List tenants and their main limits: a table, or JSON lines (with the whole
+    /// policy) with --json.
+    List {
+        /// One JSON document per tenant (`tenant`, `policy`), one per line.
+        #[arg(long)]
+        json: bool,
+        /// Where the queue is.
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
 }
 
 /// Runs a `sluice tenant` subcommand.
@@ -235,14 +243,38 @@ pub async fn run(command: TenantCommand) -> anyhow::Result<ExitCode> {
             }
             println!("{}", serde_json::to_string(&updated)?);
         }
-        TenantCommand::List(redis) => {
-            for (name, policy) in redis.connect().await?.tenants().all().await? {
-                println!(
-                    "{}",
-                    serde_json::json!({ "tenant": name, "policy": policy })
-                );
+        TenantCommand::List { json, redis } => {
+            let tenants = redis.connect().await?.tenants().all().await?;
+            if json {
+                for (name, policy) in tenants {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "tenant": name, "policy": policy })
+                    );
+                }
+            } else {
+                print_table(&tenants);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tenants and their main limits, one per line (`tenant policy NAME` shows the rest).
+fn print_table(tenants: &[(String, TenantPolicy)]) {
+    println!(
+        "{:<24} {:>10} {:>8} {:>14} {:>10} {:>8} {:>8}",
+        "tenant", "memory", "timeout", "fuel", "concurrent", "rate/s", "backlog"
+    );
+    for (name, p) in tenants {
+        let memory = format!("{}MiB", p.max_memory_bytes >> 20);
+        let timeout =
+            humantime::format_duration(std::time::Duration::from_millis(p.max_timeout_ms));
+        let fuel = p.max_fuel.map_or("unmetered".into(), |f| f.to_string());
+        let rate = p.rate_per_second.map_or("-".into(), |r| r.to_string());
+        println!(
+            "{name:<24} {memory:>10} {timeout:>8} {fuel:>14} {:>10} {rate:>8} {:>8}",
+            p.max_concurrent_jobs, p.max_backlog_jobs
+        );
+    }
 }

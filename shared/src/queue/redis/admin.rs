@@ -1,5 +1,7 @@
 //! Dead letters and status: what an operator reads and repairs (`sluice dlq`, `sluice
-//! status`, the service's readiness probe), and the server figures the benchmark reads.
+//! status`, `sluice module ls`, the service's readiness probe), where one job is
+//! (`sluice result`, `sluice wait`: [`find`]), and the server figures the benchmark
+//! reads.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,10 +10,19 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 
 use super::error::{StoreError, bad_reply, on_key, unavailable};
-use super::reply::{bytes_of, flat_pairs, millis, parse_entries};
+use super::reply::{bytes_of, count_of, flat_pairs, millis, parse_entries};
+use super::results::ResultsError;
 use super::scripts::SCRIPTS;
 use super::{GROUP, RedisQueue};
+use crate::job::JobId;
 use crate::queue::{QueueError, QueueStats};
+
+mod find;
+mod listing;
+mod workers;
+
+pub use find::JobState;
+pub use listing::{MAX_LISTED_MODULES, StoredModule};
 
 /// Dead letters looked at by one `dlq_retry.lua` call.
 const DLQ_PAGE: usize = 500;
@@ -29,6 +40,15 @@ pub enum AdminError {
     /// keys is corrupt (each reason given).
     #[error("dead letter not retried: {0}")]
     NotRetried(String),
+    /// No dead letter has this entry id (or is of this job).
+    #[error("no dead letter {0} (see `sluice dlq list`)")]
+    NoSuchDeadLetter(String),
+    /// What was given is neither a dead letter's entry id (`<ms>-<seq>`) nor a job id.
+    #[error("{0:?} is not a dead letter id (`<ms>-<seq>`, from `sluice dlq list`) nor a job id")]
+    BadDeadLetterId(String),
+    /// A job's record could not be read.
+    #[error(transparent)]
+    Results(#[from] ResultsError),
     /// Redis failed, a key is corrupt, or a reply was not understood.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -59,6 +79,23 @@ pub struct RedisStatus {
     pub dlq_retried: u64,
     /// Consumers of the group with their pending (leased) counts and idle times.
     pub consumers: Vec<ConsumerInfo>,
+    /// Tenants with jobs waiting in their backlogs for admission (jobs submitted over
+    /// HTTP), with how many wait.
+    pub backlogs: Vec<TenantBacklog>,
+    /// Workers that registered a heartbeat ([`Admin::heartbeat`]): name and the
+    /// server time (ms) after which it counts as gone unless it beats again.
+    pub heartbeats: Vec<(String, u64)>,
+    /// The server's clock when this was read (ms since the Unix epoch).
+    pub server_time_ms: u64,
+}
+
+/// Jobs waiting in one tenant's backlog.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantBacklog {
+    /// The tenant.
+    pub tenant: String,
+    /// Jobs waiting in its backlog.
+    pub waiting: u64,
 }
 
 /// One consumer of the queue's group.
@@ -72,11 +109,27 @@ pub struct ConsumerInfo {
     pub idle_ms: u64,
 }
 
+/// Whether `id` is a stream entry id (`<ms>` or `<ms>-<seq>`, each a u64), as dead
+/// letters have.
+fn is_entry_id(id: &str) -> bool {
+    let number = |p: &str| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok();
+    match id.split_once('-') {
+        Some((ms, seq)) => number(ms) && number(seq),
+        None => number(id),
+    }
+}
+
 impl Admin<'_> {
     /// Puts dead letters back on the queue: one (`Some(id)`) or all.
     /// Only failed jobs go back: a letter whose job has a stored success, or one of
     /// whose keys is corrupt, stays (logged; an error when it was the one asked for).
+    /// An id that is not an entry id, or names no dead letter, is an error saying so.
     pub async fn dlq_retry(self, id: Option<&str>) -> Result<u64, AdminError> {
+        if let Some(id) = id
+            && !is_entry_id(id)
+        {
+            return Err(AdminError::BadDeadLetterId(id.to_owned()));
+        }
         // All of them: page by page (`DLQ_PAGE` letters a script), up to the newest
         // letter at the start, so no one script blocks Redis over days of letters.
         let (mut start, stop) = match id {
@@ -134,8 +187,14 @@ impl Admin<'_> {
             }
             start = format!("({next}");
         }
-        if id.is_some() && moved == 0 && !problems.is_empty() {
-            return Err(AdminError::NotRetried(problems.join("; ")));
+        if let Some(id) = id
+            && moved == 0
+        {
+            return Err(if problems.is_empty() {
+                AdminError::NoSuchDeadLetter(id.to_owned())
+            } else {
+                AdminError::NotRetried(problems.join("; "))
+            });
         }
         for problem in &problems {
             tracing::warn!(%problem, "dead letter not retried");
@@ -193,7 +252,75 @@ impl Admin<'_> {
             stale: get("stale"),
             dlq_retried: get("dlq_retried"),
             consumers: infos,
+            backlogs: self.backlogs().await?,
+            heartbeats: self.heartbeats().await?,
+            server_time_ms: self.q.server_time_ms().await?,
         })
+    }
+
+    /// Tenants with jobs in their backlogs and how many, largest first.
+    pub async fn backlogs(self) -> Result<Vec<TenantBacklog>, AdminError> {
+        let set = self.q.keys.backlogs();
+        let tenants: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&set)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&set))?;
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for tenant in &tenants {
+            pipe.cmd("XLEN").arg(self.q.keys.backlog(tenant));
+        }
+        // A backlog key of another type counts 0 here: status reports, it does not judge.
+        let lens: Vec<Result<Value, redis::RedisError>> = pipe
+            .ignore_errors()
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        let mut out: Vec<TenantBacklog> = tenants
+            .into_iter()
+            .zip(lens)
+            .map(|(tenant, len)| TenantBacklog {
+                tenant,
+                waiting: len.as_ref().map_or(0, count_of),
+            })
+            .filter(|b| b.waiting > 0)
+            .collect();
+        out.sort_by(|a, b| b.waiting.cmp(&a.waiting).then(a.tenant.cmp(&b.tenant)));
+        Ok(out)
+    }
+
+    /// The entry id of job `job`'s dead letter (the oldest, should there be several).
+    pub async fn dead_letter_of(self, job: JobId) -> Result<Option<String>, AdminError> {
+        let key = &self.q.keys.dead;
+        let wanted = job.to_string();
+        let mut start = "-".to_owned();
+        loop {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(DLQ_PAGE)
+                .query_async(&mut self.q.connection())
+                .await
+                .map_err(on_key(key))?;
+            let entries = parse_entries(&reply)?;
+            for (id, fields) in &entries {
+                if fields
+                    .iter()
+                    .any(|(k, v)| k == b"job" && v == wanted.as_bytes())
+                {
+                    return Ok(Some(id.clone()));
+                }
+            }
+            match entries.last() {
+                Some((last, _)) if entries.len() >= DLQ_PAGE => start = format!("({last}"),
+                _ => return Ok(None),
+            }
+        }
     }
 
     /// The queue's depths, recreating the job stream and its consumer group first if
@@ -277,6 +404,30 @@ impl Admin<'_> {
             if cursor == 0 {
                 return Ok(seen);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_entry_id;
+
+    #[test]
+    fn entry_ids_are_told_from_anything_else() {
+        for good in ["1", "1-0", "1732800000000-18446744073709551615"] {
+            assert!(is_entry_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "a-1",
+            "1-2-3",
+            "99999999999999999999-0",
+            "+",
+        ] {
+            assert!(!is_entry_id(bad), "{bad}");
         }
     }
 }

@@ -32,7 +32,7 @@ pub struct Keys {
     pub done: String,
     /// The dead-letter stream.
     pub dead: String,
-    /// Reserved for worker registrations.
+    /// Worker heartbeats (hash: consumer name → server ms after which it is gone).
     pub workers: String,
 }
 

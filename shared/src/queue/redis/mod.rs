@@ -47,7 +47,10 @@ mod results;
 mod scripts;
 mod tenants;
 
-pub use admin::{Admin, AdminError, ConsumerInfo, RedisStatus};
+pub use admin::{
+    Admin, AdminError, ConsumerInfo, JobState, MAX_LISTED_MODULES, RedisStatus, StoredModule,
+    TenantBacklog,
+};
 pub use admission::{Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id};
 pub use artifacts::{
     ARTIFACT_TTL, ArtifactError, ArtifactId, Artifacts, MAX_ARTIFACT_BYTES, MAX_REFUSAL_BYTES,

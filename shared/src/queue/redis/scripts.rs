@@ -67,6 +67,10 @@ pub(crate) struct Scripts {
     pub locate_stream: Script,
     /// `locate_delayed.lua`: a page of job ids from the delayed set.
     pub locate_delayed: Script,
+    /// `find_job.lua`: a page of a search for one job, with where it is.
+    pub find_job: Script,
+    /// `consumer_forget.lua`: removes a consumer that holds nothing.
+    pub consumer_forget: Script,
 }
 
 /// A script with the key checks of `check.lua` in front (see that file).
@@ -108,4 +112,6 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     artifact_get: Script::new(include_str!("scripts/artifact_get.lua")),
     locate_stream: Script::new(include_str!("scripts/locate_stream.lua")),
     locate_delayed: Script::new(include_str!("scripts/locate_delayed.lua")),
+    find_job: Script::new(include_str!("scripts/find_job.lua")),
+    consumer_forget: Script::new(include_str!("scripts/consumer_forget.lua")),
 });
