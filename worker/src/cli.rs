@@ -6,15 +6,83 @@ use std::time::Duration;
 
 use clap::Args;
 use sluice_shared::parse::env_pair;
-use sluice_shared::units::{UnitError, millis_at_least_one, parse_duration, parse_size};
+use sluice_shared::units::{millis_at_least_one, parse_duration, parse_size};
 use sluice_shared::{EntryPoint, Limits};
 
-fn size(s: &str) -> Result<u64, UnitError> {
-    parse_size(s)
+use crate::config::SandboxConfig;
+
+/// `--memory`: a size above zero and at most the sandbox's ceiling (what a 32-bit guest
+/// can address), so a job that could never run is refused here, naming the flag,
+/// instead of ending as `memory_limit`.
+fn memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text).map_err(|e| e.to_string())?;
+    let ceiling = SandboxConfig::DEFAULT_MAX_GUEST_MEMORY_BYTES;
+    if bytes == 0 {
+        return Err("must be more than 0 (a guest needs memory to run)".into());
+    }
+    if bytes > ceiling {
+        return Err(format!(
+            "{bytes} bytes is over the ceiling of 4GiB ({ceiling} bytes), all a 32-bit guest \
+             can address"
+        ));
+    }
+    Ok(bytes)
 }
 
-fn duration(s: &str) -> Result<Duration, UnitError> {
-    parse_duration(s)
+/// `--max-output`: any size (0 allows no output at all).
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+/// `--timeout`: a duration above zero (a zero deadline has passed before the guest
+/// starts).
+fn timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be more than 0 (the job would time out before it starts)".into());
+    }
+    Ok(duration)
+}
+
+/// `--fuel`: at least one unit (no fuel would stop the guest before its first
+/// instruction).
+fn fuel(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (no fuel stops the guest at once)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e} (a whole number of fuel units)")),
+    }
+}
+
+/// `--env`: `KEY=VALUE`, or `KEY` alone to pass the variable's value from this
+/// process's environment (as `wasmtime run --env KEY` does); refused when it is unset.
+pub fn env_arg(text: &str) -> Result<(String, String), String> {
+    if text.contains('=') {
+        return env_pair(text).map_err(|e| e.to_string());
+    }
+    if text.is_empty() {
+        return Err("expected KEY=VALUE, or KEY to pass the variable on".into());
+    }
+    match std::env::var(text) {
+        Ok(value) => Ok((text.to_owned(), value)),
+        Err(std::env::VarError::NotPresent) => Err(format!(
+            "{text} is not set in this environment (give --env {text}=VALUE)"
+        )),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "the value of {text} in this environment is not UTF-8"
+        )),
+    }
+}
+
+/// Job slots (`--concurrency` of `sluice batch`): 1 to [`SandboxConfig::MAX_SLOTS`].
+pub fn slots(text: &str) -> Result<usize, String> {
+    let n: usize = text.trim().parse().map_err(|e| format!("{e}"))?;
+    let max = SandboxConfig::MAX_SLOTS as usize;
+    match n {
+        0 => Err("must be at least 1 (no job would ever run)".into()),
+        n if n > max => Err(format!("at most {max} (sandbox pool slots), got {n}")),
+        n => Ok(n),
+    }
 }
 
 /// The limits and guest environment of a job, as flags.
@@ -22,19 +90,20 @@ fn duration(s: &str) -> Result<Duration, UnitError> {
 pub struct GuestArgs {
     /// Instruction budget in fuel units; without it the job runs unmetered (faster),
     /// bounded by --timeout.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = fuel)]
     pub fuel: Option<u64>,
-    /// Most linear memory the guest may use.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
+    /// Most linear memory the guest may use (above 0, at most 4GiB).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = memory)]
     pub memory: u64,
-    /// Wall-clock deadline for the whole run.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    /// Wall-clock deadline for the whole run (above 0).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = timeout)]
     pub timeout: Duration,
     /// Most output bytes; more ends the job as output_limit.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
     pub max_output: u64,
     /// An environment variable for the guest (repeatable); the guest sees no others.
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = env_pair)]
+    /// `KEY` alone passes this process's value of KEY (refused when it is unset).
+    #[arg(long = "env", value_name = "KEY[=VALUE]", value_parser = env_arg)]
     pub env: Vec<(String, String)>,
     /// Grant a host directory to the guest as HOST::GUEST (repeatable; never `/`).
     #[arg(long = "dir", value_name = "HOST::GUEST")]
