@@ -317,7 +317,11 @@ pub async fn run_batch(options: BatchOptions) -> Result<BatchSummary, BatchError
         slots: u32::try_from(slots).unwrap_or(u32::MAX),
         ..options.sandbox.clone()
     })?);
-    let module = sandbox.load_module(&bytes);
+    // The guest's argv[0] is the module's file name, as under `wasmtime run`.
+    let module = match options.module.file_name() {
+        Some(name) => sandbox.load_named_module(&bytes, &name.to_string_lossy()),
+        None => sandbox.load_module(&bytes),
+    };
     let entry = match (&options.entry, &module) {
         (Some(entry), _) => entry.clone(),
         (None, Ok(module)) => module.default_entry(&sandbox),

@@ -59,9 +59,9 @@ impl From<ConnectError> for QueueError {
             ConnectError::Config(_) | ConnectError::Url(_) => {
                 QueueError::Protocol(error.to_string())
             }
-            ConnectError::Auth(_) | ConnectError::Unavailable(_) => {
-                QueueError::Unavailable(error.to_string())
-            }
+            ConnectError::Auth(_) => QueueError::Unavailable(error.to_string()),
+            // "queue backend unavailable: …" says the rest.
+            ConnectError::Unavailable(reason) => QueueError::Unavailable(reason),
         }
     }
 }
