@@ -5,53 +5,31 @@
 use std::time::Duration;
 
 use clap::Args;
-use sluice_shared::parse::env_pair;
-use sluice_shared::units::{millis_at_least_one, parse_duration, parse_size};
+use sluice_shared::parse::{self, env_pair};
+use sluice_shared::units::millis_at_least_one;
 use sluice_shared::{EntryPoint, Limits};
 
 use crate::config::SandboxConfig;
 
-/// `--memory`: a size above zero and at most the sandbox's ceiling (what a 32-bit guest
-/// can address), so a job that could never run is refused here, naming the flag,
-/// instead of ending as `memory_limit`.
+/// `--memory`: above zero and at most the sandbox's ceiling, so a job that could never
+/// run is refused here, naming the flag, instead of ending as `memory_limit`.
 fn memory(text: &str) -> Result<u64, String> {
-    let bytes = parse_size(text).map_err(|e| e.to_string())?;
-    let ceiling = SandboxConfig::DEFAULT_MAX_GUEST_MEMORY_BYTES;
-    if bytes == 0 {
-        return Err("must be more than 0 (a guest needs memory to run)".into());
-    }
-    if bytes > ceiling {
-        return Err(format!(
-            "{bytes} bytes is over the ceiling of 4GiB ({ceiling} bytes), all a 32-bit guest \
-             can address"
-        ));
-    }
-    Ok(bytes)
+    parse::memory_limit(text).map_err(|e| e.to_string())
 }
 
 /// `--max-output`: any size (0 allows no output at all).
-fn size(text: &str) -> Result<u64, String> {
-    parse_size(text).map_err(|e| e.to_string())
+fn max_output(text: &str) -> Result<u64, String> {
+    parse::max_output_limit(text).map_err(|e| e.to_string())
 }
 
-/// `--timeout`: a duration above zero (a zero deadline has passed before the guest
-/// starts).
+/// `--timeout`: a duration above zero.
 fn timeout(text: &str) -> Result<Duration, String> {
-    let duration = parse_duration(text).map_err(|e| e.to_string())?;
-    if duration.is_zero() {
-        return Err("must be more than 0 (the job would time out before it starts)".into());
-    }
-    Ok(duration)
+    parse::timeout_limit(text).map_err(|e| e.to_string())
 }
 
-/// `--fuel`: at least one unit (no fuel would stop the guest before its first
-/// instruction).
+/// `--fuel`: at least one unit.
 fn fuel(text: &str) -> Result<u64, String> {
-    match text.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1 (no fuel stops the guest at once)".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("{e} (a whole number of fuel units)")),
-    }
+    parse::fuel_limit(text).map_err(|e| e.to_string())
 }
 
 /// `--env`: `KEY=VALUE`, or `KEY` alone to pass the variable's value from this
@@ -99,7 +77,7 @@ pub struct GuestArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = timeout)]
     pub timeout: Duration,
     /// Most output bytes; more ends the job as output_limit.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = max_output)]
     pub max_output: u64,
     /// An environment variable for the guest (repeatable); the guest sees no others.
     /// `KEY` alone passes this process's value of KEY (refused when it is unset).

@@ -216,7 +216,7 @@ fn each_refused_flag_value_names_its_flag_and_exits_2() {
         (&["--memory", "lots"], &["'--memory", "invalid size"]),
         (&["--timeout", "0s"], &["'--timeout", "more than 0"]),
         (&["--timeout", "soon"], &["'--timeout", "invalid duration"]),
-        (&["--fuel", "0"], &["'--fuel", "at least 1"]),
+        (&["--fuel", "0"], &["'--fuel", "more than 0"]),
         (
             &["--max-output", "64 parsecs"],
             &["'--max-output", "unknown unit"],
