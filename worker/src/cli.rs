@@ -173,7 +173,54 @@ mod tests {
         assert_eq!(limits.max_output_bytes, 1024);
         assert_eq!(limits.fuel, Some(7));
         assert_eq!(cli.guest.env, vec![("A".into(), "b=c".into())]);
+        // No `=`: passed from this process, so refused when unset there.
         assert!(Cli::try_parse_from(["x", "--env", "novalue"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--env", "=novalue"]).is_err());
         assert!(Cli::try_parse_from(["x", "--memory", "lots"]).is_err());
+    }
+
+    #[test]
+    fn limits_no_job_could_run_under_are_refused_naming_the_flag() {
+        for (flag, value) in [
+            ("--memory", "0"),
+            ("--memory", "5GiB"),
+            ("--timeout", "0ms"),
+            ("--fuel", "0"),
+        ] {
+            let error = Cli::try_parse_from(["x", flag, value])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} accepted"))
+                .to_string();
+            assert!(error.contains(&format!("'{flag}")), "{error}");
+        }
+        // The ceiling itself is allowed, and a bare unit letter is binary.
+        let cli = Cli::parse_from(["x", "--memory", "4G", "--max-output", "64M"]);
+        assert_eq!(cli.guest.memory, 4 << 30);
+        assert_eq!(cli.guest.max_output, 64 << 20);
+    }
+
+    #[test]
+    fn env_key_alone_is_passed_from_this_process_or_refused_by_name() {
+        // Every process has a PATH under cargo test; a name nobody sets has no value.
+        if let Ok(path) = std::env::var("PATH") {
+            assert_eq!(env_arg("PATH"), Ok(("PATH".to_owned(), path)));
+        }
+        let error = env_arg("SLUICE_NEVER_SET_BY_ANYONE").unwrap_err();
+        assert!(
+            error.contains("SLUICE_NEVER_SET_BY_ANYONE is not set"),
+            "{error}"
+        );
+        assert_eq!(env_arg("A=b=c"), Ok(("A".to_owned(), "b=c".to_owned())));
+        assert!(env_arg("").is_err());
+        assert!(env_arg("=v").is_err());
+    }
+
+    #[test]
+    fn slots_are_1_to_the_pool_size() {
+        assert_eq!(slots("1"), Ok(1));
+        assert_eq!(slots("1024"), Ok(1024));
+        for bad in ["0", "1025", "-1", "many"] {
+            assert!(slots(bad).is_err(), "{bad}");
+        }
     }
 }
