@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_shared::{Job, JobInput, JobOutput, OutcomeKind};
-use sluice_tests::{Fleet, RedisServer, bin, guest, wait};
+use sluice_tests::{Fleet, RedisServer, ServeProcess, bin, guest, wait};
 
 /// `sluice-worker serve`: Redis refused the credentials.
 const REDIS_REFUSED: i32 = 77;
@@ -23,6 +23,8 @@ const WRONG: &str = "hunter2-wrong";
 /// Bounds a wait on a process that must exit by itself (a liveness bound, not a
 /// timing assertion: the worker is expected to exit at once).
 const EXIT_WITHIN: Duration = Duration::from_secs(120);
+/// The API's admin token in these tests.
+const ADMIN: &str = "admin-token-for-cli-errors";
 /// How long a fleet job may take.
 const FINISH_WITHIN: Duration = Duration::from_secs(120);
 
@@ -257,4 +259,39 @@ fn a_missing_file_is_named_and_its_cause_said_once() {
     assert_eq!(run.status.code(), Some(USAGE), "{all}");
     assert!(all.contains("/no/such/module.wasm"), "{all}");
     assert_eq!(all.matches("os error 2").count(), 1, "{all}");
+}
+
+#[test]
+fn the_api_reads_limits_by_the_same_rules_and_units_as_the_cli() {
+    let redis = RedisServer::start();
+    let api = ServeProcess::start(&redis.url(), "units", ADMIN);
+    let token = api.tenant("units", serde_json::json!({}));
+    let bytes = std::fs::read(guest("uppercase.wasm")).unwrap();
+    assert_eq!(api.upload(&token, &bytes, "upper").status, 201);
+    // A bare unit letter is binary, as on the command line.
+    let reply = api.call(
+        "POST",
+        "/v1/jobs?module=upper&memory=8M&max_output=1K",
+        Some(&token),
+        b"x",
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.json()["limits"]["memory_bytes"], 8 << 20);
+    assert_eq!(reply.json()["limits"]["max_output_bytes"], 1024);
+    // What the flags refuse, the API refuses, with the same words.
+    for (query, says) in [
+        ("memory=0", "memory: must be more than 0"),
+        ("memory=100GiB", "ceiling of 4GiB"),
+        ("timeout=0s", "timeout: must be more than 0"),
+        ("fuel=0", "fuel: must be more than 0"),
+    ] {
+        let reply = api.call(
+            "POST",
+            &format!("/v1/jobs?module=upper&{query}"),
+            Some(&token),
+            b"x",
+        );
+        assert_eq!(reply.status, 400, "{query}: {}", reply.text());
+        assert!(reply.text().contains(says), "{query}: {}", reply.text());
+    }
 }
