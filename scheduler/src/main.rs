@@ -98,7 +98,11 @@ async fn main() -> ExitCode {
         }
     };
     result.unwrap_or_else(|error| {
-        eprintln!("sluice: {error:#}");
+        // Each cause once: an error whose message holds its source's is not repeated.
+        eprintln!(
+            "sluice: {}",
+            sluice_shared::error_text::joined(error.chain())
+        );
         ExitCode::from(2)
     })
 }

@@ -287,7 +287,8 @@ pub struct Job {
     pub input: JobInput,
     /// How the module is driven.
     pub entry: EntryPoint,
-    /// `argv[1..]` of a WASI command (`argv[0]` is the module hash).
+    /// `argv[1..]` of a WASI command (`argv[0]` is the module's file name where the
+    /// worker loaded it from one, else its hash).
     pub args: Vec<String>,
     /// The guest's whole environment: nothing of the host's leaks in.
     pub env: Vec<(String, String)>,

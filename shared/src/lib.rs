@@ -37,6 +37,7 @@
 
 pub mod backoff;
 pub mod codec;
+pub mod error_text;
 pub mod job;
 pub mod metrics;
 pub mod module_meta;

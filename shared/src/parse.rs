@@ -5,7 +5,9 @@
 //! - an environment pair (`--env`, `?env=`): [`env_pair`];
 //! - a job limit from text (`--memory 8MiB`, `?timeout=2s`, a batch body's `limits`):
 //!   [`LimitField`] and [`set_limit`], the one place a duration becomes the limit's
-//!   milliseconds ([`units::millis_at_least_one`], checked, never truncated).
+//!   milliseconds ([`units::millis_at_least_one`], checked, never truncated), and where
+//!   a limit no job could run under is refused ([`memory_limit`], [`timeout_limit`],
+//!   [`fuel_limit`]: zero, or memory over [`MAX_MEMORY_BYTES`]).
 //!
 //! An outcome kind's name is read by [`OutcomeKind`](crate::OutcomeKind)'s `FromStr`,
 //! beside the type.
@@ -25,6 +27,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::job::{EntryPoint, Limits};
 use crate::units::{self, UnitError};
@@ -130,6 +133,10 @@ impl FromStr for LimitField {
     }
 }
 
+/// The most linear memory a job may ask for: 4 GiB, all a 32-bit guest can address
+/// (the sandbox's ceiling).
+pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+
 /// What is wrong with a limit's value.
 #[derive(Debug, thiserror::Error)]
 pub enum LimitValueError {
@@ -139,6 +146,59 @@ pub enum LimitValueError {
     /// A size or duration that does not parse.
     #[error(transparent)]
     Unit(#[from] UnitError),
+    /// Zero, under which no job could run.
+    #[error("must be more than 0 ({why})")]
+    Zero {
+        /// Why zero cannot work.
+        why: &'static str,
+    },
+    /// Memory over what any guest can be given.
+    #[error(
+        "{value} bytes is over the ceiling of 4GiB ({MAX_MEMORY_BYTES} bytes), all a 32-bit \
+         guest can address"
+    )]
+    OverCeiling {
+        /// The memory asked for, in bytes.
+        value: u64,
+    },
+}
+
+/// A memory limit: a size above 0 and at most [`MAX_MEMORY_BYTES`].
+pub fn memory_limit(text: &str) -> Result<u64, LimitValueError> {
+    match units::parse_size(text)? {
+        0 => Err(LimitValueError::Zero {
+            why: "a guest needs memory to run",
+        }),
+        value if value > MAX_MEMORY_BYTES => Err(LimitValueError::OverCeiling { value }),
+        value => Ok(value),
+    }
+}
+
+/// A timeout: a duration above 0 (a zero deadline has passed before the guest starts).
+pub fn timeout_limit(text: &str) -> Result<Duration, LimitValueError> {
+    let timeout = units::parse_duration(text)?;
+    if timeout.is_zero() {
+        return Err(LimitValueError::Zero {
+            why: "the job would time out before it starts",
+        });
+    }
+    Ok(timeout)
+}
+
+/// A fuel budget: a whole number above 0 (no fuel stops the guest at its first
+/// instruction).
+pub fn fuel_limit(text: &str) -> Result<u64, LimitValueError> {
+    match text.trim().parse()? {
+        0 => Err(LimitValueError::Zero {
+            why: "no fuel stops the guest at once",
+        }),
+        fuel => Ok(fuel),
+    }
+}
+
+/// An output cap: any size (0 allows no output at all).
+pub fn max_output_limit(text: &str) -> Result<u64, LimitValueError> {
+    Ok(units::parse_size(text)?)
 }
 
 /// A limit whose text does not parse: the field and what is wrong with its value.
@@ -156,22 +216,12 @@ pub struct LimitError {
 pub fn set_limit(limits: &mut Limits, field: LimitField, text: &str) -> Result<(), LimitError> {
     let error = |source: LimitValueError| LimitError { field, source };
     match field {
-        LimitField::Fuel => {
-            limits.fuel = Some(
-                text.parse()
-                    .map_err(|e| error(LimitValueError::Number(e)))?,
-            )
-        }
-        LimitField::Memory => {
-            limits.memory_bytes = units::parse_size(text).map_err(|e| error(e.into()))?
-        }
+        LimitField::Fuel => limits.fuel = Some(fuel_limit(text).map_err(error)?),
+        LimitField::Memory => limits.memory_bytes = memory_limit(text).map_err(error)?,
         LimitField::Timeout => {
-            let timeout = units::parse_duration(text).map_err(|e| error(e.into()))?;
-            limits.timeout_ms = units::millis_at_least_one(timeout);
+            limits.timeout_ms = units::millis_at_least_one(timeout_limit(text).map_err(error)?)
         }
-        LimitField::MaxOutput => {
-            limits.max_output_bytes = units::parse_size(text).map_err(|e| error(e.into()))?
-        }
+        LimitField::MaxOutput => limits.max_output_bytes = max_output_limit(text).map_err(error)?,
     }
     Ok(())
 }
@@ -260,6 +310,14 @@ mod tests {
                 "timeout: invalid duration \"soon\"",
             ),
             (LimitField::MaxOutput, "", "max_output: invalid size"),
+            (LimitField::Fuel, "0", "fuel: must be more than 0"),
+            (LimitField::Memory, "0", "memory: must be more than 0"),
+            (
+                LimitField::Memory,
+                "100GiB",
+                "memory: 107374182400 bytes is over the ceiling",
+            ),
+            (LimitField::Timeout, "0s", "timeout: must be more than 0"),
         ] {
             let e = set_limit(&mut limits, field, text).unwrap_err();
             assert_eq!(e.field, field);

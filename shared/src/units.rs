@@ -1,6 +1,11 @@
 //! Human units on the command line and in API requests: sizes like `64MiB` and
 //! durations like `2s`/`500ms`. Both come from tenants too (query strings, batch
 //! bodies), so the input is length-capped before parsing and never echoed whole.
+//!
+//! Sizes are powers of 1024 unless spelled as SI: `64K`, `64KiB` and `64k` are all
+//! 65,536 bytes, and likewise `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (as `docker -m 64m` and
+//! `java -Xmx64m` read them). Only the explicit SI spellings `KB`, `MB`, `GB`, `TB` are
+//! powers of 1000. `sluice`, `sluice-worker` and the HTTP API all read sizes here.
 
 use std::time::Duration;
 
@@ -37,8 +42,36 @@ fn too_long(input: &str) -> Option<String> {
     (input.len() > MAX_UNIT_TEXT).then(|| format!("longer than {MAX_UNIT_TEXT} bytes"))
 }
 
-/// Parses a byte size: a plain number of bytes or a number with a unit (`KiB`, `MiB`,
-/// `GiB`, `KB`, `MB`, …, case-insensitive).
+/// Size units: the text after the number (compared without case) and its multiplier.
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("", 1),
+    ("b", 1),
+    ("k", 1 << 10),
+    ("ki", 1 << 10),
+    ("kib", 1 << 10),
+    ("kb", 1_000),
+    ("m", 1 << 20),
+    ("mi", 1 << 20),
+    ("mib", 1 << 20),
+    ("mb", 1_000_000),
+    ("g", 1 << 30),
+    ("gi", 1 << 30),
+    ("gib", 1 << 30),
+    ("gb", 1_000_000_000),
+    ("t", 1 << 40),
+    ("ti", 1 << 40),
+    ("tib", 1 << 40),
+    ("tb", 1_000_000_000_000),
+];
+
+/// Most fraction digits a size may give (`1.5GiB`); more say nothing a byte count
+/// can hold.
+const MAX_FRACTION_DIGITS: usize = 9;
+
+/// Parses a byte size: a number of bytes, or a number (whole or with a fraction,
+/// `1.5GiB`) with a unit: `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` are powers of
+/// 1024, `KB`/`MB`/`GB`/`TB` powers of 1000 (case-insensitive; see the module doc). A
+/// fraction of a byte is rounded down.
 pub fn parse_size(input: &str) -> Result<u64, UnitError> {
     let error = |reason: String| UnitError::Size {
         input: shown(input),
@@ -47,11 +80,49 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
     if let Some(reason) = too_long(input) {
         return Err(error(reason));
     }
-    input
-        .trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|reason| error(reason.to_string()))
+    let text = input.trim();
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(number_end);
+    let unit = unit.trim_start().to_ascii_lowercase();
+    let multiplier = SIZE_UNITS
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .map(|(_, multiplier)| *multiplier)
+        .ok_or_else(|| {
+            error(format!(
+                "unknown unit {:?} (B, KiB, MiB, GiB, TiB or K, M, G, T; KB, MB, GB, TB are \
+                 powers of 1000)",
+                unit
+            ))
+        })?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return Err(error("expected a number".into()));
+    }
+    if fraction.contains('.') || fraction.len() > MAX_FRACTION_DIGITS {
+        return Err(error(format!(
+            "expected a number with at most {MAX_FRACTION_DIGITS} decimals"
+        )));
+    }
+    let too_large = || error("too large for a 64-bit byte count".into());
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    let fraction_value: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().map_err(|_| too_large())?
+    };
+    let scale = 10u128.pow(fraction.len() as u32);
+    let bytes = whole
+        .checked_mul(u128::from(multiplier))
+        .and_then(|b| b.checked_add(fraction_value * u128::from(multiplier) / scale))
+        .ok_or_else(too_large)?;
+    u64::try_from(bytes).map_err(|_| too_large())
 }
 
 /// Parses a duration such as `2s`, `500ms` or `1m 30s`.
@@ -88,6 +159,32 @@ mod tests {
         assert_eq!(parse_size("2KB").unwrap(), 2000);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("-1MiB").is_err());
+    }
+
+    #[test]
+    fn a_bare_unit_letter_is_binary_and_si_is_spelled_out() {
+        for text in ["64M", "64m", "64Mi", "64MiB", "64 MiB", " 64M "] {
+            assert_eq!(parse_size(text).unwrap(), 64 << 20, "{text}");
+        }
+        assert_eq!(parse_size("1K").unwrap(), 1024);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        assert_eq!(parse_size("64MB").unwrap(), 64_000_000);
+        assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
+        assert_eq!(parse_size("0.5").unwrap(), 0);
+        assert_eq!(parse_size("7B").unwrap(), 7);
+        for bad in [
+            "",
+            "M",
+            ".",
+            "1.2.3K",
+            "1e3",
+            "64 parsecs",
+            "99999999999999999999T",
+        ] {
+            let e = parse_size(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid size"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! ([`sluice_worker::run::run`], [`sluice_worker::fleet::serve`]) and maps how it ended
 //! to an exit status.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sluice_shared::queue::redis::ConnectError;
 use sluice_worker::compile::{CompileArgs, child};
 use sluice_worker::executor::ExecutorError;
 use sluice_worker::fleet::{self, FleetArgs, ServeError};
@@ -20,6 +22,10 @@ mod exit {
     /// A usage or configuration error: the message names the setting (clap's own
     /// usage errors exit 2 too).
     pub const USAGE: u8 = 2;
+    /// `serve`: Redis refused the credentials (a wrong password or user, none given,
+    /// or an ACL user without the queue's commands) at start (EX_NOPERM). Retrying
+    /// cannot help, so the worker does not.
+    pub const REDIS_REFUSED: u8 = 77;
     /// `serve`: more runs stuck past their deadline than `--max-stuck` tolerates; the
     /// worker stopped claiming, recorded or released its jobs and wants a restart
     /// (EX_TEMPFAIL).
@@ -89,6 +95,14 @@ fn serve_command(args: FleetArgs) -> ExitCode {
         Err(error @ ServeError::Executor(ExecutorError::TooManyStuck { .. })) => {
             failed(error, exit::STUCK)
         }
+        Err(
+            error @ ServeError::Redis {
+                source: ConnectError::Auth(_),
+                ..
+            },
+        ) => failed(error, exit::REDIS_REFUSED),
+        // An unusable URL or queue setting is the operator's to fix, as any setting.
+        Err(error @ ServeError::Redis { .. }) => failed(error, exit::USAGE),
         Err(error @ (ServeError::Sandbox(_) | ServeError::Cache(_))) => failed(error, exit::FAILED),
     }
 }
@@ -105,6 +119,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal only: logs sent to a file or a collector
+        // stay plain text (and NO_COLOR turns them off everywhere).
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     match cli.command {
         Command::Run(args) => run_command(args),

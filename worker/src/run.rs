@@ -24,8 +24,10 @@ pub struct RunArgs {
     /// RSS) as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
-    /// Arguments passed to the guest after its argv[0].
-    #[arg(last = true)]
+    /// Arguments passed to the guest after its argv[0] (the module's file name), as
+    /// `wasmtime run` passes them: `run m.wasm a b`; after `--` for ones that look like
+    /// flags (`run m.wasm -- -n 3`).
+    #[arg(value_name = "ARGS")]
     pub args: Vec<String>,
 }
 
@@ -149,7 +151,11 @@ pub fn run(args: RunArgs) -> Result<RunExit, RunError> {
     );
     let output = BufWriter::with_capacity(64 << 10, stdout);
 
-    let (mut job, result) = match sandbox.load_module(&bytes) {
+    let name = args.module.file_name().map_or_else(
+        || args.module.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let (mut job, result) = match sandbox.load_named_module(&bytes, &name) {
         Ok(module) => {
             let mut job = Job::new(module.hash(), JobInput::Stdin);
             job.entry = args

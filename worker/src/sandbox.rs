@@ -177,6 +177,9 @@ pub struct LoadedModule {
     prepared: [OnceLock<Prepared>; 2],
     /// Compiled code from elsewhere (`None`: compiled in process from `bytes`).
     source: Option<Box<dyn CompiledSource>>,
+    /// The guest's `argv[0]`: the module's file name where it was loaded from one
+    /// (`run`, embedded batches), else its hash.
+    name: Option<String>,
 }
 
 impl LoadedModule {
@@ -193,6 +196,11 @@ impl LoadedModule {
             Ok(pre) => EntryPoint::default_for(|name| pre.module().get_export(name).is_some()),
             Err(_) => EntryPoint::Command,
         }
+    }
+
+    /// What the guest sees as `argv[0]`: the name it was loaded under, else its hash.
+    pub fn program_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.hash.to_hex())
     }
 
     fn prepared<'a>(&'a self, sandbox: &Sandbox, metering: Metering) -> &'a Prepared {
@@ -312,10 +320,25 @@ impl Sandbox {
     /// Accepts a module (wasm bytes or WAT text): checks the size cap, compiles it,
     /// checks its imports and links it. Fails with the job outcome the module earns.
     pub fn load_module(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, Outcome> {
-        self.load_uncapped(bytes).map_err(Outcome::capped)
+        self.load_uncapped(bytes, None).map_err(Outcome::capped)
     }
 
-    fn load_uncapped(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, Outcome> {
+    /// As [`Self::load_module`], the guest's `argv[0]` being `name` (the module's file
+    /// name, as `wasmtime run` gives it) instead of the module's hash.
+    pub fn load_named_module(
+        &self,
+        bytes: &[u8],
+        name: &str,
+    ) -> Result<Arc<LoadedModule>, Outcome> {
+        self.load_uncapped(bytes, Some(name.to_owned()))
+            .map_err(Outcome::capped)
+    }
+
+    fn load_uncapped(
+        &self,
+        bytes: &[u8],
+        name: Option<String>,
+    ) -> Result<Arc<LoadedModule>, Outcome> {
         let size = bytes.len() as u64;
         if size > self.config.max_module_bytes {
             return Err(Outcome::ModuleTooLarge {
@@ -328,6 +351,7 @@ impl Sandbox {
             bytes: bytes.into(),
             prepared: [OnceLock::new(), OnceLock::new()],
             source: None,
+            name,
         };
         // Compile for the unmetered engine now so a bad module is refused at load.
         loaded.prepared(self, Metering::Off).clone()?;
@@ -400,6 +424,7 @@ impl Sandbox {
             bytes: wasm,
             prepared: [OnceLock::new(), OnceLock::new()],
             source: Some(source),
+            name: None,
         }))
     }
 
@@ -529,7 +554,7 @@ impl Sandbox {
         wasi.allow_blocking_current_thread(self.config.dir_grants.is_empty())
             .monotonic_clock(JobClock(started))
             .stderr(stderr.clone())
-            .arg(job.module.to_hex())
+            .arg(module.program_name())
             .args(&job.args)
             .envs(&job.env);
         match &job.entry {
@@ -615,9 +640,15 @@ impl Sandbox {
             Err(raw_abi::RunError::Wasm(error)) => classify(&error, limit_hit, job),
         };
         match outcome {
-            Outcome::Success if stdout.overflowed() => Outcome::OutputLimit {
-                limit: job.limits.max_output_bytes,
-            },
+            // A write past the cap failed: however the guest then ended (it may report
+            // the failed write with an exit status, or abort), the cap is why.
+            Outcome::Success | Outcome::NonZeroExit { .. } | Outcome::Trap { .. }
+                if stdout.overflowed() =>
+            {
+                Outcome::OutputLimit {
+                    limit: job.limits.max_output_bytes,
+                }
+            }
             Outcome::Success if stdin.timed_out() => Outcome::Timeout,
             Outcome::Success if stdin.error().is_some() => Outcome::InputUnavailable {
                 reason: stdin.error().unwrap_or_default(),

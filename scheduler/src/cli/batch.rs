@@ -90,8 +90,8 @@ pub struct RunArgs {
     /// An argument passed to the guest (repeatable).
     #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
     pub args: Vec<String>,
-    /// Jobs run at once, in-process (default: one per core).
-    #[arg(long)]
+    /// Jobs run at once, in-process, 1 to 1024 (default: one per core).
+    #[arg(long, value_parser = sluice_worker::cli::slots)]
     pub concurrency: Option<usize>,
     /// Attempts per job in-process, the first included; only timeouts and host errors
     /// are retried (the same default as `sluice-worker serve`; with --redis the

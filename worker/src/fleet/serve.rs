@@ -1,5 +1,6 @@
 //! `sluice-worker serve` as a library call: connect to Redis (with backoff, until it
-//! answers or the worker is told to stop), build the sandbox (compiling in a limited
+//! answers or the worker is told to stop; refused credentials or an unusable URL stop
+//! it at once), build the sandbox (compiling in a limited
 //! child process), start the `/metrics`
 //! endpoint, and run the executor over the queue until shutdown.
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use sluice_shared::RetryPolicy;
 use sluice_shared::backoff::Backoff;
-use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::queue::redis::{ConnectError, RedisConfig, RedisQueue, redacted_url};
 use tokio_util::sync::CancellationToken;
 
 use super::RedisEnv;
@@ -39,13 +40,24 @@ pub enum ServeError {
     /// The module cache could not be set up (its directory is unusable).
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// Redis refused the credentials, or the URL or queue settings are unusable:
+    /// retrying cannot help, so the worker stops at start instead of retrying forever.
+    #[error("cannot connect to {url}: {source}")]
+    Redis {
+        /// The Redis URL, its password redacted.
+        url: String,
+        /// Why.
+        source: ConnectError,
+    },
 }
 
 /// Runs jobs from the configured queue until `shutdown` is cancelled, then drains (see
 /// [`executor::run`]) and returns `Ok`. While Redis is away at start it keeps trying,
-/// and returns `Ok` if told to stop meanwhile.
+/// and returns `Ok` if told to stop meanwhile; refused credentials
+/// ([`ConnectError::Auth`]) or an unusable URL end it at once with
+/// [`ServeError::Redis`].
 pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let Some(queue) = connect(redis_config(&config), &shutdown).await else {
+    let Some(queue) = connect(redis_config(&config), &shutdown).await? else {
         return Ok(());
     };
     let metrics = WorkerMetrics::new();
@@ -87,9 +99,37 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         queue = %queue.config().queue,
         "worker ready"
     );
-    executor::run(queue, sandbox, env, executor, shutdown).await?;
+    let beat = heartbeat(queue.clone(), executor.consumer.clone(), config.lease);
+    let consumer = executor.consumer.clone();
+    let ran = executor::run(queue.clone(), sandbox, env, executor, shutdown).await;
+    beat.abort();
+    ran?;
+    // A clean exit: `sluice status` stops listing this worker (its consumer is removed
+    // only if it holds nothing; what it holds is taken over when the leases run out).
+    if let Err(error) = queue.admin().forget_consumer(&consumer).await {
+        tracing::warn!(%error, "could not remove this worker from the queue's workers");
+    }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Beats `consumer`'s heartbeat every third of `lease` (it counts as gone one `lease`
+/// after its last beat) until aborted; a failed beat is retried at the next one.
+fn heartbeat(
+    queue: Arc<RedisQueue>,
+    consumer: String,
+    lease: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(lease / 3);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(error) = queue.admin().heartbeat(&consumer, lease).await {
+                tracing::debug!(%error, "heartbeat failed");
+            }
+        }
+    })
 }
 
 /// The queue's connection settings: `--ttl` sets the result and blob TTLs, and the
@@ -148,18 +188,28 @@ fn default_consumer() -> String {
 }
 
 /// Connects to Redis, which may not be up yet (or be restarting): keeps trying until
-/// it answers, or returns `None` once `shutdown` is cancelled.
-async fn connect(config: RedisConfig, shutdown: &CancellationToken) -> Option<Arc<RedisQueue>> {
+/// it answers, or returns `None` once `shutdown` is cancelled. An error that trying
+/// again cannot mend (refused credentials, an unusable URL) is returned at once.
+async fn connect(
+    config: RedisConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<RedisQueue>>, ServeError> {
     let mut backoff = Backoff::new(CONNECT_RETRY_FIRST, CONNECT_RETRY_MAX);
     loop {
-        match RedisQueue::connect(config.clone()).await {
-            Ok(queue) => return Some(Arc::new(queue)),
+        match RedisQueue::connect_checked(config.clone()).await {
+            Ok(queue) => return Ok(Some(Arc::new(queue))),
+            Err(source) if !source.is_transient() => {
+                return Err(ServeError::Redis {
+                    url: redacted_url(&config.url),
+                    source,
+                });
+            }
             Err(error) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "cannot reach Redis");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return None,
+                    () = shutdown.cancelled() => return Ok(None),
                 }
             }
         }

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-/// How to reach Redis and how long things are kept.
-#[derive(Clone, Debug)]
+/// How to reach Redis and how long things are kept. Its `Debug` shows the URL
+/// redacted ([`redacted_url`]).
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
     pub url: String,
@@ -63,7 +64,7 @@ pub const MAX_QUEUE_NAME: usize = 64;
 pub const MAX_COMPLETION_BATCH: usize = 2000;
 
 /// A [`RedisConfig`] field that cannot be used, named as the config names it.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RedisConfigError {
     /// The queue name is empty.
     #[error("queue: the name is empty")]
@@ -160,21 +161,97 @@ impl RedisConfig {
 }
 
 /// `url` with its password replaced by `***`, for messages and logs:
-/// `redis://user:secret@host:6379` becomes `redis://user:***@host:6379`.
+/// `redis://user:secret@host:6379` becomes `redis://user:***@host:6379`, and a
+/// `pass=`/`password=` query parameter (unix-socket URLs) becomes `pass=***`. A password
+/// holding `/`, `?` or `#` (which a URL should percent-encode, but people type) is
+/// hidden too: the user info ends at the last `@`.
 pub fn redacted_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at]
-                .split_once(':')
-                .map_or(&rest[..at], |(user, _)| user);
-            let password = if rest[..at].contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{password}{}", &rest[at..])
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at..]),
+        None => (None, rest),
+    };
+    let shown_user = userinfo.map(|info| match info.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => info.to_owned(),
+    });
+    let after = match after.split_once('?') {
+        Some((before, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("pass")
+                            || key.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{before}?{}", query.join("&"))
         }
-        None => url.to_owned(),
+        None => after.to_owned(),
+    };
+    format!("{scheme}://{}{after}", shown_user.unwrap_or_default())
+}
+
+/// The secrets `url` holds (its password, a `pass=` query value), so that a message
+/// from the Redis client that might quote one can be scrubbed ([`scrubbed`]).
+fn secrets_of(url: &str) -> Vec<&str> {
+    let mut secrets = Vec::new();
+    let Some((_, rest)) = url.split_once("://") else {
+        return secrets;
+    };
+    if let Some(at) = rest.rfind('@')
+        && let Some((_, password)) = rest[..at].split_once(':')
+        && !password.is_empty()
+    {
+        secrets.push(password);
+    }
+    if let Some((_, query)) = rest.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((key, value)) = pair.split_once('=')
+                && (key.eq_ignore_ascii_case("pass") || key.eq_ignore_ascii_case("password"))
+                && !value.is_empty()
+            {
+                secrets.push(value);
+            }
+        }
+    }
+    secrets
+}
+
+/// `message` (an error from the Redis client about `url`) with every secret of `url`
+/// replaced by `***` and the URL itself, if quoted, redacted: what a message about a
+/// connection may show.
+pub fn scrubbed(message: &str, url: &str) -> String {
+    let mut out = message.replace(url, &redacted_url(url));
+    for secret in secrets_of(url) {
+        out = out.replace(secret, "***");
+    }
+    out
+}
+
+/// The URL's password never shows in debug output.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("queue", &self.queue)
+            .field("result_ttl", &self.result_ttl)
+            .field("notice_ttl", &self.notice_ttl)
+            .field("dead_ttl", &self.dead_ttl)
+            .field("blob_ttl", &self.blob_ttl)
+            .field("inline_limit", &self.inline_limit)
+            .field("chunk_bytes", &self.chunk_bytes)
+            .field("maintenance_interval", &self.maintenance_interval)
+            .field("completion_batch", &self.completion_batch)
+            .field("response_timeout", &self.response_timeout)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
+            .finish()
     }
 }
 
@@ -192,6 +269,29 @@ mod tests {
         assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
         assert_eq!(redacted_url("redis://u@host"), "redis://u@host");
         assert_eq!(redacted_url("not a url"), "not a url");
+        // A password with URL punctuation in it is still hidden whole.
+        assert_eq!(
+            redacted_url("redis://admin:pa/ss?w#d@host:1/2"),
+            "redis://admin:***@host:1/2"
+        );
+        assert_eq!(
+            redacted_url("redis+unix:///tmp/r.sock?db=1&pass=s3cret"),
+            "redis+unix:///tmp/r.sock?db=1&pass=***"
+        );
+    }
+
+    #[test]
+    fn messages_and_debug_output_never_hold_the_password() {
+        let url = "redis://admin:s3cret@host:6379/0";
+        let message = format!("cannot connect to {url}: AUTH s3cret refused");
+        let clean = scrubbed(&message, url);
+        assert!(!clean.contains("s3cret"), "{clean}");
+        assert!(clean.contains("redis://admin:***@host:6379/0"), "{clean}");
+        let unix = "unix:///tmp/r.sock?pass=hunter2";
+        assert_eq!(scrubbed("bad hunter2", unix), "bad ***");
+        let debug = format!("{:?}", RedisConfig::new(url));
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("admin:***@host"), "{debug}");
     }
 
     #[test]

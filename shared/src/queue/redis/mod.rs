@@ -36,6 +36,7 @@ mod artifacts;
 mod blobs;
 mod blocking;
 mod config;
+mod connect;
 mod error;
 pub mod keys;
 mod listing;
@@ -57,7 +58,8 @@ pub use artifacts::{
     MAX_REFUSAL_TTL, PRECOMPILE_STREAM_CAP, PrecompileRequest, StoredArtifact,
 };
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
-pub use config::{RedisConfig, RedisConfigError, redacted_url, validate_queue_name};
+pub use config::{RedisConfig, RedisConfigError, redacted_url, scrubbed, validate_queue_name};
+pub use connect::ConnectError;
 pub use error::StoreError;
 pub use keys::Keys;
 pub use listing::{BatchSummary, JobSummary, Listing, ListingError, MAX_PAGE, ModuleHold, Page};
@@ -90,11 +92,18 @@ pub struct RedisQueue {
 
 impl RedisQueue {
     /// Connects (reconnecting by itself later when Redis goes away) and makes sure the
-    /// job stream and its consumer group exist.
+    /// job stream and its consumer group exist. A caller that must tell refused
+    /// credentials from an unreachable server uses [`Self::connect_checked`].
     pub async fn connect(config: RedisConfig) -> Result<Self, QueueError> {
-        config
-            .validate()
-            .map_err(|e| QueueError::Protocol(format!("Redis configuration: {e}")))?;
+        Ok(Self::connect_checked(config).await?)
+    }
+
+    /// As [`Self::connect`], saying why it failed: an unusable configuration or URL,
+    /// refused credentials (never worth retrying) or an unreachable server (perhaps
+    /// worth it). No message holds the URL's password.
+    pub async fn connect_checked(config: RedisConfig) -> Result<Self, ConnectError> {
+        config.validate()?;
+        let failed = |e: RedisError| ConnectError::from_redis(&e, &config.url);
         // rustls needs one process-wide crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = match &config.tls_ca_pem {
@@ -107,7 +116,7 @@ impl RedisQueue {
             ),
             None => redis::Client::open(config.url.as_str()),
         }
-        .map_err(error::unavailable)?;
+        .map_err(failed)?;
         let manager = |timeout: Option<Duration>| {
             let mut cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -119,13 +128,13 @@ impl RedisQueue {
         let conn = client
             .get_connection_manager_with_config(manager(Some(config.response_timeout)))
             .await
-            .map_err(error::unavailable)?;
+            .map_err(failed)?;
         // No response timeout of its own (a reply takes as long as the block): each read
         // is bounded by its block plus this margin instead.
         let blocking =
             blocking::BlockingConnection::connect(client, manager(None), config.response_timeout)
                 .await
-                .map_err(error::unavailable)?;
+                .map_err(failed)?;
         let keys = Keys::new(&config.queue);
         let claims = queue::ClaimState::start(conn.clone(), keys.clone(), config.clone());
         let queue = RedisQueue {
@@ -135,7 +144,12 @@ impl RedisQueue {
             blocking,
             claims,
         };
-        queue.ensure_group().await?;
+        // The first command: where a server that wants a password, or an ACL user
+        // without the queue's commands, says so (NOAUTH, NOPERM).
+        queue
+            .create_group()
+            .await
+            .map_err(|e| ConnectError::from_redis(&e, &queue.config.url))?;
         Ok(queue)
     }
 
@@ -202,6 +216,11 @@ impl RedisQueue {
 
     /// Makes sure the job stream and its consumer group exist.
     async fn ensure_group(&self) -> Result<(), StoreError> {
+        self.create_group().await.map_err(error::unavailable)
+    }
+
+    /// Creates the job stream and its consumer group unless they exist.
+    async fn create_group(&self) -> Result<(), RedisError> {
         let created: Result<Value, RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.keys.jobs)
@@ -213,7 +232,7 @@ impl RedisQueue {
         match created {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(error::unavailable(e)),
+            Err(e) => Err(e),
         }
     }
 }

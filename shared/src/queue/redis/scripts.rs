@@ -71,6 +71,8 @@ pub(crate) struct Scripts {
     pub find_job: Script,
     /// `consumer_forget.lua`: removes a consumer that holds nothing.
     pub consumer_forget: Script,
+    /// `heartbeat.lua`: a worker's beat, and forgetting workers gone for long.
+    pub heartbeat: Script,
 }
 
 /// A script with the key checks of `check.lua` in front (see that file).
@@ -114,4 +116,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     locate_delayed: Script::new(include_str!("scripts/locate_delayed.lua")),
     find_job: Script::new(include_str!("scripts/find_job.lua")),
     consumer_forget: Script::new(include_str!("scripts/consumer_forget.lua")),
+    heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
 });

@@ -12,18 +12,24 @@ use super::super::reply::millis;
 use super::super::scripts::SCRIPTS;
 use super::{Admin, AdminError};
 
+/// How long a gone worker's heartbeat is kept (shown as gone) before a beat of another
+/// worker forgets it: workers that crash never remove their own, and the hash stays
+/// bounded by the workers seen in the last day.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 impl Admin<'_> {
     /// Records that worker `consumer` is alive, and counts as gone unless it beats
     /// again within `stale_after` (by the server's clock). A worker beats every third of
     /// that; `sluice status` lists only workers whose last beat has not run out.
     pub async fn heartbeat(self, consumer: &str, stale_after: Duration) -> Result<(), AdminError> {
-        let now = self.q.server_time_ms().await?;
         let key = &self.q.keys.workers;
-        redis::cmd("HSET")
-            .arg(key)
+        let _forgotten: i64 = SCRIPTS
+            .heartbeat
+            .key(key)
             .arg(consumer)
-            .arg(now.saturating_add(millis(stale_after)))
-            .query_async::<()>(&mut self.q.connection())
+            .arg(millis(stale_after))
+            .arg(millis(FORGET_AFTER))
+            .invoke_async(&mut self.q.connection())
             .await
             .map_err(on_key(key))?;
         Ok(())
