@@ -237,13 +237,14 @@ pub(super) async fn list_batches(
     let items = page
         .items
         .iter()
-        .map(|b| json!({ "id": b.id, "total": b.total, "done": b.done }))
+        .map(|b| json!({ "id": b.id, "total": b.total, "done": b.done, "cancelled": b.cancelled }))
         .collect();
     Ok(axum::Json(page_json(items, page.next)).into_response())
 }
 
-/// `GET /v1/batches/{id}[?limit=N&cursor=C]`: the batch's counts by outcome (always
-/// whole) and a page of its jobs in submission order.
+/// `GET /v1/batches/{id}[?limit=N&cursor=C]`: the batch's counts by outcome and of
+/// cancelled jobs (always whole; `done` counts both) and a page of its jobs in
+/// submission order.
 pub(super) async fn get_batch(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
@@ -272,14 +273,20 @@ pub(super) async fn get_batch(
     let jobs: Vec<Value> = page
         .items
         .iter()
-        .map(|(job, outcome)| json!({ "id": job.to_string(), "outcome": outcome }))
+        .map(|job| {
+            json!({
+                "id": job.id.to_string(),
+                "state": super::jobs::listed_state(job.outcome, job.cancelled),
+                "outcome": job.outcome,
+            })
+        })
         .collect();
-    let done = counts.done();
     let cursor = super::params::cursor_of(page.next);
     Ok(axum::Json(json!({
         "id": id,
         "total": counts.total,
-        "done": done,
+        "done": counts.done(),
+        "cancelled": counts.cancelled,
         "by_outcome": counts.by_outcome,
         "jobs": jobs,
         "next_cursor": cursor,
@@ -297,10 +304,11 @@ pub(super) async fn cancel_batch(
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError::not_found("batch"))?
         .to_string();
-    // Another tenant's batch is a 404, as an unknown one.
-    match api.queue.results().batch(&id).await? {
-        Some((owner, _)) if owner == tenant => {}
-        _ => return Err(ApiError::not_found("batch")),
+    // Another tenant's batch, or a command-line batch, is a 404 as an unknown one: the
+    // owner is checked from the batch hash alone, before its job list is read (once,
+    // by the cancel).
+    if !api.queue.listing().api_batch(&id, &tenant).await? {
+        return Err(ApiError::not_found("batch"));
     }
     let done = match api.queue.results().cancel_batch(&id).await {
         Ok(done) => done,

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice_shared::queue::redis::{Cancelled, Enqueued};
 use sluice_shared::{
-    BlobId, Job, JobId, JobInput, JobOutput, Queue, ReportLine, TenantId, TenantPolicy,
+    BlobId, Job, JobId, JobInput, JobOutput, OutcomeKind, Queue, ReportLine, TenantId, TenantPolicy,
 };
 
 use super::Api;
@@ -145,20 +145,25 @@ pub(super) async fn list_jobs(
         .items
         .iter()
         .map(|job| {
-            let state = match (job.outcome, job.cancelled) {
-                (Some(_), _) => "done",
-                (None, true) => "cancelled",
-                (None, false) => "pending",
-            };
             json!({
                 "id": job.id.to_string(),
-                "state": state,
+                "state": listed_state(job.outcome, job.cancelled),
                 "batch": job.batch,
                 "outcome": job.outcome.map(|o| o.as_str()),
             })
         })
         .collect();
     Ok(axum::Json(page_json(items, page.next)).into_response())
+}
+
+/// A listed job's state: `done` once it has an outcome, `cancelled`, or `pending`
+/// (queued, retrying or running).
+pub(super) fn listed_state(outcome: Option<OutcomeKind>, cancelled: bool) -> &'static str {
+    match (outcome, cancelled) {
+        (Some(_), _) => "done",
+        (None, true) => "cancelled",
+        (None, false) => "pending",
+    }
 }
 
 /// Input bytes reserved against the stored-bytes quota at a time while an upload
@@ -235,8 +240,9 @@ pub(super) async fn stream_input(
 }
 
 /// A job's state (`queued`, `retrying`, `running`, `cancelled`, `done`), attempts made
-/// (runs that ended, once known: a waiting job's from its envelope, a finished job's
-/// from its result; `null` while running), limits and result, as JSON.
+/// (runs that ended, once known: a waiting job's from its record, where each retry
+/// notes it, a finished job's from its result; `null` while running), limits and
+/// result, as JSON.
 pub(super) async fn job_status(
     api: &Api,
     id: JobId,
@@ -252,18 +258,14 @@ pub(super) async fn job_status(
         "running"
     } else {
         // Waiting: in its backlog or on the job stream (a new job, or one a retry
-        // put back), or in the delayed set until its retry is due.
-        // The count is a detail: a key it cannot read (Redis away, a corrupt delayed
-        // set) leaves it unknown rather than failing the job's status.
+        // put back), or in the delayed set until its retry is due. The attempts made
+        // are in its record (one read, whatever the delayed set holds); the count is a
+        // detail: a record field it cannot read leaves it unknown rather than failing
+        // the job's status.
         let made = api
             .queue
             .listing()
-            .attempts_made(
-                id,
-                &api.queue.keys().backlog(&record.tenant),
-                &record.stream,
-                &record.entry,
-            )
+            .attempts_made(id)
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(job = %id, error = %e, "reading a waiting job's attempts");

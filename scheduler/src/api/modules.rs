@@ -14,7 +14,7 @@ use sluice_shared::{EntryPoint, ModuleHash};
 use super::auth::Tenant;
 use super::error::{ApiError, ApiResult};
 use super::jobs::created;
-use super::params::{MAX_NAME, module_name, page_json, paging};
+use super::params::{MAX_NAME, module_name, page_json, paging, path_segment};
 use super::turns::{buffered_turn, read_body};
 use super::{Api, MAX_ENTRY_POINTS};
 use crate::{module_meta, modules};
@@ -138,7 +138,10 @@ pub(super) async fn put_module(
         "bytes": wasm.len(),
         "ttl_seconds": api.config.module_ttl.as_secs(),
     });
-    let location = format!("/v1/modules/{}", name.as_deref().unwrap_or(&hash.to_hex()));
+    let location = format!(
+        "/v1/modules/{}",
+        path_segment(name.as_deref().unwrap_or(&hash.to_hex()))
+    );
     Ok(created(&location, body))
 }
 

@@ -15,6 +15,21 @@ pub(super) struct JobParams {
     pub(super) env: Vec<(String, String)>,
 }
 
+/// `text` as one URL path segment: every byte but the unreserved ones (letters,
+/// digits, `-._~`) percent-encoded, so a name with `?`, `#`, `%`, a space or non-ASCII
+/// text names the same resource in a `Location` header (the router decodes it back).
+pub(super) fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
     let mut params = JobParams {
         module: String::new(),
@@ -181,6 +196,13 @@ mod tests {
         ] {
             assert!(paging(Some(&bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_path_segment_keeps_unreserved_bytes_and_encodes_the_rest() {
+        assert_eq!(path_segment("a-b_c.d~9"), "a-b_c.d~9");
+        assert_eq!(path_segment("a b?c#d%e"), "a%20b%3Fc%23d%25e");
+        assert_eq!(path_segment("é"), "%C3%A9");
     }
 
     #[test]

@@ -11,16 +11,19 @@
 //! resumes after a position the previous page returned: an id for jobs, batches,
 //! modules and tenants (so a page never repeats or skips an item that stays listed),
 //! an offset into a batch's job list. Newest jobs and batches come first.
+//!
+//! Only batches the HTTP service submitted are the API's: their hash carries
+//! [`ORIGIN_FIELD`] = [`API_ORIGIN`] (written by `enqueue_owned.lua`). A command-line
+//! batch's hash also names a tenant (its `--tenant`), but no HTTP tenant of that name
+//! may read or cancel it: it reads as missing.
 
 use std::collections::BTreeMap;
 
 use redis::Value;
 
+use super::RedisQueue;
 use super::error::{StoreError, bad_reply, on_key, unavailable};
 use super::keys::TENANT_POLICIES;
-use super::results::BatchCounts;
-use super::{ENVELOPE_FIELD, RedisQueue};
-use crate::codec;
 use crate::job::{JobId, ModuleHash};
 use crate::outcome::OutcomeKind;
 use crate::queue::QueueError;
@@ -33,16 +36,18 @@ pub const MAX_PAGE: usize = 1000;
 /// them; this bounds a policy that allows more).
 const MAX_MODULES_READ: usize = 100_000;
 
-/// The most tenants read for one listing page (an operator's set; names are sorted
-/// here, so the whole set is read).
-const MAX_TENANTS_READ: usize = 100_000;
+/// The batch hash field naming who submitted the batch.
+pub const ORIGIN_FIELD: &str = "origin";
 
-/// A stream entry as `XRANGE` answers it: its id and field/value pairs.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+/// [`ORIGIN_FIELD`]'s value in a batch the HTTP service submitted.
+pub const API_ORIGIN: &str = "api";
 
-/// The most `ZSCAN` steps (of about 1,000 members each) spent looking for a job in the
-/// delayed set.
-const MAX_DELAYED_SCANS: usize = 20;
+/// The batch hash counter of its jobs cancelled before they ran (`cancel_batch.lua`).
+const CANCELLED_COUNTER: &str = "n:cancelled";
+
+/// The job record field holding the attempts already made at a job waiting to run
+/// again (`retry.lua`).
+const ATTEMPTS_FIELD: &str = "attempts";
 
 /// Listing (from [`RedisQueue::listing`]).
 #[derive(Clone, Copy)]
@@ -104,8 +109,49 @@ pub struct BatchSummary {
     pub id: String,
     /// Jobs submitted in it.
     pub total: u64,
-    /// Jobs finished, each counted once.
+    /// Jobs that will not run again: finished (each counted once) or cancelled.
     pub done: u64,
+    /// Jobs cancelled before a worker claimed them.
+    pub cancelled: u64,
+}
+
+/// A batch's counters, whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchTotals {
+    /// Jobs submitted in it.
+    pub total: u64,
+    /// Finished jobs per outcome kind, each job counted once.
+    pub by_outcome: BTreeMap<String, u64>,
+    /// Jobs cancelled before a worker claimed them.
+    pub cancelled: u64,
+}
+
+impl BatchTotals {
+    /// Jobs that will not run again: finished or cancelled.
+    pub fn done(&self) -> u64 {
+        self.by_outcome.values().sum::<u64>() + self.cancelled
+    }
+
+    fn of(fields: &[(String, String)], listed: u64) -> Self {
+        BatchTotals {
+            total: field(fields, "total")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(listed),
+            by_outcome: outcome_counts(fields),
+            cancelled: counter(fields, CANCELLED_COUNTER),
+        }
+    }
+}
+
+/// A job of a batch as the batch's page shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedBatchJob {
+    /// The job.
+    pub id: JobId,
+    /// Whether it was cancelled.
+    pub cancelled: bool,
+    /// Its final outcome, once it has one.
+    pub outcome: Option<OutcomeKind>,
 }
 
 /// A module the tenant holds.
@@ -137,6 +183,19 @@ fn outcome_counts(fields: &[(String, String)]) -> BTreeMap<String, u64> {
         }
     }
     by_outcome
+}
+
+/// A counter field's value (absent, negative or not a number: 0).
+fn counter(fields: &[(String, String)], name: &str) -> u64 {
+    field(fields, name)
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or(0, |n| n.max(0) as u64)
+}
+
+/// Whether a batch hash's fields are those of a batch the HTTP service submitted for
+/// `tenant` (a command-line batch's, or another tenant's, are not).
+fn api_batch_of(fields: &[(String, String)], tenant: &str) -> bool {
+    field(fields, "tenant") == Some(tenant) && field(fields, ORIGIN_FIELD) == Some(API_ORIGIN)
 }
 
 fn field<'f>(fields: &'f [(String, String)], name: &str) -> Option<&'f str> {
@@ -267,29 +326,49 @@ impl Listing<'_> {
         let mut items = Vec::with_capacity(ids.len());
         for (id, hash) in ids.into_iter().zip(hashes) {
             let fields = pairs(hash);
-            if field(&fields, "tenant") != Some(tenant) {
+            if !api_batch_of(&fields, tenant) {
                 continue;
             }
-            let total = field(&fields, "total")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-            let done = outcome_counts(&fields).values().sum();
-            items.push(BatchSummary { id, total, done });
+            let totals = BatchTotals::of(&fields, 0);
+            items.push(BatchSummary {
+                id,
+                total: totals.total,
+                done: totals.done(),
+                cancelled: totals.cancelled,
+            });
         }
         Ok(Page { items, next })
     }
 
+    /// Whether batch `id` is one the HTTP service submitted for `tenant` (one read of
+    /// its hash; another tenant's batch, a command-line batch and an unknown one are
+    /// all `false`). Checked before anything reads the batch's job list.
+    pub async fn api_batch(self, id: &str, tenant: &str) -> Result<bool, ListingError> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Ok(false);
+        }
+        let key = self.q.keys.batch(id);
+        let (owner, origin): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("tenant")
+            .arg(ORIGIN_FIELD)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        Ok(owner.as_deref() == Some(tenant) && origin.as_deref() == Some(API_ORIGIN))
+    }
+
     /// Batch `id`'s counters (whole) and `limit` of its jobs from `offset` on, in
-    /// submission order (also in the counts' `jobs`), if it exists and belongs to
-    /// `tenant` (another tenant's batch reads as missing); the next page's offset when
-    /// more follow.
+    /// submission order, if it is one the HTTP service submitted for `tenant` (another
+    /// tenant's batch, or a command-line batch, reads as missing); the next page's
+    /// offset when more follow.
     pub async fn batch_with_page(
         self,
         id: &str,
         tenant: &str,
         offset: u64,
         limit: usize,
-    ) -> Result<Option<(BatchCounts, Page<(JobId, Option<OutcomeKind>)>)>, ListingError> {
+    ) -> Result<Option<(BatchTotals, Page<ListedBatchJob>)>, ListingError> {
         // Batch ids are UUIDs; anything else (`<id>:jobs`, say) names another key.
         if uuid::Uuid::parse_str(id).is_err() {
             return Ok(None);
@@ -301,7 +380,7 @@ impl Listing<'_> {
             .query_async(&mut self.q.connection())
             .await
             .map_err(on_key(&key))?;
-        if field(&fields, "tenant") != Some(tenant) {
+        if !api_batch_of(&fields, tenant) {
             return Ok(None);
         }
         let list = self.q.keys.batch_jobs(id);
@@ -320,32 +399,31 @@ impl Listing<'_> {
         if !ids.is_empty() {
             let mut pipe = redis::pipe();
             for job in &ids {
-                pipe.cmd("HGET")
+                pipe.cmd("HMGET")
                     .arg(self.q.keys.job_record(*job))
-                    .arg("outcome");
+                    .arg("outcome")
+                    .arg("state");
             }
-            let outcomes: Vec<Result<Option<String>, redis::RedisError>> = pipe
+            type Fields = (Option<String>, Option<String>);
+            let records: Vec<Result<Fields, redis::RedisError>> = pipe
                 .ignore_errors()
                 .query_async(&mut self.q.connection())
                 .await
                 .map_err(unavailable)?;
-            for (job, outcome) in ids.into_iter().zip(outcomes) {
+            for (id, record) in ids.into_iter().zip(records) {
                 // A corrupt record hides that job's outcome, not the batch's.
-                let kind = outcome.ok().flatten().as_deref().and_then(kind_named);
-                jobs.push((job, kind));
+                let (outcome, state) = record.unwrap_or_default();
+                jobs.push(ListedBatchJob {
+                    id,
+                    cancelled: state.as_deref() == Some("cancelled"),
+                    outcome: outcome.as_deref().and_then(kind_named),
+                });
             }
         }
         let end = offset.saturating_add(limit as u64);
         let next = (end < listed).then(|| end.to_string());
-        let counts = BatchCounts {
-            tenant: tenant.to_owned(),
-            total: field(&fields, "total")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(listed),
-            by_outcome: outcome_counts(&fields),
-            jobs: jobs.clone(),
-        };
-        Ok(Some((counts, Page { items: jobs, next })))
+        let totals = BatchTotals::of(&fields, listed);
+        Ok(Some((totals, Page { items: jobs, next })))
     }
 
     /// A page of the modules `tenant` holds (holds not yet expired), by hash, after
@@ -409,15 +487,15 @@ impl Listing<'_> {
         limit: usize,
     ) -> Result<Page<(String, TenantPolicy)>, ListingError> {
         let limit = capped(limit);
+        // Every name is read (the operator's set, one hash): a page is the smallest
+        // names after `after`, so none is skipped or repeated however many there are.
         let mut names: Vec<String> = redis::cmd("HKEYS")
             .arg(TENANT_POLICIES)
             .query_async(&mut self.q.connection())
             .await
             .map_err(on_key(TENANT_POLICIES))?;
-        names.truncate(MAX_TENANTS_READ);
         names.retain(|n| after.is_none_or(|a| n.as_str() > a));
-        names.sort();
-        let page = Self::first(names, limit, String::clone);
+        let page = Self::first(smallest(names, limit + 1), limit, String::clone);
         if page.items.is_empty() {
             return Ok(Page {
                 items: Vec::new(),
@@ -449,76 +527,21 @@ impl Listing<'_> {
         })
     }
 
-    /// Attempts already made at job `id` while it waits to run again: read from its
-    /// envelope, in its record's stream (`stream`, `entry`; the tenant's backlog
-    /// `backlog` or the job stream) or, while it waits out a retry delay, in the
-    /// delayed set (scanned in bounded steps). `None` when the envelope is in neither.
-    pub async fn attempts_made(
-        self,
-        id: JobId,
-        backlog: &str,
-        stream: &str,
-        entry: &str,
-    ) -> Result<Option<u32>, ListingError> {
-        // The record's stream is one of these two; nothing else is read.
-        if (stream == backlog || stream == self.q.keys.jobs) && !entry.is_empty() {
-            let found: Vec<StreamEntry> = redis::cmd("XRANGE")
-                .arg(stream)
-                .arg(entry)
-                .arg(entry)
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.q.connection())
-                .await
-                .map_err(on_key(stream))?;
-            let envelope = found.into_iter().next().and_then(|(_, fields)| {
-                fields
-                    .into_iter()
-                    .find(|(f, _)| f.as_bytes() == ENVELOPE_FIELD)
-                    .map(|(_, e)| e)
-            });
-            if let Some(envelope) = envelope {
-                return Ok(codec::decode(&envelope).ok().map(|job| job.attempt));
-            }
-        }
-        // The envelope's head is the format version, the id's length and its bytes
-        // (see `envelope_job_id`); glob metacharacters among them are escaped.
-        let mut pattern = vec![codec::FORMAT_VERSION, 16];
-        for byte in id.0.as_bytes() {
-            if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\') {
-                pattern.push(b'\\');
-            }
-            pattern.push(*byte);
-        }
-        pattern.push(b'*');
-        let key = &self.q.keys.delayed;
-        let mut cursor = 0u64;
-        for _ in 0..MAX_DELAYED_SCANS {
-            let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("ZSCAN")
-                .arg(key)
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut self.q.connection())
-                .await
-                .map_err(on_key(key))?;
-            // ZSCAN answers member, score pairs.
-            if let Some(job) = found
-                .iter()
-                .step_by(2)
-                .filter_map(|e| codec::decode(e).ok())
-                .find(|job| job.id == id)
-            {
-                return Ok(Some(job.attempt));
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        Ok(None)
+    /// Attempts already made at job `id` while it waits to run again, as `retry.lua`
+    /// noted them in its record: 0 for a job never retried (or whose record is gone),
+    /// `None` when the field is not a number.
+    pub async fn attempts_made(self, id: JobId) -> Result<Option<u32>, ListingError> {
+        let key = self.q.keys.job_record(id);
+        let attempts: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(ATTEMPTS_FIELD)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?;
+        Ok(match attempts {
+            None => Some(0),
+            Some(n) => n.parse().ok(),
+        })
     }
 
     /// The first `limit` of `sorted`, and the position after the last when more follow.
@@ -534,6 +557,16 @@ impl Listing<'_> {
             next,
         }
     }
+}
+
+/// The `n` smallest of `names`, sorted.
+fn smallest(mut names: Vec<String>, n: usize) -> Vec<String> {
+    if names.len() > n {
+        names.select_nth_unstable(n);
+        names.truncate(n);
+    }
+    names.sort_unstable();
+    names
 }
 
 #[cfg(test)]
@@ -562,5 +595,35 @@ mod tests {
         let counts = outcome_counts(&fields);
         assert_eq!(counts.get("success"), Some(&2));
         assert_eq!(counts.len(), 1);
+    }
+
+    #[test]
+    fn cancelled_jobs_count_as_done() {
+        let fields = vec![
+            ("tenant".to_owned(), "t".to_owned()),
+            ("total".to_owned(), "5".to_owned()),
+            ("n:success".to_owned(), "2".to_owned()),
+            ("n:cancelled".to_owned(), "3".to_owned()),
+        ];
+        let totals = BatchTotals::of(&fields, 0);
+        assert_eq!((totals.total, totals.cancelled, totals.done()), (5, 3, 5));
+        assert!(!totals.by_outcome.contains_key("cancelled"));
+    }
+
+    #[test]
+    fn only_the_api_s_own_batches_are_its() {
+        let mut fields = vec![("tenant".to_owned(), "local".to_owned())];
+        // A command-line batch names its --tenant but has no API origin.
+        assert!(!api_batch_of(&fields, "local"));
+        fields.push((ORIGIN_FIELD.to_owned(), API_ORIGIN.to_owned()));
+        assert!(api_batch_of(&fields, "local"));
+        assert!(!api_batch_of(&fields, "other"));
+    }
+
+    #[test]
+    fn the_smallest_names_are_picked_from_any_order() {
+        let names: Vec<String> = (0..50).rev().map(|i| format!("t{i:02}")).collect();
+        assert_eq!(smallest(names.clone(), 3), vec!["t00", "t01", "t02"]);
+        assert_eq!(smallest(names, 60).len(), 50);
     }
 }

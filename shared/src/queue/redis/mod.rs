@@ -62,7 +62,10 @@ pub use config::{RedisConfig, RedisConfigError, redacted_url, scrubbed, validate
 pub use connect::ConnectError;
 pub use error::StoreError;
 pub use keys::Keys;
-pub use listing::{BatchSummary, JobSummary, Listing, ListingError, MAX_PAGE, ModuleHold, Page};
+pub use listing::{
+    API_ORIGIN, BatchSummary, BatchTotals, JobSummary, ListedBatchJob, Listing, ListingError,
+    MAX_PAGE, ModuleHold, ORIGIN_FIELD, Page,
+};
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{

@@ -556,12 +556,18 @@ impl Queue for RedisQueue {
         // run again: `retry.lua` checks the result key (reply 2, a lost lease here,
         // as for `dead.lua`).
         let result_key = self.keys.result_key(job.id);
+        let record = self.keys.job_record(job.id);
         let keys = [
             self.keys.delayed.as_str(),
             self.keys.stats.as_str(),
             result_key.as_str(),
+            record.as_str(),
         ];
-        let args = vec![millis(delay).to_string().into_bytes(), codec::encode(job)];
+        let args = vec![
+            millis(delay).to_string().into_bytes(),
+            codec::encode(job),
+            job.attempt.to_string().into_bytes(),
+        ];
         self.as_holder(&SCRIPTS.retry, lease, &keys, args).await
     }
 

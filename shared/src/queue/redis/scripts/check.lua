@@ -52,14 +52,20 @@ local function batch_of(prefix, job, field)
   return key, foreign(key, 'hash') or not_counter(key, field)
 end
 
--- Counts a job's final outcome in its batch and notes it in its record. The batch hash
--- expires with the batch; a missing one is created with `ttl` so no key outlives it.
+-- Counts a job's final outcome in its batch and notes it in its record (`outcome`, which
+-- the tenant's job listing reads). The batch hash expires with the batch; a missing one
+-- is created with `ttl` so no key outlives it. A job without a batch has its outcome
+-- noted only when it has a record (a hash: one written by the HTTP service or a
+-- command-line batch); no record is created, so none outlives its TTL.
 local function count_outcome(prefix, job, batch, kind, delta, ttl)
-  if not batch then return end
-  if delta < 0 and redis.call('EXISTS', batch) == 0 then return end
-  redis.call('HINCRBY', batch, 'n:' .. kind, delta)
-  if redis.call('PTTL', batch) == -1 then redis.call('PEXPIRE', batch, ttl) end
   local record = prefix .. 'job:' .. job
+  if not batch then
+    if redis.call('TYPE', record)['ok'] ~= 'hash' then return end
+  else
+    if delta < 0 and redis.call('EXISTS', batch) == 0 then return end
+    redis.call('HINCRBY', batch, 'n:' .. kind, delta)
+    if redis.call('PTTL', batch) == -1 then redis.call('PEXPIRE', batch, ttl) end
+  end
   if delta > 0 then
     redis.call('HSET', record, 'outcome', kind)
   else

@@ -3,7 +3,9 @@
 --
 -- KEYS[1]      the tenant's backlog stream
 -- KEYS[2]      the set of tenants with a non-empty backlog
--- KEYS[3]      the batch hash (tenant, total, outcome counters `n:<kind>`)
+-- KEYS[3]      the batch hash (tenant, total, outcome counters `n:<kind>`, and
+--              origin = 'api': only such batches are the API's; a command-line
+--              batch's hash names its --tenant too, and must read as missing)
 -- KEYS[4]      the batch's job-id list (KEYS[3], KEYS[4] unused without a batch)
 -- KEYS[5]      the queue's `owned` flag: set once any job of the queue has a record,
 --              so complete.lua looks for records (one HGET per job) only on queues
@@ -59,7 +61,7 @@ if ARGV[5] ~= '' then
 end
 redis.call('SET', KEYS[5], '1')
 if batch ~= '' then
-  redis.call('HSET', KEYS[3], 'tenant', tenant, 'total', ARGV[4])
+  redis.call('HSET', KEYS[3], 'tenant', tenant, 'total', ARGV[4], 'origin', 'api')
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
 local ids = {}
