@@ -276,6 +276,68 @@ fn an_uploaded_module_is_precompiled_so_a_fresh_worker_does_not_compile_and_rm_d
     );
 }
 
+/// The precompile results `member` counted, by label.
+fn precompiles(member: &Member, result: &str) -> f64 {
+    member.metric(&format!(
+        "sluice_module_precompiles_total{{result=\"{result}\"}}"
+    ))
+}
+
+#[test]
+fn an_upload_to_three_workers_is_fetched_and_compiled_by_one_and_loaded_by_none() {
+    let fleet = Fleet::start("warmthree");
+    let scratch = tempfile::tempdir().unwrap();
+    let key = key_file(scratch.path());
+    let members: Vec<Member> = (0..3)
+        .map(|i| Member::start(&fleet, &format!("w{i}"), &key, &["--concurrency=1"]))
+        .collect();
+    let file = scratch.path().join("three.wat");
+    // Big enough that the three read the request while the first still compiles.
+    std::fs::write(&file, big_module(1500, "three")).unwrap();
+    let module = module_put(&fleet, &file);
+    let answered = |m: &Member| {
+        ["compiled", "present", "refused", "failed"]
+            .iter()
+            .map(|r| precompiles(m, r))
+            .sum::<f64>()
+    };
+    wait::poll(
+        "every worker answered the precompile request",
+        FINISH_WITHIN,
+        || members.iter().map(answered).sum::<f64>(),
+        |n| *n == 3.0,
+    );
+    assert_eq!(
+        fleet_compiles(&members),
+        1.0,
+        "compiled once across the fleet"
+    );
+    let compiled: f64 = members.iter().map(|m| precompiles(m, "compiled")).sum();
+    let present: f64 = members.iter().map(|m| precompiles(m, "present")).sum();
+    assert_eq!((compiled, present), (1.0, 2.0));
+    // Can fail: before, the two that lost the lock waited for the artifact, then each
+    // downloaded and loaded it (an L3 hit each). Now they read no artifact at all.
+    for member in members.iter().filter(|m| precompiles(m, "present") == 1.0) {
+        assert_eq!(
+            member.metric("sluice_module_cache_hits_total{tier=\"l3\"}"),
+            0.0,
+            "a worker that lost the lock loaded nothing"
+        );
+        assert_eq!(
+            member.metric("sluice_module_cache_misses_total{tier=\"l3\"}"),
+            0.0
+        );
+    }
+    assert_eq!(
+        keys(&fleet.queue, &fleet.rt, &format!("artifact:{module}:*")).len(),
+        1
+    );
+    assert!(
+        keys(&fleet.queue, &fleet.rt, &format!("compiling:{module}:*")).is_empty(),
+        "the winner released its lock"
+    );
+}
+
 #[test]
 fn a_lock_whose_holder_died_lets_a_waiter_compile_after_its_ttl() {
     let fleet = Fleet::start("deadholder");

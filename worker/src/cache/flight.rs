@@ -10,16 +10,25 @@
 //! neither (the holder died or failed for reasons not the module's: the lock is free
 //! again, and it takes it). Past the lock's lifetime without an answer it compiles
 //! without the lock: a wait is bounded whatever Redis holds.
+//!
+//! An upload's precompile (`fleet/precompile.rs`) never waits: the worker that takes
+//! the lock fetches, compiles and publishes ([`ArtifactCache::precompile_locked`]);
+//! the others skip the request, fetching and loading nothing.
+//!
+//! Only a module's own faults are recorded as a refusal (the compile child's
+//! invalid code, memory, CPU and artifact-size limits: the job's `invalid_module`);
+//! a compile that ran out of wall clock depends on the host's load, ends as a
+//! `host_error`, and releases the lock without recording anything.
 
 use std::time::{Duration, Instant};
 
-use sluice_shared::Outcome;
 use sluice_shared::backoff::Backoff;
 use sluice_shared::queue::redis::ArtifactId;
+use sluice_shared::{ModuleHash, Outcome};
 use wasmtime::Module;
 
 use super::key::ArtifactKey;
-use super::{ArtifactCache, Origin, Shared};
+use super::{ArtifactCache, Origin, Precompiled, Shared};
 use crate::metrics::Tier;
 use crate::sandbox::Metering;
 
@@ -29,6 +38,35 @@ const WAIT_FIRST: Duration = Duration::from_millis(50);
 const WAIT_MAX: Duration = Duration::from_millis(500);
 
 impl ArtifactCache {
+    /// How long a compile lock lives (the compile wall-clock limit plus
+    /// [`super::LOCK_MARGIN`]).
+    pub fn lock_ttl(&self) -> Duration {
+        self.lock_ttl
+    }
+
+    /// An upload's precompile by the worker that took the compile lock of module
+    /// `hash` for engine `metering` as `token`: compiles `wasm`, publishes the artifact
+    /// (L2, L3) or records the refusal, and releases the lock. Nothing waits, and
+    /// nothing is added to L1. Runs on a blocking thread.
+    pub fn precompile_locked(
+        &self,
+        hash: &ModuleHash,
+        wasm: &[u8],
+        metering: Metering,
+        token: &str,
+    ) -> Precompiled {
+        let key = self.key(*hash, metering);
+        let compiled = match &self.l3 {
+            Some(l3) => self.compile_locked(l3, &key, token, wasm, metering),
+            None => self.compile_unlocked(&key, wasm, metering),
+        };
+        match compiled {
+            Ok(_) => Precompiled::Compiled,
+            Err(Outcome::InvalidModule { reason }) => Precompiled::Refused(reason),
+            Err(other) => Precompiled::Failed(other.to_string()),
+        }
+    }
+
     /// The module compiled for `key` through L3 under the fleet's single flight (see
     /// the module doc). Runs on a blocking thread.
     pub(super) fn through_fleet(
