@@ -292,8 +292,9 @@ fn an_upload_to_three_workers_is_fetched_and_compiled_by_one_and_loaded_by_none(
         .map(|i| Member::start(&fleet, &format!("w{i}"), &key, &["--concurrency=1"]))
         .collect();
     let file = scratch.path().join("three.wat");
-    // Big enough that the three read the request while the first still compiles.
-    std::fs::write(&file, big_module(1500, "three")).unwrap();
+    // Big enough that the three read the request while the first still compiles (and
+    // under the CLI's 4 MiB cap for text).
+    std::fs::write(&file, big_module(800, "three")).unwrap();
     let module = module_put(&fleet, &file);
     let answered = |m: &Member| {
         ["compiled", "present", "refused", "failed"]
@@ -425,6 +426,24 @@ fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protoc
             put,
             sluice_shared::queue::redis::ModulePut::Stored { .. }
         ));
+        // Uploading the same bytes again stores nothing new: no second precompile
+        // request (checked below), so re-uploads cannot trim the capped stream.
+        let again = q
+            .modules()
+            .put_for_tenant(
+                "acme",
+                wasm.as_bytes(),
+                &meta,
+                None,
+                Duration::from_secs(60),
+                10,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            again,
+            sluice_shared::queue::redis::ModulePut::Stored { .. }
+        ));
         let id = ArtifactId {
             module,
             engine: [1; 32],
@@ -452,9 +471,15 @@ fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protoc
             engine: [2; 32],
         };
         let long = "x".repeat(MAX_REFUSAL_BYTES * 2);
-        assert!(artifacts.refuse(&other, &long, week).await.unwrap());
-        let reason = artifacts.refusal(&other).await.unwrap().unwrap();
-        assert_eq!(reason.len(), MAX_REFUSAL_BYTES);
+        assert!(
+            artifacts
+                .refuse(&other, &[3; 32], &long, week)
+                .await
+                .unwrap()
+        );
+        let refusal = artifacts.refusal(&other).await.unwrap().unwrap();
+        assert_eq!(refusal.reason.len(), MAX_REFUSAL_BYTES);
+        assert_eq!(refusal.tag, [3; 32], "stored with its tag");
         let refusal_ttl = pttl(q.keys().artifact_refusal(&module, &[2; 32])).await;
         assert!(0 < refusal_ttl && refusal_ttl as u128 <= MAX_REFUSAL_TTL.as_millis());
         assert!(artifacts.known(&other).await.unwrap());
@@ -505,7 +530,7 @@ fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protoc
         assert_eq!(
             requested,
             vec![tenants_upload.clone()],
-            "the tenant's upload"
+            "the tenant's upload, once for two uploads of the same bytes"
         );
         let meta_put = q
             .modules()
