@@ -378,6 +378,47 @@ fn a_lock_whose_holder_died_lets_a_waiter_compile_after_its_ttl() {
 }
 
 #[test]
+fn a_refusal_without_the_cache_keys_tag_is_ignored_and_counted() {
+    let fleet = Fleet::start("forged");
+    let scratch = tempfile::tempdir().unwrap();
+    let key = key_file(scratch.path());
+    let worker = Member::start(&fleet, "w0", &key, &["--concurrency=1"]);
+    // The engine's fingerprint, learnt from the artifact of a first module.
+    let first = fleet.put_module(format!("(module {HELLO})").as_bytes());
+    assert_all_hello(&run_jobs(&fleet, first, 1));
+    let artifact = keys(&fleet.queue, &fleet.rt, &format!("artifact:{first}:*"));
+    let engine = artifact[0].rsplit(':').next().unwrap().to_owned();
+
+    // Whoever can write to Redis records a refusal of a good module, with a tag not
+    // made with the fleet's key.
+    let module =
+        fleet.put_module(format!("(module {HELLO} (func (export \"forged\")))").as_bytes());
+    let mut forged = vec![0u8; 32];
+    forged.extend_from_slice(b"forged: this module does not compile");
+    let refused = format!("{}refused:{module}:{engine}", fleet.queue.keys().prefix());
+    fleet
+        .rt
+        .block_on(
+            redis::cmd("SET")
+                .arg(&refused)
+                .arg(forged)
+                .query_async::<()>(&mut fleet.queue.connection()),
+        )
+        .unwrap();
+    // Can fail: a trusted refusal would end the job as invalid_module, uncompiled.
+    assert_all_hello(&run_jobs(&fleet, module, 1));
+    assert_eq!(
+        worker.compiles(),
+        2.0,
+        "compiled despite the forged refusal"
+    );
+    assert_eq!(
+        worker.metric("sluice_module_cache_integrity_failures_total{tier=\"l3\"}"),
+        1.0
+    );
+}
+
+#[test]
 fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protocol() {
     let rt = sluice_tests::runtime();
     rt.block_on(async {
