@@ -276,6 +276,69 @@ fn an_uploaded_module_is_precompiled_so_a_fresh_worker_does_not_compile_and_rm_d
     );
 }
 
+/// The precompile results `member` counted, by label.
+fn precompiles(member: &Member, result: &str) -> f64 {
+    member.metric(&format!(
+        "sluice_module_precompiles_total{{result=\"{result}\"}}"
+    ))
+}
+
+#[test]
+fn an_upload_to_three_workers_is_fetched_and_compiled_by_one_and_loaded_by_none() {
+    let fleet = Fleet::start("warmthree");
+    let scratch = tempfile::tempdir().unwrap();
+    let key = key_file(scratch.path());
+    let members: Vec<Member> = (0..3)
+        .map(|i| Member::start(&fleet, &format!("w{i}"), &key, &["--concurrency=1"]))
+        .collect();
+    let file = scratch.path().join("three.wat");
+    // Big enough that the three read the request while the first still compiles (and
+    // under the CLI's 4 MiB cap for text).
+    std::fs::write(&file, big_module(800, "three")).unwrap();
+    let module = module_put(&fleet, &file);
+    let answered = |m: &Member| {
+        ["compiled", "present", "refused", "failed"]
+            .iter()
+            .map(|r| precompiles(m, r))
+            .sum::<f64>()
+    };
+    wait::poll(
+        "every worker answered the precompile request",
+        FINISH_WITHIN,
+        || members.iter().map(answered).sum::<f64>(),
+        |n| *n == 3.0,
+    );
+    assert_eq!(
+        fleet_compiles(&members),
+        1.0,
+        "compiled once across the fleet"
+    );
+    let compiled: f64 = members.iter().map(|m| precompiles(m, "compiled")).sum();
+    let present: f64 = members.iter().map(|m| precompiles(m, "present")).sum();
+    assert_eq!((compiled, present), (1.0, 2.0));
+    // Can fail: before, the two that lost the lock waited for the artifact, then each
+    // downloaded and loaded it (an L3 hit each). Now they read no artifact at all.
+    for member in members.iter().filter(|m| precompiles(m, "present") == 1.0) {
+        assert_eq!(
+            member.metric("sluice_module_cache_hits_total{tier=\"l3\"}"),
+            0.0,
+            "a worker that lost the lock loaded nothing"
+        );
+        assert_eq!(
+            member.metric("sluice_module_cache_misses_total{tier=\"l3\"}"),
+            0.0
+        );
+    }
+    assert_eq!(
+        keys(&fleet.queue, &fleet.rt, &format!("artifact:{module}:*")).len(),
+        1
+    );
+    assert!(
+        keys(&fleet.queue, &fleet.rt, &format!("compiling:{module}:*")).is_empty(),
+        "the winner released its lock"
+    );
+}
+
 #[test]
 fn a_lock_whose_holder_died_lets_a_waiter_compile_after_its_ttl() {
     let fleet = Fleet::start("deadholder");
@@ -312,6 +375,47 @@ fn a_lock_whose_holder_died_lets_a_waiter_compile_after_its_ttl() {
     assert_eq!(worker.compiles(), 2.0, "the waiter compiled it itself");
     let lock = fleet.rt.block_on(fleet.queue.artifacts().is_locked(&id));
     assert!(!lock.unwrap(), "its own lock released");
+}
+
+#[test]
+fn a_refusal_without_the_cache_keys_tag_is_ignored_and_counted() {
+    let fleet = Fleet::start("forged");
+    let scratch = tempfile::tempdir().unwrap();
+    let key = key_file(scratch.path());
+    let worker = Member::start(&fleet, "w0", &key, &["--concurrency=1"]);
+    // The engine's fingerprint, learnt from the artifact of a first module.
+    let first = fleet.put_module(format!("(module {HELLO})").as_bytes());
+    assert_all_hello(&run_jobs(&fleet, first, 1));
+    let artifact = keys(&fleet.queue, &fleet.rt, &format!("artifact:{first}:*"));
+    let engine = artifact[0].rsplit(':').next().unwrap().to_owned();
+
+    // Whoever can write to Redis records a refusal of a good module, with a tag not
+    // made with the fleet's key.
+    let module =
+        fleet.put_module(format!("(module {HELLO} (func (export \"forged\")))").as_bytes());
+    let mut forged = vec![0u8; 32];
+    forged.extend_from_slice(b"forged: this module does not compile");
+    let refused = format!("{}refused:{module}:{engine}", fleet.queue.keys().prefix());
+    fleet
+        .rt
+        .block_on(
+            redis::cmd("SET")
+                .arg(&refused)
+                .arg(forged)
+                .query_async::<()>(&mut fleet.queue.connection()),
+        )
+        .unwrap();
+    // Can fail: a trusted refusal would end the job as invalid_module, uncompiled.
+    assert_all_hello(&run_jobs(&fleet, module, 1));
+    assert_eq!(
+        worker.compiles(),
+        2.0,
+        "compiled despite the forged refusal"
+    );
+    assert_eq!(
+        worker.metric("sluice_module_cache_integrity_failures_total{tier=\"l3\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -363,6 +467,24 @@ fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protoc
             put,
             sluice_shared::queue::redis::ModulePut::Stored { .. }
         ));
+        // Uploading the same bytes again stores nothing new: no second precompile
+        // request (checked below), so re-uploads cannot trim the capped stream.
+        let again = q
+            .modules()
+            .put_for_tenant(
+                "acme",
+                wasm.as_bytes(),
+                &meta,
+                None,
+                Duration::from_secs(60),
+                10,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            again,
+            sluice_shared::queue::redis::ModulePut::Stored { .. }
+        ));
         let id = ArtifactId {
             module,
             engine: [1; 32],
@@ -390,9 +512,15 @@ fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protoc
             engine: [2; 32],
         };
         let long = "x".repeat(MAX_REFUSAL_BYTES * 2);
-        assert!(artifacts.refuse(&other, &long, week).await.unwrap());
-        let reason = artifacts.refusal(&other).await.unwrap().unwrap();
-        assert_eq!(reason.len(), MAX_REFUSAL_BYTES);
+        assert!(
+            artifacts
+                .refuse(&other, &[3; 32], &long, week)
+                .await
+                .unwrap()
+        );
+        let refusal = artifacts.refusal(&other).await.unwrap().unwrap();
+        assert_eq!(refusal.reason.len(), MAX_REFUSAL_BYTES);
+        assert_eq!(refusal.tag, [3; 32], "stored with its tag");
         let refusal_ttl = pttl(q.keys().artifact_refusal(&module, &[2; 32])).await;
         assert!(0 < refusal_ttl && refusal_ttl as u128 <= MAX_REFUSAL_TTL.as_millis());
         assert!(artifacts.known(&other).await.unwrap());
@@ -443,7 +571,7 @@ fn artifacts_never_outlive_their_module_and_locks_and_refusals_follow_the_protoc
         assert_eq!(
             requested,
             vec![tenants_upload.clone()],
-            "the tenant's upload"
+            "the tenant's upload, once for two uploads of the same bytes"
         );
         let meta_put = q
             .modules()

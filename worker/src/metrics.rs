@@ -256,8 +256,8 @@ pub struct CacheMetrics {
 pub enum PrecompileResult {
     /// Compiled by this worker and published.
     Compiled,
-    /// Already compiled (or refused) by the fleet, or compiled by another worker
-    /// while this one waited: nothing compiled here.
+    /// Already compiled (or refused) by the fleet, or another worker holds its
+    /// compile lock: nothing fetched, compiled or loaded here.
     Present,
     /// The module does not compile (invalid, or a compile limit).
     Refused,

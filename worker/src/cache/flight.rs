@@ -10,16 +10,31 @@
 //! neither (the holder died or failed for reasons not the module's: the lock is free
 //! again, and it takes it). Past the lock's lifetime without an answer it compiles
 //! without the lock: a wait is bounded whatever Redis holds.
+//!
+//! An upload's precompile (`fleet/precompile.rs`) never waits: the worker that takes
+//! the lock fetches, compiles and publishes ([`ArtifactCache::precompile_locked`]);
+//! the others skip the request, fetching and loading nothing.
+//!
+//! Only a module's own faults are recorded as a refusal (the compile child's
+//! invalid code, memory, CPU and artifact-size limits: the job's `invalid_module`);
+//! a compile that ran out of wall clock depends on the host's load, ends as a
+//! `host_error`, and releases the lock without recording anything.
+//!
+//! A refusal carries an HMAC tag made with the cache key, as artifacts do (over a
+//! message of its own, so a refusal's tag never passes as an artifact's): one whose
+//! tag does not match is counted as an integrity failure and ignored, so whoever can
+//! write to Redis cannot make the fleet refuse a module.
 
 use std::time::{Duration, Instant};
 
-use sluice_shared::Outcome;
 use sluice_shared::backoff::Backoff;
-use sluice_shared::queue::redis::ArtifactId;
+use sluice_shared::queue::redis::{ArtifactId, Artifacts};
+use sluice_shared::{ModuleHash, Outcome};
 use wasmtime::Module;
 
 use super::key::ArtifactKey;
-use super::{ArtifactCache, Origin, Shared};
+use super::mac::{Artifact, Tag};
+use super::{ArtifactCache, Origin, Precompiled, Shared};
 use crate::metrics::Tier;
 use crate::sandbox::Metering;
 
@@ -27,8 +42,46 @@ use crate::sandbox::Metering;
 const WAIT_FIRST: Duration = Duration::from_millis(50);
 /// Longest wait between looks at a lock held by another worker.
 const WAIT_MAX: Duration = Duration::from_millis(500);
+/// What a refusal's tag is made over, before the reason: no artifact (an ELF file)
+/// starts with it, so a refusal's tag never verifies an artifact.
+const REFUSAL_DOMAIN: &[u8] = b"sluice compile refusal\0";
+
+/// The message a refusal's tag is made over: [`REFUSAL_DOMAIN`], then the reason as
+/// stored.
+fn refusal_message(reason: &str) -> Vec<u8> {
+    [REFUSAL_DOMAIN, reason.as_bytes()].concat()
+}
 
 impl ArtifactCache {
+    /// How long a compile lock lives (the compile wall-clock limit plus
+    /// [`super::LOCK_MARGIN`]).
+    pub fn lock_ttl(&self) -> Duration {
+        self.lock_ttl
+    }
+
+    /// An upload's precompile by the worker that took the compile lock of module
+    /// `hash` for engine `metering` as `token`: compiles `wasm`, publishes the artifact
+    /// (L2, L3) or records the refusal, and releases the lock. Nothing waits, and
+    /// nothing is added to L1. Runs on a blocking thread.
+    pub fn precompile_locked(
+        &self,
+        hash: &ModuleHash,
+        wasm: &[u8],
+        metering: Metering,
+        token: &str,
+    ) -> Precompiled {
+        let key = self.key(*hash, metering);
+        let compiled = match &self.l3 {
+            Some(l3) => self.compile_locked(l3, &key, token, wasm, metering),
+            None => self.compile_unlocked(&key, wasm, metering),
+        };
+        match compiled {
+            Ok(_) => Precompiled::Compiled,
+            Err(Outcome::InvalidModule { reason }) => Precompiled::Refused(reason),
+            Err(other) => Precompiled::Failed(other.to_string()),
+        }
+    }
+
     /// The module compiled for `key` through L3 under the fleet's single flight (see
     /// the module doc). Runs on a blocking thread.
     pub(super) fn through_fleet(
@@ -46,7 +99,7 @@ impl ArtifactCache {
             if let Some(module) = self.load_from_redis(l3, key, engine) {
                 return Ok((module, Origin::Cached));
             }
-            if let Some(reason) = self.refusal(l3, &id) {
+            if let Some(reason) = self.refusal(l3, key) {
                 self.metrics.miss(Tier::L3);
                 tracing::info!(artifact = %key, %reason, "module refused by another worker's compile");
                 return Err(Outcome::InvalidModule { reason }.capped());
@@ -84,9 +137,11 @@ impl ArtifactCache {
         let id = key.id();
         let compiled = self.compile_unlocked(key, wasm, metering);
         if let Err(Outcome::InvalidModule { reason }) = &compiled {
+            let stored = Artifacts::refusal_reason(reason);
+            let tag = self.mac.sign(key, &refusal_message(stored));
             let refuse = l3
                 .handle
-                .block_on(l3.queue.artifacts().refuse(&id, reason, self.ttl));
+                .block_on(l3.queue.artifacts().refuse(&id, &tag.0, stored, self.ttl));
             if let Err(error) = refuse {
                 tracing::warn!(artifact = %key, %error, "could not record the refusal in Redis");
             }
@@ -110,13 +165,27 @@ impl ArtifactCache {
             .map(|module| (module, Origin::Compiled))
     }
 
-    /// The refusal the fleet recorded for `id`, if any (a Redis failure reads as none:
-    /// the worker then compiles, as it would without the fleet).
-    fn refusal(&self, l3: &Shared, id: &ArtifactId) -> Option<String> {
-        match l3.handle.block_on(l3.queue.artifacts().refusal(id)) {
-            Ok(reason) => reason,
+    /// The refusal the fleet recorded for `key`, if any and its tag matches (a Redis
+    /// failure, or a tag that does not match, reads as none: the worker then compiles,
+    /// as it would without the fleet).
+    fn refusal(&self, l3: &Shared, key: &ArtifactKey) -> Option<String> {
+        let stored = match l3.handle.block_on(l3.queue.artifacts().refusal(&key.id())) {
+            Ok(stored) => stored?,
             Err(error) => {
-                tracing::warn!(module = %id.module, %error, "could not read a compile refusal");
+                tracing::warn!(artifact = %key, %error, "could not read a compile refusal");
+                return None;
+            }
+        };
+        let message = refusal_message(&stored.reason);
+        match self
+            .mac
+            .verify(key, Artifact::Bytes(&message), &Tag(stored.tag))
+        {
+            Ok(_) => Some(stored.reason),
+            Err(error) => {
+                tracing::warn!(artifact = %key, tier = "l3", %error,
+                    "compile refusal in Redis failed its integrity check; ignoring it");
+                self.metrics.integrity_failure(Tier::L3);
                 None
             }
         }

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-/// The limits a `sluice-worker compile` child runs under. A module that breaks one
-/// ends as `invalid_module` with a reason naming the limit.
+/// The limits a `sluice-worker compile` child runs under. A module that breaks the
+/// memory, CPU or artifact-size limit ends as `invalid_module` with a reason naming
+/// the limit; one that runs out of wall clock (which depends on the host's load) as a
+/// retryable `host_error` naming it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompileLimits {
     /// The child's address-space limit (`RLIMIT_AS`), in bytes: the compiler's heap,
@@ -27,8 +29,9 @@ impl CompileLimits {
     /// Default wall clock: 60 s (below the CPU limit: parallel compilation spends CPU
     /// on several cores at once).
     pub const DEFAULT_WALL_CLOCK: Duration = Duration::from_secs(60);
-    /// Default artifact cap: 512 MiB, well above what a 32 MiB module compiles to.
-    pub const DEFAULT_ARTIFACT_BYTES: u64 = 512 << 20;
+    /// Default artifact cap: 256 MiB, well above what a 32 MiB module compiles to, and
+    /// the largest artifact the fleet's cache stores ([`MAX_ARTIFACT_BYTES`](Self::MAX_ARTIFACT_BYTES)).
+    pub const DEFAULT_ARTIFACT_BYTES: u64 = Self::MAX_ARTIFACT_BYTES;
 
     /// Smallest address space: below this the child cannot load itself and a
     /// wasmtime engine.
@@ -45,8 +48,11 @@ impl CompileLimits {
     pub const MAX_WALL_CLOCK: Duration = Duration::from_secs(3600);
     /// Smallest artifact cap.
     pub const MIN_ARTIFACT_BYTES: u64 = 64 << 10;
-    /// Largest artifact cap.
-    pub const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+    /// Largest artifact cap: the largest artifact the fleet's cache stores in Redis
+    /// (`sluice_shared::queue::redis::MAX_ARTIFACT_BYTES`, 256 MiB). A bigger cap would
+    /// let an artifact compile that Redis then refuses: no artifact and no refusal, so
+    /// every worker would compile it in turn. Over the cap it is a refusal instead.
+    pub const MAX_ARTIFACT_BYTES: u64 = sluice_shared::queue::redis::MAX_ARTIFACT_BYTES as u64;
 
     /// Checks every value, naming the first one out of bounds.
     pub fn validate(&self) -> Result<(), CompileLimitsError> {
@@ -78,7 +84,7 @@ impl CompileLimits {
             return out(
                 "artifact_bytes",
                 self.artifact_bytes.to_string(),
-                "between 64 KiB and 4 GiB",
+                "between 64 KiB and 256 MiB",
             );
         }
         Ok(())
@@ -146,6 +152,15 @@ mod tests {
                 "artifact_bytes",
                 CompileLimits {
                     artifact_bytes: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                // More than Redis stores: it would compile, yet be neither stored nor
+                // refused, and every worker would compile it in turn.
+                "artifact_bytes",
+                CompileLimits {
+                    artifact_bytes: sluice_shared::queue::redis::MAX_ARTIFACT_BYTES as u64 + 1,
                     ..Default::default()
                 },
             ),

@@ -139,14 +139,26 @@ impl CompileError {
         }
     }
 
-    /// Whether the module is at fault (a limit or invalid code): it will fail the same
-    /// way again, so it is remembered and the job ends as `invalid_module`.
+    /// Whether the module is at fault: invalid code, or a limit that measures the
+    /// module's own demands (memory, CPU time, artifact size). It will fail the same
+    /// way again, so it is remembered, recorded as the fleet's refusal, and the job
+    /// ends as `invalid_module`. The wall clock is not one: how long a compile takes
+    /// depends on the host's load (another tenant's compiles), so a module that ran
+    /// out of it is not condemned for it (a compile bomb still meets the CPU limit).
     pub fn is_module_fault(&self) -> bool {
-        self.limit().is_some() || matches!(self, CompileError::Invalid(_))
+        match self {
+            CompileError::Invalid(_)
+            | CompileError::Memory { .. }
+            | CompileError::Cpu { .. }
+            | CompileError::ArtifactSize { .. } => true,
+            CompileError::WallClock { .. }
+            | CompileError::Spawn { .. }
+            | CompileError::Crashed { .. } => false,
+        }
     }
 
     /// The job outcome: `invalid_module` for the module's faults (naming the limit),
-    /// a retryable `host_error` otherwise.
+    /// a retryable `host_error` otherwise (the wall clock named in its reason).
     pub fn outcome(&self) -> Outcome {
         if self.is_module_fault() {
             Outcome::InvalidModule {
@@ -168,7 +180,8 @@ pub struct Compiler {
     settings: EngineSettings,
     max_module_bytes: u64,
     metrics: Option<CompileMetrics>,
-    /// Modules that broke a limit or did not compile, by hash: never compiled again.
+    /// Modules at fault ([`CompileError::is_module_fault`]), by hash: never compiled
+    /// again. A wall-clock failure is not kept: the next job tries again.
     bad: Mutex<HashMap<ModuleHash, CompileError>>,
 }
 
@@ -238,8 +251,8 @@ impl Compiler {
     }
 
     /// Compiles `wasm` (binary or WAT) for the `metering` engine in a child and returns
-    /// the serialized artifact. A module that broke a limit or did not compile before
-    /// gets the same error at once, without a child.
+    /// the serialized artifact. A module at fault before (invalid, or over the memory,
+    /// CPU or artifact-size limit) gets the same error at once, without a child.
     pub fn precompile(&self, wasm: &[u8], metering: Metering) -> Result<Vec<u8>, CompileError> {
         let hash = ModuleHash::of(wasm);
         if let Some(known) = self.bad.lock().get(&hash) {
@@ -418,5 +431,53 @@ impl Compiler {
                 stderr: sluice_shared::outcome::cut(stderr, 1024),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_modules_own_faults_are_refusals_not_the_wall_clock() {
+        let faults = [
+            CompileError::Invalid("bad section".into()),
+            CompileError::Memory { limit: 1 << 30 },
+            CompileError::Cpu { seconds: 120 },
+            CompileError::ArtifactSize { limit: 1 << 20 },
+        ];
+        for error in faults {
+            assert!(error.is_module_fault(), "{error}");
+            assert!(
+                matches!(error.outcome(), Outcome::InvalidModule { .. }),
+                "{error}"
+            );
+        }
+        let not_faults = [
+            CompileError::WallClock {
+                limit: Duration::from_secs(60),
+            },
+            CompileError::Spawn {
+                program: "sluice-worker".into(),
+                reason: "gone".into(),
+            },
+            CompileError::Crashed {
+                status: "signal 9".into(),
+                stderr: String::new(),
+            },
+        ];
+        for error in not_faults {
+            assert!(!error.is_module_fault(), "{error}");
+            assert!(
+                matches!(error.outcome(), Outcome::HostError { .. }),
+                "{error}"
+            );
+        }
+        // The wall clock is still a limit (counted as one), and its reason names it.
+        let wall = CompileError::WallClock {
+            limit: Duration::from_secs(60),
+        };
+        assert_eq!(wall.limit(), Some(CompileLimit::WallClock));
+        assert!(wall.outcome().to_string().contains("wall-clock limit"));
     }
 }

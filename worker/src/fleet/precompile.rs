@@ -7,11 +7,15 @@
 //!
 //! One task per worker, one precompile at a time, on its own Redis connections (a
 //! `RedisQueue` of its own: its `XREAD BLOCK` never waits behind claims, nor claims
-//! behind it), reconnecting with [`Backoff`]. A module whose artifact (or refusal) the
-//! fleet already has is skipped before its bytes are fetched; otherwise the cache's
-//! single flight makes one worker per engine fingerprint compile and the rest wait and
-//! load, or skip. Compiles go through the cache's compile function (the limited
-//! compile child) on a blocking thread, so claims and jobs never wait for them.
+//! behind it), reconnecting with [`Backoff`]. Every worker reads every request, so
+//! each decides before fetching anything: a module whose artifact (or refusal) the
+//! fleet already has is skipped, and so is one whose compile lock another worker
+//! holds. Only the worker that takes the lock fetches the module, compiles it and
+//! publishes the artifact ([`ArtifactCache::precompile_locked`]); the others neither
+//! wait nor download or load the artifact (a worker loads it at its first job). A
+//! compile bomb thus costs the fleet one compile and blocks no other worker's warm-up.
+//! Compiles go through the cache's compile function (the limited compile child) on a
+//! blocking thread, so claims and jobs never wait for them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +115,8 @@ async fn engine_for(queue: &RedisQueue, tenant: Option<&str>) -> Metering {
     }
 }
 
-/// Precompiles the requested module unless the fleet has it already.
+/// Precompiles the requested module if the fleet has no answer for it yet and no other
+/// worker holds its compile lock (see the module doc).
 async fn precompile(
     queue: &RedisQueue,
     cache: &Arc<ArtifactCache>,
@@ -120,7 +125,8 @@ async fn precompile(
     let module = request.module;
     let metering = engine_for(queue, request.tenant.as_deref()).await;
     let id = cache.artifact_id(&module, metering);
-    match queue.artifacts().known(&id).await {
+    let artifacts = queue.artifacts();
+    match artifacts.known(&id).await {
         Ok(true) => return PrecompileResult::Present,
         Ok(false) => {}
         Err(error) => {
@@ -128,20 +134,53 @@ async fn precompile(
             return PrecompileResult::Failed;
         }
     }
+    let token = uuid::Uuid::new_v4().to_string();
+    match artifacts.lock(&id, &token, cache.lock_ttl()).await {
+        Ok(true) => {}
+        // Another worker compiles it: nothing to fetch, wait for or load here.
+        Ok(false) => return PrecompileResult::Present,
+        Err(error) => {
+            tracing::warn!(%module, %error, "precompile: cannot take the compile lock");
+            return PrecompileResult::Failed;
+        }
+    }
+    let (held, holder) = (&id, token.as_str());
+    let release = |why: &'static str| async move {
+        if let Err(error) = artifacts.unlock(held, holder).await {
+            tracing::warn!(%module, %error, why, "precompile: could not release the compile lock");
+        }
+    };
+    // The winner of a previous flight may have published and released just before.
+    match artifacts.known(&id).await {
+        Ok(false) => {}
+        Ok(true) => {
+            release("present").await;
+            return PrecompileResult::Present;
+        }
+        Err(error) => {
+            tracing::warn!(%module, %error, "precompile: cannot check the artifact");
+            release("failed").await;
+            return PrecompileResult::Failed;
+        }
+    }
     let wasm = match queue.modules().get(&module).await {
         Ok(Some(wasm)) => wasm,
         Ok(None) => {
             tracing::info!(%module, "precompile: module no longer stored");
+            release("gone").await;
             return PrecompileResult::Failed;
         }
         Err(error) => {
             tracing::warn!(%module, %error, "precompile: cannot fetch the module");
+            release("failed").await;
             return PrecompileResult::Failed;
         }
     };
     let cache = cache.clone();
-    let done =
-        tokio::task::spawn_blocking(move || cache.precompile(&module, &wasm, metering)).await;
+    let done = tokio::task::spawn_blocking(move || {
+        cache.precompile_locked(&module, &wasm, metering, &token)
+    })
+    .await;
     match done {
         Ok(Precompiled::Compiled) => {
             tracing::info!(%module, "precompiled");
@@ -157,6 +196,7 @@ async fn precompile(
             PrecompileResult::Failed
         }
         Err(error) => {
+            // The lock expires by itself.
             tracing::error!(%module, %error, "precompile task failed");
             PrecompileResult::Failed
         }

@@ -17,7 +17,8 @@
 //!   (`unhold.lua`).
 //! - `sluice:{q}:refused:<module>:<engine>` says why a module does not compile (for the
 //!   module's own reasons: invalid, or a compile limit), for at most
-//!   [`MAX_REFUSAL_TTL`], so the fleet compiles a compile bomb once.
+//!   [`MAX_REFUSAL_TTL`], so the fleet compiles a compile bomb once: a 32-byte
+//!   integrity tag, then the reason (the worker checks the tag, as an artifact's).
 //! - `sluice:{q}:precompile` is a stream of [`PrecompileRequest`]s (field `module`, the
 //!   hash; `tenant` for a tenant's upload), capped near [`PRECOMPILE_STREAM_CAP`], that
 //!   uploads add to and workers follow.
@@ -71,6 +72,16 @@ pub struct StoredArtifact {
     pub tag: [u8; 32],
     /// The artifact.
     pub bytes: Vec<u8>,
+}
+
+/// A compile refusal as stored: its tag (unchecked here) and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRefusal {
+    /// The integrity tag stored with it.
+    pub tag: [u8; 32],
+    /// Why the module does not compile (at most [`MAX_REFUSAL_BYTES`]; bytes that are
+    /// not UTF-8 replaced).
+    pub reason: String,
 }
 
 /// An upload's request that the fleet precompile a module.
@@ -255,37 +266,56 @@ impl Artifacts<'_> {
             .map_err(unavailable)?)
     }
 
-    /// Records why module `id` does not compile (for its own reasons), `reason` cut to
-    /// [`MAX_REFUSAL_BYTES`], for `ttl` capped to [`MAX_REFUSAL_TTL`] (and to the
-    /// module's remaining lifetime). Returns false, storing nothing, when the module
-    /// is not stored.
+    /// Records why module `id` does not compile (for its own reasons) with its `tag`
+    /// (which the caller made over [`refusal_reason`](Self::refusal_reason) of
+    /// `reason`: the reason as stored, cut to [`MAX_REFUSAL_BYTES`]), for `ttl` capped
+    /// to [`MAX_REFUSAL_TTL`] (and to the module's remaining lifetime). Returns false,
+    /// storing nothing, when the module is not stored.
     pub async fn refuse(
         self,
         id: &ArtifactId,
+        tag: &[u8; 32],
         reason: &str,
         ttl: Duration,
     ) -> Result<bool, ArtifactError> {
         let key = self.q.keys.artifact_refusal(&id.module, &id.engine);
-        let reason = cut(reason, MAX_REFUSAL_BYTES);
-        self.put_derived(
-            &key,
-            &id.module,
-            reason.as_bytes(),
-            ttl.min(MAX_REFUSAL_TTL),
-        )
-        .await
+        let reason = Self::refusal_reason(reason);
+        let mut value = Vec::with_capacity(TAG_BYTES + reason.len());
+        value.extend_from_slice(tag);
+        value.extend_from_slice(reason.as_bytes());
+        self.put_derived(&key, &id.module, &value, ttl.min(MAX_REFUSAL_TTL))
+            .await
     }
 
-    /// Why module `id` does not compile, if a worker recorded it (at most
-    /// [`MAX_REFUSAL_BYTES`]; bytes that are not UTF-8 are replaced).
-    pub async fn refusal(self, id: &ArtifactId) -> Result<Option<String>, ArtifactError> {
+    /// `reason` as [`refuse`](Self::refuse) stores it (cut to [`MAX_REFUSAL_BYTES`]):
+    /// what its tag is made over.
+    pub fn refusal_reason(reason: &str) -> &str {
+        cut(reason, MAX_REFUSAL_BYTES)
+    }
+
+    /// The refusal recorded for module `id`, if any: its tag (unchecked) and reason.
+    /// A value shorter than a tag is a corrupt key.
+    pub async fn refusal(self, id: &ArtifactId) -> Result<Option<StoredRefusal>, ArtifactError> {
         let key = self.q.keys.artifact_refusal(&id.module, &id.engine);
-        let reason: Option<Vec<u8>> = redis::cmd("GET")
+        let value: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut self.q.connection())
             .await
             .map_err(on_key(&key))?;
-        Ok(reason.map(|r| cut(&String::from_utf8_lossy(&r), MAX_REFUSAL_BYTES).to_owned()))
+        let Some(mut value) = value else {
+            return Ok(None);
+        };
+        if value.len() < TAG_BYTES {
+            return Err(corrupt(&format!(
+                "{key} holds {} bytes, less than a tag",
+                value.len()
+            ))
+            .into());
+        }
+        let reason = value.split_off(TAG_BYTES);
+        let tag = value.try_into().expect("split at the tag's length");
+        let reason = cut(&String::from_utf8_lossy(&reason), MAX_REFUSAL_BYTES).to_owned();
+        Ok(Some(StoredRefusal { tag, reason }))
     }
 
     /// A cursor for [`precompile_requests`](Self::precompile_requests) from shortly

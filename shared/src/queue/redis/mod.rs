@@ -55,7 +55,7 @@ pub use admin::{
 pub use admission::{Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id};
 pub use artifacts::{
     ARTIFACT_TTL, ArtifactError, ArtifactId, Artifacts, MAX_ARTIFACT_BYTES, MAX_REFUSAL_BYTES,
-    MAX_REFUSAL_TTL, PRECOMPILE_STREAM_CAP, PrecompileRequest, StoredArtifact,
+    MAX_REFUSAL_TTL, PRECOMPILE_STREAM_CAP, PrecompileRequest, StoredArtifact, StoredRefusal,
 };
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
 pub use config::{RedisConfig, RedisConfigError, redacted_url, scrubbed, validate_queue_name};

@@ -18,7 +18,9 @@
 //!
 //! Keys derived from a module (its compiled artifacts and compile refusals, written by
 //! the `artifacts` role) are listed in `sluice:{q}:module:<hash>:artifacts` and deleted
-//! with the bytes. An upload with metadata (`put_with_meta`, `put_for_tenant`) also adds
+//! with the bytes: the set is read first and its members passed to the deleting script
+//! as declared keys (Redis Cluster's rule), which re-checks them (a key added since makes
+//! it read again). An upload with metadata (`put_with_meta`, `put_for_tenant`) also adds
 //! the module's hash to the capped `sluice:{q}:precompile` stream, which fleet workers
 //! with the shared cache follow to compile it before its first job.
 
@@ -314,6 +316,18 @@ impl Modules<'_> {
         Ok(stored == 1)
     }
 
+    /// The keys derived from module `hash` (its artifacts and compile refusals), as
+    /// listed now: the deleting scripts take them as declared keys and refuse to run
+    /// when one was added since (then they are read again).
+    async fn derived_keys(self, hash: &ModuleHash) -> Result<Vec<String>, ModuleStoreError> {
+        let key = self.q.keys.module_artifacts(hash);
+        Ok(redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&key))?)
+    }
+
     /// `tenant` lets go of module `hash`, named by alias `name` if given.
     pub async fn remove_for_tenant(
         self,
@@ -321,49 +335,81 @@ impl Modules<'_> {
         hash: &ModuleHash,
         name: Option<&str>,
     ) -> Result<ModuleRemoved, ModuleStoreError> {
-        let reply: Vec<u64> = SCRIPTS
-            .module_rm
-            .key(self.q.keys.module(hash))
-            .key(self.q.keys.module_owners(hash))
-            .key(self.q.keys.tenant_modules(tenant))
-            .key(self.q.keys.tenant_alias(tenant, name.unwrap_or("")))
-            .key(self.q.keys.module_meta(hash))
-            .key(self.q.keys.module_artifacts(hash))
-            .arg(tenant)
-            .arg(hash.to_hex())
-            .arg(if name.is_some() { "1" } else { "0" })
-            .invoke_async(&mut self.q.connection())
-            .await
-            .map_err(unavailable)?;
-        match reply.as_slice() {
-            [held, deleted] => Ok(ModuleRemoved {
-                held: *held == 1,
-                bytes_deleted: *deleted == 1,
-            }),
-            other => Err(bad_reply(format!("module_rm.lua answered {other:?}")).into()),
+        for _ in 0..DERIVED_KEYS_TRIES {
+            let mut script = SCRIPTS.module_rm.prepare_invoke();
+            script
+                .key(self.q.keys.module(hash))
+                .key(self.q.keys.module_owners(hash))
+                .key(self.q.keys.tenant_modules(tenant))
+                .key(self.q.keys.tenant_alias(tenant, name.unwrap_or("")))
+                .key(self.q.keys.module_meta(hash))
+                .key(self.q.keys.module_artifacts(hash));
+            for derived in self.derived_keys(hash).await? {
+                script.key(derived);
+            }
+            let reply: Vec<i64> = script
+                .arg(tenant)
+                .arg(hash.to_hex())
+                .arg(if name.is_some() { "1" } else { "0" })
+                .invoke_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            return match reply.as_slice() {
+                [-1] => continue,
+                [held, deleted] => Ok(ModuleRemoved {
+                    held: *held == 1,
+                    bytes_deleted: *deleted == 1,
+                }),
+                other => Err(bad_reply(format!("module_rm.lua answered {other:?}")).into()),
+            };
         }
+        Err(changing_derived_keys(hash))
     }
 
     /// The operator's delete (`sluice module rm`): a hash deletes the bytes (whoever
     /// holds them) with their metadata and compiled artifacts, a name deletes that
     /// alias. Returns whether anything was deleted.
     pub async fn remove(self, name_or_hash: &str) -> Result<bool, ModuleStoreError> {
-        let deleted: u64 = match name_or_hash.parse::<ModuleHash>() {
-            Ok(hash) => SCRIPTS
-                .module_del
-                .key(self.q.keys.module(&hash))
-                .key(self.q.keys.module_owners(&hash))
-                .key(self.q.keys.module_meta(&hash))
-                .key(self.q.keys.module_artifacts(&hash))
-                .invoke_async(&mut self.q.connection())
-                .await
-                .map_err(unavailable)?,
-            Err(_) => redis::cmd("DEL")
+        let Ok(hash) = name_or_hash.parse::<ModuleHash>() else {
+            let deleted: u64 = redis::cmd("DEL")
                 .arg(self.q.keys.alias(name_or_hash))
                 .query_async(&mut self.q.connection())
                 .await
-                .map_err(unavailable)?,
+                .map_err(unavailable)?;
+            return Ok(deleted > 0);
         };
-        Ok(deleted > 0)
+        for _ in 0..DERIVED_KEYS_TRIES {
+            let mut script = SCRIPTS.module_del.prepare_invoke();
+            script
+                .key(self.q.keys.module(&hash))
+                .key(self.q.keys.module_owners(&hash))
+                .key(self.q.keys.module_meta(&hash))
+                .key(self.q.keys.module_artifacts(&hash));
+            for derived in self.derived_keys(&hash).await? {
+                script.key(derived);
+            }
+            let deleted: i64 = script
+                .invoke_async(&mut self.q.connection())
+                .await
+                .map_err(unavailable)?;
+            if deleted >= 0 {
+                return Ok(deleted > 0);
+            }
+        }
+        Err(changing_derived_keys(&hash))
     }
+}
+
+/// Times a delete reads a module's derived keys again when one was added meanwhile (a
+/// worker publishing an artifact for another engine); a new engine each time is not
+/// a fleet that exists.
+const DERIVED_KEYS_TRIES: usize = 8;
+
+/// A delete that never saw a still list of the module's derived keys.
+fn changing_derived_keys(hash: &ModuleHash) -> ModuleStoreError {
+    bad_reply(format!(
+        "module {hash}'s compiled artifacts kept changing during {DERIVED_KEYS_TRIES} attempts \
+         to delete them; try again"
+    ))
+    .into()
 }

@@ -6,8 +6,9 @@
 -- KEYS[3]  the tenant's held modules (sorted set: hash → expiry, ms since the epoch)
 -- KEYS[4]  the alias to set (string → hash hex); ignored unless ARGV[6] is 1
 -- KEYS[5]  the module's metadata (string, JSON; kept with the bytes' lifetime)
--- KEYS[6]  the precompile stream (the module's hash and the tenant are added: the
---          fleet compiles it for the engine the tenant's jobs use)
+-- KEYS[6]  the precompile stream (the module's hash and the tenant are added when
+--          the bytes were newly stored: the fleet compiles it for the engine the
+--          tenant's jobs use)
 -- ARGV[1]  the tenant
 -- ARGV[2]  the module's hash, hex
 -- ARGV[3]  the module's bytes
@@ -23,8 +24,10 @@
 -- named. A module stored without a lifetime (by an operator with `sluice module put`)
 -- keeps none. The metadata is written with the bytes and takes their lifetime (none
 -- for an operator's module), so it never outlives them nor is missing while they are
--- stored. The precompile request is added last, and skipped when the stream's key is
--- foreign (a warm cache is an optimization; an upload must not fail for it).
+-- stored. The precompile request is added last, only when this upload stored the
+-- bytes (a re-upload of stored bytes costs no quota, so it must not add entries that
+-- trim other tenants' requests off the capped stream), and skipped when the stream's
+-- key is foreign (a warm cache is an optimization; an upload must not fail for it).
 local function expect(key, want)
   local kind = redis.call('TYPE', key).ok
   if kind ~= 'none' and kind ~= want then
@@ -49,7 +52,8 @@ if not redis.call('ZSCORE', KEYS[3], ARGV[2]) and held >= tonumber(ARGV[5]) then
 end
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ttl)
-if redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then
+local stored_now = redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl)
+if stored_now then
   redis.call('SADD', KEYS[2], ARGV[1])
   redis.call('PEXPIRE', KEYS[2], ttl)
 else
@@ -72,7 +76,7 @@ if ARGV[6] == '1' then
   redis.call('SET', KEYS[4], ARGV[2], 'PX', ttl)
 end
 local stream = redis.call('TYPE', KEYS[6]).ok
-if stream == 'none' or stream == 'stream' then
+if stored_now and (stream == 'none' or stream == 'stream') then
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'module', ARGV[2], 'tenant', ARGV[1])
 end
 return {1, redis.call('ZCARD', KEYS[3])}
