@@ -19,7 +19,7 @@ use sluice_shared::queue::redis::ArtifactId;
 use wasmtime::Module;
 
 use super::key::ArtifactKey;
-use super::{ArtifactCache, Origin, Shared};
+use super::{ArtifactCache, Origin, Shared, Wasm};
 use crate::metrics::Tier;
 use crate::sandbox::Metering;
 
@@ -35,7 +35,7 @@ impl ArtifactCache {
         &self,
         l3: &Shared,
         key: &ArtifactKey,
-        wasm: &[u8],
+        wasm: &Wasm<'_>,
         metering: Metering,
     ) -> Result<(Module, Origin), Outcome> {
         let id = key.id();
@@ -78,19 +78,25 @@ impl ArtifactCache {
         l3: &Shared,
         key: &ArtifactKey,
         token: &str,
-        wasm: &[u8],
+        wasm: &Wasm<'_>,
         metering: Metering,
     ) -> Result<(Module, Origin), Outcome> {
         let id = key.id();
-        let compiled = self.compile_unlocked(key, wasm, metering);
-        if let Err(Outcome::InvalidModule { reason }) = &compiled {
-            let refuse = l3
-                .handle
-                .block_on(l3.queue.artifacts().refuse(&id, reason, self.ttl));
-            if let Err(error) = refuse {
-                tracing::warn!(artifact = %key, %error, "could not record the refusal in Redis");
+        let max_bytes = self.sandbox.config().max_module_bytes;
+        // Only the compile's own refusal is recorded for the fleet: a module that could
+        // not be fetched (Redis away, not stored) may well compile for the next worker.
+        let compiled = wasm.bytes(&key.module, max_bytes).and_then(|bytes| {
+            let compiled = self.compile_unlocked(key, &Wasm::Given(&bytes), metering);
+            if let Err(Outcome::InvalidModule { reason }) = &compiled {
+                let refuse = l3
+                    .handle
+                    .block_on(l3.queue.artifacts().refuse(&id, reason, self.ttl));
+                if let Err(error) = refuse {
+                    tracing::warn!(artifact = %key, %error, "could not record the refusal in Redis");
+                }
             }
-        }
+            compiled
+        });
         if let Err(error) = l3.handle.block_on(l3.queue.artifacts().unlock(&id, token)) {
             // It expires by itself; meanwhile waiters find the artifact when it goes.
             tracing::warn!(artifact = %key, %error, "could not release the compile lock");
@@ -102,7 +108,7 @@ impl ArtifactCache {
     fn compile_unlocked(
         &self,
         key: &ArtifactKey,
-        wasm: &[u8],
+        wasm: &Wasm<'_>,
         metering: Metering,
     ) -> Result<(Module, Origin), Outcome> {
         self.metrics.miss(Tier::L3);
