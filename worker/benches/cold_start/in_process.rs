@@ -333,7 +333,7 @@ impl Bench {
             &deser,
         );
         row(
-            "L3 hit's write to L2 (two files, write + fsync + rename)",
+            "L3 hit's write to L2 (two files, write + fsync + rename; on the writer thread, off the job's path)",
             &write,
         );
         row(
