@@ -95,7 +95,12 @@ impl Bench {
             .expect("default compile limits")
             .with_program(program);
         let sandbox = Arc::new(Sandbox::with_compiler(config, compiler).expect("sandbox"));
-        let hash = ModuleHash::of(wasm);
+        // Stored, as uploaded: an artifact is published only for a stored module (it
+        // lives no longer than its module).
+        let hash = rt
+            .block_on(queue.modules().put(wasm, None))
+            .expect("store the module");
+        assert_eq!(hash, ModuleHash::of(wasm));
         let mut bench = Bench {
             sandbox,
             queue: Arc::new(queue),
