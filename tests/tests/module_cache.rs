@@ -69,6 +69,17 @@ impl CachedWorker {
     fn tier(&self, metric: &str, tier: &str) -> f64 {
         self.metric(&format!("sluice_module_cache_{metric}{{tier=\"{tier}\"}}"))
     }
+
+    /// Waits until the worker holds artifacts on disk: it writes them off the job's
+    /// path, after the job's result, and sets the L2 gauge once one is renamed in place.
+    fn await_on_disk(&self) {
+        wait::poll(
+            "artifact bytes on disk (sluice_module_cache_bytes{tier=\"l2\"})",
+            FINISH_WITHIN,
+            || self.tier("bytes", "l2"),
+            |bytes| *bytes > 0.0,
+        );
+    }
 }
 
 /// Runs one job of `module` and asserts it succeeded with the module's output.
@@ -142,6 +153,7 @@ fn a_fresh_worker_loads_what_another_compiled_and_a_flipped_byte_is_caught_in_ea
     assert_eq!(fresh.tier("hits_total", "l3"), 1.0);
     assert_eq!(fresh.tier("misses_total", "l3"), 0.0, "no compile");
     assert_eq!(fresh.tier("misses_total", "l2"), 1.0);
+    fresh.await_on_disk();
     drop(fresh);
 
     // One byte flipped on disk: caught, discarded, loaded from Redis again.
@@ -155,6 +167,7 @@ fn a_fresh_worker_loads_what_another_compiled_and_a_flipped_byte_is_caught_in_ea
     assert_eq!(after_disk.tier("integrity_failures_total", "l2"), 1.0);
     assert_eq!(after_disk.tier("hits_total", "l2"), 0.0);
     assert_eq!(after_disk.tier("hits_total", "l3"), 1.0);
+    after_disk.await_on_disk();
     drop(after_disk);
     // The bad file was replaced by the good artifact.
     let repaired = std::fs::read(&artifacts(&d2)[0]).unwrap();

@@ -106,8 +106,8 @@ pub struct ExecutorConfig {
     /// guest's start, or from the claim while the module and input are prepared)
     /// before the watchdog records it as `timeout` and stops renewing its lease.
     pub watchdog_grace: Duration,
-    /// Extra time the watchdog allows while a job is being prepared (policy, module,
-    /// input), before its guest starts: a fleet worker sets it to its compile
+    /// Extra time the watchdog allows while a job is being prepared (policy, module
+    /// and its compiled code, input), before its guest starts: a fleet worker sets it to its compile
     /// wall-clock limit, so a slow compile ends as the compile limit's
     /// `invalid_module` rather than as a retryable `timeout`. Zero by default.
     pub prepare_budget: Duration,
@@ -478,8 +478,8 @@ async fn process<Q: Queue, E: JobEnv>(
             finish(queue, &*env, config, &lease, Some(&job), result).await;
             shared.recorded(&lease.entry_id);
             // Where a job's time went, from its claim: preparing (policy, the module
-            // from the cache, input) until `Sandbox::run`, the run (which loads the
-            // module's code when a job first needs its engine), and the result stored.
+            // and its code for the job's engine from the cache, input) until
+            // `Sandbox::run`, the run, and the result stored.
             // The cold-start benchmark reads it (docs/benchmarks.md).
             tracing::debug!(
                 job = %job.id,
@@ -610,10 +610,13 @@ fn run_one<E: JobEnv>(
     attempt: u32,
     clock: &RunClock,
 ) -> JobResult {
+    // The module's code for the job's engine is loaded here, under the prepare budget
+    // (a compile, or waiting for another worker's), before the guest's deadline starts.
     let prepared = env
         .admit(job)
         .and_then(|()| env.module(&job.module))
         .and_then(|module| {
+            module.load_code_for(sandbox, job)?;
             let input = env.open_input(job)?;
             let output = env.open_output(job)?;
             Ok((module, input, output))

@@ -246,10 +246,12 @@ impl JobEnv for RedisEnv {
     }
 
     fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome> {
-        self.modules.module(hash, || {
-            let bytes = self
-                .handle
-                .block_on(self.queue.modules().get(hash))
+        // Called by the cache only when it has to compile.
+        let (queue, handle, hash) = (self.queue.clone(), self.handle.clone(), *hash);
+        self.modules.module(&hash, move || {
+            let hash = &hash;
+            let bytes = handle
+                .block_on(queue.modules().get(hash))
                 .map_err(|e| Outcome::HostError {
                     reason: format!("fetching module {hash}: {e}"),
                 })?
@@ -258,13 +260,8 @@ impl JobEnv for RedisEnv {
                         "module {hash} is not stored (upload it with `sluice module put`)"
                     ),
                 })?;
-            // `get` refuses bytes that do not hash to their key; checked again here
-            // since the cache keys compiled code by this hash.
-            if ModuleHash::of(&bytes) != *hash {
-                return Err(Outcome::HostError {
-                    reason: format!("stored bytes of module {hash} do not match its hash"),
-                });
-            }
+            // `get` refuses bytes that do not hash to their key; the cache checks again
+            // before it compiles (it keys compiled code by this hash).
             Ok(bytes)
         })
     }

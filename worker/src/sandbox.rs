@@ -169,14 +169,21 @@ pub trait CompiledSource: Send + Sync {
     fn compiled(&self, sandbox: &Sandbox, metering: Metering) -> Result<Module, Outcome>;
 }
 
+/// Where a loaded module's code comes from.
+enum Code {
+    /// Compiled here from the module's bytes.
+    Bytes(Arc<[u8]>),
+    /// Compiled code from elsewhere (the artifact cache, which fetches the bytes only
+    /// if it has to compile).
+    Source(Box<dyn CompiledSource>),
+}
+
 /// A module accepted by the sandbox: validated, size-checked, and prepared (lazily per
 /// engine) as an `InstancePre` so a job's instantiation is a copy-on-write map.
 pub struct LoadedModule {
     hash: ModuleHash,
-    bytes: Arc<[u8]>,
     prepared: [OnceLock<Prepared>; 2],
-    /// Compiled code from elsewhere (`None`: compiled in process from `bytes`).
-    source: Option<Box<dyn CompiledSource>>,
+    code: Code,
     /// The guest's `argv[0]`: the module's file name where it was loaded from one
     /// (`run`, embedded batches), else its hash.
     name: Option<String>,
@@ -203,12 +210,23 @@ impl LoadedModule {
         self.name.clone().unwrap_or_else(|| self.hash.to_hex())
     }
 
+    /// Loads (compiles, or gets from its source) the module's code for the engine
+    /// `job` runs on, if not done yet; the outcome the module earns otherwise. The
+    /// executor calls it before [`Sandbox::run`], so that the time this takes (a
+    /// compile: seconds for a large module) is not counted against the job's timeout.
+    pub fn load_code_for(&self, sandbox: &Sandbox, job: &Job) -> Result<(), Outcome> {
+        self.prepared(sandbox, metering_of(job))
+            .as_ref()
+            .map(|_| ())
+            .map_err(Outcome::clone)
+    }
+
     fn prepared<'a>(&'a self, sandbox: &Sandbox, metering: Metering) -> &'a Prepared {
-        self.prepared[metering.index()].get_or_init(|| match &self.source {
-            Some(source) => source
+        self.prepared[metering.index()].get_or_init(|| match &self.code {
+            Code::Source(source) => source
                 .compiled(sandbox, metering)
                 .and_then(|module| sandbox.link(metering, &module)),
-            None => sandbox.prepare(metering, &self.bytes),
+            Code::Bytes(bytes) => sandbox.prepare(metering, bytes),
         })
     }
 }
@@ -348,9 +366,8 @@ impl Sandbox {
         }
         let loaded = LoadedModule {
             hash: ModuleHash::of(bytes),
-            bytes: bytes.into(),
             prepared: [OnceLock::new(), OnceLock::new()],
-            source: None,
+            code: Code::Bytes(bytes.into()),
             name,
         };
         // Compile for the unmetered engine now so a bad module is refused at load.
@@ -403,29 +420,22 @@ impl Sandbox {
         self.link(metering, &module)
     }
 
-    /// Accepts a module whose compiled code comes from `source`, per engine, when a job
-    /// first needs that engine (nothing is compiled here); imports are checked and the
-    /// module linked as [`Self::load_module`] does. `wasm` must hash to `hash`.
+    /// Accepts module `hash` whose compiled code comes from `source`, per engine, when
+    /// a job first needs that engine (nothing is compiled or read here, not even the
+    /// module's bytes: a source that has to compile fetches them and checks their size
+    /// and hash); imports are checked and the module linked as [`Self::load_module`]
+    /// does.
     pub fn load_compiled(
         &self,
         hash: ModuleHash,
-        wasm: Arc<[u8]>,
         source: Box<dyn CompiledSource>,
-    ) -> Result<Arc<LoadedModule>, Outcome> {
-        let size = wasm.len() as u64;
-        if size > self.config.max_module_bytes {
-            return Err(Outcome::ModuleTooLarge {
-                size,
-                limit: self.config.max_module_bytes,
-            });
-        }
-        Ok(Arc::new(LoadedModule {
+    ) -> Arc<LoadedModule> {
+        Arc::new(LoadedModule {
             hash,
-            bytes: wasm,
             prepared: [OnceLock::new(), OnceLock::new()],
-            source: Some(source),
+            code: Code::Source(source),
             name: None,
-        }))
+        })
     }
 
     /// The engine jobs of `metering` run on (to compile or load code for it).

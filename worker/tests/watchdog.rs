@@ -12,17 +12,17 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::Captured;
 use sluice_shared::queue::{Completion, DeadLetter, QueueStats, ReleaseKind};
 use sluice_shared::{
-    Claimed, Job, JobId, JobInput, JobResult, Lease, MemoryQueue, ModuleHash, OutcomeKind, Queue,
-    QueueError, RetryPolicy,
+    Claimed, Job, JobId, JobInput, JobResult, Lease, MemoryQueue, ModuleHash, Outcome, OutcomeKind,
+    Queue, QueueError, RetryPolicy,
 };
 use sluice_worker::executor::{self, Disposition, ExecutorConfig, ExecutorError, JobEnv};
-use sluice_worker::{LoadedModule, Sandbox, SandboxConfig};
+use sluice_worker::{CompiledSource, LoadedModule, Metering, Sandbox, SandboxConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -285,6 +285,18 @@ struct Rig {
 
 impl Rig {
     fn new(slots: u32) -> Self {
+        Self::with_module(slots, Arc::default(), |sandbox, _| {
+            sandbox.load_module(ECHO_ONE_READ.as_bytes()).unwrap()
+        })
+    }
+
+    /// A rig whose jobs all run the module `load` makes (given the sandbox and the
+    /// queue's lease renewals).
+    fn with_module(
+        slots: u32,
+        renewals: Arc<Renewals>,
+        load: impl FnOnce(&Sandbox, &Arc<Renewals>) -> Arc<LoadedModule>,
+    ) -> Self {
         let sandbox = Arc::new(
             Sandbox::new(SandboxConfig {
                 slots,
@@ -292,8 +304,7 @@ impl Rig {
             })
             .unwrap(),
         );
-        let module = sandbox.load_module(ECHO_ONE_READ.as_bytes()).unwrap();
-        let renewals = Arc::new(Renewals::default());
+        let module = load(&sandbox, &renewals);
         let (tx, events) = mpsc::unbounded_channel();
         Rig {
             queue: Arc::new(Watched {
@@ -601,6 +612,73 @@ async fn a_preparation_within_its_budget_is_not_taken_for_a_stuck_run() {
         (kind, disposition),
         (OutcomeKind::Success, Disposition::Completed)
     );
+    shutdown.cancel();
+    let ended = tokio::time::timeout(BOUND, run).await.unwrap().unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+}
+
+/// Compiles [`ECHO_ONE_READ`] only once the job it is told of has had its lease
+/// renewed `after` times (the clock a slow compile runs on, without sleeping).
+struct SlowCompile {
+    renewals: Arc<Renewals>,
+    /// Set once the job exists (after the module is loaded).
+    job: Arc<OnceLock<JobId>>,
+    after: u32,
+}
+
+impl CompiledSource for SlowCompile {
+    fn compiled(&self, sandbox: &Sandbox, metering: Metering) -> Result<wasmtime::Module, Outcome> {
+        let job = *self
+            .job
+            .get()
+            .expect("the job is set before it is enqueued");
+        if !self.renewals.wait_for(job, self.after) {
+            return Err(Outcome::HostError {
+                reason: "the lease was never renewed while compiling".into(),
+            });
+        }
+        wasmtime::Module::new(sandbox.engine(metering), ECHO_ONE_READ).map_err(|e| {
+            Outcome::InvalidModule {
+                reason: e.to_string(),
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_longer_than_the_job_timeout_is_not_charged_to_the_guest() {
+    let job_id = Arc::new(OnceLock::new());
+    let mut rig = Rig::with_module(1, Arc::default(), |sandbox, renewals| {
+        let compile = SlowCompile {
+            renewals: renewals.clone(),
+            job: job_id.clone(),
+            after: 6,
+        };
+        sandbox.load_compiled(ModuleHash::of(ECHO_ONE_READ.as_bytes()), Box::new(compile))
+    });
+    // The module's code takes six renewals of a 300 ms lease to come (about 600 ms),
+    // past the job's 200 ms timeout plus the 200 ms watchdog grace: it is loaded under
+    // the prepare budget, before the guest's deadline starts.
+    let job = rig.job("first", 200, None);
+    job_id.set(job.id).unwrap();
+    let (shutdown, run) = rig.start(ExecutorConfig {
+        prepare_budget: BOUND,
+        ..config(1)
+    });
+    rig.enqueue(&job).await;
+    let (kind, disposition) = rig.finished("first").await;
+    assert_eq!(
+        (kind, disposition),
+        (OutcomeKind::Success, Disposition::Completed),
+        "{:?}",
+        rig.seen
+    );
+    assert!(rig.queue.renewals.of(job.id) >= 6);
+    let echoed = format!(
+        "{:?}",
+        Event::Output("first".into(), OutcomeKind::Success, b"first".to_vec())
+    );
+    assert!(rig.position(&echoed).is_some(), "{:?}", rig.seen);
     shutdown.cancel();
     let ended = tokio::time::timeout(BOUND, run).await.unwrap().unwrap();
     assert!(ended.is_ok(), "{ended:?}");

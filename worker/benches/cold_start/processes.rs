@@ -337,6 +337,13 @@ impl Processes {
             self.claim_to_result.push_us(r.recorded_us);
         }
         self.check(&queue, &ids[..1]);
+        // B writes the artifact to disk off its jobs' path; C reads it from there.
+        sluice_tests::wait::poll(
+            "B's artifact on disk",
+            PATIENCE,
+            || b.tier("bytes", "l2"),
+            |bytes| *bytes > 0.0,
+        );
         drop(b);
 
         let mut tier = std::mem::take(&mut self.l2);
@@ -393,8 +400,9 @@ impl Processes {
         );
         println!(
             "(the worker's own timings, median [min–max] in ms: claim → result stored; of that, \
-             claim → Sandbox::run (policy, the module's wasm from Redis) and Sandbox::run (the \
-             code's load from its tier, instantiate, run); and process spawn → the result's log line)"
+             claim → Sandbox::run (policy, the module's code for the job's engine from its tier, \
+             the wasm fetched from Redis only to compile; input) and Sandbox::run (instantiate, \
+             run); and process spawn → the result's log line)"
         );
         println!(
             "| first job's code from | claim → result | claim → Sandbox::run | Sandbox::run | process spawn → result seen |"

@@ -34,7 +34,7 @@ use wasmtime::Module;
 
 use super::key::ArtifactKey;
 use super::mac::{Artifact, Tag};
-use super::{ArtifactCache, Origin, Precompiled, Shared};
+use super::{ArtifactCache, Origin, Precompiled, Shared, Wasm};
 use crate::metrics::Tier;
 use crate::sandbox::Metering;
 
@@ -88,7 +88,7 @@ impl ArtifactCache {
         &self,
         l3: &Shared,
         key: &ArtifactKey,
-        wasm: &[u8],
+        wasm: &Wasm<'_>,
         metering: Metering,
     ) -> Result<(Module, Origin), Outcome> {
         let id = key.id();
@@ -131,21 +131,27 @@ impl ArtifactCache {
         l3: &Shared,
         key: &ArtifactKey,
         token: &str,
-        wasm: &[u8],
+        wasm: &Wasm<'_>,
         metering: Metering,
     ) -> Result<(Module, Origin), Outcome> {
         let id = key.id();
-        let compiled = self.compile_unlocked(key, wasm, metering);
-        if let Err(Outcome::InvalidModule { reason }) = &compiled {
-            let stored = Artifacts::refusal_reason(reason);
-            let tag = self.mac.sign(key, &refusal_message(stored));
-            let refuse = l3
-                .handle
-                .block_on(l3.queue.artifacts().refuse(&id, &tag.0, stored, self.ttl));
-            if let Err(error) = refuse {
-                tracing::warn!(artifact = %key, %error, "could not record the refusal in Redis");
+        let max_bytes = self.sandbox.config().max_module_bytes;
+        // Only the compile's own refusal is recorded for the fleet: a module that could
+        // not be fetched (Redis away, not stored) may well compile for the next worker.
+        let compiled = wasm.bytes(&key.module, max_bytes).and_then(|bytes| {
+            let compiled = self.compile_unlocked(key, &Wasm::Given(&bytes), metering);
+            if let Err(Outcome::InvalidModule { reason }) = &compiled {
+                let stored = Artifacts::refusal_reason(reason);
+                let tag = self.mac.sign(key, &refusal_message(stored));
+                let refuse = l3
+                    .handle
+                    .block_on(l3.queue.artifacts().refuse(&id, &tag.0, stored, self.ttl));
+                if let Err(error) = refuse {
+                    tracing::warn!(artifact = %key, %error, "could not record the refusal in Redis");
+                }
             }
-        }
+            compiled
+        });
         if let Err(error) = l3.handle.block_on(l3.queue.artifacts().unlock(&id, token)) {
             // It expires by itself; meanwhile waiters find the artifact when it goes.
             tracing::warn!(artifact = %key, %error, "could not release the compile lock");
@@ -157,7 +163,7 @@ impl ArtifactCache {
     fn compile_unlocked(
         &self,
         key: &ArtifactKey,
-        wasm: &[u8],
+        wasm: &Wasm<'_>,
         metering: Metering,
     ) -> Result<(Module, Origin), Outcome> {
         self.metrics.miss(Tier::L3);

@@ -16,6 +16,13 @@
 //!   compiler, a limited `sluice-worker compile` child in a fleet worker), then the
 //!   artifact is published to L2 and L3.
 //!
+//! A module's wasm is fetched only to compile it (then checked against the size cap and
+//! its hash): an L2 or L3 artifact is keyed by the module's hash and its tag checked, so
+//! it is that module's code, and a fresh worker's first job on a hit reads the artifact
+//! alone. Artifacts go to L2 on a writer thread of their own (`writer.rs`), off the
+//! job's path; the L3 publish after a compile stays on it (the single flight's waiters
+//! are let go only once it is there, and it is small beside the compile).
+//!
 //! With L3 on, a miss is compiled once per fleet (`flight.rs`): the worker that takes
 //! the artifact's lock in Redis compiles, the others wait (bounded by the lock's
 //! lifetime: the compile wall-clock limit plus [`LOCK_MARGIN`]) and load what it
@@ -44,7 +51,9 @@ pub mod key;
 pub mod l1;
 pub mod l2;
 pub mod mac;
+pub mod writer;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -61,10 +70,50 @@ use key::{ArtifactKey, EngineFingerprint};
 use l1::Lru;
 use l2::{Disk, DiskError};
 use mac::{Artifact, CacheSecret, Mac, Tag, Verified, VerifyError};
+use writer::DiskWriter;
 
 /// Compiles wasm for the sandbox's engine `Metering` into a serialized artifact, or
 /// says why the module is refused.
 pub type CompileFn = dyn Fn(&[u8], Metering) -> Result<Vec<u8>, Outcome> + Send + Sync;
+
+/// Fetches a module's wasm (from wherever modules are stored), when the cache has to
+/// compile it.
+pub type FetchWasm = dyn Fn() -> Result<Vec<u8>, Outcome> + Send + Sync;
+
+/// A module's wasm, as far as a compile needs it.
+enum Wasm<'a> {
+    /// Given by the caller (an upload's precompile).
+    Given(&'a [u8]),
+    /// Fetched when needed (a job's module).
+    Fetch(&'a FetchWasm),
+}
+
+impl Wasm<'_> {
+    /// The bytes of module `hash`, checked against the size cap `max_bytes` and, when
+    /// fetched, their hash (the cache keys compiled code by it).
+    fn bytes(&self, hash: &ModuleHash, max_bytes: u64) -> Result<Cow<'_, [u8]>, Outcome> {
+        let bytes = match self {
+            Wasm::Given(bytes) => Cow::Borrowed(*bytes),
+            Wasm::Fetch(fetch) => {
+                let bytes = fetch()?;
+                if ModuleHash::of(&bytes) != *hash {
+                    return Err(Outcome::HostError {
+                        reason: format!("stored bytes of module {hash} do not match its hash"),
+                    });
+                }
+                Cow::Owned(bytes)
+            }
+        };
+        let size = bytes.len() as u64;
+        if size > max_bytes {
+            return Err(Outcome::ModuleTooLarge {
+                size,
+                limit: max_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+}
 
 /// The cache's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,7 +191,10 @@ pub struct ArtifactCache {
     fingerprints: [EngineFingerprint; 2],
     mac: Mac,
     l1: Mutex<Lru<ModuleHash, Arc<LoadedModule>, Outcome>>,
-    l2: Option<Disk>,
+    l2: Option<Arc<Disk>>,
+    /// Writes artifacts to L2 off the job's path (`None` without L2, or when its
+    /// thread could not start: then written in place).
+    writer: Option<DiskWriter>,
     l3: Option<Shared>,
     compile: Box<CompileFn>,
     metrics: CacheMetrics,
@@ -209,11 +261,14 @@ impl ArtifactCache {
         let l2 = config
             .dir
             .as_deref()
-            .map(|dir| Disk::open_dir(dir, config.dir_bytes, &mac.key_id()))
+            .map(|dir| Disk::open_dir(dir, config.dir_bytes, &mac.key_id()).map(Arc::new))
             .transpose()?;
         if let Some(disk) = &l2 {
             metrics.set_bytes(Tier::L2, disk.bytes());
         }
+        let writer = l2
+            .as_ref()
+            .and_then(|disk| DiskWriter::start(disk.clone(), metrics.clone()));
         let fingerprints = Metering::ALL.map(|m| EngineFingerprint::of(sandbox.engine(m), m));
         Ok(Arc::new_cyclic(|me| ArtifactCache {
             sandbox,
@@ -221,6 +276,7 @@ impl ArtifactCache {
             mac,
             l1: Mutex::new(Lru::new(config.l1_bytes, config.l1_count)),
             l2,
+            writer,
             l3,
             compile,
             metrics,
@@ -230,13 +286,15 @@ impl ArtifactCache {
         }))
     }
 
-    /// The loaded module `hash`, from L1 or loaded now from `fetch`ed wasm (whose code
-    /// comes from L2, L3 or the compile function when a job first needs an engine).
-    /// Loads that fail for the module's own reasons are remembered.
+    /// The loaded module `hash`, from L1 or loaded now. Its code comes, when a job
+    /// first needs an engine ([`LoadedModule::load_code_for`]), from L2, L3, or the
+    /// compile function over the wasm `fetch` returns (called only then, at most once
+    /// per engine; a fetch error is that job's outcome, not remembered). Loads that
+    /// fail for the module's own reasons are remembered.
     pub fn module(
         &self,
         hash: &ModuleHash,
-        fetch: impl FnOnce() -> Result<Vec<u8>, Outcome>,
+        fetch: impl Fn() -> Result<Vec<u8>, Outcome> + Send + Sync + 'static,
     ) -> Result<Arc<LoadedModule>, Outcome> {
         if let Some(known) = self.l1.lock().get(hash) {
             if known.is_ok() {
@@ -245,27 +303,29 @@ impl ArtifactCache {
             return known;
         }
         self.metrics.miss(Tier::L1);
-        // Fetch errors (Redis away, a damaged key) are not the module's: not kept.
-        let wasm: Arc<[u8]> = fetch()?.into();
         let source = Box::new(CacheSource {
             cache: self.me.clone(),
             hash: *hash,
-            wasm: wasm.clone(),
+            fetch: Box::new(fetch),
         });
-        let loaded = self.sandbox.load_compiled(*hash, wasm.clone(), source);
+        let loaded = self.sandbox.load_compiled(*hash, source);
         let mut l1 = self.l1.lock();
         // Another thread may have loaded it meanwhile: share its copy (and its code).
         if let Some(Ok(known)) = l1.get(hash) {
             return Ok(known);
         }
-        match &loaded {
-            Ok(module) => {
-                l1.insert(*hash, module.clone(), wasm.len() as u64);
-            }
-            Err(outcome) => l1.fail(*hash, outcome.clone()),
-        }
+        // Counted by its artifacts' bytes as they load (no wasm is held).
+        l1.insert(*hash, loaded.clone(), 0);
         self.metrics.set_bytes(Tier::L1, l1.bytes());
-        loaded
+        Ok(loaded)
+    }
+
+    /// Waits until the artifacts queued for L2 so far are on disk (a later lookup, in
+    /// this process or another, then finds them there).
+    pub fn flush_disk(&self) {
+        if let Some(writer) = &self.writer {
+            writer.flush();
+        }
     }
 
     /// Counts `bytes` of artifact against module `hash` in L1.
@@ -291,7 +351,7 @@ impl ArtifactCache {
     /// and in Redis, compiling it (once per fleet) if it has none: an upload's
     /// precompile. Nothing is added to L1.
     pub fn precompile(&self, hash: &ModuleHash, wasm: &[u8], metering: Metering) -> Precompiled {
-        match self.compiled_from(*hash, wasm, metering) {
+        match self.compiled_from(*hash, &Wasm::Given(wasm), metering) {
             Ok((_, Origin::Cached)) => Precompiled::Present,
             Ok((_, Origin::Compiled)) => Precompiled::Compiled,
             Err(Outcome::InvalidModule { reason }) => Precompiled::Refused(reason),
@@ -304,10 +364,10 @@ impl ArtifactCache {
     fn compiled(
         &self,
         hash: ModuleHash,
-        wasm: &[u8],
+        wasm: &FetchWasm,
         metering: Metering,
     ) -> Result<Module, Outcome> {
-        self.compiled_from(hash, wasm, metering)
+        self.compiled_from(hash, &Wasm::Fetch(wasm), metering)
             .map(|(module, _)| module)
     }
 
@@ -315,7 +375,7 @@ impl ArtifactCache {
     fn compiled_from(
         &self,
         hash: ModuleHash,
-        wasm: &[u8],
+        wasm: &Wasm<'_>,
         metering: Metering,
     ) -> Result<(Module, Origin), Outcome> {
         let key = self.key(hash, metering);
@@ -336,12 +396,14 @@ impl ArtifactCache {
     fn compile_and_publish(
         &self,
         key: &ArtifactKey,
-        wasm: &[u8],
+        wasm: &Wasm<'_>,
         metering: Metering,
     ) -> Result<Module, Outcome> {
         let hash = key.module;
         let engine = self.sandbox.engine(metering);
-        let bytes = (self.compile)(wasm, metering)?;
+        let wasm = wasm.bytes(&hash, self.sandbox.config().max_module_bytes)?;
+        let bytes = (self.compile)(&wasm, metering)?;
+        drop(wasm);
         let tag = self.mac.sign(key, &bytes);
         let module = self
             .mac
@@ -351,7 +413,6 @@ impl ArtifactCache {
             .map_err(|reason| Outcome::HostError {
                 reason: format!("loading the artifact just compiled for module {hash}: {reason}"),
             })?;
-        self.publish_disk(key, &bytes, &tag);
         if let Some(l3) = &self.l3 {
             let put = l3.handle.block_on(l3.queue.artifacts().put(
                 &key.id(),
@@ -370,6 +431,7 @@ impl ArtifactCache {
             }
         }
         self.held(&hash, bytes.len() as u64);
+        self.publish_disk(key, bytes, &tag);
         Ok(module)
     }
 
@@ -437,8 +499,8 @@ impl ArtifactCache {
                 Ok(verified) => match deserialize(engine, verified) {
                     Ok(module) => {
                         self.metrics.hit(Tier::L3);
-                        self.publish_disk(key, &stored.bytes, &tag);
                         self.held(&key.module, stored.bytes.len() as u64);
+                        self.publish_disk(key, stored.bytes, &tag);
                         return Some(module);
                     }
                     Err(error) => {
@@ -456,11 +518,15 @@ impl ArtifactCache {
         None
     }
 
-    /// Writes an artifact to L2 (best effort: a full or broken disk costs a compile
-    /// later, not this job).
-    fn publish_disk(&self, key: &ArtifactKey, bytes: &[u8], tag: &Tag) {
+    /// Writes an artifact to L2, on the writer thread (best effort: a full queue, or a
+    /// full or broken disk, costs an L3 read or a compile later, not this job).
+    fn publish_disk(&self, key: &ArtifactKey, bytes: Vec<u8>, tag: &Tag) {
         let Some(disk) = &self.l2 else { return };
-        if let Err(error) = disk.put(key, bytes, tag) {
+        if let Some(writer) = &self.writer {
+            writer.put(key, bytes, tag);
+            return;
+        }
+        if let Err(error) = disk.put(key, &bytes, tag) {
             tracing::warn!(artifact = %key, %error, "could not write the artifact to disk");
         }
         self.metrics.set_bytes(Tier::L2, disk.bytes());
@@ -472,7 +538,8 @@ struct CacheSource {
     /// Weak: the cache holds the loaded module in L1.
     cache: Weak<ArtifactCache>,
     hash: ModuleHash,
-    wasm: Arc<[u8]>,
+    /// The module's wasm, fetched only to compile.
+    fetch: Box<FetchWasm>,
 }
 
 impl CompiledSource for CacheSource {
@@ -480,7 +547,7 @@ impl CompiledSource for CacheSource {
         let cache = self.cache.upgrade().ok_or_else(|| Outcome::HostError {
             reason: "the module cache is shut down".into(),
         })?;
-        cache.compiled(self.hash, &self.wasm, metering)
+        cache.compiled(self.hash, &*self.fetch, metering)
     }
 }
 
@@ -551,12 +618,16 @@ mod tests {
 
     use prometheus::IntCounterVec;
 
-    /// Loads `wasm` through `cache` and prepares it for the unmetered engine.
+    /// Loads `wasm` through `cache` and prepares it for the unmetered engine; waits for
+    /// its L2 write.
     fn load(cache: &ArtifactCache, wasm: &[u8], sandbox: &Sandbox) -> EntryPoint {
+        let owned = wasm.to_vec();
         let module = cache
-            .module(&ModuleHash::of(wasm), || Ok(wasm.to_vec()))
+            .module(&ModuleHash::of(wasm), move || Ok(owned.clone()))
             .unwrap();
-        module.default_entry(sandbox)
+        let entry = module.default_entry(sandbox);
+        cache.flush_disk();
+        entry
     }
 
     fn artifact_files(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -597,6 +668,63 @@ mod tests {
         assert_eq!(s.count(&s.metrics.integrity_failures, Tier::L2), 1);
         assert_eq!(s.compiles(), 2);
         assert_ne!(std::fs::read(&files[0]).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_cache_hit_never_fetches_the_wasm_and_a_compile_checks_what_it_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Setup::new(dir.path());
+        let wasm = WAT.as_bytes();
+        let hash = ModuleHash::of(wasm);
+        load(&s.cache(), wasm, &s.sandbox);
+        assert_eq!(s.compiles(), 1);
+        // A fresh cache: the artifact on disk is that module's code; no wasm needed.
+        let fresh = s.cache();
+        let module = fresh
+            .module(&hash, || panic!("fetched the wasm on an L2 hit"))
+            .unwrap();
+        let job = sluice_shared::Job::new(hash, sluice_shared::JobInput::Inline(Vec::new()));
+        module.load_code_for(&s.sandbox, &job).unwrap();
+        assert_eq!(s.count(&s.metrics.hits, Tier::L2), 1);
+
+        // A compile (a metered job's first run) fetches, and refuses bytes that are not
+        // the module's.
+        let mut metered = job.clone();
+        metered.limits.fuel = Some(1_000_000);
+        let another = s.cache();
+        let other = another.module(&hash, || Ok(b"(module)".to_vec())).unwrap();
+        match other.load_code_for(&s.sandbox, &metered) {
+            Err(Outcome::HostError { reason }) => assert!(reason.contains("do not match")),
+            other => panic!("wrong outcome: {other:?}"),
+        }
+        assert_eq!(s.compiles(), 1);
+    }
+
+    #[test]
+    fn a_fetched_module_over_the_size_cap_is_refused_before_compiling() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Setup::new(dir.path());
+        s.sandbox = Arc::new(
+            Sandbox::new(SandboxConfig {
+                slots: 2,
+                max_module_bytes: 16,
+                ..SandboxConfig::default()
+            })
+            .unwrap(),
+        );
+        let wasm = WAT.as_bytes().to_vec();
+        let hash = ModuleHash::of(&wasm);
+        let cache = s.cache();
+        let module = cache.module(&hash, move || Ok(wasm.clone())).unwrap();
+        let job = sluice_shared::Job::new(hash, sluice_shared::JobInput::Inline(Vec::new()));
+        assert_eq!(
+            module.load_code_for(&s.sandbox, &job),
+            Err(Outcome::ModuleTooLarge {
+                size: WAT.len() as u64,
+                limit: 16
+            })
+        );
+        assert_eq!(s.compiles(), 0);
     }
 
     #[test]

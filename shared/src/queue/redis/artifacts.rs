@@ -163,9 +163,13 @@ impl Artifacts<'_> {
             ))
             .into());
         }
-        let bytes = value.split_off(TAG_BYTES);
-        let tag = value.try_into().expect("split at the tag's length");
-        Ok(Some(StoredArtifact { tag, bytes }))
+        // The tag moves out and the artifact down in place: no second buffer of the
+        // artifact's size (megabytes) on a fresh worker's first job.
+        let mut tag = [0; TAG_BYTES];
+        for (to, from) in tag.iter_mut().zip(value.drain(..TAG_BYTES)) {
+            *to = from;
+        }
+        Ok(Some(StoredArtifact { tag, bytes: value }))
     }
 
     /// Stores `bytes` with their `tag` under `id` for `ttl` (the module's remaining
