@@ -3,7 +3,10 @@
 //! it succeeds. So no input may be named `report.jsonl` or `.<…>.part` (refused before
 //! any job runs), and a rerun into a directory that holds files refuses unless told
 //! what to do with them: `--force` removes the previous run's outputs and report,
-//! `--resume` keeps the inputs whose successful output and report line exist.
+//! `--resume` keeps the inputs whose successful output and report line exist. Either
+//! removes only files the previous report names (and partial files): anything else in
+//! OUT stays, unless a job's successful output replaces it. Input names must be valid
+//! UTF-8 (each names an output and a report line exactly).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,7 +20,8 @@ pub enum OutMode {
     /// Refuse (the default).
     #[default]
     Fresh,
-    /// Remove the previous run's outputs, report and partial files first.
+    /// Remove the previous run's outputs (those its report names), report and partial
+    /// files first.
     Force,
     /// Skip the inputs whose successful output and report line exist; append to the
     /// report.
@@ -75,13 +79,13 @@ pub fn list_inputs(dir: &Path) -> Result<Vec<Input>, BatchError> {
             error,
         })?;
         if meta.is_file() {
+            // Refused, not made lossy: `a\xff` and `a\xfe` would both become `a\u{FFFD}`.
+            let Ok(name) = entry.file_name().into_string() else {
+                return Err(BatchError::NonUtf8Name { path });
+            };
             let path =
                 std::fs::canonicalize(&path).map_err(|error| BatchError::Inputs { path, error })?;
-            inputs.push((
-                entry.file_name().to_string_lossy().into_owned(),
-                path,
-                meta.len(),
-            ));
+            inputs.push((name, path, meta.len()));
         }
     }
     inputs.sort();
@@ -133,12 +137,9 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             entries,
         }),
         OutMode::Force => {
-            let previous = previous_report(out)?;
-            let names = previous
-                .iter()
-                .map(|(name, _)| name.as_str())
-                .chain(inputs.iter().map(|(name, _, _)| name.as_str()));
-            for name in names {
+            // Only what the previous run wrote: a file the report does not name is not
+            // ours (a current input's output replaces it atomically only on success).
+            for (name, _) in previous_report(out)? {
                 remove(&out.join(name))?;
             }
             remove(&out.join(REPORT_FILE))?;
@@ -159,7 +160,9 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
 fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
     let wanted: HashSet<&str> = inputs.iter().map(|(name, _, _)| name.as_str()).collect();
     let mut kept: HashMap<String, String> = HashMap::new();
-    for (name, line) in previous_report(out)? {
+    let previous = previous_report(out)?;
+    let ours: HashSet<String> = previous.iter().map(|(name, _)| name.clone()).collect();
+    for (name, line) in previous {
         let success = serde_json::from_str::<serde_json::Value>(&line)
             .is_ok_and(|v| v["outcome"] == "success");
         if success && wanted.contains(name.as_str()) && out.join(&name).is_file() {
@@ -177,7 +180,10 @@ fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
                 report.push('\n');
             }
             None => {
-                remove(&out.join(&input.0))?;
+                // A stale output of the previous run goes; a file it did not write stays.
+                if ours.contains(&input.0) {
+                    remove(&out.join(&input.0))?;
+                }
                 run.push(input);
             }
         }

@@ -66,7 +66,7 @@ pub use listing::{BatchSummary, JobSummary, Listing, ListingError, MAX_PAGE, Mod
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{
-    BatchCancelled, BatchCounts, BatchJob, Cancelled, JobRecord, Results, ResultsError,
+    BatchCancelled, BatchCounts, BatchJob, CANCELLED, Cancelled, JobRecord, Results, ResultsError,
 };
 pub use tenants::{TenantError, Tenants};
 
