@@ -4,8 +4,8 @@
 //! any job runs), and a rerun into a directory that holds files refuses unless told
 //! what to do with them: `--force` removes the previous run's outputs and report,
 //! `--resume` keeps the inputs whose successful output and report line exist. Either
-//! removes only files the previous report names (and partial files): anything else in
-//! OUT stays, unless a job's successful output replaces it. Input names must be valid
+//! removes only outputs the previous report lists as successes (and partial files):
+//! anything else in OUT stays, unless a job's successful output replaces it. Input names must be valid
 //! UTF-8 (each names an output and a report line exactly).
 
 use std::collections::{HashMap, HashSet};
@@ -20,8 +20,8 @@ pub enum OutMode {
     /// Refuse (the default).
     #[default]
     Fresh,
-    /// Remove the previous run's outputs (those its report names), report and partial
-    /// files first.
+    /// Remove the previous run's outputs (the successes its report lists), report and
+    /// partial files first.
     Force,
     /// Skip the inputs whose successful output and report line exist; append to the
     /// report.
@@ -137,9 +137,10 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             entries,
         }),
         OutMode::Force => {
-            // Only what the previous run wrote: a file the report does not name is not
-            // ours (a current input's output replaces it atomically only on success).
-            for (name, _) in previous_report(out)? {
+            // Only what the previous run wrote: the outputs of the successes its report
+            // lists. Any other file is not ours (a current input's output replaces it,
+            // atomically, only if that job succeeds).
+            for name in previous_outputs(&previous_report(out)?) {
                 remove(&out.join(name))?;
             }
             remove(&out.join(REPORT_FILE))?;
@@ -161,11 +162,9 @@ fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
     let wanted: HashSet<&str> = inputs.iter().map(|(name, _, _)| name.as_str()).collect();
     let mut kept: HashMap<String, String> = HashMap::new();
     let previous = previous_report(out)?;
-    let ours: HashSet<String> = previous.iter().map(|(name, _)| name.clone()).collect();
+    let ours: HashSet<String> = previous_outputs(&previous).map(str::to_owned).collect();
     for (name, line) in previous {
-        let success = serde_json::from_str::<serde_json::Value>(&line)
-            .is_ok_and(|v| v["outcome"] == "success");
-        if success && wanted.contains(name.as_str()) && out.join(&name).is_file() {
+        if is_success(&line) && wanted.contains(name.as_str()) && out.join(&name).is_file() {
             kept.insert(name, line);
         } else {
             kept.remove(&name);
@@ -217,6 +216,19 @@ pub(crate) fn previous_report(out: &Path) -> Result<Vec<(String, String)>, Batch
             is_output_name(name).then(|| (name.to_owned(), line.to_owned()))
         })
         .collect())
+}
+
+/// Whether a report line is a success's (only a success leaves an output).
+fn is_success(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["outcome"] == "success")
+}
+
+/// The outputs a previous run wrote: the inputs its report lists as successes.
+fn previous_outputs(report: &[(String, String)]) -> impl Iterator<Item = &str> {
+    report
+        .iter()
+        .filter(|(_, line)| is_success(line))
+        .map(|(name, _)| name.as_str())
 }
 
 /// Removes the partial files (`.<name>.part`) in `out`: what an interrupted or
