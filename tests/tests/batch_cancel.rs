@@ -236,6 +236,15 @@ async fn an_api_job_waiting_to_retry_is_cancelled_and_never_runs() {
     );
     // Not put back into its tenant's backlog either.
     assert_eq!(queue.admission().backlog_len("acme").await.unwrap(), 0);
+    // Cancelled alone, it is counted in its batch, which is then over.
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counts.by_outcome.get("cancelled"), Some(&1), "{counts:?}");
+    assert_eq!((counts.total, counts.done()), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -308,17 +308,23 @@ impl Results<'_> {
     /// or waiting to be retried).
     pub async fn cancel(self, id: JobId) -> Result<Cancelled, ResultsError> {
         let record = self.q.keys.job_record(id);
-        // A record's tenant never changes: its backlog is the one stream besides the
-        // job stream the record may name, declared to the script.
-        let tenant: Option<String> = redis::cmd("HGET")
+        // A record's tenant and batch never change: its backlog (the one stream besides
+        // the job stream the record may name) and its batch hash (which counts the
+        // cancel) are declared to the script. A record that cannot be read here is
+        // reported by the script.
+        let (tenant, batch): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(&record)
             .arg("tenant")
+            .arg("batch")
             .query_async(&mut self.q.connection())
             .await
-            .ok()
-            .flatten();
+            .unwrap_or_default();
         let backlog = match tenant.filter(|t| !t.is_empty()) {
             Some(tenant) => self.q.keys.backlog(&tenant),
+            None => self.q.keys.jobs.clone(),
+        };
+        let batch = match batch.filter(|b| uuid::Uuid::parse_str(b).is_ok()) {
+            Some(batch) => self.q.keys.batch(&batch),
             None => self.q.keys.jobs.clone(),
         };
         let answer: String = SCRIPTS
@@ -327,6 +333,7 @@ impl Results<'_> {
             .key(&record)
             .key(self.q.keys.result_key(id))
             .key(backlog)
+            .key(batch)
             .arg(GROUP)
             .invoke_async(&mut self.q.connection())
             .await

@@ -7,6 +7,8 @@
 -- KEYS[3]  the job's stored-result key (read only: a job with a result is finished)
 -- KEYS[4]  the record's tenant's backlog stream (the job stream again for a record
 --          without a tenant): the only other stream the record may name
+-- KEYS[5]  the record's batch hash (the job stream again for a job of no batch): a
+--          cancelled job is counted in its `n:cancelled`, while the hash exists
 -- ARGV[1]  consumer group
 -- Returns  'cancelled', 'running' (claimed: it cannot be taken back), or 'gone'
 --          (finished, cancelled before, or unknown); an error 'CORRUPT <key> …'
@@ -18,4 +20,8 @@
 -- checked before the first write.
 local answer, problem = cancel_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 if problem then return redis.error_reply('CORRUPT ' .. problem) end
+if answer == 'cancelled' and KEYS[5] ~= KEYS[1]
+  and redis.call('TYPE', KEYS[5])['ok'] == 'hash' then
+  redis.call('HINCRBY', KEYS[5], 'n:cancelled', 1)
+end
 return answer
