@@ -65,7 +65,7 @@ impl JobEnv for FileEnv {
 
     fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome> {
         let path = part_path(&self.out_dir, &job.label);
-        File::create(&path)
+        outdir::create_part(&path)
             .map(|file| Box::new(BufWriter::with_capacity(64 << 10, file)) as Box<dyn Write + Send>)
             .map_err(|e| Outcome::HostError {
                 reason: format!("{}: {e}", path.display()),

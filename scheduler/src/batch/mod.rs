@@ -157,6 +157,14 @@ pub enum BatchError {
         /// The input.
         path: PathBuf,
     },
+    /// Another `sluice batch` or `attach` is writing the output directory now.
+    #[error(
+        "{path} is being written by another sluice batch or attach (it holds the directory's lock); wait for it to end"
+    )]
+    OutLocked {
+        /// The output directory.
+        path: PathBuf,
+    },
     /// The output directory is the input directory.
     #[error("the output directory must differ from the input directory")]
     OutIsInput,

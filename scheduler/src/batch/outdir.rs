@@ -9,6 +9,7 @@
 //! UTF-8 (each names an output and a report line exactly).
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::{BatchError, BatchOptions};
@@ -40,6 +41,37 @@ pub(crate) struct Prepared {
     pub skipped: usize,
     /// Whether the report is appended to (`--resume`) rather than started afresh.
     pub append: bool,
+    /// The output directory's lock, held as long as this lives ([`lock`]).
+    pub _lock: File,
+}
+
+/// Locks the output directory (an exclusive `flock` on the directory itself, so no
+/// file is added to it) for as long as the returned handle lives: two processes never
+/// write one directory's outputs and report at once.
+pub(crate) fn lock(out: &Path) -> Result<File, BatchError> {
+    let dir = File::open(out).map_err(|e| BatchError::output(out, e))?;
+    match dir.try_lock() {
+        Ok(()) => Ok(dir),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BatchError::OutLocked {
+            path: out.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(BatchError::output(out, e)),
+    }
+}
+
+/// Creates a job's partial output file afresh: a stale one (or anything planted under
+/// its name, a symlink included) is removed first, and the new one is created only if
+/// nothing took the name meanwhile (never following a link).
+pub(crate) fn create_part(part: &Path) -> std::io::Result<File> {
+    match std::fs::remove_file(part) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(part)
 }
 
 /// Where a job's output goes until it succeeds.
@@ -117,6 +149,7 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
     }
     let out = &options.out_dir;
     std::fs::create_dir_all(out).map_err(|e| BatchError::output(out, e))?;
+    let lock = lock(out)?;
     let canonical = |dir: &Path| std::fs::canonicalize(dir).map_err(|e| BatchError::output(dir, e));
     if canonical(out)? == canonical(&options.input_dir)? {
         return Err(BatchError::OutIsInput);
@@ -129,6 +162,7 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             inputs,
             skipped: 0,
             append: false,
+            _lock: lock,
         });
     }
     match options.out_mode {
@@ -149,16 +183,17 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
                 inputs,
                 skipped: 0,
                 append: false,
+                _lock: lock,
             })
         }
-        OutMode::Resume => resume(out, inputs),
+        OutMode::Resume => resume(out, inputs, lock),
     }
 }
 
 /// `--resume`: keeps the inputs with a successful report line and their output, and a
 /// report of just those lines (rewritten whole, then renamed over the old one); the
 /// rest run again, their stale outputs removed first.
-fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
+fn resume(out: &Path, inputs: Vec<Input>, lock: File) -> Result<Prepared, BatchError> {
     let wanted: HashSet<&str> = inputs.iter().map(|(name, _, _)| name.as_str()).collect();
     let mut kept: HashMap<String, String> = HashMap::new();
     let previous = previous_report(out)?;
@@ -196,6 +231,7 @@ fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
         skipped: kept.len(),
         inputs: run,
         append: true,
+        _lock: lock,
     })
 }
 
@@ -255,6 +291,31 @@ fn remove(path: &Path) -> Result<(), BatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_locked_output_directory_is_refused_until_its_lock_goes() {
+        let out = tempfile::tempdir().unwrap();
+        let held = lock(out.path()).unwrap();
+        let err = lock(out.path()).unwrap_err();
+        assert!(matches!(err, BatchError::OutLocked { .. }), "{err}");
+        drop(held);
+        lock(out.path()).unwrap();
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_part_file_never_writes_through_a_planted_link() {
+        let out = tempfile::tempdir().unwrap();
+        let victim = out.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let part = part_path(out.path(), "x");
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+        use std::io::Write;
+        create_part(&part).unwrap().write_all(b"output").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&part).unwrap(), "output");
+        assert!(!std::fs::symlink_metadata(&part).unwrap().is_symlink());
+    }
 
     #[test]
     fn names_that_cannot_be_outputs() {

@@ -43,6 +43,7 @@ pub async fn attach(
         ))));
     };
     std::fs::create_dir_all(out_dir).map_err(|e| BatchError::output(out_dir, e))?;
+    let _lock = outdir::lock(out_dir)?;
     let written: HashSet<String> = outdir::previous_report(out_dir)?
         .into_iter()
         .map(|(name, _)| name)
