@@ -334,6 +334,7 @@ impl Results<'_> {
             .key(self.q.keys.result_key(id))
             .key(backlog)
             .key(batch)
+            .key(&self.q.keys.delayed)
             .arg(GROUP)
             .invoke_async(&mut self.q.connection())
             .await
@@ -398,7 +399,8 @@ impl Results<'_> {
         invocation
             .key(&self.q.keys.jobs)
             .key(self.q.keys.batch(id))
-            .key(backlog);
+            .key(backlog)
+            .key(&self.q.keys.delayed);
         for job in page {
             invocation
                 .key(self.q.keys.job_record(*job))

@@ -9,6 +9,7 @@
 --          without a tenant): the only other stream the record may name
 -- KEYS[5]  the record's batch hash (the job stream again for a job of no batch): a
 --          cancelled job is counted in its `n:cancelled`, while the hash exists
+-- KEYS[6]  the delayed set (a job waiting to be retried is removed from it)
 -- ARGV[1]  consumer group
 -- Returns  'cancelled', 'running' (claimed: it cannot be taken back), or 'gone'
 --          (finished, cancelled before, or unknown); an error 'CORRUPT <key> …'
@@ -18,7 +19,8 @@
 -- worker cannot claim the entry (nor the dispatcher move it) between the check and the
 -- delete. A job still in its tenant's backlog is deleted from there. Every key is
 -- checked before the first write.
-local answer, problem = cancel_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
+local answer, problem = cancel_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], KEYS[6],
+  in_delayed(KEYS[6]))
 if problem then return redis.error_reply('CORRUPT ' .. problem) end
 if answer == 'cancelled' and KEYS[5] ~= KEYS[1]
   and redis.call('TYPE', KEYS[5])['ok'] == 'hash' then

@@ -8,8 +8,9 @@
 --                left alone when it no longer exists (not recreated without a TTL)
 -- KEYS[3]        the batch tenant's backlog stream (the only stream besides the job
 --                stream a record of the batch may name)
--- KEYS[2 + 2i]   the record of the i-th job of the page (hash: stream, entry, state)
--- KEYS[3 + 2i]   the i-th job's stored-result key (read only)
+-- KEYS[4]        the delayed set (a job waiting to be retried is removed from it)
+-- KEYS[3 + 2i]   the record of the i-th job of the page (hash: stream, entry, state)
+-- KEYS[4 + 2i]   the i-th job's stored-result key (read only)
 -- ARGV[1]        consumer group
 -- Returns        {cancelled, running, gone, corrupt}: how many jobs of the page were
 --                cancelled, are claimed by a worker, are gone (finished, cancelled
@@ -28,8 +29,9 @@ local exists = redis.call('EXISTS', KEYS[2]) == 1
 if exists then redis.call('HSET', KEYS[2], 'cancelled', '1') end
 local counts = {0, 0, 0, 0}
 local slot = {cancelled = 1, running = 2, gone = 3}
-for i = 4, #KEYS, 2 do
-  local answer = cancel_job(KEYS[1], KEYS[i], KEYS[i + 1], KEYS[3], ARGV[1])
+local lookup = in_delayed(KEYS[4])
+for i = 5, #KEYS, 2 do
+  local answer = cancel_job(KEYS[1], KEYS[i], KEYS[i + 1], KEYS[3], ARGV[1], KEYS[4], lookup)
   local at = slot[answer] or 4
   counts[at] = counts[at] + 1
 end
