@@ -321,3 +321,70 @@ fn one_job_is_one_job() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.starts_with("1 job in "), "{stdout}");
 }
+
+#[test]
+fn force_and_resume_remove_only_the_outputs_the_previous_report_lists() {
+    let inputs_dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    csv_inputs(inputs_dir.path(), 4);
+    // Files the batch did not write: one named like an input whose job fails.
+    std::fs::write(out.path().join("in00.csv"), "mine").unwrap();
+    std::fs::write(out.path().join("notes.txt"), "mine").unwrap();
+    let forced = sluice_batch(
+        &["--force"],
+        "csv2jsonl.wasm",
+        inputs_dir.path(),
+        out.path(),
+    );
+    assert_eq!(forced.status.code(), Some(1), "{}", stderr_of(&forced));
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("in00.csv")).unwrap(),
+        "mine",
+        "a failed job's name does not make the file there the batch's"
+    );
+    assert!(out.path().join("in01.csv").is_file());
+    // A second --force removes the first run's outputs, not the files it never wrote.
+    let again = sluice_batch(
+        &["--force"],
+        "csv2jsonl.wasm",
+        inputs_dir.path(),
+        out.path(),
+    );
+    assert_eq!(again.status.code(), Some(1), "{}", stderr_of(&again));
+    let resumed = sluice_batch(
+        &["--resume"],
+        "csv2jsonl.wasm",
+        inputs_dir.path(),
+        out.path(),
+    );
+    assert_eq!(resumed.status.code(), Some(1), "{}", stderr_of(&resumed));
+    for name in ["in00.csv", "notes.txt"] {
+        assert_eq!(
+            std::fs::read_to_string(out.path().join(name)).unwrap(),
+            "mine",
+            "{name}"
+        );
+    }
+    assert_eq!(report(out.path()).len(), 12);
+}
+
+#[test]
+fn an_input_name_that_is_not_utf8_is_refused_before_any_job() {
+    use std::os::unix::ffi::OsStrExt;
+    let inputs_dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    csv_inputs(inputs_dir.path(), 0);
+    // Both would read as `a\u{FFFD}`: one output, two report lines.
+    for name in [&b"a\xff"[..], &b"a\xfe"[..]] {
+        let name = std::ffi::OsStr::from_bytes(name);
+        std::fs::write(inputs_dir.path().join(name), "a,b\n").unwrap();
+    }
+    let run = sluice_batch(&[], "csv2jsonl.wasm", inputs_dir.path(), out.path());
+    assert_eq!(run.status.code(), Some(2), "{}", stderr_of(&run));
+    assert!(
+        stderr_of(&run).contains("not valid UTF-8"),
+        "{}",
+        stderr_of(&run)
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}

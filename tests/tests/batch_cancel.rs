@@ -10,6 +10,10 @@ use sluice_tests::{RedisServer, fresh_queue};
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// How long a claim that expects nothing waits after a promotion: three maintenance
+/// intervals (the default 100 ms), so a promotion happens after the retried job is due.
+const PROMOTED: Duration = Duration::from_millis(300);
+
 async fn fresh() -> (RedisServer, RedisQueue) {
     fresh_queue(|_| {}).await
 }
@@ -138,5 +142,176 @@ async fn a_command_line_batch_is_recorded_and_cancels_on_the_job_stream() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((counts.total, counts.done()), (4, 1));
+    // The cancelled count as done (`n:cancelled`): the batch is over.
+    assert_eq!((counts.total, counts.done()), (4, 4));
+    assert_eq!(counts.by_outcome.get("cancelled"), Some(&3), "{counts:?}");
+}
+
+/// A new client of the same queue: its first claim promotes due delayed jobs (a
+/// client promotes at most once per maintenance interval, the first time at once).
+/// A job retried with no delay is due from the next millisecond on, so a claim that
+/// must see it promoted waits through a few maintenance intervals ([`PROMOTED`]).
+async fn promoter(server: &RedisServer) -> RedisQueue {
+    RedisQueue::connect(sluice_shared::queue::redis::RedisConfig::new(server.url()))
+        .await
+        .unwrap()
+}
+
+fn labelled(n: u8) -> Job {
+    let mut job = job(n);
+    job.label = format!("input-{n}");
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_job_waiting_to_retry_is_cancelled_and_never_runs() {
+    let (server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..2).map(labelled).collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .results()
+        .enqueue_batch(&batch, "local", jobs.len(), &jobs, false)
+        .await
+        .unwrap();
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
+    let first = claimed[0].delivery.clone().unwrap();
+    // Its first attempt failed: it waits in the delayed set, in no stream.
+    queue
+        .retry(&claimed[0].lease, &first, Duration::ZERO)
+        .await
+        .unwrap();
+    let done = queue.results().cancel_batch(&batch).await.unwrap();
+    assert_eq!(
+        (done.cancelled, done.running, done.finished),
+        (2, 0, 0),
+        "{done:?}"
+    );
+    // Due now, it is dropped when promoted instead of running.
+    assert!(
+        promoter(&server)
+            .await
+            .claim("c2", 10, LONG, PROMOTED)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(server.cli(&["ZCARD", &queue.keys().delayed]).trim(), "0");
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "local")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((counts.total, counts.done()), (2, 2), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_job_waiting_to_retry_is_cancelled_and_never_runs() {
+    let (server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..1).map(job).collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .admission()
+        .enqueue_owned(&jobs, "acme", Some(&batch))
+        .await
+        .unwrap();
+    assert_eq!(sluice_tests::fleet::admit(&queue, "acme", 1).await, 1);
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
+    let first = claimed[0].delivery.clone().unwrap();
+    queue
+        .retry(&claimed[0].lease, &first, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.results().cancel(first.id).await.unwrap(),
+        sluice_shared::queue::redis::Cancelled::Yes
+    );
+    assert!(
+        promoter(&server)
+            .await
+            .claim("c2", 10, LONG, PROMOTED)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Not put back into its tenant's backlog either.
+    assert_eq!(queue.admission().backlog_len("acme").await.unwrap(), 0);
+    // Cancelled alone, it is counted in its batch, which is then over.
+    let counts = queue
+        .results()
+        .batch_counts(&batch, "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(counts.by_outcome.get("cancelled"), Some(&1), "{counts:?}");
+    assert_eq!((counts.total, counts.done()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_command_line_job_is_cancelled_where_it_now_is() {
+    let (server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..2).map(labelled).collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .results()
+        .enqueue_batch(&batch, "local", jobs.len(), &jobs, false)
+        .await
+        .unwrap();
+    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
+    let first = claimed[0].delivery.clone().unwrap();
+    queue
+        .retry(&claimed[0].lease, &first, Duration::ZERO)
+        .await
+        .unwrap();
+    // This claim promotes the first job (a fresh entry at the stream's end) and takes
+    // the second.
+    let second = promoter(&server)
+        .await
+        .claim("c2", 1, LONG, LONG)
+        .await
+        .unwrap();
+    assert_eq!(second[0].lease.job_id, Some(jobs[1].id));
+    let done = queue.results().cancel_batch(&batch).await.unwrap();
+    assert_eq!((done.cancelled, done.running), (1, 1), "{done:?}");
+    assert!(
+        promoter(&server)
+            .await
+            .claim("c3", 10, LONG, PROMOTED)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the promoted entry was not deleted: its record named the old one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_refuses_later_chunks() {
+    let (_server, queue) = fresh().await;
+    let jobs: Vec<Job> = (0..4).map(labelled).collect();
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .results()
+        .enqueue_batch(&batch, "local", jobs.len(), &jobs[..2], false)
+        .await
+        .unwrap();
+    let done = queue.results().cancel_batch(&batch).await.unwrap();
+    assert_eq!(done.cancelled, 2);
+    // The submitter's next chunk, and a resubmit of the cancelled, are refused.
+    for (chunk, again) in [(&jobs[2..], false), (&jobs[..2], true)] {
+        let err = queue
+            .results()
+            .enqueue_batch(&batch, "local", jobs.len(), chunk, again)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ResultsError::BatchCancelled { .. }), "{err}");
+    }
+    assert!(
+        queue
+            .claim("c1", 10, LONG, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (_, ids) = queue.results().batch(&batch).await.unwrap().unwrap();
+    assert_eq!(ids.len(), 2, "the refused chunk is not listed");
 }

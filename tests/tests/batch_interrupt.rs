@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_shared::Queue;
+use sluice_shared::{Job, JobInput, ModuleHash, Queue};
 use sluice_tests::fleet::Fleet;
 use sluice_tests::wait::poll;
 use sluice_tests::{bin, guest};
@@ -371,4 +371,51 @@ fn ctrl_c_on_a_terminal_asks_and_c_cancels() {
     assert_eq!(outputs(out.path()).len(), lines.len());
     let stats = fleet.rt.block_on(fleet.queue.stats()).unwrap();
     assert_eq!((stats.ready, stats.leased, stats.delayed), (0, 0, 0));
+}
+
+#[test]
+fn attach_reports_jobs_redis_lost_and_ends() {
+    let fleet = Fleet::start("attach_lost");
+    let module = ModuleHash::of(b"never run");
+    let jobs: Vec<Job> = (0..3)
+        .map(|n| {
+            let mut job = Job::new(module, JobInput::Inline(vec![n]));
+            job.label = format!("in{n}");
+            job
+        })
+        .collect();
+    let id = uuid::Uuid::now_v7().to_string();
+    fleet
+        .rt
+        .block_on(
+            fleet
+                .queue
+                .results()
+                .enqueue_batch(&id, "local", jobs.len(), &jobs, false),
+        )
+        .unwrap();
+    // Redis loses the queued entries (their records and the batch stay): no worker
+    // will ever finish them, and attach holds no input to enqueue them again.
+    let jobs_key = fleet.queue.keys().jobs.clone();
+    let entries = fleet.redis.cli(&["XRANGE", &jobs_key, "-", "+"]);
+    for entry in entries
+        .lines()
+        .filter(|l| l.contains('-') && !l.contains(' '))
+    {
+        fleet.redis.cli(&["XDEL", &jobs_key, entry.trim()]);
+    }
+    assert_eq!(fleet.redis.cli(&["XLEN", &jobs_key]).trim(), "0");
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_string_lossy();
+    let attached = fleet
+        .sluice(&["batch", "attach", &id, "--quiet", "--out", &out_dir])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&attached.stdout);
+    let stderr = String::from_utf8_lossy(&attached.stderr);
+    assert_eq!(attached.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("3 jobs lost by Redis"),
+        "{stdout}\n{stderr}"
+    );
 }

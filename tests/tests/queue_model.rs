@@ -487,7 +487,7 @@ async fn run(seed: u64, steps: usize) {
         "each dead job has exactly one letter"
     );
 
-    // Each batch's counters are its jobs' final outcomes, each counted once.
+    // Each batch's counters are its jobs' final outcomes and cancels, each counted once.
     for batch in &model.batches {
         let counts = queue
             .results()
@@ -504,6 +504,10 @@ async fn run(seed: u64, steps: usize) {
                 *expected
                     .entry(r.outcome.kind().as_str().to_owned())
                     .or_default() += 1;
+            }
+            // A cancelled job is counted in its batch too (`n:cancelled`).
+            if m.batch.as_ref() == Some(batch) && m.state == State::Cancelled {
+                *expected.entry("cancelled".to_owned()).or_default() += 1;
             }
         }
         assert_eq!(counts.by_outcome, expected, "batch {batch}, seed {seed}");

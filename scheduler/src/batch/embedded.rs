@@ -6,6 +6,7 @@
 //! ones finish; interrupted again, it abandons them. Either way the report holds only
 //! whole lines and no partial output stays behind.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sluice_shared::{
-    Job, JobInput, JobResult, MemoryQueue, ModuleHash, Outcome, Queue, RetryPolicy,
+    Job, JobId, JobInput, JobResult, MemoryQueue, ModuleHash, Outcome, Queue, RetryPolicy,
 };
 use sluice_worker::executor::{self, Disposition, ExecutorConfig, JobEnv};
 use sluice_worker::{LoadedModule, Sandbox, SandboxConfig};
@@ -38,6 +39,9 @@ struct FileEnv {
     finished: AtomicUsize,
     total: usize,
     all_done: CancellationToken,
+    /// Jobs whose output was renamed into place and whose report line is not written
+    /// yet (both happen under the report's lock, one after the other).
+    unlisted: Mutex<HashSet<JobId>>,
 }
 
 impl JobEnv for FileEnv {
@@ -61,7 +65,7 @@ impl JobEnv for FileEnv {
 
     fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome> {
         let path = part_path(&self.out_dir, &job.label);
-        File::create(&path)
+        outdir::create_part(&path)
             .map(|file| Box::new(BufWriter::with_capacity(64 << 10, file)) as Box<dyn Write + Send>)
             .map_err(|e| Outcome::HostError {
                 reason: format!("{}: {e}", path.display()),
@@ -74,9 +78,13 @@ impl JobEnv for FileEnv {
         // appears that the report does not list.
         let report = self.report.lock();
         if result.outcome.is_success() && !report.is_closed() {
-            std::fs::rename(&part, self.out_dir.join(&job.label)).map_err(|e| Outcome::HostError {
-                reason: format!("{}: {e}", part.display()),
-            })
+            std::fs::rename(&part, self.out_dir.join(&job.label)).map_err(|e| {
+                Outcome::HostError {
+                    reason: format!("{}: {e}", part.display()),
+                }
+            })?;
+            self.unlisted.lock().insert(job.id);
+            Ok(())
         } else {
             // A failed job leaves no output behind; the report says why.
             let _ = std::fs::remove_file(&part);
@@ -89,8 +97,19 @@ impl JobEnv for FileEnv {
             return;
         }
         let label = job.map_or("<undecodable>", |job| job.label.as_str());
-        // A failed write is kept by the report, and fails the batch when it finishes.
-        let _ = self.report.lock().record(label, result);
+        let mut report = self.report.lock();
+        let renamed = job.is_some_and(|job| self.unlisted.lock().remove(&job.id));
+        if report.is_closed() {
+            // Aborted between this job's output rename and now: the report no longer
+            // takes lines, so the output it cannot list goes (a `--resume` runs it again).
+            if renamed && let Some(job) = job {
+                let _ = std::fs::remove_file(self.out_dir.join(&job.label));
+            }
+        } else {
+            // A failed write is kept by the report, and fails the batch when it finishes.
+            let _ = report.record(label, result);
+        }
+        drop(report);
         if self.finished.fetch_add(1, Ordering::AcqRel) + 1 == self.total {
             self.all_done.cancel();
         }
@@ -165,6 +184,7 @@ pub async fn run_batch_with(
         finished: AtomicUsize::new(0),
         total: inputs.len(),
         all_done: all_done.clone(),
+        unlisted: Mutex::new(HashSet::new()),
     });
     if inputs.is_empty() {
         all_done.cancel();
@@ -205,6 +225,8 @@ pub async fn run_batch_with(
     let mut interrupted = None;
     let ran = loop {
         tokio::select! {
+            // Biased: with both signals in, the stop is handled first, then the abort.
+            biased;
             ran = &mut workers => break Some(ran),
             () = interrupts.stop.cancelled(), if interrupted.is_none() => {
                 interrupted = Some(Interrupted::Stopped);
@@ -217,8 +239,10 @@ pub async fn run_batch_with(
             }
             () = interrupts.abort.cancelled() => {
                 // The runs go on in their threads until the process exits; their
-                // outputs are not kept (the report is closed first).
+                // outputs are not kept (the report is closed first). The executor
+                // claims no more jobs (no new partial files after they are swept).
                 interrupted = Some(Interrupted::Aborted);
+                all_done.cancel();
                 break None;
             }
         }

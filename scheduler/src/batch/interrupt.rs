@@ -1,5 +1,7 @@
 //! Interrupting a batch: the first SIGINT or SIGTERM asks it to stop starting jobs and
-//! let the running ones finish; the second asks it to abort them.
+//! let the running ones finish; the second asks it to abort them; a third ends the
+//! process at once (exit 130), for a phase that does not watch for the abort (upload,
+//! enqueue, `attach`).
 
 use tokio_util::sync::CancellationToken;
 
@@ -39,11 +41,10 @@ impl Interrupts {
                     got = term.recv() => if got.is_none() { break },
                 }
                 seen += 1;
-                if seen == 1 {
-                    stop.cancel();
-                } else {
-                    abort.cancel();
-                    break;
+                match seen {
+                    1 => stop.cancel(),
+                    2 => abort.cancel(),
+                    _ => std::process::exit(i32::from(INTERRUPTED_EXIT)),
                 }
             }
         });

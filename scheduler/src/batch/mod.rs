@@ -150,6 +150,21 @@ pub enum BatchError {
         /// What the name is kept for.
         why: &'static str,
     },
+    /// An input's file name is not valid UTF-8: it would name its output, report line
+    /// and job label lossily, so two such names could write the same output.
+    #[error("input {path}: the file name is not valid UTF-8 (rename it; no job was run)")]
+    NonUtf8Name {
+        /// The input.
+        path: PathBuf,
+    },
+    /// Another `sluice batch` or `attach` is writing the output directory now.
+    #[error(
+        "{path} is being written by another sluice batch or attach (it holds the directory's lock); wait for it to end"
+    )]
+    OutLocked {
+        /// The output directory.
+        path: PathBuf,
+    },
     /// The output directory is the input directory.
     #[error("the output directory must differ from the input directory")]
     OutIsInput,

@@ -3,9 +3,13 @@
 //! it succeeds. So no input may be named `report.jsonl` or `.<…>.part` (refused before
 //! any job runs), and a rerun into a directory that holds files refuses unless told
 //! what to do with them: `--force` removes the previous run's outputs and report,
-//! `--resume` keeps the inputs whose successful output and report line exist.
+//! `--resume` keeps the inputs whose successful output and report line exist. Either
+//! removes only outputs the previous report lists as successes (and partial files):
+//! anything else in OUT stays, unless a job's successful output replaces it. Input names must be valid
+//! UTF-8 (each names an output and a report line exactly).
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::{BatchError, BatchOptions};
@@ -17,7 +21,8 @@ pub enum OutMode {
     /// Refuse (the default).
     #[default]
     Fresh,
-    /// Remove the previous run's outputs, report and partial files first.
+    /// Remove the previous run's outputs (the successes its report lists), report and
+    /// partial files first.
     Force,
     /// Skip the inputs whose successful output and report line exist; append to the
     /// report.
@@ -36,6 +41,37 @@ pub(crate) struct Prepared {
     pub skipped: usize,
     /// Whether the report is appended to (`--resume`) rather than started afresh.
     pub append: bool,
+    /// The output directory's lock, held as long as this lives ([`lock`]).
+    pub _lock: File,
+}
+
+/// Locks the output directory (an exclusive `flock` on the directory itself, so no
+/// file is added to it) for as long as the returned handle lives: two processes never
+/// write one directory's outputs and report at once.
+pub(crate) fn lock(out: &Path) -> Result<File, BatchError> {
+    let dir = File::open(out).map_err(|e| BatchError::output(out, e))?;
+    match dir.try_lock() {
+        Ok(()) => Ok(dir),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BatchError::OutLocked {
+            path: out.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(BatchError::output(out, e)),
+    }
+}
+
+/// Creates a job's partial output file afresh: a stale one (or anything planted under
+/// its name, a symlink included) is removed first, and the new one is created only if
+/// nothing took the name meanwhile (never following a link).
+pub(crate) fn create_part(part: &Path) -> std::io::Result<File> {
+    match std::fs::remove_file(part) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(part)
 }
 
 /// Where a job's output goes until it succeeds.
@@ -75,13 +111,13 @@ pub fn list_inputs(dir: &Path) -> Result<Vec<Input>, BatchError> {
             error,
         })?;
         if meta.is_file() {
+            // Refused, not made lossy: `a\xff` and `a\xfe` would both become `a\u{FFFD}`.
+            let Ok(name) = entry.file_name().into_string() else {
+                return Err(BatchError::NonUtf8Name { path });
+            };
             let path =
                 std::fs::canonicalize(&path).map_err(|error| BatchError::Inputs { path, error })?;
-            inputs.push((
-                entry.file_name().to_string_lossy().into_owned(),
-                path,
-                meta.len(),
-            ));
+            inputs.push((name, path, meta.len()));
         }
     }
     inputs.sort();
@@ -113,6 +149,7 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
     }
     let out = &options.out_dir;
     std::fs::create_dir_all(out).map_err(|e| BatchError::output(out, e))?;
+    let lock = lock(out)?;
     let canonical = |dir: &Path| std::fs::canonicalize(dir).map_err(|e| BatchError::output(dir, e));
     if canonical(out)? == canonical(&options.input_dir)? {
         return Err(BatchError::OutIsInput);
@@ -125,6 +162,7 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             inputs,
             skipped: 0,
             append: false,
+            _lock: lock,
         });
     }
     match options.out_mode {
@@ -133,12 +171,10 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             entries,
         }),
         OutMode::Force => {
-            let previous = previous_report(out)?;
-            let names = previous
-                .iter()
-                .map(|(name, _)| name.as_str())
-                .chain(inputs.iter().map(|(name, _, _)| name.as_str()));
-            for name in names {
+            // Only what the previous run wrote: the outputs of the successes its report
+            // lists. Any other file is not ours (a current input's output replaces it,
+            // atomically, only if that job succeeds).
+            for name in previous_outputs(&previous_report(out)?) {
                 remove(&out.join(name))?;
             }
             remove(&out.join(REPORT_FILE))?;
@@ -147,22 +183,23 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
                 inputs,
                 skipped: 0,
                 append: false,
+                _lock: lock,
             })
         }
-        OutMode::Resume => resume(out, inputs),
+        OutMode::Resume => resume(out, inputs, lock),
     }
 }
 
 /// `--resume`: keeps the inputs with a successful report line and their output, and a
 /// report of just those lines (rewritten whole, then renamed over the old one); the
 /// rest run again, their stale outputs removed first.
-fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
+fn resume(out: &Path, inputs: Vec<Input>, lock: File) -> Result<Prepared, BatchError> {
     let wanted: HashSet<&str> = inputs.iter().map(|(name, _, _)| name.as_str()).collect();
     let mut kept: HashMap<String, String> = HashMap::new();
-    for (name, line) in previous_report(out)? {
-        let success = serde_json::from_str::<serde_json::Value>(&line)
-            .is_ok_and(|v| v["outcome"] == "success");
-        if success && wanted.contains(name.as_str()) && out.join(&name).is_file() {
+    let previous = previous_report(out)?;
+    let ours: HashSet<String> = previous_outputs(&previous).map(str::to_owned).collect();
+    for (name, line) in previous {
+        if is_success(&line) && wanted.contains(name.as_str()) && out.join(&name).is_file() {
             kept.insert(name, line);
         } else {
             kept.remove(&name);
@@ -177,7 +214,10 @@ fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
                 report.push('\n');
             }
             None => {
-                remove(&out.join(&input.0))?;
+                // A stale output of the previous run goes; a file it did not write stays.
+                if ours.contains(&input.0) {
+                    remove(&out.join(&input.0))?;
+                }
                 run.push(input);
             }
         }
@@ -191,6 +231,7 @@ fn resume(out: &Path, inputs: Vec<Input>) -> Result<Prepared, BatchError> {
         skipped: kept.len(),
         inputs: run,
         append: true,
+        _lock: lock,
     })
 }
 
@@ -211,6 +252,19 @@ pub(crate) fn previous_report(out: &Path) -> Result<Vec<(String, String)>, Batch
             is_output_name(name).then(|| (name.to_owned(), line.to_owned()))
         })
         .collect())
+}
+
+/// Whether a report line is a success's (only a success leaves an output).
+fn is_success(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["outcome"] == "success")
+}
+
+/// The outputs a previous run wrote: the inputs its report lists as successes.
+fn previous_outputs(report: &[(String, String)]) -> impl Iterator<Item = &str> {
+    report
+        .iter()
+        .filter(|(_, line)| is_success(line))
+        .map(|(name, _)| name.as_str())
 }
 
 /// Removes the partial files (`.<name>.part`) in `out`: what an interrupted or
@@ -237,6 +291,31 @@ fn remove(path: &Path) -> Result<(), BatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_locked_output_directory_is_refused_until_its_lock_goes() {
+        let out = tempfile::tempdir().unwrap();
+        let held = lock(out.path()).unwrap();
+        let err = lock(out.path()).unwrap_err();
+        assert!(matches!(err, BatchError::OutLocked { .. }), "{err}");
+        drop(held);
+        lock(out.path()).unwrap();
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_part_file_never_writes_through_a_planted_link() {
+        let out = tempfile::tempdir().unwrap();
+        let victim = out.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let part = part_path(out.path(), "x");
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+        use std::io::Write;
+        create_part(&part).unwrap().write_all(b"output").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&part).unwrap(), "output");
+        assert!(!std::fs::symlink_metadata(&part).unwrap().is_symlink());
+    }
 
     #[test]
     fn names_that_cannot_be_outputs() {

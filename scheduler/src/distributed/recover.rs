@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use sluice_shared::backoff::Backoff;
 use sluice_shared::module_meta::ModuleMeta;
-use sluice_shared::queue::redis::{RedisQueue, Whereabouts};
+use sluice_shared::queue::redis::{RedisQueue, ResultsError, Whereabouts};
 use sluice_shared::{EntryPoint, Job, JobId, ModuleHash};
 
 use super::upload_input;
@@ -74,12 +74,19 @@ pub(super) struct Resubmitter<'a> {
     pub(super) lost: Vec<(String, String)>,
     /// Ids of jobs lost for good since the caller last took them.
     pub(super) unreadable: Vec<JobId>,
+    /// Whether Redis refused to enqueue again because the batch was cancelled: the
+    /// caller stops redoing jobs.
+    pub(super) cancelled: bool,
 }
 
 impl Resubmitter<'_> {
-    /// Enqueues jobs of this batch again (already in its job list).
+    /// Enqueues jobs of this batch again (already in its job list); none once the
+    /// batch is cancelled (then [`Self::cancelled`] is set).
     async fn enqueue(&mut self, queue: &RedisQueue, jobs: &[Job]) -> Result<(), BatchError> {
-        queue
+        if self.cancelled || jobs.is_empty() {
+            return Ok(());
+        }
+        match queue
             .results()
             .enqueue_batch(
                 &self.batch_id,
@@ -88,9 +95,18 @@ impl Resubmitter<'_> {
                 jobs,
                 true,
             )
-            .await?;
-        self.redone += jobs.len();
-        Ok(())
+            .await
+        {
+            Ok(()) => {
+                self.redone += jobs.len();
+                Ok(())
+            }
+            Err(ResultsError::BatchCancelled { .. }) => {
+                self.cancelled = true;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Enqueues `vanished` again under their own ids, after storing the module again

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use sluice_shared::backoff::Backoff;
-use sluice_shared::queue::redis::{RecoveryError, RedisQueue, StoreError};
-use sluice_shared::{JobId, QueueError};
+use sluice_shared::queue::redis::{RecoveryError, RedisQueue, ResultsError, StoreError};
+use sluice_shared::{Job, JobId, QueueError};
 
 use super::recover::{Resubmitter, StallWatch, waiting_line};
 use super::watch::{WorkerWatch, write_finished};
@@ -79,6 +79,58 @@ async fn decide(
         progress.enable_steady_tick(Duration::from_millis(500));
     }
     choice
+}
+
+/// What one `enqueue_batch` call of the submitter came to.
+enum Enqueued {
+    /// The chunk is in.
+    Yes,
+    /// The batch was cancelled: the chunk was refused.
+    Cancelled,
+    /// Redis failed: the chunk's jobs wait for the check for lost jobs.
+    Failed(QueueError),
+}
+
+impl Enqueued {
+    /// Notes the outcome: a refused chunk's jobs are no longer expected (nor counted).
+    fn apply(
+        self,
+        chunk: &[Job],
+        follower: &mut Follower,
+        registered: &mut usize,
+        unavailable: &mut Option<QueueError>,
+        cancelled: &mut bool,
+    ) {
+        match self {
+            Enqueued::Yes => {}
+            Enqueued::Cancelled => {
+                let ids: Vec<JobId> = chunk.iter().map(|job| job.id).collect();
+                follower.forget(&ids);
+                *registered -= ids.len();
+                *cancelled = true;
+            }
+            Enqueued::Failed(e) => *unavailable = Some(e),
+        }
+    }
+}
+
+/// Enqueues one chunk of new jobs of the batch.
+async fn enqueue_chunk(
+    queue: &RedisQueue,
+    batch_id: &str,
+    options: &BatchOptions,
+    total: usize,
+    chunk: &[Job],
+) -> Enqueued {
+    match queue
+        .results()
+        .enqueue_batch(batch_id, &options.tenant.0, total, chunk, false)
+        .await
+    {
+        Ok(()) => Enqueued::Yes,
+        Err(ResultsError::BatchCancelled { .. }) => Enqueued::Cancelled,
+        Err(e) => Enqueued::Failed(e.into()),
+    }
 }
 
 /// What the follow loop does once interrupted.
@@ -155,6 +207,7 @@ pub async fn run_batch(
         redone: 0,
         lost: Vec::new(),
         unreadable: Vec::new(),
+        cancelled: false,
     };
     // Enqueued a chunk at a time, so inline inputs are never all in memory at once.
     // Should Redis go away meanwhile, the remaining jobs are only registered: they are
@@ -163,18 +216,24 @@ pub async fn run_batch(
     let mut unavailable = None;
     let mut registered = 0;
     let mut stop_enqueueing = false;
+    // Once the batch is cancelled (here or elsewhere), jobs found missing are not
+    // enqueued again: they are forgotten.
+    let mut cancelled = false;
     'chunks: for chunk in inputs.chunks(1_000) {
         let mut jobs = Vec::with_capacity(chunk.len());
         for (name, path, len) in chunk {
             if interrupts.stopping() {
                 stop_enqueueing = true;
-                if unavailable.is_none()
-                    && let Err(e) = queue
-                        .results()
-                        .enqueue_batch(&batch_id, &options.tenant.0, inputs.len(), &jobs, false)
+                if unavailable.is_none() {
+                    enqueue_chunk(&queue, &batch_id, &options, inputs.len(), &jobs)
                         .await
-                {
-                    unavailable = Some(e.into());
+                        .apply(
+                            &jobs,
+                            &mut follower,
+                            &mut registered,
+                            &mut unavailable,
+                            &mut cancelled,
+                        );
                 }
                 break 'chunks;
             }
@@ -196,13 +255,27 @@ pub async fn run_batch(
                 Err(e) => return Err(e),
             }
         }
-        if unavailable.is_none()
-            && let Err(e) = queue
-                .results()
-                .enqueue_batch(&batch_id, &options.tenant.0, inputs.len(), &jobs, false)
+        if unavailable.is_none() {
+            enqueue_chunk(&queue, &batch_id, &options, inputs.len(), &jobs)
                 .await
-        {
-            unavailable = Some(e.into());
+                .apply(
+                    &jobs,
+                    &mut follower,
+                    &mut registered,
+                    &mut unavailable,
+                    &mut cancelled,
+                );
+        }
+        if cancelled {
+            // `sluice batch cancel` (or the API) cancelled the batch meanwhile.
+            say(
+                &progress,
+                &format!(
+                    "batch {batch_id} was cancelled: {} not enqueued",
+                    crate::batch::jobs(inputs.len() - registered)
+                ),
+            );
+            break 'chunks;
         }
         workers.check(&queue, &progress).await;
     }
@@ -278,27 +351,41 @@ pub async fn run_batch(
                 ));
                 break;
             }
-            let cancelled = queue.results().cancel_batch(&batch_id).await?;
+            cancelled = true;
+            let n = match queue.results().cancel_batch(&batch_id).await {
+                Ok(done) => done.cancelled as usize,
+                // Redis lost the batch hash: nothing of it is left to cancel there;
+                // the jobs it lost are forgotten, not enqueued again.
+                Err(ResultsError::UnknownBatch { .. }) => 0,
+                Err(e) => {
+                    // Not a reason to end without a summary: follow what still runs.
+                    say(
+                        &progress,
+                        &format!(
+                            "cannot cancel batch {batch_id} now ({e}); following its jobs; `sluice batch cancel {batch_id}` tries again"
+                        ),
+                    );
+                    0
+                }
+            };
             let outstanding: Vec<JobId> = follower.outstanding_ids().into_iter().collect();
-            let gone: Vec<JobId> = queue
-                .results()
-                .batch_jobs(&outstanding)
-                .await?
-                .into_iter()
-                .filter(|job| job.cancelled)
-                .map(|job| job.id)
-                .collect();
-            follower.forget(&gone);
+            // Unreadable now, the cancelled are found at the next check for lost jobs.
+            if let Ok(found) = queue.results().batch_jobs(&outstanding).await {
+                let gone: Vec<JobId> = found
+                    .into_iter()
+                    .filter(|job| job.cancelled)
+                    .map(|job| job.id)
+                    .collect();
+                follower.forget(&gone);
+            }
             let line = format!(
                 "cancelled {} not started; waiting for {} running (interrupt again to stop waiting)",
-                jobs(cancelled.cancelled as usize),
+                jobs(n),
                 follower.outstanding()
             );
             say(&progress, &line);
-            stop.notes.push(format!(
-                "cancelled {} not started",
-                jobs(cancelled.cancelled as usize)
-            ));
+            stop.notes
+                .push(format!("cancelled {} not started", jobs(n)));
             continue;
         }
         workers.check(&queue, &progress).await;
@@ -350,7 +437,18 @@ pub async fn run_batch(
             );
             let redone = async {
                 finished = follower.collect(&queue, &at.finished).await?;
-                if !at.vanished.is_empty() {
+                if !at.vanished.is_empty() && (cancelled || resubmitter.cancelled) {
+                    // The batch is cancelled: what vanished is not enqueued again.
+                    follower.forget(&at.vanished);
+                    say(
+                        &progress,
+                        &format!(
+                            "{} of the cancelled batch will not run",
+                            jobs(at.vanished.len())
+                        ),
+                    );
+                    at.vanished.clear();
+                } else if !at.vanished.is_empty() {
                     // Cancelled jobs (`sluice batch cancel`) are gone on purpose.
                     let cancelled: Vec<JobId> = queue
                         .results()
@@ -382,19 +480,22 @@ pub async fn run_batch(
                     .saturating_sub(unreadable.len() as u64),
             );
             match redone {
-                Ok(()) => {}
-                // Redis went away again: what was not enqueued is found at the next check.
+                Ok(()) => stall.checked(!at.vanished.is_empty()),
+                // Redis went away again: what was not enqueued is found at the next
+                // check. The results collected before are written below all the same
+                // (the follower no longer expects them).
                 Err(BatchError::Queue(QueueError::Unavailable(reason))) => {
                     say(
                         &progress,
                         &format!("redis unavailable ({reason}); will look again"),
                     );
                     stall.checked(false);
-                    continue;
                 }
                 Err(e) => return Err(e),
             }
-            stall.checked(!at.vanished.is_empty());
+            if resubmitter.cancelled {
+                cancelled = true;
+            }
         }
         for result in finished {
             let label = labels.get(&result.job_id).cloned().unwrap_or_default();

@@ -10,7 +10,7 @@ use sluice_shared::queue::redis::RedisQueue;
 
 use super::write_output;
 use crate::batch::BatchError;
-use crate::batch::outdir::part_path;
+use crate::batch::outdir::{self, part_path};
 use crate::report::{Report, say};
 
 /// How often the batch looks for workers on its queue.
@@ -87,8 +87,8 @@ pub(crate) async fn write_finished(
 ) -> Result<(), BatchError> {
     if result.outcome.is_success() {
         let part = part_path(out_dir, label);
-        let file = tokio::fs::File::create(&part)
-            .await
+        let file = outdir::create_part(&part)
+            .map(tokio::fs::File::from_std)
             .map_err(|e| BatchError::output(&part, e))?;
         let written = write_output(queue, result, tokio::io::BufWriter::new(file)).await;
         if let Err(e) = written {

@@ -69,7 +69,7 @@ pub use listing::{
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{
-    BatchCancelled, BatchCounts, BatchJob, Cancelled, JobRecord, Results, ResultsError,
+    BatchCancelled, BatchCounts, BatchJob, CANCELLED, Cancelled, JobRecord, Results, ResultsError,
 };
 pub use tenants::{TenantError, Tenants};
 

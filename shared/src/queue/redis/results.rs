@@ -53,6 +53,13 @@ pub enum ResultsError {
         /// The id asked for (capped).
         id: String,
     },
+    /// The batch was cancelled (`sluice batch cancel`, `DELETE /v1/batches/{id}`): no
+    /// more of its jobs are enqueued.
+    #[error("batch {id} was cancelled: no more of its jobs are enqueued")]
+    BatchCancelled {
+        /// The batch's id (capped).
+        id: String,
+    },
     /// Redis failed, a key is corrupt, or a reply was not understood.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -142,6 +149,10 @@ const MAX_ID_IN_ERROR: usize = 64;
 /// The counter field prefix in a batch hash.
 const COUNTER: &str = "n:";
 
+/// The `by_outcome` key (and `n:<key>` counter) of a batch's cancelled jobs, counted by
+/// `cancel_batch.lua`; not an outcome kind (a cancelled job has no result).
+pub const CANCELLED: &str = "cancelled";
+
 /// What a batch's counters say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchCounts {
@@ -149,14 +160,16 @@ pub struct BatchCounts {
     pub tenant: String,
     /// Jobs submitted in the batch.
     pub total: u64,
-    /// Finished jobs per outcome kind, each job counted once.
+    /// Finished jobs per outcome kind, each job counted once; the cancelled ones under
+    /// [`CANCELLED`].
     pub by_outcome: BTreeMap<String, u64>,
     /// Each job of the batch, in submission order, with its outcome once finished.
     pub jobs: Vec<(JobId, Option<OutcomeKind>)>,
 }
 
 impl BatchCounts {
-    /// Finished jobs.
+    /// Finished jobs, the cancelled counted (under [`CANCELLED`] in `by_outcome`): a
+    /// cancelled batch ends with `done == total` once its running jobs finish.
     pub fn done(&self) -> u64 {
         self.by_outcome.values().sum()
     }
@@ -291,14 +304,38 @@ impl Results<'_> {
         Ok(matches!(pending, redis::Value::Array(rows) if !rows.is_empty()))
     }
 
-    /// Cancels a job that no worker has claimed yet.
+    /// Cancels a job that no worker has claimed yet (queued, in its tenant's backlog,
+    /// or waiting to be retried).
     pub async fn cancel(self, id: JobId) -> Result<Cancelled, ResultsError> {
+        let record = self.q.keys.job_record(id);
+        // A record's tenant and batch never change: its backlog (the one stream besides
+        // the job stream the record may name) and its batch hash (which counts the
+        // cancel) are declared to the script. A record that cannot be read here is
+        // reported by the script.
+        let (tenant, batch): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(&record)
+            .arg("tenant")
+            .arg("batch")
+            .query_async(&mut self.q.connection())
+            .await
+            .unwrap_or_default();
+        let backlog = match tenant.filter(|t| !t.is_empty()) {
+            Some(tenant) => self.q.keys.backlog(&tenant),
+            None => self.q.keys.jobs.clone(),
+        };
+        let batch = match batch.filter(|b| uuid::Uuid::parse_str(b).is_ok()) {
+            Some(batch) => self.q.keys.batch(&batch),
+            None => self.q.keys.jobs.clone(),
+        };
         let answer: String = SCRIPTS
             .cancel
             .key(&self.q.keys.jobs)
-            .key(self.q.keys.job_record(id))
+            .key(&record)
+            .key(self.q.keys.result_key(id))
+            .key(backlog)
+            .key(batch)
+            .key(&self.q.keys.delayed)
             .arg(GROUP)
-            .arg(self.q.keys.prefix())
             .invoke_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;
@@ -309,9 +346,12 @@ impl Results<'_> {
         })
     }
 
-    /// Cancels every job of batch `id` that no worker has claimed yet, each atomically
-    /// (`cancel_batch.lua`, a page of jobs per call); jobs running now run to their end.
-    /// The caller checks who owns the batch first ([`Self::batch`] names its tenant).
+    /// Cancels batch `id`: marks it cancelled (no more of its jobs are enqueued, see
+    /// [`Self::enqueue_batch`]) and cancels every job of it that no worker has claimed
+    /// yet, each atomically (`cancel_batch.lua`, a page of jobs per call, which also
+    /// counts them in the batch hash's `n:cancelled`); jobs running now run to their
+    /// end. Jobs a submitter enqueued while the list was read are cancelled too. The
+    /// caller checks who owns the batch first ([`Self::batch`] names its tenant).
     pub async fn cancel_batch(self, id: &str) -> Result<BatchCancelled, ResultsError> {
         let unknown = || ResultsError::UnknownBatch {
             id: id.chars().take(MAX_ID_IN_ERROR).collect(),
@@ -320,38 +360,74 @@ impl Results<'_> {
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(unknown());
         }
-        let Some((_, jobs)) = self.batch(id).await? else {
+        let Some((tenant, jobs)) = self.batch(id).await? else {
             return Err(unknown());
         };
+        let backlog = self.q.keys.backlog(&tenant);
         let mut done = BatchCancelled::default();
+        // The first call sets the flag even for a batch listing no job yet.
+        self.cancel_page(id, &backlog, &[], &mut done).await?;
         for page in jobs.chunks(CANCEL_PAGE) {
-            let mut invocation = SCRIPTS.cancel_batch.prepare_invoke();
-            invocation.key(&self.q.keys.jobs);
-            for job in page {
-                invocation.key(self.q.keys.job_record(*job));
-            }
-            let counts: Vec<u64> = invocation
-                .arg(GROUP)
-                .arg(self.q.keys.prefix())
-                .invoke_async(&mut self.q.connection())
-                .await
-                .map_err(unavailable)?;
-            let [cancelled, running, finished, corrupt] = counts[..] else {
-                return Err(bad_reply(format!("cancel_batch.lua reply: {counts:?}")).into());
-            };
-            done.cancelled += cancelled;
-            done.running += running;
-            done.finished += finished;
-            done.corrupt += corrupt;
+            self.cancel_page(id, &backlog, page, &mut done).await?;
+        }
+        // A chunk enqueued between the list's read and the flag: after the flag no
+        // chunk goes in, so one more read finds all the rest.
+        let list = self.q.keys.batch_jobs(id);
+        let later: Vec<String> = redis::cmd("LRANGE")
+            .arg(&list)
+            .arg(jobs.len())
+            .arg(-1)
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(on_key(&list))?;
+        let later: Vec<JobId> = later.iter().filter_map(|i| i.parse().ok()).collect();
+        for page in later.chunks(CANCEL_PAGE) {
+            self.cancel_page(id, &backlog, page, &mut done).await?;
         }
         Ok(done)
+    }
+
+    /// One `cancel_batch.lua` call over `page` of batch `id`, its counts added to `done`.
+    async fn cancel_page(
+        self,
+        id: &str,
+        backlog: &str,
+        page: &[JobId],
+        done: &mut BatchCancelled,
+    ) -> Result<(), ResultsError> {
+        let mut invocation = SCRIPTS.cancel_batch.prepare_invoke();
+        invocation
+            .key(&self.q.keys.jobs)
+            .key(self.q.keys.batch(id))
+            .key(backlog)
+            .key(&self.q.keys.delayed);
+        for job in page {
+            invocation
+                .key(self.q.keys.job_record(*job))
+                .key(self.q.keys.result_key(*job));
+        }
+        let counts: Vec<u64> = invocation
+            .arg(GROUP)
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?;
+        let [cancelled, running, finished, corrupt] = counts[..] else {
+            return Err(bad_reply(format!("cancel_batch.lua reply: {counts:?}")).into());
+        };
+        done.cancelled += cancelled;
+        done.running += running;
+        done.finished += finished;
+        done.corrupt += corrupt;
+        Ok(())
     }
 
     /// Enqueues a command-line batch's `jobs` onto the job stream with their records
     /// (label, entry) and batch `id`'s hash and job list (`enqueue_batch.lua`, a chunk
     /// of jobs per call, each job atomically with its record). `total` is the whole
     /// batch's job count; `again`: the jobs were enqueued before (Redis lost them) and
-    /// are already listed in the batch.
+    /// are already listed in the batch (a job cancelled meanwhile is skipped). Once the
+    /// batch is cancelled ([`Self::cancel_batch`]) every chunk is refused:
+    /// [`ResultsError::BatchCancelled`] (the chunks before it are enqueued).
     pub async fn enqueue_batch(
         self,
         id: &str,
@@ -380,10 +456,17 @@ impl Results<'_> {
                     .arg(job.id.to_string())
                     .arg(&job.label);
             }
-            invocation
-                .invoke_async::<Vec<String>>(&mut self.q.connection())
+            let reply: Value = invocation
+                .invoke_async(&mut self.q.connection())
                 .await
                 .map_err(unavailable)?;
+            if matches!(&reply, Value::BulkString(b) if b == b"cancelled")
+                || matches!(&reply, Value::SimpleString(s) if s == "cancelled")
+            {
+                return Err(ResultsError::BatchCancelled {
+                    id: id.chars().take(MAX_ID_IN_ERROR).collect(),
+                });
+            }
         }
         Ok(())
     }
@@ -465,12 +548,18 @@ impl Results<'_> {
         }
         let mut by_outcome = BTreeMap::new();
         for (name, value) in &fields {
-            if let Some(kind) = name.strip_prefix(COUNTER).and_then(kind_named) {
-                // A counter that is not a number was not written by Sluice; it counts 0.
-                let n: i64 = value.parse().unwrap_or(0);
-                if n > 0 {
-                    by_outcome.insert(kind.as_str().to_owned(), n as u64);
-                }
+            let Some(counter) = name.strip_prefix(COUNTER) else {
+                continue;
+            };
+            let key = match kind_named(counter) {
+                Some(kind) => kind.as_str(),
+                None if counter == CANCELLED => CANCELLED,
+                None => continue,
+            };
+            // A counter that is not a number was not written by Sluice; it counts 0.
+            let n: i64 = value.parse().unwrap_or(0);
+            if n > 0 {
+                by_outcome.insert(key.to_owned(), n as u64);
             }
         }
         let list = self.q.keys.batch_jobs(id);

@@ -19,13 +19,17 @@
 -- ARGV[5]      '1': new jobs, appended to the batch's list; '0': jobs enqueued again
 --              under their own ids (Redis lost them), already listed
 -- then per job: envelope, job id, label (the input's name)
--- Returns      the entry id of each job.
+-- Returns      the entry id of each job ('' for a job enqueued again whose record says
+--              cancelled: it is skipped); or 'cancelled' (nothing changes) when the
+--              batch hash says the batch was cancelled (cancel_batch.lua).
 --
 -- Atomicity: every key is checked before the first write ('CORRUPT <key> …' error,
 -- nothing changes). A job's entry, its record (pointing at that entry) and its place
 -- in the batch appear together, and the batch hash before any of its jobs, so a worker
 -- can never finish a job whose record or batch is not there yet: the batch's outcome
--- counters miss none, and a cancel finds every queued job where its record says.
+-- counters miss none, and a cancel finds every queued job where its record says. The
+-- cancelled checks and the writes are in one script: a chunk is enqueued wholly before
+-- a cancel_batch.lua call (which then cancels it) or refused after it.
 local batch, ttl, listed = ARGV[2], ARGV[3], ARGV[5] == '1'
 local n = #KEYS - 4
 local problem = foreign(KEYS[1], 'stream') or foreign(KEYS[2], 'hash')
@@ -35,19 +39,24 @@ for i = 1, n do
   problem = foreign(KEYS[4 + i], 'hash')
 end
 if problem then return redis.error_reply('CORRUPT ' .. problem) end
+if redis.call('HGET', KEYS[2], 'cancelled') == '1' then return 'cancelled' end
 redis.call('SET', KEYS[4], '1')
 redis.call('HSET', KEYS[2], 'tenant', ARGV[1], 'total', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ttl)
 local ids = {}
 for i = 1, n do
   local base = 5 + (i - 1) * 3
-  local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[base + 1])
-  redis.call('HSET', KEYS[4 + i], 'stream', KEYS[1], 'entry', id, 'batch', batch,
-    'label', ARGV[base + 3])
-  redis.call('HDEL', KEYS[4 + i], 'state')
-  redis.call('PEXPIRE', KEYS[4 + i], ttl)
-  if listed then redis.call('RPUSH', KEYS[3], ARGV[base + 2]) end
-  ids[i] = id
+  if redis.call('HGET', KEYS[4 + i], 'state') == 'cancelled' then
+    -- Cancelled (`sluice cancel`, or its batch) after it was lost: not run again.
+    ids[i] = ''
+  else
+    local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[base + 1])
+    redis.call('HSET', KEYS[4 + i], 'stream', KEYS[1], 'entry', id, 'batch', batch,
+      'label', ARGV[base + 3])
+    redis.call('PEXPIRE', KEYS[4 + i], ttl)
+    if listed then redis.call('RPUSH', KEYS[3], ARGV[base + 2]) end
+    ids[i] = id
+  end
 end
 redis.call('PEXPIRE', KEYS[3], ttl)
 return ids

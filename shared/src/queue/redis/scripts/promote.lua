@@ -1,6 +1,8 @@
 -- promote.lua: moves delayed jobs that are due back into line: a job of the HTTP
 -- service (one with a job record naming its tenant) into its tenant's backlog, to be
--- admitted again by the dispatcher like a new job; any other job onto the job stream.
+-- admitted again by the dispatcher like a new job; any other job onto the job stream
+-- (its record, if it has one, then names its new entry there). A job whose record
+-- says cancelled (cancelled while it waited, see cancel_job.lua) is dropped instead.
 --
 -- KEYS[1]  the delayed set (ZSET: score = due time in ms on the server's clock,
 --          member = envelope)
@@ -12,7 +14,7 @@
 -- ARGV[2]  the result TTL, ms: a job record moved back into its backlog lives that
 --          long again from now, so a job that waits long in line keeps its record
 -- ARGV[3]  the envelope format version this build writes (`codec::FORMAT_VERSION`)
--- Returns  how many were moved; an error naming the key if KEYS[1] is not a sorted set
+-- Returns  how many were moved (or dropped as cancelled); an error naming the key if KEYS[1] is not a sorted set
 --          or KEYS[2] not a stream.
 --
 -- The job id is read from the envelope's fixed head: format version ARGV[3], then the
@@ -52,11 +54,17 @@ local function job_id(envelope)
     string.sub(hex, 13, 16) .. '-' .. string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32)
 end
 
--- Where an API job goes back in line: its tenant's backlog, or nil.
-local function backlog_of(id)
+-- The job's record (a hash), or nil.
+local function record_of(id)
   if not prefix or not id then return nil end
   local record = prefix .. 'job:' .. id
   if kind(record) ~= 'hash' then return nil end
+  return record
+end
+
+-- Where an API job goes back in line: its tenant's backlog, or nil.
+local function backlog_of(record)
+  if not record then return nil end
   local tenant = redis.call('HGET', record, 'tenant')
   if not tenant or tenant == '' then return nil end
   local backlog = prefix .. 'backlog:' .. tenant
@@ -64,7 +72,7 @@ local function backlog_of(id)
   if b ~= 'stream' and b ~= 'none' then return nil end
   local s = kind(prefix .. 'backlogs')
   if s ~= 'set' and s ~= 'none' then return nil end
-  return backlog, tenant, record
+  return backlog, tenant
 end
 
 local t = redis.call('TIME')
@@ -72,8 +80,15 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, envelope in ipairs(due) do
   local id = job_id(envelope)
-  local backlog, tenant, record = backlog_of(id)
-  if backlog then
+  local record = record_of(id)
+  local backlog, tenant = backlog_of(record)
+  if record and redis.call('HGET', record, 'state') == 'cancelled' then
+    -- Cancelled while it waited (cancel_job.lua): dropped, never run, and no longer
+    -- counted against its tenant's concurrency.
+    if id and kind(prefix .. 'admitted') == 'hash' then
+      redis.call('HDEL', prefix .. 'admitted', id)
+    end
+  elseif backlog then
     -- Back in its backlog the job no longer counts against its tenant's concurrency.
     if kind(prefix .. 'admitted') == 'hash' then
       redis.call('HDEL', prefix .. 'admitted', id)
@@ -83,7 +98,9 @@ for _, envelope in ipairs(due) do
     redis.call('HSET', record, 'stream', backlog, 'entry', entry)
     if ARGV[2] then redis.call('PEXPIRE', record, ARGV[2]) end
   else
-    redis.call('XADD', KEYS[2], '*', 'e', envelope)
+    local entry = redis.call('XADD', KEYS[2], '*', 'e', envelope)
+    -- The record follows the job, so a cancel finds it where the record says.
+    if record then redis.call('HSET', record, 'stream', KEYS[2], 'entry', entry) end
   end
   redis.call('ZREM', KEYS[1], envelope)
 end
