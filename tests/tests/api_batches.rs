@@ -79,10 +79,8 @@ fn a_batch_s_cancelled_counter_shows_and_counts_as_done() {
 
 /// DELETE cancels every queued job: afterwards the batch is complete (`done` ==
 /// `total`, all `cancelled`) and each of its jobs says `cancelled` on its page.
-/// Needs `cancel_batch.lua` to count `n:cancelled` (the batch half of review finding 9,
-/// branch r10-batchfix): un-ignore once that is merged.
+/// `cancel_batch.lua` counts them in the batch's `n:cancelled`.
 #[test]
-#[ignore = "needs r10-batchfix's n:cancelled counter in cancel_batch.lua"]
 fn a_cancelled_batch_completes() {
     let redis = RedisServer::start();
     let api = ServeProcess::start(&redis.url(), "cancelled", ADMIN);

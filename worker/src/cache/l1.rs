@@ -122,6 +122,14 @@ impl<K: Eq + Hash + Clone, V: Clone, F: Clone> Lru<K, V, F> {
         evicted
     }
 
+    /// Drops whatever is held or remembered under `key`.
+    pub fn remove(&mut self, key: &K) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.held -= entry.bytes;
+        }
+        self.failed.remove(key);
+    }
+
     /// Weight held.
     pub fn bytes(&self) -> u64 {
         self.held

@@ -27,8 +27,11 @@
 //! the artifact's lock in Redis compiles, the others wait (bounded by the lock's
 //! lifetime: the compile wall-clock limit plus [`LOCK_MARGIN`]) and load what it
 //! publishes, or compile themselves if it never comes. A module refused for its own
-//! reasons (invalid, a compile limit) is recorded as refused for the fleet (at most an
-//! hour), so a compile bomb is compiled once, not once per worker.
+//! reasons (invalid code, or the compile's memory, CPU or artifact-size limit; not its
+//! wall clock, which depends on the host's load) is recorded as refused for the fleet
+//! (at most an hour), so a compile bomb is compiled once, not once per worker. A
+//! failure that is not the module's (Redis away, the wall clock) drops the module from
+//! L1, so the next job loads it afresh.
 //!
 //! Uploads ask the fleet to precompile (the protocol's precompile stream, followed by
 //! `fleet/precompile.rs` through [`ArtifactCache::precompile`]). One engine's artifact
@@ -328,6 +331,13 @@ impl ArtifactCache {
         }
     }
 
+    /// Drops module `hash` from L1 (jobs holding it keep their copy).
+    fn forget(&self, hash: &ModuleHash) {
+        let mut l1 = self.l1.lock();
+        l1.remove(hash);
+        self.metrics.set_bytes(Tier::L1, l1.bytes());
+    }
+
     /// Counts `bytes` of artifact against module `hash` in L1.
     fn held(&self, hash: &ModuleHash, bytes: u64) {
         let mut l1 = self.l1.lock();
@@ -547,7 +557,14 @@ impl CompiledSource for CacheSource {
         let cache = self.cache.upgrade().ok_or_else(|| Outcome::HostError {
             reason: "the module cache is shut down".into(),
         })?;
-        cache.compiled(self.hash, &*self.fetch, metering)
+        let compiled = cache.compiled(self.hash, &*self.fetch, metering);
+        if let Err(Outcome::HostError { .. }) = &compiled {
+            // Not the module's fault (Redis away, a compile past its wall clock on a
+            // busy host): the loaded module keeps this answer for the engine, so drop
+            // it from L1 and let the next job load the module afresh.
+            cache.forget(&self.hash);
+        }
+        compiled
     }
 }
 
