@@ -71,9 +71,10 @@ impl ArtifactCache {
         token: &str,
     ) -> Precompiled {
         let key = self.key(*hash, metering);
+        let wasm = Wasm::Given(wasm);
         let compiled = match &self.l3 {
-            Some(l3) => self.compile_locked(l3, &key, token, wasm, metering),
-            None => self.compile_unlocked(&key, wasm, metering),
+            Some(l3) => self.compile_locked(l3, &key, token, &wasm, metering),
+            None => self.compile_unlocked(&key, &wasm, metering),
         };
         match compiled {
             Ok(_) => Precompiled::Compiled,
