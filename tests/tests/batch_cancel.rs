@@ -103,19 +103,7 @@ async fn an_unknown_batch_or_a_non_batch_id_is_a_typed_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_line_batch_is_recorded_and_cancels_on_the_job_stream() {
     let (_server, queue) = fresh().await;
-    let jobs: Vec<Job> = (0..4)
-        .map(|n| {
-            let mut job = job(n);
-            job.label = format!("input-{n}");
-            job
-        })
-        .collect();
-    let batch = uuid::Uuid::now_v7().to_string();
-    queue
-        .results()
-        .enqueue_batch(&batch, "local", jobs.len(), &jobs, false)
-        .await
-        .unwrap();
+    let (batch, jobs) = cli_batch(&queue, 4).await;
     let (tenant, ids) = queue.results().batch(&batch).await.unwrap().unwrap();
     assert_eq!(tenant, "local");
     assert_eq!(ids, jobs.iter().map(|j| j.id).collect::<Vec<_>>());
@@ -163,23 +151,46 @@ fn labelled(n: u8) -> Job {
     job
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_job_waiting_to_retry_is_cancelled_and_never_runs() {
-    let (server, queue) = fresh().await;
-    let jobs: Vec<Job> = (0..2).map(labelled).collect();
+/// A command-line batch (`sluice batch --redis`'s records) of `n` labelled jobs, all
+/// enqueued: its id and jobs.
+async fn cli_batch(queue: &RedisQueue, n: u8) -> (String, Vec<Job>) {
+    let jobs: Vec<Job> = (0..n).map(labelled).collect();
     let batch = uuid::Uuid::now_v7().to_string();
     queue
         .results()
         .enqueue_batch(&batch, "local", jobs.len(), &jobs, false)
         .await
         .unwrap();
+    (batch, jobs)
+}
+
+/// Claims one job and fails its attempt with no delay: it waits in the delayed set, in
+/// no stream. Returns its id.
+async fn first_attempt_failed(queue: &RedisQueue) -> sluice_shared::JobId {
     let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
     let first = claimed[0].delivery.clone().unwrap();
-    // Its first attempt failed: it waits in the delayed set, in no stream.
     queue
         .retry(&claimed[0].lease, &first, Duration::ZERO)
         .await
         .unwrap();
+    first.id
+}
+
+/// Whether a new client's claim, which promotes due delayed jobs, finds nothing to run.
+async fn nothing_runs_after_promotion(server: &RedisServer, consumer: &str) -> bool {
+    promoter(server)
+        .await
+        .claim(consumer, 10, LONG, PROMOTED)
+        .await
+        .unwrap()
+        .is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_job_waiting_to_retry_is_cancelled_and_never_runs() {
+    let (server, queue) = fresh().await;
+    let (batch, _) = cli_batch(&queue, 2).await;
+    first_attempt_failed(&queue).await;
     let done = queue.results().cancel_batch(&batch).await.unwrap();
     assert_eq!(
         (done.cancelled, done.running, done.finished),
@@ -187,14 +198,7 @@ async fn a_batch_job_waiting_to_retry_is_cancelled_and_never_runs() {
         "{done:?}"
     );
     // Due now, it is dropped when promoted instead of running.
-    assert!(
-        promoter(&server)
-            .await
-            .claim("c2", 10, LONG, PROMOTED)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(nothing_runs_after_promotion(&server, "c2").await);
     assert_eq!(server.cli(&["ZCARD", &queue.keys().delayed]).trim(), "0");
     let counts = queue
         .results()
@@ -216,24 +220,12 @@ async fn an_api_job_waiting_to_retry_is_cancelled_and_never_runs() {
         .await
         .unwrap();
     assert_eq!(sluice_tests::fleet::admit(&queue, "acme", 1).await, 1);
-    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
-    let first = claimed[0].delivery.clone().unwrap();
-    queue
-        .retry(&claimed[0].lease, &first, Duration::ZERO)
-        .await
-        .unwrap();
+    let first = first_attempt_failed(&queue).await;
     assert_eq!(
-        queue.results().cancel(first.id).await.unwrap(),
+        queue.results().cancel(first).await.unwrap(),
         sluice_shared::queue::redis::Cancelled::Yes
     );
-    assert!(
-        promoter(&server)
-            .await
-            .claim("c2", 10, LONG, PROMOTED)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(nothing_runs_after_promotion(&server, "c2").await);
     // Not put back into its tenant's backlog either.
     assert_eq!(queue.admission().backlog_len("acme").await.unwrap(), 0);
     // Cancelled alone, it is counted in its batch, which is then over.
@@ -250,19 +242,8 @@ async fn an_api_job_waiting_to_retry_is_cancelled_and_never_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_command_line_job_is_cancelled_where_it_now_is() {
     let (server, queue) = fresh().await;
-    let jobs: Vec<Job> = (0..2).map(labelled).collect();
-    let batch = uuid::Uuid::now_v7().to_string();
-    queue
-        .results()
-        .enqueue_batch(&batch, "local", jobs.len(), &jobs, false)
-        .await
-        .unwrap();
-    let claimed = queue.claim("c1", 1, LONG, LONG).await.unwrap();
-    let first = claimed[0].delivery.clone().unwrap();
-    queue
-        .retry(&claimed[0].lease, &first, Duration::ZERO)
-        .await
-        .unwrap();
+    let (batch, jobs) = cli_batch(&queue, 2).await;
+    first_attempt_failed(&queue).await;
     // This claim promotes the first job (a fresh entry at the stream's end) and takes
     // the second.
     let second = promoter(&server)
@@ -274,12 +255,7 @@ async fn a_promoted_command_line_job_is_cancelled_where_it_now_is() {
     let done = queue.results().cancel_batch(&batch).await.unwrap();
     assert_eq!((done.cancelled, done.running), (1, 1), "{done:?}");
     assert!(
-        promoter(&server)
-            .await
-            .claim("c3", 10, LONG, PROMOTED)
-            .await
-            .unwrap()
-            .is_empty(),
+        nothing_runs_after_promotion(&server, "c3").await,
         "the promoted entry was not deleted: its record named the old one"
     );
 }
