@@ -10,6 +10,18 @@ use tokio::runtime::Runtime;
 
 use crate::{RedisServer, WorkerProcess, bin, connect, runtime};
 
+/// Enqueues `jobs` as one API batch of `tenant` (into its backlog, with job and batch
+/// records, as `POST /v1/batches` does); returns the batch's id.
+pub async fn api_batch(queue: &RedisQueue, tenant: &str, jobs: &[sluice_shared::Job]) -> String {
+    let batch = uuid::Uuid::now_v7().to_string();
+    queue
+        .admission()
+        .enqueue_owned(jobs, tenant, Some(&batch))
+        .await
+        .unwrap();
+    batch
+}
+
 /// Admits up to `max` of `tenant`'s backlogged jobs onto the job stream now, as the
 /// dispatcher would (holding its role as `test`); returns how many were admitted.
 pub async fn admit(queue: &RedisQueue, tenant: &str, max: usize) -> usize {

@@ -26,12 +26,7 @@ fn job(n: u8) -> Job {
 async fn a_batch_cancel_removes_queued_jobs_and_counts_running_and_finished_ones() {
     let (_server, queue) = fresh().await;
     let jobs: Vec<Job> = (0..6).map(job).collect();
-    let batch = uuid::Uuid::now_v7().to_string();
-    queue
-        .admission()
-        .enqueue_owned(&jobs, "acme", Some(&batch))
-        .await
-        .unwrap();
+    let batch = sluice_tests::fleet::api_batch(&queue, "acme", &jobs).await;
     // Four admitted onto the shared stream, two left in the tenant's backlog; of the
     // admitted, one finishes, one is running, two wait unclaimed.
     assert_eq!(sluice_tests::fleet::admit(&queue, "acme", 4).await, 4);
@@ -75,12 +70,7 @@ async fn a_batch_cancel_removes_queued_jobs_and_counts_running_and_finished_ones
 async fn one_corrupt_record_is_skipped_and_the_rest_of_the_batch_is_cancelled() {
     let (server, queue) = fresh().await;
     let jobs: Vec<Job> = (0..3).map(job).collect();
-    let batch = uuid::Uuid::now_v7().to_string();
-    queue
-        .admission()
-        .enqueue_owned(&jobs, "acme", Some(&batch))
-        .await
-        .unwrap();
+    let batch = sluice_tests::fleet::api_batch(&queue, "acme", &jobs).await;
     let record = queue.keys().job_record(jobs[1].id);
     server.cli(&["DEL", &record]);
     server.cli(&["SET", &record, "junk"]);
@@ -213,12 +203,7 @@ async fn a_batch_job_waiting_to_retry_is_cancelled_and_never_runs() {
 async fn an_api_job_waiting_to_retry_is_cancelled_and_never_runs() {
     let (server, queue) = fresh().await;
     let jobs: Vec<Job> = (0..1).map(job).collect();
-    let batch = uuid::Uuid::now_v7().to_string();
-    queue
-        .admission()
-        .enqueue_owned(&jobs, "acme", Some(&batch))
-        .await
-        .unwrap();
+    let batch = sluice_tests::fleet::api_batch(&queue, "acme", &jobs).await;
     assert_eq!(sluice_tests::fleet::admit(&queue, "acme", 1).await, 1);
     let first = first_attempt_failed(&queue).await;
     assert_eq!(

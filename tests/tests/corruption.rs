@@ -359,12 +359,7 @@ async fn corrupt_module_is_named_and_repaired_by_an_upload() {
 async fn corrupt_job_record_and_batch_fail_their_jobs_alone() {
     let (server, queue) = fresh().await;
     let jobs: Vec<Job> = (0..3).map(job).collect();
-    let batch = uuid::Uuid::now_v7().to_string();
-    queue
-        .admission()
-        .enqueue_owned(&jobs, "acme", Some(&batch))
-        .await
-        .unwrap();
+    let batch = sluice_tests::fleet::api_batch(&queue, "acme", &jobs).await;
     assert_eq!(sluice_tests::fleet::admit(&queue, "acme", 10).await, 3);
     let claimed = queue.claim("c1", 3, LONG, WAIT).await.unwrap();
     assert_eq!(claimed.len(), 3);

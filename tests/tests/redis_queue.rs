@@ -349,12 +349,7 @@ async fn dlq_retry_never_deletes_a_success() {
 async fn batch_outcomes_are_counted_once_across_dead_letters_and_dlq_retry() {
     let (_server, queue) = fresh().await;
     let jobs: Vec<Job> = (0..3).map(job).collect();
-    let batch = uuid::Uuid::now_v7().to_string();
-    queue
-        .admission()
-        .enqueue_owned(&jobs, "acme", Some(&batch))
-        .await
-        .unwrap();
+    let batch = sluice_tests::fleet::api_batch(&queue, "acme", &jobs).await;
     // Another tenant's view of it is the same as of a batch that does not exist.
     assert_eq!(
         queue.results().batch_counts(&batch, "other").await.unwrap(),
