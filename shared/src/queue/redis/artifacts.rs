@@ -28,11 +28,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::Value;
-
 use super::RedisQueue;
-use super::error::{StoreError, bad_reply, corrupt, on_key, unavailable};
-use super::reply::parse_entries;
+use super::error::{StoreError, corrupt, on_key, unavailable};
+use super::reply::xread_entries;
 use super::scripts::SCRIPTS;
 use crate::job::ModuleHash;
 use crate::outcome::MAX_REASON_BYTES;
@@ -363,34 +361,20 @@ impl Artifacts<'_> {
             .map_err(on_key(&stream))?;
         let mut last = after.to_owned();
         let mut requests = Vec::new();
-        let streams = match reply {
-            Value::Nil => return Ok((last, requests)),
-            Value::Array(streams) => streams,
-            Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
-            other => return Err(bad_reply(format!("XREAD reply: {other:?}")).into()),
-        };
-        for stream in streams {
-            let Value::Array(parts) = &stream else {
-                continue;
+        for (id, fields) in xread_entries(reply)? {
+            let field = |want: &[u8]| {
+                fields
+                    .iter()
+                    .find(|(name, _)| name == want)
+                    .and_then(|(_, value)| std::str::from_utf8(value).ok())
             };
-            let Some(entries) = parts.get(1) else {
-                continue;
-            };
-            for (id, fields) in parse_entries(entries)? {
-                let field = |want: &[u8]| {
-                    fields
-                        .iter()
-                        .find(|(name, _)| name == want)
-                        .and_then(|(_, value)| std::str::from_utf8(value).ok())
-                };
-                if let Some(module) = field(b"module").and_then(|m| m.parse().ok()) {
-                    requests.push(PrecompileRequest {
-                        module,
-                        tenant: field(b"tenant").map(str::to_owned),
-                    });
-                }
-                last = id;
+            if let Some(module) = field(b"module").and_then(|m| m.parse().ok()) {
+                requests.push(PrecompileRequest {
+                    module,
+                    tenant: field(b"tenant").map(str::to_owned),
+                });
             }
+            last = id;
         }
         Ok((last, requests))
     }

@@ -220,6 +220,26 @@ fn capped(limit: usize) -> usize {
 }
 
 impl Listing<'_> {
+    /// The hashes under `keys`, read in one pipeline; a key that is not a hash answers
+    /// its own error (read as empty by `pairs`), not the whole read's.
+    async fn hashes(
+        &self,
+        keys: impl ExactSizeIterator<Item = String>,
+    ) -> Result<Vec<Result<Value, redis::RedisError>>, ListingError> {
+        if keys.len() == 0 {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        Ok(pipe
+            .ignore_errors()
+            .query_async(&mut self.q.connection())
+            .await
+            .map_err(unavailable)?)
+    }
+
     /// Members of a lexically ordered index, newest first, after `after` (exclusive):
     /// up to `limit`, and the position of the next page when more follow.
     async fn index_page(
@@ -263,18 +283,9 @@ impl Listing<'_> {
             .index_page(&key, after.as_deref(), capped(limit))
             .await?;
         let ids: Vec<JobId> = members.iter().filter_map(|m| m.parse().ok()).collect();
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGETALL").arg(self.q.keys.job_record(*id));
-        }
-        let records: Vec<Result<Value, redis::RedisError>> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            pipe.ignore_errors()
-                .query_async(&mut self.q.connection())
-                .await
-                .map_err(unavailable)?
-        };
+        let records = self
+            .hashes(ids.iter().map(|id| self.q.keys.job_record(*id)))
+            .await?;
         let mut items = Vec::with_capacity(ids.len());
         for (id, record) in ids.into_iter().zip(records) {
             let fields = pairs(record);
@@ -311,18 +322,9 @@ impl Listing<'_> {
             .into_iter()
             .filter(|m| uuid::Uuid::parse_str(m).is_ok())
             .collect();
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGETALL").arg(self.q.keys.batch(id));
-        }
-        let hashes: Vec<Result<Value, redis::RedisError>> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            pipe.ignore_errors()
-                .query_async(&mut self.q.connection())
-                .await
-                .map_err(unavailable)?
-        };
+        let hashes = self
+            .hashes(ids.iter().map(|id| self.q.keys.batch(id)))
+            .await?;
         let mut items = Vec::with_capacity(ids.len());
         for (id, hash) in ids.into_iter().zip(hashes) {
             let fields = pairs(hash);

@@ -72,6 +72,27 @@ pub(crate) fn field_pairs(v: Option<&Value>) -> Fields {
     fields
 }
 
+/// The entries of an `XREAD` reply, of every stream it names, in order (none when the
+/// read timed out): RESP2 answers an array of `[name, entries]`, RESP3 a map.
+pub(crate) fn xread_entries(reply: Value) -> Result<Vec<(String, Fields)>, StoreError> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams,
+        Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
+        other => return Err(bad_reply(format!("XREAD reply: {other:?}"))),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(parts) = &stream else {
+            continue;
+        };
+        if let Some(entries) = parts.get(1) {
+            out.extend(parse_entries(entries)?);
+        }
+    }
+    Ok(out)
+}
+
 /// `[[id, [k, v, …]], …]` → `(id, [(k, v), …])`; an entry deleted while pending (nil
 /// fields) comes back with no fields, and so decodes as a missing envelope.
 pub(crate) fn parse_entries(v: &Value) -> Result<Vec<(String, Fields)>, StoreError> {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::error::{StoreError, bad_reply, on_key, unavailable};
-use super::reply::{millis, parse_entries};
+use super::reply::{millis, xread_entries};
 use super::scripts::SCRIPTS;
 use super::{GROUP, RedisQueue};
 use crate::codec;
@@ -215,29 +215,15 @@ impl Results<'_> {
             .map_err(on_key(&self.q.keys.done))?;
         let mut last = after.to_owned();
         let mut notices = Vec::new();
-        let streams = match reply {
-            Value::Nil => return Ok((last, notices)),
-            Value::Array(streams) => streams,
-            Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
-            other => return Err(bad_reply(format!("XREAD reply: {other:?}")).into()),
-        };
-        for stream in streams {
-            let Value::Array(parts) = &stream else {
-                continue;
-            };
-            let Some(entries) = parts.get(1) else {
-                continue;
-            };
-            for (id, fields) in parse_entries(entries)? {
-                for (job, kind) in fields {
-                    let job = std::str::from_utf8(&job).ok().and_then(|s| s.parse().ok());
-                    let kind = std::str::from_utf8(&kind).ok().and_then(kind_named);
-                    if let (Some(job), Some(kind)) = (job, kind) {
-                        notices.push((job, kind));
-                    }
+        for (id, fields) in xread_entries(reply)? {
+            for (job, kind) in fields {
+                let job = std::str::from_utf8(&job).ok().and_then(|s| s.parse().ok());
+                let kind = std::str::from_utf8(&kind).ok().and_then(kind_named);
+                if let (Some(job), Some(kind)) = (job, kind) {
+                    notices.push((job, kind));
                 }
-                last = id;
             }
+            last = id;
         }
         Ok((last, notices))
     }
