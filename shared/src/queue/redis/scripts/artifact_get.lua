@@ -31,12 +31,17 @@ if module_ttl == -2 then
   return false
 end
 local ttl = tonumber(ARGV[1])
-if module_ttl >= 0 and module_ttl < ttl then
-  ttl = module_ttl
+if module_ttl >= 0 and module_ttl <= ttl then
+  -- The module's own expiry, as an instant: PTTL and PEXPIRE need not read the clock
+  -- alike, and a relative copy could outlive the module by a millisecond.
+  redis.call('PEXPIREAT', KEYS[1], redis.call('PEXPIRETIME', KEYS[2]))
+else
+  redis.call('PEXPIRE', KEYS[1], ttl)
 end
-redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('SADD', KEYS[3], KEYS[1])
-if redis.call('PTTL', KEYS[3]) < ttl then
-  redis.call('PEXPIRE', KEYS[3], ttl)
+local at = redis.call('PEXPIRETIME', KEYS[1])
+-- The set lives at least as long as its newest artifact (-1: it had no TTL yet).
+if redis.call('PEXPIRETIME', KEYS[3]) < at then
+  redis.call('PEXPIREAT', KEYS[3], at)
 end
 return value

@@ -28,16 +28,20 @@ if module_ttl == -2 then
   return 0
 end
 local ttl = tonumber(ARGV[2])
-if module_ttl >= 0 and module_ttl < ttl then
-  ttl = module_ttl
+if module_ttl >= 0 and module_ttl <= ttl then
+  if module_ttl < 1 then
+    return 0
+  end
+  -- The module's own expiry, as an instant: PTTL and PX need not read the clock
+  -- alike, and a relative copy could outlive the module by a millisecond.
+  redis.call('SET', KEYS[1], ARGV[1], 'PXAT', redis.call('PEXPIRETIME', KEYS[2]))
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 end
-if ttl < 1 then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('SADD', KEYS[3], KEYS[1])
-local set_ttl = redis.call('PTTL', KEYS[3])
-if set_ttl < ttl then
-  redis.call('PEXPIRE', KEYS[3], ttl)
+local at = redis.call('PEXPIRETIME', KEYS[1])
+-- The set lives at least as long as its newest artifact (-1: it had no TTL yet).
+if redis.call('PEXPIRETIME', KEYS[3]) < at then
+  redis.call('PEXPIREAT', KEYS[3], at)
 end
 return 1
