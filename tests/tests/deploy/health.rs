@@ -1,0 +1,55 @@
+//! The image's health check and the manifests' probes, against the real processes.
+
+use std::process::Command;
+
+use sluice_tests::{RedisServer, ServeProcess, WorkerProcess, repo_root};
+
+use super::{free_port, http_status, text, yaml};
+
+#[test]
+fn health_check_and_probe_endpoints_answer_on_the_real_processes() {
+    let redis = RedisServer::start();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _worker =
+        WorkerProcess::start(&redis.url(), "default", "w1", &["--metrics-addr", &metrics]);
+    let serve = ServeProcess::start(&redis.url(), "default", "admin-token-for-probes");
+
+    let healthcheck = |port: &str| {
+        Command::new("bash")
+            .arg(repo_root().join("deploy/healthcheck"))
+            .env("SLUICE_HEALTHCHECK_PORT", port)
+            .status()
+            .expect("run deploy/healthcheck")
+            .success()
+    };
+    let port_of = |addr: &str| addr.rsplit(':').next().expect("a port").to_owned();
+    assert!(healthcheck(&port_of(&metrics)), "the worker's /healthz");
+    assert!(
+        healthcheck(&port_of(&serve.addr)),
+        "sluice serve's /healthz"
+    );
+    assert!(
+        !healthcheck(&free_port().to_string()),
+        "nothing listening is unhealthy"
+    );
+
+    // Every probe path the manifests use answers 200 on the process it probes.
+    for (file, addr) in [
+        ("deploy/k8s/worker.yaml", &metrics),
+        ("deploy/k8s/serve.yaml", &serve.addr),
+    ] {
+        let deployment = yaml(file);
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .expect("containers")
+        {
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                if container[probe].is_null() {
+                    continue;
+                }
+                let path = text(container, &[probe, "httpGet", "path"]);
+                assert_eq!(http_status(addr, path), 200, "{file}: {probe} {path}");
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! deploy/k8s/keda.yaml: KEDA's documented fields only, and the stream and group
+//! Sluice really uses.
+
+use std::collections::BTreeSet;
+
+use sluice_shared::queue::redis::Keys;
+use sluice_tests::RedisServer;
+
+use super::k8s::resource;
+use super::{SECRET, SECRET_KEYS, text, yaml_docs};
+
+/// KEDA's documented ScaledObject spec fields, trigger fields and redis-streams
+/// trigger metadata (keda.sh/docs/2.17: concepts/scaling-deployments, scalers/redis-streams).
+const KEDA_SPEC: [&str; 10] = [
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "idleReplicaCount",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "fallback",
+    "advanced",
+    "triggers",
+];
+const KEDA_TRIGGER: [&str; 6] = [
+    "type",
+    "name",
+    "metadata",
+    "authenticationRef",
+    "metricType",
+    "useCachedMetrics",
+];
+const REDIS_STREAMS_METADATA: [&str; 17] = [
+    "address",
+    "addressFromEnv",
+    "host",
+    "hostFromEnv",
+    "port",
+    "portFromEnv",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "stream",
+    "consumerGroup",
+    "pendingEntriesCount",
+    "streamLength",
+    "lagCount",
+    "activationLagCount",
+    "enableTLS",
+    "unsafeSsl",
+    "databaseIndex",
+];
+
+#[test]
+fn keda_scaled_object_scales_the_workers_on_sluices_own_stream_and_group() {
+    let docs = yaml_docs("deploy/k8s/keda.yaml");
+    let scaled = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("ScaledObject"))
+        .expect("a ScaledObject");
+    assert_eq!(text(scaled, &["apiVersion"]), "keda.sh/v1alpha1");
+    let spec = scaled["spec"].as_mapping().expect("spec");
+    for key in spec.keys() {
+        assert!(
+            KEDA_SPEC.contains(&key.as_str().unwrap_or("")),
+            "ScaledObject spec.{key:?} is not KEDA's"
+        );
+    }
+    assert_eq!(
+        text(scaled, &["spec", "scaleTargetRef", "name"]),
+        "sluice-worker"
+    );
+    resource("Deployment", "sluice-worker");
+    assert_eq!(
+        scaled["spec"]["minReplicaCount"].as_u64(),
+        Some(0),
+        "scales to zero"
+    );
+    // Retries wait in the delayed set, which only a running worker promotes: the last
+    // worker must stay longer than the longest retry backoff.
+    let cooldown = scaled["spec"]["cooldownPeriod"]
+        .as_u64()
+        .expect("cooldownPeriod");
+    let backoff = sluice_shared::queue::RetryPolicy::default().max_delay_ms / 1000;
+    assert!(
+        cooldown > backoff,
+        "cooldownPeriod {cooldown}s within the retry backoff {backoff}s"
+    );
+
+    // The stream and group Sluice really uses for the ConfigMap's queue: the group as
+    // a real Redis shows it once a client connected (connecting creates it).
+    let queue = text(&resource("ConfigMap", "sluice"), &["data", "SLUICE_QUEUE"]).to_owned();
+    let stream = Keys::new(&queue).jobs;
+    let redis = RedisServer::start();
+    sluice_tests::runtime().block_on(sluice_tests::connect(&redis.url(), &queue));
+    let groups = redis.cli(&["XINFO", "GROUPS", &stream]);
+    let group = groups
+        .lines()
+        .skip_while(|l| *l != "name")
+        .nth(1)
+        .expect("a consumer group")
+        .to_owned();
+
+    let triggers = scaled["spec"]["triggers"].as_sequence().expect("triggers");
+    let mut signals = BTreeSet::new();
+    let worker = serde_yaml_ng::to_string(&resource("Deployment", "sluice-worker")).expect("yaml");
+    for trigger in triggers {
+        for key in trigger.as_mapping().expect("trigger").keys() {
+            assert!(
+                KEDA_TRIGGER.contains(&key.as_str().unwrap_or("")),
+                "trigger field {key:?}"
+            );
+        }
+        assert_eq!(text(trigger, &["type"]), "redis-streams");
+        let metadata = trigger["metadata"].as_mapping().expect("metadata");
+        for (key, value) in metadata {
+            let key = key.as_str().expect("a string key");
+            assert!(
+                REDIS_STREAMS_METADATA.contains(&key),
+                "redis-streams metadata {key} is not KEDA's"
+            );
+            // KEDA's metadata is a map of strings: a YAML number is refused by its CRD.
+            assert!(
+                value.is_string(),
+                "metadata {key}: {value:?} is not a string"
+            );
+        }
+        assert_eq!(
+            text(trigger, &["metadata", "stream"]),
+            stream,
+            "the job stream of queue {queue}"
+        );
+        for signal in ["lagCount", "pendingEntriesCount", "streamLength"] {
+            if let Some(value) = trigger["metadata"][signal].as_str() {
+                assert!(
+                    value.parse::<u32>().is_ok_and(|n| n > 0),
+                    "{signal}: {value}"
+                );
+                signals.insert(signal);
+                if signal != "streamLength" {
+                    assert_eq!(
+                        text(trigger, &["metadata", "consumerGroup"]),
+                        group,
+                        "{signal}: the group"
+                    );
+                }
+            }
+        }
+        // The address comes from the worker's environment (KEDA reads the target's).
+        let from_env = text(trigger, &["metadata", "addressFromEnv"]);
+        let config = resource("ConfigMap", "sluice");
+        assert!(
+            config["data"][from_env].is_string() && worker.contains("name: sluice"),
+            "{from_env}"
+        );
+        // The password from the Secret, through the TriggerAuthentication.
+        let auth = text(trigger, &["authenticationRef", "name"]);
+        let auth = docs
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some("TriggerAuthentication")
+                    && d["metadata"]["name"].as_str() == Some(auth)
+            })
+            .expect("the TriggerAuthentication it names");
+        let target = &auth["spec"]["secretTargetRef"][0];
+        assert_eq!(
+            (text(target, &["parameter"]), text(target, &["name"])),
+            ("password", SECRET)
+        );
+        assert!(SECRET_KEYS.contains(&text(target, &["key"])));
+    }
+    assert_eq!(
+        signals,
+        ["lagCount", "pendingEntriesCount", "streamLength"].into(),
+        "the three signals"
+    );
+}
