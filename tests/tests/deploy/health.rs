@@ -1,6 +1,7 @@
 //! The image's health check and the manifests' probes, against the real processes.
 
 use std::process::Command;
+use std::time::Duration;
 
 use sluice_tests::{RedisServer, ServeProcess, WorkerProcess, repo_root};
 
@@ -12,6 +13,13 @@ fn health_check_and_probe_endpoints_answer_on_the_real_processes() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let _worker =
         WorkerProcess::start(&redis.url(), "default", "w1", &["--metrics-addr", &metrics]);
+    // The endpoint binds in a task of its own, beside the worker's "ready" line.
+    sluice_tests::wait::poll(
+        "the worker's metrics endpoint accepting connections",
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(&metrics).is_ok(),
+        |up| *up,
+    );
     let serve = ServeProcess::start(&redis.url(), "default", "admin-token-for-probes");
 
     let healthcheck = |port: &str| {
