@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml_ng::Value;
 use sluice_shared::units::parse_duration;
 
-use super::{assert_runs, env_file, read, repo_root, text, workspace_bins, yaml};
+use super::{assert_runs, env_file, read, repo_root, text, tool, workspace_bins, yaml};
 
 #[test]
 fn compose_stack_has_every_service_secrets_from_the_env_file_and_scalable_workers() {
@@ -141,6 +141,17 @@ fn check_compose_mounts(compose: &Value) {
             targets.insert(target.to_owned(), path);
         }
     }
+    let checked = tool("promtool")
+        .args(["check", "config", "--syntax-only", "deploy/prometheus.yml"])
+        .current_dir(repo_root())
+        .output()
+        .expect("run promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check config deploy/prometheus.yml:\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
     let prometheus = yaml("deploy/prometheus.yml");
     for rule in prometheus["rule_files"].as_sequence().expect("rule_files") {
         let rule = rule.as_str().expect("a path");

