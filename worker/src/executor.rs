@@ -31,6 +31,8 @@ use sluice_shared::{
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::sandbox::{LoadedModule, Sandbox};
 
@@ -51,6 +53,17 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// Its name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Completed => "completed",
+            Disposition::Duplicate => "duplicate",
+            Disposition::Retrying(_) => "retrying",
+            Disposition::DeadLettered => "dead_lettered",
+            Disposition::Unrecorded => "unrecorded",
+        }
+    }
+
     /// Whether the job will not run again.
     pub fn is_final(self) -> bool {
         matches!(self, Disposition::Completed | Disposition::DeadLettered)
@@ -432,10 +445,14 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                             clock: clock.clone(),
                         },
                     );
-                    running.spawn(async move {
-                        process(&*queue, sandbox, env, &config, claimed, clock, &shared).await;
-                        drop(slot);
-                    });
+                    let span = job_span(&claimed);
+                    running.spawn(
+                        async move {
+                            process(&*queue, sandbox, env, &config, claimed, clock, &shared).await;
+                            drop(slot);
+                        }
+                        .instrument(span),
+                    );
                 }
             }
             Err(error) => {
@@ -495,6 +512,30 @@ async fn release<Q: Queue, E: JobEnv>(
     if let Err(error) = queue.release(lease, job, kind).await {
         env.on_queue_error(QueueOp::Release, lease.job_id, &error);
     }
+}
+
+/// The span a claimed entry's run is logged in: its entry, and when the envelope
+/// decoded the job id, tenant (quoted when it breaks the name rule), module hash and
+/// attempt; `outcome` is recorded when the run ends ([`finish`]).
+fn job_span(claimed: &Claimed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job",
+        entry = %claimed.lease.entry_id,
+        job = Empty,
+        tenant = Empty,
+        module = Empty,
+        attempt = claimed.attempt(),
+        outcome = Empty,
+    );
+    if let Ok(job) = &claimed.delivery {
+        span.record("job", tracing::field::display(job.id));
+        span.record(
+            "tenant",
+            tracing::field::display(crate::logging::tenant_field(&job.tenant.0)),
+        );
+        span.record("module", tracing::field::display(&job.module));
+    }
+    span
 }
 
 /// A job slot held by a claimed job: told to the environment when taken and when
@@ -578,7 +619,11 @@ async fn process<Q: Queue, E: JobEnv>(
     env.on_started(&job);
     let mut run_job = {
         let (job, env, clock) = (job.clone(), env.clone(), clock.clone());
-        tokio::task::spawn_blocking(move || run_one(&sandbox, &*env, &job, attempt, &clock))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _in_job = span.enter();
+            run_one(&sandbox, &*env, &job, attempt, &clock)
+        })
     };
     let limit = job.limits.timeout().saturating_add(config.watchdog_grace);
     let ran = tokio::select! {
@@ -695,7 +740,15 @@ async fn finish<Q: Queue, E: JobEnv>(
     // Every path that stores a result or a dead letter passes here: guest-controlled
     // text (reasons, stderr) is capped once more before it reaches Redis or a report.
     let result = result.capped();
+    let outcome = result.outcome.kind().as_str();
+    tracing::Span::current().record("outcome", outcome);
     let disposition = record(queue, env, config, lease, job, &result).await;
+    tracing::info!(
+        outcome,
+        disposition = disposition.as_str(),
+        run_us = result.stats.wall_time_us,
+        "job finished"
+    );
     env.on_finished(job, &result, disposition);
 }
 

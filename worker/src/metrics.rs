@@ -286,7 +286,12 @@ impl WorkerMetrics {
     }
 
     /// Records a finished run of `job` (`None`: its envelope did not decode).
+    /// A `host_error` (the worker's side failed: Redis, the module store, a thread) is
+    /// logged here too, with its reason, where it is counted.
     pub fn record(&self, job: Option<&Job>, result: &JobResult) {
+        if let sluice_shared::Outcome::HostError { reason } = &result.outcome {
+            tracing::warn!(job = %result.job_id, reason = ?reason, "job failed on the worker's side (host_error)");
+        }
         self.tenants.record(job, result);
         self.jobs
             .with_label_values(&[result.outcome.kind().as_str()])
