@@ -60,7 +60,11 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
     let Some(queue) = connect(redis_config(&config), &shutdown).await? else {
         return Ok(());
     };
-    let metrics = WorkerMetrics::new();
+    let metrics = WorkerMetrics::with_max_tenants(config.metrics_max_tenants);
+    // The sandbox has as many pool slots, so the executor runs exactly this many.
+    metrics
+        .slots
+        .set(i64::try_from(config.slots).unwrap_or(i64::MAX));
     let sandbox_config = SandboxConfig {
         slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
         dir_grants: config.dir_grants.clone(),
