@@ -3,8 +3,8 @@
 //! workers.
 //!
 //! A scrape refreshes the figures at most once per [`CACHE_FOR`] (concurrent scrapes
-//! wait for the one read in progress and share it), so a scrape storm cannot hammer
-//! Redis. A read that fails or takes longer than [`READ_TIMEOUT`] counts in
+//! wait for the one read in progress and share it; the queues are read concurrently),
+//! so a scrape storm cannot hammer Redis. A read that fails or takes longer than [`READ_TIMEOUT`] counts in
 //! `sluice_exporter_scrape_errors_total` and the figures keep their last values.
 
 use std::collections::BTreeMap;
@@ -89,10 +89,14 @@ impl QueueState {
         if refreshed.is_some_and(|at| at.elapsed() < CACHE_FOR) {
             return;
         }
-        for queue in &self.queues {
+        // Every queue at once: a scrape waits for the slowest read, never their sum.
+        let reads = self.queues.iter().map(|queue| async move {
             let started = Instant::now();
             let read = tokio::time::timeout(READ_TIMEOUT, queue.admin().gauges()).await;
             self.read_duration.observe(started.elapsed().as_secs_f64());
+            (queue, read)
+        });
+        for (queue, read) in futures_util::future::join_all(reads).await {
             let name = &queue.config().queue;
             match read {
                 Ok(Ok(gauges)) => {
