@@ -83,7 +83,10 @@ fn get(addr: &str, path: &str) -> String {
 /// not a comment or a well-formed sample.
 fn samples(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let (series, value) = line
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("not a sample: {line:?}"));
@@ -100,7 +103,10 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         let value: f64 = value
             .parse()
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        assert!(out.insert(series.to_owned(), value).is_none(), "{line:?} twice");
+        assert!(
+            out.insert(series.to_owned(), value).is_none(),
+            "{line:?} twice"
+        );
     }
     out
 }
@@ -172,9 +178,7 @@ fn expected(max_tenants: usize) -> BTreeMap<String, f64> {
 #[test]
 fn exporter_and_serve_report_the_queue_state_exactly() {
     let mut fleet = Fleet::start(QUEUE);
-    fleet
-        .redis
-        .cli(&["CONFIG", "SET", "maxmemory", "67108864"]);
+    fleet.redis.cli(&["CONFIG", "SET", "maxmemory", "67108864"]);
     // The test is the dispatcher (so nothing is admitted behind its back).
     fleet
         .rt
@@ -185,7 +189,10 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
     // Two tenants' backlogs over the API: alpha 3 jobs, beta 2 (beta's third refused).
     let module = std::fs::read(guest("upper_raw.wat")).unwrap();
     let alpha = serve.tenant("alpha", json!({}));
-    let beta = serve.tenant("beta", json!({"max_backlog_jobs": 2, "max_input_bytes": 16}));
+    let beta = serve.tenant(
+        "beta",
+        json!({"max_backlog_jobs": 2, "max_input_bytes": 16}),
+    );
     for token in [&alpha, &beta] {
         let reply = serve.upload(token, &module, "upper");
         assert_eq!(reply.status, 201, "{}", reply.text());
@@ -251,6 +258,23 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
         // w2 holds one more; one entry stays ready.
         assert_eq!(q.claim("w2", 1, LONG, LONG).await.unwrap().len(), 1);
         q.admin().heartbeat("w1", LONG).await.unwrap();
+        // `sluice status` reads the same counters.
+        let status = q.admin().status().await.unwrap();
+        assert_eq!(status.failed, 4);
+        let dead = |kind| {
+            status
+                .dead_by_reason
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .unwrap()
+                .1
+        };
+        assert_eq!(
+            status.dead_by_reason.len(),
+            sluice_shared::OutcomeKind::ALL.len()
+        );
+        assert_eq!(dead(sluice_shared::OutcomeKind::Trap), 2);
+        assert_eq!(dead(sluice_shared::OutcomeKind::FuelExhausted), 1);
     });
 
     let exporter = Exporter::start(&fleet.url(), &["--queue", QUEUE]);
@@ -259,7 +283,11 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
     assert_eq!(scraped["sluice_redis_maxmemory_bytes"], 67_108_864.0);
     assert!(scraped["sluice_redis_used_memory_bytes"] > 0.0);
     let age = format!("sluice_queue_oldest_ready_age_seconds{{queue=\"{QUEUE}\"}}");
-    assert!(scraped[&age] >= 0.0 && scraped[&age] < 3600.0, "{}", scraped[&age]);
+    assert!(
+        scraped[&age] >= 0.0 && scraped[&age] < 3600.0,
+        "{}",
+        scraped[&age]
+    );
     assert_eq!(scraped["sluice_exporter_scrape_errors_total"], 0.0);
     assert!(scraped.contains_key(&format!(
         "sluice_build_info{{version=\"{}\"}}",
@@ -269,7 +297,12 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
 
     let served = samples(&get(&serve.addr, "/metrics"));
     assert_eq!(queue_figures(&served), expected(20), "sluice serve");
-    for (reason, n) in [("quota", 1.0), ("policy", 1.0), ("invalid", 1.0), ("rate", 0.0)] {
+    for (reason, n) in [
+        ("quota", 1.0),
+        ("policy", 1.0),
+        ("invalid", 1.0),
+        ("rate", 0.0),
+    ] {
         assert_eq!(
             served[&format!("sluice_jobs_refused_total{{reason=\"{reason}\"}}")],
             n,
@@ -303,7 +336,10 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
         || get(&exporter.addr, "/metrics"),
         |text| text.contains("tenant=\"other\""),
     );
-    assert!(!text.contains("evil") && !text.contains("injected"), "{text}");
+    assert!(
+        !text.contains("evil") && !text.contains("injected"),
+        "{text}"
+    );
     let scraped = samples(&text);
     assert_eq!(
         scraped[&format!("sluice_tenant_inflight_jobs{{queue=\"{QUEUE}\",tenant=\"other\"}}")],
@@ -342,7 +378,13 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
 #[test]
 fn a_bad_listen_address_is_refused_with_status_2() {
     let out = bin("sluice")
-        .args(["exporter", "--redis", "redis://127.0.0.1:1", "--listen", "nowhere"])
+        .args([
+            "exporter",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--listen",
+            "nowhere",
+        ])
         .output()
         .expect("run sluice exporter");
     assert_eq!(out.status.code(), Some(2));
