@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use sluice_shared::{Job, JobInput, ModuleHash, OutcomeKind, TenantId};
+use sluice_shared::{Job, JobInput, ModuleHash, OutcomeKind, Queue, TenantId};
 use sluice_tests::{Fleet, WorkerProcess, serve, wait};
 
 const SUCCEED_WAT: &str = r#"(module (func (export "_start")))"#;
@@ -28,7 +28,7 @@ fn metrics_addr() -> String {
 
 /// A worker with its own /metrics endpoint.
 struct MeteredWorker {
-    _process: WorkerProcess,
+    process: WorkerProcess,
     metrics: String,
 }
 
@@ -39,7 +39,7 @@ impl MeteredWorker {
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         MeteredWorker {
-            _process: fleet.worker(name, &args),
+            process: fleet.worker(name, &args),
             metrics,
         }
     }
@@ -285,4 +285,62 @@ fn the_exposition_parser_refuses_a_broken_label() {
     assert!(std::panic::catch_unwind(|| parse_exposition(broken)).is_err());
     let fine = "# HELP a b\nsluice_x{tenant=\"a\\\"\\n\",outcome=\"t\"} 1\n";
     assert_eq!(parse_exposition(fine).len(), 1);
+}
+
+#[test]
+fn a_takeover_renewals_and_a_redis_restart_are_counted() {
+    let mut fleet = Fleet::start("wmlease");
+    let spin = fleet.put_module(SPIN_WAT.as_bytes());
+    let mut first = MeteredWorker::start(&fleet, "wm-a", &["--concurrency=1"]);
+    let mut spinner = job(spin, "acme");
+    spinner.limits.timeout_ms = 1_000;
+    let from = fleet
+        .rt
+        .block_on(fleet.queue.results().notices_from_now())
+        .unwrap();
+    fleet
+        .rt
+        .block_on(fleet.queue.enqueue(std::slice::from_ref(&spinner)))
+        .unwrap();
+    wait::poll(
+        "the first worker holds the job",
+        FINISH_WITHIN,
+        || first.samples()["sluice_worker_slots_busy"],
+        |busy| *busy == 1.0,
+    );
+    first.process.kill();
+
+    // Its lease (30 s) is not the second worker's business: a claim takes over
+    // entries idle longer than the claimer's own lease, here 1 s, renewed every third.
+    let second = MeteredWorker::start(&fleet, "wm-b", &["--lease=1s", "--max-attempts=2"]);
+    let ids = std::iter::once(spinner.id).collect();
+    let kinds = fleet.rt.block_on(wait::await_finished(
+        &fleet.queue,
+        from,
+        &ids,
+        FINISH_WITHIN,
+    ));
+    assert_eq!(kinds[&spinner.id], OutcomeKind::Timeout);
+    let samples = await_counted(&second, 1.0);
+    assert_eq!(samples["sluice_lease_takeovers_total"], 1.0);
+    // The run lasted its 1 s timeout; renewals go every third of the lease.
+    assert!(samples["sluice_lease_renewals_total"] >= 1.0, "{samples:?}");
+    assert_eq!(samples["sluice_redis_reconnects_total"], 0.0);
+
+    // Redis goes away: claims fail (logged and counted), then come back.
+    let errors = samples["sluice_queue_errors_total"];
+    fleet.redis.kill();
+    wait::poll(
+        "a failed claim counted",
+        FINISH_WITHIN,
+        || second.samples()["sluice_queue_errors_total"],
+        |n| *n > errors,
+    );
+    fleet.redis.start_again();
+    wait::poll(
+        "the connection back, counted",
+        FINISH_WITHIN,
+        || second.samples()["sluice_redis_reconnects_total"],
+        |n| *n >= 1.0,
+    );
 }

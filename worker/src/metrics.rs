@@ -492,9 +492,10 @@ impl Default for WorkerMetrics {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown`.
+/// Serves `/metrics` (and `/healthz`) on `listener` (bound by the caller, so that
+/// the endpoint answers as soon as the worker says it is ready) until `shutdown`.
 pub async fn serve_endpoint(
-    addr: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: WorkerMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
@@ -513,7 +514,6 @@ pub async fn serve_endpoint(
             }),
         )
         .route("/healthz", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -78,16 +78,23 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         .with_metrics(metrics.compile.clone());
     let sandbox = Arc::new(Sandbox::with_compiler(sandbox_config, compiler)?);
     if let Some(addr) = config.metrics_addr {
-        let endpoint = tokio::spawn(metrics::serve_endpoint(
-            addr,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        tokio::spawn(async move {
-            if let Ok(Err(error)) = endpoint.await {
-                tracing::error!(%error, %addr, "metrics endpoint failed");
+        // Bound before the worker says it is ready; a failure is logged and the worker
+        // runs without its endpoint, as before.
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let endpoint = tokio::spawn(metrics::serve_endpoint(
+                    listener,
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+                tokio::spawn(async move {
+                    if let Ok(Err(error)) = endpoint.await {
+                        tracing::error!(%error, %addr, "metrics endpoint failed");
+                    }
+                });
             }
-        });
+            Err(error) => tracing::error!(%error, %addr, "metrics endpoint failed"),
+        }
     }
     let env = Arc::new(RedisEnv::new(
         queue.clone(),
