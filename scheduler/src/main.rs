@@ -1,7 +1,6 @@
 //! `sluice`: the Sluice command line. Parses the command, starts tracing and calls the
 //! subcommand in [`sluice_scheduler::cli`]; any error it returns is printed and exits 2.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -24,6 +23,9 @@ use sluice_scheduler::cli::wait::WaitArgs;
     about = "Sluice: batch jobs of untrusted WebAssembly transforms"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (levels from RUST_LOG).
+    #[arg(long, global = true, value_enum, env = sluice_worker::logging::LOG_FORMAT_ENV, default_value_t)]
+    log_format: sluice_worker::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,21 +71,17 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = Cli::parse().command;
+    let Cli {
+        log_format,
+        command,
+    } = Cli::parse();
     // `RUST_LOG` wins; without it `serve` logs its requests (cli/serve.rs), the rest
     // errors only.
     let default = match &command {
         Command::Serve(_) => cli::serve::DEFAULT_LOG_FILTER,
         _ => "error",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    sluice_worker::logging::init(log_format, default);
     let result = match command {
         Command::Batch(args) => cli::batch::run(args).await,
         Command::Module(command) => cli::module::run(command).await,

@@ -8,13 +8,15 @@
 //! Fixtures, one per repeated setup, each stopping what it started when dropped:
 //! [`RedisServer`] (a redis-server), [`WorkerProcess`] (a `sluice-worker serve`),
 //! [`ServeProcess`] (a `sluice serve` and an HTTP client with tenant creation),
-//! [`Fleet`] (a server, a queue client and workers on demand); [`wait`] holds the
-//! bounded waits for results.
+//! [`Fleet`] (a server, a queue client and workers on demand), [`PrometheusServer`] (a
+//! real `prometheus` and its HTTP API); [`wait`] holds the bounded waits for results.
 
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod dashboards;
 pub mod fleet;
+pub mod prometheus;
 pub mod redis;
 pub mod serve;
 pub mod wait;
@@ -22,6 +24,7 @@ pub mod wasm_gen;
 pub mod worker;
 
 pub use fleet::{Fleet, fresh_queue};
+pub use prometheus::PrometheusServer;
 pub use redis::RedisServer;
 pub use serve::ServeProcess;
 pub use worker::WorkerProcess;

@@ -31,6 +31,8 @@ use sluice_shared::{
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::sandbox::{LoadedModule, Sandbox};
 
@@ -51,6 +53,17 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// Its name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Completed => "completed",
+            Disposition::Duplicate => "duplicate",
+            Disposition::Retrying(_) => "retrying",
+            Disposition::DeadLettered => "dead_lettered",
+            Disposition::Unrecorded => "unrecorded",
+        }
+    }
+
     /// Whether the job will not run again.
     pub fn is_final(self) -> bool {
         matches!(self, Disposition::Completed | Disposition::DeadLettered)
@@ -83,6 +96,88 @@ pub trait JobEnv: Send + Sync + 'static {
     /// Told when the watchdog gives a run up while its thread is still busy (after
     /// `on_finished`), and again with `false` when that thread finally returns.
     fn on_stuck(&self, _job: &Job, _stuck: bool) {}
+    /// Told after every claim call that returned entries or none (metrics): what it
+    /// brought, how long it took, and how many claims had failed in a row before it.
+    fn on_claimed(&self, _claim: &ClaimReport<'_>) {}
+    /// Told after every lease renewal the queue accepted (metrics).
+    fn on_lease_renewed(&self) {}
+    /// Told when a job slot is taken by a claimed job (`true`) and when it is free
+    /// again (`false`).
+    fn on_slot(&self, _busy: bool) {}
+    /// Told of every queue operation that failed. The default logs it
+    /// ([`log_queue_error`]); an environment that counts it must log and count it in
+    /// one place.
+    fn on_queue_error(&self, op: QueueOp, job: Option<JobId>, error: &QueueError) {
+        log_queue_error(op, job, error);
+    }
+}
+
+/// A queue operation the worker loop performs, named in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueOp {
+    /// Claiming jobs (new entries or expired leases).
+    Claim,
+    /// Renewing a running job's lease.
+    Renew,
+    /// Storing a result.
+    Complete,
+    /// Putting a failed run back to run again.
+    Retry,
+    /// Moving a job to the dead letters.
+    DeadLetter,
+    /// Giving a lease back at shutdown.
+    Release,
+}
+
+impl QueueOp {
+    /// Its name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueOp::Claim => "claim",
+            QueueOp::Renew => "renew",
+            QueueOp::Complete => "complete",
+            QueueOp::Retry => "retry",
+            QueueOp::DeadLetter => "dead_letter",
+            QueueOp::Release => "release",
+        }
+    }
+
+    /// What follows from the failure, for the log line.
+    fn consequence(self) -> &'static str {
+        match self {
+            QueueOp::Claim => "claiming again after a backoff",
+            QueueOp::Renew => "trying again at the next renewal",
+            QueueOp::Complete | QueueOp::Retry | QueueOp::DeadLetter => {
+                "the run is not recorded; the job is delivered again after its lease"
+            }
+            QueueOp::Release => "the lease will expire",
+        }
+    }
+}
+
+/// Logs a failed queue operation with what it concerned and what follows (a warning;
+/// a lost lease is one too: another delivery holds the job).
+pub fn log_queue_error(op: QueueOp, job: Option<JobId>, error: &QueueError) {
+    let job = job.map(|id| id.to_string());
+    tracing::warn!(
+        op = op.as_str(),
+        job = job.as_deref(),
+        %error,
+        "queue operation failed; {}",
+        op.consequence()
+    );
+}
+
+/// One claim call, as told to [`JobEnv::on_claimed`].
+#[derive(Debug)]
+pub struct ClaimReport<'a> {
+    /// The entries it brought (possibly none).
+    pub claimed: &'a [Claimed],
+    /// Its round trip, waiting for work included.
+    pub took: Duration,
+    /// Claims that failed in a row just before this one (0 normally; more when the
+    /// queue's backend came back).
+    pub after_failures: u32,
 }
 
 /// How the loop claims and leases.
@@ -278,6 +373,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
     let mut running = JoinSet::new();
     let mut backoff = Backoff::new(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
     let mut stopped_by = None;
+    let mut failed_claims: u32 = 0;
     loop {
         while running.try_join_next().is_some() {}
         if let Some(error) = shared.too_many_stuck(bound) {
@@ -300,6 +396,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
         // A claim is never abandoned half-way: the server may already have handed the
         // entries to us. It waits at most `claim_wait`; what it brings after shutdown
         // began (or once too many runs are stuck) is given back at once.
+        let claim_started = Instant::now();
         let claimed = queue
             .claim(
                 &config.consumer,
@@ -308,11 +405,19 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 config.claim_wait,
             )
             .await;
+        if let Ok(entries) = &claimed {
+            env.on_claimed(&ClaimReport {
+                claimed: entries,
+                took: claim_started.elapsed(),
+                after_failures: failed_claims,
+            });
+            failed_claims = 0;
+        }
         let too_many = shared.too_many_stuck(bound);
         if shutdown.is_cancelled() || too_many.is_some() {
             for claimed in claimed.iter().flatten() {
                 let job = claimed.delivery.as_ref().ok();
-                release(&*queue, &claimed.lease, job, ReleaseKind::Drain).await;
+                release(&*queue, &*env, &claimed.lease, job, ReleaseKind::Drain).await;
             }
             stopped_by = too_many;
             break;
@@ -329,6 +434,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                         shared.clone(),
                     );
                     let clock = RunClock::new(config.prepare_budget);
+                    let slot = SlotGuard::take(env.clone(), permit);
                     // In the map before the task is spawned, so a shutdown that comes
                     // before the task first runs still finds the lease to release.
                     shared.in_flight.lock().insert(
@@ -339,15 +445,21 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                             clock: clock.clone(),
                         },
                     );
-                    running.spawn(async move {
-                        process(&*queue, sandbox, env, &config, claimed, clock, &shared).await;
-                        drop(permit);
-                    });
+                    let span = job_span(&claimed);
+                    running.spawn(
+                        async move {
+                            process(&*queue, sandbox, env, &config, claimed, clock, &shared).await;
+                            drop(slot);
+                        }
+                        .instrument(span),
+                    );
                 }
             }
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in = ?delay, "claim failed");
+                failed_claims = failed_claims.saturating_add(1);
+                env.on_queue_error(QueueOp::Claim, None, &error);
+                tracing::debug!(retry_in = ?delay, "claim backoff");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => break,
@@ -378,7 +490,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 Some(job) if flight.clock.is_past(job.limits.timeout()) => ReleaseKind::Overdue,
                 _ => ReleaseKind::Drain,
             };
-            release(&*queue, &flight.lease, flight.job.as_ref(), kind).await;
+            release(&*queue, &*env, &flight.lease, flight.job.as_ref(), kind).await;
         }
     }
     if drained.is_ok() && shared.stuck.load(Ordering::SeqCst) == 0 {
@@ -390,9 +502,62 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
     stopped_by.map_or(Ok(()), Err)
 }
 
-async fn release<Q: Queue>(queue: &Q, lease: &Lease, job: Option<&Job>, kind: ReleaseKind) {
+async fn release<Q: Queue, E: JobEnv>(
+    queue: &Q,
+    env: &E,
+    lease: &Lease,
+    job: Option<&Job>,
+    kind: ReleaseKind,
+) {
     if let Err(error) = queue.release(lease, job, kind).await {
-        tracing::warn!(entry = %lease.entry_id, %error, "release failed; the lease will expire");
+        env.on_queue_error(QueueOp::Release, lease.job_id, &error);
+    }
+}
+
+/// The span a claimed entry's run is logged in: its entry, and when the envelope
+/// decoded the job id, tenant (quoted when it breaks the name rule), module hash and
+/// attempt; `outcome` is recorded when the run ends ([`finish`]).
+fn job_span(claimed: &Claimed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job",
+        entry = %claimed.lease.entry_id,
+        job = Empty,
+        tenant = Empty,
+        module = Empty,
+        attempt = claimed.attempt(),
+        outcome = Empty,
+    );
+    if let Ok(job) = &claimed.delivery {
+        span.record("job", tracing::field::display(job.id));
+        span.record(
+            "tenant",
+            tracing::field::display(crate::logging::tenant_field(&job.tenant.0)),
+        );
+        span.record("module", tracing::field::display(&job.module));
+    }
+    span
+}
+
+/// A job slot held by a claimed job: told to the environment when taken and when
+/// given back, also when its task is aborted (stuck runs at shutdown).
+struct SlotGuard<E: JobEnv> {
+    env: Arc<E>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<E: JobEnv> SlotGuard<E> {
+    fn take(env: Arc<E>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        env.on_slot(true);
+        SlotGuard {
+            env,
+            _permit: permit,
+        }
+    }
+}
+
+impl<E: JobEnv> Drop for SlotGuard<E> {
+    fn drop(&mut self) {
+        self.env.on_slot(false);
     }
 }
 
@@ -454,14 +619,18 @@ async fn process<Q: Queue, E: JobEnv>(
     env.on_started(&job);
     let mut run_job = {
         let (job, env, clock) = (job.clone(), env.clone(), clock.clone());
-        tokio::task::spawn_blocking(move || run_one(&sandbox, &*env, &job, attempt, &clock))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _in_job = span.enter();
+            run_one(&sandbox, &*env, &job, attempt, &clock)
+        })
     };
     let limit = job.limits.timeout().saturating_add(config.watchdog_grace);
     let ran = tokio::select! {
         biased;
         ran = &mut run_job => Some(ran),
         () = watchdog(&clock, limit) => None,
-        never = renew(queue, &lease, config.lease, job.id) => match never {},
+        never = renew(queue, &*env, &lease, config.lease, job.id) => match never {},
     };
     match ran {
         Some(ran) => {
@@ -535,18 +704,25 @@ async fn watchdog(clock: &RunClock, limit: Duration) {
 }
 
 /// Renews `lease` every third of its length, until dropped (or the lease is lost).
-async fn renew<Q: Queue>(queue: &Q, lease: &Lease, lease_for: Duration, job: JobId) -> Infallible {
+async fn renew<Q: Queue, E: JobEnv>(
+    queue: &Q,
+    env: &E,
+    lease: &Lease,
+    lease_for: Duration,
+    job: JobId,
+) -> Infallible {
     // A zero lease is refused at start; this only keeps a bad config from spinning.
     let every = (lease_for / 3).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(every).await;
         match queue.extend_lease(lease, lease_for).await {
-            Ok(()) => {}
+            Ok(()) => env.on_lease_renewed(),
             Err(error @ QueueError::LeaseLost { .. }) => {
-                tracing::warn!(%job, %error, "lease lost; no longer renewing");
+                env.on_queue_error(QueueOp::Renew, Some(job), &error);
+                tracing::warn!(%job, "lease lost; no longer renewing");
                 return std::future::pending().await;
             }
-            Err(error) => tracing::warn!(%job, %error, "lease renewal failed"),
+            Err(error) => env.on_queue_error(QueueOp::Renew, Some(job), &error),
         }
     }
 }
@@ -564,12 +740,21 @@ async fn finish<Q: Queue, E: JobEnv>(
     // Every path that stores a result or a dead letter passes here: guest-controlled
     // text (reasons, stderr) is capped once more before it reaches Redis or a report.
     let result = result.capped();
-    let disposition = record(queue, config, lease, job, &result).await;
+    let outcome = result.outcome.kind().as_str();
+    tracing::Span::current().record("outcome", outcome);
+    let disposition = record(queue, env, config, lease, job, &result).await;
+    tracing::info!(
+        outcome,
+        disposition = disposition.as_str(),
+        run_us = result.stats.wall_time_us,
+        "job finished"
+    );
     env.on_finished(job, &result, disposition);
 }
 
-async fn record<Q: Queue>(
+async fn record<Q: Queue, E: JobEnv>(
     queue: &Q,
+    env: &E,
     config: &ExecutorConfig,
     lease: &Lease,
     job: Option<&Job>,
@@ -579,7 +764,10 @@ async fn record<Q: Queue>(
         return match queue.complete(lease, result.clone()).await {
             Ok(Completion::Recorded) => Disposition::Completed,
             Ok(Completion::AlreadyDone) => Disposition::Duplicate,
-            Err(_) => Disposition::Unrecorded,
+            Err(error) => {
+                env.on_queue_error(QueueOp::Complete, Some(result.job_id), &error);
+                Disposition::Unrecorded
+            }
         };
     }
     let attempt = result.attempt;
@@ -594,12 +782,18 @@ async fn record<Q: Queue>(
         again.attempt = attempt;
         return match queue.retry(lease, &again, delay).await {
             Ok(()) => Disposition::Retrying(delay),
-            Err(_) => Disposition::Unrecorded,
+            Err(error) => {
+                env.on_queue_error(QueueOp::Retry, Some(job.id), &error);
+                Disposition::Unrecorded
+            }
         };
     }
     match queue.dead_letter(lease, result.clone()).await {
         Ok(()) => Disposition::DeadLettered,
-        Err(_) => Disposition::Unrecorded,
+        Err(error) => {
+            env.on_queue_error(QueueOp::DeadLetter, Some(result.job_id), &error);
+            Disposition::Unrecorded
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, Te
 use tokio::runtime::Handle;
 
 use crate::cache::{ArtifactCache, CacheConfig, CacheError, compile_with};
-use crate::executor::{Disposition, JobEnv};
+use crate::executor::{ClaimReport, Disposition, JobEnv, QueueOp};
 use crate::metrics::WorkerMetrics;
 use crate::sandbox::{LoadedModule, Sandbox};
 
@@ -391,15 +391,69 @@ impl JobEnv for RedisEnv {
         if job.is_some() {
             self.metrics.running.dec();
         }
-        self.metrics.record(result);
+        self.metrics.record(job, result);
         match disposition {
             Disposition::Retrying(_) => self.metrics.retries.inc(),
             Disposition::DeadLettered => self.metrics.dead_letters.inc(),
             Disposition::Duplicate => self.metrics.duplicates.inc(),
-            Disposition::Unrecorded => self.metrics.queue_errors.inc(),
-            Disposition::Completed => {}
+            // Logged and counted where the queue refused it (`on_queue_error`).
+            Disposition::Unrecorded | Disposition::Completed => {}
         }
     }
+
+    fn on_claimed(&self, claim: &ClaimReport<'_>) {
+        let metrics = &self.metrics;
+        metrics.claim_duration.observe(claim.took.as_secs_f64());
+        if claim.after_failures > 0 {
+            metrics.redis_reconnects.inc();
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        for claimed in claim.claimed {
+            // Entries are delivered once by XREADGROUP; a later delivery is a takeover
+            // of a lease that expired (a release adds a fresh entry).
+            if claimed.lease.deliveries > 1 {
+                metrics.lease_takeovers.inc();
+            }
+            if claimed.delivery.is_ok()
+                && let Some(entered_ms) = stream_entry_ms(&claimed.lease.entry_id)
+            {
+                // Redis's clock wrote the id; a worker clock behind it counts as 0.
+                let waited_ms = now_ms.saturating_sub(entered_ms);
+                metrics.queue_wait.observe(waited_ms as f64 / 1e3);
+            }
+        }
+    }
+
+    fn on_lease_renewed(&self) {
+        self.metrics.lease_renewals.inc();
+    }
+
+    fn on_slot(&self, busy: bool) {
+        if busy {
+            self.metrics.slots_busy.inc();
+        } else {
+            self.metrics.slots_busy.dec();
+        }
+    }
+
+    fn on_queue_error(
+        &self,
+        op: QueueOp,
+        job: Option<sluice_shared::JobId>,
+        error: &sluice_shared::QueueError,
+    ) {
+        self.metrics.queue_error(op, job, error);
+    }
+}
+
+/// The milliseconds since the epoch at which Redis added a stream entry: the first
+/// part of its id (`<ms>-<seq>`). `None` for an id of another form.
+fn stream_entry_ms(entry_id: &str) -> Option<u64> {
+    let (ms, seq) = entry_id.split_once('-')?;
+    seq.parse::<u64>().ok()?;
+    ms.parse().ok()
 }
 
 /// Ends `result` as `output_limit` because its tenant is over `max_stored_bytes`: its

@@ -24,6 +24,7 @@
 //! - [`run`]: `sluice-worker run`, one module over stdin → stdout.
 //! - [`cli`]: the guest limit flags shared with `sluice batch`, and signal handling.
 //! - [`metrics`]: the worker's Prometheus metrics and their endpoint.
+//! - [`logging`]: `--log-format text|json` and `RUST_LOG`, for both binaries.
 //!
 //! ```no_run
 //! use sluice_shared::{Job, JobInput};
@@ -45,6 +46,7 @@ pub mod executor;
 pub mod fleet;
 mod hostcalls;
 mod limiter;
+pub mod logging;
 pub mod metrics;
 mod raw_abi;
 pub mod run;

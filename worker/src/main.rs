@@ -2,7 +2,6 @@
 //! ([`sluice_worker::run::run`], [`sluice_worker::fleet::serve`]) and maps how it ended
 //! to an exit status.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,6 +9,7 @@ use sluice_shared::queue::redis::ConnectError;
 use sluice_worker::compile::{CompileArgs, child};
 use sluice_worker::executor::ExecutorError;
 use sluice_worker::fleet::{self, FleetArgs, ServeError};
+use sluice_worker::logging::{self, LogFormat};
 use sluice_worker::run::{self, RunArgs, RunExit};
 
 /// Exit statuses (the README's table). `run` otherwise exits with the guest's own.
@@ -41,6 +41,9 @@ mod exit {
     about = "Sluice worker: runs WebAssembly transforms under hard limits"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line (levels from RUST_LOG).
+    #[arg(long, global = true, value_enum, env = logging::LOG_FORMAT_ENV, default_value_t)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,16 +116,7 @@ fn main() -> ExitCode {
     if let Command::Compile(args) = &cli.command {
         return ExitCode::from(child::run(args));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a person at a terminal only: logs sent to a file or a collector
-        // stay plain text (and NO_COLOR turns them off everywhere).
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    logging::init(cli.log_format, "info");
     match cli.command {
         Command::Run(args) => run_command(args),
         Command::Serve(args) => serve_command(*args),

@@ -2,12 +2,19 @@
 //! and the endpoint that serves them.
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
 //! `_bytes`; the labels are closed sets: the outcome kind (15 values), the compile
-//! limit (4), the module cache tier (`l1`, `l2`, `l3`) and the precompile result (4).
+//! limit (4), the module cache tier (`l1`, `l2`, `l3`) and the precompile result (4),
+//! or bounded: the tenant, by the folding rule of [`tenants`].
+
+pub mod tenants;
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use sluice_shared::{JobResult, OutcomeKind};
+use sluice_shared::{Job, JobId, JobResult, OutcomeKind, QueueError};
+
+pub use tenants::{DEFAULT_MAX_TENANTS, TenantMetrics};
+
+use crate::executor::QueueOp;
 
 /// The worker's metrics and the registry that exports them.
 #[derive(Clone)]
@@ -43,6 +50,26 @@ pub struct WorkerMetrics {
     pub compile: CompileMetrics,
     /// The module cache's metrics.
     pub cache: CacheMetrics,
+    /// `sluice_job_queue_wait_seconds`: from the job's entry into the queue's stream to
+    /// its claim by this worker (its run starts right after).
+    pub queue_wait: Histogram,
+    /// `sluice_lease_renewals_total`: lease renewals the queue accepted.
+    pub lease_renewals: IntCounter,
+    /// `sluice_lease_takeovers_total`: entries claimed after another consumer's lease
+    /// on them expired.
+    pub lease_takeovers: IntCounter,
+    /// `sluice_worker_slots`: job slots (the concurrency).
+    pub slots: IntGauge,
+    /// `sluice_worker_slots_busy`: slots holding a job now (preparing, running, being
+    /// recorded, or stuck).
+    pub slots_busy: IntGauge,
+    /// `sluice_redis_reconnects_total`: claims that succeeded after one or more failed
+    /// ones (the connection to Redis came back).
+    pub redis_reconnects: IntCounter,
+    /// `sluice_claim_duration_seconds`: round trip of one claim call.
+    pub claim_duration: Histogram,
+    /// `sluice_tenant_*`: runs, run seconds and fuel by tenant (folded).
+    pub tenants: TenantMetrics,
 }
 
 /// What the out-of-process compiler ([`crate::compile::Compiler`]) counts.
@@ -103,9 +130,42 @@ impl CompileMetrics {
     }
 }
 
+/// Builds a histogram named `name` with `buckets` and registers it.
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+/// Registers `sluice_build_info{version}`, always 1.
+fn build_info(registry: &Registry) {
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "sluice_build_info",
+            "Always 1; the version label is the running build's",
+        ),
+        &["version"],
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(info.clone()))
+        .expect("unique metric");
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+}
+
 impl WorkerMetrics {
-    /// Registers every metric, with each outcome kind's series present from the start.
+    /// Registers every metric, with each outcome kind's series present from the start,
+    /// keeping [`DEFAULT_MAX_TENANTS`] tenant names.
     pub fn new() -> Self {
+        Self::with_max_tenants(DEFAULT_MAX_TENANTS)
+    }
+
+    /// As [`WorkerMetrics::new`], keeping the first `max_tenants` tenant names (the
+    /// rest fold into `other`).
+    pub fn with_max_tenants(max_tenants: usize) -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
@@ -150,7 +210,45 @@ impl WorkerMetrics {
             .register(Box::new(stuck.clone()))
             .expect("unique metric");
         let compile = CompileMetrics::register(&registry);
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        build_info(&registry);
         WorkerMetrics {
+            queue_wait: histogram(
+                &registry,
+                "sluice_job_queue_wait_seconds",
+                "Time from a job's entry into the queue stream to its claim by a worker",
+                vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                    3600.0,
+                ],
+            ),
+            claim_duration: histogram(
+                &registry,
+                "sluice_claim_duration_seconds",
+                "Round trip of one claim call to the queue, waiting for work included",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ],
+            ),
+            lease_renewals: counter("sluice_lease_renewals_total", "Lease renewals accepted"),
+            lease_takeovers: counter(
+                "sluice_lease_takeovers_total",
+                "Entries claimed after another consumer's lease on them expired",
+            ),
+            redis_reconnects: counter(
+                "sluice_redis_reconnects_total",
+                "Claims that succeeded after failed ones (the connection to Redis came back)",
+            ),
+            slots: gauge("sluice_worker_slots", "Job slots (concurrency)"),
+            slots_busy: gauge("sluice_worker_slots_busy", "Job slots holding a job now"),
+            tenants: TenantMetrics::register(&registry, max_tenants),
             compile,
             jobs,
             stuck,
@@ -187,8 +285,14 @@ impl WorkerMetrics {
         }
     }
 
-    /// Records a finished run.
-    pub fn record(&self, result: &JobResult) {
+    /// Records a finished run of `job` (`None`: its envelope did not decode).
+    /// A `host_error` (the worker's side failed: Redis, the module store, a thread) is
+    /// logged here too, with its reason, where it is counted.
+    pub fn record(&self, job: Option<&Job>, result: &JobResult) {
+        if let sluice_shared::Outcome::HostError { reason } = &result.outcome {
+            tracing::warn!(job = %result.job_id, reason = ?reason, "job failed on the worker's side (host_error)");
+        }
+        self.tenants.record(job, result);
         self.jobs
             .with_label_values(&[result.outcome.kind().as_str()])
             .inc();
@@ -197,6 +301,13 @@ impl WorkerMetrics {
         self.fuel.inc_by(result.stats.fuel_used.unwrap_or(0));
         self.input_bytes.inc_by(result.stats.input_bytes);
         self.output_bytes.inc_by(result.stats.output_bytes);
+    }
+
+    /// Logs a failed queue operation with its context and counts it in
+    /// `sluice_queue_errors_total`: the one place doing both.
+    pub fn queue_error(&self, op: QueueOp, job: Option<JobId>, error: &QueueError) {
+        crate::executor::log_queue_error(op, job, error);
+        self.queue_errors.inc();
     }
 
     /// The text exposition of every metric.
@@ -381,9 +492,10 @@ impl Default for WorkerMetrics {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) on `addr` until `shutdown`.
+/// Serves `/metrics` (and `/healthz`) on `listener` (bound by the caller, so that
+/// the endpoint answers as soon as the worker says it is ready) until `shutdown`.
 pub async fn serve_endpoint(
-    addr: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: WorkerMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
@@ -402,7 +514,6 @@ pub async fn serve_endpoint(
             }),
         )
         .route("/healthz", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -45,6 +45,10 @@ pub struct FleetArgs {
     /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "SLUICE_METRICS_ADDR", value_parser = parsed::<SocketAddr>(field::METRICS_ADDR))]
     pub metrics_addr: Option<SocketAddr>,
+    /// Tenants named in the per-tenant metrics: the first N this worker sees keep
+    /// their name, the rest are summed as `other`. 0 to 1000; default 20.
+    #[arg(long, env = "SLUICE_METRICS_MAX_TENANTS", value_parser = parsed::<usize>(field::METRICS_MAX_TENANTS))]
+    pub metrics_max_tenants: Option<usize>,
     /// Visibility timeout: a job whose worker stops renewing its lease for this long is
     /// taken over by another worker. 1s to 24h; default 30s.
     #[arg(long, env = "SLUICE_LEASE", value_parser = duration(field::LEASE))]
@@ -170,6 +174,8 @@ fields! {
     CONCURRENCY: "--concurrency", "SLUICE_CONCURRENCY", "concurrency";
     /// The /metrics address.
     METRICS_ADDR: "--metrics-addr", "SLUICE_METRICS_ADDR", "metrics_addr";
+    /// Tenants named in the per-tenant metrics.
+    METRICS_MAX_TENANTS: "--metrics-max-tenants", "SLUICE_METRICS_MAX_TENANTS", "metrics_max_tenants";
     /// The lease (visibility timeout).
     LEASE: "--lease", "SLUICE_LEASE", "lease";
     /// The SIGTERM grace.
@@ -347,6 +353,8 @@ pub mod limits {
     pub const MAX_CONSUMER_NAME: usize = 128;
     /// Most loaded modules held in memory.
     pub const MAX_MODULE_CACHE_COUNT: usize = 100_000;
+    /// Most tenants named in the per-tenant metrics (each is 17 series).
+    pub const MAX_METRICS_TENANTS: usize = 1000;
 }
 
 /// Validated `serve` settings, defaults applied: what [`serve`](super::serve) runs on.
@@ -362,6 +370,8 @@ pub struct FleetConfig {
     pub slots: usize,
     /// Where to serve /metrics and /healthz, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Tenants named in the per-tenant metrics (the rest are `other`).
+    pub metrics_max_tenants: usize,
     /// The lease a claim takes, renewed every third of it.
     pub lease: Duration,
     /// After SIGTERM, how long jobs in flight may take before they are released.
@@ -467,6 +477,19 @@ impl FleetArgs {
             .stuck_bound(),
         };
 
+        let metrics_max_tenants = args
+            .metrics_max_tenants
+            .unwrap_or(crate::metrics::DEFAULT_MAX_TENANTS);
+        if metrics_max_tenants > limits::MAX_METRICS_TENANTS {
+            return Err(invalid(
+                field::METRICS_MAX_TENANTS,
+                format!(
+                    "at most {}, got {metrics_max_tenants}",
+                    limits::MAX_METRICS_TENANTS
+                ),
+            ));
+        }
+
         let lease = args.lease.unwrap_or(defaults.lease);
         within(field::LEASE, lease, limits::MIN_LEASE, limits::MAX_LEASE)?;
         let grace = args.grace.unwrap_or(defaults.grace);
@@ -512,6 +535,7 @@ impl FleetArgs {
             redis_ca_pem,
             slots,
             metrics_addr: args.metrics_addr,
+            metrics_max_tenants,
             lease,
             grace,
             watchdog_grace,
@@ -1069,6 +1093,7 @@ mod tests {
         "--redis-ca=/flag/ca.pem",
         "--concurrency=3",
         "--metrics-addr=127.0.0.1:1001",
+        "--metrics-max-tenants=3",
         "--lease=2s",
         "--grace=4s",
         "--watchdog-grace=6s",
@@ -1093,6 +1118,7 @@ mod tests {
         redis_ca = "/file/ca.pem"
         concurrency = 5
         metrics_addr = "127.0.0.1:1002"
+        metrics_max_tenants = 7
         lease = "3s"
         grace = "5s"
         watchdog_grace = "7s"

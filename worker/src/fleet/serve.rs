@@ -60,7 +60,11 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
     let Some(queue) = connect(redis_config(&config), &shutdown).await? else {
         return Ok(());
     };
-    let metrics = WorkerMetrics::new();
+    let metrics = WorkerMetrics::with_max_tenants(config.metrics_max_tenants);
+    // The sandbox has as many pool slots, so the executor runs exactly this many.
+    metrics
+        .slots
+        .set(i64::try_from(config.slots).unwrap_or(i64::MAX));
     let sandbox_config = SandboxConfig {
         slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
         dir_grants: config.dir_grants.clone(),
@@ -74,16 +78,23 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         .with_metrics(metrics.compile.clone());
     let sandbox = Arc::new(Sandbox::with_compiler(sandbox_config, compiler)?);
     if let Some(addr) = config.metrics_addr {
-        let endpoint = tokio::spawn(metrics::serve_endpoint(
-            addr,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        tokio::spawn(async move {
-            if let Ok(Err(error)) = endpoint.await {
-                tracing::error!(%error, %addr, "metrics endpoint failed");
+        // Bound before the worker says it is ready; a failure is logged and the worker
+        // runs without its endpoint, as before.
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let endpoint = tokio::spawn(metrics::serve_endpoint(
+                    listener,
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+                tokio::spawn(async move {
+                    if let Ok(Err(error)) = endpoint.await {
+                        tracing::error!(%error, %addr, "metrics endpoint failed");
+                    }
+                });
             }
-        });
+            Err(error) => tracing::error!(%error, %addr, "metrics endpoint failed"),
+        }
     }
     let env = Arc::new(RedisEnv::new(
         queue.clone(),
