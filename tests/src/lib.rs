@@ -9,7 +9,8 @@
 //! [`RedisServer`] (a redis-server), [`WorkerProcess`] (a `sluice-worker serve`),
 //! [`ServeProcess`] (a `sluice serve` and an HTTP client with tenant creation),
 //! [`Fleet`] (a server, a queue client and workers on demand); [`wait`] holds the
-//! bounded waits for results.
+//! bounded waits for results; [`walkthrough`] runs a document's shell walkthrough as
+//! written.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,6 +19,7 @@ pub mod fleet;
 pub mod redis;
 pub mod serve;
 pub mod wait;
+pub mod walkthrough;
 pub mod wasm_gen;
 pub mod worker;
 
