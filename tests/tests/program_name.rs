@@ -131,6 +131,17 @@ fn a_hostile_module_name_is_refused_at_submit() {
         assert_eq!(reply.status, 400, "module={module}: {}", reply.text());
         assert!(reply.text().contains("module"), "{}", reply.text());
     }
+    // Nor can a module be stored under such a name.
+    let bytes = std::fs::read(guest("env_echo.wasm")).unwrap();
+    for name in [long.as_str(), "a%1Bb", "a%2Fb"] {
+        let reply = api.call(
+            "PUT",
+            &format!("/v1/modules?name={name}"),
+            Some(&token),
+            &bytes,
+        );
+        assert_eq!(reply.status, 400, "name={name}: {}", reply.text());
+    }
     let body = json!({ "module": long, "inputs": [{ "name": "a", "data": "" }] });
     let reply = api.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 400, "{}", reply.text());
@@ -151,6 +162,17 @@ fn a_hostile_module_name_is_refused_at_submit() {
             text(&submitted.stderr).contains("--module"),
             "{}",
             text(&submitted.stderr)
+        );
+    }
+    for name in [long.as_str(), "a\u{1b}[31mb", "a/b"] {
+        let put = run(bin("sluice")
+            .args(["module", "put", "/dev/null", "--name", name])
+            .args(["--redis", "redis://127.0.0.1:9"]));
+        assert_eq!(put.status.code(), Some(2), "{}", text(&put.stderr));
+        assert!(
+            text(&put.stderr).contains("--name"),
+            "{}",
+            text(&put.stderr)
         );
     }
 }
