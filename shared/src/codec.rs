@@ -5,10 +5,10 @@
 //! from a newer scheduler refuses it with [`DecodeError::UnknownVersion`] (and the job
 //! is dead-lettered with that reason) instead of misreading it.
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::job::Job;
+use crate::job::{EntryPoint, Job, JobId, JobInput, Limits, ModuleHash, TenantId};
 use crate::outcome::JobResult;
 
 /// The job envelope's format version this build writes and reads.
@@ -17,7 +17,20 @@ use crate::outcome::JobResult;
 /// - 2: input references are a typed [`crate::JobInput`] (inline, file, blob, stdin).
 ///   A version-1 envelope decodes to [`DecodeError::UnknownVersion`] and is
 ///   dead-lettered as `bad_envelope`, as any unknown version is.
-pub const FORMAT_VERSION: u8 = 2;
+/// - 3: the job carries its module's name ([`Job::program`], the guest's `argv[0]`).
+///   Version-2 envelopes (queued, delayed or dead-lettered before an upgrade) still
+///   decode, with no name.
+pub const FORMAT_VERSION: u8 = 3;
+
+/// The oldest envelope version this build still reads.
+pub const OLDEST_FORMAT_VERSION: u8 = 2;
+
+/// Whether this build reads envelopes of `version`. Every version it reads starts
+/// with the job id (postcard's length byte 16, then the UUID's bytes), which the Redis
+/// protocol reads without decoding the rest.
+pub fn reads_version(version: u8) -> bool {
+    (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version)
+}
 
 /// The stored result's format version. Results have their own: the envelope's bump to
 /// 2 did not change [`JobResult`], so results written before it (kept for their TTL)
@@ -33,7 +46,7 @@ pub enum DecodeError {
     Empty,
     /// Written by another release's format.
     #[error(
-        "unknown envelope format version {found} (this build reads jobs of version {FORMAT_VERSION} and results of version {RESULT_FORMAT_VERSION})"
+        "unknown envelope format version {found} (this build reads jobs of versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION} and results of version {RESULT_FORMAT_VERSION})"
     )]
     UnknownVersion {
         /// The version byte found.
@@ -60,6 +73,10 @@ fn decode_versioned<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Result<T
     if version != expected {
         return Err(DecodeError::UnknownVersion { found: version });
     }
+    decode_body(body)
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     let (value, rest) =
         postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
@@ -73,9 +90,47 @@ pub fn encode(job: &Job) -> Vec<u8> {
     encode_versioned(FORMAT_VERSION, job)
 }
 
-/// Decodes a job envelope.
+/// Decodes a job envelope of this version or a version-2 one (which has no module
+/// name).
 pub fn decode(bytes: &[u8]) -> Result<Job, DecodeError> {
-    decode_versioned(FORMAT_VERSION, bytes)
+    match bytes.split_first() {
+        Some((&2, body)) => decode_body::<JobV2>(body).map(Job::from),
+        _ => decode_versioned(FORMAT_VERSION, bytes),
+    }
+}
+
+/// A version-2 job: the version-3 layout without [`Job::program`] (postcard writes
+/// fields in order, so the old body is this struct).
+#[derive(Deserialize)]
+struct JobV2 {
+    id: JobId,
+    module: ModuleHash,
+    input: JobInput,
+    entry: EntryPoint,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    limits: Limits,
+    tenant: TenantId,
+    attempt: u32,
+    label: String,
+}
+
+impl From<JobV2> for Job {
+    fn from(v2: JobV2) -> Self {
+        Job {
+            id: v2.id,
+            module: v2.module,
+            input: v2.input,
+            entry: v2.entry,
+            args: v2.args,
+            env: v2.env,
+            limits: v2.limits,
+            tenant: v2.tenant,
+            attempt: v2.attempt,
+            label: v2.label,
+            program: None,
+        }
+    }
 }
 
 /// Encodes a job's result as it is stored.
@@ -91,7 +146,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<JobResult, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{BlobId, EntryPoint, JobId, JobInput, Limits, ModuleHash, TenantId};
+    use crate::job::{BlobId, ModuleName};
     use proptest::prelude::*;
 
     fn arb_job() -> impl Strategy<Value = Job> {
@@ -125,24 +180,28 @@ mod tests {
                 any::<u64>(),
             ),
             (".{0,10}", any::<u32>(), ".{0,20}", any::<u128>()),
+            proptest::option::of("[a-z][a-z0-9 ._-]{0,20}"),
         )
             .prop_map(
-                |(hash, input, entry, args, env, limits, (tenant, attempt, label, id))| Job {
-                    id: JobId(uuid::Uuid::from_u128(id)),
-                    module: ModuleHash(hash),
-                    input,
-                    entry,
-                    args,
-                    env,
-                    limits: Limits {
-                        fuel: limits.0,
-                        memory_bytes: limits.1,
-                        timeout_ms: limits.2,
-                        max_output_bytes: limits.3,
-                    },
-                    tenant: TenantId(tenant),
-                    attempt,
-                    label,
+                |(hash, input, entry, args, env, limits, (tenant, attempt, label, id), program)| {
+                    Job {
+                        id: JobId(uuid::Uuid::from_u128(id)),
+                        module: ModuleHash(hash),
+                        input,
+                        entry,
+                        args,
+                        env,
+                        limits: Limits {
+                            fuel: limits.0,
+                            memory_bytes: limits.1,
+                            timeout_ms: limits.2,
+                            max_output_bytes: limits.3,
+                        },
+                        tenant: TenantId(tenant),
+                        attempt,
+                        label,
+                        program: program.map(|name| name.parse().unwrap()),
+                    }
                 },
             )
     }
@@ -194,6 +253,50 @@ mod tests {
             decode(&bytes),
             Err(DecodeError::UnknownVersion { found: 1 })
         );
+    }
+
+    /// A version-2 envelope as the version-2 encoder wrote it (before `program`): a
+    /// job with id 01900000-0000-7000-8000-000000000001, the empty module's hash,
+    /// inline input `hi`, a command, argument `a`, env `K=V`, default limits, tenant
+    /// `acme`, attempt 1, label `in.txt`.
+    const V2_ENVELOPE: &str = "021001900000000070008000000000000001e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855000268690001016101014b01560080808020904e808080200461636d650106696e2e747874";
+
+    #[test]
+    fn a_version_two_envelope_still_decodes_with_no_program_name() {
+        let bytes = hex::decode(V2_ENVELOPE).unwrap();
+        let job = decode(&bytes).unwrap();
+        assert_eq!(
+            job.id,
+            JobId(uuid::Uuid::from_u128(
+                0x0190_0000_0000_7000_8000_0000_0000_0001
+            ))
+        );
+        assert_eq!(job.module, ModuleHash::of(b""));
+        assert_eq!(job.input, JobInput::Inline(b"hi".to_vec()));
+        assert_eq!(job.entry, EntryPoint::Command);
+        assert_eq!(job.args, ["a"]);
+        assert_eq!(job.env, [("K".to_owned(), "V".to_owned())]);
+        assert_eq!(job.limits, Limits::default());
+        assert_eq!(job.tenant, TenantId("acme".into()));
+        assert_eq!((job.attempt, job.label.as_str()), (1, "in.txt"));
+        assert_eq!(job.program, None);
+        // Re-encoded, it is a version-3 envelope with the same job.
+        let again = encode(&job);
+        assert_eq!(again[0], 3);
+        assert_eq!(decode(&again).unwrap(), job);
+    }
+
+    #[test]
+    fn a_version_three_envelope_carries_the_name_and_refuses_a_bad_one() {
+        let mut job = Job::new(ModuleHash::of(b""), JobInput::Inline(vec![]));
+        job.program = Some("upper".parse::<ModuleName>().unwrap());
+        let bytes = encode(&job);
+        assert_eq!(decode(&bytes).unwrap().program, job.program);
+        // A hostile envelope whose name breaks the rule: malformed, not a panic.
+        let mut hostile = bytes.clone();
+        let at = hostile.len() - 5;
+        hostile[at] = b'/';
+        assert!(matches!(decode(&hostile), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

@@ -83,6 +83,92 @@ impl FromStr for ModuleHash {
     }
 }
 
+/// A module's name: an alias its submitter gave it (`sluice module put --name`,
+/// `PUT /v1/modules?name=`), by which jobs may name it, and the `argv[0]` its guests
+/// see. 1 to [`ModuleName::MAX_BYTES`] bytes, no `/` (the API's paths), no control
+/// characters (it is printed and passed as an argument), and not a module hash (which
+/// names a module by content).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ModuleName(String);
+
+impl ModuleName {
+    /// The longest name, in bytes.
+    pub const MAX_BYTES: usize = 128;
+
+    /// The name a job gave as its module: `None` for a module hash, the name
+    /// otherwise, or why the text is neither.
+    pub fn of_reference(text: &str) -> Result<Option<Self>, ModuleNameError> {
+        if text.parse::<ModuleHash>().is_ok() {
+            return Ok(None);
+        }
+        text.parse().map(Some)
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a string is not a module name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleNameError {
+    /// No characters.
+    #[error("a module name is empty")]
+    Empty,
+    /// Over [`ModuleName::MAX_BYTES`].
+    #[error("a module name is at most {max} bytes, got {len}", max = ModuleName::MAX_BYTES)]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Holds a `/` or a control character.
+    #[error("a module name may not contain {0:?}")]
+    BadCharacter(char),
+    /// Is a module hash, which names a module by content.
+    #[error("a module name may not be a module hash (64 hex digits)")]
+    IsHash,
+}
+
+impl FromStr for ModuleName {
+    type Err = ModuleNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(ModuleNameError::Empty);
+        }
+        if s.len() > Self::MAX_BYTES {
+            return Err(ModuleNameError::TooLong { len: s.len() });
+        }
+        if let Some(bad) = s.chars().find(|&c| c == '/' || c.is_control()) {
+            return Err(ModuleNameError::BadCharacter(bad));
+        }
+        if s.parse::<ModuleHash>().is_ok() {
+            return Err(ModuleNameError::IsHash);
+        }
+        Ok(ModuleName(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for ModuleName {
+    type Error = ModuleNameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ModuleName> for String {
+    fn from(name: ModuleName) -> Self {
+        name.0
+    }
+}
+
+impl fmt::Display for ModuleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The tenant a job runs for. In embedded mode every job is the `local` tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TenantId(pub String);
@@ -287,8 +373,7 @@ pub struct Job {
     pub input: JobInput,
     /// How the module is driven.
     pub entry: EntryPoint,
-    /// `argv[1..]` of a WASI command (`argv[0]` is the module's file name where the
-    /// worker loaded it from one, else its hash).
+    /// `argv[1..]` of a WASI command (`argv[0]` is [`Job::program`]).
     pub args: Vec<String>,
     /// The guest's whole environment: nothing of the host's leaks in.
     pub env: Vec<(String, String)>,
@@ -300,6 +385,11 @@ pub struct Job {
     pub attempt: u32,
     /// A free-form label the submitter chose (embedded mode: the input file name).
     pub label: String,
+    /// The module's name as the submitter gave it, the guest's `argv[0]`; `None` when
+    /// the job named its module by hash, and then `argv[0]` is the module's file name
+    /// where the worker loaded it from one (`sluice-worker run`, embedded batches),
+    /// else its hash.
+    pub program: Option<ModuleName>,
 }
 
 impl Job {
@@ -316,6 +406,43 @@ impl Job {
             tenant: TenantId::default(),
             attempt: 0,
             label: String::new(),
+            program: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_follow_the_alias_rule() {
+        assert_eq!("upper".parse::<ModuleName>().unwrap().as_str(), "upper");
+        assert_eq!("".parse::<ModuleName>(), Err(ModuleNameError::Empty));
+        let long = "a".repeat(ModuleName::MAX_BYTES + 1);
+        assert_eq!(
+            long.parse::<ModuleName>(),
+            Err(ModuleNameError::TooLong { len: 129 })
+        );
+        assert!(
+            "a".repeat(ModuleName::MAX_BYTES)
+                .parse::<ModuleName>()
+                .is_ok()
+        );
+        assert_eq!(
+            "a/b".parse::<ModuleName>(),
+            Err(ModuleNameError::BadCharacter('/'))
+        );
+        assert_eq!(
+            "a\u{1b}[31m".parse::<ModuleName>(),
+            Err(ModuleNameError::BadCharacter('\u{1b}'))
+        );
+        let hash = ModuleHash::of(b"").to_hex();
+        assert_eq!(hash.parse::<ModuleName>(), Err(ModuleNameError::IsHash));
+        assert_eq!(ModuleName::of_reference(&hash), Ok(None));
+        assert_eq!(
+            ModuleName::of_reference("upper").unwrap().unwrap().as_str(),
+            "upper"
+        );
     }
 }

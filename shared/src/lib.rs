@@ -48,7 +48,7 @@ pub mod tenant;
 pub mod units;
 
 pub use codec::DecodeError;
-pub use job::{BlobId, EntryPoint, Job, JobId, JobInput, Limits, ModuleHash, TenantId};
+pub use job::{BlobId, EntryPoint, Job, JobId, JobInput, Limits, ModuleHash, ModuleName, TenantId};
 pub use outcome::{JobOutput, JobResult, Outcome, OutcomeKind, ReportLine, RunStats};
 pub use queue::{
     Claimed, Delivery, Lease, MemoryQueue, Queue, QueueError, RedisConfig, RedisQueue, RetryPolicy,

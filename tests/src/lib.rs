@@ -9,7 +9,8 @@
 //! [`RedisServer`] (a redis-server), [`WorkerProcess`] (a `sluice-worker serve`),
 //! [`ServeProcess`] (a `sluice serve` and an HTTP client with tenant creation),
 //! [`Fleet`] (a server, a queue client and workers on demand), [`PrometheusServer`] (a
-//! real `prometheus` and its HTTP API); [`wait`] holds the bounded waits for results.
+//! real `prometheus` and its HTTP API); [`wait`] holds the bounded waits for results;
+//! [`walkthrough`] runs a document's shell walkthrough as written.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,6 +21,7 @@ pub mod prometheus;
 pub mod redis;
 pub mod serve;
 pub mod wait;
+pub mod walkthrough;
 pub mod wasm_gen;
 pub mod worker;
 

@@ -198,7 +198,8 @@ fn the_fleet_reports_the_output_cap_as_output_limit() {
     assert_eq!(finished[&over.id], OutcomeKind::OutputLimit, "{finished:?}");
     assert_eq!(finished[&under.id], OutcomeKind::Success, "{finished:?}");
 
-    // In the fleet a job carries no module name: argv[0] stays the module's hash.
+    // A job that names its module by hash carries no name: argv[0] stays the hash
+    // (one named by name gets the name: tests/tests/program_name.rs).
     let echo = fleet.put_module(&std::fs::read(guest("env_echo.wasm")).unwrap());
     let job = Job::new(echo, JobInput::Inline(Vec::new()));
     fleet.rt.block_on(wait::enqueue_and_await(

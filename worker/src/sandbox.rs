@@ -564,7 +564,11 @@ impl Sandbox {
         wasi.allow_blocking_current_thread(self.config.dir_grants.is_empty())
             .monotonic_clock(JobClock(started))
             .stderr(stderr.clone())
-            .arg(module.program_name())
+            .arg(
+                job.program
+                    .as_ref()
+                    .map_or_else(|| module.program_name(), |n| n.to_string()),
+            )
             .args(&job.args)
             .envs(&job.env);
         match &job.entry {

@@ -32,6 +32,8 @@ impl Api {
         params: &JobParams,
     ) -> ApiResult<impl Fn(JobInput) -> Job + use<>> {
         check_args_env(policy, &params.args, &params.env)?;
+        let program = sluice_shared::ModuleName::of_reference(&params.module)
+            .map_err(|e| ApiError::bad_request(format!("module: {e}")))?;
         let (module, default_entry) = self.module(tenant, &params.module).await?;
         let entry = params.entry.clone().unwrap_or(default_entry);
         let (args, env) = (params.args.clone(), params.env.clone());
@@ -44,6 +46,7 @@ impl Api {
             job.env = env.clone();
             job.limits = limits.clone();
             job.tenant = tenant.clone();
+            job.program = program.clone();
             job
         })
     }

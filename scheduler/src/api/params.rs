@@ -1,7 +1,7 @@
 //! Job parameters and module names from query strings.
 
 use sluice_shared::parse::{LimitField, env_pair};
-use sluice_shared::{EntryPoint, Limits, ModuleHash};
+use sluice_shared::{EntryPoint, Limits, ModuleName};
 
 use super::error::{ApiError, ApiResult};
 
@@ -71,22 +71,21 @@ pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
 }
 
 /// Longest module name (an alias) a request may give.
-pub(super) const MAX_NAME: usize = 128;
+pub(super) const MAX_NAME: usize = ModuleName::MAX_BYTES;
 
 /// A module name from the query: 1-128 characters, no `/`.
 pub(super) fn module_name(query: Option<&str>) -> ApiResult<Option<String>> {
     let name = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "name")
         .map(|(_, v)| v.into_owned());
+    // The one module-name rule (`ModuleName`): what a job may then name, and the
+    // argv[0] its guests see.
     if let Some(name) = &name
-        && (name.is_empty()
-            || name.len() > MAX_NAME
-            || name.contains('/')
-            || name.parse::<ModuleHash>().is_ok())
+        && let Err(e) = name.parse::<ModuleName>()
     {
-        return Err(ApiError::bad_request(
-            "name: 1-128 characters, no `/`, not a module hash",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "name: {e} (1-128 bytes, no `/` or control characters, not a module hash)"
+        )));
     }
     Ok(name)
 }

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_shared::{EntryPoint, Job, JobInput, Limits, ModuleHash, OutcomeKind, TenantId};
+use sluice_shared::{
+    EntryPoint, Job, JobInput, Limits, ModuleHash, ModuleName, OutcomeKind, TenantId,
+};
 use sluice_worker::{SandboxConfig, SandboxError};
 
 pub mod embedded;
@@ -88,7 +90,10 @@ impl BatchOptions {
         }
     }
 
-    /// The job for one input, with this batch's entry point, args, env and limits.
+    /// The job for one input, with this batch's entry point, args, env and limits, and
+    /// the module's file name as the guest's `argv[0]` (as `wasmtime run` gives it;
+    /// a fleet worker, which loads the module by hash, then passes the same name as an
+    /// embedded one). A file name that is not a [`ModuleName`] leaves the hash.
     pub(crate) fn job(
         &self,
         module: ModuleHash,
@@ -103,6 +108,11 @@ impl BatchOptions {
         job.limits = self.limits.clone();
         job.label = label.to_owned();
         job.tenant = self.tenant.clone();
+        job.program = self
+            .module
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.parse::<ModuleName>().ok());
         job
     }
 }

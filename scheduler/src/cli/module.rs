@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
+use sluice_shared::ModuleName;
 use sluice_shared::queue::redis::MAX_LISTED_MODULES;
 
 use super::RedisArgs;
@@ -17,8 +18,9 @@ pub enum ModuleCommand {
     Put {
         /// The module file.
         file: PathBuf,
-        /// Also name it (jobs may then say --module NAME).
-        #[arg(long)]
+        /// Also name it (jobs may then say --module NAME; their guests see it as
+        /// argv[0]): 1-128 bytes, no `/` or control characters, not a module hash.
+        #[arg(long, value_parser = module_name)]
         name: Option<String>,
         /// Re-point --name to this module when it already names another one.
         #[arg(long, requires = "name")]
@@ -108,4 +110,9 @@ pub async fn run(command: ModuleCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--name`, checked by the one module-name rule ([`ModuleName`]).
+fn module_name(text: &str) -> Result<String, sluice_shared::job::ModuleNameError> {
+    text.parse::<ModuleName>().map(String::from)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use sluice_shared::units::parse_duration;
-use sluice_shared::{Job, Queue, TenantId};
+use sluice_shared::{Job, ModuleName, Queue, TenantId};
 use sluice_worker::cli::GuestArgs;
 
 use super::RedisArgs;
@@ -44,6 +44,8 @@ pub struct SubmitArgs {
 
 /// Uploads the input, enqueues the job (or schedules it) and prints its id.
 pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let program = ModuleName::of_reference(&args.module)
+        .with_context(|| format!("--module {:?}", args.module))?;
     let queue = args.redis.connect().await?;
     let module = queue
         .modules()
@@ -75,6 +77,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     job.limits = distributed::clamp_to_policy(&queue, &args.tenant, &args.guest.limits()).await?;
     job.tenant = TenantId(args.tenant);
     job.label = args.input.display().to_string();
+    job.program = program;
     let due = match (args.at, args.delay) {
         (Some(at), _) => Some(at),
         (None, Some(delay)) => {

@@ -29,7 +29,7 @@ use super::reply::{excerpt, millis, parse_entries, text};
 use super::scripts::SCRIPTS;
 use super::tenants::TenantError;
 use super::{ENVELOPE_FIELD, GROUP, RedisQueue};
-use crate::codec::{self, FORMAT_VERSION};
+use crate::codec;
 use crate::job::{Job, JobId};
 use crate::queue::QueueError;
 use crate::tenant::TenantPolicy;
@@ -110,7 +110,7 @@ pub enum Hold {
 /// `promote.lua` reads the same head.
 pub fn envelope_job_id(envelope: &[u8]) -> Option<JobId> {
     match envelope {
-        [version, 16, id @ ..] if *version == FORMAT_VERSION && id.len() >= 16 => {
+        [version, 16, id @ ..] if codec::reads_version(*version) && id.len() >= 16 => {
             uuid::Uuid::from_slice(&id[..16]).ok().map(JobId)
         }
         _ => None,
@@ -670,8 +670,12 @@ mod tests {
         let job = Job::new(ModuleHash::of(b"m"), JobInput::Inline(vec![1, 2, 3]));
         let envelope = codec::encode(&job);
         // promote.lua relies on exactly this layout.
-        assert_eq!(envelope[0], FORMAT_VERSION);
+        assert_eq!(envelope[0], codec::FORMAT_VERSION);
         assert_eq!(envelope[1], 16);
+        // A version-2 envelope (still decoded) has the same head.
+        let mut older = envelope.clone();
+        older[0] = codec::OLDEST_FORMAT_VERSION;
+        assert_eq!(envelope_job_id(&older), Some(job.id));
         assert_eq!(&envelope[2..18], job.id.0.as_bytes());
         assert_eq!(envelope_job_id(&envelope), Some(job.id));
         assert_eq!(envelope_job_id(&envelope[..17]), None);

@@ -78,6 +78,7 @@ impl RedisQueue {
             .key(&self.keys.jobs)
             .arg(1000)
             .arg(millis(self.config.result_ttl))
+            .arg(crate::codec::OLDEST_FORMAT_VERSION)
             .arg(crate::codec::FORMAT_VERSION)
             .invoke_async(&mut self.conn.clone())
             .await;

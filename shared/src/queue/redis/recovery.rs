@@ -17,7 +17,6 @@ use super::error::{StoreError, unavailable};
 use super::reply::bytes_of;
 use super::scripts::SCRIPTS;
 use super::{GROUP, RedisQueue};
-use crate::codec::FORMAT_VERSION;
 use crate::job::JobId;
 use crate::queue::QueueError;
 
@@ -69,7 +68,7 @@ const PAGE: usize = 2_000;
 /// The job id at the start of an envelope, if it has one.
 fn job_id_of(prefix: &[u8]) -> Option<JobId> {
     let (&version, body) = prefix.split_first()?;
-    if version != FORMAT_VERSION {
+    if !crate::codec::reads_version(version) {
         return None;
     }
     postcard::take_from_bytes::<JobId>(body)
@@ -276,7 +275,11 @@ mod tests {
         assert_eq!(job_id_of(&bytes[..ID_PREFIX - 1]), None);
         assert_eq!(job_id_of(b""), None);
         let mut foreign = bytes.clone();
-        foreign[0] = FORMAT_VERSION + 1;
+        foreign[0] = codec::FORMAT_VERSION + 1;
         assert_eq!(job_id_of(&foreign[..ID_PREFIX]), None);
+        // A version-2 envelope (still decoded) has the same head.
+        let mut older = bytes.clone();
+        older[0] = codec::OLDEST_FORMAT_VERSION;
+        assert_eq!(job_id_of(&older[..ID_PREFIX]), Some(job.id));
     }
 }

@@ -14,7 +14,7 @@ use super::super::error::{StoreError, bad_reply, unavailable};
 use super::super::reply::{bytes_of, count_of, text};
 use super::super::scripts::SCRIPTS;
 use super::{Admin, AdminError};
-use crate::codec::{self, FORMAT_VERSION};
+use crate::codec;
 use crate::job::JobId;
 
 /// Entries (or delayed members) looked at per `find_job.lua` call.
@@ -65,12 +65,12 @@ enum Page {
     Next(Option<String>),
 }
 
-/// The leading bytes of every envelope of job `id`: the format version, then the id
-/// as postcard writes it (its length, 16, and its bytes).
+/// The bytes after the format version byte of every envelope of job `id`, in every
+/// version this build reads (2 and 3): the id as postcard writes it (its length, 16,
+/// and its bytes). `find_job.lua` compares them from an envelope's second byte, so a
+/// job enqueued before an upgrade is found too.
 fn envelope_prefix(id: JobId) -> Vec<u8> {
-    let mut prefix = vec![FORMAT_VERSION];
-    prefix.extend(postcard::to_stdvec(&id).unwrap_or_default());
-    prefix
+    postcard::to_stdvec(&id).unwrap_or_default()
 }
 
 /// Attempts made before an envelope was enqueued (0 when it does not decode).
@@ -180,7 +180,7 @@ impl Admin<'_> {
     }
 
     /// Searches `key` (a stream from `-`, or the delayed set from rank `0`) page by page
-    /// for the job whose envelopes start with `prefix`.
+    /// for the job whose envelopes hold `prefix` after their version byte.
     async fn search(
         self,
         key: &str,
@@ -241,7 +241,8 @@ mod tests {
         let mut job = Job::new(ModuleHash::of(b"m"), JobInput::Inline(b"x".to_vec()));
         job.attempt = 3;
         let envelope = codec::encode(&job);
-        assert!(envelope.starts_with(&envelope_prefix(job.id)));
-        assert_eq!(envelope_prefix(job.id).len(), 18);
+        assert!(codec::reads_version(envelope[0]));
+        assert!(envelope[1..].starts_with(&envelope_prefix(job.id)));
+        assert_eq!(envelope_prefix(job.id).len(), 17);
     }
 }

@@ -7,7 +7,9 @@
 -- ARGV[2]  where the page starts: a stream: '-' or '(' .. the last id read; the
 --          delayed set: a rank
 -- ARGV[3]  the most entries (members) in the page
--- ARGV[4]  the envelope prefix that names the job (format version and job id)
+-- ARGV[4]  the envelope head that names the job: the job id as postcard writes it,
+--          which follows the format version byte (any version: every one this build
+--          reads starts with the id, and ids are unique)
 -- Returns  for a stream: {'found', entry id, envelope, holder, idle ms, deliveries}
 --          (holder '' and 0, 0 when no worker holds the entry); for the delayed set:
 --          {'found', due ms, envelope}; else {'next', where the next page starts, ''
@@ -27,7 +29,7 @@ if kind == 'zset' then
   local start = tonumber(ARGV[2])
   local members = redis.call('ZRANGE', KEYS[1], start, start + count - 1, 'WITHSCORES')
   for i = 1, #members, 2 do
-    if string.sub(members[i], 1, width) == prefix then
+    if string.sub(members[i], 2, width + 1) == prefix then
       return {'found', members[i + 1], members[i]}
     end
   end
@@ -39,7 +41,7 @@ local entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', count)
 for _, entry in ipairs(entries) do
   local fields = entry[2]
   for i = 1, #fields, 2 do
-    if fields[i] == 'e' and string.sub(fields[i + 1], 1, width) == prefix then
+    if fields[i] == 'e' and string.sub(fields[i + 1], 2, width + 1) == prefix then
       local holder, idle, deliveries = '', 0, 0
       if ARGV[1] ~= '' then
         local rows = redis.pcall('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)

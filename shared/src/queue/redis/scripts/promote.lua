@@ -13,12 +13,16 @@
 -- ARGV[1]  the most jobs to move in one call
 -- ARGV[2]  the result TTL, ms: a job record moved back into its backlog lives that
 --          long again from now, so a job that waits long in line keeps its record
--- ARGV[3]  the envelope format version this build writes (`codec::FORMAT_VERSION`)
+-- ARGV[3]  the oldest envelope format version this build reads
+--          (`codec::OLDEST_FORMAT_VERSION`)
+-- ARGV[4]  the envelope format version this build writes (`codec::FORMAT_VERSION`);
+--          every version from ARGV[3] to ARGV[4] starts with the job id
 -- Returns  how many were moved (or dropped as cancelled); an error naming the key if KEYS[1] is not a sorted set
 --          or KEYS[2] not a stream.
 --
--- The job id is read from the envelope's fixed head: format version ARGV[3], then the
--- postcard encoding of the UUID (length byte 16, then its 16 bytes). An envelope that
+-- The job id is read from the envelope's fixed head: a format version from ARGV[3] to
+-- ARGV[4], then the postcard encoding of the UUID (length byte 16, then its 16
+-- bytes). An envelope that
 -- does not start that way goes to the job stream, where a worker dead-letters it.
 --
 -- Atomicity: every key a write could fail on is type-checked before the script's
@@ -44,9 +48,10 @@ end
 local prefix = nil
 if string.sub(KEYS[2], -4) == 'jobs' then prefix = string.sub(KEYS[2], 1, -5) end
 
-local version = tonumber(ARGV[3])
+local oldest, newest = tonumber(ARGV[3]), tonumber(ARGV[4])
 local function job_id(envelope)
-  if #envelope < 18 or string.byte(envelope, 1) ~= version or string.byte(envelope, 2) ~= 16 then
+  if #envelope < 18 or string.byte(envelope, 1) < oldest or string.byte(envelope, 1) > newest
+      or string.byte(envelope, 2) ~= 16 then
     return nil
   end
   local hex = string.format(string.rep('%02x', 16), string.byte(envelope, 3, 18))
