@@ -338,7 +338,7 @@ fn a_lost_job_whose_input_is_gone_is_listed_and_fails_the_batch() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("1 jobs were lost by Redis and their inputs cannot be read again: 00001"),
+        stderr.contains("1 job was lost by Redis and its input cannot be read again: 00001"),
         "{stderr}"
     );
     let report = std::fs::read_to_string(out.join("report.jsonl")).unwrap();

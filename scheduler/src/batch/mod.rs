@@ -207,8 +207,8 @@ pub enum BatchError {
     #[error(transparent)]
     Stuck(#[from] sluice_worker::executor::ExecutorError),
     /// Redis lost jobs whose inputs cannot be read again.
-    #[error("{} {} lost by Redis and their inputs cannot be read again: {}{} (the other results are in {})",
-        jobs(lost.len()), if lost.len() == 1 { "was" } else { "were" }, lost_list(lost), if lost.len() > LOST_NAMED { ", …" } else { "" }, report.display())]
+    #[error("{} {} lost by Redis and {} cannot be read again: {}{} (the other results are in {})",
+        jobs(lost.len()), if lost.len() == 1 { "was" } else { "were" }, if lost.len() == 1 { "its input" } else { "their inputs" }, lost_list(lost), if lost.len() > LOST_NAMED { ", …" } else { "" }, report.display())]
     Lost {
         /// The report, with the other results.
         report: PathBuf,
