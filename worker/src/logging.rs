@@ -11,13 +11,28 @@ use std::borrow::Cow;
 use std::io::IsTerminal;
 
 /// How log lines are written (`--log-format`).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines (coloured on a terminal unless `NO_COLOR` is set).
     #[default]
     Text,
     /// One JSON object per line, never coloured.
     Json,
+}
+
+// By hand rather than derived: the values' own descriptions would turn every
+// command's `--help` into its long form.
+impl clap::ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LogFormat::Text, LogFormat::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }))
+    }
 }
 
 /// The environment variable `--log-format` may be given in.
