@@ -4,7 +4,7 @@
 #   docker build -t sluice .
 # docs/operations.md runs it with deploy/compose.yaml or deploy/k8s/.
 # No secret is baked in: the Redis URL, admin token and cache key come from the
-# environment at run time (deploy/sluice.env.example lists them).
+# environment at run time (deploy/*.env.example list them).
 
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim

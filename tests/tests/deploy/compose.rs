@@ -3,11 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_yaml_ng::Value;
 use sluice_shared::units::parse_duration;
 
-use super::{assert_runs, env_file, read, repo_root, text, tool, workspace_bins, yaml};
+use super::{
+    assert_runs, env_file, env_names, is_secret_name, job_bound, read, repo_root, text, tool,
+    workspace_bins, yaml,
+};
 
 #[test]
 fn compose_stack_has_every_service_secrets_from_the_env_file_and_scalable_workers() {
@@ -27,53 +31,111 @@ fn compose_stack_has_every_service_secrets_from_the_env_file_and_scalable_worker
             "the worker service sets {fixed}: it cannot scale"
         );
     }
-    // Secrets only from the env file, which is an uncommitted copy of the example.
-    for name in ["redis", "serve", "worker", "grafana"] {
+    // Secrets only from the env files, one per service, each an uncommitted copy of
+    // its example holding that service's keys and no other's.
+    let serve_env = env_names("sluice", "serve", &[]);
+    let worker_env = env_names("sluice-worker", "serve", &["SLUICE_CACHE_KEY"]);
+    let own_keys: [(&str, BTreeSet<String>); 4] = [
+        (
+            "redis",
+            ["REDIS_PASSWORD", "REDIS_MAXMEMORY"]
+                .map(String::from)
+                .into(),
+        ),
+        (
+            "serve",
+            ["SLUICE_REDIS_URL", "SLUICE_QUEUE", "SLUICE_ADMIN_TOKEN"]
+                .map(String::from)
+                .into(),
+        ),
+        (
+            "worker",
+            [
+                "SLUICE_REDIS_URL",
+                "SLUICE_QUEUE",
+                "SLUICE_CACHE_KEY",
+                "SLUICE_CONCURRENCY",
+                "SLUICE_GRACE",
+            ]
+            .map(String::from)
+            .into(),
+        ),
+        (
+            "grafana",
+            ["GF_SECURITY_ADMIN_PASSWORD"].map(String::from).into(),
+        ),
+    ];
+    let mut examples = BTreeMap::new();
+    for (name, keys) in &own_keys {
         assert_eq!(
             service(name)["env_file"].as_str(),
-            Some("sluice.env"),
-            "{name}: env_file"
+            Some(format!("{name}.env").as_str()),
+            "{name}: its own env file"
         );
+        let example = env_file(&format!("deploy/{name}.env.example"));
+        assert_eq!(
+            &example.keys().cloned().collect::<BTreeSet<_>>(),
+            keys,
+            "deploy/{name}.env.example holds exactly {name}'s keys"
+        );
+        for (key, value) in &example {
+            if is_secret_name(key) {
+                assert!(
+                    value.contains("CHANGE-ME"),
+                    "{name}: {key} is a placeholder"
+                );
+            }
+            // Every Sluice key is a real variable of the binary that receives it.
+            let real = match *name {
+                "serve" => &serve_env,
+                "worker" => &worker_env,
+                _ => continue,
+            };
+            assert!(
+                real.contains(key),
+                "{name}: {key} is not read by its binary"
+            );
+        }
+        examples.insert(*name, example);
     }
+    assert!(
+        services
+            .iter()
+            .filter_map(|(n, svc)| svc["env_file"].as_str().map(|f| (n, f)))
+            .all(|(n, f)| n.as_str() == f.strip_suffix(".env")),
+        "a service reads another's env file"
+    );
     for (name, svc) in services {
         if let Some(env) = svc["environment"].as_mapping() {
             for key in env.keys().filter_map(Value::as_str) {
-                let secret = ["PASSWORD", "TOKEN", "CACHE_KEY", "REDIS_URL"]
-                    .iter()
-                    .any(|s| key.contains(s));
                 assert!(
-                    !secret,
+                    !is_secret_name(key),
                     "{name:?}: {key} set in compose.yaml, not the env file"
                 );
             }
+        }
+        // Published ports only on loopback.
+        for port in svc["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().expect("a \"host:port:port\" string");
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name:?} publishes {port} beyond loopback"
+            );
         }
     }
     assert!(
         read(".gitignore")
             .lines()
-            .any(|l| l.trim() == "/deploy/sluice.env"),
-        ".gitignore keeps deploy/sluice.env out"
+            .any(|l| l.trim() == "/deploy/*.env"),
+        ".gitignore keeps deploy/*.env out"
     );
-    let example = env_file("deploy/sluice.env.example");
-    for key in [
-        "REDIS_PASSWORD",
-        "SLUICE_REDIS_URL",
-        "SLUICE_ADMIN_TOKEN",
-        "SLUICE_CACHE_KEY",
-        "GF_SECURITY_ADMIN_PASSWORD",
-    ] {
-        let value = example
-            .get(key)
-            .unwrap_or_else(|| panic!("the env example lacks {key}"));
+    let password = &examples["redis"]["REDIS_PASSWORD"];
+    for name in ["serve", "worker"] {
         assert!(
-            value.contains("CHANGE-ME"),
-            "{key}: a placeholder, not a value"
+            examples[name]["SLUICE_REDIS_URL"].contains(&format!(":{password}@redis:")),
+            "{name}'s Redis URL carries REDIS_PASSWORD and names the redis service"
         );
     }
-    assert!(
-        example["SLUICE_REDIS_URL"].contains(&format!(":{}@redis:", example["REDIS_PASSWORD"])),
-        "the example's Redis URL carries REDIS_PASSWORD and names the redis service"
-    );
 
     // Redis: AOF on, never evicting.
     let redis_command = serde_yaml_ng::to_string(&service("redis")["command"]).expect("yaml");
@@ -101,17 +163,23 @@ fn compose_stack_has_every_service_secrets_from_the_env_file_and_scalable_worker
     }
     // A scale-down drains: the worker's stop grace is longer than its drain grace.
     let stop = parse_duration(text(worker, &["stop_grace_period"])).expect("a duration");
-    let grace = parse_duration(&example["SLUICE_GRACE"]).expect("SLUICE_GRACE");
+    let grace = parse_duration(&examples["worker"]["SLUICE_GRACE"]).expect("SLUICE_GRACE");
     assert!(
         stop > grace,
         "stop_grace_period {stop:?} is not above SLUICE_GRACE {grace:?}"
+    );
+    // The compose worker keeps the default compile timeout.
+    let bound = job_bound(Duration::from_secs(60));
+    assert!(
+        grace >= bound,
+        "SLUICE_GRACE {grace:?} is shorter than a job's compile + run + watchdog {bound:?}: \
+         a drained job would run again"
     );
 
     check_compose_mounts(&compose);
 }
 
-/// Every bind mount's source is a path in the repository (the dashboards' only once
-/// dashboards/ exists), and the mounts line up with what the dashboards' own files
+/// Every bind mount's source is a path in the repository (dashboards/ included), and the mounts line up with what the dashboards' own files
 /// expect: the Grafana provider's path, Prometheus's rule files and job names.
 fn check_compose_mounts(compose: &Value) {
     let deploy = repo_root().join("deploy");
@@ -130,14 +198,11 @@ fn check_compose_mounts(compose: &Value) {
                 path.starts_with(repo_root()),
                 "{name:?}: {source} is outside the repository"
             );
-            if path.starts_with(&dashboards) && !dashboards.exists() {
-                eprintln!("dashboards/ is not here yet: {source} unchecked");
-            } else {
-                assert!(
-                    path.exists(),
-                    "{name:?} mounts {source}, which does not exist"
-                );
-            }
+            assert!(
+                path.exists(),
+                "{name:?} mounts {source}, which does not exist (dashboards/ comes with the \
+                 dashboards' branch)"
+            );
             targets.insert(target.to_owned(), path);
         }
     }
@@ -160,11 +225,7 @@ fn check_compose_mounts(compose: &Value) {
             .find(|(t, _)| rule.starts_with(&format!("{t}/")))
             .unwrap_or_else(|| panic!("rule file {rule} is on no mount"));
         let file = host.join(&rule[dir.len() + 1..]);
-        assert!(
-            !dashboards.exists() || file.is_file(),
-            "{rule}: {} does not exist",
-            file.display()
-        );
+        assert!(file.is_file(), "{rule}: {} does not exist", file.display());
     }
     let jobs = |config: &Value| -> BTreeSet<String> {
         config["scrape_configs"]
@@ -181,21 +242,28 @@ fn check_compose_mounts(compose: &Value) {
             .map(String::from)
             .into()
     );
-    if dashboards.join("prometheus/prometheus.yml").exists() {
-        assert_eq!(
-            ours,
-            jobs(&yaml("dashboards/prometheus/prometheus.yml")),
-            "job names"
-        );
-    }
+    assert_eq!(
+        ours,
+        jobs(&yaml("dashboards/prometheus/prometheus.yml")),
+        "job names"
+    );
     let provider = "dashboards/provisioning/dashboards/sluice.yaml";
-    if repo_root().join(provider).exists() {
-        let path = text(&yaml(provider)["providers"][0], &["options", "path"]).to_owned();
-        assert_eq!(
-            targets.get(&path),
-            Some(&dashboards.join("grafana")),
-            "Grafana finds the dashboards at {path}"
-        );
+    let path = text(&yaml(provider)["providers"][0], &["options", "path"]).to_owned();
+    assert_eq!(
+        targets.get(&path),
+        Some(&dashboards.join("grafana")),
+        "Grafana finds the dashboards at {path}"
+    );
+    // Every file of the fixed list (the dashboards' branch) is there to be mounted.
+    for file in [
+        "dashboards/grafana/overview.json",
+        "dashboards/grafana/tenants.json",
+        "dashboards/grafana/workers.json",
+        "dashboards/provisioning/datasources/prometheus.yaml",
+        "dashboards/provisioning/dashboards/sluice.yaml",
+        "dashboards/prometheus/rules/sluice.rules.yml",
+    ] {
+        assert!(repo_root().join(file).is_file(), "{file} is missing");
     }
 }
 

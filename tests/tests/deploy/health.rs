@@ -1,5 +1,6 @@
 //! The image's health check and the manifests' probes, against the real processes.
 
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,6 +41,24 @@ fn health_check_and_probe_endpoints_answer_on_the_real_processes() {
         !healthcheck(&free_port().to_string()),
         "nothing listening is unhealthy"
     );
+    // A process that answers, but not 200 (a 503 from /readyz-like failures), is
+    // unhealthy: a listener here answers every request 503.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let refusing_port = refusing.local_addr().expect("addr").port();
+    let answer = std::thread::spawn(move || {
+        let (mut conn, _) = refusing.accept().expect("the health check connects");
+        let mut request = [0u8; 1024];
+        let _ = conn.read(&mut request);
+        conn.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .expect("answer 503");
+    });
+    assert!(
+        !healthcheck(&refusing_port.to_string()),
+        "a 503 is unhealthy"
+    );
+    answer.join().expect("the 503 listener");
 
     // Every probe path the manifests use answers 200 on the process it probes.
     for (file, addr) in [

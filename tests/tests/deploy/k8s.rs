@@ -8,8 +8,8 @@ use serde_yaml_ng::Value;
 use sluice_shared::units::{parse_duration, parse_size};
 
 use super::{
-    KUBERNETES_VERSION, SECRET, SECRET_KEYS, assert_runs, job_memory, quantity_bytes, repo_root,
-    text, tool, workspace_bins, yaml_docs,
+    KUBERNETES_VERSION, SECRET, SECRET_KEYS, assert_runs, env_names, is_secret_name, job_bound,
+    job_memory, quantity_bytes, repo_root, text, tool, workspace_bins, yaml_docs,
 };
 
 /// The manifests in deploy/k8s/, each with its documents.
@@ -97,21 +97,51 @@ fn kubernetes_manifests_validate_against_the_schemas() {
 
 #[test]
 fn kubernetes_deployments_reference_secrets_drain_and_are_sized_from_the_sandbox() {
-    let config = resource("ConfigMap", "sluice");
-    let setting = |key: &str| text(&config, &["data", key]).to_owned();
     let bins = workspace_bins();
-    for name in ["sluice-serve", "sluice-worker"] {
+    let serve_env = env_names("sluice", "serve", &[]);
+    // REDIS_ADDRESS is KEDA's (addressFromEnv reads the scale target's environment).
+    let worker_env = env_names("sluice-worker", "serve", &["REDIS_ADDRESS"]);
+    for (name, real) in [("sluice-serve", &serve_env), ("sluice-worker", &worker_env)] {
         let deployment = resource("Deployment", name);
         let pod = &deployment["spec"]["template"]["spec"];
+        // Its own ConfigMap, every key a variable its binary reads, no secret in it.
+        let config = resource("ConfigMap", name);
+        for key in config["data"].as_mapping().expect("data").keys() {
+            let key = key.as_str().expect("a key");
+            assert!(
+                real.contains(key),
+                "ConfigMap {name}: {key} is not read by its binary"
+            );
+            assert!(!is_secret_name(key), "ConfigMap {name}: {key} is a secret");
+        }
         for container in pod["containers"].as_sequence().expect("containers") {
             let args: Vec<String> =
                 serde_yaml_ng::from_value(container["args"].clone()).expect("args");
             assert_runs(&args, &bins, name);
+            let from: Vec<&str> = container["envFrom"]
+                .as_sequence()
+                .expect("envFrom")
+                .iter()
+                .map(|e| text(e, &["configMapRef", "name"]))
+                .collect();
+            assert_eq!(from, [name], "{name}: its own ConfigMap only");
             for env in container["env"].as_sequence().into_iter().flatten() {
+                let var = text(env, &["name"]);
                 assert!(
-                    env["value"].is_null() || !env["name"].as_str().unwrap_or("").contains("TOKEN")
+                    real.contains(var),
+                    "{name}: {var} is not read by its binary"
                 );
                 let secret = &env["valueFrom"]["secretKeyRef"];
+                // Every secret-bearing variable comes from the Secret, never a value.
+                assert_eq!(
+                    is_secret_name(var),
+                    !secret.is_null(),
+                    "{name}: {var} and secretKeyRef"
+                );
+                assert!(
+                    !is_secret_name(var) || env["value"].is_null(),
+                    "{name}: {var} has a literal value"
+                );
                 if !secret.is_null() {
                     assert_eq!(text(secret, &["name"]), SECRET, "{name}: another Secret");
                     let key = text(secret, &["key"]);
@@ -121,58 +151,119 @@ fn kubernetes_deployments_reference_secrets_drain_and_are_sized_from_the_sandbox
                     );
                 }
             }
-            let refs = serde_yaml_ng::to_string(&container["envFrom"]).expect("yaml");
-            assert!(refs.contains("name: sluice"), "{name}: the ConfigMap");
         }
     }
-    // The worker outlasts its drain: SIGTERM → SLUICE_GRACE → release → exit.
+    let config = resource("ConfigMap", "sluice-worker");
+    let setting = |key: &str| text(&config, &["data", key]).to_owned();
     let worker = resource("Deployment", "sluice-worker");
     let pod = &worker["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    // The cache key is a mounted Secret file, in no process's environment.
+    let key_file = setting("SLUICE_CACHE_KEY_FILE");
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| key_file.starts_with(&format!("{}/", text(m, &["mountPath"]))))
+        .expect("a mount holding SLUICE_CACHE_KEY_FILE");
+    let key_volume = volume(pod, text(mount, &["name"]));
+    assert_eq!(text(key_volume, &["secret", "secretName"]), SECRET);
+    let item = &key_volume["secret"]["items"][0];
+    assert_eq!(text(item, &["key"]), "cache-key", "the key's file");
+    assert!(key_file.ends_with(&format!("/{}", text(item, &["path"]))));
+
+    // The drain grace covers a claimed job (compile + run + watchdog), and the worker
+    // outlasts its drain: SIGTERM → SLUICE_GRACE → release → exit.
+    let grace = parse_duration(&setting("SLUICE_GRACE")).expect("SLUICE_GRACE");
+    let bound = job_bound(parse_duration(&setting("SLUICE_COMPILE_TIMEOUT")).expect("timeout"));
+    assert!(
+        grace >= bound,
+        "SLUICE_GRACE {grace:?} is shorter than a job's compile + run + watchdog {bound:?}"
+    );
     let termination = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("terminationGracePeriodSeconds");
-    let grace = parse_duration(&setting("SLUICE_GRACE")).expect("SLUICE_GRACE");
     assert!(
-        Duration::from_secs(termination) > grace + Duration::from_secs(5),
+        Duration::from_secs(termination) >= grace + Duration::from_secs(15),
         "terminationGracePeriodSeconds {termination} is not above the drain grace {grace:?} with a margin"
     );
     assert!(
         worker["spec"]["replicas"].is_null(),
         "the worker's count is KEDA's"
     );
-    // Memory: every slot's guest at the default cap, the module cache, one compile.
+    // Startup waits out a Redis loading a large AOF: 5 minutes at least.
+    let startup = &container["startupProbe"];
+    let waits = startup["periodSeconds"].as_u64().expect("period")
+        * startup["failureThreshold"].as_u64().expect("threshold");
+    assert!(waits >= 300, "the startup probe gives up after {waits}s");
+
+    // Memory: every slot compiling (or running a guest at the default policy's cap,
+    // whichever is larger), the precompile task's compile, the module cache, the process.
     let slots: u64 = setting("SLUICE_CONCURRENCY")
         .parse()
         .expect("SLUICE_CONCURRENCY");
-    let needed = slots * job_memory()
+    let compile = parse_size(&setting("SLUICE_COMPILE_MEMORY")).expect("compile memory");
+    let needed = slots * job_memory().max(compile)
+        + compile
         + parse_size(&setting("SLUICE_MODULE_CACHE_BYTES")).expect("module cache")
-        + parse_size(&setting("SLUICE_COMPILE_MEMORY")).expect("compile memory");
-    let resources = &pod["containers"][0]["resources"];
+        + PROCESS_BYTES;
+    let resources = &container["resources"];
     let limit = quantity_bytes(text(resources, &["limits", "memory"]));
     assert!(
         limit >= needed,
-        "memory limit {limit} below slots x job memory + caches {needed}"
+        "memory limit {limit} below slots x max(job, compile) + precompile + caches {needed}"
     );
     assert_eq!(resources["requests"], resources["limits"], "Guaranteed QoS");
-    // The L2 cache fits its volume.
+    // Ephemeral storage: the L2 cache, an artifact written past it, /tmp and the logs
+    // fit the limit; the cache and one artifact fit its volume.
     let cache = parse_size(&setting("SLUICE_CACHE_BYTES")).expect("cache bytes");
-    let volume = pod["volumes"]
-        .as_sequence()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"].as_str() == Some("artifacts"))
-        .expect("the artifacts volume");
+    let tmp = quantity_bytes(text(volume(pod, "tmp"), &["emptyDir", "sizeLimit"]));
+    let storage = quantity_bytes(text(resources, &["limits", "ephemeral-storage"]));
     assert!(
-        cache < quantity_bytes(text(volume, &["emptyDir", "sizeLimit"])),
-        "L2 outgrows its volume"
+        cache + ARTIFACT_CAP + tmp + LOG_BYTES <= storage,
+        "ephemeral storage {storage} below cache {cache} + artifact + tmp + logs"
     );
+    let artifacts = quantity_bytes(text(volume(pod, "artifacts"), &["emptyDir", "sizeLimit"]));
+    assert!(
+        cache + ARTIFACT_CAP <= artifacts,
+        "L2 and an artifact in writing outgrow their volume"
+    );
+    assert!(
+        setting("SLUICE_CACHE_DIR")
+            == text(
+                container["volumeMounts"]
+                    .as_sequence()
+                    .expect("mounts")
+                    .iter()
+                    .find(|m| m["name"].as_str() == Some("artifacts"))
+                    .expect("the artifacts mount"),
+                &["mountPath"]
+            ),
+        "L2 is on the artifacts volume"
+    );
+
+    // serve leaves its Service's endpoints before it stops: a preStop sleep within
+    // its termination grace.
+    let serve = resource("Deployment", "sluice-serve");
+    let serve_pod = &serve["spec"]["template"]["spec"];
+    let sleep = serve_pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("a preStop sleep");
+    let serve_grace = serve_pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("serve's terminationGracePeriodSeconds");
+    assert!(
+        sleep >= 5 && serve_grace >= sleep + 30,
+        "sleep {sleep}s, grace {serve_grace}s"
+    );
+
     // Probes go to the ports the processes listen on.
     for (name, key) in [
         ("sluice-worker", "SLUICE_METRICS_ADDR"),
         ("sluice-serve", "SLUICE_LISTEN"),
     ] {
         let container = &resource("Deployment", name)["spec"]["template"]["spec"]["containers"][0];
-        let port: u64 = setting(key)
+        let port: u64 = text(&resource("ConfigMap", name), &["data", key])
             .rsplit(':')
             .next()
             .unwrap()
@@ -186,4 +277,22 @@ fn kubernetes_deployments_reference_secrets_drain_and_are_sized_from_the_sandbox
     }
     resource("PodDisruptionBudget", "sluice-worker");
     resource("Service", "sluice");
+}
+
+/// The runtime, Redis buffers, stderr caps and pipes of a worker process (an estimate,
+/// stated in worker.yaml).
+const PROCESS_BYTES: u64 = 256 << 20;
+/// The largest artifact a worker writes (the compile child's cap is the cache's).
+const ARTIFACT_CAP: u64 = sluice_shared::queue::redis::MAX_ARTIFACT_BYTES as u64;
+/// Container logs the kubelet keeps (its default rotation: 5 files of 10 MiB), rounded up.
+const LOG_BYTES: u64 = 64 << 20;
+
+/// The pod's volume `name`.
+fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no volume {name}"))
 }

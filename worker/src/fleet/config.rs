@@ -30,7 +30,7 @@ use crate::executor::ExecutorConfig;
 #[serde(deny_unknown_fields)]
 pub struct FleetArgs {
     /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
-    #[arg(long = "redis", env = "SLUICE_REDIS_URL")]
+    #[arg(long = "redis", env = "SLUICE_REDIS_URL", hide_env_values = true)]
     #[serde(rename = "redis")]
     pub redis_url: Option<String>,
     /// Queue name (letters, digits, `-`, `_`, `.`; at most 64). Default `default`.
