@@ -14,6 +14,7 @@
 //! - [`api`]: `sluice serve`'s HTTP API, one file per resource; [`api_metrics`]: its
 //!   `/metrics`; [`dispatch`]: the fair-admission dispatcher beside it.
 //! - [`bench`]: `sluice bench`.
+//! - [`top`]: `sluice top`, the live terminal view of a queue.
 //!
 //! [`batch`] is embedded batch mode: with no infrastructure at all, it runs a module over
 //! every file of a directory through an in-memory [`Queue`](sluice_shared::Queue) and the
@@ -40,3 +41,4 @@ pub mod distributed;
 pub mod module_meta;
 pub mod modules;
 mod report;
+pub mod top;

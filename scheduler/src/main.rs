@@ -15,6 +15,7 @@ use sluice_scheduler::cli::serve::ServeArgs;
 use sluice_scheduler::cli::status::StatusArgs;
 use sluice_scheduler::cli::submit::SubmitArgs;
 use sluice_scheduler::cli::tenant::TenantCommand;
+use sluice_scheduler::cli::top::TopArgs;
 use sluice_scheduler::cli::wait::WaitArgs;
 
 #[derive(Parser)]
@@ -56,6 +57,8 @@ enum Command {
     Tenant(TenantCommand),
     /// The HTTP API (plus /metrics, /healthz, /readyz) until SIGTERM.
     Serve(ServeArgs),
+    /// A live full-screen view of a queue (q to quit); --once prints one reading.
+    Top(TopArgs),
     /// Print a shell completion script (e.g. `sluice completions bash >
     /// /etc/bash_completion.d/sluice`).
     Completions {
@@ -92,6 +95,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args).await,
         Command::Tenant(command) => cli::tenant::run(command).await,
         Command::Serve(args) => cli::serve::run(args).await,
+        Command::Top(args) => cli::top::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

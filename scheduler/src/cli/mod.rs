@@ -12,6 +12,7 @@
 //! - [`dlq`]: `sluice dlq list|retry|purge`.
 //! - [`tenant`]: `sluice tenant …`, tenants, tokens and policies directly on Redis.
 //! - [`serve`]: `sluice serve`, the HTTP API and the dispatcher.
+//! - [`top`]: `sluice top`, the live terminal view of a queue.
 //! - [`redis`]: where the queue is (`--redis`, `--queue`, `--redis-ca`).
 //!
 //! `sluice bench` lives in [`crate::bench`].
@@ -29,6 +30,7 @@ pub mod serve;
 pub mod status;
 pub mod submit;
 pub mod tenant;
+pub mod top;
 pub mod wait;
 
 pub use redis::RedisArgs;

@@ -1,0 +1,71 @@
+//! `sluice top --once`: one reading as plain text, for scripts and for logs (the same
+//! figures, workers and tenant backlogs the full-screen view shows, without rates: one
+//! reading has none).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::render::Header;
+use super::sample::{Sample, age};
+
+/// One plain-text frame of `sample`.
+pub fn frame(header: &Header, sample: &Sample) -> String {
+    let mut out = format!("sluice top  queue {}\n", header.queue);
+    let figures: Vec<String> = sample
+        .figures()
+        .into_iter()
+        .map(|(label, value)| format!("{label} {value}"))
+        .collect();
+    let _ = writeln!(out, "{}", figures.join("  "));
+    let _ = writeln!(out, "workers ({} live)", sample.live_workers());
+    for w in &sample.workers {
+        let _ = writeln!(
+            out,
+            "  {:<32} {:<4}  leased {:<6} idle {}",
+            w.name,
+            if w.live { "live" } else { "gone" },
+            w.pending,
+            age(Duration::from_millis(w.idle_ms))
+        );
+    }
+    if sample.workers_left_out > 0 {
+        let _ = writeln!(out, "  … {} more", sample.workers_left_out);
+    }
+    let backlogged: u64 = sample.tenants.iter().map(|t| t.backlog).sum();
+    let _ = writeln!(out, "tenant backlogs ({backlogged} waiting)");
+    for t in &sample.tenants {
+        let _ = writeln!(out, "  {:<32} backlog {}", t.tenant, t.backlog);
+    }
+    if sample.tenants_left_out > 0 {
+        let _ = writeln!(out, "  … {} more", sample.tenants_left_out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::top::sample::TenantRow;
+
+    #[test]
+    fn the_frame_names_every_figure_and_tenant() {
+        let header = Header {
+            queue: "jobs".into(),
+            interval: Duration::from_secs(1),
+        };
+        let sample = Sample {
+            ready: 5,
+            delayed: 2,
+            tenants: vec![TenantRow {
+                tenant: "acme".into(),
+                backlog: 3,
+            }],
+            ..Sample::default()
+        };
+        let text = frame(&header, &sample);
+        assert!(text.contains("queue jobs"), "{text}");
+        assert!(text.contains("ready 5  in flight 0  delayed 2"), "{text}");
+        assert!(text.contains("tenant backlogs (3 waiting)"), "{text}");
+        assert!(text.contains("acme"), "{text}");
+    }
+}
