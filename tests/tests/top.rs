@@ -1,0 +1,296 @@
+//! `sluice top` as a person meets it, against a real redis-server and real workers: the
+//! full-screen view in a detached tmux session of a fixed size draws a queue's figures
+//! (ready, delayed, dead, a tenant's backlog, the workers), follows a running batch
+//! (completions and failures counted and drawn as rates), says when Redis is away and
+//! carries on when it is back, redraws to a new width, and exits 0 on `q` with the
+//! terminal restored; `--once` prints one plain-text reading, and without a terminal
+//! it refuses (exit 2) pointing at `--once`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sluice_shared::{Job, JobInput, JobResult, ModuleHash, Outcome, Queue};
+use sluice_tests::fleet::api_batch;
+use sluice_tests::wait::poll;
+use sluice_tests::{Fleet, bin};
+
+/// How long a test waits for something that takes a moment.
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// A guest that does nothing and succeeds.
+const NOOP_WAT: &str = r#"(module (func (export "_start")))"#;
+/// A guest that traps.
+const TRAP_WAT: &str = r#"(module (func (export "_start") unreachable))"#;
+
+fn jobs(module: ModuleHash, n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
+        .collect()
+}
+
+/// A tmux server of the test's own (private socket), killed on drop, with one
+/// session `top` running a command in a pane that stays after the command exits (so
+/// its exit status can be read).
+struct Tmux {
+    socket: String,
+    _conf: tempfile::NamedTempFile,
+}
+
+impl Tmux {
+    /// Starts `command` in a detached `width`×`height` session.
+    fn start(width: u16, height: u16, command: &[String]) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let socket = format!(
+            "sluice-top-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conf = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(
+            &mut conf,
+            b"set -g remain-on-exit on\nset -g status off\nset -g default-terminal xterm-256color\n",
+        )
+        .unwrap();
+        let tmux = Tmux {
+            socket,
+            _conf: conf,
+        };
+        let conf_path: PathBuf = tmux._conf.path().to_owned();
+        let out = Command::new("tmux")
+            .args(["-L", &tmux.socket, "-f"])
+            .arg(&conf_path)
+            .args(["new-session", "-d", "-s", "top", "-x"])
+            .arg(width.to_string())
+            .arg("-y")
+            .arg(height.to_string())
+            .args(command)
+            .output()
+            .expect("tmux is installed (bash scripts/setup)");
+        assert!(
+            out.status.success(),
+            "tmux new-session: {}",
+            text(&out.stderr)
+        );
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux");
+        assert!(out.status.success(), "tmux {args:?}: {}", text(&out.stderr));
+        out
+    }
+
+    /// What the pane shows now.
+    fn screen(&self) -> String {
+        text(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout)
+    }
+
+    /// Polls the pane until `done` accepts what it shows; fails naming `what` and the
+    /// last screen after [`WITHIN`].
+    fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        poll(what, WITHIN, || self.screen(), |s| done(s))
+    }
+
+    /// Waits until the pane's command has exited, and returns its exit status
+    /// (`signal N` when a signal ended it).
+    fn await_exit(&self) -> String {
+        let state = || {
+            let out = self.run(&[
+                "display-message",
+                "-p",
+                "-t",
+                "top",
+                "dead=#{pane_dead} status=#{pane_dead_status} signal=#{pane_dead_signal}",
+            ]);
+            text(&out.stdout).trim().to_owned()
+        };
+        let reply = poll("the pane's command to exit", WITHIN, state, |s| {
+            s.starts_with("dead=1 ") && !s.ends_with("status= signal=")
+        });
+        match reply
+            .split_once(" status=")
+            .and_then(|(_, r)| r.split_once(" signal="))
+        {
+            Some((status, "")) => status.to_owned(),
+            Some((_, signal)) => format!("signal {signal}"),
+            None => reply,
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The widest line of a screen, in characters.
+fn widest(screen: &str) -> usize {
+    screen
+        .lines()
+        .map(|l| l.trim_end().chars().count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// `sluice top --redis URL --queue NAME ARGS…` as argv.
+fn top_command(fleet: &Fleet, queue: &str, args: &[&str]) -> Vec<String> {
+    let sluice = bin("sluice").get_program().to_string_lossy().into_owned();
+    [sluice, "top".into(), "--redis".into(), fleet.url()]
+        .into_iter()
+        .chain(["--queue".to_owned(), queue.to_owned()])
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .collect()
+}
+
+/// The screen's line holding `label` and the number after it, e.g. `ready 5`.
+fn shows(screen: &str, label: &str, value: u64) -> bool {
+    screen.contains(&format!("{label} {value} ")) || screen.contains(&format!("{label} {value}\n"))
+}
+
+#[test]
+fn the_live_view_draws_a_running_batch_resizes_survives_redis_and_quits_on_q() {
+    let mut fleet = Fleet::start("topq");
+    let q = &fleet.queue;
+    let noop = fleet.put_module(NOOP_WAT.as_bytes());
+    let trap = fleet.put_module(TRAP_WAT.as_bytes());
+
+    // Five ready, one dead letter (claimed by `holder`, then given up), two delayed for
+    // an hour, and three jobs in tenant acme's backlog.
+    fleet.rt.block_on(q.enqueue(&jobs(noop, 1))).unwrap();
+    let claimed = fleet
+        .rt
+        .block_on(q.claim("holder", 1, WITHIN, Duration::ZERO))
+        .unwrap();
+    let claimed = claimed.into_iter().next().expect("claimed one");
+    let given_up =
+        JobResult::without_run(claimed.delivery.as_ref().unwrap().id, Outcome::Timeout, 1);
+    fleet
+        .rt
+        .block_on(q.dead_letter(&claimed.lease, given_up))
+        .unwrap();
+    fleet.rt.block_on(q.enqueue(&jobs(noop, 5))).unwrap();
+    let later = fleet.rt.block_on(q.server_time_ms()).unwrap() + 3_600_000;
+    fleet
+        .rt
+        .block_on(q.schedule(&jobs(noop, 2), later))
+        .unwrap();
+    fleet.rt.block_on(api_batch(q, "acme", &jobs(noop, 3)));
+
+    let tmux = Tmux::start(
+        100,
+        32,
+        &top_command(&fleet, "topq", &["--interval", "200ms"]),
+    );
+    let screen = tmux.wait_for("the queue's figures", |s| {
+        shows(s, "ready", 5)
+            && shows(s, "delayed", 2)
+            && shows(s, "dead", 1)
+            && shows(s, "in flight", 0)
+            && s.contains("acme")
+            && s.contains("holder")
+    });
+    assert!(screen.contains("tenant backlogs (3 waiting)"), "{screen}");
+    assert!(screen.contains("workers (1 live)"), "{screen}");
+    assert_eq!(widest(&screen), 100, "{screen}");
+
+    // A running batch: a worker takes the five, then three that trap (dead letters).
+    let _worker = fleet.worker("w-top", &[]);
+    let screen = tmux.wait_for("the batch completed", |s| {
+        shows(s, "completed", 5) && shows(s, "ready", 0) && s.contains("w-top")
+    });
+    assert!(!screen.contains("completed/s 0.0 (max 0.0)"), "{screen}");
+    fleet.rt.block_on(q.enqueue(&jobs(trap, 3))).unwrap();
+    let screen = tmux.wait_for("the failures", |s| shows(s, "dead", 4));
+    assert!(!screen.contains("failures/s 0.0 (max 0.0)"), "{screen}");
+
+    // Wider: the view redraws to the new width.
+    tmux.run(&["resize-window", "-t", "top", "-x", "140", "-y", "32"]);
+    let screen = tmux.wait_for("the view redrawn 140 wide", |s| widest(s) == 140);
+    assert!(shows(&screen, "completed", 5), "{screen}");
+
+    // Redis away: the view says so and keeps its figures; back: the error goes.
+    fleet.redis.kill();
+    let screen = tmux.wait_for("the Redis error", |s| s.contains("Redis: "));
+    assert!(shows(&screen, "completed", 5), "{screen}");
+    fleet.redis.start_again();
+    tmux.wait_for("the error gone after Redis came back", |s| {
+        !s.contains("Redis: ") && shows(s, "completed", 0)
+    });
+
+    // `q`: exit 0, the alternate screen left.
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    assert_eq!(tmux.await_exit(), "0", "{}", tmux.screen());
+    let screen = tmux.screen();
+    assert!(!screen.contains("tenant backlogs"), "{screen}");
+}
+
+#[test]
+fn esc_and_ctrl_c_quit_too() {
+    let fleet = Fleet::start("topkeys");
+    for key in ["Escape", "C-c"] {
+        let tmux = Tmux::start(80, 24, &top_command(&fleet, "topkeys", &[]));
+        tmux.wait_for("the view", |s| shows(s, "ready", 0));
+        tmux.run(&["send-keys", "-t", "top", key]);
+        assert_eq!(tmux.await_exit(), "0", "{key}: {}", tmux.screen());
+    }
+}
+
+#[test]
+fn once_prints_one_plain_reading_and_without_a_terminal_top_refuses() {
+    let fleet = Fleet::start("toponce");
+    let noop = fleet.put_module(NOOP_WAT.as_bytes());
+    fleet
+        .rt
+        .block_on(fleet.queue.enqueue(&jobs(noop, 2)))
+        .unwrap();
+    fleet
+        .rt
+        .block_on(api_batch(&fleet.queue, "acme", &jobs(noop, 4)));
+
+    let out = fleet.sluice(&["top", "--once"]).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("queue toponce"), "{stdout}");
+    assert!(
+        stdout.contains("ready 2  in flight 0  delayed 0  dead 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tenant backlogs (4 waiting)"), "{stdout}");
+    assert!(stdout.contains("acme"), "{stdout}");
+    assert!(!stdout.contains('\x1b'), "no escape codes: {stdout:?}");
+
+    // stdout a pipe: refused, pointing at --once.
+    let out = fleet.sluice(&["top"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("not a terminal") && stderr.contains("--once"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    // An interval out of range is a usage error naming it.
+    let out = fleet
+        .sluice(&["top", "--interval", "1ms"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--interval"),
+        "{}",
+        text(&out.stderr)
+    );
+}
