@@ -31,11 +31,10 @@ fn jobs(module: ModuleHash, n: usize) -> Vec<Job> {
 }
 
 /// A tmux server of the test's own (private socket), killed on drop, with one
-/// session `top` running a command in a pane that stays after the command exits (so
-/// its exit status can be read).
+/// session `top` running a command whose exit status is written to a file.
 struct Tmux {
     socket: String,
-    _conf: tempfile::NamedTempFile,
+    dir: tempfile::TempDir,
 }
 
 impl Tmux {
@@ -47,24 +46,23 @@ impl Tmux {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut conf = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(
-            &mut conf,
-            b"set -g remain-on-exit on\nset -g status off\nset -g default-terminal xterm-256color\n",
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("tmux.conf");
+        std::fs::write(
+            &conf,
+            "set -g remain-on-exit on\nset -g status off\nset -g default-terminal xterm-256color\n",
         )
         .unwrap();
-        let tmux = Tmux {
-            socket,
-            _conf: conf,
-        };
-        let conf_path: PathBuf = tmux._conf.path().to_owned();
+        let tmux = Tmux { socket, dir };
+        let script = format!("\"$@\"; echo $? > '{}'", tmux.status_file().display());
         let out = Command::new("tmux")
             .args(["-L", &tmux.socket, "-f"])
-            .arg(&conf_path)
+            .arg(&conf)
             .args(["new-session", "-d", "-s", "top", "-x"])
             .arg(width.to_string())
             .arg("-y")
             .arg(height.to_string())
+            .args(["sh", "-c", &script, "sh"])
             .args(command)
             .output()
             .expect("tmux is installed (bash scripts/setup)");
@@ -97,30 +95,20 @@ impl Tmux {
         poll(what, WITHIN, || self.screen(), |s| done(s))
     }
 
-    /// Waits until the pane's command has exited, and returns its exit status
-    /// (`signal N` when a signal ended it).
+    /// Waits until the pane's command has exited, and returns its exit status as the
+    /// shell around it saw it (128 + N for signal N). The shell writes it to a file:
+    /// tmux may mark a pane dead before it has reaped the command's status.
     fn await_exit(&self) -> String {
-        let state = || {
-            let out = self.run(&[
-                "display-message",
-                "-p",
-                "-t",
-                "top",
-                "dead=#{pane_dead} status=#{pane_dead_status} signal=#{pane_dead_signal}",
-            ]);
-            text(&out.stdout).trim().to_owned()
-        };
-        let reply = poll("the pane's command to exit", WITHIN, state, |s| {
-            s.starts_with("dead=1 ") && !s.ends_with("status= signal=")
-        });
-        match reply
-            .split_once(" status=")
-            .and_then(|(_, r)| r.split_once(" signal="))
-        {
-            Some((status, "")) => status.to_owned(),
-            Some((_, signal)) => format!("signal {signal}"),
-            None => reply,
-        }
+        let read = || std::fs::read_to_string(self.status_file()).unwrap_or_default();
+        poll("the pane's command to exit", WITHIN, read, |s| {
+            s.ends_with('\n')
+        })
+        .trim()
+        .to_owned()
+    }
+
+    fn status_file(&self) -> PathBuf {
+        self.dir.path().join("status")
     }
 }
 
