@@ -12,6 +12,7 @@
 //! - [`dlq`]: `sluice dlq list|retry|purge`.
 //! - [`tenant`]: `sluice tenant …`, tenants, tokens and policies directly on Redis.
 //! - [`serve`]: `sluice serve`, the HTTP API and the dispatcher.
+//! - [`exporter`]: `sluice exporter`, the queue-state metrics without the API.
 //! - [`top`]: `sluice top`, the live terminal view of a queue.
 //! - [`redis`]: where the queue is (`--redis`, `--queue`, `--redis-ca`).
 //!
@@ -22,6 +23,7 @@
 
 pub mod batch;
 pub mod dlq;
+pub mod exporter;
 pub mod job_state;
 pub mod module;
 pub mod redis;
