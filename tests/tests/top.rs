@@ -1,6 +1,7 @@
 //! `sluice top` as a person meets it, against a real redis-server and real workers: the
 //! full-screen view in a detached tmux session of a fixed size draws a queue's figures
-//! (ready, delayed, dead, a tenant's backlog, the workers), follows a running batch
+//! (ready, delayed, dead, failed, the oldest ready job's age, a tenant's backlog, the
+//! workers), follows a running batch
 //! (completions and failures counted and drawn as rates), says when Redis is away and
 //! carries on when it is back, redraws to a new width, and exits 0 on `q` with the
 //! terminal restored; `--once` prints one plain-text reading, and without a terminal
@@ -190,7 +191,12 @@ fn the_live_view_draws_a_running_batch_resizes_survives_redis_and_quits_on_q() {
             && s.contains("acme")
             && s.contains("holder")
     });
-    assert!(screen.contains("tenant backlogs (3 waiting)"), "{screen}");
+    assert!(
+        screen.contains("tenants (3 waiting, 0 in flight)"),
+        "{screen}"
+    );
+    assert!(shows(&screen, "failed", 1), "{screen}");
+    assert!(!screen.contains("oldest ready 0ms "), "{screen}");
     assert!(screen.contains("workers (1 live)"), "{screen}");
     assert_eq!(widest(&screen), 100, "{screen}");
 
@@ -201,7 +207,9 @@ fn the_live_view_draws_a_running_batch_resizes_survives_redis_and_quits_on_q() {
     });
     assert!(!screen.contains("completed/s 0.0 (max 0.0)"), "{screen}");
     fleet.rt.block_on(q.enqueue(&jobs(trap, 3))).unwrap();
-    let screen = tmux.wait_for("the failures", |s| shows(s, "dead", 4));
+    let screen = tmux.wait_for("the failures", |s| {
+        shows(s, "dead", 4) && shows(s, "failed", 4)
+    });
     assert!(!screen.contains("failures/s 0.0 (max 0.0)"), "{screen}");
 
     // Wider: the view redraws to the new width.
@@ -222,7 +230,7 @@ fn the_live_view_draws_a_running_batch_resizes_survives_redis_and_quits_on_q() {
     tmux.run(&["send-keys", "-t", "top", "q"]);
     assert_eq!(tmux.await_exit(), "0", "{}", tmux.screen());
     let screen = tmux.screen();
-    assert!(!screen.contains("tenant backlogs"), "{screen}");
+    assert!(!screen.contains("tenants ("), "{screen}");
 }
 
 #[test]
@@ -256,7 +264,10 @@ fn once_prints_one_plain_reading_and_without_a_terminal_top_refuses() {
         stdout.contains("ready 2  in flight 0  delayed 0  dead 0"),
         "{stdout}"
     );
-    assert!(stdout.contains("tenant backlogs (4 waiting)"), "{stdout}");
+    assert!(
+        stdout.contains("tenants (4 waiting, 0 in flight)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("acme"), "{stdout}");
     assert!(!stdout.contains('\x1b'), "no escape codes: {stdout:?}");
 

@@ -16,7 +16,7 @@ pub const KEPT_RATES: usize = 600;
 pub struct Rates {
     /// Jobs completed per second.
     pub completed: f64,
-    /// Failures (retries and new dead letters) per second.
+    /// Jobs that finished with a failure outcome per second.
     pub failed: f64,
 }
 
@@ -45,7 +45,7 @@ impl History {
                     |now: u64, before: u64| now.saturating_sub(before) as f64 / seconds;
                 self.rates.push_back(Rates {
                     completed: per_second(sample.completed, previous.completed),
-                    failed: per_second(sample.failures(), previous.failures()),
+                    failed: per_second(sample.failed, previous.failed),
                 });
                 while self.rates.len() > KEPT_RATES {
                     self.rates.pop_front();
@@ -88,11 +88,10 @@ mod tests {
 
     use super::*;
 
-    fn sample(completed: u64, retried: u64, dead: u64) -> Sample {
+    fn sample(completed: u64, failed: u64) -> Sample {
         Sample {
             completed,
-            retried,
-            dead,
+            failed,
             ..Sample::default()
         }
     }
@@ -101,9 +100,9 @@ mod tests {
     fn rates_come_from_counter_growth_and_never_go_negative() {
         let t0 = Instant::now();
         let mut h = History::new();
-        h.record(t0, sample(10, 0, 0));
+        h.record(t0, sample(10, 0));
         assert_eq!(h.current(), None);
-        h.record(t0 + Duration::from_secs(2), sample(30, 1, 3));
+        h.record(t0 + Duration::from_secs(2), sample(30, 4));
         assert_eq!(
             h.current(),
             Some(Rates {
@@ -112,7 +111,7 @@ mod tests {
             })
         );
         // Redis lost its counters: no negative rate.
-        h.record(t0 + Duration::from_secs(3), sample(0, 0, 0));
+        h.record(t0 + Duration::from_secs(3), sample(0, 0));
         assert_eq!(h.current(), Some(Rates::default()));
         assert_eq!(h.rates().len(), 2);
     }
@@ -121,11 +120,11 @@ mod tests {
     fn an_error_keeps_the_figures_until_the_next_reading() {
         let t0 = Instant::now();
         let mut h = History::new();
-        h.record(t0, sample(1, 0, 0));
+        h.record(t0, sample(1, 0));
         h.record_error("connection refused".into());
         assert_eq!(h.error(), Some("connection refused"));
         assert_eq!(h.latest().map(|s| s.completed), Some(1));
-        h.record(t0 + Duration::from_secs(1), sample(2, 0, 0));
+        h.record(t0 + Duration::from_secs(1), sample(2, 0));
         assert_eq!(h.error(), None);
     }
 
@@ -134,7 +133,7 @@ mod tests {
         let t0 = Instant::now();
         let mut h = History::new();
         for i in 0..(KEPT_RATES as u64 + 50) {
-            h.record(t0 + Duration::from_secs(i), sample(i, 0, 0));
+            h.record(t0 + Duration::from_secs(i), sample(i, 0));
         }
         assert_eq!(h.rates().len(), KEPT_RATES);
     }

@@ -1,7 +1,7 @@
 //! `sluice top`: a live full-screen view of one queue for a person without Grafana:
 //! ready / in flight / delayed / dead, the oldest ready job's age, completion and
 //! failure rates as sparklines over the last minutes, the workers with their leased
-//! jobs and idle times, and the tenant backlogs that fit. `--once` prints one reading
+//! jobs and idle times, and the tenants (backlog, in flight) that fit. `--once` prints one reading
 //! as plain text.
 //!
 //! - [`sample`]: one reading of the queue and the figures both views print.

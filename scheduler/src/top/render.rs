@@ -198,17 +198,42 @@ fn tenants_table(sample: &Sample, height: u16) -> Table<'static> {
         .tenants
         .iter()
         .take(shown)
-        .map(|t| Row::new(vec![t.tenant.clone(), t.backlog.to_string()]))
+        .map(|t| {
+            Row::new(vec![
+                t.tenant.clone(),
+                t.backlog.to_string(),
+                t.inflight.to_string(),
+            ])
+        })
         .collect();
     if more {
         rows.push(Row::new(vec![format!("… {} more", total - shown)]));
     }
-    let backlogged: u64 = sample.tenants.iter().map(|t| t.backlog).sum();
-    Table::new(rows, [Constraint::Min(12), Constraint::Length(9)])
-        .header(
-            Row::new(vec!["tenant", "backlog"]).style(Style::new().add_modifier(Modifier::BOLD)),
-        )
-        .block(Block::bordered().title(format!(" tenant backlogs ({backlogged} waiting) ")))
+    Table::new(
+        rows,
+        [
+            Constraint::Min(12),
+            Constraint::Length(9),
+            Constraint::Length(9),
+        ],
+    )
+    .header(
+        Row::new(vec!["tenant", "backlog", "in flight"])
+            .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(Block::bordered().title(format!(" {} ", tenant_title(sample))))
+}
+
+/// `tenants (N waiting, M in flight)`, and `(incomplete)` when the reading was capped.
+pub(super) fn tenant_title(sample: &Sample) -> String {
+    let backlog: u64 = sample.tenants.iter().map(|t| t.backlog).sum();
+    let inflight: u64 = sample.tenants.iter().map(|t| t.inflight).sum();
+    let capped = if sample.tenants_capped {
+        " (incomplete)"
+    } else {
+        ""
+    };
+    format!("tenants ({backlog} waiting, {inflight} in flight){capped}")
 }
 
 #[cfg(test)]
@@ -255,6 +280,7 @@ mod tests {
                 .map(|i| TenantRow {
                     tenant: format!("t{i:02}"),
                     backlog: 100 - i,
+                    inflight: 1,
                 })
                 .collect(),
             ..Sample::default()

@@ -1,11 +1,14 @@
-//! One reading of the queue for `sluice top`: depths, counters, workers and tenant
-//! backlogs, taken from [`Admin::status`](sluice_shared::queue::redis::Admin::status)
-//! in one go, and the figures both the full-screen view and `--once` print.
+//! One reading of the queue for `sluice top`: depths, counters, the oldest ready job's
+//! age and the tenants' backlogs and in-flight jobs from
+//! [`Admin::gauges`](sluice_shared::queue::redis::Admin::gauges) (bounded reads), the
+//! workers with their leased jobs and idle times from
+//! [`Admin::status`](sluice_shared::queue::redis::Admin::status); and the figures both
+//! the full-screen view and `--once` print.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_shared::queue::redis::{AdminError, RedisQueue, RedisStatus};
+use sluice_shared::queue::redis::{AdminError, QueueGauges, RedisQueue, RedisStatus};
 
 /// At most this many workers and tenants are kept from one reading: the view shows the
 /// ones that fit, and a queue with more says how many it left out.
@@ -25,13 +28,15 @@ pub struct WorkerRow {
     pub idle_ms: u64,
 }
 
-/// One tenant with jobs waiting in its backlog.
+/// One tenant with jobs waiting in its backlog or in flight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantRow {
     /// The tenant.
     pub tenant: String,
     /// Jobs waiting in its backlog for admission.
     pub backlog: u64,
+    /// Jobs admitted onto the queue and not finished.
+    pub inflight: u64,
 }
 
 /// One reading of the queue.
@@ -45,32 +50,38 @@ pub struct Sample {
     pub delayed: u64,
     /// Dead letters kept now.
     pub dead: u64,
-    /// Jobs completed (counter).
+    /// Jobs completed, any outcome (counter).
     pub completed: u64,
+    /// Jobs that finished with a failure outcome (counter).
+    pub failed: u64,
     /// Runs put back to retry (counter).
     pub retried: u64,
-    /// Age of the oldest ready entry, when the reading knows it.
-    pub oldest_ready_age: Option<Duration>,
+    /// Age of the oldest ready entry (zero when none).
+    pub oldest_ready_age: Duration,
     /// Workers: the live ones, and gone ones still holding jobs (live first, by name).
     pub workers: Vec<WorkerRow>,
     /// Workers beyond [`MAX_ROWS`], left out of `workers`.
     pub workers_left_out: usize,
-    /// Tenants with a backlog, largest first.
+    /// Tenants with a backlog or jobs in flight, largest (backlog + in flight) first.
     pub tenants: Vec<TenantRow>,
     /// Tenants beyond [`MAX_ROWS`], left out of `tenants`.
     pub tenants_left_out: usize,
+    /// Whether Redis held more tenants than one reading looks at (the tenant figures
+    /// are then incomplete).
+    pub tenants_capped: bool,
 }
 
 impl Sample {
     /// Reads the queue now.
     pub async fn read(queue: &RedisQueue, stale_after: Duration) -> Result<Self, AdminError> {
-        Ok(Self::of(queue.admin().status().await?, stale_after))
+        let (gauges, status) = tokio::try_join!(queue.admin().gauges(), queue.admin().status())?;
+        Ok(Self::of(gauges, status, stale_after))
     }
 
-    /// The reading in `status`. A worker with a heartbeat is live while the beat has
+    /// The reading in `gauges` (figures, tenants) and `status` (workers). A worker with a heartbeat is live while the beat has
     /// not run out; one without (a bare consumer) while it was heard from within
     /// `stale_after`; a worker that is not live is listed only while it holds jobs.
-    pub fn of(status: RedisStatus, stale_after: Duration) -> Self {
+    pub fn of(gauges: QueueGauges, status: RedisStatus, stale_after: Duration) -> Self {
         let stale_ms = u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX);
         let now = status.server_time_ms;
         let mut seen: BTreeMap<String, WorkerRow> = BTreeMap::new();
@@ -102,46 +113,42 @@ impl Sample {
         workers.sort_by(|a, b| b.live.cmp(&a.live).then_with(|| a.name.cmp(&b.name)));
         let workers_left_out = workers.len().saturating_sub(MAX_ROWS);
         workers.truncate(MAX_ROWS);
-        let mut tenants: Vec<TenantRow> = status
-            .backlogs
+        let mut tenants: Vec<TenantRow> = gauges
+            .tenants
             .into_iter()
-            .map(|b| TenantRow {
-                tenant: b.tenant,
-                backlog: b.waiting,
+            .map(|t| TenantRow {
+                tenant: t.tenant,
+                backlog: t.backlog,
+                inflight: t.inflight,
             })
             .collect();
         tenants.sort_by(|a, b| {
-            b.backlog
-                .cmp(&a.backlog)
+            (b.backlog + b.inflight)
+                .cmp(&(a.backlog + a.inflight))
                 .then_with(|| a.tenant.cmp(&b.tenant))
         });
         let tenants_left_out = tenants.len().saturating_sub(MAX_ROWS);
         tenants.truncate(MAX_ROWS);
-        let s = status.stats;
         Sample {
-            ready: s.ready,
-            leased: s.leased,
-            delayed: s.delayed,
-            dead: s.dead,
-            completed: s.completed,
-            retried: status.retried,
-            oldest_ready_age: None,
+            ready: gauges.ready,
+            leased: gauges.pending,
+            delayed: gauges.delayed,
+            dead: gauges.dead_letters,
+            completed: gauges.counters.completed,
+            failed: gauges.counters.failed,
+            retried: gauges.counters.retried,
+            oldest_ready_age: gauges.oldest_ready_age,
             workers,
             workers_left_out,
             tenants,
             tenants_left_out,
+            tenants_capped: gauges.tenants_capped,
         }
     }
 
     /// Live workers.
     pub fn live_workers(&self) -> usize {
         self.workers.iter().filter(|w| w.live).count()
-    }
-
-    /// The failure counter the failure rate is taken from: runs put back to retry plus
-    /// dead letters kept (the queue keeps no count of failed jobs yet).
-    pub fn failures(&self) -> u64 {
-        self.retried.saturating_add(self.dead)
     }
 
     /// The queue's figures as (label, value) pairs, in the order both views show them.
@@ -151,11 +158,9 @@ impl Sample {
             ("in flight", self.leased.to_string()),
             ("delayed", self.delayed.to_string()),
             ("dead", self.dead.to_string()),
-            (
-                "oldest ready",
-                self.oldest_ready_age.map_or_else(|| "-".to_owned(), age),
-            ),
+            ("oldest ready", age(self.oldest_ready_age)),
             ("completed", self.completed.to_string()),
+            ("failed", self.failed.to_string()),
             ("retried", self.retried.to_string()),
             ("workers", self.live_workers().to_string()),
         ]
@@ -177,20 +182,11 @@ pub fn age(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_shared::queue::QueueStats;
-    use sluice_shared::queue::redis::{ConsumerInfo, TenantBacklog};
+    use sluice_shared::queue::redis::{ConsumerInfo, QueueCounters, TenantLoad};
 
     #[test]
     fn workers_are_live_by_heartbeat_or_by_idle_time_and_gone_ones_only_while_holding() {
         let status = RedisStatus {
-            stats: QueueStats {
-                ready: 5,
-                leased: 3,
-                delayed: 2,
-                completed: 9,
-                dead: 1,
-            },
-            retried: 4,
             consumers: vec![
                 ConsumerInfo {
                     name: "beating".into(),
@@ -214,20 +210,29 @@ mod tests {
                 },
             ],
             heartbeats: vec![("beating".into(), 2_000), ("expired".into(), 500)],
-            backlogs: vec![
-                TenantBacklog {
-                    tenant: "small".into(),
-                    waiting: 1,
-                },
-                TenantBacklog {
-                    tenant: "big".into(),
-                    waiting: 7,
-                },
-            ],
             server_time_ms: 1_000,
             ..RedisStatus::default()
         };
-        let s = Sample::of(status, Duration::from_secs(30));
+        let load = |tenant: &str, backlog, inflight| TenantLoad {
+            tenant: tenant.into(),
+            backlog,
+            inflight,
+        };
+        let gauges = QueueGauges {
+            ready: 5,
+            pending: 3,
+            delayed: 2,
+            dead_letters: 1,
+            oldest_ready_age: Duration::from_secs(42),
+            counters: QueueCounters {
+                completed: 9,
+                failed: 4,
+                ..QueueCounters::default()
+            },
+            tenants: vec![load("small", 1, 0), load("big", 3, 5)],
+            ..QueueGauges::default()
+        };
+        let s = Sample::of(gauges, status, Duration::from_secs(30));
         let names: Vec<(&str, bool)> = s.workers.iter().map(|w| (&*w.name, w.live)).collect();
         assert_eq!(
             names,
@@ -239,11 +244,12 @@ mod tests {
         );
         assert_eq!(s.live_workers(), 2);
         assert_eq!(s.tenants[0].tenant, "big");
-        assert_eq!(s.failures(), 5);
+        assert_eq!(s.tenants[0].inflight, 5);
         let figures = s.figures();
         assert!(figures.contains(&("ready", "5".into())));
         assert!(figures.contains(&("in flight", "3".into())));
-        assert!(figures.contains(&("oldest ready", "-".into())));
+        assert!(figures.contains(&("failed", "4".into())));
+        assert!(figures.contains(&("oldest ready", "42s".into())));
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! `sluice top --once`: one reading as plain text, for scripts and for logs (the same
-//! figures, workers and tenant backlogs the full-screen view shows, without rates: one
+//! figures, workers and tenants the full-screen view shows, without rates: one
 //! reading has none).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::render::Header;
+use super::render::{Header, tenant_title};
 use super::sample::{Sample, age};
 
 /// One plain-text frame of `sample`.
@@ -31,10 +31,13 @@ pub fn frame(header: &Header, sample: &Sample) -> String {
     if sample.workers_left_out > 0 {
         let _ = writeln!(out, "  … {} more", sample.workers_left_out);
     }
-    let backlogged: u64 = sample.tenants.iter().map(|t| t.backlog).sum();
-    let _ = writeln!(out, "tenant backlogs ({backlogged} waiting)");
+    let _ = writeln!(out, "{}", tenant_title(sample));
     for t in &sample.tenants {
-        let _ = writeln!(out, "  {:<32} backlog {}", t.tenant, t.backlog);
+        let _ = writeln!(
+            out,
+            "  {:<32} backlog {:<6} in flight {}",
+            t.tenant, t.backlog, t.inflight
+        );
     }
     if sample.tenants_left_out > 0 {
         let _ = writeln!(out, "  … {} more", sample.tenants_left_out);
@@ -59,13 +62,14 @@ mod tests {
             tenants: vec![TenantRow {
                 tenant: "acme".into(),
                 backlog: 3,
+                inflight: 2,
             }],
             ..Sample::default()
         };
         let text = frame(&header, &sample);
         assert!(text.contains("queue jobs"), "{text}");
         assert!(text.contains("ready 5  in flight 0  delayed 2"), "{text}");
-        assert!(text.contains("tenant backlogs (3 waiting)"), "{text}");
+        assert!(text.contains("tenants (3 waiting, 2 in flight)"), "{text}");
         assert!(text.contains("acme"), "{text}");
     }
 }
