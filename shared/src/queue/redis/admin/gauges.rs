@@ -17,7 +17,7 @@ use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
 
 use super::super::GROUP;
-use super::super::error::unavailable;
+use super::super::error::{StoreError, bad_reply, unavailable};
 use super::super::reply::{bytes_of, count_of, flat_pairs, parse_entries};
 use super::{Admin, AdminError};
 use crate::outcome::OutcomeKind;
@@ -140,22 +140,33 @@ pub fn parse_info_memory(text: &str) -> (u64, u64) {
     (field("used_memory"), field("maxmemory"))
 }
 
-/// A pipelined reply: a value, or `Nil` for a command Redis refused (a key of another
-/// type, no such group).
-fn lenient(reply: Option<Result<Value, RedisError>>) -> Value {
+/// Whether an error reply means "nothing there": a key of another type, or a stream or
+/// group that does not exist (`XINFO GROUPS` on no key answers `ERR no such key`).
+fn reads_as_empty(error: &RedisError) -> bool {
+    matches!(error.code(), Some("WRONGTYPE" | "NOGROUP"))
+        || error.to_string().contains("no such key")
+}
+
+/// One pipelined reply, `what` naming its command. Only [`reads_as_empty`] errors read
+/// as `Nil`; any other error reply (`LOADING`, `BUSY`, `NOPERM`, …) fails the whole
+/// read, so the exporter keeps its last figures and counts the error rather than
+/// reporting zeros (a counter dropping to 0 would look like a reset).
+fn checked(reply: Option<Result<Value, RedisError>>, what: &str) -> Result<Value, StoreError> {
     match reply {
-        Some(Ok(v)) => v,
-        Some(Err(error)) => {
-            tracing::debug!(%error, "queue gauge read as empty");
-            Value::Nil
+        Some(Ok(v)) => Ok(v),
+        Some(Err(error)) if reads_as_empty(&error) => {
+            tracing::debug!(%error, what, "queue gauge read as empty");
+            Ok(Value::Nil)
         }
-        None => Value::Nil,
+        Some(Err(error)) => Err(StoreError::Unavailable(format!("{what}: {error}"))),
+        None => Err(bad_reply(format!("{what}: no reply in the pipeline"))),
     }
 }
 
 impl Admin<'_> {
     /// The queue's state in a few pipelined reads (see the module doc). A key of the
-    /// wrong type reads as empty; only a transport failure is an error.
+    /// wrong type or a missing stream or group reads as empty; a transport failure or
+    /// any other error reply (`LOADING`, `BUSY`, `NOPERM`, …) is an error.
     pub async fn gauges(self) -> Result<QueueGauges, AdminError> {
         let keys = &self.q.keys;
         let admitted_key = keys.admitted();
@@ -175,35 +186,36 @@ impl Admin<'_> {
             .await
             .map_err(unavailable)?;
         let mut replies = replies.into_iter();
-        let mut next = || lenient(replies.next());
+        let mut next = |what: &str| checked(replies.next(), what);
 
-        let group = match next() {
+        let group = match next("XINFO GROUPS")? {
             Value::Array(groups) => groups
                 .iter()
                 .map(flat_pairs)
                 .find(|g| g.get("name").map(String::as_str) == Some(GROUP)),
             _ => None,
         };
-        let len = count_of(&next());
-        let delayed = count_of(&next());
-        let counters = QueueCounters::from_fields(&flat_pairs(&next()));
-        let dead_letters = count_of(&next());
-        let beats = next();
-        let server_time_ms = match next() {
-            Value::Array(parts) => {
+        let len = count_of(&next("XLEN jobs")?);
+        let delayed = count_of(&next("ZCARD delayed")?);
+        let counters = QueueCounters::from_fields(&flat_pairs(&next("HGETALL stats")?));
+        let dead_letters = count_of(&next("XLEN dead")?);
+        let beats = next("HVALS workers")?;
+        let server_time_ms = match next("TIME")? {
+            Value::Array(parts) if parts.len() == 2 => {
                 let part = |i: usize| parts.get(i).map_or(0, count_of);
                 part(0) * 1000 + part(1) / 1000
             }
-            _ => 0,
+            // Without the server's clock every heartbeat would read as live.
+            other => return Err(bad_reply(format!("TIME: {other:?}")).into()),
         };
-        let (used_memory_bytes, maxmemory_bytes) = match next() {
+        let (used_memory_bytes, maxmemory_bytes) = match next("INFO memory")? {
             Value::VerbatimString { text, .. } => parse_info_memory(&text),
             other => parse_info_memory(
                 &bytes_of(&other)
                     .map_or_else(String::new, |b| String::from_utf8_lossy(&b).into_owned()),
             ),
         };
-        let admitted_len = count_of(&next());
+        let admitted_len = count_of(&next("HLEN admitted")?);
 
         let workers = match &beats {
             Value::Array(untils) => untils
@@ -241,9 +253,9 @@ impl Admin<'_> {
             .await
             .map_err(unavailable)?;
         let mut replies = replies.into_iter();
-        let mut next = || lenient(replies.next());
+        let mut next = |what: &str| checked(replies.next(), what);
 
-        let oldest_ready_age = match next() {
+        let oldest_ready_age = match next("XRANGE jobs")? {
             Value::Nil => Duration::ZERO,
             first => parse_entries(&first)
                 .ok()
@@ -255,7 +267,7 @@ impl Admin<'_> {
         };
         let mut by_tenant: HashMap<String, TenantLoad> = HashMap::new();
         for tenant in backlog_tenants {
-            let backlog = count_of(&next());
+            let backlog = count_of(&next("XLEN backlog")?);
             if backlog > 0 {
                 by_tenant.insert(
                     tenant.clone(),
@@ -267,7 +279,7 @@ impl Admin<'_> {
                 );
             }
         }
-        if read_admitted && let Value::Array(owners) = next() {
+        if read_admitted && let Value::Array(owners) = next("HVALS admitted")? {
             for owner in owners.iter().filter_map(bytes_of) {
                 let tenant = String::from_utf8_lossy(&owner).into_owned();
                 by_tenant
@@ -319,8 +331,9 @@ impl Admin<'_> {
                 .await;
             let (next, page) = match reply {
                 Ok(page) => page,
-                // A key of another type: no backlogs to report.
-                Err(e) if e.code().is_some() => return Ok((Vec::new(), false)),
+                // A key of another type: no backlogs to report. Any other error reply
+                // (NOPERM, LOADING, …) fails the read.
+                Err(e) if e.code() == Some("WRONGTYPE") => return Ok((Vec::new(), false)),
                 Err(e) => return Err(unavailable(e).into()),
             };
             tenants.extend(page);
@@ -358,6 +371,35 @@ mod tests {
         );
         assert_eq!(parse_info_memory(""), (0, 0));
         assert_eq!(parse_info_memory("used_memory:lots\n"), (0, 0));
+    }
+
+    #[test]
+    fn only_missing_or_foreign_keys_read_as_empty() {
+        // Error replies as they come off the wire.
+        let parsed = |text: &str| -> RedisError {
+            redis::parse_redis_value(format!("-{text}\r\n").as_bytes())
+                .and_then(Value::extract_error)
+                .expect_err("an error reply")
+        };
+        for empty in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR no such key",
+            "NOGROUP No such key 'q' or consumer group 'g'",
+        ] {
+            let error = parsed(empty);
+            assert!(reads_as_empty(&error), "{empty}: {error:?}");
+            assert_eq!(checked(Some(Err(error)), "x").unwrap(), Value::Nil);
+        }
+        for failure in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script",
+            "NOPERM User ro has no permissions to run the 'time' command",
+        ] {
+            let error = parsed(failure);
+            assert!(!reads_as_empty(&error), "{failure}");
+            assert!(checked(Some(Err(error)), "x").is_err(), "{failure}");
+        }
+        assert!(checked(None, "x").is_err());
     }
 
     #[test]
