@@ -184,7 +184,12 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
         .rt
         .block_on(fleet.queue.admission().hold_dispatcher("test", LONG))
         .expect("hold the dispatcher role");
-    let serve = ServeProcess::start(&fleet.url(), QUEUE, ADMIN);
+    let private = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("its address").to_string()
+    };
+    let serve =
+        ServeProcess::start_with(&fleet.url(), QUEUE, ADMIN, &["--metrics-listen", &private]);
 
     // Two tenants' backlogs over the API: alpha 3 jobs, beta 2 (beta's third refused).
     let module = std::fs::read(guest("upper_raw.wat")).unwrap();
@@ -295,8 +300,27 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
     )));
     assert_eq!(get(&exporter.addr, "/healthz"), "ok");
 
-    let served = samples(&get(&serve.addr, "/metrics"));
-    assert_eq!(queue_figures(&served), expected(20), "sluice serve");
+    // The API port's public /metrics names no tenant: the queue's own figures only.
+    let public = get(&serve.addr, "/metrics");
+    for secret in ["alpha", "beta", "tenant="] {
+        assert!(
+            !public.contains(secret),
+            "{secret} on the API port: {public}"
+        );
+    }
+    let served = samples(&public);
+    let untenanted: BTreeMap<String, f64> = expected(20)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("sluice_tenant_"))
+        .collect();
+    assert_eq!(queue_figures(&served), untenanted, "sluice serve, API port");
+    // --metrics-listen serves every series, the tenants' included.
+    let operators = samples(&get(&private, "/metrics"));
+    assert_eq!(
+        queue_figures(&operators),
+        expected(20),
+        "sluice serve --metrics-listen"
+    );
     for (reason, n) in [
         ("quota", 1.0),
         ("policy", 1.0),
