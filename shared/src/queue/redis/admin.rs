@@ -82,7 +82,8 @@ pub struct RedisStatus {
     pub stale: u64,
     /// Dead letters put back on the queue (counter).
     pub dlq_retried: u64,
-    /// Results stored with an outcome other than success (counter).
+    /// Jobs that ended in failure: dead-letterings (counter; a dead letter retried
+    /// and dead again counts again).
     #[serde(default)]
     pub failed: u64,
     /// Jobs moved to the dead letters by outcome kind (counters; every kind, in

@@ -36,9 +36,11 @@ const SSCAN_PAGE: usize = 1_000;
 /// The counters of a queue's stats hash (monotonic; kept by the Lua scripts).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueCounters {
-    /// Results stored (any outcome).
+    /// Successful runs whose results were stored (workers store a result through
+    /// `complete` for successes only).
     pub completed: u64,
-    /// Results stored with an outcome other than success (completed or dead-lettered).
+    /// Jobs that ended in failure: each dead-lettering counts once (a dead letter
+    /// retried with `sluice dlq retry` that dies again counts again).
     pub failed: u64,
     /// Runs put back to retry.
     pub retried: u64,
