@@ -20,6 +20,7 @@ use crate::queue::{QueueError, QueueStats};
 mod find;
 mod gauges;
 mod listing;
+mod reader;
 mod workers;
 
 pub use find::JobState;
@@ -28,6 +29,7 @@ pub use gauges::{
     parse_info_memory,
 };
 pub use listing::{MAX_LISTED_MODULES, StoredModule};
+pub use reader::{GaugeReader, gauge_client};
 
 /// Dead letters looked at by one `dlq_retry.lua` call.
 const DLQ_PAGE: usize = 500;

@@ -3,32 +3,37 @@
 //! the age of the oldest waiting entry, the counters of the stats hash, live workers,
 //! per-tenant backlog and in-flight, and Redis's memory figures.
 //!
-//! Three pipelined round trips whatever the queue holds (plus one per 1,000 backlog
-//! tenants past the first 1,000): the fixed keys, server time and `INFO memory`; the
-//! tenants with a backlog (`SSCAN`, at most [`MAX_GAUGE_TENANTS`]); then the oldest
-//! undelivered entry, each tenant's backlog length and the admitted hash (only while
-//! it holds at most [`MAX_ADMITTED_READ`] jobs). Reads are bounded, so a scrape costs
-//! Redis the same whether ten tenants or a million exist.
+//! Round trips, whatever the queue holds: one pipeline of the fixed keys, server time
+//! and `INFO memory`; the tenants with a backlog by `SSCAN` (one call per ~1,000
+//! tenants, at most [`MAX_GAUGE_TENANTS`] read, so usually one or two calls); one
+//! pipeline of the oldest undelivered entry, each read tenant's backlog length and
+//! oldest entry (`XLEN` + `XRANGE … COUNT 1`), and the admitted hash (only while it
+//! holds at most [`MAX_ADMITTED_READ`] jobs). At most 2 × 2,000 + 2 commands and a
+//! 20,000-value reply in the last pipeline, so a scrape costs Redis the same bounded
+//! work whether ten tenants or a million exist.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
 
 use super::super::GROUP;
 use super::super::error::{StoreError, bad_reply, unavailable};
+use super::super::keys::Keys;
 use super::super::reply::{bytes_of, count_of, flat_pairs, parse_entries};
 use super::{Admin, AdminError};
 use crate::outcome::OutcomeKind;
 
 /// Most tenants with a backlog one read looks at (the rest are not read, and
 /// [`QueueGauges::tenants_capped`] says so).
-pub const MAX_GAUGE_TENANTS: usize = 10_000;
+pub const MAX_GAUGE_TENANTS: usize = 2_000;
 
 /// Most admitted jobs one read counts by tenant: a larger admitted hash is not read
-/// (in-flight reads 0 for every tenant, and [`QueueGauges::tenants_capped`] says so).
-pub const MAX_ADMITTED_READ: u64 = 100_000;
+/// ([`QueueGauges::inflight_read`] is false, and [`QueueGauges::tenants_capped`] says
+/// so).
+pub const MAX_ADMITTED_READ: u64 = 20_000;
 
 /// Tenants one `SSCAN` call asks for.
 const SSCAN_PAGE: usize = 1_000;
@@ -102,6 +107,9 @@ pub struct QueueGauges {
     pub pending: u64,
     /// Age of the oldest undelivered entry by the server's clock (zero when none).
     pub oldest_ready_age: Duration,
+    /// Age of the oldest job waiting in any read tenant's backlog for admission, by the
+    /// server's clock (zero when none).
+    pub oldest_backlog_age: Duration,
     /// Jobs waiting for their due time.
     pub delayed: u64,
     /// Dead letters kept now.
@@ -117,6 +125,9 @@ pub struct QueueGauges {
     /// Whether the tenants were cut at [`MAX_GAUGE_TENANTS`] or the admitted hash was
     /// past [`MAX_ADMITTED_READ`] (the per-tenant figures are then incomplete).
     pub tenants_capped: bool,
+    /// Whether the admitted hash was read, i.e. [`TenantLoad::inflight`] is a figure
+    /// (false past [`MAX_ADMITTED_READ`]: every in-flight reads 0 and is not true).
+    pub inflight_read: bool,
     /// Redis `used_memory`, bytes.
     pub used_memory_bytes: u64,
     /// Redis `maxmemory`, bytes (0: no limit).
@@ -166,194 +177,214 @@ fn checked(reply: Option<Result<Value, RedisError>>, what: &str) -> Result<Value
 }
 
 impl Admin<'_> {
-    /// The queue's state in a few pipelined reads (see the module doc). A key of the
-    /// wrong type or a missing stream or group reads as empty; a transport failure or
-    /// any other error reply (`LOADING`, `BUSY`, `NOPERM`, …) is an error.
+    /// The queue's state in a few pipelined reads (see the module doc) over the
+    /// queue's shared connection (`sluice top`; the exporter reads through its own
+    /// [`GaugeReader`](super::GaugeReader)). A key of the wrong type or a missing
+    /// stream or group reads as empty; a transport failure or any other error reply
+    /// (`LOADING`, `BUSY`, `NOPERM`, …) is an error.
     pub async fn gauges(self) -> Result<QueueGauges, AdminError> {
-        let keys = &self.q.keys;
-        let admitted_key = keys.admitted();
-        let mut pipe = redis::pipe();
-        pipe.cmd("XINFO").arg("GROUPS").arg(&keys.jobs);
-        pipe.cmd("XLEN").arg(&keys.jobs);
-        pipe.cmd("ZCARD").arg(&keys.delayed);
-        pipe.cmd("HGETALL").arg(&keys.stats);
-        pipe.cmd("XLEN").arg(&keys.dead);
-        pipe.cmd("HVALS").arg(&keys.workers);
-        pipe.cmd("TIME");
-        pipe.cmd("INFO").arg("memory");
-        pipe.cmd("HLEN").arg(&admitted_key);
-        let replies: Vec<Result<Value, RedisError>> = pipe
-            .ignore_errors()
-            .query_async(&mut self.q.connection())
-            .await
-            .map_err(unavailable)?;
-        let mut replies = replies.into_iter();
-        let mut next = |what: &str| checked(replies.next(), what);
+        read(&self.q.connection(), &self.q.keys).await
+    }
+}
 
-        let group = match next("XINFO GROUPS")? {
-            Value::Array(groups) => groups
-                .iter()
-                .map(flat_pairs)
-                .find(|g| g.get("name").map(String::as_str) == Some(GROUP)),
-            _ => None,
-        };
-        let len = count_of(&next("XLEN jobs")?);
-        let delayed = count_of(&next("ZCARD delayed")?);
-        let counters = QueueCounters::from_fields(&flat_pairs(&next("HGETALL stats")?));
-        let dead_letters = count_of(&next("XLEN dead")?);
-        let beats = next("HVALS workers")?;
-        let server_time_ms = match next("TIME")? {
-            Value::Array(parts) if parts.len() == 2 => {
-                let part = |i: usize| parts.get(i).map_or(0, count_of);
-                part(0) * 1000 + part(1) / 1000
-            }
-            // Without the server's clock every heartbeat would read as live.
-            other => return Err(bad_reply(format!("TIME: {other:?}")).into()),
-        };
-        let (used_memory_bytes, maxmemory_bytes) = match next("INFO memory")? {
-            Value::VerbatimString { text, .. } => parse_info_memory(&text),
-            other => parse_info_memory(
-                &bytes_of(&other)
-                    .map_or_else(String::new, |b| String::from_utf8_lossy(&b).into_owned()),
-            ),
-        };
-        let admitted_len = count_of(&next("HLEN admitted")?);
+/// The queue of `keys`'s state over `conn` ([`Admin::gauges`]); read-only.
+pub(super) async fn read(conn: &ConnectionManager, keys: &Keys) -> Result<QueueGauges, AdminError> {
+    let admitted_key = keys.admitted();
+    let mut pipe = redis::pipe();
+    pipe.cmd("XINFO").arg("GROUPS").arg(&keys.jobs);
+    pipe.cmd("XLEN").arg(&keys.jobs);
+    pipe.cmd("ZCARD").arg(&keys.delayed);
+    pipe.cmd("HGETALL").arg(&keys.stats);
+    pipe.cmd("XLEN").arg(&keys.dead);
+    pipe.cmd("HVALS").arg(&keys.workers);
+    pipe.cmd("TIME");
+    pipe.cmd("INFO").arg("memory");
+    pipe.cmd("HLEN").arg(&admitted_key);
+    let replies: Vec<Result<Value, RedisError>> = pipe
+        .ignore_errors()
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(unavailable)?;
+    let mut replies = replies.into_iter();
+    let mut next = |what: &str| checked(replies.next(), what);
 
-        let workers = match &beats {
-            Value::Array(untils) => untils
-                .iter()
-                .filter(|until| count_of(until) >= server_time_ms)
-                .count() as u64,
-            _ => 0,
-        };
-        let field = |k: &str| group.as_ref().and_then(|g| g.get(k));
-        let pending = field("pending").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let consumers = field("consumers").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let lag = field("lag").and_then(|v| v.parse().ok());
-        let last_delivered = field("last-delivered-id").cloned();
+    let group = match next("XINFO GROUPS")? {
+        Value::Array(groups) => groups
+            .iter()
+            .map(flat_pairs)
+            .find(|g| g.get("name").map(String::as_str) == Some(GROUP)),
+        _ => None,
+    };
+    let len = count_of(&next("XLEN jobs")?);
+    let delayed = count_of(&next("ZCARD delayed")?);
+    let counters = QueueCounters::from_fields(&flat_pairs(&next("HGETALL stats")?));
+    let dead_letters = count_of(&next("XLEN dead")?);
+    let beats = next("HVALS workers")?;
+    let server_time_ms = match next("TIME")? {
+        Value::Array(parts) if parts.len() == 2 => {
+            let part = |i: usize| parts.get(i).map_or(0, count_of);
+            part(0) * 1000 + part(1) / 1000
+        }
+        // Without the server's clock every heartbeat would read as live.
+        other => return Err(bad_reply(format!("TIME: {other:?}")).into()),
+    };
+    let (used_memory_bytes, maxmemory_bytes) = match next("INFO memory")? {
+        Value::VerbatimString { text, .. } => parse_info_memory(&text),
+        other => parse_info_memory(
+            &bytes_of(&other)
+                .map_or_else(String::new, |b| String::from_utf8_lossy(&b).into_owned()),
+        ),
+    };
+    let admitted_len = count_of(&next("HLEN admitted")?);
 
-        let (backlog_tenants, mut tenants_capped) = self.backlog_tenants().await?;
+    let workers = match &beats {
+        Value::Array(untils) => untils
+            .iter()
+            .filter(|until| count_of(until) >= server_time_ms)
+            .count() as u64,
+        _ => 0,
+    };
+    let field = |k: &str| group.as_ref().and_then(|g| g.get(k));
+    let pending = field("pending").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let consumers = field("consumers").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let lag = field("lag").and_then(|v| v.parse().ok());
+    let last_delivered = field("last-delivered-id").cloned();
 
-        let mut pipe = redis::pipe();
+    let (backlog_tenants, mut tenants_capped) = backlog_tenants(conn, keys).await?;
+
+    let mut pipe = redis::pipe();
+    pipe.cmd("XRANGE")
+        .arg(&keys.jobs)
+        .arg(last_delivered.map_or_else(|| "-".to_owned(), |id| format!("({id}")))
+        .arg("+")
+        .arg("COUNT")
+        .arg(1);
+    for tenant in &backlog_tenants {
+        let backlog = keys.backlog(tenant);
+        pipe.cmd("XLEN").arg(&backlog);
         pipe.cmd("XRANGE")
-            .arg(&keys.jobs)
-            .arg(last_delivered.map_or_else(|| "-".to_owned(), |id| format!("({id}")))
+            .arg(&backlog)
+            .arg("-")
             .arg("+")
             .arg("COUNT")
             .arg(1);
-        for tenant in &backlog_tenants {
-            pipe.cmd("XLEN").arg(keys.backlog(tenant));
-        }
-        let read_admitted = admitted_len <= MAX_ADMITTED_READ;
-        tenants_capped |= !read_admitted;
-        if read_admitted {
-            pipe.cmd("HVALS").arg(&admitted_key);
-        }
-        let replies: Vec<Result<Value, RedisError>> = pipe
-            .ignore_errors()
-            .query_async(&mut self.q.connection())
-            .await
-            .map_err(unavailable)?;
-        let mut replies = replies.into_iter();
-        let mut next = |what: &str| checked(replies.next(), what);
-
-        let oldest_ready_age = match next("XRANGE jobs")? {
-            Value::Nil => Duration::ZERO,
-            first => parse_entries(&first)
-                .ok()
-                .and_then(|entries| entries.into_iter().next())
-                .and_then(|(id, _)| entry_id_ms(&id))
-                .map_or(Duration::ZERO, |ms| {
-                    Duration::from_millis(server_time_ms.saturating_sub(ms))
-                }),
-        };
-        let mut by_tenant: HashMap<String, TenantLoad> = HashMap::new();
-        for tenant in backlog_tenants {
-            let backlog = count_of(&next("XLEN backlog")?);
-            if backlog > 0 {
-                by_tenant.insert(
-                    tenant.clone(),
-                    TenantLoad {
-                        tenant,
-                        backlog,
-                        inflight: 0,
-                    },
-                );
-            }
-        }
-        if read_admitted && let Value::Array(owners) = next("HVALS admitted")? {
-            for owner in owners.iter().filter_map(bytes_of) {
-                let tenant = String::from_utf8_lossy(&owner).into_owned();
-                by_tenant
-                    .entry(tenant.clone())
-                    .or_insert_with(|| TenantLoad {
-                        tenant,
-                        ..TenantLoad::default()
-                    })
-                    .inflight += 1;
-            }
-        }
-        let mut tenants: Vec<TenantLoad> = by_tenant.into_values().collect();
-        tenants.sort_by(|a, b| {
-            (b.backlog + b.inflight)
-                .cmp(&(a.backlog + a.inflight))
-                .then_with(|| a.tenant.cmp(&b.tenant))
-        });
-        Ok(QueueGauges {
-            ready: lag.unwrap_or_else(|| len.saturating_sub(pending)),
-            lag,
-            pending,
-            oldest_ready_age,
-            delayed,
-            dead_letters,
-            counters,
-            workers,
-            consumers,
-            tenants,
-            tenants_capped,
-            used_memory_bytes,
-            maxmemory_bytes,
-            server_time_ms,
-        })
     }
+    let read_admitted = admitted_len <= MAX_ADMITTED_READ;
+    tenants_capped |= !read_admitted;
+    if read_admitted {
+        pipe.cmd("HVALS").arg(&admitted_key);
+    }
+    let replies: Vec<Result<Value, RedisError>> = pipe
+        .ignore_errors()
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(unavailable)?;
+    let mut replies = replies.into_iter();
+    let mut next = |what: &str| checked(replies.next(), what);
 
-    /// The tenants with a backlog, at most [`MAX_GAUGE_TENANTS`], and whether there
-    /// were more.
-    async fn backlog_tenants(self) -> Result<(Vec<String>, bool), AdminError> {
-        let set = self.q.keys.backlogs();
-        let mut cursor = 0u64;
-        let mut tenants = Vec::new();
-        loop {
-            let reply: Result<(u64, Vec<String>), RedisError> = redis::cmd("SSCAN")
-                .arg(&set)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(SSCAN_PAGE)
-                .query_async(&mut self.q.connection())
-                .await;
-            let (next, page) = match reply {
-                Ok(page) => page,
-                // A key of another type: no backlogs to report. Any other error reply
-                // (NOPERM, LOADING, …) fails the read.
-                Err(e) if e.code() == Some("WRONGTYPE") => return Ok((Vec::new(), false)),
-                Err(e) => return Err(unavailable(e).into()),
-            };
-            tenants.extend(page);
-            cursor = next;
+    let age_of_first = |reply: &Value| {
+        parse_entries(reply)
+            .ok()
+            .and_then(|entries| entries.into_iter().next())
+            .and_then(|(id, _)| entry_id_ms(&id))
+            .map_or(Duration::ZERO, |ms| {
+                Duration::from_millis(server_time_ms.saturating_sub(ms))
+            })
+    };
+    let oldest_ready_age = age_of_first(&next("XRANGE jobs")?);
+    let mut oldest_backlog_age = Duration::ZERO;
+    let mut by_tenant: HashMap<String, TenantLoad> = HashMap::new();
+    for tenant in backlog_tenants {
+        let backlog = count_of(&next("XLEN backlog")?);
+        oldest_backlog_age = oldest_backlog_age.max(age_of_first(&next("XRANGE backlog")?));
+        if backlog > 0 {
+            by_tenant.insert(
+                tenant.clone(),
+                TenantLoad {
+                    tenant,
+                    backlog,
+                    inflight: 0,
+                },
+            );
+        }
+    }
+    if read_admitted && let Value::Array(owners) = next("HVALS admitted")? {
+        for owner in owners.iter().filter_map(bytes_of) {
+            let tenant = String::from_utf8_lossy(&owner).into_owned();
+            by_tenant
+                .entry(tenant.clone())
+                .or_insert_with(|| TenantLoad {
+                    tenant,
+                    ..TenantLoad::default()
+                })
+                .inflight += 1;
+        }
+    }
+    let mut tenants: Vec<TenantLoad> = by_tenant.into_values().collect();
+    tenants.sort_by(|a, b| {
+        (b.backlog + b.inflight)
+            .cmp(&(a.backlog + a.inflight))
+            .then_with(|| a.tenant.cmp(&b.tenant))
+    });
+    Ok(QueueGauges {
+        ready: lag.unwrap_or_else(|| len.saturating_sub(pending)),
+        lag,
+        pending,
+        oldest_ready_age,
+        oldest_backlog_age,
+        delayed,
+        dead_letters,
+        counters,
+        workers,
+        consumers,
+        tenants,
+        tenants_capped,
+        inflight_read: read_admitted,
+        used_memory_bytes,
+        maxmemory_bytes,
+        server_time_ms,
+    })
+}
+
+/// The tenants with a backlog, at most [`MAX_GAUGE_TENANTS`], and whether there were
+/// more.
+async fn backlog_tenants(
+    conn: &ConnectionManager,
+    keys: &Keys,
+) -> Result<(Vec<String>, bool), AdminError> {
+    let set = keys.backlogs();
+    let mut cursor = 0u64;
+    let mut tenants = Vec::new();
+    loop {
+        let reply: Result<(u64, Vec<String>), RedisError> = redis::cmd("SSCAN")
+            .arg(&set)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(SSCAN_PAGE)
+            .query_async(&mut conn.clone())
+            .await;
+        let (next, page) = match reply {
+            Ok(page) => page,
+            // A key of another type: no backlogs to report. Any other error reply
+            // (NOPERM, LOADING, …) fails the read.
+            Err(e) if e.code() == Some("WRONGTYPE") => return Ok((Vec::new(), false)),
+            Err(e) => return Err(unavailable(e).into()),
+        };
+        tenants.extend(page);
+        cursor = next;
+        if tenants.len() >= MAX_GAUGE_TENANTS {
+            // SSCAN may return a member twice; the cut is what matters here.
+            tenants.sort();
+            tenants.dedup();
             if tenants.len() >= MAX_GAUGE_TENANTS {
-                // SSCAN may return a member twice; the cut is what matters here.
-                tenants.sort();
-                tenants.dedup();
-                if tenants.len() >= MAX_GAUGE_TENANTS {
-                    tenants.truncate(MAX_GAUGE_TENANTS);
-                    return Ok((tenants, cursor != 0));
-                }
+                tenants.truncate(MAX_GAUGE_TENANTS);
+                return Ok((tenants, cursor != 0));
             }
-            if cursor == 0 {
-                tenants.sort();
-                tenants.dedup();
-                return Ok((tenants, false));
-            }
+        }
+        if cursor == 0 {
+            tenants.sort();
+            tenants.dedup();
+            return Ok((tenants, false));
         }
     }
 }
