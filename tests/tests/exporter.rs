@@ -83,7 +83,10 @@ fn get(addr: &str, path: &str) -> String {
 /// not a comment or a well-formed sample.
 fn samples(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let (series, value) = line
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("not a sample: {line:?}"));
@@ -100,7 +103,10 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         let value: f64 = value
             .parse()
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        assert!(out.insert(series.to_owned(), value).is_none(), "{line:?} twice");
+        assert!(
+            out.insert(series.to_owned(), value).is_none(),
+            "{line:?} twice"
+        );
     }
     out
 }
@@ -136,7 +142,7 @@ fn expected(max_tenants: usize) -> BTreeMap<String, f64> {
         (q("sluice_queue_dead_letters"), 3.0),
         (q("sluice_queue_completed_total"), 2.0),
         (q("sluice_queue_retried_total"), 1.0),
-        (q("sluice_queue_failed_total"), 4.0),
+        (q("sluice_queue_failed_total"), 3.0),
         (q("sluice_queue_workers"), 1.0),
         (q("sluice_queue_consumers"), 2.0),
         (q("sluice_queue_tenants_capped"), 0.0),
@@ -172,20 +178,26 @@ fn expected(max_tenants: usize) -> BTreeMap<String, f64> {
 #[test]
 fn exporter_and_serve_report_the_queue_state_exactly() {
     let mut fleet = Fleet::start(QUEUE);
-    fleet
-        .redis
-        .cli(&["CONFIG", "SET", "maxmemory", "67108864"]);
+    fleet.redis.cli(&["CONFIG", "SET", "maxmemory", "67108864"]);
     // The test is the dispatcher (so nothing is admitted behind its back).
     fleet
         .rt
         .block_on(fleet.queue.admission().hold_dispatcher("test", LONG))
         .expect("hold the dispatcher role");
-    let serve = ServeProcess::start(&fleet.url(), QUEUE, ADMIN);
+    let private = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("its address").to_string()
+    };
+    let serve =
+        ServeProcess::start_with(&fleet.url(), QUEUE, ADMIN, &["--metrics-listen", &private]);
 
     // Two tenants' backlogs over the API: alpha 3 jobs, beta 2 (beta's third refused).
     let module = std::fs::read(guest("upper_raw.wat")).unwrap();
     let alpha = serve.tenant("alpha", json!({}));
-    let beta = serve.tenant("beta", json!({"max_backlog_jobs": 2, "max_input_bytes": 16}));
+    let beta = serve.tenant(
+        "beta",
+        json!({"max_backlog_jobs": 2, "max_input_bytes": 16}),
+    );
     for token in [&alpha, &beta] {
         let reply = serve.upload(token, &module, "upper");
         assert_eq!(reply.status, 201, "{}", reply.text());
@@ -216,8 +228,8 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
     fleet.rt.block_on(async {
         let q = &fleet.queue;
         q.enqueue(&jobs).await.unwrap();
-        // w1 takes 7 of the 9 entries: 2 traps and 1 fuel bomb dead-lettered, one
-        // success and one non-zero exit stored, one put back for an hour, one held.
+        // w1 takes 7 of the 9 entries: 2 traps and 1 fuel bomb dead-lettered (3
+        // failed), two successes stored, one put back for an hour, one held.
         let claimed = q.claim("w1", 7, LONG, LONG).await.unwrap();
         assert_eq!(claimed.len(), 7);
         let trap = || Outcome::Trap {
@@ -239,18 +251,34 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
         q.complete(&claimed[3].lease, result(&claimed[3], Outcome::Success))
             .await
             .unwrap();
-        q.complete(
-            &claimed[4].lease,
-            result(&claimed[4], Outcome::NonZeroExit { code: 3 }),
-        )
-        .await
-        .unwrap();
+        // Workers store only successes through `complete` (a failure is retried or
+        // dead-lettered), so the test does too.
+        q.complete(&claimed[4].lease, result(&claimed[4], Outcome::Success))
+            .await
+            .unwrap();
         let mut again = claimed[5].delivery.clone().expect("a job");
         again.attempt += 1;
         q.retry(&claimed[5].lease, &again, LONG).await.unwrap();
         // w2 holds one more; one entry stays ready.
         assert_eq!(q.claim("w2", 1, LONG, LONG).await.unwrap().len(), 1);
         q.admin().heartbeat("w1", LONG).await.unwrap();
+        // `sluice status` reads the same counters.
+        let status = q.admin().status().await.unwrap();
+        assert_eq!(status.failed, 3);
+        let dead = |kind| {
+            status
+                .dead_by_reason
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .unwrap()
+                .1
+        };
+        assert_eq!(
+            status.dead_by_reason.len(),
+            sluice_shared::OutcomeKind::ALL.len()
+        );
+        assert_eq!(dead(sluice_shared::OutcomeKind::Trap), 2);
+        assert_eq!(dead(sluice_shared::OutcomeKind::FuelExhausted), 1);
     });
 
     let exporter = Exporter::start(&fleet.url(), &["--queue", QUEUE]);
@@ -259,7 +287,11 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
     assert_eq!(scraped["sluice_redis_maxmemory_bytes"], 67_108_864.0);
     assert!(scraped["sluice_redis_used_memory_bytes"] > 0.0);
     let age = format!("sluice_queue_oldest_ready_age_seconds{{queue=\"{QUEUE}\"}}");
-    assert!(scraped[&age] >= 0.0 && scraped[&age] < 3600.0, "{}", scraped[&age]);
+    assert!(
+        scraped[&age] >= 0.0 && scraped[&age] < 3600.0,
+        "{}",
+        scraped[&age]
+    );
     assert_eq!(scraped["sluice_exporter_scrape_errors_total"], 0.0);
     assert!(scraped.contains_key(&format!(
         "sluice_build_info{{version=\"{}\"}}",
@@ -267,9 +299,33 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
     )));
     assert_eq!(get(&exporter.addr, "/healthz"), "ok");
 
-    let served = samples(&get(&serve.addr, "/metrics"));
-    assert_eq!(queue_figures(&served), expected(20), "sluice serve");
-    for (reason, n) in [("quota", 1.0), ("policy", 1.0), ("invalid", 1.0), ("rate", 0.0)] {
+    // The API port's public /metrics names no tenant: the queue's own figures only.
+    let public = get(&serve.addr, "/metrics");
+    for secret in ["alpha", "beta", "tenant="] {
+        assert!(
+            !public.contains(secret),
+            "{secret} on the API port: {public}"
+        );
+    }
+    let served = samples(&public);
+    let untenanted: BTreeMap<String, f64> = expected(20)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("sluice_tenant_"))
+        .collect();
+    assert_eq!(queue_figures(&served), untenanted, "sluice serve, API port");
+    // --metrics-listen serves every series, the tenants' included.
+    let operators = samples(&get(&private, "/metrics"));
+    assert_eq!(
+        queue_figures(&operators),
+        expected(20),
+        "sluice serve --metrics-listen"
+    );
+    for (reason, n) in [
+        ("quota", 1.0),
+        ("policy", 1.0),
+        ("invalid", 1.0),
+        ("rate", 0.0),
+    ] {
         assert_eq!(
             served[&format!("sluice_jobs_refused_total{{reason=\"{reason}\"}}")],
             n,
@@ -303,7 +359,10 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
         || get(&exporter.addr, "/metrics"),
         |text| text.contains("tenant=\"other\""),
     );
-    assert!(!text.contains("evil") && !text.contains("injected"), "{text}");
+    assert!(
+        !text.contains("evil") && !text.contains("injected"),
+        "{text}"
+    );
     let scraped = samples(&text);
     assert_eq!(
         scraped[&format!("sluice_tenant_inflight_jobs{{queue=\"{QUEUE}\",tenant=\"other\"}}")],
@@ -342,7 +401,13 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
 #[test]
 fn a_bad_listen_address_is_refused_with_status_2() {
     let out = bin("sluice")
-        .args(["exporter", "--redis", "redis://127.0.0.1:1", "--listen", "nowhere"])
+        .args([
+            "exporter",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--listen",
+            "nowhere",
+        ])
         .output()
         .expect("run sluice exporter");
     assert_eq!(out.status.code(), Some(2));
