@@ -16,6 +16,7 @@
 //! - [`metrics`]: every metric the binary exports (HTTP, scheduler, the queue state
 //!   `sluice serve` and `sluice exporter` read from Redis).
 //! - [`bench`]: `sluice bench`.
+//! - [`top`]: `sluice top`, the live terminal view of a queue.
 //!
 //! [`batch`] is embedded batch mode: with no infrastructure at all, it runs a module over
 //! every file of a directory through an in-memory [`Queue`](sluice_shared::Queue) and the
@@ -42,3 +43,4 @@ pub mod metrics;
 pub mod module_meta;
 pub mod modules;
 mod report;
+pub mod top;

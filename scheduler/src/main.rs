@@ -14,6 +14,7 @@ use sluice_scheduler::cli::serve::ServeArgs;
 use sluice_scheduler::cli::status::StatusArgs;
 use sluice_scheduler::cli::submit::SubmitArgs;
 use sluice_scheduler::cli::tenant::TenantCommand;
+use sluice_scheduler::cli::top::TopArgs;
 use sluice_scheduler::cli::wait::WaitArgs;
 
 #[derive(Parser)]
@@ -61,6 +62,8 @@ enum Command {
     /// The queue-state metrics of one or more queues at /metrics (and /healthz), for
     /// fleets without `sluice serve`.
     Exporter(cli::exporter::ExporterArgs),
+    /// A live full-screen view of a queue (q to quit); --once prints one reading.
+    Top(TopArgs),
     /// Print a shell completion script (e.g. `sluice completions bash >
     /// /etc/bash_completion.d/sluice`).
     Completions {
@@ -94,6 +97,7 @@ async fn main() -> ExitCode {
         Command::Tenant(command) => cli::tenant::run(command).await,
         Command::Serve(args) => cli::serve::run(args).await,
         Command::Exporter(args) => cli::exporter::run(args).await,
+        Command::Top(args) => cli::top::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -13,6 +13,7 @@
 //! - [`tenant`]: `sluice tenant …`, tenants, tokens and policies directly on Redis.
 //! - [`serve`]: `sluice serve`, the HTTP API and the dispatcher.
 //! - [`exporter`]: `sluice exporter`, the queue-state metrics without the API.
+//! - [`top`]: `sluice top`, the live terminal view of a queue.
 //! - [`redis`]: where the queue is (`--redis`, `--queue`, `--redis-ca`).
 //!
 //! `sluice bench` lives in [`crate::bench`].
@@ -31,6 +32,7 @@ pub mod serve;
 pub mod status;
 pub mod submit;
 pub mod tenant;
+pub mod top;
 pub mod wait;
 
 pub use redis::RedisArgs;
