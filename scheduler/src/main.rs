@@ -70,10 +70,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let command = Cli::parse().command;
-    // `RUST_LOG` wins; without it `serve` logs its requests (cli/serve.rs), the rest
-    // errors only.
+    // `RUST_LOG` wins; without it `serve` logs its requests (cli/serve.rs), `exporter`
+    // its warnings, the rest errors only.
     let default = match &command {
         Command::Serve(_) => cli::serve::DEFAULT_LOG_FILTER,
+        // A long-running exporter says why its reads fail.
+        Command::Exporter(_) => "warn",
         _ => "error",
     };
     tracing_subscriber::fmt()

@@ -22,7 +22,9 @@ use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
-use sluice_shared::queue::redis::{ConnectError, GaugeReader, QueueGauges, RedisConfig};
+use sluice_shared::queue::redis::{
+    ConnectError, GaugeReader, QueueGauges, RedisConfig, redacted_url,
+};
 use tokio::sync::OnceCell;
 
 use super::fold::fold;
@@ -136,7 +138,7 @@ impl QueueState {
                 }
                 Err(error) if error.is_transient() => {
                     self.errors.inc();
-                    tracing::warn!(queue = %source.config.queue, %error, "connecting to read the queue state; trying again at each scrape");
+                    tracing::warn!(queue = %source.config.queue, redis = %redacted_url(&source.config.url), %error, "connecting to read the queue state; trying again at each scrape");
                 }
                 Err(error) => return Err(error),
             }
@@ -182,7 +184,7 @@ impl QueueState {
                 }
                 Ok(Err(error)) => {
                     self.errors.inc();
-                    tracing::warn!(queue = %name, %error, "reading the queue state");
+                    tracing::warn!(queue = %name, redis = %redacted_url(&source.config.url), %error, "reading the queue state");
                 }
                 Err(_) => {
                     self.errors.inc();
