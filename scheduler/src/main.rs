@@ -78,10 +78,12 @@ async fn main() -> ExitCode {
         log_format,
         command,
     } = Cli::parse();
-    // `RUST_LOG` wins; without it `serve` logs its requests (cli/serve.rs), the rest
-    // errors only.
+    // `RUST_LOG` wins; without it `serve` logs its requests (cli/serve.rs), `exporter`
+    // its warnings, the rest errors only.
     let default = match &command {
         Command::Serve(_) => cli::serve::DEFAULT_LOG_FILTER,
+        // A long-running exporter says why its reads fail.
+        Command::Exporter(_) => "warn",
         _ => "error",
     };
     sluice_worker::logging::init(log_format, default);

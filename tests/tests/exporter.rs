@@ -24,6 +24,7 @@ const LONG: Duration = Duration::from_secs(3600);
 struct Exporter {
     child: Child,
     addr: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Exporter {
@@ -42,8 +43,11 @@ impl Exporter {
             .expect("start sluice exporter");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.strip_prefix("sluice exporter: listening on ") {
                     let _ = tx.send(addr.to_owned());
                 }
@@ -58,7 +62,14 @@ impl Exporter {
                 panic!("sluice exporter did not say where it listens: {e}");
             }
         };
-        Exporter { child, addr }
+        Exporter { child, addr, log }
+    }
+}
+
+impl Exporter {
+    /// Everything it has written to stderr so far.
+    fn stderr(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 }
 
@@ -118,6 +129,7 @@ fn queue_figures(samples: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
         .filter(|(k, _)| {
             (k.starts_with("sluice_queue_") || k.starts_with("sluice_tenant_"))
                 && !k.starts_with("sluice_queue_oldest_ready_age_seconds")
+                && !k.starts_with("sluice_queue_oldest_backlog_age_seconds")
         })
         .map(|(k, v)| (k.clone(), *v))
         .collect()
@@ -281,16 +293,65 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
         assert_eq!(dead(sluice_shared::OutcomeKind::FuelExhausted), 1);
     });
 
-    let exporter = Exporter::start(&fleet.url(), &["--queue", QUEUE]);
+    // The one ready entry is the last enqueued: the oldest age must be its age, not
+    // that of any older entry (leased, or the admitted one before it).
+    let jobs_key = fleet.queue.keys().jobs.clone();
+    let ready_ms: f64 = {
+        let last = fleet
+            .redis
+            .cli(&["XREVRANGE", &jobs_key, "+", "-", "COUNT", "1"]);
+        let id = last.lines().next().expect("an entry").trim().to_owned();
+        id.split('-').next().unwrap().parse().expect("an entry id")
+    };
+    let server_ms = || -> f64 {
+        let time = fleet.redis.cli(&["TIME"]);
+        let mut parts = time.lines().map(|l| l.trim().parse::<f64>().unwrap());
+        parts.next().unwrap() * 1000.0 + (parts.next().unwrap() / 1000.0).floor()
+    };
+    // A read-only ACL user (read commands, INFO and TIME only) is all the exporter
+    // needs: it creates nothing.
+    fleet.redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "reader",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@read",
+        "+@connection",
+        "+info",
+        "+time",
+        "+client",
+    ]);
+    let reader_url = fleet.url().replacen("redis://", "redis://reader:pw@", 1);
+    let before = server_ms();
+    let exporter = Exporter::start(&reader_url, &["--queue", QUEUE]);
     let scraped = samples(&get(&exporter.addr, "/metrics"));
+    let after = server_ms();
     assert_eq!(queue_figures(&scraped), expected(20), "sluice exporter");
     assert_eq!(scraped["sluice_redis_maxmemory_bytes"], 67_108_864.0);
     assert!(scraped["sluice_redis_used_memory_bytes"] > 0.0);
     let age = format!("sluice_queue_oldest_ready_age_seconds{{queue=\"{QUEUE}\"}}");
     assert!(
-        scraped[&age] >= 0.0 && scraped[&age] < 3600.0,
-        "{}",
+        scraped[&age] * 1000.0 >= before - ready_ms - 1.0
+            && scraped[&age] * 1000.0 <= after - ready_ms + 1.0,
+        "oldest ready age {} s, entry {ready_ms} ms, server clock {before}..{after} ms",
         scraped[&age]
+    );
+    // The backlogs' oldest job: alpha's first submission, older than every entry.
+    let backlog_age = format!("sluice_queue_oldest_backlog_age_seconds{{queue=\"{QUEUE}\"}}");
+    assert!(
+        scraped[&backlog_age] > scraped[&age] && scraped[&backlog_age] < 3600.0,
+        "backlog {} s, ready {} s",
+        scraped[&backlog_age],
+        scraped[&age]
+    );
+    let success = format!("sluice_exporter_last_success_timestamp_seconds{{queue=\"{QUEUE}\"}}");
+    assert!(
+        (scraped[&success] * 1000.0 - after).abs() < 600_000.0,
+        "{}",
+        scraped[&success]
     );
     assert_eq!(scraped["sluice_exporter_scrape_errors_total"], 0.0);
     assert!(scraped.contains_key(&format!(
@@ -382,6 +443,76 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
         |n| *n >= 1.0,
     );
 
+    // An error reply other than "no such key" (NOPERM: TIME taken away) fails the read:
+    // the error is counted and the figures stay; nothing reads as zero.
+    fleet.redis.cli(&["ACL", "SETUSER", "reader", "-time"]);
+    let text = poll(
+        "a NOPERM read counted",
+        Duration::from_secs(30),
+        || get(&exporter.addr, "/metrics"),
+        |text| samples(text)["sluice_exporter_scrape_errors_total"] >= 1.0,
+    );
+    let scraped = samples(&text);
+    assert_eq!(
+        scraped[&format!("sluice_queue_completed_total{{queue=\"{QUEUE}\"}}")],
+        2.0
+    );
+    assert_eq!(
+        scraped[&format!("sluice_queue_workers{{queue=\"{QUEUE}\"}}")],
+        1.0
+    );
+    poll(
+        "the NOPERM logged",
+        Duration::from_secs(30),
+        || exporter.stderr().to_lowercase(),
+        |stderr| stderr.contains("noperm"),
+    );
+    fleet.redis.cli(&["ACL", "SETUSER", "reader", "+time"]);
+
+    // Past the admitted cap (20,000 jobs), in-flight is not read: no series, not a 0.
+    fleet.redis.cli(&[
+        "EVAL",
+        "for i = 1, 20001 do redis.call('HSET', KEYS[1], 'cap' .. i, 'alpha') end",
+        "1",
+        &admitted_key,
+    ]);
+    let text = poll(
+        "the admitted cap reported",
+        Duration::from_secs(30),
+        || get(&folded.addr, "/metrics"),
+        |text| samples(text)[&format!("sluice_queue_tenants_capped{{queue=\"{QUEUE}\"}}")] == 1.0,
+    );
+    assert!(!text.contains("sluice_tenant_inflight_jobs{"), "{text}");
+    assert!(text.contains("sluice_tenant_backlog_jobs{"), "{text}");
+
+    // Nil lag (the newest ready entry deleted: Redis no longer knows the lag) is
+    // ordinary: no lag series, and ready is computed as length - pending. The serve's
+    // dispatcher is stopped first so that nothing else changes the stream.
+    serve.terminate();
+    let ready_id = fleet
+        .redis
+        .cli(&["XREVRANGE", &jobs_key, "+", "-", "COUNT", "1"]);
+    let ready_id = ready_id.lines().next().unwrap().trim().to_owned();
+    fleet.redis.cli(&["XDEL", &jobs_key, &ready_id]);
+    let text = poll(
+        "the lag unknown",
+        Duration::from_secs(30),
+        || get(&folded.addr, "/metrics"),
+        |text| !text.contains("sluice_queue_lag_entries{"),
+    );
+    let scraped = samples(&text);
+    let len: f64 = fleet
+        .redis
+        .cli(&["XLEN", &jobs_key])
+        .trim()
+        .parse()
+        .unwrap();
+    let pending = scraped[&format!("sluice_queue_pending_entries{{queue=\"{QUEUE}\"}}")];
+    assert_eq!(
+        scraped[&format!("sluice_queue_ready_jobs{{queue=\"{QUEUE}\"}}")],
+        len - pending
+    );
+
     // Redis gone: /metrics still answers, the error counter rises, the figures stay.
     fleet.redis.kill();
     let text = poll(
@@ -416,19 +547,24 @@ fn a_bad_listen_address_is_refused_with_status_2() {
 }
 
 #[test]
-fn an_unreachable_redis_is_named_without_its_password() {
-    let out = bin("sluice")
-        .args([
-            "exporter",
-            "--redis",
-            "redis://user:hunter2@127.0.0.1:1",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .expect("run sluice exporter");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+fn an_unreachable_redis_is_retried_while_metrics_are_served() {
+    // Redis down at start is not fatal: /metrics answers, every failed connect is
+    // counted, the queue was never read (timestamp 0, no figures), and the log names
+    // the server without its password.
+    let exporter = Exporter::start("redis://user:hunter2@127.0.0.1:1", &[]);
+    let text = poll(
+        "failed connects counted",
+        Duration::from_secs(30),
+        || get(&exporter.addr, "/metrics"),
+        |text| samples(text)["sluice_exporter_scrape_errors_total"] >= 2.0,
+    );
+    let scraped = samples(&text);
+    assert_eq!(
+        scraped["sluice_exporter_last_success_timestamp_seconds{queue=\"default\"}"],
+        0.0
+    );
+    assert!(!text.contains("sluice_queue_ready_jobs{"), "{text}");
+    let stderr = exporter.stderr();
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
