@@ -201,7 +201,7 @@ pub fn router(api: Arc<Api>, metrics: crate::metrics::Metrics) -> Router {
                 async move {
                     (
                         [(header::CONTENT_TYPE, sluice_shared::metrics::CONTENT_TYPE)],
-                        render.render().await,
+                        render.render_public().await,
                     )
                 }
             }),

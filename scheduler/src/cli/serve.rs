@@ -45,8 +45,13 @@ pub struct ServeArgs {
     /// by a job.
     #[arg(long, env = "SLUICE_MODULE_TTL", default_value = "30d", value_parser = positive_duration)]
     pub module_ttl: std::time::Duration,
-    /// Most tenants named in the tenant metrics of /metrics: the largest by backlog +
-    /// in-flight keep their names, the rest are summed into `tenant="other"`.
+    /// Address of a second, operators-only /metrics: every series, the per-tenant ones
+    /// included (the API port's public /metrics leaves out every series naming a
+    /// tenant). Bind it where tenants cannot reach it.
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Most tenants named in the tenant metrics of --metrics-listen: the largest by
+    /// backlog + in-flight keep their names, the rest are summed into `tenant="other"`.
     #[arg(long, env = "SLUICE_METRICS_MAX_TENANTS", default_value_t = crate::metrics::DEFAULT_MAX_TENANTS,
           value_parser = crate::metrics::parse_max_tenants)]
     pub metrics_max_tenants: usize,
@@ -104,6 +109,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     eprintln!("sluice serve: listening on {}", listener.local_addr()?);
+    let private_metrics = match args.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?;
+            eprintln!("sluice serve: metrics on {}", listener.local_addr()?);
+            let router = crate::cli::exporter::router(metrics.clone());
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "serving --metrics-listen");
+                }
+            }))
+        }
+        None => None,
+    };
     let server = ServerConfig {
         max_connections: args.max_connections,
         header_read_timeout: args.header_timeout,
@@ -119,5 +143,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await;
     shutdown.cancel();
     let _ = dispatcher.await;
+    if let Some(private_metrics) = private_metrics {
+        let _ = private_metrics.await;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -107,13 +107,44 @@ impl Metrics {
         GaugeGuard(self.http.connections.clone())
     }
 
-    /// The text exposition, the queue state refreshed first (at most once a second).
+    /// The text exposition, the queue state refreshed first (at most once per cache
+    /// period): every series, the per-tenant ones included. Served where only
+    /// operators reach it (`sluice exporter`, `sluice serve --metrics-listen`).
     pub async fn render(&self) -> String {
         if let Some(queue) = &self.queue {
             queue.refresh().await;
         }
         sluice_shared::metrics::render(&self.registry)
     }
+
+    /// The text exposition without any series that names a tenant (a `tenant`
+    /// label): what the API port's public `/metrics` serves, so a client of the API
+    /// learns neither other tenants' names nor their load.
+    pub async fn render_public(&self) -> String {
+        if let Some(queue) = &self.queue {
+            queue.refresh().await;
+        }
+        let families: Vec<_> = self
+            .registry
+            .gather()
+            .into_iter()
+            .filter(|family| !names_a_tenant(family))
+            .collect();
+        let mut out = Vec::new();
+        // Encoding well-formed families into memory cannot fail.
+        let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Whether a family's series carry a `tenant` label (declared per family, so the first
+/// series tells; a family without series names nobody).
+fn names_a_tenant(family: &prometheus::proto::MetricFamily) -> bool {
+    family.name().starts_with("sluice_tenant_")
+        || family
+            .get_metric()
+            .iter()
+            .any(|m| m.get_label().iter().any(|l| l.name() == "tenant"))
 }
 
 impl Default for Metrics {

@@ -186,7 +186,7 @@ const FAMILIES: [Family; 17] = [
     ),
     family(
         "sluice_queue_completed_total",
-        "jobs completed (results stored)",
+        "jobs that finished successfully (success results stored)",
         COUNTER,
         &["queue"],
     ),
@@ -198,7 +198,7 @@ const FAMILIES: [Family; 17] = [
     ),
     family(
         "sluice_queue_failed_total",
-        "jobs that finished with a failure outcome",
+        "jobs that ended in failure: each dead-lettering (a job retried from the dead letters that dies again counts again)",
         COUNTER,
         &["queue"],
     ),

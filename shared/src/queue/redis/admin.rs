@@ -20,6 +20,7 @@ use crate::queue::{QueueError, QueueStats};
 mod find;
 mod gauges;
 mod listing;
+mod reader;
 mod workers;
 
 pub use find::JobState;
@@ -28,6 +29,7 @@ pub use gauges::{
     parse_info_memory,
 };
 pub use listing::{MAX_LISTED_MODULES, StoredModule};
+pub use reader::{GaugeReader, gauge_client};
 
 /// Dead letters looked at by one `dlq_retry.lua` call.
 const DLQ_PAGE: usize = 500;
@@ -82,7 +84,8 @@ pub struct RedisStatus {
     pub stale: u64,
     /// Dead letters put back on the queue (counter).
     pub dlq_retried: u64,
-    /// Results stored with an outcome other than success (counter).
+    /// Jobs that ended in failure: dead-letterings (counter; a dead letter retried
+    /// and dead again counts again).
     #[serde(default)]
     pub failed: u64,
     /// Jobs moved to the dead letters by outcome kind (counters; every kind, in

@@ -1,6 +1,7 @@
 -- dead.lua: moves a job to the dead letters with its reason, and records its final
 -- result. Counts it in the stats hash: `dead`, `dead:<outcome kind>` and `failed` (a
--- dead letter's result is never a success).
+-- dead letter's result is never a success, and dead-lettering is where a failed job
+-- ends; a dead letter retried with `sluice dlq retry` that dies again counts again).
 --
 -- KEYS[1]  the job stream
 -- KEYS[2]  the dead-letter stream
