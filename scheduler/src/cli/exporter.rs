@@ -1,12 +1,12 @@
 //! `sluice exporter`: the queue-state metrics of one or more queues at `/metrics` (and
 //! `/healthz`), for fleets that do not run `sluice serve`. The same figures as `sluice
-//! serve`'s `/metrics` reads (`crate::metrics::queue`), one series per queue however
-//! many workers there are.
+//! serve`'s `--metrics-listen` reads (`crate::metrics::queue`), one series per queue
+//! however many workers there are. Read-only: it creates no stream or group and needs
+//! only read commands, so a read-only ACL user serves.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
@@ -15,7 +15,10 @@ use axum::routing::get;
 use clap::Args;
 
 use super::RedisArgs;
-use crate::metrics::{DEFAULT_MAX_TENANTS, Metrics, QueueState, parse_max_tenants};
+use crate::metrics::{
+    DEFAULT_MAX_TENANTS, Metrics, QueueState, parse_cache_period, parse_max_tenants,
+};
+use sluice_shared::queue::redis::{gauge_client, redacted_url};
 
 /// Most queues one exporter watches.
 pub const MAX_QUEUES: usize = 64;
@@ -45,6 +48,10 @@ pub struct ExporterArgs {
     #[arg(long, env = "SLUICE_METRICS_MAX_TENANTS", default_value_t = DEFAULT_MAX_TENANTS,
           value_parser = parse_max_tenants)]
     pub metrics_max_tenants: usize,
+    /// How long one read of the queues' state from Redis serves /metrics scrapes (at
+    /// least 1s, so a scrape storm cannot hammer Redis).
+    #[arg(long, env = "SLUICE_METRICS_CACHE", default_value = "1s", value_parser = parse_cache_period)]
+    pub metrics_cache: std::time::Duration,
 }
 
 /// The password of the URL never shows in debug output.
@@ -59,6 +66,7 @@ impl std::fmt::Debug for ExporterArgs {
             .field("queues", &self.queues)
             .field("redis_ca", &self.redis_ca)
             .field("metrics_max_tenants", &self.metrics_max_tenants)
+            .field("metrics_cache", &self.metrics_cache)
             .finish()
     }
 }
@@ -82,7 +90,8 @@ pub fn router(metrics: Metrics) -> Router {
         )
 }
 
-/// Connects to every queue, then serves the metrics until SIGTERM or Ctrl-C.
+/// Opens a read-only connection per queue (Redis unreachable is not fatal: it is
+/// tried again at each scrape), then serves the metrics until SIGTERM or Ctrl-C.
 pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
     let mut names: Vec<String> = Vec::new();
     for name in args.queues {
@@ -95,16 +104,26 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
         "--queue: at most {MAX_QUEUES} queues, got {}",
         names.len()
     );
-    let mut queues = Vec::with_capacity(names.len());
+    let mut configs = Vec::with_capacity(names.len());
     for queue in names {
         let redis = RedisArgs {
             redis_url: args.redis_url.clone(),
             queue,
             redis_ca: args.redis_ca.clone(),
         };
-        queues.push(Arc::new(redis.connect().await?));
+        let config = redis.config()?;
+        // An unusable URL or queue name fails now, before anything is served.
+        gauge_client(&config).with_context(|| format!("--queue {}", config.queue))?;
+        configs.push(config);
     }
-    let metrics = Metrics::exporter(QueueState::new(queues, args.metrics_max_tenants));
+    let state = QueueState::new(configs, args.metrics_max_tenants, args.metrics_cache);
+    // Read-only: no stream or group is created. Redis down at start is not fatal (the
+    // readers connect at a later scrape); refused credentials are.
+    state
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", redacted_url(&args.redis_url)))?;
+    let metrics = Metrics::exporter(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

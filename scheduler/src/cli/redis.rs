@@ -21,14 +21,20 @@ pub struct RedisArgs {
 }
 
 impl RedisArgs {
-    /// Connects to the queue these flags name.
-    pub async fn connect(&self) -> anyhow::Result<RedisQueue> {
+    /// The configuration these flags name (the CA file read), without connecting.
+    pub fn config(&self) -> anyhow::Result<RedisConfig> {
         let mut config = RedisConfig::new(&self.redis_url);
         config.queue = self.queue.clone();
         if let Some(ca) = &self.redis_ca {
             config.tls_ca_pem =
                 Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
         }
+        Ok(config)
+    }
+
+    /// Connects to the queue these flags name.
+    pub async fn connect(&self) -> anyhow::Result<RedisQueue> {
+        let config = self.config()?;
         RedisQueue::connect(config)
             .await
             .with_context(|| format!("connecting to {}", redacted_url(&self.redis_url)))

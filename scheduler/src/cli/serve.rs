@@ -55,6 +55,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SLUICE_METRICS_MAX_TENANTS", default_value_t = crate::metrics::DEFAULT_MAX_TENANTS,
           value_parser = crate::metrics::parse_max_tenants)]
     pub metrics_max_tenants: usize,
+    /// How long one read of the queue state from Redis serves /metrics scrapes (at
+    /// least 1s, so a scrape storm cannot hammer Redis).
+    #[arg(long, env = "SLUICE_METRICS_CACHE", default_value = "1s",
+          value_parser = crate::metrics::parse_cache_period)]
+    pub metrics_cache: std::time::Duration,
     /// Where the queue is.
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -83,9 +88,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let submitted = Arc::new(tokio::sync::Notify::new());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let health = crate::dispatch::Health::new();
+    // The queue state is read over a read-only connection of its own.
     let metrics = crate::metrics::Metrics::new().with_queue_state(crate::metrics::QueueState::new(
-        vec![queue.clone()],
+        vec![args.redis.config()?],
         args.metrics_max_tenants,
+        args.metrics_cache,
     ));
     let dispatcher = tokio::spawn(crate::dispatch::run(
         queue.clone(),

@@ -19,7 +19,7 @@ pub mod queue;
 pub mod scheduler;
 
 pub use http::{ErrorCode, GaugeGuard, track};
-pub use queue::{DEFAULT_MAX_TENANTS, QueueState};
+pub use queue::{DEFAULT_CACHE_FOR, DEFAULT_MAX_TENANTS, MIN_CACHE_FOR, QueueState};
 pub use scheduler::{RefusalReason, SchedulerMetrics};
 
 /// The most `--metrics-max-tenants` may be (each named tenant is two series per queue).
@@ -31,6 +31,15 @@ pub fn parse_max_tenants(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(n) if n <= MAX_MAX_TENANTS => Ok(n),
         _ => Err(format!("a whole number from 0 to {MAX_MAX_TENANTS}")),
+    }
+}
+
+/// `--metrics-cache`: a duration (`1s`, `500ms`, `1m`) of at least [`MIN_CACHE_FOR`].
+pub fn parse_cache_period(text: &str) -> Result<std::time::Duration, String> {
+    match sluice_shared::units::parse_duration(text) {
+        Ok(d) if d < MIN_CACHE_FOR => Err(format!("at least {MIN_CACHE_FOR:?}")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
 }
 

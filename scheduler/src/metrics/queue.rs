@@ -2,39 +2,73 @@
 //! and `sluice exporter` ([`QueueState`]), one series per queue whatever the number of
 //! workers.
 //!
-//! A scrape refreshes the figures at most once per [`CACHE_FOR`] (concurrent scrapes
-//! wait for the one read in progress and share it; the queues are read concurrently),
-//! so a scrape storm cannot hammer Redis. A read that fails or takes longer than [`READ_TIMEOUT`] counts in
-//! `sluice_exporter_scrape_errors_total` and the figures keep their last values.
+//! Each queue is read through a [`GaugeReader`] of its own: a read-only connection,
+//! opened at the first scrape and again at later ones until it opens (so the exporter
+//! serves `/metrics` while Redis is down and counts each failed attempt). A scrape
+//! refreshes the figures at most once per cache period (`--metrics-cache`, default
+//! [`DEFAULT_CACHE_FOR`]; concurrent scrapes wait for the one read in progress and
+//! share it; the queues are read concurrently), so a scrape storm cannot hammer Redis.
+//! A read that fails or takes longer than [`READ_TIMEOUT`] counts in
+//! `sluice_exporter_scrape_errors_total` and the figures keep their last values, for
+//! at most [`DROP_AFTER`]: then the queue's series are dropped (no figure is better
+//! than a stale one) and only `sluice_exporter_last_success_timestamp_seconds` tells
+//! when it was last read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
-use sluice_shared::queue::redis::{QueueGauges, RedisQueue};
+use sluice_shared::queue::redis::{ConnectError, GaugeReader, QueueGauges, RedisConfig};
+use tokio::sync::OnceCell;
 
 use super::fold::fold;
 
-/// How long one read of the queue state serves scrapes.
-pub const CACHE_FOR: Duration = Duration::from_secs(1);
+/// How long one read of the queue state serves scrapes unless told otherwise
+/// (`--metrics-cache`).
+pub const DEFAULT_CACHE_FOR: Duration = Duration::from_secs(1);
 
-/// Longest a read of one queue's state may take before it counts as failed.
+/// The shortest cache period allowed (a shorter one would let scrapes hammer Redis).
+pub const MIN_CACHE_FOR: Duration = Duration::from_secs(1);
+
+/// Longest a read of one queue's state (connecting included) may take before it
+/// counts as failed.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a queue's last figures are served while its reads fail; after this its
+/// series are dropped.
+pub const DROP_AFTER: Duration = Duration::from_secs(120);
 
 /// Tenants that keep their names in the tenant metrics unless told otherwise
 /// (`--metrics-max-tenants`).
 pub const DEFAULT_MAX_TENANTS: usize = 20;
 
+/// One watched queue: where it is, and its reader once connected.
+struct Source {
+    config: RedisConfig,
+    reader: OnceCell<GaugeReader>,
+}
+
+/// The last good read of one queue.
+struct LastRead {
+    gauges: QueueGauges,
+    at: Instant,
+}
+
 /// The queues an exporter watches and the last figures read from each.
 pub struct QueueState {
-    queues: Vec<Arc<RedisQueue>>,
+    sources: Vec<Source>,
     max_tenants: usize,
-    /// Queue name → the last figures read (absent until the first read succeeds).
-    last: Mutex<BTreeMap<String, QueueGauges>>,
+    cache_for: Duration,
+    /// Queue name → the last figures read (absent until the first read succeeds, and
+    /// again once reads have failed for [`DROP_AFTER`]).
+    last: Mutex<BTreeMap<String, LastRead>>,
+    /// Queue name → when it was last read successfully (Unix seconds; 0: never). Every
+    /// watched queue has an entry.
+    succeeded: Mutex<BTreeMap<String, f64>>,
     /// When the figures were last read (held across a read: concurrent scrapes wait).
     refreshed: tokio::sync::Mutex<Option<Instant>>,
     errors: IntCounter,
@@ -42,13 +76,23 @@ pub struct QueueState {
 }
 
 impl QueueState {
-    /// Watches `queues`, keeping at most `max_tenants` tenant names per queue (the
-    /// folding rule, [`fold`]).
-    pub fn new(queues: Vec<Arc<RedisQueue>>, max_tenants: usize) -> Arc<Self> {
+    /// Watches the queues of `configs` (one per queue name), keeping at most
+    /// `max_tenants` tenant names per queue (the folding rule, [`fold`]) and reading
+    /// Redis at most once per `cache_for`. Opens no connection yet.
+    pub fn new(configs: Vec<RedisConfig>, max_tenants: usize, cache_for: Duration) -> Arc<Self> {
+        let succeeded = configs.iter().map(|c| (c.queue.clone(), 0.0)).collect();
         Arc::new(QueueState {
-            queues,
+            sources: configs
+                .into_iter()
+                .map(|config| Source {
+                    config,
+                    reader: OnceCell::new(),
+                })
+                .collect(),
             max_tenants,
+            cache_for: cache_for.max(MIN_CACHE_FOR),
             last: Mutex::default(),
+            succeeded: Mutex::new(succeeded),
             refreshed: tokio::sync::Mutex::new(None),
             errors: IntCounter::new(
                 "sluice_exporter_scrape_errors_total",
@@ -81,26 +125,60 @@ impl QueueState {
             .expect("unique metric");
     }
 
-    /// Reads every queue's state again unless the last read is younger than
-    /// [`CACHE_FOR`]. A failed read is counted and leaves that queue's figures as they
-    /// were.
+    /// Opens every queue's reader now. Redis unreachable is counted and logged (the
+    /// readers are opened again at the next scrapes); an unusable configuration or
+    /// refused credentials, which retrying cannot fix, is the error.
+    pub async fn connect(&self) -> Result<(), ConnectError> {
+        for source in &self.sources {
+            match GaugeReader::connect(&source.config).await {
+                Ok(reader) => {
+                    let _ = source.reader.set(reader);
+                }
+                Err(error) if error.is_transient() => {
+                    self.errors.inc();
+                    tracing::warn!(queue = %source.config.queue, %error, "connecting to read the queue state; trying again at each scrape");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every queue's state again unless the last read is younger than the cache
+    /// period. A failed read (or connect) is counted and leaves that queue's figures
+    /// as they were, until [`DROP_AFTER`].
     pub async fn refresh(&self) {
         let mut refreshed = self.refreshed.lock().await;
-        if refreshed.is_some_and(|at| at.elapsed() < CACHE_FOR) {
+        if refreshed.is_some_and(|at| at.elapsed() < self.cache_for) {
             return;
         }
         // Every queue at once: a scrape waits for the slowest read, never their sum.
-        let reads = self.queues.iter().map(|queue| async move {
+        let reads = self.sources.iter().map(|source| async move {
             let started = Instant::now();
-            let read = tokio::time::timeout(READ_TIMEOUT, queue.admin().gauges()).await;
+            let read = tokio::time::timeout(READ_TIMEOUT, async {
+                let reader = source
+                    .reader
+                    .get_or_try_init(|| GaugeReader::connect(&source.config))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                reader.read().await.map_err(|e| e.to_string())
+            })
+            .await;
             self.read_duration.observe(started.elapsed().as_secs_f64());
-            (queue, read)
+            (source, read)
         });
-        for (queue, read) in futures_util::future::join_all(reads).await {
-            let name = &queue.config().queue;
+        for (source, read) in futures_util::future::join_all(reads).await {
+            let name = &source.config.queue;
             match read {
                 Ok(Ok(gauges)) => {
-                    self.last.lock().insert(name.clone(), gauges);
+                    let at = Instant::now();
+                    self.last
+                        .lock()
+                        .insert(name.clone(), LastRead { gauges, at });
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    self.succeeded.lock().insert(name.clone(), now);
                 }
                 Ok(Err(error)) => {
                     self.errors.inc();
@@ -112,6 +190,9 @@ impl QueueState {
                 }
             }
         }
+        self.last
+            .lock()
+            .retain(|_, read| read.at.elapsed() <= DROP_AFTER);
         *refreshed = Some(Instant::now());
     }
 }
@@ -141,7 +222,7 @@ const fn family(
 use MetricType::{COUNTER, GAUGE};
 
 /// Every family the collector emits, in [`QueueCollector::collect`]'s order.
-const FAMILIES: [Family; 17] = [
+const FAMILIES: [Family; 19] = [
     family(
         "sluice_queue_ready_jobs",
         "stream entries not yet delivered to the group",
@@ -150,7 +231,7 @@ const FAMILIES: [Family; 17] = [
     ),
     family(
         "sluice_queue_lag_entries",
-        "consumer-group lag of the worker group (XINFO GROUPS lag)",
+        "consumer-group lag of the worker group as XINFO GROUPS reports it (absent when Redis does not know it)",
         GAUGE,
         &["queue"],
     ),
@@ -244,6 +325,18 @@ const FAMILIES: [Family; 17] = [
         GAUGE,
         &["queue"],
     ),
+    family(
+        "sluice_queue_oldest_backlog_age_seconds",
+        "age of the oldest job waiting in a tenant backlog for admission (0 when none)",
+        GAUGE,
+        &["queue"],
+    ),
+    family(
+        "sluice_exporter_last_success_timestamp_seconds",
+        "when the queue state was last read successfully (Unix seconds; 0: never)",
+        GAUGE,
+        &["queue"],
+    ),
 ];
 
 /// Builds the queue-state families from [`QueueState`]'s last figures at each gather.
@@ -281,16 +374,21 @@ fn sample(labels: &[&str], value: impl Into<f64>) -> Sample {
 }
 
 /// The samples of every family, in [`FAMILIES`] order, for the figures of each queue.
-fn samples(
-    last: &BTreeMap<String, QueueGauges>,
+fn samples<'a>(
+    last: impl IntoIterator<Item = (&'a String, &'a QueueGauges)>,
+    succeeded: &BTreeMap<String, f64>,
     max_tenants: usize,
 ) -> [Vec<Sample>; FAMILIES.len()] {
     let mut out: [Vec<Sample>; FAMILIES.len()] = Default::default();
     let n = |v: u64| v as f64;
+    let mut latest: Option<&QueueGauges> = None;
     for (queue, g) in last {
         let q = queue.as_str();
         out[0].push(sample(&[q], n(g.ready)));
-        out[1].push(sample(&[q], n(g.lag.unwrap_or(g.ready))));
+        // Only what Redis reports: no lag is ordinary (an undelivered entry deleted).
+        if let Some(lag) = g.lag {
+            out[1].push(sample(&[q], n(lag)));
+        }
         out[2].push(sample(&[q], n(g.pending)));
         out[3].push(sample(&[q], g.oldest_ready_age.as_secs_f64()));
         out[4].push(sample(&[q], n(g.delayed)));
@@ -305,12 +403,22 @@ fn samples(
         out[11].push(sample(&[q], n(g.consumers)));
         for load in fold(&g.tenants, max_tenants) {
             out[12].push(sample(&[q, &load.tenant], n(load.backlog)));
-            out[13].push(sample(&[q, &load.tenant], n(load.inflight)));
+            // Not read (past the admitted cap): no series rather than a false 0.
+            if g.inflight_read {
+                out[13].push(sample(&[q, &load.tenant], n(load.inflight)));
+            }
         }
         out[16].push(sample(&[q], if g.tenants_capped { 1.0 } else { 0.0 }));
+        out[17].push(sample(&[q], g.oldest_backlog_age.as_secs_f64()));
+        if latest.is_none_or(|l| l.server_time_ms < g.server_time_ms) {
+            latest = Some(g);
+        }
+    }
+    for (queue, at) in succeeded {
+        out[18].push(sample(&[queue], *at));
     }
     // One Redis server: its memory from any queue's (the latest) figures.
-    if let Some(g) = last.values().max_by_key(|g| g.server_time_ms) {
+    if let Some(g) = latest {
         out[14].push(sample(&[], n(g.used_memory_bytes)));
         out[15].push(sample(&[], n(g.maxmemory_bytes)));
     }
@@ -323,7 +431,12 @@ impl Collector for QueueCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let samples = samples(&self.state.last.lock(), self.state.max_tenants);
+        let last = self.state.last.lock();
+        let samples = samples(
+            last.iter().map(|(q, read)| (q, &read.gauges)),
+            &self.state.succeeded.lock(),
+            self.state.max_tenants,
+        );
         FAMILIES
             .iter()
             .zip(samples)
@@ -403,9 +516,16 @@ mod tests {
             ..QueueGauges::default()
         };
         let last = BTreeMap::from([("q1".to_owned(), gauges)]);
-        let s = samples(&last, 1);
+        let succeeded = BTreeMap::from([("q1".to_owned(), 1.5e9), ("q2".to_owned(), 0.0)]);
+        let s = samples(&last, &succeeded, 1);
         assert_eq!(s[0], vec![sample(&["q1"], 3.0)]);
-        assert_eq!(s[1], vec![sample(&["q1"], 3.0)], "lag falls back to ready");
+        assert!(s[1].is_empty(), "no lag reported, none exported");
+        assert!(s[13].is_empty(), "in-flight not read, none exported");
+        assert_eq!(
+            s[18],
+            vec![sample(&["q1"], 1.5e9), sample(&["q2"], 0.0)],
+            "every watched queue, read or not"
+        );
         assert_eq!(s[3], vec![sample(&["q1"], 1.5)]);
         assert_eq!(s[6].len(), OutcomeKind::ALL.len());
         assert!(s[6].contains(&sample(&["q1", "fuel_exhausted"], 2.0)));
@@ -414,6 +534,23 @@ mod tests {
             vec![sample(&["q1", "a"], 1.0), sample(&["q1", "other"], 2.0)]
         );
         assert_eq!(s[14], vec![sample(&[], 1024.0)]);
-        assert!(samples(&BTreeMap::new(), 5).iter().all(Vec::is_empty));
+        let mut read = last["q1"].clone();
+        read.lag = Some(4);
+        read.inflight_read = true;
+        let s = samples(
+            &BTreeMap::from([("q1".to_owned(), read)]),
+            &BTreeMap::new(),
+            1,
+        );
+        assert_eq!(s[1], vec![sample(&["q1"], 4.0)]);
+        assert_eq!(
+            s[13],
+            vec![sample(&["q1", "a"], 0.0), sample(&["q1", "other"], 0.0)]
+        );
+        assert!(
+            samples(&BTreeMap::new(), &BTreeMap::new(), 5)
+                .iter()
+                .all(Vec::is_empty)
+        );
     }
 }
