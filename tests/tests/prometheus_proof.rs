@@ -83,7 +83,12 @@ fn run_batches(api: &ServeProcess, token: &str) -> usize {
     for (file, name, jobs, fuel, outcome) in BATCHES {
         let bytes = std::fs::read(guest(file)).unwrap();
         let reply = api.upload(token, &bytes, name);
-        assert_eq!(reply.status, 201, "{}", reply.text());
+        assert!(
+            matches!(reply.status, 200 | 201),
+            "{}: {}",
+            reply.status,
+            reply.text()
+        );
         let inputs: Vec<Value> = (0..jobs)
             .map(|i| json!({ "name": format!("{name}-{i}"), "data": b64.encode(format!("input {i}")) }))
             .collect();
@@ -157,7 +162,16 @@ fn every_dashboard_and_rule_expression_evaluates_on_a_real_prometheus() {
     let held = api.tenant(HELD, json!({ "max_concurrent_jobs": 1 }));
     hold(&api, &held);
     let token = api.tenant(TENANT, json!({}));
-    let jobs = run_batches(&api, &token);
+    // Twice: a counter series is born at its first job, and jobs this fast may all end
+    // before Prometheus first scrapes it, so one round can leave every rate at 0 (a
+    // rate counts no increase before a series' first sample). After Prometheus has seen
+    // the first round, the second one moves every series it made.
+    let first = run_batches(&api, &token);
+    wait_for(
+        &prometheus,
+        &format!("sum(sluice_tenant_jobs_total{{tenant=\"{TENANT}\"}}) >= {first}"),
+    );
+    let jobs = first + run_batches(&api, &token);
 
     // Prometheus has scraped the finished batch from the workers and the queue, and
     // holds enough samples for every rate over a minute.
