@@ -152,8 +152,13 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
             }
             '{' | '[' => {
                 let close = if c == '{' { '}' } else { ']' };
+                let start = i;
                 while i < chars.len() && chars[i] != close {
                     i += 1;
+                }
+                if c == '{' {
+                    let matchers: String = chars[start + 1..i.min(chars.len())].iter().collect();
+                    names.extend(name_matcher(&matchers));
                 }
                 i += 1;
             }
@@ -199,13 +204,15 @@ pub fn family(metric: &str) -> &str {
 }
 
 /// `expr` with Grafana's variables replaced by the values in `values` (name → value);
-/// `$__rate_interval` and `$__interval` become `1m`, `$__range` `5m`.
+/// `$__rate_interval` and `$__interval` become `1m`, `$__range` `5m`, unless `values`
+/// gives them.
 pub fn substitute(expr: &str, values: &[(&str, &str)]) -> String {
     let mut all: Vec<(String, String)> = vec![
         ("__rate_interval".into(), "1m".into()),
         ("__interval".into(), "1m".into()),
         ("__range".into(), "5m".into()),
     ];
+    all.retain(|(name, _)| !values.iter().any(|(k, _)| k == name));
     all.extend(
         values
             .iter()
@@ -221,6 +228,146 @@ pub fn substitute(expr: &str, values: &[(&str, &str)]) -> String {
             .replace(&format!("${name}"), value);
     }
     out
+}
+
+/// The metric names a `__name__="a"` or `__name__=~"a|b"` matcher among `matchers` (the
+/// text between a selector's braces) selects, when it lists plain names.
+fn name_matcher(matchers: &str) -> Vec<String> {
+    let Some(at) = matchers.find("__name__") else {
+        return Vec::new();
+    };
+    let rest = matchers[at + "__name__".len()..].trim_start();
+    let rest = rest
+        .strip_prefix("=~")
+        .or_else(|| rest.strip_prefix('='))
+        .unwrap_or("")
+        .trim_start();
+    let Some(value) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) else {
+        return Vec::new();
+    };
+    value
+        .split('|')
+        .filter(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The parts of an alert's `expr` that must have series on a working fleet: the
+/// operands of its top-level `and` / `or` / `unless` (recursively, inside parentheses
+/// and `absent(…)`), each without its final comparison with a number (`> 0.9`,
+/// `== bool 0`), so they show the values the alert compares; `vector(…)` literals are
+/// left out.
+pub fn alert_operands(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for operand in split_set_operators(expr) {
+        let operand = strip_comparison(operand.trim());
+        if let Some(inner) = enclosed(operand, "(").or_else(|| enclosed(operand, "absent(")) {
+            out.extend(alert_operands(inner));
+        } else if !operand.starts_with("vector(") {
+            out.push(operand.to_owned());
+        }
+    }
+    out
+}
+
+/// `text` split at its top-level `and`, `or` and `unless` (with their `on (…)` /
+/// `ignoring (…)`).
+fn split_set_operators(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut parts = Vec::new();
+    let (mut depth, mut start, mut i) = (0i32, 0, 0);
+    let mut quote = None;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if let Some(q) = quote {
+            if c == b'\\' {
+                i += 1;
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                b'"' | b'\'' | b'`' => quote = Some(c),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth -= 1,
+                _ if depth == 0 && (i == 0 || !is_word(bytes[i - 1])) => {
+                    let word_end = (i..bytes.len())
+                        .find(|&j| !is_word(bytes[j]))
+                        .unwrap_or(bytes.len());
+                    if matches!(&text[i..word_end], "and" | "or" | "unless") {
+                        parts.push(&text[start..i]);
+                        let mut next = skip_space(text, word_end);
+                        for modifier in ["on", "ignoring"] {
+                            let after = next + modifier.len();
+                            if text[next..].starts_with(modifier)
+                                && !bytes.get(after).copied().is_some_and(is_word)
+                            {
+                                let open = skip_space(text, after);
+                                let close = text[open..].find(')').map_or(open, |c| open + c + 1);
+                                next = close;
+                            }
+                        }
+                        start = next;
+                        i = next;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b':'
+}
+
+fn skip_space(text: &str, from: usize) -> usize {
+    from + text[from..].len() - text[from..].trim_start().len()
+}
+
+/// `operand` without a final top-level comparison with a number.
+fn strip_comparison(operand: &str) -> &str {
+    let trimmed = operand.trim_end();
+    let number_start = trimmed
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-')))
+        .map_or(0, |at| at + 1);
+    let number = &trimmed[number_start..];
+    if number.is_empty() || number.parse::<f64>().is_err() {
+        return operand;
+    }
+    let mut left = trimmed[..number_start].trim_end();
+    left = left.strip_suffix("bool").map_or(left, str::trim_end);
+    for op in ["==", "!=", ">=", "<=", ">", "<"] {
+        if let Some(rest) = left.strip_suffix(op) {
+            return rest.trim_end();
+        }
+    }
+    operand
+}
+
+/// The text inside `open…)` when `text` is that call or parenthesis as a whole.
+fn enclosed<'a>(text: &'a str, open: &str) -> Option<&'a str> {
+    let inner = text.strip_prefix(open)?.strip_suffix(')')?;
+    let mut depth = 0i32;
+    for c in inner.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return None;
+        }
+    }
+    (depth == 0).then_some(inner)
 }
 
 #[cfg(test)]
@@ -240,6 +387,48 @@ mod tests {
         assert_eq!(
             metric_names(expr),
             set(&["sluice_a_total", "sluice_b", "sluice_c_bucket", "up"])
+        );
+    }
+
+    #[test]
+    fn alert_operands_split_set_operators_and_drop_the_final_comparison() {
+        let expr = r#"(
+            max by (queue, tenant) (b) > 0
+            unless on (queue, tenant)
+            max by (queue, tenant) (i) > 0
+          )
+          and on ()
+          (sum(increase(a[10m])) or vector(0)) == 0
+          and on (queue)
+          min by (queue) (time() - t) < 120"#;
+        assert_eq!(
+            alert_operands(expr),
+            [
+                "max by (queue, tenant) (b)",
+                "max by (queue, tenant) (i)",
+                "sum(increase(a[10m]))",
+                "min by (queue) (time() - t)",
+            ]
+        );
+        assert_eq!(
+            alert_operands(r#"absent(r{job="s"} and on (job, instance) up == 1)"#),
+            [r#"r{job="s"}"#, "up"]
+        );
+        assert_eq!(
+            alert_operands("x / on (q) ((y + z) >= 20) > 0.25"),
+            ["x / on (q) ((y + z) >= 20)"]
+        );
+        assert_eq!(
+            alert_operands("up{order=\"and\"} == bool 1e9"),
+            ["up{order=\"and\"}"]
+        );
+    }
+
+    #[test]
+    fn metric_names_read_name_matchers() {
+        assert_eq!(
+            metric_names(r#"{__name__=~"sluice_a|sluice_b", tenant!=""}"#),
+            set(&["sluice_a", "sluice_b"])
         );
     }
 

@@ -38,9 +38,35 @@ pub fn free_port() -> u16 {
 impl PrometheusServer {
     /// Starts `prometheus` with `config` (a `prometheus.yml` text; relative paths in it
     /// resolve against a temporary directory, so rule files should be absolute) and
-    /// returns once its `/-/ready` answers 200. Fails saying to run `scripts/setup` when
-    /// `prometheus` is not installed.
+    /// returns once its `/-/ready` answers 200 while it still runs. The port is picked
+    /// free and then bound by `prometheus` itself, so another process may take it in
+    /// between: when it exits saying the address is in use, it starts again on another
+    /// port (a few times). Fails saying to run `scripts/setup` when `prometheus` is not
+    /// installed.
     pub fn start(config: &str) -> Self {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let mut server = Self::spawn(config);
+            poll(
+                "prometheus did not become ready",
+                Duration::from_secs(60),
+                || server.ready_status(),
+                |status| status == "200" || status.starts_with("exited"),
+            );
+            match server.child.try_wait() {
+                Ok(None) => return server,
+                Ok(Some(_)) if server.log_tail().contains("address already in use") => continue,
+                other => panic!(
+                    "prometheus exited ({other:?}) before it was ready:\n{}",
+                    server.log_tail()
+                ),
+            }
+        }
+        panic!("prometheus found its port taken {ATTEMPTS} times in a row");
+    }
+
+    /// Spawns `prometheus` on a free port with `config` in a new temporary directory.
+    fn spawn(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");
@@ -69,25 +95,21 @@ impl PrometheusServer {
                 lines.lock().push(line);
             }
         });
-        let server = PrometheusServer {
+        PrometheusServer {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
             agent: agent(),
             _dir: dir,
-        };
-        poll(
-            "prometheus did not become ready",
-            Duration::from_secs(60),
-            || server.ready_status(),
-            |status| status == "200",
-        );
-        server
+        }
     }
 
     /// `/-/ready`'s status, or why it could not be asked (with the log's tail once the
     /// process has exited).
-    fn ready_status(&self) -> String {
+    fn ready_status(&mut self) -> String {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return format!("exited ({status}):\n{}", self.log_tail());
+        }
         match self.agent.get(format!("{}/-/ready", self.base)).call() {
             Ok(response) => response.status().as_u16().to_string(),
             Err(e) => format!("{e}\n{}", self.log_tail()),
