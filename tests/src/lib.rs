@@ -16,6 +16,7 @@ use std::process::Command;
 
 pub mod fleet;
 pub mod redis;
+pub mod scaling;
 pub mod serve;
 pub mod wait;
 pub mod wasm_gen;
