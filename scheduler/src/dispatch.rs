@@ -168,16 +168,19 @@ struct Dispatcher {
     reconciled: Instant,
     last_served: Option<String>,
     complained: HashMap<String, Instant>,
+    metrics: crate::metrics::SchedulerMetrics,
 }
 
 /// Runs the dispatcher until `shutdown`; `wake` is notified when jobs are submitted.
-/// `window` is the most unclaimed jobs kept on the shared stream.
+/// `window` is the most unclaimed jobs kept on the shared stream. Rounds, their
+/// duration and the jobs admitted are counted in `metrics`.
 pub async fn run(
     queue: Arc<RedisQueue>,
     window: u64,
     wake: Arc<Notify>,
     health: Arc<Health>,
     shutdown: CancellationToken,
+    metrics: crate::metrics::SchedulerMetrics,
 ) {
     let mut d = Dispatcher {
         queue: queue.clone(),
@@ -192,12 +195,16 @@ pub async fn run(
         reconciled: Instant::now(),
         last_served: None,
         complained: HashMap::new(),
+        metrics,
     };
     let mut poll = Backoff::new(MIN_POLL, MAX_POLL);
     // Doubling from 200 ms up to 2 s while rounds fail.
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     while !shutdown.is_cancelled() {
-        let wait = match d.round().await {
+        let started = Instant::now();
+        let round = d.round().await;
+        d.metrics.round(started.elapsed());
+        let wait = match round {
             Ok(round) => {
                 backoff.reset();
                 match round {
@@ -394,6 +401,7 @@ impl Dispatcher {
                 {
                     Ok(jobs) => {
                         let got = jobs.len();
+                        self.metrics.admitted(got);
                         for job in jobs {
                             self.admitted.insert(job, tenant.clone());
                         }

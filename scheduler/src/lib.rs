@@ -11,8 +11,10 @@
 //! - [`modules`]: module validation (wasmparser, off the async threads) and the
 //!   metadata read from a module on upload; [`module_meta`]: a stored module's
 //!   metadata for a submitter (never the module itself).
-//! - [`api`]: `sluice serve`'s HTTP API, one file per resource; [`api_metrics`]: its
-//!   `/metrics`; [`dispatch`]: the fair-admission dispatcher beside it.
+//! - [`api`]: `sluice serve`'s HTTP API, one file per resource; [`dispatch`]: the
+//!   fair-admission dispatcher beside it.
+//! - [`metrics`]: every metric the binary exports (HTTP, scheduler, the queue state
+//!   `sluice serve` and `sluice exporter` read from Redis).
 //! - [`bench`]: `sluice bench`.
 //!
 //! [`batch`] is embedded batch mode: with no infrastructure at all, it runs a module over
@@ -31,12 +33,12 @@
 //! ```
 
 pub mod api;
-pub mod api_metrics;
 pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod dispatch;
 pub mod distributed;
+pub mod metrics;
 pub mod module_meta;
 pub mod modules;
 mod report;

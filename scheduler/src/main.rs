@@ -56,6 +56,9 @@ enum Command {
     Tenant(TenantCommand),
     /// The HTTP API (plus /metrics, /healthz, /readyz) until SIGTERM.
     Serve(ServeArgs),
+    /// The queue-state metrics of one or more queues at /metrics (and /healthz), for
+    /// fleets without `sluice serve`.
+    Exporter(cli::exporter::ExporterArgs),
     /// Print a shell completion script (e.g. `sluice completions bash >
     /// /etc/bash_completion.d/sluice`).
     Completions {
@@ -92,6 +95,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args).await,
         Command::Tenant(command) => cli::tenant::run(command).await,
         Command::Serve(args) => cli::serve::run(args).await,
+        Command::Exporter(args) => cli::exporter::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

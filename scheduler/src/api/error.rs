@@ -241,6 +241,9 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, axum::Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(crate::metrics::ErrorCode(self.code));
         if let Some(after) = self.retry_after {
             // Whole seconds, rounded up: a client that waits that long finds room.
             let secs = after.as_millis().div_ceil(1000).max(1);

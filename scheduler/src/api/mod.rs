@@ -65,7 +65,7 @@ pub struct Api {
     /// an entry never goes stale, and a job POST need not fetch (up to 32 MiB) and walk
     /// the module again.
     entry_points: parking_lot::Mutex<std::collections::HashMap<ModuleHash, EntryPoint>>,
-    metrics: crate::api_metrics::ApiMetrics,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Most entry points remembered; past it, an arbitrary one is forgotten (a miss costs
@@ -120,7 +120,7 @@ impl Api {
             buffered_by_tenant: Arc::default(),
             entry_points: parking_lot::Mutex::default(),
             config,
-            metrics: crate::api_metrics::ApiMetrics::new(),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 
@@ -140,14 +140,14 @@ impl Api {
     }
 
     /// The same API reporting into `metrics` (the ones `/metrics` renders).
-    pub fn with_metrics(mut self, metrics: crate::api_metrics::ApiMetrics) -> Self {
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
         self.metrics = metrics;
         self
     }
 }
 
 /// The service's routes.
-pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router {
+pub fn router(api: Arc<Api>, metrics: crate::metrics::Metrics) -> Router {
     let v1 = Router::new()
         .route(
             "/v1/modules",
@@ -201,7 +201,7 @@ pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router 
                 async move {
                     (
                         [(header::CONTENT_TYPE, sluice_shared::metrics::CONTENT_TYPE)],
-                        render.render(),
+                        render.render().await,
                     )
                 }
             }),
@@ -212,7 +212,7 @@ pub fn router(api: Arc<Api>, metrics: crate::api_metrics::ApiMetrics) -> Router 
         .layer(axum::middleware::from_fn(log::request_log))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
-            crate::api_metrics::track,
+            crate::metrics::track,
         ))
         .with_state(api)
 }

@@ -18,7 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::api_metrics::ApiMetrics;
+use crate::metrics::Metrics;
 
 /// Bounds on connections.
 #[derive(Clone, Debug)]
@@ -51,7 +51,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: ServerConfig,
-    metrics: ApiMetrics,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));

@@ -12,6 +12,7 @@
 //! - [`dlq`]: `sluice dlq list|retry|purge`.
 //! - [`tenant`]: `sluice tenant …`, tenants, tokens and policies directly on Redis.
 //! - [`serve`]: `sluice serve`, the HTTP API and the dispatcher.
+//! - [`exporter`]: `sluice exporter`, the queue-state metrics without the API.
 //! - [`redis`]: where the queue is (`--redis`, `--queue`, `--redis-ca`).
 //!
 //! `sluice bench` lives in [`crate::bench`].
@@ -21,6 +22,7 @@
 
 pub mod batch;
 pub mod dlq;
+pub mod exporter;
 pub mod job_state;
 pub mod module;
 pub mod redis;

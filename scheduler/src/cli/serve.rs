@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// by a job.
     #[arg(long, env = "SLUICE_MODULE_TTL", default_value = "30d", value_parser = positive_duration)]
     pub module_ttl: std::time::Duration,
+    /// Most tenants named in the tenant metrics of /metrics: the largest by backlog +
+    /// in-flight keep their names, the rest are summed into `tenant="other"`.
+    #[arg(long, env = "SLUICE_METRICS_MAX_TENANTS", default_value_t = crate::metrics::DEFAULT_MAX_TENANTS,
+          value_parser = crate::metrics::parse_max_tenants)]
+    pub metrics_max_tenants: usize,
     /// Where the queue is.
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -73,14 +78,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let submitted = Arc::new(tokio::sync::Notify::new());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let health = crate::dispatch::Health::new();
+    let metrics = crate::metrics::Metrics::new().with_queue_state(crate::metrics::QueueState::new(
+        vec![queue.clone()],
+        args.metrics_max_tenants,
+    ));
     let dispatcher = tokio::spawn(crate::dispatch::run(
         queue.clone(),
         args.dispatch_window,
         submitted.clone(),
         health.clone(),
         shutdown.clone(),
+        metrics.scheduler.clone(),
     ));
-    let metrics = crate::api_metrics::ApiMetrics::new();
     let config = ApiConfig {
         body_idle_timeout: args.body_timeout,
         module_ttl: args.module_ttl,

@@ -18,10 +18,15 @@ use crate::job::JobId;
 use crate::queue::{QueueError, QueueStats};
 
 mod find;
+mod gauges;
 mod listing;
 mod workers;
 
 pub use find::JobState;
+pub use gauges::{
+    MAX_ADMITTED_READ, MAX_GAUGE_TENANTS, QueueCounters, QueueGauges, TenantLoad, entry_id_ms,
+    parse_info_memory,
+};
 pub use listing::{MAX_LISTED_MODULES, StoredModule};
 
 /// Dead letters looked at by one `dlq_retry.lua` call.
@@ -77,6 +82,13 @@ pub struct RedisStatus {
     pub stale: u64,
     /// Dead letters put back on the queue (counter).
     pub dlq_retried: u64,
+    /// Results stored with an outcome other than success (counter).
+    #[serde(default)]
+    pub failed: u64,
+    /// Jobs moved to the dead letters by outcome kind (counters; every kind, in
+    /// [`OutcomeKind::ALL`](crate::outcome::OutcomeKind::ALL) order).
+    #[serde(default)]
+    pub dead_by_reason: Vec<(crate::outcome::OutcomeKind, u64)>,
     /// Consumers of the group with their pending (leased) counts and idle times.
     pub consumers: Vec<ConsumerInfo>,
     /// Tenants with jobs waiting in their backlogs for admission (jobs submitted over
@@ -225,7 +237,7 @@ impl Admin<'_> {
             .query_async(&mut self.q.connection())
             .await
             .map_err(on_key(&self.q.keys.stats))?;
-        let get = |k: &str| counters.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let counters = QueueCounters::from_fields(&counters);
         let consumers: Value = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.q.keys.jobs)
@@ -247,10 +259,12 @@ impl Admin<'_> {
         }
         Ok(RedisStatus {
             stats,
-            retried: get("retried"),
-            duplicates: get("duplicates"),
-            stale: get("stale"),
-            dlq_retried: get("dlq_retried"),
+            retried: counters.retried,
+            duplicates: counters.duplicates,
+            stale: counters.stale,
+            dlq_retried: counters.dlq_retried,
+            failed: counters.failed,
+            dead_by_reason: counters.dead_by_reason,
             consumers: infos,
             backlogs: self.backlogs().await?,
             heartbeats: self.heartbeats().await?,

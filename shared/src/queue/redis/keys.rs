@@ -26,7 +26,8 @@ pub struct Keys {
     pub jobs: String,
     /// The delayed set: envelopes scored by their due time.
     pub delayed: String,
-    /// The counters hash (`completed`, `retried`, `dead`, …).
+    /// The counters hash (`completed`, `failed`, `retried`, `dead`, `dead:<outcome
+    /// kind>`, …).
     pub stats: String,
     /// The completion-notice stream submitters follow.
     pub done: String,

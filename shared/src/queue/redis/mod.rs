@@ -49,8 +49,9 @@ mod scripts;
 mod tenants;
 
 pub use admin::{
-    Admin, AdminError, ConsumerInfo, JobState, MAX_LISTED_MODULES, RedisStatus, StoredModule,
-    TenantBacklog,
+    Admin, AdminError, ConsumerInfo, JobState, MAX_ADMITTED_READ, MAX_GAUGE_TENANTS,
+    MAX_LISTED_MODULES, QueueCounters, QueueGauges, RedisStatus, StoredModule, TenantBacklog,
+    TenantLoad, entry_id_ms, parse_info_memory,
 };
 pub use admission::{Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id};
 pub use artifacts::{

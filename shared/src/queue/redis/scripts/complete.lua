@@ -1,5 +1,6 @@
--- complete.lua: stores the results of a batch of successful runs and acknowledges and
--- removes their entries.
+-- complete.lua: stores the results of a batch of finished runs and acknowledges and
+-- removes their entries. Every stored result counts in `completed`; a stored result of
+-- any kind but success counts in `failed` too.
 --
 -- KEYS[1]      the job stream
 -- KEYS[2]      the stats hash
@@ -35,7 +36,7 @@
 local group, ttl, notice_ttl, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local n = #KEYS - 3
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'hash'),
-  not_counter(KEYS[2], 'completed'),
+  not_counter(KEYS[2], 'completed'), not_counter(KEYS[2], 'failed'),
   not_counter(KEYS[2], 'duplicates'), not_counter(KEYS[2], 'stale'))
 if bad then return bad end
 
@@ -61,7 +62,7 @@ end
 -- Only queues with job records (the HTTP service's) have batches to count.
 local owned = redis.call('EXISTS', prefix .. 'owned') == 1
 local acked, notice, reply = {}, {}, {}
-local recorded, duplicates, stale = 0, 0, 0
+local recorded, failed, duplicates, stale = 0, 0, 0, 0
 for i = 1, n do
   local base = 4 + (i - 1) * 5
   local entry, job, kind, result = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
@@ -78,6 +79,7 @@ for i = 1, n do
   elseif stored then
     reply[i] = 1
     recorded = recorded + 1
+    if kind ~= 'success' then failed = failed + 1 end
     notice[#notice + 1] = job
     notice[#notice + 1] = kind
     count_outcome(prefix, job, batch, kind, 1, ttl)
@@ -105,6 +107,7 @@ if recorded > 0 then
     redis.call('PEXPIRE', KEYS[3], notice_ttl)
   end
 end
+if failed > 0 then redis.call('HINCRBY', KEYS[2], 'failed', failed) end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', duplicates) end
 if stale > 0 then redis.call('HINCRBY', KEYS[2], 'stale', stale) end
 return reply

@@ -1,5 +1,6 @@
 -- dead.lua: moves a job to the dead letters with its reason, and records its final
--- result.
+-- result. Counts it in the stats hash: `dead`, `dead:<outcome kind>` and `failed` (a
+-- dead letter's result is never a success).
 --
 -- KEYS[1]  the job stream
 -- KEYS[2]  the dead-letter stream
@@ -39,6 +40,7 @@ if job ~= '' then batch, problem = batch_of(ARGV[13], job, 'n:' .. kind) end
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'stream'),
   foreign(KEYS[3], 'hash'),
   not_counter(KEYS[3], 'dead'), not_counter(KEYS[3], 'duplicates'),
+  not_counter(KEYS[3], 'dead:' .. kind), not_counter(KEYS[3], 'failed'),
   job ~= '' and foreign(KEYS[5], 'string') or nil, problem)
 if bad then return bad end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
@@ -75,4 +77,6 @@ end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
+redis.call('HINCRBY', KEYS[3], 'dead:' .. kind, 1)
+redis.call('HINCRBY', KEYS[3], 'failed', 1)
 return 1
