@@ -132,3 +132,81 @@ pub fn group_figures(server: &RedisServer, queue: &str) -> GroupFigures {
         xpending,
     }
 }
+
+/// A running `sluice exporter` (the queue-state metrics without the API), killed when
+/// dropped.
+pub struct Exporter {
+    child: std::process::Child,
+    /// Where its `/metrics` is.
+    pub addr: String,
+}
+
+impl Exporter {
+    /// Starts `sluice exporter --listen 127.0.0.1:0 --redis <url> --queue <queue>`,
+    /// once it says where it listens.
+    pub fn start(redis_url: &str, queue: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = crate::bin("sluice")
+            .args(["exporter", "--listen", "127.0.0.1:0", "--redis", redis_url])
+            .args(["--queue", queue])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sluice exporter");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("sluice exporter: listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                eprintln!("[exporter] {line}");
+            }
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(addr) => Exporter { child, addr },
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sluice exporter did not say where it listens: {e}");
+            }
+        }
+    }
+
+    /// The worker group's figures of `queue` as it reports them: `(lag, pending)`
+    /// from `sluice_queue_lag_entries` and `sluice_queue_pending_entries`.
+    pub fn figures(&self, queue: &str) -> ExportedFigures {
+        let read = |name: &str| {
+            let series = format!("{name}{{queue=\"{queue}\"}}");
+            metric(&self.addr, &series).unwrap_or_else(|| panic!("no series {series}")) as u64
+        };
+        ExportedFigures {
+            lag: read("sluice_queue_lag_entries"),
+            pending: read("sluice_queue_pending_entries"),
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `sluice exporter` reports for a queue's worker group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportedFigures {
+    /// `sluice_queue_lag_entries`.
+    pub lag: u64,
+    /// `sluice_queue_pending_entries`.
+    pub pending: u64,
+}
+
+impl std::fmt::Display for ExportedFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lag {}, pending {}", self.lag, self.pending)
+    }
+}

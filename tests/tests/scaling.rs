@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{EntryPoint, Job, JobId, JobInput, JobOutput, ModuleHash, OutcomeKind, Queue};
-use sluice_tests::scaling::{GROUP, MeteredWorker, group_figures, stream};
+use sluice_tests::scaling::{
+    ExportedFigures, Exporter, GROUP, MeteredWorker, group_figures, stream,
+};
 use sluice_tests::{Fleet, RedisServer, wait};
 
 /// A raw-ABI guest that spins 10,000,000 rounds of an LCG (tens of milliseconds of
@@ -330,16 +332,35 @@ fn scaled_to_zero_the_backlog_shows_and_a_later_worker_finishes_it() {
         MeteredWorker::start(&fleet, "a0", &flags),
         MeteredWorker::start(&fleet, "a1", &flags),
     ];
+    let exporter = Exporter::start(&fleet.url(), "zero");
     let batch = Batch::new(module, N);
     let from = batch.enqueue(&fleet);
 
-    // Figures while the batch runs: entries wait (lag) and are leased (pending).
+    // Figures while the batch runs: entries wait (lag) and are leased (pending). Redis
+    // reports the lag as nil (unknown) while the last entry delivered has already been
+    // deleted (completed), which happens mid-batch. With workers running no two reads
+    // are one instant, so the exporter's first reading (its first scrape reads Redis
+    // then) is bracketed: the undelivered count only falls while nothing is enqueued
+    // or released. Pending is compared exactly where the fleet stands still.
     await_notices(&fleet.queue, &fleet.rt, from.clone(), 10);
-    // Redis reports the lag as nil (unknown) while the last entry delivered has
-    // already been deleted (completed), which happens mid-batch.
-    let during = group_figures(&fleet.redis, "zero");
-    eprintln!("mid-batch: {during}");
-    assert!(during.lag.is_none_or(|lag| lag > 0), "{during}");
+    let before = group_figures(&fleet.redis, "zero");
+    let during = exporter.figures("zero");
+    let after = group_figures(&fleet.redis, "zero");
+    eprintln!("mid-batch: Redis {before} / exporter {during} / Redis {after}");
+    assert!(before.lag.is_none_or(|lag| lag > 0), "{before}");
+    if let Some(upper) = before.lag {
+        assert!(
+            during.lag <= upper,
+            "exporter {during} above Redis {before}"
+        );
+    }
+    if let Some(lower) = after.lag {
+        assert!(during.lag >= lower, "exporter {during} below Redis {after}");
+    }
+    assert!(
+        during.pending <= 4,
+        "exporter {during}: more leases than slots"
+    );
 
     // Scale to zero.
     for worker in &fleet_workers {
@@ -361,6 +382,18 @@ fn scaled_to_zero_the_backlog_shows_and_a_later_worker_finishes_it() {
     assert_eq!(stream_len(&fleet.redis, "zero"), backlog);
     let stats = fleet.rt.block_on(fleet.queue.stats()).unwrap();
     assert_eq!((stats.ready, stats.leased), (backlog, 0));
+    // The exporter reports the same figures (it may serve a reading up to its cache's
+    // age old, so it is read until it catches up; a wrong figure fails the wait).
+    let want = ExportedFigures {
+        lag: backlog,
+        pending: 0,
+    };
+    wait::poll(
+        "the exporter reports the idle backlog",
+        Duration::from_secs(30),
+        || exporter.figures("zero"),
+        |got| *got == want,
+    );
 
     // Back from zero: one new worker finishes the backlog exactly.
     let later = MeteredWorker::start(&fleet, "b0", &flags);
@@ -371,4 +404,10 @@ fn scaled_to_zero_the_backlog_shows_and_a_later_worker_finishes_it() {
     assert_eq!(counter(&fleet.redis, "zero", "duplicates"), 0);
     let after = group_figures(&fleet.redis, "zero");
     assert_eq!((after.lag, after.pending, after.xpending), (Some(0), 0, 0));
+    wait::poll(
+        "the exporter reports the finished batch",
+        Duration::from_secs(30),
+        || exporter.figures("zero"),
+        |got| *got == ExportedFigures { lag: 0, pending: 0 },
+    );
 }
