@@ -19,6 +19,7 @@ pub mod dashboards;
 pub mod fleet;
 pub mod prometheus;
 pub mod redis;
+pub mod scaling;
 pub mod serve;
 pub mod wait;
 pub mod walkthrough;
