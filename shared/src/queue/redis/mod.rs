@@ -106,21 +106,8 @@ impl RedisQueue {
     /// refused credentials (never worth retrying) or an unreachable server (perhaps
     /// worth it). No message holds the URL's password.
     pub async fn connect_checked(config: RedisConfig) -> Result<Self, ConnectError> {
-        config.validate()?;
+        let client = admin::gauge_client(&config)?;
         let failed = |e: RedisError| ConnectError::from_redis(&e, &config.url);
-        // rustls needs one process-wide crypto provider; installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = match &config.tls_ca_pem {
-            Some(ca) => redis::Client::build_with_tls(
-                config.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            ),
-            None => redis::Client::open(config.url.as_str()),
-        }
-        .map_err(failed)?;
         let manager = |timeout: Option<Duration>| {
             let mut cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))

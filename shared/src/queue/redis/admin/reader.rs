@@ -17,7 +17,9 @@ use super::gauges::{QueueGauges, read};
 /// Time allowed to open the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The Redis client for `config` (no I/O): an unusable configuration or URL fails here.
+/// The Redis client for `config` (no I/O), with its TLS roots when it has a CA: an
+/// unusable configuration or URL fails here. Every connection to a queue's Redis
+/// (the queue's own and the gauge readers') is made from one.
 pub fn gauge_client(config: &RedisConfig) -> Result<redis::Client, ConnectError> {
     config.validate()?;
     let failed = |e: redis::RedisError| ConnectError::from_redis(&e, &config.url);
