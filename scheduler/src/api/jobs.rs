@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice_shared::queue::redis::{Cancelled, Enqueued};
 use sluice_shared::{
-    BlobId, Job, JobId, JobInput, JobOutput, OutcomeKind, Queue, ReportLine, TenantId, TenantPolicy,
+    BlobId, EntryPoint, Job, JobId, JobInput, JobOutput, ModuleHash, ModuleName, OutcomeKind,
+    ProgramName, Queue, ReportLine, TenantId, TenantPolicy,
 };
 
 use super::Api;
@@ -32,9 +33,8 @@ impl Api {
         params: &JobParams,
     ) -> ApiResult<impl Fn(JobInput) -> Job + use<>> {
         check_args_env(policy, &params.args, &params.env)?;
-        let program = sluice_shared::ModuleName::of_reference(&params.module)
-            .map_err(|e| ApiError::bad_request(format!("module: {e}")))?;
-        let (module, default_entry) = self.module(tenant, &params.module).await?;
+        let (module, default_entry, program) =
+            self.module_and_program(tenant, &params.module).await?;
         let entry = params.entry.clone().unwrap_or(default_entry);
         let (args, env) = (params.args.clone(), params.env.clone());
         let limits = policy.clamp(&params.requested);
@@ -49,6 +49,26 @@ impl Api {
             job.program = program.clone();
             job
         })
+    }
+
+    /// The module a job names and its guest's `argv[0]`: the name when it follows the
+    /// module-name rule, none for a hash or for an alias stored before the rule (it
+    /// still runs, its guest seeing the hash); a name that breaks the rule and names
+    /// nothing is a 400 saying why.
+    async fn module_and_program(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> ApiResult<(ModuleHash, EntryPoint, Option<ProgramName>)> {
+        let rule = ModuleName::of_reference(name);
+        match self.module(tenant, name).await {
+            Ok((module, entry)) => Ok((module, entry, rule.ok().flatten().map(Into::into))),
+            Err(e) if e.status == StatusCode::NOT_FOUND => match rule {
+                Err(broken) => Err(ApiError::bad_request(format!("module: {broken}"))),
+                Ok(_) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The record of a job if `tenant` owns it; 404 otherwise.
