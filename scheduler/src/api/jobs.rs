@@ -109,10 +109,11 @@ pub(super) async fn post_job(
     }
     let template = api.job_template(&tenant, &policy, &params).await?;
     api.check_backlog(&tenant, &policy, 1).await?;
-    // The arguments and environment travel in the envelope, and a declared length is
+    // The arguments, environment and module name travel in the envelope, and a declared length is
     // reserved whole before the upload starts; a streamed body is reserved as it
     // arrives.
-    let envelope = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
+    let envelope = sluice_shared::tenant::args_env_bytes(&params.args, &params.env)
+        + program_bytes(&params.module);
     let reserved = declared.unwrap_or(0);
     if reserved + envelope > 0 {
         api.reserve_stored(&tenant, &policy, reserved + envelope)
@@ -187,6 +188,16 @@ pub(super) fn listed_state(outcome: Option<OutcomeKind>, cancelled: bool) -> &'s
         (None, true) => "cancelled",
         (None, false) => "pending",
     }
+}
+
+/// The bytes a job's module name adds to its envelope (charged to the stored-bytes
+/// quota with its arguments and environment): the name's length when the job carries
+/// it as its program name, else 0 (a hash, or an alias older than the rule).
+pub(super) fn program_bytes(module: &str) -> u64 {
+    ModuleName::of_reference(module)
+        .ok()
+        .flatten()
+        .map_or(0, |name| name.as_str().len() as u64)
 }
 
 /// Input bytes reserved against the stored-bytes quota at a time while an upload
