@@ -7,14 +7,13 @@
 use sluice_shared::{Job, JobInput, codec};
 use sluice_tests::{Fleet, guest};
 
-/// The envelope a version-2 scheduler wrote for `job`: the version-3 layout without
-/// the trailing module name (a `None` is postcard's one byte 0), behind version byte 2.
+/// The envelope a version-2 scheduler wrote for `job`: this build writes a job
+/// without a module name in exactly that format (version byte 2, no trailing name);
 /// `shared/src/codec.rs` pins the version-2 bytes themselves.
 fn version_two(job: &Job) -> Vec<u8> {
     assert!(job.program.is_none());
-    let mut bytes = codec::encode(job);
-    assert_eq!(bytes.pop(), Some(0));
-    bytes[0] = 2;
+    let bytes = codec::encode(job);
+    assert_eq!(bytes[0], 2);
     assert_eq!(codec::decode(&bytes).as_ref(), Ok(job));
     bytes
 }
