@@ -85,9 +85,28 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
-/// Encodes a job as an envelope.
+/// Encodes a job as an envelope: version 2 when it carries no program name (so a
+/// worker of the release before version 3 still runs it during a rolling upgrade),
+/// version 3 only when it does.
 pub fn encode(job: &Job) -> Vec<u8> {
-    encode_versioned(FORMAT_VERSION, job)
+    if job.program.is_some() {
+        return encode_versioned(FORMAT_VERSION, job);
+    }
+    encode_versioned(
+        OLDEST_FORMAT_VERSION,
+        &JobV2Ref {
+            id: &job.id,
+            module: &job.module,
+            input: &job.input,
+            entry: &job.entry,
+            args: &job.args,
+            env: &job.env,
+            limits: &job.limits,
+            tenant: &job.tenant,
+            attempt: &job.attempt,
+            label: &job.label,
+        },
+    )
 }
 
 /// Decodes a job envelope of this version or a version-2 one (which has no module
@@ -99,8 +118,23 @@ pub fn decode(bytes: &[u8]) -> Result<Job, DecodeError> {
     }
 }
 
-/// A version-2 job: the version-3 layout without [`Job::program`] (postcard writes
-/// fields in order, so the old body is this struct).
+/// A version-2 job as written: the version-3 layout without [`Job::program`]
+/// (postcard writes fields in order, so the old body is this struct).
+#[derive(Serialize)]
+struct JobV2Ref<'a> {
+    id: &'a JobId,
+    module: &'a ModuleHash,
+    input: &'a JobInput,
+    entry: &'a EntryPoint,
+    args: &'a [String],
+    env: &'a [(String, String)],
+    limits: &'a Limits,
+    tenant: &'a TenantId,
+    attempt: &'a u32,
+    label: &'a str,
+}
+
+/// A version-2 job as read (see [`JobV2Ref`]).
 #[derive(Deserialize)]
 struct JobV2 {
     id: JobId,
@@ -146,7 +180,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<JobResult, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{BlobId, ModuleName};
+    use crate::job::{BlobId, ModuleName, ProgramName};
     use proptest::prelude::*;
 
     fn arb_job() -> impl Strategy<Value = Job> {
@@ -180,7 +214,7 @@ mod tests {
                 any::<u64>(),
             ),
             (".{0,10}", any::<u32>(), ".{0,20}", any::<u128>()),
-            proptest::option::of("[a-z][a-z0-9 ._-]{0,20}"),
+            proptest::option::of("[a-z][a-z0-9._-]{0,20}"),
         )
             .prop_map(
                 |(hash, input, entry, args, env, limits, (tenant, attempt, label, id), program)| {
@@ -200,7 +234,7 @@ mod tests {
                         tenant: TenantId(tenant),
                         attempt,
                         label,
-                        program: program.map(|name| name.parse().unwrap()),
+                        program: program.map(|name| name.parse::<ModuleName>().unwrap().into()),
                     }
                 },
             )
@@ -280,22 +314,44 @@ mod tests {
         assert_eq!(job.tenant, TenantId("acme".into()));
         assert_eq!((job.attempt, job.label.as_str()), (1, "in.txt"));
         assert_eq!(job.program, None);
-        // Re-encoded, it is a version-3 envelope with the same job.
-        let again = encode(&job);
-        assert_eq!(again[0], 3);
-        assert_eq!(decode(&again).unwrap(), job);
+        // Re-encoded (it has no name), it is the same version-2 envelope, byte for
+        // byte: what a worker of the release before version 3 reads.
+        assert_eq!(encode(&job), bytes);
     }
 
     #[test]
-    fn a_version_three_envelope_carries_the_name_and_refuses_a_bad_one() {
+    fn a_job_without_a_name_encodes_as_version_two_and_with_one_as_version_three() {
+        let mut job = Job::new(ModuleHash::of(b""), JobInput::Inline(b"x".to_vec()));
+        let v2 = encode(&job);
+        assert_eq!(v2[0], OLDEST_FORMAT_VERSION);
+        assert_eq!(decode(&v2).unwrap(), job);
+        job.program = Some(ProgramName::from("upper".parse::<ModuleName>().unwrap()));
+        let v3 = encode(&job);
+        assert_eq!(v3[0], FORMAT_VERSION);
+        // The version-3 body is the version-2 body and the name.
+        assert_eq!(v3[1..v2.len()], v2[1..]);
+        assert_eq!(decode(&v3).unwrap(), job);
+    }
+
+    #[test]
+    fn a_version_three_envelope_carries_the_name_as_given_and_refuses_an_over_long_one() {
         let mut job = Job::new(ModuleHash::of(b""), JobInput::Inline(vec![]));
-        job.program = Some("upper".parse::<ModuleName>().unwrap());
+        job.program = Some("upper".parse::<ModuleName>().unwrap().into());
         let bytes = encode(&job);
         assert_eq!(decode(&bytes).unwrap().program, job.program);
-        // A hostile envelope whose name breaks the rule: malformed, not a panic.
-        let mut hostile = bytes.clone();
-        let at = hostile.len() - 5;
-        hostile[at] = b'/';
+        // A name the rule refuses (a later, tighter rule): decoded as given, so a job
+        // queued before the tightening still runs; it was checked at submit.
+        let name_at = bytes.len() - "upper".len();
+        let mut older_rule = bytes.clone();
+        older_rule[name_at] = b'/';
+        assert_eq!(
+            decode(&older_rule).unwrap().program.unwrap().as_str(),
+            "/pper"
+        );
+        // Over the length cap: malformed, not a panic.
+        let mut hostile = bytes[..name_at - 1].to_vec();
+        hostile.extend([0x81, 0x01]); // postcard's varint for 129
+        hostile.extend([b'a'; 129]);
         assert!(matches!(decode(&hostile), Err(DecodeError::Malformed(_))));
     }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::module_name::{ModuleName, ModuleNameError, ProgramName};
+
 /// A time-ordered job id (UUIDv7): ids sort by creation time, which keeps reports and
 /// Redis stream ids in submission order without a second timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -80,92 +82,6 @@ impl FromStr for ModuleHash {
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).map_err(|_| ParseModuleHashError(s.to_owned()))?;
         Ok(ModuleHash(out))
-    }
-}
-
-/// A module's name: an alias its submitter gave it (`sluice module put --name`,
-/// `PUT /v1/modules?name=`), by which jobs may name it, and the `argv[0]` its guests
-/// see. 1 to [`ModuleName::MAX_BYTES`] bytes, no `/` (the API's paths), no control
-/// characters (it is printed and passed as an argument), and not a module hash (which
-/// names a module by content).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ModuleName(String);
-
-impl ModuleName {
-    /// The longest name, in bytes.
-    pub const MAX_BYTES: usize = 128;
-
-    /// The name a job gave as its module: `None` for a module hash, the name
-    /// otherwise, or why the text is neither.
-    pub fn of_reference(text: &str) -> Result<Option<Self>, ModuleNameError> {
-        if text.parse::<ModuleHash>().is_ok() {
-            return Ok(None);
-        }
-        text.parse().map(Some)
-    }
-
-    /// The name as given.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Why a string is not a module name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ModuleNameError {
-    /// No characters.
-    #[error("a module name is empty")]
-    Empty,
-    /// Over [`ModuleName::MAX_BYTES`].
-    #[error("a module name is at most {max} bytes, got {len}", max = ModuleName::MAX_BYTES)]
-    TooLong {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// Holds a `/` or a control character.
-    #[error("a module name may not contain {0:?}")]
-    BadCharacter(char),
-    /// Is a module hash, which names a module by content.
-    #[error("a module name may not be a module hash (64 hex digits)")]
-    IsHash,
-}
-
-impl FromStr for ModuleName {
-    type Err = ModuleNameError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Err(ModuleNameError::Empty);
-        }
-        if s.len() > Self::MAX_BYTES {
-            return Err(ModuleNameError::TooLong { len: s.len() });
-        }
-        if let Some(bad) = s.chars().find(|&c| c == '/' || c.is_control()) {
-            return Err(ModuleNameError::BadCharacter(bad));
-        }
-        if s.parse::<ModuleHash>().is_ok() {
-            return Err(ModuleNameError::IsHash);
-        }
-        Ok(ModuleName(s.to_owned()))
-    }
-}
-
-impl TryFrom<String> for ModuleName {
-    type Error = ModuleNameError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<ModuleName> for String {
-    fn from(name: ModuleName) -> Self {
-        name.0
-    }
-}
-
-impl fmt::Display for ModuleName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -386,10 +302,10 @@ pub struct Job {
     /// A free-form label the submitter chose (embedded mode: the input file name).
     pub label: String,
     /// The module's name as the submitter gave it, the guest's `argv[0]`; `None` when
-    /// the job named its module by hash, and then `argv[0]` is the module's file name
-    /// where the worker loaded it from one (`sluice-worker run`, embedded batches),
-    /// else its hash.
-    pub program: Option<ModuleName>,
+    /// the job named its module by hash (or by an alias older than the module-name
+    /// rule), and then `argv[0]` is the module's hash (`sluice-worker run` alone uses
+    /// the file name, as `wasmtime run` does).
+    pub program: Option<ProgramName>,
 }
 
 impl Job {
@@ -408,41 +324,5 @@ impl Job {
             label: String::new(),
             program: None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn module_names_follow_the_alias_rule() {
-        assert_eq!("upper".parse::<ModuleName>().unwrap().as_str(), "upper");
-        assert_eq!("".parse::<ModuleName>(), Err(ModuleNameError::Empty));
-        let long = "a".repeat(ModuleName::MAX_BYTES + 1);
-        assert_eq!(
-            long.parse::<ModuleName>(),
-            Err(ModuleNameError::TooLong { len: 129 })
-        );
-        assert!(
-            "a".repeat(ModuleName::MAX_BYTES)
-                .parse::<ModuleName>()
-                .is_ok()
-        );
-        assert_eq!(
-            "a/b".parse::<ModuleName>(),
-            Err(ModuleNameError::BadCharacter('/'))
-        );
-        assert_eq!(
-            "a\u{1b}[31m".parse::<ModuleName>(),
-            Err(ModuleNameError::BadCharacter('\u{1b}'))
-        );
-        let hash = ModuleHash::of(b"").to_hex();
-        assert_eq!(hash.parse::<ModuleName>(), Err(ModuleNameError::IsHash));
-        assert_eq!(ModuleName::of_reference(&hash), Ok(None));
-        assert_eq!(
-            ModuleName::of_reference("upper").unwrap().unwrap().as_str(),
-            "upper"
-        );
     }
 }

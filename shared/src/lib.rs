@@ -41,6 +41,7 @@ pub mod error_text;
 pub mod job;
 pub mod metrics;
 pub mod module_meta;
+pub mod module_name;
 pub mod outcome;
 pub mod parse;
 pub mod queue;
@@ -48,7 +49,9 @@ pub mod tenant;
 pub mod units;
 
 pub use codec::DecodeError;
-pub use job::{BlobId, EntryPoint, Job, JobId, JobInput, Limits, ModuleHash, ModuleName, TenantId};
+pub use job::{
+    BlobId, EntryPoint, Job, JobId, JobInput, Limits, ModuleHash, ModuleName, ProgramName, TenantId,
+};
 pub use outcome::{JobOutput, JobResult, Outcome, OutcomeKind, ReportLine, RunStats};
 pub use queue::{
     Claimed, Delivery, Lease, MemoryQueue, Queue, QueueError, RedisConfig, RedisQueue, RetryPolicy,

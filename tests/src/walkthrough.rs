@@ -12,18 +12,32 @@ use std::time::Duration;
 use crate::repo_root;
 use crate::wait::poll;
 
-/// The first fenced `sh` block after `heading` (a whole line) and before the next
-/// `## ` heading.
+/// The one fenced `sh` block of the section under `heading` (a whole line: at the
+/// start of the document or of a line, ended by a newline), up to the next `## `
+/// heading. Panics when the heading is missing or appears twice, or when the section
+/// holds no `sh` block or more than one (a test would then run only part of it).
 pub fn sh_block(doc: &str, heading: &str) -> String {
-    let section = doc
-        .split_once(&format!("{heading}\n"))
-        .unwrap_or_else(|| panic!("no heading {heading:?}"))
-        .1;
-    let section = section.split("\n## ").next().unwrap_or(section);
-    let block = section
-        .split_once("```sh\n")
-        .unwrap_or_else(|| panic!("no sh block under {heading:?}"))
-        .1;
+    let line = format!("{heading}\n");
+    let starts: Vec<usize> = doc
+        .match_indices(&line)
+        .map(|(at, _)| at)
+        .filter(|&at| at == 0 || doc.as_bytes()[at - 1] == b'\n')
+        .collect();
+    let [start] = starts[..] else {
+        panic!(
+            "heading {heading:?} is on {} lines, not exactly one",
+            starts.len()
+        );
+    };
+    let section = format!("\n{}", &doc[start + line.len()..]);
+    let section = section.split("\n## ").next().unwrap_or(&section);
+    let blocks: Vec<&str> = section.split("\n```sh\n").skip(1).collect();
+    let [block] = blocks[..] else {
+        panic!(
+            "the section under {heading:?} has {} sh blocks, not exactly one",
+            blocks.len()
+        );
+    };
     block
         .split_once("```")
         .expect("the sh block ends")
@@ -110,5 +124,19 @@ mod tests {
     fn the_block_is_found_by_its_heading() {
         let doc = "# T\n\n## Other\n\n```sh\nno\n```\n\n## Wanted\n\ntext\n\n```sh\nyes\n```\n\n## Next\n\n```sh\nlater\n```\n";
         assert_eq!(sh_block(doc, "## Wanted"), "yes\n");
+    }
+
+    #[test]
+    fn the_heading_is_matched_at_a_line_start_only() {
+        let doc = "# T\n\nsee ## Wanted\n\n```sh\nno\n```\n\n## Wanted\n\n```sh\nyes\n```\n";
+        assert_eq!(sh_block(doc, "## Wanted"), "yes\n");
+        let prefixed = "### Wanted\n\n```sh\nno\n```\n";
+        assert!(std::panic::catch_unwind(|| sh_block(prefixed, "## Wanted")).is_err());
+    }
+
+    #[test]
+    fn a_section_with_two_sh_blocks_is_refused() {
+        let doc = "## Wanted\n\n```sh\none\n```\n\n```sh\ntwo\n```\n";
+        assert!(std::panic::catch_unwind(|| sh_block(doc, "## Wanted")).is_err());
     }
 }

@@ -48,6 +48,25 @@ fn the_fleet_passes_the_name_the_submitter_gave_and_the_hash_otherwise() {
         );
     }
 
+    // An alias stored before the module-name rule (a space, which it now refuses)
+    // still runs, its guest seeing the hash.
+    fleet
+        .rt
+        .block_on(fleet.queue.modules().put(&bytes, Some("old name")))
+        .unwrap();
+    let submitted = run(&mut fleet.sluice(&[
+        "submit",
+        "--module",
+        "old name",
+        "--input",
+        input.path().to_str().unwrap(),
+    ]));
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let id = text(&submitted.stdout).trim().to_owned();
+    let result = run(&mut fleet.sluice(&["result", &id, "--wait", "1m", "--output", "-"]));
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    assert_eq!(text(&result.stdout), format!("arg[0]={}\n", hash.to_hex()));
+
     // A distributed batch: the module's file name, as in an embedded batch.
     let inputs = tempfile::tempdir().unwrap();
     std::fs::write(inputs.path().join("a.txt"), "").unwrap();
@@ -133,7 +152,17 @@ fn a_hostile_module_name_is_refused_at_submit() {
     }
     // Nor can a module be stored under such a name.
     let bytes = std::fs::read(guest("env_echo.wasm")).unwrap();
-    for name in [long.as_str(), "a%1Bb", "a%2Fb"] {
+    // Nor one with invisible, reordering or blank characters, or a leading '-'.
+    for name in [
+        long.as_str(),
+        "a%1Bb",
+        "a%2Fb",
+        "a%E2%80%AEb",
+        "a%E2%80%8Bb",
+        "a%E2%80%A8b",
+        "a%20b",
+        "-rf",
+    ] {
         let reply = api.call(
             "PUT",
             &format!("/v1/modules?name={name}"),
@@ -146,12 +175,20 @@ fn a_hostile_module_name_is_refused_at_submit() {
     let reply = api.post_json("/v1/batches", &token, &body);
     assert_eq!(reply.status, 400, "{}", reply.text());
 
-    // `sluice submit`: exit 2 naming --module, before connecting (nothing listens on
-    // port 9).
-    for module in [long.as_str(), "a\u{1b}[31mb", "a/b"] {
+    // `sluice submit`: exit 2 naming --module; a name no rule ever allowed before
+    // connecting (nothing listens on port 9), one the rule now refuses when it names
+    // no stored module.
+    for (module, url) in [
+        (long.as_str(), "redis://127.0.0.1:9".to_owned()),
+        ("a/b", "redis://127.0.0.1:9".to_owned()),
+        ("a\u{1b}[31mb", redis.url()),
+        ("a\u{202e}b", redis.url()),
+        ("-rf", redis.url()),
+    ] {
         let submitted = run(bin("sluice")
-            .args(["submit", "--module", module, "--input", "/dev/null"])
-            .args(["--redis", "redis://127.0.0.1:9"]));
+            .arg("submit")
+            .arg(format!("--module={module}"))
+            .args(["--input", "/dev/null", "--redis", &url]));
         assert_eq!(
             submitted.status.code(),
             Some(2),
@@ -164,7 +201,13 @@ fn a_hostile_module_name_is_refused_at_submit() {
             text(&submitted.stderr)
         );
     }
-    for name in [long.as_str(), "a\u{1b}[31mb", "a/b"] {
+    for name in [
+        long.as_str(),
+        "a\u{1b}[31mb",
+        "a/b",
+        "a\u{200b}b",
+        "a\u{2029}b",
+    ] {
         let put = run(bin("sluice")
             .args(["module", "put", "/dev/null", "--name", name])
             .args(["--redis", "redis://127.0.0.1:9"]));

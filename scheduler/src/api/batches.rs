@@ -115,8 +115,10 @@ pub(super) async fn post_batch(
         env: request.env.into_iter().collect(),
     };
     check_args_env(&policy, &params.args, &params.env)?;
-    // Arguments and environment are copied into every job: they count once per input.
-    let per_job = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
+    // Arguments, environment and the module's name are copied into every job: they
+    // count once per input.
+    let per_job = sluice_shared::tenant::args_env_bytes(&params.args, &params.env)
+        + super::jobs::program_bytes(&params.module);
     let per_job_total = per_job.saturating_mul(request.inputs.len() as u64);
     let mut batch_bytes = per_job_total;
     for input in &request.inputs {
@@ -133,7 +135,7 @@ pub(super) async fn post_batch(
         return Err(ApiError::too_large(
             "max_batch_bytes",
             format!(
-                "the batch would enqueue {batch_bytes} bytes (inputs plus each job's arguments and environment), over the quota of {}",
+                "the batch would enqueue {batch_bytes} bytes (inputs plus each job's arguments, environment and module name), over the quota of {}",
                 policy.max_batch_bytes
             ),
         ));

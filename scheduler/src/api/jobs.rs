@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice_shared::queue::redis::{Cancelled, Enqueued};
 use sluice_shared::{
-    BlobId, Job, JobId, JobInput, JobOutput, OutcomeKind, Queue, ReportLine, TenantId, TenantPolicy,
+    BlobId, EntryPoint, Job, JobId, JobInput, JobOutput, ModuleHash, ModuleName, OutcomeKind,
+    ProgramName, Queue, ReportLine, TenantId, TenantPolicy,
 };
 
 use super::Api;
@@ -32,9 +33,8 @@ impl Api {
         params: &JobParams,
     ) -> ApiResult<impl Fn(JobInput) -> Job + use<>> {
         check_args_env(policy, &params.args, &params.env)?;
-        let program = sluice_shared::ModuleName::of_reference(&params.module)
-            .map_err(|e| ApiError::bad_request(format!("module: {e}")))?;
-        let (module, default_entry) = self.module(tenant, &params.module).await?;
+        let (module, default_entry, program) =
+            self.module_and_program(tenant, &params.module).await?;
         let entry = params.entry.clone().unwrap_or(default_entry);
         let (args, env) = (params.args.clone(), params.env.clone());
         let limits = policy.clamp(&params.requested);
@@ -49,6 +49,26 @@ impl Api {
             job.program = program.clone();
             job
         })
+    }
+
+    /// The module a job names and its guest's `argv[0]`: the name when it follows the
+    /// module-name rule, none for a hash or for an alias stored before the rule (it
+    /// still runs, its guest seeing the hash); a name that breaks the rule and names
+    /// nothing is a 400 saying why.
+    async fn module_and_program(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> ApiResult<(ModuleHash, EntryPoint, Option<ProgramName>)> {
+        let rule = ModuleName::of_reference(name);
+        match self.module(tenant, name).await {
+            Ok((module, entry)) => Ok((module, entry, rule.ok().flatten().map(Into::into))),
+            Err(e) if e.status == StatusCode::NOT_FOUND => match rule {
+                Err(broken) => Err(ApiError::bad_request(format!("module: {broken}"))),
+                Ok(_) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The record of a job if `tenant` owns it; 404 otherwise.
@@ -89,10 +109,11 @@ pub(super) async fn post_job(
     }
     let template = api.job_template(&tenant, &policy, &params).await?;
     api.check_backlog(&tenant, &policy, 1).await?;
-    // The arguments and environment travel in the envelope, and a declared length is
+    // The arguments, environment and module name travel in the envelope, and a declared length is
     // reserved whole before the upload starts; a streamed body is reserved as it
     // arrives.
-    let envelope = sluice_shared::tenant::args_env_bytes(&params.args, &params.env);
+    let envelope = sluice_shared::tenant::args_env_bytes(&params.args, &params.env)
+        + program_bytes(&params.module);
     let reserved = declared.unwrap_or(0);
     if reserved + envelope > 0 {
         api.reserve_stored(&tenant, &policy, reserved + envelope)
@@ -167,6 +188,16 @@ pub(super) fn listed_state(outcome: Option<OutcomeKind>, cancelled: bool) -> &'s
         (None, true) => "cancelled",
         (None, false) => "pending",
     }
+}
+
+/// The bytes a job's module name adds to its envelope (charged to the stored-bytes
+/// quota with its arguments and environment): the name's length when the job carries
+/// it as its program name, else 0 (a hash, or an alias older than the rule).
+pub(super) fn program_bytes(module: &str) -> u64 {
+    ModuleName::of_reference(module)
+        .ok()
+        .flatten()
+        .map_or(0, |name| name.as_str().len() as u64)
 }
 
 /// Input bytes reserved against the stored-bytes quota at a time while an upload

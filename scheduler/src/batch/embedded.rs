@@ -131,12 +131,10 @@ fn load(
         reason,
     };
     let (wasm, hash) = modules::prepare(&bytes).map_err(|e| bad(e.to_string()))?;
-    // The guest's argv[0] is the module's file name, as under `wasmtime run`.
-    let module = match path.file_name() {
-        Some(name) => sandbox.load_named_module(&wasm, &name.to_string_lossy()),
-        None => sandbox.load_module(&wasm),
-    }
-    .map_err(|e| bad(e.to_string()))?;
+    // The guest's argv[0] is the job's program name (the module's file name when it
+    // follows the module-name rule, see `BatchOptions::job`), else the hash: the same
+    // rule as a distributed batch's.
+    let module = sandbox.load_module(&wasm).map_err(|e| bad(e.to_string()))?;
     Ok((module, hash))
 }
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_shared::{
-    EntryPoint, Job, JobInput, Limits, ModuleHash, ModuleName, OutcomeKind, TenantId,
+    EntryPoint, Job, JobInput, Limits, ModuleHash, ModuleName, OutcomeKind, ProgramName, TenantId,
 };
 use sluice_worker::{SandboxConfig, SandboxError};
 
@@ -93,7 +93,8 @@ impl BatchOptions {
     /// The job for one input, with this batch's entry point, args, env and limits, and
     /// the module's file name as the guest's `argv[0]` (as `wasmtime run` gives it;
     /// a fleet worker, which loads the module by hash, then passes the same name as an
-    /// embedded one). A file name that is not a [`ModuleName`] leaves the hash.
+    /// embedded one). A file name that is not a [`ModuleName`] leaves the hash, in
+    /// both modes.
     pub(crate) fn job(
         &self,
         module: ModuleHash,
@@ -112,7 +113,8 @@ impl BatchOptions {
             .module
             .file_name()
             .and_then(|name| name.to_str())
-            .and_then(|name| name.parse::<ModuleName>().ok());
+            .and_then(|name| name.parse::<ModuleName>().ok())
+            .map(ProgramName::from);
         job
     }
 }

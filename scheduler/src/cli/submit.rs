@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use sluice_shared::job::ModuleNameError;
 use sluice_shared::units::parse_duration;
-use sluice_shared::{Job, ModuleName, Queue, TenantId};
+use sluice_shared::{Job, ModuleName, ProgramName, Queue, TenantId};
 use sluice_worker::cli::GuestArgs;
 
 use super::RedisArgs;
@@ -44,14 +45,28 @@ pub struct SubmitArgs {
 
 /// Uploads the input, enqueues the job (or schedules it) and prints its id.
 pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let program = ModuleName::of_reference(&args.module)
-        .with_context(|| format!("--module {:?}", args.module))?;
+    // The module-name rule decides the guest's argv[0] and explains an unknown name;
+    // a name no rule ever allowed is refused before connecting.
+    let rule = ModuleName::of_reference(&args.module);
+    if let Err(e @ (ModuleNameError::Empty | ModuleNameError::TooLong { .. })) = &rule {
+        anyhow::bail!("--module {:?}: {e}", args.module);
+    }
+    if args.module.contains('/') {
+        anyhow::bail!(
+            "--module {:?}: {}",
+            args.module,
+            ModuleNameError::BadCharacter('/')
+        );
+    }
     let queue = args.redis.connect().await?;
-    let module = queue
-        .modules()
-        .resolve(&args.module)
-        .await?
-        .with_context(|| format!("no module named {}", args.module))?;
+    let module = match (queue.modules().resolve(&args.module).await?, &rule) {
+        (Some(module), _) => module,
+        (None, Err(e)) => anyhow::bail!("--module {:?}: {e}", args.module),
+        (None, Ok(_)) => anyhow::bail!("no module named {}", args.module),
+    };
+    // An alias stored before the rule (it breaks it) still runs, its guest seeing the
+    // module's hash as argv[0].
+    let program = rule.ok().flatten().map(ProgramName::from);
     // The metadata recorded on upload, not the module: a submitter never downloads it.
     let meta = crate::module_meta::stored_meta(&queue, &module)
         .await?

@@ -669,13 +669,14 @@ mod tests {
     fn the_job_id_is_read_from_the_envelope_head_as_promote_lua_reads_it() {
         let job = Job::new(ModuleHash::of(b"m"), JobInput::Inline(vec![1, 2, 3]));
         let envelope = codec::encode(&job);
-        // promote.lua relies on exactly this layout.
-        assert_eq!(envelope[0], codec::FORMAT_VERSION);
+        // promote.lua relies on exactly this layout (a job without a program name is
+        // written as version 2).
+        assert_eq!(envelope[0], codec::OLDEST_FORMAT_VERSION);
         assert_eq!(envelope[1], 16);
-        // A version-2 envelope (still decoded) has the same head.
-        let mut older = envelope.clone();
-        older[0] = codec::OLDEST_FORMAT_VERSION;
-        assert_eq!(envelope_job_id(&older), Some(job.id));
+        // A version-3 envelope has the same head.
+        let mut newer = envelope.clone();
+        newer[0] = codec::FORMAT_VERSION;
+        assert_eq!(envelope_job_id(&newer), Some(job.id));
         assert_eq!(&envelope[2..18], job.id.0.as_bytes());
         assert_eq!(envelope_job_id(&envelope), Some(job.id));
         assert_eq!(envelope_job_id(&envelope[..17]), None);

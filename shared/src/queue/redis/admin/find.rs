@@ -212,6 +212,8 @@ impl Admin<'_> {
             .arg(start)
             .arg(PAGE)
             .arg(prefix)
+            .arg(codec::OLDEST_FORMAT_VERSION)
+            .arg(codec::FORMAT_VERSION)
             .invoke_async(&mut self.q.connection())
             .await
             .map_err(unavailable)?;

@@ -10,6 +10,9 @@
 -- ARGV[4]  the envelope head that names the job: the job id as postcard writes it,
 --          which follows the format version byte (any version: every one this build
 --          reads starts with the id, and ids are unique)
+-- ARGV[5]  the oldest envelope format version the caller reads (a number)
+-- ARGV[6]  the newest envelope format version the caller reads (a number); an
+--          envelope whose first byte is outside them is not the job's
 -- Returns  for a stream: {'found', entry id, envelope, holder, idle ms, deliveries}
 --          (holder '' and 0, 0 when no worker holds the entry); for the delayed set:
 --          {'found', due ms, envelope}; else {'next', where the next page starts, ''
@@ -25,11 +28,18 @@ if kind == 'none' then return {'next', ''} end
 local count = tonumber(ARGV[3])
 local prefix = ARGV[4]
 local width = #prefix
+local oldest, newest = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Whether `envelope` is of a version the caller reads and names the job.
+local function names_job(envelope)
+  local version = string.byte(envelope, 1)
+  return version ~= nil and version >= oldest and version <= newest
+    and string.sub(envelope, 2, width + 1) == prefix
+end
 if kind == 'zset' then
   local start = tonumber(ARGV[2])
   local members = redis.call('ZRANGE', KEYS[1], start, start + count - 1, 'WITHSCORES')
   for i = 1, #members, 2 do
-    if string.sub(members[i], 2, width + 1) == prefix then
+    if names_job(members[i]) then
       return {'found', members[i + 1], members[i]}
     end
   end
@@ -41,7 +51,7 @@ local entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', count)
 for _, entry in ipairs(entries) do
   local fields = entry[2]
   for i = 1, #fields, 2 do
-    if fields[i] == 'e' and string.sub(fields[i + 1], 2, width + 1) == prefix then
+    if fields[i] == 'e' and names_job(fields[i + 1]) then
       local holder, idle, deliveries = '', 0, 0
       if ARGV[1] ~= '' then
         local rows = redis.pcall('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
