@@ -19,7 +19,8 @@ pub enum ModuleCommand {
         /// The module file.
         file: PathBuf,
         /// Also name it (jobs may then say --module NAME; their guests see it as
-        /// argv[0]): 1-128 bytes, no `/` or control characters, not a module hash.
+        /// argv[0]): 1-128 bytes of printable characters, no whitespace, `/`, control
+        /// or format characters (bidi, zero-width), no leading `-`, not a module hash.
         #[arg(long, value_parser = module_name)]
         name: Option<String>,
         /// Re-point --name to this module when it already names another one.
