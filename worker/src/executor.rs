@@ -32,7 +32,6 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing::field::Empty;
 
 use crate::sandbox::{LoadedModule, Sandbox};
 
@@ -514,28 +513,26 @@ async fn release<Q: Queue, E: JobEnv>(
     }
 }
 
-/// The span a claimed entry's run is logged in: its entry, and when the envelope
-/// decoded the job id, tenant (quoted when it breaks the name rule), module hash and
-/// attempt; `outcome` is recorded when the run ends ([`finish`]).
+/// The span a claimed entry's run is logged in, built with all its fields at once: its
+/// entry, and when the envelope decoded the job id, tenant (quoted when it breaks the
+/// name rule), module hash and attempt. The outcome is not a span field: the run's
+/// `job finished` event carries it ([`finish`]), so no record re-renders the span.
 fn job_span(claimed: &Claimed) -> tracing::Span {
-    let span = tracing::info_span!(
-        "job",
-        entry = %claimed.lease.entry_id,
-        job = Empty,
-        tenant = Empty,
-        module = Empty,
-        attempt = claimed.attempt(),
-        outcome = Empty,
-    );
-    if let Ok(job) = &claimed.delivery {
-        span.record("job", tracing::field::display(job.id));
-        span.record(
-            "tenant",
-            tracing::field::display(crate::logging::tenant_field(&job.tenant.0)),
-        );
-        span.record("module", tracing::field::display(&job.module));
+    match &claimed.delivery {
+        Ok(job) => tracing::info_span!(
+            "job",
+            entry = %claimed.lease.entry_id,
+            job = %job.id,
+            tenant = %crate::logging::tenant_field(&job.tenant.0),
+            module = %job.module,
+            attempt = claimed.attempt(),
+        ),
+        Err(_) => tracing::info_span!(
+            "job",
+            entry = %claimed.lease.entry_id,
+            attempt = claimed.attempt(),
+        ),
     }
-    span
 }
 
 /// A job slot held by a claimed job: told to the environment when taken and when
@@ -740,16 +737,24 @@ async fn finish<Q: Queue, E: JobEnv>(
     // Every path that stores a result or a dead letter passes here: guest-controlled
     // text (reasons, stderr) is capped once more before it reaches Redis or a report.
     let result = result.capped();
-    let outcome = result.outcome.kind().as_str();
-    tracing::Span::current().record("outcome", outcome);
     let disposition = record(queue, env, config, lease, job, &result).await;
-    tracing::info!(
-        outcome,
-        disposition = disposition.as_str(),
-        run_us = result.stats.wall_time_us,
-        "job finished"
-    );
+    log_finished(&result, disposition);
     env.on_finished(job, &result, disposition);
+}
+
+/// The run's `job finished` line, in its job span: at debug for a success (a line per
+/// job at info would cost every job a write to stderr), at info for anything else.
+fn log_finished(result: &JobResult, disposition: Disposition) {
+    let outcome = result.outcome.kind().as_str();
+    let quiet = result.outcome.is_success()
+        && matches!(disposition, Disposition::Completed | Disposition::Duplicate);
+    let disposition = disposition.as_str();
+    let run_us = result.stats.wall_time_us;
+    if quiet {
+        tracing::debug!(outcome, disposition, run_us, "job finished");
+    } else {
+        tracing::info!(outcome, disposition, run_us, "job finished");
+    }
 }
 
 async fn record<Q: Queue, E: JobEnv>(
