@@ -12,7 +12,7 @@ use prometheus::{
 };
 use sluice_shared::{Job, JobId, JobResult, OutcomeKind, QueueError};
 
-pub use tenants::{DEFAULT_MAX_TENANTS, TenantMetrics};
+pub use tenants::{DEFAULT_MAX_TENANTS, TenantLabels, TenantMetrics};
 
 use crate::executor::QueueOp;
 
@@ -248,7 +248,7 @@ impl WorkerMetrics {
             ),
             slots: gauge("sluice_worker_slots", "Job slots (concurrency)"),
             slots_busy: gauge("sluice_worker_slots_busy", "Job slots holding a job now"),
-            tenants: TenantMetrics::register(&registry, max_tenants),
+            tenants: TenantMetrics::register(&registry, TenantLabels::FirstSeen(max_tenants)),
             compile,
             jobs,
             stuck,
