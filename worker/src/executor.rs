@@ -126,10 +126,26 @@ pub enum QueueOp {
     DeadLetter,
     /// Giving a lease back at shutdown.
     Release,
+    /// Moving due delayed jobs (retries, scheduled) onto the job stream, inside a claim.
+    Promote,
+    /// Taking over entries whose lease expired, inside a claim.
+    Takeover,
 }
 
 impl QueueOp {
-    /// Its name in logs.
+    /// Every operation (the `op` label's closed set).
+    pub const ALL: [QueueOp; 8] = [
+        QueueOp::Claim,
+        QueueOp::Renew,
+        QueueOp::Complete,
+        QueueOp::Retry,
+        QueueOp::DeadLetter,
+        QueueOp::Release,
+        QueueOp::Promote,
+        QueueOp::Takeover,
+    ];
+
+    /// Its name in logs and the `op` label.
     pub fn as_str(self) -> &'static str {
         match self {
             QueueOp::Claim => "claim",
@@ -138,6 +154,8 @@ impl QueueOp {
             QueueOp::Retry => "retry",
             QueueOp::DeadLetter => "dead_letter",
             QueueOp::Release => "release",
+            QueueOp::Promote => "promote",
+            QueueOp::Takeover => "takeover",
         }
     }
 
@@ -150,6 +168,8 @@ impl QueueOp {
                 "the run is not recorded; the job is delivered again after its lease"
             }
             QueueOp::Release => "the lease will expire",
+            QueueOp::Promote => "due delayed jobs wait for the next claim",
+            QueueOp::Takeover => "expired leases wait for the next claim",
         }
     }
 }
@@ -158,6 +178,15 @@ impl QueueOp {
 /// a lost lease is one too: another delivery holds the job).
 pub fn log_queue_error(op: QueueOp, job: Option<JobId>, error: &QueueError) {
     let job = job.map(|id| id.to_string());
+    if op == QueueOp::Renew && matches!(error, QueueError::LeaseLost { .. }) {
+        tracing::warn!(
+            op = op.as_str(),
+            job = job.as_deref(),
+            %error,
+            "queue operation failed; lease lost: no longer renewing, another delivery holds the job"
+        );
+        return;
+    }
     tracing::warn!(
         op = op.as_str(),
         job = job.as_deref(),
@@ -267,6 +296,9 @@ struct RunClock {
     /// Set once the run's result no longer matters (recorded as stuck, or released):
     /// the thread then discards what it made.
     abandoned: AtomicBool,
+    /// Set once a renewal found the lease lost (logged and counted there): the
+    /// recording that follows fails for the same reason and is not counted again.
+    lease_lost: AtomicBool,
 }
 
 impl RunClock {
@@ -276,6 +308,7 @@ impl RunClock {
             prepare_budget,
             guest: OnceLock::new(),
             abandoned: AtomicBool::new(false),
+            lease_lost: AtomicBool::new(false),
         })
     }
 
@@ -414,6 +447,9 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
         }
         let too_many = shared.too_many_stuck(bound);
         if shutdown.is_cancelled() || too_many.is_some() {
+            if let Err(error) = &claimed {
+                env.on_queue_error(QueueOp::Claim, None, error);
+            }
             for claimed in claimed.iter().flatten() {
                 let job = claimed.delivery.as_ref().ok();
                 release(&*queue, &*env, &claimed.lease, job, ReleaseKind::Drain).await;
@@ -586,7 +622,7 @@ async fn process<Q: Queue, E: JobEnv>(
                 },
                 attempt,
             );
-            finish(queue, &*env, config, &lease, None, result).await;
+            finish(queue, &*env, config, &lease, &clock, None, result).await;
             shared.recorded(&lease.entry_id);
             return;
         }
@@ -608,7 +644,7 @@ async fn process<Q: Queue, E: JobEnv>(
             },
             attempt,
         );
-        finish(queue, &*env, config, &lease, Some(&job), result).await;
+        finish(queue, &*env, config, &lease, &clock, Some(&job), result).await;
         shared.recorded(&lease.entry_id);
         return;
     }
@@ -627,7 +663,7 @@ async fn process<Q: Queue, E: JobEnv>(
         biased;
         ran = &mut run_job => Some(ran),
         () = watchdog(&clock, limit) => None,
-        never = renew(queue, &*env, &lease, config.lease, job.id) => match never {},
+        never = renew(queue, &*env, &lease, &clock, config.lease, job.id) => match never {},
     };
     match ran {
         Some(ran) => {
@@ -641,7 +677,7 @@ async fn process<Q: Queue, E: JobEnv>(
                 )
             });
             let run_us = result.stats.wall_time_us;
-            finish(queue, &*env, config, &lease, Some(&job), result).await;
+            finish(queue, &*env, config, &lease, &clock, Some(&job), result).await;
             shared.recorded(&lease.entry_id);
             // Where a job's time went, from its claim: preparing (policy, the module
             // and its code for the job's engine from the cache, input) until
@@ -668,7 +704,7 @@ async fn process<Q: Queue, E: JobEnv>(
             let mut result = JobResult::without_run(job.id, Outcome::Timeout, attempt);
             result.stats.wall_time_us =
                 u64::try_from(clock.claimed.elapsed().as_micros()).unwrap_or(u64::MAX);
-            finish(queue, &*env, config, &lease, Some(&job), result).await;
+            finish(queue, &*env, config, &lease, &clock, Some(&job), result).await;
             shared.recorded(&lease.entry_id);
             env.on_stuck(&job, true);
             // Whatever the thread ends with is dropped: the job's record is written.
@@ -705,6 +741,7 @@ async fn renew<Q: Queue, E: JobEnv>(
     queue: &Q,
     env: &E,
     lease: &Lease,
+    clock: &RunClock,
     lease_for: Duration,
     job: JobId,
 ) -> Infallible {
@@ -715,8 +752,8 @@ async fn renew<Q: Queue, E: JobEnv>(
         match queue.extend_lease(lease, lease_for).await {
             Ok(()) => env.on_lease_renewed(),
             Err(error @ QueueError::LeaseLost { .. }) => {
+                clock.lease_lost.store(true, Ordering::SeqCst);
                 env.on_queue_error(QueueOp::Renew, Some(job), &error);
-                tracing::warn!(%job, "lease lost; no longer renewing");
                 return std::future::pending().await;
             }
             Err(error) => env.on_queue_error(QueueOp::Renew, Some(job), &error),
@@ -726,18 +763,26 @@ async fn renew<Q: Queue, E: JobEnv>(
 
 /// Writes a run's end to the queue (complete, retry or dead letter) and tells the
 /// environment. Every result and dead-letter reason the executor stores passes here.
+#[allow(clippy::too_many_arguments)]
 async fn finish<Q: Queue, E: JobEnv>(
     queue: &Q,
     env: &E,
     config: &ExecutorConfig,
     lease: &Lease,
+    clock: &RunClock,
     job: Option<&Job>,
     result: JobResult,
 ) {
     // Every path that stores a result or a dead letter passes here: guest-controlled
     // text (reasons, stderr) is capped once more before it reaches Redis or a report.
     let result = result.capped();
-    let disposition = record(queue, env, config, lease, job, &result).await;
+    let disposition = match record(queue, config, lease, job, &result).await {
+        Ok(disposition) => disposition,
+        Err((op, error)) => {
+            unrecorded(env, clock, op, result.job_id, &error);
+            Disposition::Unrecorded
+        }
+    };
     log_finished(&result, disposition);
     env.on_finished(job, &result, disposition);
 }
@@ -757,22 +802,18 @@ fn log_finished(result: &JobResult, disposition: Disposition) {
     }
 }
 
-async fn record<Q: Queue, E: JobEnv>(
+async fn record<Q: Queue>(
     queue: &Q,
-    env: &E,
     config: &ExecutorConfig,
     lease: &Lease,
     job: Option<&Job>,
     result: &JobResult,
-) -> Disposition {
+) -> Result<Disposition, (QueueOp, QueueError)> {
     if result.outcome.is_success() {
         return match queue.complete(lease, result.clone()).await {
-            Ok(Completion::Recorded) => Disposition::Completed,
-            Ok(Completion::AlreadyDone) => Disposition::Duplicate,
-            Err(error) => {
-                env.on_queue_error(QueueOp::Complete, Some(result.job_id), &error);
-                Disposition::Unrecorded
-            }
+            Ok(Completion::Recorded) => Ok(Disposition::Completed),
+            Ok(Completion::AlreadyDone) => Ok(Disposition::Duplicate),
+            Err(error) => Err((QueueOp::Complete, error)),
         };
     }
     let attempt = result.attempt;
@@ -786,20 +827,24 @@ async fn record<Q: Queue, E: JobEnv>(
         let mut again = job.clone();
         again.attempt = attempt;
         return match queue.retry(lease, &again, delay).await {
-            Ok(()) => Disposition::Retrying(delay),
-            Err(error) => {
-                env.on_queue_error(QueueOp::Retry, Some(job.id), &error);
-                Disposition::Unrecorded
-            }
+            Ok(()) => Ok(Disposition::Retrying(delay)),
+            Err(error) => Err((QueueOp::Retry, error)),
         };
     }
     match queue.dead_letter(lease, result.clone()).await {
-        Ok(()) => Disposition::DeadLettered,
-        Err(error) => {
-            env.on_queue_error(QueueOp::DeadLetter, Some(result.job_id), &error);
-            Disposition::Unrecorded
-        }
+        Ok(()) => Ok(Disposition::DeadLettered),
+        Err(error) => Err((QueueOp::DeadLetter, error)),
     }
+}
+
+/// Tells the environment a run's end was not recorded, unless it is the lease a renewal
+/// already found lost (logged and counted once, there).
+fn unrecorded<E: JobEnv>(env: &E, clock: &RunClock, op: QueueOp, job: JobId, error: &QueueError) {
+    if matches!(error, QueueError::LeaseLost { .. }) && clock.lease_lost.load(Ordering::SeqCst) {
+        tracing::debug!(op = op.as_str(), %error, "run not recorded: its lease was lost");
+        return;
+    }
+    env.on_queue_error(op, Some(job), error);
 }
 
 fn run_one<E: JobEnv>(

@@ -39,8 +39,8 @@ pub struct WorkerMetrics {
     /// `sluice_job_duplicates_total`: results dropped because another delivery of the
     /// same job finished first.
     pub duplicates: IntCounter,
-    /// `sluice_queue_errors_total`: queue operations that failed (Redis away).
-    pub queue_errors: IntCounter,
+    /// `sluice_queue_errors_total{op}`: queue operations that failed, by operation.
+    pub queue_errors: IntCounterVec,
     /// `sluice_jobs_stuck`: runs the watchdog gave up (recorded as `timeout`) whose
     /// threads are still blocked, each holding a job slot.
     pub stuck: IntGauge,
@@ -138,6 +138,25 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
         .register(Box::new(h.clone()))
         .expect("unique metric");
     h
+}
+
+/// Registers `sluice_queue_errors_total{op}`, every operation's series at zero.
+fn queue_errors(registry: &Registry) -> IntCounterVec {
+    let errors = IntCounterVec::new(
+        Opts::new(
+            "sluice_queue_errors_total",
+            "Queue operations that failed, by operation",
+        ),
+        &["op"],
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(errors.clone()))
+        .expect("unique metric");
+    for op in QueueOp::ALL {
+        errors.with_label_values(&[op.as_str()]);
+    }
+    errors
 }
 
 /// Registers `sluice_build_info{version}`, always 1.
@@ -279,7 +298,7 @@ impl WorkerMetrics {
                 "sluice_job_duplicates_total",
                 "Runs whose job another delivery had already finished",
             ),
-            queue_errors: counter("sluice_queue_errors_total", "Queue operations that failed"),
+            queue_errors: queue_errors(&registry),
             cache: CacheMetrics::register(&registry),
             registry,
         }
@@ -307,7 +326,7 @@ impl WorkerMetrics {
     /// `sluice_queue_errors_total`: the one place doing both.
     pub fn queue_error(&self, op: QueueOp, job: Option<JobId>, error: &QueueError) {
         crate::executor::log_queue_error(op, job, error);
-        self.queue_errors.inc();
+        self.queue_errors.with_label_values(&[op.as_str()]).inc();
     }
 
     /// The text exposition of every metric.
