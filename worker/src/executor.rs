@@ -112,7 +112,7 @@ pub trait JobEnv: Send + Sync + 'static {
 }
 
 /// A queue operation the worker loop performs, named in logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QueueOp {
     /// Claiming jobs (new entries or expired leases).
     Claim,

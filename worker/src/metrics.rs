@@ -14,6 +14,13 @@ use sluice_shared::{Job, JobId, JobResult, OutcomeKind, QueueError};
 
 pub use tenants::{DEFAULT_MAX_TENANTS, TenantLabels, TenantMetrics};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use sluice_shared::queue::redis::ClaimStep;
+
 use crate::executor::QueueOp;
 
 /// The worker's metrics and the registry that exports them.
@@ -70,7 +77,13 @@ pub struct WorkerMetrics {
     pub claim_duration: Histogram,
     /// `sluice_tenant_*`: runs, run seconds and fuel by tenant (folded).
     pub tenants: TenantMetrics,
+    /// When a failing claim step's warning was last logged: it fails at every
+    /// maintenance round (10 a second) until repaired, and is counted each time.
+    step_warned: Arc<Mutex<HashMap<QueueOp, Instant>>>,
 }
+
+/// How often a failing claim step (promote, takeover) is logged at most.
+const STEP_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What the out-of-process compiler ([`crate::compile::Compiler`]) counts.
 #[derive(Clone)]
@@ -300,6 +313,7 @@ impl WorkerMetrics {
             ),
             queue_errors: queue_errors(&registry),
             cache: CacheMetrics::register(&registry),
+            step_warned: Arc::default(),
             registry,
         }
     }
@@ -327,6 +341,30 @@ impl WorkerMetrics {
     pub fn queue_error(&self, op: QueueOp, job: Option<JobId>, error: &QueueError) {
         crate::executor::log_queue_error(op, job, error);
         self.queue_errors.with_label_values(&[op.as_str()]).inc();
+    }
+
+    /// A step of a claim that failed while the claim went on (promoting due delayed
+    /// jobs, taking over expired leases, reading new entries after a takeover): counted
+    /// each time, as `promote`, `takeover` or `claim`; a promote or takeover failure
+    /// logged at most once per 10 s.
+    pub fn claim_step_failed(&self, step: ClaimStep, error: &QueueError) {
+        let op = match step {
+            ClaimStep::Promote => QueueOp::Promote,
+            ClaimStep::Takeover => QueueOp::Takeover,
+            ClaimStep::ReadNew => QueueOp::Claim,
+        };
+        if op != QueueOp::Claim {
+            let mut warned = self.step_warned.lock();
+            if warned
+                .get(&op)
+                .is_some_and(|at| at.elapsed() < STEP_WARN_EVERY)
+            {
+                self.queue_errors.with_label_values(&[op.as_str()]).inc();
+                return;
+            }
+            warned.insert(op, Instant::now());
+        }
+        self.queue_error(op, None, error);
     }
 
     /// The text exposition of every metric.
