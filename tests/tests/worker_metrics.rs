@@ -1,7 +1,7 @@
 //! The worker's metrics end to end: a real `sluice-worker serve` over a real
 //! redis-server runs a batch of successes, a trap and a fuel bomb for three tenants,
 //! and its `/metrics` counts them exactly: by tenant and outcome with the tenants past
-//! `--metrics-max-tenants` folded into `other`, one queue wait per job run, the slots
+//! `--metrics-max-tenants` folded into `other`, one queue wait per first delivery, the slots
 //! it was given. A tenant name no tenant could register (quotes, a newline, a fake
 //! sample) reaches the worker in an envelope and leaves the exposition well formed.
 
@@ -323,6 +323,8 @@ fn a_takeover_renewals_and_a_redis_restart_are_counted() {
     assert_eq!(kinds[&spinner.id], OutcomeKind::Timeout);
     let samples = await_counted(&second, 1.0);
     assert_eq!(samples["sluice_lease_takeovers_total"], 1.0);
+    // The entry waited in the queue before its first delivery, not again on a takeover.
+    assert_eq!(samples["sluice_job_queue_wait_seconds_count"], 0.0);
     // The run lasted its 1 s timeout; renewals go every third of the lease.
     assert!(samples["sluice_lease_renewals_total"] >= 1.0, "{samples:?}");
     assert_eq!(samples["sluice_redis_reconnects_total"], 0.0);

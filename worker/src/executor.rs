@@ -206,6 +206,8 @@ pub struct ClaimReport<'a> {
     /// Claims that failed in a row just before this one (0 normally; more when the
     /// queue's backend came back).
     pub after_failures: u32,
+    /// The worker is stopping: the entries are released at once, not run.
+    pub given_back: bool,
 }
 
 /// How the loop claims and leases.
@@ -437,16 +439,19 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 config.claim_wait,
             )
             .await;
+        let took = claim_started.elapsed();
+        let too_many = shared.too_many_stuck(bound);
+        let stopping = shutdown.is_cancelled() || too_many.is_some();
         if let Ok(entries) = &claimed {
             env.on_claimed(&ClaimReport {
                 claimed: entries,
-                took: claim_started.elapsed(),
+                took,
                 after_failures: failed_claims,
+                given_back: stopping,
             });
             failed_claims = 0;
         }
-        let too_many = shared.too_many_stuck(bound);
-        if shutdown.is_cancelled() || too_many.is_some() {
+        if stopping {
             if let Err(error) = &claimed {
                 env.on_queue_error(QueueOp::Claim, None, error);
             }

@@ -416,7 +416,11 @@ impl JobEnv for RedisEnv {
             if claimed.lease.deliveries > 1 {
                 metrics.lease_takeovers.inc();
             }
-            if claimed.delivery.is_ok()
+            // Waited once: on an entry's first delivery, when it gets a slot (a takeover
+            // or an entry given back at shutdown already waited, or does not run here).
+            if claimed.lease.deliveries == 1
+                && !claim.given_back
+                && claimed.delivery.is_ok()
                 && let Some(entered_ms) = stream_entry_ms(&claimed.lease.entry_id)
             {
                 // Redis's clock wrote the id; a worker clock behind it counts as 0.
