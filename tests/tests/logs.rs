@@ -126,6 +126,12 @@ fn the_log_format_comes_from_the_environment_and_a_bad_one_is_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // Refused for the flag's value, not for anything else on the line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--log-format") && stderr.contains("yaml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -157,4 +163,47 @@ fn sluice_serve_logs_its_requests_as_json() {
         l.to_string().contains("unmatched")
     });
     assert!(request["level"].is_string(), "{request}");
+}
+
+#[test]
+fn a_hostile_tenant_name_cannot_forge_text_log_lines() {
+    let fleet = Fleet::start("textlogs");
+    let trap = fleet.put_module(TRAP_WAT.as_bytes());
+    let mut worker = bin("sluice-worker");
+    worker
+        .args(["--log-format", "text", "serve", "--redis", &fleet.url()])
+        .args([
+            "--queue",
+            "textlogs",
+            "--consumer",
+            "text-1",
+            "--max-attempts=1",
+        ])
+        .env("RUST_LOG", "info");
+    let worker = Logging::spawn(worker);
+    // Only a hand-made envelope carries such a name (the API refuses it).
+    let mut job = Job::new(trap, JobInput::Inline(Vec::new()));
+    job.tenant = TenantId("evil\nFORGED level=ERROR \u{1b}[31mred".into());
+    let kinds = fleet.rt.block_on(wait::enqueue_and_await(
+        &fleet.queue,
+        std::slice::from_ref(&job),
+        FINISH_WITHIN,
+    ));
+    assert_eq!(kinds.len(), 1);
+    // Its run ends as host_error (the policy of such a name cannot be read): both the
+    // `job finished` line (in the job span) and the host error's line name it.
+    let (mut finished, mut host_error) = (false, false);
+    while !(finished && host_error) {
+        let line = worker
+            .lines
+            .recv_timeout(FINISH_WITHIN)
+            .expect("the run's log lines");
+        assert!(!line.starts_with("FORGED"), "a forged line: {line:?}");
+        assert!(!line.contains('\u{1b}'), "an escape sequence: {line:?}");
+        finished |= line.contains("job finished");
+        host_error |= line.contains("job failed on the worker's side");
+        if line.contains("job finished") || line.contains("job failed") {
+            assert!(line.contains("evil"), "{line:?}");
+        }
+    }
 }

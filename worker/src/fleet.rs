@@ -108,7 +108,7 @@ impl RedisOutput {
                 // Fails open: a broken usage key must not fail the tenant's jobs (the
                 // API refuses its requests on the same key), and an unreachable Redis
                 // fails the blob write that follows anyway.
-                tracing::warn!(tenant = %self.quota.tenant, error = %e,
+                tracing::warn!(tenant = %crate::logging::tenant_field(&self.quota.tenant), error = %e,
                     "could not count output against max_stored_bytes; keeping it");
                 state.reserved = state.reserved.saturating_add(step);
                 Ok(())
@@ -357,7 +357,7 @@ impl JobEnv for RedisEnv {
                 }
                 Err(e) => {
                     // Fails open, as `RedisOutput::cover` does.
-                    tracing::warn!(tenant = %output.quota.tenant, error = %e,
+                    tracing::warn!(tenant = %crate::logging::tenant_field(&output.quota.tenant), error = %e,
                         "could not count output against max_stored_bytes; keeping it");
                 }
             }
