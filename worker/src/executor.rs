@@ -530,6 +530,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 Some(job) if flight.clock.is_past(job.limits.timeout()) => ReleaseKind::Overdue,
                 _ => ReleaseKind::Drain,
             };
+            log_released(&flight, kind);
             release(&*queue, &*env, &flight.lease, flight.job.as_ref(), kind).await;
         }
     }
@@ -540,6 +541,23 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
         running.abort_all();
     }
     stopped_by.map_or(Ok(()), Err)
+}
+
+/// One line per run released at the end of the grace period: which job, whose, and
+/// whether its run counts as an attempt (`overdue`: past its deadline) or not (`drain`).
+fn log_released(flight: &Flight, kind: ReleaseKind) {
+    let release = match kind {
+        ReleaseKind::Drain => "drain",
+        ReleaseKind::Overdue => "overdue",
+    };
+    let job = flight.job.as_ref();
+    tracing::warn!(
+        entry = %flight.lease.entry_id,
+        job = job.map(|job| tracing::field::display(job.id)),
+        tenant = job.map(|job| tracing::field::display(crate::logging::tenant_field(&job.tenant.0))),
+        release,
+        "job still running at the end of the grace period; released for another worker"
+    );
 }
 
 async fn release<Q: Queue, E: JobEnv>(
