@@ -70,10 +70,12 @@ pub struct WorkerMetrics {
     /// `sluice_worker_slots_busy`: slots holding a job now (preparing, running, being
     /// recorded, or stuck).
     pub slots_busy: IntGauge,
-    /// `sluice_redis_reconnects_total`: claims that succeeded after one or more failed
-    /// ones (the connection to Redis came back).
+    /// `sluice_redis_reconnects_total`: recoveries after failed Redis calls (claims
+    /// that succeeded after one or more failed ones); the client's own reconnects are
+    /// not visible to the worker.
     pub redis_reconnects: IntCounter,
-    /// `sluice_claim_duration_seconds`: round trip of one claim call.
+    /// `sluice_claim_duration_seconds`: wall time of one claim call, including the time
+    /// it blocks waiting for work (not a Redis round trip).
     pub claim_duration: Histogram,
     /// `sluice_tenant_*`: runs, run seconds and fuel by tenant (folded).
     pub tenants: TenantMetrics,
@@ -263,7 +265,7 @@ impl WorkerMetrics {
             claim_duration: histogram(
                 &registry,
                 "sluice_claim_duration_seconds",
-                "Round trip of one claim call to the queue, waiting for work included",
+                "Wall time of one claim call, including the time it blocks waiting for work (not a Redis round trip)",
                 vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0,
@@ -276,7 +278,7 @@ impl WorkerMetrics {
             ),
             redis_reconnects: counter(
                 "sluice_redis_reconnects_total",
-                "Claims that succeeded after failed ones (the connection to Redis came back)",
+                "Recoveries after failed Redis calls: claims that succeeded after failed ones",
             ),
             slots: gauge("sluice_worker_slots", "Job slots (concurrency)"),
             slots_busy: gauge("sluice_worker_slots_busy", "Job slots holding a job now"),
