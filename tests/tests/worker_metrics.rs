@@ -293,7 +293,9 @@ fn a_takeover_renewals_and_a_redis_restart_are_counted() {
     let spin = fleet.put_module(SPIN_WAT.as_bytes());
     let mut first = MeteredWorker::start(&fleet, "wm-a", &["--concurrency=1"]);
     let mut spinner = job(spin, "acme");
-    spinner.limits.timeout_ms = 1_000;
+    // Long enough that the first worker cannot finish it (as a timeout) between the
+    // scrape that sees it busy and the kill, however loaded the machine.
+    spinner.limits.timeout_ms = 10_000;
     let from = fleet
         .rt
         .block_on(fleet.queue.results().notices_from_now())
@@ -325,7 +327,7 @@ fn a_takeover_renewals_and_a_redis_restart_are_counted() {
     assert_eq!(samples["sluice_lease_takeovers_total"], 1.0);
     // The entry waited in the queue before its first delivery, not again on a takeover.
     assert_eq!(samples["sluice_job_queue_wait_seconds_count"], 0.0);
-    // The run lasted its 1 s timeout; renewals go every third of the lease.
+    // The run lasted its 10 s timeout; renewals go every third of the lease.
     assert!(samples["sluice_lease_renewals_total"] >= 1.0, "{samples:?}");
     assert_eq!(samples["sluice_redis_reconnects_total"], 0.0);
 
