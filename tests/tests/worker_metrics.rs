@@ -332,12 +332,13 @@ fn a_takeover_renewals_and_a_redis_restart_are_counted() {
     assert_eq!(samples["sluice_redis_reconnects_total"], 0.0);
 
     // Redis goes away: claims fail (logged and counted), then come back.
-    let errors = samples["sluice_queue_errors_total"];
+    const CLAIM_ERRORS: &str = "sluice_queue_errors_total{op=\"claim\"}";
+    let errors = samples[CLAIM_ERRORS];
     fleet.redis.kill();
     wait::poll(
         "a failed claim counted",
         FINISH_WITHIN,
-        || second.samples()["sluice_queue_errors_total"],
+        || second.samples()[CLAIM_ERRORS],
         |n| *n > errors,
     );
     fleet.redis.start_again();
