@@ -1,7 +1,7 @@
 //! The worker's metrics end to end: a real `sluice-worker serve` over a real
 //! redis-server runs a batch of successes, a trap and a fuel bomb for three tenants,
 //! and its `/metrics` counts them exactly: by tenant and outcome with the tenants past
-//! `--metrics-max-tenants` folded into `other`, one queue wait per job run, the slots
+//! `--metrics-max-tenants` folded into `other`, one queue wait per first delivery, the slots
 //! it was given. A tenant name no tenant could register (quotes, a newline, a fake
 //! sample) reaches the worker in an envelope and leaves the exposition well formed.
 
@@ -293,7 +293,9 @@ fn a_takeover_renewals_and_a_redis_restart_are_counted() {
     let spin = fleet.put_module(SPIN_WAT.as_bytes());
     let mut first = MeteredWorker::start(&fleet, "wm-a", &["--concurrency=1"]);
     let mut spinner = job(spin, "acme");
-    spinner.limits.timeout_ms = 1_000;
+    // Long enough that the first worker cannot finish it (as a timeout) between the
+    // scrape that sees it busy and the kill, however loaded the machine.
+    spinner.limits.timeout_ms = 10_000;
     let from = fleet
         .rt
         .block_on(fleet.queue.results().notices_from_now())
@@ -323,17 +325,20 @@ fn a_takeover_renewals_and_a_redis_restart_are_counted() {
     assert_eq!(kinds[&spinner.id], OutcomeKind::Timeout);
     let samples = await_counted(&second, 1.0);
     assert_eq!(samples["sluice_lease_takeovers_total"], 1.0);
-    // The run lasted its 1 s timeout; renewals go every third of the lease.
+    // The entry waited in the queue before its first delivery, not again on a takeover.
+    assert_eq!(samples["sluice_job_queue_wait_seconds_count"], 0.0);
+    // The run lasted its 10 s timeout; renewals go every third of the lease.
     assert!(samples["sluice_lease_renewals_total"] >= 1.0, "{samples:?}");
     assert_eq!(samples["sluice_redis_reconnects_total"], 0.0);
 
     // Redis goes away: claims fail (logged and counted), then come back.
-    let errors = samples["sluice_queue_errors_total"];
+    const CLAIM_ERRORS: &str = "sluice_queue_errors_total{op=\"claim\"}";
+    let errors = samples[CLAIM_ERRORS];
     fleet.redis.kill();
     wait::poll(
         "a failed claim counted",
         FINISH_WITHIN,
-        || second.samples()["sluice_queue_errors_total"],
+        || second.samples()[CLAIM_ERRORS],
         |n| *n > errors,
     );
     fleet.redis.start_again();

@@ -32,7 +32,6 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing::field::Empty;
 
 use crate::sandbox::{LoadedModule, Sandbox};
 
@@ -113,7 +112,7 @@ pub trait JobEnv: Send + Sync + 'static {
 }
 
 /// A queue operation the worker loop performs, named in logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QueueOp {
     /// Claiming jobs (new entries or expired leases).
     Claim,
@@ -127,10 +126,26 @@ pub enum QueueOp {
     DeadLetter,
     /// Giving a lease back at shutdown.
     Release,
+    /// Moving due delayed jobs (retries, scheduled) onto the job stream, inside a claim.
+    Promote,
+    /// Taking over entries whose lease expired, inside a claim.
+    Takeover,
 }
 
 impl QueueOp {
-    /// Its name in logs.
+    /// Every operation (the `op` label's closed set).
+    pub const ALL: [QueueOp; 8] = [
+        QueueOp::Claim,
+        QueueOp::Renew,
+        QueueOp::Complete,
+        QueueOp::Retry,
+        QueueOp::DeadLetter,
+        QueueOp::Release,
+        QueueOp::Promote,
+        QueueOp::Takeover,
+    ];
+
+    /// Its name in logs and the `op` label.
     pub fn as_str(self) -> &'static str {
         match self {
             QueueOp::Claim => "claim",
@@ -139,6 +154,8 @@ impl QueueOp {
             QueueOp::Retry => "retry",
             QueueOp::DeadLetter => "dead_letter",
             QueueOp::Release => "release",
+            QueueOp::Promote => "promote",
+            QueueOp::Takeover => "takeover",
         }
     }
 
@@ -151,6 +168,8 @@ impl QueueOp {
                 "the run is not recorded; the job is delivered again after its lease"
             }
             QueueOp::Release => "the lease will expire",
+            QueueOp::Promote => "due delayed jobs wait for the next claim",
+            QueueOp::Takeover => "expired leases wait for the next claim",
         }
     }
 }
@@ -159,6 +178,15 @@ impl QueueOp {
 /// a lost lease is one too: another delivery holds the job).
 pub fn log_queue_error(op: QueueOp, job: Option<JobId>, error: &QueueError) {
     let job = job.map(|id| id.to_string());
+    if op == QueueOp::Renew && matches!(error, QueueError::LeaseLost { .. }) {
+        tracing::warn!(
+            op = op.as_str(),
+            job = job.as_deref(),
+            %error,
+            "queue operation failed; lease lost: no longer renewing, another delivery holds the job"
+        );
+        return;
+    }
     tracing::warn!(
         op = op.as_str(),
         job = job.as_deref(),
@@ -178,6 +206,8 @@ pub struct ClaimReport<'a> {
     /// Claims that failed in a row just before this one (0 normally; more when the
     /// queue's backend came back).
     pub after_failures: u32,
+    /// The worker is stopping: the entries are released at once, not run.
+    pub given_back: bool,
 }
 
 /// How the loop claims and leases.
@@ -268,6 +298,9 @@ struct RunClock {
     /// Set once the run's result no longer matters (recorded as stuck, or released):
     /// the thread then discards what it made.
     abandoned: AtomicBool,
+    /// Set once a renewal found the lease lost (logged and counted there): the
+    /// recording that follows fails for the same reason and is not counted again.
+    lease_lost: AtomicBool,
 }
 
 impl RunClock {
@@ -277,6 +310,7 @@ impl RunClock {
             prepare_budget,
             guest: OnceLock::new(),
             abandoned: AtomicBool::new(false),
+            lease_lost: AtomicBool::new(false),
         })
     }
 
@@ -405,16 +439,22 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 config.claim_wait,
             )
             .await;
+        let took = claim_started.elapsed();
+        let too_many = shared.too_many_stuck(bound);
+        let stopping = shutdown.is_cancelled() || too_many.is_some();
         if let Ok(entries) = &claimed {
             env.on_claimed(&ClaimReport {
                 claimed: entries,
-                took: claim_started.elapsed(),
+                took,
                 after_failures: failed_claims,
+                given_back: stopping,
             });
             failed_claims = 0;
         }
-        let too_many = shared.too_many_stuck(bound);
-        if shutdown.is_cancelled() || too_many.is_some() {
+        if stopping {
+            if let Err(error) = &claimed {
+                env.on_queue_error(QueueOp::Claim, None, error);
+            }
             for claimed in claimed.iter().flatten() {
                 let job = claimed.delivery.as_ref().ok();
                 release(&*queue, &*env, &claimed.lease, job, ReleaseKind::Drain).await;
@@ -490,6 +530,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 Some(job) if flight.clock.is_past(job.limits.timeout()) => ReleaseKind::Overdue,
                 _ => ReleaseKind::Drain,
             };
+            log_released(&flight, kind);
             release(&*queue, &*env, &flight.lease, flight.job.as_ref(), kind).await;
         }
     }
@@ -500,6 +541,23 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
         running.abort_all();
     }
     stopped_by.map_or(Ok(()), Err)
+}
+
+/// One line per run released at the end of the grace period: which job, whose, and
+/// whether its run counts as an attempt (`overdue`: past its deadline) or not (`drain`).
+fn log_released(flight: &Flight, kind: ReleaseKind) {
+    let release = match kind {
+        ReleaseKind::Drain => "drain",
+        ReleaseKind::Overdue => "overdue",
+    };
+    let job = flight.job.as_ref();
+    tracing::warn!(
+        entry = %flight.lease.entry_id,
+        job = job.map(|job| tracing::field::display(job.id)),
+        tenant = job.map(|job| tracing::field::display(crate::logging::tenant_field(&job.tenant.0))),
+        release,
+        "job still running at the end of the grace period; released for another worker"
+    );
 }
 
 async fn release<Q: Queue, E: JobEnv>(
@@ -514,28 +572,26 @@ async fn release<Q: Queue, E: JobEnv>(
     }
 }
 
-/// The span a claimed entry's run is logged in: its entry, and when the envelope
-/// decoded the job id, tenant (quoted when it breaks the name rule), module hash and
-/// attempt; `outcome` is recorded when the run ends ([`finish`]).
+/// The span a claimed entry's run is logged in, built with all its fields at once: its
+/// entry, and when the envelope decoded the job id, tenant (quoted when it breaks the
+/// name rule), module hash and attempt. The outcome is not a span field: the run's
+/// `job finished` event carries it ([`finish`]), so no record re-renders the span.
 fn job_span(claimed: &Claimed) -> tracing::Span {
-    let span = tracing::info_span!(
-        "job",
-        entry = %claimed.lease.entry_id,
-        job = Empty,
-        tenant = Empty,
-        module = Empty,
-        attempt = claimed.attempt(),
-        outcome = Empty,
-    );
-    if let Ok(job) = &claimed.delivery {
-        span.record("job", tracing::field::display(job.id));
-        span.record(
-            "tenant",
-            tracing::field::display(crate::logging::tenant_field(&job.tenant.0)),
-        );
-        span.record("module", tracing::field::display(&job.module));
+    match &claimed.delivery {
+        Ok(job) => tracing::info_span!(
+            "job",
+            entry = %claimed.lease.entry_id,
+            job = %job.id,
+            tenant = %crate::logging::tenant_field(&job.tenant.0),
+            module = %job.module,
+            attempt = claimed.attempt(),
+        ),
+        Err(_) => tracing::info_span!(
+            "job",
+            entry = %claimed.lease.entry_id,
+            attempt = claimed.attempt(),
+        ),
     }
-    span
 }
 
 /// A job slot held by a claimed job: told to the environment when taken and when
@@ -589,7 +645,7 @@ async fn process<Q: Queue, E: JobEnv>(
                 },
                 attempt,
             );
-            finish(queue, &*env, config, &lease, None, result).await;
+            finish(queue, &*env, config, &lease, &clock, None, result).await;
             shared.recorded(&lease.entry_id);
             return;
         }
@@ -611,7 +667,7 @@ async fn process<Q: Queue, E: JobEnv>(
             },
             attempt,
         );
-        finish(queue, &*env, config, &lease, Some(&job), result).await;
+        finish(queue, &*env, config, &lease, &clock, Some(&job), result).await;
         shared.recorded(&lease.entry_id);
         return;
     }
@@ -630,7 +686,7 @@ async fn process<Q: Queue, E: JobEnv>(
         biased;
         ran = &mut run_job => Some(ran),
         () = watchdog(&clock, limit) => None,
-        never = renew(queue, &*env, &lease, config.lease, job.id) => match never {},
+        never = renew(queue, &*env, &lease, &clock, config.lease, job.id) => match never {},
     };
     match ran {
         Some(ran) => {
@@ -644,7 +700,7 @@ async fn process<Q: Queue, E: JobEnv>(
                 )
             });
             let run_us = result.stats.wall_time_us;
-            finish(queue, &*env, config, &lease, Some(&job), result).await;
+            finish(queue, &*env, config, &lease, &clock, Some(&job), result).await;
             shared.recorded(&lease.entry_id);
             // Where a job's time went, from its claim: preparing (policy, the module
             // and its code for the job's engine from the cache, input) until
@@ -671,7 +727,7 @@ async fn process<Q: Queue, E: JobEnv>(
             let mut result = JobResult::without_run(job.id, Outcome::Timeout, attempt);
             result.stats.wall_time_us =
                 u64::try_from(clock.claimed.elapsed().as_micros()).unwrap_or(u64::MAX);
-            finish(queue, &*env, config, &lease, Some(&job), result).await;
+            finish(queue, &*env, config, &lease, &clock, Some(&job), result).await;
             shared.recorded(&lease.entry_id);
             env.on_stuck(&job, true);
             // Whatever the thread ends with is dropped: the job's record is written.
@@ -708,6 +764,7 @@ async fn renew<Q: Queue, E: JobEnv>(
     queue: &Q,
     env: &E,
     lease: &Lease,
+    clock: &RunClock,
     lease_for: Duration,
     job: JobId,
 ) -> Infallible {
@@ -718,8 +775,8 @@ async fn renew<Q: Queue, E: JobEnv>(
         match queue.extend_lease(lease, lease_for).await {
             Ok(()) => env.on_lease_renewed(),
             Err(error @ QueueError::LeaseLost { .. }) => {
+                clock.lease_lost.store(true, Ordering::SeqCst);
                 env.on_queue_error(QueueOp::Renew, Some(job), &error);
-                tracing::warn!(%job, "lease lost; no longer renewing");
                 return std::future::pending().await;
             }
             Err(error) => env.on_queue_error(QueueOp::Renew, Some(job), &error),
@@ -729,45 +786,57 @@ async fn renew<Q: Queue, E: JobEnv>(
 
 /// Writes a run's end to the queue (complete, retry or dead letter) and tells the
 /// environment. Every result and dead-letter reason the executor stores passes here.
+#[allow(clippy::too_many_arguments)]
 async fn finish<Q: Queue, E: JobEnv>(
     queue: &Q,
     env: &E,
     config: &ExecutorConfig,
     lease: &Lease,
+    clock: &RunClock,
     job: Option<&Job>,
     result: JobResult,
 ) {
     // Every path that stores a result or a dead letter passes here: guest-controlled
     // text (reasons, stderr) is capped once more before it reaches Redis or a report.
     let result = result.capped();
-    let outcome = result.outcome.kind().as_str();
-    tracing::Span::current().record("outcome", outcome);
-    let disposition = record(queue, env, config, lease, job, &result).await;
-    tracing::info!(
-        outcome,
-        disposition = disposition.as_str(),
-        run_us = result.stats.wall_time_us,
-        "job finished"
-    );
+    let disposition = match record(queue, config, lease, job, &result).await {
+        Ok(disposition) => disposition,
+        Err((op, error)) => {
+            unrecorded(env, clock, op, result.job_id, &error);
+            Disposition::Unrecorded
+        }
+    };
+    log_finished(&result, disposition);
     env.on_finished(job, &result, disposition);
 }
 
-async fn record<Q: Queue, E: JobEnv>(
+/// The run's `job finished` line, in its job span: at debug for a success (a line per
+/// job at info would cost every job a write to stderr), at info for anything else.
+fn log_finished(result: &JobResult, disposition: Disposition) {
+    let outcome = result.outcome.kind().as_str();
+    let quiet = result.outcome.is_success()
+        && matches!(disposition, Disposition::Completed | Disposition::Duplicate);
+    let disposition = disposition.as_str();
+    let run_us = result.stats.wall_time_us;
+    if quiet {
+        tracing::debug!(outcome, disposition, run_us, "job finished");
+    } else {
+        tracing::info!(outcome, disposition, run_us, "job finished");
+    }
+}
+
+async fn record<Q: Queue>(
     queue: &Q,
-    env: &E,
     config: &ExecutorConfig,
     lease: &Lease,
     job: Option<&Job>,
     result: &JobResult,
-) -> Disposition {
+) -> Result<Disposition, (QueueOp, QueueError)> {
     if result.outcome.is_success() {
         return match queue.complete(lease, result.clone()).await {
-            Ok(Completion::Recorded) => Disposition::Completed,
-            Ok(Completion::AlreadyDone) => Disposition::Duplicate,
-            Err(error) => {
-                env.on_queue_error(QueueOp::Complete, Some(result.job_id), &error);
-                Disposition::Unrecorded
-            }
+            Ok(Completion::Recorded) => Ok(Disposition::Completed),
+            Ok(Completion::AlreadyDone) => Ok(Disposition::Duplicate),
+            Err(error) => Err((QueueOp::Complete, error)),
         };
     }
     let attempt = result.attempt;
@@ -781,20 +850,24 @@ async fn record<Q: Queue, E: JobEnv>(
         let mut again = job.clone();
         again.attempt = attempt;
         return match queue.retry(lease, &again, delay).await {
-            Ok(()) => Disposition::Retrying(delay),
-            Err(error) => {
-                env.on_queue_error(QueueOp::Retry, Some(job.id), &error);
-                Disposition::Unrecorded
-            }
+            Ok(()) => Ok(Disposition::Retrying(delay)),
+            Err(error) => Err((QueueOp::Retry, error)),
         };
     }
     match queue.dead_letter(lease, result.clone()).await {
-        Ok(()) => Disposition::DeadLettered,
-        Err(error) => {
-            env.on_queue_error(QueueOp::DeadLetter, Some(result.job_id), &error);
-            Disposition::Unrecorded
-        }
+        Ok(()) => Ok(Disposition::DeadLettered),
+        Err(error) => Err((QueueOp::DeadLetter, error)),
     }
+}
+
+/// Tells the environment a run's end was not recorded, unless it is the lease a renewal
+/// already found lost (logged and counted once, there).
+fn unrecorded<E: JobEnv>(env: &E, clock: &RunClock, op: QueueOp, job: JobId, error: &QueueError) {
+    if matches!(error, QueueError::LeaseLost { .. }) && clock.lease_lost.load(Ordering::SeqCst) {
+        tracing::debug!(op = op.as_str(), %error, "run not recorded: its lease was lost");
+        return;
+    }
+    env.on_queue_error(op, Some(job), error);
 }
 
 fn run_one<E: JobEnv>(

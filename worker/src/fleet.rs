@@ -108,7 +108,7 @@ impl RedisOutput {
                 // Fails open: a broken usage key must not fail the tenant's jobs (the
                 // API refuses its requests on the same key), and an unreachable Redis
                 // fails the blob write that follows anyway.
-                tracing::warn!(tenant = %self.quota.tenant, error = %e,
+                tracing::warn!(tenant = %crate::logging::tenant_field(&self.quota.tenant), error = %e,
                     "could not count output against max_stored_bytes; keeping it");
                 state.reserved = state.reserved.saturating_add(step);
                 Ok(())
@@ -357,7 +357,7 @@ impl JobEnv for RedisEnv {
                 }
                 Err(e) => {
                     // Fails open, as `RedisOutput::cover` does.
-                    tracing::warn!(tenant = %output.quota.tenant, error = %e,
+                    tracing::warn!(tenant = %crate::logging::tenant_field(&output.quota.tenant), error = %e,
                         "could not count output against max_stored_bytes; keeping it");
                 }
             }
@@ -416,7 +416,11 @@ impl JobEnv for RedisEnv {
             if claimed.lease.deliveries > 1 {
                 metrics.lease_takeovers.inc();
             }
-            if claimed.delivery.is_ok()
+            // Waited once: on an entry's first delivery, when it gets a slot (a takeover
+            // or an entry given back at shutdown already waited, or does not run here).
+            if claimed.lease.deliveries == 1
+                && !claim.given_back
+                && claimed.delivery.is_ok()
                 && let Some(entered_ms) = stream_entry_ms(&claimed.lease.entry_id)
             {
                 // Redis's clock wrote the id; a worker clock behind it counts as 0.

@@ -5,7 +5,8 @@
 //! logged in before it); JSON is one object per line for log shippers, with the
 //! event's fields, its current span's fields under `span` and every enclosing span
 //! under `spans`. A fleet worker's job runs are in a `job` span carrying `job` (id),
-//! `tenant`, `module` (hash), `attempt` and, once it is known, `outcome`.
+//! `tenant`, `module` (hash) and `attempt`; its `job finished` event carries the
+//! outcome (at debug for a success).
 
 use std::borrow::Cow;
 use std::io::IsTerminal;

@@ -12,7 +12,14 @@ use prometheus::{
 };
 use sluice_shared::{Job, JobId, JobResult, OutcomeKind, QueueError};
 
-pub use tenants::{DEFAULT_MAX_TENANTS, TenantMetrics};
+pub use tenants::{DEFAULT_MAX_TENANTS, TenantLabels, TenantMetrics};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use sluice_shared::queue::redis::ClaimStep;
 
 use crate::executor::QueueOp;
 
@@ -39,8 +46,8 @@ pub struct WorkerMetrics {
     /// `sluice_job_duplicates_total`: results dropped because another delivery of the
     /// same job finished first.
     pub duplicates: IntCounter,
-    /// `sluice_queue_errors_total`: queue operations that failed (Redis away).
-    pub queue_errors: IntCounter,
+    /// `sluice_queue_errors_total{op}`: queue operations that failed, by operation.
+    pub queue_errors: IntCounterVec,
     /// `sluice_jobs_stuck`: runs the watchdog gave up (recorded as `timeout`) whose
     /// threads are still blocked, each holding a job slot.
     pub stuck: IntGauge,
@@ -63,14 +70,22 @@ pub struct WorkerMetrics {
     /// `sluice_worker_slots_busy`: slots holding a job now (preparing, running, being
     /// recorded, or stuck).
     pub slots_busy: IntGauge,
-    /// `sluice_redis_reconnects_total`: claims that succeeded after one or more failed
-    /// ones (the connection to Redis came back).
+    /// `sluice_redis_reconnects_total`: recoveries after failed Redis calls (claims
+    /// that succeeded after one or more failed ones); the client's own reconnects are
+    /// not visible to the worker.
     pub redis_reconnects: IntCounter,
-    /// `sluice_claim_duration_seconds`: round trip of one claim call.
+    /// `sluice_claim_duration_seconds`: wall time of one claim call, including the time
+    /// it blocks waiting for work (not a Redis round trip).
     pub claim_duration: Histogram,
     /// `sluice_tenant_*`: runs, run seconds and fuel by tenant (folded).
     pub tenants: TenantMetrics,
+    /// When a failing claim step's warning was last logged: it fails at every
+    /// maintenance round (10 a second) until repaired, and is counted each time.
+    step_warned: Arc<Mutex<HashMap<QueueOp, Instant>>>,
 }
+
+/// How often a failing claim step (promote, takeover) is logged at most.
+const STEP_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What the out-of-process compiler ([`crate::compile::Compiler`]) counts.
 #[derive(Clone)]
@@ -138,6 +153,25 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
         .register(Box::new(h.clone()))
         .expect("unique metric");
     h
+}
+
+/// Registers `sluice_queue_errors_total{op}`, every operation's series at zero.
+fn queue_errors(registry: &Registry) -> IntCounterVec {
+    let errors = IntCounterVec::new(
+        Opts::new(
+            "sluice_queue_errors_total",
+            "Queue operations that failed, by operation",
+        ),
+        &["op"],
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(errors.clone()))
+        .expect("unique metric");
+    for op in QueueOp::ALL {
+        errors.with_label_values(&[op.as_str()]);
+    }
+    errors
 }
 
 /// Registers `sluice_build_info{version}`, always 1.
@@ -231,7 +265,7 @@ impl WorkerMetrics {
             claim_duration: histogram(
                 &registry,
                 "sluice_claim_duration_seconds",
-                "Round trip of one claim call to the queue, waiting for work included",
+                "Wall time of one claim call, including the time it blocks waiting for work (not a Redis round trip)",
                 vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0,
@@ -244,11 +278,11 @@ impl WorkerMetrics {
             ),
             redis_reconnects: counter(
                 "sluice_redis_reconnects_total",
-                "Claims that succeeded after failed ones (the connection to Redis came back)",
+                "Recoveries after failed Redis calls: claims that succeeded after failed ones",
             ),
             slots: gauge("sluice_worker_slots", "Job slots (concurrency)"),
             slots_busy: gauge("sluice_worker_slots_busy", "Job slots holding a job now"),
-            tenants: TenantMetrics::register(&registry, max_tenants),
+            tenants: TenantMetrics::register(&registry, TenantLabels::FirstSeen(max_tenants)),
             compile,
             jobs,
             stuck,
@@ -279,8 +313,9 @@ impl WorkerMetrics {
                 "sluice_job_duplicates_total",
                 "Runs whose job another delivery had already finished",
             ),
-            queue_errors: counter("sluice_queue_errors_total", "Queue operations that failed"),
+            queue_errors: queue_errors(&registry),
             cache: CacheMetrics::register(&registry),
+            step_warned: Arc::default(),
             registry,
         }
     }
@@ -307,7 +342,31 @@ impl WorkerMetrics {
     /// `sluice_queue_errors_total`: the one place doing both.
     pub fn queue_error(&self, op: QueueOp, job: Option<JobId>, error: &QueueError) {
         crate::executor::log_queue_error(op, job, error);
-        self.queue_errors.inc();
+        self.queue_errors.with_label_values(&[op.as_str()]).inc();
+    }
+
+    /// A step of a claim that failed while the claim went on (promoting due delayed
+    /// jobs, taking over expired leases, reading new entries after a takeover): counted
+    /// each time, as `promote`, `takeover` or `claim`; a promote or takeover failure
+    /// logged at most once per 10 s.
+    pub fn claim_step_failed(&self, step: ClaimStep, error: &QueueError) {
+        let op = match step {
+            ClaimStep::Promote => QueueOp::Promote,
+            ClaimStep::Takeover => QueueOp::Takeover,
+            ClaimStep::ReadNew => QueueOp::Claim,
+        };
+        if op != QueueOp::Claim {
+            let mut warned = self.step_warned.lock();
+            if warned
+                .get(&op)
+                .is_some_and(|at| at.elapsed() < STEP_WARN_EVERY)
+            {
+                self.queue_errors.with_label_values(&[op.as_str()]).inc();
+                return;
+            }
+            warned.insert(op, Instant::now());
+        }
+        self.queue_error(op, None, error);
     }
 
     /// The text exposition of every metric.

@@ -109,7 +109,7 @@ async fn engine_for(queue: &RedisQueue, tenant: Option<&str>) -> Metering {
         Ok(Some(policy)) if policy.max_fuel.is_some() => Metering::Fuel,
         Ok(_) => Metering::Off,
         Err(error) => {
-            tracing::warn!(%tenant, %error, "precompile: cannot read the tenant's policy");
+            tracing::warn!(tenant = %crate::logging::tenant_field(tenant), %error, "precompile: cannot read the tenant's policy");
             Metering::Off
         }
     }
@@ -188,7 +188,7 @@ async fn precompile(
         }
         Ok(Precompiled::Present) => PrecompileResult::Present,
         Ok(Precompiled::Refused(reason)) => {
-            tracing::warn!(%module, %reason, "precompile: module refused");
+            tracing::warn!(%module, ?reason, "precompile: module refused");
             PrecompileResult::Refused
         }
         Ok(Precompiled::Failed(error)) => {

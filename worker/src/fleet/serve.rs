@@ -65,6 +65,11 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
     metrics
         .slots
         .set(i64::try_from(config.slots).unwrap_or(i64::MAX));
+    // Steps of a claim that fail while the claim goes on are logged and counted here.
+    queue.on_claim_step_failed({
+        let metrics = metrics.clone();
+        Arc::new(move |step, error| metrics.claim_step_failed(step, error))
+    });
     let sandbox_config = SandboxConfig {
         slots: u32::try_from(config.slots).unwrap_or(u32::MAX),
         dir_grants: config.dir_grants.clone(),

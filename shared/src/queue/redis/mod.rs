@@ -68,6 +68,7 @@ pub use listing::{
     MAX_PAGE, ModuleHold, ORIGIN_FIELD, Page,
 };
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
+pub use queue::{ClaimErrorHook, ClaimStep};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{
     BatchCancelled, BatchCounts, BatchJob, CANCELLED, Cancelled, JobRecord, Results, ResultsError,

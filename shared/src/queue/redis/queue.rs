@@ -5,6 +5,7 @@
 //! `retry.lua`, `dead.lua` or `release.lua`; `promote.lua` moves due delayed jobs.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -25,6 +26,22 @@ use crate::queue::{
     Claimed, Completion, DeadLetter, Lease, Queue, QueueError, QueueStats, ReleaseKind,
 };
 
+/// A step inside a claim that can fail while the claim goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimStep {
+    /// Moving due delayed jobs onto the job stream (`promote.lua`).
+    Promote,
+    /// Taking over entries whose lease expired (`takeover.lua`).
+    Takeover,
+    /// Reading new entries after some were taken over (those are returned anyway).
+    ReadNew,
+}
+
+/// Told of every claim step that failed while its claim went on
+/// ([`RedisQueue::on_claim_step_failed`]): the hook then logs and counts it, and the
+/// queue logs nothing of its own.
+pub type ClaimErrorHook = Arc<dyn Fn(ClaimStep, &QueueError) + Send + Sync>;
+
 /// One completion waiting for the batch flusher.
 struct PendingCompletion {
     lease: Lease,
@@ -43,6 +60,8 @@ pub(super) struct ClaimState {
     /// When a failing maintenance step was last logged: it fails on every claim until
     /// repaired, and one line per few seconds says as much as thousands.
     maintenance_warned: Mutex<HashMap<&'static str, Instant>>,
+    /// Who is told of failed claim steps (else they are logged here, rate-limited).
+    step_failed: OnceLock<ClaimErrorHook>,
 }
 
 impl ClaimState {
@@ -55,11 +74,18 @@ impl ClaimState {
             last_maintenance: Mutex::new(None),
             takeover_cursor: Mutex::new("0-0".to_owned()),
             maintenance_warned: Mutex::new(HashMap::new()),
+            step_failed: OnceLock::new(),
         }
     }
 }
 
 impl RedisQueue {
+    /// Installs the hook told of claim steps that fail while the claim goes on (a
+    /// worker counts them); only the first call takes effect.
+    pub fn on_claim_step_failed(&self, hook: ClaimErrorHook) {
+        let _ = self.claims.step_failed.set(hook);
+    }
+
     /// Promotes due delayed jobs and takes over entries idle longer than `lease_for`,
     /// at most once per maintenance interval. A step that fails is logged with the key
     /// it concerns and skipped, so a corrupt delayed set or job stream never stops
@@ -84,7 +110,7 @@ impl RedisQueue {
             .await;
         if let Err(e) = promoted {
             self.maintenance_failed(
-                "promote",
+                ClaimStep::Promote,
                 &self.keys.delayed,
                 &on_key(&self.keys.delayed)(e).into(),
             );
@@ -92,13 +118,21 @@ impl RedisQueue {
         match self.take_over(consumer, max, lease_for).await {
             Ok(claimed) => claimed,
             Err(e) => {
-                self.maintenance_failed("takeover", &self.keys.jobs, &e);
+                self.maintenance_failed(ClaimStep::Takeover, &self.keys.jobs, &e);
                 Vec::new()
             }
         }
     }
 
-    fn maintenance_failed(&self, step: &'static str, key: &str, error: &QueueError) {
+    fn maintenance_failed(&self, step: ClaimStep, key: &str, error: &QueueError) {
+        if let Some(hook) = self.claims.step_failed.get() {
+            return hook(step, error);
+        }
+        let step = match step {
+            ClaimStep::Promote => "promote",
+            ClaimStep::Takeover => "takeover",
+            ClaimStep::ReadNew => "read",
+        };
         let mut warned = self.claims.maintenance_warned.lock();
         if warned
             .get(step)
@@ -520,6 +554,10 @@ impl Queue for RedisQueue {
                     // Entries already taken over are this consumer's now: dropping them
                     // would leave them to expire once more before anyone runs them.
                     Err(error) if !claimed.is_empty() => {
+                        if let Some(hook) = self.claims.step_failed.get() {
+                            hook(ClaimStep::ReadNew, &error);
+                            return Ok(claimed);
+                        }
                         tracing::warn!(key = %self.keys.jobs, %error, "reading new jobs failed; returning the jobs taken over");
                         return Ok(claimed);
                     }
