@@ -96,8 +96,10 @@ impl From<ModuleName> for String {
 }
 
 /// Whether a name may hold `c`: not `/`, not a control (Cc), format (Cf) or
-/// separator (Z*) character, not whitespace.
-fn allowed(c: char) -> bool {
+/// separator (Z*) character, not whitespace. Views that print names read from Redis
+/// (`sluice top`) replace the characters this refuses, so no stored name can move a
+/// terminal's cursor or reorder what it shows.
+pub fn allowed(c: char) -> bool {
     c != '/' && !c.is_control() && !c.is_whitespace() && !is_format(c)
 }
 

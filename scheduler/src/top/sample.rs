@@ -86,6 +86,7 @@ impl Sample {
         let now = status.server_time_ms;
         let mut seen: BTreeMap<String, WorkerRow> = BTreeMap::new();
         for (name, until) in status.heartbeats {
+            let name = shown(&name);
             seen.insert(
                 name.clone(),
                 WorkerRow {
@@ -97,8 +98,9 @@ impl Sample {
             );
         }
         for c in status.consumers {
-            let row = seen.entry(c.name.clone()).or_insert(WorkerRow {
-                name: c.name,
+            let name = shown(&c.name);
+            let row = seen.entry(name.clone()).or_insert(WorkerRow {
+                name,
                 live: c.idle_ms <= stale_ms,
                 pending: 0,
                 idle_ms: 0,
@@ -117,7 +119,7 @@ impl Sample {
             .tenants
             .into_iter()
             .map(|t| TenantRow {
-                tenant: t.tenant,
+                tenant: shown(&t.tenant),
                 backlog: t.backlog,
                 inflight: t.inflight,
             })
@@ -177,6 +179,30 @@ pub fn age(d: Duration) -> String {
         3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
+}
+
+/// Longest name the view prints, in characters (more is cut, ending in `…`).
+const MAX_NAME_CHARS: usize = 64;
+
+/// `name` as the view prints it: names come from Redis, where anyone who can write
+/// there could put escape sequences, bidi overrides or a megabyte of text; each
+/// character a module name may not hold becomes `?`, and a long name is cut.
+fn shown(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(MAX_NAME_CHARS)
+        .map(|c| {
+            if sluice_shared::module_name::allowed(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if name.chars().count() > MAX_NAME_CHARS {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -259,5 +285,15 @@ mod tests {
         assert_eq!(age(Duration::from_secs(192)), "3m12s");
         assert_eq!(age(Duration::from_secs(5 * 3600 + 180)), "5h03m");
         assert_eq!(age(Duration::from_secs(2 * 86400 + 4 * 3600)), "2d04h");
+    }
+
+    #[test]
+    fn names_from_redis_cannot_drive_the_terminal() {
+        assert_eq!(super::shown("acme"), "acme");
+        assert_eq!(super::shown("a\u{1b}[2Jb\nc\u{202e}d"), "a?[2Jb?c?d");
+        let long = "x".repeat(100);
+        let cut = super::shown(&long);
+        assert_eq!(cut.chars().count(), super::MAX_NAME_CHARS + 1);
+        assert!(cut.ends_with('…'));
     }
 }
