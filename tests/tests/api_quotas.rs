@@ -105,7 +105,10 @@ fn an_upload_over_the_input_quota_is_refused_while_streaming_and_leaves_nothing(
 fn stored_bytes_are_counted_per_tenant_and_refused_with_retry_after() {
     let redis = RedisServer::start();
     let s = serve(&redis, &[]);
-    let token = s.tenant("hoarder", json!({ "max_stored_bytes": 3 << 20 }));
+    // Each job naming its module by `upper` also stores that name (its argv[0]) in its
+    // envelope: 3 MiB of inputs plus the two jobs' names fill the quota exactly.
+    let quota = (3 << 20) + 2 * "upper".len();
+    let token = s.tenant("hoarder", json!({ "max_stored_bytes": quota }));
     let other = s.tenant("other", json!({ "max_stored_bytes": 3 << 20 }));
     for t in [&token, &other] {
         assert_eq!(s.upload(t, &upper_wasm(), "upper").status, 201);

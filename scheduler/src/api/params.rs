@@ -84,7 +84,7 @@ pub(super) fn module_name(query: Option<&str>) -> ApiResult<Option<String>> {
         && let Err(e) = name.parse::<ModuleName>()
     {
         return Err(ApiError::bad_request(format!(
-            "name: {e} (1-128 bytes, no `/` or control characters, not a module hash)"
+            "name: {e} (1-128 bytes of printable characters, no whitespace, `/`, control or format characters, no leading `-`, not a module hash)"
         )));
     }
     Ok(name)
