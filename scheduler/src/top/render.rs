@@ -149,14 +149,33 @@ fn fitting(total: usize, height: u16) -> (usize, bool) {
     }
 }
 
-fn workers_table(sample: &Sample, height: u16) -> Table<'static> {
-    let total = sample.workers.len() + sample.workers_left_out;
+/// A bordered table of as many `items` as fit `height` (their `left_out` count
+/// beyond), one `row` each, ending in `… N more` when some do not fit.
+fn listing<T>(
+    items: &[T],
+    left_out: usize,
+    height: u16,
+    row: impl Fn(&T) -> Row<'static>,
+    (widths, header): (&[Constraint], &[&'static str]),
+    title: String,
+) -> Table<'static> {
+    let total = items.len() + left_out;
     let (shown, more) = fitting(total, height);
-    let mut rows: Vec<Row<'static>> = sample
-        .workers
-        .iter()
-        .take(shown)
-        .map(|w| {
+    let mut rows: Vec<Row<'static>> = items.iter().take(shown).map(row).collect();
+    if more {
+        rows.push(Row::new(vec![format!("… {} more", total - shown)]));
+    }
+    Table::new(rows, widths.to_vec())
+        .header(Row::new(header.to_vec()).style(Style::new().add_modifier(Modifier::BOLD)))
+        .block(Block::bordered().title(title))
+}
+
+fn workers_table(sample: &Sample, height: u16) -> Table<'static> {
+    listing(
+        &sample.workers,
+        sample.workers_left_out,
+        height,
+        |w| {
             let state = if w.live { "live" } else { "gone" };
             let style = if w.live {
                 Style::new()
@@ -170,58 +189,42 @@ fn workers_table(sample: &Sample, height: u16) -> Table<'static> {
                 age(Duration::from_millis(w.idle_ms)),
             ])
             .style(style)
-        })
-        .collect();
-    if more {
-        rows.push(Row::new(vec![format!("… {} more", total - shown)]));
-    }
-    Table::new(
-        rows,
-        [
-            Constraint::Min(12),
-            Constraint::Length(5),
-            Constraint::Length(8),
-            Constraint::Length(8),
-        ],
+        },
+        (
+            &[
+                Constraint::Min(12),
+                Constraint::Length(5),
+                Constraint::Length(8),
+                Constraint::Length(8),
+            ],
+            &["worker", "state", "leased", "idle"],
+        ),
+        format!(" workers ({} live) ", sample.live_workers()),
     )
-    .header(
-        Row::new(vec!["worker", "state", "leased", "idle"])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(Block::bordered().title(format!(" workers ({} live) ", sample.live_workers())))
 }
 
 fn tenants_table(sample: &Sample, height: u16) -> Table<'static> {
-    let total = sample.tenants.len() + sample.tenants_left_out;
-    let (shown, more) = fitting(total, height);
-    let mut rows: Vec<Row<'static>> = sample
-        .tenants
-        .iter()
-        .take(shown)
-        .map(|t| {
+    listing(
+        &sample.tenants,
+        sample.tenants_left_out,
+        height,
+        |t| {
             Row::new(vec![
                 t.tenant.clone(),
                 t.backlog.to_string(),
                 t.inflight.to_string(),
             ])
-        })
-        .collect();
-    if more {
-        rows.push(Row::new(vec![format!("… {} more", total - shown)]));
-    }
-    Table::new(
-        rows,
-        [
-            Constraint::Min(12),
-            Constraint::Length(9),
-            Constraint::Length(9),
-        ],
+        },
+        (
+            &[
+                Constraint::Min(12),
+                Constraint::Length(9),
+                Constraint::Length(9),
+            ],
+            &["tenant", "backlog", "in flight"],
+        ),
+        format!(" {} ", tenant_title(sample)),
     )
-    .header(
-        Row::new(vec!["tenant", "backlog", "in flight"])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(Block::bordered().title(format!(" {} ", tenant_title(sample))))
 }
 
 /// `tenants (N waiting, M in flight)`, and `(incomplete)` when the reading was capped.
