@@ -176,6 +176,20 @@ fn checked(reply: Option<Result<Value, RedisError>>, what: &str) -> Result<Value
     }
 }
 
+/// Sends `pipe`, keeping each command's error reply for [`checked`] to judge; only a
+/// transport failure fails here.
+async fn send(
+    pipe: &mut redis::Pipeline,
+    conn: &ConnectionManager,
+) -> Result<std::vec::IntoIter<Result<Value, RedisError>>, StoreError> {
+    let replies: Vec<Result<Value, RedisError>> = pipe
+        .ignore_errors()
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(unavailable)?;
+    Ok(replies.into_iter())
+}
+
 impl Admin<'_> {
     /// The queue's state in a few pipelined reads (see the module doc) over the
     /// queue's shared connection (`sluice top`; the exporter reads through its own
@@ -200,12 +214,7 @@ pub(super) async fn read(conn: &ConnectionManager, keys: &Keys) -> Result<QueueG
     pipe.cmd("TIME");
     pipe.cmd("INFO").arg("memory");
     pipe.cmd("HLEN").arg(&admitted_key);
-    let replies: Vec<Result<Value, RedisError>> = pipe
-        .ignore_errors()
-        .query_async(&mut conn.clone())
-        .await
-        .map_err(unavailable)?;
-    let mut replies = replies.into_iter();
+    let mut replies = send(&mut pipe, conn).await?;
     let mut next = |what: &str| checked(replies.next(), what);
 
     let group = match next("XINFO GROUPS")? {
@@ -274,12 +283,7 @@ pub(super) async fn read(conn: &ConnectionManager, keys: &Keys) -> Result<QueueG
     if read_admitted {
         pipe.cmd("HVALS").arg(&admitted_key);
     }
-    let replies: Vec<Result<Value, RedisError>> = pipe
-        .ignore_errors()
-        .query_async(&mut conn.clone())
-        .await
-        .map_err(unavailable)?;
-    let mut replies = replies.into_iter();
+    let mut replies = send(&mut pipe, conn).await?;
     let mut next = |what: &str| checked(replies.next(), what);
 
     let age_of_first = |reply: &Value| {
