@@ -9,6 +9,27 @@ use std::time::{Duration, Instant};
 use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{Job, JobId, JobResult, OutcomeKind, Queue};
 
+/// Follows `queue`'s completion notices from `cursor` until at least `n` jobs (any)
+/// have finished: the event that says a batch is under way or done. Fails once
+/// `within` has passed, saying how many arrived.
+pub async fn await_notices(queue: &RedisQueue, mut cursor: String, n: usize, within: Duration) {
+    let give_up = Instant::now() + within;
+    let mut seen = 0;
+    while seen < n {
+        assert!(
+            Instant::now() < give_up,
+            "only {seen} of {n} completion notices arrived within {within:?}"
+        );
+        let (next, notices) = queue
+            .results()
+            .completions(&cursor, Duration::from_secs(5))
+            .await
+            .unwrap();
+        cursor = next;
+        seen += notices.len();
+    }
+}
+
 /// How long [`poll`] sleeps between readings.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 

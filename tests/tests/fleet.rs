@@ -37,20 +37,6 @@ async fn await_finished(
     wait::await_finished(queue, from, ids, FINISH_WITHIN).await
 }
 
-/// Follows completion notices from `cursor` until `n` jobs (any) have finished.
-async fn await_notices(queue: &RedisQueue, mut cursor: String, n: usize) {
-    let mut seen = 0;
-    while seen < n {
-        let (next, notices) = queue
-            .results()
-            .completions(&cursor, Duration::from_secs(5))
-            .await
-            .unwrap();
-        cursor = next;
-        seen += notices.len();
-    }
-}
-
 fn slow_jobs(module: ModuleHash, n: usize) -> Vec<Job> {
     (0..n)
         .map(|_| Job::new(module, JobInput::Inline(Vec::new())))
@@ -119,7 +105,7 @@ fn killed_worker_jobs_are_reclaimed() {
     rt.block_on(queue.enqueue(&jobs)).unwrap();
 
     // Kill the victim once the batch is well under way.
-    rt.block_on(await_notices(queue, from.clone(), 100));
+    rt.block_on(wait::await_notices(queue, from.clone(), 100, FINISH_WITHIN));
     victim.kill();
     let held: u64 = server
         .cli(&[
@@ -178,7 +164,12 @@ fn redis_restart_mid_batch_loses_nothing() {
         queue,
         ..
     } = &mut fleet;
-    rt.block_on(await_notices(queue, "0-0".to_owned(), 100));
+    rt.block_on(wait::await_notices(
+        queue,
+        "0-0".to_owned(),
+        100,
+        FINISH_WITHIN,
+    ));
     server.kill();
     server.start_again();
 

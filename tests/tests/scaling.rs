@@ -8,7 +8,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{EntryPoint, Job, JobId, JobInput, JobOutput, ModuleHash, OutcomeKind, Queue};
 use sluice_tests::scaling::{
     ExportedFigures, Exporter, GROUP, MeteredWorker, group_figures, stream,
@@ -121,23 +120,6 @@ impl Batch {
     }
 }
 
-/// Follows completion notices from `cursor` until at least `n` jobs have finished:
-/// the event that says a batch is under way.
-fn await_notices(queue: &RedisQueue, rt: &tokio::runtime::Runtime, mut cursor: String, n: usize) {
-    let mut seen = 0;
-    rt.block_on(async {
-        while seen < n {
-            let (next, notices) = queue
-                .results()
-                .completions(&cursor, Duration::from_secs(5))
-                .await
-                .unwrap();
-            cursor = next;
-            seen += notices.len();
-        }
-    });
-}
-
 /// Two figures read together, printable for a wait's failure message.
 struct Reading(u64, u64);
 
@@ -195,7 +177,9 @@ fn workers_added_mid_batch_take_jobs_at_once_and_the_batch_completes_exactly() {
     let from = batch.enqueue(&fleet);
 
     // Mid-batch: the first worker has finished some jobs, most are still queued.
-    await_notices(&fleet.queue, &fleet.rt, from.clone(), 20);
+    fleet
+        .rt
+        .block_on(wait::await_notices(&fleet.queue, from.clone(), 20, WITHIN));
     let done_before = counter(&fleet.redis, "grow", "completed");
     assert!(
         done_before < N as u64 / 2,
@@ -265,7 +249,9 @@ fn sigterm_mid_run_loses_nothing_and_runs_nothing_twice() {
     let batch = Batch::new(module, N);
     let from = batch.enqueue(&fleet);
 
-    await_notices(&fleet.queue, &fleet.rt, from.clone(), 30);
+    fleet
+        .rt
+        .block_on(wait::await_notices(&fleet.queue, from.clone(), 30, WITHIN));
     // Stop two of the three while each holds jobs (several slots mid-run).
     for victim in &victims {
         let consumer = &victim.process.consumer;
@@ -342,7 +328,9 @@ fn scaled_to_zero_the_backlog_shows_and_a_later_worker_finishes_it() {
     // are one instant, so the exporter's first reading (its first scrape reads Redis
     // then) is bracketed: the undelivered count only falls while nothing is enqueued
     // or released. Pending is compared exactly where the fleet stands still.
-    await_notices(&fleet.queue, &fleet.rt, from.clone(), 10);
+    fleet
+        .rt
+        .block_on(wait::await_notices(&fleet.queue, from.clone(), 10, WITHIN));
     let before = group_figures(&fleet.redis, "zero");
     let during = exporter.figures("zero");
     let after = group_figures(&fleet.redis, "zero");
