@@ -377,7 +377,7 @@ impl Shared {
 /// failure up to [`CLAIM_RETRY_MAX`] and starts again after a claim succeeds.
 const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// The longest wait between claims while the backend is away.
-const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
+pub const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs jobs from `queue` until `shutdown` is cancelled, then lets the jobs in flight
 /// finish for up to the grace period, releases the leases of any still running so

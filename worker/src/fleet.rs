@@ -28,6 +28,7 @@ use tokio::runtime::Handle;
 
 use crate::cache::{ArtifactCache, CacheConfig, CacheError, compile_with};
 use crate::executor::{ClaimReport, Disposition, JobEnv, QueueOp};
+use crate::health::WorkerHealth;
 use crate::metrics::WorkerMetrics;
 use crate::sandbox::{LoadedModule, Sandbox};
 
@@ -165,6 +166,8 @@ pub struct RedisEnv {
     /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR`.
     policies: Mutex<HashMap<String, (Instant, TenantPolicy)>>,
     metrics: WorkerMetrics,
+    /// What `/healthz` and `/readyz` answer, fed by the claim loop's hooks.
+    health: Arc<WorkerHealth>,
     /// Stops the precompile task (when there is one) with the environment.
     _precompile: Option<tokio_util::sync::DropGuard>,
 }
@@ -180,6 +183,7 @@ impl RedisEnv {
         queue: Arc<RedisQueue>,
         sandbox: Arc<Sandbox>,
         metrics: WorkerMetrics,
+        health: Arc<WorkerHealth>,
         cache: &CacheConfig,
     ) -> Result<Self, CacheError> {
         let modules = ArtifactCache::new(
@@ -207,6 +211,7 @@ impl RedisEnv {
             outputs: Mutex::default(),
             policies: Mutex::default(),
             metrics,
+            health,
         })
     }
 }
@@ -402,6 +407,7 @@ impl JobEnv for RedisEnv {
     }
 
     fn on_claimed(&self, claim: &ClaimReport<'_>) {
+        self.health.claim_succeeded(Instant::now());
         let metrics = &self.metrics;
         metrics.claim_duration.observe(claim.took.as_secs_f64());
         if claim.after_failures > 0 {
@@ -431,10 +437,12 @@ impl JobEnv for RedisEnv {
     }
 
     fn on_lease_renewed(&self) {
+        self.health.reached_redis();
         self.metrics.lease_renewals.inc();
     }
 
     fn on_slot(&self, busy: bool) {
+        self.health.slot(Instant::now(), busy);
         if busy {
             self.metrics.slots_busy.inc();
         } else {
@@ -448,6 +456,7 @@ impl JobEnv for RedisEnv {
         job: Option<sluice_shared::JobId>,
         error: &sluice_shared::QueueError,
     ) {
+        self.health.queue_error(Instant::now(), op, error);
         self.metrics.queue_error(op, job, error);
     }
 }

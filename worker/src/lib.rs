@@ -24,6 +24,8 @@
 //! - [`run`]: `sluice-worker run`, one module over stdin → stdout.
 //! - [`cli`]: the guest limit flags shared with `sluice batch`, and signal handling.
 //! - [`metrics`]: the worker's Prometheus metrics and their endpoint.
+//! - [`health`]: liveness (`/healthz`: the claim loop progresses) and readiness
+//!   (`/readyz`: Redis answers, not draining), read from atomics the loop updates.
 //! - [`logging`]: `--log-format text|json` and `RUST_LOG`, for both binaries.
 //!
 //! ```no_run
@@ -44,6 +46,7 @@ pub mod compile;
 pub mod config;
 pub mod executor;
 pub mod fleet;
+pub mod health;
 mod hostcalls;
 mod limiter;
 pub mod logging;

@@ -551,11 +551,13 @@ impl Default for WorkerMetrics {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) on `listener` (bound by the caller, so that
-/// the endpoint answers as soon as the worker says it is ready) until `shutdown`.
+/// Serves `/metrics` (and `/healthz`, `/readyz`: [`crate::health`]) on `listener`
+/// (bound by the caller, so that the endpoint answers as soon as the worker says it is
+/// ready) until `shutdown`.
 pub async fn serve_endpoint(
     listener: tokio::net::TcpListener,
     metrics: WorkerMetrics,
+    health: Arc<crate::health::WorkerHealth>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     use axum::routing::get;
@@ -572,7 +574,7 @@ pub async fn serve_endpoint(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .merge(crate::health::routes(health));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -42,7 +42,8 @@ pub struct FleetArgs {
     /// Job slots (jobs run at once), 1 to 1024. Default: 4 per core.
     #[arg(long, env = "SLUICE_CONCURRENCY", value_parser = parsed::<usize>(field::CONCURRENCY))]
     pub concurrency: Option<usize>,
-    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9464).
+    /// Serve /metrics, /healthz (liveness) and /readyz (readiness) on this address
+    /// (e.g. 127.0.0.1:9464).
     #[arg(long, env = "SLUICE_METRICS_ADDR", value_parser = parsed::<SocketAddr>(field::METRICS_ADDR))]
     pub metrics_addr: Option<SocketAddr>,
     /// Tenants named in the per-tenant metrics: the first N this worker sees keep
@@ -368,7 +369,7 @@ pub struct FleetConfig {
     pub redis_ca_pem: Option<Vec<u8>>,
     /// Job slots, 1 to [`limits::MAX_CONCURRENCY`].
     pub slots: usize,
-    /// Where to serve /metrics and /healthz, if anywhere.
+    /// Where to serve /metrics, /healthz and /readyz, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// Tenants named in the per-tenant metrics (the rest are `other`).
     pub metrics_max_tenants: usize,

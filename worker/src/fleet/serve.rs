@@ -1,8 +1,9 @@
 //! `sluice-worker serve` as a library call: connect to Redis (with backoff, until it
 //! answers or the worker is told to stop; refused credentials or an unusable URL stop
 //! it at once), build the sandbox (compiling in a limited
-//! child process), start the `/metrics`
-//! endpoint, and run the executor over the queue until shutdown.
+//! child process), start the `/metrics`, `/healthz` and `/readyz`
+//! endpoint, and run the executor over the queue until shutdown (the endpoint answering
+//! through the drain).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::config::FleetConfig;
 use crate::compile::{Compiler, EngineSettings};
 use crate::config::SandboxConfig;
 use crate::executor::{self, ExecutorConfig, ExecutorError};
+use crate::health::{WorkerHealth, liveness_bound};
 use crate::metrics::{self, WorkerMetrics};
 use crate::sandbox::{Sandbox, SandboxError};
 
@@ -82,6 +84,28 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         .with_max_module_bytes(sandbox_config.max_module_bytes)
         .with_metrics(metrics.compile.clone());
     let sandbox = Arc::new(Sandbox::with_compiler(sandbox_config, compiler)?);
+    let executor = executor_config(&config);
+    let health = Arc::new(WorkerHealth::new(
+        executor.slots,
+        liveness_bound(
+            executor.claim_wait,
+            queue.config().response_timeout,
+            executor::CLAIM_RETRY_MAX,
+        ),
+    ));
+    // The endpoint outlives the shutdown signal: while jobs in flight finish, `/readyz`
+    // answers 503 (draining) and `/metrics` goes on; it stops when `serve` returns.
+    let endpoint_stop = CancellationToken::new();
+    let _endpoint_stop = endpoint_stop.clone().drop_guard();
+    tokio::spawn({
+        let (health, shutdown, stop) = (health.clone(), shutdown.clone(), endpoint_stop.clone());
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => health.drain(),
+                () = stop.cancelled() => {}
+            }
+        }
+    });
     if let Some(addr) = config.metrics_addr {
         // Bound before the worker says it is ready; a failure is logged and the worker
         // runs without its endpoint, as before.
@@ -90,7 +114,8 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
                 let endpoint = tokio::spawn(metrics::serve_endpoint(
                     listener,
                     metrics.clone(),
-                    shutdown.clone(),
+                    health.clone(),
+                    endpoint_stop,
                 ));
                 tokio::spawn(async move {
                     if let Ok(Err(error)) = endpoint.await {
@@ -105,12 +130,13 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         queue.clone(),
         sandbox.clone(),
         metrics,
+        health.clone(),
         &config.cache,
     )?);
-    let executor = executor_config(&config);
     tracing::info!(
         consumer = %executor.consumer,
         slots = executor.slots,
+        liveness_bound = ?health.bound(),
         max_stuck = config.max_stuck,
         queue = %queue.config().queue,
         "worker ready"
