@@ -182,6 +182,12 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id (to freeze it with SIGSTOP, as a hung server), while it
+    /// runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL: a crash, not a clean shutdown).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
