@@ -61,12 +61,13 @@ COPY deploy/healthcheck /usr/local/bin/sluice-healthcheck
 
 USER 10001:10001
 # Listen beyond the container's loopback: `sluice serve` on 8080, the worker's
-# /metrics and /healthz on 9464. Each binary reads only its own variable.
+# /metrics, /healthz and /readyz on 9464. Each binary reads only its own variable.
 ENV SLUICE_LISTEN=0.0.0.0:8080 \
     SLUICE_METRICS_ADDR=0.0.0.0:9464 \
     SLUICE_CACHE_DIR=/var/cache/sluice
 EXPOSE 8080 9464
-# /healthz of the worker (the default command); a `sluice serve` container sets
+# /healthz of the worker (the default command: liveness, 503 when its claim loop is
+# stuck, not when Redis is down); a `sluice serve` container sets
 # SLUICE_HEALTHCHECK_PORT=8080 (deploy/compose.yaml does).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/sluice-healthcheck"]

@@ -60,6 +60,23 @@ fn health_check_and_probe_endpoints_answer_on_the_real_processes() {
     );
     answer.join().expect("the 503 listener");
 
+    // Readiness and liveness are split on both: readiness on /readyz (Redis answers,
+    // not draining), liveness on /healthz (the process, or the worker's claim loop,
+    // makes progress; Redis down is no reason to restart).
+    for file in ["deploy/k8s/worker.yaml", "deploy/k8s/serve.yaml"] {
+        let container = &yaml(file)["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            text(container, &["readinessProbe", "httpGet", "path"]),
+            "/readyz",
+            "{file}"
+        );
+        assert_eq!(
+            text(container, &["livenessProbe", "httpGet", "path"]),
+            "/healthz",
+            "{file}"
+        );
+    }
+
     // Every probe path the manifests use answers 200 on the process it probes.
     for (file, addr) in [
         ("deploy/k8s/worker.yaml", &metrics),
