@@ -384,6 +384,7 @@ impl JobEnv for RedisEnv {
     }
 
     fn on_stuck(&self, _job: &Job, stuck: bool) {
+        self.health.stuck(stuck);
         if stuck {
             self.metrics.stuck.inc();
             self.metrics.stuck_total.inc();
