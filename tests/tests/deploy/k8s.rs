@@ -275,8 +275,52 @@ fn kubernetes_deployments_reference_secrets_drain_and_are_sized_from_the_sandbox
             "{name}: {key}"
         );
     }
-    resource("PodDisruptionBudget", "sluice-worker");
+    // A Redis outage makes every worker unready (/readyz): the budget must still let
+    // unready workers be evicted, or it would block every node drain and scale-down.
+    let pdb = resource("PodDisruptionBudget", "sluice-worker");
+    assert_eq!(
+        text(&pdb, &["spec", "unhealthyPodEvictionPolicy"]),
+        "AlwaysAllow",
+        "the worker PDB lets unready workers be evicted"
+    );
     resource("Service", "sluice");
+}
+
+/// The worker's liveness bound as docs/operations.md states it (`= **136 s**`; the
+/// worker's unit test checks that figure against the code's defaults).
+fn documented_liveness_bound() -> Duration {
+    let docs = std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("docs");
+    let section = &docs[docs
+        .find("## Worker health")
+        .expect("a Worker health section")..];
+    let figure = section
+        .split("= **")
+        .nth(1)
+        .and_then(|rest| rest.split("**").next())
+        .expect("the bound, as `= **N s**`");
+    parse_duration(&figure.replace(' ', "")).expect("a duration")
+}
+
+#[test]
+fn the_worker_liveness_probe_fits_its_bound() {
+    let bound = documented_liveness_bound();
+    let deployment = resource("Deployment", "sluice-worker");
+    let probe = &deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"];
+    let field = |name: &str| probe[name].as_u64().unwrap_or_else(|| panic!("{name}"));
+    let (period, threshold, timeout) = (
+        field("periodSeconds"),
+        field("failureThreshold"),
+        field("timeoutSeconds"),
+    );
+    assert!(timeout < period, "a probe ends before the next one");
+    // /healthz already fails only after the bound; the probe's own tolerance adds at
+    // most the bound again, so a stuck worker restarts within twice the bound.
+    let tolerance = Duration::from_secs(period * threshold);
+    assert!(
+        tolerance <= bound,
+        "liveness {period}s x {threshold} exceeds the {bound:?} bound"
+    );
+    assert!(threshold >= 2, "one slow probe is no restart");
 }
 
 /// The runtime, Redis buffers, stderr caps and pipes of a worker process (an estimate,
