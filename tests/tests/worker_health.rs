@@ -21,38 +21,65 @@ fn free_addr() -> String {
     format!("127.0.0.1:{}", listener.local_addr().expect("addr").port())
 }
 
-/// `GET addr path`: the status and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
+/// `GET addr path`: the status and the body, or why there is none.
+fn try_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let mut reply = sluice_tests::serve::agent()
         .get(&format!("http://{addr}{path}"))
         .call()
-        .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+        .map_err(|e| format!("GET {addr}{path}: {e}"))?;
     let status = reply.status().as_u16();
-    let body = reply.body_mut().read_to_string().expect("a text body");
-    (status, body)
+    let body = reply
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("GET {addr}{path}: body: {e}"))?;
+    Ok((status, body))
 }
 
-/// A reading of one probe, printable for the wait's failure message.
-struct Probe(u16, String);
+/// As [`try_get`], for an endpoint that must answer now.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    try_get(addr, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A reading of one probe (status and body, or why it did not answer), printable for
+/// the wait's failure message.
+struct Probe(Result<(u16, String), String>);
+
+impl Probe {
+    fn status(&self) -> Option<u16> {
+        self.0.as_ref().ok().map(|(s, _)| *s)
+    }
+
+    fn body(self) -> String {
+        self.0.map_or_else(|e| e, |(_, b)| b)
+    }
+}
 
 impl std::fmt::Display for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.0, self.1)
+        match &self.0 {
+            Ok((status, body)) => write!(f, "{status} {body}"),
+            Err(error) => f.write_str(error),
+        }
     }
 }
 
 /// Polls `path` until its status is `status`; returns the body.
 fn await_status(addr: &str, path: &str, status: u16) -> String {
-    let Probe(_, body) = poll(
+    poll(
         &format!("{path} turning {status}"),
         TURN_WITHIN,
-        || {
-            let (s, b) = get(addr, path);
-            Probe(s, b)
-        },
-        |p| p.0 == status,
-    );
-    body
+        || Probe(try_get(addr, path)),
+        |p| p.status() == Some(status),
+    )
+    .body()
+}
+
+/// The age of the last claim in a `/healthz` body (`ok (last claim 0.4s ago)`).
+fn last_claim_age(body: &str) -> Option<f64> {
+    body.strip_prefix("ok (last claim ")?
+        .strip_suffix("s ago)")?
+        .parse()
+        .ok()
 }
 
 /// Starts a worker with its endpoint on a free port; returns it and the address once
@@ -75,7 +102,15 @@ fn worker_with_endpoint(fleet: &Fleet, consumer: &str, extra: &[&str]) -> (Worke
 fn readiness_follows_redis_while_liveness_stays_up() {
     let mut fleet = Fleet::start("health-redis");
     let (mut worker, addr) = worker_with_endpoint(&fleet, "w0", &[]);
-    assert_eq!(get(&addr, "/healthz"), (200, "ok".to_owned()));
+    // An idle worker claims again and again (every claim wait, 0.5 s): the last
+    // claim's age in /healthz keeps resetting, which a constant "ok" never shows.
+    let live = poll(
+        "/healthz showing a claim less than 1 s old",
+        TURN_WITHIN,
+        || Probe(try_get(&addr, "/healthz")),
+        |p| matches!(&p.0, Ok((200, body)) if last_claim_age(body).is_some_and(|age| age < 1.0)),
+    );
+    assert!(live.body().starts_with("ok (last claim "));
     assert_eq!(get(&addr, "/readyz"), (200, "ready".to_owned()));
 
     fleet.redis.kill();
@@ -107,10 +142,11 @@ fn a_draining_worker_is_not_ready_while_its_job_finishes() {
         "w0",
         &["--grace", "120s", "--lease", "60s", "--max-attempts", "1"],
     );
-    // A job that runs until its 8 s deadline, then is recorded (dead-lettered as
-    // `timeout`, one attempt allowed) by the draining worker.
+    // A job that runs until its 30 s deadline (long enough for /readyz to be read
+    // under load), then is recorded (dead-lettered as `timeout`, one attempt allowed)
+    // by the draining worker.
     let mut job = Job::new(module, JobInput::Inline(Vec::new()));
-    job.limits.timeout_ms = 8_000;
+    job.limits.timeout_ms = 30_000;
     let from = rt.block_on(queue.results().notices_from_now()).unwrap();
     rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
         .unwrap();
@@ -158,19 +194,20 @@ fn a_frozen_redis_is_not_ready_but_never_a_restart() {
     signal("-STOP");
     // Liveness is read at every poll until readiness turns: it must hold throughout.
     let mut live_failures = Vec::new();
-    let Probe(_, reason) = poll(
+    let reason = poll(
         "/readyz turning 503 on a frozen Redis",
         Duration::from_secs(300),
         || {
-            let (status, body) = get(&addr, "/healthz");
-            if status != 200 {
-                live_failures.push(body);
+            match try_get(&addr, "/healthz") {
+                Ok((200, _)) => {}
+                Ok((_, body)) => live_failures.push(body),
+                Err(error) => live_failures.push(error),
             }
-            let (s, b) = get(&addr, "/readyz");
-            Probe(s, b)
+            Probe(try_get(&addr, "/readyz"))
         },
-        |p| p.0 == 503,
-    );
+        |p| p.status() == Some(503),
+    )
+    .body();
     signal("-CONT");
     assert!(
         live_failures.is_empty(),
