@@ -9,13 +9,14 @@ use std::time::Duration;
 use super::cpu::CpuTime;
 use super::workload::Checked;
 
-/// How `sluice bench` prints its figures.
+/// How `sluice bench` prints its figures (its variants carry no doc comments, which
+/// clap would print as a second help layout; `--format`'s own help says what each is).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// A figure | value table.
+pub(crate) enum Format {
+    // A figure | value table.
     #[default]
     Table,
-    /// A header and one row per run (columns: see [`ROW_COLUMNS`]).
+    // A header and one row per run (columns: see `ROW_COLUMNS`).
     Row,
 }
 
