@@ -43,16 +43,17 @@ impl std::iter::Sum for CpuTime {
 /// Why a process's CPU time could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
-    /// `/proc/<pid>/stat` could not be read (the process is gone, or no procfs).
-    #[error("reading /proc/{pid}/stat: {source}")]
+    /// `/proc/<pid>/stat` or its task list could not be read (the process is gone, or
+    /// no procfs).
+    #[error("reading /proc/{pid}: {source}")]
     Read {
         /// The process.
         pid: u32,
         /// Why.
         source: std::io::Error,
     },
-    /// `/proc/<pid>/stat` is not in the documented format.
-    #[error("/proc/{pid}/stat: no utime/stime fields")]
+    /// `/proc/<pid>/stat` or a thread's `status` is not in the documented format.
+    #[error("/proc/{pid}: no utime/stime or ctxt_switches fields")]
     Format {
         /// The process.
         pid: u32,
@@ -87,12 +88,44 @@ fn parse_stat(stat: &str, tick: Duration) -> Option<CpuTime> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state): field n is at index n - 3.
-    let utime: u32 = fields.get(11)?.parse().ok()?;
-    let stime: u32 = fields.get(12)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let ticks = |n: u64| Duration::from_nanos((tick.as_nanos() as u64).saturating_mul(n));
     Some(CpuTime {
-        user: tick * utime,
-        system: tick * stime,
+        user: ticks(utime),
+        system: ticks(stime),
     })
+}
+
+/// Context switches (voluntary + nonvoluntary) of process `pid`'s live threads so far,
+/// summed over `/proc/<pid>/task/*/status` (a process's own `status` counts its main
+/// thread only; threads that have exited are not counted).
+pub fn context_switches(pid: u32) -> Result<u64, CpuError> {
+    let dir = format!("/proc/{pid}/task");
+    let read = |source| CpuError::Read { pid, source };
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(&dir).map_err(read)? {
+        let path = entry.map_err(read)?.path().join("status");
+        // A thread that exited since the listing has nothing left to count.
+        let Ok(status) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total = total.saturating_add(parse_switches(&status).ok_or(CpuError::Format { pid })?);
+    }
+    Ok(total)
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of a `status` file.
+fn parse_switches(status: &str) -> Option<u64> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    Some(field("voluntary_ctxt_switches")? + field("nonvoluntary_ctxt_switches")?)
 }
 
 /// redis-server's CPU time from the text of `INFO cpu`.
@@ -122,6 +155,14 @@ mod tests {
         assert_eq!(cpu.user, Duration::from_millis(2500));
         assert_eq!(cpu.system, Duration::from_millis(750));
         assert_eq!(parse_stat("1 (x) S 1 2", Duration::from_millis(10)), None);
+    }
+
+    #[test]
+    fn context_switches_are_both_kinds() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_switches(status), Some(127));
+        assert_eq!(parse_switches("Name:\tx\n"), None);
+        assert!(context_switches(std::process::id()).unwrap() > 0);
     }
 
     #[test]

@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{Job, JobId, OutcomeKind, Queue};
 
-/// Jobs enqueued per `enqueue` call in the throughput run.
+/// Jobs enqueued per `enqueue` call in the throughput run, at most.
 const ENQUEUE_CHUNK: usize = 5_000;
+
+/// Input bytes per `enqueue` call in the throughput run, at most (fewer jobs per call
+/// when inputs are large), so the bench holds one such chunk at a time.
+const ENQUEUE_CHUNK_BYTES: usize = 64 << 20;
 
 /// One run's jobs: when each was sent (and its input variant), and when its completion
 /// notice arrived (and how it ended).
@@ -43,25 +47,42 @@ impl Run {
     }
 }
 
-/// Enqueues `jobs` in chunks, then follows notices (from stream id `from`) until every
+/// Enqueues `count` jobs (job `n` made by `job(n)`, a chunk at a time, so no more than
+/// a chunk of inputs is held), then follows notices (from stream id `from`) until every
 /// one has finished or `deadline` has passed. Returns the run and the enqueue time.
 pub async fn throughput(
     queue: &RedisQueue,
     from: String,
-    jobs: Vec<(Job, usize)>,
+    count: usize,
+    job: &impl Fn(usize) -> (Job, usize),
     deadline: Duration,
 ) -> anyhow::Result<(Run, Duration)> {
     let started = Instant::now();
     let mut run = Run {
-        sent: HashMap::with_capacity(jobs.len()),
-        done: HashMap::with_capacity(jobs.len()),
+        sent: HashMap::with_capacity(count),
+        done: HashMap::with_capacity(count),
     };
-    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
-        let batch: Vec<Job> = chunk.iter().map(|(job, _)| job.clone()).collect();
+    let mut next = 0;
+    while next < count {
+        let end = count.min(next + ENQUEUE_CHUNK);
+        let mut batch = Vec::with_capacity(end - next);
+        let mut variants = Vec::with_capacity(end - next);
+        let mut bytes = 0;
+        while next < end && (batch.is_empty() || bytes < ENQUEUE_CHUNK_BYTES) {
+            let (j, variant) = job(next);
+            bytes += j.input.len() as usize;
+            batch.push(j);
+            variants.push(variant);
+            next += 1;
+        }
         queue.enqueue(&batch).await?;
         let now = Instant::now();
-        run.sent
-            .extend(chunk.iter().map(|(job, variant)| (job.id, (now, *variant))));
+        run.sent.extend(
+            batch
+                .iter()
+                .zip(variants)
+                .map(|(j, variant)| (j.id, (now, variant))),
+        );
     }
     let enqueued = started.elapsed();
     let mut last = from;
@@ -85,24 +106,30 @@ pub async fn throughput(
     Ok((run, enqueued))
 }
 
-/// Sends `jobs` one at a time at `rate` jobs/s while following notices (from `from`);
-/// stops following when all have finished or two minutes past the last send.
+/// Sends `count` jobs (job `n` made by `job(n)`) one at a time at `rate` jobs/s while
+/// following notices (from `from`); stops following when all have finished or two
+/// minutes past the last send. Job `i` is timed from its scheduled send time (start +
+/// i × interval), not from when it was sent, so a sender held up by a slow enqueue
+/// does not hide the delay (coordinated omission).
 pub async fn at_rate(
     queue: &RedisQueue,
     from: String,
-    jobs: Vec<(Job, usize)>,
+    count: usize,
+    job: &impl Fn(usize) -> (Job, usize),
     rate: u32,
 ) -> anyhow::Result<Run> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let sent: parking_lot::Mutex<HashMap<JobId, (Instant, usize)>> =
-        parking_lot::Mutex::new(HashMap::with_capacity(jobs.len()));
-    let total = jobs.len();
+        parking_lot::Mutex::new(HashMap::with_capacity(count));
+    let total = count;
     let sender = async {
-        let mut ticker = tokio::time::interval(interval);
-        for (job, variant) in &jobs {
-            ticker.tick().await;
-            sent.lock().insert(job.id, (Instant::now(), *variant));
-            queue.enqueue(std::slice::from_ref(job)).await?;
+        let start = tokio::time::Instant::now();
+        for i in 0..count {
+            let due = start + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(due).await;
+            let (job, variant) = job(i);
+            sent.lock().insert(job.id, (due.into_std(), variant));
+            queue.enqueue(std::slice::from_ref(&job)).await?;
         }
         anyhow::Ok(())
     };

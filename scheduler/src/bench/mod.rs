@@ -31,6 +31,9 @@ use report::{Figures, Format, Percentiles};
 use workers::Workers;
 use workload::Workload;
 
+/// How long the throughput run may take before the bench gives up on it.
+const THROUGHPUT_DEADLINE: Duration = Duration::from_secs(600);
+
 /// `sluice bench` options.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -42,7 +45,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     module: Option<PathBuf>,
     /// Bytes of printable text per job input (`4KiB`; at most 256 KiB, and at most
-    /// 1 GiB over all of the throughput run's jobs).
+    /// 1 GiB over all of the run's jobs: warm-up, throughput and latency; Redis holds
+    /// about twice that at the end, inputs and outputs).
     #[arg(long, value_name = "SIZE", default_value = "0")]
     input_size: String,
     /// Jobs in the throughput run.
@@ -61,8 +65,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2_000)]
     latency_jobs: usize,
     /// TTL of results, notices and blobs given to the workers. Results are checked
-    /// after each run, so it must outlast a run; the bench waits it out and reports
-    /// Redis memory before the run and after the TTL (unless --no-memory-check).
+    /// after each run; one expired by then is reported as `expired` (its notice said
+    /// success, its output went unchecked), neither failed nor left out of jobs/s. The
+    /// bench waits the TTL out and reports Redis memory before the run and after it
+    /// (unless --no-memory-check).
     #[arg(long, default_value = "60s")]
     ttl: String,
     /// Skip waiting out the TTL for the memory figure.
@@ -81,8 +87,24 @@ pub struct BenchArgs {
 }
 
 /// Runs the bench and prints its figures; exit status 1 when a job failed or returned
-/// a wrong output.
+/// a wrong output. SIGTERM or SIGINT stops it early: the run is dropped, which stops
+/// and waits for the worker processes, and the exit status is 128 + the signal.
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    // Dropping `measure`'s future drops its `Workers`, which stops them.
+    let signal = tokio::select! {
+        result = measure(args) => return result,
+        _ = term.recv() => 15,
+        _ = int.recv() => 2,
+    };
+    eprintln!("sluice bench: stopped by signal {signal}; the workers are stopped");
+    Ok(std::process::ExitCode::from(128 + signal))
+}
+
+/// The bench's runs, in order; see [`run`].
+async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
     anyhow::ensure!(args.jobs >= 1, "--jobs must be at least 1");
     let ttl = sluice_shared::units::parse_duration(&args.ttl)?;
@@ -95,8 +117,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             .context("binary directory")?
             .join("sluice-worker"),
     };
+    // Warm-up: a job for every slot of every worker, so each worker has claimed (joined
+    // the group) and loaded the module before the throughput run (a worker that has a
+    // free slot claims; one with none free leaves jobs to the others).
+    let warm_up = args
+        .workers
+        .saturating_mul(args.concurrency)
+        .max(args.workers * 4);
+    let all_jobs = args
+        .jobs
+        .saturating_add(args.latency_jobs)
+        .saturating_add(warm_up);
     let workload = tokio::task::block_in_place(|| {
-        Workload::prepare(args.module.as_deref(), input_size, args.jobs, &worker_bin)
+        Workload::prepare(args.module.as_deref(), input_size, all_jobs, &worker_bin)
     })?;
     let tick = cpu::clock_tick();
 
@@ -114,11 +147,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         &sluice_shared::Limits::default(),
     )
     .await?;
-    let jobs = |count: usize| -> Vec<_> {
-        (0..count)
-            .map(|n| workload.job(n, module, &limits))
-            .collect()
-    };
+    let job = |n: usize| workload.job(n, module, &limits);
 
     let workers = Workers::start(
         &worker_bin,
@@ -128,22 +157,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         args.concurrency,
         &args.ttl,
     )?;
-    // Warm up: every worker has claimed (so joined the group) and loaded the module.
+    // Warm up (outcomes not counted: the runs below check every job).
     let from = queue.results().notices_from_now().await?;
-    // (Their outcomes are not counted: the runs below check every job.)
-    follow::throughput(
-        &queue,
-        from,
-        jobs(args.workers * 4),
-        Duration::from_secs(60),
-    )
-    .await
-    .context("warming up the workers")?;
+    follow::throughput(&queue, from, warm_up, &job, Duration::from_secs(60))
+        .await
+        .context("warming up the workers")?;
 
     // Throughput: everything enqueued at once, as a batch submitter would.
-    let batch = jobs(args.jobs);
     let commands_before = server::commands_executed(&queue).await?;
     let from = queue.results().notices_from_now().await?;
+    let switches_before = workers.context_switches()?;
     let cpu_before = (
         workers.cpu(tick)?,
         server::cpu(&queue).await?,
@@ -151,9 +174,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     );
     let started = std::time::Instant::now();
     let (throughput, enqueued) =
-        follow::throughput(&queue, from, batch, Duration::from_secs(600)).await?;
+        follow::throughput(&queue, from, args.jobs, &job, THROUGHPUT_DEADLINE).await?;
     let elapsed = started.elapsed();
     let worker_cpu = workers.cpu(tick)?.since(cpu_before.0);
+    let context_switches = workers.context_switches()?.saturating_sub(switches_before);
     let redis_cpu = server::cpu(&queue).await?.since(cpu_before.1);
     let bench_cpu = cpu::process(std::process::id(), tick)?.since(cpu_before.2);
     let commands = server::commands_executed(&queue).await? - commands_before;
@@ -161,7 +185,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 
     // Latency at a modest offered load.
     let from = queue.results().notices_from_now().await?;
-    let latency_run = follow::at_rate(&queue, from, jobs(args.latency_jobs), args.rate).await?;
+    let latency_run = follow::at_rate(&queue, from, args.latency_jobs, &job, args.rate).await?;
     let latency_checked = workload.check(&queue, &latency_run.finished()).await?;
     drop(workers);
 
@@ -193,6 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         backlog_latency: Percentiles::of(&throughput.latencies()),
         commands,
         worker_cpu,
+        context_switches,
         redis_cpu,
         bench_cpu,
         rate: args.rate,

@@ -21,18 +21,22 @@ pub(crate) enum Format {
 }
 
 /// The columns of `--format row`, in order.
-pub const ROW_COLUMNS: [&str; 14] = [
+pub const ROW_COLUMNS: [&str; 18] = [
     "module",
     "input",
     "workers × slots",
     "jobs",
     "failed",
+    "expired",
+    "retried",
     "jobs/s",
+    "latency jobs",
     "p50 ms",
     "p99 ms",
     "p99.9 ms",
     "worker CPU/job µs",
     "worker kernel %",
+    "worker ctx switches/job",
     "Redis CPU/job µs",
     "bench CPU/job µs",
     "commands/job",
@@ -52,6 +56,15 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
+    /// p99.9 in milliseconds; below 1,000 samples it is the largest, and says so.
+    pub fn p999_ms(&self) -> String {
+        if self.count < 1000 {
+            format!("{:.2} (max)", ms(self.p999))
+        } else {
+            format!("{:.2}", ms(self.p999))
+        }
+    }
+
     /// The percentiles of `sorted` (ascending), nearest rank.
     pub fn of(sorted: &[Duration]) -> Self {
         Percentiles {
@@ -98,6 +111,9 @@ pub struct Figures {
     pub commands: u64,
     /// Worker processes' CPU time over the throughput run.
     pub worker_cpu: CpuTime,
+    /// Worker threads' context switches (voluntary + nonvoluntary) over the throughput
+    /// run.
+    pub context_switches: u64,
     /// redis-server's CPU time over the throughput run.
     pub redis_cpu: CpuTime,
     /// The bench process's own CPU time over the throughput run (the submitter).
@@ -132,16 +148,33 @@ fn mib(bytes: u64) -> f64 {
 
 impl Figures {
     /// Jobs that failed in either run (an outcome other than success, a wrong output,
-    /// or a result gone before it was checked).
+    /// or a latency job that never finished).
     pub fn failed(&self) -> usize {
         self.throughput_checked.not_ok()
             + self.latency_checked.not_ok()
             + self.latency_jobs.saturating_sub(self.latency.count)
     }
 
-    /// Jobs/s of the throughput run, counting only jobs with the expected output.
+    /// Jobs/s of the throughput run, counting jobs with the expected output and those
+    /// whose result expired before it was checked (reported as `expired`), not
+    /// failed jobs nor wrong outputs.
     pub fn jobs_per_s(&self) -> f64 {
-        self.throughput_checked.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        (self.throughput_checked.ok + self.throughput_checked.missing) as f64
+            / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Jobs of either run whose result expired before it was checked.
+    pub fn expired(&self) -> usize {
+        self.throughput_checked.missing + self.latency_checked.missing
+    }
+
+    /// Jobs of either run that ran more than once.
+    pub fn retried(&self) -> usize {
+        self.throughput_checked.retried + self.latency_checked.retried
+    }
+
+    fn switches_per_job(&self) -> f64 {
+        self.context_switches as f64 / self.jobs.max(1) as f64
     }
 
     fn kernel_share(&self) -> f64 {
@@ -188,6 +221,14 @@ impl Figures {
             ),
         );
         row(
+            "results expired before checked (success, output unchecked)",
+            self.expired().to_string(),
+        );
+        row(
+            "jobs retried (ran more than once; their CPU is counted)",
+            self.retried().to_string(),
+        );
+        row(
             "enqueue time",
             format!("{:.2} s", self.enqueued.as_secs_f64()),
         );
@@ -216,6 +257,10 @@ impl Figures {
             ),
         );
         row(
+            "worker context switches per job (voluntary + nonvoluntary, live threads)",
+            format!("{:.1}", self.switches_per_job()),
+        );
+        row(
             "Redis CPU per job (INFO cpu)",
             format!("{:.1} µs", per_job_us(self.redis_cpu.total(), self.jobs)),
         );
@@ -233,10 +278,10 @@ impl Figures {
                 self.rate, self.latency.count
             ),
             format!(
-                "{:.2} ms / {:.2} ms / {:.2} ms",
+                "{:.2} ms / {:.2} ms / {} ms",
                 ms(self.latency.p50),
                 ms(self.latency.p99),
-                ms(self.latency.p999)
+                self.latency.p999_ms()
             ),
         );
         if let Some(baseline) = &self.baseline {
@@ -270,12 +315,16 @@ impl Figures {
             format!("{} × {}", self.workers, self.slots),
             self.jobs.to_string(),
             self.failed().to_string(),
+            self.expired().to_string(),
+            self.retried().to_string(),
             format!("{:.0}", self.jobs_per_s()),
+            self.latency.count.to_string(),
             format!("{:.2}", ms(self.latency.p50)),
             format!("{:.2}", ms(self.latency.p99)),
-            format!("{:.2}", ms(self.latency.p999)),
+            self.latency.p999_ms(),
             format!("{:.1}", per_job_us(self.worker_cpu.total(), self.jobs)),
             format!("{:.0}", self.kernel_share()),
+            format!("{:.1}", self.switches_per_job()),
             format!("{:.1}", per_job_us(self.redis_cpu.total(), self.jobs)),
             format!("{:.1}", per_job_us(self.bench_cpu.total(), self.jobs)),
             format!("{:.2}", self.commands as f64 / self.jobs.max(1) as f64),
@@ -313,6 +362,7 @@ mod tests {
                 user: Duration::from_millis(30),
                 system: Duration::from_millis(10),
             },
+            context_switches: 2500,
             redis_cpu: CpuTime {
                 user: Duration::from_millis(13),
                 system: Duration::ZERO,
@@ -338,6 +388,8 @@ mod tests {
         assert_eq!(p.p99, Duration::from_millis(990));
         assert_eq!(p.p999, Duration::from_millis(999));
         assert_eq!(Percentiles::of(&[]).p999, Duration::ZERO);
+        assert_eq!(p.p999_ms(), "999.00");
+        assert_eq!(Percentiles::of(&values[..999]).p999_ms(), "999.00 (max)");
     }
 
     #[test]
@@ -356,7 +408,13 @@ mod tests {
         for line in lines {
             assert_eq!(line.matches('|').count(), ROW_COLUMNS.len() + 1, "{line}");
         }
-        assert!(row.contains("| uppercase.wasm | 4 KiB | 2 × 64 | 1000 | 2 | 999 |"));
-        assert!(row.contains("| 40.0 | 25 | 13.0 |"), "{row}");
+        assert!(
+            row.contains("| uppercase.wasm | 4 KiB | 2 × 64 | 1000 | 2 | 0 | 0 | 999 | 9 |"),
+            "{row}"
+        );
+        assert!(
+            row.contains("| 1.00 (max) | 40.0 | 25 | 2.5 | 13.0 |"),
+            "{row}"
+        );
     }
 }

@@ -35,25 +35,52 @@ pub async fn cpu(queue: &RedisQueue) -> anyhow::Result<CpuTime> {
     cpu::from_redis_info(&info).context("INFO cpu has no used_cpu_user/used_cpu_sys")
 }
 
-/// Host and port of a Redis URL, for `redis-benchmark`.
-pub fn host_port(url: &str) -> (String, String) {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let rest = rest.rsplit('@').next().unwrap_or(rest);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    match hostport.rsplit_once(':') {
-        Some((h, p)) => (h.to_owned(), p.to_owned()),
-        None => (hostport.to_owned(), "6379".to_owned()),
+/// `redis-benchmark`'s connection arguments for a Redis URL: host (IPv6 brackets
+/// removed), port, `--user`/`-a` from the URL's credentials (percent-encoding is not
+/// decoded) and `--tls` for `rediss://`.
+pub fn connection_args(url: &str) -> Vec<String> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':').unwrap_or("")),
+            None => (v6, ""),
+        },
+        None => hostport.rsplit_once(':').unwrap_or((hostport, "")),
+    };
+    let port = if port.is_empty() { "6379" } else { port };
+    let mut args = vec![
+        "-h".to_owned(),
+        host.to_owned(),
+        "-p".to_owned(),
+        port.to_owned(),
+    ];
+    if let Some(userinfo) = userinfo {
+        let (user, password) = userinfo.split_once(':').unwrap_or(("", userinfo));
+        if !user.is_empty() {
+            args.extend(["--user".to_owned(), user.to_owned()]);
+        }
+        if !password.is_empty() {
+            args.extend(["-a".to_owned(), password.to_owned()]);
+        }
     }
+    if scheme == "rediss" {
+        args.push("--tls".to_owned());
+    }
+    args
 }
 
 /// `redis-benchmark -q -P 16 -t set,get -n 1000000` against the server: its summary
-/// lines (`SET: … requests per second, …`), or why there are none.
+/// lines (`SET: … requests per second, …`), or why there are none (with the start of
+/// its stderr).
 pub fn redis_benchmark(url: &str) -> String {
-    let (host, port) = host_port(url);
     let out = Command::new("redis-benchmark")
-        .args([
-            "-h", &host, "-p", &port, "-q", "-P", "16", "-t", "set,get", "-n", "1000000",
-        ])
+        .args(connection_args(url))
+        .args(["-q", "-P", "16", "-t", "set,get", "-n", "1000000"])
         .output();
     let Ok(out) = out else {
         return "redis-benchmark not available".into();
@@ -65,7 +92,9 @@ pub fn redis_benchmark(url: &str) -> String {
         .map(|l| l.trim().to_owned())
         .collect();
     if lines.is_empty() {
-        "redis-benchmark printed no figures".into()
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reason: String = stderr.trim().chars().take(200).collect();
+        format!("redis-benchmark printed no figures ({reason})")
     } else {
         lines.join("; ")
     }
@@ -76,14 +105,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_and_port_come_from_the_url() {
+    fn connection_args_come_from_the_url() {
+        let args = |url| connection_args(url).join(" ");
         assert_eq!(
-            host_port("redis://:pw@10.0.0.1:6390/0"),
-            ("10.0.0.1".into(), "6390".into())
+            args("redis://:pw@10.0.0.1:6390/0"),
+            "-h 10.0.0.1 -p 6390 -a pw"
         );
+        assert_eq!(args("redis://localhost"), "-h localhost -p 6379");
         assert_eq!(
-            host_port("redis://localhost"),
-            ("localhost".into(), "6379".into())
+            args("rediss://bench:s3@[::1]:7000"),
+            "-h ::1 -p 7000 --user bench -a s3 --tls"
         );
+        assert_eq!(args("redis://[fe80::1]/2"), "-h fe80::1 -p 6379");
     }
 }

@@ -54,6 +54,18 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Context switches of every worker process's threads so far, summed
+    /// ([`cpu::context_switches`]).
+    pub fn context_switches(&self) -> anyhow::Result<u64> {
+        let mut total = 0u64;
+        for pid in self.pids() {
+            total += cpu::context_switches(pid).context("a worker's context switches")?;
+        }
+        Ok(total)
+    }
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         for child in &mut self.0 {

@@ -22,8 +22,9 @@ pub const NOOP_WAT: &str = r#"(module (memory (export "memory") 1) (func (export
 /// submitter sends every input up to 256 KiB.
 pub const MAX_INPUT_BYTES: u64 = 256 << 10;
 
-/// The most input bytes one bench run may enqueue (jobs × input size), so a typo in
-/// `--jobs` or `--input-size` cannot fill the server's memory.
+/// The most input bytes one bench run may enqueue (all its jobs × input size), so a
+/// typo in `--jobs`, `--latency-jobs` or `--input-size` cannot fill the server's memory
+/// (which holds about twice this at the end of a run: the inputs and the outputs).
 pub const MAX_TOTAL_INPUT_BYTES: u64 = 1 << 30;
 
 /// Distinct inputs the jobs cycle through (one when inputs are empty).
@@ -44,9 +45,10 @@ pub enum WorkloadError {
         /// The size asked for.
         size: u64,
     },
-    /// `--jobs` × `--input-size` is over [`MAX_TOTAL_INPUT_BYTES`].
+    /// The run's jobs (warm-up, throughput, latency) × `--input-size` is over
+    /// [`MAX_TOTAL_INPUT_BYTES`].
     #[error(
-        "{jobs} jobs × {size} bytes is over the bench's cap of {MAX_TOTAL_INPUT_BYTES} input bytes per run"
+        "{jobs} jobs (warm-up, --jobs and --latency-jobs) × {size} bytes is over the bench's cap of {MAX_TOTAL_INPUT_BYTES} input bytes per run"
     )]
     TooMuchInput {
         /// Jobs asked for.
@@ -111,7 +113,8 @@ pub struct Workload {
 
 impl Workload {
     /// Reads and checks the module, builds the inputs, and runs the module once over
-    /// each with `worker` (`sluice-worker run`) for the expected outputs.
+    /// each with `worker` (`sluice-worker run`) for the expected outputs. `jobs` is
+    /// every job the run will send.
     pub fn prepare(
         module: Option<&Path>,
         input_size: u64,
@@ -211,6 +214,9 @@ impl Workload {
                         out
                     }
                 };
+                if result.attempt > 1 {
+                    checked.retried += 1;
+                }
                 if result.outcome.kind() != OutcomeKind::Success {
                     *checked
                         .failed
@@ -236,15 +242,19 @@ pub struct Checked {
     pub wrong_output: usize,
     /// Jobs that ended otherwise, by outcome kind.
     pub failed: std::collections::BTreeMap<String, usize>,
-    /// Successful jobs whose result was gone when checked (expired: `--ttl` shorter
-    /// than the run).
+    /// Jobs whose notice said success but whose result was gone when checked
+    /// (expired: `--ttl` shorter than the run). Reported on their own: neither failed
+    /// nor left out of jobs/s, but their outputs went unchecked.
     pub missing: usize,
+    /// Checked jobs that ran more than once (an earlier attempt hit a retryable error,
+    /// such as a full instance pool): their CPU is in the run's CPU per job.
+    pub retried: usize,
 }
 
 impl Checked {
-    /// Jobs that did not succeed with the expected output.
+    /// Jobs that did not succeed, or succeeded with another output.
     pub fn not_ok(&self) -> usize {
-        self.wrong_output + self.missing + self.failed.values().sum::<usize>()
+        self.wrong_output + self.failed.values().sum::<usize>()
     }
 
     /// The failures in words (`none` when there are none).
@@ -259,7 +269,7 @@ impl Checked {
         }
         if self.missing > 0 {
             parts.push(format!(
-                "{} result expired before checked (raise --ttl)",
+                "{} succeeded but expired before checked (raise --ttl)",
                 self.missing
             ));
         }
@@ -359,10 +369,11 @@ mod tests {
             ..Checked::default()
         };
         checked.failed.insert("timeout".into(), 3);
-        assert_eq!(checked.not_ok(), 6);
+        // Expired results are reported, not counted as failed.
+        assert_eq!(checked.not_ok(), 4);
         assert_eq!(
             checked.describe(),
-            "3 timeout, 1 wrong output, 2 result expired before checked (raise --ttl)"
+            "3 timeout, 1 wrong output, 2 succeeded but expired before checked (raise --ttl)"
         );
         assert_eq!(Checked::default().describe(), "none");
     }
