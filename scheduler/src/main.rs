@@ -52,7 +52,8 @@ enum Command {
     /// Dead letters: list, retry, purge.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// End-to-end throughput and latency of no-op jobs through Redis and real workers.
+    /// End-to-end throughput, latency and CPU per job through Redis and real workers (the
+    /// no-op, or a real guest with --module and --input-size; every output checked).
     Bench(bench::BenchArgs),
     /// Tenants, their tokens and policies (directly on Redis).
     #[command(subcommand)]

@@ -1,0 +1,175 @@
+//! Sending the bench's jobs and following their completion notices: the throughput run
+//! (everything enqueued at once, as a batch submitter does) and the latency run (jobs
+//! sent at an offered rate while another task follows the notices, so an arrival is
+//! timed when it happens, not when the sender next looks).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sluice_shared::queue::redis::RedisQueue;
+use sluice_shared::{Job, JobId, OutcomeKind, Queue};
+
+/// Jobs enqueued per `enqueue` call in the throughput run, at most.
+const ENQUEUE_CHUNK: usize = 5_000;
+
+/// Input bytes per `enqueue` call in the throughput run, at most (fewer jobs per call
+/// when inputs are large), so the bench holds one such chunk at a time.
+const ENQUEUE_CHUNK_BYTES: usize = 64 << 20;
+
+/// One run's jobs: when each was sent (and its input variant), and when its completion
+/// notice arrived (and how it ended).
+#[derive(Debug, Default)]
+pub struct Run {
+    /// Sent jobs: time, input variant.
+    pub sent: HashMap<JobId, (Instant, usize)>,
+    /// Finished jobs: notice arrival, outcome kind.
+    pub done: HashMap<JobId, (Instant, OutcomeKind)>,
+}
+
+impl Run {
+    /// Send-to-notice latencies of the finished jobs, sorted.
+    pub fn latencies(&self) -> Vec<Duration> {
+        let mut out: Vec<Duration> = self
+            .done
+            .iter()
+            .filter_map(|(id, (at, _))| Some(at.saturating_duration_since(self.sent.get(id)?.0)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Each finished job's outcome kind and input variant, for checking.
+    pub fn finished(&self) -> HashMap<JobId, (OutcomeKind, usize)> {
+        self.done
+            .iter()
+            .filter_map(|(id, (_, kind))| Some((*id, (*kind, self.sent.get(id)?.1))))
+            .collect()
+    }
+}
+
+/// Enqueues `count` jobs (job `n` made by `job(n)`, a chunk at a time, so no more than
+/// a chunk of inputs is held), then follows notices (from stream id `from`) until every
+/// one has finished or `deadline` has passed. Returns the run and the enqueue time.
+pub async fn throughput(
+    queue: &RedisQueue,
+    from: String,
+    count: usize,
+    job: &impl Fn(usize) -> (Job, usize),
+    deadline: Duration,
+) -> anyhow::Result<(Run, Duration)> {
+    let started = Instant::now();
+    let mut run = Run {
+        sent: HashMap::with_capacity(count),
+        done: HashMap::with_capacity(count),
+    };
+    let mut next = 0;
+    while next < count {
+        let end = count.min(next + ENQUEUE_CHUNK);
+        let mut batch = Vec::with_capacity(end - next);
+        let mut variants = Vec::with_capacity(end - next);
+        let mut bytes = 0;
+        while next < end && (batch.is_empty() || bytes < ENQUEUE_CHUNK_BYTES) {
+            let (j, variant) = job(next);
+            bytes += j.input.len() as usize;
+            batch.push(j);
+            variants.push(variant);
+            next += 1;
+        }
+        queue.enqueue(&batch).await?;
+        let now = Instant::now();
+        run.sent.extend(
+            batch
+                .iter()
+                .zip(variants)
+                .map(|(j, variant)| (j.id, (now, variant))),
+        );
+    }
+    let enqueued = started.elapsed();
+    let mut last = from;
+    while run.done.len() < run.sent.len() {
+        anyhow::ensure!(
+            started.elapsed() < deadline,
+            "only {} of {} jobs finished in {deadline:?}",
+            run.done.len(),
+            run.sent.len()
+        );
+        let sent = &run.sent;
+        last = receive(
+            queue,
+            last,
+            Duration::from_millis(500),
+            |id| sent.contains_key(id),
+            &mut run.done,
+        )
+        .await?;
+    }
+    Ok((run, enqueued))
+}
+
+/// Sends `count` jobs (job `n` made by `job(n)`) one at a time at `rate` jobs/s while
+/// following notices (from `from`); stops following when all have finished or two
+/// minutes past the last send. Job `i` is timed from its scheduled send time (start +
+/// i × interval), not from when it was sent, so a sender held up by a slow enqueue
+/// does not hide the delay (coordinated omission).
+pub async fn at_rate(
+    queue: &RedisQueue,
+    from: String,
+    count: usize,
+    job: &impl Fn(usize) -> (Job, usize),
+    rate: u32,
+) -> anyhow::Result<Run> {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let sent: parking_lot::Mutex<HashMap<JobId, (Instant, usize)>> =
+        parking_lot::Mutex::new(HashMap::with_capacity(count));
+    let total = count;
+    let sender = async {
+        let start = tokio::time::Instant::now();
+        for i in 0..count {
+            let due = start + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(due).await;
+            let (job, variant) = job(i);
+            sent.lock().insert(job.id, (due.into_std(), variant));
+            queue.enqueue(std::slice::from_ref(&job)).await?;
+        }
+        anyhow::Ok(())
+    };
+    let follower = async {
+        let mut run = Run::default();
+        let mut last = from;
+        let deadline = Instant::now() + Duration::from_secs(120) + interval * total as u32;
+        while run.done.len() < total && Instant::now() < deadline {
+            // A job is in `sent` before it is enqueued, so before its notice.
+            last = receive(
+                queue,
+                last,
+                Duration::from_millis(100),
+                |id| sent.lock().contains_key(id),
+                &mut run.done,
+            )
+            .await?;
+        }
+        anyhow::Ok(run)
+    };
+    let ((), mut run) = tokio::try_join!(sender, follower)?;
+    run.sent = sent.into_inner();
+    Ok(run)
+}
+
+/// Reads the notices after `last` (waiting up to `block`) into `done`, those of jobs
+/// `ours` accepts. Returns the new cursor.
+async fn receive(
+    queue: &RedisQueue,
+    last: String,
+    block: Duration,
+    ours: impl Fn(&JobId) -> bool,
+    done: &mut HashMap<JobId, (Instant, OutcomeKind)>,
+) -> anyhow::Result<String> {
+    let (next, notices) = queue.results().completions(&last, block).await?;
+    let now = Instant::now();
+    for (id, kind) in notices {
+        if ours(&id) {
+            done.entry(id).or_insert((now, kind));
+        }
+    }
+    Ok(next)
+}

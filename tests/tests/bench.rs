@@ -1,0 +1,396 @@
+//! `sluice bench` and `scripts/bench-fleet` against a real redis-server and real worker
+//! processes: a real C guest goes through the fleet bench with every figure reported and
+//! every output checked; a guest whose output differs from its reference run fails the
+//! bench (a wrong output is a failed job, not throughput); the fleet script prints one
+//! table of its configurations and stops its scratch redis-server; `scripts/bench-peer`
+//! exits 1 when a Sluice job fails; SIGTERM to `sluice bench` stops its workers. No
+//! figure's value is asserted (timing varies); only that each is there and that the
+//! jobs' results are what they are.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use sluice_tests::{RedisServer, bin, guest, repo_root};
+
+/// The figures `--format table` prints, by the start of their label.
+const TABLE_FIGURES: [&str; 15] = [
+    "| module, input |",
+    "| worker processes × slots |",
+    "| jobs (throughput run) |",
+    "| failed jobs (wrong output counts as failed) |",
+    "| results expired before checked (success, output unchecked) |",
+    "| jobs retried (ran more than once; their CPU is counted) |",
+    "| worker context switches per job (voluntary + nonvoluntary, live threads) |",
+    "| enqueue time |",
+    "| end to end |",
+    "| enqueue→result latency under that backlog, p50 / p99 |",
+    "| worker CPU per job (all worker processes, /proc utime+stime), of which kernel |",
+    "| Redis CPU per job (INFO cpu) |",
+    "| bench (submitter) CPU per job |",
+    "| Redis commands per job",
+    "| latency at 200 jobs/s offered (",
+];
+
+/// The columns `--format row` and `scripts/bench-fleet` print.
+const ROW_COLUMNS: [&str; 18] = [
+    "module",
+    "input",
+    "workers × slots",
+    "jobs",
+    "failed",
+    "expired",
+    "retried",
+    "jobs/s",
+    "latency jobs",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "worker CPU/job µs",
+    "worker kernel %",
+    "worker ctx switches/job",
+    "Redis CPU/job µs",
+    "bench CPU/job µs",
+    "commands/job",
+];
+
+fn bench(redis: &RedisServer, args: &[&str]) -> Output {
+    bin("sluice")
+        .arg("bench")
+        .args(["--redis", &redis.url()])
+        .args(["--no-memory-check", "--no-redis-benchmark"])
+        .args(args)
+        .output()
+        .expect("run sluice bench")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("UTF-8")
+}
+
+/// The value cell of the table row whose label starts with `label`.
+fn value<'a>(table: &'a str, label: &str) -> &'a str {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} row in:\n{table}"));
+    line.trim_end_matches('|')
+        .rsplit('|')
+        .next()
+        .expect("a value cell")
+        .trim()
+}
+
+/// The cells of a Markdown row.
+fn cells(line: &str) -> Vec<String> {
+    line.trim()
+        .trim_matches('|')
+        .split('|')
+        .map(|c| c.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn bench_runs_the_c_uppercase_guest_with_every_figure_and_every_output_checked() {
+    let redis = RedisServer::start();
+    let upper = guest("uppercase.wasm");
+    // The reference run the bench checks against (`sluice-worker run`) is right on its
+    // own: the guest's output is the ASCII uppercase of its input.
+    let input = b"The quick brown fox jumps over the lazy dog. 0123456789\n".repeat(80);
+    let mut reference = bin("sluice-worker")
+        .arg("run")
+        .arg(&upper)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run sluice-worker run");
+    reference
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&input)
+        .expect("feed the guest");
+    let reference = reference.wait_with_output().unwrap();
+    assert!(reference.status.success());
+    assert_eq!(reference.stdout, input.to_ascii_uppercase());
+
+    let out = bench(
+        &redis,
+        &[
+            "--module",
+            upper.to_str().unwrap(),
+            "--input-size",
+            "4KiB",
+            "--jobs",
+            "200",
+            "--workers",
+            "2",
+            "--latency-jobs",
+            "50",
+        ],
+    );
+    let table = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sluice bench failed: {}\n{table}",
+        text(&out.stderr)
+    );
+    for figure in TABLE_FIGURES {
+        assert!(
+            table.lines().any(|l| l.starts_with(figure)),
+            "no {figure} row in:\n{table}"
+        );
+    }
+    assert_eq!(value(&table, "| module, input |"), "uppercase.wasm, 4 KiB");
+    assert_eq!(value(&table, "| worker processes × slots |"), "2 × 64");
+    assert_eq!(value(&table, "| jobs (throughput run) |"), "200");
+    assert_eq!(
+        value(&table, "| failed jobs (wrong output counts as failed) |"),
+        "0 (throughput: none; latency: none)"
+    );
+    assert!(
+        value(&table, "| latency at 200 jobs/s offered (").ends_with(" ms"),
+        "{table}"
+    );
+    let latency_row = table
+        .lines()
+        .find(|l| l.starts_with("| latency at 200 jobs/s offered ("))
+        .unwrap();
+    assert!(
+        latency_row.contains("(50 jobs), p50 / p99 / p99.9 |"),
+        "every latency job timed: {latency_row}"
+    );
+}
+
+#[test]
+fn a_guest_whose_output_differs_from_its_reference_run_fails_the_bench() {
+    // Sixteen random bytes on stdout: never the reference run's output.
+    let random_out = r#"(module
+      (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (drop (call $random (i32.const 16) (i32.const 16)))
+        (i32.store (i32.const 0) (i32.const 16))
+        (i32.store (i32.const 4) (i32.const 16))
+        (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("random_out.wat");
+    std::fs::write(&module, random_out).unwrap();
+    let redis = RedisServer::start();
+    let out = bench(
+        &redis,
+        &[
+            "--module",
+            module.to_str().unwrap(),
+            "--jobs",
+            "20",
+            "--latency-jobs",
+            "5",
+            "--format",
+            "row",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let row = cells(stdout.lines().nth(2).expect("a row"));
+    assert_eq!(row[0], "random_out.wat");
+    assert_eq!(row[4], "25", "every job a wrong output: {stdout}");
+    assert_eq!(row[7], "0", "no throughput from wrong outputs: {stdout}");
+}
+
+#[test]
+fn bench_fleet_prints_one_table_beside_redis_benchmark() {
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/bench-fleet"))
+        .args([
+            "--noop-jobs",
+            "100",
+            "--upper-jobs",
+            "50",
+            "--latency-jobs",
+            "10",
+        ])
+        .args(["--workers", "1 2", "--redis-benchmark-requests", "10000"])
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .output()
+        .expect("run scripts/bench-fleet");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench-fleet failed: {}\n{stdout}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SET: "),
+        "redis-benchmark's SET figure: {stdout}"
+    );
+    assert!(
+        stdout.contains("GET: "),
+        "redis-benchmark's GET figure: {stdout}"
+    );
+    let rows: Vec<Vec<String>> = stdout
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(cells)
+        .collect();
+    let mut header = ROW_COLUMNS.map(str::to_owned).to_vec();
+    header.push("Redis load vs redis-benchmark SET %".into());
+    assert_eq!(rows[0], header, "{stdout}");
+    let configurations: Vec<(String, String, String)> = rows[2..]
+        .iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect();
+    assert_eq!(
+        configurations,
+        [
+            ("no-op", "empty", "1 × 64"),
+            ("no-op", "empty", "2 × 64"),
+            ("uppercase.wasm", "4 KiB", "1 × 64"),
+            ("uppercase.wasm", "4 KiB", "2 × 64"),
+        ]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned())),
+        "{stdout}"
+    );
+    for row in &rows[2..] {
+        assert_eq!(row.len(), header.len(), "{stdout}");
+        assert_eq!(row[4], "0", "no failed job: {stdout}");
+    }
+    assert_scratch_redis_stopped(&stdout);
+}
+
+/// The scratch redis-server a bench script reported (`scratch redis-server: port P,
+/// pid N`) is gone and its port closed.
+fn assert_scratch_redis_stopped(stdout: &str) {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("scratch redis-server: port "))
+        .unwrap_or_else(|| panic!("the script names its server: {stdout}"));
+    let (port, pid) = line.split_once(", pid ").expect("port, pid");
+    let port: u16 = port.parse().expect("a port");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "redis-server {pid} still runs"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} still open"
+    );
+}
+
+/// The bench binaries' directory (`--bin-dir`).
+fn bin_dir() -> std::path::PathBuf {
+    std::path::Path::new(bin("sluice").get_program())
+        .parent()
+        .expect("binary directory")
+        .to_owned()
+}
+
+#[test]
+fn bench_peer_exits_1_when_a_sluice_job_fails() {
+    // A stub peer: run.sh prints the harness's JSON line; its upper.c writes random
+    // bytes, so Sluice's jobs differ from their reference run and fail.
+    let peer = tempfile::tempdir().unwrap();
+    std::fs::write(
+        peer.path().join("run.sh"),
+        "echo '{\"jobs_per_s\":100,\"p50_ms\":1,\"p99_ms\":2,\"max_ms\":3,\
+         \"redis_cmds_per_job\":9,\"bad_results\":0,\"completed\":10}'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        peer.path().join("upper.c"),
+        "#include <stdio.h>\n#include <unistd.h>\n\
+         int main(void) { unsigned char b[16]; getentropy(b, sizeof b);\n\
+         for (int i = 0; i < 16; i++) printf(\"%02x\", b[i]); return 0; }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/bench-peer"))
+        .arg(peer.path())
+        .args(["--noop-jobs", "20", "--upper-jobs", "10", "--procs", "1"])
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .env("TMPDIR", peer.path())
+        .output()
+        .expect("run scripts/bench-peer");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let failures = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} wrong or failed results |")))
+            .map(cells)
+            .unwrap_or_else(|| panic!("no {name} results row: {stdout}"))[2]
+            .clone()
+    };
+    assert!(
+        failures("no-op (5-byte input)").starts_with("0 failed"),
+        "{stdout}"
+    );
+    assert!(
+        !failures("4 KiB uppercase").starts_with("0 failed"),
+        "{stdout}"
+    );
+    assert_scratch_redis_stopped(&stdout);
+}
+
+/// Processes whose parent is `parent` and whose command line holds `arg`.
+fn children(parent: u32, arg: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_to_the_bench_stops_its_workers() {
+    let redis = RedisServer::start();
+    let mut bench = bin("sluice")
+        .arg("bench")
+        .args(["--redis", &redis.url()])
+        .args(["--no-memory-check", "--no-redis-benchmark"])
+        .args(["--workers", "2", "--jobs", "1000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice bench");
+    // Its two `sluice-worker serve` children (no event to wait on: /proc is polled).
+    let mut workers = Vec::new();
+    for _ in 0..600 {
+        workers = children(bench.id(), "serve");
+        if workers.len() == 2 {
+            break;
+        }
+        assert!(bench.try_wait().unwrap().is_none(), "the bench ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(workers.len(), 2, "the bench started its workers");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &bench.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = bench.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the bench"
+        );
+    }
+}
