@@ -39,6 +39,11 @@ pub struct FleetArgs {
     /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
     #[arg(long, env = "SLUICE_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
+    /// The Redis URL names a Redis Cluster (one or more seed nodes, comma-separated).
+    /// Default false: one Redis server.
+    #[arg(long, env = "SLUICE_REDIS_CLUSTER", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: Option<bool>,
     /// Job slots (jobs run at once), 1 to 1024. Default: 4 per core.
     #[arg(long, env = "SLUICE_CONCURRENCY", value_parser = parsed::<usize>(field::CONCURRENCY))]
     pub concurrency: Option<usize>,
@@ -170,6 +175,8 @@ fields! {
     QUEUE: "--queue", "SLUICE_QUEUE", "queue";
     /// The Redis server's CA certificate file.
     REDIS_CA: "--redis-ca", "SLUICE_REDIS_CA", "redis_ca";
+    /// Whether the Redis URL names a cluster.
+    REDIS_CLUSTER: "--redis-cluster", "SLUICE_REDIS_CLUSTER", "redis_cluster";
     /// Job slots.
     CONCURRENCY: "--concurrency", "SLUICE_CONCURRENCY", "concurrency";
     /// The /metrics address.
@@ -366,6 +373,8 @@ pub struct FleetConfig {
     pub queue: Option<String>,
     /// The CA certificate(s) of `--redis-ca`, read.
     pub redis_ca_pem: Option<Vec<u8>>,
+    /// Whether the Redis URL names a Redis Cluster (`--redis-cluster`).
+    pub redis_cluster: bool,
     /// Job slots, 1 to [`limits::MAX_CONCURRENCY`].
     pub slots: usize,
     /// Where to serve /metrics and /healthz, if anywhere.
@@ -533,6 +542,7 @@ impl FleetArgs {
             redis_url,
             queue: args.queue,
             redis_ca_pem,
+            redis_cluster: args.redis_cluster.unwrap_or(false),
             slots,
             metrics_addr: args.metrics_addr,
             metrics_max_tenants,
@@ -1091,6 +1101,7 @@ mod tests {
         "--redis=redis://flag:1",
         "--queue=qflag",
         "--redis-ca=/flag/ca.pem",
+        "--redis-cluster=true",
         "--concurrency=3",
         "--metrics-addr=127.0.0.1:1001",
         "--metrics-max-tenants=3",
@@ -1116,6 +1127,7 @@ mod tests {
         redis = "redis://file:2"
         queue = "qfile"
         redis_ca = "/file/ca.pem"
+        redis_cluster = false
         concurrency = 5
         metrics_addr = "127.0.0.1:1002"
         metrics_max_tenants = 7
