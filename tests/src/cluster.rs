@@ -230,6 +230,13 @@ impl RedisCluster {
     /// master stops taking writes until the replica has caught up, then they swap), and
     /// returns once every node agrees the replica is a master.
     pub fn failover(&self, replica_port: u16) {
+        // A manual failover needs the replica's link to its master up (to catch up).
+        wait::poll(
+            &format!("the replica on {replica_port} linked to its master"),
+            AGREE_WITHIN,
+            || cli(replica_port, &["INFO", "replication"]),
+            |info| info.contains("master_link_status:up"),
+        );
         let answer = cli(replica_port, &["CLUSTER", "FAILOVER"]);
         assert_eq!(answer.trim(), "OK", "CLUSTER FAILOVER on {replica_port}");
         self.await_agreement(&format!("{replica_port} became a master"), |view| {
@@ -258,10 +265,17 @@ impl RedisCluster {
                     .iter()
                     .map(|&p| (cli(p, &["CLUSTER", "INFO"]), self.nodes(p)))
                     .collect();
+                // Every master serving slots has a replica (a node joins as a master
+                // without slots and turns replica only once told, node by node).
                 let ok = views.iter().all(|(info, view)| {
+                    let masters = masters(view);
                     info.contains("cluster_state:ok")
                         && view.len() == MASTERS * 2
-                        && masters(view).len() == MASTERS
+                        && masters.len() == MASTERS
+                        && masters.iter().all(|(port, _)| {
+                            let id = view.iter().find(|n| n.port == *port).map(|n| &n.id);
+                            view.iter().any(|n| !n.master && n.master_id.as_ref() == id)
+                        })
                 });
                 let first = masters(&views[0].1);
                 let agree = views.iter().all(|(_, view)| masters(view) == first);

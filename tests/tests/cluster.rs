@@ -22,7 +22,7 @@ const ADMIN: &str = "admin-secret-for-cluster-tests";
 /// Every worker's flags: through the cluster, two slots.
 const WORKER: &[&str] = &["--redis-cluster", "--concurrency", "2"];
 
-/// A raw-ABI guest that spins 2,000,000 rounds of an LCG (a few milliseconds of
+/// A raw-ABI guest that spins 10,000,000 rounds of an LCG (tens of milliseconds of
 /// guest work) on each chunk, then returns it uppercased: a batch stays in flight long
 /// enough to fail over under it, and each output says which input it ran on.
 const SPIN_UPPER_WAT: &str = r#"(module
@@ -35,7 +35,7 @@ const SPIN_UPPER_WAT: &str = r#"(module
     (global.get $buf))
   (func (export "process") (param $ptr i32) (param $len i32) (result i64)
     (local $i i32) (local $p i32) (local $end i32) (local $c i32)
-    (local.set $i (i32.const 2000000))
+    (local.set $i (i32.const 10000000))
     (loop $spin
       (global.set $x (i32.add (i32.mul (global.get $x) (i32.const 1103515245)) (i32.const 12345)))
       (local.set $i (i32.sub (local.get $i) (i32.const 1)))
