@@ -716,18 +716,24 @@ fn within(field: Field, value: Duration, min: Duration, max: Duration) -> Result
     Ok(())
 }
 
-/// A URL's scheme only: the rest may hold a password, which never goes in an error.
+/// A URL's scheme only (each seed's, for a cluster's comma-separated list): the rest
+/// may hold a password, which never goes in an error.
 fn check_redis_url(url: &str) -> Result<(), ConfigError> {
     const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
-    let rest = SCHEMES.iter().find_map(|scheme| url.strip_prefix(scheme));
-    match rest {
-        Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => Ok(()),
-        Some(_) => Err(invalid(field::REDIS, "the URL names no host")),
-        None => Err(invalid(
-            field::REDIS,
-            "must start with redis://, rediss://, redis+unix:// or unix://",
-        )),
+    for seed in sluice_shared::queue::redis::seed_urls(url) {
+        let rest = SCHEMES.iter().find_map(|scheme| seed.strip_prefix(scheme));
+        match rest {
+            Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => {}
+            Some(_) => return Err(invalid(field::REDIS, "the URL names no host")),
+            None => {
+                return Err(invalid(
+                    field::REDIS,
+                    "must start with redis://, rediss://, redis+unix:// or unix://",
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 /// A queue name goes inside every key's hash tag `{name}`: the protocol's one rule
@@ -813,6 +819,20 @@ mod tests {
         let config = unset.load().unwrap();
         assert!((1..=limits::MAX_CONCURRENCY).contains(&config.slots));
         assert!(config.max_stuck < config.slots);
+    }
+
+    #[test]
+    fn one_server_by_default_and_a_clusters_seed_list_when_asked() {
+        assert!(!args().load().unwrap().redis_cluster);
+        let cluster = FleetArgs {
+            redis_url: Some("redis://a:1,redis://b:2".into()),
+            redis_cluster: Some(true),
+            ..args()
+        }
+        .load()
+        .unwrap();
+        assert!(cluster.redis_cluster);
+        assert_eq!(cluster.redis_url, "redis://a:1,redis://b:2");
     }
 
     #[test]
@@ -971,6 +991,15 @@ mod tests {
             (
                 FleetArgs {
                     redis_url: Some("http://x".into()),
+                    ..args()
+                },
+                field::REDIS,
+            ),
+            (
+                // A cluster's seed list: every seed is checked.
+                FleetArgs {
+                    redis_url: Some("redis://a:1,http://b:2".into()),
+                    redis_cluster: Some(true),
                     ..args()
                 },
                 field::REDIS,

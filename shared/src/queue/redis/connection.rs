@@ -109,11 +109,6 @@ impl Connector {
         })
     }
 
-    /// Whether this is a cluster client.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.kind, Kind::Cluster { .. })
-    }
-
     /// Opens the connection for commands, its replies bounded by the response timeout;
     /// it reconnects by itself once open.
     pub async fn commands(&self) -> Result<Connection, RedisError> {
