@@ -6,7 +6,7 @@
 //! which makes cargo build their binaries first), in the same profile directory.
 //!
 //! Fixtures, one per repeated setup, each stopping what it started when dropped:
-//! [`RedisServer`] (a redis-server), [`WorkerProcess`] (a `sluice-worker serve`),
+//! [`RedisServer`] (a redis-server), [`RedisCluster`] (a six-node Redis Cluster), [`WorkerProcess`] (a `sluice-worker serve`),
 //! [`ServeProcess`] (a `sluice serve` and an HTTP client with tenant creation),
 //! [`Fleet`] (a server, a queue client and workers on demand), [`PrometheusServer`] (a
 //! real `prometheus` and its HTTP API); [`wait`] holds the bounded waits for results;
@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod cluster;
 pub mod dashboards;
 pub mod fleet;
 pub mod prometheus;
@@ -26,6 +27,7 @@ pub mod walkthrough;
 pub mod wasm_gen;
 pub mod worker;
 
+pub use cluster::RedisCluster;
 pub use fleet::{Fleet, fresh_queue};
 pub use prometheus::PrometheusServer;
 pub use redis::RedisServer;

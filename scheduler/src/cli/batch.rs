@@ -110,6 +110,9 @@ pub struct RunArgs {
     /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
     #[arg(long, env = "SLUICE_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
+    /// With --redis: the URL names a Redis Cluster (seed nodes, comma-separated).
+    #[arg(long, env = "SLUICE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// The tenant the jobs run for (with --redis); limits are clamped to its policy.
     #[arg(long, default_value = "local")]
     pub tenant: String,
@@ -260,6 +263,7 @@ async fn run_batch_args(args: RunArgs) -> anyhow::Result<ExitCode> {
                 redis_url: url,
                 queue: args.queue.clone(),
                 redis_ca: args.redis_ca.clone(),
+                redis_cluster: args.redis_cluster,
             };
             let on_interrupt = args.on_interrupt.unwrap_or(OnInterrupt::Ask);
             let Some(queue) = connect(&redis, &interrupts).await? else {

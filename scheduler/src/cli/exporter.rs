@@ -43,6 +43,9 @@ pub struct ExporterArgs {
     /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
     #[arg(long, env = "SLUICE_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
+    /// The Redis URL names a Redis Cluster (seed nodes, comma-separated).
+    #[arg(long, env = "SLUICE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Most tenants named in the tenant metrics, per queue: the largest by backlog +
     /// in-flight keep their names, the rest are summed into `tenant="other"`.
     #[arg(long, env = "SLUICE_METRICS_MAX_TENANTS", default_value_t = DEFAULT_MAX_TENANTS,
@@ -65,6 +68,7 @@ impl std::fmt::Debug for ExporterArgs {
             .field("listen", &self.listen)
             .field("queues", &self.queues)
             .field("redis_ca", &self.redis_ca)
+            .field("redis_cluster", &self.redis_cluster)
             .field("metrics_max_tenants", &self.metrics_max_tenants)
             .field("metrics_cache", &self.metrics_cache)
             .finish()
@@ -110,6 +114,7 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
             redis_url: args.redis_url.clone(),
             queue,
             redis_ca: args.redis_ca.clone(),
+            redis_cluster: args.redis_cluster,
         };
         let config = redis.config()?;
         // An unusable URL or queue name fails now, before anything is served.

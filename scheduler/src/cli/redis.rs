@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_shared::queue::redis::{RedisConfig, RedisQueue, redacted_url};
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue, Topology, redacted_url};
 
 /// Where the queue is.
 #[derive(Args, Clone)]
 pub struct RedisArgs {
-    /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS.
+    /// Redis URL: redis://[user:pass@]host:port[/db], or rediss:// for TLS (with
+    /// --redis-cluster: seed nodes, comma-separated).
     #[arg(long = "redis", env = "SLUICE_REDIS_URL", hide_env_values = true)]
     pub redis_url: String,
     /// Queue name.
@@ -18,6 +19,9 @@ pub struct RedisArgs {
     /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
     #[arg(long, env = "SLUICE_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
+    /// The Redis URL names a Redis Cluster (one or more seed nodes, comma-separated).
+    #[arg(long, env = "SLUICE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
 }
 
 impl RedisArgs {
@@ -25,6 +29,9 @@ impl RedisArgs {
     pub fn config(&self) -> anyhow::Result<RedisConfig> {
         let mut config = RedisConfig::new(&self.redis_url);
         config.queue = self.queue.clone();
+        if self.redis_cluster {
+            config.topology = Topology::Cluster;
+        }
         if let Some(ca) = &self.redis_ca {
             config.tls_ca_pem =
                 Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
@@ -48,6 +55,7 @@ impl std::fmt::Debug for RedisArgs {
             .field("redis_url", &redacted_url(&self.redis_url))
             .field("queue", &self.queue)
             .field("redis_ca", &self.redis_ca)
+            .field("redis_cluster", &self.redis_cluster)
             .finish()
     }
 }

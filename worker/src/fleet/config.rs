@@ -39,6 +39,11 @@ pub struct FleetArgs {
     /// PEM file of the CA that signed the Redis server's TLS certificate (rediss://).
     #[arg(long, env = "SLUICE_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
+    /// The Redis URL names a Redis Cluster (one or more seed nodes, comma-separated).
+    /// Default false: one Redis server.
+    #[arg(long, env = "SLUICE_REDIS_CLUSTER", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: Option<bool>,
     /// Job slots (jobs run at once), 1 to 1024. Default: 4 per core.
     #[arg(long, env = "SLUICE_CONCURRENCY", value_parser = parsed::<usize>(field::CONCURRENCY))]
     pub concurrency: Option<usize>,
@@ -171,6 +176,8 @@ fields! {
     QUEUE: "--queue", "SLUICE_QUEUE", "queue";
     /// The Redis server's CA certificate file.
     REDIS_CA: "--redis-ca", "SLUICE_REDIS_CA", "redis_ca";
+    /// Whether the Redis URL names a cluster.
+    REDIS_CLUSTER: "--redis-cluster", "SLUICE_REDIS_CLUSTER", "redis_cluster";
     /// Job slots.
     CONCURRENCY: "--concurrency", "SLUICE_CONCURRENCY", "concurrency";
     /// The /metrics address.
@@ -367,6 +374,8 @@ pub struct FleetConfig {
     pub queue: Option<String>,
     /// The CA certificate(s) of `--redis-ca`, read.
     pub redis_ca_pem: Option<Vec<u8>>,
+    /// Whether the Redis URL names a Redis Cluster (`--redis-cluster`).
+    pub redis_cluster: bool,
     /// Job slots, 1 to [`limits::MAX_CONCURRENCY`].
     pub slots: usize,
     /// Where to serve /metrics, /healthz and /readyz, if anywhere.
@@ -534,6 +543,7 @@ impl FleetArgs {
             redis_url,
             queue: args.queue,
             redis_ca_pem,
+            redis_cluster: args.redis_cluster.unwrap_or(false),
             slots,
             metrics_addr: args.metrics_addr,
             metrics_max_tenants,
@@ -707,18 +717,24 @@ fn within(field: Field, value: Duration, min: Duration, max: Duration) -> Result
     Ok(())
 }
 
-/// A URL's scheme only: the rest may hold a password, which never goes in an error.
+/// A URL's scheme only (each seed's, for a cluster's comma-separated list): the rest
+/// may hold a password, which never goes in an error.
 fn check_redis_url(url: &str) -> Result<(), ConfigError> {
     const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
-    let rest = SCHEMES.iter().find_map(|scheme| url.strip_prefix(scheme));
-    match rest {
-        Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => Ok(()),
-        Some(_) => Err(invalid(field::REDIS, "the URL names no host")),
-        None => Err(invalid(
-            field::REDIS,
-            "must start with redis://, rediss://, redis+unix:// or unix://",
-        )),
+    for seed in sluice_shared::queue::redis::seed_urls(url) {
+        let rest = SCHEMES.iter().find_map(|scheme| seed.strip_prefix(scheme));
+        match rest {
+            Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => {}
+            Some(_) => return Err(invalid(field::REDIS, "the URL names no host")),
+            None => {
+                return Err(invalid(
+                    field::REDIS,
+                    "must start with redis://, rediss://, redis+unix:// or unix://",
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 /// A queue name goes inside every key's hash tag `{name}`: the protocol's one rule
@@ -804,6 +820,20 @@ mod tests {
         let config = unset.load().unwrap();
         assert!((1..=limits::MAX_CONCURRENCY).contains(&config.slots));
         assert!(config.max_stuck < config.slots);
+    }
+
+    #[test]
+    fn one_server_by_default_and_a_clusters_seed_list_when_asked() {
+        assert!(!args().load().unwrap().redis_cluster);
+        let cluster = FleetArgs {
+            redis_url: Some("redis://a:1,redis://b:2".into()),
+            redis_cluster: Some(true),
+            ..args()
+        }
+        .load()
+        .unwrap();
+        assert!(cluster.redis_cluster);
+        assert_eq!(cluster.redis_url, "redis://a:1,redis://b:2");
     }
 
     #[test]
@@ -967,6 +997,15 @@ mod tests {
                 field::REDIS,
             ),
             (
+                // A cluster's seed list: every seed is checked.
+                FleetArgs {
+                    redis_url: Some("redis://a:1,http://b:2".into()),
+                    redis_cluster: Some(true),
+                    ..args()
+                },
+                field::REDIS,
+            ),
+            (
                 FleetArgs {
                     redis_ca: Some("/no/such/ca.pem".into()),
                     ..args()
@@ -1092,6 +1131,7 @@ mod tests {
         "--redis=redis://flag:1",
         "--queue=qflag",
         "--redis-ca=/flag/ca.pem",
+        "--redis-cluster=true",
         "--concurrency=3",
         "--metrics-addr=127.0.0.1:1001",
         "--metrics-max-tenants=3",
@@ -1117,6 +1157,7 @@ mod tests {
         redis = "redis://file:2"
         queue = "qfile"
         redis_ca = "/file/ca.pem"
+        redis_cluster = false
         concurrency = 5
         metrics_addr = "127.0.0.1:1002"
         metrics_max_tenants = 7

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sluice_shared::RetryPolicy;
 use sluice_shared::backoff::Backoff;
-use sluice_shared::queue::redis::{ConnectError, RedisConfig, RedisQueue, redacted_url};
+use sluice_shared::queue::redis::{ConnectError, RedisConfig, RedisQueue, Topology, redacted_url};
 use tokio_util::sync::CancellationToken;
 
 use super::RedisEnv;
@@ -194,6 +194,9 @@ fn redis_config(config: &FleetConfig) -> RedisConfig {
         redis.queue = queue.clone();
     }
     redis.tls_ca_pem = config.redis_ca_pem.clone();
+    if config.redis_cluster {
+        redis.topology = Topology::Cluster;
+    }
     if let Some(ttl) = config.ttl {
         redis.result_ttl = ttl;
         redis.blob_ttl = ttl;

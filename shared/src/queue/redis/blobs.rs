@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::connection::Connection;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -109,7 +109,7 @@ impl Blobs<'_> {
 /// Writes one blob, chunk by chunk, with one chunk upload in flight while the next
 /// chunk fills.
 pub struct BlobWriter {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     id: String,
     chunk_bytes: usize,
@@ -121,7 +121,7 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    fn new(conn: ConnectionManager, keys: Keys, chunk_bytes: usize, ttl: Duration) -> Self {
+    fn new(conn: Connection, keys: Keys, chunk_bytes: usize, ttl: Duration) -> Self {
         BlobWriter {
             conn,
             keys,
@@ -248,7 +248,7 @@ pub struct BlobReader {
 
 impl BlobReader {
     /// Starts fetching; must be called within a tokio runtime context.
-    fn new(mut conn: ConnectionManager, keys: Keys, id: String) -> Self {
+    fn new(mut conn: Connection, keys: Keys, id: String) -> Self {
         let (tx, chunks) = mpsc::channel(2);
         tokio::spawn(async move {
             let meta_key = keys.blob_meta(&id);

@@ -11,31 +11,29 @@
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, Value};
 
-/// A connection for blocking reads, replaced when a read overruns its bound.
+use super::connection::{Connection, Connector};
+
+/// A connection for blocking reads, replaced when a read overruns its bound. On a
+/// cluster it is a cluster connection of its own (one connection per node, apart from
+/// the commands' ones), so a `BLOCK` never holds up other commands to that node.
 pub(super) struct BlockingConnection {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    connector: Connector,
     /// Extra time a reply may take beyond the block itself (queueing behind another
     /// blocking read on this connection included).
     margin: Duration,
-    current: Mutex<ConnectionManager>,
+    current: Mutex<Connection>,
 }
 
 impl BlockingConnection {
     pub(super) async fn connect(
-        client: redis::Client,
-        config: ConnectionManagerConfig,
+        connector: Connector,
         margin: Duration,
     ) -> Result<Self, RedisError> {
-        let current = client
-            .get_connection_manager_with_config(config.clone())
-            .await?;
+        let current = connector.blocking().await?;
         Ok(BlockingConnection {
-            client,
-            config,
+            connector,
             margin,
             current: Mutex::new(current),
         })
@@ -59,10 +57,7 @@ impl BlockingConnection {
                 );
                 // Lazily connected: the next read connects, so this never waits here.
                 // A reconnect after a concurrent overrun already replaced it is harmless.
-                if let Ok(fresh) = ConnectionManager::new_lazy_with_config(
-                    self.client.clone(),
-                    self.config.clone(),
-                ) {
+                if let Ok(fresh) = self.connector.blocking_lazy() {
                     *self.current.lock() = fresh;
                 }
                 Err(std::io::Error::new(

@@ -9,8 +9,12 @@ use std::time::Duration;
 /// redacted ([`redacted_url`]).
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS. With
+    /// [`Topology::Cluster`], one or more seed nodes of the cluster, comma-separated
+    /// (`redis://a:7000,redis://b:7000`; every seed with the same credentials and scheme).
     pub url: String,
+    /// Whether the URL names one Redis server (the default) or a Redis Cluster.
+    pub topology: Topology,
     /// The queue's name; its keys are `sluice:{name}:…`.
     pub queue: String,
     /// How long results are kept.
@@ -42,6 +46,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
+            topology: Topology::Single,
             queue: "default".into(),
             result_ttl: Duration::from_secs(24 * 3600),
             notice_ttl: Duration::from_secs(3600),
@@ -55,6 +60,37 @@ impl RedisConfig {
             tls_ca_pem: None,
         }
     }
+}
+
+/// What kind of Redis deployment [`RedisConfig::url`] names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// One Redis server (or a primary behind a proxy or Sentinel-managed address): one
+    /// multiplexed connection.
+    #[default]
+    Single,
+    /// A Redis Cluster reached through its seed nodes: commands go to the node owning
+    /// their key's slot (a queue's keys share one slot), keyless ones to the node
+    /// owning the queue's slot, following the cluster through failovers.
+    Cluster,
+}
+
+/// The seed URLs of a comma-separated list (`redis://a:1,redis://b:2`): a comma
+/// starts a new seed only where a scheme (`…://`) follows, so a password holding a
+/// comma stays whole. One URL gives one seed.
+pub fn seed_urls(url: &str) -> Vec<&str> {
+    let mut seeds: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (at, _) in url.match_indices(',') {
+        let next = &url[at + 1..];
+        let next_piece = next.split(',').next().unwrap_or_default();
+        if next_piece.contains("://") {
+            seeds.push(url[start..at].trim());
+            start = at + 1;
+        }
+    }
+    seeds.push(url[start..].trim());
+    seeds
 }
 
 /// Longest queue name.
@@ -166,6 +202,15 @@ impl RedisConfig {
 /// holding `/`, `?` or `#` (which a URL should percent-encode, but people type) is
 /// hidden too: the user info ends at the last `@`.
 pub fn redacted_url(url: &str) -> String {
+    seed_urls(url)
+        .into_iter()
+        .map(redacted_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// [`redacted_url`] of one URL.
+fn redacted_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -201,6 +246,14 @@ pub fn redacted_url(url: &str) -> String {
 /// The secrets `url` holds (its password, a `pass=` query value), so that a message
 /// from the Redis client that might quote one can be scrubbed ([`scrubbed`]).
 fn secrets_of(url: &str) -> Vec<&str> {
+    seed_urls(url)
+        .into_iter()
+        .flat_map(secrets_of_one)
+        .collect()
+}
+
+/// [`secrets_of`] one URL.
+fn secrets_of_one(url: &str) -> Vec<&str> {
     let mut secrets = Vec::new();
     let Some((_, rest)) = url.split_once("://") else {
         return secrets;
@@ -240,6 +293,7 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redacted_url(&self.url))
+            .field("topology", &self.topology)
             .field("queue", &self.queue)
             .field("result_ttl", &self.result_ttl)
             .field("notice_ttl", &self.notice_ttl)
@@ -278,6 +332,24 @@ mod tests {
             redacted_url("redis+unix:///tmp/r.sock?db=1&pass=s3cret"),
             "redis+unix:///tmp/r.sock?db=1&pass=***"
         );
+    }
+
+    #[test]
+    fn seed_lists_split_at_schemes_and_hide_every_password() {
+        assert_eq!(
+            seed_urls("redis://a:1, redis://b:2,rediss://c:3"),
+            ["redis://a:1", "redis://b:2", "rediss://c:3"]
+        );
+        assert_eq!(seed_urls("redis://host:6379"), ["redis://host:6379"]);
+        // A comma in a password does not start a seed.
+        assert_eq!(
+            seed_urls("redis://u:p,w@a:1,redis://u:p,w@b:2"),
+            ["redis://u:p,w@a:1", "redis://u:p,w@b:2"]
+        );
+        let list = "redis://u:s3cret@a:1,redis://u:s3cret@b:2";
+        assert_eq!(redacted_url(list), "redis://u:***@a:1,redis://u:***@b:2");
+        let clean = scrubbed(&format!("{list}: AUTH s3cret"), list);
+        assert!(!clean.contains("s3cret"), "{clean}");
     }
 
     #[test]

@@ -23,9 +23,6 @@
 //! Time is always the server's: stream idle times measure leases, and scripts read
 //! `TIME` for due dates and trimming, so worker clock skew changes nothing.
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Value};
 
 use crate::queue::QueueError;
@@ -37,6 +34,7 @@ mod blobs;
 mod blocking;
 mod config;
 mod connect;
+mod connection;
 mod error;
 pub mod keys;
 mod listing;
@@ -59,8 +57,14 @@ pub use artifacts::{
     MAX_REFUSAL_TTL, PRECOMPILE_STREAM_CAP, PrecompileRequest, StoredArtifact, StoredRefusal,
 };
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
-pub use config::{RedisConfig, RedisConfigError, redacted_url, scrubbed, validate_queue_name};
+pub use config::{
+    RedisConfig, RedisConfigError, Topology, redacted_url, scrubbed, seed_urls, validate_queue_name,
+};
 pub use connect::ConnectError;
+pub use connection::{
+    CLUSTER_MAX_RETRY_WAIT, CLUSTER_MIN_RETRY_WAIT, CLUSTER_RETRIES, CONNECT_TIMEOUT, Connection,
+    Connector, home_route,
+};
 pub use error::StoreError;
 pub use keys::Keys;
 pub use listing::{
@@ -88,7 +92,7 @@ const ENVELOPE_FIELD: &[u8] = b"e";
 pub struct RedisQueue {
     config: RedisConfig,
     keys: Keys,
-    conn: ConnectionManager,
+    conn: Connection,
     /// Blocking reads get their own connection: a `BLOCK` holds up everything behind it.
     blocking: blocking::BlockingConnection,
     /// The claim side's state (completion flusher, maintenance clocks).
@@ -107,26 +111,14 @@ impl RedisQueue {
     /// refused credentials (never worth retrying) or an unreachable server (perhaps
     /// worth it). No message holds the URL's password.
     pub async fn connect_checked(config: RedisConfig) -> Result<Self, ConnectError> {
-        let client = admin::gauge_client(&config)?;
+        let connector = Connector::new(&config)?;
         let failed = |e: RedisError| ConnectError::from_redis(&e, &config.url);
-        let manager = |timeout: Option<Duration>| {
-            let mut cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            cfg = cfg.set_response_timeout(timeout);
-            cfg
-        };
-        let conn = client
-            .get_connection_manager_with_config(manager(Some(config.response_timeout)))
-            .await
-            .map_err(failed)?;
+        let conn = connector.commands().await.map_err(failed)?;
         // No response timeout of its own (a reply takes as long as the block): each read
         // is bounded by its block plus this margin instead.
-        let blocking =
-            blocking::BlockingConnection::connect(client, manager(None), config.response_timeout)
-                .await
-                .map_err(failed)?;
+        let blocking = blocking::BlockingConnection::connect(connector, config.response_timeout)
+            .await
+            .map_err(failed)?;
         let keys = Keys::new(&config.queue);
         let claims = queue::ClaimState::start(conn.clone(), keys.clone(), config.clone());
         let queue = RedisQueue {
@@ -155,9 +147,10 @@ impl RedisQueue {
         &self.config
     }
 
-    /// The shared multiplexed connection, for tests that corrupt or inspect keys on
-    /// purpose. Sluice's own code sends every command through the role types.
-    pub fn connection(&self) -> ConnectionManager {
+    /// The shared multiplexed connection (one server's or a cluster's), for tests that
+    /// corrupt or inspect keys on purpose. Sluice's own code sends every command
+    /// through the role types.
+    pub fn connection(&self) -> Connection {
         self.conn.clone()
     }
 

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::connection::Connection;
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,7 +66,7 @@ pub(super) struct ClaimState {
 
 impl ClaimState {
     /// Starts the completion flusher for the queue of `keys`.
-    pub(super) fn start(conn: ConnectionManager, keys: Keys, config: RedisConfig) -> Self {
+    pub(super) fn start(conn: Connection, keys: Keys, config: RedisConfig) -> Self {
         let (completions, pending) = mpsc::channel(config.completion_batch * 4);
         tokio::spawn(flush_completions(pending, conn, keys, config));
         ClaimState {
@@ -362,7 +362,7 @@ fn claimed(
 /// jobs, and a lone completion goes at once.
 async fn flush_completions(
     mut pending: mpsc::Receiver<PendingCompletion>,
-    mut conn: ConnectionManager,
+    mut conn: Connection,
     keys: Keys,
     config: RedisConfig,
 ) {

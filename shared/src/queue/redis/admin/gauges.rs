@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::super::connection::Connection;
 use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
 
@@ -180,7 +180,7 @@ fn checked(reply: Option<Result<Value, RedisError>>, what: &str) -> Result<Value
 /// transport failure fails here.
 async fn send(
     pipe: &mut redis::Pipeline,
-    conn: &ConnectionManager,
+    conn: &Connection,
 ) -> Result<std::vec::IntoIter<Result<Value, RedisError>>, StoreError> {
     let replies: Vec<Result<Value, RedisError>> = pipe
         .ignore_errors()
@@ -202,7 +202,7 @@ impl Admin<'_> {
 }
 
 /// The queue of `keys`'s state over `conn` ([`Admin::gauges`]); read-only.
-pub(super) async fn read(conn: &ConnectionManager, keys: &Keys) -> Result<QueueGauges, AdminError> {
+pub(super) async fn read(conn: &Connection, keys: &Keys) -> Result<QueueGauges, AdminError> {
     let admitted_key = keys.admitted();
     let mut pipe = redis::pipe();
     pipe.cmd("XINFO").arg("GROUPS").arg(&keys.jobs);
@@ -353,7 +353,7 @@ pub(super) async fn read(conn: &ConnectionManager, keys: &Keys) -> Result<QueueG
 /// The tenants with a backlog, at most [`MAX_GAUGE_TENANTS`], and whether there were
 /// more.
 async fn backlog_tenants(
-    conn: &ConnectionManager,
+    conn: &Connection,
     keys: &Keys,
 ) -> Result<(Vec<String>, bool), AdminError> {
     let set = keys.backlogs();
