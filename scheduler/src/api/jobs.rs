@@ -1,4 +1,5 @@
-//! `POST /v1/jobs` (the input streamed inline or into a blob), `GET /v1/jobs` (the
+//! `POST /v1/jobs` (the input streamed inline or into a blob; with `?wait=` answered
+//! with the job's output when it finishes in time, `wait.rs`), `GET /v1/jobs` (the
 //! tenant's jobs, a page at a time), `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/output`
 //! and `DELETE /v1/jobs/{id}`.
 
@@ -15,11 +16,12 @@ use sluice_shared::{
     BlobId, EntryPoint, Job, JobId, JobInput, JobOutput, ModuleHash, ModuleName, OutcomeKind,
     ProgramName, Queue, ReportLine, TenantId, TenantPolicy,
 };
+use tokio::time::Instant;
 
 use super::Api;
 use super::auth::Tenant;
 use super::error::{ApiError, ApiResult};
-use super::params::{JobParams, job_params, page_json, paging};
+use super::params::{JobParams, JobQuery, job_params, page_json, paging};
 use super::quotas::{check_args_env, input_too_large};
 
 impl Api {
@@ -86,6 +88,8 @@ impl Api {
 }
 
 /// `POST /v1/jobs?module=…`: one job, its input the request body (201 with its id).
+/// With `wait=DURATION` the answer waits for the job (`api/wait.rs`): its output (200)
+/// or failure (422) if it finishes within the wait, else 202 with its id.
 pub(super) async fn post_job(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
@@ -93,7 +97,13 @@ pub(super) async fn post_job(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let params = job_params(query.as_deref())?;
+    let JobQuery { params, wait } = job_params(query.as_deref())?;
+    // A waiting request's place is taken first (and its deadline starts): past the
+    // waiter caps nothing else is read.
+    let mut waiting = match wait {
+        Some(wait) => Some((api.reserve_wait(&tenant, wait)?, Instant::now() + wait)),
+        None => None,
+    };
     let policy = api.policy(&tenant).await?;
     // Everything that can refuse the job is checked before the body is read: a refused
     // request costs no upload.
@@ -121,6 +131,14 @@ pub(super) async fn post_job(
     }
     let input = stream_input(&api, &tenant, &policy, reserved, body).await?;
     let job = template(input);
+    // The wait is registered before the job exists on the queue, so its notice cannot
+    // come first.
+    let mut watch = None;
+    if let Some((slot, until)) = &mut waiting {
+        let mut registered = slot.watch(job.id, &api.queue);
+        registered.ready(*until).await;
+        watch = Some(registered);
+    }
     let enqueued = api
         .queue
         .admission()
@@ -138,6 +156,9 @@ pub(super) async fn post_job(
         return Err(api.backlog_full(&policy, waiting, 1));
     }
     api.submitted.notify_one();
+    if let (Some((slot, until)), Some(watch)) = (waiting, watch) {
+        return api.answer_waited(slot, watch, &job, until).await;
+    }
     let body = json!({ "id": job.id.to_string(), "limits": job.limits });
     Ok(created(&format!("/v1/jobs/{}", job.id), body))
 }
@@ -367,7 +388,13 @@ pub(super) async fn get_output(
         header::CONTENT_TYPE,
         "application/octet-stream".parse().expect("static header"),
     );
-    let body = match result.output {
+    Ok((headers, output_body(&api, result.output)).into_response())
+}
+
+/// A finished job's output as a response body: the inline bytes, nothing for output
+/// written elsewhere, or the output blob streamed chunk by chunk.
+pub(super) fn output_body(api: &Api, output: JobOutput) -> Body {
+    match output {
         JobOutput::Inline(bytes) => Body::from(bytes),
         JobOutput::Written => Body::empty(),
         JobOutput::Blob { id, .. } => {
@@ -381,8 +408,7 @@ pub(super) async fn get_output(
             });
             Body::from_stream(chunks)
         }
-    };
-    Ok((headers, body).into_response())
+    }
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels a job that is still queued.

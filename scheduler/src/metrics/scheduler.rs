@@ -42,10 +42,12 @@ impl RefusalReason {
     }
 
     /// The reason a submission answered `status` with the API error `code` was
-    /// refused; `None` when it was not refused (a success, or a server error, which
-    /// is the service's failure and not a refusal).
+    /// refused; `None` when it was not refused (a success, a server error, which
+    /// is the service's failure and not a refusal, or a waited-for job that ran and
+    /// failed: 422 `job_failed`).
     pub fn of(status: u16, code: Option<&str>) -> Option<Self> {
         match (status, code) {
+            (422, Some("job_failed")) => None,
             (413, _) => Some(RefusalReason::Policy),
             (429, Some("busy")) => Some(RefusalReason::Rate),
             (429, _) => Some(RefusalReason::Quota),
@@ -154,5 +156,6 @@ mod tests {
         assert_eq!(RefusalReason::of(401, None), Some(Invalid));
         assert_eq!(RefusalReason::of(201, None), None);
         assert_eq!(RefusalReason::of(503, Some("unavailable")), None);
+        assert_eq!(RefusalReason::of(422, Some("job_failed")), None);
     }
 }
