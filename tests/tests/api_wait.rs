@@ -190,9 +190,9 @@ fn waiting_requests_are_capped_per_tenant_and_in_all() {
     }
     std::thread::scope(|scope| {
         // No worker: these two wait, holding both places.
-        let held_acme = scope.spawn(|| s.post(&acme, "module=upper&wait=60s", b"a\n"));
+        let held_acme = scope.spawn(|| s.post(&acme, "module=upper&wait=25s", b"a\n"));
         s.await_waiters(1.0);
-        let held_beta = scope.spawn(|| s.post(&beta, "module=upper&wait=60s", b"b\n"));
+        let held_beta = scope.spawn(|| s.post(&beta, "module=upper&wait=25s", b"b\n"));
         s.await_waiters(2.0);
 
         let second = s.post(&acme, "module=upper&wait=5s", b"again\n");
@@ -233,7 +233,7 @@ fn waiting_requests_are_capped_per_tenant_and_in_all() {
     let acme = s.api.tenant("acme", json!({}));
     s.upload(&acme, "uppercase.wasm", "upper");
     std::thread::scope(|scope| {
-        let held = scope.spawn(|| s.post(&acme, "module=upper&wait=60s", b"a\n"));
+        let held = scope.spawn(|| s.post(&acme, "module=upper&wait=25s", b"a\n"));
         s.await_waiters(1.0);
         let second = s.post(&acme, "module=upper&wait=5s", b"again\n");
         assert_eq!(second.status, 429, "{}", second.text());
@@ -255,7 +255,7 @@ fn a_job_behind_its_tenants_backlog_is_waited_for() {
         assert_eq!(reply.status, 201, "{}", reply.text());
     }
     std::thread::scope(|scope| {
-        let waited = scope.spawn(|| s.post(&token, "module=upper&wait=60s", b"last in line\n"));
+        let waited = scope.spawn(|| s.post(&token, "module=upper&wait=25s", b"last in line\n"));
         s.await_waiters(1.0);
         let _worker = s.worker("w0");
         let reply = waited.join().unwrap();
@@ -274,13 +274,20 @@ fn a_client_that_goes_away_releases_its_waiter() {
     let body = b"bye\n";
     write!(
         stream,
-        "POST /v1/jobs?module=upper&wait=60s HTTP/1.1\r\nHost: x\r\n\
+        "POST /v1/jobs?module=upper&wait=25s HTTP/1.1\r\nHost: x\r\n\
          Authorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
     stream.write_all(body).unwrap();
     s.await_waiters(1.0);
+    // Gone once the job is enqueued (a client gone before that leaves no job).
+    wait::poll(
+        "the waited-for job listed",
+        WITHIN,
+        || s.api.ok("GET", "/v1/jobs", Some(&token), b""),
+        |jobs| jobs["items"].as_array().unwrap().len() == 1,
+    );
     stream.shutdown(std::net::Shutdown::Both).unwrap();
     drop(stream);
     s.await_waiters(0.0);

@@ -132,13 +132,10 @@ pub(super) async fn post_job(
     let input = stream_input(&api, &tenant, &policy, reserved, body).await?;
     let job = template(input);
     // The wait is registered before the job exists on the queue, so its notice cannot
-    // come first.
-    let mut watch = None;
-    if let Some((slot, until)) = &mut waiting {
-        let mut registered = slot.watch(job.id, &api.queue);
-        registered.ready(*until).await;
-        watch = Some(registered);
-    }
+    // come first (nothing awaits between here and the enqueue).
+    let watch = waiting
+        .as_mut()
+        .map(|(slot, _)| slot.watch(job.id, &api.queue));
     let enqueued = api
         .queue
         .admission()

@@ -6,9 +6,9 @@
 //! own, [`NoticeReader`]) and hands each to the request waiting for that job (a map of
 //! job id → oneshot sender), so a thousand waiting requests cost one blocking read, not
 //! a thousand. The follower reads only while someone waits: the first waiter after a
-//! quiet spell has it take a fresh position in the stream and waits until it has, and
-//! every waiter registers before its job is enqueued, so no completion can slip between
-//! the enqueue and the wait. It stops `LINGER` after the last waiter arrived and
+//! quiet spell has it take a fresh position in the stream, waits until it has and then
+//! looks its job's result up once; every waiter registers before its job is enqueued,
+//! so no completion can slip between the enqueue and the wait. It stops `LINGER` after the last waiter arrived and
 //! nobody waits. When the wait runs out (or the follower cannot read) the
 //! result is looked up once more, so a lost notice costs a 202, never a wrong answer.
 //!
@@ -275,16 +275,6 @@ impl Drop for Slot {
     }
 }
 
-impl Watch {
-    /// Returns once the follower reads from a position older than this wait (at once
-    /// when it already did), or at `until`.
-    pub(super) async fn ready(&mut self, until: Instant) {
-        if let Some(mut ready) = self.ready.take() {
-            let _ = tokio::time::timeout_at(until, ready.changed()).await;
-        }
-    }
-}
-
 /// The follower: reads the completion notices while anyone waits and hands each to its
 /// waiter; ends when the API is gone.
 async fn follow(waiters: Weak<Waiters>, queue: Arc<RedisQueue>) {
@@ -385,10 +375,20 @@ impl Api {
         job: &Job,
         until: Instant,
     ) -> ApiResult<Response> {
+        let location = format!("/v1/jobs/{}", job.id);
+        if let Some(mut ready) = watch.ready {
+            // The follower was idle: once it reads from a position older than now, a
+            // job that finished before that position is found by one look-up, and any
+            // later one by its notice.
+            let _ = tokio::time::timeout_at(until, ready.changed()).await;
+            if let Some(result) = self.queue.result(job.id).await? {
+                slot.end = WaitEnd::Finished;
+                return Ok(self.finished(result, &location));
+            }
+        }
         // A notice, or the end of the wait: the result is read once either way (a
         // notice Redis lost, or a follower that could not read, costs nothing more).
         let _ = tokio::time::timeout_at(until, watch.finished).await;
-        let location = format!("/v1/jobs/{}", job.id);
         let response = match self.queue.result(job.id).await? {
             Some(result) => {
                 slot.end = WaitEnd::Finished;
