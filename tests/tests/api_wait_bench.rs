@@ -14,7 +14,8 @@
 //! `WAIT_BENCH_SECS` seconds per module (10), `WAIT_BENCH_WORKERS` worker processes (1).
 //! Besides requests/s and p50/p99/p99.9 it prints the CPU time `sluice serve` and the
 //! workers spent per request (utime + stime from `/proc`), which a busy machine
-//! disturbs far less than wall-clock latency.
+//! disturbs far less than wall-clock latency, and the Redis commands run per request
+//! (`INFO commandstats`, every client's).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +44,29 @@ fn cpu(pid: u32) -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     // USER_HZ is 100 on Linux.
     Duration::from_millis(ticks * 10)
+}
+
+/// Commands Redis has run so far, by command (every client's: the service, its
+/// dispatcher and follower, the workers; commands that scripts run count too).
+fn redis_calls(url: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
 }
 
 fn load() -> String {
@@ -141,24 +165,32 @@ fn interactive_path_latency_at_a_fixed_rate() {
         load()
     );
     println!(
-        "| module | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | not 200 | serve CPU µs/req | worker CPU µs/req |"
+        "| module | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | not 200 | serve CPU µs/req | worker CPU µs/req | Redis commands/req |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (name, input) in [("noop", &b""[..]), ("upper", &four_k[..])] {
         let path = format!("/v1/jobs?module={name}&wait=10s");
         // Warm up: the module reaches every worker's cache, connections open.
         let _ = offer(&api.base, &path, &token, input, rate.min(100), 1);
         let serve_cpu = cpu(api.pid());
         let worker_cpu: Duration = fleet.iter().map(|w| cpu(w.pid())).sum();
+        let calls = redis_calls(&redis.url());
         let (mut latencies, statuses, elapsed) = offer(&api.base, &path, &token, input, rate, secs);
         let serve_cpu = cpu(api.pid()) - serve_cpu;
         let worker_cpu = fleet.iter().map(|w| cpu(w.pid())).sum::<Duration>() - worker_cpu;
+        let after = redis_calls(&redis.url());
+        let mut by_command: Vec<(String, u64)> = after
+            .iter()
+            .map(|(name, n)| (name.clone(), n - calls.get(name).copied().unwrap_or(0)))
+            .collect();
+        by_command.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let calls: u64 = by_command.iter().map(|(_, n)| n).sum();
         latencies.sort();
         let n = latencies.len();
         let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
         let per = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e6 / n as f64);
         println!(
-            "| {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
             n as f64 / elapsed.as_secs_f64(),
             ms(percentile(&latencies, 0.50)),
             ms(percentile(&latencies, 0.99)),
@@ -167,6 +199,16 @@ fn interactive_path_latency_at_a_fixed_rate() {
             statuses.iter().filter(|&&s| s != 200).count(),
             per(serve_cpu),
             per(worker_cpu),
+            calls as f64 / n as f64,
+        );
+        let top: Vec<String> = by_command
+            .iter()
+            .take(12)
+            .map(|(name, c)| format!("{name} {:.1}", *c as f64 / n as f64))
+            .collect();
+        println!(
+            "  Redis commands per request, most first: {}",
+            top.join(", ")
         );
     }
     println!("load after: {}", load());
