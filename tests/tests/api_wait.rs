@@ -308,3 +308,39 @@ fn a_client_that_goes_away_releases_its_waiter() {
         },
     );
 }
+
+#[test]
+fn many_waiting_requests_each_get_their_own_jobs_output() {
+    let s = service(&[]);
+    let token = s.api.tenant("acme", json!({}));
+    s.upload(&token, "uppercase.wasm", "upper");
+    let n = 24;
+    std::thread::scope(|scope| {
+        // No worker yet: all of them wait at once, woken by the one follower.
+        let waiting: Vec<_> = (0..n)
+            .map(|i| {
+                let s = &s;
+                let token = &token;
+                scope.spawn(move || {
+                    (
+                        i,
+                        s.post(
+                            token,
+                            "module=upper&wait=25s",
+                            format!("job {i}\n").as_bytes(),
+                        ),
+                    )
+                })
+            })
+            .collect();
+        s.await_waiters(n as f64);
+        let _worker = s.worker("w0");
+        for handle in waiting {
+            let (i, reply) = handle.join().unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            assert_eq!(reply.body, format!("JOB {i}\n").as_bytes());
+        }
+    });
+    assert_eq!(s.waits("finished"), n as f64);
+    assert_eq!(s.waiters(), 0.0);
+}
