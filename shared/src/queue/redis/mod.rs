@@ -78,6 +78,27 @@ pub use results::{
 };
 pub use tenants::{TenantError, Tenants};
 
+/// The connection manager's settings, with `response_timeout` (none for blocking reads).
+fn manager_config(response_timeout: Option<Duration>) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
+        .set_response_timeout(response_timeout)
+}
+
+/// A connection for blocking reads over `client`: no response timeout of its own (a
+/// reply takes as long as the block), each read bounded by its block plus the
+/// configured response timeout instead. The queue's own blocking connection and every
+/// long follower's are built here, and only here.
+async fn blocking_connection(
+    client: redis::Client,
+    config: &RedisConfig,
+) -> Result<blocking::BlockingConnection, RedisError> {
+    blocking::BlockingConnection::connect(client, manager_config(None), config.response_timeout)
+        .await
+}
+
 /// The consumer group every worker of a queue joins.
 const GROUP: &str = "workers";
 /// The stream field that holds an envelope.
@@ -112,24 +133,11 @@ impl RedisQueue {
     pub async fn connect_checked(config: RedisConfig) -> Result<Self, ConnectError> {
         let client = admin::gauge_client(&config)?;
         let failed = |e: RedisError| ConnectError::from_redis(&e, &config.url);
-        let manager = |timeout: Option<Duration>| {
-            let mut cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            cfg = cfg.set_response_timeout(timeout);
-            cfg
-        };
         let conn = client
-            .get_connection_manager_with_config(manager(Some(config.response_timeout)))
+            .get_connection_manager_with_config(manager_config(Some(config.response_timeout)))
             .await
             .map_err(failed)?;
-        // No response timeout of its own (a reply takes as long as the block): each read
-        // is bounded by its block plus this margin instead.
-        let blocking =
-            blocking::BlockingConnection::connect(client, manager(None), config.response_timeout)
-                .await
-                .map_err(failed)?;
+        let blocking = blocking_connection(client, &config).await.map_err(failed)?;
         let keys = Keys::new(&config.queue);
         let claims = queue::ClaimState::start(conn.clone(), keys.clone(), config.clone());
         let queue = RedisQueue {
@@ -146,6 +154,16 @@ impl RedisQueue {
             .await
             .map_err(|e| ConnectError::from_redis(&e, &queue.config.url))?;
         Ok(queue)
+    }
+
+    /// A new connection for blocking reads, set up exactly as the queue's own (for a
+    /// long follower that must not queue behind, or in front of, the queue's other
+    /// blocking reads).
+    async fn new_blocking_connection(&self) -> Result<blocking::BlockingConnection, ConnectError> {
+        let client = admin::gauge_client(&self.config)?;
+        blocking_connection(client, &self.config)
+            .await
+            .map_err(|e| ConnectError::from_redis(&e, &self.config.url))
     }
 
     /// The queue's keys.

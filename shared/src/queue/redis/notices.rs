@@ -6,10 +6,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
-
 use super::RedisQueue;
-use super::admin::gauge_client;
 use super::blocking::BlockingConnection;
 use super::connect::ConnectError;
 use super::error::on_key;
@@ -27,17 +24,8 @@ pub struct NoticeReader {
 impl RedisQueue {
     /// A reader of this queue's completion notices over a new connection of its own.
     pub async fn notice_reader(&self) -> Result<NoticeReader, ConnectError> {
-        let config = self.config();
-        let client = gauge_client(config)?;
-        let settings = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let blocking = BlockingConnection::connect(client, settings, config.response_timeout)
-            .await
-            .map_err(|e| ConnectError::from_redis(&e, &config.url))?;
         Ok(NoticeReader {
-            blocking,
+            blocking: self.new_blocking_connection().await?,
             key: self.keys().done.clone(),
         })
     }
