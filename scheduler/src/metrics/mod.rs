@@ -23,7 +23,7 @@ pub mod waits;
 pub use http::{ErrorCode, GaugeGuard, track};
 pub use queue::{DEFAULT_CACHE_FOR, DEFAULT_MAX_TENANTS, MIN_CACHE_FOR, QueueState};
 pub use scheduler::{RefusalReason, SchedulerMetrics};
-pub use waits::{WaitEnd, WaitMetrics};
+pub use waits::{WaitEnd, WaitMetrics, WokenBy};
 
 /// The most `--metrics-max-tenants` may be (each named tenant is two series per queue).
 pub const MAX_MAX_TENANTS: usize = 1000;

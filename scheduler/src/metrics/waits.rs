@@ -1,7 +1,7 @@
 //! The interactive path's metrics (`POST /v1/jobs?wait=…`): requests waiting for their
 //! job now, and how each wait ended.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// How a waiting request ended (the `result` label of `sluice_api_waits_total`; a
 /// closed set).
@@ -13,17 +13,21 @@ pub enum WaitEnd {
     Pending,
     /// Refused before anything was read: too many requests were waiting.
     Refused,
-    /// The client went away (or the request failed) before an answer.
+    /// The client went away before an answer.
     Abandoned,
+    /// The request failed after taking its place (an unknown module, a full backlog,
+    /// an upload that outlasted the wait, a Redis error before the enqueue, …).
+    Failed,
 }
 
 impl WaitEnd {
     /// Every end, in label order.
-    pub const ALL: [WaitEnd; 4] = [
+    pub const ALL: [WaitEnd; 5] = [
         WaitEnd::Finished,
         WaitEnd::Pending,
         WaitEnd::Refused,
         WaitEnd::Abandoned,
+        WaitEnd::Failed,
     ];
 
     /// The label value.
@@ -33,15 +37,44 @@ impl WaitEnd {
             WaitEnd::Pending => "pending",
             WaitEnd::Refused => "refused",
             WaitEnd::Abandoned => "abandoned",
+            WaitEnd::Failed => "failed",
         }
     }
 }
 
-/// `sluice_api_waiters` and `sluice_api_waits_total{result}`. Clones share them.
+/// What told a waiting request that its job had finished (the `by` label of
+/// `sluice_api_waits_woken_total`; a closed set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WokenBy {
+    /// The job's completion notice, handed over by the follower.
+    Notice,
+    /// A look-up of the job's result (after the follower took its position, at the end
+    /// of the wait, or at shutdown).
+    Lookup,
+}
+
+impl WokenBy {
+    /// Every way, in label order.
+    pub const ALL: [WokenBy; 2] = [WokenBy::Notice, WokenBy::Lookup];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WokenBy::Notice => "notice",
+            WokenBy::Lookup => "lookup",
+        }
+    }
+}
+
+/// `sluice_api_waiters`, `sluice_api_waits_total{result}`,
+/// `sluice_api_waits_woken_total{by}` and `sluice_api_wait_follower_errors_total`.
+/// Clones share them.
 #[derive(Clone)]
 pub struct WaitMetrics {
     waiters: IntGauge,
     waits: IntCounterVec,
+    woken: IntCounterVec,
+    follower_errors: IntCounter,
 }
 
 impl WaitMetrics {
@@ -55,7 +88,7 @@ impl WaitMetrics {
         let waits = IntCounterVec::new(
             Opts::new(
                 "sluice_api_waits_total",
-                "waiting job submissions by how they ended: finished, pending (202 after the wait), refused (too many waiting), abandoned (client gone)",
+                "waiting job submissions by how they ended: finished, pending (202 after the wait or at shutdown), refused (too many waiting, or shutting down), abandoned (client gone), failed (the request failed after taking its place)",
             ),
             &["result"],
         )
@@ -63,15 +96,48 @@ impl WaitMetrics {
         for end in WaitEnd::ALL {
             waits.with_label_values(&[end.as_str()]);
         }
-        if let Some(registry) = registry {
-            registry
-                .register(Box::new(waiters.clone()))
-                .expect("unique metric");
-            registry
-                .register(Box::new(waits.clone()))
-                .expect("unique metric");
+        let woken = IntCounterVec::new(
+            Opts::new(
+                "sluice_api_waits_woken_total",
+                "waiting job submissions answered with their finished job, by what found it: notice (the follower handed over its completion notice) or lookup (a read of its result)",
+            ),
+            &["by"],
+        )
+        .expect("valid metric");
+        for by in WokenBy::ALL {
+            woken.with_label_values(&[by.as_str()]);
         }
-        WaitMetrics { waiters, waits }
+        let follower_errors = IntCounter::new(
+            "sluice_api_wait_follower_errors_total",
+            "failed reads of the completion notices by the follower that wakes waiting job submissions",
+        )
+        .expect("valid metric");
+        if let Some(registry) = registry {
+            for metric in [
+                Box::new(waiters.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(waits.clone()),
+                Box::new(woken.clone()),
+                Box::new(follower_errors.clone()),
+            ] {
+                registry.register(metric).expect("unique metric");
+            }
+        }
+        WaitMetrics {
+            waiters,
+            waits,
+            woken,
+            follower_errors,
+        }
+    }
+
+    /// A waiting request was answered with its finished job, found `by`.
+    pub fn woken(&self, by: WokenBy) {
+        self.woken.with_label_values(&[by.as_str()]).inc();
+    }
+
+    /// The follower failed to read the notices.
+    pub fn follower_error(&self) {
+        self.follower_errors.inc();
     }
 
     /// A request started waiting (counted in `sluice_api_waiters` until [`Self::ended`]).
