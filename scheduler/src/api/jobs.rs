@@ -13,8 +13,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice_shared::queue::redis::{Cancelled, Enqueued};
 use sluice_shared::{
-    BlobId, EntryPoint, Job, JobId, JobInput, JobOutput, ModuleHash, ModuleName, OutcomeKind,
-    ProgramName, Queue, ReportLine, TenantId, TenantPolicy,
+    BlobId, EntryPoint, Job, JobId, JobInput, JobOutput, Limits, ModuleHash, ModuleName,
+    OutcomeKind, ProgramName, Queue, ReportLine, TenantId, TenantPolicy,
 };
 use tokio::time::Instant;
 
@@ -23,6 +23,7 @@ use super::auth::Tenant;
 use super::error::{ApiError, ApiResult};
 use super::params::{JobParams, JobQuery, job_params, page_json, paging};
 use super::quotas::{check_args_env, input_too_large};
+use super::wait::{Slot, Watch};
 
 impl Api {
     /// A template for this tenant's jobs: the module resolved, the parameters checked
@@ -98,13 +99,42 @@ pub(super) async fn post_job(
     body: Body,
 ) -> ApiResult<Response> {
     let JobQuery { params, wait } = job_params(query.as_deref())?;
-    // A waiting request's place is taken first (and its deadline starts): past the
-    // waiter caps nothing else is read.
+    // A waiting request's place is taken first (and its deadline starts, the upload's
+    // time included): past the waiter caps nothing else is read.
     let mut waiting = match wait {
         Some(wait) => Some((api.reserve_wait(&tenant, wait)?, Instant::now() + wait)),
         None => None,
     };
-    let policy = api.policy(&tenant).await?;
+    let submitted = submit_job(&api, &tenant, &params, &headers, body, waiting.as_mut()).await;
+    let (id, limits, watch) = match submitted {
+        Ok(submitted) => submitted,
+        Err(e) => {
+            if let Some((slot, _)) = waiting.as_mut() {
+                slot.failed();
+            }
+            return Err(e);
+        }
+    };
+    // Only the id and limits outlive the enqueue: a waiting request holds no input.
+    if let (Some((slot, until)), Some(watch)) = (waiting, watch) {
+        return Ok(api.answer_waited(slot, watch, id, limits, until).await);
+    }
+    let body = json!({ "id": id.to_string(), "limits": limits });
+    Ok(created(&format!("/v1/jobs/{id}"), body))
+}
+
+/// Checks, uploads and enqueues one job: its id, limits and, for a waiting request
+/// (its place and deadline in `waiting`), the wait registered before the enqueue. An
+/// upload still running at the wait's deadline is cut (408).
+async fn submit_job(
+    api: &Arc<Api>,
+    tenant: &str,
+    params: &JobParams,
+    headers: &HeaderMap,
+    body: Body,
+    waiting: Option<&mut (Slot, Instant)>,
+) -> ApiResult<(JobId, Limits, Option<Watch>)> {
+    let policy = api.policy(tenant).await?;
     // Everything that can refuse the job is checked before the body is read: a refused
     // request costs no upload.
     let declared = headers
@@ -117,8 +147,8 @@ pub(super) async fn post_job(
         api.metrics.quota_refused("max_input_bytes");
         return Err(input_too_large(&policy));
     }
-    let template = api.job_template(&tenant, &policy, &params).await?;
-    api.check_backlog(&tenant, &policy, 1).await?;
+    let template = api.job_template(tenant, &policy, params).await?;
+    api.check_backlog(tenant, &policy, 1).await?;
     // The arguments, environment and module name travel in the envelope, and a declared length is
     // reserved whole before the upload starts; a streamed body is reserved as it
     // arrives.
@@ -126,22 +156,26 @@ pub(super) async fn post_job(
         + program_bytes(&params.module);
     let reserved = declared.unwrap_or(0);
     if reserved + envelope > 0 {
-        api.reserve_stored(&tenant, &policy, reserved + envelope)
+        api.reserve_stored(tenant, &policy, reserved + envelope)
             .await?;
     }
-    let input = stream_input(&api, &tenant, &policy, reserved, body).await?;
+    let upload = stream_input(api, tenant, &policy, reserved, body);
+    let input = match waiting.as_ref().map(|(_, until)| *until) {
+        Some(until) => tokio::time::timeout_at(until, upload)
+            .await
+            .map_err(|_| upload_outlasted_wait())??,
+        None => upload.await?,
+    };
     let job = template(input);
     // The wait is registered before the job exists on the queue, so its notice cannot
     // come first (nothing awaits between here and the enqueue).
-    let watch = waiting
-        .as_mut()
-        .map(|(slot, _)| slot.watch(job.id, &api.queue));
+    let watch = waiting.map(|(slot, _)| slot.watch(job.id, &api.queue));
     let enqueued = api
         .queue
         .admission()
         .enqueue_owned_within(
             std::slice::from_ref(&job),
-            &tenant,
+            tenant,
             None,
             Some(policy.max_backlog_jobs),
         )
@@ -153,11 +187,16 @@ pub(super) async fn post_job(
         return Err(api.backlog_full(&policy, waiting, 1));
     }
     api.submitted.notify_one();
-    if let (Some((slot, until)), Some(watch)) = (waiting, watch) {
-        return api.answer_waited(slot, watch, &job, until).await;
-    }
-    let body = json!({ "id": job.id.to_string(), "limits": job.limits });
-    Ok(created(&format!("/v1/jobs/{}", job.id), body))
+    Ok((job.id, job.limits, watch))
+}
+
+/// The answer to a waiting request whose upload was still running at its deadline.
+fn upload_outlasted_wait() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "upload_outlasted_wait",
+        "the upload was still running when the wait ran out (a wait counts from the request's start); no job was submitted",
+    )
 }
 
 /// A 201 with `body` and a `Location` header naming the new resource.

@@ -28,13 +28,14 @@ use parking_lot::Mutex;
 use serde_json::json;
 use sluice_shared::backoff::Backoff;
 use sluice_shared::queue::redis::{NoticeReader, RedisQueue};
-use sluice_shared::{Job, JobId, JobResult, OutcomeKind, Queue, ReportLine};
+use sluice_shared::{JobId, JobResult, Limits, OutcomeKind, Queue, ReportLine};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Api;
 use super::error::{ApiError, ApiResult};
-use crate::metrics::{WaitEnd, WaitMetrics};
+use crate::metrics::{WaitEnd, WaitMetrics, WokenBy};
 
 /// The longest `?wait=` a server accepts unless told otherwise (`--max-wait`).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
@@ -96,6 +97,9 @@ pub(super) struct Waiters {
     ready: watch::Sender<u64>,
     /// Whether the follower task has been started.
     started: AtomicBool,
+    /// Fired when the server shuts down: every waiter answers 202 with its job's id at
+    /// once, new waits are refused (503) and the follower ends.
+    closing: CancellationToken,
 }
 
 /// What the waiters share, under one lock (never held across an await).
@@ -122,7 +126,15 @@ impl Waiters {
             wake: Notify::new(),
             ready: watch::Sender::new(0),
             started: AtomicBool::new(false),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// The token that, once cancelled, ends every wait (answered 202 with the job's id
+    /// at once), refuses new ones and stops the follower: cancel it when the server
+    /// starts shutting down, so no waiting client is cut off without its job's id.
+    pub(super) fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// The bounds on waiting.
@@ -137,6 +149,16 @@ impl Waiters {
         tenant: &str,
         metrics: &WaitMetrics,
     ) -> ApiResult<Slot> {
+        if self.closing.is_cancelled() {
+            metrics.refused();
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "this server is shutting down; submit without wait, or try again",
+            );
+            e.retry_after = Some(Duration::from_secs(1));
+            return Err(e);
+        }
         let mut state = self.state.lock();
         if state.total >= self.limits.max_waiters {
             metrics.refused();
@@ -177,9 +199,14 @@ impl Waiters {
     }
 
     /// Starts the follower over `queue` unless it runs already.
-    fn start(self: &Arc<Self>, queue: &Arc<RedisQueue>) {
+    fn start(self: &Arc<Self>, queue: &Arc<RedisQueue>, metrics: &WaitMetrics) {
         if !self.started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(follow(Arc::downgrade(self), queue.clone()));
+            tokio::spawn(follow(
+                Arc::downgrade(self),
+                queue.clone(),
+                metrics.clone(),
+                self.closing.clone(),
+            ));
         }
     }
 
@@ -239,10 +266,16 @@ pub(super) struct Watch {
 }
 
 impl Slot {
+    /// The request failed after taking its place (counted as `failed`, not as a client
+    /// that went away).
+    pub(super) fn failed(&mut self) {
+        self.end = WaitEnd::Failed;
+    }
+
     /// Registers the wait for `job` (before it is enqueued), starting the follower over
     /// `queue` if need be.
     pub(super) fn watch(&mut self, job: JobId, queue: &Arc<RedisQueue>) -> Watch {
-        self.waiters.start(queue);
+        self.waiters.start(queue, &self.metrics);
         let (tx, finished) = oneshot::channel();
         let mut state = self.waiters.state.lock();
         state.jobs.insert(job, tx);
@@ -277,19 +310,31 @@ impl Drop for Slot {
 
 /// The follower: reads the completion notices while anyone waits and hands each to its
 /// waiter; ends when the API is gone.
-async fn follow(waiters: Weak<Waiters>, queue: Arc<RedisQueue>) {
+async fn follow(
+    waiters: Weak<Waiters>,
+    queue: Arc<RedisQueue>,
+    metrics: WaitMetrics,
+    closing: CancellationToken,
+) {
     let mut reader: Option<NoticeReader> = None;
     let mut cursor: Option<String> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let mut warned = false;
+    let mut failing = false;
     loop {
+        if closing.is_cancelled() {
+            return;
+        }
         let Some(w) = waiters.upgrade() else { return };
         let failure = if let Some(from) = &cursor {
             let Some(notices) = reader.as_ref() else {
                 cursor = None;
                 continue;
             };
-            match notices.completions(from, BLOCK).await {
+            let read = tokio::select! {
+                read = notices.completions(from, BLOCK) => read,
+                () = closing.cancelled() => return,
+            };
+            match read {
                 Ok((next, notices)) => {
                     cursor = Some(next);
                     w.deliver(notices);
@@ -301,6 +346,7 @@ async fn follow(waiters: Weak<Waiters>, queue: Arc<RedisQueue>) {
             tokio::select! {
                 () = w.wake.notified() => {}
                 () = tokio::time::sleep(IDLE_RECHECK) => {}
+                () = closing.cancelled() => return,
             }
             continue;
         } else {
@@ -316,15 +362,26 @@ async fn follow(waiters: Weak<Waiters>, queue: Arc<RedisQueue>) {
         match failure {
             None => {
                 backoff.reset();
-                warned = false;
+                if failing {
+                    tracing::info!("following completion notices for waiting requests again");
+                    failing = false;
+                }
             }
             Some(error) => {
-                if !warned {
+                metrics.follower_error();
+                if !failing {
                     tracing::warn!(%error, "following completion notices for waiting requests; they answer 202 unless their result is found");
-                    warned = true;
+                    failing = true;
+                }
+                // A quiet queue must not keep the follower reading for nobody.
+                if w.stop_if_idle() {
+                    cursor = None;
                 }
                 drop(w);
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = closing.cancelled() => return,
+                }
                 continue;
             }
         }
@@ -350,6 +407,12 @@ async fn start_following(
 }
 
 impl Api {
+    /// The token ending every wait: cancel it when shutting down, and each waiting
+    /// request answers 202 with its job's id at once (see [`Waiters::closing`]).
+    pub fn wait_closing(&self) -> CancellationToken {
+        self.waiters.closing()
+    }
+
     /// A place for a waiting request of `tenant` asking to wait `wait`: a 400 naming
     /// the maximum when it is longer than this server allows, else see
     /// [`Waiters::reserve`].
@@ -365,46 +428,70 @@ impl Api {
         self.waiters.reserve(tenant, &self.metrics.waits)
     }
 
-    /// Waits until `job` (enqueued after `watch` was registered) finishes or `until`,
-    /// and answers: the output (200) or the failure (422) of a finished job, else 202
-    /// with the job's id.
+    /// Waits until job `id` (enqueued after `watch` was registered) finishes, `until`
+    /// or the server's shutdown, and answers: the output (200) or the failure (422) of a
+    /// finished job, else 202 with the job's id (also when its result cannot be read:
+    /// the client keeps the id, so a retry never duplicates the job).
     pub(super) async fn answer_waited(
         &self,
         mut slot: Slot,
         watch: Watch,
-        job: &Job,
+        id: JobId,
+        limits: Limits,
         until: Instant,
-    ) -> ApiResult<Response> {
-        let location = format!("/v1/jobs/{}", job.id);
+    ) -> Response {
+        let location = format!("/v1/jobs/{id}");
+        let closing = self.waiters.closing();
         if let Some(mut ready) = watch.ready {
             // The follower was idle: once it reads from a position older than now, a
             // job that finished before that position is found by one look-up, and any
             // later one by its notice.
-            let _ = tokio::time::timeout_at(until, ready.changed()).await;
-            if let Some(result) = self.queue.result(job.id).await? {
+            tokio::select! {
+                _ = tokio::time::timeout_at(until, ready.changed()) => {}
+                () = closing.cancelled() => {}
+            }
+            if let Some(result) = self.look_up(id).await {
                 slot.end = WaitEnd::Finished;
-                return Ok(self.finished(result, &location));
+                self.metrics.waits.woken(WokenBy::Lookup);
+                return self.finished(result, &location);
             }
         }
-        // A notice, or the end of the wait: the result is read once either way (a
-        // notice Redis lost, or a follower that could not read, costs nothing more).
-        let _ = tokio::time::timeout_at(until, watch.finished).await;
-        let response = match self.queue.result(job.id).await? {
+        // A notice, the end of the wait or shutdown: the result is read once either way
+        // (a notice Redis lost, or a follower that could not read, costs nothing more).
+        let by = tokio::select! {
+            woken = tokio::time::timeout_at(until, watch.finished) => match woken {
+                Ok(Ok(_)) => WokenBy::Notice,
+                _ => WokenBy::Lookup,
+            },
+            () = closing.cancelled() => WokenBy::Lookup,
+        };
+        match self.look_up(id).await {
             Some(result) => {
                 slot.end = WaitEnd::Finished;
+                self.metrics.waits.woken(by);
                 self.finished(result, &location)
             }
             None => {
                 slot.end = WaitEnd::Pending;
-                let body =
-                    json!({ "id": job.id.to_string(), "state": "pending", "limits": job.limits });
+                let body = json!({ "id": id.to_string(), "state": "pending", "limits": limits });
                 let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
                 set_header(response.headers_mut(), header::LOCATION, &location);
-                set_header(response.headers_mut(), JOB_ID_HEADER, &job.id.to_string());
+                set_header(response.headers_mut(), JOB_ID_HEADER, &id.to_string());
                 response
             }
-        };
-        Ok(response)
+        }
+    }
+
+    /// Job `id`'s result if it is stored; a Redis error is logged and answered as "not
+    /// yet" (the job is enqueued: its id is worth more to the client than an error).
+    async fn look_up(&self, id: JobId) -> Option<JobResult> {
+        match self.queue.result(id).await {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::warn!(%error, job = %id, "reading a waited-for job's result; answering 202 with its id");
+                None
+            }
+        }
     }
 
     /// The answer for a finished job: its output as the body (200), or its failure as
@@ -424,7 +511,7 @@ impl Api {
             let body = json!({
                 "error": {
                     "code": "job_failed",
-                    "message": format!("the job failed ({})", result.outcome),
+                    "message": format!("the job failed ({})", result.outcome.clone().capped()),
                 },
                 "id": id,
                 "result": ReportLine::new("", &result),
