@@ -88,6 +88,9 @@ fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// The largest `--max-wait` accepted.
+const MAX_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Serves the HTTP API, with the dispatcher beside it, until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
@@ -97,6 +100,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.dispatch_window > 0,
         "--dispatch-window: must be at least 1"
+    );
+    anyhow::ensure!(
+        args.max_waiters > 0 && args.max_waiters_per_tenant > 0,
+        "--max-waiters, --max-waiters-per-tenant: must be at least 1"
+    );
+    anyhow::ensure!(
+        args.max_waiters_per_tenant <= args.max_waiters,
+        "--max-waiters-per-tenant: must be at most --max-waiters ({})",
+        args.max_waiters
+    );
+    anyhow::ensure!(
+        args.max_waiters <= args.max_connections,
+        "--max-waiters: must be at most --max-connections ({}); waiting requests each hold a connection",
+        args.max_connections
+    );
+    anyhow::ensure!(
+        args.max_wait <= MAX_MAX_WAIT,
+        "--max-wait: at most 1h (a longer job is better followed by its id)"
     );
     let queue = Arc::new(args.redis.connect().await?);
     let submitted = Arc::new(tokio::sync::Notify::new());
@@ -130,6 +151,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_config(config)
         .with_metrics(metrics.clone())
         .with_dispatcher_health(health);
+    // SIGTERM ends every wait first: waiting clients get 202 with their job's id at
+    // once instead of a connection cut at the end of the shutdown grace.
+    let waits = api.wait_closing();
     let app = router(Arc::new(api), metrics.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -159,13 +183,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         header_read_timeout: args.header_timeout,
         ..ServerConfig::default()
     };
-    crate::api::serve(
-        listener,
-        app,
-        server,
-        metrics,
-        sluice_worker::cli::terminated(),
-    )
+    crate::api::serve(listener, app, server, metrics, async move {
+        sluice_worker::cli::terminated().await;
+        waits.cancel();
+    })
     .await;
     shutdown.cancel();
     let _ = dispatcher.await;
