@@ -55,6 +55,16 @@ impl Service {
             .metric(&format!("sluice_api_waits_total{{result=\"{result}\"}}"))
     }
 
+    /// Answered waits whose finished job was found `by` its notice or a look-up.
+    fn woken(&self, by: &str) -> f64 {
+        self.api
+            .metric(&format!("sluice_api_waits_woken_total{{by=\"{by}\"}}"))
+    }
+
+    fn follower_errors(&self) -> f64 {
+        self.api.metric("sluice_api_wait_follower_errors_total")
+    }
+
     /// Waits until `n` requests are waiting for their jobs.
     fn await_waiters(&self, n: f64) {
         wait::poll(
@@ -127,7 +137,62 @@ fn a_job_that_finishes_in_time_answers_with_its_output_or_its_failure() {
         0.0
     );
     assert_eq!(s.waits("finished"), 3.0);
+    assert_eq!(s.woken("notice") + s.woken("lookup"), 3.0);
+    assert_eq!(s.follower_errors(), 0.0);
     assert_eq!(s.waiters(), 0.0);
+}
+
+#[test]
+fn a_waiter_sits_through_a_quiet_queue_and_is_woken_by_its_notice() {
+    let s = service(&[]);
+    let token = s.api.tenant("acme", json!({}));
+    s.upload(&token, "uppercase.wasm", "upper");
+    std::thread::scope(|scope| {
+        // No worker: the follower reads an empty notice stream, block after block.
+        let waited = scope.spawn(|| s.post(&token, "module=upper&wait=25s", b"quiet\n"));
+        s.await_waiters(1.0);
+        // The quiet spell is what is tested (several of the follower's 1 s blocks with
+        // no notice in them): no event marks "nothing happened", so it is slept.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(s.follower_errors(), 0.0, "the follower's reads failed");
+        let _worker = s.worker("w0");
+        let reply = waited.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.body, b"QUIET\n");
+    });
+    // Woken by its notice, not by the look-up at the end of the wait.
+    assert_eq!(s.woken("notice"), 1.0);
+    assert_eq!(s.woken("lookup"), 0.0);
+    assert_eq!(s.follower_errors(), 0.0);
+}
+
+#[test]
+fn sigterm_answers_waiting_requests_with_their_job_id_at_once() {
+    let s = service(&[]);
+    let token = s.api.tenant("acme", json!({}));
+    s.upload(&token, "uppercase.wasm", "upper");
+    std::thread::scope(|scope| {
+        // No worker: the job cannot finish; the wait (25 s) outlasts the shutdown
+        // grace (10 s), so only an answer at SIGTERM gives the client its job's id.
+        let waited = scope.spawn(|| s.post(&token, "module=upper&wait=25s", b"bye\n"));
+        s.await_waiters(1.0);
+        let listed = wait::poll(
+            "the waited-for job listed",
+            WITHIN,
+            || s.api.ok("GET", "/v1/jobs", Some(&token), b""),
+            |jobs| jobs["items"].as_array().unwrap().len() == 1,
+        );
+        s.api.terminate();
+        let reply = waited.join().unwrap();
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        let body = reply.json();
+        assert_eq!(body["state"], "pending");
+        assert_eq!(body["id"], listed["items"][0]["id"], "{body} {listed}");
+        assert_eq!(
+            header(&reply, "sluice-job-id"),
+            body["id"].as_str().unwrap()
+        );
+    });
 }
 
 #[test]
@@ -246,9 +311,9 @@ fn waiting_requests_are_capped_per_tenant_and_in_all() {
 #[test]
 fn a_job_behind_its_tenants_backlog_is_waited_for() {
     let s = service(&[]);
-    let token = s.api.tenant("acme", json!({}));
+    let token = s.api.tenant("acme", json!({ "max_concurrent_jobs": 1 }));
     s.upload(&token, "uppercase.wasm", "upper");
-    // No worker yet: the dispatcher puts two on the stream, the rest wait in the
+    // No worker yet: the dispatcher admits one job to the stream, the rest wait in the
     // tenant's backlog, the waited-for job last.
     for i in 0..6 {
         let reply = s.post(&token, "module=upper", format!("job {i}\n").as_bytes());
@@ -257,6 +322,17 @@ fn a_job_behind_its_tenants_backlog_is_waited_for() {
     std::thread::scope(|scope| {
         let waited = scope.spawn(|| s.post(&token, "module=upper&wait=25s", b"last in line\n"));
         s.await_waiters(1.0);
+        // The jobs really wait in the backlog before any worker exists.
+        wait::poll(
+            "jobs waiting in the tenant's backlog",
+            WITHIN,
+            || {
+                s.api.metric(&format!(
+                    "sluice_queue_oldest_backlog_age_seconds{{queue=\"{QUEUE}\"}}"
+                ))
+            },
+            |&age| age > 0.0,
+        );
         let _worker = s.worker("w0");
         let reply = waited.join().unwrap();
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -342,5 +418,10 @@ fn many_waiting_requests_each_get_their_own_jobs_output() {
         }
     });
     assert_eq!(s.waits("finished"), n as f64);
+    assert_eq!(s.woken("notice") + s.woken("lookup"), n as f64);
+    // Every waiter registered before the worker started, each job's notice wakes it (a
+    // broken notice path would answer them all by the look-up at the wait's end).
+    assert_eq!(s.woken("notice"), n as f64);
+    assert_eq!(s.follower_errors(), 0.0);
     assert_eq!(s.waiters(), 0.0);
 }
