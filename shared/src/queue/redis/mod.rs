@@ -10,7 +10,7 @@
 //! | the queue: enqueue, claim, renew, complete, retry, dead-letter, release, delayed jobs | `queue.rs` | [`Queue`](crate::queue::Queue) on [`RedisQueue`], [`RedisQueue::schedule`] | [`QueueError`] |
 //! | the module store | `modules.rs` | [`RedisQueue::modules`] | [`ModuleStoreError`] |
 //! | completion notices, results, job and batch records, cancel | `results.rs` | [`RedisQueue::results`] | [`ResultsError`] |
-//! | completion notices on a connection of their own (long followers) | `notices.rs` | [`RedisQueue::notice_reader`] | [`ResultsError`] |
+//! | completion notices on a connection of their own (long followers) | `notices.rs` | [`RedisQueue::notice_reader`] | [`NoticeError`] |
 //! | dead letters, status, server figures | `admin.rs` | [`RedisQueue::admin`] | [`AdminError`] |
 //! | chunked blobs | `blobs.rs` | [`RedisQueue::blobs`] | [`BlobError`] |
 //! | tenants and their tokens | `tenants.rs` | [`RedisQueue::tenants`] | [`TenantError`] |
@@ -70,7 +70,7 @@ pub use listing::{
     MAX_PAGE, ModuleHold, ORIGIN_FIELD, Page,
 };
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
-pub use notices::NoticeReader;
+pub use notices::{NoticeError, NoticeReader};
 pub use queue::{ClaimErrorHook, ClaimStep};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{

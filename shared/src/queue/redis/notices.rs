@@ -9,10 +9,20 @@ use std::time::Duration;
 use super::RedisQueue;
 use super::blocking::BlockingConnection;
 use super::connect::ConnectError;
+use super::error::StoreError;
 use super::error::on_key;
-use super::results::{ResultsError, notices_cmd, notices_of};
+use super::results::{notices_cmd, notices_of};
 use crate::job::JobId;
 use crate::outcome::OutcomeKind;
+
+/// Why reading the completion notices failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    /// Redis failed or is unreachable, the notice stream is corrupt, or its reply was
+    /// not understood.
+    #[error("reading the completion notices: {0}")]
+    Read(#[from] StoreError),
+}
 
 /// Reads a queue's completion notices (`sluice:{q}:done`) on a connection of its own
 /// (from [`RedisQueue::notice_reader`]).
@@ -39,13 +49,13 @@ impl NoticeReader {
         &self,
         after: &str,
         block: Duration,
-    ) -> Result<(String, Vec<(JobId, OutcomeKind)>), ResultsError> {
+    ) -> Result<(String, Vec<(JobId, OutcomeKind)>), NoticeError> {
         let cmd = notices_cmd(&self.key, after, block);
         let reply = self
             .blocking
             .query(&cmd, Some(block))
             .await
             .map_err(on_key(&self.key))?;
-        notices_of(reply, after)
+        Ok(notices_of(reply, after)?)
     }
 }

@@ -198,7 +198,7 @@ pub(super) fn notices_cmd(key: &str, after: &str, block: Duration) -> redis::Cmd
 pub(super) fn notices_of(
     reply: Value,
     after: &str,
-) -> Result<(String, Vec<(JobId, OutcomeKind)>), ResultsError> {
+) -> Result<(String, Vec<(JobId, OutcomeKind)>), StoreError> {
     let mut last = after.to_owned();
     let mut notices = Vec::new();
     for (id, fields) in xread_entries(reply)? {
@@ -241,7 +241,7 @@ impl Results<'_> {
             .query(&cmd, Some(block))
             .await
             .map_err(on_key(&self.q.keys.done))?;
-        notices_of(reply, after)
+        Ok(notices_of(reply, after)?)
     }
 
     /// The stored results of `ids` (read in batches of 500); missing ones are skipped.
