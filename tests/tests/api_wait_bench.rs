@@ -211,5 +211,13 @@ fn interactive_path_latency_at_a_fixed_rate() {
             top.join(", ")
         );
     }
+    // How the answers were found: a healthy notice path wakes (nearly) every wait by
+    // its notice and never fails a read.
+    println!(
+        "woken by notice {}, by lookup {}, follower read errors {}",
+        api.metric("sluice_api_waits_woken_total{by=\"notice\"}"),
+        api.metric("sluice_api_waits_woken_total{by=\"lookup\"}"),
+        api.metric("sluice_api_wait_follower_errors_total"),
+    );
     println!("load after: {}", load());
 }
