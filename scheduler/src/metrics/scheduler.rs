@@ -15,7 +15,8 @@ pub enum RefusalReason {
     /// The tenant holds as much as its policy allows (429 `quota_exceeded`: backlog
     /// jobs, stored bytes).
     Quota,
-    /// The tenant sends faster than the service buffers for it (429 `busy`).
+    /// The tenant sends faster than the service buffers for it (429 `busy`), or the
+    /// server holds as many waiting submissions as it may (503 `too_many_waiters`).
     Rate,
     /// Anything else the client got wrong (every other 4xx: a malformed request, an
     /// unknown module, missing or bad credentials, a body that stopped arriving).
@@ -48,6 +49,7 @@ impl RefusalReason {
     pub fn of(status: u16, code: Option<&str>) -> Option<Self> {
         match (status, code) {
             (422, Some("job_failed")) => None,
+            (503, Some("too_many_waiters")) => Some(RefusalReason::Rate),
             (413, _) => Some(RefusalReason::Policy),
             (429, Some("busy")) => Some(RefusalReason::Rate),
             (429, _) => Some(RefusalReason::Quota),
@@ -157,5 +159,7 @@ mod tests {
         assert_eq!(RefusalReason::of(201, None), None);
         assert_eq!(RefusalReason::of(503, Some("unavailable")), None);
         assert_eq!(RefusalReason::of(422, Some("job_failed")), None);
+        assert_eq!(RefusalReason::of(503, Some("too_many_waiters")), Some(Rate));
+        assert_eq!(RefusalReason::of(503, Some("shutting_down")), None);
     }
 }
