@@ -159,13 +159,8 @@ async fn submit_job(
         api.reserve_stored(tenant, &policy, reserved + envelope)
             .await?;
     }
-    let upload = stream_input(api, tenant, &policy, reserved, body);
-    let input = match waiting.as_ref().map(|(_, until)| *until) {
-        Some(until) => tokio::time::timeout_at(until, upload)
-            .await
-            .map_err(|_| upload_outlasted_wait())??,
-        None => upload.await?,
-    };
+    let deadline = waiting.as_ref().map(|(_, until)| *until);
+    let input = stream_input(api, tenant, &policy, reserved, body, deadline).await?;
     let job = template(input);
     // The wait is registered before the job exists on the queue, so its notice cannot
     // come first (nothing awaits between here and the enqueue).
@@ -264,13 +259,15 @@ pub(super) const RESERVE_STEP: u64 = 1 << 20;
 /// Reads a request body into a job input: inline up to the inline limit, else chunk by
 /// chunk into a blob, so a large upload never sits in memory. The bytes are counted as
 /// they arrive: past the tenant's input or stored-bytes quota the upload stops, what
-/// was written is deleted, and the client gets a 413 or 429.
+/// was written is deleted, and the client gets a 413 or 429. A waiting request's upload
+/// still running at its wait's `deadline` is cut the same way (408).
 pub(super) async fn stream_input(
     api: &Api,
     tenant: &str,
     policy: &TenantPolicy,
     mut reserved: u64,
     body: Body,
+    deadline: Option<Instant>,
 ) -> ApiResult<JobInput> {
     let queue = &api.queue;
     let limit = queue.config().inline_limit;
@@ -280,9 +277,17 @@ pub(super) async fn stream_input(
     let mut total: u64 = 0;
     let outcome: ApiResult<()> = async {
         loop {
-            let next = tokio::time::timeout(api.config.body_idle_timeout, stream.next())
-                .await
-                .map_err(|_| ApiError::timeout("the input stopped arriving"))?;
+            let idle_until = Instant::now() + api.config.body_idle_timeout;
+            let next = match deadline {
+                Some(deadline) if deadline < idle_until => {
+                    tokio::time::timeout_at(deadline, stream.next())
+                        .await
+                        .map_err(|_| upload_outlasted_wait())?
+                }
+                _ => tokio::time::timeout_at(idle_until, stream.next())
+                    .await
+                    .map_err(|_| ApiError::timeout("the input stopped arriving"))?,
+            };
             let Some(frame) = next else { return Ok(()) };
             let bytes = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
             total += bytes.len() as u64;
