@@ -5,7 +5,7 @@
 //! maximum, too many waiting requests a 429 per tenant or a 503 in all), and a client
 //! that goes away releases its waiter.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -424,4 +424,43 @@ fn many_waiting_requests_each_get_their_own_jobs_output() {
     assert_eq!(s.woken("notice"), n as f64);
     assert_eq!(s.follower_errors(), 0.0);
     assert_eq!(s.waiters(), 0.0);
+}
+
+#[test]
+fn an_upload_still_running_when_the_wait_runs_out_is_cut() {
+    let s = service(&[]);
+    let token = s.api.tenant("acme", json!({}));
+    s.upload(&token, "uppercase.wasm", "upper");
+    // The body promises 100 bytes and sends 10: the wait (1 s, shorter than the body
+    // timeout) counts from the request's start, so the upload is cut when it ends.
+    let mut stream = TcpStream::connect(&s.api.addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/jobs?module=upper&wait=1s HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n0123456789"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("upload_outlasted_wait") {
+        let n = stream
+            .read(&mut buf)
+            .expect("an answer before the body timeout");
+        assert!(
+            n > 0,
+            "closed without an answer: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    s.await_waiters(0.0);
+    assert_eq!(s.waits("failed"), 1.0);
+    // No job was submitted.
+    let jobs = s.api.ok("GET", "/v1/jobs", Some(&token), b"");
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 0, "{jobs}");
 }
