@@ -1,4 +1,5 @@
-//! `POST /v1/jobs` (the input streamed inline or into a blob), `GET /v1/jobs` (the
+//! `POST /v1/jobs` (the input streamed inline or into a blob; with `?wait=` answered
+//! with the job's output when it finishes in time, `wait.rs`), `GET /v1/jobs` (the
 //! tenant's jobs, a page at a time), `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/output`
 //! and `DELETE /v1/jobs/{id}`.
 
@@ -12,15 +13,17 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice_shared::queue::redis::{Cancelled, Enqueued};
 use sluice_shared::{
-    BlobId, EntryPoint, Job, JobId, JobInput, JobOutput, ModuleHash, ModuleName, OutcomeKind,
-    ProgramName, Queue, ReportLine, TenantId, TenantPolicy,
+    BlobId, EntryPoint, Job, JobId, JobInput, JobOutput, Limits, ModuleHash, ModuleName,
+    OutcomeKind, ProgramName, Queue, ReportLine, TenantId, TenantPolicy,
 };
+use tokio::time::Instant;
 
 use super::Api;
 use super::auth::Tenant;
 use super::error::{ApiError, ApiResult};
-use super::params::{JobParams, job_params, page_json, paging};
+use super::params::{JobParams, JobQuery, job_params, page_json, paging};
 use super::quotas::{check_args_env, input_too_large};
+use super::wait::{Slot, Watch};
 
 impl Api {
     /// A template for this tenant's jobs: the module resolved, the parameters checked
@@ -86,6 +89,8 @@ impl Api {
 }
 
 /// `POST /v1/jobs?module=…`: one job, its input the request body (201 with its id).
+/// With `wait=DURATION` the answer waits for the job (`api/wait.rs`): its output (200)
+/// or failure (422) if it finishes within the wait, else 202 with its id.
 pub(super) async fn post_job(
     State(api): State<Arc<Api>>,
     Tenant(tenant): Tenant,
@@ -93,8 +98,43 @@ pub(super) async fn post_job(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let params = job_params(query.as_deref())?;
-    let policy = api.policy(&tenant).await?;
+    let JobQuery { params, wait } = job_params(query.as_deref())?;
+    // A waiting request's place is taken first (and its deadline starts, the upload's
+    // time included): past the waiter caps nothing else is read.
+    let mut waiting = match wait {
+        Some(wait) => Some((api.reserve_wait(&tenant, wait)?, Instant::now() + wait)),
+        None => None,
+    };
+    let submitted = submit_job(&api, &tenant, &params, &headers, body, waiting.as_mut()).await;
+    let (id, limits, watch) = match submitted {
+        Ok(submitted) => submitted,
+        Err(e) => {
+            if let Some((slot, _)) = waiting.as_mut() {
+                slot.failed();
+            }
+            return Err(e);
+        }
+    };
+    // Only the id and limits outlive the enqueue: a waiting request holds no input.
+    if let (Some((slot, until)), Some(watch)) = (waiting, watch) {
+        return Ok(api.answer_waited(slot, watch, id, limits, until).await);
+    }
+    let body = json!({ "id": id.to_string(), "limits": limits });
+    Ok(created(&format!("/v1/jobs/{id}"), body))
+}
+
+/// Checks, uploads and enqueues one job: its id, limits and, for a waiting request
+/// (its place and deadline in `waiting`), the wait registered before the enqueue. An
+/// upload still running at the wait's deadline is cut (408).
+async fn submit_job(
+    api: &Arc<Api>,
+    tenant: &str,
+    params: &JobParams,
+    headers: &HeaderMap,
+    body: Body,
+    waiting: Option<&mut (Slot, Instant)>,
+) -> ApiResult<(JobId, Limits, Option<Watch>)> {
+    let policy = api.policy(tenant).await?;
     // Everything that can refuse the job is checked before the body is read: a refused
     // request costs no upload.
     let declared = headers
@@ -107,8 +147,8 @@ pub(super) async fn post_job(
         api.metrics.quota_refused("max_input_bytes");
         return Err(input_too_large(&policy));
     }
-    let template = api.job_template(&tenant, &policy, &params).await?;
-    api.check_backlog(&tenant, &policy, 1).await?;
+    let template = api.job_template(tenant, &policy, params).await?;
+    api.check_backlog(tenant, &policy, 1).await?;
     // The arguments, environment and module name travel in the envelope, and a declared length is
     // reserved whole before the upload starts; a streamed body is reserved as it
     // arrives.
@@ -116,17 +156,21 @@ pub(super) async fn post_job(
         + program_bytes(&params.module);
     let reserved = declared.unwrap_or(0);
     if reserved + envelope > 0 {
-        api.reserve_stored(&tenant, &policy, reserved + envelope)
+        api.reserve_stored(tenant, &policy, reserved + envelope)
             .await?;
     }
-    let input = stream_input(&api, &tenant, &policy, reserved, body).await?;
+    let deadline = waiting.as_ref().map(|(_, until)| *until);
+    let input = stream_input(api, tenant, &policy, reserved, body, deadline).await?;
     let job = template(input);
+    // The wait is registered before the job exists on the queue, so its notice cannot
+    // come first (nothing awaits between here and the enqueue).
+    let watch = waiting.map(|(slot, _)| slot.watch(job.id, &api.queue));
     let enqueued = api
         .queue
         .admission()
         .enqueue_owned_within(
             std::slice::from_ref(&job),
-            &tenant,
+            tenant,
             None,
             Some(policy.max_backlog_jobs),
         )
@@ -138,8 +182,16 @@ pub(super) async fn post_job(
         return Err(api.backlog_full(&policy, waiting, 1));
     }
     api.submitted.notify_one();
-    let body = json!({ "id": job.id.to_string(), "limits": job.limits });
-    Ok(created(&format!("/v1/jobs/{}", job.id), body))
+    Ok((job.id, job.limits, watch))
+}
+
+/// The answer to a waiting request whose upload was still running at its deadline.
+fn upload_outlasted_wait() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "upload_outlasted_wait",
+        "the upload was still running when the wait ran out (a wait counts from the request's start); no job was submitted",
+    )
 }
 
 /// A 201 with `body` and a `Location` header naming the new resource.
@@ -207,13 +259,15 @@ pub(super) const RESERVE_STEP: u64 = 1 << 20;
 /// Reads a request body into a job input: inline up to the inline limit, else chunk by
 /// chunk into a blob, so a large upload never sits in memory. The bytes are counted as
 /// they arrive: past the tenant's input or stored-bytes quota the upload stops, what
-/// was written is deleted, and the client gets a 413 or 429.
+/// was written is deleted, and the client gets a 413 or 429. A waiting request's upload
+/// still running at its wait's `deadline` is cut the same way (408).
 pub(super) async fn stream_input(
     api: &Api,
     tenant: &str,
     policy: &TenantPolicy,
     mut reserved: u64,
     body: Body,
+    deadline: Option<Instant>,
 ) -> ApiResult<JobInput> {
     let queue = &api.queue;
     let limit = queue.config().inline_limit;
@@ -223,9 +277,17 @@ pub(super) async fn stream_input(
     let mut total: u64 = 0;
     let outcome: ApiResult<()> = async {
         loop {
-            let next = tokio::time::timeout(api.config.body_idle_timeout, stream.next())
-                .await
-                .map_err(|_| ApiError::timeout("the input stopped arriving"))?;
+            let idle_until = Instant::now() + api.config.body_idle_timeout;
+            let next = match deadline {
+                Some(deadline) if deadline < idle_until => {
+                    tokio::time::timeout_at(deadline, stream.next())
+                        .await
+                        .map_err(|_| upload_outlasted_wait())?
+                }
+                _ => tokio::time::timeout_at(idle_until, stream.next())
+                    .await
+                    .map_err(|_| ApiError::timeout("the input stopped arriving"))?,
+            };
             let Some(frame) = next else { return Ok(()) };
             let bytes = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
             total += bytes.len() as u64;
@@ -367,7 +429,13 @@ pub(super) async fn get_output(
         header::CONTENT_TYPE,
         "application/octet-stream".parse().expect("static header"),
     );
-    let body = match result.output {
+    Ok((headers, output_body(&api, result.output)).into_response())
+}
+
+/// A finished job's output as a response body: the inline bytes, nothing for output
+/// written elsewhere, or the output blob streamed chunk by chunk.
+pub(super) fn output_body(api: &Api, output: JobOutput) -> Body {
+    match output {
         JobOutput::Inline(bytes) => Body::from(bytes),
         JobOutput::Written => Body::empty(),
         JobOutput::Blob { id, .. } => {
@@ -381,8 +449,7 @@ pub(super) async fn get_output(
             });
             Body::from_stream(chunks)
         }
-    };
-    Ok((headers, body).into_response())
+    }
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels a job that is still queued.

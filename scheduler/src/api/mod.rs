@@ -14,7 +14,8 @@
 //! (`/v1/batches`), tenants (`/v1/admin/tenants`), health (`/readyz`); beside them the
 //! error type and the JSON error answers (`error`), the request log (`log`), who is
 //! asking (`auth`), query parameters and list paging (`params`), the
-//! tenant's quotas applied to a request (`quotas`) and buffered-body turns (`turns`).
+//! tenant's quotas applied to a request (`quotas`), buffered-body turns (`turns`) and
+//! requests waiting for their job's result (`wait`).
 
 mod auth;
 mod batches;
@@ -29,6 +30,7 @@ mod server;
 mod tenants;
 mod turns;
 mod units;
+mod wait;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ use sluice_shared::{EntryPoint, ModuleHash};
 pub use auth::{Admin, Tenant};
 pub use error::ApiError;
 pub use server::{ServerConfig, serve};
+pub use wait::{DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITERS, DEFAULT_MAX_WAITERS_PER_TENANT, WaitLimits};
 
 /// The OpenAPI document served at `/openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -65,6 +68,8 @@ pub struct Api {
     /// an entry never goes stale, and a job POST need not fetch (up to 32 MiB) and walk
     /// the module again.
     entry_points: parking_lot::Mutex<std::collections::HashMap<ModuleHash, EntryPoint>>,
+    /// Requests waiting for their jobs (`POST /v1/jobs?wait=`) and their follower.
+    waiters: Arc<wait::Waiters>,
     metrics: crate::metrics::Metrics,
 }
 
@@ -88,6 +93,8 @@ pub struct ApiConfig {
     pub max_buffered_per_tenant: usize,
     /// How long a stored module lives after its upload or its last use by a job.
     pub module_ttl: Duration,
+    /// The bounds on requests waiting for their jobs (`POST /v1/jobs?wait=`).
+    pub waits: WaitLimits,
 }
 
 impl Default for ApiConfig {
@@ -98,6 +105,7 @@ impl Default for ApiConfig {
             max_buffered_requests: 8,
             max_buffered_per_tenant: 2,
             module_ttl: Duration::from_secs(30 * 24 * 3600),
+            waits: WaitLimits::default(),
         }
     }
 }
@@ -119,6 +127,7 @@ impl Api {
             buffered: Arc::new(tokio::sync::Semaphore::new(config.max_buffered_requests)),
             buffered_by_tenant: Arc::default(),
             entry_points: parking_lot::Mutex::default(),
+            waiters: Arc::new(wait::Waiters::new(config.waits)),
             config,
             metrics: crate::metrics::Metrics::new(),
         }
@@ -135,6 +144,7 @@ impl Api {
         self.buffered = Arc::new(tokio::sync::Semaphore::new(
             config.max_buffered_requests.max(1),
         ));
+        self.waiters = Arc::new(wait::Waiters::new(config.waits));
         self.config = config;
         self
     }

@@ -1,12 +1,15 @@
 //! Job parameters and module names from query strings.
 
+use std::time::Duration;
+
 use sluice_shared::parse::{LimitField, env_pair};
 use sluice_shared::{EntryPoint, Limits, ModuleName};
 
 use super::error::{ApiError, ApiResult};
 
 /// Job parameters from the query string (`module`, `fuel`, `memory`, `timeout`,
-/// `max_output`, `invoke`, and repeatable `arg` and `env=K=V`).
+/// `max_output`, `invoke`, and repeatable `arg` and `env=K=V`; `wait` is beside them,
+/// in [`JobQuery`]).
 pub(super) struct JobParams {
     pub(super) module: String,
     pub(super) requested: Limits,
@@ -30,7 +33,17 @@ pub(super) fn path_segment(text: &str) -> String {
     out
 }
 
-pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
+/// A job submission's query: the job's parameters, and how long the request may wait
+/// for the job to finish (`wait`, `POST /v1/jobs` only).
+pub(super) struct JobQuery {
+    pub(super) params: JobParams,
+    pub(super) wait: Option<Duration>,
+}
+
+/// The job parameters and `wait` of a `POST /v1/jobs` query; an unknown parameter or a
+/// value that does not parse is a 400 naming it.
+pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobQuery> {
+    let mut wait = None;
     let mut params = JobParams {
         module: String::new(),
         requested: Limits::default(),
@@ -55,6 +68,7 @@ pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
             "invoke" => params.entry = Some(value.parse().map_err(|e| bad(&e))?),
             "arg" => params.args.push(value.into_owned()),
             "env" => params.env.push(env_pair(&value).map_err(|e| bad(&e))?),
+            "wait" => wait = Some(super::units::duration_text(&value).map_err(|e| bad(&e))?),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter {other:?}"
@@ -67,7 +81,12 @@ pub(super) fn job_params(query: Option<&str>) -> ApiResult<JobParams> {
             "module is required (a hash or a name)",
         ));
     }
-    Ok(params)
+    if wait.is_some_and(|w| w.is_zero()) {
+        return Err(ApiError::bad_request(
+            "wait: must be more than 0 (leave it out not to wait)",
+        ));
+    }
+    Ok(JobQuery { params, wait })
 }
 
 /// Longest module name (an alias) a request may give.
@@ -202,6 +221,20 @@ mod tests {
         assert_eq!(path_segment("a-b_c.d~9"), "a-b_c.d~9");
         assert_eq!(path_segment("a b?c#d%e"), "a%20b%3Fc%23d%25e");
         assert_eq!(path_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn wait_is_a_duration_or_milliseconds_and_more_than_zero() {
+        let wait = |q: &str| job_params(Some(&format!("module=m&{q}"))).map(|j| j.wait);
+        assert_eq!(wait("wait=2s").ok().flatten(), Some(Duration::from_secs(2)));
+        assert_eq!(
+            wait("wait=250").ok().flatten(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(job_params(Some("module=m")).ok().and_then(|j| j.wait), None);
+        for bad in ["wait=0", "wait=0s", "wait=soon", "wait=-1s", "wait="] {
+            assert!(wait(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

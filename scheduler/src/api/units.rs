@@ -21,6 +21,16 @@ pub(super) enum UnitValue {
     Text(String),
 }
 
+/// A duration from a query's text: digits are milliseconds, anything else goes to the
+/// shared parser (`2s`, `500ms`).
+pub(super) fn duration_text(text: &str) -> Result<std::time::Duration, String> {
+    if !text.is_empty() && text.len() <= MAX_UNIT_TEXT && text.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: u64 = text.parse().map_err(|e| format!("{e}"))?;
+        return Ok(std::time::Duration::from_millis(ms));
+    }
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
 /// Sets limit `field` from a query's text: digits are base units (bytes, milliseconds,
 /// fuel units), anything else goes to the shared parser (`64MiB`, `2s`).
 pub(super) fn set_limit_text(

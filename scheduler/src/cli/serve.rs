@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::RedisArgs;
-use crate::api::{Api, ApiConfig, ServerConfig, router};
+use crate::api::{Api, ApiConfig, ServerConfig, WaitLimits, router};
 
 /// What `sluice serve` logs when `RUST_LOG` is unset: warnings and errors (with their
 /// causes), and one info line per request (`sluice::api::request`: method, matched
@@ -45,6 +45,20 @@ pub struct ServeArgs {
     /// by a job.
     #[arg(long, env = "SLUICE_MODULE_TTL", default_value = "30d", value_parser = positive_duration)]
     pub module_ttl: std::time::Duration,
+    /// The longest `POST /v1/jobs?wait=` a request may ask for; a longer one is refused
+    /// (400, naming this maximum).
+    #[arg(long, env = "SLUICE_MAX_WAIT", default_value = "30s", value_parser = positive_duration)]
+    pub max_wait: std::time::Duration,
+    /// Most requests waiting for their jobs at once (`?wait=`); past it a waiting
+    /// submission is refused with 503 and `Retry-After` (without `wait` it is not).
+    #[arg(long, env = "SLUICE_MAX_WAITERS", default_value_t = crate::api::DEFAULT_MAX_WAITERS,
+          value_parser = clap::value_parser!(usize))]
+    pub max_waiters: usize,
+    /// Most requests one tenant may have waiting for their jobs at once; past it that
+    /// tenant's waiting submissions are refused with 429 and `Retry-After`.
+    #[arg(long, env = "SLUICE_MAX_WAITERS_PER_TENANT",
+          default_value_t = crate::api::DEFAULT_MAX_WAITERS_PER_TENANT)]
+    pub max_waiters_per_tenant: usize,
     /// Address of a second, operators-only /metrics: every series, the per-tenant ones
     /// included (the API port's public /metrics leaves out every series naming a
     /// tenant). Bind it where tenants cannot reach it.
@@ -74,6 +88,9 @@ fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// The largest `--max-wait` accepted.
+const MAX_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Serves the HTTP API, with the dispatcher beside it, until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
@@ -83,6 +100,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.dispatch_window > 0,
         "--dispatch-window: must be at least 1"
+    );
+    anyhow::ensure!(
+        args.max_waiters > 0 && args.max_waiters_per_tenant > 0,
+        "--max-waiters, --max-waiters-per-tenant: must be at least 1"
+    );
+    anyhow::ensure!(
+        args.max_waiters_per_tenant <= args.max_waiters,
+        "--max-waiters-per-tenant: must be at most --max-waiters ({})",
+        args.max_waiters
+    );
+    anyhow::ensure!(
+        args.max_waiters <= args.max_connections,
+        "--max-waiters: must be at most --max-connections ({}); waiting requests each hold a connection",
+        args.max_connections
+    );
+    anyhow::ensure!(
+        args.max_wait <= MAX_MAX_WAIT,
+        "--max-wait: at most 1h (a longer job is better followed by its id)"
     );
     let queue = Arc::new(args.redis.connect().await?);
     let submitted = Arc::new(tokio::sync::Notify::new());
@@ -105,12 +140,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = ApiConfig {
         body_idle_timeout: args.body_timeout,
         module_ttl: args.module_ttl,
+        waits: WaitLimits {
+            max_wait: args.max_wait,
+            max_waiters: args.max_waiters,
+            max_per_tenant: args.max_waiters_per_tenant,
+        },
         ..ApiConfig::default()
     };
     let api = Api::new(queue, args.admin_token.as_deref(), submitted)
         .with_config(config)
         .with_metrics(metrics.clone())
         .with_dispatcher_health(health);
+    // SIGTERM ends every wait first: waiting clients get 202 with their job's id at
+    // once instead of a connection cut at the end of the shutdown grace.
+    let waits = api.wait_closing();
     let app = router(Arc::new(api), metrics.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -140,13 +183,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         header_read_timeout: args.header_timeout,
         ..ServerConfig::default()
     };
-    crate::api::serve(
-        listener,
-        app,
-        server,
-        metrics,
-        sluice_worker::cli::terminated(),
-    )
+    crate::api::serve(listener, app, server, metrics, async move {
+        sluice_worker::cli::terminated().await;
+        waits.cancel();
+    })
     .await;
     shutdown.cancel();
     let _ = dispatcher.await;

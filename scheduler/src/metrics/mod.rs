@@ -7,6 +7,7 @@
 //!   dispatcher rounds.
 //! - [`queue`]: the queue's state read from Redis at scrape time (`sluice serve` and
 //!   `sluice exporter`), with the tenant folding rule of [`fold`].
+//! - [`waits`]: the interactive path's waiting submissions (`POST /v1/jobs?wait=`).
 //! - `sluice_build_info{version}`, here.
 
 use std::sync::Arc;
@@ -17,10 +18,12 @@ pub mod fold;
 pub mod http;
 pub mod queue;
 pub mod scheduler;
+pub mod waits;
 
 pub use http::{ErrorCode, GaugeGuard, track};
 pub use queue::{DEFAULT_CACHE_FOR, DEFAULT_MAX_TENANTS, MIN_CACHE_FOR, QueueState};
 pub use scheduler::{RefusalReason, SchedulerMetrics};
+pub use waits::{WaitEnd, WaitMetrics, WokenBy};
 
 /// The most `--metrics-max-tenants` may be (each named tenant is two series per queue).
 pub const MAX_MAX_TENANTS: usize = 1000;
@@ -50,6 +53,8 @@ pub struct Metrics {
     http: http::HttpMetrics,
     /// The dispatcher's and the API's admission counters.
     pub scheduler: SchedulerMetrics,
+    /// The interactive path's waiting submissions.
+    pub waits: WaitMetrics,
     queue: Option<Arc<QueueState>>,
 }
 
@@ -73,6 +78,7 @@ impl Metrics {
         Metrics {
             http: http::HttpMetrics::new(Some(&registry)),
             scheduler: SchedulerMetrics::new(Some(&registry)),
+            waits: WaitMetrics::new(Some(&registry)),
             queue: None,
             registry,
         }
@@ -87,6 +93,7 @@ impl Metrics {
         Metrics {
             http: http::HttpMetrics::new(None),
             scheduler: SchedulerMetrics::new(None),
+            waits: WaitMetrics::new(None),
             queue: Some(state),
             registry,
         }

@@ -15,7 +15,8 @@ pub enum RefusalReason {
     /// The tenant holds as much as its policy allows (429 `quota_exceeded`: backlog
     /// jobs, stored bytes).
     Quota,
-    /// The tenant sends faster than the service buffers for it (429 `busy`).
+    /// The tenant sends faster than the service buffers for it (429 `busy`), or the
+    /// server holds as many waiting submissions as it may (503 `too_many_waiters`).
     Rate,
     /// Anything else the client got wrong (every other 4xx: a malformed request, an
     /// unknown module, missing or bad credentials, a body that stopped arriving).
@@ -42,10 +43,13 @@ impl RefusalReason {
     }
 
     /// The reason a submission answered `status` with the API error `code` was
-    /// refused; `None` when it was not refused (a success, or a server error, which
-    /// is the service's failure and not a refusal).
+    /// refused; `None` when it was not refused (a success, a server error, which
+    /// is the service's failure and not a refusal, or a waited-for job that ran and
+    /// failed: 422 `job_failed`).
     pub fn of(status: u16, code: Option<&str>) -> Option<Self> {
         match (status, code) {
+            (422, Some("job_failed")) => None,
+            (503, Some("too_many_waiters")) => Some(RefusalReason::Rate),
             (413, _) => Some(RefusalReason::Policy),
             (429, Some("busy")) => Some(RefusalReason::Rate),
             (429, _) => Some(RefusalReason::Quota),
@@ -154,5 +158,8 @@ mod tests {
         assert_eq!(RefusalReason::of(401, None), Some(Invalid));
         assert_eq!(RefusalReason::of(201, None), None);
         assert_eq!(RefusalReason::of(503, Some("unavailable")), None);
+        assert_eq!(RefusalReason::of(422, Some("job_failed")), None);
+        assert_eq!(RefusalReason::of(503, Some("too_many_waiters")), Some(Rate));
+        assert_eq!(RefusalReason::of(503, Some("shutting_down")), None);
     }
 }

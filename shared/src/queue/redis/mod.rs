@@ -10,6 +10,7 @@
 //! | the queue: enqueue, claim, renew, complete, retry, dead-letter, release, delayed jobs | `queue.rs` | [`Queue`](crate::queue::Queue) on [`RedisQueue`], [`RedisQueue::schedule`] | [`QueueError`] |
 //! | the module store | `modules.rs` | [`RedisQueue::modules`] | [`ModuleStoreError`] |
 //! | completion notices, results, job and batch records, cancel | `results.rs` | [`RedisQueue::results`] | [`ResultsError`] |
+//! | completion notices on a connection of their own (long followers) | `notices.rs` | [`RedisQueue::notice_reader`] | [`NoticeError`] |
 //! | dead letters, status, server figures | `admin.rs` | [`RedisQueue::admin`] | [`AdminError`] |
 //! | chunked blobs | `blobs.rs` | [`RedisQueue::blobs`] | [`BlobError`] |
 //! | tenants and their tokens | `tenants.rs` | [`RedisQueue::tenants`] | [`TenantError`] |
@@ -39,6 +40,7 @@ mod error;
 pub mod keys;
 mod listing;
 mod modules;
+mod notices;
 mod queue;
 mod recovery;
 mod reply;
@@ -72,6 +74,7 @@ pub use listing::{
     MAX_PAGE, ModuleHold, ORIGIN_FIELD, Page,
 };
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
+pub use notices::{NoticeError, NoticeReader};
 pub use queue::{ClaimErrorHook, ClaimStep};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{
@@ -135,6 +138,16 @@ impl RedisQueue {
             .await
             .map_err(|e| ConnectError::from_redis(&e, &queue.config.url))?;
         Ok(queue)
+    }
+
+    /// A new connection for blocking reads, set up exactly as the queue's own (for a
+    /// long follower that must not queue behind, or in front of, the queue's other
+    /// blocking reads).
+    async fn new_blocking_connection(&self) -> Result<blocking::BlockingConnection, ConnectError> {
+        let connector = Connector::new(&self.config)?;
+        blocking::BlockingConnection::connect(connector, self.config.response_timeout)
+            .await
+            .map_err(|e| ConnectError::from_redis(&e, &self.config.url))
     }
 
     /// The queue's keys.

@@ -179,6 +179,41 @@ fn kind_named(name: &str) -> Option<OutcomeKind> {
     name.parse().ok()
 }
 
+/// The `XREAD` command reading the notice stream `key` after `after` for up to `block`.
+pub(super) fn notices_cmd(key: &str, after: &str, block: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(10_000)
+        .arg("BLOCK")
+        .arg(millis(block))
+        .arg("STREAMS")
+        .arg(key)
+        .arg(after);
+    cmd
+}
+
+/// An `XREAD` reply of the notice stream: the last id read (`after` when none) and each
+/// `(job id, outcome kind)`; fields that are not a job id and an outcome kind are
+/// skipped.
+pub(super) fn notices_of(
+    reply: Value,
+    after: &str,
+) -> Result<(String, Vec<(JobId, OutcomeKind)>), StoreError> {
+    let mut last = after.to_owned();
+    let mut notices = Vec::new();
+    for (id, fields) in xread_entries(reply)? {
+        for (job, kind) in fields {
+            let job = std::str::from_utf8(&job).ok().and_then(|s| s.parse().ok());
+            let kind = std::str::from_utf8(&kind).ok().and_then(kind_named);
+            if let (Some(job), Some(kind)) = (job, kind) {
+                notices.push((job, kind));
+            }
+        }
+        last = id;
+    }
+    Ok((last, notices))
+}
+
 impl Results<'_> {
     /// A position in the completion-notice stream meaning "now": notices from it on are
     /// those of completions after this call (stream ids are the server's clock). It is
@@ -199,33 +234,14 @@ impl Results<'_> {
         after: &str,
         block: Duration,
     ) -> Result<(String, Vec<(JobId, OutcomeKind)>), ResultsError> {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(10_000)
-            .arg("BLOCK")
-            .arg(millis(block))
-            .arg("STREAMS")
-            .arg(&self.q.keys.done)
-            .arg(after);
+        let cmd = notices_cmd(&self.q.keys.done, after, block);
         let reply = self
             .q
             .blocking
             .query(&cmd, Some(block))
             .await
             .map_err(on_key(&self.q.keys.done))?;
-        let mut last = after.to_owned();
-        let mut notices = Vec::new();
-        for (id, fields) in xread_entries(reply)? {
-            for (job, kind) in fields {
-                let job = std::str::from_utf8(&job).ok().and_then(|s| s.parse().ok());
-                let kind = std::str::from_utf8(&kind).ok().and_then(kind_named);
-                if let (Some(job), Some(kind)) = (job, kind) {
-                    notices.push((job, kind));
-                }
-            }
-            last = id;
-        }
-        Ok((last, notices))
+        Ok(notices_of(reply, after)?)
     }
 
     /// The stored results of `ids` (read in batches of 500); missing ones are skipped.
