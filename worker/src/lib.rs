@@ -45,6 +45,7 @@ pub mod config;
 pub mod executor;
 pub mod fleet;
 mod hostcalls;
+pub mod job_io;
 mod limiter;
 pub mod logging;
 pub mod metrics;
@@ -54,5 +55,6 @@ mod sandbox;
 pub mod streams;
 
 pub use config::{DirGrant, SandboxConfig};
+pub use job_io::{JobReader, JobWriter};
 pub use raw_abi::PROCESS as RAW_PROCESS_EXPORT;
 pub use sandbox::{CompiledSource, LoadedModule, Metering, Sandbox, SandboxError};

@@ -33,6 +33,7 @@ use crate::compile::engine::{EngineSettings, code_config};
 use crate::compile::{CompileError, Compiler};
 use crate::config::{ConfigError, SandboxConfig};
 use crate::hostcalls::{self, JobClock};
+use crate::job_io::{JobReader, JobWriter};
 use crate::limiter::GuestLimiter;
 use crate::raw_abi;
 use crate::streams::{FinishError, GuestOutput, GuestStdin, Overflow};
@@ -473,6 +474,9 @@ impl Sandbox {
 
     /// Runs `job` with `module` over `input`, streaming the output into `output`.
     /// Never panics on anything the module does: every end is a typed [`Outcome`].
+    /// Both may stall: a helper thread reads and writes them, and the guest waits for
+    /// it only until the job's deadline ([`Self::run_io`] with
+    /// [`JobReader::Stream`] and [`JobWriter::Stream`]).
     pub fn run(
         &self,
         module: &LoadedModule,
@@ -480,20 +484,42 @@ impl Sandbox {
         input: Box<dyn Read + Send>,
         output: Box<dyn Write + Send>,
     ) -> JobResult {
+        self.run_io(
+            module,
+            job,
+            JobReader::Stream(input),
+            JobWriter::Stream(output),
+        )
+    }
+
+    /// As [`Self::run`], with input and output that say whether they may stall: an
+    /// input in memory ([`JobReader::Memory`]) and a sink that never blocks
+    /// ([`JobWriter::Direct`]) are served on the guest's own thread, with no
+    /// helper-thread hand-off per job.
+    pub fn run_io(
+        &self,
+        module: &LoadedModule,
+        job: &Job,
+        input: JobReader,
+        output: JobWriter,
+    ) -> JobResult {
         let started = Instant::now();
         // A timeout past what an `Instant` holds is as good as none: a century.
         let deadline = started
             .checked_add(job.limits.timeout())
             .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
         let stop = Arc::new(AtomicBool::new(false));
-        let stdin = GuestStdin::with_deadline(input, Some(deadline));
-        let stdout = GuestOutput::with_deadline(
-            output,
-            job.limits.max_output_bytes,
-            Overflow::Stop,
-            stop.clone(),
-            deadline,
-        );
+        let stdin = match input {
+            JobReader::Memory(bytes) => GuestStdin::from_bytes(bytes),
+            JobReader::Stream(reader) => GuestStdin::with_deadline(reader, Some(deadline)),
+        };
+        let cap = job.limits.max_output_bytes;
+        let stdout = match output {
+            JobWriter::Direct(sink) => GuestOutput::new(sink, cap, Overflow::Stop, stop.clone()),
+            JobWriter::Stream(sink) => {
+                GuestOutput::with_deadline(sink, cap, Overflow::Stop, stop.clone(), deadline)
+            }
+        };
         let stderr = GuestOutput::new(
             Vec::new(),
             self.config.stderr_cap_bytes as u64,
