@@ -66,7 +66,12 @@ fn bare_engine(fuel: bool, epochs: bool) -> Engine {
         .max_memory_size(4 << 30)
         .decommit_batch_size(8)
         .linear_memory_keep_resident(defaults.memory_keep_resident_bytes as usize)
-        .table_keep_resident(defaults.table_keep_resident_bytes as usize);
+        .table_keep_resident(defaults.table_keep_resident_bytes as usize)
+        .pagemap_scan(if defaults.pagemap_scan {
+            wasmtime::Enabled::Auto
+        } else {
+            wasmtime::Enabled::No
+        });
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

@@ -40,6 +40,12 @@ pub struct SandboxConfig {
     /// As [`Self::memory_keep_resident_bytes`], for each slot's tables (a C guest's
     /// function table for indirect calls).
     pub table_keep_resident_bytes: u64,
+    /// Whether a slot's reset asks the kernel which pages the guest dirtied (Linux's
+    /// `PAGEMAP_SCAN` ioctl, 6.7+; ignored where unsupported) and resets only those,
+    /// instead of `memset`ting the whole resident part: one system call per job in
+    /// place of rewriting up to [`Self::memory_keep_resident_bytes`], and only the
+    /// pages a guest used stay resident.
+    pub pagemap_scan: bool,
 }
 
 impl SandboxConfig {
@@ -62,8 +68,8 @@ impl SandboxConfig {
     pub const DEFAULT_RAW_CHUNK_BYTES: usize = 64 << 10;
     /// Default linear memory kept resident per slot: 1 MiB, more than a wasi-libc C
     /// guest's whole memory (192 KiB for the uppercase filter), so such a guest reuses
-    /// its slot without a page fault; it took the uppercase job from ~77 to ~42 µs
-    /// (`docs/benchmarks.md`).
+    /// its slot without a page fault (with [`Self::pagemap_scan`], only the pages it
+    /// dirtied stay resident: ~26 KiB per slot for that guest; `docs/benchmarks.md`).
     pub const DEFAULT_MEMORY_KEEP_RESIDENT_BYTES: u64 = 1 << 20;
     /// Default table bytes kept resident per slot: 64 KiB (8,192 function references).
     pub const DEFAULT_TABLE_KEEP_RESIDENT_BYTES: u64 = 64 << 10;
@@ -199,6 +205,7 @@ impl Default for SandboxConfig {
             dir_grants: Vec::new(),
             memory_keep_resident_bytes: Self::DEFAULT_MEMORY_KEEP_RESIDENT_BYTES,
             table_keep_resident_bytes: Self::DEFAULT_TABLE_KEEP_RESIDENT_BYTES,
+            pagemap_scan: true,
         }
     }
 }

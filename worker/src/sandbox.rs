@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use sluice_shared::{EntryPoint, Job, JobOutput, JobResult, ModuleHash, Outcome, RunStats};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
-    Store, Trap, UpdateDeadline,
+    Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -306,7 +306,13 @@ impl Sandbox {
             // then reuses its slot without page faults or cross-CPU TLB flushes (kernel
             // time went from two thirds of a C guest's job to ~1% in our measurements).
             .linear_memory_keep_resident(as_usize(config.memory_keep_resident_bytes))
-            .table_keep_resident(as_usize(config.table_keep_resident_bytes));
+            .table_keep_resident(as_usize(config.table_keep_resident_bytes))
+            // Reset only the pages the guest dirtied (where the kernel can say which).
+            .pagemap_scan(if config.pagemap_scan {
+                Enabled::Auto
+            } else {
+                Enabled::No
+            });
         // The code-shaping part is shared with the compile child; the pool is ours.
         let mut wasm = code_config(&EngineSettings::of(config), metering);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

@@ -73,7 +73,11 @@ fn a_direct_sink_still_enforces_the_output_cap() {
         JobWriter::Direct(Box::new(out.clone())),
     );
     assert_eq!(result.outcome, Outcome::OutputLimit { limit: 100 });
-    assert!(out.bytes().len() <= 100, "{} bytes written", out.bytes().len());
+    assert!(
+        out.bytes().len() <= 100,
+        "{} bytes written",
+        out.bytes().len()
+    );
 }
 
 #[test]

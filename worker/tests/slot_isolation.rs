@@ -1,7 +1,7 @@
 //! A pool slot's memory never carries one job's data into the next: with memory kept
 //! resident between instances (`SandboxConfig::memory_keep_resident_bytes`, reset in
-//! place by wasmtime instead of returned to the kernel), beyond it, and with nothing
-//! kept, a guest that reuses the slot sees its own data image and zeros, never what
+//! place by wasmtime instead of returned to the kernel; its dirty pages found by
+//! `PAGEMAP_SCAN` or the whole part `memset`), beyond it, and with nothing kept, a guest that reuses the slot sees its own data image and zeros, never what
 //! the previous instance wrote.
 //!
 //! The sandbox has one slot, so every job runs in the same slot's memory. Each guest
@@ -169,7 +169,21 @@ fn check(config: SandboxConfig, what: &str) {
 
 #[test]
 fn memory_kept_resident_is_reset_between_jobs_in_one_slot() {
-    check(SandboxConfig::default(), "default resident memory (1 MiB)");
+    check(
+        SandboxConfig::default(),
+        "default resident memory (1 MiB, dirty pages found by PAGEMAP_SCAN)",
+    );
+}
+
+#[test]
+fn memory_kept_resident_without_pagemap_scan_is_reset_between_jobs_in_one_slot() {
+    check(
+        SandboxConfig {
+            pagemap_scan: false,
+            ..SandboxConfig::default()
+        },
+        "default resident memory, reset by memset (no PAGEMAP_SCAN)",
+    );
 }
 
 #[test]

@@ -118,16 +118,32 @@ impl Pool {
     }
 }
 
-/// The sandbox settings compared: the defaults before issue 13 and the chosen ones.
-pub fn sandbox_config(chosen: bool) -> SandboxConfig {
-    if chosen {
-        SandboxConfig::default()
-    } else {
-        SandboxConfig {
+/// The sandbox settings compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// Before issue 13: nothing kept resident.
+    Before,
+    /// Memory and tables kept resident, reset by `memset` (no `PAGEMAP_SCAN`).
+    KeepResident,
+    /// The chosen defaults: kept resident, dirty pages found by `PAGEMAP_SCAN`.
+    Chosen,
+}
+
+/// The `SandboxConfig` of `setting`.
+pub fn sandbox_config(setting: Setting) -> SandboxConfig {
+    let chosen = SandboxConfig::default();
+    match setting {
+        Setting::Chosen => chosen,
+        Setting::KeepResident => SandboxConfig {
+            pagemap_scan: false,
+            ..chosen
+        },
+        Setting::Before => SandboxConfig {
             memory_keep_resident_bytes: 0,
             table_keep_resident_bytes: 0,
-            ..SandboxConfig::default()
-        }
+            pagemap_scan: false,
+            ..chosen
+        },
     }
 }
 
@@ -376,10 +392,12 @@ pub fn run(wasm: &[u8]) {
         .into_iter()
         .map(|pool| (pool, Bare::new(pool, wasm)))
         .collect();
-    let sluice_default = Sluice::new(sandbox_config(false), wasm, false);
-    let sluice_chosen = Sluice::new(sandbox_config(true), wasm, false);
-    let sluice_fuel = Sluice::new(sandbox_config(true), wasm, true);
+    let sluice_default = Sluice::new(sandbox_config(Setting::Before), wasm, false);
+    let sluice_keep = Sluice::new(sandbox_config(Setting::KeepResident), wasm, false);
+    let sluice_chosen = Sluice::new(sandbox_config(Setting::Chosen), wasm, false);
+    let sluice_fuel = Sluice::new(sandbox_config(Setting::Chosen), wasm, true);
     let keep = &bare[1].1;
+    let pagemap = &bare[2].1;
 
     let input = &input;
     let default = &bare[0].1;
@@ -415,7 +433,12 @@ pub fn run(wasm: &[u8]) {
             Box::new(|| sluice_default.job(input, true)),
         ),
         row(
-            "sluice `Sandbox::run_io` (memory in, direct out), chosen defaults",
+            "sluice `Sandbox::run_io` (memory in, direct out), keep_resident without pagemap_scan",
+            1,
+            Box::new(|| sluice_keep.job(input, true)),
+        ),
+        row(
+            "sluice `Sandbox::run_io` (memory in, direct out), chosen defaults (keep_resident + pagemap_scan)",
             1,
             Box::new(|| sluice_chosen.job(input, true)),
         ),
@@ -430,9 +453,9 @@ pub fn run(wasm: &[u8]) {
             Box::new(move || default.job(input, true)),
         ),
         row(
-            "bare wasmtime, keep_resident, 2 threads",
+            "bare wasmtime, keep_resident + pagemap_scan, 2 threads",
             2,
-            Box::new(move || keep.job(input, true)),
+            Box::new(move || pagemap.job(input, true)),
         ),
         row(
             "sluice `Sandbox::run_io`, pre-issue-13 pool, 2 threads",
@@ -452,7 +475,7 @@ pub fn run(wasm: &[u8]) {
             row.samples.push(sample(row.threads, &*row.job));
         }
     }
-    let guest_us = guest_work_us(keep);
+    let guest_us = guest_work_us(pagemap);
     let ctx_us = wasi_ctx_us(input);
     let load_after = procfs::load_average();
 
@@ -480,7 +503,7 @@ pub fn run(wasm: &[u8]) {
         );
     }
     println!(
-        "the guest's own work on {} KiB (one instance streaming 64 MiB, per 4 KiB): {guest_us:.1} µs",
+        "the guest's own work on {} KiB (CPU of one instance streaming 256 MiB, per 4 KiB): {guest_us:.1} µs",
         INPUT_BYTES >> 10
     );
     println!("building and dropping a WASI p1 context alone: {ctx_us:.2} µs");
@@ -546,7 +569,12 @@ pub fn profile(what: &str, wasm: &[u8]) {
     let input = Bytes::from(vec![b'a'; INPUT_BYTES]);
     let job: Box<dyn Fn()> = match what {
         "sluice-default" | "sluice-chosen" | "sluice-chosen-run" => {
-            let sluice = Sluice::new(sandbox_config(what != "sluice-default"), wasm, false);
+            let setting = if what == "sluice-default" {
+                Setting::Before
+            } else {
+                Setting::Chosen
+            };
+            let sluice = Sluice::new(sandbox_config(setting), wasm, false);
             let in_memory = what != "sluice-chosen-run";
             Box::new(move || sluice.job(&input, in_memory))
         }
