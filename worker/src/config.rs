@@ -45,6 +45,15 @@ pub struct SandboxConfig {
     /// instead of `memset`ting the whole resident part: one system call per job in
     /// place of rewriting up to [`Self::memory_keep_resident_bytes`], and only the
     /// pages a guest used stay resident.
+    ///
+    /// Off by default, and must stay off on wasmtime 48: its scan resets only the
+    /// pages that are resident at scan time, so a dirty page that is swapped out or
+    /// being migrated (compaction, NUMA balancing) is neither reset nor released and
+    /// the next tenant's instance in the slot reads the previous tenant's bytes (for
+    /// tables, stale function references into a freed instance). Turn it on only on
+    /// a wasmtime release that resets or releases non-resident dirty pages
+    /// (upstream: bytecodealliance/wasmtime#14357). Off, the kept part is reset with
+    /// `memset`, which writes every kept byte whether resident or not.
     pub pagemap_scan: bool,
 }
 
@@ -68,8 +77,9 @@ impl SandboxConfig {
     pub const DEFAULT_RAW_CHUNK_BYTES: usize = 64 << 10;
     /// Default linear memory kept resident per slot: 1 MiB, more than a wasi-libc C
     /// guest's whole memory (192 KiB for the uppercase filter), so such a guest reuses
-    /// its slot without a page fault (with [`Self::pagemap_scan`], only the pages it
-    /// dirtied stay resident: ~26 KiB per slot for that guest; `docs/benchmarks.md`).
+    /// its slot without a page fault. The reset `memset`s the whole kept part, so a
+    /// slot that has run a job keeps up to this much resident (~200 KiB for that
+    /// guest: its whole memory; `docs/benchmarks.md`).
     pub const DEFAULT_MEMORY_KEEP_RESIDENT_BYTES: u64 = 1 << 20;
     /// Default table bytes kept resident per slot: 64 KiB (8,192 function references).
     pub const DEFAULT_TABLE_KEEP_RESIDENT_BYTES: u64 = 64 << 10;
@@ -205,7 +215,7 @@ impl Default for SandboxConfig {
             dir_grants: Vec::new(),
             memory_keep_resident_bytes: Self::DEFAULT_MEMORY_KEEP_RESIDENT_BYTES,
             table_keep_resident_bytes: Self::DEFAULT_TABLE_KEEP_RESIDENT_BYTES,
-            pagemap_scan: true,
+            pagemap_scan: false,
         }
     }
 }

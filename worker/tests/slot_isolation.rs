@@ -171,7 +171,20 @@ fn check(config: SandboxConfig, what: &str) {
 fn memory_kept_resident_is_reset_between_jobs_in_one_slot() {
     check(
         SandboxConfig::default(),
-        "default resident memory (1 MiB, dirty pages found by PAGEMAP_SCAN)",
+        "default resident memory (1 MiB, reset by memset)",
+    );
+}
+
+/// The opt-in `PAGEMAP_SCAN` reset (off by default: on wasmtime 48 it misses dirty
+/// pages that are not resident at scan time, which a test cannot force).
+#[test]
+fn memory_kept_resident_with_pagemap_scan_is_reset_between_jobs_in_one_slot() {
+    check(
+        SandboxConfig {
+            pagemap_scan: true,
+            ..SandboxConfig::default()
+        },
+        "default resident memory, dirty pages found by PAGEMAP_SCAN",
     );
 }
 
