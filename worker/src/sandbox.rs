@@ -299,15 +299,21 @@ impl Sandbox {
             .total_stacks(0)
             .table_elements(config.max_table_elements)
             .max_memory_size(as_usize(config.max_guest_memory_bytes))
-            // Batched decommits amortise madvise calls across jobs (12 µs → 110k/s on two
-            // threads in our measurements); half the pool keeps slots available.
-            .decommit_batch_size((config.slots as usize / 2).max(1))
+            // Decommit (and return to the free list) each slot's memory and tables as the
+            // Store drops, on the job's own thread, before run/run_io returns and so before
+            // the executor frees the job's permit: with a larger batch a freed slot waits in
+            // a per-thread queue until that thread gathers a batch, and another thread can
+            // find the pool empty with fewer jobs than slots in flight ("instance pool
+            // full"). Kept-resident memory is reset with memset, so a guest within the kept
+            // budget makes no system call here; a larger one makes one madvise.
+            .decommit_batch_size(1)
             // Reset a slot's first bytes in place rather than decommit them: a real guest
             // then reuses its slot without page faults or cross-CPU TLB flushes (kernel
             // time went from two thirds of a C guest's job to ~1% in our measurements).
             .linear_memory_keep_resident(as_usize(config.memory_keep_resident_bytes))
             .table_keep_resident(as_usize(config.table_keep_resident_bytes))
-            // Reset only the pages the guest dirtied (where the kernel can say which).
+            // Off by default: wasmtime 48's scan misses dirty pages not resident at
+            // scan time, leaking them to the next tenant (SandboxConfig::pagemap_scan).
             .pagemap_scan(if config.pagemap_scan {
                 Enabled::Auto
             } else {

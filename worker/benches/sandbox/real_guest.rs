@@ -46,16 +46,20 @@ pub enum Pool {
     KeepResident,
     /// As `KeepResident`, resetting only the pages the guest dirtied (`PAGEMAP_SCAN`).
     KeepResidentPagemap,
+    /// As `KeepResident`, with the batched decommits the sandbox had before it
+    /// returned each slot as the job ends (`decommit_batch_size(slots / 2)`).
+    KeepResidentBatched,
     /// No pool: every instance maps and unmaps its own memory.
     OnDemand,
 }
 
 impl Pool {
     /// Every setting, in table order.
-    pub const ALL: [Pool; 4] = [
+    pub const ALL: [Pool; 5] = [
         Pool::Default,
         Pool::KeepResident,
         Pool::KeepResidentPagemap,
+        Pool::KeepResidentBatched,
         Pool::OnDemand,
     ];
 
@@ -65,6 +69,7 @@ impl Pool {
             Pool::Default => "default",
             Pool::KeepResident => "keep-resident",
             Pool::KeepResidentPagemap => "keep-resident-pagemap",
+            Pool::KeepResidentBatched => "keep-resident-batched",
             Pool::OnDemand => "on-demand",
         }
     }
@@ -85,7 +90,21 @@ impl Pool {
             Pool::Default => "pooling, nothing kept resident (the pre-issue-13 pool)".into(),
             Pool::KeepResident => format!("pooling, {keep}"),
             Pool::KeepResidentPagemap => format!("pooling, {keep} + pagemap_scan(Auto)"),
+            Pool::KeepResidentBatched => {
+                format!("pooling, {keep}, decommit_batch_size(slots / 2)")
+            }
             Pool::OnDemand => "on-demand allocator".into(),
+        }
+    }
+
+    /// The pre-issue-13 pool and `KeepResidentBatched` batch decommits over half the
+    /// slots; the others return each slot as its instance drops, as the sandbox does.
+    fn decommit_batch_size(self) -> usize {
+        match self {
+            Pool::Default | Pool::KeepResidentBatched => {
+                (SandboxConfig::default().slots as usize / 2).max(1)
+            }
+            _ => 1,
         }
     }
 
@@ -103,8 +122,11 @@ impl Pool {
             .total_stacks(0)
             .table_elements(config.max_table_elements)
             .max_memory_size(config.max_guest_memory_bytes as usize)
-            .decommit_batch_size((config.slots as usize / 2).max(1));
-        if matches!(self, Pool::KeepResident | Pool::KeepResidentPagemap) {
+            .decommit_batch_size(self.decommit_batch_size());
+        if matches!(
+            self,
+            Pool::KeepResident | Pool::KeepResidentPagemap | Pool::KeepResidentBatched
+        ) {
             pool.linear_memory_keep_resident(config.memory_keep_resident_bytes as usize)
                 .table_keep_resident(config.table_keep_resident_bytes as usize);
         }
@@ -123,10 +145,11 @@ impl Pool {
 pub enum Setting {
     /// Before issue 13: nothing kept resident.
     Before,
-    /// Memory and tables kept resident, reset by `memset` (no `PAGEMAP_SCAN`).
-    KeepResident,
-    /// The chosen defaults: kept resident, dirty pages found by `PAGEMAP_SCAN`.
+    /// The chosen defaults: memory and tables kept resident, reset by `memset`.
     Chosen,
+    /// As `Chosen`, dirty pages found by `PAGEMAP_SCAN` (opt-in; unsafe on wasmtime 48:
+    /// see `SandboxConfig::pagemap_scan`).
+    Pagemap,
 }
 
 /// The `SandboxConfig` of `setting`.
@@ -134,8 +157,8 @@ pub fn sandbox_config(setting: Setting) -> SandboxConfig {
     let chosen = SandboxConfig::default();
     match setting {
         Setting::Chosen => chosen,
-        Setting::KeepResident => SandboxConfig {
-            pagemap_scan: false,
+        Setting::Pagemap => SandboxConfig {
+            pagemap_scan: true,
             ..chosen
         },
         Setting::Before => SandboxConfig {
@@ -393,7 +416,7 @@ pub fn run(wasm: &[u8]) {
         .map(|pool| (pool, Bare::new(pool, wasm)))
         .collect();
     let sluice_default = Sluice::new(sandbox_config(Setting::Before), wasm, false);
-    let sluice_keep = Sluice::new(sandbox_config(Setting::KeepResident), wasm, false);
+    let sluice_pagemap = Sluice::new(sandbox_config(Setting::Pagemap), wasm, false);
     let sluice_chosen = Sluice::new(sandbox_config(Setting::Chosen), wasm, false);
     let sluice_fuel = Sluice::new(sandbox_config(Setting::Chosen), wasm, true);
     let keep = &bare[1].1;
@@ -433,14 +456,14 @@ pub fn run(wasm: &[u8]) {
             Box::new(|| sluice_default.job(input, true)),
         ),
         row(
-            "sluice `Sandbox::run_io` (memory in, direct out), keep_resident without pagemap_scan",
-            1,
-            Box::new(|| sluice_keep.job(input, true)),
-        ),
-        row(
-            "sluice `Sandbox::run_io` (memory in, direct out), chosen defaults (keep_resident + pagemap_scan)",
+            "sluice `Sandbox::run_io` (memory in, direct out), chosen defaults (keep_resident, memset reset)",
             1,
             Box::new(|| sluice_chosen.job(input, true)),
+        ),
+        row(
+            "sluice `Sandbox::run_io` (memory in, direct out), keep_resident + pagemap_scan (opt-in, unsafe on wasmtime 48)",
+            1,
+            Box::new(|| sluice_pagemap.job(input, true)),
         ),
         row(
             "sluice `Sandbox::run_io`, chosen defaults, fuel-metered job",
@@ -453,9 +476,9 @@ pub fn run(wasm: &[u8]) {
             Box::new(move || default.job(input, true)),
         ),
         row(
-            "bare wasmtime, keep_resident + pagemap_scan, 2 threads",
+            "bare wasmtime, keep_resident, 2 threads",
             2,
-            Box::new(move || pagemap.job(input, true)),
+            Box::new(move || keep.job(input, true)),
         ),
         row(
             "sluice `Sandbox::run_io`, pre-issue-13 pool, 2 threads",
