@@ -33,7 +33,7 @@ use crate::compile::engine::{EngineSettings, code_config};
 use crate::compile::{CompileError, Compiler};
 use crate::config::{ConfigError, SandboxConfig};
 use crate::hostcalls::{self, JobClock};
-use crate::job_io::{JobReader, JobWriter};
+use crate::job_io::{JobReader, JobWriter, MemoryOutput};
 use crate::limiter::GuestLimiter;
 use crate::raw_abi;
 use crate::streams::{FinishError, GuestOutput, GuestStdin, Overflow};
@@ -505,9 +505,9 @@ impl Sandbox {
     }
 
     /// As [`Self::run`], with input and output that say whether they may stall: an
-    /// input in memory ([`JobReader::Memory`]) and a sink that never blocks
-    /// ([`JobWriter::Direct`]) are served on the guest's own thread, with no
-    /// helper-thread hand-off per job.
+    /// input in memory ([`JobReader::Memory`]) and output collected in memory
+    /// ([`JobWriter::Memory`], handed back as the result's [`JobOutput::Inline`]) are
+    /// served on the guest's own thread, with no helper-thread hand-off per job.
     pub fn run_io(
         &self,
         module: &LoadedModule,
@@ -526,11 +526,19 @@ impl Sandbox {
             JobReader::Stream(reader) => GuestStdin::with_deadline(reader, Some(deadline)),
         };
         let cap = job.limits.max_output_bytes;
-        let stdout = match output {
-            JobWriter::Direct(sink) => GuestOutput::new(sink, cap, Overflow::Stop, stop.clone()),
-            JobWriter::Stream(sink) => {
-                GuestOutput::with_deadline(sink, cap, Overflow::Stop, stop.clone(), deadline)
+        let (stdout, in_memory) = match output {
+            JobWriter::Memory => {
+                let buffer = MemoryOutput::default();
+                let sink: Box<dyn Write + Send> = Box::new(buffer.clone());
+                (
+                    GuestOutput::new(sink, cap, Overflow::Stop, stop.clone()),
+                    Some(buffer),
+                )
             }
+            JobWriter::Stream(sink) => (
+                GuestOutput::with_deadline(sink, cap, Overflow::Stop, stop.clone(), deadline),
+                None,
+            ),
         };
         let stderr = GuestOutput::new(
             Vec::new(),
@@ -559,7 +567,10 @@ impl Sandbox {
             stderr: stderr.take_sink(),
             stderr_truncated: stderr.overflowed(),
             attempt: job.attempt + 1,
-            output: JobOutput::Written,
+            output: match in_memory {
+                Some(buffer) => JobOutput::Inline(buffer.take()),
+                None => JobOutput::Written,
+            },
         }
         .capped()
     }

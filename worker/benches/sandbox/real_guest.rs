@@ -266,14 +266,14 @@ impl Sluice {
 
     /// One job over `input`, its output discarded: through `Sandbox::run` (input and
     /// output that may stall, served by helper threads) or, `in_memory`, through
-    /// `Sandbox::run_io` with the input in memory and a sink that never blocks.
+    /// `Sandbox::run_io` with the input in memory and the output collected in memory.
     pub fn job(&self, input: &Bytes, in_memory: bool) {
         let result = if in_memory {
             self.sandbox.run_io(
                 &self.module,
                 &self.job,
                 JobReader::Memory(input.clone()),
-                JobWriter::Direct(Box::new(std::io::sink())),
+                JobWriter::Memory,
             )
         } else {
             self.sandbox.run(
@@ -585,20 +585,22 @@ pub fn rss_probe(pool: Pool, wasm: &[u8]) {
 }
 
 /// Runs one setting's loop for a long time, for `perf record`: `bare-NAME` (a [`Pool`]
-/// name), `sluice-default` / `sluice-chosen` (`Sandbox::run_io`, memory in, direct
-/// out) or `sluice-chosen-run` (`Sandbox::run`, stdio by helper threads).
+/// name), `sluice-default` / `sluice-chosen` / `sluice-pagemap` (`Sandbox::run_io`,
+/// input and output in memory) or `sluice-default-run` / `sluice-chosen-run`
+/// (`Sandbox::run`, stdio by helper threads).
 pub fn profile(what: &str, wasm: &[u8]) {
     const PROFILED_JOBS: u32 = 200_000;
     let input = Bytes::from(vec![b'a'; INPUT_BYTES]);
     let job: Box<dyn Fn()> = match what {
-        "sluice-default" | "sluice-chosen" | "sluice-chosen-run" => {
-            let setting = if what == "sluice-default" {
-                Setting::Before
-            } else {
-                Setting::Chosen
+        "sluice-default" | "sluice-chosen" | "sluice-pagemap" | "sluice-chosen-run"
+        | "sluice-default-run" => {
+            let setting = match what {
+                "sluice-default" | "sluice-default-run" => Setting::Before,
+                "sluice-pagemap" => Setting::Pagemap,
+                _ => Setting::Chosen,
             };
             let sluice = Sluice::new(sandbox_config(setting), wasm, false);
-            let in_memory = what != "sluice-chosen-run";
+            let in_memory = !what.ends_with("-run");
             Box::new(move || sluice.job(&input, in_memory))
         }
         other => {
