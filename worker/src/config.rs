@@ -37,8 +37,8 @@ pub struct SandboxConfig {
     /// each of the two engines (see `docs/benchmarks.md`, "Sandbox", for the measured
     /// per-slot figure). 0 returns everything (wasmtime's default).
     pub memory_keep_resident_bytes: u64,
-    /// As [`Self::memory_keep_resident_bytes`], for each slot's tables (a C guest's
-    /// function table for indirect calls).
+    /// As [`Self::memory_keep_resident_bytes`], for each of a slot's tables (up to 4;
+    /// a C guest's function table for indirect calls).
     pub table_keep_resident_bytes: u64,
     /// Whether a slot's reset asks the kernel which pages the guest dirtied (Linux's
     /// `PAGEMAP_SCAN` ioctl, 6.7+; ignored where unsupported) and resets only those,
