@@ -1,8 +1,10 @@
 //! A pool slot's memory never carries one job's data into the next: with memory kept
 //! resident between instances (`SandboxConfig::memory_keep_resident_bytes`, reset in
-//! place by wasmtime instead of returned to the kernel; its dirty pages found by
-//! `PAGEMAP_SCAN` or the whole part `memset`), beyond it, and with nothing kept, a guest that reuses the slot sees its own data image and zeros, never what
-//! the previous instance wrote.
+//! place by wasmtime instead of returned to the kernel: the whole part `memset` by
+//! default, or only the dirty pages `PAGEMAP_SCAN` finds when opted in), beyond it,
+//! and with nothing kept, a guest that reuses the slot sees its own data image and
+//! zeros, never what the previous instance wrote. Page-pattern guests (many dirty
+//! pages, scattered dirty pages) alternate with a guest that has a data image.
 //!
 //! The sandbox has one slot, so every job runs in the same slot's memory. Each guest
 //! dumps four 32-byte regions to stdout (its data segment; the initial memory; memory
@@ -214,6 +216,111 @@ fn memory_all_kept_resident_is_reset_between_jobs_in_one_slot() {
 #[test]
 fn memory_returned_to_the_kernel_is_zero_in_the_next_job() {
     check(
+        SandboxConfig {
+            memory_keep_resident_bytes: 0,
+            table_keep_resident_bytes: 0,
+            ..SandboxConfig::default()
+        },
+        "nothing kept resident",
+    );
+}
+
+/// Where the page-pattern guests check and write: from 64 KiB to 1.3125 MiB, across the
+/// end of the default resident megabyte.
+const PATTERN_START: u32 = 0x10000;
+/// End of the range every page-pattern guest checks (the data-image guest's secrets at
+/// 0x10000, 0x80000 and 0x140000 fall inside it).
+const PATTERN_END: u32 = 0x150000;
+
+/// A guest without a data segment that traps (`unreachable`) unless every byte of
+/// `[PATTERN_START, PATTERN_END)` is zero, then fills `count` 4 KiB pages with the
+/// secret, every `stride`-th page from `PATTERN_START`: 300 consecutive pages (more
+/// dirty pages than the resident megabyte holds) or every other page over 160 pages
+/// (80 separate dirty runs), the shapes where a dirty-page scan stops early.
+fn pattern_guest(count: u32, stride: u32) -> String {
+    assert!(PATTERN_START + (count * stride) * 4096 <= PATTERN_END);
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (local $addr i32)
+    (local $page i32)
+    ;; 1 → 21 pages (1.3125 MiB).
+    (if (i32.eq (memory.grow (i32.const 20)) (i32.const -1))
+      (then unreachable))
+    (local.set $addr (i32.const {PATTERN_START}))
+    (loop $check
+      (if (i64.ne (i64.load (local.get $addr)) (i64.const 0))
+        (then unreachable))
+      (local.set $addr (i32.add (local.get $addr) (i32.const 8)))
+      (br_if $check (i32.lt_u (local.get $addr) (i32.const {PATTERN_END}))))
+    (loop $dirty
+      (memory.fill
+        (i32.add (i32.const {PATTERN_START})
+          (i32.mul (local.get $page) (i32.const {page_step})))
+        (i32.const {SECRET})
+        (i32.const 4096))
+      (local.set $page (i32.add (local.get $page) (i32.const 1)))
+      (br_if $dirty (i32.lt_u (local.get $page) (i32.const {count}))))))"#,
+        page_step = stride * 4096,
+    )
+}
+
+/// Page-pattern guests and a guest with a data image, in turn in the one slot: each
+/// must find the range zero (or its image) whatever the previous one dirtied.
+fn check_patterns(config: SandboxConfig, what: &str) {
+    let sandbox = Sandbox::new(SandboxConfig { slots: 1, ..config }).expect("sandbox");
+    let image = "IMAGE-OF-TENANT-C-32-BYTES-LONG!";
+    let dense = sandbox
+        .load_module(pattern_guest(300, 1).as_bytes())
+        .expect("loads");
+    let sparse = sandbox
+        .load_module(pattern_guest(80, 2).as_bytes())
+        .expect("loads");
+    let imaged = sandbox.load_module(guest(image).as_bytes()).expect("loads");
+    let modules = [&dense, &sparse, &imaged];
+    let names = ["300 dirty pages", "every other page", "data image"];
+    for (round, which) in [0, 1, 0, 0, 1, 1, 2, 0, 2, 1, 2, 2, 0]
+        .into_iter()
+        .enumerate()
+    {
+        let (outcome, got) = run(&sandbox, modules[which]);
+        assert_eq!(
+            outcome,
+            Outcome::Success,
+            "{what}, job {round} ({}): a trap means the guest found a previous job's \
+             bytes in its memory",
+            names[which]
+        );
+        if which == 2 {
+            let wrong = differences(&got, &expected(image));
+            assert!(
+                wrong.is_empty(),
+                "{what}, job {round} (data image) saw a previous job's memory: {wrong:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn many_and_scattered_dirty_pages_are_reset_between_jobs() {
+    check_patterns(SandboxConfig::default(), "default (memset reset)");
+}
+
+#[test]
+fn many_and_scattered_dirty_pages_are_reset_with_pagemap_scan() {
+    check_patterns(
+        SandboxConfig {
+            pagemap_scan: true,
+            ..SandboxConfig::default()
+        },
+        "PAGEMAP_SCAN reset",
+    );
+}
+
+#[test]
+fn many_and_scattered_dirty_pages_returned_to_the_kernel_are_zero() {
+    check_patterns(
         SandboxConfig {
             memory_keep_resident_bytes: 0,
             table_keep_resident_bytes: 0,
