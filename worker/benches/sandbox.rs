@@ -64,7 +64,7 @@ fn bare_engine(fuel: bool, epochs: bool) -> Engine {
         .total_memories(16)
         .total_tables(64)
         .max_memory_size(4 << 30)
-        .decommit_batch_size(8)
+        .decommit_batch_size(1)
         .linear_memory_keep_resident(defaults.memory_keep_resident_bytes as usize)
         .table_keep_resident(defaults.table_keep_resident_bytes as usize)
         .pagemap_scan(if defaults.pagemap_scan {
