@@ -13,8 +13,11 @@
 //! table likewise: two elements (one inside the table bytes kept resident, one past
 //! them) must be null when the guest starts, or it traps; it then sets them.
 
-use std::io::{Cursor, Write};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::io::Cursor;
+
+use common::Captured;
 
 use sluice_shared::{Job, JobInput, Limits, Outcome};
 use sluice_worker::{LoadedModule, Sandbox, SandboxConfig};
@@ -82,20 +85,6 @@ fn expected(image: &str) -> Vec<u8> {
     out
 }
 
-/// A `Write` whose bytes the test reads afterwards.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn run(sandbox: &Sandbox, module: &LoadedModule) -> (Outcome, Vec<u8>) {
     let mut job = Job::new(module.hash(), JobInput::Inline(Vec::new()));
     job.limits = Limits {
@@ -109,7 +98,7 @@ fn run(sandbox: &Sandbox, module: &LoadedModule) -> (Outcome, Vec<u8>) {
         Box::new(Cursor::new(Vec::new())),
         Box::new(output.clone()),
     );
-    let bytes = output.0.lock().unwrap().clone();
+    let bytes = output.bytes();
     (result.outcome, bytes)
 }
 
