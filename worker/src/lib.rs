@@ -57,4 +57,4 @@ pub mod streams;
 pub use config::{DirGrant, SandboxConfig};
 pub use job_io::{JobReader, JobWriter};
 pub use raw_abi::PROCESS as RAW_PROCESS_EXPORT;
-pub use sandbox::{CompiledSource, LoadedModule, Metering, Sandbox, SandboxError};
+pub use sandbox::{CompiledSource, LoadedModule, Metering, PoolResident, Sandbox, SandboxError};

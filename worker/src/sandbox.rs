@@ -287,6 +287,20 @@ impl Sandbox {
         &self.config
     }
 
+    /// What the instance pools of both engines keep resident in their free slots now
+    /// (`SandboxConfig::memory_keep_resident_bytes` and `table_keep_resident_bytes` at
+    /// work): linear-memory bytes and table bytes.
+    pub fn pool_resident_bytes(&self) -> PoolResident {
+        let mut resident = PoolResident::default();
+        for set in &self.engines {
+            if let Some(metrics) = set.engine.pooling_allocator_metrics() {
+                resident.memory += metrics.unused_memory_bytes_resident() as u64;
+                resident.tables += metrics.unused_table_bytes_resident() as u64;
+            }
+        }
+        resident
+    }
+
     fn engine_set(config: &SandboxConfig, metering: Metering) -> Result<EngineSet, SandboxError> {
         let engine_err = |e: wasmtime::Error| SandboxError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::new();
@@ -883,4 +897,13 @@ mod tests {
             Ok(_) => panic!("a zero epoch tick was accepted"),
         }
     }
+}
+
+/// Bytes the instance pools keep resident in free slots ([`Sandbox::pool_resident_bytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolResident {
+    /// Linear-memory bytes.
+    pub memory: u64,
+    /// Table bytes.
+    pub tables: u64,
 }

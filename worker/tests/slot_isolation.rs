@@ -156,6 +156,27 @@ fn check(config: SandboxConfig, what: &str) {
             "{what}, job {round} (tenant {tenant}) saw a previous job's memory: {wrong:#?}"
         );
     }
+    assert_resident_as_configured(&sandbox, what);
+}
+
+/// The reset path the test meant ran: a pool keeping memory resident holds some in
+/// its free slot after the jobs, one keeping none holds none.
+fn assert_resident_as_configured(sandbox: &Sandbox, what: &str) {
+    let resident = sandbox.pool_resident_bytes();
+    let config = sandbox.config();
+    assert_eq!(
+        resident.memory > 0,
+        config.memory_keep_resident_bytes > 0,
+        "{what}: {} memory bytes resident in free slots with {} kept",
+        resident.memory,
+        config.memory_keep_resident_bytes
+    );
+    assert!(
+        resident.memory <= config.memory_keep_resident_bytes,
+        "{what}: {} memory bytes resident, more than the {} kept",
+        resident.memory,
+        config.memory_keep_resident_bytes
+    );
 }
 
 #[test]
@@ -289,6 +310,7 @@ fn check_patterns(config: SandboxConfig, what: &str) {
             );
         }
     }
+    assert_resident_as_configured(&sandbox, what);
 }
 
 #[test]
