@@ -5,7 +5,14 @@
 //! classification) costs:
 //! 1. a no-op job's instantiate-and-run on one thread (and on two);
 //! 2. fuel metering and epoch interruption on a compute loop, against neither;
-//! 3. streaming the uppercase filter over 256 MiB (WASI and raw ABI), with peak RSS.
+//! 3. streaming the uppercase filter over 256 MiB (WASI and raw ABI), with peak RSS;
+//! 4. a real wasi-libc C guest per job (uppercase over 4 KiB) under each pooling
+//!    setting, CPU time and kernel share per job, and the resident memory per pool slot
+//!    each setting costs (`real_guest.rs`).
+//!
+//! `cargo bench -p sluice-worker --bench sandbox -- real` runs only the fourth;
+//! `-- --profile sluice-chosen` (or `sluice-default`, `bare-keep-resident`, …) runs one
+//! loop of it for `perf record`.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -21,6 +28,11 @@ use wasmtime::{
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{InputFile, OutputFile};
 use wasmtime_wasi::p1::WasiP1Ctx;
+
+#[path = "sandbox/procfs.rs"]
+mod procfs;
+#[path = "sandbox/real_guest.rs"]
+mod real_guest;
 
 fn guest(name: &str) -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -42,15 +54,24 @@ fn peak_rss_mib() -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
-/// The bare baseline's engine: the same pooling, copy-on-write and epoch settings as the
-/// sandbox's unmetered engine.
+/// The bare baseline's engine: the same pooling (with the resident memory and tables
+/// the sandbox keeps), copy-on-write and epoch settings as the sandbox's unmetered
+/// engine.
 fn bare_engine(fuel: bool, epochs: bool) -> Engine {
+    let defaults = SandboxConfig::default();
     let mut pool = PoolingAllocationConfig::new();
     pool.total_core_instances(16)
         .total_memories(16)
         .total_tables(64)
         .max_memory_size(4 << 30)
-        .decommit_batch_size(8);
+        .decommit_batch_size(1)
+        .linear_memory_keep_resident(defaults.memory_keep_resident_bytes as usize)
+        .table_keep_resident(defaults.table_keep_resident_bytes as usize)
+        .pagemap_scan(if defaults.pagemap_scan {
+            wasmtime::Enabled::Auto
+        } else {
+            wasmtime::Enabled::No
+        });
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -372,9 +393,26 @@ fn streaming(sandbox: &Sandbox) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; anything else is a filter we do not need.
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
-    noop(&sandbox);
-    compute();
-    streaming(&sandbox);
+    // `cargo bench` passes `--bench`; `real` runs only the real-guest section, and the
+    // two options below are this bench re-run for one measurement.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    if let Some(pool) = option("--rss-probe") {
+        let pool = real_guest::Pool::named(pool).expect("a pool setting name");
+        return real_guest::rss_probe(pool, &guest(real_guest::GUEST));
+    }
+    if let Some(target) = option("--profile") {
+        return real_guest::profile(target, &guest(real_guest::GUEST));
+    }
+    if !args.iter().any(|a| a == "real") {
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+        noop(&sandbox);
+        compute();
+        streaming(&sandbox);
+    }
+    real_guest::run(&guest(real_guest::GUEST));
 }

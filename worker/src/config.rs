@@ -28,6 +28,33 @@ pub struct SandboxConfig {
     pub raw_chunk_bytes: usize,
     /// Directories this worker grants to guests (never `/`).
     pub dir_grants: Vec<DirGrant>,
+    /// Bytes at the start of each pool slot's linear memory kept resident between
+    /// instances: when a guest ends, wasmtime resets them in place with `memset` (to
+    /// zeros, or to the module's data image where it has one) instead of handing them
+    /// back to the kernel with `madvise`, so the next job in the slot takes no page
+    /// faults and no TLB-shootdown IPIs on them. Memory beyond this is still returned.
+    /// The price is resident memory: up to this much per slot that has run a job, on
+    /// each of the two engines (see `docs/benchmarks.md`, "Sandbox", for the measured
+    /// per-slot figure). 0 returns everything (wasmtime's default).
+    pub memory_keep_resident_bytes: u64,
+    /// As [`Self::memory_keep_resident_bytes`], for each of a slot's tables (up to 4;
+    /// a C guest's function table for indirect calls).
+    pub table_keep_resident_bytes: u64,
+    /// Whether a slot's reset asks the kernel which pages the guest dirtied (Linux's
+    /// `PAGEMAP_SCAN` ioctl, 6.7+; ignored where unsupported) and resets only those,
+    /// instead of `memset`ting the whole resident part: one system call per job in
+    /// place of rewriting up to [`Self::memory_keep_resident_bytes`], and only the
+    /// pages a guest used stay resident.
+    ///
+    /// Off by default, and must stay off on wasmtime 48: its scan resets only the
+    /// pages that are resident at scan time, so a dirty page that is swapped out or
+    /// being migrated (compaction, NUMA balancing) is neither reset nor released and
+    /// the next tenant's instance in the slot reads the previous tenant's bytes (for
+    /// tables, stale function references into a freed instance). Turn it on only on
+    /// a wasmtime release that resets or releases non-resident dirty pages
+    /// (upstream: bytecodealliance/wasmtime#14357). Off, the kept part is reset with
+    /// `memset`, which writes every kept byte whether resident or not.
+    pub pagemap_scan: bool,
 }
 
 impl SandboxConfig {
@@ -48,6 +75,19 @@ impl SandboxConfig {
     pub const DEFAULT_STDERR_CAP_BYTES: usize = 64 << 10;
     /// Default raw-ABI chunk: 64 KiB.
     pub const DEFAULT_RAW_CHUNK_BYTES: usize = 64 << 10;
+    /// Default linear memory kept resident per slot: 1 MiB, more than a wasi-libc C
+    /// guest's whole memory (192 KiB for the uppercase filter), so such a guest reuses
+    /// its slot without a page fault. The reset `memset`s the whole kept part, so a
+    /// slot that has run a job keeps up to this much resident (~200 KiB for that
+    /// guest: its whole memory; `docs/benchmarks.md`).
+    pub const DEFAULT_MEMORY_KEEP_RESIDENT_BYTES: u64 = 1 << 20;
+    /// Default table bytes kept resident per slot: 64 KiB (8,192 function references).
+    pub const DEFAULT_TABLE_KEEP_RESIDENT_BYTES: u64 = 64 << 10;
+    /// Most linear memory kept resident per slot: 64 MiB (a worker keeps up to
+    /// `2 × slots ×` this resident).
+    pub const MAX_MEMORY_KEEP_RESIDENT_BYTES: u64 = 64 << 20;
+    /// Most table bytes kept resident per slot: 16 MiB.
+    pub const MAX_TABLE_KEEP_RESIDENT_BYTES: u64 = 16 << 20;
 }
 
 /// A [`SandboxConfig`] value outside what the sandbox can honour.
@@ -137,6 +177,18 @@ impl SandboxConfig {
             (1..=16 << 20).contains(&self.raw_chunk_bytes),
             "between 1 byte and 16 MiB",
         )?;
+        check(
+            "memory_keep_resident_bytes",
+            self.memory_keep_resident_bytes,
+            self.memory_keep_resident_bytes <= Self::MAX_MEMORY_KEEP_RESIDENT_BYTES,
+            "at most 64 MiB (each slot of each engine may keep this much resident)",
+        )?;
+        check(
+            "table_keep_resident_bytes",
+            self.table_keep_resident_bytes,
+            self.table_keep_resident_bytes <= Self::MAX_TABLE_KEEP_RESIDENT_BYTES,
+            "at most 16 MiB (each slot of each engine may keep this much resident)",
+        )?;
         for grant in &self.dir_grants {
             check(
                 "dir_grants",
@@ -161,6 +213,9 @@ impl Default for SandboxConfig {
             stderr_cap_bytes: Self::DEFAULT_STDERR_CAP_BYTES,
             raw_chunk_bytes: Self::DEFAULT_RAW_CHUNK_BYTES,
             dir_grants: Vec::new(),
+            memory_keep_resident_bytes: Self::DEFAULT_MEMORY_KEEP_RESIDENT_BYTES,
+            table_keep_resident_bytes: Self::DEFAULT_TABLE_KEEP_RESIDENT_BYTES,
+            pagemap_scan: false,
         }
     }
 }
@@ -306,6 +361,20 @@ mod tests {
                 "raw_chunk_bytes",
                 SandboxConfig {
                     raw_chunk_bytes: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "memory_keep_resident_bytes",
+                SandboxConfig {
+                    memory_keep_resident_bytes: 1 << 30,
+                    ..Default::default()
+                },
+            ),
+            (
+                "table_keep_resident_bytes",
+                SandboxConfig {
+                    table_keep_resident_bytes: 1 << 30,
                     ..Default::default()
                 },
             ),

@@ -48,6 +48,7 @@ pub mod executor;
 pub mod fleet;
 pub mod health;
 mod hostcalls;
+pub mod job_io;
 mod limiter;
 pub mod logging;
 pub mod metrics;
@@ -57,5 +58,6 @@ mod sandbox;
 pub mod streams;
 
 pub use config::{DirGrant, SandboxConfig};
+pub use job_io::{JobReader, JobWriter};
 pub use raw_abi::PROCESS as RAW_PROCESS_EXPORT;
-pub use sandbox::{CompiledSource, LoadedModule, Metering, Sandbox, SandboxError};
+pub use sandbox::{CompiledSource, LoadedModule, Metering, PoolResident, Sandbox, SandboxError};

@@ -90,6 +90,21 @@ impl GuestStdin {
         }
     }
 
+    /// Stdin holding the whole input already: handed out on the guest's thread, in
+    /// slices of `input`, with nothing to wait for.
+    pub fn from_bytes(input: Bytes) -> Self {
+        GuestStdin {
+            state: Arc::new(Mutex::new(StdinState {
+                source: Source::Ended,
+                current: input,
+                consumed: 0,
+                error: None,
+                timed_out: false,
+            })),
+            deadline: None,
+        }
+    }
+
     /// Bytes the guest has read so far.
     pub fn consumed(&self) -> u64 {
         self.state.lock().consumed

@@ -1,0 +1,625 @@
+//! A real wasi-libc C guest per job (issue 13): `uppercase.wasm` (`getchar`/`putchar`)
+//! over a 4 KiB input, one fresh instance and WASI context per job, bare wasmtime
+//! beside `Sandbox::run`, under each pooling setting worth weighing.
+//!
+//! Every figure is CPU time of the whole process per job (user + kernel, from
+//! `/proc/self/stat`, so the sandbox's stdio helper threads count), the median of
+//! [`RUNS`] runs of [`JOBS`] jobs, the settings interleaved within each run so a change
+//! in the machine's load touches all of them alike. The guest's own work is measured
+//! apart (the same guest streaming a long input through one instance), so what is left
+//! of a job is the sandbox's fixed cost: instantiation, the WASI context, the guest's
+//! start-up and exit, teardown and the slot's reset.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_shared::{EntryPoint, Limits};
+use sluice_worker::compile::engine::{EngineSettings, code_config};
+use sluice_worker::{JobReader, JobWriter, LoadedModule, Metering, Sandbox, SandboxConfig};
+use wasmtime::{
+    Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, Store,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+use crate::procfs::{self, Cpu};
+
+/// Jobs per run and thread.
+pub const JOBS: u32 = 20_000;
+/// Runs per figure; the median is shown.
+pub const RUNS: usize = 5;
+/// The input each job uppercases.
+pub const INPUT_BYTES: usize = 4 << 10;
+/// The guest.
+pub const GUEST: &str = "uppercase.wasm";
+
+/// An instance-allocation setting for the bare engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    /// The sandbox's pool before issue 13: its limits, batched decommits, nothing kept.
+    Default,
+    /// As `Default`, keeping the sandbox's default resident memory and table bytes.
+    KeepResident,
+    /// As `KeepResident`, resetting only the pages the guest dirtied (`PAGEMAP_SCAN`).
+    KeepResidentPagemap,
+    /// As `KeepResident`, with the batched decommits the sandbox had before it
+    /// returned each slot as the job ends (`decommit_batch_size(slots / 2)`).
+    KeepResidentBatched,
+    /// No pool: every instance maps and unmaps its own memory.
+    OnDemand,
+}
+
+impl Pool {
+    /// Every setting, in table order.
+    pub const ALL: [Pool; 5] = [
+        Pool::Default,
+        Pool::KeepResident,
+        Pool::KeepResidentPagemap,
+        Pool::KeepResidentBatched,
+        Pool::OnDemand,
+    ];
+
+    /// The name used on the command line (`--rss-probe NAME`, `--profile bare-NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Default => "default",
+            Pool::KeepResident => "keep-resident",
+            Pool::KeepResidentPagemap => "keep-resident-pagemap",
+            Pool::KeepResidentBatched => "keep-resident-batched",
+            Pool::OnDemand => "on-demand",
+        }
+    }
+
+    /// The setting named `name`.
+    pub fn named(name: &str) -> Option<Pool> {
+        Pool::ALL.into_iter().find(|pool| pool.name() == name)
+    }
+
+    fn label(self) -> String {
+        let kept = SandboxConfig::default();
+        let keep = format!(
+            "keep_resident(memory {} KiB, table {} KiB)",
+            kept.memory_keep_resident_bytes >> 10,
+            kept.table_keep_resident_bytes >> 10
+        );
+        match self {
+            Pool::Default => "pooling, nothing kept resident (the pre-issue-13 pool)".into(),
+            Pool::KeepResident => format!("pooling, {keep}"),
+            Pool::KeepResidentPagemap => format!("pooling, {keep} + pagemap_scan(Auto)"),
+            Pool::KeepResidentBatched => {
+                format!("pooling, {keep}, decommit_batch_size(slots / 2)")
+            }
+            Pool::OnDemand => "on-demand allocator".into(),
+        }
+    }
+
+    /// The pre-issue-13 pool and `KeepResidentBatched` batch decommits over half the
+    /// slots; the others return each slot as its instance drops, as the sandbox does.
+    fn decommit_batch_size(self) -> usize {
+        match self {
+            Pool::Default | Pool::KeepResidentBatched => {
+                (SandboxConfig::default().slots as usize / 2).max(1)
+            }
+            _ => 1,
+        }
+    }
+
+    /// The allocation strategy: the sandbox's own pool limits (as `Sandbox` builds them
+    /// from the default `SandboxConfig`), with this setting's reset behaviour.
+    fn strategy(self) -> InstanceAllocationStrategy {
+        let config = SandboxConfig::default();
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(config.slots)
+            .total_memories(config.slots)
+            .total_tables(config.slots * 4)
+            .max_tables_per_module(4)
+            .max_memories_per_module(1)
+            .total_component_instances(0)
+            .total_stacks(0)
+            .table_elements(config.max_table_elements)
+            .max_memory_size(config.max_guest_memory_bytes as usize)
+            .decommit_batch_size(self.decommit_batch_size());
+        if matches!(
+            self,
+            Pool::KeepResident | Pool::KeepResidentPagemap | Pool::KeepResidentBatched
+        ) {
+            pool.linear_memory_keep_resident(config.memory_keep_resident_bytes as usize)
+                .table_keep_resident(config.table_keep_resident_bytes as usize);
+        }
+        if self == Pool::KeepResidentPagemap {
+            pool.pagemap_scan(Enabled::Auto);
+        }
+        match self {
+            Pool::OnDemand => InstanceAllocationStrategy::OnDemand,
+            _ => InstanceAllocationStrategy::Pooling(pool),
+        }
+    }
+}
+
+/// The sandbox settings compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// Before issue 13: nothing kept resident.
+    Before,
+    /// The chosen defaults: memory and tables kept resident, reset by `memset`.
+    Chosen,
+    /// As `Chosen`, dirty pages found by `PAGEMAP_SCAN` (opt-in; unsafe on wasmtime 48:
+    /// see `SandboxConfig::pagemap_scan`).
+    Pagemap,
+}
+
+/// The `SandboxConfig` of `setting`.
+pub fn sandbox_config(setting: Setting) -> SandboxConfig {
+    let chosen = SandboxConfig::default();
+    match setting {
+        Setting::Chosen => chosen,
+        Setting::Pagemap => SandboxConfig {
+            pagemap_scan: true,
+            ..chosen
+        },
+        Setting::Before => SandboxConfig {
+            memory_keep_resident_bytes: 0,
+            table_keep_resident_bytes: 0,
+            pagemap_scan: false,
+            ..chosen
+        },
+    }
+}
+
+/// The guest on bare wasmtime: the sandbox's unmetered engine configuration, the WASI
+/// linker, an `InstancePre`.
+pub struct Bare {
+    engine: Engine,
+    linker: Linker<WasiP1Ctx>,
+    module: Module,
+    pre: InstancePre<WasiP1Ctx>,
+}
+
+impl Bare {
+    /// Compiles the guest for an engine with `pool`.
+    pub fn new(pool: Pool, wasm: &[u8]) -> Bare {
+        let mut config = code_config(
+            &EngineSettings::of(&SandboxConfig::default()),
+            Metering::Off,
+        );
+        config.allocation_strategy(pool.strategy());
+        let engine = Engine::new(&config).expect("engine");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut WasiP1Ctx| s).unwrap();
+        let module = Module::new(&engine, wasm).expect("guest compiles");
+        let pre = linker.instantiate_pre(&module).unwrap();
+        Bare {
+            engine,
+            linker,
+            module,
+            pre,
+        }
+    }
+
+    /// A job's WASI context: `input` on stdin, stdout discarded.
+    fn wasi(input: &Bytes) -> WasiP1Ctx {
+        WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(input.clone()))
+            .stdout(SinkOutputStream)
+            .arg(GUEST)
+            .build_p1()
+    }
+
+    /// A store for one job, ready to instantiate into.
+    fn store(&self, input: &Bytes) -> Store<WasiP1Ctx> {
+        let mut store = Store::new(&self.engine, Self::wasi(input));
+        store.set_epoch_deadline(u64::MAX / 2);
+        store
+    }
+
+    /// Instantiates the guest into `store` (through the `InstancePre`, or the linker
+    /// when `pre` is false) and runs it to the end.
+    fn run_in(&self, store: &mut Store<WasiP1Ctx>, pre: bool) {
+        let instance = if pre {
+            self.pre.instantiate(&mut *store)
+        } else {
+            self.linker.instantiate(&mut *store, &self.module)
+        }
+        .expect("instantiates");
+        let start = instance
+            .get_typed_func::<(), ()>(&mut *store, "_start")
+            .unwrap();
+        match start.call(&mut *store, ()) {
+            Ok(()) => {}
+            Err(e) => assert_eq!(e.downcast_ref::<I32Exit>().map(|x| x.0), Some(0), "{e}"),
+        }
+    }
+
+    /// One job: a fresh store and WASI context over `input`.
+    pub fn job(&self, input: &Bytes, pre: bool) {
+        let mut store = self.store(input);
+        self.run_in(&mut store, pre);
+    }
+}
+
+/// The guest in a `Sandbox`.
+pub struct Sluice {
+    sandbox: Arc<Sandbox>,
+    module: Arc<LoadedModule>,
+    job: sluice_shared::Job,
+}
+
+impl Sluice {
+    /// A sandbox with `config` and the guest loaded; `fuel` makes the job metered.
+    pub fn new(config: SandboxConfig, wasm: &[u8], fuel: bool) -> Sluice {
+        let sandbox = Arc::new(Sandbox::new(config).expect("sandbox"));
+        let module = sandbox.load_named_module(wasm, GUEST).expect("guest loads");
+        let limits = Limits {
+            fuel: fuel.then_some(1 << 40),
+            ..Limits::default()
+        };
+        Sluice {
+            sandbox,
+            module,
+            job: crate::job(EntryPoint::Command, limits),
+        }
+    }
+
+    /// One job over `input`, its output discarded: through `Sandbox::run` (input and
+    /// output that may stall, served by helper threads) or, `in_memory`, through
+    /// `Sandbox::run_io` with the input in memory and the output collected in memory.
+    pub fn job(&self, input: &Bytes, in_memory: bool) {
+        let result = if in_memory {
+            self.sandbox.run_io(
+                &self.module,
+                &self.job,
+                JobReader::Memory(input.clone()),
+                JobWriter::Memory,
+            )
+        } else {
+            self.sandbox.run(
+                &self.module,
+                &self.job,
+                Box::new(Cursor::new(input.clone())),
+                Box::new(std::io::sink()),
+            )
+        };
+        assert!(result.outcome.is_success(), "{}", result.outcome);
+        assert_eq!(result.stats.output_bytes, input.len() as u64);
+    }
+}
+
+/// One run's cost per job.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    /// Wall-clock µs per job (per job of one thread when several run).
+    wall_us: f64,
+    /// Process CPU µs per job.
+    cpu_us: f64,
+    /// Kernel share of that CPU time.
+    kernel: f64,
+}
+
+/// CPU time a sample runs for at least: 1 s, a hundred clock ticks, so the tick
+/// granularity of `/proc/self/stat` stays within 1%.
+const MIN_SAMPLE_TICKS: u64 = 100;
+
+/// Runs `job` on each of `threads` threads (a tenth of [`JOBS`] to warm up, then at
+/// least [`JOBS`], more until the process has used [`MIN_SAMPLE_TICKS`]) and takes the
+/// process's CPU time.
+fn sample(threads: usize, job: &(dyn Fn() + Sync)) -> Sample {
+    let run = |n: u32| {
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| (0..n).for_each(|_| job()));
+            }
+        })
+    };
+    run(JOBS / 10);
+    let before = Cpu::now();
+    let started = Instant::now();
+    let mut per_thread = 0;
+    while per_thread < JOBS {
+        run(JOBS);
+        per_thread += JOBS;
+    }
+    while {
+        let used = Cpu::since(before);
+        used.user + used.system < MIN_SAMPLE_TICKS
+    } {
+        run(JOBS / 4);
+        per_thread += JOBS / 4;
+    }
+    let wall = started.elapsed().as_secs_f64() * 1e6;
+    let cpu = Cpu::since(before);
+    let jobs = f64::from(per_thread) * threads as f64;
+    Sample {
+        wall_us: wall / f64::from(per_thread),
+        cpu_us: cpu.total_us() / jobs,
+        kernel: cpu.kernel_share(),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A row of the table: a label and how to run one job.
+struct Row<'a> {
+    label: String,
+    threads: usize,
+    job: Box<dyn Fn() + Sync + 'a>,
+    samples: Vec<Sample>,
+}
+
+fn row<'a>(label: &str, threads: usize, job: Box<dyn Fn() + Sync + 'a>) -> Row<'a> {
+    Row {
+        label: label.to_owned(),
+        threads,
+        job,
+        samples: Vec::new(),
+    }
+}
+
+/// What the guest's own work on [`INPUT_BYTES`] costs: process CPU µs per 4 KiB while
+/// one instance streams 256 MiB (best of 3). It includes the `fd_read`/`fd_write`
+/// calls its stdio buffers make, which scale with the input, not with the job count.
+fn guest_work_us(bare: &Bare) -> f64 {
+    const STREAM: usize = 256 << 20;
+    let input = Bytes::from(
+        b"The Quick Brown Fox jumps over the lazy dog, 0123456789!\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(STREAM)
+            .collect::<Vec<u8>>(),
+    );
+    (0..3)
+        .map(|_| {
+            let mut store = bare.store(&input);
+            let before = Cpu::now();
+            bare.run_in(&mut store, true);
+            Cpu::since(before).total_us()
+        })
+        .fold(f64::MAX, f64::min)
+        * INPUT_BYTES as f64
+        / STREAM as f64
+}
+
+/// The WASI context alone: built and dropped, no instance (µs, median of runs).
+fn wasi_ctx_us(input: &Bytes) -> f64 {
+    median(
+        (0..RUNS)
+            .map(|_| {
+                let started = Instant::now();
+                for _ in 0..JOBS {
+                    drop(std::hint::black_box(Bare::wasi(input)));
+                }
+                started.elapsed().as_secs_f64() * 1e6 / f64::from(JOBS)
+            })
+            .collect(),
+    )
+}
+
+/// Prints the real-guest section.
+pub fn run(wasm: &[u8]) {
+    let input = Bytes::from(
+        b"Hello, World! the quick brown fox 0123456789\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(INPUT_BYTES)
+            .collect::<Vec<u8>>(),
+    );
+    let bare: Vec<(Pool, Bare)> = Pool::ALL
+        .into_iter()
+        .map(|pool| (pool, Bare::new(pool, wasm)))
+        .collect();
+    let sluice_default = Sluice::new(sandbox_config(Setting::Before), wasm, false);
+    let sluice_pagemap = Sluice::new(sandbox_config(Setting::Pagemap), wasm, false);
+    let sluice_chosen = Sluice::new(sandbox_config(Setting::Chosen), wasm, false);
+    let sluice_fuel = Sluice::new(sandbox_config(Setting::Chosen), wasm, true);
+    let keep = &bare[1].1;
+    let pagemap = &bare[2].1;
+
+    let input = &input;
+    let default = &bare[0].1;
+    let mut rows: Vec<Row> = bare
+        .iter()
+        .map(|(pool, engine)| {
+            row(
+                &format!("bare wasmtime, {}", pool.label()),
+                1,
+                Box::new(move || engine.job(input, true)),
+            )
+        })
+        .collect();
+    rows.extend([
+        row(
+            "bare wasmtime, keep_resident, `Linker::instantiate` (no `InstancePre`)",
+            1,
+            Box::new(move || keep.job(input, false)),
+        ),
+        row(
+            "sluice `Sandbox::run` (stdio by helper threads), pre-issue-13 pool",
+            1,
+            Box::new(|| sluice_default.job(input, false)),
+        ),
+        row(
+            "sluice `Sandbox::run` (stdio by helper threads), chosen defaults",
+            1,
+            Box::new(|| sluice_chosen.job(input, false)),
+        ),
+        row(
+            "sluice `Sandbox::run_io` (memory in, direct out), pre-issue-13 pool",
+            1,
+            Box::new(|| sluice_default.job(input, true)),
+        ),
+        row(
+            "sluice `Sandbox::run_io` (memory in, direct out), chosen defaults (keep_resident, memset reset)",
+            1,
+            Box::new(|| sluice_chosen.job(input, true)),
+        ),
+        row(
+            "sluice `Sandbox::run_io` (memory in, direct out), keep_resident + pagemap_scan (opt-in, unsafe on wasmtime 48)",
+            1,
+            Box::new(|| sluice_pagemap.job(input, true)),
+        ),
+        row(
+            "sluice `Sandbox::run_io`, chosen defaults, fuel-metered job",
+            1,
+            Box::new(|| sluice_fuel.job(input, true)),
+        ),
+        row(
+            "bare wasmtime, pre-issue-13 pool, 2 threads",
+            2,
+            Box::new(move || default.job(input, true)),
+        ),
+        row(
+            "bare wasmtime, keep_resident, 2 threads",
+            2,
+            Box::new(move || keep.job(input, true)),
+        ),
+        row(
+            "sluice `Sandbox::run_io`, pre-issue-13 pool, 2 threads",
+            2,
+            Box::new(|| sluice_default.job(input, true)),
+        ),
+        row(
+            "sluice `Sandbox::run_io`, chosen defaults, 2 threads",
+            2,
+            Box::new(|| sluice_chosen.job(input, true)),
+        ),
+    ]);
+
+    let load_before = procfs::load_average();
+    for _ in 0..RUNS {
+        for row in &mut rows {
+            row.samples.push(sample(row.threads, &*row.job));
+        }
+    }
+    let guest_us = guest_work_us(pagemap);
+    let ctx_us = wasi_ctx_us(input);
+    let load_after = procfs::load_average();
+
+    println!(
+        "## real C guest per job: {GUEST} over {} KiB, fresh instance and WASI context per job",
+        INPUT_BYTES >> 10
+    );
+    println!(
+        "(at least {JOBS} jobs per thread per run, more until 1 s of CPU; median of {RUNS} runs; wall figures depend on the load: load average {load_before} before, {load_after} after)"
+    );
+    println!(
+        "| configuration | wall µs/job | CPU µs/job | kernel share | CPU beyond the guest's work | jobs/s |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for row in &rows {
+        let wall = median(row.samples.iter().map(|s| s.wall_us).collect());
+        let cpu = median(row.samples.iter().map(|s| s.cpu_us).collect());
+        let kernel = median(row.samples.iter().map(|s| s.kernel).collect());
+        let per_second = row.threads as f64 * 1e6 / wall;
+        println!(
+            "| {} | {wall:.1} | {cpu:.1} | {:.1}% | {:.1} | {per_second:.0} |",
+            row.label,
+            kernel * 100.0,
+            cpu - guest_us
+        );
+    }
+    println!(
+        "the guest's own work on {} KiB (CPU of one instance streaming 256 MiB, per 4 KiB): {guest_us:.1} µs",
+        INPUT_BYTES >> 10
+    );
+    println!("building and dropping a WASI p1 context alone: {ctx_us:.2} µs");
+    println!(
+        "memory protection keys available on this CPU: {}",
+        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" pku"))
+    );
+    println!();
+    rss_table();
+}
+
+/// Runs the resident-memory probe of every setting in a child process of its own (so
+/// one setting's freed memory does not hide another's) and prints the table.
+fn rss_table() {
+    let slots = SandboxConfig::DEFAULT_SLOTS;
+    println!(
+        "## resident memory per pool slot after a warm run ({GUEST}, {slots} slots in use at once, then freed)"
+    );
+    println!("| setting | RSS per slot (KiB) | of which anonymous | file-backed |");
+    println!("| --- | --- | --- | --- |");
+    let exe = std::env::current_exe().expect("own path");
+    for pool in Pool::ALL {
+        let out = std::process::Command::new(&exe)
+            .args(["--rss-probe", pool.name()])
+            .output()
+            .expect("rss probe runs");
+        let line = String::from_utf8_lossy(&out.stdout);
+        println!("| {} | {} |", pool.label(), line.trim());
+    }
+    println!();
+}
+
+/// The probe run in a child: one warm job in one slot, then every slot held by an
+/// instance at once, each run to its end, all freed; prints the resident memory added
+/// per slot (`total | anonymous | file-backed`, KiB).
+pub fn rss_probe(pool: Pool, wasm: &[u8]) {
+    let slots = SandboxConfig::DEFAULT_SLOTS as usize;
+    let bare = Bare::new(pool, wasm);
+    let input = Bytes::from(vec![b'a'; INPUT_BYTES]);
+    bare.job(&input, true);
+    let before = procfs::rss_kib();
+    let mut stores: Vec<Store<WasiP1Ctx>> = (0..slots).map(|_| bare.store(&input)).collect();
+    for store in &mut stores {
+        bare.run_in(store, true);
+    }
+    drop(stores);
+    let after = procfs::rss_kib();
+    // The first instance took the warm slot again; the others each warmed one.
+    let per_slot = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / (slots - 1) as f64;
+    println!(
+        "{:.0} | {:.0} | {:.0}",
+        per_slot(after.0, before.0),
+        per_slot(after.1, before.1),
+        per_slot(after.2, before.2)
+    );
+}
+
+/// Runs one setting's loop for a long time, for `perf record`: `bare-NAME` (a [`Pool`]
+/// name), `sluice-default` / `sluice-chosen` / `sluice-pagemap` (`Sandbox::run_io`,
+/// input and output in memory) or `sluice-default-run` / `sluice-chosen-run`
+/// (`Sandbox::run`, stdio by helper threads).
+pub fn profile(what: &str, wasm: &[u8]) {
+    const PROFILED_JOBS: u32 = 200_000;
+    let input = Bytes::from(vec![b'a'; INPUT_BYTES]);
+    let job: Box<dyn Fn()> = match what {
+        "sluice-default" | "sluice-chosen" | "sluice-pagemap" | "sluice-chosen-run"
+        | "sluice-default-run" => {
+            let setting = match what {
+                "sluice-default" | "sluice-default-run" => Setting::Before,
+                "sluice-pagemap" => Setting::Pagemap,
+                _ => Setting::Chosen,
+            };
+            let sluice = Sluice::new(sandbox_config(setting), wasm, false);
+            let in_memory = !what.ends_with("-run");
+            Box::new(move || sluice.job(&input, in_memory))
+        }
+        other => {
+            let pool = other
+                .strip_prefix("bare-")
+                .and_then(Pool::named)
+                .unwrap_or_else(|| panic!("unknown profile target {other}"));
+            let bare = Bare::new(pool, wasm);
+            Box::new(move || bare.job(&input, true))
+        }
+    };
+    let cpu = Cpu::now();
+    for _ in 0..PROFILED_JOBS {
+        job();
+    }
+    let cpu = Cpu::since(cpu);
+    println!(
+        "{what}: {:.1} CPU µs/job, kernel {:.1}%",
+        cpu.total_us() / f64::from(PROFILED_JOBS),
+        cpu.kernel_share() * 100.0
+    );
+}
