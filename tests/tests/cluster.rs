@@ -143,8 +143,13 @@ fn the_api_and_a_worker_serve_jobs_and_batches_through_the_cluster() {
     let queue = "capi";
     let api = ServeProcess::start_with(&url, queue, ADMIN, &["--redis-cluster"]);
     let _worker = WorkerProcess::start(&url, queue, "w0", WORKER);
-    // The tenant store ({tenants}) and the queue ({capi}) are two slots, perhaps on
-    // two masters: both are reached.
+    // The tenant store ({tenants}) and the queue ({capi}) are on two masters (the
+    // queue's name is chosen so): both are reached.
+    assert_ne!(
+        cluster.master_of(sluice_shared::queue::redis::keys::TENANT_POLICIES),
+        cluster.master_of(&format!("sluice:{{{queue}}}:jobs")),
+        "the tenant store and the queue on two masters"
+    );
     let token = api.tenant("acme", json!({}));
     let bytes = std::fs::read(guest("uppercase.wasm")).unwrap();
     let uploaded = api.upload(&token, &bytes, "upper");
@@ -380,6 +385,19 @@ fn the_exporter_and_listings_read_the_queues_own_master() {
         Figures(Some(25.0), Some(25.0), Some(987_654_321.0)),
         "{figures}"
     );
+
+    // A standalone INFO (no keyed command beside it) goes to the queue's master every
+    // time: a random node would answer maxmemory 0 five times in six.
+    for _ in 0..12 {
+        let info = rt
+            .block_on(client.admin().server_info("memory"))
+            .expect("INFO memory");
+        assert!(
+            info.lines()
+                .any(|l| l.trim() == format!("maxmemory:{maxmemory}")),
+            "INFO memory from another node: {info}"
+        );
+    }
 
     let listed = bin("sluice")
         .args(["module", "ls", "--json", "--redis", &url, "--redis-cluster"])
