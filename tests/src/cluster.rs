@@ -18,6 +18,11 @@ use crate::wait;
 pub const MASTERS: usize = 3;
 /// How long the cluster may take to agree on a state (formed, failed over).
 const AGREE_WITHIN: Duration = Duration::from_secs(60);
+/// `CLUSTER FAILOVER` attempts before a failover test gives up.
+const FAILOVER_ATTEMPTS: usize = 3;
+/// How long one `CLUSTER FAILOVER` attempt may take to promote the replica (the
+/// server abandons a manual failover after 5 s).
+const PROMOTED_WITHIN: Duration = Duration::from_secs(8);
 
 /// A running Redis Cluster owned by a test.
 pub struct RedisCluster {
@@ -26,10 +31,25 @@ pub struct RedisCluster {
     _dir: tempfile::TempDir,
 }
 
-/// One node: its server process and client port.
-struct Node {
-    child: Option<Child>,
+/// One node: its server process and client port; killed (and reaped) when dropped,
+/// so a node started before a later one failed never outlives the test.
+pub struct Node {
+    child: Child,
     port: u16,
+}
+
+impl Node {
+    /// The node's client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One line of `CLUSTER NODES`.
@@ -54,8 +74,15 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Starts one cluster-enabled node in `dir` and returns once it accepts connections.
-fn spawn(port: u16, bus_port: u16, dir: &Path) -> Child {
+/// How long a node may take to accept connections.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// Starts one cluster-enabled node in `dir` (with `extra` arguments, e.g.
+/// `--requirepass`) on a free port and returns once it accepts connections. Panics
+/// (the node killed) if it exits or is not ready within [`READY_WITHIN`].
+pub fn spawn_node(dir: &Path, extra: &[&str]) -> Node {
+    let port = free_port();
+    let bus_port = free_port();
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--cluster-port", &bus_port.to_string()])
@@ -66,22 +93,34 @@ fn spawn(port: u16, bus_port: u16, dir: &Path) -> Child {
         .arg("--dir")
         .arg(dir)
         .args(["--logfile", ""])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server is installed (bash scripts/setup)");
     let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|line| line.contains("Ready to accept connections"));
-    assert!(
-        ready,
-        "cluster node on port {port} exited before it was ready"
-    );
-    std::thread::spawn(move || lines.for_each(drop));
-    child
+    // From here the node is killed however this returns.
+    let node = Node { child, port };
+    // The log is read on a thread of its own (and drained after "Ready"), so a
+    // server that neither gets ready nor exits cannot hold the test up past the bound.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        let ready = lines
+            .by_ref()
+            .any(|line| line.contains("Ready to accept connections"));
+        let _ = ready_tx.send(ready);
+        lines.for_each(drop);
+    });
+    match ready_rx.recv_timeout(READY_WITHIN) {
+        Ok(true) => node,
+        Ok(false) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("cluster node on port {port} exited before it was ready")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("cluster node on port {port} not ready within {READY_WITHIN:?}")
+        }
+    }
 }
 
 /// Runs `redis-cli -p PORT ARGS` and returns its stdout.
@@ -138,17 +177,17 @@ impl RedisCluster {
     /// masters.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let nodes: Vec<Node> = (0..MASTERS * 2)
-            .map(|_| {
-                let port = free_port();
-                let bus = free_port();
-                Node {
-                    child: Some(spawn(port, bus, dir.path())),
-                    port,
-                }
-            })
-            .collect();
-        let cluster = RedisCluster { nodes, _dir: dir };
+        // Each node is pushed as soon as it runs: if a later one fails, dropping
+        // the cluster stops those already started (fields drop in order: the nodes
+        // before their directory).
+        let mut cluster = RedisCluster {
+            nodes: Vec::new(),
+            _dir: dir,
+        };
+        for _ in 0..MASTERS * 2 {
+            let node = spawn_node(cluster._dir.path(), &[]);
+            cluster.nodes.push(node);
+        }
         let addresses: Vec<String> = cluster
             .ports()
             .iter()
@@ -237,8 +276,27 @@ impl RedisCluster {
             || cli(replica_port, &["INFO", "replication"]),
             |info| info.contains("master_link_status:up"),
         );
-        let answer = cli(replica_port, &["CLUSTER", "FAILOVER"]);
-        assert_eq!(answer.trim(), "OK", "CLUSTER FAILOVER on {replica_port}");
+        // A manual failover the master does not join in time (5 s under load) is
+        // abandoned by the replica: it is asked again, a bounded number of times.
+        let promoted = (0..FAILOVER_ATTEMPTS).any(|_| {
+            let answer = cli(replica_port, &["CLUSTER", "FAILOVER"]);
+            assert_eq!(answer.trim(), "OK", "CLUSTER FAILOVER on {replica_port}");
+            let deadline = std::time::Instant::now() + PROMOTED_WITHIN;
+            loop {
+                if cli(replica_port, &["ROLE"]).starts_with("master") {
+                    break true;
+                }
+                if std::time::Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        assert!(
+            promoted,
+            "the replica on {replica_port} is not a master after {FAILOVER_ATTEMPTS} \
+             CLUSTER FAILOVER attempts"
+        );
         self.await_agreement(&format!("{replica_port} became a master"), |view| {
             view.iter().any(|n| n.port == replica_port && n.master)
         });
@@ -298,17 +356,6 @@ struct Agreement {
 impl std::fmt::Display for Agreement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "settled {}, masters {:?}", self.settled, self.masters)
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
     }
 }
 

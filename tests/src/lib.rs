@@ -61,7 +61,9 @@ pub fn bin(name: &str) -> Command {
         path.display()
     );
     let mut command = Command::new(path);
-    command.env_remove("SLUICE_REDIS_URL");
+    command
+        .env_remove("SLUICE_REDIS_URL")
+        .env_remove("SLUICE_REDIS_CLUSTER");
     command
 }
 

@@ -86,6 +86,7 @@ pub fn run(script: &str, dir: &Path, within: Duration) -> Ran {
         .args(["-c", script])
         .current_dir(dir)
         .env_remove("SLUICE_REDIS_URL")
+        .env_remove("SLUICE_REDIS_CLUSTER")
         .env_remove("SLUICE_QUEUE")
         .env_remove("SLUICE_ADMIN_TOKEN")
         .env_remove("RUST_LOG")

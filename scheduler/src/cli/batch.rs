@@ -111,7 +111,9 @@ pub struct RunArgs {
     #[arg(long, env = "SLUICE_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
     /// With --redis: the URL names a Redis Cluster (seed nodes, comma-separated).
-    #[arg(long, env = "SLUICE_REDIS_CLUSTER")]
+    // The variable reads as the worker's does: 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "SLUICE_REDIS_CLUSTER", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub redis_cluster: bool,
     /// The tenant the jobs run for (with --redis); limits are clamped to its policy.
     #[arg(long, default_value = "local")]

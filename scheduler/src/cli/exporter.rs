@@ -44,7 +44,9 @@ pub struct ExporterArgs {
     #[arg(long, env = "SLUICE_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
     /// The Redis URL names a Redis Cluster (seed nodes, comma-separated).
-    #[arg(long, env = "SLUICE_REDIS_CLUSTER")]
+    // The variable reads as the worker's does: 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "SLUICE_REDIS_CLUSTER", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub redis_cluster: bool,
     /// Most tenants named in the tenant metrics, per queue: the largest by backlog +
     /// in-flight keep their names, the rest are summed into `tenant="other"`.

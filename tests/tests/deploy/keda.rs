@@ -212,3 +212,97 @@ fn keda_scaled_object_scales_the_workers_on_sluices_own_stream_and_group() {
         "the three signals"
     );
 }
+
+/// KEDA's documented redis-cluster-streams trigger metadata
+/// (keda.sh/docs/2.17: scalers/redis-cluster-streams).
+const REDIS_CLUSTER_STREAMS_METADATA: [&str; 16] = [
+    "addresses",
+    "addressesFromEnv",
+    "hosts",
+    "hostsFromEnv",
+    "ports",
+    "portsFromEnv",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "stream",
+    "consumerGroup",
+    "pendingEntriesCount",
+    "streamLength",
+    "lagCount",
+    "activationLagCount",
+    "enableTLS",
+    "unsafeSsl",
+];
+
+/// deploy/k8s/cluster/keda.yaml is deploy/k8s/keda.yaml (checked above against KEDA's
+/// spec and Sluice's stream and group) with the cluster scaler: the same documents,
+/// the same ScaledObject but for each trigger's type and where it finds Redis, and
+/// only KEDA's documented redis-cluster-streams metadata.
+#[test]
+fn keda_on_a_cluster_is_the_same_scaled_object_with_the_cluster_scaler() {
+    let single = yaml_docs("deploy/k8s/keda.yaml");
+    let cluster = yaml_docs("deploy/k8s/cluster/keda.yaml");
+    assert_eq!(single.len(), cluster.len(), "the same documents");
+    for (one, other) in single.iter().zip(&cluster) {
+        if one["kind"].as_str() != Some("ScaledObject") {
+            assert_eq!(one, other, "{:?} as in keda.yaml", one["kind"]);
+            continue;
+        }
+        let mut one = one.clone();
+        let mut other = other.clone();
+        let one_triggers = one["spec"]
+            .as_mapping_mut()
+            .and_then(|s| s.remove("triggers"))
+            .expect("triggers");
+        let other_triggers = other["spec"]
+            .as_mapping_mut()
+            .and_then(|s| s.remove("triggers"))
+            .expect("triggers");
+        assert_eq!(
+            one, other,
+            "the ScaledObject but its triggers as in keda.yaml"
+        );
+        let (one_triggers, other_triggers) = (
+            one_triggers.as_sequence().expect("a list").clone(),
+            other_triggers.as_sequence().expect("a list").clone(),
+        );
+        assert_eq!(
+            one_triggers.len(),
+            other_triggers.len(),
+            "the same triggers"
+        );
+        for (mut a, mut b) in one_triggers.into_iter().zip(other_triggers) {
+            assert_eq!(text(&a, &["type"]), "redis-streams");
+            assert_eq!(text(&b, &["type"]), "redis-cluster-streams");
+            let metadata = b["metadata"].as_mapping().expect("metadata").clone();
+            for (key, value) in &metadata {
+                let key = key.as_str().expect("a string key");
+                assert!(
+                    REDIS_CLUSTER_STREAMS_METADATA.contains(&key),
+                    "redis-cluster-streams metadata {key} is not KEDA's"
+                );
+                assert!(
+                    value.is_string(),
+                    "metadata {key}: {value:?} is not a string"
+                );
+            }
+            let addresses = text(&b, &["metadata", "addresses"]).to_owned();
+            for address in addresses.split(',') {
+                let (host, port) = address.rsplit_once(':').expect("host:port");
+                assert!(
+                    !host.is_empty() && port.parse::<u16>().is_ok(),
+                    "address {address}"
+                );
+            }
+            for (trigger, drop) in [(&mut a, "addressFromEnv"), (&mut b, "addresses")] {
+                trigger.as_mapping_mut().expect("trigger").remove("type");
+                trigger["metadata"]
+                    .as_mapping_mut()
+                    .expect("metadata")
+                    .remove(drop)
+                    .expect("where the scaler finds Redis");
+            }
+            assert_eq!(a, b, "the trigger as in keda.yaml");
+        }
+    }
+}

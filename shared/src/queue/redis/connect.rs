@@ -22,6 +22,10 @@ pub enum ConnectError {
     /// keys the queue needs: `NOPERM`). Retrying with the same ones cannot help.
     #[error("Redis refused the credentials: {0}")]
     Auth(String),
+    /// `--redis-cluster` names a server without cluster support (`cluster-enabled
+    /// no`): drop the flag or point it at a cluster node.
+    #[error("the Redis server is not a cluster node (--redis-cluster): {0}")]
+    NotCluster(String),
     /// Redis is unreachable or failed; trying again later may work.
     #[error("Redis is unreachable: {0}")]
     Unavailable(String),
@@ -29,7 +33,8 @@ pub enum ConnectError {
 
 impl ConnectError {
     /// Whether trying again with the same settings may succeed (only an unreachable or
-    /// failing server; never refused credentials or an unusable configuration).
+    /// failing server; never refused credentials, a server that is not the cluster
+    /// node it was said to be, or an unusable configuration).
     pub fn is_transient(&self) -> bool {
         matches!(self, ConnectError::Unavailable(_))
     }
@@ -56,7 +61,7 @@ impl ConnectError {
 impl From<ConnectError> for QueueError {
     fn from(error: ConnectError) -> Self {
         match error {
-            ConnectError::Config(_) | ConnectError::Url(_) => {
+            ConnectError::Config(_) | ConnectError::Url(_) | ConnectError::NotCluster(_) => {
                 QueueError::Protocol(error.to_string())
             }
             ConnectError::Auth(_) => QueueError::Unavailable(error.to_string()),

@@ -30,7 +30,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
-use super::config::{RedisConfig, Topology, seed_urls};
+use super::config::{RedisConfig, Topology, scrubbed, seed_urls};
 use super::connect::ConnectError;
 use super::keys::Keys;
 
@@ -56,6 +56,8 @@ pub struct Connector {
     /// The queue's master: where keyless commands go on a cluster.
     home: Route,
     response_timeout: Duration,
+    /// The CA to trust (TLS), for [`Self::probe`].
+    tls_ca_pem: Option<Vec<u8>>,
 }
 
 /// The client of each topology.
@@ -106,6 +108,7 @@ impl Connector {
             kind,
             home: home_route(&keys),
             response_timeout: config.response_timeout,
+            tls_ca_pem: config.tls_ca_pem.clone(),
         })
     }
 
@@ -122,6 +125,68 @@ impl Connector {
                 conn: commands.get_async_connection().await?,
                 home: self.home,
             }),
+        }
+    }
+
+    /// Opens the connection for commands as [`Self::commands`] does, its failure
+    /// classified ([`ConnectError`]). A cluster client reports every failure to
+    /// connect as an I/O error (refused credentials included), so on a cluster a
+    /// failure is classified by [`Self::probe`] of the first seed.
+    pub async fn commands_checked(&self, url: &str) -> Result<Connection, ConnectError> {
+        match self.commands().await {
+            Ok(conn) => Ok(conn),
+            Err(e) => Err(self.classify(&e, url).await),
+        }
+    }
+
+    /// `error` (a failure to connect to `url`) classified; on a cluster a transient
+    /// failure is checked against a plain connection to the first seed.
+    pub(super) async fn classify(&self, error: &RedisError, url: &str) -> ConnectError {
+        let classified = ConnectError::from_redis(error, url);
+        match (&self.kind, &classified) {
+            (Kind::Cluster { .. }, ConnectError::Unavailable(_)) => {
+                self.probe(url).await.unwrap_or(classified)
+            }
+            _ => classified,
+        }
+    }
+
+    /// Connects to the first seed of `url` as one server (with the seed's credentials
+    /// and TLS) and asks `CLUSTER INFO`: refused credentials ([`ConnectError::Auth`])
+    /// or a server without cluster support ([`ConnectError::NotCluster`]) are what
+    /// they are; `None` when the probe finds neither (the seed is unreachable, or it
+    /// answers as a cluster node: the failure was elsewhere).
+    async fn probe(&self, url: &str) -> Option<ConnectError> {
+        let seed = *seed_urls(url).first()?;
+        let client = match &self.tls_ca_pem {
+            Some(ca) => redis::Client::build_with_tls(seed, certs(ca)),
+            None => redis::Client::open(seed),
+        }
+        .ok()?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.response_timeout));
+        let refused = |e: RedisError| {
+            let e = ConnectError::from_redis(&e, url);
+            (!e.is_transient()).then_some(e)
+        };
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => return refused(e),
+        };
+        match redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async::<String>(&mut conn)
+            .await
+        {
+            Ok(_) => None,
+            Err(e) if e.to_string().contains("cluster support disabled") => {
+                Some(ConnectError::NotCluster(scrubbed(&e.to_string(), url)))
+            }
+            Err(e) => refused(e),
         }
     }
 

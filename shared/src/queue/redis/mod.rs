@@ -116,7 +116,7 @@ impl RedisQueue {
     pub async fn connect_checked(config: RedisConfig) -> Result<Self, ConnectError> {
         let connector = Connector::new(&config)?;
         let failed = |e: RedisError| ConnectError::from_redis(&e, &config.url);
-        let conn = connector.commands().await.map_err(failed)?;
+        let conn = connector.commands_checked(&config.url).await?;
         // No response timeout of its own (a reply takes as long as the block): each read
         // is bounded by its block plus this margin instead.
         let blocking = blocking::BlockingConnection::connect(connector, config.response_timeout)

@@ -29,10 +29,7 @@ impl GaugeReader {
     /// Opens the connection for the queue of `config` (authenticating: refused
     /// credentials say so here). Sends no command that writes.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
-        let conn = gauge_client(config)?
-            .commands()
-            .await
-            .map_err(|e| ConnectError::from_redis(&e, &config.url))?;
+        let conn = gauge_client(config)?.commands_checked(&config.url).await?;
         Ok(GaugeReader {
             conn,
             keys: Keys::new(&config.queue),

@@ -16,8 +16,9 @@
 -- ARGV[2]      batch id
 -- ARGV[3]      record TTL, ms (the result TTL)
 -- ARGV[4]      the batch's total job count
--- ARGV[5]      '1': new jobs, appended to the batch's list; '0': jobs enqueued again
---              under their own ids (Redis lost them), already listed
+-- ARGV[5]      '1': new jobs, appended to the batch's list (a job whose record already
+--              has an entry is skipped: the call is a repeat, see below); '0': jobs
+--              enqueued again under their own ids (Redis lost them), already listed
 -- then per job: envelope, job id, label (the input's name)
 -- Returns      the entry id of each job ('' for a job enqueued again whose record says
 --              cancelled: it is skipped); or 'cancelled' (nothing changes) when the
@@ -30,6 +31,9 @@
 -- counters miss none, and a cancel finds every queued job where its record says. The
 -- cancelled checks and the writes are in one script: a chunk is enqueued wholly before
 -- a cancel_batch.lua call (which then cancels it) or refused after it.
+-- Idempotence: with ARGV[5] = '1' the same call run twice (a Redis Cluster client
+-- re-sends a request whose connection dropped before the reply) writes each job once
+-- and returns the same entry ids both times.
 local batch, ttl, listed = ARGV[2], ARGV[3], ARGV[5] == '1'
 local n = #KEYS - 4
 local problem = foreign(KEYS[1], 'stream') or foreign(KEYS[2], 'hash')
@@ -46,7 +50,13 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 local ids = {}
 for i = 1, n do
   local base = 5 + (i - 1) * 3
-  if redis.call('HGET', KEYS[4 + i], 'state') == 'cancelled' then
+  local entry = listed and redis.call('HGET', KEYS[4 + i], 'entry')
+  if entry then
+    -- A new job whose record already has an entry: this call is a repeat of one that
+    -- ran (a cluster client re-sends a request after a lost connection), so the job is
+    -- already on the stream and in the list: its entry again, nothing written twice.
+    ids[i] = entry
+  elseif redis.call('HGET', KEYS[4 + i], 'state') == 'cancelled' then
     -- Cancelled (`sluice cancel`, or its batch) after it was lost: not run again.
     ids[i] = ''
   else
