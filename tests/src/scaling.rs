@@ -139,17 +139,25 @@ pub struct Exporter {
     child: std::process::Child,
     /// Where its `/metrics` is.
     pub addr: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Exporter {
     /// Starts `sluice exporter --listen 127.0.0.1:0 --redis <url> --queue <queue>`,
     /// once it says where it listens.
     pub fn start(redis_url: &str, queue: &str) -> Self {
+        Self::start_with(redis_url, &["--queue", queue])
+    }
+
+    /// Starts `sluice exporter --listen 127.0.0.1:0 --redis <url>` with `extra`
+    /// arguments, once it says where it listens.
+    pub fn start_with(redis_url: &str, extra: &[&str]) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = crate::bin("sluice")
             .args(["exporter", "--listen", "127.0.0.1:0", "--redis", redis_url])
-            .args(["--queue", queue])
+            .args(extra)
             .env_remove("RUST_LOG")
+            .env_remove("SLUICE_QUEUE")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -157,8 +165,11 @@ impl Exporter {
             .expect("start sluice exporter");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.strip_prefix("sluice exporter: listening on ") {
                     let _ = tx.send(addr.to_owned());
                 }
@@ -166,13 +177,18 @@ impl Exporter {
             }
         });
         match rx.recv_timeout(std::time::Duration::from_secs(30)) {
-            Ok(addr) => Exporter { child, addr },
+            Ok(addr) => Exporter { child, addr, log },
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("sluice exporter did not say where it listens: {e}");
             }
         }
+    }
+
+    /// Everything it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     /// The worker group's figures of `queue` as it reports them: `(lag, pending)`

@@ -73,3 +73,36 @@ pub fn hard_to_compile(depth: u64, locals: u64, rounds: u64) -> Vec<u8> {
     assert!(module.len() < 32 << 20, "under the module cap");
     module
 }
+
+/// A raw-ABI guest that spins 10,000,000 rounds of an LCG (tens of milliseconds of
+/// bounded guest work) on each chunk, then returns the chunk uppercased: every job is long
+/// enough that a batch is in flight while the fleet changes, and its output says which
+/// input it ran on.
+pub const SPIN_UPPER_WAT: &str = r#"(module
+  (memory (export "memory") 2)
+  (global $buf i32 (i32.const 65536))
+  (global $x (mut i32) (i32.const 0))
+  (func (export "alloc") (param $len i32) (result i32)
+    (if (i32.gt_u (i32.add (global.get $buf) (local.get $len)) (i32.const 131072))
+      (then unreachable))
+    (global.get $buf))
+  (func (export "process") (param $ptr i32) (param $len i32) (result i64)
+    (local $i i32) (local $p i32) (local $end i32) (local $c i32)
+    (local.set $i (i32.const 10000000))
+    (loop $spin
+      (global.set $x (i32.add (i32.mul (global.get $x) (i32.const 1103515245)) (i32.const 12345)))
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (br_if $spin (local.get $i)))
+    (local.set $p (local.get $ptr))
+    (local.set $end (i32.add (local.get $ptr) (local.get $len)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $c (i32.load8_u (local.get $p)))
+        (if (i32.lt_u (i32.sub (local.get $c) (i32.const 97)) (i32.const 26))
+          (then (i32.store8 (local.get $p) (i32.sub (local.get $c) (i32.const 32)))))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (br $next)))
+    (i64.or
+      (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
+      (i64.extend_i32_u (local.get $len)))))"#;

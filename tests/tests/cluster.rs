@@ -6,14 +6,14 @@
 //! completion notices, never by sleeping.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_shared::queue::redis::{ConnectError, RedisConfig, RedisQueue, Topology};
 use sluice_shared::{EntryPoint, Job, JobId, JobInput, JobOutput, ModuleHash, OutcomeKind, Queue};
-use sluice_tests::scaling::metric;
+use sluice_tests::scaling::{Exporter, metric};
+use sluice_tests::wasm_gen::SPIN_UPPER_WAT;
 use sluice_tests::{RedisCluster, ServeProcess, WorkerProcess, bin, guest, runtime, wait};
 
 /// How long a test waits for its jobs.
@@ -22,38 +22,6 @@ const WITHIN: Duration = Duration::from_secs(120);
 const ADMIN: &str = "admin-secret-for-cluster-tests";
 /// Every worker's flags: through the cluster, two slots.
 const WORKER: &[&str] = &["--redis-cluster", "--concurrency", "2"];
-
-/// A raw-ABI guest that spins 10,000,000 rounds of an LCG (tens of milliseconds of
-/// guest work) on each chunk, then returns it uppercased: a batch stays in flight long
-/// enough to fail over under it, and each output says which input it ran on.
-const SPIN_UPPER_WAT: &str = r#"(module
-  (memory (export "memory") 2)
-  (global $buf i32 (i32.const 65536))
-  (global $x (mut i32) (i32.const 0))
-  (func (export "alloc") (param $len i32) (result i32)
-    (if (i32.gt_u (i32.add (global.get $buf) (local.get $len)) (i32.const 131072))
-      (then unreachable))
-    (global.get $buf))
-  (func (export "process") (param $ptr i32) (param $len i32) (result i64)
-    (local $i i32) (local $p i32) (local $end i32) (local $c i32)
-    (local.set $i (i32.const 10000000))
-    (loop $spin
-      (global.set $x (i32.add (i32.mul (global.get $x) (i32.const 1103515245)) (i32.const 12345)))
-      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
-      (br_if $spin (local.get $i)))
-    (local.set $p (local.get $ptr))
-    (local.set $end (i32.add (local.get $ptr) (local.get $len)))
-    (block $done
-      (loop $next
-        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
-        (local.set $c (i32.load8_u (local.get $p)))
-        (if (i32.lt_u (i32.sub (local.get $c) (i32.const 97)) (i32.const 26))
-          (then (i32.store8 (local.get $p) (i32.sub (local.get $c) (i32.const 32)))))
-        (local.set $p (i32.add (local.get $p) (i32.const 1)))
-        (br $next)))
-    (i64.or
-      (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
-      (i64.extend_i32_u (local.get $len)))))"#;
 
 /// A queue client on `queue` through the cluster.
 fn cluster_queue(rt: &tokio::runtime::Runtime, cluster: &RedisCluster, queue: &str) -> RedisQueue {
@@ -292,51 +260,6 @@ fn a_master_failover_mid_batch_loses_nothing() {
     );
 }
 
-/// A `sluice exporter` through the cluster, killed when dropped.
-struct ClusterExporter {
-    child: Child,
-    addr: String,
-}
-
-impl ClusterExporter {
-    fn start(url: &str, queue: &str) -> Self {
-        let mut child = bin("sluice")
-            .args(["exporter", "--listen", "127.0.0.1:0", "--redis", url])
-            .args(["--redis-cluster", "--queue", queue])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice exporter");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("sluice exporter: listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-                eprintln!("[exporter] {line}");
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => ClusterExporter { child, addr },
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("sluice exporter did not say where it listens: {e}");
-            }
-        }
-    }
-}
-
-impl Drop for ClusterExporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The figures that would read 0 (or another node's) on a random node are exact: the
 /// exporter's ready count and lag, the master's `maxmemory` from `INFO memory` (set on
 /// the queue's master alone), and `sluice module ls` (a `SCAN`, which lists nothing on
@@ -369,7 +292,7 @@ fn the_exporter_and_listings_read_the_queues_own_master() {
     let (jobs, _) = spin_jobs(module, 25);
     rt.block_on(client.enqueue(&jobs)).unwrap();
 
-    let exporter = ClusterExporter::start(&url, queue);
+    let exporter = Exporter::start_with(&url, &["--redis-cluster", "--queue", queue]);
     let series = |name: &str| format!("{name}{{queue=\"{queue}\"}}");
     let read = || {
         Figures(

@@ -6,79 +6,17 @@
 //! what a scrape answers once Redis is gone.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::json;
 use sluice_shared::{Job, JobInput, JobResult, ModuleHash, Outcome, Queue};
+use sluice_tests::scaling::Exporter;
 use sluice_tests::wait::poll;
 use sluice_tests::{Fleet, ServeProcess, bin, guest};
 
 const QUEUE: &str = "exp";
 const ADMIN: &str = "admin-token";
 const LONG: Duration = Duration::from_secs(3600);
-
-/// A running `sluice exporter`, killed when dropped.
-struct Exporter {
-    child: Child,
-    addr: String,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Exporter {
-    /// Starts `sluice exporter --listen 127.0.0.1:0` on `redis_url` with `extra`
-    /// arguments, once it says where it listens.
-    fn start(redis_url: &str, extra: &[&str]) -> Self {
-        let mut child = bin("sluice")
-            .args(["exporter", "--listen", "127.0.0.1:0", "--redis", redis_url])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .env_remove("SLUICE_QUEUE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice exporter");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                kept.lock().unwrap().push(line.clone());
-                if let Some(addr) = line.strip_prefix("sluice exporter: listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-                eprintln!("[exporter] {line}");
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("sluice exporter did not say where it listens: {e}");
-            }
-        };
-        Exporter { child, addr, log }
-    }
-}
-
-impl Exporter {
-    /// Everything it has written to stderr so far.
-    fn stderr(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The body of `GET http://<addr><path>` (asserting 200).
 fn get(addr: &str, path: &str) -> String {
@@ -326,7 +264,7 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
     ]);
     let reader_url = fleet.url().replacen("redis://", "redis://reader:pw@", 1);
     let before = server_ms();
-    let exporter = Exporter::start(&reader_url, &["--queue", QUEUE]);
+    let exporter = Exporter::start_with(&reader_url, &["--queue", QUEUE]);
     let scraped = samples(&get(&exporter.addr, "/metrics"));
     let after = server_ms();
     assert_eq!(queue_figures(&scraped), expected(20), "sluice exporter");
@@ -398,7 +336,7 @@ fn exporter_and_serve_report_the_queue_state_exactly() {
     assert_eq!(served["sluice_jobs_admitted_total"], 0.0);
 
     // Folding: with one name kept, beta is summed into `other`.
-    let folded = Exporter::start(
+    let folded = Exporter::start_with(
         &fleet.url(),
         &["--queue", QUEUE, "--metrics-max-tenants", "1"],
     );
@@ -551,7 +489,7 @@ fn an_unreachable_redis_is_retried_while_metrics_are_served() {
     // Redis down at start is not fatal: /metrics answers, every failed connect is
     // counted, the queue was never read (timestamp 0, no figures), and the log names
     // the server without its password.
-    let exporter = Exporter::start("redis://user:hunter2@127.0.0.1:1", &[]);
+    let exporter = Exporter::start_with("redis://user:hunter2@127.0.0.1:1", &[]);
     let text = poll(
         "failed connects counted",
         Duration::from_secs(30),
