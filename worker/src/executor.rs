@@ -243,6 +243,22 @@ pub struct ExecutorConfig {
 }
 
 impl ExecutorConfig {
+    /// Clamps [`Self::slots`] to 1 ..= the sandbox's pool slots, warning when it had
+    /// more: more runs than pool slots would make a job wait for a slot inside the
+    /// sandbox. [`run`] does it; a caller that needs the loop's real size (the health
+    /// checks) does it first, and `run` then changes nothing.
+    pub fn fit_to(&mut self, sandbox: &Sandbox) {
+        let pool = usize::try_from(sandbox.config().slots).unwrap_or(usize::MAX);
+        if self.slots > pool {
+            tracing::warn!(
+                slots = self.slots,
+                pool,
+                "more job slots than sandbox pool slots; running at most the pool's"
+            );
+        }
+        self.slots = self.slots.clamp(1, pool.max(1));
+    }
+
     /// Default [`ExecutorConfig::watchdog_grace`]: 5 s, well past the sandbox's own
     /// stop (one epoch tick, 5 ms) and any WASI call's clamp to the deadline.
     pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_secs(5);
@@ -391,16 +407,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
     mut config: ExecutorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ExecutorError> {
-    // More runs than pool slots would make a job wait for a slot inside the sandbox.
-    let pool = usize::try_from(sandbox.config().slots).unwrap_or(usize::MAX);
-    if config.slots > pool {
-        tracing::warn!(
-            slots = config.slots,
-            pool,
-            "more job slots than sandbox pool slots; running at most the pool's"
-        );
-    }
-    config.slots = config.slots.clamp(1, pool.max(1));
+    config.fit_to(&sandbox);
     let bound = config.stuck_bound();
     let slots = Arc::new(Semaphore::new(config.slots));
     let shared = Arc::new(Shared::default());

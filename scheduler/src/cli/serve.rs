@@ -51,14 +51,15 @@ pub struct ServeArgs {
     pub max_wait: std::time::Duration,
     /// Most requests waiting for their jobs at once (`?wait=`); past it a waiting
     /// submission is refused with 503 and `Retry-After` (without `wait` it is not).
-    #[arg(long, env = "SLUICE_MAX_WAITERS", default_value_t = crate::api::DEFAULT_MAX_WAITERS,
-          value_parser = clap::value_parser!(usize))]
-    pub max_waiters: usize,
+    /// Default: 512, or half of --max-connections when that is less (each waiting
+    /// request holds a connection).
+    #[arg(long, env = "SLUICE_MAX_WAITERS", value_parser = clap::value_parser!(usize))]
+    pub max_waiters: Option<usize>,
     /// Most requests one tenant may have waiting for their jobs at once; past it that
-    /// tenant's waiting submissions are refused with 429 and `Retry-After`.
-    #[arg(long, env = "SLUICE_MAX_WAITERS_PER_TENANT",
-          default_value_t = crate::api::DEFAULT_MAX_WAITERS_PER_TENANT)]
-    pub max_waiters_per_tenant: usize,
+    /// tenant's waiting submissions are refused with 429 and `Retry-After`. Default:
+    /// 64, or --max-waiters when that is less.
+    #[arg(long, env = "SLUICE_MAX_WAITERS_PER_TENANT")]
+    pub max_waiters_per_tenant: Option<usize>,
     /// Address of a second, operators-only /metrics: every series, the per-tenant ones
     /// included (the API port's public /metrics leaves out every series naming a
     /// tenant). Bind it where tenants cannot reach it.
@@ -101,17 +102,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.dispatch_window > 0,
         "--dispatch-window: must be at least 1"
     );
+    // Defaults follow the connection cap, so lowering it alone stays a valid setting;
+    // values given explicitly are checked against it.
+    let max_waiters = args.max_waiters.unwrap_or_else(|| {
+        crate::api::DEFAULT_MAX_WAITERS
+            .min(args.max_connections / 2)
+            .max(1)
+    });
+    let max_waiters_per_tenant = args
+        .max_waiters_per_tenant
+        .unwrap_or_else(|| crate::api::DEFAULT_MAX_WAITERS_PER_TENANT.min(max_waiters));
     anyhow::ensure!(
-        args.max_waiters > 0 && args.max_waiters_per_tenant > 0,
+        max_waiters > 0 && max_waiters_per_tenant > 0,
         "--max-waiters, --max-waiters-per-tenant: must be at least 1"
     );
     anyhow::ensure!(
-        args.max_waiters_per_tenant <= args.max_waiters,
-        "--max-waiters-per-tenant: must be at most --max-waiters ({})",
-        args.max_waiters
+        max_waiters_per_tenant <= max_waiters,
+        "--max-waiters-per-tenant: must be at most --max-waiters ({max_waiters})"
     );
     anyhow::ensure!(
-        args.max_waiters <= args.max_connections,
+        max_waiters <= args.max_connections,
         "--max-waiters: must be at most --max-connections ({}); waiting requests each hold a connection",
         args.max_connections
     );
@@ -142,8 +152,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         module_ttl: args.module_ttl,
         waits: WaitLimits {
             max_wait: args.max_wait,
-            max_waiters: args.max_waiters,
-            max_per_tenant: args.max_waiters_per_tenant,
+            max_waiters,
+            max_per_tenant: max_waiters_per_tenant,
         },
         ..ApiConfig::default()
     };

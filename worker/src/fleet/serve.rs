@@ -85,17 +85,8 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         .with_metrics(metrics.compile.clone());
     let sandbox = Arc::new(Sandbox::with_compiler(sandbox_config, compiler)?);
     let mut executor = executor_config(&config);
-    // The slots the claim loop runs: at most the sandbox's pool slots (`executor::run`
-    // clamps them the same way; clamped here so health judges the loop's real size).
-    let pool = usize::try_from(sandbox.config().slots).unwrap_or(usize::MAX);
-    if executor.slots > pool {
-        tracing::warn!(
-            slots = executor.slots,
-            pool,
-            "more job slots than sandbox pool slots; running at most the pool's"
-        );
-    }
-    executor.slots = executor.slots.clamp(1, pool.max(1));
+    // The slots the claim loop runs (clamped here so health judges the loop's real size).
+    executor.fit_to(&sandbox);
     let health = Arc::new(WorkerHealth::new(
         executor.slots,
         executor.stuck_bound(),
