@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -33,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::job_io::{JobReader, JobWriter};
 use crate::sandbox::{LoadedModule, Sandbox};
 
 /// What happened to a finished run.
@@ -77,14 +77,18 @@ pub trait JobEnv: Send + Sync + 'static {
     }
     /// The loaded module a job names.
     fn module(&self, hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome>;
-    /// A reader over the job's input.
-    fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome>;
-    /// A writer for the job's output. The executor calls this and `finish_output` for
-    /// one run on the same thread.
-    fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome>;
+    /// The job's input: [`JobReader::Memory`] when it is already in memory (served on
+    /// the guest's own thread), else a stream a helper thread reads until the deadline.
+    fn open_input(&self, job: &Job) -> Result<JobReader, Outcome>;
+    /// Where the job's output goes: [`JobWriter::Memory`] to have it handed back in
+    /// `result.output` as [`JobOutput::Inline`](sluice_shared::JobOutput::Inline)
+    /// (at most the job's `max_output_bytes`), else a stream. The executor calls this
+    /// and `finish_output` for one run on the same thread.
+    fn open_output(&self, job: &Job) -> Result<JobWriter, Outcome>;
     /// Keeps or discards the output once the outcome is known, recording where it is
-    /// in `result.output`. A run the watchdog gave up comes here (late) as a failure,
-    /// so its output is discarded.
+    /// in `result.output` (which holds the bytes already for a [`JobWriter::Memory`]
+    /// run). A run the watchdog gave up comes here (late) as a failure, so its output
+    /// is discarded.
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome>;
     /// Told when a job starts running (metrics).
     fn on_started(&self, _job: &Job) {}
@@ -898,7 +902,7 @@ fn run_one<E: JobEnv>(
     let mut result = match prepared {
         Ok((module, input, output)) => {
             let _ = clock.guest.set(Instant::now());
-            sandbox.run(&module, job, input, output)
+            sandbox.run_io(&module, job, input, output)
         }
         Err(outcome) => JobResult::without_run(job.id, outcome, attempt),
     };

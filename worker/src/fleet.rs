@@ -17,7 +17,7 @@ pub use config::{ConfigError, FleetArgs, FleetConfig};
 pub use serve::{ServeError, serve};
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use tokio::runtime::Handle;
 use crate::cache::{ArtifactCache, CacheConfig, CacheError, compile_with};
 use crate::executor::{ClaimReport, Disposition, JobEnv, QueueOp};
 use crate::health::WorkerHealth;
+use crate::job_io::{JobReader, JobWriter};
 use crate::metrics::WorkerMetrics;
 use crate::sandbox::{LoadedModule, Sandbox};
 
@@ -271,21 +272,21 @@ impl JobEnv for RedisEnv {
         })
     }
 
-    fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome> {
+    fn open_input(&self, job: &Job) -> Result<JobReader, Outcome> {
         match &job.input {
-            JobInput::Inline(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
-            JobInput::Blob { id, .. } => Ok(Box::new(
+            JobInput::Inline(bytes) => Ok(JobReader::Memory(bytes.clone().into())),
+            JobInput::Blob { id, .. } => Ok(JobReader::Stream(Box::new(
                 self.queue
                     .blobs()
                     .read_stream(self.handle.clone(), id.as_str()),
-            )),
+            ))),
             other => Err(Outcome::InputUnavailable {
                 reason: format!("a fleet worker reads blob inputs, not {}", other.kind()),
             }),
         }
     }
 
-    fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome> {
+    fn open_output(&self, job: &Job) -> Result<JobWriter, Outcome> {
         let max = self.policy(&job.tenant.0)?.max_stored_bytes;
         let output = RedisOutput {
             state: Arc::new(Mutex::new(OutputState {
@@ -305,7 +306,7 @@ impl JobEnv for RedisEnv {
         self.outputs
             .lock()
             .insert((job.id, std::thread::current().id()), output.clone());
-        Ok(Box::new(output))
+        Ok(JobWriter::Stream(Box::new(output)))
     }
 
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome> {

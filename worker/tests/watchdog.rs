@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -22,7 +22,9 @@ use sluice_shared::{
     Queue, QueueError, RetryPolicy,
 };
 use sluice_worker::executor::{self, Disposition, ExecutorConfig, ExecutorError, JobEnv};
-use sluice_worker::{CompiledSource, LoadedModule, Metering, Sandbox, SandboxConfig};
+use sluice_worker::{
+    CompiledSource, JobReader, JobWriter, LoadedModule, Metering, Sandbox, SandboxConfig,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -196,7 +198,7 @@ impl JobEnv for TestEnv {
         Ok(self.module.clone())
     }
 
-    fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, sluice_shared::Outcome> {
+    fn open_input(&self, job: &Job) -> Result<JobReader, sluice_shared::Outcome> {
         let JobInput::Inline(bytes) = job.input.clone() else {
             unreachable!("tests use inline inputs")
         };
@@ -208,7 +210,7 @@ impl JobEnv for TestEnv {
             }
         };
         let input = self.inputs.lock().unwrap().remove(&job.label);
-        Ok(match input {
+        Ok(JobReader::Stream(match input {
             // Blocks in the `JobEnv` call itself, before the sandbox runs: the sandbox
             // bounds its own stdin reads by the job's deadline, so only a host call
             // outside it is left for the watchdog.
@@ -229,13 +231,13 @@ impl JobEnv for TestEnv {
                 }))
             }
             None => Box::new(std::io::Cursor::new(bytes)),
-        })
+        }))
     }
 
-    fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, sluice_shared::Outcome> {
+    fn open_output(&self, job: &Job) -> Result<JobWriter, sluice_shared::Outcome> {
         let sink = Captured::default();
         self.outputs.lock().unwrap().insert(job.id, sink.clone());
-        Ok(Box::new(sink))
+        Ok(JobWriter::Stream(Box::new(sink)))
     }
 
     fn finish_output(

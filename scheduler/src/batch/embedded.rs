@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +19,7 @@ use sluice_shared::{
     Job, JobId, JobInput, JobResult, MemoryQueue, ModuleHash, Outcome, Queue, RetryPolicy,
 };
 use sluice_worker::executor::{self, Disposition, ExecutorConfig, JobEnv};
-use sluice_worker::{LoadedModule, Sandbox, SandboxConfig};
+use sluice_worker::{JobReader, JobWriter, LoadedModule, Sandbox, SandboxConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::outdir::{self, part_path};
@@ -49,12 +49,12 @@ impl JobEnv for FileEnv {
         Ok(self.module.clone())
     }
 
-    fn open_input(&self, job: &Job) -> Result<Box<dyn Read + Send>, Outcome> {
+    fn open_input(&self, job: &Job) -> Result<JobReader, Outcome> {
         let unavailable = |reason: String| Outcome::InputUnavailable { reason };
         match &job.input {
-            JobInput::Inline(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
+            JobInput::Inline(bytes) => Ok(JobReader::Memory(bytes.clone().into())),
             JobInput::File { path, .. } => File::open(path)
-                .map(|file| Box::new(file) as Box<dyn Read + Send>)
+                .map(|file| JobReader::Stream(Box::new(file)))
                 .map_err(|e| unavailable(format!("{}: {e}", path.display()))),
             other => Err(unavailable(format!(
                 "an embedded batch reads file inputs, not {}",
@@ -63,10 +63,10 @@ impl JobEnv for FileEnv {
         }
     }
 
-    fn open_output(&self, job: &Job) -> Result<Box<dyn Write + Send>, Outcome> {
+    fn open_output(&self, job: &Job) -> Result<JobWriter, Outcome> {
         let path = part_path(&self.out_dir, &job.label);
         outdir::create_part(&path)
-            .map(|file| Box::new(BufWriter::with_capacity(64 << 10, file)) as Box<dyn Write + Send>)
+            .map(|file| JobWriter::Stream(Box::new(BufWriter::with_capacity(64 << 10, file))))
             .map_err(|e| Outcome::HostError {
                 reason: format!("{}: {e}", path.display()),
             })
