@@ -6,10 +6,13 @@
 //! - [`RedisEnv`] (here): the [`JobEnv`] that reads modules (through the
 //!   [`ArtifactCache`]) and inputs from Redis and stores outputs there, counted against
 //!   the tenant's quota.
+//! - `credit`: per-tenant stored-bytes credit, so a job's result is counted against
+//!   `max_stored_bytes` without a Redis round trip per job.
 //! - `precompile`: with the shared cache on, the task that compiles uploaded modules
 //!   before their first job (started with the [`RedisEnv`], stopped when it drops).
 
 pub mod config;
+mod credit;
 mod precompile;
 mod serve;
 
@@ -164,6 +167,8 @@ pub struct RedisEnv {
     /// takeover, a job a submitter enqueued again), so the job id alone would let one
     /// run take or finish the other's output.
     outputs: Mutex<HashMap<(sluice_shared::JobId, std::thread::ThreadId), RedisOutput>>,
+    /// Stored-bytes already counted against each tenant's quota and not used yet.
+    credit: credit::StoredCredit,
     /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR`.
     policies: Mutex<HashMap<String, (Instant, TenantPolicy)>>,
     metrics: WorkerMetrics,
@@ -206,6 +211,7 @@ impl RedisEnv {
         });
         Ok(RedisEnv {
             _precompile: precompile,
+            credit: credit::StoredCredit::new(queue.admission().stored_bucket()),
             queue,
             handle: Handle::current(),
             modules,
@@ -236,6 +242,22 @@ impl RedisEnv {
             .lock()
             .insert(tenant.to_owned(), (Instant::now(), policy.clone()));
         Ok(policy)
+    }
+}
+
+impl RedisEnv {
+    /// Counts `need` bytes stored for `tenant` against `max` (`u64::MAX`: never
+    /// refused) from the worker's credit, reserving more in Redis when it runs short.
+    fn draw_stored(
+        &self,
+        tenant: &str,
+        need: u64,
+        max: u64,
+    ) -> Result<credit::Draw, sluice_shared::queue::redis::AdmissionError> {
+        self.credit.draw(tenant, need, max, |ask| {
+            self.handle
+                .block_on(self.queue.admission().reserve_stored(tenant, ask, max))
+        })
     }
 }
 
@@ -325,17 +347,14 @@ impl JobEnv for RedisEnv {
             return Ok(());
         }
         let result_bytes = (result.stderr.len() as u64).saturating_add(RESULT_OVERHEAD);
+        let tenant = &output.quota.tenant;
         if !result.outcome.is_success() {
             // A failed job's result (and dead letter) is stored whatever the quota says:
             // it is counted, never refused. Best effort: the completion that follows
             // fails on its own if Redis is away. A failed job's partial blob chunks
             // expire with the blob TTL. Not locking the state: a helper thread stuck in
             // a stalled blob write may hold it.
-            let _ = self.handle.block_on(self.queue.admission().reserve_stored(
-                &output.quota.tenant,
-                result_bytes,
-                u64::MAX,
-            ));
+            let _ = self.draw_stored(tenant, result_bytes, u64::MAX);
             return Ok(());
         }
         let mut state = output.state.lock();
@@ -343,18 +362,15 @@ impl JobEnv for RedisEnv {
             None => state.inline.len() as u64,
             Some(_) => state.blob_len,
         };
-        let need = stored
-            .saturating_add(result_bytes)
-            .saturating_sub(state.reserved);
+        let total = stored.saturating_add(result_bytes);
+        // Blob output reserved ahead and not written is credit for the next results.
+        self.credit
+            .give(tenant, state.reserved.saturating_sub(total));
+        let need = total.saturating_sub(state.reserved);
         if need > 0 {
-            let reply = self.handle.block_on(self.queue.admission().reserve_stored(
-                &output.quota.tenant,
-                need,
-                output.quota.max,
-            ));
-            match reply {
-                Ok(Reservation::Granted { .. }) => {}
-                Ok(Reservation::Refused { used, .. }) => {
+            match self.draw_stored(tenant, need, output.quota.max) {
+                Ok(credit::Draw::Granted) => {}
+                Ok(credit::Draw::Refused { used }) => {
                     // The blob's chunks expire with the blob TTL; nothing points at them.
                     state.blob = None;
                     state.inline = Vec::new();
@@ -363,7 +379,7 @@ impl JobEnv for RedisEnv {
                 }
                 Err(e) => {
                     // Fails open, as `RedisOutput::cover` does.
-                    tracing::warn!(tenant = %crate::logging::tenant_field(&output.quota.tenant), error = %e,
+                    tracing::warn!(tenant = %crate::logging::tenant_field(tenant), error = %e,
                         "could not count output against max_stored_bytes; keeping it");
                 }
             }

@@ -604,6 +604,13 @@ impl Admission<'_> {
         Ok(Enqueued::Yes)
     }
 
+    /// The length of one time bucket of the stored-bytes window: bytes reserved now
+    /// count until this bucket leaves the window, so a reservation held unused for
+    /// less than this counts its later use at most one bucket early.
+    pub fn stored_bucket(self) -> Duration {
+        Duration::from_millis((millis(self.q.config.blob_ttl) / BUCKETS).max(1))
+    }
+
     /// Counts `bytes` more stored for `tenant` (a request's input, arguments and
     /// environment, or a run's output and result) against `max` stored bytes (0 bytes
     /// only reads; `u64::MAX` counts without refusing). Bytes stay counted for one blob
