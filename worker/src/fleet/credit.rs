@@ -63,6 +63,9 @@ pub(super) enum Draw {
 #[derive(Debug)]
 pub(super) struct StoredCredit {
     tenants: Mutex<HashMap<String, Credit>>,
+    /// Held for a refill's round trip, so that runs short of credit at once make one
+    /// reservation, not one each (which would leave up to a step per slot unused).
+    refill: Mutex<()>,
     max_age: Duration,
 }
 
@@ -72,6 +75,7 @@ impl StoredCredit {
     pub(super) fn new(bucket: Duration) -> Self {
         StoredCredit {
             tenants: Mutex::default(),
+            refill: Mutex::new(()),
             max_age: CREDIT_MAX_AGE.min(bucket),
         }
     }
@@ -88,6 +92,11 @@ impl StoredCredit {
         mut reserve: impl FnMut(u64) -> Result<Reservation, E>,
     ) -> Result<Draw, E> {
         let unlimited = max == u64::MAX;
+        if self.take(tenant, need) {
+            return Ok(Draw::Granted);
+        }
+        // One refill at a time; the credit is looked at again once it is this run's turn.
+        let _refill = self.refill.lock();
         // What the credit covers is taken now; the rest (`short`) is reserved.
         let (had, short, ask) = {
             let mut tenants = self.tenants.lock();
@@ -135,6 +144,18 @@ impl StoredCredit {
                 }
                 Ok(Draw::Granted)
             }
+        }
+    }
+
+    /// Takes `need` bytes from the tenant's fresh credit when it covers them.
+    fn take(&self, tenant: &str, need: u64) -> bool {
+        let mut tenants = self.tenants.lock();
+        match tenants.get_mut(tenant) {
+            Some(credit) if credit.left >= need && credit.taken_at.elapsed() < self.max_age => {
+                credit.left -= need;
+                true
+            }
+            _ => false,
         }
     }
 
