@@ -4,14 +4,17 @@
 //! any job runs), and a rerun into a directory that holds files refuses unless told
 //! what to do with them: `--force` removes the previous run's outputs and report,
 //! `--resume` keeps the inputs whose successful output and report line exist. Either
-//! removes only outputs the previous report lists as successes (and partial files):
-//! anything else in OUT stays, unless a job's successful output replaces it. Input names must be valid
+//! removes only outputs the previous report lists as successes (and partial files, and
+//! the output archive `outputs.tar` of a run with `--output-format tar`, which
+//! `--resume` refuses): anything else in OUT stays, unless a job's successful output
+//! replaces it. Input names must be valid
 //! UTF-8 (each names an output and a report line exactly).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::output::{ARCHIVE_FILE, OutputFormat};
 use super::{BatchError, BatchOptions};
 use crate::report::REPORT_FILE;
 
@@ -128,6 +131,9 @@ pub fn list_inputs(dir: &Path) -> Result<Vec<Input>, BatchError> {
 /// directory (not the input directory) and applies `options.out_mode` to what it
 /// holds.
 pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
+    if options.output_format == OutputFormat::Tar && options.out_mode == OutMode::Resume {
+        return Err(BatchError::ResumeArchive);
+    }
     let inputs = list_inputs(&options.input_dir)?;
     if inputs.is_empty() {
         return Err(BatchError::NoInputs(options.input_dir.clone()));
@@ -174,8 +180,14 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             // Only what the previous run wrote: the outputs of the successes its report
             // lists. Any other file is not ours (a current input's output replaces it,
             // atomically, only if that job succeeds).
-            for name in previous_outputs(&previous_report(out)?) {
+            let previous = previous_report(out)?;
+            for name in previous_outputs(&previous) {
                 remove(&out.join(name))?;
+            }
+            // The archive a previous `--output-format tar` run wrote: a run with a
+            // report wrote it, and a tar run is about to write it anew.
+            if options.output_format == OutputFormat::Tar || !previous.is_empty() {
+                remove(&out.join(ARCHIVE_FILE))?;
             }
             remove(&out.join(REPORT_FILE))?;
             remove_parts(out)?;

@@ -15,8 +15,8 @@ use sluice_worker::cli::GuestArgs;
 use super::RedisArgs;
 use crate::batch::interrupt::INTERRUPTED_EXIT;
 use crate::batch::{
-    BatchOptions, BatchSummary, DEFAULT_MAX_ATTEMPTS, Interrupted, Interrupts, OutMode, jobs,
-    run_batch_with,
+    BatchOptions, BatchSummary, DEFAULT_MAX_ATTEMPTS, Interrupted, Interrupts, OutMode,
+    OutputFormat, jobs, run_batch_with,
 };
 use crate::distributed::{self, OnInterrupt};
 
@@ -84,6 +84,16 @@ pub struct RunArgs {
     /// run the rest, append to the report.
     #[arg(long)]
     pub resume: bool,
+    /// How an embedded batch writes its outputs: `files`, OUT/<input name> each, or
+    /// `tar`, one archive OUT/outputs.tar with an entry per successful job (no file
+    /// create per job; --resume refuses it).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "files",
+        conflicts_with = "redis_url"
+    )]
+    pub output_format: OutputFormat,
     /// The job limits, entry point, environment and directory grants.
     #[command(flatten)]
     pub guest: GuestArgs,
@@ -241,6 +251,7 @@ async fn run_batch_args(args: RunArgs) -> anyhow::Result<ExitCode> {
         (_, true) => OutMode::Resume,
         _ => OutMode::Fresh,
     };
+    options.output_format = args.output_format;
     options.limits = args.guest.limits();
     options.entry = args.guest.entry();
     options.args = args.args;
