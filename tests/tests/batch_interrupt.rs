@@ -162,7 +162,7 @@ fn a_second_signal_abandons_running_jobs_and_still_leaves_a_clean_directory() {
         .args(["batch", "--quiet", "--concurrency", "2", "--timeout", "60s"])
         // Outputs whose cap is past the batch's memory bound stream to partial files,
         // which show the jobs running (and must not stay behind).
-        .args(["--max-output", "256MiB"])
+        .args(["--max-output", "1GiB"])
         .arg("--module")
         .arg(guest("infinite_loop.wat"))
         .arg(inputs.path())

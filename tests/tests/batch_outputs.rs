@@ -159,16 +159,16 @@ fn outputs_taken_in_memory_are_byte_exact_in_both_formats() {
 
 #[test]
 fn outputs_past_the_memory_bound_stream_and_are_byte_exact_in_both_formats() {
-    // Two slots × 200 MiB pass the 256 MiB bound: outputs stream to partial files; the
+    // Two slots × 600 MiB pass the 1 GiB bound: outputs stream to partial files; the
     // 3 MiB input passes the 1 MiB input bound and streams too.
-    both_formats_exact(&["--concurrency", "2", "--max-output", "200MiB"], 3 << 20);
+    both_formats_exact(&["--concurrency", "2", "--max-output", "600MiB"], 3 << 20);
 }
 
 #[test]
 fn an_output_past_its_cap_is_a_typed_failure_with_no_file_or_entry() {
     let (inputs, _) = inputs(3, 0);
-    // 2 slots × 1 KiB: in memory; 64 slots × 8 MiB pass the memory bound: streamed.
-    for (slots, cap) in [("2", "1KiB"), ("64", "8MiB")] {
+    // 2 slots × 1 KiB: in memory; 64 slots × 32 MiB pass the 1 GiB bound: streamed.
+    for (slots, cap) in [("2", "1KiB"), ("64", "32MiB")] {
         for format in ["files", "tar"] {
             let out = tempfile::tempdir().unwrap();
             let run = batch(

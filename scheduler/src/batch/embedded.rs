@@ -43,9 +43,10 @@ pub const INPUT_MEMORY_BOUND: u64 = 1 << 20;
 /// What the outputs of all slots may hold in memory at once: a job's output is taken
 /// in memory ([`JobWriter::Memory`], then written to its file or the archive in one
 /// go) when its `max_output_bytes` times the slots is at most this, so with the default
-/// 64 MiB cap up to 4 slots, and with `--max-output 1MiB` up to 256; otherwise it
-/// streams to a partial file as the guest writes it.
-pub const OUTPUT_MEMORY_BUDGET: u64 = 256 << 20;
+/// 64 MiB cap up to 16 slots, and with `--max-output 1MiB` up to 1024; otherwise it
+/// streams to a partial file as the guest writes it. A buffer grows only as the guest
+/// writes: this bounds the worst case, every slot writing its whole cap at once.
+pub const OUTPUT_MEMORY_BUDGET: u64 = 1 << 30;
 
 /// The largest `max_output_bytes` a batch of `slots` slots takes in memory.
 pub fn output_memory_bound(slots: usize) -> u64 {
