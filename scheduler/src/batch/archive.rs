@@ -2,22 +2,53 @@
 //! format, names longer than 100 bytes in GNU long-name entries), for a disk file
 //! system where one file create and rename per job is what bounds the batch.
 //!
-//! The archive is valid after every append, whatever happens next: each entry is
-//! written together with the end-of-archive blocks behind it (positioned writes), and
-//! the next entry overwrites those blocks. An append that fails puts the blocks back
-//! where the previous entry ended and cuts the file there. Appends are made by the
-//! caller under the report's lock, right before the job's report line, so an archive
+//! The archive is valid after every append, and a crash (even SIGKILL) cuts at most
+//! the entry being written: an entry is written behind the previous one's end with
+//! positioned writes, its long-name block, data, padding and the new end-of-archive
+//! blocks first and its first header block last, in one write. Until that last write
+//! the block where the entry starts is still the old end's zero block, so a reader
+//! stops there and sees only the entries before (GNU tar warns of "a lone zero block"
+//! and exits 0; the `tar` crate stops without a word). An append that fails puts the
+//! end blocks back where the previous entry ended and cuts the file there, and
+//! [`Archive::truncate_to`] takes an appended entry back when its report line cannot
+//! be written. The caller appends right before the job's report line, so an archive
 //! holds only jobs its report lists (a crash between the two leaves at most the last
 //! entry unlisted).
+//!
+//! Every entry's owner name is [`OWNER`]: `--force` tells an archive of ours from
+//! someone else's file named `outputs.tar` by it ([`written_by_sluice`]).
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The two zero blocks that end a tar archive.
 const END_OF_ARCHIVE: [u8; 1024] = [0; 1024];
+
+/// A tar block.
+const BLOCK: usize = 512;
+
+/// The owner name of every entry an embedded batch writes: the archive's mark.
+pub(crate) const OWNER: &str = "sluice";
+
+/// Whether the archive at `path` was written by a batch: its first entry's owner is
+/// [`OWNER`], or it is an empty archive (a batch whose jobs all failed). Only the first
+/// entry's headers are read.
+pub(crate) fn written_by_sluice(path: &Path) -> std::io::Result<bool> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut archive = tar::Archive::new(BufReader::new(file));
+    let mut entries = archive.entries()?;
+    match entries.next() {
+        Some(Ok(entry)) => Ok(entry.header().username_bytes() == Some(OWNER.as_bytes())),
+        Some(Err(_)) => Ok(false),
+        // No entry: ours only if it is just the end blocks (any length a crash during
+        // the first append can leave is at least that).
+        None => Ok(len >= END_OF_ARCHIVE.len() as u64),
+    }
+}
 
 /// An output archive being written.
 pub(crate) struct Archive {
@@ -51,6 +82,20 @@ impl Archive {
         &self.path
     }
 
+    /// Where the next entry goes (what [`Archive::truncate_to`] takes back to).
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Takes back every entry appended since [`Archive::end`] was `end`: the end blocks
+    /// go there and the file is cut behind them.
+    pub(crate) fn truncate_to(&mut self, end: u64) -> std::io::Result<()> {
+        self.file.write_all_at(&END_OF_ARCHIVE, end)?;
+        self.file.set_len(end + END_OF_ARCHIVE.len() as u64)?;
+        self.end = end;
+        Ok(())
+    }
+
     /// Appends one regular file `name` of `len` bytes read from `data` (at most `len`
     /// are taken; fewer is an error). On error the archive is as it was before.
     pub(crate) fn append(&mut self, name: &str, len: u64, data: impl Read) -> std::io::Result<()> {
@@ -68,16 +113,20 @@ impl Archive {
         }
     }
 
-    /// Writes the entry and the end blocks behind it from `self.end`; the entry's end.
+    /// Writes the entry and the end blocks behind it from `self.end`, its first block
+    /// last (see the module's doc); the entry's end.
     fn write_entry(&self, name: &str, len: u64, data: impl Read) -> std::io::Result<u64> {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(len);
         header.set_mode(0o644);
         header.set_mtime(self.mtime);
+        header.set_username(OWNER)?;
         let at = At {
             file: &self.file,
             pos: self.end,
+            start: self.end,
+            first: Vec::with_capacity(BLOCK),
         };
         let mut builder = tar::Builder::new(BufWriter::with_capacity(64 << 10, at));
         let mut counted = Counted {
@@ -96,18 +145,30 @@ impl Archive {
             .into_inner()?
             .into_inner()
             .map_err(|e| e.into_error())?;
+        // Last, in one write: the block that makes the entry (and all behind it) seen.
+        self.file.write_all_at(&at.first, at.start)?;
         Ok(at.pos - END_OF_ARCHIVE.len() as u64)
     }
 }
 
-/// Positioned writes into the archive file from `pos` on.
+/// Positioned writes into the archive file from `start` on, the first block held back
+/// in `first` (the caller writes it last).
 struct At<'a> {
     file: &'a File,
     pos: u64,
+    start: u64,
+    first: Vec<u8>,
 }
 
 impl Write for At<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let held = self.pos - self.start;
+        if held < BLOCK as u64 {
+            let n = buf.len().min(BLOCK - held as usize);
+            self.first.extend_from_slice(&buf[..n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
         let n = self.file.write_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
@@ -171,5 +232,75 @@ mod tests {
             ]
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len() % 512, 0);
+        assert!(written_by_sluice(&path).unwrap());
+    }
+
+    /// Reads the archive file from disk in the middle of the append it is part of.
+    struct Peek<'a> {
+        path: &'a Path,
+        left: usize,
+        seen: Vec<Vec<(String, Vec<u8>)>>,
+    }
+
+    impl Read for Peek<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Ok(0);
+            }
+            // What a reader (or a crash now) would find: only the entries before.
+            self.seen.push(entries(self.path));
+            let n = buf.len().min(self.left).min(4096);
+            buf[..n].fill(b'x');
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_append_cut_at_any_point_leaves_the_entries_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outputs.tar");
+        let mut archive = Archive::create(&path).unwrap();
+        archive.append("a", 3, &b"abc"[..]).unwrap();
+        let long = "l".repeat(300);
+        let mut peek = Peek {
+            path: &path,
+            left: 200_000,
+            seen: Vec::new(),
+        };
+        archive.append(&long, 200_000, &mut peek).unwrap();
+        assert!(peek.seen.len() > 10, "{}", peek.seen.len());
+        for seen in &peek.seen {
+            assert_eq!(seen, &vec![("a".to_owned(), b"abc".to_vec())]);
+        }
+        assert_eq!(entries(&path).len(), 2);
+        // Taken back: as it was before.
+        archive.truncate_to(512 + 512).unwrap();
+        assert_eq!(entries(&path), vec![("a".to_owned(), b"abc".to_vec())]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024 + 1024);
+        archive.append("b", 1, &b"b"[..]).unwrap();
+        assert_eq!(entries(&path).len(), 2);
+    }
+
+    #[test]
+    fn a_foreign_file_is_not_taken_for_an_archive_of_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outputs.tar");
+        Archive::create(&path).unwrap();
+        assert!(
+            written_by_sluice(&path).unwrap(),
+            "an empty archive of ours"
+        );
+        std::fs::write(&path, b"not a tar").unwrap();
+        assert!(!written_by_sluice(&path).unwrap());
+        let mut builder = tar::Builder::new(File::create(&path).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_username("someone").unwrap();
+        header.set_cksum();
+        builder.append_data(&mut header, "f", &b"x"[..]).unwrap();
+        builder.finish().unwrap();
+        drop(builder);
+        assert!(!written_by_sluice(&path).unwrap());
     }
 }
