@@ -6,7 +6,7 @@
 //! ones finish; interrupted again, it abandons them. Either way the report holds only
 //! whole lines and no partial output stays behind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use sluice_shared::{
     Job, JobId, JobInput, JobOutput, JobResult, MemoryQueue, ModuleHash, Outcome, Queue,
     RetryPolicy,
@@ -40,27 +40,45 @@ const DRAIN_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// ones stream from their file. At most one such input per slot is held at once.
 pub const INPUT_MEMORY_BOUND: u64 = 1 << 20;
 
-/// What the outputs of all slots may hold in memory at once: a job's output is taken
-/// in memory ([`JobWriter::Memory`], then written to its file or the archive in one
-/// go) when its `max_output_bytes` times the slots is at most this, so with the default
-/// 64 MiB cap up to 16 slots, and with `--max-output 1MiB` up to 1024; otherwise it
-/// streams to a partial file as the guest writes it. A buffer grows only as the guest
-/// writes: this bounds the worst case, every slot writing its whole cap at once.
+/// What the outputs of all slots may hold in memory at once by default
+/// (`--output-memory`): a job's output is taken in memory ([`JobWriter::Memory`], then
+/// written to its file or the archive in one go) when its `max_output_bytes` times the
+/// slots is at most this, so with the default 64 MiB cap up to 16 slots, and with
+/// `--max-output 1MiB` up to 1024; otherwise it streams to a partial file as the guest
+/// writes it. A buffer grows only as the guest writes: this bounds the worst case,
+/// every slot writing its whole cap at once.
 pub const OUTPUT_MEMORY_BUDGET: u64 = 1 << 30;
 
-/// The largest `max_output_bytes` a batch of `slots` slots takes in memory.
-pub fn output_memory_bound(slots: usize) -> u64 {
-    OUTPUT_MEMORY_BUDGET / (slots.max(1) as u64)
+/// The largest `max_output_bytes` a batch of `slots` slots takes in memory when all
+/// its outputs may hold `budget` bytes.
+pub fn output_memory_bound(budget: u64, slots: usize) -> u64 {
+    budget / (slots.max(1) as u64)
 }
 
 /// A successful job's output, kept between its run and its report line.
 enum Kept {
-    /// Renamed into place as `OUT/<label>` (one file per input).
-    Renamed,
+    /// Renamed into place as `OUT/<label>` (one file per input): the label.
+    Renamed(String),
     /// In memory, for the archive.
     Bytes(Vec<u8>),
     /// In the job's partial file, for the archive.
     Part,
+}
+
+/// An archive entry past this many bytes is appended off the async runtime's threads
+/// ([`off_runtime`]): a streamed output can be as large as `--max-output`.
+const LARGE_ENTRY: usize = 1 << 20;
+
+/// Runs `f`, which may block for long (a large archive append under the locks), so
+/// that the runtime's other tasks go on: on a multi-threaded runtime the thread stops
+/// being one of the runtime's while `f` runs.
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 /// Files, one module, and the report: the batch's side of the worker loop.
@@ -68,19 +86,29 @@ struct FileEnv {
     module: Arc<LoadedModule>,
     out_dir: PathBuf,
     report: Mutex<Report>,
-    /// `--output-format tar`: the archive, locked only while the report's lock is held.
+    /// `--output-format tar`: the archive. Locked before the report when both are.
     archive: Option<Mutex<Archive>>,
-    /// Outputs up to this cap are taken in memory ([`output_memory_bound`]).
+    /// Outputs up to this cap are taken in memory (`--output-memory` over the slots).
     memory_output_max: u64,
     finished: AtomicUsize,
     total: usize,
     all_done: CancellationToken,
-    /// Jobs whose output is kept (renamed into place, or waiting for the archive) and
-    /// whose report line is not written yet.
-    unlisted: Mutex<HashMap<JobId, Kept>>,
+    /// Set (under the write lock) when the batch is aborted, before its partial files
+    /// are swept: a partial file is created, and an output renamed into place, only
+    /// under the read lock while it is unset, so none appears after the sweep.
+    closing: RwLock<bool>,
+    /// Outputs kept (renamed into place, or waiting for the archive) by run, the job's
+    /// and its attempt's, whose report line is not written yet.
+    unlisted: Mutex<HashMap<(JobId, u32), Kept>>,
     /// Room in the queue: a permit per job that may be enqueued and not yet finished
-    /// ([`feed`]); each finished job gives its permit back.
+    /// ([`feed`]); each finished job gives its permit back, and so does a job waiting
+    /// out a retry's delay (a delayed job needs no place in the window).
     window: Arc<Semaphore>,
+    /// Jobs waiting for (or in) a retry whose permit is back already: their final
+    /// result gives none back.
+    permit_back: Mutex<HashSet<JobId>>,
+    /// The attempts a job may make (older runs' outputs are looked for up to it).
+    max_attempts: u32,
 }
 
 /// Jobs in the in-memory queue at once, at most: enough that no slot waits for work,
@@ -132,6 +160,13 @@ fn write_part(part: &Path, bytes: &[u8]) -> std::io::Result<()> {
     outdir::create_part(part)?.write_all(bytes)
 }
 
+/// Closed: the batch is over.
+fn closed() -> Outcome {
+    Outcome::HostError {
+        reason: "the batch was aborted".into(),
+    }
+}
+
 impl FileEnv {
     fn host_error(path: &Path, e: std::io::Error) -> Outcome {
         Outcome::HostError {
@@ -140,31 +175,34 @@ impl FileEnv {
     }
 
     /// One file per input: the output renamed into place (written first when it was in
-    /// memory), unless the batch is over.
-    fn keep_file(&self, job: &Job, output: JobOutput) -> Result<(), Outcome> {
+    /// memory), unless the batch is aborted.
+    fn keep_file(&self, job: &Job, attempt: u32, output: JobOutput) -> Result<(), Outcome> {
         let part = part_path(&self.out_dir, &job.label);
+        // Held across the write and the rename: an aborted batch sweeps its partial
+        // files and takes back unlisted outputs only once no write is under way.
+        let closing = self.closing.read();
+        if *closing {
+            let _ = std::fs::remove_file(&part);
+            return Err(closed());
+        }
         if let JobOutput::Inline(bytes) = &output {
             write_part(&part, bytes).map_err(|e| {
                 let _ = std::fs::remove_file(&part);
                 Self::host_error(&part, e)
             })?;
         }
-        // Under the report's lock: once the batch is over (interrupted), no output
-        // appears that the report does not list.
-        let report = self.report.lock();
-        if report.is_closed() {
+        std::fs::rename(&part, self.out_dir.join(&job.label)).map_err(|e| {
             let _ = std::fs::remove_file(&part);
-            return Ok(());
-        }
-        std::fs::rename(&part, self.out_dir.join(&job.label))
-            .map_err(|e| Self::host_error(&part, e))?;
-        self.unlisted.lock().insert(job.id, Kept::Renamed);
+            Self::host_error(&part, e)
+        })?;
+        self.unlisted
+            .lock()
+            .insert((job.id, attempt), Kept::Renamed(job.label.clone()));
         Ok(())
     }
 
-    /// Appends a kept output to the archive (the caller holds the report's lock).
-    fn append(&self, archive: &Mutex<Archive>, label: &str, kept: Kept) -> Result<(), Outcome> {
-        let mut archive = archive.lock();
+    /// Appends a kept output to the archive.
+    fn append(&self, archive: &mut Archive, label: &str, kept: Kept) -> Result<(), Outcome> {
         match kept {
             Kept::Bytes(bytes) => archive
                 .append(label, bytes.len() as u64, &bytes[..])
@@ -178,7 +216,98 @@ impl FileEnv {
                 let _ = std::fs::remove_file(&part);
                 appended.map_err(|e| Self::host_error(archive.path(), e))
             }
-            Kept::Renamed => Ok(()),
+            Kept::Renamed(_) => Ok(()),
+        }
+    }
+
+    /// Removes what a kept output left on disk: it will not be listed as a success.
+    fn discard(&self, label: &str, kept: Kept) {
+        match kept {
+            Kept::Renamed(_) => {
+                let _ = std::fs::remove_file(self.out_dir.join(label));
+            }
+            Kept::Part => {
+                let _ = std::fs::remove_file(part_path(&self.out_dir, label));
+            }
+            Kept::Bytes(_) => {}
+        }
+    }
+
+    /// The output this run kept, if it is to be listed (the run succeeded), and any
+    /// other run's of the job: a run abandoned by the watchdog that still kept its
+    /// output is never listed under another attempt's line. Of a failure, nothing
+    /// stays on disk. Outputs of one job share their file, so a success's is not
+    /// removed for an older run's.
+    fn take_kept(&self, job: &Job, result: &JobResult, max_attempts: u32) -> Option<Kept> {
+        let mut unlisted = self.unlisted.lock();
+        let mine = unlisted.remove(&(job.id, result.attempt));
+        let mut others = Vec::new();
+        if !unlisted.is_empty() {
+            for attempt in 0..=max_attempts.saturating_add(1) {
+                if let Some(kept) = unlisted.remove(&(job.id, attempt)) {
+                    others.push(kept);
+                }
+            }
+        }
+        drop(unlisted);
+        if result.outcome.is_success() {
+            return mine;
+        }
+        for kept in mine.into_iter().chain(others) {
+            self.discard(&job.label, kept);
+        }
+        None
+    }
+
+    /// Gives the job's window permit back, once per job: when it goes to wait for a
+    /// retry, or when it is finished (if it did not already).
+    fn give_permit_back(&self, job: Option<&Job>, disposition: Disposition) {
+        let back = match (disposition, job) {
+            (Disposition::Retrying(_), Some(job)) => self.permit_back.lock().insert(job.id),
+            (Disposition::Retrying(_), None) => false,
+            (disposition, _) if disposition.is_final() => {
+                job.is_none_or(|job| !self.permit_back.lock().remove(&job.id))
+            }
+            _ => false,
+        };
+        if back {
+            self.window.add_permits(1);
+        }
+    }
+
+    /// Appends the entry, then writes the job's line: an entry the line cannot follow
+    /// (the report is closed, or its write failed) is taken back, and an entry that
+    /// cannot be written turns the job's line into that host error.
+    fn append_and_record(
+        &self,
+        archive: &Mutex<Archive>,
+        label: &str,
+        result: &JobResult,
+        kept: Kept,
+    ) {
+        let mut archive = archive.lock();
+        let before = archive.end();
+        let appended = self.append(&mut archive, label, kept);
+        let mut report = self.report.lock();
+        if report.is_closed() {
+            if appended.is_ok() {
+                let _ = archive.truncate_to(before);
+            }
+            return;
+        }
+        let recorded = match appended {
+            Ok(()) => report.record(label, result),
+            Err(outcome) => {
+                let mut failed = result.clone();
+                failed.outcome = outcome;
+                // No entry to take back: a failed write of this line is answered by
+                // the report when the batch finishes.
+                let _ = report.record(label, &failed);
+                return;
+            }
+        };
+        if recorded.is_err() {
+            let _ = archive.truncate_to(before);
         }
     }
 }
@@ -206,6 +335,10 @@ impl JobEnv for FileEnv {
             return Ok(JobWriter::Memory);
         }
         let path = part_path(&self.out_dir, &job.label);
+        let closing = self.closing.read();
+        if *closing {
+            return Err(closed());
+        }
         outdir::create_part(&path)
             .map(|file| JobWriter::Stream(Box::new(BufWriter::with_capacity(64 << 10, file))))
             .map_err(|e| Self::host_error(&path, e))
@@ -224,61 +357,76 @@ impl JobEnv for FileEnv {
             return Ok(());
         }
         if self.archive.is_none() {
-            return self.keep_file(job, output);
+            return self.keep_file(job, result.attempt, output);
         }
         let kept = match output {
             JobOutput::Inline(bytes) => Kept::Bytes(bytes),
             _ => Kept::Part,
         };
-        self.unlisted.lock().insert(job.id, kept);
+        self.unlisted.lock().insert((job.id, result.attempt), kept);
         Ok(())
     }
 
     fn on_finished(&self, job: Option<&Job>, result: &JobResult, disposition: Disposition) {
-        let kept = job.and_then(|job| self.unlisted.lock().remove(&job.id));
+        let kept = job.and_then(|job| self.take_kept(job, result, self.max_attempts));
+        let label = job.map_or("<undecodable>", |job| job.label.as_str());
         if !disposition.is_final() {
-            if let (Some(Kept::Part), Some(job)) = (&kept, job) {
-                let _ = std::fs::remove_file(part_path(&self.out_dir, &job.label));
+            // Not listed now (a retry, or a delivery the queue did not take): the job
+            // runs again, and its output then.
+            if let Some(kept) = kept {
+                self.discard(label, kept);
             }
+            self.give_permit_back(job, disposition);
             return;
         }
-        let label = job.map_or("<undecodable>", |job| job.label.as_str());
-        let mut report = self.report.lock();
-        if report.is_closed() {
-            // Aborted between this job's output being kept and now: the report no longer
-            // takes lines, so the output it cannot list goes (a `--resume` runs it again).
-            match kept {
-                Some(Kept::Renamed) => {
-                    let _ = std::fs::remove_file(self.out_dir.join(label));
+        match (&self.archive, kept) {
+            (Some(archive), Some(kept)) => {
+                let large = match &kept {
+                    Kept::Bytes(bytes) => bytes.len() > LARGE_ENTRY,
+                    Kept::Part | Kept::Renamed(_) => true,
+                };
+                if large {
+                    off_runtime(|| self.append_and_record(archive, label, result, kept));
+                } else {
+                    self.append_and_record(archive, label, result, kept);
                 }
-                Some(Kept::Part) => {
-                    let _ = std::fs::remove_file(part_path(&self.out_dir, label));
-                }
-                Some(Kept::Bytes(_)) | None => {}
             }
-        } else {
-            // The archive's entry goes in right before the job's line, under the lock: an
-            // archive holds only jobs the report lists. An entry that cannot be written
-            // turns the job's line into that host error.
-            let appended = match (&self.archive, kept) {
-                (Some(archive), Some(kept)) => self.append(archive, label, kept),
-                _ => Ok(()),
-            };
-            // A failed write is kept by the report, and fails the batch when it finishes.
-            let _ = match appended {
-                Ok(()) => report.record(label, result),
-                Err(outcome) => {
-                    let mut failed = result.clone();
-                    failed.outcome = outcome;
-                    report.record(label, &failed)
+            (_, kept) => {
+                let mut report = self.report.lock();
+                // Closed: aborted between this job's output being kept and now; the
+                // output it cannot list goes (a `--resume` runs the job again). A line
+                // that cannot be written takes its output back too.
+                let listed = !report.is_closed() && report.record(label, result).is_ok();
+                drop(report);
+                if let (false, Some(kept)) = (listed, kept) {
+                    self.discard(label, kept);
                 }
-            };
+            }
         }
-        drop(report);
-        self.window.add_permits(1);
+        self.give_permit_back(job, disposition);
         if self.finished.fetch_add(1, Ordering::AcqRel) + 1 == self.total {
             self.all_done.cancel();
         }
+    }
+}
+
+impl FileEnv {
+    /// The batch is over: no partial file is created nor output renamed into place
+    /// from now on, then the report is closed, the outputs whose line was not
+    /// written go (their jobs are not listed; a `--resume` runs them again) and the
+    /// partial files are swept.
+    fn close(&self, total_jobs: usize, elapsed: Duration) -> Result<BatchSummary, BatchError> {
+        *self.closing.write() = true;
+        let summary = self.report.lock().finish(total_jobs, elapsed);
+        let unlisted: Vec<Kept> = self.unlisted.lock().drain().map(|(_, kept)| kept).collect();
+        for kept in unlisted {
+            if let Kept::Renamed(label) = &kept {
+                let label = label.clone();
+                self.discard(&label, kept);
+            }
+        }
+        outdir::remove_parts(&self.out_dir)?;
+        summary
     }
 }
 
@@ -348,18 +496,33 @@ pub async fn run_batch_with(
             Some(Mutex::new(archive))
         }
     };
+    let memory_output_max = output_memory_bound(options.output_memory, slots);
+    // Every job has the batch's cap: one path for the whole batch.
+    tracing::debug!(
+        max_output = options.limits.max_output_bytes,
+        memory_output_max,
+        "outputs {}",
+        if options.limits.max_output_bytes <= memory_output_max {
+            "in memory"
+        } else {
+            "streamed"
+        }
+    );
     let all_done = CancellationToken::new();
     let env = Arc::new(FileEnv {
         module,
         out_dir: options.out_dir.clone(),
         report: Mutex::new(report),
         archive,
-        memory_output_max: output_memory_bound(slots),
+        memory_output_max,
         finished: AtomicUsize::new(0),
         total: inputs.len(),
         all_done: all_done.clone(),
+        closing: RwLock::new(false),
         unlisted: Mutex::new(HashMap::new()),
         window: Arc::new(Semaphore::new(window(slots))),
+        permit_back: Mutex::new(HashSet::new()),
+        max_attempts: options.max_attempts.max(1),
     });
     if inputs.is_empty() {
         all_done.cancel();
@@ -424,8 +587,7 @@ pub async fn run_batch_with(
         }
     };
     feeder.abort();
-    let mut summary = env.report.lock().finish(total_jobs, started.elapsed());
-    outdir::remove_parts(&options.out_dir)?;
+    let mut summary = env.close(total_jobs, started.elapsed());
     if let Some(ran) = ran {
         match ran {
             Ok(stopped) => stopped?,

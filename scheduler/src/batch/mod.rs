@@ -50,6 +50,9 @@ pub struct BatchOptions {
     pub out_mode: OutMode,
     /// One file per input, or one archive (embedded mode only).
     pub output_format: OutputFormat,
+    /// What the outputs of all slots may hold in memory at once (embedded mode,
+    /// [`embedded::output_memory_bound`]).
+    pub output_memory: u64,
     /// Every job's limits (clamped to the tenant's policy in distributed mode).
     pub limits: Limits,
     /// `None`: the module's own (`_start` if exported, else the raw ABI's `process`).
@@ -85,6 +88,7 @@ impl BatchOptions {
             out_dir,
             out_mode: OutMode::Fresh,
             output_format: OutputFormat::Files,
+            output_memory: embedded::OUTPUT_MEMORY_BUDGET,
             limits: Limits::default(),
             entry: None,
             args: Vec::new(),
@@ -199,11 +203,23 @@ pub enum BatchError {
         /// Entries in it.
         entries: usize,
     },
-    /// `--resume` with `--output-format tar`: an archive is not resumed.
+    /// `--resume` with `--output-format tar`, or into a directory holding a tar run's
+    /// archive: an archive is not resumed.
     #[error(
-        "--resume does not take --output-format tar: an output archive is written whole by one run; pass --force to run the batch again from the start, or resume it with one file per input"
+        "--resume cannot continue a batch with --output-format tar (OUT/outputs.tar is written whole by one run); pass --force to run it again"
     )]
     ResumeArchive,
+    /// An input's name is too long for its partial output file's name.
+    #[error(
+        "input {path}: the file name is {len} bytes, past the {max} an input may have (OUT/.<name>.part must be a valid file name); rename it (no job was run)",
+        max = outdir::MAX_NAME_BYTES
+    )]
+    NameTooLong {
+        /// The input.
+        path: PathBuf,
+        /// Its name's length in bytes.
+        len: usize,
+    },
     /// An output or the report could not be written.
     #[error("cannot write {path}: {error}")]
     Output {
