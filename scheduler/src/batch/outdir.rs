@@ -18,6 +18,10 @@ use super::output::{ARCHIVE_FILE, OutputFormat};
 use super::{BatchError, BatchOptions};
 use crate::report::REPORT_FILE;
 
+/// The longest input name, in bytes: `OUT/.<name>.part` must stay within the 255
+/// bytes a file name may have.
+pub const MAX_NAME_BYTES: usize = 255 - ".".len() - ".part".len();
+
 /// What to do with an output directory that holds files already.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutMode {
@@ -134,6 +138,10 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
     if options.output_format == OutputFormat::Tar && options.out_mode == OutMode::Resume {
         return Err(BatchError::ResumeArchive);
     }
+    // Before anything is created: a `--resume` after a tar run, in either format.
+    if options.out_mode == OutMode::Resume && options.out_dir.join(ARCHIVE_FILE).exists() {
+        return Err(BatchError::ResumeArchive);
+    }
     let inputs = list_inputs(&options.input_dir)?;
     if inputs.is_empty() {
         return Err(BatchError::NoInputs(options.input_dir.clone()));
@@ -150,6 +158,12 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             return Err(BatchError::ReservedName {
                 path: path.clone(),
                 why,
+            });
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(BatchError::NameTooLong {
+                path: path.clone(),
+                len: name.len(),
             });
         }
     }
@@ -177,17 +191,23 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             entries,
         }),
         OutMode::Force => {
-            // Only what the previous run wrote: the outputs of the successes its report
-            // lists. Any other file is not ours (a current input's output replaces it,
-            // atomically, only if that job succeeds).
-            let previous = previous_report(out)?;
-            for name in previous_outputs(&previous) {
-                remove(&out.join(name))?;
-            }
-            // The archive a previous `--output-format tar` run wrote: a run with a
-            // report wrote it, and a tar run is about to write it anew.
-            if options.output_format == OutputFormat::Tar || !previous.is_empty() {
-                remove(&out.join(ARCHIVE_FILE))?;
+            // Only what the previous run wrote: its archive after a tar run, else the
+            // outputs of the successes its report lists. Any other file is not ours (a
+            // current input's output replaces it, atomically, only if that job
+            // succeeds; a tar run's archive replaces `outputs.tar`).
+            let archive = out.join(ARCHIVE_FILE);
+            let tar_run = match super::archive::written_by_sluice(&archive) {
+                Ok(ours) => ours,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(BatchError::output(&archive, e)),
+            };
+            if tar_run {
+                remove(&archive)?;
+            } else {
+                let previous = previous_report(out)?;
+                for name in previous_outputs(&previous) {
+                    remove(&out.join(name))?;
+                }
             }
             remove(&out.join(REPORT_FILE))?;
             remove_parts(out)?;
