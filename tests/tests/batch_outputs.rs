@@ -78,6 +78,24 @@ fn batch(flags: &[&str], module: &str, inputs: &Path, out: &Path) -> Output {
         .unwrap()
 }
 
+/// [`batch`] with `RUST_LOG` set, so the batch's log lines are in its stderr.
+fn batch_logged(flags: &[&str], module: &str, inputs: &Path, out: &Path, log: &str) -> Output {
+    bin("sluice")
+        .env("RUST_LOG", log)
+        .args(["batch", "--quiet"])
+        .args(flags)
+        .arg("--module")
+        .arg(guest(module))
+        .arg(inputs)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// The debug line that says which output path a batch took.
+const PATH_LOG: &str = "sluice_scheduler::batch=debug";
+
 fn stdout(run: &Output) -> String {
     format!(
         "{}{}",
@@ -121,14 +139,17 @@ fn upper(all: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Both formats give the same bytes, once in memory and once streamed.
-fn both_formats_exact(flags: &[&str], big: usize) {
+/// Both formats give the same bytes, once in memory and once streamed: `path` is the
+/// one the batch says it took ("in memory" or "streamed").
+fn both_formats_exact(flags: &[&str], big: usize, path: &str) {
     let (inputs, all) = inputs(60, big);
     let expected = upper(&all);
 
     let out = tempfile::tempdir().unwrap();
-    let run = batch(flags, "uppercase.wasm", inputs.path(), out.path());
+    let run = batch_logged(flags, "uppercase.wasm", inputs.path(), out.path(), PATH_LOG);
     assert!(run.status.success(), "{}", stdout(&run));
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(said.contains(&format!("outputs {path}")), "{said}");
     let mut got = files(out.path());
     assert!(got.remove("report.jsonl").is_some());
     assert_eq!(got, expected);
@@ -154,14 +175,43 @@ fn both_formats_exact(flags: &[&str], big: usize) {
 #[test]
 fn outputs_taken_in_memory_are_byte_exact_in_both_formats() {
     // Two slots × the default 64 MiB cap are within the memory bound.
-    both_formats_exact(&["--concurrency", "2"], 0);
+    both_formats_exact(&["--concurrency", "2"], 0, "in memory");
 }
 
 #[test]
 fn outputs_past_the_memory_bound_stream_and_are_byte_exact_in_both_formats() {
     // Two slots × 600 MiB pass the 1 GiB bound: outputs stream to partial files; the
     // 3 MiB input passes the 1 MiB input bound and streams too.
-    both_formats_exact(&["--concurrency", "2", "--max-output", "600MiB"], 3 << 20);
+    both_formats_exact(
+        &["--concurrency", "2", "--max-output", "600MiB"],
+        3 << 20,
+        "streamed",
+    );
+}
+
+#[test]
+fn output_memory_sets_the_bound_and_zero_streams_every_output() {
+    both_formats_exact(
+        &["--concurrency", "2", "--output-memory", "0"],
+        0,
+        "streamed",
+    );
+    // 1 slot x 64 MiB fits 64MiB: in memory again.
+    both_formats_exact(
+        &["--concurrency", "1", "--output-memory", "64MiB"],
+        0,
+        "in memory",
+    );
+    let (inputs, _) = inputs(1, 0);
+    let out = tempfile::tempdir().unwrap();
+    let run = batch(
+        &["--output-memory", "lots"],
+        "uppercase.wasm",
+        inputs.path(),
+        out.path(),
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", stdout(&run));
+    assert!(stdout(&run).contains("--output-memory"), "{}", stdout(&run));
 }
 
 #[test]
@@ -267,19 +317,28 @@ fn resume_refuses_an_archive_and_force_replaces_it() {
     let run = batch(&tar, "uppercase.wasm", inputs.path(), out.path());
     assert!(run.status.success(), "{}", stdout(&run));
 
-    let run = batch(
-        &["--output-format", "tar", "--resume"],
-        "uppercase.wasm",
-        inputs.path(),
-        out.path(),
+    // Refused in either format: a tar run's outputs are not files to trust or keep.
+    std::fs::write(out.path().join("in0000.txt"), "USER FILE").unwrap();
+    for format in ["tar", "files"] {
+        let run = batch(
+            &["--output-format", format, "--resume"],
+            "uppercase.wasm",
+            inputs.path(),
+            out.path(),
+        );
+        assert_eq!(run.status.code(), Some(2), "{}", stdout(&run));
+        assert!(
+            stdout(&run).contains("--resume cannot continue a batch with --output-format tar")
+                && stdout(&run).contains("pass --force"),
+            "{}",
+            stdout(&run)
+        );
+        assert_eq!(archive(out.path()).len(), all.len(), "left as it was");
+    }
+    assert_eq!(
+        std::fs::read(out.path().join("in0000.txt")).unwrap(),
+        b"USER FILE"
     );
-    assert_eq!(run.status.code(), Some(2), "{}", stdout(&run));
-    assert!(
-        stdout(&run).contains("--resume does not take --output-format tar"),
-        "{}",
-        stdout(&run)
-    );
-    assert_eq!(archive(out.path()).len(), all.len(), "left as it was");
 
     let run = batch(
         &["--output-format", "tar", "--force"],
@@ -294,6 +353,12 @@ fn resume_refuses_an_archive_and_force_replaces_it() {
         "written anew, not appended"
     );
     assert_eq!(report(out.path()).len(), all.len());
+    // The tar run never wrote OUT/in0000.txt: --force after it leaves that file.
+    assert_eq!(
+        std::fs::read(out.path().join("in0000.txt")).unwrap(),
+        b"USER FILE"
+    );
+    std::fs::remove_file(out.path().join("in0000.txt")).unwrap();
 
     // The files format after a tar run: --force removes the archive with the report.
     let run = batch(&["--force"], "uppercase.wasm", inputs.path(), out.path());
@@ -328,4 +393,234 @@ fn an_unknown_output_format_and_tar_through_redis_are_refused() {
     assert_eq!(run.status.code(), Some(2));
     assert!(stdout(&run).contains("--redis"), "{}", stdout(&run));
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn force_after_a_files_run_leaves_a_foreign_outputs_tar() {
+    let (inputs, all) = inputs(3, 0);
+    let out = tempfile::tempdir().unwrap();
+    let run = batch(&[], "uppercase.wasm", inputs.path(), out.path());
+    assert!(run.status.success(), "{}", stdout(&run));
+    // Not ours: a file named outputs.tar that no tar run wrote.
+    std::fs::write(out.path().join("outputs.tar"), "someone else's").unwrap();
+    let run = batch(&["--force"], "uppercase.wasm", inputs.path(), out.path());
+    assert!(run.status.success(), "{}", stdout(&run));
+    let mut left = files(out.path());
+    assert_eq!(left.remove("outputs.tar").unwrap(), b"someone else's");
+    assert!(left.remove("report.jsonl").is_some());
+    assert_eq!(left, upper(&all));
+}
+
+#[test]
+fn a_name_too_long_for_its_partial_file_is_refused_before_any_job() {
+    for format in ["files", "tar"] {
+        // 249 bytes: `.<name>.part` is 255, the most a file name may have.
+        let dir = tempfile::tempdir().unwrap();
+        let longest = "x".repeat(249);
+        std::fs::write(dir.path().join(&longest), "edge\n").unwrap();
+        for cap in ["64MiB", "600MiB"] {
+            let out = tempfile::tempdir().unwrap();
+            let run = batch(
+                &["--output-format", format, "--max-output", cap],
+                "uppercase.wasm",
+                dir.path(),
+                out.path(),
+            );
+            assert!(run.status.success(), "{format} {cap}: {}", stdout(&run));
+            assert_eq!(successes(out.path()), std::slice::from_ref(&longest));
+        }
+        std::fs::write(dir.path().join("y".repeat(250)), "one too long\n").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let run = batch(
+            &["--output-format", format],
+            "uppercase.wasm",
+            dir.path(),
+            out.path(),
+        );
+        assert_eq!(run.status.code(), Some(2), "{}", stdout(&run));
+        assert!(
+            stdout(&run).contains("250 bytes, past the 249"),
+            "{}",
+            stdout(&run)
+        );
+        assert_eq!(
+            std::fs::read_dir(out.path()).unwrap().count(),
+            0,
+            "no job ran"
+        );
+    }
+}
+
+#[test]
+fn retrying_jobs_leave_the_window_to_the_others() {
+    // Every job times out and is retried twice. Waiting out its delay, a job holds no
+    // place in the queue's window (2 slots: 40 places), so the first attempt of all 60
+    // runs before any job's third: with the places held, jobs 41-60 would start
+    // only once the first jobs were dead-lettered, a whole backoff cycle later.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..60 {
+        std::fs::write(dir.path().join(format!("in{i:03}")), "spin\n").unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = batch_logged(
+        &[
+            "--concurrency",
+            "2",
+            "--timeout",
+            "5ms",
+            "--max-attempts",
+            "3",
+        ],
+        "infinite_loop.wat",
+        dir.path(),
+        out.path(),
+        "info",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", stdout(&run));
+    let lines = report(out.path());
+    assert_eq!(lines.len(), 60);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["outcome"] == "timeout" && l["attempt"] == 3)
+    );
+    let said = String::from_utf8_lossy(&run.stderr);
+    let finished: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("job finished"))
+        .collect();
+    let attempt = |n: u32| {
+        let tag = format!("attempt={n}");
+        finished
+            .iter()
+            .enumerate()
+            .filter(move |(_, line)| line.contains(&tag))
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    let (first, third) = (attempt(1), attempt(3));
+    assert_eq!((first.len(), third.len()), (60, 60), "{said}");
+    assert!(
+        first.last() < third.first(),
+        "a first attempt ran after a third: {said}"
+    );
+}
+
+#[test]
+fn a_tar_batch_killed_mid_append_leaves_a_valid_archive_of_listed_jobs() {
+    // A large output streams to its partial file and is copied into the archive after
+    // its run; SIGKILL while the archive grows (or just after) must leave an archive
+    // the `tar` crate reads whole, holding the listed jobs and at most the one entry
+    // being appended.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), "small\n").unwrap();
+    let big = vec![b'b'; 200 << 20];
+    std::fs::write(dir.path().join("b"), &big).unwrap();
+    drop(big);
+    let out = tempfile::tempdir().unwrap();
+    let mut child = bin("sluice")
+        .args([
+            "batch",
+            "--quiet",
+            "--concurrency",
+            "2",
+            "--output-format",
+            "tar",
+        ])
+        .args(["--max-output", "600MiB", "--module"])
+        .arg(guest("uppercase.wasm"))
+        .arg(dir.path())
+        .arg("--out")
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tar_path = out.path().join("outputs.tar");
+    // Watched without a pause: the copy into the archive takes a fraction of a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::fs::metadata(&tar_path).map_or(0, |m| m.len()) <= 8 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive never grew"
+        );
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let entries: Vec<String> = archive(out.path()).into_iter().map(|(n, _)| n).collect();
+    let listed = successes(out.path());
+    for name in &listed {
+        assert!(entries.contains(name), "{name} listed, not in {entries:?}");
+    }
+    let unlisted = entries.iter().filter(|n| !listed.contains(n)).count();
+    assert!(unlisted <= 1, "{entries:?} against {listed:?}");
+}
+
+#[test]
+fn a_second_signal_leaves_an_archive_of_exactly_the_listed_jobs() {
+    // Outputs in memory (the default): the first 5 inputs are quick, the rest spin,
+    // so once 5 lines are written both slots are spinning when the signals come.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        let text = if i < 5 { "quick\n" } else { "spin\n" };
+        std::fs::write(dir.path().join(format!("in{i:03}")), text).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut child = bin("sluice")
+        .args(["batch", "--quiet", "--concurrency", "2", "--timeout", "60s"])
+        .args(["--output-format", "tar", "--module"])
+        .arg(guest("quick_or_spin.wat"))
+        .arg(dir.path())
+        .arg("--out")
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[sluice] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    poll(
+        "the quick jobs' lines",
+        Duration::from_secs(60),
+        || report(out.path()).len(),
+        |n| *n == 5,
+    );
+    let kill = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    kill("-TERM");
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("interrupted");
+        if line.contains("interrupted") {
+            break;
+        }
+    }
+    kill("-TERM");
+    let run = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert_eq!(run.status.code(), Some(130), "{said}");
+    assert!(said.contains("abandoned"), "{said}");
+    let quick: Vec<String> = (0..5).map(|i| format!("in{i:03}")).collect();
+    assert_eq!(successes(out.path()), quick);
+    assert_eq!(report(out.path()).len(), 5);
+    let mut entries: Vec<String> = archive(out.path()).into_iter().map(|(n, _)| n).collect();
+    entries.sort();
+    assert_eq!(entries, quick);
+    let names: Vec<String> = files(out.path()).into_keys().collect();
+    assert_eq!(names, ["outputs.tar", "report.jsonl"]);
 }
