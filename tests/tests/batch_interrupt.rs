@@ -160,6 +160,9 @@ fn a_second_signal_abandons_running_jobs_and_still_leaves_a_clean_directory() {
     let mut command = bin("sluice");
     command
         .args(["batch", "--quiet", "--concurrency", "2", "--timeout", "60s"])
+        // Outputs whose cap is past the batch's memory bound stream to partial files,
+        // which show the jobs running (and must not stay behind).
+        .args(["--max-output", "1GiB"])
         .arg("--module")
         .arg(guest("infinite_loop.wat"))
         .arg(inputs.path())
@@ -193,6 +196,45 @@ fn a_second_signal_abandons_running_jobs_and_still_leaves_a_clean_directory() {
     assert!(stdout.contains("abandoned"), "{stdout}");
     assert!(report_lines(out.path()).is_empty());
     assert!(outputs(out.path()).is_empty());
+}
+
+#[test]
+fn a_second_signal_abandons_jobs_whose_outputs_are_in_memory_and_leaves_only_listed_ones() {
+    // The default path (outputs taken in memory, no partial file while a job runs):
+    // the first 5 inputs are quick, the rest spin, so once 5 lines are written both
+    // slots are spinning.
+    let inputs = inputs(0);
+    for i in 0..20 {
+        let text = if i < 5 { "quick\n" } else { "spin\n" };
+        std::fs::write(inputs.path().join(format!("in{i:03}")), text).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut command = bin("sluice");
+    command
+        .args(["batch", "--quiet", "--concurrency", "2", "--timeout", "60s"])
+        .arg("--module")
+        .arg(guest("quick_or_spin.wat"))
+        .arg(inputs.path())
+        .arg("--out")
+        .arg(out.path());
+    let (child, stderr) = spawn(command);
+    poll(
+        "the quick jobs' lines",
+        Duration::from_secs(60),
+        || report_lines(out.path()).len(),
+        |n| *n == 5,
+    );
+    signal(&child, "-TERM");
+    line_with(&stderr, "interrupted");
+    signal(&child, "-TERM");
+    let (output, stdout) = finish(child);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("abandoned"), "{stdout}");
+    let lines = report_lines(out.path());
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(lines.iter().all(|l| l["outcome"] == "success"));
+    let quick: BTreeSet<String> = (0..5).map(|i| format!("in{i:03}")).collect();
+    assert_eq!(outputs(out.path()), quick);
 }
 
 fn distributed(fleet: &Fleet, inputs: &Path, out: &Path, on_interrupt: &str) -> Command {

@@ -6,7 +6,9 @@
 //! - [`embedded`]: embedded mode, one process, an in-memory queue, in-process workers;
 //! - [`outdir`]: the output directory: reserved names, refusing a rerun into a
 //!   non-empty one unless `--force` or `--resume`, and sweeping partial files;
-//! - [`interrupt`]: SIGINT/SIGTERM: the first stops starting jobs, the second aborts.
+//! - [`interrupt`]: SIGINT/SIGTERM: the first stops starting jobs, the second aborts;
+//! - [`output`]: `--output-format`: one file per input, or one tar archive
+//!   (`archive.rs` writes it).
 //!
 //! Distributed mode (`--redis`) is [`crate::distributed`]; both write their report
 //! through one writer (`report.rs`).
@@ -20,14 +22,17 @@ use sluice_shared::{
 };
 use sluice_worker::{SandboxConfig, SandboxError};
 
+mod archive;
 pub mod embedded;
 pub mod interrupt;
 pub mod outdir;
+pub mod output;
 
 pub use crate::report::REPORT_FILE;
 pub use embedded::{run_batch, run_batch_with};
 pub use interrupt::Interrupts;
 pub use outdir::{OutMode, list_inputs};
+pub use output::{ARCHIVE_FILE, OutputFormat};
 
 /// Attempts per job by default, the first included: the same as `sluice-worker serve`.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -43,6 +48,11 @@ pub struct BatchOptions {
     pub out_dir: PathBuf,
     /// What to do with an output directory that is not empty.
     pub out_mode: OutMode,
+    /// One file per input, or one archive (embedded mode only).
+    pub output_format: OutputFormat,
+    /// What the outputs of all slots may hold in memory at once (embedded mode,
+    /// [`embedded::output_memory_bound`]).
+    pub output_memory: u64,
     /// Every job's limits (clamped to the tenant's policy in distributed mode).
     pub limits: Limits,
     /// `None`: the module's own (`_start` if exported, else the raw ABI's `process`).
@@ -77,6 +87,8 @@ impl BatchOptions {
             input_dir,
             out_dir,
             out_mode: OutMode::Fresh,
+            output_format: OutputFormat::Files,
+            output_memory: embedded::OUTPUT_MEMORY_BUDGET,
             limits: Limits::default(),
             entry: None,
             args: Vec::new(),
@@ -190,6 +202,23 @@ pub enum BatchError {
         path: PathBuf,
         /// Entries in it.
         entries: usize,
+    },
+    /// `--resume` with `--output-format tar`, or into a directory holding a tar run's
+    /// archive: an archive is not resumed.
+    #[error(
+        "--resume cannot continue a batch with --output-format tar (OUT/outputs.tar is written whole by one run); pass --force to run it again"
+    )]
+    ResumeArchive,
+    /// An input's name is too long for its partial output file's name.
+    #[error(
+        "input {path}: the file name is {len} bytes, past the {max} an input may have (OUT/.<name>.part must be a valid file name); rename it (no job was run)",
+        max = outdir::MAX_NAME_BYTES
+    )]
+    NameTooLong {
+        /// The input.
+        path: PathBuf,
+        /// Its name's length in bytes.
+        len: usize,
     },
     /// An output or the report could not be written.
     #[error("cannot write {path}: {error}")]

@@ -4,16 +4,23 @@
 //! any job runs), and a rerun into a directory that holds files refuses unless told
 //! what to do with them: `--force` removes the previous run's outputs and report,
 //! `--resume` keeps the inputs whose successful output and report line exist. Either
-//! removes only outputs the previous report lists as successes (and partial files):
-//! anything else in OUT stays, unless a job's successful output replaces it. Input names must be valid
+//! removes only outputs the previous report lists as successes (and partial files, and
+//! the output archive `outputs.tar` of a run with `--output-format tar`, which
+//! `--resume` refuses): anything else in OUT stays, unless a job's successful output
+//! replaces it. Input names must be valid
 //! UTF-8 (each names an output and a report line exactly).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::output::{ARCHIVE_FILE, OutputFormat};
 use super::{BatchError, BatchOptions};
 use crate::report::REPORT_FILE;
+
+/// The longest input name, in bytes: `OUT/.<name>.part` must stay within the 255
+/// bytes a file name may have.
+pub const MAX_NAME_BYTES: usize = 255 - ".".len() - ".part".len();
 
 /// What to do with an output directory that holds files already.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,6 +135,13 @@ pub fn list_inputs(dir: &Path) -> Result<Vec<Input>, BatchError> {
 /// directory (not the input directory) and applies `options.out_mode` to what it
 /// holds.
 pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
+    if options.output_format == OutputFormat::Tar && options.out_mode == OutMode::Resume {
+        return Err(BatchError::ResumeArchive);
+    }
+    // Before anything is created: a `--resume` after a tar run, in either format.
+    if options.out_mode == OutMode::Resume && options.out_dir.join(ARCHIVE_FILE).exists() {
+        return Err(BatchError::ResumeArchive);
+    }
     let inputs = list_inputs(&options.input_dir)?;
     if inputs.is_empty() {
         return Err(BatchError::NoInputs(options.input_dir.clone()));
@@ -144,6 +158,12 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             return Err(BatchError::ReservedName {
                 path: path.clone(),
                 why,
+            });
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(BatchError::NameTooLong {
+                path: path.clone(),
+                len: name.len(),
             });
         }
     }
@@ -171,11 +191,23 @@ pub(crate) fn prepare(options: &BatchOptions) -> Result<Prepared, BatchError> {
             entries,
         }),
         OutMode::Force => {
-            // Only what the previous run wrote: the outputs of the successes its report
-            // lists. Any other file is not ours (a current input's output replaces it,
-            // atomically, only if that job succeeds).
-            for name in previous_outputs(&previous_report(out)?) {
-                remove(&out.join(name))?;
+            // Only what the previous run wrote: its archive after a tar run, else the
+            // outputs of the successes its report lists. Any other file is not ours (a
+            // current input's output replaces it, atomically, only if that job
+            // succeeds; a tar run's archive replaces `outputs.tar`).
+            let archive = out.join(ARCHIVE_FILE);
+            let tar_run = match super::archive::written_by_sluice(&archive) {
+                Ok(ours) => ours,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(BatchError::output(&archive, e)),
+            };
+            if tar_run {
+                remove(&archive)?;
+            } else {
+                let previous = previous_report(out)?;
+                for name in previous_outputs(&previous) {
+                    remove(&out.join(name))?;
+                }
             }
             remove(&out.join(REPORT_FILE))?;
             remove_parts(out)?;

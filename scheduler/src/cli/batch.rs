@@ -15,8 +15,8 @@ use sluice_worker::cli::GuestArgs;
 use super::RedisArgs;
 use crate::batch::interrupt::INTERRUPTED_EXIT;
 use crate::batch::{
-    BatchOptions, BatchSummary, DEFAULT_MAX_ATTEMPTS, Interrupted, Interrupts, OutMode, jobs,
-    run_batch_with,
+    BatchOptions, BatchSummary, DEFAULT_MAX_ATTEMPTS, Interrupted, Interrupts, OutMode,
+    OutputFormat, jobs, run_batch_with,
 };
 use crate::distributed::{self, OnInterrupt};
 
@@ -84,6 +84,28 @@ pub struct RunArgs {
     /// run the rest, append to the report.
     #[arg(long)]
     pub resume: bool,
+    /// How an embedded batch writes its outputs: `files`, OUT/<input name> each, or
+    /// `tar`, one archive OUT/outputs.tar with an entry per successful job (no file
+    /// create per job; --resume refuses it).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "files",
+        conflicts_with = "redis_url"
+    )]
+    pub output_format: OutputFormat,
+    /// What the outputs of all slots may hold in memory at once, in-process: outputs
+    /// are taken in memory (and written once the job ends) when --concurrency times
+    /// --max-output is at most this, else they stream to OUT/.<name>.part as the guest
+    /// writes them (0: always stream).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "1GiB",
+        value_parser = output_memory,
+        conflicts_with = "redis_url"
+    )]
+    pub output_memory: u64,
     /// The job limits, entry point, environment and directory grants.
     #[command(flatten)]
     pub guest: GuestArgs,
@@ -122,6 +144,11 @@ pub struct RunArgs {
     /// detach and leave them to the workers (default: ask on a terminal, else detach).
     #[arg(long, value_enum)]
     pub on_interrupt: Option<OnInterrupt>,
+}
+
+/// `--output-memory`: a size, as every size flag is written.
+fn output_memory(text: &str) -> Result<u64, String> {
+    sluice_shared::units::parse_size(text).map_err(|e| e.to_string())
 }
 
 /// Prints what a batch did: counts, rate, outcomes by kind, whether it was
@@ -241,6 +268,8 @@ async fn run_batch_args(args: RunArgs) -> anyhow::Result<ExitCode> {
         (_, true) => OutMode::Resume,
         _ => OutMode::Fresh,
     };
+    options.output_format = args.output_format;
+    options.output_memory = args.output_memory;
     options.limits = args.guest.limits();
     options.entry = args.guest.entry();
     options.args = args.args;
