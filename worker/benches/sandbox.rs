@@ -10,7 +10,13 @@
 //!    setting, CPU time and kernel share per job, and the resident memory per pool slot
 //!    each setting costs (`real_guest.rs`).
 //!
-//! `cargo bench -p sluice-worker --bench sandbox -- real` runs only the fourth;
+//! Every run starts with the issue-13 summary: per job on one thread, bare wasmtime with
+//! the pool as wasmtime resets it by default, bare wasmtime with the chosen settings and
+//! the sandbox with them, for the no-op module and the C uppercase guest at 4 KiB, with
+//! the kernel share and the bytes kept resident per slot (`real_guest::summary`).
+//!
+//! `cargo bench -p sluice-worker --bench sandbox -- summary` runs only the summary;
+//! `cargo bench -p sluice-worker --bench sandbox -- real` the summary and the fourth;
 //! `-- --profile sluice-chosen` (or `sluice-default`, `bare-keep-resident`, …) runs one
 //! loop of it for `perf record`.
 
@@ -407,6 +413,10 @@ fn main() {
     }
     if let Some(target) = option("--profile") {
         return real_guest::profile(target, &guest(real_guest::GUEST));
+    }
+    real_guest::summary(&guest(real_guest::GUEST), &guest("noop.wat"));
+    if args.iter().any(|a| a == "summary") {
+        return;
     }
     if !args.iter().any(|a| a == "real") {
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());

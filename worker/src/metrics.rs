@@ -2,7 +2,8 @@
 //! and the endpoint that serves them.
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
 //! `_bytes`; the labels are closed sets: the outcome kind (15 values), the compile
-//! limit (4), the module cache tier (`l1`, `l2`, `l3`) and the precompile result (4),
+//! limit (4), the module cache tier (`l1`, `l2`, `l3`), the precompile result (4) and
+//! the instance pool's resident `kind` (`memory`, `table`),
 //! or bounded: the tenant, by the folding rule of [`tenants`].
 
 pub mod pool;

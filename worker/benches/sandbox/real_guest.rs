@@ -239,6 +239,14 @@ impl Bare {
         let mut store = self.store(input);
         self.run_in(&mut store, pre);
     }
+
+    /// Bytes the pool keeps resident in its free slots now (memory + tables, wasmtime's
+    /// own count); 0 for the on-demand allocator.
+    fn resident_bytes(&self) -> u64 {
+        self.engine.pooling_allocator_metrics().map_or(0, |m| {
+            (m.unused_memory_bytes_resident() + m.unused_table_bytes_resident()) as u64
+        })
+    }
 }
 
 /// The guest in a `Sandbox`.
@@ -285,6 +293,12 @@ impl Sluice {
         };
         assert!(result.outcome.is_success(), "{}", result.outcome);
         assert_eq!(result.stats.output_bytes, input.len() as u64);
+    }
+
+    /// Bytes the sandbox's pools keep resident in their free slots now.
+    fn resident_bytes(&self) -> u64 {
+        let resident = self.sandbox.pool_resident_bytes();
+        resident.memory + resident.tables
     }
 }
 
@@ -622,4 +636,137 @@ pub fn profile(what: &str, wasm: &[u8]) {
         cpu.total_us() / f64::from(PROFILED_JOBS),
         cpu.kernel_share() * 100.0
     );
+}
+
+/// The issue-13 figures in one table, one run, rows interleaved: bare wasmtime with
+/// the pool as wasmtime resets it by default (nothing kept resident), bare wasmtime
+/// with the settings the sandbox chose, and the sandbox with them (`Sandbox::run_io`,
+/// input and output in memory, as the executor calls it), for the no-op module and the
+/// C uppercase guest over [`INPUT_BYTES`]; with the kernel share and the bytes each
+/// setting keeps resident per pool slot.
+pub fn summary(upper: &[u8], noop: &[u8]) {
+    let text = Bytes::from(
+        b"Hello, World! the quick brown fox 0123456789\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(INPUT_BYTES)
+            .collect::<Vec<u8>>(),
+    );
+    struct Guest {
+        name: String,
+        input: Bytes,
+        bare_default: Bare,
+        bare_chosen: Bare,
+        sluice: Sluice,
+        /// The guest's own work per job, subtracted for "beyond the guest".
+        own_us: f64,
+    }
+    let guest = |name: String, wasm: &[u8], input: Bytes| {
+        let bare_chosen = Bare::new(Pool::KeepResident, wasm);
+        let own_us = if input.is_empty() {
+            0.0
+        } else {
+            guest_work_us(&bare_chosen)
+        };
+        Guest {
+            name,
+            input,
+            bare_default: Bare::new(Pool::Default, wasm),
+            bare_chosen,
+            sluice: Sluice::new(sandbox_config(Setting::Chosen), wasm, false),
+            own_us,
+        }
+    };
+    let guests = [
+        guest("no-op (noop.wat, no input)".into(), noop, Bytes::new()),
+        guest(
+            format!("C uppercase ({GUEST}, {} KiB)", INPUT_BYTES >> 10),
+            upper,
+            text,
+        ),
+    ];
+    // (guest, configuration: 0 bare default, 1 bare chosen, 2 Sluice, the row)
+    let mut rows: Vec<(usize, usize, Row)> = Vec::new();
+    for (g, guest) in guests.iter().enumerate() {
+        let input = &guest.input;
+        rows.push((
+            g,
+            0,
+            row(
+                "bare wasmtime, pooling as wasmtime resets it (nothing kept resident)",
+                1,
+                Box::new(move || guest.bare_default.job(input, true)),
+            ),
+        ));
+        rows.push((
+            g,
+            1,
+            row(
+                "bare wasmtime, the chosen settings (keep resident, memset reset)",
+                1,
+                Box::new(move || guest.bare_chosen.job(input, true)),
+            ),
+        ));
+        rows.push((
+            g,
+            2,
+            row(
+                "**Sluice `Sandbox::run_io`, the chosen settings**",
+                1,
+                Box::new(move || guest.sluice.job(input, true)),
+            ),
+        ));
+    }
+    let load_before = procfs::load_average();
+    for _ in 0..RUNS {
+        for (_, _, row) in &mut rows {
+            row.samples.push(sample(row.threads, &*row.job));
+        }
+    }
+    let load_after = procfs::load_average();
+    println!(
+        "## sandbox overhead per job, one thread (issue 13 target: ≤ 10 µs beyond the guest's own code, kernel ≤ 5%)"
+    );
+    println!(
+        "(process CPU per job, median of {RUNS} interleaved runs of at least {JOBS} jobs and 1 s of CPU; load average {load_before} before, {load_after} after)"
+    );
+    println!(
+        "| guest | configuration | CPU µs/job | kernel share | beyond the guest's own work | kept resident per slot (KiB) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (g, configuration, row) in &rows {
+        let guest = &guests[*g];
+        let cpu = median(row.samples.iter().map(|s| s.cpu_us).collect());
+        let kernel = median(row.samples.iter().map(|s| s.kernel).collect());
+        let resident = match configuration {
+            0 => guest.bare_default.resident_bytes(),
+            1 => guest.bare_chosen.resident_bytes(),
+            _ => guest.sluice.resident_bytes(),
+        };
+        println!(
+            "| {} | {} | {cpu:.1} | {:.1}% | {:.1} | {} |",
+            guest.name,
+            row.label,
+            kernel * 100.0,
+            cpu - guest.own_us,
+            resident >> 10
+        );
+    }
+    for guest in &guests {
+        println!(
+            "{}: the guest's own work {:.1} µs/job (CPU of one instance streaming 256 MiB, per {} KiB; 0 for the no-op)",
+            guest.name,
+            guest.own_us,
+            INPUT_BYTES >> 10
+        );
+    }
+    println!(
+        "kept resident per slot: wasmtime's count of bytes resident in the pool's free slots after the run (one slot warm: a module gets back the slot it last used), memory + tables"
+    );
+    println!(
+        "memory protection keys available on this CPU: {} (`grep -c pku /proc/cpuinfo`)",
+        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" pku"))
+    );
+    println!();
 }
