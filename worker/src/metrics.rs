@@ -60,8 +60,9 @@ pub struct WorkerMetrics {
     pub compile: CompileMetrics,
     /// The module cache's metrics.
     pub cache: CacheMetrics,
-    /// `sluice_sandbox_pool_resident_bytes{kind}`: the sandbox's instance pools' resident
-    /// memory, read at each scrape once [`PoolMetrics::watch`] is given the sandbox.
+    /// `sluice_sandbox_pool_idle_resident_bytes{kind}`: the memory the sandbox's instance
+    /// pools keep resident in their free slots, read at each scrape once
+    /// [`PoolMetrics::watch`] is given the sandbox.
     pub pool: PoolMetrics,
     /// `sluice_job_queue_wait_seconds`: from the job's entry into the queue's stream to
     /// its claim by this worker (its run starts right after).

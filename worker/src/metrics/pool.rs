@@ -1,7 +1,10 @@
-//! The instance pool's resident memory (`sluice_sandbox_pool_resident_bytes{kind}`):
-//! what the sandbox's pools keep resident in their free slots
+//! The instance pool's idle resident memory
+//! (`sluice_sandbox_pool_idle_resident_bytes{kind}`): what the sandbox's pools keep
+//! resident in their FREE slots
 //! ([`SandboxConfig::memory_keep_resident_bytes`](crate::SandboxConfig) and
-//! `table_keep_resident_bytes` at work), read from the sandbox at each scrape.
+//! `table_keep_resident_bytes` at work), read from the sandbox at each scrape. Slots in
+//! use are not counted (wasmtime counts only free slots), so on a busy worker the gauge
+//! falls while the most memory is resident; it is 0 once the sandbox is gone.
 
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -15,7 +18,8 @@ pub const KINDS: [&str; 2] = ["memory", "table"];
 /// The pool gauges and the sandbox they are read from.
 #[derive(Clone)]
 pub struct PoolMetrics {
-    /// `sluice_sandbox_pool_resident_bytes{kind}`: bytes kept resident in free slots.
+    /// `sluice_sandbox_pool_idle_resident_bytes{kind}`: bytes kept resident in free
+    /// slots (slots in use are not counted).
     pub resident: IntGaugeVec,
     /// The sandbox whose pools are read at each scrape (weak: the metrics do not keep
     /// a stopped worker's sandbox alive).
@@ -27,8 +31,8 @@ impl PoolMetrics {
     pub(super) fn register(registry: &Registry) -> Self {
         let resident = IntGaugeVec::new(
             Opts::new(
-                "sluice_sandbox_pool_resident_bytes",
-                "Bytes the sandbox's instance pools keep resident in free slots, by kind (memory, table)",
+                "sluice_sandbox_pool_idle_resident_bytes",
+                "Bytes the sandbox's instance pools keep resident in their free slots (slots in use are not counted), by kind (memory, table)",
             ),
             &["kind"],
         )
@@ -45,17 +49,27 @@ impl PoolMetrics {
         }
     }
 
-    /// Reads `sandbox`'s pools at every scrape from now on (the first sandbox given
-    /// stays: a worker has one).
-    pub fn watch(&self, sandbox: &Arc<Sandbox>) {
-        let _ = self.sandbox.set(Arc::downgrade(sandbox));
+    /// Reads `sandbox`'s pools at every scrape from now on. A worker has one sandbox:
+    /// only the first one given is watched, and false says this one was not.
+    #[must_use = "false: another sandbox is already watched and this one is not"]
+    pub fn watch(&self, sandbox: &Arc<Sandbox>) -> bool {
+        self.sandbox.set(Arc::downgrade(sandbox)).is_ok()
     }
 
-    /// Sets the gauges from the watched sandbox, if it is still there.
+    /// Sets the gauges from the watched sandbox; both 0 once it is gone (its pools
+    /// are unmapped), or before one is watched.
+    ///
+    /// A scrape racing the worker's shutdown may hold the last reference for a moment
+    /// and so drop the sandbox here: that joins its epoch ticker, which wakes every
+    /// `epoch_tick` (5 ms by default), so a scrape may take that much longer once.
     pub(super) fn refresh(&self) {
-        if let Some(sandbox) = self.sandbox.get().and_then(Weak::upgrade) {
-            self.set(sandbox.pool_resident_bytes());
-        }
+        let resident = self
+            .sandbox
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|sandbox| sandbox.pool_resident_bytes())
+            .unwrap_or_default();
+        self.set(resident);
     }
 
     fn set(&self, resident: PoolResident) {
@@ -90,7 +104,7 @@ mod tests {
 
     fn gauges(text: &str) -> HashMap<String, i64> {
         text.lines()
-            .filter_map(|line| line.strip_prefix("sluice_sandbox_pool_resident_bytes{kind=\""))
+            .filter_map(|line| line.strip_prefix("sluice_sandbox_pool_idle_resident_bytes{kind=\""))
             .filter_map(|rest| rest.split_once("\"} "))
             .map(|(kind, value)| (kind.to_owned(), value.parse().expect("an integer")))
             .collect()
@@ -104,7 +118,13 @@ mod tests {
         assert_eq!(before.get("table"), Some(&0), "{before:?}");
 
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("sandbox"));
-        metrics.pool.watch(&sandbox);
+        assert!(metrics.pool.watch(&sandbox));
+        let other = Arc::new(Sandbox::new(SandboxConfig::default()).expect("sandbox"));
+        assert!(
+            !metrics.pool.watch(&other),
+            "a second sandbox is not watched"
+        );
+        drop(other);
         let module = sandbox.load_module(GUEST.as_bytes()).expect("guest loads");
         let job = Job::new(module.hash(), JobInput::Inline(Vec::new()));
         let result = sandbox.run_io(
@@ -121,9 +141,12 @@ mod tests {
         assert_eq!(after["memory"], expected.memory as i64);
         assert_eq!(after["table"], expected.tables as i64);
 
-        // The metrics do not keep a dropped sandbox alive; the last figures stay.
+        // The metrics do not keep a dropped sandbox alive, and its pools, unmapped,
+        // no longer count.
         drop(module);
         drop(sandbox);
-        assert_eq!(gauges(&metrics.render()), after);
+        let gone = gauges(&metrics.render());
+        assert_eq!(gone.get("memory"), Some(&0), "{gone:?}");
+        assert_eq!(gone.get("table"), Some(&0), "{gone:?}");
     }
 }
