@@ -194,7 +194,8 @@ pub struct LoadedModule {
     prepared: [OnceLock<Prepared>; 2],
     code: Code,
     /// The guest's `argv[0]`: the module's file name where it was loaded from one
-    /// (`run`, embedded batches), else its hash in hex (made once here, not per job).
+    /// (`run`, embedded batches), else its hash in hex (hex-encoded once here; the WASI
+    /// builder still copies it into each job's context).
     argv0: String,
 }
 
