@@ -10,7 +10,15 @@
 //!    setting, CPU time and kernel share per job, and the resident memory per pool slot
 //!    each setting costs (`real_guest.rs`).
 //!
-//! `cargo bench -p sluice-worker --bench sandbox -- real` runs only the fourth;
+//! Every run starts with the issue-13 summary: per job on one thread, bare wasmtime with
+//! pooling as wasmtime 48 sets it by default, bare wasmtime with the chosen settings and
+//! the sandbox with them (input in memory; output in memory, and streamed as the fleet
+//! streams it now), for the no-op module, the C uppercase guest at 4 KiB and an echo
+//! with 1.06 MiB of initial memory, with the kernel share and the bytes kept resident
+//! per slot (`summary.rs`).
+//!
+//! `cargo bench -p sluice-worker --bench sandbox -- summary` runs only the summary;
+//! `cargo bench -p sluice-worker --bench sandbox -- real` the summary and the fourth;
 //! `-- --profile sluice-chosen` (or `sluice-default`, `bare-keep-resident`, …) runs one
 //! loop of it for `perf record`.
 
@@ -33,6 +41,8 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 mod procfs;
 #[path = "sandbox/real_guest.rs"]
 mod real_guest;
+#[path = "sandbox/summary.rs"]
+mod summary;
 
 fn guest(name: &str) -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -393,8 +403,9 @@ fn streaming(sandbox: &Sandbox) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `real` runs only the real-guest section, and the
-    // two options below are this bench re-run for one measurement.
+    // `cargo bench` passes `--bench`. Every run starts with the summary; `summary` stops
+    // after it, `real` adds only the real-guest section, and the two options below are
+    // this bench re-run for one measurement.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let option = |name: &str| {
         args.iter()
@@ -407,6 +418,10 @@ fn main() {
     }
     if let Some(target) = option("--profile") {
         return real_guest::profile(target, &guest(real_guest::GUEST));
+    }
+    summary::summary(&guest(real_guest::GUEST), &guest("noop.wat"));
+    if args.iter().any(|a| a == "summary") {
+        return;
     }
     if !args.iter().any(|a| a == "real") {
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());

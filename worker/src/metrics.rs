@@ -2,9 +2,11 @@
 //! and the endpoint that serves them.
 //! Names follow Prometheus conventions: base units, `_total` counters, `_seconds` and
 //! `_bytes`; the labels are closed sets: the outcome kind (15 values), the compile
-//! limit (4), the module cache tier (`l1`, `l2`, `l3`) and the precompile result (4),
+//! limit (4), the module cache tier (`l1`, `l2`, `l3`), the precompile result (4) and
+//! the instance pool's resident `kind` (`memory`, `table`),
 //! or bounded: the tenant, by the folding rule of [`tenants`].
 
+pub mod pool;
 pub mod tenants;
 
 use prometheus::{
@@ -12,6 +14,7 @@ use prometheus::{
 };
 use sluice_shared::{Job, JobId, JobResult, OutcomeKind, QueueError};
 
+pub use pool::PoolMetrics;
 pub use tenants::{DEFAULT_MAX_TENANTS, TenantLabels, TenantMetrics};
 
 use std::collections::HashMap;
@@ -57,6 +60,10 @@ pub struct WorkerMetrics {
     pub compile: CompileMetrics,
     /// The module cache's metrics.
     pub cache: CacheMetrics,
+    /// `sluice_sandbox_pool_idle_resident_bytes{kind}`: the memory the sandbox's instance
+    /// pools keep resident in their free slots, read at each scrape once
+    /// [`PoolMetrics::watch`] is given the sandbox.
+    pub pool: PoolMetrics,
     /// `sluice_job_queue_wait_seconds`: from the job's entry into the queue's stream to
     /// its claim by this worker (its run starts right after).
     pub queue_wait: Histogram,
@@ -315,6 +322,7 @@ impl WorkerMetrics {
             ),
             queue_errors: queue_errors(&registry),
             cache: CacheMetrics::register(&registry),
+            pool: PoolMetrics::register(&registry),
             step_warned: Arc::default(),
             registry,
         }
@@ -371,6 +379,7 @@ impl WorkerMetrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        self.pool.refresh();
         sluice_shared::metrics::render(&self.registry)
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use sluice_shared::{EntryPoint, Job, JobOutput, JobResult, ModuleHash, Outcome, RunStats};
 use wasmtime::{
-    Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    Enabled, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module, ModuleExport,
     PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -160,7 +160,15 @@ impl Drop for Ticker {
 }
 
 /// A module compiled and linked for one engine, ready to instantiate cheaply.
-type Prepared = Result<InstancePre<StoreState>, Outcome>;
+type Prepared = Result<Linked, Outcome>;
+
+/// A module linked for one engine, its `_start` export's index looked up once (a
+/// lookup by name per job was a measurable share of a small job).
+#[derive(Clone)]
+struct Linked {
+    pre: InstancePre<StoreState>,
+    start: Option<ModuleExport>,
+}
 
 /// Where a module's compiled code for one engine comes from when it is not compiled
 /// here from its bytes (the fleet's artifact cache).
@@ -186,8 +194,9 @@ pub struct LoadedModule {
     prepared: [OnceLock<Prepared>; 2],
     code: Code,
     /// The guest's `argv[0]`: the module's file name where it was loaded from one
-    /// (`run`, embedded batches), else its hash.
-    name: Option<String>,
+    /// (`run`, embedded batches), else its hash in hex (hex-encoded once here; the WASI
+    /// builder still copies it into each job's context).
+    argv0: String,
 }
 
 impl LoadedModule {
@@ -201,14 +210,16 @@ impl LoadedModule {
     /// compile gets a command (whose run then reports why).
     pub fn default_entry(&self, sandbox: &Sandbox) -> EntryPoint {
         match self.prepared(sandbox, Metering::Off) {
-            Ok(pre) => EntryPoint::default_for(|name| pre.module().get_export(name).is_some()),
+            Ok(linked) => {
+                EntryPoint::default_for(|name| linked.pre.module().get_export(name).is_some())
+            }
             Err(_) => EntryPoint::Command,
         }
     }
 
     /// What the guest sees as `argv[0]`: the name it was loaded under, else its hash.
     pub fn program_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.hash.to_hex())
+        self.argv0.clone()
     }
 
     /// Loads (compiles, or gets from its source) the module's code for the engine
@@ -396,11 +407,12 @@ impl Sandbox {
                 limit: self.config.max_module_bytes,
             });
         }
+        let hash = ModuleHash::of(bytes);
         let loaded = LoadedModule {
-            hash: ModuleHash::of(bytes),
+            hash,
             prepared: [OnceLock::new(), OnceLock::new()],
             code: Code::Bytes(bytes.into()),
-            name,
+            argv0: name.unwrap_or_else(|| hash.to_hex()),
         };
         // Compile for the unmetered engine now so a bad module is refused at load.
         loaded.prepared(self, Metering::Off).clone()?;
@@ -466,7 +478,7 @@ impl Sandbox {
             hash,
             prepared: [OnceLock::new(), OnceLock::new()],
             code: Code::Source(source),
-            name: None,
+            argv0: hash.to_hex(),
         })
     }
 
@@ -489,12 +501,16 @@ impl Sandbox {
                 .capped());
             }
         }
-        set.linker.instantiate_pre(module).map_err(|e| {
+        let pre = set.linker.instantiate_pre(module).map_err(|e| {
             Outcome::ImportNotAllowed {
                 module: "wasi_snapshot_preview1".into(),
                 name: describe(&e),
             }
             .capped()
+        })?;
+        Ok(Linked {
+            pre,
+            start: module.get_export_index("_start"),
         })
     }
 
@@ -603,10 +619,11 @@ impl Sandbox {
         deadline: Instant,
     ) -> Outcome {
         let metering = metering_of(job);
-        let pre = match module.prepared(self, metering) {
-            Ok(pre) => pre,
+        let linked = match module.prepared(self, metering) {
+            Ok(linked) => linked,
             Err(outcome) => return outcome.clone(),
         };
+        let pre = &linked.pre;
         let memory_cap = job
             .limits
             .memory_bytes
@@ -632,11 +649,7 @@ impl Sandbox {
         wasi.allow_blocking_current_thread(self.config.dir_grants.is_empty())
             .monotonic_clock(JobClock(started))
             .stderr(stderr.clone())
-            .arg(
-                job.program
-                    .as_ref()
-                    .map_or_else(|| module.program_name(), |n| n.to_string()),
-            )
+            .arg(job.program.as_ref().map_or(&*module.argv0, |n| n.as_str()))
             .args(&job.args)
             .envs(&job.env);
         match &job.entry {
@@ -696,9 +709,20 @@ impl Sandbox {
             .map_err(raw_abi::RunError::Wasm)
             .and_then(|instance| match &job.entry {
                 EntryPoint::Command => {
-                    let start = instance
-                        .get_typed_func::<(), ()>(&mut store, "_start")
-                        .map_err(|e| raw_abi::RunError::Outcome(missing_export("_start", e)))?;
+                    // By the index found at link time; by name (for its error) when that
+                    // finds no `() -> ()` function.
+                    let start = match linked
+                        .start
+                        .as_ref()
+                        .and_then(|export| instance.get_module_export(&mut store, export))
+                        .and_then(Extern::into_func)
+                        .and_then(|func| func.typed::<(), ()>(&store).ok())
+                    {
+                        Some(start) => start,
+                        None => instance
+                            .get_typed_func::<(), ()>(&mut store, "_start")
+                            .map_err(|e| raw_abi::RunError::Outcome(missing_export("_start", e)))?,
+                    };
                     start.call(&mut store, ()).map_err(raw_abi::RunError::Wasm)
                 }
                 EntryPoint::Raw { export } => raw_abi::run(

@@ -150,7 +150,11 @@ fn invalid_bytes_are_an_invalid_module() {
 
 #[test]
 fn missing_or_mistyped_start_is_missing_export() {
-    for name in ["missing_start.wat", "wrong_signature.wat"] {
+    for name in [
+        "missing_start.wat",
+        "wrong_signature.wat",
+        "start_not_a_function.wat",
+    ] {
         let (result, _) = run(&SANDBOX, &guest(name), b"", |job| {
             job.entry = EntryPoint::Command;
         });

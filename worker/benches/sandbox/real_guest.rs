@@ -3,12 +3,14 @@
 //! beside `Sandbox::run`, under each pooling setting worth weighing.
 //!
 //! Every figure is CPU time of the whole process per job (user + kernel, from
-//! `/proc/self/stat`, so the sandbox's stdio helper threads count), the median of
-//! [`RUNS`] runs of [`JOBS`] jobs, the settings interleaved within each run so a change
-//! in the machine's load touches all of them alike. The guest's own work is measured
-//! apart (the same guest streaming a long input through one instance), so what is left
-//! of a job is the sandbox's fixed cost: instantiation, the WASI context, the guest's
-//! start-up and exit, teardown and the slot's reset.
+//! `clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`, so the sandbox's stdio helper threads
+//! count, and so do the epoch tickers of the sandboxes alive: `summary.rs` measures
+//! those), the median of [`RUNS`] runs of [`JOBS`] jobs, the settings interleaved within
+//! each run so a change in the machine's load touches all of them alike. The guest's own
+//! work is measured in the same runs (the same guest streaming the same input, repeated,
+//! through one instance), so what is left of a job is the sandbox's fixed cost:
+//! instantiation, the WASI context, the guest's start-up and exit, teardown and the
+//! slot's reset.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -37,10 +39,28 @@ pub const INPUT_BYTES: usize = 4 << 10;
 /// The guest.
 pub const GUEST: &str = "uppercase.wasm";
 
+/// The input each job gets: [`INPUT_BYTES`] of mixed-case text, the same in every
+/// table, profile and probe.
+pub fn input() -> Bytes {
+    Bytes::from(
+        b"Hello, World! the quick brown fox 0123456789\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(INPUT_BYTES)
+            .collect::<Vec<u8>>(),
+    )
+}
+
 /// An instance-allocation setting for the bare engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pool {
-    /// The sandbox's pool before issue 13: its limits, batched decommits, nothing kept.
+    /// Pooling as wasmtime 48 configures it by default, with the sandbox's pool limits
+    /// (so the guests fit): decommits not batched (`decommit_batch_size` 1), nothing kept
+    /// resident, no `pagemap_scan`.
+    WasmtimeDefault,
+    /// The sandbox's pool before issue 13: its limits, decommits batched over half the
+    /// slots, nothing kept.
     Default,
     /// As `Default`, keeping the sandbox's default resident memory and table bytes.
     KeepResident,
@@ -55,7 +75,8 @@ pub enum Pool {
 
 impl Pool {
     /// Every setting, in table order.
-    pub const ALL: [Pool; 5] = [
+    pub const ALL: [Pool; 6] = [
+        Pool::WasmtimeDefault,
         Pool::Default,
         Pool::KeepResident,
         Pool::KeepResidentPagemap,
@@ -66,6 +87,7 @@ impl Pool {
     /// The name used on the command line (`--rss-probe NAME`, `--profile bare-NAME`).
     pub fn name(self) -> &'static str {
         match self {
+            Pool::WasmtimeDefault => "wasmtime-default",
             Pool::Default => "default",
             Pool::KeepResident => "keep-resident",
             Pool::KeepResidentPagemap => "keep-resident-pagemap",
@@ -79,7 +101,8 @@ impl Pool {
         Pool::ALL.into_iter().find(|pool| pool.name() == name)
     }
 
-    fn label(self) -> String {
+    /// The setting in words, for a table row.
+    pub fn label(self) -> String {
         let kept = SandboxConfig::default();
         let keep = format!(
             "keep_resident(memory {} KiB, table {} KiB)",
@@ -87,7 +110,8 @@ impl Pool {
             kept.table_keep_resident_bytes >> 10
         );
         match self {
-            Pool::Default => "pooling, nothing kept resident (the pre-issue-13 pool)".into(),
+            Pool::WasmtimeDefault => "pooling as wasmtime 48 sets it by default (decommit batch 1, nothing kept resident, no pagemap_scan; Sluice's pool limits)".into(),
+            Pool::Default => "pooling, nothing kept resident, decommits batched over slots / 2 (the pre-issue-13 pool)".into(),
             Pool::KeepResident => format!("pooling, {keep}"),
             Pool::KeepResidentPagemap => format!("pooling, {keep} + pagemap_scan(Auto)"),
             Pool::KeepResidentBatched => {
@@ -130,9 +154,11 @@ impl Pool {
             pool.linear_memory_keep_resident(config.memory_keep_resident_bytes as usize)
                 .table_keep_resident(config.table_keep_resident_bytes as usize);
         }
-        if self == Pool::KeepResidentPagemap {
-            pool.pagemap_scan(Enabled::Auto);
-        }
+        pool.pagemap_scan(if self == Pool::KeepResidentPagemap {
+            Enabled::Auto
+        } else {
+            Enabled::No
+        });
         match self {
             Pool::OnDemand => InstanceAllocationStrategy::OnDemand,
             _ => InstanceAllocationStrategy::Pooling(pool),
@@ -201,7 +227,7 @@ impl Bare {
     }
 
     /// A job's WASI context: `input` on stdin, stdout discarded.
-    fn wasi(input: &Bytes) -> WasiP1Ctx {
+    pub fn wasi(input: &Bytes) -> WasiP1Ctx {
         WasiCtxBuilder::new()
             .stdin(MemoryInputPipe::new(input.clone()))
             .stdout(SinkOutputStream)
@@ -210,7 +236,7 @@ impl Bare {
     }
 
     /// A store for one job, ready to instantiate into.
-    fn store(&self, input: &Bytes) -> Store<WasiP1Ctx> {
+    pub fn store(&self, input: &Bytes) -> Store<WasiP1Ctx> {
         let mut store = Store::new(&self.engine, Self::wasi(input));
         store.set_epoch_deadline(u64::MAX / 2);
         store
@@ -218,7 +244,7 @@ impl Bare {
 
     /// Instantiates the guest into `store` (through the `InstancePre`, or the linker
     /// when `pre` is false) and runs it to the end.
-    fn run_in(&self, store: &mut Store<WasiP1Ctx>, pre: bool) {
+    pub fn run_in(&self, store: &mut Store<WasiP1Ctx>, pre: bool) {
         let instance = if pre {
             self.pre.instantiate(&mut *store)
         } else {
@@ -239,6 +265,29 @@ impl Bare {
         let mut store = self.store(input);
         self.run_in(&mut store, pre);
     }
+
+    /// Bytes the pool keeps resident in its free slots now (memory + tables, wasmtime's
+    /// own count); 0 for the on-demand allocator.
+    pub fn resident_bytes(&self) -> u64 {
+        self.engine.pooling_allocator_metrics().map_or(0, |m| {
+            (m.unused_memory_bytes_resident() + m.unused_table_bytes_resident()) as u64
+        })
+    }
+}
+
+/// How a Sluice job's input and output are passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// `Sandbox::run`: input and output that may stall, served by helper threads.
+    Streams,
+    /// `Sandbox::run_io` with the input in memory and the output streamed
+    /// (`JobReader::Memory` + `JobWriter::Stream`, the output through a helper thread):
+    /// what the fleet runs for an inline input when its env streams the output.
+    MemoryInStreamOut,
+    /// `Sandbox::run_io` with both in memory (`JobReader::Memory` + `JobWriter::Memory`):
+    /// what the fleet runs for an inline input once its env collects a small-capped
+    /// output in memory.
+    Memory,
 }
 
 /// The guest in a `Sandbox`.
@@ -264,49 +313,62 @@ impl Sluice {
         }
     }
 
-    /// One job over `input`, its output discarded: through `Sandbox::run` (input and
-    /// output that may stall, served by helper threads) or, `in_memory`, through
-    /// `Sandbox::run_io` with the input in memory and the output collected in memory.
-    pub fn job(&self, input: &Bytes, in_memory: bool) {
-        let result = if in_memory {
-            self.sandbox.run_io(
+    /// One job over `input`, its output discarded, passed as `io` says.
+    pub fn job(&self, input: &Bytes, io: Io) {
+        let result = match io {
+            Io::Memory => self.sandbox.run_io(
                 &self.module,
                 &self.job,
                 JobReader::Memory(input.clone()),
                 JobWriter::Memory,
-            )
-        } else {
-            self.sandbox.run(
+            ),
+            Io::MemoryInStreamOut => self.sandbox.run_io(
+                &self.module,
+                &self.job,
+                JobReader::Memory(input.clone()),
+                JobWriter::Stream(Box::new(std::io::sink())),
+            ),
+            Io::Streams => self.sandbox.run(
                 &self.module,
                 &self.job,
                 Box::new(Cursor::new(input.clone())),
                 Box::new(std::io::sink()),
-            )
+            ),
         };
         assert!(result.outcome.is_success(), "{}", result.outcome);
         assert_eq!(result.stats.output_bytes, input.len() as u64);
+    }
+
+    /// Bytes the sandbox's pools keep resident in their free slots now.
+    pub fn resident_bytes(&self) -> u64 {
+        let resident = self.sandbox.pool_resident_bytes();
+        resident.memory + resident.tables
     }
 }
 
 /// One run's cost per job.
 #[derive(Clone, Copy, Debug)]
-struct Sample {
+pub struct Sample {
     /// Wall-clock µs per job (per job of one thread when several run).
     wall_us: f64,
     /// Process CPU µs per job.
     cpu_us: f64,
     /// Kernel share of that CPU time.
     kernel: f64,
+    /// Kernel clock ticks seen.
+    system_ticks: u64,
+    /// User + kernel clock ticks seen.
+    ticks: u64,
 }
 
-/// CPU time a sample runs for at least: 1 s, a hundred clock ticks, so the tick
-/// granularity of `/proc/self/stat` stays within 1%.
+/// CPU time a sample runs for at least: 1 s, a hundred clock ticks, so the kernel
+/// share (counted in ticks) is known to 1%.
 const MIN_SAMPLE_TICKS: u64 = 100;
 
 /// Runs `job` on each of `threads` threads (a tenth of [`JOBS`] to warm up, then at
 /// least [`JOBS`], more until the process has used [`MIN_SAMPLE_TICKS`]) and takes the
 /// process's CPU time.
-fn sample(threads: usize, job: &(dyn Fn() + Sync)) -> Sample {
+pub fn sample(threads: usize, job: &(dyn Fn() + Sync)) -> Sample {
     let run = |n: u32| {
         std::thread::scope(|scope| {
             for _ in 0..threads {
@@ -322,10 +384,7 @@ fn sample(threads: usize, job: &(dyn Fn() + Sync)) -> Sample {
         run(JOBS);
         per_thread += JOBS;
     }
-    while {
-        let used = Cpu::since(before);
-        used.user + used.system < MIN_SAMPLE_TICKS
-    } {
+    while Cpu::since(before).ticks_total() < MIN_SAMPLE_TICKS {
         run(JOBS / 4);
         per_thread += JOBS / 4;
     }
@@ -336,23 +395,48 @@ fn sample(threads: usize, job: &(dyn Fn() + Sync)) -> Sample {
         wall_us: wall / f64::from(per_thread),
         cpu_us: cpu.total_us() / jobs,
         kernel: cpu.kernel_share(),
+        system_ticks: cpu.system,
+        ticks: cpu.ticks_total(),
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median of `values`.
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
 /// A row of the table: a label and how to run one job.
-struct Row<'a> {
-    label: String,
+pub struct Row<'a> {
+    /// What the row measures.
+    pub label: String,
     threads: usize,
     job: Box<dyn Fn() + Sync + 'a>,
     samples: Vec<Sample>,
 }
 
-fn row<'a>(label: &str, threads: usize, job: Box<dyn Fn() + Sync + 'a>) -> Row<'a> {
+impl Row<'_> {
+    /// Takes one more sample (one run).
+    pub fn sample(&mut self) {
+        self.samples.push(sample(self.threads, &*self.job));
+    }
+
+    /// The medians over the runs: (wall µs, CPU µs, kernel share) per job.
+    pub fn medians(&self) -> (f64, f64, f64) {
+        let of = |f: fn(&Sample) -> f64| median(self.samples.iter().map(f).collect());
+        (of(|s| s.wall_us), of(|s| s.cpu_us), of(|s| s.kernel))
+    }
+
+    /// Kernel and total clock ticks over all runs, the counts the share is taken from.
+    pub fn ticks(&self) -> (u64, u64) {
+        self.samples
+            .iter()
+            .fold((0, 0), |(k, t), s| (k + s.system_ticks, t + s.ticks))
+    }
+}
+
+/// A row: `label`, `job` run on `threads` threads.
+pub fn row<'a>(label: &str, threads: usize, job: Box<dyn Fn() + Sync + 'a>) -> Row<'a> {
     Row {
         label: label.to_owned(),
         threads,
@@ -361,29 +445,51 @@ fn row<'a>(label: &str, threads: usize, job: Box<dyn Fn() + Sync + 'a>) -> Row<'
     }
 }
 
-/// What the guest's own work on [`INPUT_BYTES`] costs: process CPU µs per 4 KiB while
-/// one instance streams 256 MiB (best of 3). It includes the `fd_read`/`fd_write`
-/// calls its stdio buffers make, which scale with the input, not with the job count.
-fn guest_work_us(bare: &Bare) -> f64 {
-    const STREAM: usize = 256 << 20;
-    let input = Bytes::from(
-        b"The Quick Brown Fox jumps over the lazy dog, 0123456789!\n"
-            .iter()
-            .copied()
-            .cycle()
-            .take(STREAM)
-            .collect::<Vec<u8>>(),
-    );
-    (0..3)
-        .map(|_| {
-            let mut store = bare.store(&input);
-            let before = Cpu::now();
-            bare.run_in(&mut store, true);
-            Cpu::since(before).total_us()
-        })
-        .fold(f64::MAX, f64::min)
-        * INPUT_BYTES as f64
-        / STREAM as f64
+/// The guest's own work on a job's input, measured once per run beside the jobs: one
+/// instance streams the job's input repeated to [`GuestWork::STREAM`] bytes, and its
+/// process CPU per job input is the guest's work per job. It includes the
+/// `fd_read`/`fd_write` calls its stdio buffers make, which scale with the input, not
+/// with the job count.
+pub struct GuestWork {
+    stream: Bytes,
+    job_bytes: usize,
+    /// µs per job input, one per run.
+    pub samples: Vec<f64>,
+}
+
+impl GuestWork {
+    /// Bytes streamed per sample: 256 MiB.
+    pub const STREAM: usize = 256 << 20;
+
+    /// Prepares the stream of `input` repeated.
+    pub fn new(input: &Bytes) -> GuestWork {
+        GuestWork {
+            stream: input
+                .iter()
+                .copied()
+                .cycle()
+                .take(Self::STREAM)
+                .collect::<Vec<u8>>()
+                .into(),
+            job_bytes: input.len(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// One sample on `bare`.
+    pub fn sample(&mut self, bare: &Bare) {
+        let mut store = bare.store(&self.stream);
+        let before = Cpu::now();
+        bare.run_in(&mut store, true);
+        let us = Cpu::since(before).total_us();
+        self.samples
+            .push(us * self.job_bytes as f64 / self.stream.len() as f64);
+    }
+
+    /// The median over the samples.
+    pub fn median_us(&self) -> f64 {
+        median(self.samples.clone())
+    }
 }
 
 /// The WASI context alone: built and dropped, no instance (µs, median of runs).
@@ -403,14 +509,7 @@ fn wasi_ctx_us(input: &Bytes) -> f64 {
 
 /// Prints the real-guest section.
 pub fn run(wasm: &[u8]) {
-    let input = Bytes::from(
-        b"Hello, World! the quick brown fox 0123456789\n"
-            .iter()
-            .copied()
-            .cycle()
-            .take(INPUT_BYTES)
-            .collect::<Vec<u8>>(),
-    );
+    let input = input();
     let bare: Vec<(Pool, Bare)> = Pool::ALL
         .into_iter()
         .map(|pool| (pool, Bare::new(pool, wasm)))
@@ -419,11 +518,13 @@ pub fn run(wasm: &[u8]) {
     let sluice_pagemap = Sluice::new(sandbox_config(Setting::Pagemap), wasm, false);
     let sluice_chosen = Sluice::new(sandbox_config(Setting::Chosen), wasm, false);
     let sluice_fuel = Sluice::new(sandbox_config(Setting::Chosen), wasm, true);
-    let keep = &bare[1].1;
-    let pagemap = &bare[2].1;
+    let at = |pool: Pool| &bare.iter().find(|(p, _)| *p == pool).expect("every pool").1;
+    let keep = at(Pool::KeepResident);
+    let pagemap = at(Pool::KeepResidentPagemap);
+    let default = at(Pool::Default);
+    let mut guest_work = GuestWork::new(&input);
 
     let input = &input;
-    let default = &bare[0].1;
     let mut rows: Vec<Row> = bare
         .iter()
         .map(|(pool, engine)| {
@@ -443,32 +544,37 @@ pub fn run(wasm: &[u8]) {
         row(
             "sluice `Sandbox::run` (stdio by helper threads), pre-issue-13 pool",
             1,
-            Box::new(|| sluice_default.job(input, false)),
+            Box::new(|| sluice_default.job(input, Io::Streams)),
         ),
         row(
             "sluice `Sandbox::run` (stdio by helper threads), chosen defaults",
             1,
-            Box::new(|| sluice_chosen.job(input, false)),
+            Box::new(|| sluice_chosen.job(input, Io::Streams)),
+        ),
+        row(
+            "sluice `Sandbox::run_io` (memory in, output streamed by a helper thread), chosen defaults",
+            1,
+            Box::new(|| sluice_chosen.job(input, Io::MemoryInStreamOut)),
         ),
         row(
             "sluice `Sandbox::run_io` (memory in, direct out), pre-issue-13 pool",
             1,
-            Box::new(|| sluice_default.job(input, true)),
+            Box::new(|| sluice_default.job(input, Io::Memory)),
         ),
         row(
             "sluice `Sandbox::run_io` (memory in, direct out), chosen defaults (keep_resident, memset reset)",
             1,
-            Box::new(|| sluice_chosen.job(input, true)),
+            Box::new(|| sluice_chosen.job(input, Io::Memory)),
         ),
         row(
             "sluice `Sandbox::run_io` (memory in, direct out), keep_resident + pagemap_scan (opt-in, unsafe on wasmtime 48)",
             1,
-            Box::new(|| sluice_pagemap.job(input, true)),
+            Box::new(|| sluice_pagemap.job(input, Io::Memory)),
         ),
         row(
             "sluice `Sandbox::run_io`, chosen defaults, fuel-metered job",
             1,
-            Box::new(|| sluice_fuel.job(input, true)),
+            Box::new(|| sluice_fuel.job(input, Io::Memory)),
         ),
         row(
             "bare wasmtime, pre-issue-13 pool, 2 threads",
@@ -483,22 +589,23 @@ pub fn run(wasm: &[u8]) {
         row(
             "sluice `Sandbox::run_io`, pre-issue-13 pool, 2 threads",
             2,
-            Box::new(|| sluice_default.job(input, true)),
+            Box::new(|| sluice_default.job(input, Io::Memory)),
         ),
         row(
             "sluice `Sandbox::run_io`, chosen defaults, 2 threads",
             2,
-            Box::new(|| sluice_chosen.job(input, true)),
+            Box::new(|| sluice_chosen.job(input, Io::Memory)),
         ),
     ]);
 
     let load_before = procfs::load_average();
     for _ in 0..RUNS {
         for row in &mut rows {
-            row.samples.push(sample(row.threads, &*row.job));
+            row.sample();
         }
+        guest_work.sample(pagemap);
     }
-    let guest_us = guest_work_us(pagemap);
+    let guest_us = guest_work.median_us();
     let ctx_us = wasi_ctx_us(input);
     let load_after = procfs::load_average();
 
@@ -507,26 +614,24 @@ pub fn run(wasm: &[u8]) {
         INPUT_BYTES >> 10
     );
     println!(
-        "(at least {JOBS} jobs per thread per run, more until 1 s of CPU; median of {RUNS} runs; wall figures depend on the load: load average {load_before} before, {load_after} after)"
+        "(at least {JOBS} jobs per thread per run, more until 1 s of CPU; median of {RUNS} interleaved runs, the guest's own work sampled in each; wall figures depend on the load: load average {load_before} before, {load_after} after)"
     );
     println!(
         "| configuration | wall µs/job | CPU µs/job | kernel share | CPU beyond the guest's work | jobs/s |"
     );
     println!("| --- | --- | --- | --- | --- | --- |");
     for row in &rows {
-        let wall = median(row.samples.iter().map(|s| s.wall_us).collect());
-        let cpu = median(row.samples.iter().map(|s| s.cpu_us).collect());
-        let kernel = median(row.samples.iter().map(|s| s.kernel).collect());
+        let (wall, cpu, kernel) = row.medians();
         let per_second = row.threads as f64 * 1e6 / wall;
         println!(
-            "| {} | {wall:.1} | {cpu:.1} | {:.1}% | {:.1} | {per_second:.0} |",
+            "| {} | {wall:.1} | {cpu:.1} | {} | {:.1} | {per_second:.0} |",
             row.label,
-            kernel * 100.0,
+            procfs::share_text(kernel),
             cpu - guest_us
         );
     }
     println!(
-        "the guest's own work on {} KiB (CPU of one instance streaming 256 MiB, per 4 KiB): {guest_us:.1} µs",
+        "the guest's own work on its {} KiB input (CPU of one instance streaming it repeated to 256 MiB, per job input; median of {RUNS}, one per run): {guest_us:.1} µs",
         INPUT_BYTES >> 10
     );
     println!("building and dropping a WASI p1 context alone: {ctx_us:.2} µs");
@@ -565,7 +670,7 @@ fn rss_table() {
 pub fn rss_probe(pool: Pool, wasm: &[u8]) {
     let slots = SandboxConfig::DEFAULT_SLOTS as usize;
     let bare = Bare::new(pool, wasm);
-    let input = Bytes::from(vec![b'a'; INPUT_BYTES]);
+    let input = input();
     bare.job(&input, true);
     let before = procfs::rss_kib();
     let mut stores: Vec<Store<WasiP1Ctx>> = (0..slots).map(|_| bare.store(&input)).collect();
@@ -586,22 +691,33 @@ pub fn rss_probe(pool: Pool, wasm: &[u8]) {
 
 /// Runs one setting's loop for a long time, for `perf record`: `bare-NAME` (a [`Pool`]
 /// name), `sluice-default` / `sluice-chosen` / `sluice-pagemap` (`Sandbox::run_io`,
-/// input and output in memory) or `sluice-default-run` / `sluice-chosen-run`
-/// (`Sandbox::run`, stdio by helper threads).
+/// input and output in memory), `sluice-chosen-stream-out` (input in memory, output
+/// streamed) or `sluice-default-run` / `sluice-chosen-run` (`Sandbox::run`, stdio by
+/// helper threads).
 pub fn profile(what: &str, wasm: &[u8]) {
     const PROFILED_JOBS: u32 = 200_000;
-    let input = Bytes::from(vec![b'a'; INPUT_BYTES]);
+    let input = input();
     let job: Box<dyn Fn()> = match what {
-        "sluice-default" | "sluice-chosen" | "sluice-pagemap" | "sluice-chosen-run"
-        | "sluice-default-run" => {
+        "sluice-default"
+        | "sluice-chosen"
+        | "sluice-pagemap"
+        | "sluice-chosen-run"
+        | "sluice-default-run"
+        | "sluice-chosen-stream-out" => {
             let setting = match what {
                 "sluice-default" | "sluice-default-run" => Setting::Before,
                 "sluice-pagemap" => Setting::Pagemap,
                 _ => Setting::Chosen,
             };
             let sluice = Sluice::new(sandbox_config(setting), wasm, false);
-            let in_memory = !what.ends_with("-run");
-            Box::new(move || sluice.job(&input, in_memory))
+            let io = if what.ends_with("-run") {
+                Io::Streams
+            } else if what.ends_with("-stream-out") {
+                Io::MemoryInStreamOut
+            } else {
+                Io::Memory
+            };
+            Box::new(move || sluice.job(&input, io))
         }
         other => {
             let pool = other
@@ -618,8 +734,8 @@ pub fn profile(what: &str, wasm: &[u8]) {
     }
     let cpu = Cpu::since(cpu);
     println!(
-        "{what}: {:.1} CPU µs/job, kernel {:.1}%",
+        "{what}: {:.1} CPU µs/job, kernel {}",
         cpu.total_us() / f64::from(PROFILED_JOBS),
-        cpu.kernel_share() * 100.0
+        procfs::share_text(cpu.kernel_share())
     );
 }

@@ -84,6 +84,7 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         .with_max_module_bytes(sandbox_config.max_module_bytes)
         .with_metrics(metrics.compile.clone());
     let sandbox = Arc::new(Sandbox::with_compiler(sandbox_config, compiler)?);
+    let _ = metrics.pool.watch(&sandbox);
     let mut executor = executor_config(&config);
     // The slots the claim loop runs (clamped here so health judges the loop's real size).
     executor.fit_to(&sandbox);
