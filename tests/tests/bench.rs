@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use sluice_tests::{RedisServer, bin, guest, repo_root};
 
 /// The figures `--format table` prints, by the start of their label.
-const TABLE_FIGURES: [&str; 15] = [
+const TABLE_FIGURES: [&str; 16] = [
     "| module, input |",
     "| worker processes × slots |",
     "| jobs (throughput run) |",
@@ -29,6 +29,7 @@ const TABLE_FIGURES: [&str; 15] = [
     "| bench (submitter) CPU per job |",
     "| Redis commands per job",
     "| latency at 200 jobs/s offered (",
+    "| of which, p50 / p99 / p99.9: sender late",
 ];
 
 /// The columns `--format row` and `scripts/bench-fleet` print.
@@ -159,6 +160,14 @@ fn bench_runs_the_c_uppercase_guest_with_every_figure_and_every_output_checked()
         latency_row.contains("(50 jobs), p50 / p99 / p99.9 |"),
         "every latency job timed: {latency_row}"
     );
+    // The latency's stages: three groups of p50 / p99 / p99.9, each in ms.
+    let stages = value(&table, "| of which, p50 / p99 / p99.9: sender late");
+    let groups: Vec<&str> = stages.split("; ").collect();
+    assert_eq!(groups.len(), 3, "{stages}");
+    for group in groups {
+        assert!(group.ends_with(" ms"), "{stages}");
+        assert_eq!(group.matches(" / ").count(), 2, "{stages}");
+    }
 }
 
 #[test]

@@ -106,30 +106,67 @@ pub async fn throughput(
     Ok((run, enqueued))
 }
 
+/// Where a latency-run job's time went, as the bench sees it: from its scheduled send
+/// to the moment the send began, the `XADD`'s round trip, and from the `XADD`'s reply
+/// to the completion notice's arrival (the worker's claim, run and `complete.lua`, and
+/// the notice's way back).
+#[derive(Clone, Copy, Debug)]
+pub struct Stages {
+    /// Scheduled send time.
+    pub due: Instant,
+    /// When the `XADD` was sent.
+    pub sent: Instant,
+    /// When its reply arrived.
+    pub acked: Instant,
+}
+
 /// Sends `count` jobs (job `n` made by `job(n)`) one at a time at `rate` jobs/s while
 /// following notices (from `from`); stops following when all have finished or two
 /// minutes past the last send. Job `i` is timed from its scheduled send time (start +
 /// i × interval), not from when it was sent, so a sender held up by a slow enqueue
 /// does not hide the delay (coordinated omission).
+///
+/// The sender is a thread of its own that sleeps until each due time with the
+/// operating system's timer (`nanosleep`, tens of microseconds late), not tokio's
+/// (a 1 ms wheel that rounds every sleep up to the next millisecond tick, which made
+/// the sender itself up to a millisecond late on every job: a delay of the bench, not of
+/// the queue). The follower runs on the calling thread. Each job's stages are kept
+/// (returned in `stages`).
 pub async fn at_rate(
     queue: &RedisQueue,
     from: String,
     count: usize,
-    job: &impl Fn(usize) -> (Job, usize),
+    job: &(impl Fn(usize) -> (Job, usize) + Sync),
     rate: u32,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<(Run, HashMap<JobId, Stages>)> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let sent: parking_lot::Mutex<HashMap<JobId, (Instant, usize)>> =
         parking_lot::Mutex::new(HashMap::with_capacity(count));
+    let stages: parking_lot::Mutex<HashMap<JobId, Stages>> =
+        parking_lot::Mutex::new(HashMap::with_capacity(count));
+    let handle = tokio::runtime::Handle::current();
     let total = count;
-    let sender = async {
-        let start = tokio::time::Instant::now();
+    let sender = || {
+        let start = Instant::now();
         for i in 0..count {
             let due = start + interval.mul_f64(i as f64);
-            tokio::time::sleep_until(due).await;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
             let (job, variant) = job(i);
-            sent.lock().insert(job.id, (due.into_std(), variant));
-            queue.enqueue(std::slice::from_ref(&job)).await?;
+            sent.lock().insert(job.id, (due, variant));
+            let at = Instant::now();
+            handle.block_on(queue.enqueue(std::slice::from_ref(&job)))?;
+            let acked = Instant::now();
+            stages.lock().insert(
+                job.id,
+                Stages {
+                    due,
+                    sent: at,
+                    acked,
+                },
+            );
         }
         anyhow::Ok(())
     };
@@ -150,9 +187,37 @@ pub async fn at_rate(
         }
         anyhow::Ok(run)
     };
-    let ((), mut run) = tokio::try_join!(sender, follower)?;
+    let mut run = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let sending = std::thread::Builder::new()
+                .name("bench-sender".into())
+                .spawn_scoped(scope, sender)?;
+            let run = handle.block_on(follower);
+            let sent = sending
+                .join()
+                .map_err(|_| anyhow::anyhow!("the bench's sender thread panicked"))?;
+            sent?;
+            run
+        })
+    })?;
     run.sent = sent.into_inner();
-    Ok(run)
+    Ok((run, stages.into_inner()))
+}
+
+/// The percentiles of each stage of the latency run's finished jobs: sender lateness
+/// (send − due), the `XADD` round trip, and `XADD` reply → notice read.
+pub fn stage_latencies(run: &Run, stages: &HashMap<JobId, Stages>) -> [Vec<Duration>; 3] {
+    let mut out: [Vec<Duration>; 3] = Default::default();
+    for (id, (noticed, _)) in &run.done {
+        let Some(s) = stages.get(id) else { continue };
+        out[0].push(s.sent.saturating_duration_since(s.due));
+        out[1].push(s.acked.saturating_duration_since(s.sent));
+        out[2].push(noticed.saturating_duration_since(s.acked));
+    }
+    for v in &mut out {
+        v.sort();
+    }
+    out
 }
 
 /// Reads the notices after `last` (waiting up to `block`) into `done`, those of jobs

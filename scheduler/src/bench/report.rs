@@ -126,6 +126,9 @@ pub struct Figures {
     pub latency_checked: Checked,
     /// Send-to-notice latency at the offered rate.
     pub latency: Percentiles,
+    /// That latency's stages: sender lateness (send − scheduled send), the `XADD`
+    /// round trip, and `XADD` reply → notice read (claim, run, `complete.lua`, notice).
+    pub latency_stages: [Percentiles; 3],
     /// `redis-benchmark` on the same server, when run.
     pub baseline: Option<String>,
     /// Redis `used_memory` before the run and after the TTL (with the TTL as given),
@@ -284,6 +287,22 @@ impl Figures {
                 self.latency.p999_ms()
             ),
         );
+        let [late, xadd, rest] = &self.latency_stages;
+        row(
+            "of which, p50 / p99 / p99.9: sender late (send − scheduled send); XADD round trip; XADD reply → notice read (claim, run, complete.lua, notice)",
+            format!(
+                "{:.3} / {:.3} / {} ms; {:.3} / {:.3} / {} ms; {:.3} / {:.3} / {} ms",
+                ms(late.p50),
+                ms(late.p99),
+                late.p999_ms(),
+                ms(xadd.p50),
+                ms(xadd.p99),
+                xadd.p999_ms(),
+                ms(rest.p50),
+                ms(rest.p99),
+                rest.p999_ms()
+            ),
+        );
         if let Some(baseline) = &self.baseline {
             row(
                 "redis-benchmark -q -P 16 -t set,get (same server)",
@@ -375,6 +394,7 @@ mod tests {
                 ..Checked::default()
             },
             latency: Percentiles::of(&[Duration::from_millis(1); 9]),
+            latency_stages: [Percentiles::default(); 3],
             baseline: None,
             memory: None,
         }
