@@ -171,6 +171,39 @@ fn bench_runs_the_c_uppercase_guest_with_every_figure_and_every_output_checked()
 }
 
 #[test]
+fn worker_log_lets_the_workers_say_where_each_jobs_time_went() {
+    let redis = RedisServer::start();
+    let out = bench(
+        &redis,
+        &[
+            "--jobs",
+            "20",
+            "--latency-jobs",
+            "20",
+            "--worker-log",
+            "sluice_worker::executor=debug",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "sluice bench failed: {stderr}");
+    // Warm-up, throughput (20) and latency (20) runs: a `job recorded` line per job.
+    let recorded: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("job recorded"))
+        .collect();
+    assert!(recorded.len() >= 40, "{} lines:\n{stderr}", recorded.len());
+    for line in recorded {
+        for field in ["prepare_us=", "run_us=", "recorded_us="] {
+            assert!(line.contains(field), "no {field} in {line}");
+        }
+    }
+    // At the default filter the workers say nothing of a successful job.
+    let quiet = bench(&redis, &["--jobs", "20", "--latency-jobs", "20"]);
+    assert!(quiet.status.success());
+    assert!(!text(&quiet.stderr).contains("job recorded"));
+}
+
+#[test]
 fn a_guest_whose_output_differs_from_its_reference_run_fails_the_bench() {
     // Sixteen random bytes on stdout: never the reference run's output.
     let random_out = r#"(module

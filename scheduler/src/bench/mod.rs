@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// The worker binary (default: `sluice-worker` beside this binary).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
+    /// The workers' log filter (their `RUST_LOG`; their log goes to this process's
+    /// stderr). `sluice_worker::executor=debug` prints each job's `job recorded` line
+    /// with prepare_us, run_us and recorded_us: the worker's share of a job's latency.
+    #[arg(long, value_name = "FILTER", default_value = "warn")]
+    worker_log: String,
 }
 
 /// Runs the bench and prints its figures; exit status 1 when a job failed or returned
@@ -156,6 +161,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         args.workers,
         args.concurrency,
         &args.ttl,
+        &args.worker_log,
     )?;
     // Warm up (outcomes not counted: the runs below check every job).
     let from = queue.results().notices_from_now().await?;
