@@ -33,7 +33,7 @@ const TABLE_FIGURES: [&str; 16] = [
 ];
 
 /// The columns `--format row` and `scripts/bench-fleet` print.
-const ROW_COLUMNS: [&str; 18] = [
+const ROW_COLUMNS: [&str; 21] = [
     "module",
     "input",
     "workers × slots",
@@ -52,6 +52,9 @@ const ROW_COLUMNS: [&str; 18] = [
     "Redis CPU/job µs",
     "bench CPU/job µs",
     "commands/job",
+    "sender late p99 ms",
+    "XADD p99 ms",
+    "XADD reply → notice p99 ms",
 ];
 
 fn bench(redis: &RedisServer, args: &[&str]) -> Output {

@@ -21,7 +21,7 @@ pub(crate) enum Format {
 }
 
 /// The columns of `--format row`, in order.
-pub const ROW_COLUMNS: [&str; 18] = [
+pub const ROW_COLUMNS: [&str; 21] = [
     "module",
     "input",
     "workers × slots",
@@ -40,6 +40,9 @@ pub const ROW_COLUMNS: [&str; 18] = [
     "Redis CPU/job µs",
     "bench CPU/job µs",
     "commands/job",
+    "sender late p99 ms",
+    "XADD p99 ms",
+    "XADD reply → notice p99 ms",
 ];
 
 /// Latency percentiles of one run.
@@ -347,6 +350,9 @@ impl Figures {
             format!("{:.1}", per_job_us(self.redis_cpu.total(), self.jobs)),
             format!("{:.1}", per_job_us(self.bench_cpu.total(), self.jobs)),
             format!("{:.2}", self.commands as f64 / self.jobs.max(1) as f64),
+            format!("{:.2}", ms(self.latency_stages[0].p99)),
+            format!("{:.2}", ms(self.latency_stages[1].p99)),
+            format!("{:.2}", ms(self.latency_stages[2].p99)),
         ];
         format!(
             "| {} |\n|{}\n| {} |\n",
