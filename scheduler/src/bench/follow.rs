@@ -126,40 +126,50 @@ pub struct Stages {
 /// i × interval), not from when it was sent, so a sender held up by a slow enqueue
 /// does not hide the delay (coordinated omission).
 ///
-/// The sender is a thread of its own that sleeps until each due time with the
-/// operating system's timer (`nanosleep`, tens of microseconds late), not tokio's
-/// (a 1 ms wheel that rounds every sleep up to the next millisecond tick, which made
-/// the sender itself up to a millisecond late on every job: a delay of the bench, not of
-/// the queue). The follower runs on the calling thread. Each job's stages are kept
-/// (returned in `stages`).
+/// The pacing is a thread of its own that sleeps until each due time with the
+/// operating system's timer (`nanosleep`, tens of microseconds late) and hands the job's
+/// index to the sending task over a channel; the sender used to sleep on tokio's timer,
+/// a 1 ms wheel that rounds every sleep up to the next millisecond tick, which made the
+/// sender itself up to a millisecond late on every job: a delay of the bench, not of the
+/// queue. Sending and following stay futures of the calling task, so dropping it (a
+/// signal) stops the run at once; the pacing thread ends at its next tick. Each job's
+/// stages are returned beside the run.
 pub async fn at_rate(
     queue: &RedisQueue,
     from: String,
     count: usize,
-    job: &(impl Fn(usize) -> (Job, usize) + Sync),
+    job: &impl Fn(usize) -> (Job, usize),
     rate: u32,
 ) -> anyhow::Result<(Run, HashMap<JobId, Stages>)> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let sent: parking_lot::Mutex<HashMap<JobId, (Instant, usize)>> =
         parking_lot::Mutex::new(HashMap::with_capacity(count));
-    let stages: parking_lot::Mutex<HashMap<JobId, Stages>> =
-        parking_lot::Mutex::new(HashMap::with_capacity(count));
-    let handle = tokio::runtime::Handle::current();
+    let mut stages: HashMap<JobId, Stages> = HashMap::with_capacity(count);
     let total = count;
-    let sender = || {
-        let start = Instant::now();
-        for i in 0..count {
-            let due = start + interval.mul_f64(i as f64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
+    let (ticks, mut due_jobs) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || {
+            let start = Instant::now();
+            for i in 0..count {
+                let due = start + interval.mul_f64(i as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if ticks.send((i, due)).is_err() {
+                    return;
+                }
             }
+        })?;
+    let sender = async {
+        while let Some((i, due)) = due_jobs.recv().await {
             let (job, variant) = job(i);
             sent.lock().insert(job.id, (due, variant));
             let at = Instant::now();
-            handle.block_on(queue.enqueue(std::slice::from_ref(&job)))?;
+            queue.enqueue(std::slice::from_ref(&job)).await?;
             let acked = Instant::now();
-            stages.lock().insert(
+            stages.insert(
                 job.id,
                 Stages {
                     due,
@@ -187,21 +197,9 @@ pub async fn at_rate(
         }
         anyhow::Ok(run)
     };
-    let mut run = tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let sending = std::thread::Builder::new()
-                .name("bench-sender".into())
-                .spawn_scoped(scope, sender)?;
-            let run = handle.block_on(follower);
-            let sent = sending
-                .join()
-                .map_err(|_| anyhow::anyhow!("the bench's sender thread panicked"))?;
-            sent?;
-            run
-        })
-    })?;
+    let ((), mut run) = tokio::try_join!(sender, follower)?;
     run.sent = sent.into_inner();
-    Ok((run, stages.into_inner()))
+    Ok((run, stages))
 }
 
 /// The percentiles of each stage of the latency run's finished jobs: sender lateness
