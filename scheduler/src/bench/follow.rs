@@ -203,14 +203,21 @@ pub async fn at_rate(
 }
 
 /// The percentiles of each stage of the latency run's finished jobs: sender lateness
-/// (send − due), the `XADD` round trip, and `XADD` reply → notice read.
+/// (send − due; it includes waiting behind the previous job's `XADD`, since one task
+/// sends them in turn), the `XADD` round trip, and `XADD` reply → notice read. A job
+/// without stages is skipped. The notice and the `XADD` reply come on different
+/// connections polled by one task, so a notice can be read before the reply is: the
+/// reply is then taken as arriving with the notice (the `XADD` stage ends there and the
+/// last is 0), so a job's three stages always add up to its latency (notice − due).
 pub fn stage_latencies(run: &Run, stages: &HashMap<JobId, Stages>) -> [Vec<Duration>; 3] {
     let mut out: [Vec<Duration>; 3] = Default::default();
     for (id, (noticed, _)) in &run.done {
         let Some(s) = stages.get(id) else { continue };
-        out[0].push(s.sent.saturating_duration_since(s.due));
-        out[1].push(s.acked.saturating_duration_since(s.sent));
-        out[2].push(noticed.saturating_duration_since(s.acked));
+        let sent = s.sent.min(*noticed);
+        let acked = s.acked.min(*noticed).max(sent);
+        out[0].push(sent.saturating_duration_since(s.due));
+        out[1].push(acked.saturating_duration_since(sent));
+        out[2].push(noticed.saturating_duration_since(acked));
     }
     for v in &mut out {
         v.sort();
@@ -235,4 +242,55 @@ async fn receive(
         }
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_shared::{JobInput, ModuleHash};
+
+    fn id() -> JobId {
+        Job::new(ModuleHash::of(b"m"), JobInput::Inline(Vec::new())).id
+    }
+
+    #[test]
+    fn each_stage_is_its_own_interval_and_they_add_up_to_the_latency() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let (a, b, c) = (id(), id(), id());
+        let mut run = Run::default();
+        let mut stages = HashMap::new();
+        // a: due 0, sent 1, acked 3, noticed 10.
+        run.sent.insert(a, (ms(0), 0));
+        stages.insert(
+            a,
+            Stages {
+                due: ms(0),
+                sent: ms(1),
+                acked: ms(3),
+            },
+        );
+        run.done.insert(a, (ms(10), OutcomeKind::Success));
+        // b: its notice was read before its XADD reply (acked 8 > noticed 6).
+        run.sent.insert(b, (ms(2), 0));
+        stages.insert(
+            b,
+            Stages {
+                due: ms(2),
+                sent: ms(4),
+                acked: ms(8),
+            },
+        );
+        run.done.insert(b, (ms(6), OutcomeKind::Success));
+        // c: finished but without stages: skipped by the split, kept in the latencies.
+        run.sent.insert(c, (ms(0), 0));
+        run.done.insert(c, (ms(5), OutcomeKind::Success));
+        let [late, xadd, rest] = stage_latencies(&run, &stages);
+        let d = Duration::from_millis;
+        assert_eq!(late, vec![d(1), d(2)]);
+        assert_eq!(xadd, vec![d(2), d(2)]);
+        assert_eq!(rest, vec![d(0), d(7)]);
+        // a: 1 + 2 + 7 = 10 ms and b: 2 + 2 + 0 = 4 ms, each its latency below.
+        assert_eq!(run.latencies(), vec![d(4), d(5), d(10)]);
+    }
 }
