@@ -439,3 +439,70 @@ fn sigterm_to_the_bench_stops_its_workers() {
         );
     }
 }
+
+/// Whether process `pid` has a thread named `name` (`/proc/<pid>/task/*/comm`).
+fn has_thread(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn sigterm_during_the_latency_run_stops_the_bench_and_its_workers() {
+    let redis = RedisServer::start();
+    let mut bench = bin("sluice")
+        .arg("bench")
+        .args(["--redis", &redis.url()])
+        .args(["--no-memory-check", "--no-redis-benchmark"])
+        .args(["--workers", "2", "--jobs", "1"])
+        .args(["--latency-jobs", "1000000", "--rate", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice bench");
+    // The latency run has started once its pacing thread exists (no event to wait on:
+    // /proc is polled).
+    let mut pacing = false;
+    for _ in 0..1200 {
+        pacing = has_thread(bench.id(), "bench-pacer");
+        if pacing {
+            break;
+        }
+        assert!(bench.try_wait().unwrap().is_none(), "the bench ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(pacing, "the latency run started");
+    let workers = children(bench.id(), "serve");
+    assert_eq!(workers.len(), 2, "the bench's workers run");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &bench.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // A bench that ignored the signal would go on for 5,000 s: bounded, it fails.
+    let mut stopped = false;
+    for _ in 0..600 {
+        if bench.try_wait().unwrap().is_some() {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if !stopped {
+        let _ = bench.kill();
+    }
+    let out = bench.wait_with_output().unwrap();
+    assert!(stopped, "SIGTERM did not stop the latency run within 30 s");
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the bench"
+        );
+    }
+}
