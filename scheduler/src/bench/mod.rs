@@ -191,8 +191,9 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 
     // Latency at a modest offered load.
     let from = queue.results().notices_from_now().await?;
-    let (latency_run, stages) =
-        follow::at_rate(&queue, from, args.latency_jobs, &job, args.rate).await?;
+    let (latency_run, stages) = follow::at_rate(&queue, from, args.latency_jobs, &job, args.rate)
+        .await
+        .context("the latency run")?;
     let latency_stages =
         follow::stage_latencies(&latency_run, &stages).map(|v| Percentiles::of(&v));
     let latency_checked = workload.check(&queue, &latency_run.finished()).await?;
