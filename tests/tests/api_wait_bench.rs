@@ -2,12 +2,15 @@
 //! (open loop: each request's latency counts from the moment it was due, so a slow
 //! answer cannot hide the requests queued behind it) against a real redis-server, a
 //! real `sluice serve` and real workers; for the no-op module and the 4 KiB uppercase C
-//! guest. Ignored by default (it measures, it does not check); figures and the
-//! command are in `docs/benchmarks.md` ("Interactive path"):
+//! guest. Every answer is checked: a 200 carrying exactly the guest's output (the
+//! measurement fails otherwise). The measurement is ignored by default (`scripts/bench-wait`
+//! runs it); a short run that checks the table's columns and that a wrong output is
+//! counted runs always. Figures and the command are in `docs/benchmarks.md`
+//! ("Interactive path"):
 //!
 //! ```sh
 //! bash examples/build.sh && cargo build --release --bins
-//! cargo test --release -p sluice-tests --test api_wait_bench -- --ignored --nocapture
+//! scripts/bench-wait          # = cargo test … --test api_wait_bench -- --ignored --nocapture
 //! ```
 //!
 //! Settings (environment): `WAIT_BENCH_RATE` requests per second (200),
@@ -80,15 +83,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-/// Offers `rate` requests/s for `secs` seconds; returns each latency and each status.
+/// Offers `rate` requests/s for `secs` seconds; returns each latency, whether each
+/// answer was a 200 carrying exactly `expected`, and the run's length.
 fn offer(
     base: &str,
     path: &str,
     token: &str,
-    input: &[u8],
+    (input, expected): (&[u8], &[u8]),
     rate: u64,
     secs: u64,
-) -> (Vec<Duration>, Vec<u16>, Duration) {
+) -> (Vec<Duration>, Vec<bool>, Duration) {
     let total = (rate * secs) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let next = AtomicUsize::new(0);
@@ -116,11 +120,12 @@ fn offer(
                         .header("Authorization", &format!("Bearer {token}"))
                         .send(input)
                         .expect("HTTP round trip");
-                    let _ = response.body_mut().read_to_vec().expect("read body");
+                    let body = response.body_mut().read_to_vec().expect("read body");
                     let took = due.elapsed();
+                    let right = response.status().as_u16() == 200 && body == expected;
                     let mut r = results.lock().unwrap();
                     r.0.push(took);
-                    r.1.push(response.status().as_u16());
+                    r.1.push(right);
                 }
             });
         }
@@ -130,55 +135,65 @@ fn offer(
     (latencies, statuses, elapsed)
 }
 
-#[test]
-#[ignore = "a measurement: run with --ignored --nocapture"]
-fn interactive_path_latency_at_a_fixed_rate() {
-    let rate = setting("WAIT_BENCH_RATE", 200);
-    let secs = setting("WAIT_BENCH_SECS", 10);
-    let workers = setting("WAIT_BENCH_WORKERS", 1);
-    let redis = RedisServer::start();
-    let api = ServeProcess::start(&redis.url(), QUEUE, ADMIN);
-    let fleet: Vec<WorkerProcess> = (0..workers)
-        .map(|i| WorkerProcess::start(&redis.url(), QUEUE, &format!("w{i}"), &[]))
-        .collect();
-    let token = api.tenant(
-        "bench",
-        json!({ "max_concurrent_jobs": 1000, "rate_per_second": 100000 }),
-    );
-    let noop = api.upload(&token, b"(module (func (export \"_start\")))", "noop");
-    assert_eq!(noop.status, 201, "{}", noop.text());
-    let upper = api.upload(
-        &token,
-        &std::fs::read(guest("uppercase.wasm")).unwrap(),
-        "upper",
-    );
-    assert_eq!(upper.status, 201, "{}", upper.text());
-    let four_k: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n"
-        .iter()
-        .copied()
-        .cycle()
-        .take(4096)
-        .collect();
+/// One measured run of one module: the table's row (all ten columns), the answers
+/// that were not a 200 with exactly the expected output, and the Redis commands per
+/// request, most first.
+struct Measured {
+    row: String,
+    wrong: usize,
+    top: String,
+}
 
-    println!(
-        "interactive path: {rate} requests/s offered for {secs} s, {workers} worker(s), {SENDERS} client threads; load before: {}",
-        load()
-    );
-    println!(
-        "| module | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | not 200 | serve CPU µs/req | worker CPU µs/req | Redis commands/req |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (name, input) in [("noop", &b""[..]), ("upper", &four_k[..])] {
-        let path = format!("/v1/jobs?module={name}&wait=10s");
+/// The fleet one measurement runs against: Redis, `sluice serve`, workers, a tenant
+/// with the no-op module as `noop` and the uppercase guest as `upper`.
+struct Bench {
+    redis: RedisServer,
+    api: ServeProcess,
+    fleet: Vec<WorkerProcess>,
+    token: String,
+}
+
+impl Bench {
+    fn start(workers: u64) -> Bench {
+        let redis = RedisServer::start();
+        let api = ServeProcess::start(&redis.url(), QUEUE, ADMIN);
+        let fleet: Vec<WorkerProcess> = (0..workers)
+            .map(|i| WorkerProcess::start(&redis.url(), QUEUE, &format!("w{i}"), &[]))
+            .collect();
+        let token = api.tenant(
+            "bench",
+            json!({ "max_concurrent_jobs": 1000, "rate_per_second": 100000 }),
+        );
+        let noop = api.upload(&token, b"(module (func (export \"_start\")))", "noop");
+        assert_eq!(noop.status, 201, "{}", noop.text());
+        let upper = api.upload(
+            &token,
+            &std::fs::read(guest("uppercase.wasm")).unwrap(),
+            "upper",
+        );
+        assert_eq!(upper.status, 201, "{}", upper.text());
+        Bench {
+            redis,
+            api,
+            fleet,
+            token,
+        }
+    }
+
+    /// Offers `module` (`input` → `expected`) at `rate` for `secs` after a second's
+    /// warm-up, and measures it.
+    fn measure(&self, module: &str, io: (&[u8], &[u8]), rate: u64, secs: u64) -> Measured {
+        let (api, fleet, token) = (&self.api, &self.fleet, &self.token);
+        let path = format!("/v1/jobs?module={module}&wait=10s");
         // Warm up: the module reaches every worker's cache, connections open.
-        let _ = offer(&api.base, &path, &token, input, rate.min(100), 1);
+        let _ = offer(&api.base, &path, token, io, rate.min(100), 1);
         let serve_cpu = cpu(api.pid());
         let worker_cpu: Duration = fleet.iter().map(|w| cpu(w.pid())).sum();
-        let calls = redis_calls(&redis.url());
-        let (mut latencies, statuses, elapsed) = offer(&api.base, &path, &token, input, rate, secs);
+        let calls = redis_calls(&self.redis.url());
+        let (mut latencies, right, elapsed) = offer(&api.base, &path, token, io, rate, secs);
         let serve_cpu = cpu(api.pid()) - serve_cpu;
         let worker_cpu = fleet.iter().map(|w| cpu(w.pid())).sum::<Duration>() - worker_cpu;
-        let after = redis_calls(&redis.url());
+        let after = redis_calls(&self.redis.url());
         let mut by_command: Vec<(String, u64)> = after
             .iter()
             .map(|(name, n)| (name.clone(), n - calls.get(name).copied().unwrap_or(0)))
@@ -187,16 +202,16 @@ fn interactive_path_latency_at_a_fixed_rate() {
         let calls: u64 = by_command.iter().map(|(_, n)| n).sum();
         latencies.sort();
         let n = latencies.len();
+        let wrong = right.iter().filter(|&&r| !r).count();
         let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
         let per = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e6 / n as f64);
-        println!(
-            "| {name} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+        let row = format!(
+            "| {module} | {:.0} | {} | {} | {} | {} | {wrong} | {} | {} | {:.1} |",
             n as f64 / elapsed.as_secs_f64(),
             ms(percentile(&latencies, 0.50)),
             ms(percentile(&latencies, 0.99)),
             ms(percentile(&latencies, 0.999)),
             ms(*latencies.last().unwrap()),
-            statuses.iter().filter(|&&s| s != 200).count(),
             per(serve_cpu),
             per(worker_cpu),
             calls as f64 / n as f64,
@@ -206,11 +221,69 @@ fn interactive_path_latency_at_a_fixed_rate() {
             .take(12)
             .map(|(name, c)| format!("{name} {:.1}", *c as f64 / n as f64))
             .collect();
-        println!(
-            "  Redis commands per request, most first: {}",
-            top.join(", ")
-        );
+        Measured {
+            row,
+            wrong,
+            top: top.join(", "),
+        }
     }
+}
+
+/// The 4 KiB text input and the uppercase guest's output for it.
+fn four_k() -> (Vec<u8>, Vec<u8>) {
+    let input: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(4096)
+        .collect();
+    let output = input.to_ascii_uppercase();
+    (input, output)
+}
+
+/// The table's header, ten columns.
+const HEADER: &str = "| module | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | not 200 with the output | serve CPU µs/req | worker CPU µs/req | Redis commands/req |";
+
+#[test]
+fn the_bench_reports_every_column_and_counts_a_wrong_output() {
+    let bench = Bench::start(1);
+    let (input, output) = four_k();
+    let right = bench.measure("upper", (&input, &output), 20, 1);
+    let columns = |row: &str| row.trim_matches('|').split('|').count();
+    assert_eq!(columns(&right.row), columns(HEADER), "{}", right.row);
+    assert_eq!(right.wrong, 0, "{}", right.row);
+    assert!(right.top.contains("evalsha"), "{}", right.top);
+    // An answer whose output differs from the expected one is counted, so the bench
+    // (which asserts none) fails.
+    let wrong = bench.measure("upper", (&input, &input), 20, 1);
+    assert_eq!(wrong.wrong, 20, "{}", wrong.row);
+}
+
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture (or scripts/bench-wait)"]
+fn interactive_path_latency_at_a_fixed_rate() {
+    let rate = setting("WAIT_BENCH_RATE", 200);
+    let secs = setting("WAIT_BENCH_SECS", 10);
+    let workers = setting("WAIT_BENCH_WORKERS", 1);
+    let bench = Bench::start(workers);
+    let (input, output) = four_k();
+    println!(
+        "interactive path: {rate} requests/s offered for {secs} s, {workers} worker(s), {SENDERS} client threads; load before: {}",
+        load()
+    );
+    println!("{HEADER}");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut wrong = 0;
+    for (name, io) in [
+        ("noop", (&b""[..], &b""[..])),
+        ("upper", (&input[..], &output[..])),
+    ] {
+        let m = bench.measure(name, io, rate, secs);
+        println!("{}", m.row);
+        println!("  Redis commands per request, most first: {}", m.top);
+        wrong += m.wrong;
+    }
+    let api = &bench.api;
     // How the answers were found: a healthy notice path wakes (nearly) every wait by
     // its notice and never fails a read.
     println!(
@@ -220,4 +293,8 @@ fn interactive_path_latency_at_a_fixed_rate() {
         api.metric("sluice_api_wait_follower_errors_total"),
     );
     println!("load after: {}", load());
+    assert_eq!(
+        wrong, 0,
+        "answers that were not a 200 with the exact output"
+    );
 }

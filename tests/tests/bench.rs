@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use sluice_tests::{RedisServer, bin, guest, repo_root};
 
 /// The figures `--format table` prints, by the start of their label.
-const TABLE_FIGURES: [&str; 15] = [
+const TABLE_FIGURES: [&str; 16] = [
     "| module, input |",
     "| worker processes × slots |",
     "| jobs (throughput run) |",
@@ -29,10 +29,11 @@ const TABLE_FIGURES: [&str; 15] = [
     "| bench (submitter) CPU per job |",
     "| Redis commands per job",
     "| latency at 200 jobs/s offered (",
+    "| of which, p50 / p99 / p99.9: sender late",
 ];
 
 /// The columns `--format row` and `scripts/bench-fleet` print.
-const ROW_COLUMNS: [&str; 18] = [
+const ROW_COLUMNS: [&str; 21] = [
     "module",
     "input",
     "workers × slots",
@@ -51,6 +52,9 @@ const ROW_COLUMNS: [&str; 18] = [
     "Redis CPU/job µs",
     "bench CPU/job µs",
     "commands/job",
+    "sender late p99 ms",
+    "XADD p99 ms",
+    "XADD reply → notice p99 ms",
 ];
 
 fn bench(redis: &RedisServer, args: &[&str]) -> Output {
@@ -159,6 +163,47 @@ fn bench_runs_the_c_uppercase_guest_with_every_figure_and_every_output_checked()
         latency_row.contains("(50 jobs), p50 / p99 / p99.9 |"),
         "every latency job timed: {latency_row}"
     );
+    // The latency's stages: three groups of p50 / p99 / p99.9, each in ms.
+    let stages = value(&table, "| of which, p50 / p99 / p99.9: sender late");
+    let groups: Vec<&str> = stages.split("; ").collect();
+    assert_eq!(groups.len(), 3, "{stages}");
+    for group in groups {
+        assert!(group.ends_with(" ms"), "{stages}");
+        assert_eq!(group.matches(" / ").count(), 2, "{stages}");
+    }
+}
+
+#[test]
+fn worker_log_lets_the_workers_say_where_each_jobs_time_went() {
+    let redis = RedisServer::start();
+    let out = bench(
+        &redis,
+        &[
+            "--jobs",
+            "20",
+            "--latency-jobs",
+            "20",
+            "--worker-log",
+            "sluice_worker::executor=debug",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "sluice bench failed: {stderr}");
+    // Warm-up, throughput (20) and latency (20) runs: a `job recorded` line per job.
+    let recorded: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("job recorded"))
+        .collect();
+    assert!(recorded.len() >= 40, "{} lines:\n{stderr}", recorded.len());
+    for line in recorded {
+        for field in ["prepare_us=", "run_us=", "recorded_us="] {
+            assert!(line.contains(field), "no {field} in {line}");
+        }
+    }
+    // At the default filter the workers say nothing of a successful job.
+    let quiet = bench(&redis, &["--jobs", "20", "--latency-jobs", "20"]);
+    assert!(quiet.status.success());
+    assert!(!text(&quiet.stderr).contains("job recorded"));
 }
 
 #[test]
@@ -386,6 +431,73 @@ fn sigterm_to_the_bench_stops_its_workers() {
         .unwrap();
     assert!(killed.success());
     let out = bench.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the bench"
+        );
+    }
+}
+
+/// Whether process `pid` has a thread named `name` (`/proc/<pid>/task/*/comm`).
+fn has_thread(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn sigterm_during_the_latency_run_stops_the_bench_and_its_workers() {
+    let redis = RedisServer::start();
+    let mut bench = bin("sluice")
+        .arg("bench")
+        .args(["--redis", &redis.url()])
+        .args(["--no-memory-check", "--no-redis-benchmark"])
+        .args(["--workers", "2", "--jobs", "1"])
+        .args(["--latency-jobs", "1000000", "--rate", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice bench");
+    // The latency run has started once its pacing thread exists (no event to wait on:
+    // /proc is polled).
+    let mut pacing = false;
+    for _ in 0..1200 {
+        pacing = has_thread(bench.id(), "bench-pacer");
+        if pacing {
+            break;
+        }
+        assert!(bench.try_wait().unwrap().is_none(), "the bench ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(pacing, "the latency run started");
+    let workers = children(bench.id(), "serve");
+    assert_eq!(workers.len(), 2, "the bench's workers run");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &bench.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // A bench that ignored the signal would go on for 5,000 s: bounded, it fails.
+    let mut stopped = false;
+    for _ in 0..600 {
+        if bench.try_wait().unwrap().is_some() {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if !stopped {
+        let _ = bench.kill();
+    }
+    let out = bench.wait_with_output().unwrap();
+    assert!(stopped, "SIGTERM did not stop the latency run within 30 s");
     assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
     for pid in workers {
         assert!(

@@ -36,13 +36,23 @@ impl Api {
         params: &JobParams,
     ) -> ApiResult<impl Fn(JobInput) -> Job + use<>> {
         check_args_env(policy, &params.args, &params.env)?;
-        let (module, default_entry, program) =
-            self.module_and_program(tenant, &params.module).await?;
+        let module = self.module_and_program(tenant, &params.module).await?;
+        Ok(Self::template_of(tenant, module, policy, params))
+    }
+
+    /// The template for a module already resolved (`module_and_program`) and a policy
+    /// whose argument quotas `params` already passed.
+    fn template_of(
+        tenant: &str,
+        (module, default_entry, program): (ModuleHash, EntryPoint, Option<ProgramName>),
+        policy: &TenantPolicy,
+        params: &JobParams,
+    ) -> impl Fn(JobInput) -> Job + use<> {
         let entry = params.entry.clone().unwrap_or(default_entry);
         let (args, env) = (params.args.clone(), params.env.clone());
         let limits = policy.clamp(&params.requested);
         let tenant = TenantId(tenant.to_owned());
-        Ok(move |input| {
+        move |input| {
             let mut job = Job::new(module, input);
             job.entry = entry.clone();
             job.args = args.clone();
@@ -51,7 +61,7 @@ impl Api {
             job.tenant = tenant.clone();
             job.program = program.clone();
             job
-        })
+        }
     }
 
     /// The module a job names and its guest's `argv[0]`: the name when it follows the
@@ -134,7 +144,17 @@ async fn submit_job(
     body: Body,
     waiting: Option<&mut (Slot, Instant)>,
 ) -> ApiResult<(JobId, Limits, Option<Watch>)> {
-    let policy = api.policy(tenant).await?;
+    // The policy, the module (alias, then the touch that checks it is stored) and the
+    // backlog's length do not depend on each other: asked at once, they share round
+    // trips on the multiplexed connection (three sequential waits on Redis become
+    // two). Their answers are still judged in the order below, so a request refused
+    // for two reasons gets the same answer as before.
+    let (policy, module, backlogged) = tokio::join!(
+        api.policy(tenant),
+        api.module_and_program(tenant, &params.module),
+        api.queue.admission().backlog_len(tenant),
+    );
+    let policy = policy?;
     // Everything that can refuse the job is checked before the body is read: a refused
     // request costs no upload.
     let declared = headers
@@ -147,8 +167,9 @@ async fn submit_job(
         api.metrics.quota_refused("max_input_bytes");
         return Err(input_too_large(&policy));
     }
-    let template = api.job_template(tenant, &policy, params).await?;
-    api.check_backlog(tenant, &policy, 1).await?;
+    check_args_env(&policy, &params.args, &params.env)?;
+    let template = Api::template_of(tenant, module?, &policy, params);
+    api.judge_backlog(&policy, backlogged?, 1)?;
     // The arguments, environment and module name travel in the envelope, and a declared length is
     // reserved whole before the upload starts; a streamed body is reserved as it
     // arrives.

@@ -29,6 +29,17 @@ impl Api {
         jobs: u64,
     ) -> ApiResult<()> {
         let waiting = self.queue.admission().backlog_len(tenant).await?;
+        self.judge_backlog(policy, waiting, jobs)
+    }
+
+    /// Refuses `jobs` more jobs when `waiting` (the backlog's length, read by the
+    /// caller) plus them would pass the backlog quota.
+    pub(super) fn judge_backlog(
+        &self,
+        policy: &TenantPolicy,
+        waiting: u64,
+        jobs: u64,
+    ) -> ApiResult<()> {
         if waiting.saturating_add(jobs) > policy.max_backlog_jobs {
             return Err(self.backlog_full(policy, waiting, jobs));
         }

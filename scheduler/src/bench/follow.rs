@@ -106,30 +106,77 @@ pub async fn throughput(
     Ok((run, enqueued))
 }
 
+/// Where a latency-run job's time went, as the bench sees it: from its scheduled send
+/// to the moment the send began, the `XADD`'s round trip, and from the `XADD`'s reply
+/// to the completion notice's arrival (the worker's claim, run and `complete.lua`, and
+/// the notice's way back).
+#[derive(Clone, Copy, Debug)]
+pub struct Stages {
+    /// Scheduled send time.
+    pub due: Instant,
+    /// When the `XADD` was sent.
+    pub sent: Instant,
+    /// When its reply arrived.
+    pub acked: Instant,
+}
+
 /// Sends `count` jobs (job `n` made by `job(n)`) one at a time at `rate` jobs/s while
 /// following notices (from `from`); stops following when all have finished or two
 /// minutes past the last send. Job `i` is timed from its scheduled send time (start +
 /// i × interval), not from when it was sent, so a sender held up by a slow enqueue
 /// does not hide the delay (coordinated omission).
+///
+/// The pacing is a thread of its own that sleeps until each due time with the
+/// operating system's timer (`nanosleep`, tens of microseconds late) and hands the job's
+/// index to the sending task over a channel; the sender used to sleep on tokio's timer,
+/// a 1 ms wheel that rounds every sleep up to the next millisecond tick, which made the
+/// sender itself up to a millisecond late on every job: a delay of the bench, not of the
+/// queue. Sending and following stay futures of the calling task, so dropping it (a
+/// signal) stops the run at once; the pacing thread ends at its next tick. Each job's
+/// stages are returned beside the run.
 pub async fn at_rate(
     queue: &RedisQueue,
     from: String,
     count: usize,
     job: &impl Fn(usize) -> (Job, usize),
     rate: u32,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<(Run, HashMap<JobId, Stages>)> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let sent: parking_lot::Mutex<HashMap<JobId, (Instant, usize)>> =
         parking_lot::Mutex::new(HashMap::with_capacity(count));
+    let mut stages: HashMap<JobId, Stages> = HashMap::with_capacity(count);
     let total = count;
+    let (ticks, mut due_jobs) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || {
+            let start = Instant::now();
+            for i in 0..count {
+                let due = start + interval.mul_f64(i as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if ticks.send((i, due)).is_err() {
+                    return;
+                }
+            }
+        })?;
     let sender = async {
-        let start = tokio::time::Instant::now();
-        for i in 0..count {
-            let due = start + interval.mul_f64(i as f64);
-            tokio::time::sleep_until(due).await;
+        while let Some((i, due)) = due_jobs.recv().await {
             let (job, variant) = job(i);
-            sent.lock().insert(job.id, (due.into_std(), variant));
+            sent.lock().insert(job.id, (due, variant));
+            let at = Instant::now();
             queue.enqueue(std::slice::from_ref(&job)).await?;
+            let acked = Instant::now();
+            stages.insert(
+                job.id,
+                Stages {
+                    due,
+                    sent: at,
+                    acked,
+                },
+            );
         }
         anyhow::Ok(())
     };
@@ -152,7 +199,30 @@ pub async fn at_rate(
     };
     let ((), mut run) = tokio::try_join!(sender, follower)?;
     run.sent = sent.into_inner();
-    Ok(run)
+    Ok((run, stages))
+}
+
+/// The percentiles of each stage of the latency run's finished jobs: sender lateness
+/// (send − due; it includes waiting behind the previous job's `XADD`, since one task
+/// sends them in turn), the `XADD` round trip, and `XADD` reply → notice read. A job
+/// without stages is skipped. The notice and the `XADD` reply come on different
+/// connections polled by one task, so a notice can be read before the reply is: the
+/// reply is then taken as arriving with the notice (the `XADD` stage ends there and the
+/// last is 0), so a job's three stages always add up to its latency (notice − due).
+pub fn stage_latencies(run: &Run, stages: &HashMap<JobId, Stages>) -> [Vec<Duration>; 3] {
+    let mut out: [Vec<Duration>; 3] = Default::default();
+    for (id, (noticed, _)) in &run.done {
+        let Some(s) = stages.get(id) else { continue };
+        let sent = s.sent.min(*noticed);
+        let acked = s.acked.min(*noticed).max(sent);
+        out[0].push(sent.saturating_duration_since(s.due));
+        out[1].push(acked.saturating_duration_since(sent));
+        out[2].push(noticed.saturating_duration_since(acked));
+    }
+    for v in &mut out {
+        v.sort();
+    }
+    out
 }
 
 /// Reads the notices after `last` (waiting up to `block`) into `done`, those of jobs
@@ -172,4 +242,55 @@ async fn receive(
         }
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_shared::{JobInput, ModuleHash};
+
+    fn id() -> JobId {
+        Job::new(ModuleHash::of(b"m"), JobInput::Inline(Vec::new())).id
+    }
+
+    #[test]
+    fn each_stage_is_its_own_interval_and_they_add_up_to_the_latency() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let (a, b, c) = (id(), id(), id());
+        let mut run = Run::default();
+        let mut stages = HashMap::new();
+        // a: due 0, sent 1, acked 3, noticed 10.
+        run.sent.insert(a, (ms(0), 0));
+        stages.insert(
+            a,
+            Stages {
+                due: ms(0),
+                sent: ms(1),
+                acked: ms(3),
+            },
+        );
+        run.done.insert(a, (ms(10), OutcomeKind::Success));
+        // b: its notice was read before its XADD reply (acked 8 > noticed 6).
+        run.sent.insert(b, (ms(2), 0));
+        stages.insert(
+            b,
+            Stages {
+                due: ms(2),
+                sent: ms(4),
+                acked: ms(8),
+            },
+        );
+        run.done.insert(b, (ms(6), OutcomeKind::Success));
+        // c: finished but without stages: skipped by the split, kept in the latencies.
+        run.sent.insert(c, (ms(0), 0));
+        run.done.insert(c, (ms(5), OutcomeKind::Success));
+        let [late, xadd, rest] = stage_latencies(&run, &stages);
+        let d = Duration::from_millis;
+        assert_eq!(late, vec![d(1), d(2)]);
+        assert_eq!(xadd, vec![d(2), d(2)]);
+        assert_eq!(rest, vec![d(0), d(7)]);
+        // a: 1 + 2 + 7 = 10 ms and b: 2 + 2 + 0 = 4 ms, each its latency below.
+        assert_eq!(run.latencies(), vec![d(4), d(5), d(10)]);
+    }
 }

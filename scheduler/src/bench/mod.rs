@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// The worker binary (default: `sluice-worker` beside this binary).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
+    /// The workers' log filter (their `RUST_LOG`; their log goes to this process's
+    /// stderr). `sluice_worker::executor=debug` prints each job's `job recorded` line
+    /// with prepare_us, run_us and recorded_us: the worker's share of a job's latency.
+    #[arg(long, value_name = "FILTER", default_value = "warn")]
+    worker_log: String,
 }
 
 /// Runs the bench and prints its figures; exit status 1 when a job failed or returned
@@ -156,6 +161,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         args.workers,
         args.concurrency,
         &args.ttl,
+        &args.worker_log,
     )?;
     // Warm up (outcomes not counted: the runs below check every job).
     let from = queue.results().notices_from_now().await?;
@@ -185,7 +191,11 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 
     // Latency at a modest offered load.
     let from = queue.results().notices_from_now().await?;
-    let latency_run = follow::at_rate(&queue, from, args.latency_jobs, &job, args.rate).await?;
+    let (latency_run, stages) = follow::at_rate(&queue, from, args.latency_jobs, &job, args.rate)
+        .await
+        .context("the latency run")?;
+    let latency_stages =
+        follow::stage_latencies(&latency_run, &stages).map(|v| Percentiles::of(&v));
     let latency_checked = workload.check(&queue, &latency_run.finished()).await?;
     drop(workers);
 
@@ -224,6 +234,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         latency_jobs: args.latency_jobs,
         latency_checked,
         latency: Percentiles::of(&latency_run.latencies()),
+        latency_stages,
         baseline,
         memory,
     };

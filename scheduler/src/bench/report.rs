@@ -21,7 +21,7 @@ pub(crate) enum Format {
 }
 
 /// The columns of `--format row`, in order.
-pub const ROW_COLUMNS: [&str; 18] = [
+pub const ROW_COLUMNS: [&str; 21] = [
     "module",
     "input",
     "workers × slots",
@@ -40,6 +40,9 @@ pub const ROW_COLUMNS: [&str; 18] = [
     "Redis CPU/job µs",
     "bench CPU/job µs",
     "commands/job",
+    "sender late p99 ms",
+    "XADD p99 ms",
+    "XADD reply → notice p99 ms",
 ];
 
 /// Latency percentiles of one run.
@@ -126,6 +129,9 @@ pub struct Figures {
     pub latency_checked: Checked,
     /// Send-to-notice latency at the offered rate.
     pub latency: Percentiles,
+    /// That latency's stages: sender lateness (send − scheduled send), the `XADD`
+    /// round trip, and `XADD` reply → notice read (claim, run, `complete.lua`, notice).
+    pub latency_stages: [Percentiles; 3],
     /// `redis-benchmark` on the same server, when run.
     pub baseline: Option<String>,
     /// Redis `used_memory` before the run and after the TTL (with the TTL as given),
@@ -284,6 +290,22 @@ impl Figures {
                 self.latency.p999_ms()
             ),
         );
+        let [late, xadd, rest] = &self.latency_stages;
+        row(
+            "of which, p50 / p99 / p99.9: sender late (send − scheduled send); XADD round trip; XADD reply → notice read (claim, run, complete.lua, notice)",
+            format!(
+                "{:.3} / {:.3} / {} ms; {:.3} / {:.3} / {} ms; {:.3} / {:.3} / {} ms",
+                ms(late.p50),
+                ms(late.p99),
+                late.p999_ms(),
+                ms(xadd.p50),
+                ms(xadd.p99),
+                xadd.p999_ms(),
+                ms(rest.p50),
+                ms(rest.p99),
+                rest.p999_ms()
+            ),
+        );
         if let Some(baseline) = &self.baseline {
             row(
                 "redis-benchmark -q -P 16 -t set,get (same server)",
@@ -328,6 +350,9 @@ impl Figures {
             format!("{:.1}", per_job_us(self.redis_cpu.total(), self.jobs)),
             format!("{:.1}", per_job_us(self.bench_cpu.total(), self.jobs)),
             format!("{:.2}", self.commands as f64 / self.jobs.max(1) as f64),
+            format!("{:.2}", ms(self.latency_stages[0].p99)),
+            format!("{:.2}", ms(self.latency_stages[1].p99)),
+            format!("{:.2}", ms(self.latency_stages[2].p99)),
         ];
         format!(
             "| {} |\n|{}\n| {} |\n",
@@ -375,6 +400,7 @@ mod tests {
                 ..Checked::default()
             },
             latency: Percentiles::of(&[Duration::from_millis(1); 9]),
+            latency_stages: [Percentiles::default(); 3],
             baseline: None,
             memory: None,
         }

@@ -14,7 +14,7 @@ pub struct Workers(Vec<Child>);
 
 impl Workers {
     /// Starts `count` workers with `slots` job slots each on `queue`, keeping results
-    /// for `ttl`.
+    /// for `ttl`, logging what the `log` filter (their `RUST_LOG`) lets through.
     pub fn start(
         bin: &Path,
         redis_url: &str,
@@ -22,6 +22,7 @@ impl Workers {
         count: usize,
         slots: usize,
         ttl: &str,
+        log: &str,
     ) -> anyhow::Result<Self> {
         let mut workers = Workers(Vec::with_capacity(count));
         for i in 0..count {
@@ -30,7 +31,7 @@ impl Workers {
                 .args(["--concurrency", &slots.to_string()])
                 .args(["--consumer", &format!("bench-{i}")])
                 .args(["--ttl", ttl])
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", log)
                 .stdin(Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting {}", bin.display()))?;

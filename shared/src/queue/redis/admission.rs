@@ -642,27 +642,16 @@ impl Admission<'_> {
         }
     }
 
-    /// Jobs waiting in `tenant`'s backlog.
+    /// Jobs waiting in `tenant`'s backlog: one `XLEN` (a missing key is 0; a key of
+    /// another type fails with `WRONGTYPE`, answered as [`AdmissionError::WrongType`],
+    /// so no `TYPE` round trip goes first).
     pub async fn backlog_len(self, tenant: &str) -> Result<u64, AdmissionError> {
         let key = self.q.keys.backlog(tenant);
-        let kind: String = redis::cmd("TYPE")
+        redis::cmd("XLEN")
             .arg(&key)
             .query_async(&mut self.q.connection())
             .await
-            .map_err(unavailable)?;
-        match kind.as_str() {
-            "none" => Ok(0),
-            "stream" => Ok(redis::cmd("XLEN")
-                .arg(&key)
-                .query_async(&mut self.q.connection())
-                .await
-                .map_err(unavailable)?),
-            other => Err(AdmissionError::WrongType {
-                key,
-                found: other.to_owned(),
-                expected: "stream",
-            }),
-        }
+            .map_err(wrong_type(&key, "stream"))
     }
 }
 
