@@ -46,7 +46,7 @@ fn results_are_counted_from_credit_within_one_step() {
         .block_on(queue.admission().reserve_stored("counted", 0, u64::MAX))
         .unwrap()
     {
-        Reservation::Granted { used } => used,
+        Reservation::Granted { used, .. } => used,
         other => panic!("a read of the usage was refused: {other:?}"),
     };
     assert!(used >= stored, "counted {used} < stored {stored}");
