@@ -168,3 +168,42 @@ fn concurrent_slots_at_the_quota_edge_store_exactly_what_fits() {
         );
     }
 }
+
+#[test]
+fn released_bytes_leave_their_bucket_never_below_zero_and_only_inside_the_window() {
+    let fleet = Fleet::start("qrelease");
+    let admission = fleet.queue.admission();
+    let bucket = match fleet
+        .rt
+        .block_on(admission.reserve_stored("r", 1000, u64::MAX))
+        .unwrap()
+    {
+        Reservation::Granted { bucket, .. } => bucket,
+        other => panic!("{other:?}"),
+    };
+    let release = |bytes, bucket| {
+        fleet
+            .rt
+            .block_on(admission.release_stored("r", bytes, bucket))
+            .unwrap()
+    };
+    assert_eq!(release(400, bucket), 400);
+    assert_eq!(used(&fleet, "r"), 600);
+    // A bucket long gone from the window, and one not begun, are left alone.
+    let gone = sluice_shared::queue::redis::StoredBucket(bucket.0 - 1000);
+    let ahead = sluice_shared::queue::redis::StoredBucket(bucket.0 + 1000);
+    assert_eq!(release(100, gone), 0);
+    assert_eq!(release(100, ahead), 0);
+    assert_eq!(used(&fleet, "r"), 600);
+    // More than the bucket holds takes it to 0, not below.
+    assert_eq!(release(10_000, bucket), 600);
+    assert_eq!(used(&fleet, "r"), 0);
+    // A wrong-typed usage key is a typed error naming it.
+    let key = fleet.queue.keys().usage("r");
+    fleet.redis.cli(&["SET", &key, "x"]);
+    let error = fleet
+        .rt
+        .block_on(admission.release_stored("r", 1, bucket))
+        .unwrap_err();
+    assert!(error.to_string().contains(&key), "{error}");
+}
