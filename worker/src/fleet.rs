@@ -175,8 +175,9 @@ pub struct RedisEnv {
     outputs: Mutex<HashMap<(sluice_shared::JobId, std::thread::ThreadId), RedisOutput>>,
     /// Stored-bytes already counted against each tenant's quota and not used yet.
     credit: Arc<credit::StoredCredit>,
-    /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR`.
-    policies: Mutex<HashMap<String, (Instant, TenantPolicy)>>,
+    /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR` (and
+    /// forgotten by the credit sweep once that old, so the map holds recent tenants).
+    policies: Arc<Policies>,
     metrics: WorkerMetrics,
     /// What `/healthz` and `/readyz` answer, fed by the claim loop's hooks.
     health: Arc<WorkerHealth>,
@@ -185,6 +186,9 @@ pub struct RedisEnv {
     /// Stops the task that drops stale credit with the environment.
     _sweep: tokio_util::sync::DropGuard,
 }
+
+/// Tenant policies by tenant, with when each was read.
+type Policies = Mutex<HashMap<String, (Instant, TenantPolicy)>>;
 
 /// How long a worker trusts a tenant policy it read before reading it again.
 const POLICY_CACHE_FOR: Duration = Duration::from_secs(5);
@@ -218,9 +222,11 @@ impl RedisEnv {
             stop.drop_guard()
         });
         let credit = Arc::new(credit::StoredCredit::new(queue.admission().stored_bucket()));
+        let policies = Arc::new(Policies::default());
         let sweep = tokio_util::sync::CancellationToken::new();
         tokio::spawn(sweep_credit(
             credit.clone(),
+            policies.clone(),
             queue.clone(),
             metrics.clone(),
             sweep.clone(),
@@ -233,7 +239,7 @@ impl RedisEnv {
             handle: Handle::current(),
             modules,
             outputs: Mutex::default(),
-            policies: Mutex::default(),
+            policies,
             metrics,
             health,
         })
@@ -317,9 +323,11 @@ async fn release_credit(queue: &RedisQueue, metrics: &WorkerMetrics, dropped: cr
     }
 }
 
-/// Drops stale credit once per credit lifetime and gives it back, until `stop`.
+/// Drops stale credit once per credit lifetime and gives it back, and forgets policies
+/// past `POLICY_CACHE_FOR`, until `stop`.
 async fn sweep_credit(
     credit: Arc<credit::StoredCredit>,
+    policies: Arc<Policies>,
     queue: Arc<RedisQueue>,
     metrics: WorkerMetrics,
     stop: tokio_util::sync::CancellationToken,
@@ -331,7 +339,11 @@ async fn sweep_credit(
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        for dropped in credit.sweep_at(Instant::now()) {
+        let now = Instant::now();
+        policies
+            .lock()
+            .retain(|_, (read_at, _)| now.saturating_duration_since(*read_at) < POLICY_CACHE_FOR);
+        for dropped in credit.sweep_at(now) {
             release_credit(&queue, &metrics, dropped).await;
         }
     }
