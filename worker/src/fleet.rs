@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue, Reservation};
+use sluice_shared::queue::redis::{BlobWriteStream, RedisQueue, Reservation, StoredBucket};
 use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, TenantPolicy};
 use tokio::runtime::Handle;
 
@@ -45,6 +45,10 @@ struct OutputState {
     blob_len: u64,
     /// Bytes already counted against the tenant's `max_stored_bytes` for this run.
     reserved: u64,
+    /// The window bucket the last reservation was counted in (`None` when it failed
+    /// open, so nothing was counted): what is reserved and not written is given back
+    /// there (it is less than that last reservation).
+    reserved_in: Option<StoredBucket>,
 }
 
 /// Blob output is counted against the stored-bytes quota ahead of writing it, this
@@ -101,8 +105,9 @@ impl RedisOutput {
             self.quota.max,
         ));
         match reply {
-            Ok(Reservation::Granted { .. }) => {
+            Ok(Reservation::Granted { bucket, .. }) => {
                 state.reserved = state.reserved.saturating_add(step);
+                state.reserved_in = Some(bucket);
                 Ok(())
             }
             Ok(Reservation::Refused { used, .. }) => {
@@ -116,6 +121,7 @@ impl RedisOutput {
                 tracing::warn!(tenant = %crate::logging::tenant_field(&self.quota.tenant), error = %e,
                     "could not count output against max_stored_bytes; keeping it");
                 state.reserved = state.reserved.saturating_add(step);
+                state.reserved_in = None;
                 Ok(())
             }
         }
@@ -168,15 +174,21 @@ pub struct RedisEnv {
     /// run take or finish the other's output.
     outputs: Mutex<HashMap<(sluice_shared::JobId, std::thread::ThreadId), RedisOutput>>,
     /// Stored-bytes already counted against each tenant's quota and not used yet.
-    credit: credit::StoredCredit,
-    /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR`.
-    policies: Mutex<HashMap<String, (Instant, TenantPolicy)>>,
+    credit: Arc<credit::StoredCredit>,
+    /// Tenant policies, each re-read from Redis after `POLICY_CACHE_FOR` (and
+    /// forgotten by the credit sweep once that old, so the map holds recent tenants).
+    policies: Arc<Policies>,
     metrics: WorkerMetrics,
     /// What `/healthz` and `/readyz` answer, fed by the claim loop's hooks.
     health: Arc<WorkerHealth>,
     /// Stops the precompile task (when there is one) with the environment.
     _precompile: Option<tokio_util::sync::DropGuard>,
+    /// Stops the task that drops stale credit with the environment.
+    _sweep: tokio_util::sync::DropGuard,
 }
+
+/// Tenant policies by tenant, with when each was read.
+type Policies = Mutex<HashMap<String, (Instant, TenantPolicy)>>;
 
 /// How long a worker trusts a tenant policy it read before reading it again.
 const POLICY_CACHE_FOR: Duration = Duration::from_secs(5);
@@ -209,14 +221,25 @@ impl RedisEnv {
             );
             stop.drop_guard()
         });
+        let credit = Arc::new(credit::StoredCredit::new(queue.admission().stored_bucket()));
+        let policies = Arc::new(Policies::default());
+        let sweep = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(sweep_credit(
+            credit.clone(),
+            policies.clone(),
+            queue.clone(),
+            metrics.clone(),
+            sweep.clone(),
+        ));
         Ok(RedisEnv {
             _precompile: precompile,
-            credit: credit::StoredCredit::new(queue.admission().stored_bucket()),
+            _sweep: sweep.drop_guard(),
+            credit,
             queue,
             handle: Handle::current(),
             modules,
             outputs: Mutex::default(),
-            policies: Mutex::default(),
+            policies,
             metrics,
             health,
         })
@@ -246,18 +269,83 @@ impl RedisEnv {
 }
 
 impl RedisEnv {
-    /// Counts `need` bytes stored for `tenant` against `max` (`u64::MAX`: never
-    /// refused) from the worker's credit, reserving more in Redis when it runs short.
+    /// Counts `need` bytes stored for `tenant` against `limit` from the worker's
+    /// credit, reserving more in Redis when it runs short (and giving back credit it
+    /// drops on the way).
     fn draw_stored(
         &self,
         tenant: &str,
         need: u64,
-        max: u64,
+        limit: credit::Limit,
     ) -> Result<credit::Draw, sluice_shared::queue::redis::AdmissionError> {
-        self.credit.draw(tenant, need, max, |ask| {
-            self.handle
-                .block_on(self.queue.admission().reserve_stored(tenant, ask, max))
-        })
+        self.credit.draw(
+            tenant,
+            need,
+            limit,
+            |ask| {
+                self.handle.block_on(self.queue.admission().reserve_stored(
+                    tenant,
+                    ask,
+                    limit.max(),
+                ))
+            },
+            |dropped| {
+                self.handle
+                    .block_on(release_credit(&self.queue, &self.metrics, dropped))
+            },
+        )
+    }
+
+    /// Gives back all the worker's credit (it stops running jobs): what each tenant
+    /// has counted ahead and not used stops counting against its quota.
+    pub async fn release_credit(&self) {
+        for dropped in self.credit.drain() {
+            release_credit(&self.queue, &self.metrics, dropped).await;
+        }
+    }
+}
+
+/// Gives `dropped` credit back to its tenant's window, counting it in the metrics;
+/// best effort (what is not given back stays counted until its bucket leaves the
+/// window).
+async fn release_credit(queue: &RedisQueue, metrics: &WorkerMetrics, dropped: credit::Dropped) {
+    metrics.credit_dropped.inc_by(dropped.bytes);
+    match queue
+        .admission()
+        .release_stored(&dropped.tenant, dropped.bytes, dropped.bucket)
+        .await
+    {
+        Ok(released) => metrics.credit_released.inc_by(released),
+        Err(e) => {
+            tracing::debug!(tenant = %crate::logging::tenant_field(&dropped.tenant), error = %e,
+                bytes = dropped.bytes, "could not give back unused stored-bytes credit");
+        }
+    }
+}
+
+/// Drops stale credit once per credit lifetime and gives it back, and forgets policies
+/// past `POLICY_CACHE_FOR`, until `stop`.
+async fn sweep_credit(
+    credit: Arc<credit::StoredCredit>,
+    policies: Arc<Policies>,
+    queue: Arc<RedisQueue>,
+    metrics: WorkerMetrics,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(credit.max_age());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = Instant::now();
+        policies
+            .lock()
+            .retain(|_, (read_at, _)| now.saturating_duration_since(*read_at) < POLICY_CACHE_FOR);
+        for dropped in credit.sweep_at(now) {
+            release_credit(&queue, &metrics, dropped).await;
+        }
     }
 }
 
@@ -316,6 +404,7 @@ impl JobEnv for RedisEnv {
                 blob: None,
                 blob_len: 0,
                 reserved: 0,
+                reserved_in: None,
             })),
             queue: self.queue.clone(),
             handle: self.handle.clone(),
@@ -354,7 +443,7 @@ impl JobEnv for RedisEnv {
             // fails on its own if Redis is away. A failed job's partial blob chunks
             // expire with the blob TTL. Not locking the state: a helper thread stuck in
             // a stalled blob write may hold it.
-            let _ = self.draw_stored(tenant, result_bytes, u64::MAX);
+            let _ = self.draw_stored(tenant, result_bytes, credit::Limit::CountOnly);
             return Ok(());
         }
         let mut state = output.state.lock();
@@ -363,13 +452,24 @@ impl JobEnv for RedisEnv {
             Some(_) => state.blob_len,
         };
         let total = stored.saturating_add(result_bytes);
-        // Blob output reserved ahead and not written is credit for the next results.
-        self.credit
-            .give(tenant, state.reserved.saturating_sub(total));
+        // Blob output reserved ahead and not written is given back to the bucket the
+        // last reservation was counted in (the surplus is less than that reservation).
+        let surplus = state.reserved.saturating_sub(total);
+        if surplus > 0
+            && let Some(bucket) = state.reserved_in
+        {
+            let dropped = credit::Dropped {
+                tenant: tenant.clone(),
+                bytes: surplus,
+                bucket,
+            };
+            self.handle
+                .block_on(release_credit(&self.queue, &self.metrics, dropped));
+        }
         let need = total.saturating_sub(state.reserved);
         if need > 0 {
-            match self.draw_stored(tenant, need, output.quota.max) {
-                Ok(credit::Draw::Granted) => {}
+            match self.draw_stored(tenant, need, credit::Limit::Max(output.quota.max)) {
+                Ok(credit::Draw::Granted | credit::Draw::Unavailable) => {}
                 Ok(credit::Draw::Refused { used }) => {
                     // The blob's chunks expire with the blob TTL; nothing points at them.
                     state.blob = None;

@@ -84,6 +84,15 @@ pub struct WorkerMetrics {
     /// `sluice_claim_duration_seconds`: wall time of one claim call, including the time
     /// it blocks waiting for work (not a Redis round trip).
     pub claim_duration: Histogram,
+    /// `sluice_worker_stored_credit_dropped_bytes_total`: stored-bytes credit (bytes
+    /// counted against a tenant's `max_stored_bytes` ahead of use) this worker dropped
+    /// unused: aged out, reserved against a quota since lowered, left at shutdown, or
+    /// blob output reserved ahead and not written.
+    pub credit_dropped: IntCounter,
+    /// `sluice_worker_stored_credit_released_bytes_total`: of the dropped credit, the
+    /// bytes given back to the tenant's window (`quota_release.lua`); the rest stays
+    /// counted until its bucket leaves the window.
+    pub credit_released: IntCounter,
     /// `sluice_tenant_*`: runs, run seconds and fuel by tenant (folded).
     pub tenants: TenantMetrics,
     /// When a failing claim step's warning was last logged: it fails at every
@@ -286,6 +295,14 @@ impl WorkerMetrics {
             redis_reconnects: counter(
                 "sluice_redis_reconnects_total",
                 "Recoveries after failed Redis calls: claims that succeeded after failed ones",
+            ),
+            credit_dropped: counter(
+                "sluice_worker_stored_credit_dropped_bytes_total",
+                "Stored-bytes credit counted ahead against tenant quotas and dropped unused",
+            ),
+            credit_released: counter(
+                "sluice_worker_stored_credit_released_bytes_total",
+                "Dropped stored-bytes credit given back to the tenant's quota window",
             ),
             slots: gauge("sluice_worker_slots", "Job slots (concurrency)"),
             slots_busy: gauge("sluice_worker_slots_busy", "Job slots holding a job now"),

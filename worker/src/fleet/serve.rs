@@ -147,8 +147,10 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
     );
     let beat = heartbeat(queue.clone(), executor.consumer.clone(), config.lease);
     let consumer = executor.consumer.clone();
-    let ran = executor::run(queue.clone(), sandbox, env, executor, shutdown).await;
+    let ran = executor::run(queue.clone(), sandbox, env.clone(), executor, shutdown).await;
     beat.abort();
+    // Credit counted ahead and not used stops counting against the tenants' quotas.
+    env.release_credit().await;
     ran?;
     // A clean exit: `sluice status` stops listing this worker (its consumer is removed
     // only if it holds nothing; what it holds is taken over when the leases run out).

@@ -151,6 +151,11 @@ pub enum Enqueued {
 /// one and `1 + 1/BUCKETS` blob lifetimes, never less than the blobs can live.
 const BUCKETS: u64 = 24;
 
+/// The index of a time bucket of the stored-bytes window (Redis's clock, in bucket
+/// lengths since the epoch), as a reservation counted its bytes in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoredBucket(pub u64);
+
 /// What a stored-bytes reservation found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reservation {
@@ -158,6 +163,9 @@ pub enum Reservation {
     Granted {
         /// Bytes counted for the tenant, these included.
         used: u64,
+        /// The time bucket these bytes are counted in: bytes not used after all can be
+        /// given back to it with [`Admission::release_stored`].
+        bucket: StoredBucket,
     },
     /// Over the quota: `used` bytes are counted; the oldest leave the window in
     /// `retry_after`.
@@ -633,13 +641,50 @@ impl Admission<'_> {
             .await
             .map_err(unavailable)?;
         match reply.as_slice() {
-            [1, used] => Ok(Reservation::Granted { used: *used }),
+            [1, used, bucket] => Ok(Reservation::Granted {
+                used: *used,
+                bucket: StoredBucket(*bucket),
+            }),
             [0, used, retry_ms] => Ok(Reservation::Refused {
                 used: *used,
                 retry_after: Duration::from_millis(*retry_ms),
             }),
             other => Err(bad_reply(format!("quota_stored.lua answered {other:?}")).into()),
         }
+    }
+
+    /// Gives back `bytes` counted for `tenant` by a reservation that answered `bucket`
+    /// and not used (a worker's credit it drops): the bucket loses up to `bytes`, never
+    /// going below 0, and nothing happens once it has left the window. Returns the bytes
+    /// given back.
+    pub async fn release_stored(
+        self,
+        tenant: &str,
+        bytes: u64,
+        bucket: StoredBucket,
+    ) -> Result<u64, AdmissionError> {
+        let len = (millis(self.q.config.blob_ttl) / BUCKETS).max(1);
+        let key = self.q.keys.usage(tenant);
+        SCRIPTS
+            .quota_release
+            .key(&key)
+            .arg(bytes)
+            .arg(bucket.0)
+            .arg(len)
+            .arg(BUCKETS + 1)
+            .invoke_async(&mut self.q.connection())
+            .await
+            .map_err(|e| {
+                if e.to_string().contains("not a hash") {
+                    AdmissionError::WrongType {
+                        key: excerpt(&key),
+                        found: "value of another type".to_owned(),
+                        expected: "hash",
+                    }
+                } else {
+                    AdmissionError::Store(unavailable(e))
+                }
+            })
     }
 
     /// Jobs waiting in `tenant`'s backlog: one `XLEN` (a missing key is 0; a key of

@@ -53,7 +53,9 @@ pub use admin::{
     MAX_LISTED_MODULES, QueueCounters, QueueGauges, RedisStatus, StoredModule, TenantBacklog,
     TenantLoad, entry_id_ms, gauge_client, parse_info_memory,
 };
-pub use admission::{Admission, AdmissionError, Enqueued, Hold, Reservation, envelope_job_id};
+pub use admission::{
+    Admission, AdmissionError, Enqueued, Hold, Reservation, StoredBucket, envelope_job_id,
+};
 pub use artifacts::{
     ARTIFACT_TTL, ArtifactError, ArtifactId, Artifacts, MAX_ARTIFACT_BYTES, MAX_REFUSAL_BYTES,
     MAX_REFUSAL_TTL, PRECOMPILE_STREAM_CAP, PrecompileRequest, StoredArtifact, StoredRefusal,

@@ -49,6 +49,8 @@ pub(crate) struct Scripts {
     pub dispatch: Script,
     /// `quota_stored.lua`: counts stored bytes against a tenant's quota.
     pub quota_stored: Script,
+    /// `quota_release.lua`: gives back stored bytes counted ahead and not used.
+    pub quota_release: Script,
     /// `module_put.lua`: stores a tenant's module and its hold.
     pub module_put: Script,
     /// `module_touch.lua`: restarts a tenant's module's lifetime.
@@ -105,6 +107,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     unhold: Script::new(include_str!("scripts/unhold.lua")),
     dispatch: Script::new(include_str!("scripts/dispatch.lua")),
     quota_stored: Script::new(include_str!("scripts/quota_stored.lua")),
+    quota_release: Script::new(include_str!("scripts/quota_release.lua")),
     module_put: Script::new(include_str!("scripts/module_put.lua")),
     module_touch: Script::new(include_str!("scripts/module_touch.lua")),
     module_rm: Script::new(include_str!("scripts/module_rm.lua")),

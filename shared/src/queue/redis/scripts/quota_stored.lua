@@ -7,7 +7,8 @@
 -- ARGV[2]  the quota, bytes
 -- ARGV[3]  bucket length, ms
 -- ARGV[4]  buckets in the window (bytes count until their bucket leaves the window)
--- Returns  {1, bytes used after the reservation} when reserved, or
+-- Returns  {1, bytes used after the reservation, the bucket index they are counted in}
+--          when reserved (quota_release.lua gives bytes back to that bucket), or
 --          {0, bytes used, ms until the oldest counted bucket leaves the window}.
 --
 -- Atomicity: the sum, the check and the increment run as one script, so concurrent
@@ -52,4 +53,4 @@ if want > 0 then
   redis.call('HINCRBY', KEYS[1], tostring(bucket), want)
   redis.call('PEXPIRE', KEYS[1], len * (window + 1))
 end
-return {1, used + want}
+return {1, used + want, bucket}
