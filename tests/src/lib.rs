@@ -15,6 +15,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod batch;
 pub mod cluster;
 pub mod dashboards;
 pub mod fleet;

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use serde_json::Value;
 use sluice_shared::{Job, JobInput, ModuleHash, Queue};
+use sluice_tests::batch::report_lines;
 use sluice_tests::fleet::Fleet;
 use sluice_tests::wait::poll;
 use sluice_tests::{bin, guest};
@@ -28,18 +28,6 @@ fn inputs(n: usize) -> tempfile::TempDir {
 
 fn names(n: usize) -> BTreeSet<String> {
     (0..n).map(|i| format!("in{i:03}")).collect()
-}
-
-/// Every report line, each of which must parse.
-fn report_lines(out: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(out.join("report.jsonl")).unwrap_or_default();
-    assert!(
-        text.is_empty() || text.ends_with('\n'),
-        "a cut line: {text:?}"
-    );
-    text.lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
-        .collect()
 }
 
 /// Output files (not the report, no partial file left).

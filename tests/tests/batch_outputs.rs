@@ -9,22 +9,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use sluice_tests::batch::{report_lines, run_batch};
 use sluice_tests::wait::poll;
 use sluice_tests::{bin, guest};
 
-/// Every report line, each of which must parse.
-fn report(out: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(out.join("report.jsonl")).unwrap_or_default();
-    assert!(text.is_empty() || text.ends_with('\n'), "a cut line");
-    text.lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
-        .collect()
-}
-
 /// The report's successes by input name.
 fn successes(out: &Path) -> Vec<String> {
-    let mut names: Vec<String> = report(out)
+    let mut names: Vec<String> = report_lines(out)
         .iter()
         .filter(|line| line["outcome"] == "success")
         .map(|line| line["input"].as_str().unwrap().to_owned())
@@ -63,19 +54,6 @@ fn files(out: &Path) -> BTreeMap<String, Vec<u8>> {
             (name, std::fs::read(entry.path()).unwrap())
         })
         .collect()
-}
-
-fn batch(flags: &[&str], module: &str, inputs: &Path, out: &Path) -> Output {
-    bin("sluice")
-        .args(["batch", "--quiet"])
-        .args(flags)
-        .arg("--module")
-        .arg(guest(module))
-        .arg(inputs)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
 }
 
 /// [`batch`] with `RUST_LOG` set, so the batch's log lines are in its stderr.
@@ -157,14 +135,14 @@ fn both_formats_exact(flags: &[&str], big: usize, path: &str) {
 
     let out = tempfile::tempdir().unwrap();
     let tar_flags = [flags, &["--output-format", "tar"]].concat();
-    let run = batch(&tar_flags, "uppercase.wasm", inputs.path(), out.path());
+    let run = run_batch(&tar_flags, "uppercase.wasm", inputs.path(), out.path());
     assert!(run.status.success(), "{}", stdout(&run));
     let names: Vec<String> = files(out.path()).into_keys().collect();
     assert_eq!(names, ["outputs.tar", "report.jsonl"]);
     let entries = archive(out.path());
     assert_eq!(entries.len(), all.len(), "one entry per job");
     assert_eq!(entries.into_iter().collect::<BTreeMap<_, _>>(), expected);
-    let lines = report(out.path());
+    let lines = report_lines(out.path());
     assert_eq!(lines.len(), all.len());
     for line in &lines {
         let name = line["input"].as_str().unwrap();
@@ -204,7 +182,7 @@ fn output_memory_sets_the_bound_and_zero_streams_every_output() {
     );
     let (inputs, _) = inputs(1, 0);
     let out = tempfile::tempdir().unwrap();
-    let run = batch(
+    let run = run_batch(
         &["--output-memory", "lots"],
         "uppercase.wasm",
         inputs.path(),
@@ -221,7 +199,7 @@ fn an_output_past_its_cap_is_a_typed_failure_with_no_file_or_entry() {
     for (slots, cap) in [("2", "1KiB"), ("64", "32MiB")] {
         for format in ["files", "tar"] {
             let out = tempfile::tempdir().unwrap();
-            let run = batch(
+            let run = run_batch(
                 &[
                     "--output-format",
                     format,
@@ -235,7 +213,7 @@ fn an_output_past_its_cap_is_a_typed_failure_with_no_file_or_entry() {
                 out.path(),
             );
             assert_eq!(run.status.code(), Some(1), "{}", stdout(&run));
-            let lines = report(out.path());
+            let lines = report_lines(out.path());
             assert_eq!(lines.len(), 3 + 6, "{format} {cap}");
             assert!(
                 lines.iter().all(|l| l["outcome"] == "output_limit"),
@@ -287,7 +265,7 @@ fn an_interrupted_tar_batch_leaves_a_valid_archive_of_exactly_the_listed_jobs() 
     poll(
         "a report line",
         Duration::from_secs(120),
-        || report(out.path()).len(),
+        || report_lines(out.path()).len(),
         |n| *n > 0,
     );
     let status = Command::new("kill")
@@ -301,7 +279,7 @@ fn an_interrupted_tar_batch_leaves_a_valid_archive_of_exactly_the_listed_jobs() 
     assert!(said.contains("interrupted"), "{said}");
     let listed = successes(out.path());
     assert!(!listed.is_empty() && listed.len() < 200, "{}", listed.len());
-    assert_eq!(report(out.path()).len(), listed.len());
+    assert_eq!(report_lines(out.path()).len(), listed.len());
     let mut entries: Vec<String> = archive(out.path()).into_iter().map(|(n, _)| n).collect();
     entries.sort();
     assert_eq!(entries, listed);
@@ -314,13 +292,13 @@ fn resume_refuses_an_archive_and_force_replaces_it() {
     let (inputs, all) = inputs(5, 0);
     let out = tempfile::tempdir().unwrap();
     let tar = ["--output-format", "tar"];
-    let run = batch(&tar, "uppercase.wasm", inputs.path(), out.path());
+    let run = run_batch(&tar, "uppercase.wasm", inputs.path(), out.path());
     assert!(run.status.success(), "{}", stdout(&run));
 
     // Refused in either format: a tar run's outputs are not files to trust or keep.
     std::fs::write(out.path().join("in0000.txt"), "USER FILE").unwrap();
     for format in ["tar", "files"] {
-        let run = batch(
+        let run = run_batch(
             &["--output-format", format, "--resume"],
             "uppercase.wasm",
             inputs.path(),
@@ -340,7 +318,7 @@ fn resume_refuses_an_archive_and_force_replaces_it() {
         b"USER FILE"
     );
 
-    let run = batch(
+    let run = run_batch(
         &["--output-format", "tar", "--force"],
         "uppercase.wasm",
         inputs.path(),
@@ -352,7 +330,7 @@ fn resume_refuses_an_archive_and_force_replaces_it() {
         all.len(),
         "written anew, not appended"
     );
-    assert_eq!(report(out.path()).len(), all.len());
+    assert_eq!(report_lines(out.path()).len(), all.len());
     // The tar run never wrote OUT/in0000.txt: --force after it leaves that file.
     assert_eq!(
         std::fs::read(out.path().join("in0000.txt")).unwrap(),
@@ -361,7 +339,7 @@ fn resume_refuses_an_archive_and_force_replaces_it() {
     std::fs::remove_file(out.path().join("in0000.txt")).unwrap();
 
     // The files format after a tar run: --force removes the archive with the report.
-    let run = batch(&["--force"], "uppercase.wasm", inputs.path(), out.path());
+    let run = run_batch(&["--force"], "uppercase.wasm", inputs.path(), out.path());
     assert!(run.status.success(), "{}", stdout(&run));
     let mut left = files(out.path());
     assert!(left.remove("report.jsonl").is_some());
@@ -372,7 +350,7 @@ fn resume_refuses_an_archive_and_force_replaces_it() {
 fn an_unknown_output_format_and_tar_through_redis_are_refused() {
     let (inputs, _) = inputs(1, 0);
     let out = tempfile::tempdir().unwrap();
-    let run = batch(
+    let run = run_batch(
         &["--output-format", "zip"],
         "uppercase.wasm",
         inputs.path(),
@@ -384,7 +362,7 @@ fn an_unknown_output_format_and_tar_through_redis_are_refused() {
         "{}",
         stdout(&run)
     );
-    let run = batch(
+    let run = run_batch(
         &["--output-format", "tar", "--redis", "redis://127.0.0.1:1"],
         "uppercase.wasm",
         inputs.path(),
@@ -399,11 +377,11 @@ fn an_unknown_output_format_and_tar_through_redis_are_refused() {
 fn force_after_a_files_run_leaves_a_foreign_outputs_tar() {
     let (inputs, all) = inputs(3, 0);
     let out = tempfile::tempdir().unwrap();
-    let run = batch(&[], "uppercase.wasm", inputs.path(), out.path());
+    let run = run_batch(&[], "uppercase.wasm", inputs.path(), out.path());
     assert!(run.status.success(), "{}", stdout(&run));
     // Not ours: a file named outputs.tar that no tar run wrote.
     std::fs::write(out.path().join("outputs.tar"), "someone else's").unwrap();
-    let run = batch(&["--force"], "uppercase.wasm", inputs.path(), out.path());
+    let run = run_batch(&["--force"], "uppercase.wasm", inputs.path(), out.path());
     assert!(run.status.success(), "{}", stdout(&run));
     let mut left = files(out.path());
     assert_eq!(left.remove("outputs.tar").unwrap(), b"someone else's");
@@ -420,7 +398,7 @@ fn a_name_too_long_for_its_partial_file_is_refused_before_any_job() {
         std::fs::write(dir.path().join(&longest), "edge\n").unwrap();
         for cap in ["64MiB", "600MiB"] {
             let out = tempfile::tempdir().unwrap();
-            let run = batch(
+            let run = run_batch(
                 &["--output-format", format, "--max-output", cap],
                 "uppercase.wasm",
                 dir.path(),
@@ -431,7 +409,7 @@ fn a_name_too_long_for_its_partial_file_is_refused_before_any_job() {
         }
         std::fs::write(dir.path().join("y".repeat(250)), "one too long\n").unwrap();
         let out = tempfile::tempdir().unwrap();
-        let run = batch(
+        let run = run_batch(
             &["--output-format", format],
             "uppercase.wasm",
             dir.path(),
@@ -477,7 +455,7 @@ fn retrying_jobs_leave_the_window_to_the_others() {
         "info",
     );
     assert_eq!(run.status.code(), Some(1), "{}", stdout(&run));
-    let lines = report(out.path());
+    let lines = report_lines(out.path());
     assert_eq!(lines.len(), 60);
     assert!(
         lines
@@ -591,7 +569,7 @@ fn a_second_signal_leaves_an_archive_of_exactly_the_listed_jobs() {
     poll(
         "the quick jobs' lines",
         Duration::from_secs(60),
-        || report(out.path()).len(),
+        || report_lines(out.path()).len(),
         |n| *n == 5,
     );
     let kill = |sig: &str| {
@@ -617,7 +595,7 @@ fn a_second_signal_leaves_an_archive_of_exactly_the_listed_jobs() {
     assert!(said.contains("abandoned"), "{said}");
     let quick: Vec<String> = (0..5).map(|i| format!("in{i:03}")).collect();
     assert_eq!(successes(out.path()), quick);
-    assert_eq!(report(out.path()).len(), 5);
+    assert_eq!(report_lines(out.path()).len(), 5);
     let mut entries: Vec<String> = archive(out.path()).into_iter().map(|(n, _)| n).collect();
     entries.sort();
     assert_eq!(entries, quick);

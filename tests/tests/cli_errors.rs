@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_shared::{Job, JobInput, JobOutput, OutcomeKind};
+use sluice_tests::batch::run_batch;
 use sluice_tests::{Fleet, RedisServer, ServeProcess, bin, guest, wait};
 
 /// `sluice-worker serve`: Redis refused the credentials.
@@ -143,25 +144,12 @@ fn report(out: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn batch(flags: &[&str], module: &str, inputs: &Path, out: &Path) -> Output {
-    bin("sluice")
-        .args(["batch", "--quiet"])
-        .args(flags)
-        .arg("--module")
-        .arg(guest(module))
-        .arg(inputs)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .expect("run sluice batch")
-}
-
 #[test]
 fn an_embedded_batch_reports_the_output_cap_as_output_limit_and_names_argv0() {
     let inputs = tempfile::tempdir().unwrap();
     std::fs::write(inputs.path().join("a.txt"), "more than two bytes\n").unwrap();
     let out = tempfile::tempdir().unwrap();
-    let run = batch(
+    let run = run_batch(
         &["--max-output", "2"],
         "uppercase.wasm",
         inputs.path(),
@@ -173,7 +161,7 @@ fn an_embedded_batch_reports_the_output_cap_as_output_limit_and_names_argv0() {
     assert_eq!(lines[0]["outcome"], "output_limit", "{lines:?}");
 
     let out = tempfile::tempdir().unwrap();
-    let run = batch(&["--arg", "x"], "env_echo.wasm", inputs.path(), out.path());
+    let run = run_batch(&["--arg", "x"], "env_echo.wasm", inputs.path(), out.path());
     assert!(run.status.success(), "{}", text(&run));
     let echoed = std::fs::read_to_string(out.path().join("a.txt")).unwrap();
     assert!(
@@ -231,7 +219,7 @@ fn refused_flag_values_name_their_flag_and_exit_2() {
         ),
     ];
     for (flags, named) in cases {
-        let run = batch(flags, "uppercase.wasm", inputs.path(), out.path());
+        let run = run_batch(flags, "uppercase.wasm", inputs.path(), out.path());
         assert_eq!(run.status.code(), Some(USAGE), "{flags:?}: {}", text(&run));
         assert!(text(&run).contains(named), "{flags:?}: {}", text(&run));
     }
