@@ -1,22 +1,29 @@
 //! Embedded `sluice batch` runs and their reports, shared by the batch test files.
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
 use crate::{bin, guest};
 
-/// Runs `sluice batch --quiet FLAGS --module <guest MODULE> INPUTS --out OUT` to the end.
-pub fn run_batch(flags: &[&str], module: &str, inputs: &Path, out: &Path) -> Output {
-    bin("sluice")
+/// `sluice batch --quiet FLAGS --module <guest MODULE> INPUTS --out OUT`, not started.
+pub fn batch_command(flags: &[&str], module: &str, inputs: &Path, out: &Path) -> Command {
+    let mut command = bin("sluice");
+    command
         .args(["batch", "--quiet"])
         .args(flags)
         .arg("--module")
         .arg(guest(module))
         .arg(inputs)
         .arg("--out")
-        .arg(out)
+        .arg(out);
+    command
+}
+
+/// Runs [`batch_command`] to the end.
+pub fn run_batch(flags: &[&str], module: &str, inputs: &Path, out: &Path) -> Output {
+    batch_command(flags, module, inputs, out)
         .output()
         .expect("run sluice batch")
 }

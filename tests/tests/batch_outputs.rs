@@ -9,9 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use sluice_tests::batch::{report_lines, run_batch};
+use sluice_tests::batch::{batch_command, report_lines, run_batch};
 use sluice_tests::wait::poll;
-use sluice_tests::{bin, guest};
 
 /// The report's successes by input name.
 fn successes(out: &Path) -> Vec<String> {
@@ -56,17 +55,10 @@ fn files(out: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// [`batch`] with `RUST_LOG` set, so the batch's log lines are in its stderr.
+/// [`run_batch`] with `RUST_LOG` set, so the batch's log lines are in its stderr.
 fn batch_logged(flags: &[&str], module: &str, inputs: &Path, out: &Path, log: &str) -> Output {
-    bin("sluice")
+    batch_command(flags, module, inputs, out)
         .env("RUST_LOG", log)
-        .args(["batch", "--quiet"])
-        .args(flags)
-        .arg("--module")
-        .arg(guest(module))
-        .arg(inputs)
-        .arg("--out")
-        .arg(out)
         .output()
         .unwrap()
 }
@@ -237,25 +229,17 @@ fn an_interrupted_tar_batch_leaves_a_valid_archive_of_exactly_the_listed_jobs() 
         std::fs::write(dir.path().join(format!("in{i:03}")), format!("{i}\n")).unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    let mut child = bin("sluice")
-        .args([
-            "batch",
-            "--quiet",
-            "--concurrency",
-            "2",
-            "--output-format",
-            "tar",
-        ])
-        .arg("--module")
-        .arg(guest("compute_loop.wat"))
-        .arg(dir.path())
-        .arg("--out")
-        .arg(out.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = batch_command(
+        &["--concurrency", "2", "--output-format", "tar"],
+        "compute_loop.wat",
+        dir.path(),
+        out.path(),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -496,25 +480,24 @@ fn a_tar_batch_killed_mid_append_leaves_a_valid_archive_of_listed_jobs() {
     std::fs::write(dir.path().join("b"), &big).unwrap();
     drop(big);
     let out = tempfile::tempdir().unwrap();
-    let mut child = bin("sluice")
-        .args([
-            "batch",
-            "--quiet",
+    let mut child = batch_command(
+        &[
             "--concurrency",
             "2",
             "--output-format",
             "tar",
-        ])
-        .args(["--max-output", "600MiB", "--module"])
-        .arg(guest("uppercase.wasm"))
-        .arg(dir.path())
-        .arg("--out")
-        .arg(out.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+            "--max-output",
+            "600MiB",
+        ],
+        "uppercase.wasm",
+        dir.path(),
+        out.path(),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let tar_path = out.path().join("outputs.tar");
     // Watched without a pause: the copy into the archive takes a fraction of a second.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -546,18 +529,24 @@ fn a_second_signal_leaves_an_archive_of_exactly_the_listed_jobs() {
         std::fs::write(dir.path().join(format!("in{i:03}")), text).unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    let mut child = bin("sluice")
-        .args(["batch", "--quiet", "--concurrency", "2", "--timeout", "60s"])
-        .args(["--output-format", "tar", "--module"])
-        .arg(guest("quick_or_spin.wat"))
-        .arg(dir.path())
-        .arg("--out")
-        .arg(out.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = batch_command(
+        &[
+            "--concurrency",
+            "2",
+            "--timeout",
+            "60s",
+            "--output-format",
+            "tar",
+        ],
+        "quick_or_spin.wat",
+        dir.path(),
+        out.path(),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
