@@ -68,6 +68,33 @@ pub fn bin(name: &str) -> Command {
     command
 }
 
+/// Starts `command` with stdin closed and stdout and stderr piped; stderr lines are
+/// passed on (to the test's own stderr, prefixed `[sluice]`) and sent to the returned
+/// channel.
+pub fn spawn_logged(
+    mut command: Command,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("[sluice] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
 /// Sends SIGTERM to process `pid`.
 pub fn sigterm(pid: u32) {
     let status = Command::new("kill")

@@ -3,7 +3,6 @@
 //! whole lines, no partial output stays, the summary says "interrupted", exit 130.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -13,7 +12,7 @@ use sluice_shared::{Job, JobInput, ModuleHash, Queue};
 use sluice_tests::batch::report_lines;
 use sluice_tests::fleet::Fleet;
 use sluice_tests::wait::poll;
-use sluice_tests::{bin, guest};
+use sluice_tests::{bin, guest, spawn_logged};
 
 /// A guest that computes for a while (50M iterations) and succeeds with no output.
 const SLOW: &str = "compute_loop.wat";
@@ -49,26 +48,6 @@ fn signal(child: &Child, sig: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-/// Starts `command` with piped output; stderr lines are passed on (to the test's own
-/// stderr) and sent to the returned channel.
-fn spawn(mut command: Command) -> (Child, mpsc::Receiver<String>) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[sluice] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
 }
 
 /// The first stderr line containing `what`, waiting up to a minute.
@@ -120,7 +99,7 @@ fn an_interrupted_embedded_batch_keeps_whole_lines_and_no_partial_files() {
         .arg(inputs.path())
         .arg("--out")
         .arg(out.path());
-    let (child, _stderr) = spawn(command);
+    let (child, _stderr) = spawn_logged(command);
     first_report_line(out.path());
     signal(&child, "-INT");
     let (output, stdout) = finish(child);
@@ -156,7 +135,7 @@ fn a_second_signal_abandons_running_jobs_and_still_leaves_a_clean_directory() {
         .arg(inputs.path())
         .arg("--out")
         .arg(out.path());
-    let (child, stderr) = spawn(command);
+    let (child, stderr) = spawn_logged(command);
     // Jobs are running once their partial outputs exist.
     poll(
         "jobs running",
@@ -205,7 +184,7 @@ fn a_second_signal_abandons_jobs_whose_outputs_are_in_memory_and_leaves_only_lis
         .arg(inputs.path())
         .arg("--out")
         .arg(out.path());
-    let (child, stderr) = spawn(command);
+    let (child, stderr) = spawn_logged(command);
     poll(
         "the quick jobs' lines",
         Duration::from_secs(60),
@@ -242,7 +221,7 @@ fn an_interrupted_distributed_batch_cancels_what_has_not_started() {
     let _worker = fleet.worker("w", &["--concurrency", "1"]);
     let inputs = inputs(60);
     let out = tempfile::tempdir().unwrap();
-    let (child, _stderr) = spawn(distributed(&fleet, inputs.path(), out.path(), "cancel"));
+    let (child, _stderr) = spawn_logged(distributed(&fleet, inputs.path(), out.path(), "cancel"));
     first_report_line(out.path());
     signal(&child, "-INT");
     let (output, stdout) = finish(child);
@@ -267,7 +246,7 @@ fn a_detached_batch_runs_on_and_attach_writes_every_output_once() {
     let _worker = fleet.worker("w", &["--concurrency", "2"]);
     let inputs = inputs(40);
     let out = tempfile::tempdir().unwrap();
-    let (child, _stderr) = spawn(distributed(&fleet, inputs.path(), out.path(), "detach"));
+    let (child, _stderr) = spawn_logged(distributed(&fleet, inputs.path(), out.path(), "detach"));
     first_report_line(out.path());
     signal(&child, "-INT");
     let (output, stdout) = finish(child);
@@ -303,7 +282,7 @@ fn batch_cancel_cancels_a_queued_batch_with_no_worker() {
     let fleet = Fleet::start("cancel_cli");
     let inputs = inputs(25);
     let out = tempfile::tempdir().unwrap();
-    let (child, stderr) = spawn(distributed(&fleet, inputs.path(), out.path(), "detach"));
+    let (child, stderr) = spawn_logged(distributed(&fleet, inputs.path(), out.path(), "detach"));
     let started = line_with(&stderr, "sluice: batch ");
     let id = started
         .strip_prefix("sluice: batch ")

@@ -4,12 +4,13 @@
 //! report lists as successes (also after an interrupt), hostile outputs and names.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use sluice_tests::batch::{batch_command, report_lines, run_batch};
+use sluice_tests::spawn_logged;
 use sluice_tests::wait::poll;
 
 /// The report's successes by input name.
@@ -229,23 +230,12 @@ fn an_interrupted_tar_batch_leaves_a_valid_archive_of_exactly_the_listed_jobs() 
         std::fs::write(dir.path().join(format!("in{i:03}")), format!("{i}\n")).unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    let mut child = batch_command(
+    let (child, _stderr) = spawn_logged(batch_command(
         &["--concurrency", "2", "--output-format", "tar"],
         "compute_loop.wat",
         dir.path(),
         out.path(),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[sluice] {line}");
-        }
-    });
+    ));
     poll(
         "a report line",
         Duration::from_secs(120),
@@ -529,7 +519,7 @@ fn a_second_signal_leaves_an_archive_of_exactly_the_listed_jobs() {
         std::fs::write(dir.path().join(format!("in{i:03}")), text).unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    let mut child = batch_command(
+    let (child, rx) = spawn_logged(batch_command(
         &[
             "--concurrency",
             "2",
@@ -541,20 +531,7 @@ fn a_second_signal_leaves_an_archive_of_exactly_the_listed_jobs() {
         "quick_or_spin.wat",
         dir.path(),
         out.path(),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[sluice] {line}");
-            let _ = tx.send(line);
-        }
-    });
+    ));
     poll(
         "the quick jobs' lines",
         Duration::from_secs(60),
