@@ -3,7 +3,7 @@
 //! start (nothing resident before any job), and once a guest that dirties memory and
 //! calls through its table has run, the memory and table bytes its freed slots keep
 //! resident: for memory, the guest's accessible 128 KiB per slot its jobs used (less
-//! than the kept megabyte, so the keep-resident cap is `min(kept, accessible)`).
+//! than the 256 KiB kept by default, so the keep-resident cap is `min(kept, accessible)`).
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -24,7 +24,7 @@ const FINISH_WITHIN: Duration = Duration::from_secs(120);
 const SLOTS: u64 = 2;
 /// Jobs run.
 const JOBS: u64 = 4;
-/// The guest's accessible memory, `(memory 2)`: less than the 1 MiB a slot keeps by
+/// The guest's accessible memory, `(memory 2)`: less than the 256 KiB a slot keeps by
 /// default (`SandboxConfig::memory_keep_resident_bytes`).
 const GUEST_MEMORY_BYTES: u64 = 2 << 16;
 
@@ -88,7 +88,7 @@ fn the_pool_resident_gauges_show_what_freed_slots_keep() {
     let memory = worker.resident("memory").expect("the memory gauge");
     assert!(memory > 0.0, "no memory kept resident after the jobs ran");
     // Only the unmetered engine ran (no fuel limit). Each slot a job used keeps the
-    // guest's accessible memory, not the kept megabyte: at most one slot per job (a
+    // guest's accessible memory, not all it may keep: at most one slot per job (a
     // module gets back the slot it last used, and at most SLOTS run at once).
     assert!(
         memory <= (JOBS * GUEST_MEMORY_BYTES) as f64,

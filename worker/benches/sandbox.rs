@@ -19,7 +19,8 @@
 //!
 //! `cargo bench -p sluice-worker --bench sandbox -- summary` runs only the summary;
 //! `cargo bench -p sluice-worker --bench sandbox -- real` the summary and the fourth;
-//! `-- --profile sluice-chosen` (or `sluice-default`, `bare-keep-resident`, …) runs one
+//! `-- keep-resident` runs only the price of each memory keep-resident size
+//! (`keep_resident.rs`); `-- --profile sluice-chosen` (or `sluice-default`, `bare-keep-resident`, …) runs one
 //! loop of it for `perf record`.
 
 use std::fs::File;
@@ -37,6 +38,8 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{InputFile, OutputFile};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
+#[path = "sandbox/keep_resident.rs"]
+mod keep_resident;
 #[path = "sandbox/procfs.rs"]
 mod procfs;
 #[path = "sandbox/real_guest.rs"]
@@ -418,6 +421,9 @@ fn main() {
     }
     if let Some(target) = option("--profile") {
         return real_guest::profile(target, &guest(real_guest::GUEST));
+    }
+    if args.iter().any(|a| a == "keep-resident") {
+        return keep_resident::keep_resident(&guest(real_guest::GUEST));
     }
     summary::summary(&guest(real_guest::GUEST), &guest("noop.wat"));
     if args.iter().any(|a| a == "summary") {

@@ -34,13 +34,15 @@ pub struct SandboxConfig {
     /// back to the kernel with `madvise`, so the next job in the slot takes no page
     /// faults and no TLB-shootdown IPIs on them. Memory beyond this is still returned.
     /// Without [`Self::pagemap_scan`] wasmtime resets, and keeps resident, the smaller
-    /// of this and the guest's accessible memory whatever the guest touched: a guest
-    /// with this much memory or more pays a `memset` of all of it every job, while a
-    /// small guest saves the faults (bare wasmtime in the sandbox bench, µs a job beyond
-    /// the guest's own work, 1 MiB kept against nothing kept: an echo with 1.06 MiB of
-    /// memory 27 against 13, the C guest with 192 KiB 10 against 27). The price is resident memory: that much per slot that has run a job, on
-    /// each of the two engines (see `docs/benchmarks.md`, "Sandbox", for the measured
-    /// per-slot figures). 0 returns everything (wasmtime's default).
+    /// of this and the guest's accessible memory whatever the guest touched, and
+    /// returns the rest with `madvise`: a guest with this much memory or more pays a
+    /// `memset` of all of it every job, while a guest within it saves the faults. Sluice
+    /// in the sandbox bench (`-- keep-resident`), CPU µs a job beyond the guest's own
+    /// work at 1 MiB / 256 KiB / 128 KiB / 0 kept: the C uppercase guest (192 KiB of
+    /// memory) 10.9 / 11.1 / 17.7 / 22.7, an echo with 1.06 MiB of memory 28.5 / 11.3 /
+    /// 8.4 / 14.4. The price is resident memory: `min(this, the guest's memory)` per
+    /// slot that has run a job, on each of the two engines (`docs/benchmarks.md`,
+    /// "Sandbox"). 0 returns everything (wasmtime's default).
     pub memory_keep_resident_bytes: u64,
     /// As [`Self::memory_keep_resident_bytes`], for each of a slot's tables (up to 4;
     /// a C guest's function table for indirect calls).
@@ -80,12 +82,15 @@ impl SandboxConfig {
     pub const DEFAULT_STDERR_CAP_BYTES: usize = 64 << 10;
     /// Default raw-ABI chunk: 64 KiB.
     pub const DEFAULT_RAW_CHUNK_BYTES: usize = 64 << 10;
-    /// Default linear memory kept resident per slot: 1 MiB, more than a wasi-libc C
-    /// guest's whole memory (192 KiB for the uppercase filter), so such a guest reuses
-    /// its slot without a page fault. The reset `memset`s the whole kept part, so a
-    /// slot that has run a job keeps up to this much resident (~200 KiB for that
-    /// guest: its whole memory; `docs/benchmarks.md`).
-    pub const DEFAULT_MEMORY_KEEP_RESIDENT_BYTES: u64 = 1 << 20;
+    /// Default linear memory kept resident per slot: 256 KiB. It holds a wasi-libc C
+    /// guest's whole memory (192 KiB for the uppercase filter: data, a 64 KiB stack
+    /// and the start of its heap), so such a guest reuses its slot without a page
+    /// fault, while a larger guest (a small Rust guest starts at 1.06 MiB) pays a 256
+    /// KiB `memset` per job rather than the 1 MiB one of the earlier default, which
+    /// doubled its cost (`docs/benchmarks.md`, "Sandbox": 128 KiB no longer covers the
+    /// C guest's stack and costs it 7 µs a job in page faults). A slot that has run a
+    /// job keeps `min(256 KiB, its guest's memory)` resident.
+    pub const DEFAULT_MEMORY_KEEP_RESIDENT_BYTES: u64 = 256 << 10;
     /// Default table bytes kept resident per slot: 64 KiB (8,192 function references).
     pub const DEFAULT_TABLE_KEEP_RESIDENT_BYTES: u64 = 64 << 10;
     /// Most linear memory kept resident per slot: 64 MiB (a worker keeps up to
@@ -300,6 +305,20 @@ mod tests {
         ));
         let ok = DirGrant::parse("/tmp::/data", true).unwrap();
         assert_eq!(ok.guest_path, "/data");
+    }
+
+    /// The keep-resident defaults are a measured choice (`docs/benchmarks.md`,
+    /// "Sandbox"): 256 KiB covers a wasi-libc C guest's 192 KiB without making a
+    /// 1 MiB guest `memset` a megabyte per job; tables as before; `pagemap_scan` off
+    /// (unsafe on wasmtime 48).
+    #[test]
+    fn keep_resident_defaults_are_the_measured_choice() {
+        let config = SandboxConfig::default();
+        assert_eq!(config.memory_keep_resident_bytes, 256 << 10);
+        assert_eq!(config.table_keep_resident_bytes, 64 << 10);
+        assert!(!config.pagemap_scan);
+        // The uppercase C guest's whole memory (3 pages) fits in what is kept.
+        assert!(config.memory_keep_resident_bytes >= 3 * (64 << 10));
     }
 
     #[test]

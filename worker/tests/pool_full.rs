@@ -17,7 +17,7 @@ const SLOTS: u32 = 8;
 const JOBS: usize = 1_500;
 
 /// Grows its memory to 2 MiB and writes one byte in each 64 KiB page of the second
-/// megabyte (past the default resident megabyte).
+/// megabyte (past the default resident 256 KiB).
 const GUEST: &str = r#"(module
   (memory (export "memory") 1)
   (func (export "_start")

@@ -3,8 +3,8 @@
 //! settings the sandbox chose, and the sandbox with them, both ways a fleet job's I/O
 //! goes (`Sandbox::run_io` with the input in memory and the output in memory or
 //! streamed), for three guests: the no-op module, the C uppercase guest over
-//! [`INPUT_BYTES`], and an echo whose initial memory is past the kept megabyte (where
-//! the chosen `memset` reset costs most). With the kernel share, the bytes each setting
+//! [`INPUT_BYTES`], and an echo whose initial memory (1.06 MiB) is past the memory kept
+//! resident (where the chosen `memset` reset costs most). With the kernel share, the bytes each setting
 //! keeps resident per slot, the guest's own work sampled in the same runs, and what the
 //! sandboxes' epoch tickers cost the process while idle.
 
@@ -21,9 +21,9 @@ use crate::real_guest::{
 /// A WASI echo whose initial memory is 17 pages (1.06 MiB, about where a small Rust
 /// guest starts): it reads stdin in 64 KiB chunks and writes each back, touching only
 /// its first page and the pages its reads fill. With the chosen settings the slot's
-/// reset `memset`s the kept 1 MiB whatever the guest touched (wasmtime 48 without
+/// reset `memset`s all that is kept whatever the guest touched (wasmtime 48 without
 /// `pagemap_scan` resets `min(keep_resident, accessible)`).
-const BIG_MEMORY_ECHO: &str = r#"(module
+pub const BIG_MEMORY_ECHO: &str = r#"(module
   (import "wasi_snapshot_preview1" "fd_read"
     (func $read (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write"
@@ -94,7 +94,7 @@ impl Config {
                 "bare wasmtime, pooling as wasmtime 48 sets it by default (decommit batch 1, nothing kept resident; Sluice's pool limits)"
             }
             Config::BareChosen => {
-                "bare wasmtime, the chosen settings (1 MiB memory / 64 KiB tables kept resident, `memset` reset)"
+                "bare wasmtime, the chosen settings (`SandboxConfig`'s default memory and tables kept resident, `memset` reset)"
             }
             Config::Sluice(Io::Memory) => {
                 "**Sluice `run_io`, the chosen settings, input and output in memory** (the fleet once its env collects small outputs in memory)"
