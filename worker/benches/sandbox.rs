@@ -20,8 +20,8 @@
 //! `cargo bench -p sluice-worker --bench sandbox -- summary` runs only the summary;
 //! `cargo bench -p sluice-worker --bench sandbox -- real` the summary and the fourth;
 //! `-- keep-resident` runs only the price of each memory keep-resident size
-//! (`keep_resident.rs`); `-- --profile sluice-chosen` (or `sluice-default`, `bare-keep-resident`, …) runs one
-//! loop of it for `perf record`.
+//! (`keep_resident.rs`); `-- --profile sluice-chosen` (or `sluice-default`,
+//! `bare-keep-resident`, …) runs one loop of it for `perf record`.
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -4,9 +4,9 @@
 //! goes (`Sandbox::run_io` with the input in memory and the output in memory or
 //! streamed), for three guests: the no-op module, the C uppercase guest over
 //! [`INPUT_BYTES`], and an echo whose initial memory (1.06 MiB) is past the memory kept
-//! resident (where the chosen `memset` reset costs most). With the kernel share, the bytes each setting
-//! keeps resident per slot, the guest's own work sampled in the same runs, and what the
-//! sandboxes' epoch tickers cost the process while idle.
+//! resident (where the chosen `memset` reset costs most). With the kernel share, the
+//! bytes each setting keeps resident per slot, the guest's own work sampled in the same
+//! runs, and what the sandboxes' epoch tickers cost the process while idle.
 
 use std::time::{Duration, Instant};
 
