@@ -36,8 +36,10 @@ use crate::job_io::{JobReader, JobWriter};
 use crate::metrics::WorkerMetrics;
 use crate::sandbox::{LoadedModule, Sandbox};
 
-/// Output of one job: kept in memory while small, spilled to a chunked blob once it
-/// passes the inline limit, so a large output never sits in worker memory.
+/// Output of one job that passed the inline limit (the sandbox keeps a smaller one on
+/// the guest's thread, `JobWriter::Spill`): spilled to a chunked blob, so a large output
+/// never sits in worker memory. It still keeps its first bytes inline until a write
+/// takes it past the limit.
 struct OutputState {
     inline: Vec<u8>,
     blob: Option<BlobWriteStream>,
@@ -417,7 +419,13 @@ impl JobEnv for RedisEnv {
         self.outputs
             .lock()
             .insert((job.id, std::thread::current().id()), output.clone());
-        Ok(JobWriter::Stream(Box::new(output)))
+        // Kept on the guest's thread while it fits the inline limit (most outputs: no
+        // helper thread, no Redis); past it, through a helper into `RedisOutput`, which
+        // spills to a blob counted against the quota.
+        Ok(JobWriter::Spill {
+            keep: self.queue.config().inline_limit,
+            then: Box::new(output),
+        })
     }
 
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome> {
@@ -427,6 +435,13 @@ impl JobEnv for RedisEnv {
             .remove(&(job.id, std::thread::current().id()))
         else {
             return Ok(());
+        };
+        // An output that never spilled came back in `result.output`; one that did went
+        // to `RedisOutput` (the result says `Written`). A failed job keeps no output
+        // either way, as before outputs were kept on the guest's thread.
+        let kept = match std::mem::replace(&mut result.output, JobOutput::Written) {
+            JobOutput::Inline(bytes) => Some(bytes),
+            _ => None,
         };
         if let Some(&used) = output.quota.refused.get()
             && result.outcome != Outcome::Timeout
@@ -447,6 +462,11 @@ impl JobEnv for RedisEnv {
             return Ok(());
         }
         let mut state = output.state.lock();
+        if let Some(kept) = kept
+            && state.blob.is_none()
+        {
+            state.inline = kept;
+        }
         let stored = match &state.blob {
             None => state.inline.len() as u64,
             Some(_) => state.blob_len,

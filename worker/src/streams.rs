@@ -432,6 +432,15 @@ enum Sink<W> {
     Direct(W),
     /// To be driven by a helper from the first write on.
     Lazy(W),
+    /// Kept in memory on the guest's thread while the output fits `keep` bytes; the
+    /// first write past it hands what was kept and the rest to `then`, driven by a
+    /// helper from there on (as [`Sink::Lazy`]). An output that never spills starts
+    /// no helper and never touches `then`.
+    Spill {
+        kept: Vec<u8>,
+        keep: usize,
+        then: W,
+    },
     Pumped(Arc<Pipe>),
     /// The helper could not be started.
     Broken,
@@ -523,6 +532,26 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         Self::build(Sink::Lazy(sink), cap, overflow, stop, Some(deadline))
     }
 
+    /// Output capped at `cap` bytes, kept in memory on the guest's thread up to `keep`
+    /// bytes ([`Self::take_kept`] hands them back); the first write past `keep` sends
+    /// what was kept and everything after to `then` through a helper thread, which the
+    /// guest waits for only until `deadline` (as [`Self::with_deadline`]).
+    pub fn spill_buffered(
+        then: W,
+        keep: usize,
+        cap: u64,
+        overflow: Overflow,
+        stop: Arc<AtomicBool>,
+        deadline: Instant,
+    ) -> Self {
+        let sink = Sink::Spill {
+            kept: Vec::new(),
+            keep,
+            then,
+        };
+        Self::build(sink, cap, overflow, stop, Some(deadline))
+    }
+
     fn build(
         sink: Sink<W>,
         cap: u64,
@@ -578,32 +607,53 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         Ok(())
     }
 
+    /// Starts the helper that drains a pipe into `sink`.
+    fn start_helper(&self, sink: W) -> Result<Arc<Pipe>, WriteRefused> {
+        let pipe = Arc::new(Pipe {
+            state: Mutex::new(PipeState {
+                buf: VecDeque::new(),
+                queued: 0,
+                closed: false,
+                done: false,
+                error: None,
+            }),
+            changed: Condvar::new(),
+        });
+        let (helper_pipe, stop) = (pipe.clone(), self.stop.clone());
+        blocking::spawn(move || helper_pipe.drain(sink, &stop))
+            .map_err(|e| WriteRefused::Sink(e.to_string()))?;
+        Ok(pipe)
+    }
+
     fn deliver(&self, state: &mut OutputState<W>, bytes: Chunk<'_>) -> Result<(), WriteRefused> {
+        if let Sink::Spill { kept, keep, .. } = &mut state.sink {
+            if bytes.len() <= keep.saturating_sub(kept.len()) {
+                kept.extend_from_slice(bytes.as_slice());
+                return Ok(());
+            }
+            let Sink::Spill { kept, then, .. } = std::mem::replace(&mut state.sink, Sink::Broken)
+            else {
+                unreachable!("matched above")
+            };
+            let pipe = self.start_helper(then)?;
+            state.sink = Sink::Pumped(pipe.clone());
+            if !kept.is_empty() {
+                let deadline = state.deadline.unwrap_or_else(Instant::now);
+                pipe.push(Chunk::Owned(kept.into()), deadline)?;
+            }
+        }
         if let Sink::Lazy(_) = state.sink {
             let Sink::Lazy(sink) = std::mem::replace(&mut state.sink, Sink::Broken) else {
                 unreachable!("matched above")
             };
-            let pipe = Arc::new(Pipe {
-                state: Mutex::new(PipeState {
-                    buf: VecDeque::new(),
-                    queued: 0,
-                    closed: false,
-                    done: false,
-                    error: None,
-                }),
-                changed: Condvar::new(),
-            });
-            let (helper_pipe, stop) = (pipe.clone(), self.stop.clone());
-            blocking::spawn(move || helper_pipe.drain(sink, &stop))
-                .map_err(|e| WriteRefused::Sink(e.to_string()))?;
-            state.sink = Sink::Pumped(pipe);
+            state.sink = Sink::Pumped(self.start_helper(sink)?);
         }
         match &mut state.sink {
             Sink::Direct(sink) => sink
                 .write_all(bytes.as_slice())
                 .map_err(|e| WriteRefused::Sink(e.to_string())),
             Sink::Pumped(pipe) => pipe.push(bytes, state.deadline.unwrap_or_else(Instant::now)),
-            Sink::Lazy(_) | Sink::Broken => Err(WriteRefused::Sink(
+            Sink::Lazy(_) | Sink::Spill { .. } | Sink::Broken => Err(WriteRefused::Sink(
                 "cannot start a host I/O helper thread".into(),
             )),
         }
@@ -635,7 +685,7 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         match &mut state.sink {
             // Never written to: there is nothing of the guest's to flush, and a sink
             // that may block is not touched on the guest's thread.
-            Sink::Lazy(_) | Sink::Broken => Ok(()),
+            Sink::Lazy(_) | Sink::Spill { .. } | Sink::Broken => Ok(()),
             Sink::Direct(sink) => sink.flush().map_err(|e| FinishError::Sink(e.to_string())),
             Sink::Pumped(pipe) => pipe.close(deadline),
         }
@@ -648,8 +698,23 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
     {
         match &mut self.state.lock().sink {
             Sink::Direct(sink) | Sink::Lazy(sink) => std::mem::take(sink),
-            Sink::Pumped(_) | Sink::Broken => W::default(),
+            Sink::Spill { .. } | Sink::Pumped(_) | Sink::Broken => W::default(),
         }
+    }
+
+    /// Takes out the bytes a spill-buffered output kept in memory, when it never
+    /// spilled: `None` once it did (its bytes went to the writer), or for another sink.
+    pub fn take_kept(&self) -> Option<Vec<u8>> {
+        match &mut self.state.lock().sink {
+            Sink::Spill { kept, .. } => Some(std::mem::take(kept)),
+            _ => None,
+        }
+    }
+
+    /// Whether a helper thread was started for this output (or tried to be): a
+    /// spill-buffered output that stayed within its bound never starts one.
+    pub fn helper_started(&self) -> bool {
+        matches!(self.state.lock().sink, Sink::Pumped(_) | Sink::Broken)
     }
 }
 
@@ -785,6 +850,90 @@ mod tests {
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
         assert!(stdin.timed_out());
         drop(keep);
+    }
+
+    /// A writer that records what it was given, shared with the test.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<u8>>>);
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn spilling(then: Recorder, keep: usize, cap: u64) -> (GuestOutput<Recorder>, Arc<AtomicBool>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let out =
+            GuestOutput::spill_buffered(then, keep, cap, Overflow::Stop, stop.clone(), deadline);
+        (out, stop)
+    }
+
+    #[test]
+    fn a_spill_buffered_output_within_its_bound_starts_no_helper() {
+        let then = Recorder::default();
+        let (out, stop) = spilling(then.clone(), 10, 1 << 20);
+        out.write_capped(b"hello").unwrap();
+        out.write_capped(b"world").unwrap();
+        out.finish().unwrap();
+        assert!(
+            !out.helper_started(),
+            "no helper thread for an output within the bound"
+        );
+        assert_eq!(out.take_kept().as_deref(), Some(&b"helloworld"[..]));
+        assert!(
+            then.0.lock().is_empty(),
+            "the spill writer is never touched"
+        );
+        assert_eq!(out.written(), 10);
+        assert!(!stop.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_spill_buffered_output_past_its_bound_sends_everything_in_order() {
+        let then = Recorder::default();
+        let (out, _stop) = spilling(then.clone(), 10, 1 << 30);
+        out.write_capped(b"hello").unwrap();
+        out.write_capped(b"world").unwrap();
+        out.write_capped(b"!").unwrap();
+        let block = vec![7u8; 300_000];
+        out.write_capped(&block).unwrap();
+        out.finish().unwrap();
+        assert!(out.helper_started());
+        assert_eq!(out.take_kept(), None, "a spilled output keeps nothing");
+        let sent = then.0.lock().clone();
+        assert_eq!(&sent[..11], b"helloworld!");
+        assert_eq!(&sent[11..], &block[..]);
+        assert_eq!(out.written(), 300_011);
+    }
+
+    #[test]
+    fn a_spill_buffered_output_stops_at_the_cap_either_side_of_its_bound() {
+        // The cap under the bound: reached in memory, no helper.
+        let (out, stop) = spilling(Recorder::default(), 100, 5);
+        assert!(matches!(
+            out.write_capped(b"abcdefg"),
+            Err(WriteRefused::CapReached)
+        ));
+        assert!(stop.load(Ordering::Relaxed) && out.overflowed());
+        assert!(!out.helper_started());
+        assert_eq!(out.take_kept().as_deref(), Some(&b"abcde"[..]));
+
+        // The cap past the bound: reached after the spill, what is under it delivered.
+        let then = Recorder::default();
+        let (out, stop) = spilling(then.clone(), 4, 8);
+        out.write_capped(b"abc").unwrap();
+        assert!(matches!(
+            out.write_capped(b"defghij"),
+            Err(WriteRefused::CapReached)
+        ));
+        assert!(stop.load(Ordering::Relaxed) && out.overflowed());
+        out.finish().unwrap();
+        assert_eq!(&*then.0.lock(), b"abcdefgh");
     }
 
     #[test]
