@@ -98,7 +98,7 @@ impl Config {
                 "bare wasmtime, the chosen settings (1 MiB memory / 64 KiB tables kept resident, `memset` reset)"
             }
             Config::Sluice(Io::Memory) => {
-                "**Sluice `run_io`, the chosen settings, input and output in memory** (the fleet once its env collects small outputs in memory)"
+                "**Sluice `run_io`, the chosen settings, input and output in memory** (embedded `sluice batch` with outputs in memory; the floor the fleet's spill-buffered row is judged against)"
             }
             Config::Sluice(Io::MemoryInStreamOut) => {
                 "Sluice `run_io`, the chosen settings, input in memory, output streamed (the fleet before its env kept outputs up to the inline limit in memory)"
