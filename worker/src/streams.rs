@@ -628,6 +628,13 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
     fn deliver(&self, state: &mut OutputState<W>, bytes: Chunk<'_>) -> Result<(), WriteRefused> {
         if let Sink::Spill { kept, keep, .. } = &mut state.sink {
             if bytes.len() <= keep.saturating_sub(kept.len()) {
+                let needed = kept.len() + bytes.len();
+                if needed > kept.capacity() {
+                    // Doubling as `Vec` would, but never past `keep`: the memory an
+                    // output kept on the guest's thread holds is bounded by `keep`.
+                    let grown = needed.max(kept.capacity().saturating_mul(2)).min(*keep);
+                    kept.reserve_exact(grown - kept.len());
+                }
                 kept.extend_from_slice(bytes.as_slice());
                 return Ok(());
             }
@@ -713,7 +720,8 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
 
     /// Whether a helper thread was started for this output (or tried to be): a
     /// spill-buffered output that stayed within its bound never starts one.
-    pub fn helper_started(&self) -> bool {
+    #[cfg(test)]
+    fn helper_started(&self) -> bool {
         matches!(self.state.lock().sink, Sink::Pumped(_) | Sink::Broken)
     }
 }
