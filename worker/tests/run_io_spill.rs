@@ -106,15 +106,17 @@ fn an_output_within_the_bound_comes_back_inline_and_one_past_it_goes_to_the_writ
 #[test]
 fn the_output_cap_ends_the_job_as_output_limit_either_side_of_the_bound() {
     let (sandbox, module) = uppercase();
+    let upper = input(10_000).to_ascii_uppercase();
     for keep in [100, 1 << 20] {
         let job = job(&module, 1_000, 5_000);
+        let writer = Captured::default();
         let result = run_spill(
             &sandbox,
             &module,
             &job,
             input(10_000),
             keep,
-            Box::new(Captured::default()),
+            Box::new(writer.clone()),
         );
         assert_eq!(
             result.outcome.kind(),
@@ -122,6 +124,15 @@ fn the_output_cap_ends_the_job_as_output_limit_either_side_of_the_bound() {
             "keep {keep}: {result:?}"
         );
         assert_eq!(result.stats.output_bytes, 1_000, "keep {keep}");
+        // The cap hit in memory sends nothing on; hit after the spill, the writer has
+        // exactly the bytes under the cap (the sandbox flushes it before it returns).
+        let sent = writer.bytes();
+        if keep >= 1_000 {
+            assert!(sent.is_empty(), "keep {keep}: {} bytes sent", sent.len());
+        } else {
+            assert_eq!(sent.len(), 1_000, "keep {keep}");
+            assert!(sent == upper[..1_000], "keep {keep}: the bytes sent differ");
+        }
     }
 }
 
@@ -139,16 +150,23 @@ fn a_writer_stalled_after_the_spill_times_the_job_out() {
         Box::new(StalledSink(never)),
     );
     assert_eq!(result.outcome, Outcome::Timeout, "{result:?}");
-    // The stuck helper is let go; the sandbox runs the next job.
-    drop(release);
+    // The sandbox runs the next job while the old helper is still stuck, and that job
+    // spills too (keep 10 < 100 bytes), so it needs a helper of its own.
     let writer = Captured::default();
     let next = run_spill(
         &sandbox,
         &module,
         &job,
         input(100),
-        4096,
+        10,
         Box::new(writer.clone()),
     );
     assert_eq!(next.outcome, Outcome::Success, "{next:?}");
+    assert_eq!(next.output, JobOutput::Written);
+    assert!(
+        writer.bytes() == input(100).to_ascii_uppercase(),
+        "the next job's spilled output differs from the guest's"
+    );
+    // Only now is the stuck helper let go.
+    drop(release);
 }
