@@ -36,10 +36,11 @@ use crate::job_io::{JobReader, JobWriter};
 use crate::metrics::WorkerMetrics;
 use crate::sandbox::{LoadedModule, Sandbox};
 
-/// Output of one job: kept in memory while small, spilled to a chunked blob once it
-/// passes the inline limit, so a large output never sits in worker memory.
+/// Output of one job that passed the inline limit (the sandbox keeps a smaller one on
+/// the guest's thread, `JobWriter::Spill`, and only writes here once the output is
+/// past it): streamed into a chunked blob from the first write, so a large output never
+/// sits in worker memory and the bytes the sandbox kept are not copied again.
 struct OutputState {
-    inline: Vec<u8>,
     blob: Option<BlobWriteStream>,
     /// Bytes written to `blob` so far.
     blob_len: u64,
@@ -132,19 +133,12 @@ impl Write for RedisOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut state = self.state.lock();
         let state = &mut *state;
+        self.cover(state, state.blob_len.saturating_add(buf.len() as u64))?;
         if state.blob.is_none() {
-            if state.inline.len() + buf.len() <= self.queue.config().inline_limit {
-                state.inline.extend_from_slice(buf);
-                return Ok(buf.len());
-            }
-            self.cover(state, (state.inline.len() + buf.len()) as u64)?;
-            let mut blob = self.queue.blobs().write_stream(self.handle.clone());
-            let spilled = std::mem::take(&mut state.inline);
-            blob.write_all(&spilled)?;
-            state.blob_len = spilled.len() as u64;
-            state.blob = Some(blob);
-        } else {
-            self.cover(state, state.blob_len.saturating_add(buf.len() as u64))?;
+            // Only a spilled output is written here (`JobWriter::Spill` keeps the rest
+            // on the guest's thread), so its first write opens the blob: no inline
+            // buffer to fill and copy again.
+            state.blob = Some(self.queue.blobs().write_stream(self.handle.clone()));
         }
         match &mut state.blob {
             Some(blob) => {
@@ -400,7 +394,6 @@ impl JobEnv for RedisEnv {
         let max = self.policy(&job.tenant.0)?.max_stored_bytes;
         let output = RedisOutput {
             state: Arc::new(Mutex::new(OutputState {
-                inline: Vec::new(),
                 blob: None,
                 blob_len: 0,
                 reserved: 0,
@@ -417,10 +410,25 @@ impl JobEnv for RedisEnv {
         self.outputs
             .lock()
             .insert((job.id, std::thread::current().id()), output.clone());
-        Ok(JobWriter::Stream(Box::new(output)))
+        // Kept on the guest's thread while it fits the inline limit (most outputs: no
+        // helper thread, no Redis); past it, through a helper into `RedisOutput`, which
+        // spills to a blob counted against the quota.
+        Ok(JobWriter::Spill {
+            keep: self.queue.config().inline_limit,
+            then: Box::new(output),
+        })
     }
 
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome> {
+        // An output that never spilled came back in `result.output`; one that did went
+        // to `RedisOutput` (the result says `Written`). A failed job keeps no output
+        // either way, as before outputs were kept on the guest's thread. Taken before
+        // the lookup: without its entry nothing counted the kept bytes against the
+        // quota, so they must not be stored.
+        let kept = match std::mem::replace(&mut result.output, JobOutput::Written) {
+            JobOutput::Inline(bytes) => bytes,
+            _ => Vec::new(),
+        };
         let Some(output) = self
             .outputs
             .lock()
@@ -448,7 +456,7 @@ impl JobEnv for RedisEnv {
         }
         let mut state = output.state.lock();
         let stored = match &state.blob {
-            None => state.inline.len() as u64,
+            None => kept.len() as u64,
             Some(_) => state.blob_len,
         };
         let total = stored.saturating_add(result_bytes);
@@ -473,7 +481,6 @@ impl JobEnv for RedisEnv {
                 Ok(credit::Draw::Refused { used }) => {
                     // The blob's chunks expire with the blob TTL; nothing points at them.
                     state.blob = None;
-                    state.inline = Vec::new();
                     refuse_stored(&output.quota, used, result);
                     return Ok(());
                 }
@@ -485,7 +492,7 @@ impl JobEnv for RedisEnv {
             }
         }
         result.output = match state.blob.take() {
-            None => JobOutput::Inline(std::mem::take(&mut state.inline)),
+            None => JobOutput::Inline(kept),
             Some(blob) => {
                 let (id, len) = blob.finish().map_err(|e| Outcome::HostError {
                     reason: format!("storing output: {e}"),

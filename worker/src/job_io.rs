@@ -28,6 +28,20 @@ pub enum JobWriter {
     /// A writer that may stall (a network stream, a pipe): written by a helper
     /// thread, waited for until the job's deadline.
     Stream(Box<dyn Write + Send>),
+    /// Into memory on the guest's thread while the output fits `keep` bytes, handed
+    /// back as the result's `JobOutput::Inline`; the first write past `keep` sends the
+    /// bytes so far and the rest to `then`, a writer that may stall, through a helper
+    /// thread waited for until the job's deadline (as [`JobWriter::Stream`]), and the
+    /// result's output is then `JobOutput::Written`. For an env that stores small
+    /// outputs inline and large ones elsewhere (the fleet: `keep` is the inline limit),
+    /// so a small output costs no helper-thread hand-off. The job's
+    /// `max_output_bytes` caps the output either way.
+    Spill {
+        /// Bytes kept in memory before the output spills to `then`.
+        keep: usize,
+        /// Where the output goes once it is past `keep`.
+        then: Box<dyn Write + Send>,
+    },
 }
 
 /// The buffer behind [`JobWriter::Memory`]: the sandbox writes the guest's output into

@@ -569,6 +569,17 @@ impl Sandbox {
                 GuestOutput::with_deadline(sink, cap, Overflow::Stop, stop.clone(), deadline),
                 None,
             ),
+            JobWriter::Spill { keep, then } => (
+                GuestOutput::spill_buffered(
+                    then,
+                    keep,
+                    cap,
+                    Overflow::Stop,
+                    stop.clone(),
+                    deadline,
+                ),
+                None,
+            ),
         };
         let stderr = GuestOutput::new(
             Vec::new(),
@@ -599,7 +610,10 @@ impl Sandbox {
             attempt: job.attempt + 1,
             output: match in_memory {
                 Some(buffer) => JobOutput::Inline(buffer.take()),
-                None => JobOutput::Written,
+                // Kept in memory when a `JobWriter::Spill` output never spilled.
+                None => stdout
+                    .take_kept()
+                    .map_or(JobOutput::Written, JobOutput::Inline),
             },
         }
         .capped()

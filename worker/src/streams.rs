@@ -11,23 +11,29 @@
 //! job has a deadline, the reader and the writer are driven by a helper thread
 //! ([`crate::blocking`]) and the guest waits for them only until its deadline: past it,
 //! the guest is stopped as `timeout` and a stuck helper is left to finish on its own.
+//!
+//! Stdin is in its own file (`streams/stdin.rs`), re-exported here as [`GuestStdin`].
+
+mod stdin;
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
-use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::blocking;
 use crate::sandbox::Interrupted;
+
+pub use stdin::GuestStdin;
 
 /// Largest single read handed to the guest: bounds the buffer one `fd_read` allocates.
 const MAX_READ_BYTES: usize = 64 << 10;
@@ -42,240 +48,6 @@ fn deadline_passed(what: &str) -> std::io::Error {
         std::io::ErrorKind::TimedOut,
         format!("the job's deadline passed while {what}"),
     )
-}
-
-enum Source {
-    /// Not read from yet (or no deadline): read on the caller's thread.
-    Direct(Box<dyn Read + Send>),
-    /// Read ahead by a helper thread, one chunk at a time.
-    Pumped(mpsc::Receiver<std::io::Result<Vec<u8>>>),
-    /// End of input, or the helper failed.
-    Ended,
-}
-
-struct StdinState {
-    source: Source,
-    /// What is left of the chunk being handed out.
-    current: Bytes,
-    consumed: u64,
-    error: Option<String>,
-    timed_out: bool,
-}
-
-/// A guest's stdin, reading from the job's input as the guest asks for it.
-#[derive(Clone)]
-pub struct GuestStdin {
-    state: Arc<Mutex<StdinState>>,
-    /// When the guest stops waiting for input; `None` reads on the guest's thread.
-    deadline: Option<Instant>,
-}
-
-impl GuestStdin {
-    /// Stdin fed from `reader`, read on the caller's thread (no deadline).
-    pub fn new(reader: Box<dyn Read + Send>) -> Self {
-        Self::with_deadline(reader, None)
-    }
-
-    /// Stdin fed from `reader` by a helper thread, waited for until `deadline`.
-    pub fn with_deadline(reader: Box<dyn Read + Send>, deadline: Option<Instant>) -> Self {
-        GuestStdin {
-            state: Arc::new(Mutex::new(StdinState {
-                source: Source::Direct(reader),
-                current: Bytes::new(),
-                consumed: 0,
-                error: None,
-                timed_out: false,
-            })),
-            deadline,
-        }
-    }
-
-    /// Stdin holding the whole input already: handed out on the guest's thread, in
-    /// slices of `input`, with nothing to wait for.
-    pub fn from_bytes(input: Bytes) -> Self {
-        GuestStdin {
-            state: Arc::new(Mutex::new(StdinState {
-                source: Source::Ended,
-                current: input,
-                consumed: 0,
-                error: None,
-                timed_out: false,
-            })),
-            deadline: None,
-        }
-    }
-
-    /// Bytes the guest has read so far.
-    pub fn consumed(&self) -> u64 {
-        self.state.lock().consumed
-    }
-
-    /// The host-side read error, if reading the input failed.
-    pub fn error(&self) -> Option<String> {
-        self.state.lock().error.clone()
-    }
-
-    /// Whether a read gave up because the job's deadline passed.
-    pub fn timed_out(&self) -> bool {
-        self.state.lock().timed_out
-    }
-
-    /// Reads up to `buf.len()` bytes for the host itself (the raw ABI). Fails with
-    /// [`std::io::ErrorKind::TimedOut`] when the input does not come before the deadline.
-    pub fn read_into(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let bytes = self.next(buf.len())?;
-        buf[..bytes.len()].copy_from_slice(&bytes);
-        Ok(bytes.len())
-    }
-
-    /// Up to `max` bytes of input, empty at its end. A helper's chunks are handed out
-    /// as slices of themselves, without a copy.
-    fn next(&self, max: usize) -> std::io::Result<Bytes> {
-        let mut state = self.state.lock();
-        let state = &mut *state;
-        loop {
-            if !state.current.is_empty() {
-                let n = max.min(state.current.len());
-                state.consumed += n as u64;
-                return Ok(state.current.split_to(n));
-            }
-            if max == 0 {
-                return Ok(Bytes::new());
-            }
-            match &mut state.source {
-                Source::Ended => return Ok(Bytes::new()),
-                Source::Direct(reader) if self.deadline.is_none() => {
-                    let mut buf = vec![0u8; max];
-                    let n = loop {
-                        match reader.read(&mut buf) {
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                            other => break other,
-                        }
-                    };
-                    return match n {
-                        Ok(n) => {
-                            state.consumed += n as u64;
-                            buf.truncate(n);
-                            Ok(buf.into())
-                        }
-                        Err(e) => {
-                            state.error = Some(e.to_string());
-                            Err(e)
-                        }
-                    };
-                }
-                Source::Direct(_) => {
-                    let Source::Direct(reader) =
-                        std::mem::replace(&mut state.source, Source::Ended)
-                    else {
-                        unreachable!("matched above")
-                    };
-                    match pump_input(reader) {
-                        Ok(chunks) => state.source = Source::Pumped(chunks),
-                        Err(e) => {
-                            state.error = Some(e.to_string());
-                            return Err(std::io::Error::other(e));
-                        }
-                    }
-                }
-                Source::Pumped(chunks) => {
-                    let deadline = self.deadline.unwrap_or_else(Instant::now);
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    match chunks.recv_timeout(wait) {
-                        Ok(Ok(chunk)) => state.current = chunk.into(),
-                        Ok(Err(e)) => {
-                            state.source = Source::Ended;
-                            state.error = Some(e.to_string());
-                            return Err(e);
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            state.source = Source::Ended;
-                            return Ok(Bytes::new());
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            state.timed_out = true;
-                            return Err(deadline_passed("waiting for input"));
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Starts a helper that reads `reader` ahead, one chunk in the channel at a time.
-fn pump_input(
-    mut reader: Box<dyn Read + Send>,
-) -> Result<mpsc::Receiver<std::io::Result<Vec<u8>>>, blocking::SpawnFailed> {
-    let (tx, chunks) = mpsc::sync_channel(1);
-    blocking::spawn(move || {
-        loop {
-            let mut chunk = vec![0u8; MAX_READ_BYTES];
-            let item = match reader.read(&mut chunk) {
-                Ok(0) => return,
-                Ok(n) => {
-                    chunk.truncate(n);
-                    Ok(chunk)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
-            let failed = item.is_err();
-            // A send fails once the job is over: stop reading for it.
-            if tx.send(item).is_err() || failed {
-                return;
-            }
-        }
-    })?;
-    Ok(chunks)
-}
-
-impl IsTerminal for GuestStdin {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdinStream for GuestStdin {
-    fn p2_stream(&self) -> Box<dyn InputStream> {
-        Box::new(self.clone())
-    }
-    fn async_stream(&self) -> Box<dyn AsyncRead + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-/// Always ready: a read then waits for data itself, bounded by the deadline, so a
-/// `poll_oneoff` on stdin never blocks.
-#[async_trait::async_trait]
-impl Pollable for GuestStdin {
-    async fn ready(&mut self) {}
-}
-
-impl InputStream for GuestStdin {
-    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
-        let max = size.min(MAX_READ_BYTES);
-        match self.next(max) {
-            Ok(bytes) if bytes.is_empty() && max > 0 => Err(StreamError::Closed),
-            Ok(bytes) => Ok(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                Err(StreamError::Trap(Interrupted::Timeout.into()))
-            }
-            Err(e) => Err(StreamError::LastOperationFailed(e.into())),
-        }
-    }
-}
-
-impl AsyncRead for GuestStdin {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = self.read_into(buf.initialize_unfilled())?;
-        buf.advance(n);
-        Poll::Ready(Ok(()))
-    }
 }
 
 /// What happens to bytes past the cap.
@@ -432,6 +204,15 @@ enum Sink<W> {
     Direct(W),
     /// To be driven by a helper from the first write on.
     Lazy(W),
+    /// Kept in memory on the guest's thread while the output fits `keep` bytes; the
+    /// first write past it hands what was kept and the rest to `then`, driven by a
+    /// helper from there on (as [`Sink::Lazy`]). An output that never spills starts
+    /// no helper and never touches `then`.
+    Spill {
+        kept: Vec<u8>,
+        keep: usize,
+        then: W,
+    },
     Pumped(Arc<Pipe>),
     /// The helper could not be started.
     Broken,
@@ -523,6 +304,26 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         Self::build(Sink::Lazy(sink), cap, overflow, stop, Some(deadline))
     }
 
+    /// Output capped at `cap` bytes, kept in memory on the guest's thread up to `keep`
+    /// bytes ([`Self::take_kept`] hands them back); the first write past `keep` sends
+    /// what was kept and everything after to `then` through a helper thread, which the
+    /// guest waits for only until `deadline` (as [`Self::with_deadline`]).
+    pub fn spill_buffered(
+        then: W,
+        keep: usize,
+        cap: u64,
+        overflow: Overflow,
+        stop: Arc<AtomicBool>,
+        deadline: Instant,
+    ) -> Self {
+        let sink = Sink::Spill {
+            kept: Vec::new(),
+            keep,
+            then,
+        };
+        Self::build(sink, cap, overflow, stop, Some(deadline))
+    }
+
     fn build(
         sink: Sink<W>,
         cap: u64,
@@ -578,32 +379,60 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         Ok(())
     }
 
+    /// Starts the helper that drains a pipe into `sink`.
+    fn start_helper(&self, sink: W) -> Result<Arc<Pipe>, WriteRefused> {
+        let pipe = Arc::new(Pipe {
+            state: Mutex::new(PipeState {
+                buf: VecDeque::new(),
+                queued: 0,
+                closed: false,
+                done: false,
+                error: None,
+            }),
+            changed: Condvar::new(),
+        });
+        let (helper_pipe, stop) = (pipe.clone(), self.stop.clone());
+        blocking::spawn(move || helper_pipe.drain(sink, &stop))
+            .map_err(|e| WriteRefused::Sink(e.to_string()))?;
+        Ok(pipe)
+    }
+
     fn deliver(&self, state: &mut OutputState<W>, bytes: Chunk<'_>) -> Result<(), WriteRefused> {
+        if let Sink::Spill { kept, keep, .. } = &mut state.sink {
+            if bytes.len() <= keep.saturating_sub(kept.len()) {
+                let needed = kept.len() + bytes.len();
+                if needed > kept.capacity() {
+                    // Doubling as `Vec` would, but never past `keep`: the memory an
+                    // output kept on the guest's thread holds is bounded by `keep`.
+                    let grown = needed.max(kept.capacity().saturating_mul(2)).min(*keep);
+                    kept.reserve_exact(grown - kept.len());
+                }
+                kept.extend_from_slice(bytes.as_slice());
+                return Ok(());
+            }
+            let Sink::Spill { kept, then, .. } = std::mem::replace(&mut state.sink, Sink::Broken)
+            else {
+                unreachable!("matched above")
+            };
+            let pipe = self.start_helper(then)?;
+            state.sink = Sink::Pumped(pipe.clone());
+            if !kept.is_empty() {
+                let deadline = state.deadline.unwrap_or_else(Instant::now);
+                pipe.push(Chunk::Owned(kept.into()), deadline)?;
+            }
+        }
         if let Sink::Lazy(_) = state.sink {
             let Sink::Lazy(sink) = std::mem::replace(&mut state.sink, Sink::Broken) else {
                 unreachable!("matched above")
             };
-            let pipe = Arc::new(Pipe {
-                state: Mutex::new(PipeState {
-                    buf: VecDeque::new(),
-                    queued: 0,
-                    closed: false,
-                    done: false,
-                    error: None,
-                }),
-                changed: Condvar::new(),
-            });
-            let (helper_pipe, stop) = (pipe.clone(), self.stop.clone());
-            blocking::spawn(move || helper_pipe.drain(sink, &stop))
-                .map_err(|e| WriteRefused::Sink(e.to_string()))?;
-            state.sink = Sink::Pumped(pipe);
+            state.sink = Sink::Pumped(self.start_helper(sink)?);
         }
         match &mut state.sink {
             Sink::Direct(sink) => sink
                 .write_all(bytes.as_slice())
                 .map_err(|e| WriteRefused::Sink(e.to_string())),
             Sink::Pumped(pipe) => pipe.push(bytes, state.deadline.unwrap_or_else(Instant::now)),
-            Sink::Lazy(_) | Sink::Broken => Err(WriteRefused::Sink(
+            Sink::Lazy(_) | Sink::Spill { .. } | Sink::Broken => Err(WriteRefused::Sink(
                 "cannot start a host I/O helper thread".into(),
             )),
         }
@@ -635,7 +464,7 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
         match &mut state.sink {
             // Never written to: there is nothing of the guest's to flush, and a sink
             // that may block is not touched on the guest's thread.
-            Sink::Lazy(_) | Sink::Broken => Ok(()),
+            Sink::Lazy(_) | Sink::Spill { .. } | Sink::Broken => Ok(()),
             Sink::Direct(sink) => sink.flush().map_err(|e| FinishError::Sink(e.to_string())),
             Sink::Pumped(pipe) => pipe.close(deadline),
         }
@@ -648,8 +477,24 @@ impl<W: Write + Send + 'static> GuestOutput<W> {
     {
         match &mut self.state.lock().sink {
             Sink::Direct(sink) | Sink::Lazy(sink) => std::mem::take(sink),
-            Sink::Pumped(_) | Sink::Broken => W::default(),
+            Sink::Spill { .. } | Sink::Pumped(_) | Sink::Broken => W::default(),
         }
+    }
+
+    /// Takes out the bytes a spill-buffered output kept in memory, when it never
+    /// spilled: `None` once it did (its bytes went to the writer), or for another sink.
+    pub fn take_kept(&self) -> Option<Vec<u8>> {
+        match &mut self.state.lock().sink {
+            Sink::Spill { kept, .. } => Some(std::mem::take(kept)),
+            _ => None,
+        }
+    }
+
+    /// Whether a helper thread was started for this output (or tried to be): a
+    /// spill-buffered output that stayed within its bound never starts one.
+    #[cfg(test)]
+    fn helper_started(&self) -> bool {
+        matches!(self.state.lock().sink, Sink::Pumped(_) | Sink::Broken)
     }
 }
 
@@ -767,24 +612,88 @@ mod tests {
         assert_eq!(out.written(), 1_000_000);
     }
 
-    #[test]
-    fn a_helper_driven_stdin_gives_up_at_the_deadline() {
-        let (keep, never) = mpsc::channel::<()>();
-        struct Stalled(mpsc::Receiver<()>);
-        impl Read for Stalled {
-            fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
-                let _ = self.0.recv();
-                Ok(0)
-            }
+    /// A writer that records what it was given, shared with the test.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<u8>>>);
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
         }
-        let stdin = GuestStdin::with_deadline(
-            Box::new(Stalled(never)),
-            Some(Instant::now() + std::time::Duration::from_millis(50)),
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn spilling(then: Recorder, keep: usize, cap: u64) -> (GuestOutput<Recorder>, Arc<AtomicBool>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let out =
+            GuestOutput::spill_buffered(then, keep, cap, Overflow::Stop, stop.clone(), deadline);
+        (out, stop)
+    }
+
+    #[test]
+    fn a_spill_buffered_output_within_its_bound_starts_no_helper() {
+        let then = Recorder::default();
+        let (out, stop) = spilling(then.clone(), 10, 1 << 20);
+        out.write_capped(b"hello").unwrap();
+        out.write_capped(b"world").unwrap();
+        out.finish().unwrap();
+        assert!(
+            !out.helper_started(),
+            "no helper thread for an output within the bound"
         );
-        let error = stdin.read_into(&mut [0u8; 16]).unwrap_err();
-        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
-        assert!(stdin.timed_out());
-        drop(keep);
+        assert_eq!(out.take_kept().as_deref(), Some(&b"helloworld"[..]));
+        assert!(
+            then.0.lock().is_empty(),
+            "the spill writer is never touched"
+        );
+        assert_eq!(out.written(), 10);
+        assert!(!stop.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_spill_buffered_output_past_its_bound_sends_everything_in_order() {
+        let then = Recorder::default();
+        let (out, _stop) = spilling(then.clone(), 10, 1 << 30);
+        out.write_capped(b"hello").unwrap();
+        out.write_capped(b"world").unwrap();
+        out.write_capped(b"!").unwrap();
+        let block = vec![7u8; 300_000];
+        out.write_capped(&block).unwrap();
+        out.finish().unwrap();
+        assert!(out.helper_started());
+        assert_eq!(out.take_kept(), None, "a spilled output keeps nothing");
+        let sent = then.0.lock().clone();
+        assert_eq!(&sent[..11], b"helloworld!");
+        assert_eq!(&sent[11..], &block[..]);
+        assert_eq!(out.written(), 300_011);
+    }
+
+    #[test]
+    fn a_spill_buffered_output_stops_at_the_cap_either_side_of_its_bound() {
+        // The cap under the bound: reached in memory, no helper.
+        let (out, stop) = spilling(Recorder::default(), 100, 5);
+        assert!(matches!(
+            out.write_capped(b"abcdefg"),
+            Err(WriteRefused::CapReached)
+        ));
+        assert!(stop.load(Ordering::Relaxed) && out.overflowed());
+        assert!(!out.helper_started());
+        assert_eq!(out.take_kept().as_deref(), Some(&b"abcde"[..]));
+
+        // The cap past the bound: reached after the spill, what is under it delivered.
+        let then = Recorder::default();
+        let (out, stop) = spilling(then.clone(), 4, 8);
+        out.write_capped(b"abc").unwrap();
+        assert!(matches!(
+            out.write_capped(b"defghij"),
+            Err(WriteRefused::CapReached)
+        ));
+        assert!(stop.load(Ordering::Relaxed) && out.overflowed());
+        out.finish().unwrap();
+        assert_eq!(&*then.0.lock(), b"abcdefgh");
     }
 
     #[test]

@@ -284,6 +284,11 @@ pub enum Io {
     /// (`JobReader::Memory` + `JobWriter::Stream`, the output through a helper thread):
     /// what the fleet runs for an inline input when its env streams the output.
     MemoryInStreamOut,
+    /// `Sandbox::run_io` with the input in memory and the output spill-buffered
+    /// (`JobReader::Memory` + `JobWriter::Spill` keeping the queue's default inline
+    /// limit, 256 KiB, past which it would stream): what the fleet runs for an inline input since its env keeps outputs up
+    /// to the inline limit on the guest's thread.
+    MemoryInSpillOut,
     /// `Sandbox::run_io` with both in memory (`JobReader::Memory` + `JobWriter::Memory`):
     /// what the fleet runs for an inline input once its env collects a small-capped
     /// output in memory.
@@ -327,6 +332,15 @@ impl Sluice {
                 &self.job,
                 JobReader::Memory(input.clone()),
                 JobWriter::Stream(Box::new(std::io::sink())),
+            ),
+            Io::MemoryInSpillOut => self.sandbox.run_io(
+                &self.module,
+                &self.job,
+                JobReader::Memory(input.clone()),
+                JobWriter::Spill {
+                    keep: *DEFAULT_INLINE_LIMIT,
+                    then: Box::new(std::io::sink()),
+                },
             ),
             Io::Streams => self.sandbox.run(
                 &self.module,
@@ -739,3 +753,10 @@ pub fn profile(what: &str, wasm: &[u8]) {
         procfs::share_text(cpu.kernel_share())
     );
 }
+
+/// The inline limit a queue has unless configured otherwise: what the fleet's env keeps
+/// outputs in memory up to (`RedisEnv::open_output`). Read from the queue config's
+/// defaults once (the URL is never used), so the bench follows a change to them.
+static DEFAULT_INLINE_LIMIT: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    sluice_shared::queue::redis::RedisConfig::new("redis://unused").inline_limit
+});
