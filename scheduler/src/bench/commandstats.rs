@@ -6,7 +6,9 @@
 //! it calls included; those inner commands also appear as their own rows (Redis counts
 //! them like any other call). So the rows do not add up: `EVALSHA` minus the rows of
 //! commands only scripts call is the Lua interpreter's own share, and Redis CPU minus
-//! the top-level commands' time is reading, parsing and replying (the network).
+//! the top-level commands' time is reading, parsing and replying (the network). The
+//! times are wall-clock inside each command: on a busy machine, where the server is
+//! preempted mid-command, they add up to more than its CPU time.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -88,7 +90,7 @@ impl CommandStats {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| Redis command (INFO commandstats) | calls/job | µs/job | µs/call | share of Redis CPU |"
+            "| Redis command (INFO commandstats; µs: wall time inside the command) | calls/job | µs/job | µs/call | share of Redis CPU |"
         );
         let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
         let mut line = |name: &str, cost: Cost| {
