@@ -11,8 +11,10 @@
 //! - [`follow`]: sending jobs and following their completion notices;
 //! - [`cpu`]: CPU time from `/proc` and from Redis's `INFO cpu`;
 //! - [`server`]: figures read from the Redis server, `redis-benchmark`;
+//! - [`commandstats`]: Redis's time per command per job (where its CPU goes);
 //! - [`report`]: the figures and their Markdown.
 
+pub mod commandstats;
 pub mod cpu;
 pub mod follow;
 pub mod report;
@@ -170,7 +172,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .context("warming up the workers")?;
 
     // Throughput: everything enqueued at once, as a batch submitter would.
-    let commands_before = server::commands_executed(&queue).await?;
+    let commands_before = server::command_stats(&queue).await?;
     let from = queue.results().notices_from_now().await?;
     let switches_before = workers.context_switches()?;
     let cpu_before = (
@@ -186,7 +188,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let context_switches = workers.context_switches()?.saturating_sub(switches_before);
     let redis_cpu = server::cpu(&queue).await?.since(cpu_before.1);
     let bench_cpu = cpu::process(std::process::id(), tick)?.since(cpu_before.2);
-    let commands = server::commands_executed(&queue).await? - commands_before;
+    let redis_commands = server::command_stats(&queue).await?.since(&commands_before);
     let throughput_checked = workload.check(&queue, &throughput.finished()).await?;
 
     // Latency at a modest offered load.
@@ -225,7 +227,8 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         enqueued,
         elapsed,
         backlog_latency: Percentiles::of(&throughput.latencies()),
-        commands,
+        commands: redis_commands.calls(),
+        redis_commands,
         worker_cpu,
         context_switches,
         redis_cpu,

@@ -6,6 +6,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use super::commandstats::CommandStats;
 use super::cpu::CpuTime;
 use super::workload::Checked;
 
@@ -112,6 +113,8 @@ pub struct Figures {
     pub backlog_latency: Percentiles,
     /// Redis commands executed during the throughput run.
     pub commands: u64,
+    /// Those commands' calls and time, by command (the per-job breakdown).
+    pub redis_commands: CommandStats,
     /// Worker processes' CPU time over the throughput run.
     pub worker_cpu: CpuTime,
     /// Worker threads' context switches (voluntary + nonvoluntary) over the throughput
@@ -318,7 +321,14 @@ impl Figures {
                 format!("{:.1} MiB / {:.1} MiB", mib(*before), mib(*after)),
             );
         }
+        out.push('\n');
+        out.push_str(&self.breakdown());
         out
+    }
+
+    /// Where Redis's time went per job of the throughput run (see [`CommandStats::table`]).
+    pub fn breakdown(&self) -> String {
+        self.redis_commands.table(self.jobs, self.redis_cpu.total())
     }
 
     fn latency_failures(&self) -> String {
@@ -329,7 +339,8 @@ impl Figures {
         }
     }
 
-    /// The header, separator and this run's row.
+    /// The header, separator and this run's row; then, after a blank line, the
+    /// run's Redis breakdown ([`Figures::breakdown`]).
     pub fn row(&self) -> String {
         let cells = [
             self.module.clone(),
@@ -355,10 +366,11 @@ impl Figures {
             format!("{:.2}", ms(self.latency_stages[2].p99)),
         ];
         format!(
-            "| {} |\n|{}\n| {} |\n",
+            "| {} |\n|{}\n| {} |\n\n{}",
             ROW_COLUMNS.join(" | "),
             " --- |".repeat(ROW_COLUMNS.len()),
-            cells.join(" | ")
+            cells.join(" | "),
+            self.breakdown()
         )
     }
 }
@@ -383,6 +395,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
             backlog_latency: Percentiles::default(),
             commands: 2600,
+            redis_commands: CommandStats::default(),
             worker_cpu: CpuTime {
                 user: Duration::from_millis(30),
                 system: Duration::from_millis(10),
@@ -429,7 +442,7 @@ mod tests {
     #[test]
     fn row_has_every_column() {
         let row = figures().row();
-        let lines: Vec<&str> = row.lines().collect();
+        let lines: Vec<&str> = row.lines().take_while(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 3);
         for line in lines {
             assert_eq!(line.matches('|').count(), ROW_COLUMNS.len() + 1, "{line}");

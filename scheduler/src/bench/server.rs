@@ -1,5 +1,5 @@
-//! Figures the bench reads from the Redis server itself: commands executed (INFO
-//! commandstats), memory (INFO memory), CPU time (INFO cpu), and, for scale,
+//! Figures the bench reads from the Redis server itself: calls and time per command
+//! (INFO commandstats), memory (INFO memory), CPU time (INFO cpu), and, for scale,
 //! `redis-benchmark` run against the same server.
 
 use std::process::Command;
@@ -7,17 +7,14 @@ use std::process::Command;
 use anyhow::Context;
 use sluice_shared::queue::redis::RedisQueue;
 
+use super::commandstats::CommandStats;
 use super::cpu::{self, CpuTime};
 
-/// Total commands the server has executed (INFO commandstats, scripts' inner calls
-/// included).
-pub async fn commands_executed(queue: &RedisQueue) -> anyhow::Result<u64> {
+/// The server's per-command counters so far (INFO commandstats, scripts' inner calls
+/// included as their own commands).
+pub async fn command_stats(queue: &RedisQueue) -> anyhow::Result<CommandStats> {
     let info = queue.admin().server_info("commandstats").await?;
-    Ok(info
-        .lines()
-        .filter_map(|l| l.split("calls=").nth(1))
-        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
-        .sum())
+    Ok(CommandStats::parse(&info))
 }
 
 /// `used_memory` from INFO memory.

@@ -13,7 +13,8 @@
 -- ARGV[4]      the queue's key prefix (`sluice:{q}:`): job records and batch hashes are
 --              ARGV[4] .. 'job:' .. id and ARGV[4] .. 'batch:' .. id, and the flag
 --              ARGV[4] .. 'owned' says whether the queue has records at all (same hash
---              tag, so the same slot as the declared keys)
+--              tag, so the same slot as the declared keys); without the flag no job
+--              has a record, and no record or batch is looked at
 -- then per job: entry id, job id, outcome kind, encoded result, consumer
 -- Returns      per job: 1 stored; 0 a result was already stored (duplicate; the entry,
 --              if still there, is removed); 2 stale: the entry is gone (retried, dead-
@@ -82,7 +83,10 @@ for i = 1, n do
     recorded = recorded + 1
     notice[#notice + 1] = job
     notice[#notice + 1] = kind
-    count_outcome(prefix, job, batch, kind, 1, ttl)
+    -- Without the owned flag no job of the queue has a record or a batch (the flag is
+    -- set, and never cleared, by whatever writes the first record), so there is
+    -- nothing to count: no TYPE per job on a plain queue.
+    if owned then count_outcome(prefix, job, batch, kind, 1, ttl) end
     acked[#acked + 1] = entry
   elseif redis.call('EXISTS', key) == 1 then
     reply[i] = 0
