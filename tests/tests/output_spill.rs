@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
-use sluice_shared::queue::redis::RedisQueue;
-use sluice_shared::{Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, OutcomeKind};
+use sluice_shared::queue::redis::{RedisQueue, Reservation};
+use sluice_shared::{
+    Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, OutcomeKind, TenantId, TenantPolicy,
+};
 use sluice_tests::{Fleet, wait};
 
 /// Reads 8 bytes of stdin: a little-endian `u32` N and a `u32` flag. Writes N bytes to
@@ -42,6 +44,11 @@ const WRITE_N: &str = r#"(module
         (br $more)))
     (if (i32.load (i32.const 68))
       (then (loop $spin (br $spin))))))"#;
+
+/// What the worker counts per result besides output and stderr (`RESULT_OVERHEAD` in
+/// worker/src/fleet.rs, as tests/tests/stored_credit.rs uses it; the exact count after
+/// the drain fails if they drift apart).
+const RESULT_OVERHEAD: u64 = 512;
 
 /// The default queue's inline limit, which the worker keeps outputs in memory up to.
 fn inline_limit(queue: &RedisQueue) -> usize {
@@ -120,6 +127,94 @@ fn an_output_at_the_inline_limit_is_inline_and_one_byte_past_is_a_blob() {
     }
 }
 
+/// `n` jobs of `tenant` asking `WRITE_N` for `len` bytes each.
+fn tenant_jobs(module: ModuleHash, tenant: &str, n: usize, len: usize) -> Vec<Job> {
+    (0..n)
+        .map(|_| {
+            let mut job = job(module, len, false);
+            job.tenant = TenantId(tenant.to_owned());
+            job
+        })
+        .collect()
+}
+
+/// Bytes counted for `tenant` in the window.
+fn used(fleet: &Fleet, tenant: &str) -> u64 {
+    match fleet
+        .rt
+        .block_on(fleet.queue.admission().reserve_stored(tenant, 0, u64::MAX))
+        .unwrap()
+    {
+        Reservation::Granted { used, .. } => used,
+        other => panic!("a read of the usage was refused: {other:?}"),
+    }
+}
+
+#[test]
+fn an_output_kept_inline_counts_against_max_stored_bytes() {
+    let fleet = Fleet::start("spillquota");
+    let module = fleet.put_module(WRITE_N.as_bytes());
+    let len = 200 << 10;
+    assert!(
+        len < inline_limit(&fleet.queue),
+        "the outputs must stay inline"
+    );
+    let per_job = len as u64 + RESULT_OVERHEAD;
+    // Room for two of these results, not three.
+    let policy = TenantPolicy {
+        max_stored_bytes: 2 * per_job + per_job / 2,
+        ..TenantPolicy::default()
+    };
+    fleet
+        .rt
+        .block_on(fleet.queue.tenants().create("tight", &policy))
+        .unwrap();
+    // One slot: the tight tenant's jobs run one after another, so exactly two fit.
+    let mut worker = fleet.worker("w1", &["--concurrency", "1"]);
+
+    let tight = run(&fleet, &tenant_jobs(module, "tight", 4, len));
+    let (kept, refused): (Vec<&JobResult>, Vec<&JobResult>) = tight
+        .iter()
+        .partition(|r| r.outcome.kind() == OutcomeKind::Success);
+    assert_eq!(kept.len(), 2, "{tight:?}");
+    for result in &kept {
+        assert!(
+            matches!(&result.output, JobOutput::Inline(bytes) if *bytes == expected(len)),
+            "a kept result holds its whole output inline"
+        );
+    }
+    for result in &refused {
+        assert_eq!(
+            result.outcome.kind(),
+            OutcomeKind::OutputLimit,
+            "{result:?}"
+        );
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(stderr.contains("max_stored_bytes"), "{stderr}");
+        assert!(
+            matches!(&result.output, JobOutput::Inline(bytes) if bytes.is_empty()),
+            "a refused job keeps no output: {:?}",
+            result.output
+        );
+    }
+
+    // Another tenant's inline outputs are counted exactly once the drain gives the
+    // unused credit back: output, stderr and the per-result overhead.
+    let counted = run(&fleet, &tenant_jobs(module, "counted", 5, len));
+    let mut stored = 0;
+    for result in &counted {
+        assert_eq!(result.outcome, Outcome::Success, "{result:?}");
+        let JobOutput::Inline(bytes) = &result.output else {
+            panic!("{len} bytes fit the inline limit: {:?}", result.output);
+        };
+        assert_eq!(bytes.len(), len);
+        stored += bytes.len() as u64 + result.stderr.len() as u64 + RESULT_OVERHEAD;
+    }
+    worker.terminate();
+    assert!(worker.wait().success());
+    assert_eq!(used(&fleet, "counted"), stored);
+}
+
 #[test]
 fn the_output_cap_ends_the_job_as_output_limit_below_and_above_the_inline_limit() {
     let fleet = Fleet::start("spillcap");
@@ -173,6 +268,15 @@ fn a_guest_that_spills_then_spins_times_out_and_the_worker_runs_the_next_job() {
             spun[0].outcome,
             Outcome::Timeout,
             "{n} bytes then a spin: {spun:?}"
+        );
+        assert!(
+            matches!(&spun[0].output, JobOutput::Written | JobOutput::Inline(_)),
+            "a timed-out job stores no blob: {:?}",
+            spun[0].output
+        );
+        assert!(
+            output_bytes(&fleet.queue, &fleet.rt, &spun[0].output).is_empty(),
+            "a timed-out job keeps no output ({n} bytes written before the spin)"
         );
 
         let next = run(&fleet, &[job(module, 2 * limit, false)]);
