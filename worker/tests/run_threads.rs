@@ -44,6 +44,8 @@ const PANICS: &str = "panics";
 struct PanickyEnv {
     module: Arc<LoadedModule>,
     outputs: Mutex<HashMap<JobId, Captured>>,
+    /// Every thread a run was prepared on, with its name.
+    threads: Arc<Mutex<HashMap<std::thread::ThreadId, String>>>,
     finished: mpsc::UnboundedSender<(String, JobResult, Disposition)>,
 }
 
@@ -53,6 +55,11 @@ impl JobEnv for PanickyEnv {
     }
 
     fn open_input(&self, job: &Job) -> Result<JobReader, Outcome> {
+        let me = std::thread::current();
+        self.threads
+            .lock()
+            .unwrap()
+            .insert(me.id(), me.name().unwrap_or_default().to_owned());
         assert_ne!(job.label, PANICS, "open_input panics on purpose");
         let JobInput::Inline(bytes) = job.input.clone() else {
             unreachable!("tests use inline inputs")
@@ -85,6 +92,7 @@ struct Rig {
     module: ModuleHash,
     finished: mpsc::UnboundedReceiver<(String, JobResult, Disposition)>,
     shutdown: CancellationToken,
+    threads: Arc<Mutex<HashMap<std::thread::ThreadId, String>>>,
     run: tokio::task::JoinHandle<Result<(), executor::ExecutorError>>,
 }
 
@@ -100,9 +108,11 @@ impl Rig {
         let module = sandbox.load_module(ECHO_ONE_READ.as_bytes()).unwrap();
         let hash = module.hash();
         let (tx, finished) = mpsc::unbounded_channel();
+        let threads = Arc::new(Mutex::default());
         let env = Arc::new(PanickyEnv {
             module,
             outputs: Mutex::default(),
+            threads: threads.clone(),
             finished: tx,
         });
         let queue = Arc::new(MemoryQueue::new());
@@ -128,6 +138,7 @@ impl Rig {
             module: hash,
             finished,
             shutdown,
+            threads,
             run,
         }
     }
@@ -219,5 +230,13 @@ async fn a_claimed_batch_runs_whole_on_the_slots_threads() {
     }
     let stats = rig.queue.stats().await.unwrap();
     assert_eq!((stats.ready, stats.leased, stats.completed), (0, 0, 40));
+    // On the slots' own run threads: at most one per slot, whatever the batches (a
+    // thread per job, or the runtime's blocking pool, would show more or other names).
+    let threads = rig.threads.lock().unwrap().clone();
+    assert!(!threads.is_empty() && threads.len() <= 4, "{threads:?}");
+    assert!(
+        threads.values().all(|name| name.starts_with("sluice-run-")),
+        "{threads:?}"
+    );
     rig.stop().await;
 }

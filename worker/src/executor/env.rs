@@ -66,7 +66,8 @@ pub trait JobEnv: Send + Sync + 'static {
     /// run). A run the watchdog gave up comes here (late) as a failure, so its output
     /// is discarded.
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome>;
-    /// Told when a job starts running (metrics).
+    /// Told when a claimed job is handed to the run threads, or given up without a run
+    /// (delivered too often), so started and finished pair up (metrics).
     fn on_started(&self, _job: &Job) {}
     /// Told of every run's end (progress, reports, metrics). `job` is `None` when the
     /// envelope did not decode. A run the watchdog gave up ends here as `timeout`

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use sluice_shared::{Job, Lease};
 use tokio::sync::Notify;
 
+use super::sweep::Watch;
 use super::{ExecutorError, JobEnv};
 
 /// When a run began, shared between its task and its run thread: the watchdog's
@@ -63,6 +64,8 @@ pub(super) struct Flight {
     pub(super) lease: Lease,
     pub(super) job: Option<Job>,
     pub(super) clock: Arc<RunClock>,
+    /// What the sweep watches of a run (none for an entry recorded without one).
+    pub(super) watch: Option<Watch>,
 }
 
 /// What the loop and its run tasks share.
@@ -76,6 +79,8 @@ pub(super) struct Shared {
     pub(super) stuck: AtomicUsize,
     /// Signalled when `stuck` grows.
     pub(super) stuck_grew: Notify,
+    /// Wakes the sweep early (jobs left queued for the run threads).
+    pub(super) kick: Notify,
 }
 
 impl Shared {

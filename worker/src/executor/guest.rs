@@ -11,6 +11,7 @@ use sluice_shared::{Claimed, Job, JobResult, Outcome};
 use tokio::sync::oneshot;
 
 use super::flight::RunClock;
+use super::handback::Handback;
 use super::threads::Task;
 use super::{ExecutorConfig, JobEnv};
 use crate::sandbox::Sandbox;
@@ -31,7 +32,8 @@ pub(super) enum Start {
 
 /// Decides how `claimed` goes on, telling `env` of a job's start (also of a job given
 /// up without a run, so started and finished stay paired for metrics), and makes the
-/// run-thread task of a job that runs. The task runs in `span`.
+/// run-thread task of a job that runs. The task runs in `span` and hands its result
+/// back through `handback`.
 pub(super) fn begin<E: JobEnv>(
     sandbox: &Arc<Sandbox>,
     env: &Arc<E>,
@@ -39,6 +41,7 @@ pub(super) fn begin<E: JobEnv>(
     claimed: &Claimed,
     clock: &Arc<RunClock>,
     span: &tracing::Span,
+    handback: &Arc<Handback>,
 ) -> (Start, Option<Task>) {
     let attempt = claimed.attempt();
     let job = match &claimed.delivery {
@@ -54,12 +57,13 @@ pub(super) fn begin<E: JobEnv>(
     }
     let (done, ran) = oneshot::channel();
     let task: Task = {
-        let (sandbox, env, job, clock, span) = (
+        let (sandbox, env, job, clock, span, handback) = (
             sandbox.clone(),
             env.clone(),
             job.clone(),
             clock.clone(),
             span.clone(),
+            handback.clone(),
         );
         Box::new(move || {
             let _in_job = span.enter();
@@ -67,8 +71,21 @@ pub(super) fn begin<E: JobEnv>(
                 run_one(&sandbox, &*env, &job, attempt, &clock)
             }))
             .map_err(|panic| panic_text(&*panic));
-            // The receiver is gone only when the loop gave the run up.
-            let _ = done.send(ran);
+            if ran.is_err() {
+                // The env may hold this run's output state: let it discard it, as it
+                // does a failed run's (a panic there too is caught and dropped).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut failed = JobResult::without_run(
+                        job.id,
+                        Outcome::HostError {
+                            reason: "run panicked".into(),
+                        },
+                        attempt,
+                    );
+                    env.finish_output(&job, &mut failed)
+                }));
+            }
+            handback.push(done, ran);
         })
     };
     (Start::Running(job.clone(), ran), Some(task))
@@ -127,4 +144,72 @@ pub(super) fn run_one<E: JobEnv>(
         result.outcome = outcome;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SandboxConfig;
+    use crate::job_io::{JobReader, JobWriter};
+    use crate::sandbox::LoadedModule;
+    use parking_lot::Mutex;
+    use sluice_shared::{JobInput, ModuleHash};
+    use std::time::Duration;
+
+    /// Notes every preparing call a run makes; none of them may happen here.
+    #[derive(Default)]
+    struct Watching {
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl JobEnv for Watching {
+        fn admit(&self, _job: &Job) -> Result<(), Outcome> {
+            self.calls.lock().push("admit");
+            Ok(())
+        }
+        fn module(&self, _hash: &ModuleHash) -> Result<Arc<LoadedModule>, Outcome> {
+            self.calls.lock().push("module");
+            Err(Outcome::HostError {
+                reason: "no module here".into(),
+            })
+        }
+        fn open_input(&self, _job: &Job) -> Result<JobReader, Outcome> {
+            self.calls.lock().push("open_input");
+            Ok(JobReader::Memory(Default::default()))
+        }
+        fn open_output(&self, _job: &Job) -> Result<JobWriter, Outcome> {
+            self.calls.lock().push("open_output");
+            Ok(JobWriter::Memory)
+        }
+        fn finish_output(&self, _job: &Job, _result: &mut JobResult) -> Result<(), Outcome> {
+            Ok(())
+        }
+        fn on_finished(
+            &self,
+            _job: Option<&Job>,
+            _result: &JobResult,
+            _disposition: super::super::Disposition,
+        ) {
+        }
+    }
+
+    #[test]
+    fn a_job_released_before_a_thread_took_it_does_not_start() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            slots: 1,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let env = Watching::default();
+        let job = Job::new(
+            ModuleHash::of(b"never loaded"),
+            JobInput::Inline(Vec::new()),
+        );
+        let clock = RunClock::new(Duration::ZERO);
+        clock.abandoned.store(true, Ordering::SeqCst);
+        let result = run_one(&sandbox, &env, &job, 1, &clock);
+        assert_eq!(result.outcome, Outcome::Timeout);
+        assert!(env.calls.lock().is_empty(), "{:?}", env.calls.lock());
+        assert!(clock.guest.get().is_none(), "the guest's clock started");
+    }
 }

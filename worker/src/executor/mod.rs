@@ -2,7 +2,10 @@
 //! the batch to the run threads (one per slot, long-lived: guests run synchronously,
 //! as wasmtime-wasi's async stdio on a multi-threaded runtime streams ~10x slower,
 //! `docs/ARCHITECTURE.md`), renew each lease while its job runs, then complete, retry
-//! or dead-letter it.
+//! or dead-letter it. Per claimed batch the run threads get one hand-off and wake a
+//! thread or two (`threads`), their results come back in groups (`handback`), and one
+//! sweep task renews the leases and runs the watchdog for every job in flight
+//! (`sweep`), instead of a timer and a renewal future per job.
 //!
 //! A watchdog stands behind the sandbox's own deadline: a run still going at its
 //! deadline plus [`ExecutorConfig::watchdog_grace`] (blocked in a host call the sandbox
@@ -19,15 +22,19 @@
 //!
 //! One job per file: [`env`](JobEnv) (the seam and its hooks), `config`, `flight` (what
 //! the loop and its runs share), `threads` (the run threads), `guest` (a claimed entry
-//! before its run, and the run), `process` (a run's lease, watchdog and recording),
-//! `record` (writing a run's end to the queue); the loop itself here.
+//! before its run, and the run), `handback` (results back from the run threads),
+//! `sweep` (lease renewals, the watchdog, late thread wakeups), `process` (a run's
+//! wait and recording), `record` (writing a run's end to the queue); the loop itself
+//! here.
 
 mod config;
 mod env;
 mod flight;
 mod guest;
+mod handback;
 mod process;
 mod record;
+mod sweep;
 mod threads;
 
 pub use config::{ExecutorConfig, ExecutorError};
@@ -47,8 +54,11 @@ use tracing::Instrument;
 
 use crate::sandbox::Sandbox;
 use flight::{Flight, RunClock, Shared, SlotGuard};
+use guest::Start;
+use handback::Handback;
 use process::{job_span, process};
 use record::{log_released, release};
+use sweep::Watch;
 use threads::RunThreads;
 
 /// The first wait after a failed claim (the queue's backend away); it doubles on each
@@ -71,17 +81,37 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
 ) -> Result<(), ExecutorError> {
     config.fit_to(&sandbox);
     let bound = config.stuck_bound();
-    let threads =
-        RunThreads::start(config.slots, &tokio::runtime::Handle::current()).map_err(|source| {
+    // No more run threads woken at once for fresh work than cores (see `threads`).
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let runtime = tokio::runtime::Handle::current();
+    let threads = Arc::new(
+        RunThreads::start(config.slots, cores, &runtime).map_err(|source| {
             ExecutorError::RunThreads {
                 slots: config.slots,
                 source,
             }
-        })?;
+        })?,
+    );
+    let shared = Arc::new(Shared::default());
+    let handback = Arc::new(Handback::default());
+    // The sweep and the results' collector live as long as this loop: dropping the
+    // set aborts them.
+    let mut background = JoinSet::new();
+    background.spawn(sweep::sweep(
+        queue.clone(),
+        env.clone(),
+        shared.clone(),
+        threads.clone(),
+        config.lease,
+        sweep::tick(config.lease, config.watchdog_grace),
+    ));
+    {
+        let handback = handback.clone();
+        background.spawn(async move { handback.deliver().await });
+    }
     // Shared by every run's task (cloned once, not per job).
     let run_config = Arc::new(config.clone());
     let slots = Arc::new(Semaphore::new(config.slots));
-    let shared = Arc::new(Shared::default());
     let mut running = JoinSet::new();
     let mut backoff = Backoff::new(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
     let mut stopped_by = None;
@@ -147,6 +177,20 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 for (claimed, permit) in claimed.into_iter().zip(permits) {
                     let clock = RunClock::new(config.prepare_budget);
                     let slot = SlotGuard::take(env.clone(), permit);
+                    let span = job_span(&claimed);
+                    let (start, task) = {
+                        let _in_job = span.enter();
+                        guest::begin(&sandbox, &env, &config, &claimed, &clock, &span, &handback)
+                    };
+                    let (watch, given_up) = match &start {
+                        Start::Running(job, _) => {
+                            let limit = job.limits.timeout().saturating_add(config.watchdog_grace);
+                            let (watch, given_up) = Watch::new(limit, clock.claimed, config.lease);
+                            (Some(watch), Some(given_up))
+                        }
+                        _ => (None, None),
+                    };
+                    tasks.extend(task);
                     // In the map before the task is spawned, so a shutdown that comes
                     // before the task first runs still finds the lease to release.
                     shared.in_flight.lock().insert(
@@ -155,14 +199,9 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                             lease: claimed.lease.clone(),
                             job: claimed.delivery.as_ref().ok().cloned(),
                             clock: clock.clone(),
+                            watch,
                         },
                     );
-                    let span = job_span(&claimed);
-                    let (start, task) = {
-                        let _in_job = span.enter();
-                        guest::begin(&sandbox, &env, &config, &claimed, &clock, &span)
-                    };
-                    tasks.extend(task);
                     let (queue, env, config, shared) = (
                         queue.clone(),
                         env.clone(),
@@ -174,7 +213,8 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                     running.spawn(
                         async move {
                             process(
-                                &*queue, &*env, &config, lease, attempt, start, clock, &shared,
+                                &*queue, &*env, &config, lease, attempt, start, clock, given_up,
+                                &shared,
                             )
                             .await;
                             drop(slot);
@@ -182,8 +222,11 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                         .instrument(span),
                     );
                 }
-                // The whole batch in one go: one wakeup, not one per job.
-                threads.submit(tasks);
+                // The whole batch in one go, waking a thread or two, not one per job;
+                // the sweep wakes more for jobs left waiting too long.
+                if threads.submit(tasks).is_some() {
+                    shared.kick.notify_one();
+                }
             }
             Err(error) => {
                 let delay = backoff.next_delay();

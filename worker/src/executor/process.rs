@@ -1,17 +1,17 @@
-//! One claimed entry's life on the async side: its span, the lease renewals and the
-//! watchdog while its run goes on on a run thread, and recording how it ended.
+//! One claimed entry's life on the async side: its span, waiting for its run on a run
+//! thread (or for the sweep to give it up), and recording how it ended.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sluice_shared::{Claimed, JobId, JobResult, Lease, Outcome, Queue, QueueError};
+use sluice_shared::{Claimed, JobId, JobResult, Lease, Outcome, Queue};
+use tokio::sync::oneshot;
 
 use super::flight::{RunClock, Shared};
 use super::guest::Start;
 use super::record::finish;
-use super::{ExecutorConfig, JobEnv, QueueOp};
+use super::{ExecutorConfig, JobEnv};
 
 /// The span a claimed entry's run is logged in, built with all its fields at once: its
 /// entry, and when the envelope decoded the job id, tenant (quoted when it breaks the
@@ -36,9 +36,9 @@ pub(super) fn job_span(claimed: &Claimed) -> tracing::Span {
 }
 
 /// A claimed entry's life on the async side, from [`Start`] on: records a run that
-/// does not happen; for one that does, renews its lease and runs the watchdog while it
-/// runs on its thread, then records it (or records a stuck one as `timeout` and holds
-/// its slot until its thread returns).
+/// does not happen; for one that does, waits for its thread's result (the sweep renews
+/// its lease meanwhile) and records it, or, once the sweep gives it up (`given_up`),
+/// records it as `timeout` and holds its slot until its thread returns.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn process<Q: Queue, E: JobEnv>(
     queue: &Q,
@@ -48,6 +48,7 @@ pub(super) async fn process<Q: Queue, E: JobEnv>(
     attempt: u32,
     start: Start,
     clock: Arc<RunClock>,
+    given_up: Option<oneshot::Receiver<()>>,
     shared: &Shared,
 ) {
     let (job, mut run_job) = match start {
@@ -78,12 +79,22 @@ pub(super) async fn process<Q: Queue, E: JobEnv>(
         }
         Start::Running(job, ran) => (job, ran),
     };
-    let limit = job.limits.timeout().saturating_add(config.watchdog_grace);
+    // The sweep renews the lease while the run goes on, and tells `given_up` once it
+    // is past its deadline plus the watchdog grace.
+    let given_up = async move {
+        // Never given up when it has no watch (a run always has one).
+        let told = match given_up {
+            Some(given_up) => given_up.await.is_ok(),
+            None => false,
+        };
+        if !told {
+            std::future::pending::<()>().await;
+        }
+    };
     let ran = tokio::select! {
         biased;
         ran = &mut run_job => Some(ran),
-        () = watchdog(&clock, limit) => None,
-        never = renew(queue, env, &lease, &clock, config.lease, job.id) => match never {},
+        () = given_up => None,
     };
     match ran {
         Some(ran) => {
@@ -142,44 +153,4 @@ pub(super) async fn process<Q: Queue, E: JobEnv>(
 /// `elapsed` in whole microseconds (saturating).
 fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Resolves once the run's budget `limit` is spent, counted from the guest's start (or
-/// from the claim while it is being prepared).
-async fn watchdog(clock: &RunClock, limit: Duration) {
-    loop {
-        let Some(due) = clock.due(limit) else {
-            return std::future::pending().await;
-        };
-        if Instant::now() >= due {
-            return;
-        }
-        // The guest may start meanwhile and move the due time; looked at again on wake.
-        tokio::time::sleep_until(due.into()).await;
-    }
-}
-
-/// Renews `lease` every third of its length, until dropped (or the lease is lost).
-async fn renew<Q: Queue, E: JobEnv>(
-    queue: &Q,
-    env: &E,
-    lease: &Lease,
-    clock: &RunClock,
-    lease_for: Duration,
-    job: JobId,
-) -> Infallible {
-    // A zero lease is refused at start; this only keeps a bad config from spinning.
-    let every = (lease_for / 3).max(Duration::from_millis(10));
-    loop {
-        tokio::time::sleep(every).await;
-        match queue.extend_lease(lease, lease_for).await {
-            Ok(()) => env.on_lease_renewed(),
-            Err(error @ QueueError::LeaseLost { .. }) => {
-                clock.lease_lost.store(true, Ordering::SeqCst);
-                env.on_queue_error(QueueOp::Renew, Some(job), &error);
-                return std::future::pending().await;
-            }
-            Err(error) => env.on_queue_error(QueueOp::Renew, Some(job), &error),
-        }
-    }
 }
