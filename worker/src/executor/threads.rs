@@ -7,10 +7,10 @@
 //!
 //! Waking a parked thread costs a context switch in and out, which for a short job is
 //! most of its cost, so an awake thread keeps draining the queue and the pool wakes
-//! another only when the work needs it: a push wakes parked threads until as many are
-//! awake as there are cores (or as jobs queued, if fewer), and a thread that takes a
-//! job wakes one more only when the job behind it has already waited
-//! [`WAIT_BOUND`]. Jobs that block (a sleeping guest, a slow input) hold the awake
+//! another only when the work needs it: a push (and a thread taking a job with more
+//! behind it) wakes parked threads while more jobs are queued than threads already
+//! woken for them and fewer threads run or are woken than there are cores; one more
+//! only once the job at the queue's head has waited [`WAIT_BOUND`]. Jobs that block (a sleeping guest, a slow input) hold the awake
 //! threads while others wait: [`RunThreads::wake_stale`], called by the executor's
 //! sweep at the queue's time the queue tells it, wakes one more thread per
 //! [`WAIT_BOUND`] a job waits, whatever the bound. A batch of N short jobs so costs a
@@ -48,6 +48,10 @@ struct State {
     tasks: VecDeque<(Instant, Task)>,
     /// Threads parked on the condvar and not yet woken: whoever wakes one takes it off.
     idle: usize,
+    /// Threads woken that have not taken the lock again yet (each will take a task).
+    woken: usize,
+    /// Threads running a task.
+    running: usize,
     /// Set when the pool is dropped: threads exit once the queue is empty.
     closed: bool,
 }
@@ -55,9 +59,8 @@ struct State {
 struct Pool {
     state: Mutex<State>,
     wake: Condvar,
-    /// Threads in the pool.
-    count: usize,
-    /// The most threads woken for queued work before it has waited [`WAIT_BOUND`].
+    /// The most threads running or woken for queued work before a job has waited
+    /// [`WAIT_BOUND`].
     awake_bound: usize,
 }
 
@@ -66,19 +69,19 @@ impl Pool {
     fn wake_one(&self, state: &mut State) {
         if state.idle > 0 {
             state.idle -= 1;
+            state.woken += 1;
             self.wake.notify_one();
         }
     }
 
-    /// Threads not parked (running a task, or woken and about to take one).
-    fn awake(&self, state: &State) -> usize {
-        self.count.saturating_sub(state.idle)
-    }
-
-    /// Wakes parked threads while fewer are awake than the bound and than the tasks
-    /// queued (so one queued job never wakes two threads).
+    /// Wakes parked threads while more tasks are queued than threads already woken for
+    /// them, and fewer threads run or are woken than the bound (so a queued job never
+    /// waits on a core left idle, and one queued job never wakes two threads).
     fn wake_for_queue(&self, state: &mut State, now: Instant) {
-        while state.idle > 0 && self.awake(state) < self.awake_bound.min(state.tasks.len()) {
+        while state.idle > 0
+            && state.tasks.len() > state.woken
+            && state.running + state.woken < self.awake_bound
+        {
             self.wake_one(state);
         }
         if state
@@ -110,10 +113,11 @@ impl RunThreads {
             state: Mutex::new(State {
                 tasks: VecDeque::new(),
                 idle: 0,
+                woken: 0,
+                running: 0,
                 closed: false,
             }),
             wake: Condvar::new(),
-            count,
             awake_bound: awake_bound.max(1),
         });
         let threads = RunThreads { pool };
@@ -186,6 +190,7 @@ fn serve(pool: &Pool, runtime: &Handle) {
     let mut state = pool.state.lock();
     loop {
         if let Some((_, task)) = state.tasks.pop_front() {
+            state.running += 1;
             if !state.tasks.is_empty() {
                 pool.wake_for_queue(&mut state, Instant::now());
             }
@@ -194,6 +199,7 @@ fn serve(pool: &Pool, runtime: &Handle) {
             // only keeps the thread (and its slot) alive whatever a task does.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
             state = pool.state.lock();
+            state.running -= 1;
             continue;
         }
         if state.closed {
@@ -201,6 +207,7 @@ fn serve(pool: &Pool, runtime: &Handle) {
         }
         state.idle += 1;
         pool.wake.wait(&mut state);
+        state.woken = state.woken.saturating_sub(1);
     }
 }
 
@@ -308,10 +315,11 @@ mod tests {
             state: Mutex::new(State {
                 tasks: VecDeque::new(),
                 idle: count,
+                woken: 0,
+                running: 0,
                 closed: false,
             }),
             wake: Condvar::new(),
-            count,
             awake_bound,
         }
     }
@@ -331,9 +339,14 @@ mod tests {
         queue(&pool, 64, now);
         pool.wake_for_queue(&mut pool.state.lock(), now);
         assert_eq!(pool.state.lock().idle, 62);
-        // A thread that takes one with the rest fresh wakes none.
-        pool.state.lock().tasks.pop_front();
-        pool.wake_for_queue(&mut pool.state.lock(), now);
+        // The two woken take one each (as `serve` does): with the rest fresh, none more.
+        for _ in 0..2 {
+            let mut state = pool.state.lock();
+            state.tasks.pop_front();
+            state.woken -= 1;
+            state.running += 1;
+            pool.wake_for_queue(&mut state, now);
+        }
         assert_eq!(pool.state.lock().idle, 62);
         // Once the head has waited the bound, each look wakes one more.
         let later = now + WAIT_BOUND;
@@ -344,12 +357,24 @@ mod tests {
         queue(&pool, 1, now);
         pool.wake_for_queue(&mut pool.state.lock(), now);
         assert_eq!(pool.state.lock().idle, 7);
+        // A fresh task queued beside a running one, under the bound: a core is left,
+        // so a parked thread is woken for it.
+        let pool = parked(2, 2);
+        {
+            let mut state = pool.state.lock();
+            state.idle = 1;
+            state.running = 1;
+        }
+        queue(&pool, 1, now);
+        pool.wake_for_queue(&mut pool.state.lock(), now);
+        assert_eq!(pool.state.lock().idle, 0);
     }
 
     #[test]
     fn a_stale_look_wakes_one_thread_per_bound_and_none_when_all_are_awake() {
         let runtime = runtime();
         let threads = RunThreads::start(0, 1, runtime.handle()).unwrap();
+        threads.pool.state.lock().idle = 0;
         // No threads: every one is awake (none parked), so a look wakes none and asks
         // for no further look.
         threads
