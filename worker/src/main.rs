@@ -106,7 +106,11 @@ fn serve_command(args: FleetArgs) -> ExitCode {
         ) => failed(error, exit::REDIS_REFUSED),
         // An unusable URL or queue setting is the operator's to fix, as any setting.
         Err(error @ ServeError::Redis { .. }) => failed(error, exit::USAGE),
-        Err(error @ (ServeError::Sandbox(_) | ServeError::Cache(_))) => failed(error, exit::FAILED),
+        Err(
+            error @ (ServeError::Sandbox(_)
+            | ServeError::Cache(_)
+            | ServeError::Executor(ExecutorError::RunThreads { .. })),
+        ) => failed(error, exit::FAILED),
     }
 }
 
