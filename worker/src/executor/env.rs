@@ -58,13 +58,16 @@ pub trait JobEnv: Send + Sync + 'static {
     fn open_input(&self, job: &Job) -> Result<JobReader, Outcome>;
     /// Where the job's output goes: [`JobWriter::Memory`] to have it handed back in
     /// `result.output` as [`JobOutput::Inline`](sluice_shared::JobOutput::Inline)
-    /// (at most the job's `max_output_bytes`), else a stream. The executor calls this
-    /// and `finish_output` for one run on the same thread.
+    /// (at most the job's `max_output_bytes`), [`JobWriter::Spill`] to have it handed
+    /// back the same way while it fits `keep` bytes and sent to `then` through a helper
+    /// thread once it passes them (`result.output` is then `JobOutput::Written`), else a
+    /// stream. The executor calls this and `finish_output` for one run on the same thread.
     fn open_output(&self, job: &Job) -> Result<JobWriter, Outcome>;
     /// Keeps or discards the output once the outcome is known, recording where it is
     /// in `result.output` (which holds the bytes already for a [`JobWriter::Memory`]
-    /// run). A run the watchdog gave up comes here (late) as a failure, so its output
-    /// is discarded.
+    /// run, and for a [`JobWriter::Spill`] run whose output never passed `keep`; a
+    /// `Spill` run that passed it says `JobOutput::Written`). A run the watchdog gave up
+    /// comes here (late) as a failure, so its output is discarded.
     fn finish_output(&self, job: &Job, result: &mut JobResult) -> Result<(), Outcome>;
     /// Told when a claimed job is handed to the run threads, or given up without a run
     /// (delivered too often), so started and finished pair up (metrics).
