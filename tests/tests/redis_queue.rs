@@ -668,21 +668,25 @@ async fn dlq_retry_of_all_goes_page_by_page() {
     assert_eq!(ran, 3, "{scripts}");
 }
 
-/// `calls=` of `cmdstat_<name>` in `INFO commandstats` (0 when the command never ran).
+/// Calls of `cmdstat_<name>` in `INFO commandstats` that ran (`calls` minus
+/// `failed_calls`: an `EVALSHA` answered NOSCRIPT, before its script is loaded, is a
+/// failed call); 0 when the command never ran.
 fn command_calls(server: &RedisServer, name: &str) -> u64 {
-    let prefix = format!("cmdstat_{name}:calls=");
-    server
-        .cli(&["INFO", "commandstats"])
+    let prefix = format!("cmdstat_{name}:");
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let Some(fields) = stats
         .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix(prefix.as_str())?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+    else {
+        return 0;
+    };
+    let field = |key: &str| -> u64 {
+        fields
+            .split(',')
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    field("calls") - field("failed_calls")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
