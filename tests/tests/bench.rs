@@ -171,6 +171,20 @@ fn bench_runs_the_c_uppercase_guest_with_every_figure_and_every_output_checked()
         assert!(group.ends_with(" ms"), "{stages}");
         assert_eq!(group.matches(" / ").count(), 2, "{stages}");
     }
+    // Redis's breakdown from the real server: the workers' complete.lua calls show as
+    // an `evalsha` row, and the run issued commands.
+    let commands: f64 = value(&table, "| Redis commands per job")
+        .parse()
+        .unwrap_or_else(|_| panic!("commands per job is a number:\n{table}"));
+    assert!(commands > 0.0, "{table}");
+    let evalsha = cells(
+        table
+            .lines()
+            .find(|l| l.starts_with("| evalsha |"))
+            .unwrap_or_else(|| panic!("no | evalsha | row in:\n{table}")),
+    );
+    let per_job: f64 = evalsha[1].parse().expect("calls/job is a number");
+    assert!(per_job > 0.0, "{table}");
 }
 
 #[test]

@@ -667,3 +667,80 @@ async fn dlq_retry_of_all_goes_page_by_page() {
         .sum();
     assert_eq!(ran, 3, "{scripts}");
 }
+
+/// Calls of `cmdstat_<name>` in `INFO commandstats` that ran (`calls` minus
+/// `failed_calls`: an `EVALSHA` answered NOSCRIPT, before its script is loaded, is a
+/// failed call); 0 when the command never ran.
+fn command_calls(server: &RedisServer, name: &str) -> u64 {
+    let prefix = format!("cmdstat_{name}:");
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let Some(fields) = stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+    else {
+        return 0;
+    };
+    let field = |key: &str| -> u64 {
+        fields
+            .split(',')
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    field("calls") - field("failed_calls")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owned_job_without_a_batch_has_its_outcome_noted() {
+    let (server, queue) = fresh().await;
+    let (sent, claimed) = dispatched(&queue).await;
+    let done = queue
+        .complete(&claimed.lease, success_of(sent.id))
+        .await
+        .unwrap();
+    assert_eq!(done, sluice_shared::queue::Completion::Recorded);
+    let record = format!(
+        "{}job:{}",
+        queue.keys().jobs.trim_end_matches("jobs"),
+        sent.id
+    );
+    assert_eq!(server.cli(&["HGET", &record, "outcome"]).trim(), "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_queue_pays_no_type_per_completed_job() {
+    let (server, queue) = fresh().await;
+    let queue = std::sync::Arc::new(queue);
+    // One job alone: what one complete.lua call costs in TYPE (its key checks).
+    queue.enqueue(&[job(0)]).await.unwrap();
+    let one = queue.claim("c1", 1, LONG, LONG).await.unwrap().remove(0);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    queue
+        .complete(&one.lease, success_of(one.lease.job_id.unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(command_calls(&server, "evalsha"), 1);
+    let per_call = command_calls(&server, "type");
+    assert!(per_call > 0, "the key checks run TYPE");
+
+    // Many at once: batched into fewer calls, and TYPE grows with the calls only.
+    let jobs: Vec<Job> = (0..200).map(|i| job(i as u8)).collect();
+    queue.enqueue(&jobs).await.unwrap();
+    let claimed = queue.claim("c1", 500, LONG, LONG).await.unwrap();
+    assert_eq!(claimed.len(), 200);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let mut completing = tokio::task::JoinSet::new();
+    for c in claimed {
+        let queue = queue.clone();
+        completing.spawn(async move {
+            let result = success_of(c.lease.job_id.unwrap());
+            queue.complete(&c.lease, result).await
+        });
+    }
+    while let Some(done) = completing.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let calls = command_calls(&server, "evalsha");
+    assert!(calls < 200, "completions were not batched ({calls} calls)");
+    assert_eq!(command_calls(&server, "type"), per_call * calls);
+    assert_eq!(queue.stats().await.unwrap().completed, 201);
+}

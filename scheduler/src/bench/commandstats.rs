@@ -108,7 +108,7 @@ impl CommandStats {
             );
         };
         for (name, cost) in rows.iter().take(TOP_ROWS) {
-            line(name, *cost);
+            line(&cell(name), *cost);
         }
         if rows.len() > TOP_ROWS {
             let rest = &rows[TOP_ROWS..];
@@ -127,6 +127,12 @@ impl CommandStats {
     }
 }
 
+/// A command's name as a Markdown table cell: Redis 7 names subcommands
+/// `xgroup|create`, and a `|` would split the cell, so it prints `xgroup create`.
+fn cell(name: &str) -> String {
+    name.replace('|', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +145,9 @@ mod tests {
         cmdstat_evalsha:calls=11,usec=1100,usec_per_call=100.00,rejected_calls=0,failed_calls=0\r\n\
         cmdstat_xgroup|create:calls=1,usec=5,usec_per_call=5.00,rejected_calls=0,failed_calls=1\r\n\
         cmdstat_broken:calls=x\r\n";
+    /// Redis 6's lines: no rejected/failed counts, subcommands folded into their command.
+    const REDIS6: &str = "# Commandstats\r\n\
+        cmdstat_xgroup:calls=3,usec=12,usec_per_call=4.00\r\n";
 
     #[test]
     fn the_difference_is_per_command() {
@@ -160,6 +169,30 @@ mod tests {
         assert_eq!(run.0["xgroup|create"], Cost { calls: 1, usec: 5 });
         assert!(!run.0.contains_key("broken"));
         assert_eq!(run.calls(), 111);
+
+        // A Redis 6 line (no rejected/failed fields) parses the same.
+        assert_eq!(
+            CommandStats::parse(REDIS6).0["xgroup"],
+            Cost { calls: 3, usec: 12 }
+        );
+
+        // CONFIG RESETSTAT between the readings: a counter that went down counts as
+        // zero (not a wrapped u64), and a command with no calls since is left out.
+        let reset = CommandStats::parse(BEFORE).since(&CommandStats::parse(AFTER));
+        assert!(reset.0.is_empty(), "{reset:?}");
+        assert_eq!(reset.calls(), 0);
+        let partly = CommandStats::parse(
+            "cmdstat_set:calls=5,usec=3\r\ncmdstat_evalsha:calls=12,usec=1300\r\n",
+        )
+        .since(&CommandStats::parse(AFTER));
+        assert_eq!(
+            partly.0["evalsha"],
+            Cost {
+                calls: 1,
+                usec: 200
+            }
+        );
+        assert!(!partly.0.contains_key("set"), "{partly:?}");
     }
 
     #[test]
@@ -169,6 +202,11 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines[2], "| evalsha | 0.100 | 10.00 | 100.00 | 50% |");
         assert_eq!(lines[3], "| set | 1.000 | 2.00 | 2.00 | 10% |");
+        // A subcommand keeps the table's columns: `xgroup|create` prints with a space.
+        assert_eq!(lines[4], "| xgroup create | 0.010 | 0.05 | 5.00 | 0% |");
+        for line in &lines {
+            assert_eq!(line.matches('|').count(), 6, "{line}");
+        }
         assert!(
             lines.last().unwrap().contains("| 20.00 | | 100% |"),
             "{table}"

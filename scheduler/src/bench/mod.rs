@@ -79,8 +79,9 @@ pub struct BenchArgs {
     /// Skip the `redis-benchmark` figure.
     #[arg(long)]
     no_redis_benchmark: bool,
-    /// `table`: a figure | value table; `row`: a header and one row, for stacking runs
-    /// into one table.
+    /// `table`: a figure | value table; `row`: a header and one row (lines 1-3), for
+    /// stacking runs into one table. Both are followed, after a blank line, by the
+    /// run's Redis time per command per job (a second table).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// The worker binary (default: `sluice-worker` beside this binary).

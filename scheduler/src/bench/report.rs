@@ -1,7 +1,10 @@
 //! A bench run's figures and their Markdown: a figure/value table (`--format table`,
 //! what docs/benchmarks.md pastes for one configuration) or one row under a header
-//! (`--format row`, what `scripts/bench-fleet` stacks into one table of
-//! configurations).
+//! (`--format row`: lines 1-3, what `scripts/bench-fleet` stacks into one table of
+//! configurations). Either is followed, after a blank line, by the run's Redis
+//! breakdown (time per command per job, [`Figures::breakdown`]), so `--format row`
+//! prints more than one row: readers take lines 1-3, or the lines up to the first
+//! blank one.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -17,7 +20,7 @@ pub(crate) enum Format {
     // A figure | value table.
     #[default]
     Table,
-    // A header and one row per run (columns: see `ROW_COLUMNS`).
+    // A header and one row per run (columns: see `ROW_COLUMNS`), then the breakdown.
     Row,
 }
 

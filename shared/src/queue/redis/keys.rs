@@ -157,7 +157,9 @@ impl Keys {
         format!("{}backlogs", self.prefix)
     }
 
-    /// The set of owned job ids `enqueue_owned.lua` keeps.
+    /// The queue's `owned` flag (a string): set, never cleared, by `enqueue_owned.lua`
+    /// and `enqueue_batch.lua` when they write the first job record; `complete.lua`
+    /// looks for records and batches only while it is set.
     pub fn owned(&self) -> String {
         format!("{}owned", self.prefix)
     }

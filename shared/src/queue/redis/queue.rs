@@ -380,6 +380,7 @@ async fn flush_completions(
             .key(&keys.jobs)
             .key(&keys.stats)
             .key(&keys.done)
+            .key(keys.owned())
             .arg(GROUP)
             .arg(millis(config.result_ttl))
             .arg(millis(config.notice_ttl))

@@ -6,15 +6,19 @@
 -- KEYS[1]      the job stream
 -- KEYS[2]      the stats hash
 -- KEYS[3]      the completion-notice stream
--- KEYS[3 + i]  the result key of the i-th job
+-- KEYS[4]      the queue's `owned` flag (set, never cleared, by enqueue_owned.lua and
+--              enqueue_batch.lua, the only writers of records): without it no job of
+--              the queue has a record, and no record or batch is looked at. Declared
+--              (not built from ARGV[4]) because the skip depends on it: in a cluster
+--              whose slot is migrating, a declared key the node no longer holds gets
+--              ASK/TRYAGAIN instead of reading as missing.
+-- KEYS[4 + i]  the result key of the i-th job
 -- ARGV[1]      consumer group
 -- ARGV[2]      result TTL, ms
 -- ARGV[3]      notice TTL, ms (notices older than this are trimmed)
 -- ARGV[4]      the queue's key prefix (`sluice:{q}:`): job records and batch hashes are
---              ARGV[4] .. 'job:' .. id and ARGV[4] .. 'batch:' .. id, and the flag
---              ARGV[4] .. 'owned' says whether the queue has records at all (same hash
---              tag, so the same slot as the declared keys); without the flag no job
---              has a record, and no record or batch is looked at
+--              ARGV[4] .. 'job:' .. id and ARGV[4] .. 'batch:' .. id (same hash tag,
+--              so the same slot as the declared keys)
 -- then per job: entry id, job id, outcome kind, encoded result, consumer
 -- Returns      per job: 1 stored; 0 a result was already stored (duplicate; the entry,
 --              if still there, is removed); 2 stale: the entry is gone (retried, dead-
@@ -35,8 +39,13 @@
 -- result, XACK/XDEL and counters change in one script: no entry is acknowledged
 -- without its result, none is counted without being acknowledged, a job is counted
 -- once (SET NX: results are never replaced).
+--
+-- Limitation: a job whose record exists while the flag does not (the flag deleted by
+-- hand or evicted, or records written before the flag existed) is not counted in its
+-- batch, nor has its record's outcome noted (its listing shows it pending, while its
+-- result is stored). The next enqueue of an owned job sets the flag again.
 local group, ttl, notice_ttl, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local n = #KEYS - 3
+local n = #KEYS - 4
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'hash'),
   not_counter(KEYS[2], 'completed'),
   not_counter(KEYS[2], 'duplicates'), not_counter(KEYS[2], 'stale'))
@@ -62,13 +71,13 @@ for consumer, ids in pairs(by_consumer) do
 end
 
 -- Only queues with job records (the HTTP service's) have batches to count.
-local owned = redis.call('EXISTS', prefix .. 'owned') == 1
+local owned = redis.call('EXISTS', KEYS[4]) == 1
 local acked, notice, reply = {}, {}, {}
 local recorded, duplicates, stale = 0, 0, 0
 for i = 1, n do
   local base = 4 + (i - 1) * 5
   local entry, job, kind, result = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local key = KEYS[3 + i]
+  local key = KEYS[4 + i]
   local batch, problem = nil, nil
   if owned and pending[entry] then batch, problem = batch_of(prefix, job, 'n:' .. kind) end
   local stored = false

@@ -67,6 +67,9 @@ redis.call('XADD', KEYS[2], 'MINID', '~', now - tonumber(ARGV[3]), '*',
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if job ~= '' then
   redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[4])
+  -- Not gated on the `owned` flag as complete.lua is: dead letters are rare, so the
+  -- TYPE a job without a batch costs here is nothing measured, and a record is noted
+  -- even when the flag is missing (deleted by hand, evicted).
   count_outcome(ARGV[13], job, batch, kind, 1, ARGV[4])
   -- A notice only wakes followers early: a foreign notice key costs the notice, not
   -- the dead letter.
