@@ -1,4 +1,5 @@
-//! WASI preview 1 calls that can wait, bounded by the job's deadline.
+//! WASI preview 1 calls the sandbox serves itself: those that can wait, bounded by the
+//! job's deadline, and those every job makes, without a Tokio hop per call.
 //!
 //! Epoch and fuel checks run only in wasm code: a guest waiting inside a host call is
 //! not stopped by them. wasmtime-wasi's `poll_oneoff` sleeps for as long as the guest
@@ -16,6 +17,14 @@
 //! sandbox then also turns off wasmtime-wasi's `allow_blocking_current_thread`, so
 //! their blocking work runs on tokio's blocking pool where a timeout can abandon it.
 //! Stdio is bounded in [`crate::streams`]; `docs/guest-abi.md` lists every call.
+//!
+//! wasmtime-wasi's `add_to_linker_sync` runs each of its async p1 calls under
+//! `in_tokio`: it enters a runtime and `block_on`s the call's future, even when that
+//! future is ready at its first poll, as the stdio and fd-metadata calls of a job are.
+//! The file calls above and `fd_fdstat_get`, `fd_seek`, `fd_close` (all a wasi-libc
+//! C guest's stdio uses) are shadowed by the same wasmtime-wasi function polled once
+//! first ([`quick_or`]); only a call not ready then pays the runtime (and the deadline
+//! bound where it has one). [`shadow_p1_calls`] defines every shadow, one per name.
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
@@ -48,14 +57,147 @@ impl HostMonotonicClock for JobClock {
     }
 }
 
-/// Replaces wasmtime-wasi's `poll_oneoff` in `linker` with the deadline-bounded one.
-pub(crate) fn shadow_waiting_calls(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+/// What a shadowed call waits for when its first poll is not ready.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Nothing can block it past the deadline (stdio is bounded by the streams; no
+    /// file can be opened without a grant): finish it as wasmtime-wasi would.
+    Unbounded,
+    /// A FIFO or device in a granted directory could: give up at the deadline.
+    Deadline(Instant),
+}
+
+/// Which of [`Wait`] each shadowed file call gets: with directory grants the calls a
+/// FIFO or device can block are bounded by the deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grants {
+    /// No directory is granted: no file can be opened.
+    None,
+    /// At least one directory is granted.
+    Some,
+}
+
+/// Shadows the p1 call `$name` with wasmtime-wasi's own implementation run under
+/// [`quick_or`], bounded by the job's deadline if `$bounded`. Memory, fuel and errors
+/// are handled as the wiggle-generated wrapper does.
+macro_rules! p1_call {
+    ($linker:expr, $bounded:expr, $name:ident ( $($arg:ident : $ty:ty),* )) => {{
+        let bounded: bool = $bounded;
+        $linker.func_wrap(
+            MODULE,
+            stringify!($name),
+            move |mut caller: Caller<'_, StoreState>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                let wait = if bounded {
+                    Wait::Deadline(caller.data().deadline)
+                } else {
+                    Wait::Unbounded
+                };
+                let fuel = caller.as_context_mut().hostcall_fuel();
+                let export = caller.get_export("memory");
+                let (mut mem, state) = match &export {
+                    Some(Extern::Memory(memory)) => {
+                        let (bytes, state) = memory.data_and_store_mut(&mut caller);
+                        (GuestMemory::Unshared(bytes), state)
+                    }
+                    Some(Extern::SharedMemory(memory)) => {
+                        (GuestMemory::Shared(memory.data()), caller.data_mut())
+                    }
+                    _ => wasmtime::bail!(concat!(
+                        stringify!($name),
+                        " needs an exported memory named `memory`"
+                    )),
+                };
+                state.wasi.set_hostcall_fuel(fuel);
+                quick_or(wait, p1::$name(&mut state.wasi, &mut mem, $($arg),*))
+            },
+        )
+    }};
+}
+
+/// Replaces wasmtime-wasi's p1 calls in `linker` (which `add_to_linker_sync` filled)
+/// with the sandbox's, one definition per name:
+///
+/// - `poll_oneoff`: bounded by the deadline (clock-only sets are served here);
+/// - `fd_read`, `fd_write`, `fd_fdstat_get`, `fd_seek`, `fd_close` (every call a
+///   wasi-libc C guest's stdio makes), and `fd_pread`, `fd_pwrite`, `path_open`:
+///   wasmtime-wasi's own function, polled once without entering a Tokio runtime
+///   ([`quick_or`]); with `grants`, those a FIFO or device can block (`path_open`,
+///   `fd_read`, `fd_pread`, `fd_write`, `fd_pwrite`) are finished under
+///   [`until_deadline`].
+pub(crate) fn shadow_p1_calls(
+    linker: &mut Linker<StoreState>,
+    grants: Grants,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let shadowed = linker
-        .func_wrap(MODULE, "poll_oneoff", poll_oneoff)
-        .map(|_| ());
+    let shadowed = (|| -> wasmtime::Result<()> {
+        linker.func_wrap(MODULE, "poll_oneoff", poll_oneoff)?;
+        // Blockable by a FIFO or device in a granted directory.
+        let file = grants == Grants::Some;
+        p1_call!(linker, file, fd_read(fd: i32, iovs: i32, iovs_len: i32, nread: i32))?;
+        p1_call!(linker, file, fd_write(fd: i32, iovs: i32, iovs_len: i32, nwritten: i32))?;
+        p1_call!(
+            linker,
+            file,
+            fd_pread(fd: i32, iovs: i32, iovs_len: i32, offset: i64, nread: i32)
+        )?;
+        p1_call!(
+            linker,
+            file,
+            fd_pwrite(fd: i32, iovs: i32, iovs_len: i32, offset: i64, nwritten: i32)
+        )?;
+        p1_call!(
+            linker,
+            file,
+            path_open(
+                fd: i32,
+                dirflags: i32,
+                path: i32,
+                path_len: i32,
+                oflags: i32,
+                rights_base: i64,
+                rights_inheriting: i64,
+                fdflags: i32,
+                opened: i32
+            )
+        )?;
+        // Metadata and bookkeeping: nothing for them to wait on.
+        p1_call!(linker, false, fd_fdstat_get(fd: i32, stat: i32))?;
+        p1_call!(
+            linker,
+            false,
+            fd_seek(fd: i32, offset: i64, whence: i32, newoffset: i32)
+        )?;
+        p1_call!(linker, false, fd_close(fd: i32))?;
+        Ok(())
+    })();
     linker.allow_shadowing(false);
     shadowed
+}
+
+/// Runs one of wasmtime-wasi's own p1 calls: polled once with a no-op waker (inside
+/// a runtime context, so code that needs a Tokio handle finds one); if that finishes
+/// it, that is the result. Otherwise the same future is finished as `wait` says: under
+/// `in_tokio`, exactly as wasmtime-wasi's `add_to_linker_sync` runs it, or under
+/// [`until_deadline`].
+///
+/// The calls a job makes (stdio reads and writes into the job's buffers, fd metadata)
+/// are ready at their first poll; wasmtime-wasi's wrapper would enter its runtime and
+/// `block_on` each, at 135–185 ns a call (docs/benchmarks.md, Sandbox section).
+fn quick_or(
+    wait: Wait,
+    call: impl Future<Output = wasmtime::Result<i32>>,
+) -> wasmtime::Result<i32> {
+    let mut call = std::pin::pin!(call);
+    let first = wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| {
+        wasmtime_wasi::runtime::poll_noop(call.as_mut())
+    });
+    if let Some(done) = first {
+        return done;
+    }
+    match wait {
+        Wait::Unbounded => wasmtime_wasi::runtime::in_tokio(call),
+        Wait::Deadline(deadline) => until_deadline(deadline, call),
+    }
 }
 
 /// Runs one of wasmtime-wasi's own p1 calls, giving up at `deadline` (the guest is
@@ -74,67 +216,6 @@ fn until_deadline(
         Ok(result) => result,
         Err(_elapsed) => Err(Interrupted::Timeout.into()),
     }
-}
-
-/// Shadows the p1 call `$name` with wasmtime-wasi's own implementation run under
-/// [`until_deadline`].
-macro_rules! bounded_call {
-    ($linker:expr, $name:ident ( $($arg:ident : $ty:ty),* )) => {
-        $linker.func_wrap(
-            MODULE,
-            stringify!($name),
-            |mut caller: Caller<'_, StoreState>, $($arg: $ty),*| -> wasmtime::Result<i32> {
-                let deadline = caller.data().deadline;
-                let fuel = caller.as_context_mut().hostcall_fuel();
-                let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-                    wasmtime::bail!(concat!(
-                        stringify!($name),
-                        " needs an exported memory named `memory`"
-                    ));
-                };
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                let mut mem = GuestMemory::Unshared(bytes);
-                state.wasi.set_hostcall_fuel(fuel);
-                until_deadline(deadline, p1::$name(&mut state.wasi, &mut mem, $($arg),*))
-            },
-        )
-    };
-}
-
-/// Replaces the file calls a FIFO or device in a granted directory could block with
-/// deadline-bounded ones. Only for sandboxes with grants: without a preopen no file can
-/// be opened, and stdio is bounded by the streams.
-pub(crate) fn shadow_file_calls(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    let shadowed = (|| -> wasmtime::Result<()> {
-        bounded_call!(
-            linker,
-            path_open(
-                fd: i32,
-                dirflags: i32,
-                path: i32,
-                path_len: i32,
-                oflags: i32,
-                rights_base: i64,
-                rights_inheriting: i64,
-                fdflags: i32,
-                opened: i32
-            )
-        )?;
-        bounded_call!(linker, fd_read(fd: i32, iovs: i32, iovs_len: i32, nread: i32))?;
-        bounded_call!(
-            linker,
-            fd_pread(fd: i32, iovs: i32, iovs_len: i32, offset: i64, nread: i32)
-        )?;
-        bounded_call!(linker, fd_write(fd: i32, iovs: i32, iovs_len: i32, nwritten: i32))?;
-        bounded_call!(
-            linker,
-            fd_pwrite(fd: i32, iovs: i32, iovs_len: i32, offset: i64, nwritten: i32)
-        )?;
-        Ok(())
-    })();
-    linker.allow_shadowing(false);
-    shadowed
 }
 
 fn errno(e: types::Errno) -> i32 {
@@ -312,3 +393,6 @@ fn poll_oneoff(
     }
     Ok(errno(types::Errno::Success))
 }
+
+#[cfg(test)]
+mod tests;

@@ -353,10 +353,12 @@ impl Sandbox {
             &mut state.wasi
         })
         .map_err(engine_err)?;
-        hostcalls::shadow_waiting_calls(&mut linker).map_err(engine_err)?;
-        if !config.dir_grants.is_empty() {
-            hostcalls::shadow_file_calls(&mut linker).map_err(engine_err)?;
-        }
+        let grants = if config.dir_grants.is_empty() {
+            hostcalls::Grants::None
+        } else {
+            hostcalls::Grants::Some
+        };
+        hostcalls::shadow_p1_calls(&mut linker, grants).map_err(engine_err)?;
         Ok(EngineSet { engine, linker })
     }
 
