@@ -223,8 +223,9 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                     );
                 }
                 // The whole batch in one go, waking a thread or two, not one per job;
-                // the sweep wakes more for jobs left waiting too long.
-                if threads.submit(tasks).is_some() {
+                // the sweep wakes more for jobs left waiting too long (kicked only when
+                // it would look later than that).
+                if threads.submit(tasks) {
                     shared.kick.notify_one();
                 }
             }

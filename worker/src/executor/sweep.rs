@@ -78,6 +78,8 @@ pub(super) async fn sweep<Q: Queue + 'static, E: JobEnv>(
 ) {
     let every = renew_every(lease_for);
     loop {
+        // Awake: a submit from here on kicks, so a queue it leaves is looked at.
+        threads.sweep_awake();
         let now = Instant::now();
         let mut next = now + tick;
         if let Some(at) = threads.wake_stale() {
@@ -124,6 +126,7 @@ pub(super) async fn sweep<Q: Queue + 'static, E: JobEnv>(
             let (queue, env, shared) = (queue.clone(), env.clone(), shared.clone());
             tokio::spawn(async move { renew(&*queue, &*env, &shared, due, lease_for).await });
         }
+        threads.sweep_sleeps_until(next);
         tokio::select! {
             () = tokio::time::sleep_until(next.into()) => {}
             () = shared.kick.notified() => {}

@@ -26,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -111,7 +112,16 @@ impl Pool {
 /// The worker loop's run threads.
 pub(super) struct RunThreads {
     pool: Arc<Pool>,
+    /// The origin of [`Self::sweep_next`].
+    epoch: Instant,
+    /// When the sweep next looks, in nanoseconds since `epoch` ([`SWEEP_AWAKE`] while
+    /// it is looking), so a submit kicks it only when it would look too late.
+    sweep_next: AtomicU64,
 }
+
+/// [`RunThreads::sweep_next`] while the sweep is awake (a submit then always kicks it,
+/// so it looks once more before it sleeps).
+const SWEEP_AWAKE: u64 = u64::MAX;
 
 impl RunThreads {
     /// Starts `count` threads, each inside `runtime`'s context (so a [`super::JobEnv`]
@@ -134,7 +144,7 @@ impl RunThreads {
             wake: Condvar::new(),
             awake_bound: awake_bound.max(1),
         });
-        let threads = RunThreads { pool };
+        let threads = RunThreads::over(pool);
         for i in 0..count {
             let (pool, runtime) = (threads.pool.clone(), runtime.clone());
             // On failure `threads` drops, and the threads already started exit.
@@ -146,17 +156,52 @@ impl RunThreads {
         Ok(threads)
     }
 
+    /// The handle over `pool`, with the sweep taken as awake.
+    fn over(pool: Arc<Pool>) -> Self {
+        RunThreads {
+            pool,
+            epoch: Instant::now(),
+            sweep_next: AtomicU64::new(SWEEP_AWAKE),
+        }
+    }
+
     /// Hands `tasks` (a claimed batch) to the threads in one go, waking no more of
-    /// them than the module doc says. Returns when the queue next needs a
-    /// [`Self::wake_stale`] (`None` when it is empty).
-    pub(super) fn submit(&self, tasks: impl IntoIterator<Item = Task>) -> Option<Instant> {
+    /// them than the module doc says. Returns whether the sweep must be kicked: jobs
+    /// are left queued with a thread parked, and the sweep would look later than the
+    /// queue's head goes stale (no kick when every thread is awake: each takes from the
+    /// queue when its task ends).
+    pub(super) fn submit(&self, tasks: impl IntoIterator<Item = Task>) -> bool {
         let now = Instant::now();
-        let mut state = self.pool.state.lock();
-        state
-            .tasks
-            .extend(tasks.into_iter().map(|task| (now, task)));
-        self.pool.wake_for_queue(&mut state, now);
-        stale_at(&state)
+        let stale = {
+            let mut state = self.pool.state.lock();
+            state
+                .tasks
+                .extend(tasks.into_iter().map(|task| (now, task)));
+            self.pool.wake_for_queue(&mut state, now);
+            if state.idle == 0 {
+                return false;
+            }
+            stale_at(&state)
+        };
+        stale.is_some_and(|at| self.sweep_next.load(Ordering::SeqCst) > self.nanos(at))
+    }
+
+    /// The sweep is awake (a submit from now on kicks it).
+    pub(super) fn sweep_awake(&self) {
+        self.sweep_next.store(SWEEP_AWAKE, Ordering::SeqCst);
+    }
+
+    /// The sweep sleeps until `at` (a submit whose queue goes stale earlier kicks it).
+    pub(super) fn sweep_sleeps_until(&self, at: Instant) {
+        self.sweep_next.store(self.nanos(at), Ordering::SeqCst);
+    }
+
+    /// `at` in nanoseconds since `epoch` (below [`SWEEP_AWAKE`]).
+    fn nanos(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(since)
+            .unwrap_or(SWEEP_AWAKE - 1)
+            .min(SWEEP_AWAKE - 1)
     }
 
     /// Wakes one more thread if the job longest in the queue has waited
@@ -402,7 +447,7 @@ mod tests {
             .push_back((Instant::now(), Box::new(|| {})));
         assert_eq!(threads.wake_stale(), None);
         let pool = Arc::new(parked(4, 1));
-        let threads = RunThreads { pool };
+        let threads = RunThreads::over(pool);
         let long_ago = Instant::now() - 2 * WAIT_BOUND;
         queue(&threads.pool, 3, long_ago);
         assert!(
