@@ -97,6 +97,16 @@ pub enum ExecutorError {
         /// The most the config tolerates ([`ExecutorConfig::stuck_bound`]).
         bound: usize,
     },
+    /// A task the loop depends on (the sweep: lease renewals and the watchdog; or the
+    /// collector of run results) ended: without it no lease is renewed, no stuck run
+    /// is noticed, or no result is recorded, so the loop stops.
+    #[error("the worker loop's {task} task ended unexpectedly: {reason}")]
+    Background {
+        /// Which task (`sweep` or `handback`).
+        task: &'static str,
+        /// How it ended (a panic's message, or that it returned).
+        reason: String,
+    },
     /// The run threads (one per job slot) could not all be started.
     #[error("cannot start the worker's {slots} run threads: {source}")]
     RunThreads {
