@@ -133,8 +133,9 @@ impl SandboxConfig {
     /// Most pool slots: each reserves the address space of a whole guest memory
     /// (4 GiB plus guards), and a 47-bit address space holds a few thousand.
     pub const MAX_SLOTS: u32 = 1024;
-    /// Largest guest stack: guests run on tokio's blocking threads, whose native stacks
-    /// are 2 MiB; a wasm stack limit near that would overflow the host's stack instead.
+    /// Largest guest stack: guests run on the executor's run threads, whose native
+    /// stacks are this plus 2 MiB for the host's frames (`RUN_THREAD_STACK` in
+    /// `executor/threads.rs`); a larger limit would overflow the host's stack instead.
     pub const MAX_WASM_STACK_BYTES: usize = 1 << 20;
 
     /// Checks every value, naming the first one out of range.

@@ -162,7 +162,7 @@ pub struct RedisEnv {
     /// Loaded modules and their compiled code (L1, L2, L3).
     modules: Arc<ArtifactCache>,
     /// Open outputs by job id and the thread running it: the executor opens and finishes
-    /// a run's output on the one blocking thread that runs it, and two runs of the same
+    /// a run's output on the one run thread that runs it, and two runs of the same
     /// job can be on one worker at once (a run the watchdog gave up on still going, a
     /// takeover, a job a submitter enqueued again), so the job id alone would let one
     /// run take or finish the other's output.

@@ -14,7 +14,7 @@
 //! - [`streams`]: guest stdin/stdout that stream to and from any `Read`/`Write` under a
 //!   byte cap, so memory does not grow with the input.
 //! - [`executor`]: the worker loop over any [`Queue`](sluice_shared::Queue): claim,
-//!   run on a blocking thread, complete, retry or dead-letter; a watchdog records runs
+//!   run on a run thread, complete, retry or dead-letter; a watchdog records runs
 //!   stuck past their deadline as `timeout`, and the loop stops (for a restart) when
 //!   too many are stuck.
 //! - [`fleet`]: the fleet worker over Redis: its settings ([`fleet::FleetArgs`] merged

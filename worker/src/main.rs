@@ -109,7 +109,9 @@ fn serve_command(args: FleetArgs) -> ExitCode {
         Err(
             error @ (ServeError::Sandbox(_)
             | ServeError::Cache(_)
-            | ServeError::Executor(ExecutorError::RunThreads { .. })),
+            | ServeError::Executor(
+                ExecutorError::RunThreads { .. } | ExecutorError::Background { .. },
+            )),
         ) => failed(error, exit::FAILED),
     }
 }

@@ -99,10 +99,13 @@ impl Renewals {
     }
 }
 
-/// A real `MemoryQueue` that also counts lease renewals per job.
+/// A real `MemoryQueue` that also counts lease renewals per job, and holds each
+/// renewal (once counted) while `renew_gate` is shut, telling `events` when it returns.
 struct Watched {
     inner: MemoryQueue,
     renewals: Arc<Renewals>,
+    renew_gate: tokio::sync::watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<Event>,
 }
 
 impl Queue for Watched {
@@ -125,6 +128,13 @@ impl Queue for Watched {
         if let Some(job) = lease.job_id {
             *self.renewals.counts.lock().unwrap().entry(job).or_default() += 1;
             self.renewals.changed.notify_all();
+        }
+        if !*self.renew_gate.borrow() {
+            let mut gate = self.renew_gate.clone();
+            let _ = gate.wait_for(|open| *open).await;
+            let renewed = self.inner.extend_lease(lease, lease_for).await;
+            let _ = self.events.send(Event::RenewReturned(renewed.is_ok()));
+            return renewed;
         }
         self.inner.extend_lease(lease, lease_for).await
     }
@@ -166,6 +176,9 @@ enum Event {
     Output(String, OutcomeKind, Vec<u8>),
     Finished(String, OutcomeKind, Disposition),
     Stuck(String, bool),
+    /// A held renewal came back (whether it succeeded).
+    RenewReturned(bool),
+    QueueError(executor::QueueOp),
 }
 
 /// How a job's input behaves, by label.
@@ -274,6 +287,11 @@ impl JobEnv for TestEnv {
     fn on_stuck(&self, job: &Job, stuck: bool) {
         let _ = self.events.send(Event::Stuck(job.label.clone(), stuck));
     }
+
+    fn on_queue_error(&self, op: executor::QueueOp, job: Option<JobId>, error: &QueueError) {
+        executor::log_queue_error(op, job, error);
+        let _ = self.events.send(Event::QueueError(op));
+    }
 }
 
 struct Rig {
@@ -281,6 +299,8 @@ struct Rig {
     env: Arc<TestEnv>,
     sandbox: Arc<Sandbox>,
     events: mpsc::UnboundedReceiver<Event>,
+    /// Shut: lease renewals wait (see [`Watched`]).
+    renew_gate: tokio::sync::watch::Sender<bool>,
     /// Every event seen so far, for order checks.
     seen: Vec<String>,
 }
@@ -308,11 +328,15 @@ impl Rig {
         );
         let module = load(&sandbox, &renewals);
         let (tx, events) = mpsc::unbounded_channel();
+        let (renew_gate, renew_open) = tokio::sync::watch::channel(true);
         Rig {
             queue: Arc::new(Watched {
                 inner: MemoryQueue::new(),
                 renewals: renewals.clone(),
+                renew_gate: renew_open,
+                events: tx.clone(),
             }),
+            renew_gate,
             env: Arc::new(TestEnv {
                 module,
                 inputs: Mutex::default(),
@@ -684,4 +708,37 @@ async fn a_compile_longer_than_the_job_timeout_is_not_charged_to_the_guest() {
     shutdown.cancel();
     let ended = tokio::time::timeout(BOUND, run).await.unwrap().unwrap();
     assert!(ended.is_ok(), "{ended:?}");
+}
+
+// On one runtime thread: a renewal's task runs on from its queue call to reporting
+// (or dropping) its error in one poll, so once the test sees the call return, the
+// report, if any, was already sent.
+#[tokio::test]
+async fn a_renewal_that_comes_back_after_its_job_completed_reports_no_error() {
+    let mut rig = Rig::new(1);
+    rig.renew_gate.send_replace(false);
+    // The job reads its input only once a renewal has begun; the renewal is held
+    // until the job is recorded, so it comes back for a lease that is gone.
+    let job = rig.job("done", 10_000, Some(Input::AfterRenewals(1)));
+    let (shutdown, run) = rig.start(config(1));
+    rig.enqueue(&job).await;
+    assert_eq!(rig.finished("done").await.0, OutcomeKind::Success);
+    rig.renew_gate.send_replace(true);
+    let renewed = rig
+        .until(|e| match e {
+            Event::RenewReturned(ok) => Some(*ok),
+            _ => None,
+        })
+        .await;
+    assert!(!renewed, "the completed job's lease should be gone");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    while let Ok(event) = rig.events.try_recv() {
+        rig.seen.push(format!("{event:?}"));
+    }
+    assert!(
+        !rig.seen.iter().any(|e| e.starts_with("QueueError")),
+        "a late renewal was reported: {:?}",
+        rig.seen
+    );
 }

@@ -234,7 +234,8 @@ pub enum BatchError {
     /// The queue failed.
     #[error("queue: {0}")]
     Queue(#[from] sluice_shared::QueueError),
-    /// The in-process workers stopped (too many stuck runs).
+    /// The in-process workers stopped (too many stuck runs, their run threads not
+    /// started, or a background task ended).
     #[error(transparent)]
     Stuck(#[from] sluice_worker::executor::ExecutorError),
     /// Redis lost jobs whose inputs cannot be read again.

@@ -62,7 +62,7 @@ impl ArtifactCache {
     /// An upload's precompile by the worker that took the compile lock of module
     /// `hash` for engine `metering` as `token`: compiles `wasm`, publishes the artifact
     /// (L2, L3) or records the refusal, and releases the lock. Nothing waits, and
-    /// nothing is added to L1. Runs on a blocking thread.
+    /// nothing is added to L1. Runs on a blocking or run thread.
     pub fn precompile_locked(
         &self,
         hash: &ModuleHash,
@@ -84,7 +84,7 @@ impl ArtifactCache {
     }
 
     /// The module compiled for `key` through L3 under the fleet's single flight (see
-    /// the module doc). Runs on a blocking thread.
+    /// the module doc). Runs on a run thread.
     pub(super) fn through_fleet(
         &self,
         l3: &Shared,

@@ -182,7 +182,7 @@ pub enum CacheError {
     Disk(#[from] DiskError),
 }
 
-/// L3: the queue's Redis, driven from the blocking threads jobs run on.
+/// L3: the queue's Redis, driven from the run threads jobs run on.
 struct Shared {
     queue: Arc<RedisQueue>,
     handle: Handle,

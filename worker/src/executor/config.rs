@@ -26,7 +26,10 @@ pub struct ExecutorConfig {
     pub grace: Duration,
     /// How long a run may go past its deadline (`limits.timeout`, counted from the
     /// guest's start, or from the claim while the module and input are prepared)
-    /// before the watchdog records it as `timeout` and stops renewing its lease.
+    /// before the watchdog records it as `timeout` and stops renewing its lease. The
+    /// sweep notices on its next look (at most half a grace later, and a run claimed or
+    /// started between looks is first seen then), so a stuck run is recorded between
+    /// grace and 1.5 × grace past its deadline.
     pub watchdog_grace: Duration,
     /// Extra time the watchdog allows while a job is being prepared (policy, module
     /// and its compiled code, input), before its guest starts: a fleet worker sets it to its compile
@@ -96,6 +99,16 @@ pub enum ExecutorError {
         stuck: usize,
         /// The most the config tolerates ([`ExecutorConfig::stuck_bound`]).
         bound: usize,
+    },
+    /// A task the loop depends on (the sweep: lease renewals and the watchdog; or the
+    /// collector of run results) ended: without it no lease is renewed, no stuck run
+    /// is noticed, or no result is recorded, so the loop stops.
+    #[error("the worker loop's {task} task ended unexpectedly: {reason}")]
+    Background {
+        /// Which task (`sweep` or `handback`).
+        task: &'static str,
+        /// How it ended (a panic's message, or that it returned).
+        reason: String,
     },
     /// The run threads (one per job slot) could not all be started.
     #[error("cannot start the worker's {slots} run threads: {source}")]

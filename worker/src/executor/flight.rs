@@ -29,6 +29,12 @@ pub(super) struct RunClock {
     /// Set once a renewal found the lease lost (logged and counted there): the
     /// recording that follows fails for the same reason and is not counted again.
     pub(super) lease_lost: AtomicBool,
+    /// Set while a renewal of the lease is in flight: the sweep starts no second one
+    /// (against a stalled backend they would pile up).
+    pub(super) renewing: AtomicBool,
+    /// Set once the run's end is being written (or it was released): a renewal that
+    /// comes back after that is dropped, not reported (a completed job's lease is gone).
+    pub(super) recording: AtomicBool,
 }
 
 impl RunClock {
@@ -40,6 +46,8 @@ impl RunClock {
             guest: OnceLock::new(),
             abandoned: AtomicBool::new(false),
             lease_lost: AtomicBool::new(false),
+            renewing: AtomicBool::new(false),
+            recording: AtomicBool::new(false),
         })
     }
 

@@ -67,6 +67,20 @@ const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// The longest wait between claims while the backend is away.
 pub const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// The error for a background task (the sweep, or the results' collector) that ended:
+/// both run as long as the loop, so any end is a failure.
+fn background_ended(
+    ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    sweep: tokio::task::Id,
+) -> ExecutorError {
+    let (id, reason) = match ended {
+        Ok((id, ())) => (id, "it returned".to_owned()),
+        Err(error) => (error.id(), error.to_string()),
+    };
+    let task = if id == sweep { "sweep" } else { "handback" };
+    ExecutorError::Background { task, reason }
+}
+
 /// Runs jobs from `queue` until `shutdown` is cancelled, then lets the jobs in flight
 /// finish for up to the grace period, releases the leases of any still running so
 /// other workers take them at once, and returns. Returns
@@ -97,14 +111,16 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
     // The sweep and the results' collector live as long as this loop: dropping the
     // set aborts them.
     let mut background = JoinSet::new();
-    background.spawn(sweep::sweep(
-        queue.clone(),
-        env.clone(),
-        shared.clone(),
-        threads.clone(),
-        config.lease,
-        sweep::tick(config.lease, config.watchdog_grace),
-    ));
+    let sweep_task = background
+        .spawn(sweep::sweep(
+            queue.clone(),
+            env.clone(),
+            shared.clone(),
+            threads.clone(),
+            config.lease,
+            sweep::tick(config.lease, config.watchdog_grace),
+        ))
+        .id();
     {
         let handback = handback.clone();
         background.spawn(async move { handback.deliver().await });
@@ -130,6 +146,10 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
             },
             () = shutdown.cancelled() => break,
             () = stuck_grew => continue,
+            Some(ended) = background.join_next_with_id() => {
+                stopped_by = Some(background_ended(ended, sweep_task));
+                break;
+            }
         };
         let mut permits = vec![first];
         while let Ok(permit) = slots.clone().try_acquire_owned() {
@@ -223,8 +243,9 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                     );
                 }
                 // The whole batch in one go, waking a thread or two, not one per job;
-                // the sweep wakes more for jobs left waiting too long.
-                if threads.submit(tasks).is_some() {
+                // the sweep wakes more for jobs left waiting too long (kicked only when
+                // it would look later than that).
+                if threads.submit(tasks) {
                     shared.kick.notify_one();
                 }
             }

@@ -22,6 +22,8 @@ pub(super) async fn finish<Q: Queue, E: JobEnv>(
     job: Option<&Job>,
     result: JobResult,
 ) {
+    // A renewal still in flight now comes back for a lease that is (about to be) gone.
+    clock.recording.store(true, Ordering::SeqCst);
     // Every path that stores a result or a dead letter passes here: guest-controlled
     // text (reasons, stderr) is capped once more before it reaches Redis or a report.
     let result = result.capped();

@@ -61,6 +61,7 @@ pub(super) fn tick(lease_for: Duration, watchdog_grace: Duration) -> Duration {
 
 /// One renewal the sweep found due.
 struct Due {
+    entry_id: String,
     lease: Lease,
     clock: Arc<RunClock>,
     job: Option<JobId>,
@@ -77,6 +78,8 @@ pub(super) async fn sweep<Q: Queue + 'static, E: JobEnv>(
 ) {
     let every = renew_every(lease_for);
     loop {
+        // Awake: a submit from here on kicks, so a queue it leaves is looked at.
+        threads.sweep_awake();
         let now = Instant::now();
         let mut next = now + tick;
         if let Some(at) = threads.wake_stale() {
@@ -104,8 +107,14 @@ pub(super) async fn sweep<Q: Queue + 'static, E: JobEnv>(
                 continue;
             }
             if now >= watch.renew_at {
+                if flight.clock.renewing.swap(true, Ordering::SeqCst) {
+                    // The last renewal has not come back (a stalled backend): no
+                    // second one; looked at again on the next tick.
+                    continue;
+                }
                 watch.renew_at = now + every;
                 renewals.push(Due {
+                    entry_id: flight.lease.entry_id.clone(),
                     lease: flight.lease.clone(),
                     clock: flight.clock.clone(),
                     job: flight.job.as_ref().map(|job| job.id),
@@ -114,9 +123,10 @@ pub(super) async fn sweep<Q: Queue + 'static, E: JobEnv>(
             next = next.min(watch.renew_at);
         }
         for due in renewals {
-            let (queue, env) = (queue.clone(), env.clone());
-            tokio::spawn(async move { renew(&*queue, &*env, due, lease_for).await });
+            let (queue, env, shared) = (queue.clone(), env.clone(), shared.clone());
+            tokio::spawn(async move { renew(&*queue, &*env, &shared, due, lease_for).await });
         }
+        threads.sweep_sleeps_until(next);
         tokio::select! {
             () = tokio::time::sleep_until(next.into()) => {}
             () = shared.kick.notified() => {}
@@ -125,15 +135,42 @@ pub(super) async fn sweep<Q: Queue + 'static, E: JobEnv>(
 }
 
 /// Renews one lease, telling `env`; a lost lease is marked on its clock (so it is not
-/// renewed again, and its recording is not counted twice).
-async fn renew<Q: Queue, E: JobEnv>(queue: &Q, env: &E, due: Due, lease_for: Duration) {
-    match queue.extend_lease(&due.lease, lease_for).await {
-        Ok(()) => env.on_lease_renewed(),
-        Err(error @ QueueError::LeaseLost { .. }) => {
+/// renewed again, and its recording is not counted twice). A renewal that comes back
+/// after its run's end began to be written (or the run left `in_flight`) reports no
+/// error: the lease is gone because the job is done.
+async fn renew<Q: Queue, E: JobEnv>(
+    queue: &Q,
+    env: &E,
+    shared: &Shared,
+    due: Due,
+    lease_for: Duration,
+) {
+    let renewed = queue.extend_lease(&due.lease, lease_for).await;
+    due.clock.renewing.store(false, Ordering::SeqCst);
+    let error = match renewed {
+        Ok(()) => {
+            env.on_lease_renewed();
+            return;
+        }
+        Err(error) => error,
+    };
+    let live = !due.clock.recording.load(Ordering::SeqCst)
+        && !due.clock.abandoned.load(Ordering::SeqCst)
+        && shared
+            .in_flight
+            .lock()
+            .get(&due.entry_id)
+            .is_some_and(|flight| Arc::ptr_eq(&flight.clock, &due.clock));
+    if !live {
+        tracing::debug!(job = ?due.job, %error, "a renewal came back after its run ended; dropped");
+        return;
+    }
+    match error {
+        QueueError::LeaseLost { .. } => {
             if !due.clock.lease_lost.swap(true, Ordering::SeqCst) {
                 env.on_queue_error(QueueOp::Renew, due.job, &error);
             }
         }
-        Err(error) => env.on_queue_error(QueueOp::Renew, due.job, &error),
+        error => env.on_queue_error(QueueOp::Renew, due.job, &error),
     }
 }

@@ -9,12 +9,15 @@
 //! most of its cost, so an awake thread keeps draining the queue and the pool wakes
 //! another only when the work needs it: a push (and a thread taking a job with more
 //! behind it) wakes parked threads while more jobs are queued than threads already
-//! woken for them and fewer threads run or are woken than there are cores; one more
-//! only once the job at the queue's head has waited [`WAIT_BOUND`]. Jobs that block (a sleeping guest, a slow input) hold the awake
-//! threads while others wait: [`RunThreads::wake_stale`], called by the executor's
-//! sweep at the queue's time the queue tells it, wakes one more thread per
-//! [`WAIT_BOUND`] a job waits, whatever the bound. A batch of N short jobs so costs a
-//! few wakeups, not N.
+//! woken for them and fewer threads run a young task (started less than [`WAIT_BOUND`]
+//! ago) or are woken than there are cores; one more once the job at the queue's head
+//! has waited [`WAIT_BOUND`]. A thread in an older task (a sleeping guest, a slow
+//! input, a stuck run) does not count, so such jobs never keep a parked thread from
+//! queued work; [`RunThreads::wake_stale`], called by the executor's sweep at the time
+//! the queue tells it, applies the rule again once running tasks have aged or the
+//! head has waited. Jobs of one batch share one timestamp, so once the head is stale
+//! every thread that takes a job wakes another (a chain), until the queue is empty or
+//! no thread is parked. A batch of N short jobs so costs a few wakeups, not N.
 //!
 //! A task that panics is caught here: the thread (and with it the job slot) lives on.
 //! A task that never returns keeps its thread; the loop counts it as stuck and holds
@@ -23,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -50,8 +54,11 @@ struct State {
     idle: usize,
     /// Threads woken that have not taken the lock again yet (each will take a task).
     woken: usize,
-    /// Threads running a task.
-    running: usize,
+    /// When each thread's current task started (`None`: it holds none). Only tasks
+    /// started less than [`WAIT_BOUND`] ago count toward the awake bound: a thread
+    /// off the CPU in a long task (a sleeping guest, a slow input, a stuck run) must
+    /// not keep a queued job from a parked thread.
+    started: Vec<Option<Instant>>,
     /// Set when the pool is dropped: threads exit once the queue is empty.
     closed: bool,
 }
@@ -59,7 +66,7 @@ struct State {
 struct Pool {
     state: Mutex<State>,
     wake: Condvar,
-    /// The most threads running or woken for queued work before a job has waited
+    /// The most threads running a young task or woken for queued work before a job has waited
     /// [`WAIT_BOUND`].
     awake_bound: usize,
 }
@@ -75,12 +82,20 @@ impl Pool {
     }
 
     /// Wakes parked threads while more tasks are queued than threads already woken for
-    /// them, and fewer threads run or are woken than the bound (so a queued job never
-    /// waits on a core left idle, and one queued job never wakes two threads).
+    /// them, and fewer threads run a young task (started less than [`WAIT_BOUND`] ago)
+    /// or are woken than the bound (so a queued job never waits on a core left idle,
+    /// nor behind threads blocked in long tasks, and one queued job never wakes two
+    /// threads).
     fn wake_for_queue(&self, state: &mut State, now: Instant) {
+        let young = state
+            .started
+            .iter()
+            .flatten()
+            .filter(|at| now.saturating_duration_since(**at) < WAIT_BOUND)
+            .count();
         while state.idle > 0
             && state.tasks.len() > state.woken
-            && state.running + state.woken < self.awake_bound
+            && young + state.woken < self.awake_bound
         {
             self.wake_one(state);
         }
@@ -97,7 +112,16 @@ impl Pool {
 /// The worker loop's run threads.
 pub(super) struct RunThreads {
     pool: Arc<Pool>,
+    /// The origin of [`Self::sweep_next`].
+    epoch: Instant,
+    /// When the sweep next looks, in nanoseconds since `epoch` ([`SWEEP_AWAKE`] while
+    /// it is looking), so a submit kicks it only when it would look too late.
+    sweep_next: AtomicU64,
 }
+
+/// [`RunThreads::sweep_next`] while the sweep is awake (a submit then always kicks it,
+/// so it looks once more before it sleeps).
+const SWEEP_AWAKE: u64 = u64::MAX;
 
 impl RunThreads {
     /// Starts `count` threads, each inside `runtime`'s context (so a [`super::JobEnv`]
@@ -114,35 +138,70 @@ impl RunThreads {
                 tasks: VecDeque::new(),
                 idle: 0,
                 woken: 0,
-                running: 0,
+                started: vec![None; count],
                 closed: false,
             }),
             wake: Condvar::new(),
             awake_bound: awake_bound.max(1),
         });
-        let threads = RunThreads { pool };
+        let threads = RunThreads::over(pool);
         for i in 0..count {
             let (pool, runtime) = (threads.pool.clone(), runtime.clone());
             // On failure `threads` drops, and the threads already started exit.
             std::thread::Builder::new()
                 .name(format!("sluice-run-{i}"))
                 .stack_size(RUN_THREAD_STACK)
-                .spawn(move || serve(&pool, &runtime))?;
+                .spawn(move || serve(&pool, i, &runtime))?;
         }
         Ok(threads)
     }
 
+    /// The handle over `pool`, with the sweep taken as awake.
+    fn over(pool: Arc<Pool>) -> Self {
+        RunThreads {
+            pool,
+            epoch: Instant::now(),
+            sweep_next: AtomicU64::new(SWEEP_AWAKE),
+        }
+    }
+
     /// Hands `tasks` (a claimed batch) to the threads in one go, waking no more of
-    /// them than the module doc says. Returns when the queue next needs a
-    /// [`Self::wake_stale`] (`None` when it is empty).
-    pub(super) fn submit(&self, tasks: impl IntoIterator<Item = Task>) -> Option<Instant> {
+    /// them than the module doc says. Returns whether the sweep must be kicked: jobs
+    /// are left queued with a thread parked, and the sweep would look later than the
+    /// queue's head goes stale (no kick when every thread is awake: each takes from the
+    /// queue when its task ends).
+    pub(super) fn submit(&self, tasks: impl IntoIterator<Item = Task>) -> bool {
         let now = Instant::now();
-        let mut state = self.pool.state.lock();
-        state
-            .tasks
-            .extend(tasks.into_iter().map(|task| (now, task)));
-        self.pool.wake_for_queue(&mut state, now);
-        stale_at(&state)
+        let stale = {
+            let mut state = self.pool.state.lock();
+            state
+                .tasks
+                .extend(tasks.into_iter().map(|task| (now, task)));
+            self.pool.wake_for_queue(&mut state, now);
+            if state.idle == 0 {
+                return false;
+            }
+            stale_at(&state)
+        };
+        stale.is_some_and(|at| self.sweep_next.load(Ordering::SeqCst) > self.nanos(at))
+    }
+
+    /// The sweep is awake (a submit from now on kicks it).
+    pub(super) fn sweep_awake(&self) {
+        self.sweep_next.store(SWEEP_AWAKE, Ordering::SeqCst);
+    }
+
+    /// The sweep sleeps until `at` (a submit whose queue goes stale earlier kicks it).
+    pub(super) fn sweep_sleeps_until(&self, at: Instant) {
+        self.sweep_next.store(self.nanos(at), Ordering::SeqCst);
+    }
+
+    /// `at` in nanoseconds since `epoch` (below [`SWEEP_AWAKE`]).
+    fn nanos(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(since)
+            .unwrap_or(SWEEP_AWAKE - 1)
+            .min(SWEEP_AWAKE - 1)
     }
 
     /// Wakes one more thread if the job longest in the queue has waited
@@ -155,12 +214,11 @@ impl RunThreads {
             // Every thread is awake and takes from the queue when its task ends.
             return None;
         }
-        if state
-            .tasks
-            .front()
-            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WAIT_BOUND)
-        {
-            self.pool.wake_one(&mut state);
+        let idle = state.idle;
+        // Threads whose tasks have grown old since the last look no longer count
+        // toward the bound; a stale head wakes one more.
+        self.pool.wake_for_queue(&mut state, now);
+        if state.idle < idle {
             // The next look is a bound from now, so one thread is woken per bound.
             return (!state.tasks.is_empty()).then(|| now + WAIT_BOUND);
         }
@@ -185,21 +243,22 @@ impl Drop for RunThreads {
 /// A run thread's life: take a task, wake another parked thread if the queue needs one
 /// (see the module doc), run it (a panic caught), until the pool is dropped and nothing
 /// is left.
-fn serve(pool: &Pool, runtime: &Handle) {
+fn serve(pool: &Pool, index: usize, runtime: &Handle) {
     let _runtime = runtime.enter();
     let mut state = pool.state.lock();
     loop {
         if let Some((_, task)) = state.tasks.pop_front() {
-            state.running += 1;
+            let now = Instant::now();
+            state.started[index] = Some(now);
             if !state.tasks.is_empty() {
-                pool.wake_for_queue(&mut state, Instant::now());
+                pool.wake_for_queue(&mut state, now);
             }
             drop(state);
             // The task reports its own panic to whoever waits for its result; this
             // only keeps the thread (and its slot) alive whatever a task does.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
             state = pool.state.lock();
-            state.running -= 1;
+            state.started[index] = None;
             continue;
         }
         if state.closed {
@@ -316,7 +375,7 @@ mod tests {
                 tasks: VecDeque::new(),
                 idle: count,
                 woken: 0,
-                running: 0,
+                started: vec![None; count],
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -344,14 +403,17 @@ mod tests {
             let mut state = pool.state.lock();
             state.tasks.pop_front();
             state.woken -= 1;
-            state.running += 1;
+            let free = state.started.iter().position(Option::is_none).unwrap();
+            state.started[free] = Some(now);
             pool.wake_for_queue(&mut state, now);
         }
         assert_eq!(pool.state.lock().idle, 62);
-        // Once the head has waited the bound, each look wakes one more.
+        // Once the head has waited the bound, a look wakes one more for it; and the two
+        // running tasks are no longer young by then, so they leave the bound free for
+        // two more (blocked threads do not hold queued work back).
         let later = now + WAIT_BOUND;
         pool.wake_for_queue(&mut pool.state.lock(), later);
-        assert_eq!(pool.state.lock().idle, 61);
+        assert_eq!(pool.state.lock().idle, 59);
         // One fresh task never wakes two threads.
         let pool = parked(8, 4);
         queue(&pool, 1, now);
@@ -363,7 +425,7 @@ mod tests {
         {
             let mut state = pool.state.lock();
             state.idle = 1;
-            state.running = 1;
+            state.started[0] = Some(now);
         }
         queue(&pool, 1, now);
         pool.wake_for_queue(&mut pool.state.lock(), now);
@@ -385,16 +447,67 @@ mod tests {
             .push_back((Instant::now(), Box::new(|| {})));
         assert_eq!(threads.wake_stale(), None);
         let pool = Arc::new(parked(4, 1));
-        let threads = RunThreads { pool };
+        let threads = RunThreads::over(pool);
         let long_ago = Instant::now() - 2 * WAIT_BOUND;
         queue(&threads.pool, 3, long_ago);
         assert!(
             threads.wake_stale().is_some(),
             "a look again while tasks wait"
         );
-        assert_eq!(threads.pool.state.lock().idle, 3);
+        // One within the bound (nothing runs), one more for the stale head.
+        assert_eq!(threads.pool.state.lock().idle, 2);
         threads.pool.state.lock().tasks.clear();
         assert_eq!(threads.wake_stale(), None);
+    }
+
+    #[test]
+    fn a_task_running_past_the_wait_bound_does_not_count_toward_the_awake_bound() {
+        let now = Instant::now();
+        // Bound 1, one thread running a task started long ago (off the CPU: asleep,
+        // blocked), one parked: a fresh job wakes the parked one at once.
+        let pool = parked(2, 1);
+        {
+            let mut state = pool.state.lock();
+            state.idle = 1;
+            state.started[0] = Some(now - 2 * WAIT_BOUND);
+        }
+        queue(&pool, 1, now);
+        pool.wake_for_queue(&mut pool.state.lock(), now);
+        assert_eq!(pool.state.lock().idle, 0);
+        // A young one does count: the fresh job waits for it (or a stale look).
+        let pool = parked(2, 1);
+        {
+            let mut state = pool.state.lock();
+            state.idle = 1;
+            state.started[0] = Some(now);
+        }
+        queue(&pool, 1, now);
+        pool.wake_for_queue(&mut pool.state.lock(), now);
+        assert_eq!(pool.state.lock().idle, 1);
+    }
+
+    #[test]
+    fn a_job_submitted_beside_a_blocked_one_starts_without_a_stale_look() {
+        // Bound 1, two threads: the first job blocks on a channel. Once it is older
+        // than the wait bound, a second job must start on the other thread with no
+        // stale look (`wake_stale`, the executor's sweep) ever made.
+        let runtime = runtime();
+        let threads = RunThreads::start(2, 1, runtime.handle()).unwrap();
+        let (release, blocked) = mpsc::channel::<()>();
+        let (started, first_running) = mpsc::channel();
+        threads.submit([Box::new(move || {
+            started.send(Instant::now()).unwrap();
+            let _ = blocked.recv();
+        }) as Task]);
+        let first_at = first_running.recv_timeout(BOUND).unwrap();
+        // No event says "this task is now old"; wait out the bound itself.
+        std::thread::sleep((first_at + WAIT_BOUND).saturating_duration_since(Instant::now()));
+        let (done, second_ran) = mpsc::channel();
+        threads.submit([Box::new(move || done.send(()).unwrap()) as Task]);
+        second_ran
+            .recv_timeout(BOUND)
+            .expect("the second job waited behind the blocked one");
+        release.send(()).unwrap();
     }
 
     #[test]
