@@ -138,6 +138,15 @@ fn idle_cpu_us_per_s() -> f64 {
 
 /// Prints the summary table: `upper` is the C uppercase guest, `noop` the no-op module.
 pub fn summary(upper: &[u8], noop: &[u8]) {
+    // Every row runs on a thread inside a multi-threaded Tokio runtime's context, as a
+    // worker's run threads do (`executor/threads.rs` enters the worker's runtime for the
+    // thread's life): a WASI call then finds its ambient runtime on the thread instead
+    // of entering wasmtime-wasi's global one per call. Bare and Sluice rows alike.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("a Tokio runtime for the bench thread");
+    let _in_runtime = runtime.enter();
     let guests = [
         Guest::new(
             "no-op (noop.wat, no input)".into(),
