@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use sluice_shared::ModuleHash;
-use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue, Reservation};
 use tokio::runtime::Runtime;
 
 use crate::{RedisServer, WorkerProcess, bin, connect, runtime};
@@ -61,6 +61,19 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Stored bytes counted for `tenant` in its quota window (a zero-byte
+    /// reservation, which changes nothing).
+    pub fn stored_bytes(&self, tenant: &str) -> u64 {
+        match self
+            .rt
+            .block_on(self.queue.admission().reserve_stored(tenant, 0, u64::MAX))
+            .unwrap()
+        {
+            Reservation::Granted { used, .. } => used,
+            other => panic!("a read of the usage was refused: {other:?}"),
+        }
+    }
+
     /// A server without persistence and a client on queue `name`.
     pub fn start(name: &str) -> Self {
         Self::on(RedisServer::start(), name)
@@ -115,4 +128,21 @@ impl Fleet {
             .map(|i| self.worker(&format!("{prefix}{i}"), extra))
             .collect()
     }
+}
+
+/// Asserts that `result` is a run refused for its tenant's stored-bytes quota: an
+/// `output_limit` outcome naming `max_stored_bytes`, with no output kept.
+pub fn assert_refused_over_stored_quota(result: &sluice_shared::JobResult) {
+    assert_eq!(
+        result.outcome.kind(),
+        sluice_shared::OutcomeKind::OutputLimit,
+        "{result:?}"
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("max_stored_bytes"), "{stderr}");
+    assert!(
+        matches!(&result.output, sluice_shared::JobOutput::Inline(bytes) if bytes.is_empty()),
+        "a refused job keeps no output: {:?}",
+        result.output
+    );
 }

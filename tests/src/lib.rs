@@ -29,7 +29,7 @@ pub mod wasm_gen;
 pub mod worker;
 
 pub use cluster::RedisCluster;
-pub use fleet::{Fleet, fresh_queue};
+pub use fleet::{Fleet, assert_refused_over_stored_quota, fresh_queue};
 pub use prometheus::PrometheusServer;
 pub use redis::RedisServer;
 pub use serve::ServeProcess;

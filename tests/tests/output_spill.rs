@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sluice_shared::queue::redis::{RedisQueue, Reservation};
+use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{
     Job, JobInput, JobOutput, JobResult, ModuleHash, Outcome, OutcomeKind, TenantId, TenantPolicy,
 };
@@ -138,18 +138,6 @@ fn tenant_jobs(module: ModuleHash, tenant: &str, n: usize, len: usize) -> Vec<Jo
         .collect()
 }
 
-/// Bytes counted for `tenant` in the window.
-fn used(fleet: &Fleet, tenant: &str) -> u64 {
-    match fleet
-        .rt
-        .block_on(fleet.queue.admission().reserve_stored(tenant, 0, u64::MAX))
-        .unwrap()
-    {
-        Reservation::Granted { used, .. } => used,
-        other => panic!("a read of the usage was refused: {other:?}"),
-    }
-}
-
 #[test]
 fn an_output_kept_inline_counts_against_max_stored_bytes() {
     let fleet = Fleet::start("spillquota");
@@ -184,18 +172,7 @@ fn an_output_kept_inline_counts_against_max_stored_bytes() {
         );
     }
     for result in &refused {
-        assert_eq!(
-            result.outcome.kind(),
-            OutcomeKind::OutputLimit,
-            "{result:?}"
-        );
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert!(stderr.contains("max_stored_bytes"), "{stderr}");
-        assert!(
-            matches!(&result.output, JobOutput::Inline(bytes) if bytes.is_empty()),
-            "a refused job keeps no output: {:?}",
-            result.output
-        );
+        sluice_tests::assert_refused_over_stored_quota(result);
     }
 
     // Another tenant's inline outputs are counted exactly once the drain gives the
@@ -212,7 +189,7 @@ fn an_output_kept_inline_counts_against_max_stored_bytes() {
     }
     worker.terminate();
     assert!(worker.wait().success());
-    assert_eq!(used(&fleet, "counted"), stored);
+    assert_eq!(fleet.stored_bytes("counted"), stored);
 }
 
 #[test]

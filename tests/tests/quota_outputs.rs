@@ -74,18 +74,7 @@ fn outputs_count_against_stored_bytes_and_only_the_hoarder_is_refused() {
         );
     }
     for result in &refused {
-        assert_eq!(
-            result.outcome.kind(),
-            OutcomeKind::OutputLimit,
-            "{result:?}"
-        );
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert!(stderr.contains("max_stored_bytes"), "{stderr}");
-        assert!(
-            matches!(&result.output, JobOutput::Inline(bytes) if bytes.is_empty()),
-            "a refused job keeps no output: {:?}",
-            result.output
-        );
+        sluice_tests::assert_refused_over_stored_quota(result);
     }
 
     // The other tenant's job on the same worker is unaffected.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sluice_shared::queue::redis::{RedisQueue, Reservation};
+use sluice_shared::queue::redis::RedisQueue;
 use sluice_shared::{Job, JobInput, JobResult, OutcomeKind, TenantId, TenantPolicy};
 use sluice_tests::{Fleet, RedisServer, wait};
 
@@ -35,18 +35,6 @@ fn jobs(module: sluice_shared::ModuleHash, tenant: &str, n: usize) -> Vec<Job> {
             job
         })
         .collect()
-}
-
-/// Bytes counted for `tenant` in the window.
-fn used(fleet: &Fleet, tenant: &str) -> u64 {
-    match fleet
-        .rt
-        .block_on(fleet.queue.admission().reserve_stored(tenant, 0, u64::MAX))
-        .unwrap()
-    {
-        Reservation::Granted { used, .. } => used,
-        other => panic!("a read of the usage was refused: {other:?}"),
-    }
 }
 
 /// Calls of `command` the server has served, the ones scripts make included
@@ -93,7 +81,7 @@ fn results_are_counted_from_credit_within_one_step_and_given_back_at_the_drain()
         .rt
         .block_on(wait::results(&fleet.queue, jobs.iter().map(|j| &j.id)));
     let stored = stored(&results);
-    let counted = used(&fleet, "counted");
+    let counted = fleet.stored_bytes("counted");
     assert!(counted >= stored, "counted {counted} < stored {stored}");
     assert!(
         counted <= stored + CREDIT_STEP,
@@ -102,7 +90,7 @@ fn results_are_counted_from_credit_within_one_step_and_given_back_at_the_drain()
     // The drain gives the unused credit back: exactly what is stored stays counted.
     worker.terminate();
     assert!(worker.wait().success());
-    assert_eq!(used(&fleet, "counted"), stored);
+    assert_eq!(fleet.stored_bytes("counted"), stored);
 }
 
 #[test]
@@ -129,7 +117,7 @@ fn a_tenant_with_a_broken_usage_key_fails_open_and_holds_up_no_other() {
         })
         .collect();
     assert_eq!(fine.len(), 40);
-    assert!(used(&fleet, "fine") >= stored(&fine));
+    assert!(fleet.stored_bytes("fine") >= stored(&fine));
     assert_eq!(fleet.redis.cli(&["TYPE", &broken]).trim(), "string");
 }
 
@@ -188,16 +176,16 @@ fn released_bytes_leave_their_bucket_never_below_zero_and_only_inside_the_window
             .unwrap()
     };
     assert_eq!(release(400, bucket), 400);
-    assert_eq!(used(&fleet, "r"), 600);
+    assert_eq!(fleet.stored_bytes("r"), 600);
     // A bucket long gone from the window, and one not begun, are left alone.
     let gone = sluice_shared::queue::redis::StoredBucket(bucket.0 - 1000);
     let ahead = sluice_shared::queue::redis::StoredBucket(bucket.0 + 1000);
     assert_eq!(release(100, gone), 0);
     assert_eq!(release(100, ahead), 0);
-    assert_eq!(used(&fleet, "r"), 600);
+    assert_eq!(fleet.stored_bytes("r"), 600);
     // More than the bucket holds takes it to 0, not below.
     assert_eq!(release(10_000, bucket), 600);
-    assert_eq!(used(&fleet, "r"), 0);
+    assert_eq!(fleet.stored_bytes("r"), 0);
     // A wrong-typed usage key is a typed error naming it.
     let key = fleet.queue.keys().usage("r");
     fleet.redis.cli(&["SET", &key, "x"]);

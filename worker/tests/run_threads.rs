@@ -21,18 +21,6 @@ use sluice_worker::{JobReader, JobWriter, LoadedModule, Sandbox, SandboxConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Reads one chunk of stdin (one `fd_read`) and writes it back.
-const ECHO_ONE_READ: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 1024))
-    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (i32.store (i32.const 4) (i32.load (i32.const 8)))
-    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
-
 /// The longest any single wait here may take before the test fails as hung.
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -105,7 +93,9 @@ impl Rig {
             })
             .unwrap(),
         );
-        let module = sandbox.load_module(ECHO_ONE_READ.as_bytes()).unwrap();
+        let module = sandbox
+            .load_module(common::ECHO_ONE_READ.as_bytes())
+            .unwrap();
         let hash = module.hash();
         let (tx, finished) = mpsc::unbounded_channel();
         let threads = Arc::new(Mutex::default());

@@ -28,18 +28,6 @@ use sluice_worker::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Reads one chunk of stdin (one `fd_read`) and writes it back.
-const ECHO_ONE_READ: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 1024))
-    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (i32.store (i32.const 4) (i32.load (i32.const 8)))
-    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
-
 /// The longest any single wait here may take before the test fails as hung.
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -308,7 +296,9 @@ struct Rig {
 impl Rig {
     fn new(slots: u32) -> Self {
         Self::with_module(slots, Arc::default(), |sandbox, _| {
-            sandbox.load_module(ECHO_ONE_READ.as_bytes()).unwrap()
+            sandbox
+                .load_module(common::ECHO_ONE_READ.as_bytes())
+                .unwrap()
         })
     }
 
@@ -643,7 +633,7 @@ async fn a_preparation_within_its_budget_is_not_taken_for_a_stuck_run() {
     assert!(ended.is_ok(), "{ended:?}");
 }
 
-/// Compiles [`ECHO_ONE_READ`] only once the job it is told of has had its lease
+/// Compiles [`common::ECHO_ONE_READ`] only once the job it is told of has had its lease
 /// renewed `after` times (the clock a slow compile runs on, without sleeping).
 struct SlowCompile {
     renewals: Arc<Renewals>,
@@ -663,7 +653,7 @@ impl CompiledSource for SlowCompile {
                 reason: "the lease was never renewed while compiling".into(),
             });
         }
-        wasmtime::Module::new(sandbox.engine(metering), ECHO_ONE_READ).map_err(|e| {
+        wasmtime::Module::new(sandbox.engine(metering), common::ECHO_ONE_READ).map_err(|e| {
             Outcome::InvalidModule {
                 reason: e.to_string(),
             }
@@ -680,7 +670,10 @@ async fn a_compile_longer_than_the_job_timeout_is_not_charged_to_the_guest() {
             job: job_id.clone(),
             after: 6,
         };
-        sandbox.load_compiled(ModuleHash::of(ECHO_ONE_READ.as_bytes()), Box::new(compile))
+        sandbox.load_compiled(
+            ModuleHash::of(common::ECHO_ONE_READ.as_bytes()),
+            Box::new(compile),
+        )
     });
     // The module's code takes six renewals of a 300 ms lease to come (about 600 ms),
     // past the job's 200 ms timeout plus the 200 ms watchdog grace: it is loaded under
