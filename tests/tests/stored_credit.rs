@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sluice_shared::queue::redis::RedisQueue;
+use sluice_shared::queue::redis::{RedisQueue, Reservation};
 use sluice_shared::{Job, JobInput, JobResult, OutcomeKind, TenantId, TenantPolicy};
 use sluice_tests::{Fleet, RedisServer, wait};
 
