@@ -588,18 +588,7 @@ mod tests {
 
     #[test]
     fn a_helper_driven_output_delivers_everything_on_finish() {
-        #[derive(Clone, Default)]
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let sink = Shared::default();
+        let sink = Recorder::default();
         let deadline = Instant::now() + std::time::Duration::from_secs(60);
         let stop = Arc::new(AtomicBool::new(false));
         let out = GuestOutput::with_deadline(sink.clone(), 1 << 30, Overflow::Stop, stop, deadline);
@@ -608,22 +597,13 @@ mod tests {
             out.write_capped(&block).unwrap();
         }
         out.finish().unwrap();
-        assert_eq!(sink.0.lock().len(), 1_000_000);
+        assert_eq!(sink.take().len(), 1_000_000);
         assert_eq!(out.written(), 1_000_000);
     }
 
-    /// A writer that records what it was given, shared with the test.
-    #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<u8>>>);
-    impl Write for Recorder {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    /// A writer that records what it was given, shared with the test: the buffer a
+    /// `JobWriter::Memory` output is written into.
+    type Recorder = crate::job_io::MemoryOutput;
 
     fn spilling(then: Recorder, keep: usize, cap: u64) -> (GuestOutput<Recorder>, Arc<AtomicBool>) {
         let stop = Arc::new(AtomicBool::new(false));
@@ -645,10 +625,7 @@ mod tests {
             "no helper thread for an output within the bound"
         );
         assert_eq!(out.take_kept().as_deref(), Some(&b"helloworld"[..]));
-        assert!(
-            then.0.lock().is_empty(),
-            "the spill writer is never touched"
-        );
+        assert!(then.take().is_empty(), "the spill writer is never touched");
         assert_eq!(out.written(), 10);
         assert!(!stop.load(Ordering::Relaxed));
     }
@@ -665,7 +642,7 @@ mod tests {
         out.finish().unwrap();
         assert!(out.helper_started());
         assert_eq!(out.take_kept(), None, "a spilled output keeps nothing");
-        let sent = then.0.lock().clone();
+        let sent = then.take();
         assert_eq!(&sent[..11], b"helloworld!");
         assert_eq!(&sent[11..], &block[..]);
         assert_eq!(out.written(), 300_011);
@@ -693,7 +670,7 @@ mod tests {
         ));
         assert!(stop.load(Ordering::Relaxed) && out.overflowed());
         out.finish().unwrap();
-        assert_eq!(&*then.0.lock(), b"abcdefgh");
+        assert_eq!(then.take(), b"abcdefgh");
     }
 
     #[test]
