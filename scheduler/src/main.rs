@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: the bench, the HTTP API and the embedded batch
+/// allocate per job and per request (docs/benchmarks.md, "Worker overhead per job").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory, Parser, Subcommand};
 use sluice_scheduler::bench;
 use sluice_scheduler::cli;

@@ -14,9 +14,11 @@
 pub mod config;
 mod credit;
 mod precompile;
+mod runtime;
 mod serve;
 
 pub use config::{ConfigError, FleetArgs, FleetConfig};
+pub use runtime::runtime;
 pub use serve::{ServeError, serve};
 
 use std::collections::HashMap;

@@ -4,6 +4,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: 7-8 µs less worker CPU per no-op job, mostly
+/// glibc's `malloc_consolidate` and free-list work on the claim and result path
+/// (docs/benchmarks.md, "Worker overhead per job").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use sluice_shared::queue::redis::ConnectError;
 use sluice_worker::compile::{CompileArgs, child};
@@ -81,10 +87,7 @@ fn serve_command(args: FleetArgs) -> ExitCode {
         Ok(config) => config,
         Err(error) => return failed(error, exit::USAGE),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match fleet::runtime(config.async_threads) {
         Ok(runtime) => runtime,
         Err(error) => return failed(format!("cannot start the runtime: {error}"), exit::FAILED),
     };

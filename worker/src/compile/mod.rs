@@ -328,6 +328,11 @@ impl Compiler {
             // glibc reserves 64 MiB of address space per thread arena; two keep the
             // compiler's threads from spending the address-space limit on reservations.
             .env("MALLOC_ARENA_MAX", "2")
+            // The binary's allocator is mimalloc, which reserves 1 GiB of address space
+            // for its first arena by default: under a small `--compile-memory` that
+            // leaves too little for the compiler's thread stacks (rayon fails to start,
+            // the compile_limits test). Without the reservation it maps as it needs.
+            .env("MIMALLOC_ARENA_RESERVE", "0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

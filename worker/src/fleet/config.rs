@@ -47,6 +47,11 @@ pub struct FleetArgs {
     /// Job slots (jobs run at once), 1 to 1024. Default: 4 per core.
     #[arg(long, env = "SLUICE_CONCURRENCY", value_parser = parsed::<usize>(field::CONCURRENCY))]
     pub concurrency: Option<usize>,
+    /// Threads for the worker's async side (claims, Redis, results, /metrics; guests run
+    /// on threads of their own), 1 to 64. Default 1: one thread, no hand-offs between
+    /// runtime threads; more only where that one thread fills a core.
+    #[arg(long, env = "SLUICE_ASYNC_THREADS", value_parser = parsed::<usize>(field::ASYNC_THREADS))]
+    pub async_threads: Option<usize>,
     /// Serve /metrics, /healthz (liveness) and /readyz (readiness) on this address
     /// (e.g. 127.0.0.1:9464).
     #[arg(long, env = "SLUICE_METRICS_ADDR", value_parser = parsed::<SocketAddr>(field::METRICS_ADDR))]
@@ -180,6 +185,8 @@ fields! {
     REDIS_CLUSTER: "--redis-cluster", "SLUICE_REDIS_CLUSTER", "redis_cluster";
     /// Job slots.
     CONCURRENCY: "--concurrency", "SLUICE_CONCURRENCY", "concurrency";
+    /// Threads for the async side.
+    ASYNC_THREADS: "--async-threads", "SLUICE_ASYNC_THREADS", "async_threads";
     /// The /metrics address.
     METRICS_ADDR: "--metrics-addr", "SLUICE_METRICS_ADDR", "metrics_addr";
     /// Tenants named in the per-tenant metrics.
@@ -340,6 +347,8 @@ pub mod limits {
     pub const MAX_CONCURRENCY: usize = 1024;
     /// Job slots per core when `--concurrency` is unset: guests mostly wait on I/O.
     pub const SLOTS_PER_CORE: usize = 4;
+    /// Most threads for the async side (`--async-threads`).
+    pub const MAX_ASYNC_THREADS: usize = 64;
     /// Shortest lease: renewals go every third of it, so shorter would spend Redis round
     /// trips on renewing and hand jobs over on any pause.
     pub const MIN_LEASE: Duration = Duration::from_secs(1);
@@ -378,6 +387,9 @@ pub struct FleetConfig {
     pub redis_cluster: bool,
     /// Job slots, 1 to [`limits::MAX_CONCURRENCY`].
     pub slots: usize,
+    /// Threads of the async side's runtime, 1 to [`limits::MAX_ASYNC_THREADS`]
+    /// ([`runtime`](super::runtime): 1 is a current-thread runtime).
+    pub async_threads: usize,
     /// Where to serve /metrics, /healthz and /readyz, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
     /// Tenants named in the per-tenant metrics (the rest are `other`).
@@ -469,6 +481,16 @@ impl FleetArgs {
                 (cores * limits::SLOTS_PER_CORE).min(limits::MAX_CONCURRENCY)
             }
         };
+        let async_threads = args.async_threads.unwrap_or(1);
+        if !(1..=limits::MAX_ASYNC_THREADS).contains(&async_threads) {
+            return Err(invalid(
+                field::ASYNC_THREADS,
+                format!(
+                    "must be 1 to {}, got {async_threads}",
+                    limits::MAX_ASYNC_THREADS
+                ),
+            ));
+        }
         let max_stuck = match args.max_stuck {
             Some(n) if n >= slots => {
                 return Err(invalid(
@@ -545,6 +567,7 @@ impl FleetArgs {
             redis_ca_pem,
             redis_cluster: args.redis_cluster.unwrap_or(false),
             slots,
+            async_threads,
             metrics_addr: args.metrics_addr,
             metrics_max_tenants,
             lease,
@@ -900,6 +923,20 @@ mod tests {
             ),
             (
                 FleetArgs {
+                    async_threads: Some(0),
+                    ..args()
+                },
+                field::ASYNC_THREADS,
+            ),
+            (
+                FleetArgs {
+                    async_threads: Some(65),
+                    ..args()
+                },
+                field::ASYNC_THREADS,
+            ),
+            (
+                FleetArgs {
                     max_stuck: Some(4),
                     ..args()
                 },
@@ -1133,6 +1170,7 @@ mod tests {
         "--redis-ca=/flag/ca.pem",
         "--redis-cluster=true",
         "--concurrency=3",
+        "--async-threads=2",
         "--metrics-addr=127.0.0.1:1001",
         "--metrics-max-tenants=3",
         "--lease=2s",
@@ -1159,6 +1197,7 @@ mod tests {
         redis_ca = "/file/ca.pem"
         redis_cluster = false
         concurrency = 5
+        async_threads = 3
         metrics_addr = "127.0.0.1:1002"
         metrics_max_tenants = 7
         lease = "3s"
