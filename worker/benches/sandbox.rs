@@ -23,6 +23,11 @@
 //! (`keep_resident.rs`); `-- --profile sluice-chosen` (or `sluice-default`,
 //! `bare-keep-resident`, …) runs one loop of it for `perf record`.
 
+/// The allocator `sluice-worker` runs with (worker/src/main.rs), so bare and Sluice rows
+/// alike measure what a worker's run threads pay.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::PathBuf;
