@@ -20,7 +20,7 @@ const RESULT_OVERHEAD: u64 = 512;
 
 /// The most credit a worker process holds for one tenant (`CREDIT_STEP` in
 /// worker/src/fleet/credit.rs).
-const CREDIT_STEP: u64 = 64 << 10;
+const CREDIT_STEP: u64 = 1 << 20;
 
 async fn run(queue: &RedisQueue, jobs: &[Job]) -> Vec<JobResult> {
     wait::enqueue_and_await(queue, jobs, Duration::from_secs(120)).await;

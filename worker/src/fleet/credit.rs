@@ -23,8 +23,8 @@
 //!   its quota store a successful output).
 //!
 //! What this costs: credit is counted before it is stored, so a tenant's counted bytes
-//! can run ahead of what it stores by at most one step ([`CREDIT_STEP`], 64 KiB) per
-//! worker process at any time. Dropped credit is given back; what cannot be (Redis
+//! can run ahead of what it stores by at most one step ([`CREDIT_STEP`], 1 MiB, and at
+//! most 1/[`QUOTA_SHARE`] of its quota) per worker process at any time. Dropped credit is given back; what cannot be (Redis
 //! unreachable, or a process killed without its drain) stays counted until its bucket
 //! leaves the window. Nothing is ever stored uncounted.
 
@@ -35,8 +35,23 @@ use parking_lot::{Condvar, Mutex};
 use sluice_shared::queue::redis::{Reservation, StoredBucket};
 
 /// Most bytes a worker process reserves for one tenant in one round trip beyond a
-/// draw's own need, and the most credit it holds for one tenant.
-pub(super) const CREDIT_STEP: u64 = 64 << 10;
+/// draw's own need, and the most credit it holds for one tenant: 1 MiB, about 220
+/// results of a 4 KiB output. At 64 KiB (14 such results) a busy tenant's refills came
+/// every ~1.3 ms per worker, and the run threads drawing for it while one refilled
+/// waited on it: 60% of the worker's context switches on the 4 KiB uppercase bench
+/// were threads parked in [`StoredCredit::draw`] (`perf record -e sched:sched_switch
+/// --call-graph dwarf` on the worker; docs/benchmarks.md, "Worker overhead per job").
+pub(super) const CREDIT_STEP: u64 = 1 << 20;
+
+/// A tenant's step is also at most its quota divided by this, so the credit that
+/// worker processes hold for a tenant with a small quota stays a small part of it (it
+/// counts against the quota until drawn or given back).
+pub(super) const QUOTA_SHARE: u64 = 64;
+
+/// The largest step for a draw against quota `max`.
+fn step_cap(max: u64) -> u64 {
+    CREDIT_STEP.min(max / QUOTA_SHARE)
+}
 
 /// Longest a worker keeps unused credit before dropping it.
 pub(super) const CREDIT_MAX_AGE: Duration = Duration::from_secs(1);
@@ -256,7 +271,7 @@ impl StoredCredit {
             // What the credit covers is taken now; the rest (`short`) is reserved.
             let had = credit.held.take();
             let next = match limit {
-                Limit::Max(_) => credit.step.saturating_mul(2).min(CREDIT_STEP),
+                Limit::Max(max) => credit.step.saturating_mul(2).min(step_cap(max)),
                 Limit::CountOnly => 0,
             };
             let short = need - had.map_or(0, |h| h.bytes);
@@ -296,7 +311,7 @@ impl StoredCredit {
                 if let Limit::Max(max) = limit {
                     // Also when nothing is left over: the step doubles from this one.
                     credit.step = granted;
-                    let bytes = (granted - short).min(CREDIT_STEP);
+                    let bytes = (granted - short).min(step_cap(max));
                     credit.held = (bytes > 0).then_some(Held {
                         bytes,
                         taken_at: now,

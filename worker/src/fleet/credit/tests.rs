@@ -74,11 +74,30 @@ fn many_small_draws_make_few_round_trips_and_never_count_less_than_drawn() {
         assert_eq!(draw_at(&credit, &mut counter, t, 600, limit), Draw::Granted);
         assert!(credit.left("t") <= CREDIT_STEP);
     }
-    // Doubling from 600 bytes to the 64 KiB step: 7 refills, then one per ~109 jobs.
+    // Doubling from 600 bytes to the 1 MiB step: 11 refills, and 1000 × 600 bytes fit
+    // in what they reserved.
     assert!(counter.calls < 20, "{} round trips", counter.calls);
     assert!(counter.used >= 600 * 1000);
     assert!(counter.used - 600 * 1000 <= CREDIT_STEP, "{}", counter.used);
     assert_eq!(counter.used - 600 * 1000, credit.left("t"));
+}
+
+#[test]
+fn a_small_quota_keeps_the_step_to_a_64th_of_it_and_a_large_one_to_one_mib() {
+    for (max, cap) in [(640 << 10, 10 << 10), (10 << 30, CREDIT_STEP)] {
+        let credit = hour();
+        let t = Instant::now();
+        let mut counter = Counter::new();
+        for _ in 0..2000 {
+            assert_eq!(
+                draw_at(&credit, &mut counter, t, 100, Limit::Max(max)),
+                Draw::Granted
+            );
+            assert!(credit.left("t") <= cap, "{} > {cap}", credit.left("t"));
+        }
+        // Counted never runs ahead of drawn by more than the cap.
+        assert!(counter.used - 100 * 2000 <= cap, "{}", counter.used);
+    }
 }
 
 #[test]
