@@ -231,10 +231,25 @@ fn the_output_cap_ends_the_job_as_output_limit_below_and_above_the_inline_limit(
 
 #[test]
 fn a_guest_that_spills_then_spins_times_out_and_the_worker_runs_the_next_job() {
-    let fleet = Fleet::start("spillspin");
+    spill_then_spin("spillspin", "1");
+}
+
+/// The same on a multi-threaded async side (`--async-threads 2`); every other e2e test
+/// runs the default single thread. The run thread's blob writes (`Handle::block_on`),
+/// the deadline and the next claim all cross the runtime.
+#[test]
+fn on_two_async_threads_a_guest_that_spills_then_spins_times_out_and_the_next_job_runs() {
+    spill_then_spin("spillspin2", "2");
+}
+
+fn spill_then_spin(name: &str, async_threads: &str) {
+    let fleet = Fleet::start(name);
     let module = fleet.put_module(WRITE_N.as_bytes());
     // One slot: the next job runs only once the spinner's run is over.
-    let _worker = fleet.worker("w1", &["--concurrency", "1"]);
+    let _worker = fleet.worker(
+        "w1",
+        &["--concurrency", "1", "--async-threads", async_threads],
+    );
     let limit = inline_limit(&fleet.queue);
 
     for n in [limit / 2, 2 * limit] {

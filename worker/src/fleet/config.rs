@@ -48,8 +48,8 @@ pub struct FleetArgs {
     #[arg(long, env = "SLUICE_CONCURRENCY", value_parser = parsed::<usize>(field::CONCURRENCY))]
     pub concurrency: Option<usize>,
     /// Threads for the worker's async side (claims, Redis, results, /metrics; guests run
-    /// on threads of their own), 1 to 64. Default 1: one thread, no hand-offs between
-    /// runtime threads; more only where that one thread fills a core.
+    /// on threads of their own), 1 to 64. Default 1: the main thread, the least CPU per
+    /// job; more only where that thread fills a core.
     #[arg(long, env = "SLUICE_ASYNC_THREADS", value_parser = parsed::<usize>(field::ASYNC_THREADS))]
     pub async_threads: Option<usize>,
     /// Serve /metrics, /healthz (liveness) and /readyz (readiness) on this address
@@ -1161,6 +1161,16 @@ mod tests {
         .unwrap_err();
         assert!(matches!(error, ConfigError::File { .. }), "{error}");
         assert!(error.to_string().contains("no_such_setting"), "{error}");
+    }
+
+    #[test]
+    fn the_async_side_runs_on_one_thread_unless_told() {
+        assert_eq!(args().load().unwrap().async_threads, 1);
+        let four = FleetArgs {
+            async_threads: Some(4),
+            ..args()
+        };
+        assert_eq!(four.load().unwrap().async_threads, 4);
     }
 
     /// Every setting, set one way by flags and another by the file.

@@ -65,7 +65,7 @@ async fn follow(
     let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         let queue = match RedisQueue::connect(config.clone()).await {
-            Ok(queue) => queue,
+            Ok(queue) => Arc::new(queue),
             Err(error) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "precompile: cannot reach Redis");
@@ -118,7 +118,7 @@ async fn engine_for(queue: &RedisQueue, tenant: Option<&str>) -> Metering {
 /// Precompiles the requested module if the fleet has no answer for it yet and no other
 /// worker holds its compile lock (see the module doc).
 async fn precompile(
-    queue: &RedisQueue,
+    queue: &Arc<RedisQueue>,
     cache: &Arc<ArtifactCache>,
     request: PrecompileRequest,
 ) -> PrecompileResult {
@@ -163,24 +163,34 @@ async fn precompile(
             return PrecompileResult::Failed;
         }
     }
-    let wasm = match queue.modules().get(&module).await {
-        Ok(Some(wasm)) => wasm,
-        Ok(None) => {
+    // The fetch checks the module's hash (SHA-256 over up to the module size limit: tens
+    // of ms for the largest), and the compile is blocking: both on the blocking pool,
+    // never on the async side, which may be the worker's one thread running every
+    // claim, renewal and watchdog (`--async-threads 1`).
+    let (cache, handle) = (cache.clone(), tokio::runtime::Handle::current());
+    let (modules, lock) = (Arc::clone(queue), token.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        match handle.block_on(modules.modules().get(&module)) {
+            Ok(Some(wasm)) => Ok(cache.precompile_locked(&module, &wasm, metering, &lock)),
+            Ok(None) => Err(None),
+            Err(error) => Err(Some(error)),
+        }
+    })
+    .await;
+    let done = match done {
+        Ok(Ok(precompiled)) => Ok(precompiled),
+        Ok(Err(None)) => {
             tracing::info!(%module, "precompile: module no longer stored");
             release("gone").await;
             return PrecompileResult::Failed;
         }
-        Err(error) => {
+        Ok(Err(Some(error))) => {
             tracing::warn!(%module, %error, "precompile: cannot fetch the module");
             release("failed").await;
             return PrecompileResult::Failed;
         }
+        Err(error) => Err(error),
     };
-    let cache = cache.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        cache.precompile_locked(&module, &wasm, metering, &token)
-    })
-    .await;
     match done {
         Ok(Precompiled::Compiled) => {
             tracing::info!(%module, "precompiled");

@@ -1,15 +1,20 @@
 //! The Tokio runtime `serve` runs its async side on: the claim loop, the Redis
-//! connections, completions, renewals, the watchdog sweep and /metrics. Guests run on
-//! run threads of their own (`executor::threads`), never on these.
+//! connections' driver tasks (which also carry the run threads' Redis traffic: blob
+//! chunks, module and artifact fetches, quota reservations), completions, renewals, the
+//! watchdog sweep, the precompile follower and /metrics. Guests run on run threads of
+//! their own (`executor::threads`), never on these; so does anything CPU-heavy a job
+//! needs (a module's hash check, a compile, an artifact's tag check), on run threads or
+//! the blocking pool.
 //!
 //! One thread is the default (`--async-threads 1`): a current-thread runtime on the
-//! main thread. The async side then never hands a task from one runtime thread to
-//! another, and a run thread's result wakes one known thread. Measured on 2 cores with
-//! `sluice bench --workers 1 --jobs 50000` (no-op guest): 28 µs of worker CPU per job
-//! with one thread against 34-38 µs with the default multi-threaded runtime (0.3 against
-//! 1.0 context switches per job); docs/benchmarks.md, "Worker overhead per job". More
-//! threads are for a worker whose async side alone fills a core (tens of thousands of
-//! short jobs per second on one process).
+//! main thread, so nothing on the async side may block. Tasks are not handed from one
+//! runtime thread to another, and a run thread's result wakes one known thread.
+//! Measured on 2 cores with `sluice bench --workers 1 --jobs 50000` (no-op guest, glibc
+//! malloc, load 1.4–2): 28 µs of worker CPU per job with one thread against 34–38 µs
+//! with the multi-threaded runtime (0.3 against 1.0 context switches per job);
+//! docs/benchmarks.md, "Worker overhead per job". More threads are for a worker whose
+//! async side alone fills a core (tens of thousands of short jobs per second on one
+//! process: `process_cpu_seconds_total` near 1 per second with idle slots).
 
 use tokio::runtime::{Builder, Runtime};
 
@@ -52,14 +57,24 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let accept = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
-            let from_thread = std::thread::spawn(move || {
-                handle.block_on(async move { tokio::net::TcpStream::connect(addr).await.is_ok() })
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                // I/O, a timer and a task spawned on the runtime, all from this thread.
+                let connected = handle
+                    .block_on(async move { tokio::net::TcpStream::connect(addr).await.is_ok() });
+                handle.block_on(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                });
+                let spawned = handle.spawn(async { 7 });
+                let joined = handle.block_on(spawned).unwrap();
+                tx.send(connected && joined == 7).unwrap();
             });
             accept.await.unwrap().unwrap();
-            tokio::task::spawn_blocking(move || from_thread.join().unwrap())
+            // Bounded: a thread that can never finish fails the test instead of hanging it.
+            tokio::task::spawn_blocking(move || rx.recv_timeout(std::time::Duration::from_secs(30)))
                 .await
                 .unwrap()
         });
-        assert!(answer);
+        assert_eq!(answer, Ok(true));
     }
 }
