@@ -78,12 +78,36 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `sluice batch` runs its guests on run threads of their own; its async side (the
+    // claim loop, results, the report) on one thread costs less than handing tasks
+    // between runtime threads (embedded, 4 slots, 20,000 × 4 KiB through the C guest on
+    // tmpfs: docs/benchmarks.md, "Embedded batch"). The rest keep a multi-threaded
+    // runtime: `serve` answers many clients, and `bench` blocks a runtime thread at
+    // times (`block_in_place`).
+    let runtime = match cli.command {
+        Command::Batch(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(error) => {
+            eprintln!("sluice: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let Cli {
         log_format,
         command,
-    } = Cli::parse();
+    } = cli;
     // `RUST_LOG` wins; without it `serve` logs its requests (cli/serve.rs), `exporter`
     // its warnings, the rest errors only.
     let default = match &command {

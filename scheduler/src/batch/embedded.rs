@@ -71,7 +71,9 @@ const LARGE_ENTRY: usize = 1 << 20;
 
 /// Runs `f`, which may block for long (a large archive append under the locks), so
 /// that the runtime's other tasks go on: on a multi-threaded runtime the thread stops
-/// being one of the runtime's while `f` runs.
+/// being one of the runtime's while `f` runs. `sluice batch` itself runs on a
+/// current-thread runtime, where `f` runs in place: the batch's other slots go on
+/// running their guests on their own threads, and their results wait for the append.
 fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
