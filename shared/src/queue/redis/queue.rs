@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::{StoreError, bad_reply, corrupt, is_nogroup, on_key, unavailable};
 use super::keys::Keys;
-use super::reply::{bytes_of, count_of, field_pairs, millis, parse_entries};
+use super::reply::{
+    bytes_of, count_of, into_bytes, into_entries, into_field_pairs, millis, parse_entries,
+};
 use super::scripts::SCRIPTS;
 use super::{ENVELOPE_FIELD, GROUP, RedisConfig, RedisQueue};
 use crate::backoff::Backoff;
@@ -180,18 +182,19 @@ impl RedisQueue {
         if let Some(next) = parts.first().and_then(bytes_of) {
             *self.claims.takeover_cursor.lock() = String::from_utf8_lossy(&next).into_owned();
         }
-        let Some(Value::Array(rows)) = parts.get(1) else {
+        let Some(Value::Array(rows)) = parts.into_iter().nth(1) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let Value::Array(cols) = row else { continue };
-            let Some(id) = cols.first().and_then(bytes_of) else {
+            let mut cols = cols.into_iter();
+            let Some(id) = cols.next().and_then(into_bytes) else {
                 continue;
             };
-            let fields = field_pairs(cols.get(1));
-            let deliveries = match cols.get(2) {
-                Some(Value::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            let fields = into_field_pairs(cols.next());
+            let deliveries = match cols.next() {
+                Some(Value::Int(n)) => u32::try_from(n).unwrap_or(u32::MAX),
                 _ => 1,
             };
             out.push(claimed(
@@ -295,9 +298,12 @@ impl RedisQueue {
         };
         let mut out = Vec::new();
         for stream in streams {
-            let entries = match &stream {
-                Value::Array(parts) if parts.len() == 2 => parse_entries(&parts[1])?,
-                entries @ Value::Array(_) => parse_entries(entries)?,
+            // Moved out of the reply: each envelope goes to the decoder uncopied.
+            let entries = match stream {
+                Value::Array(parts) if parts.len() == 2 => {
+                    into_entries(parts.into_iter().nth(1).unwrap_or(Value::Nil))?
+                }
+                entries @ Value::Array(_) => into_entries(entries)?,
                 other => return Err(bad_reply(format!("XREADGROUP stream: {other:?}")).into()),
             };
             out.extend(

@@ -22,6 +22,17 @@ pub(crate) fn bytes_of(v: &Value) -> Option<Vec<u8>> {
     }
 }
 
+/// A reply's bytes, as [`bytes_of`], moved out of the reply: a claimed job's envelope
+/// (its whole inline input) is not copied on its way to the decoder.
+pub(crate) fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
 /// A reply as text, for strings, integers and `OK`.
 pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
@@ -70,6 +81,41 @@ pub(crate) fn field_pairs(v: Option<&Value>) -> Fields {
         }
     }
     fields
+}
+
+/// `[k, v, k, v, …]` as pairs of bytes, as [`field_pairs`], moved out of the reply.
+pub(crate) fn into_field_pairs(v: Option<Value>) -> Fields {
+    let Some(Value::Array(kv)) = v else {
+        return Vec::new();
+    };
+    let mut fields = Vec::with_capacity(kv.len() / 2);
+    let mut kv = kv.into_iter();
+    while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+        if let (Some(k), Some(v)) = (into_bytes(k), into_bytes(v)) {
+            fields.push((k, v));
+        }
+    }
+    fields
+}
+
+/// The entries of a stream reply, as [`parse_entries`], moved out of the reply (the
+/// claim path: no copy of each envelope).
+pub(crate) fn into_entries(v: Value) -> Result<Vec<(String, Fields)>, StoreError> {
+    let Value::Array(entries) = v else {
+        return Err(bad_reply(format!("stream entries: {v:?}")));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else { continue };
+        let mut parts = parts.into_iter();
+        let Some(id) = parts.next().and_then(into_bytes) else {
+            continue;
+        };
+        let id = String::from_utf8(id)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        out.push((id, into_field_pairs(parts.next())));
+    }
+    Ok(out)
 }
 
 /// The entries of an `XREAD` reply, of every stream it names, in order (none when the
@@ -138,4 +184,41 @@ pub(crate) fn flat_pairs(v: &Value) -> HashMap<String, String> {
         _ => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    #[test]
+    fn entries_moved_out_of_a_reply_are_the_entries_read_by_reference() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk(b"1-0"),
+                Value::Array(vec![bulk(b"e"), bulk(&[0, 0xff, 7]), bulk(b"k")]),
+            ]),
+            // Deleted while pending: nil fields.
+            Value::Array(vec![bulk(b"2-0"), Value::Nil]),
+            Value::Array(vec![
+                Value::SimpleString("3-\u{e9}".into()),
+                Value::Array(vec![Value::Int(5), bulk(b"v")]),
+            ]),
+            Value::Array(vec![Value::Nil]),
+            Value::Int(9),
+        ]);
+        let by_reference = parse_entries(&reply).unwrap();
+        assert_eq!(by_reference.len(), 3);
+        assert_eq!(by_reference[0].1, [(b"e".to_vec(), vec![0, 0xff, 7])]);
+        assert_eq!(into_entries(reply).unwrap(), by_reference);
+        assert!(into_entries(Value::Nil).is_err());
+        let bad_id = Value::Array(vec![Value::Array(vec![bulk(&[0xff, b'1'])])]);
+        assert_eq!(
+            into_entries(bad_id.clone()).unwrap(),
+            parse_entries(&bad_id).unwrap()
+        );
+    }
 }
