@@ -4,6 +4,7 @@
 //! job stream, `XREADGROUP` (or `takeover.lua`) to claim, then `complete.lua`,
 //! `retry.lua`, `dead.lua` or `release.lua`; `promote.lua` moves due delayed jobs.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -44,10 +45,13 @@ pub enum ClaimStep {
 /// queue logs nothing of its own.
 pub type ClaimErrorHook = Arc<dyn Fn(ClaimStep, &QueueError) + Send + Sync>;
 
-/// One completion waiting for the batch flusher.
+/// One completion waiting for the batch flusher: the result already encoded (by the
+/// caller's task, from its result as lent), and what the script's arguments name.
 struct PendingCompletion {
     lease: Lease,
-    result: JobResult,
+    job_id: JobId,
+    kind: OutcomeKind,
+    encoded: Vec<u8>,
     done: oneshot::Sender<Result<Completion, QueueError>>,
 }
 
@@ -393,11 +397,11 @@ async fn flush_completions(
             .arg(keys.prefix());
         for item in &batch {
             invocation
-                .key(keys.result_key(item.result.job_id))
+                .key(keys.result_key(item.job_id))
                 .arg(&item.lease.entry_id)
-                .arg(item.result.job_id.to_string())
-                .arg(item.result.outcome.kind().as_str())
-                .arg(codec::encode_result(&item.result))
+                .arg(item.job_id.to_string())
+                .arg(item.kind.as_str())
+                .arg(&item.encoded)
                 .arg(&item.lease.consumer);
         }
         // Redis may be restarting: keep trying for a while rather than fail the batch,
@@ -430,7 +434,7 @@ async fn flush_completions(
                             let error = QueueError::from(corrupt(
                                 text.strip_prefix("CORRUPT ").unwrap_or(&text),
                             ));
-                            tracing::warn!(job = %item.result.job_id, %error, "result not stored; the job stays queued");
+                            tracing::warn!(job = %item.job_id, %error, "result not stored; the job stays queued");
                             Err(error)
                         }
                         None => {
@@ -581,15 +585,23 @@ impl Queue for RedisQueue {
         self.as_holder(&SCRIPTS.owner, lease, &[], Vec::new()).await
     }
 
-    async fn complete(&self, lease: &Lease, result: JobResult) -> Result<Completion, QueueError> {
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result: impl Borrow<JobResult> + Send,
+    ) -> Result<Completion, QueueError> {
         let (done, reply) = oneshot::channel();
+        let result = result.borrow();
+        let pending = PendingCompletion {
+            lease: lease.clone(),
+            job_id: result.job_id,
+            kind: result.outcome.kind(),
+            encoded: codec::encode_result(result),
+            done,
+        };
         self.claims
             .completions
-            .send(PendingCompletion {
-                lease: lease.clone(),
-                result,
-                done,
-            })
+            .send(pending)
             .await
             .map_err(|_| QueueError::Unavailable("completion flusher stopped".into()))?;
         reply
@@ -617,7 +629,12 @@ impl Queue for RedisQueue {
         self.as_holder(&SCRIPTS.retry, lease, &keys, args).await
     }
 
-    async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
+    async fn dead_letter(
+        &self,
+        lease: &Lease,
+        result: impl Borrow<JobResult> + Send,
+    ) -> Result<(), QueueError> {
+        let result = result.borrow();
         let result_key = lease
             .job_id
             .map_or_else(|| self.keys.stats.clone(), |id| self.keys.result_key(id));
@@ -637,7 +654,7 @@ impl Queue for RedisQueue {
             .arg(result.outcome.kind().as_str())
             .arg(result.outcome.to_string())
             .arg(result.attempt)
-            .arg(codec::encode_result(&result))
+            .arg(codec::encode_result(result))
             .arg(&lease.consumer)
             .arg(lease.deliveries)
             .arg(self.keys.prefix())
