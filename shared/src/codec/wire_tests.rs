@@ -287,20 +287,75 @@ fn results_with_output_and_stderr_encode_as_before() {
     }
 }
 
+/// Postcard's varint for 2^62: a length no buffer could be allocated for (a decoder
+/// that reserved it up front would abort), read on any 64-bit target.
+const VARINT_2_POW_62: [u8; 9] = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+
+/// Ten bytes that all say "more follows": past the longest varint a `u64` has.
+const VARINT_OVERFLOW: [u8; 10] = [0xff; 10];
+
+/// A version-2 envelope up to its inline input's length, then `length` and 16 bytes.
+fn forged_envelope(length: &[u8]) -> Vec<u8> {
+    let before = job(JobInput::Stdin, None);
+    let mut forged = vec![OLDEST_FORMAT_VERSION];
+    forged.extend(postcard::to_stdvec(&(before.id, before.module)).unwrap());
+    forged.push(0); // JobInput::Inline
+    forged.extend(length);
+    forged.extend(payload(16));
+    forged
+}
+
+/// A stored result up to its stderr's length (the fields before it, as postcard writes
+/// a struct: in order), then `length` and 16 bytes.
+fn forged_result(length: &[u8]) -> Vec<u8> {
+    let before = result(Vec::new(), JobOutput::Written);
+    let mut forged = vec![RESULT_FORMAT_VERSION];
+    forged.extend(postcard::to_stdvec(&(before.job_id, before.outcome, before.stats)).unwrap());
+    forged.extend(length);
+    forged.extend(payload(16));
+    forged
+}
+
 #[test]
 fn a_byte_field_longer_than_its_envelope_is_malformed_not_an_allocation() {
-    // A version-2 body whose inline input claims 2^32 bytes over the 16 that follow:
-    // refused by what is there, never allocated.
-    let mut forged = vec![OLDEST_FORMAT_VERSION];
-    forged.extend(postcard::to_stdvec(&JobId(uuid::Uuid::from_u128(1))).unwrap());
-    forged.extend(ModuleHash::of(b"m").0);
-    forged.push(0); // JobInput::Inline
-    forged.extend([0x80, 0x80, 0x80, 0x80, 0x10]); // varint 2^32
-    forged.extend(payload(16));
-    assert!(matches!(decode(&forged), Err(DecodeError::Malformed(_))));
-    // The same body with a length that fits decodes up to the next field.
-    let job = job(JobInput::Inline(payload(16)), None);
-    let bytes = encode(&job);
+    // The forgeries are built right: with the true length, each is how a real
+    // envelope or result with those 16 bytes begins; so the refusals below are the
+    // length's doing.
+    let real = encode(&job(JobInput::Inline(payload(16)), None));
+    assert!(real.starts_with(&forged_envelope(&[16])));
+    let real = encode_result(&result(payload(16), JobOutput::Written));
+    assert!(real.starts_with(&forged_result(&[16])));
+    // An inline input or a stderr that claims 2^32 or 2^62 bytes over the 16 that
+    // follow: refused by what is there, never allocated (the test would abort if it
+    // were).
+    let huge: [&[u8]; 2] = [&[0x80, 0x80, 0x80, 0x80, 0x10], &VARINT_2_POW_62];
+    for length in huge {
+        assert!(
+            matches!(
+                decode(&forged_envelope(length)),
+                Err(DecodeError::Malformed(_))
+            ),
+            "input length {length:x?}"
+        );
+        assert!(
+            matches!(
+                decode_result(&forged_result(length)),
+                Err(DecodeError::Malformed(_))
+            ),
+            "stderr length {length:x?}"
+        );
+    }
+    // A length whose varint never ends within a u64: malformed, not wrapped around.
+    assert!(matches!(
+        decode(&forged_envelope(&VARINT_OVERFLOW)),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_result(&forged_result(&VARINT_OVERFLOW)),
+        Err(DecodeError::Malformed(_))
+    ));
+    // Every truncation of a valid envelope with an inline input is refused too.
+    let bytes = encode(&job(JobInput::Inline(payload(16)), None));
     for cut in 1..bytes.len() {
         assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
     }
