@@ -46,7 +46,7 @@ macro_rules! unsupported {
     };
 }
 
-impl<'a> ser::Serializer for &'a mut Recorder {
+impl ser::Serializer for &mut Recorder {
     type Ok = ();
     type Error = fmt::Error;
     type SerializeSeq = Self;
