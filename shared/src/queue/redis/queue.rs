@@ -16,9 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::{StoreError, bad_reply, corrupt, is_nogroup, on_key, unavailable};
 use super::keys::Keys;
-use super::reply::{
-    bytes_of, count_of, into_bytes, into_entries, into_field_pairs, millis, parse_entries,
-};
+use super::reply::{bytes_of, count_of, into_bytes, into_entries, into_field_pairs, millis};
 use super::scripts::SCRIPTS;
 use super::{ENVELOPE_FIELD, GROUP, RedisConfig, RedisQueue};
 use crate::backoff::Backoff;
@@ -724,7 +722,7 @@ impl Queue for RedisQueue {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(on_key(&self.keys.dead))?;
-        Ok(parse_entries(&reply)?
+        Ok(into_entries(reply)?
             .into_iter()
             .map(|(id, fields)| {
                 let field = |name: &str| {
