@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{EntryPoint, Job, JobId, JobInput, Limits, ModuleHash, TenantId};
-use crate::outcome::JobResult;
+use crate::outcome::{JobOutput, JobResult};
+
+pub(crate) mod byte_field;
 
 /// The job envelope's format version this build writes and reads.
 ///
@@ -60,12 +62,45 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
-fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    let mut out = vec![version];
+/// Encodes `value` behind its version byte into one buffer of about `size_hint` bytes
+/// (the payloads' length plus room for the rest), so a 4 KiB payload is neither grown
+/// through a dozen reallocations nor copied again behind the version byte.
+fn encode_versioned<T: Serialize>(version: u8, value: &T, size_hint: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_hint.saturating_add(ENCODE_ROOM));
+    out.push(version);
     // Serializing our own plain-data types into a Vec cannot fail: postcard only
     // errors on unsupported serde features (none used) or a full fixed buffer.
-    out.extend(postcard::to_stdvec(value).expect("postcard encodes plain data into a Vec"));
-    out
+    postcard::to_extend(value, out).expect("postcard encodes plain data into a Vec")
+}
+
+/// Room [`encode_versioned`] reserves beyond the payloads for everything else a job or
+/// result holds (ids, limits, names, stats); a larger value only grows the buffer.
+const ENCODE_ROOM: usize = 256;
+
+/// The payload bytes a job's envelope carries beside its fixed fields.
+fn job_payload(job: &Job) -> usize {
+    let input = match &job.input {
+        JobInput::Inline(bytes) => bytes.len(),
+        _ => 0,
+    };
+    let strings = job.args.iter().map(String::len).sum::<usize>()
+        + job
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + job.label.len()
+        + job.tenant.0.len();
+    input + strings
+}
+
+/// The payload bytes a stored result carries beside its fixed fields.
+fn result_payload(result: &JobResult) -> usize {
+    let output = match &result.output {
+        JobOutput::Inline(bytes) => bytes.len(),
+        _ => 0,
+    };
+    output + result.stderr.len()
 }
 
 fn decode_versioned<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Result<T, DecodeError> {
@@ -90,7 +125,7 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
 /// version 3 only when it does.
 pub fn encode(job: &Job) -> Vec<u8> {
     if job.program.is_some() {
-        return encode_versioned(FORMAT_VERSION, job);
+        return encode_versioned(FORMAT_VERSION, job, job_payload(job));
     }
     encode_versioned(
         OLDEST_FORMAT_VERSION,
@@ -106,6 +141,7 @@ pub fn encode(job: &Job) -> Vec<u8> {
             attempt: &job.attempt,
             label: &job.label,
         },
+        job_payload(job),
     )
 }
 
@@ -169,13 +205,16 @@ impl From<JobV2> for Job {
 
 /// Encodes a job's result as it is stored.
 pub fn encode_result(result: &JobResult) -> Vec<u8> {
-    encode_versioned(RESULT_FORMAT_VERSION, result)
+    encode_versioned(RESULT_FORMAT_VERSION, result, result_payload(result))
 }
 
 /// Decodes a stored result.
 pub fn decode_result(bytes: &[u8]) -> Result<JobResult, DecodeError> {
     decode_versioned(RESULT_FORMAT_VERSION, bytes)
 }
+
+#[cfg(test)]
+mod wire_tests;
 
 #[cfg(test)]
 mod tests {

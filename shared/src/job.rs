@@ -136,8 +136,9 @@ impl fmt::Display for BlobId {
 /// [`JobInput::Stdin`]; any other is the job's `input_unavailable` outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobInput {
-    /// The input itself, carried in the envelope.
-    Inline(Vec<u8>),
+    /// The input itself, carried in the envelope (encoded as bytes: one copy, not a
+    /// loop per byte; [`crate::codec`]'s `byte_field`).
+    Inline(#[serde(with = "crate::codec::byte_field")] Vec<u8>),
     /// A file on the worker's own host (embedded mode), `len` bytes long when queued.
     File {
         /// The file's path; any bytes a Unix path may hold.
@@ -191,14 +192,14 @@ mod path_bytes {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::path::{Path, PathBuf};
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(path.as_os_str().as_bytes())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
-        let bytes = <Vec<u8>>::deserialize(deserializer)?;
+        let bytes = crate::codec::byte_field::deserialize(deserializer)?;
         Ok(PathBuf::from(OsString::from_vec(bytes)))
     }
 }

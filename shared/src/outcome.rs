@@ -347,8 +347,9 @@ pub enum JobOutput {
     /// Written straight to the job's own sink (embedded mode: the output file).
     #[default]
     Written,
-    /// Small output, carried in the result.
-    Inline(Vec<u8>),
+    /// Small output, carried in the result (encoded as bytes, as
+    /// [`crate::JobInput::Inline`] is).
+    Inline(#[serde(with = "crate::codec::byte_field")] Vec<u8>),
     /// A chunked blob in the queue's store.
     Blob {
         /// The blob's id in the store.
@@ -367,7 +368,8 @@ pub struct JobResult {
     pub outcome: Outcome,
     /// What the run measured.
     pub stats: RunStats,
-    /// The guest's stderr, cut at the worker's stderr cap.
+    /// The guest's stderr, cut at the worker's stderr cap (encoded as bytes).
+    #[serde(with = "crate::codec::byte_field")]
     pub stderr: Vec<u8>,
     /// Whether stderr was longer than what was kept.
     pub stderr_truncated: bool,

@@ -257,7 +257,9 @@ fn sigterm_after_the_grace_period_releases_jobs_at_once() {
     let Fleet { rt, queue, .. } = &fleet;
     let module = fleet.put_module(&std::fs::read(guest("infinite_loop.wat")).unwrap());
     let mut worker = fleet.worker("w0", &["--grace", "200ms", "--lease", "60s"]);
-    let mut job = Job::new(module, JobInput::Inline(Vec::new()));
+    // A 4 KiB input of every byte value: the release must give it back whole.
+    let input: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut job = Job::new(module, JobInput::Inline(input));
     job.limits.timeout_ms = 60_000;
     rt.block_on(queue.enqueue(std::slice::from_ref(&job)))
         .unwrap();
@@ -287,6 +289,15 @@ fn sigterm_after_the_grace_period_releases_jobs_at_once() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].lease.job_id, Some(job.id));
     assert_eq!(again[0].attempt(), 1, "a drain release counted an attempt");
+    // The fresh entry carries the job as it was enqueued, input included. Its attempt
+    // count is the enqueued one too: a release writes the attempts before the entry
+    // plus its deliveries (1) less the uncounted drain (1), so nothing is added.
+    assert_eq!(job.attempt, 0);
+    assert_eq!(
+        again[0].delivery,
+        Ok(job.clone()),
+        "the job was not re-enqueued whole"
+    );
 }
 
 #[test]

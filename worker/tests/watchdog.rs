@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -126,13 +127,21 @@ impl Queue for Watched {
         }
         self.inner.extend_lease(lease, lease_for).await
     }
-    async fn complete(&self, lease: &Lease, result: JobResult) -> Result<Completion, QueueError> {
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result: impl Borrow<JobResult> + Send,
+    ) -> Result<Completion, QueueError> {
         self.inner.complete(lease, result).await
     }
     async fn retry(&self, lease: &Lease, job: &Job, delay: Duration) -> Result<(), QueueError> {
         self.inner.retry(lease, job, delay).await
     }
-    async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
+    async fn dead_letter(
+        &self,
+        lease: &Lease,
+        result: impl Borrow<JobResult> + Send,
+    ) -> Result<(), QueueError> {
         self.inner.dead_letter(lease, result).await
     }
     async fn release(

@@ -2,6 +2,7 @@
 //! same lease semantics as the Redis backend.
 
 use parking_lot::{Mutex, MutexGuard};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
@@ -211,13 +212,18 @@ impl Queue for MemoryQueue {
         Ok(())
     }
 
-    async fn complete(&self, lease: &Lease, result: JobResult) -> Result<Completion, QueueError> {
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result: impl Borrow<JobResult> + Send,
+    ) -> Result<Completion, QueueError> {
+        let result = result.borrow();
         let mut state = self.lock();
         state.remove(lease);
         if state.results.contains_key(&result.job_id) {
             return Ok(Completion::AlreadyDone);
         }
-        state.results.insert(result.job_id, result);
+        state.results.insert(result.job_id, result.clone());
         Ok(Completion::Recorded)
     }
 
@@ -233,7 +239,12 @@ impl Queue for MemoryQueue {
         Ok(())
     }
 
-    async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
+    async fn dead_letter(
+        &self,
+        lease: &Lease,
+        result: impl Borrow<JobResult> + Send,
+    ) -> Result<(), QueueError> {
+        let result = result.borrow();
         let mut state = self.lock();
         state.remove(lease);
         if let Some(job_id) = lease.job_id {

@@ -20,6 +20,7 @@
 //! ([`redis`]), whose [`RedisQueue`] implements the same trait and much more a fleet
 //! shares, and [`conformance`], the specification both backends must pass.
 
+use std::borrow::Borrow;
 use std::future::Future;
 use std::time::Duration;
 
@@ -207,11 +208,13 @@ pub trait Queue: Send + Sync {
         lease_for: Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Stores the result and removes the entry, atomically and idempotently.
+    /// Stores the result and removes the entry, atomically and idempotently. `result`
+    /// is owned or lent (`&JobResult`): a caller that reads it afterwards (the executor
+    /// hands it to its environment) lends it instead of copying its output and stderr.
     fn complete(
         &self,
         lease: &Lease,
-        result: JobResult,
+        result: impl Borrow<JobResult> + Send,
     ) -> impl Future<Output = Result<Completion, QueueError>> + Send;
 
     /// Removes the entry and enqueues `job` (its `attempt` already advanced) after `delay`.
@@ -224,10 +227,11 @@ pub trait Queue: Send + Sync {
 
     /// Removes the entry and records it as dead with its final result (which
     /// [`Queue::result`] then returns, unless a result was already stored).
+    /// `result` is owned or lent, as for [`Queue::complete`].
     fn dead_letter(
         &self,
         lease: &Lease,
-        result: JobResult,
+        result: impl Borrow<JobResult> + Send,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Gives the entry back at once for the next claimer (a worker shutting down or

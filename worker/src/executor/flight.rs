@@ -70,7 +70,9 @@ impl RunClock {
 /// A job whose result is not recorded yet.
 pub(super) struct Flight {
     pub(super) lease: Lease,
-    pub(super) job: Option<Job>,
+    /// The job (when its envelope decoded), shared with its run rather than copied:
+    /// a release at shutdown re-enqueues it whole, input included.
+    pub(super) job: Option<Arc<Job>>,
     pub(super) clock: Arc<RunClock>,
     /// What the sweep watches of a run (none for an entry recorded without one).
     pub(super) watch: Option<Watch>,

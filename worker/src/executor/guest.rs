@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use sluice_shared::{Claimed, Job, JobResult, Outcome};
+use sluice_shared::codec::DecodeError;
+use sluice_shared::{Job, JobResult, Outcome};
 use tokio::sync::oneshot;
 
 use super::flight::RunClock;
@@ -25,26 +26,28 @@ pub(super) enum Start {
     BadEnvelope(String),
     /// Delivered more often than the retry policy allows (its worker died, or shut
     /// down while it ran past its deadline, each time): given up, no run.
-    Exhausted(Job),
-    /// Handed to a run thread; its result arrives on the receiver.
-    Running(Job, oneshot::Receiver<Ran>),
+    Exhausted(Arc<Job>),
+    /// Handed to a run thread; its result arrives on the receiver. The job is shared
+    /// with the run thread's task and the in-flight map, not copied for each.
+    Running(Arc<Job>, oneshot::Receiver<Ran>),
 }
 
-/// Decides how `claimed` goes on, telling `env` of a job's start (also of a job given
-/// up without a run, so started and finished stay paired for metrics), and makes the
-/// run-thread task of a job that runs. The task runs in `span` and hands its result
-/// back through `handback`.
+/// Decides how a claimed entry (`delivery`, its `attempt`) goes on, telling `env` of a
+/// job's start (also of a job given up without a run, so started and finished stay
+/// paired for metrics), and makes the run-thread task of a job that runs. The task runs
+/// in `span` and hands its result back through `handback`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn begin<E: JobEnv>(
     sandbox: &Arc<Sandbox>,
     env: &Arc<E>,
     config: &ExecutorConfig,
-    claimed: &Claimed,
+    attempt: u32,
+    delivery: &Result<Arc<Job>, DecodeError>,
     clock: &Arc<RunClock>,
     span: &tracing::Span,
     handback: &Arc<Handback>,
 ) -> (Start, Option<Task>) {
-    let attempt = claimed.attempt();
-    let job = match &claimed.delivery {
+    let job = match delivery {
         Ok(job) => job,
         Err(error) => return (Start::BadEnvelope(error.to_string()), None),
     };
@@ -53,14 +56,14 @@ pub(super) fn begin<E: JobEnv>(
     // delivery count still grows (as does a job released overdue), and past the
     // attempt limit it is given up.
     if attempt > config.retry.max_attempts {
-        return (Start::Exhausted(job.clone()), None);
+        return (Start::Exhausted(Arc::clone(job)), None);
     }
     let (done, ran) = oneshot::channel();
     let task: Task = {
         let (sandbox, env, job, clock, span, handback) = (
             sandbox.clone(),
             env.clone(),
-            job.clone(),
+            Arc::clone(job),
             clock.clone(),
             span.clone(),
             handback.clone(),
@@ -88,7 +91,7 @@ pub(super) fn begin<E: JobEnv>(
             handback.push(done, ran);
         })
     };
-    (Start::Running(job.clone(), ran), Some(task))
+    (Start::Running(Arc::clone(job), ran), Some(task))
 }
 
 /// What a panic said, when it said it with a string.

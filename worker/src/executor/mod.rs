@@ -44,9 +44,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use sluice_shared::Queue;
 use sluice_shared::backoff::Backoff;
 use sluice_shared::queue::ReleaseKind;
+use sluice_shared::{Claimed, Queue};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -198,9 +198,16 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                     let clock = RunClock::new(config.prepare_budget);
                     let slot = SlotGuard::take(env.clone(), permit);
                     let span = job_span(&claimed);
+                    let attempt = claimed.attempt();
+                    // The job moves into one `Arc` that its run, its task and the
+                    // in-flight map share: no copy of its input per holder.
+                    let Claimed { lease, delivery } = claimed;
+                    let delivery = delivery.map(Arc::new);
                     let (start, task) = {
                         let _in_job = span.enter();
-                        guest::begin(&sandbox, &env, &config, &claimed, &clock, &span, &handback)
+                        guest::begin(
+                            &sandbox, &env, &config, attempt, &delivery, &clock, &span, &handback,
+                        )
                     };
                     let (watch, given_up) = match &start {
                         Start::Running(job, _) => {
@@ -214,10 +221,10 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                     // In the map before the task is spawned, so a shutdown that comes
                     // before the task first runs still finds the lease to release.
                     shared.in_flight.lock().insert(
-                        claimed.lease.entry_id.clone(),
+                        lease.entry_id.clone(),
                         Flight {
-                            lease: claimed.lease.clone(),
-                            job: claimed.delivery.as_ref().ok().cloned(),
+                            lease: lease.clone(),
+                            job: delivery.ok(),
                             clock: clock.clone(),
                             watch,
                         },
@@ -228,8 +235,6 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                         run_config.clone(),
                         shared.clone(),
                     );
-                    let attempt = claimed.attempt();
-                    let lease = claimed.lease;
                     running.spawn(
                         async move {
                             process(
@@ -285,7 +290,7 @@ pub async fn run<Q: Queue + 'static, E: JobEnv>(
                 _ => ReleaseKind::Drain,
             };
             log_released(&flight, kind);
-            release(&*queue, &*env, &flight.lease, flight.job.as_ref(), kind).await;
+            release(&*queue, &*env, &flight.lease, flight.job.as_deref(), kind).await;
         }
     }
     if drained.is_ok() && shared.stuck.load(Ordering::SeqCst) == 0 {

@@ -73,7 +73,7 @@ pub(super) async fn process<Q: Queue, E: JobEnv>(
                 },
                 attempt,
             );
-            finish(queue, env, config, &lease, &clock, Some(&job), result).await;
+            finish(queue, env, config, &lease, &clock, Some(&*job), result).await;
             shared.recorded(&lease.entry_id);
             return;
         }
@@ -111,7 +111,7 @@ pub(super) async fn process<Q: Queue, E: JobEnv>(
                 )
             });
             let run_us = result.stats.wall_time_us;
-            finish(queue, env, config, &lease, &clock, Some(&job), result).await;
+            finish(queue, env, config, &lease, &clock, Some(&*job), result).await;
             shared.recorded(&lease.entry_id);
             // Where a job's time went, from its claim: preparing (policy, the module
             // and its code for the job's engine from the cache, input) until
@@ -138,7 +138,7 @@ pub(super) async fn process<Q: Queue, E: JobEnv>(
             let mut result = JobResult::without_run(job.id, Outcome::Timeout, attempt);
             result.stats.wall_time_us =
                 u64::try_from(clock.claimed.elapsed().as_micros()).unwrap_or(u64::MAX);
-            finish(queue, env, config, &lease, &clock, Some(&job), result).await;
+            finish(queue, env, config, &lease, &clock, Some(&*job), result).await;
             shared.recorded(&lease.entry_id);
             env.on_stuck(&job, true);
             // Whatever the thread ends with is dropped: the job's record is written.

@@ -62,7 +62,7 @@ async fn record<Q: Queue>(
     result: &JobResult,
 ) -> Result<Disposition, (QueueOp, QueueError)> {
     if result.outcome.is_success() {
-        return match queue.complete(lease, result.clone()).await {
+        return match queue.complete(lease, result).await {
             Ok(Completion::Recorded) => Ok(Disposition::Completed),
             Ok(Completion::AlreadyDone) => Ok(Disposition::Duplicate),
             Err(error) => Err((QueueOp::Complete, error)),
@@ -83,7 +83,7 @@ async fn record<Q: Queue>(
             Err(error) => Err((QueueOp::Retry, error)),
         };
     }
-    match queue.dead_letter(lease, result.clone()).await {
+    match queue.dead_letter(lease, result).await {
         Ok(()) => Ok(Disposition::DeadLettered),
         Err(error) => Err((QueueOp::DeadLetter, error)),
     }

@@ -10,7 +10,7 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 
 use super::error::{StoreError, bad_reply, on_key, unavailable};
-use super::reply::{bytes_of, count_of, flat_pairs, millis, parse_entries};
+use super::reply::{bytes_of, count_of, flat_pairs, into_entries, millis};
 use super::results::ResultsError;
 use super::scripts::SCRIPTS;
 use super::{GROUP, RedisQueue};
@@ -159,7 +159,7 @@ impl Admin<'_> {
                     .query_async(&mut self.q.connection())
                     .await
                     .map_err(on_key(&self.q.keys.dead))?;
-                match parse_entries(&newest)?.into_iter().next() {
+                match into_entries(newest)?.into_iter().next() {
                     Some((newest, _)) => ("-".to_owned(), newest),
                     None => return Ok(0),
                 }
@@ -324,7 +324,7 @@ impl Admin<'_> {
                 .query_async(&mut self.q.connection())
                 .await
                 .map_err(on_key(key))?;
-            let entries = parse_entries(&reply)?;
+            let entries = into_entries(reply)?;
             for (id, fields) in &entries {
                 if fields
                     .iter()

@@ -25,7 +25,7 @@ use redis::{RedisError, Value};
 
 use super::error::{StoreError, bad_reply, unavailable};
 use super::keys::TENANT_POLICIES;
-use super::reply::{excerpt, millis, parse_entries, text};
+use super::reply::{excerpt, into_entries, millis, text};
 use super::scripts::SCRIPTS;
 use super::tenants::TenantError;
 use super::{ENVELOPE_FIELD, GROUP, RedisQueue};
@@ -462,7 +462,7 @@ impl Admission<'_> {
                 .query_async(&mut self.q.connection())
                 .await
                 .map_err(wrong_type(&self.q.keys.jobs, "stream"))?;
-            let entries = parse_entries(&reply)?;
+            let entries = into_entries(reply)?;
             let Some((last, _)) = entries.last() else {
                 break;
             };

@@ -4,6 +4,7 @@
 //! job stream, `XREADGROUP` (or `takeover.lua`) to claim, then `complete.lua`,
 //! `retry.lua`, `dead.lua` or `release.lua`; `promote.lua` moves due delayed jobs.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::{StoreError, bad_reply, corrupt, is_nogroup, on_key, unavailable};
 use super::keys::Keys;
-use super::reply::{bytes_of, count_of, field_pairs, millis, parse_entries};
+use super::reply::{bytes_of, count_of, into_bytes, into_entries, into_field_pairs, millis};
 use super::scripts::SCRIPTS;
 use super::{ENVELOPE_FIELD, GROUP, RedisConfig, RedisQueue};
 use crate::backoff::Backoff;
@@ -42,10 +43,13 @@ pub enum ClaimStep {
 /// queue logs nothing of its own.
 pub type ClaimErrorHook = Arc<dyn Fn(ClaimStep, &QueueError) + Send + Sync>;
 
-/// One completion waiting for the batch flusher.
+/// One completion waiting for the batch flusher: the result already encoded (by the
+/// caller's task, from its result as lent), and what the script's arguments name.
 struct PendingCompletion {
     lease: Lease,
-    result: JobResult,
+    job_id: JobId,
+    kind: OutcomeKind,
+    encoded: Vec<u8>,
     done: oneshot::Sender<Result<Completion, QueueError>>,
 }
 
@@ -180,18 +184,19 @@ impl RedisQueue {
         if let Some(next) = parts.first().and_then(bytes_of) {
             *self.claims.takeover_cursor.lock() = String::from_utf8_lossy(&next).into_owned();
         }
-        let Some(Value::Array(rows)) = parts.get(1) else {
+        let Some(Value::Array(rows)) = parts.into_iter().nth(1) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let Value::Array(cols) = row else { continue };
-            let Some(id) = cols.first().and_then(bytes_of) else {
+            let mut cols = cols.into_iter();
+            let Some(id) = cols.next().and_then(into_bytes) else {
                 continue;
             };
-            let fields = field_pairs(cols.get(1));
-            let deliveries = match cols.get(2) {
-                Some(Value::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            let fields = into_field_pairs(cols.next());
+            let deliveries = match cols.next() {
+                Some(Value::Int(n)) => u32::try_from(n).unwrap_or(u32::MAX),
                 _ => 1,
             };
             out.push(claimed(
@@ -295,9 +300,12 @@ impl RedisQueue {
         };
         let mut out = Vec::new();
         for stream in streams {
-            let entries = match &stream {
-                Value::Array(parts) if parts.len() == 2 => parse_entries(&parts[1])?,
-                entries @ Value::Array(_) => parse_entries(entries)?,
+            // Moved out of the reply: each envelope goes to the decoder uncopied.
+            let entries = match stream {
+                Value::Array(parts) if parts.len() == 2 => {
+                    into_entries(parts.into_iter().nth(1).unwrap_or(Value::Nil))?
+                }
+                entries @ Value::Array(_) => into_entries(entries)?,
                 other => return Err(bad_reply(format!("XREADGROUP stream: {other:?}")).into()),
             };
             out.extend(
@@ -387,11 +395,11 @@ async fn flush_completions(
             .arg(keys.prefix());
         for item in &batch {
             invocation
-                .key(keys.result_key(item.result.job_id))
+                .key(keys.result_key(item.job_id))
                 .arg(&item.lease.entry_id)
-                .arg(item.result.job_id.to_string())
-                .arg(item.result.outcome.kind().as_str())
-                .arg(codec::encode_result(&item.result))
+                .arg(item.job_id.to_string())
+                .arg(item.kind.as_str())
+                .arg(&item.encoded)
                 .arg(&item.lease.consumer);
         }
         // Redis may be restarting: keep trying for a while rather than fail the batch,
@@ -424,7 +432,7 @@ async fn flush_completions(
                             let error = QueueError::from(corrupt(
                                 text.strip_prefix("CORRUPT ").unwrap_or(&text),
                             ));
-                            tracing::warn!(job = %item.result.job_id, %error, "result not stored; the job stays queued");
+                            tracing::warn!(job = %item.job_id, %error, "result not stored; the job stays queued");
                             Err(error)
                         }
                         None => {
@@ -575,15 +583,23 @@ impl Queue for RedisQueue {
         self.as_holder(&SCRIPTS.owner, lease, &[], Vec::new()).await
     }
 
-    async fn complete(&self, lease: &Lease, result: JobResult) -> Result<Completion, QueueError> {
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result: impl Borrow<JobResult> + Send,
+    ) -> Result<Completion, QueueError> {
         let (done, reply) = oneshot::channel();
+        let result = result.borrow();
+        let pending = PendingCompletion {
+            lease: lease.clone(),
+            job_id: result.job_id,
+            kind: result.outcome.kind(),
+            encoded: codec::encode_result(result),
+            done,
+        };
         self.claims
             .completions
-            .send(PendingCompletion {
-                lease: lease.clone(),
-                result,
-                done,
-            })
+            .send(pending)
             .await
             .map_err(|_| QueueError::Unavailable("completion flusher stopped".into()))?;
         reply
@@ -611,7 +627,12 @@ impl Queue for RedisQueue {
         self.as_holder(&SCRIPTS.retry, lease, &keys, args).await
     }
 
-    async fn dead_letter(&self, lease: &Lease, result: JobResult) -> Result<(), QueueError> {
+    async fn dead_letter(
+        &self,
+        lease: &Lease,
+        result: impl Borrow<JobResult> + Send,
+    ) -> Result<(), QueueError> {
+        let result = result.borrow();
         let result_key = lease
             .job_id
             .map_or_else(|| self.keys.stats.clone(), |id| self.keys.result_key(id));
@@ -631,7 +652,7 @@ impl Queue for RedisQueue {
             .arg(result.outcome.kind().as_str())
             .arg(result.outcome.to_string())
             .arg(result.attempt)
-            .arg(codec::encode_result(&result))
+            .arg(codec::encode_result(result))
             .arg(&lease.consumer)
             .arg(lease.deliveries)
             .arg(self.keys.prefix())
@@ -701,7 +722,7 @@ impl Queue for RedisQueue {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(on_key(&self.keys.dead))?;
-        Ok(parse_entries(&reply)?
+        Ok(into_entries(reply)?
             .into_iter()
             .map(|(id, fields)| {
                 let field = |name: &str| {

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::super::GROUP;
 use super::super::error::{StoreError, bad_reply, unavailable};
 use super::super::keys::Keys;
-use super::super::reply::{bytes_of, count_of, flat_pairs, parse_entries};
+use super::super::reply::{bytes_of, count_of, flat_pairs, into_entries};
 use super::{Admin, AdminError};
 use crate::outcome::OutcomeKind;
 
@@ -286,8 +286,8 @@ pub(super) async fn read(conn: &Connection, keys: &Keys) -> Result<QueueGauges, 
     let mut replies = send(&mut pipe, conn).await?;
     let mut next = |what: &str| checked(replies.next(), what);
 
-    let age_of_first = |reply: &Value| {
-        parse_entries(reply)
+    let age_of_first = |reply: Value| {
+        into_entries(reply)
             .ok()
             .and_then(|entries| entries.into_iter().next())
             .and_then(|(id, _)| entry_id_ms(&id))
@@ -295,12 +295,12 @@ pub(super) async fn read(conn: &Connection, keys: &Keys) -> Result<QueueGauges, 
                 Duration::from_millis(server_time_ms.saturating_sub(ms))
             })
     };
-    let oldest_ready_age = age_of_first(&next("XRANGE jobs")?);
+    let oldest_ready_age = age_of_first(next("XRANGE jobs")?);
     let mut oldest_backlog_age = Duration::ZERO;
     let mut by_tenant: HashMap<String, TenantLoad> = HashMap::new();
     for tenant in backlog_tenants {
         let backlog = count_of(&next("XLEN backlog")?);
-        oldest_backlog_age = oldest_backlog_age.max(age_of_first(&next("XRANGE backlog")?));
+        oldest_backlog_age = oldest_backlog_age.max(age_of_first(next("XRANGE backlog")?));
         if backlog > 0 {
             by_tenant.insert(
                 tenant.clone(),
