@@ -6,6 +6,8 @@
 //! `redis-benchmark -q -P 16 -t set,get` on the same server.
 //!
 //! - this file: the options and the order of the runs;
+//! - [`drain`]: the drain run (jobs enqueued before the workers start, as the BullMQ
+//!   peer measures);
 //! - [`workload`]: the module, the inputs, the expected outputs, checking results;
 //! - [`workers`]: the worker processes;
 //! - [`follow`]: sending jobs and following their completion notices;
@@ -16,6 +18,7 @@
 
 pub mod commandstats;
 pub mod cpu;
+pub mod drain;
 pub mod follow;
 pub mod report;
 pub mod server;
@@ -30,7 +33,7 @@ use clap::Args;
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 
 use report::{Figures, Format, Percentiles};
-use workers::Workers;
+use workers::{WorkerSpec, Workers};
 use workload::Workload;
 
 /// How long the throughput run may take before the bench gives up on it.
@@ -47,11 +50,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     module: Option<PathBuf>,
     /// Bytes of printable text per job input (`4KiB`; at most 256 KiB, and at most
-    /// 1 GiB over all of the run's jobs: warm-up, throughput and latency; Redis holds
+    /// 1 GiB over all of the run's jobs: warm-up, throughput, latency and drain; Redis holds
     /// about twice that at the end, inputs and outputs).
     #[arg(long, value_name = "SIZE", default_value = "0")]
     input_size: String,
-    /// Jobs in the throughput run.
+    /// Jobs in the throughput run, and in the drain run.
     #[arg(long, default_value_t = 100_000)]
     jobs: usize,
     /// Worker processes to start (`sluice-worker serve`).
@@ -76,6 +79,11 @@ pub struct BenchArgs {
     /// Skip waiting out the TTL for the memory figure.
     #[arg(long)]
     no_memory_check: bool,
+    /// Skip the drain run: after the latency run, the workers stopped, --jobs jobs
+    /// enqueued, the same workers started again, and jobs/s timed from the first
+    /// worker's `worker ready` line to the last notice (how the BullMQ peer measures).
+    #[arg(long)]
+    no_drain: bool,
     /// Skip the `redis-benchmark` figure.
     #[arg(long)]
     no_redis_benchmark: bool,
@@ -90,6 +98,8 @@ pub struct BenchArgs {
     /// The workers' log filter (their `RUST_LOG`; their log goes to this process's
     /// stderr). `sluice_worker::executor=debug` prints each job's `job recorded` line
     /// with prepare_us, run_us and recorded_us: the worker's share of a job's latency.
+    /// The bench adds `sluice_worker::fleet::serve=info` (the `worker ready` line it
+    /// waits for) unless the filter names that module.
     #[arg(long, value_name = "FILTER", default_value = "warn")]
     worker_log: String,
 }
@@ -132,10 +142,12 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .workers
         .saturating_mul(args.concurrency)
         .max(args.workers * 4);
+    let drain_jobs = if args.no_drain { 0 } else { args.jobs };
     let all_jobs = args
         .jobs
         .saturating_add(args.latency_jobs)
-        .saturating_add(warm_up);
+        .saturating_add(warm_up)
+        .saturating_add(drain_jobs);
     let workload = tokio::task::block_in_place(|| {
         Workload::prepare(args.module.as_deref(), input_size, all_jobs, &worker_bin)
     })?;
@@ -157,15 +169,24 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     .await?;
     let job = |n: usize| workload.job(n, module, &limits);
 
-    let workers = Workers::start(
-        &worker_bin,
-        &args.redis_url,
-        &config.queue,
-        args.workers,
-        args.concurrency,
-        &args.ttl,
-        &args.worker_log,
-    )?;
+    let spec = WorkerSpec {
+        bin: worker_bin.clone(),
+        redis_url: args.redis_url.clone(),
+        queue: config.queue.clone(),
+        count: args.workers,
+        slots: args.concurrency,
+        ttl: args.ttl.clone(),
+        log: args.worker_log.clone(),
+        // The bench's own fleet key: its workers share compiled modules through Redis,
+        // so the drain's fresh workers load the module the first ones compiled.
+        cache_key: format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        ),
+        tick,
+    };
+    let workers = Workers::start(&spec)?;
     // Warm up (outcomes not counted: the runs below check every job).
     let from = queue.results().notices_from_now().await?;
     follow::throughput(&queue, from, warm_up, &job, Duration::from_secs(60))
@@ -201,6 +222,24 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         follow::stage_latencies(&latency_run, &stages).map(|v| Percentiles::of(&v));
     let latency_checked = workload.check(&queue, &latency_run.finished()).await?;
     drop(workers);
+
+    // Drain: the same jobs enqueued with the workers stopped, then the workers started
+    // again (as the peer measures).
+    let drain = if args.no_drain {
+        None
+    } else {
+        Some(
+            drain::run(
+                &queue,
+                &spec,
+                &workload,
+                args.jobs,
+                &job,
+                THROUGHPUT_DEADLINE,
+            )
+            .await?,
+        )
+    };
 
     let baseline = (!args.no_redis_benchmark)
         .then(|| tokio::task::block_in_place(|| server::redis_benchmark(&args.redis_url)));
@@ -239,6 +278,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         latency_checked,
         latency: Percentiles::of(&latency_run.latencies()),
         latency_stages,
+        drain,
         baseline,
         memory,
     };
