@@ -14,7 +14,7 @@ use std::process::{Output, Stdio};
 use sluice_tests::{RedisServer, bin, guest, repo_root};
 
 /// The figures `--format table` prints, by the start of their label.
-const TABLE_FIGURES: [&str; 20] = [
+const TABLE_FIGURES: [&str; 21] = [
     "| module, input |",
     "| worker processes × slots |",
     "| jobs (throughput run) |",
@@ -33,12 +33,13 @@ const TABLE_FIGURES: [&str; 20] = [
     "| of which, p50 / p99 / p99.9: sender late",
     "| drain: jobs enqueued before the workers start, checked (outcome and output) |",
     "| drain: first worker ready → last notice (as the peer measures) |",
+    "| drain: first worker ready → last worker ready (spread); → first drained job's notice |",
     "| drain: worker CPU per job (from each worker's ready line), of which kernel |",
     "| drain: Redis CPU per job (INFO cpu, from before the workers start) |",
 ];
 
 /// The columns `--format row` and `scripts/bench-fleet` print.
-const ROW_COLUMNS: [&str; 26] = [
+const ROW_COLUMNS: [&str; 28] = [
     "module",
     "input",
     "workers × slots",
@@ -65,6 +66,8 @@ const ROW_COLUMNS: [&str; 26] = [
     "drain worker CPU/job µs",
     "drain Redis CPU/job µs",
     "drain jobs checked",
+    "drain ready spread ms",
+    "drain first notice ms",
 ];
 
 fn bench(redis: &RedisServer, args: &[&str]) -> Output {
@@ -388,6 +391,11 @@ fn bench_fleet_prints_one_table_beside_redis_benchmark() {
         let drain: f64 = row[21].parse().expect("drain jobs/s is a number");
         assert!(drain > 0.0, "{stdout}");
         assert_eq!(row[25], row[3], "every drained job checked: {stdout}");
+        // The ready lines' spread and the first notice: milliseconds, each a number.
+        for column in [26, 27] {
+            let ms: f64 = row[column].parse().expect("a drain ms column is a number");
+            assert!(ms >= 0.0, "{stdout}");
+        }
     }
     assert_scratch_redis_stopped(&stdout);
 }

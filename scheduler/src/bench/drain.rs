@@ -5,11 +5,16 @@
 //! started again, and the run is timed from the moment the first worker's `worker
 //! ready` line is read to the arrival of the last of those N jobs' completion notices.
 //!
-//! The window leaves out the workers' process start (loading the binary, connecting,
-//! building the sandbox: all before the ready line) and includes each worker's first
-//! claim and its load of the module from the fleet's shared artifact cache (Redis, L3;
-//! the first fleet compiled it): conservative against the peer, whose workers have
-//! loaded nothing before their first job starts but whose window opens at that start.
+//! The window leaves out the first worker's process start (loading the binary,
+//! connecting, building the sandbox: all before its ready line) and each other worker's
+//! start before the first ready line; a worker whose start runs past that line is
+//! inside the window until its own ready line, so the spread of the ready lines (last −
+//! first, [`Drain::ready_spread`]) is reported beside it, with the time from the first
+//! ready line to the first drained job's notice ([`Drain::first_notice`]). The window
+//! includes each worker's first claim and its load of the module from the fleet's
+//! shared artifact cache (Redis, L3; the first fleet compiled it): conservative against
+//! the peer, whose workers have loaded nothing before their first job starts but whose
+//! window opens at that start.
 //! It also runs to the arrival of the last notice at the bench, where the peer's ends
 //! at its worker's own `finishedOn` stamp.
 //!
@@ -41,6 +46,11 @@ pub struct Drain {
     pub enqueued: Duration,
     /// First worker's ready line → the last job's completion notice.
     pub elapsed: Duration,
+    /// The last worker's ready line − the first's (the part of the workers' start
+    /// inside the window).
+    pub ready_spread: Duration,
+    /// First worker's ready line → the first drained job's completion notice.
+    pub first_notice: Duration,
     /// The workers' CPU time in the window (each from its own ready line).
     pub worker_cpu: CpuTime,
     /// redis-server's CPU time from before the workers started to the last notice.
@@ -90,6 +100,7 @@ pub async fn run(
     let worker_end = workers.cpu_each(spec.tick)?;
     let redis_cpu = server::cpu(queue).await?.since(redis_before);
     let last = run.last_done().unwrap_or(first.at);
+    let first_done = run.first_done().unwrap_or(first.at);
     // A worker whose ready line came after the last notice did none of the work: its
     // share saturates to zero.
     let ready = workers.all_ready().await?;
@@ -100,6 +111,7 @@ pub async fn run(
             .with_context(|| format!("worker {}'s CPU time at its ready line", ready.worker))?;
         worker_cpu = [worker_cpu, end.since(at_ready)].into_iter().sum();
     }
+    let last_ready = ready.iter().map(|r| r.at).max().unwrap_or(first.at);
     drop(workers);
     let checked = workload.check(queue, &run.finished()).await?;
     Ok(Drain {
@@ -107,6 +119,8 @@ pub async fn run(
         checked,
         enqueued,
         elapsed: last.saturating_duration_since(first.at),
+        ready_spread: last_ready.saturating_duration_since(first.at),
+        first_notice: first_done.saturating_duration_since(first.at),
         worker_cpu,
         redis_cpu,
     })

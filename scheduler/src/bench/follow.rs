@@ -38,6 +38,11 @@ impl Run {
         out
     }
 
+    /// When the first of the finished jobs' notices arrived (`None`: none finished).
+    pub fn first_done(&self) -> Option<Instant> {
+        self.done.values().map(|(at, _)| *at).min()
+    }
+
     /// When the last of the finished jobs' notices arrived (`None`: none finished).
     pub fn last_done(&self) -> Option<Instant> {
         self.done.values().map(|(at, _)| *at).max()

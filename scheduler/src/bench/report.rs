@@ -27,7 +27,7 @@ pub(crate) enum Format {
 
 /// The columns of `--format row`, in order (new ones are appended: scripts read them
 /// by index). The `drain …` columns are `-` under `--no-drain`.
-pub const ROW_COLUMNS: [&str; 26] = [
+pub const ROW_COLUMNS: [&str; 28] = [
     "module",
     "input",
     "workers × slots",
@@ -54,6 +54,8 @@ pub const ROW_COLUMNS: [&str; 26] = [
     "drain worker CPU/job µs",
     "drain Redis CPU/job µs",
     "drain jobs checked",
+    "drain ready spread ms",
+    "drain first notice ms",
 ];
 
 /// Latency percentiles of one run.
@@ -361,6 +363,14 @@ impl Figures {
                     ),
                 );
                 row(
+                    "drain: first worker ready → last worker ready (spread); → first drained job's notice",
+                    format!(
+                        "{:.1} ms; {:.1} ms",
+                        ms(drain.ready_spread),
+                        ms(drain.first_notice)
+                    ),
+                );
+                row(
                     "drain: worker CPU per job (from each worker's ready line), of which kernel",
                     format!(
                         "{:.1} µs, {:.0}%",
@@ -440,6 +450,8 @@ impl Figures {
             self.drain_cell(|d| format!("{:.1}", per_job_us(d.worker_cpu.total(), d.jobs))),
             self.drain_cell(|d| format!("{:.1}", per_job_us(d.redis_cpu.total(), d.jobs))),
             self.drain_cell(|d| d.checked_jobs().to_string()),
+            self.drain_cell(|d| format!("{:.1}", ms(d.ready_spread))),
+            self.drain_cell(|d| format!("{:.1}", ms(d.first_notice))),
         ];
         format!(
             "| {} |\n|{}\n| {} |\n\n{}",
@@ -498,6 +510,8 @@ mod tests {
                 },
                 enqueued: Duration::from_millis(50),
                 elapsed: Duration::from_millis(500),
+                ready_spread: Duration::from_millis(12),
+                first_notice: Duration::from_millis(3),
                 worker_cpu: CpuTime {
                     user: Duration::from_millis(24),
                     system: Duration::from_millis(6),
@@ -558,18 +572,22 @@ mod tests {
             row.lines()
                 .nth(2)
                 .unwrap()
-                .ends_with("| 2000 | 0.500 | 30.0 | 10.0 | 1000 |"),
+                .ends_with("| 2000 | 0.500 | 30.0 | 10.0 | 1000 | 12.0 | 3.0 |"),
             "{row}"
         );
         assert!(
             row.lines().next().unwrap().ends_with(
                 "| drain jobs/s | drain s | drain worker CPU/job µs | drain Redis CPU/job µs \
-                 | drain jobs checked |"
+                 | drain jobs checked | drain ready spread ms | drain first notice ms |"
             ),
             "{row}"
         );
         let table = f.table();
         assert!(table.contains("| drain: first worker ready → last notice (as the peer measures) | 0.50 s → **2000 jobs/s** |"), "{table}");
+        assert!(
+            table.contains("→ first drained job's notice | 12.0 ms; 3.0 ms |"),
+            "{table}"
+        );
         assert!(
             table
                 .contains("(throughput: 1 wrong output; latency: none, 1 unfinished; drain: none)"),
@@ -580,14 +598,17 @@ mod tests {
         drain.checked.ok = 998;
         drain.checked.failed.insert("trapped".into(), 2);
         assert_eq!(f.failed(), 4);
-        assert!(f.row().contains("| 1996 | 0.500 | 30.0 | 10.0 | 1000 |"));
+        assert!(
+            f.row()
+                .contains("| 1996 | 0.500 | 30.0 | 10.0 | 1000 | 12.0 | 3.0 |")
+        );
         assert!(f.table().contains("drain: 2 trapped)"), "{}", f.table());
         // --no-drain: the columns stay, each `-`.
         f.drain = None;
         let row = f.row();
         let line = row.lines().nth(2).unwrap();
         assert_eq!(line.matches('|').count(), ROW_COLUMNS.len() + 1, "{line}");
-        assert!(line.ends_with("| - | - | - | - | - |"), "{line}");
+        assert!(line.ends_with("| - | - | - | - | - | - | - |"), "{line}");
         assert!(f.table().contains("| drain | not run (--no-drain) |"));
     }
 }
