@@ -102,22 +102,41 @@ pub fn is_ready_line(line: &str) -> bool {
 }
 
 /// Copies every line of `input` to `out` and calls `on_ready` once, at the first ready
-/// line ([`is_ready_line`]), before that line is copied. Ends at the end of `input`.
+/// line ([`is_ready_line`]), before that line is copied. A line that is not UTF-8 is
+/// read lossily (its bad bytes as U+FFFD) rather than ending the forwarding; after a
+/// failed write to `out` nothing more is written, but `input` is still read to its end
+/// (so the ready line is still seen and the worker never blocks on a full pipe). Ends
+/// at the end of `input` or at an error reading it; returns the first write error.
 pub fn forward(
-    input: impl BufRead,
+    mut input: impl BufRead,
     out: &mut impl Write,
     mut on_ready: impl FnMut(),
 ) -> std::io::Result<()> {
     let mut ready = false;
-    for line in input.lines() {
-        let line = line?;
-        if !ready && is_ready_line(&line) {
+    let mut write_error = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return write_error.map_or(Err(e), Err),
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if !ready && is_ready_line(text) {
             ready = true;
             on_ready();
         }
-        writeln!(out, "{line}")?;
+        if write_error.is_none()
+            && let Err(e) = writeln!(out, "{text}")
+        {
+            write_error = Some(e);
+        }
     }
-    Ok(())
+    write_error.map_or(Ok(()), Err)
 }
 
 impl Workers {
@@ -290,6 +309,50 @@ mod tests {
         assert!(!is_ready_line(
             r#"{"fields":{"message":"worker ready"},"target":"sluice_worker::executor"}"#
         ));
+    }
+
+    /// A writer that fails every write (the bench's stderr gone).
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_or_a_failed_write_does_not_hide_the_ready_line() {
+        let mut log =
+            b"2026-11-29T07:50:01.000Z  WARN sluice_worker: bad \xff\xfe bytes\n".to_vec();
+        log.extend_from_slice(
+            b"2026-11-29T07:50:01.002Z  INFO sluice_worker::fleet::serve: worker ready slots=64\n",
+        );
+        log.extend_from_slice(b"last line, no newline");
+        let mut out = Vec::new();
+        let mut calls = 0;
+        forward(&log[..], &mut out, || calls += 1).unwrap();
+        assert_eq!(calls, 1, "the ready line after a line that is not UTF-8");
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with(
+                "2026-11-29T07:50:01.000Z  WARN sluice_worker: bad \u{fffd}\u{fffd} bytes\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("worker ready slots=64\nlast line, no newline\n"),
+            "{out}"
+        );
+        // Writing fails from the first line on: the ready line is still seen, and the
+        // write error is returned once the input has ended.
+        let mut calls = 0;
+        let result = forward(&log[..], &mut Broken, || calls += 1);
+        assert_eq!(calls, 1, "the ready line read after a failed write");
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
     }
 
     #[test]
