@@ -105,7 +105,7 @@ pub struct BenchArgs {
 }
 
 /// Runs the bench and prints its figures; exit status 1 when a job failed or returned
-/// a wrong output. SIGTERM or SIGINT stops it early: the run is dropped, which stops
+/// a wrong output, or the drain run failed (the other runs' figures are printed). SIGTERM or SIGINT stops it early: the run is dropped, which stops
 /// and waits for the worker processes, and the exit status is 128 + the signal.
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -224,7 +224,8 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     drop(workers);
 
     // Drain: the same jobs enqueued with the workers stopped, then the workers started
-    // again (as the peer measures).
+    // again (as the peer measures). A failed drain is reported beside the other runs'
+    // figures rather than in place of them.
     let drain = if args.no_drain {
         None
     } else {
@@ -237,7 +238,8 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
                 &job,
                 THROUGHPUT_DEADLINE,
             )
-            .await?,
+            .await
+            .map_err(|e| format!("{e:#}")),
         )
     };
 
@@ -286,10 +288,15 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         Format::Table => print!("{}", figures.table()),
         Format::Row => print!("{}", figures.row()),
     }
-    Ok(if figures.failed() == 0 {
+    if let Some(reason) = figures.drain_failure() {
+        eprintln!("sluice bench: the drain run failed: {reason}");
+    }
+    if figures.failed() > 0 {
+        eprintln!("sluice bench: {} jobs failed", figures.failed());
+    }
+    Ok(if figures.succeeded() {
         std::process::ExitCode::SUCCESS
     } else {
-        eprintln!("sluice bench: {} jobs failed", figures.failed());
         std::process::ExitCode::FAILURE
     })
 }

@@ -26,7 +26,8 @@ pub(crate) enum Format {
 }
 
 /// The columns of `--format row`, in order (new ones are appended: scripts read them
-/// by index). The `drain …` columns are `-` under `--no-drain`.
+/// by index). The `drain …` columns are `-` under `--no-drain`, `failed` when the drain
+/// run failed (the table says why).
 pub const ROW_COLUMNS: [&str; 28] = [
     "module",
     "input",
@@ -147,8 +148,9 @@ pub struct Figures {
     /// That latency's stages: sender lateness (send − scheduled send), the `XADD`
     /// round trip, and `XADD` reply → notice read (claim, run, `complete.lua`, notice).
     pub latency_stages: [Percentiles; 3],
-    /// The drain run (jobs enqueued before the workers start), unless `--no-drain`.
-    pub drain: Option<Drain>,
+    /// The drain run (jobs enqueued before the workers start), unless `--no-drain`: its
+    /// figures, or why it failed (the other runs' figures are printed all the same).
+    pub drain: Option<Result<Drain, String>>,
     /// `redis-benchmark` on the same server, when run.
     pub baseline: Option<String>,
     /// Redis `used_memory` before the run and after the TTL (with the TTL as given),
@@ -175,6 +177,14 @@ fn kernel_share(cpu: CpuTime) -> f64 {
     }
 }
 
+/// `text` as one Markdown table cell: on one line, its `|` escaped.
+fn table_cell(text: &str) -> String {
+    text.replace('|', "\\|")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
@@ -186,7 +196,26 @@ impl Figures {
         self.throughput_checked.not_ok()
             + self.latency_checked.not_ok()
             + self.latency_jobs.saturating_sub(self.latency.count)
-            + self.drain.as_ref().map_or(0, |d| d.checked.not_ok())
+            + self.drain_run().map_or(0, |d| d.checked.not_ok())
+    }
+
+    /// The drain run's figures, when it ran and did not fail.
+    pub fn drain_run(&self) -> Option<&Drain> {
+        self.drain.as_ref().and_then(|d| d.as_ref().ok())
+    }
+
+    /// Why the drain run failed, when it did.
+    pub fn drain_failure(&self) -> Option<&str> {
+        self.drain
+            .as_ref()
+            .and_then(|d| d.as_ref().err())
+            .map(String::as_str)
+    }
+
+    /// Whether every run succeeded: no failed job and no failed drain run (the bench's
+    /// exit status).
+    pub fn succeeded(&self) -> bool {
+        self.failed() == 0 && self.drain_failure().is_none()
     }
 
     /// Jobs/s of the throughput run, counting jobs with the expected output and those
@@ -201,14 +230,14 @@ impl Figures {
     pub fn expired(&self) -> usize {
         self.throughput_checked.missing
             + self.latency_checked.missing
-            + self.drain.as_ref().map_or(0, |d| d.checked.missing)
+            + self.drain_run().map_or(0, |d| d.checked.missing)
     }
 
     /// Jobs of any run that ran more than once.
     pub fn retried(&self) -> usize {
         self.throughput_checked.retried
             + self.latency_checked.retried
-            + self.drain.as_ref().map_or(0, |d| d.checked.retried)
+            + self.drain_run().map_or(0, |d| d.checked.retried)
     }
 
     fn switches_per_job(&self) -> f64 {
@@ -247,12 +276,18 @@ impl Figures {
         row(
             "failed jobs (wrong output counts as failed)",
             match &self.drain {
-                Some(drain) => format!(
+                Some(Ok(drain)) => format!(
                     "{} (throughput: {}; latency: {}; drain: {})",
                     self.failed(),
                     self.throughput_checked.describe(),
                     self.latency_failures(),
                     drain.checked.describe()
+                ),
+                Some(Err(_)) => format!(
+                    "{} (throughput: {}; latency: {}; drain: failed, below)",
+                    self.failed(),
+                    self.throughput_checked.describe(),
+                    self.latency_failures()
                 ),
                 None => format!(
                     "{} (throughput: {}; latency: {})",
@@ -343,7 +378,7 @@ impl Figures {
             ),
         );
         match &self.drain {
-            Some(drain) => {
+            Some(Ok(drain)) => {
                 row(
                     "drain: jobs enqueued before the workers start, checked (outcome and output)",
                     format!(
@@ -383,6 +418,7 @@ impl Figures {
                     format!("{:.1} µs", per_job_us(drain.redis_cpu.total(), drain.jobs)),
                 );
             }
+            Some(Err(reason)) => row("drain", format!("**failed**: {}", table_cell(reason))),
             None => row("drain", "not run (--no-drain)".into()),
         }
         if let Some(baseline) = &self.baseline {
@@ -415,9 +451,14 @@ impl Figures {
         }
     }
 
-    /// A drain figure for the row, `-` when the drain was not run.
+    /// A drain figure for the row, `-` when the drain was not run, `failed` when it
+    /// failed.
     fn drain_cell(&self, cell: impl Fn(&Drain) -> String) -> String {
-        self.drain.as_ref().map_or_else(|| "-".to_owned(), cell)
+        match &self.drain {
+            Some(Ok(drain)) => cell(drain),
+            Some(Err(_)) => "failed".to_owned(),
+            None => "-".to_owned(),
+        }
     }
 
     /// The header, separator and this run's row; then, after a blank line, the
@@ -502,7 +543,7 @@ mod tests {
             },
             latency: Percentiles::of(&[Duration::from_millis(1); 9]),
             latency_stages: [Percentiles::default(); 3],
-            drain: Some(Drain {
+            drain: Some(Ok(Drain {
                 jobs: 1000,
                 checked: Checked {
                     ok: 1000,
@@ -520,7 +561,7 @@ mod tests {
                     user: Duration::from_millis(10),
                     system: Duration::ZERO,
                 },
-            }),
+            })),
             baseline: None,
             memory: None,
         }
@@ -594,7 +635,7 @@ mod tests {
             "{table}"
         );
         // Two drained jobs trapped: failures, not throughput.
-        let drain = f.drain.as_mut().unwrap();
+        let drain = f.drain.as_mut().unwrap().as_mut().unwrap();
         drain.checked.ok = 998;
         drain.checked.failed.insert("trapped".into(), 2);
         assert_eq!(f.failed(), 4);
@@ -603,6 +644,29 @@ mod tests {
                 .contains("| 1996 | 0.500 | 30.0 | 10.0 | 1000 | 12.0 | 3.0 |")
         );
         assert!(f.table().contains("drain: 2 trapped)"), "{}", f.table());
+        // A failed drain: the other runs' figures stand, the drain's columns say
+        // `failed` and the table says why (on one line, its `|` escaped); the bench
+        // fails.
+        f.drain = Some(Err("the drain run: no notice\nin 600 s | gave up".into()));
+        assert!(!f.succeeded());
+        let row = f.row();
+        let line = row.lines().nth(2).unwrap();
+        assert_eq!(line.matches(" | ").count(), ROW_COLUMNS.len() - 1, "{line}");
+        assert!(
+            line.ends_with(&format!("|{}", " failed |".repeat(7))),
+            "{line}"
+        );
+        assert!(
+            line.contains("| 999 | 9 |"),
+            "throughput and latency: {line}"
+        );
+        let table = f.table();
+        assert!(
+            table.contains("| drain | **failed**: the drain run: no notice in 600 s \\| gave up |"),
+            "{table}"
+        );
+        assert!(table.contains("**999 jobs/s**"), "{table}");
+        assert!(table.contains("drain: failed, below)"), "{table}");
         // --no-drain: the columns stay, each `-`.
         f.drain = None;
         let row = f.row();
