@@ -67,16 +67,18 @@ impl Drain {
     }
 
     /// Jobs/s over the window, counting jobs with the expected output and those whose
-    /// result expired before it was checked, as the throughput run's jobs/s does.
+    /// result expired before it was checked, as the throughput run's jobs/s does
+    /// ([`run`] fails rather than return a zero window).
     pub fn jobs_per_s(&self) -> f64 {
-        (self.checked.ok + self.checked.missing) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        (self.checked.ok + self.checked.missing) as f64 / self.elapsed.as_secs_f64()
     }
 }
 
 /// Runs the drain with the workers stopped: enqueues `count` jobs (job `n` made by
 /// `job(n)`), starts `spec`'s workers, follows the jobs' notices until all have arrived
 /// (or `deadline` has passed since the first worker was ready), stops the workers, and
-/// checks every job against `workload`.
+/// checks every job against `workload`. Fails when the window is zero (see
+/// [`Drain::jobs_per_s`]).
 pub async fn run(
     queue: &RedisQueue,
     spec: &WorkerSpec,
@@ -100,6 +102,14 @@ pub async fn run(
     let worker_end = workers.cpu_each(spec.tick)?;
     let redis_cpu = server::cpu(queue).await?.since(redis_before);
     let last = run.last_done().unwrap_or(first.at);
+    let elapsed = last.saturating_duration_since(first.at);
+    // No window to divide by (the clock did not move, or no notice came after the first
+    // ready line): no jobs/s rather than N ÷ a made-up nanosecond.
+    anyhow::ensure!(
+        !elapsed.is_zero(),
+        "the drain run's window (first worker ready → last notice) is zero: no jobs/s to \
+         report"
+    );
     let first_done = run.first_done().unwrap_or(first.at);
     // A worker whose ready line came after the last notice did none of the work: its
     // share saturates to zero.
@@ -118,7 +128,7 @@ pub async fn run(
         jobs: count,
         checked,
         enqueued,
-        elapsed: last.saturating_duration_since(first.at),
+        elapsed,
         ready_spread: last_ready.saturating_duration_since(first.at),
         first_notice: first_done.saturating_duration_since(first.at),
         worker_cpu,

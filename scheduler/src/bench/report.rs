@@ -392,7 +392,7 @@ impl Figures {
                 row(
                     "drain: first worker ready → last notice (as the peer measures)",
                     format!(
-                        "{:.2} s → **{:.0} jobs/s**",
+                        "{:.3} s → **{:.0} jobs/s**",
                         drain.elapsed.as_secs_f64(),
                         drain.jobs_per_s()
                     ),
@@ -624,7 +624,7 @@ mod tests {
             "{row}"
         );
         let table = f.table();
-        assert!(table.contains("| drain: first worker ready → last notice (as the peer measures) | 0.50 s → **2000 jobs/s** |"), "{table}");
+        assert!(table.contains("| drain: first worker ready → last notice (as the peer measures) | 0.500 s → **2000 jobs/s** |"), "{table}");
         assert!(
             table.contains("→ first drained job's notice | 12.0 ms; 3.0 ms |"),
             "{table}"
