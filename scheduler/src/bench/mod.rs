@@ -39,6 +39,23 @@ use workload::Workload;
 /// How long the throughput run may take before the bench gives up on it.
 const THROUGHPUT_DEADLINE: Duration = Duration::from_secs(600);
 
+/// How long the warm-up may take before the bench gives up on it.
+const WARM_UP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The shortest `--cache-ttl` the bench gives its workers.
+const MIN_CACHE_TTL: Duration = Duration::from_secs(3600);
+
+/// The workers' `--cache-ttl`: at least as long as the whole bench up to the drain's
+/// start (warm-up and throughput deadlines, the latency run at its offered rate, an
+/// hour to spare) and never shorter than the results' `ttl`, so the compiled module the
+/// first fleet stored in the shared artifact cache cannot expire before the drain's
+/// workers load it.
+fn cache_ttl(ttl: Duration, latency_jobs: usize, rate: u32) -> Duration {
+    let latency = Duration::from_secs((latency_jobs as u64).div_ceil(u64::from(rate.max(1))));
+    let bench = WARM_UP_DEADLINE + THROUGHPUT_DEADLINE + latency + MIN_CACHE_TTL;
+    ttl.max(bench)
+}
+
 /// `sluice bench` options.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -176,6 +193,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         count: args.workers,
         slots: args.concurrency,
         ttl: args.ttl.clone(),
+        cache_ttl: cache_ttl(ttl, args.latency_jobs, args.rate),
         log: args.worker_log.clone(),
         // The bench's own fleet key: its workers share compiled modules through Redis,
         // so the drain's fresh workers load the module the first ones compiled.
@@ -189,7 +207,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let workers = Workers::start(&spec)?;
     // Warm up (outcomes not counted: the runs below check every job).
     let from = queue.results().notices_from_now().await?;
-    follow::throughput(&queue, from, warm_up, &job, Duration::from_secs(60))
+    follow::throughput(&queue, from, warm_up, &job, WARM_UP_DEADLINE)
         .await
         .context("warming up the workers")?;
 
@@ -299,4 +317,24 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     } else {
         std::process::ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_ttl_outlasts_the_bench_up_to_the_drain() {
+        let hour = Duration::from_secs(3600);
+        // A 60 s results TTL: the cache's is the bench's length up to the drain plus an
+        // hour (2,000 latency jobs at 200/s: 10 s).
+        assert_eq!(
+            cache_ttl(Duration::from_secs(60), 2_000, 200),
+            WARM_UP_DEADLINE + THROUGHPUT_DEADLINE + Duration::from_secs(10) + hour
+        );
+        // A slow latency run lengthens it; a rate of 0 is taken as 1/s.
+        assert!(cache_ttl(Duration::from_secs(60), 100_000, 0) > Duration::from_secs(100_000));
+        // A results TTL longer than that stands.
+        assert_eq!(cache_ttl(10 * hour, 2_000, 200), 10 * hour);
+    }
 }

@@ -40,9 +40,12 @@ pub struct WorkerSpec {
     pub count: usize,
     /// Job slots per worker.
     pub slots: usize,
-    /// `--ttl` of results, notices and blobs (and of the shared artifact cache's
-    /// entries).
+    /// `--ttl` of results, notices and blobs.
     pub ttl: String,
+    /// `--cache-ttl` of the shared artifact cache's entries: at least as long as the
+    /// whole bench, so the compiled module the first fleet stored is still there when
+    /// the drain's workers start ([`super::cache_ttl`]).
+    pub cache_ttl: Duration,
     /// Their `RUST_LOG`, as given (`--worker-log`); [`log_filter`] adds the ready line.
     pub log: String,
     /// The fleet's artifact cache key (`SLUICE_CACHE_KEY`): with it, the workers share
@@ -159,7 +162,7 @@ impl Workers {
                 .args(["--concurrency", &spec.slots.to_string()])
                 .args(["--consumer", &format!("bench-{i}")])
                 .args(["--ttl", &spec.ttl])
-                .args(["--cache-ttl", &spec.ttl])
+                .args(["--cache-ttl", &format!("{}s", spec.cache_ttl.as_secs())])
                 .env("RUST_LOG", &filter)
                 .env(sluice_worker::fleet::config::CACHE_KEY_ENV, &spec.cache_key)
                 .stdin(Stdio::null())
