@@ -274,14 +274,45 @@ fn worker_log_lets_the_workers_say_where_each_jobs_time_went() {
             assert!(line.contains(field), "no {field} in {line}");
         }
     }
-    // At the default filter the workers say nothing of a successful job.
+    // At a quiet filter the workers say nothing of a successful job, the drain's
+    // workers included; a filter that turns the ready line's module off still lets the
+    // drain see that line (the bench's directive replaces that one).
     let quiet = bench(
+        &redis,
+        &[
+            "--jobs",
+            "20",
+            "--latency-jobs",
+            "20",
+            "--worker-log",
+            "warn,sluice_worker::fleet::serve=off",
+        ],
+    );
+    let stderr = text(&quiet.stderr);
+    assert!(quiet.status.success(), "sluice bench failed: {stderr}");
+    assert!(!stderr.contains("job recorded"), "{stderr}");
+    let ready = stderr
+        .lines()
+        .filter(|l| l.contains("sluice_worker::fleet::serve: worker ready"))
+        .count();
+    assert_eq!(ready, 2, "{stderr}");
+    let table = text(&quiet.stdout);
+    assert!(
+        value(
+            &table,
+            "| drain: jobs enqueued before the workers start, checked (outcome and output) |"
+        )
+        .starts_with("20 of 20 (none); "),
+        "{table}"
+    );
+    // --no-drain: no drain run, and the table says so.
+    let no_drain = bench(
         &redis,
         &["--jobs", "20", "--latency-jobs", "20", "--no-drain"],
     );
-    assert!(quiet.status.success());
-    assert!(!text(&quiet.stderr).contains("job recorded"));
-    let table = text(&quiet.stdout);
+    assert!(no_drain.status.success());
+    assert!(!text(&no_drain.stderr).contains("job recorded"));
+    let table = text(&no_drain.stdout);
     assert_eq!(
         value(&table, "| drain |"),
         "not run (--no-drain)",

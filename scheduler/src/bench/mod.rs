@@ -116,7 +116,8 @@ pub struct BenchArgs {
     /// stderr). `sluice_worker::executor=debug` prints each job's `job recorded` line
     /// with prepare_us, run_us and recorded_us: the worker's share of a job's latency.
     /// The bench adds `sluice_worker::fleet::serve=info` (the `worker ready` line it
-    /// waits for) unless the filter names that module.
+    /// waits for) unless the filter names exactly that module at info, debug or trace
+    /// (a directive for it at a lower level or `off` is replaced).
     #[arg(long, value_name = "FILTER", default_value = "warn")]
     worker_log: String,
 }

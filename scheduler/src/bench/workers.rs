@@ -78,15 +78,44 @@ pub struct Workers {
     forwarders: usize,
 }
 
-/// `log` with a directive that lets the `worker ready` line through (at info, for its
-/// target), unless `log` names that target itself (the user's level for it stands).
+/// `log` with a directive that lets the `worker ready` line through: `log` as given
+/// when one of its directives names exactly that target ([`READY_TARGET`]) at a level
+/// that lets info through (the user's level for it stands), else `log` without its
+/// directives for that exact target (`…::serve=off`, `=warn`) and with
+/// `{READY_TARGET}=info` appended.
 pub fn log_filter(log: &str) -> String {
-    if log.contains(READY_TARGET) {
-        log.to_owned()
-    } else if log.trim().is_empty() {
-        format!("{READY_TARGET}=info")
-    } else {
-        format!("{log},{READY_TARGET}=info")
+    let directives: Vec<&str> = log
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    let lets_info_through = |level: &str| {
+        ["info", "debug", "trace", "3", "4", "5"]
+            .iter()
+            .any(|l| level.eq_ignore_ascii_case(l))
+    };
+    if directives
+        .iter()
+        .filter_map(|d| ready_target_level(d))
+        .any(lets_info_through)
+    {
+        return log.to_owned();
+    }
+    let mut kept: Vec<String> = directives
+        .into_iter()
+        .filter(|d| ready_target_level(d).is_none())
+        .map(str::to_owned)
+        .collect();
+    kept.push(format!("{READY_TARGET}=info"));
+    kept.join(",")
+}
+
+/// The level a `RUST_LOG` directive gives exactly [`READY_TARGET`] (`trace`, all of
+/// them, for the bare target), `None` when it is about another target or none.
+fn ready_target_level(directive: &str) -> Option<&str> {
+    match directive.split_once('=') {
+        Some((target, level)) => (target.trim() == READY_TARGET).then(|| level.trim()),
+        None => (directive == READY_TARGET).then_some("trace"),
     }
 }
 
@@ -366,10 +395,30 @@ mod tests {
             log_filter("sluice_worker::executor=debug"),
             "sluice_worker::executor=debug,sluice_worker::fleet::serve=info"
         );
-        // A filter that names the target keeps its own level for it.
+        // A filter that names the target at a level that lets info through keeps its
+        // own level for it.
         assert_eq!(
             log_filter("warn,sluice_worker::fleet::serve=debug"),
             "warn,sluice_worker::fleet::serve=debug"
+        );
+        assert_eq!(
+            log_filter("sluice_worker::fleet::serve,warn"),
+            "sluice_worker::fleet::serve,warn"
+        );
+        // One that turns it off or below info: that directive gives way to info.
+        assert_eq!(
+            log_filter("warn,sluice_worker::fleet::serve=off"),
+            "warn,sluice_worker::fleet::serve=info"
+        );
+        assert_eq!(
+            log_filter("sluice_worker::fleet::serve=WARN, debug"),
+            "debug,sluice_worker::fleet::serve=info"
+        );
+        // A longer target that starts with it is another target: it stays, ours is
+        // added.
+        assert_eq!(
+            log_filter("sluice_worker::fleet::serve_x=info"),
+            "sluice_worker::fleet::serve_x=info,sluice_worker::fleet::serve=info"
         );
     }
 }
