@@ -3,9 +3,10 @@
 //! every output checked; a guest whose output differs from its reference run fails the
 //! bench (a wrong output is a failed job, not throughput); the fleet script prints one
 //! table of its configurations and stops its scratch redis-server; `scripts/bench-peer`
-//! exits 1 when a Sluice job fails; SIGTERM to `sluice bench` stops its workers. No
-//! figure's value is asserted (timing varies); only that each is there and that the
-//! jobs' results are what they are.
+//! exits 1 when a Sluice job fails and prints its jobs/s ratio from the drain run (like
+//! the peer's) and the throughput run; every drained job is checked; SIGTERM to `sluice
+//! bench` stops its workers. No figure's value is asserted (timing varies); only that
+//! each is there and that the jobs' results are what they are.
 
 use std::io::Write;
 use std::process::{Output, Stdio};
@@ -13,7 +14,7 @@ use std::process::{Output, Stdio};
 use sluice_tests::{RedisServer, bin, guest, repo_root};
 
 /// The figures `--format table` prints, by the start of their label.
-const TABLE_FIGURES: [&str; 16] = [
+const TABLE_FIGURES: [&str; 21] = [
     "| module, input |",
     "| worker processes × slots |",
     "| jobs (throughput run) |",
@@ -30,10 +31,15 @@ const TABLE_FIGURES: [&str; 16] = [
     "| Redis commands per job",
     "| latency at 200 jobs/s offered (",
     "| of which, p50 / p99 / p99.9: sender late",
+    "| drain: jobs enqueued before the workers start, checked (outcome and output) |",
+    "| drain: first worker ready → last notice (as the peer measures) |",
+    "| drain: first worker ready → last worker ready (spread); → first drained job's notice |",
+    "| drain: worker CPU per job (from each worker's ready line), of which kernel |",
+    "| drain: Redis CPU per job (INFO cpu, from before the workers start) |",
 ];
 
 /// The columns `--format row` and `scripts/bench-fleet` print.
-const ROW_COLUMNS: [&str; 21] = [
+const ROW_COLUMNS: [&str; 28] = [
     "module",
     "input",
     "workers × slots",
@@ -55,6 +61,13 @@ const ROW_COLUMNS: [&str; 21] = [
     "sender late p99 ms",
     "XADD p99 ms",
     "XADD reply → notice p99 ms",
+    "drain jobs/s",
+    "drain s",
+    "drain worker CPU/job µs",
+    "drain Redis CPU/job µs",
+    "drain jobs checked",
+    "drain ready spread ms",
+    "drain first notice ms",
 ];
 
 fn bench(redis: &RedisServer, args: &[&str]) -> Output {
@@ -149,8 +162,47 @@ fn bench_runs_the_c_uppercase_guest_with_every_figure_and_every_output_checked()
     assert_eq!(value(&table, "| jobs (throughput run) |"), "200");
     assert_eq!(
         value(&table, "| failed jobs (wrong output counts as failed) |"),
-        "0 (throughput: none; latency: none)"
+        "0 (throughput: none; latency: none; drain: none)"
     );
+    // The drain run: every one of its 200 jobs checked (outcome and output), and its
+    // figures there and positive.
+    let drain_checked = value(
+        &table,
+        "| drain: jobs enqueued before the workers start, checked (outcome and output) |",
+    );
+    assert!(
+        drain_checked.starts_with("200 of 200 (none); enqueued in "),
+        "{table}"
+    );
+    let drain = value(
+        &table,
+        "| drain: first worker ready → last notice (as the peer measures) |",
+    );
+    let (seconds, jobs_per_s) = drain.split_once(" s → **").expect("s → jobs/s");
+    assert!(seconds.parse::<f64>().expect("seconds") > 0.0, "{drain}");
+    let jobs_per_s: f64 = jobs_per_s
+        .strip_suffix(" jobs/s**")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("drain jobs/s is a number: {drain}"));
+    assert!(jobs_per_s > 0.0, "{drain}");
+    let worker_cpu = value(
+        &table,
+        "| drain: worker CPU per job (from each worker's ready line), of which kernel |",
+    );
+    let worker_us: f64 = worker_cpu
+        .split_once(" µs, ")
+        .and_then(|(us, _)| us.parse().ok())
+        .unwrap_or_else(|| panic!("drain worker CPU is a number: {worker_cpu}"));
+    assert!(worker_us > 0.0, "{table}");
+    let redis_cpu = value(
+        &table,
+        "| drain: Redis CPU per job (INFO cpu, from before the workers start) |",
+    );
+    let redis_us: f64 = redis_cpu
+        .strip_suffix(" µs")
+        .and_then(|us| us.parse().ok())
+        .unwrap_or_else(|| panic!("drain Redis CPU is a number: {redis_cpu}"));
+    assert!(redis_us > 0.0, "{table}");
     assert!(
         value(&table, "| latency at 200 jobs/s offered (").ends_with(" ms"),
         "{table}"
@@ -209,15 +261,63 @@ fn worker_log_lets_the_workers_say_where_each_jobs_time_went() {
         .filter(|l| l.contains("job recorded"))
         .collect();
     assert!(recorded.len() >= 40, "{} lines:\n{stderr}", recorded.len());
+    // The workers' log passes through the bench, with the `worker ready` line the drain
+    // run waits for let through a filter that does not name it: the first start and
+    // the drain's.
+    let ready = stderr
+        .lines()
+        .filter(|l| l.contains("sluice_worker::fleet::serve: worker ready"))
+        .count();
+    assert_eq!(ready, 2, "{stderr}");
     for line in recorded {
         for field in ["prepare_us=", "run_us=", "recorded_us="] {
             assert!(line.contains(field), "no {field} in {line}");
         }
     }
-    // At the default filter the workers say nothing of a successful job.
-    let quiet = bench(&redis, &["--jobs", "20", "--latency-jobs", "20"]);
-    assert!(quiet.status.success());
-    assert!(!text(&quiet.stderr).contains("job recorded"));
+    // At a quiet filter the workers say nothing of a successful job, the drain's
+    // workers included; a filter that turns the ready line's module off still lets the
+    // drain see that line (the bench's directive replaces that one).
+    let quiet = bench(
+        &redis,
+        &[
+            "--jobs",
+            "20",
+            "--latency-jobs",
+            "20",
+            "--worker-log",
+            "warn,sluice_worker::fleet::serve=off",
+        ],
+    );
+    let stderr = text(&quiet.stderr);
+    assert!(quiet.status.success(), "sluice bench failed: {stderr}");
+    assert!(!stderr.contains("job recorded"), "{stderr}");
+    let ready = stderr
+        .lines()
+        .filter(|l| l.contains("sluice_worker::fleet::serve: worker ready"))
+        .count();
+    assert_eq!(ready, 2, "{stderr}");
+    let table = text(&quiet.stdout);
+    assert!(
+        value(
+            &table,
+            "| drain: jobs enqueued before the workers start, checked (outcome and output) |"
+        )
+        .starts_with("20 of 20 (none); "),
+        "{table}"
+    );
+    // --no-drain: no drain run, and the table says so.
+    let no_drain = bench(
+        &redis,
+        &["--jobs", "20", "--latency-jobs", "20", "--no-drain"],
+    );
+    assert!(no_drain.status.success());
+    assert!(!text(&no_drain.stderr).contains("job recorded"));
+    let table = text(&no_drain.stdout);
+    assert_eq!(
+        value(&table, "| drain |"),
+        "not run (--no-drain)",
+        "{table}"
+    );
 }
 
 #[test]
@@ -254,8 +354,11 @@ fn a_guest_whose_output_differs_from_its_reference_run_fails_the_bench() {
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
     let row = cells(stdout.lines().nth(2).expect("a row"));
     assert_eq!(row[0], "random_out.wat");
-    assert_eq!(row[4], "25", "every job a wrong output: {stdout}");
+    // 20 throughput, 5 latency and 20 drain jobs.
+    assert_eq!(row[4], "45", "every job a wrong output: {stdout}");
     assert_eq!(row[7], "0", "no throughput from wrong outputs: {stdout}");
+    assert_eq!(row[21], "0", "no drain jobs/s from wrong outputs: {stdout}");
+    assert_eq!(row[25], "20", "every drained job checked: {stdout}");
 }
 
 #[test]
@@ -315,6 +418,15 @@ fn bench_fleet_prints_one_table_beside_redis_benchmark() {
     for row in &rows[2..] {
         assert_eq!(row.len(), header.len(), "{stdout}");
         assert_eq!(row[4], "0", "no failed job: {stdout}");
+        // The drain column: positive jobs/s over every one of the run's jobs, checked.
+        let drain: f64 = row[21].parse().expect("drain jobs/s is a number");
+        assert!(drain > 0.0, "{stdout}");
+        assert_eq!(row[25], row[3], "every drained job checked: {stdout}");
+        // The ready lines' spread and the first notice: milliseconds, each a number.
+        for column in [26, 27] {
+            let ms: f64 = row[column].parse().expect("a drain ms column is a number");
+            assert!(ms >= 0.0, "{stdout}");
+        }
     }
     assert_scratch_redis_stopped(&stdout);
 }
@@ -387,6 +499,22 @@ fn bench_peer_exits_1_when_a_sluice_job_fails() {
         failures("no-op (5-byte input)").starts_with("0 failed"),
         "{stdout}"
     );
+    // The jobs/s ratio like the peer's (the drain), then the throughput run's.
+    for label in [
+        "| no-op (5-byte input) jobs/s (20 jobs), like the peer: enqueued before the workers start |",
+        "| no-op (5-byte input) jobs/s (20 jobs), enqueued while the workers run (peer: its drain) |",
+    ] {
+        let row = cells(
+            stdout
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("no {label} row: {stdout}")),
+        );
+        assert_eq!(row[1], "100", "the peer's jobs/s: {stdout}");
+        let ours: f64 = row[2].parse().expect("our jobs/s is a number");
+        assert!(ours > 0.0, "{stdout}");
+        assert!(row[3].ends_with('×'), "a ratio: {stdout}");
+    }
     assert!(
         !failures("4 KiB uppercase").starts_with("0 failed"),
         "{stdout}"

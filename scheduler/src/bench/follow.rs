@@ -38,6 +38,16 @@ impl Run {
         out
     }
 
+    /// When the first of the finished jobs' notices arrived (`None`: none finished).
+    pub fn first_done(&self) -> Option<Instant> {
+        self.done.values().map(|(at, _)| *at).min()
+    }
+
+    /// When the last of the finished jobs' notices arrived (`None`: none finished).
+    pub fn last_done(&self) -> Option<Instant> {
+        self.done.values().map(|(at, _)| *at).max()
+    }
+
     /// Each finished job's outcome kind and input variant, for checking.
     pub fn finished(&self) -> HashMap<JobId, (OutcomeKind, usize)> {
         self.done
@@ -58,6 +68,20 @@ pub async fn throughput(
     deadline: Duration,
 ) -> anyhow::Result<(Run, Duration)> {
     let started = Instant::now();
+    let mut run = enqueue(queue, count, job).await?;
+    let enqueued = started.elapsed();
+    follow(queue, from, &mut run, started, deadline).await?;
+    Ok((run, enqueued))
+}
+
+/// Enqueues `count` jobs (job `n` made by `job(n)`) a chunk at a time (at most
+/// `ENQUEUE_CHUNK` jobs or `ENQUEUE_CHUNK_BYTES` of input per call, so no more than a
+/// chunk of inputs is held). Returns the run with every job sent and none finished.
+pub async fn enqueue(
+    queue: &RedisQueue,
+    count: usize,
+    job: &impl Fn(usize) -> (Job, usize),
+) -> anyhow::Result<Run> {
     let mut run = Run {
         sent: HashMap::with_capacity(count),
         done: HashMap::with_capacity(count),
@@ -84,7 +108,18 @@ pub async fn throughput(
                 .map(|(j, variant)| (j.id, (now, variant))),
         );
     }
-    let enqueued = started.elapsed();
+    Ok(run)
+}
+
+/// Follows notices (from stream id `from`) until every job `run` sent has finished,
+/// or fails once `deadline` has passed since `started`.
+pub async fn follow(
+    queue: &RedisQueue,
+    from: String,
+    run: &mut Run,
+    started: Instant,
+    deadline: Duration,
+) -> anyhow::Result<()> {
     let mut last = from;
     while run.done.len() < run.sent.len() {
         anyhow::ensure!(
@@ -103,7 +138,7 @@ pub async fn throughput(
         )
         .await?;
     }
-    Ok((run, enqueued))
+    Ok(())
 }
 
 /// Where a latency-run job's time went, as the bench sees it: from its scheduled send

@@ -6,6 +6,8 @@
 //! `redis-benchmark -q -P 16 -t set,get` on the same server.
 //!
 //! - this file: the options and the order of the runs;
+//! - [`drain`]: the drain run (jobs enqueued before the workers start, as the BullMQ
+//!   peer measures);
 //! - [`workload`]: the module, the inputs, the expected outputs, checking results;
 //! - [`workers`]: the worker processes;
 //! - [`follow`]: sending jobs and following their completion notices;
@@ -16,6 +18,7 @@
 
 pub mod commandstats;
 pub mod cpu;
+pub mod drain;
 pub mod follow;
 pub mod report;
 pub mod server;
@@ -30,11 +33,28 @@ use clap::Args;
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue};
 
 use report::{Figures, Format, Percentiles};
-use workers::Workers;
+use workers::{WorkerSpec, Workers};
 use workload::Workload;
 
 /// How long the throughput run may take before the bench gives up on it.
 const THROUGHPUT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How long the warm-up may take before the bench gives up on it.
+const WARM_UP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The shortest `--cache-ttl` the bench gives its workers.
+const MIN_CACHE_TTL: Duration = Duration::from_secs(3600);
+
+/// The workers' `--cache-ttl`: at least as long as the whole bench up to the drain's
+/// start (warm-up and throughput deadlines, the latency run at its offered rate, an
+/// hour to spare) and never shorter than the results' `ttl`, so the compiled module the
+/// first fleet stored in the shared artifact cache cannot expire before the drain's
+/// workers load it.
+fn cache_ttl(ttl: Duration, latency_jobs: usize, rate: u32) -> Duration {
+    let latency = Duration::from_secs((latency_jobs as u64).div_ceil(u64::from(rate.max(1))));
+    let bench = WARM_UP_DEADLINE + THROUGHPUT_DEADLINE + latency + MIN_CACHE_TTL;
+    ttl.max(bench)
+}
 
 /// `sluice bench` options.
 #[derive(Args, Debug)]
@@ -47,11 +67,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     module: Option<PathBuf>,
     /// Bytes of printable text per job input (`4KiB`; at most 256 KiB, and at most
-    /// 1 GiB over all of the run's jobs: warm-up, throughput and latency; Redis holds
+    /// 1 GiB over all of the run's jobs: warm-up, throughput, latency and drain; Redis holds
     /// about twice that at the end, inputs and outputs).
     #[arg(long, value_name = "SIZE", default_value = "0")]
     input_size: String,
-    /// Jobs in the throughput run.
+    /// Jobs in the throughput run, and in the drain run.
     #[arg(long, default_value_t = 100_000)]
     jobs: usize,
     /// Worker processes to start (`sluice-worker serve`).
@@ -76,6 +96,11 @@ pub struct BenchArgs {
     /// Skip waiting out the TTL for the memory figure.
     #[arg(long)]
     no_memory_check: bool,
+    /// Skip the drain run: after the latency run, the workers stopped, --jobs jobs
+    /// enqueued, the same workers started again, and jobs/s timed from the first
+    /// worker's `worker ready` line to the last notice (how the BullMQ peer measures).
+    #[arg(long)]
+    no_drain: bool,
     /// Skip the `redis-benchmark` figure.
     #[arg(long)]
     no_redis_benchmark: bool,
@@ -90,12 +115,15 @@ pub struct BenchArgs {
     /// The workers' log filter (their `RUST_LOG`; their log goes to this process's
     /// stderr). `sluice_worker::executor=debug` prints each job's `job recorded` line
     /// with prepare_us, run_us and recorded_us: the worker's share of a job's latency.
+    /// The bench adds `sluice_worker::fleet::serve=info` (the `worker ready` line it
+    /// waits for) unless the filter names exactly that module at info, debug or trace
+    /// (a directive for it at a lower level or `off` is replaced).
     #[arg(long, value_name = "FILTER", default_value = "warn")]
     worker_log: String,
 }
 
 /// Runs the bench and prints its figures; exit status 1 when a job failed or returned
-/// a wrong output. SIGTERM or SIGINT stops it early: the run is dropped, which stops
+/// a wrong output, or the drain run failed (the other runs' figures are printed). SIGTERM or SIGINT stops it early: the run is dropped, which stops
 /// and waits for the worker processes, and the exit status is 128 + the signal.
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -132,10 +160,12 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .workers
         .saturating_mul(args.concurrency)
         .max(args.workers * 4);
+    let drain_jobs = if args.no_drain { 0 } else { args.jobs };
     let all_jobs = args
         .jobs
         .saturating_add(args.latency_jobs)
-        .saturating_add(warm_up);
+        .saturating_add(warm_up)
+        .saturating_add(drain_jobs);
     let workload = tokio::task::block_in_place(|| {
         Workload::prepare(args.module.as_deref(), input_size, all_jobs, &worker_bin)
     })?;
@@ -157,18 +187,28 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     .await?;
     let job = |n: usize| workload.job(n, module, &limits);
 
-    let workers = Workers::start(
-        &worker_bin,
-        &args.redis_url,
-        &config.queue,
-        args.workers,
-        args.concurrency,
-        &args.ttl,
-        &args.worker_log,
-    )?;
+    let spec = WorkerSpec {
+        bin: worker_bin.clone(),
+        redis_url: args.redis_url.clone(),
+        queue: config.queue.clone(),
+        count: args.workers,
+        slots: args.concurrency,
+        ttl: args.ttl.clone(),
+        cache_ttl: cache_ttl(ttl, args.latency_jobs, args.rate),
+        log: args.worker_log.clone(),
+        // The bench's own fleet key: its workers share compiled modules through Redis,
+        // so the drain's fresh workers load the module the first ones compiled.
+        cache_key: format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        ),
+        tick,
+    };
+    let workers = Workers::start(&spec)?;
     // Warm up (outcomes not counted: the runs below check every job).
     let from = queue.results().notices_from_now().await?;
-    follow::throughput(&queue, from, warm_up, &job, Duration::from_secs(60))
+    follow::throughput(&queue, from, warm_up, &job, WARM_UP_DEADLINE)
         .await
         .context("warming up the workers")?;
 
@@ -201,6 +241,26 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         follow::stage_latencies(&latency_run, &stages).map(|v| Percentiles::of(&v));
     let latency_checked = workload.check(&queue, &latency_run.finished()).await?;
     drop(workers);
+
+    // Drain: the same jobs enqueued with the workers stopped, then the workers started
+    // again (as the peer measures). A failed drain is reported beside the other runs'
+    // figures rather than in place of them.
+    let drain = if args.no_drain {
+        None
+    } else {
+        Some(
+            drain::run(
+                &queue,
+                &spec,
+                &workload,
+                args.jobs,
+                &job,
+                THROUGHPUT_DEADLINE,
+            )
+            .await
+            .map_err(|e| format!("{e:#}")),
+        )
+    };
 
     let baseline = (!args.no_redis_benchmark)
         .then(|| tokio::task::block_in_place(|| server::redis_benchmark(&args.redis_url)));
@@ -239,6 +299,7 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         latency_checked,
         latency: Percentiles::of(&latency_run.latencies()),
         latency_stages,
+        drain,
         baseline,
         memory,
     };
@@ -246,10 +307,35 @@ async fn measure(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         Format::Table => print!("{}", figures.table()),
         Format::Row => print!("{}", figures.row()),
     }
-    Ok(if figures.failed() == 0 {
+    if let Some(reason) = figures.drain_failure() {
+        eprintln!("sluice bench: the drain run failed: {reason}");
+    }
+    if figures.failed() > 0 {
+        eprintln!("sluice bench: {} jobs failed", figures.failed());
+    }
+    Ok(if figures.succeeded() {
         std::process::ExitCode::SUCCESS
     } else {
-        eprintln!("sluice bench: {} jobs failed", figures.failed());
         std::process::ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_ttl_outlasts_the_bench_up_to_the_drain() {
+        let hour = Duration::from_secs(3600);
+        // A 60 s results TTL: the cache's is the bench's length up to the drain plus an
+        // hour (2,000 latency jobs at 200/s: 10 s).
+        assert_eq!(
+            cache_ttl(Duration::from_secs(60), 2_000, 200),
+            WARM_UP_DEADLINE + THROUGHPUT_DEADLINE + Duration::from_secs(10) + hour
+        );
+        // A slow latency run lengthens it; a rate of 0 is taken as 1/s.
+        assert!(cache_ttl(Duration::from_secs(60), 100_000, 0) > Duration::from_secs(100_000));
+        // A results TTL longer than that stands.
+        assert_eq!(cache_ttl(10 * hour, 2_000, 200), 10 * hour);
+    }
 }

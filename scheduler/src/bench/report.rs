@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::commandstats::CommandStats;
 use super::cpu::CpuTime;
+use super::drain::Drain;
 use super::workload::Checked;
 
 /// How `sluice bench` prints its figures (its variants carry no doc comments, which
@@ -24,8 +25,10 @@ pub(crate) enum Format {
     Row,
 }
 
-/// The columns of `--format row`, in order.
-pub const ROW_COLUMNS: [&str; 21] = [
+/// The columns of `--format row`, in order (new ones are appended: scripts read them
+/// by index). The `drain …` columns are `-` under `--no-drain`, `failed` when the drain
+/// run failed (the table says why).
+pub const ROW_COLUMNS: [&str; 28] = [
     "module",
     "input",
     "workers × slots",
@@ -47,6 +50,13 @@ pub const ROW_COLUMNS: [&str; 21] = [
     "sender late p99 ms",
     "XADD p99 ms",
     "XADD reply → notice p99 ms",
+    "drain jobs/s",
+    "drain s",
+    "drain worker CPU/job µs",
+    "drain Redis CPU/job µs",
+    "drain jobs checked",
+    "drain ready spread ms",
+    "drain first notice ms",
 ];
 
 /// Latency percentiles of one run.
@@ -138,6 +148,9 @@ pub struct Figures {
     /// That latency's stages: sender lateness (send − scheduled send), the `XADD`
     /// round trip, and `XADD` reply → notice read (claim, run, `complete.lua`, notice).
     pub latency_stages: [Percentiles; 3],
+    /// The drain run (jobs enqueued before the workers start), unless `--no-drain`: its
+    /// figures, or why it failed (the other runs' figures are printed all the same).
+    pub drain: Option<Result<Drain, String>>,
     /// `redis-benchmark` on the same server, when run.
     pub baseline: Option<String>,
     /// Redis `used_memory` before the run and after the TTL (with the TTL as given),
@@ -154,17 +167,55 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The kernel's share of `cpu`, in percent.
+fn kernel_share(cpu: CpuTime) -> f64 {
+    let total = cpu.total().as_secs_f64();
+    if total > 0.0 {
+        100.0 * cpu.system.as_secs_f64() / total
+    } else {
+        0.0
+    }
+}
+
+/// `text` as one Markdown table cell: on one line, its `|` escaped.
+fn table_cell(text: &str) -> String {
+    text.replace('|', "\\|")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 
 impl Figures {
-    /// Jobs that failed in either run (an outcome other than success, a wrong output,
+    /// Jobs that failed in any run (an outcome other than success, a wrong output,
     /// or a latency job that never finished).
     pub fn failed(&self) -> usize {
         self.throughput_checked.not_ok()
             + self.latency_checked.not_ok()
             + self.latency_jobs.saturating_sub(self.latency.count)
+            + self.drain_run().map_or(0, |d| d.checked.not_ok())
+    }
+
+    /// The drain run's figures, when it ran and did not fail.
+    pub fn drain_run(&self) -> Option<&Drain> {
+        self.drain.as_ref().and_then(|d| d.as_ref().ok())
+    }
+
+    /// Why the drain run failed, when it did.
+    pub fn drain_failure(&self) -> Option<&str> {
+        self.drain
+            .as_ref()
+            .and_then(|d| d.as_ref().err())
+            .map(String::as_str)
+    }
+
+    /// Whether every run succeeded: no failed job and no failed drain run (the bench's
+    /// exit status).
+    pub fn succeeded(&self) -> bool {
+        self.failed() == 0 && self.drain_failure().is_none()
     }
 
     /// Jobs/s of the throughput run, counting jobs with the expected output and those
@@ -175,14 +226,18 @@ impl Figures {
             / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// Jobs of either run whose result expired before it was checked.
+    /// Jobs of any run whose result expired before it was checked.
     pub fn expired(&self) -> usize {
-        self.throughput_checked.missing + self.latency_checked.missing
+        self.throughput_checked.missing
+            + self.latency_checked.missing
+            + self.drain_run().map_or(0, |d| d.checked.missing)
     }
 
-    /// Jobs of either run that ran more than once.
+    /// Jobs of any run that ran more than once.
     pub fn retried(&self) -> usize {
-        self.throughput_checked.retried + self.latency_checked.retried
+        self.throughput_checked.retried
+            + self.latency_checked.retried
+            + self.drain_run().map_or(0, |d| d.checked.retried)
     }
 
     fn switches_per_job(&self) -> f64 {
@@ -190,12 +245,7 @@ impl Figures {
     }
 
     fn kernel_share(&self) -> f64 {
-        let total = self.worker_cpu.total().as_secs_f64();
-        if total > 0.0 {
-            100.0 * self.worker_cpu.system.as_secs_f64() / total
-        } else {
-            0.0
-        }
+        kernel_share(self.worker_cpu)
     }
 
     fn input(&self) -> String {
@@ -225,12 +275,27 @@ impl Figures {
         row("jobs (throughput run)", self.jobs.to_string());
         row(
             "failed jobs (wrong output counts as failed)",
-            format!(
-                "{} (throughput: {}; latency: {})",
-                self.failed(),
-                self.throughput_checked.describe(),
-                self.latency_failures()
-            ),
+            match &self.drain {
+                Some(Ok(drain)) => format!(
+                    "{} (throughput: {}; latency: {}; drain: {})",
+                    self.failed(),
+                    self.throughput_checked.describe(),
+                    self.latency_failures(),
+                    drain.checked.describe()
+                ),
+                Some(Err(_)) => format!(
+                    "{} (throughput: {}; latency: {}; drain: failed, below)",
+                    self.failed(),
+                    self.throughput_checked.describe(),
+                    self.latency_failures()
+                ),
+                None => format!(
+                    "{} (throughput: {}; latency: {})",
+                    self.failed(),
+                    self.throughput_checked.describe(),
+                    self.latency_failures()
+                ),
+            },
         );
         row(
             "results expired before checked (success, output unchecked)",
@@ -312,6 +377,50 @@ impl Figures {
                 rest.p999_ms()
             ),
         );
+        match &self.drain {
+            Some(Ok(drain)) => {
+                row(
+                    "drain: jobs enqueued before the workers start, checked (outcome and output)",
+                    format!(
+                        "{} of {} ({}); enqueued in {:.2} s",
+                        drain.checked_jobs(),
+                        drain.jobs,
+                        drain.checked.describe(),
+                        drain.enqueued.as_secs_f64()
+                    ),
+                );
+                row(
+                    "drain: first worker ready → last notice (as the peer measures)",
+                    format!(
+                        "{:.3} s → **{:.0} jobs/s**",
+                        drain.elapsed.as_secs_f64(),
+                        drain.jobs_per_s()
+                    ),
+                );
+                row(
+                    "drain: first worker ready → last worker ready (spread); → first drained job's notice",
+                    format!(
+                        "{:.1} ms; {:.1} ms",
+                        ms(drain.ready_spread),
+                        ms(drain.first_notice)
+                    ),
+                );
+                row(
+                    "drain: worker CPU per job (from each worker's ready line), of which kernel",
+                    format!(
+                        "{:.1} µs, {:.0}%",
+                        per_job_us(drain.worker_cpu.total(), drain.jobs),
+                        kernel_share(drain.worker_cpu)
+                    ),
+                );
+                row(
+                    "drain: Redis CPU per job (INFO cpu, from before the workers start)",
+                    format!("{:.1} µs", per_job_us(drain.redis_cpu.total(), drain.jobs)),
+                );
+            }
+            Some(Err(reason)) => row("drain", format!("**failed**: {}", table_cell(reason))),
+            None => row("drain", "not run (--no-drain)".into()),
+        }
         if let Some(baseline) = &self.baseline {
             row(
                 "redis-benchmark -q -P 16 -t set,get (same server)",
@@ -342,6 +451,16 @@ impl Figures {
         }
     }
 
+    /// A drain figure for the row, `-` when the drain was not run, `failed` when it
+    /// failed.
+    fn drain_cell(&self, cell: impl Fn(&Drain) -> String) -> String {
+        match &self.drain {
+            Some(Ok(drain)) => cell(drain),
+            Some(Err(_)) => "failed".to_owned(),
+            None => "-".to_owned(),
+        }
+    }
+
     /// The header, separator and this run's row; then, after a blank line, the
     /// run's Redis breakdown ([`Figures::breakdown`]).
     pub fn row(&self) -> String {
@@ -367,6 +486,13 @@ impl Figures {
             format!("{:.2}", ms(self.latency_stages[0].p99)),
             format!("{:.2}", ms(self.latency_stages[1].p99)),
             format!("{:.2}", ms(self.latency_stages[2].p99)),
+            self.drain_cell(|d| format!("{:.0}", d.jobs_per_s())),
+            self.drain_cell(|d| format!("{:.3}", d.elapsed.as_secs_f64())),
+            self.drain_cell(|d| format!("{:.1}", per_job_us(d.worker_cpu.total(), d.jobs))),
+            self.drain_cell(|d| format!("{:.1}", per_job_us(d.redis_cpu.total(), d.jobs))),
+            self.drain_cell(|d| d.checked_jobs().to_string()),
+            self.drain_cell(|d| format!("{:.1}", ms(d.ready_spread))),
+            self.drain_cell(|d| format!("{:.1}", ms(d.first_notice))),
         ];
         format!(
             "| {} |\n|{}\n| {} |\n\n{}",
@@ -417,6 +543,25 @@ mod tests {
             },
             latency: Percentiles::of(&[Duration::from_millis(1); 9]),
             latency_stages: [Percentiles::default(); 3],
+            drain: Some(Ok(Drain {
+                jobs: 1000,
+                checked: Checked {
+                    ok: 1000,
+                    ..Checked::default()
+                },
+                enqueued: Duration::from_millis(50),
+                elapsed: Duration::from_millis(500),
+                ready_spread: Duration::from_millis(12),
+                first_notice: Duration::from_millis(3),
+                worker_cpu: CpuTime {
+                    user: Duration::from_millis(24),
+                    system: Duration::from_millis(6),
+                },
+                redis_cpu: CpuTime {
+                    user: Duration::from_millis(10),
+                    system: Duration::ZERO,
+                },
+            })),
             baseline: None,
             memory: None,
         }
@@ -458,5 +603,76 @@ mod tests {
             row.contains("| 1.00 (max) | 40.0 | 25 | 2.5 | 13.0 |"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn drain_figures_are_appended_to_the_row_and_its_failures_counted() {
+        let mut f = figures();
+        let row = f.row();
+        assert!(
+            row.lines()
+                .nth(2)
+                .unwrap()
+                .ends_with("| 2000 | 0.500 | 30.0 | 10.0 | 1000 | 12.0 | 3.0 |"),
+            "{row}"
+        );
+        assert!(
+            row.lines().next().unwrap().ends_with(
+                "| drain jobs/s | drain s | drain worker CPU/job µs | drain Redis CPU/job µs \
+                 | drain jobs checked | drain ready spread ms | drain first notice ms |"
+            ),
+            "{row}"
+        );
+        let table = f.table();
+        assert!(table.contains("| drain: first worker ready → last notice (as the peer measures) | 0.500 s → **2000 jobs/s** |"), "{table}");
+        assert!(
+            table.contains("→ first drained job's notice | 12.0 ms; 3.0 ms |"),
+            "{table}"
+        );
+        assert!(
+            table
+                .contains("(throughput: 1 wrong output; latency: none, 1 unfinished; drain: none)"),
+            "{table}"
+        );
+        // Two drained jobs trapped: failures, not throughput.
+        let drain = f.drain.as_mut().unwrap().as_mut().unwrap();
+        drain.checked.ok = 998;
+        drain.checked.failed.insert("trapped".into(), 2);
+        assert_eq!(f.failed(), 4);
+        assert!(
+            f.row()
+                .contains("| 1996 | 0.500 | 30.0 | 10.0 | 1000 | 12.0 | 3.0 |")
+        );
+        assert!(f.table().contains("drain: 2 trapped)"), "{}", f.table());
+        // A failed drain: the other runs' figures stand, the drain's columns say
+        // `failed` and the table says why (on one line, its `|` escaped); the bench
+        // fails.
+        f.drain = Some(Err("the drain run: no notice\nin 600 s | gave up".into()));
+        assert!(!f.succeeded());
+        let row = f.row();
+        let line = row.lines().nth(2).unwrap();
+        assert_eq!(line.matches(" | ").count(), ROW_COLUMNS.len() - 1, "{line}");
+        assert!(
+            line.ends_with(&format!("|{}", " failed |".repeat(7))),
+            "{line}"
+        );
+        assert!(
+            line.contains("| 999 | 9 |"),
+            "throughput and latency: {line}"
+        );
+        let table = f.table();
+        assert!(
+            table.contains("| drain | **failed**: the drain run: no notice in 600 s \\| gave up |"),
+            "{table}"
+        );
+        assert!(table.contains("**999 jobs/s**"), "{table}");
+        assert!(table.contains("drain: failed, below)"), "{table}");
+        // --no-drain: the columns stay, each `-`.
+        f.drain = None;
+        let row = f.row();
+        let line = row.lines().nth(2).unwrap();
+        assert_eq!(line.matches('|').count(), ROW_COLUMNS.len() + 1, "{line}");
+        assert!(line.ends_with("| - | - | - | - | - | - | - |"), "{line}");
+        assert!(f.table().contains("| drain | not run (--no-drain) |"));
     }
 }

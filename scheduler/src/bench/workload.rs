@@ -45,10 +45,10 @@ pub enum WorkloadError {
         /// The size asked for.
         size: u64,
     },
-    /// The run's jobs (warm-up, throughput, latency) × `--input-size` is over
+    /// The run's jobs (warm-up, throughput, latency, drain) × `--input-size` is over
     /// [`MAX_TOTAL_INPUT_BYTES`].
     #[error(
-        "{jobs} jobs (warm-up, --jobs and --latency-jobs) × {size} bytes is over the bench's cap of {MAX_TOTAL_INPUT_BYTES} input bytes per run"
+        "{jobs} jobs (warm-up, --jobs and --latency-jobs, and --jobs again for the drain run) × {size} bytes is over the bench's cap of {MAX_TOTAL_INPUT_BYTES} input bytes per run (fewer --jobs, a smaller --input-size, or --no-drain)"
     )]
     TooMuchInput {
         /// Jobs asked for.
@@ -358,6 +358,15 @@ mod tests {
         }
         assert_ne!(text(0, 64), text(1, 64), "variants differ");
         assert!(text(3, 0).is_empty());
+    }
+
+    #[test]
+    fn too_much_input_says_how_to_ask_for_less() {
+        let Err(err) = Workload::prepare(None, 256 << 10, 10_000, Path::new("no-worker")) else {
+            panic!("10,000 × 256 KiB is over the cap");
+        };
+        assert!(matches!(err, WorkloadError::TooMuchInput { .. }), "{err}");
+        assert!(err.to_string().contains("--no-drain"), "{err}");
     }
 
     #[test]
