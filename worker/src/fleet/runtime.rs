@@ -14,7 +14,7 @@
 //! with the multi-threaded runtime (0.3 against 1.0 context switches per job);
 //! docs/benchmarks.md, "Worker overhead per job". More threads are for a worker whose
 //! async side alone fills a core (tens of thousands of short jobs per second on one
-//! process: `process_cpu_seconds_total` near 1 per second with idle slots).
+//! process: `top -H` shows the main thread, `sluice-worker`, near 100% with idle slots).
 
 use tokio::runtime::{Builder, Runtime};
 
