@@ -3,8 +3,10 @@
 
 use std::process::ExitCode;
 
-/// mimalloc rather than glibc's malloc: the bench, the HTTP API and the embedded batch
-/// allocate per job and per request (docs/benchmarks.md, "Worker overhead per job").
+/// mimalloc rather than glibc's malloc, as the worker (whose figures chose it:
+/// docs/benchmarks.md, "What changed in the fourth round"): the embedded batch runs the
+/// same sandbox and allocates per job as the worker does; `sluice bench`'s own CPU per
+/// job fell from 5.6–7.2 to 3.6–4.8 µs in the same round (`scripts/bench-fleet`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
