@@ -60,17 +60,13 @@ pub struct Drain {
 impl Drain {
     /// Jobs checked: those with an outcome, whether right, wrong or expired.
     pub fn checked_jobs(&self) -> usize {
-        self.checked.ok
-            + self.checked.wrong_output
-            + self.checked.failed.values().sum::<usize>()
-            + self.checked.missing
+        self.checked.total()
     }
 
-    /// Jobs/s over the window, counting jobs with the expected output and those whose
-    /// result expired before it was checked, as the throughput run's jobs/s does
-    /// ([`run`] fails rather than return a zero window).
+    /// Jobs/s over the window, counting the jobs the throughput run's jobs/s counts
+    /// ([`Checked::counted`]; [`run`] fails rather than return a zero window).
     pub fn jobs_per_s(&self) -> f64 {
-        (self.checked.ok + self.checked.missing) as f64 / self.elapsed.as_secs_f64()
+        self.checked.counted() as f64 / self.elapsed.as_secs_f64()
     }
 }
 

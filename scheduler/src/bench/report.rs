@@ -218,12 +218,9 @@ impl Figures {
         self.failed() == 0 && self.drain_failure().is_none()
     }
 
-    /// Jobs/s of the throughput run, counting jobs with the expected output and those
-    /// whose result expired before it was checked (reported as `expired`), not
-    /// failed jobs nor wrong outputs.
+    /// Jobs/s of the throughput run, over the jobs [`Checked::counted`] counts.
     pub fn jobs_per_s(&self) -> f64 {
-        (self.throughput_checked.ok + self.throughput_checked.missing) as f64
-            / self.elapsed.as_secs_f64().max(1e-9)
+        self.throughput_checked.counted() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Jobs of any run whose result expired before it was checked.

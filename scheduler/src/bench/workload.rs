@@ -257,6 +257,18 @@ impl Checked {
         self.wrong_output + self.failed.values().sum::<usize>()
     }
 
+    /// Jobs a run's jobs/s counts: those with the expected output and those whose
+    /// result expired before it was checked (reported as `expired`), not failed jobs
+    /// nor wrong outputs.
+    pub fn counted(&self) -> usize {
+        self.ok + self.missing
+    }
+
+    /// Every job checked: with an outcome, whether right, wrong or expired.
+    pub fn total(&self) -> usize {
+        self.ok + self.not_ok() + self.missing
+    }
+
     /// The failures in words (`none` when there are none).
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self
