@@ -19,7 +19,7 @@ mod serve;
 
 pub use config::{ConfigError, FleetArgs, FleetConfig};
 pub use runtime::runtime;
-pub use serve::{ServeError, serve};
+pub use serve::{READY_MESSAGE, READY_TARGET, ServeError, serve};
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -14,11 +14,8 @@ use tokio::sync::mpsc;
 
 use super::cpu::{self, CpuTime};
 
-/// The log target of the worker's `worker ready` line (`sluice-worker serve`'s module).
-pub const READY_TARGET: &str = "sluice_worker::fleet::serve";
-
-/// The message of that line.
-pub const READY_MESSAGE: &str = "worker ready";
+/// The log target and message of the worker's `worker ready` line, as `serve` logs it.
+pub use sluice_worker::fleet::{READY_MESSAGE, READY_TARGET};
 
 /// How long the bench waits for a started worker's `worker ready` line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);

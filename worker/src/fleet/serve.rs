@@ -22,6 +22,14 @@ use crate::health::{WorkerHealth, liveness_bound};
 use crate::metrics::{self, WorkerMetrics};
 use crate::sandbox::{Sandbox, SandboxError};
 
+/// The message of the line `serve` logs once it is connected and about to claim (at
+/// info, target [`READY_TARGET`]); `sluice bench` waits for it, as does the test harness
+/// (tests/src/worker.rs, by its text).
+pub const READY_MESSAGE: &str = "worker ready";
+
+/// The log target of that line: this module.
+pub const READY_TARGET: &str = module_path!();
+
 /// The first wait after Redis could not be reached; it doubles up to
 /// [`CONNECT_RETRY_MAX`].
 const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -143,7 +151,7 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         liveness_bound = ?health.bound(),
         max_stuck = config.max_stuck,
         queue = %queue.config().queue,
-        "worker ready"
+        "{READY_MESSAGE}"
     );
     let beat = heartbeat(queue.clone(), executor.consumer.clone(), config.lease);
     let consumer = executor.consumer.clone();
