@@ -83,15 +83,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `sluice batch` runs its guests on run threads of their own; its async side (the
-    // claim loop, results, the report) on one thread costs less than handing tasks
-    // between runtime threads (embedded, 4 slots, 20,000 × 4 KiB through the C guest on
-    // tmpfs: docs/benchmarks.md, "Embedded batch"). The rest keep a multi-threaded
-    // runtime: `serve` answers many clients, and `bench` blocks a runtime thread at
-    // times (`block_in_place`).
+    // claim loop, results, the report) on one thread (the worker's default runtime)
+    // costs less than handing tasks between runtime threads (embedded, 4 slots, 20,000
+    // × 4 KiB through the C guest on tmpfs: docs/benchmarks.md, "Embedded batch"). The
+    // rest keep a multi-threaded runtime: `serve` answers many clients, and `bench`
+    // blocks a runtime thread at times (`block_in_place`).
     let runtime = match cli.command {
-        Command::Batch(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+        Command::Batch(_) => sluice_worker::fleet::runtime(1),
         _ => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
