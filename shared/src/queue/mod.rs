@@ -139,6 +139,19 @@ pub enum QueueError {
     /// The backend answered with something this build does not understand.
     #[error("queue protocol error: {0}")]
     Protocol(String),
+    /// A large result staged beside the completion (Redis's `staged:` key) was gone
+    /// when the completion ran: nothing was stored and the entry is still pending, so
+    /// the job runs again after its lease.
+    #[error(
+        "result of entry {entry_id} not stored: its staged copy was missing ({why}); \
+         the job stays queued and runs again after its lease"
+    )]
+    StagedResultMissing {
+        /// The entry whose result was not stored.
+        entry_id: String,
+        /// Why the staged copy was missing, as far as the caller knows.
+        why: String,
+    },
 }
 
 /// When a failed job is tried again, and when it is given up.

@@ -77,7 +77,7 @@ pub use listing::{
 };
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
 pub use notices::{NoticeError, NoticeReader};
-pub use queue::{ClaimErrorHook, ClaimStep};
+pub use queue::{ClaimErrorHook, ClaimStep, STAGE_THRESHOLD};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{
     BatchCancelled, BatchCounts, BatchJob, CANCELLED, Cancelled, JobRecord, Results, ResultsError,

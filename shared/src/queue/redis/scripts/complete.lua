@@ -12,19 +12,30 @@
 --              (not built from ARGV[4]) because the skip depends on it: in a cluster
 --              whose slot is migrating, a declared key the node no longer holds gets
 --              ASK/TRYAGAIN instead of reading as missing.
--- KEYS[4 + i]  the result key of the i-th job
+-- KEYS[3 + 2i]   the result key of the i-th job
+-- KEYS[4 + 2i]   its staged key (`staged:<entry id>:<consumer>`, keys.rs): where the
+--                caller SET the encoded result (PX result TTL) in the same round trip,
+--                just before this script, when the job's flag is 1; declared for every
+--                job (unused when the flag is 0) so the keys keep one stride
 -- ARGV[1]      consumer group
 -- ARGV[2]      result TTL, ms
 -- ARGV[3]      notice TTL, ms (notices older than this are trimmed)
 -- ARGV[4]      the queue's key prefix (`sluice:{q}:`): job records and batch hashes are
 --              ARGV[4] .. 'job:' .. id and ARGV[4] .. 'batch:' .. id (same hash tag,
 --              so the same slot as the declared keys)
--- then per job: entry id, job id, outcome kind, encoded result, consumer
+-- then per job: entry id, job id, outcome kind, encoded result ('' when staged),
+--              consumer, staged flag ('1': the result is in the staged key and is
+--              moved with RENAMENX, no copy through Lua; '0': it is the ARGV value)
 -- Returns      per job: 1 stored; 0 a result was already stored (duplicate; the entry,
 --              if still there, is removed); 2 stale: the entry is gone (retried, dead-
 --              lettered, released, cancelled, or lost with Redis's data) and nothing
---              changed; or 'CORRUPT <key> …' when a key of that job is corrupt (that
---              job's entry is left where it was).
+--              changed; 3 the staged result is missing (expired or evicted between its
+--              SET and this script, or its SET failed): nothing stored, the entry left
+--              pending, so the job runs again after its lease; or 'CORRUPT <key> …'
+--              when a key of that job is corrupt (that job's entry is left where it
+--              was). Whatever the reply, no staged key of this call is left behind: one
+--              not renamed to its result is deleted (a script that fails on a corrupt
+--              shared key deletes them before it answers).
 --
 -- Ownership: a result is stored only while the entry is still pending in the group,
 -- whoever holds it now. Pending to the caller: it owns the job. Pending to another
@@ -35,7 +46,12 @@
 -- was re-added), so storing a result would finish a job that will run again.
 --
 -- Atomicity: every key is checked before the first write, so a corrupt key fails the
--- script (shared keys) or skips its job (per-job keys) with nothing half done. The
+-- script (shared keys) or skips its job (per-job keys) with nothing half done. (Deleting
+-- this call's staged keys is the one write on those paths: they are this caller's
+-- copies, not the queue's state.) A staged key needs no check: the caller's SET just
+-- replaced whatever it held with a string, so it is a string or missing; RENAMENX onto
+-- a result key that exists (of any type) writes nothing and answers 0, and the result
+-- key's type is then checked as on the inline path. The
 -- result, XACK/XDEL and counters change in one script: no entry is acknowledged
 -- without its result, none is counted without being acknowledged, a job is counted
 -- once (SET NX: results are never replaced).
@@ -45,17 +61,27 @@
 -- batch, nor has its record's outcome noted (its listing shows it pending, while its
 -- result is stored). The next enqueue of an owned job sets the flag again.
 local group, ttl, notice_ttl, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local n = #KEYS - 4
+local n = (#KEYS - 4) / 2
+local per = 6
+
+-- Deletes the staged key of job i, if it staged its result.
+local function unstage(i)
+  if ARGV[4 + (i - 1) * per + 6] == '1' then redis.call('DEL', KEYS[4 + 2 * i]) end
+end
+
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'hash'),
   not_counter(KEYS[2], 'completed'),
   not_counter(KEYS[2], 'duplicates'), not_counter(KEYS[2], 'stale'))
-if bad then return bad end
+if bad then
+  for i = 1, n do unstage(i) end
+  return bad
+end
 
 -- Which entries are still pending, one XCLAIM per consumer (JUSTID: no delivery is
 -- counted; the entries it names are acknowledged below anyway).
 local by_consumer, pending = {}, {}
 for i = 1, n do
-  local base = 4 + (i - 1) * 5
+  local base = 4 + (i - 1) * per
   local consumer = ARGV[base + 5]
   by_consumer[consumer] = by_consumer[consumer] or {}
   table.insert(by_consumer[consumer], ARGV[base + 1])
@@ -75,18 +101,33 @@ local owned = redis.call('EXISTS', KEYS[4]) == 1
 local acked, notice, reply = {}, {}, {}
 local recorded, duplicates, stale = 0, 0, 0
 for i = 1, n do
-  local base = 4 + (i - 1) * 5
+  local base = 4 + (i - 1) * per
   local entry, job, kind, result = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local key = KEYS[4 + i]
-  local batch, problem = nil, nil
+  local staged = ARGV[base + 6] == '1'
+  local key, staged_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local batch, problem, missing = nil, nil, false
   if owned and pending[entry] then batch, problem = batch_of(prefix, job, 'n:' .. kind) end
   local stored = false
   if not problem and pending[entry] then
-    stored = redis.call('SET', key, result, 'NX', 'PX', ttl)
+    if staged then
+      -- RENAMENX keeps the staged key's TTL (the result TTL) and copies nothing; a
+      -- missing staged key is an error reply, caught here.
+      local moved = redis.pcall('RENAMENX', staged_key, key)
+      if type(moved) == 'table' and moved.err then
+        missing = redis.call('EXISTS', key) == 0
+      else
+        stored = moved == 1
+      end
+    else
+      stored = redis.call('SET', key, result, 'NX', 'PX', ttl)
+    end
   end
-  if not problem and not stored then problem = foreign(key, 'string') end
+  if staged and not stored then redis.call('DEL', staged_key) end
+  if not problem and not stored and not missing then problem = foreign(key, 'string') end
   if problem then
     reply[i] = 'CORRUPT ' .. problem
+  elseif missing then
+    reply[i] = 3
   elseif stored then
     reply[i] = 1
     recorded = recorded + 1

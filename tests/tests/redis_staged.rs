@@ -1,0 +1,285 @@
+//! Large results staged outside `complete.lua` against a real redis-server: the
+//! flusher pipelines `SET staged:<entry>:<consumer>` before the script, which renames
+//! it to the result key or deletes it. Every test ends by checking that no staged key
+//! is left behind, whatever the script answered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_shared::queue::Completion;
+use sluice_shared::queue::conformance::large_success;
+use sluice_shared::queue::redis::{RedisConfig, RedisQueue, STAGE_THRESHOLD};
+use sluice_shared::{Claimed, Job, JobInput, JobResult, ModuleHash, Outcome, Queue, QueueError};
+use sluice_tests::{RedisServer, fresh_queue};
+
+const LONG: Duration = Duration::from_secs(60);
+const SHORT: Duration = Duration::from_millis(300);
+const PATIENT: Duration = Duration::from_secs(30);
+
+fn job(n: u8) -> Job {
+    Job::new(ModuleHash::of(b"staged"), JobInput::Inline(vec![n]))
+}
+
+async fn claim_one(queue: &RedisQueue, consumer: &str, lease: Duration) -> Claimed {
+    let mut claimed = queue.claim(consumer, 1, lease, PATIENT).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{consumer} claimed nothing");
+    claimed.remove(0)
+}
+
+/// The staged keys left on the server (none, after any completion).
+fn staged_keys(server: &RedisServer, queue: &RedisQueue) -> Vec<String> {
+    server
+        .cli(&["--scan", "--pattern", &queue.keys().staged_pattern()])
+        .lines()
+        .map(str::to_owned)
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+fn assert_nothing_staged(server: &RedisServer, queue: &RedisQueue) {
+    let left = staged_keys(server, queue);
+    assert!(left.is_empty(), "staged keys left behind: {left:?}");
+}
+
+/// The job's entry is pending in the group (claimed and not acknowledged).
+async fn leased(queue: &RedisQueue) -> u64 {
+    queue.stats().await.unwrap().leased
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_result_is_stored_with_its_ttl_and_notice() {
+    let (server, queue) = fresh_queue(|config| config.result_ttl = Duration::from_secs(600)).await;
+    let sent = job(1);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", LONG).await;
+    let result = large_success(&sent, 1, b'x');
+    assert!(sluice_shared::codec::encode_result(&result).len() >= STAGE_THRESHOLD);
+    assert_eq!(
+        queue.complete(&claimed.lease, &result).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(result));
+    let key = queue.keys().result_key(sent.id);
+    let ttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(
+        (1..=600_000).contains(&ttl),
+        "the result's TTL is the staged key's, the result TTL: {ttl}"
+    );
+    let notices = server.cli(&["XRANGE", &queue.keys().done, "-", "+"]);
+    assert!(
+        notices.contains(&sent.id.to_string()),
+        "no notice: {notices}"
+    );
+    assert_nothing_staged(&server, &queue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_holders_completing_at_once_store_one_large_result() {
+    let (server, queue) = fresh_queue(|_| {}).await;
+    let sent = job(2);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let first = claim_one(&queue, "stalls", SHORT).await;
+    let second = claim_one(&queue, "takes-over", SHORT).await;
+    assert_eq!(second.lease.deliveries, 2);
+    let (a, b) = (large_success(&sent, 1, b'a'), large_success(&sent, 2, b'b'));
+    // Sent together, so they usually share one script call (and one pipeline).
+    let (done_a, done_b) = tokio::join!(
+        queue.complete(&first.lease, &a),
+        queue.complete(&second.lease, &b)
+    );
+    let mut done = [done_a.unwrap(), done_b.unwrap()];
+    done.sort_by_key(|c| *c == Completion::AlreadyDone);
+    assert_eq!(done, [Completion::Recorded, Completion::AlreadyDone]);
+    let stored = queue.result(sent.id).await.unwrap().unwrap();
+    assert!(stored == a || stored == b);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.completed, stats.leased), (1, 0));
+    assert_nothing_staged(&server, &queue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_large_completion_stores_nothing_and_leaves_nothing() {
+    let (server, queue) = fresh_queue(|_| {}).await;
+    let sent = job(3);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let stale = claim_one(&queue, "stalls", SHORT).await;
+    let holder = claim_one(&queue, "takes-over", SHORT).await;
+    let mut next = sent.clone();
+    next.attempt = holder.attempt();
+    queue.retry(&holder.lease, &next, LONG).await.unwrap();
+    let err = queue
+        .complete(&stale.lease, large_success(&sent, 1, b's'))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::LeaseLost { .. }), "{err}");
+    assert_eq!(queue.result(sent.id).await.unwrap(), None);
+    assert_eq!(queue.stats().await.unwrap().delayed, 1);
+    assert_nothing_staged(&server, &queue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_result_key_leaves_the_job_pending_and_its_staged_copy_deleted() {
+    let (server, queue) = fresh_queue(|_| {}).await;
+    let sent = job(4);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", LONG).await;
+    let key = queue.keys().result_key(sent.id);
+    server.cli(&["HSET", &key, "not", "a result"]);
+    let err = queue
+        .complete(&claimed.lease, large_success(&sent, 1, b'c'))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, QueueError::Protocol(m) if m.contains(&key) && m.contains("corrupt")),
+        "{err}"
+    );
+    assert_eq!(leased(&queue).await, 1, "the entry must stay pending");
+    assert_eq!(server.cli(&["TYPE", &key]).trim(), "hash");
+    assert_eq!(queue.stats().await.unwrap().completed, 0);
+    assert_nothing_staged(&server, &queue);
+}
+
+/// Redis refuses the staged SET (an ACL that denies SET on staged keys stands in for
+/// the staged key expiring or being evicted before the script runs: either way the
+/// script finds no staged key). Nothing is stored, the entry stays pending, the error
+/// says so, and the job runs again after its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_staged_result_leaves_the_job_pending_with_a_typed_error() {
+    let server = RedisServer::start();
+    let acl = server.cli(&[
+        "ACL",
+        "SETUSER",
+        "stager",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-set",
+        "(+set ~sluice:*:result:*)",
+    ]);
+    assert_eq!(acl.trim(), "OK", "{acl}");
+    let url = format!("redis://stager:pw@127.0.0.1:{}", server.port());
+    let queue = RedisQueue::connect(RedisConfig::new(url)).await.unwrap();
+    let sent = job(5);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", SHORT).await;
+    let err = queue
+        .complete(&claimed.lease, large_success(&sent, 1, b'm'))
+        .await
+        .unwrap_err();
+    let QueueError::StagedResultMissing { entry_id, why } = &err else {
+        panic!("not a missing staged result: {err}");
+    };
+    assert_eq!(entry_id, &claimed.lease.entry_id);
+    assert!(why.contains("refused"), "{why}");
+    assert!(err.to_string().contains("stays queued"), "{err}");
+    assert_eq!(queue.result(sent.id).await.unwrap(), None);
+    assert_eq!(leased(&queue).await, 1, "the entry must stay pending");
+    assert_eq!(queue.stats().await.unwrap().completed, 0);
+    assert_nothing_staged(&server, &queue);
+    // A small result is not staged, so the same user stores it: the job ran again
+    // after its lease and this run's result is the one.
+    // (A claimer takes over entries idle longer than its own lease.)
+    let again = claim_one(&queue, "c2", SHORT).await;
+    assert_eq!(again.lease.job_id, Some(sent.id));
+    assert_eq!(again.lease.deliveries, 2);
+    let small = JobResult::without_run(sent.id, Outcome::Success, 2);
+    assert_eq!(
+        queue.complete(&again.lease, &small).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(small));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_batch_gets_the_right_reply_per_job() {
+    let (server, queue) = fresh_queue(|_| {}).await;
+    let queue = Arc::new(queue);
+    // Small and large results, some of them stale (the job was retried after a
+    // takeover) and some duplicates (another holder stored first), all completed at
+    // once so they share script calls.
+    let jobs: Vec<Job> = (0..40).map(job).collect();
+    queue.enqueue(&jobs).await.unwrap();
+    let stalled = queue.claim("stalls", 40, SHORT, PATIENT).await.unwrap();
+    assert_eq!(stalled.len(), 40);
+    let mut holders = Vec::new();
+    while holders.len() < 40 {
+        holders.extend(queue.claim("holder", 40, LONG, PATIENT).await.unwrap());
+    }
+    holders.sort_by_key(|c| c.lease.job_id);
+    let mut stalled = stalled;
+    stalled.sort_by_key(|c| c.lease.job_id);
+    let by_id = |id| jobs.iter().find(|j| Some(j.id) == id).unwrap().clone();
+    let mut expected = Vec::new();
+    let mut kept = std::collections::HashMap::new();
+    let mut completing = tokio::task::JoinSet::new();
+    for (i, (old, new)) in stalled.into_iter().zip(holders).enumerate() {
+        let sent = by_id(old.lease.job_id);
+        // Every kind of completion with both sizes.
+        let large = (i / 4 + i) % 2 == 0;
+        let result = |attempt, fill| {
+            if large {
+                large_success(&sent, attempt, fill)
+            } else {
+                JobResult::without_run(sent.id, Outcome::Success, attempt)
+            }
+        };
+        match i % 4 {
+            // The current holder completes: stored.
+            0 | 1 => {
+                expected.push((sent.id, "stored"));
+                let (queue, r) = (queue.clone(), result(2, b'h'));
+                kept.insert(sent.id, Some(r.clone()));
+                completing.spawn(async move { (r.job_id, queue.complete(&new.lease, &r).await) });
+            }
+            // The holder retried it: the stalled holder's completion is stale.
+            2 => {
+                let mut next = sent.clone();
+                next.attempt = 2;
+                queue.retry(&new.lease, &next, LONG).await.unwrap();
+                expected.push((sent.id, "stale"));
+                kept.insert(sent.id, None);
+                let (queue, r) = (queue.clone(), result(1, b's'));
+                completing.spawn(async move { (r.job_id, queue.complete(&old.lease, &r).await) });
+            }
+            // The holder stored first: the stalled holder's completion is a duplicate.
+            _ => {
+                let first = result(2, b'f');
+                assert_eq!(
+                    queue.complete(&new.lease, &first).await.unwrap(),
+                    Completion::Recorded
+                );
+                kept.insert(sent.id, Some(first));
+                expected.push((sent.id, "duplicate"));
+                let (queue, r) = (queue.clone(), result(1, b'd'));
+                completing.spawn(async move { (r.job_id, queue.complete(&old.lease, &r).await) });
+            }
+        }
+    }
+    let mut got = Vec::new();
+    while let Some(done) = completing.join_next().await {
+        let (id, reply) = done.unwrap();
+        let reply = match reply {
+            Ok(Completion::Recorded) => "stored",
+            Ok(Completion::AlreadyDone) => "duplicate",
+            Err(QueueError::LeaseLost { .. }) => "stale",
+            Err(other) => panic!("{id}: {other}"),
+        };
+        got.push((id, reply));
+    }
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    for sent in &jobs {
+        assert_eq!(
+            queue.result(sent.id).await.unwrap(),
+            kept[&sent.id],
+            "{}: not the winning run's result",
+            sent.id
+        );
+    }
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.completed, stats.leased, stats.delayed), (30, 0, 10));
+    assert_nothing_staged(&server, &queue);
+}
