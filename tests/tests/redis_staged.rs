@@ -283,3 +283,45 @@ async fn a_mixed_batch_gets_the_right_reply_per_job() {
     assert_eq!((stats.completed, stats.leased, stats.delayed), (30, 0, 10));
     assert_nothing_staged(&server, &queue);
 }
+
+/// After a restart Redis has neither the script nor anything staged before it: the
+/// flusher's next tries load the script and send the staged SETs again with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_completion_after_a_redis_restart_is_staged_again_and_stored() {
+    let mut server = RedisServer::start_with_aof();
+    let queue = RedisQueue::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    let (before, after) = (job(6), job(7));
+    queue
+        .enqueue(&[before.clone(), after.clone()])
+        .await
+        .unwrap();
+    let claimed = queue.claim("c1", 2, LONG, PATIENT).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let lease_of = |sent: &Job| {
+        claimed
+            .iter()
+            .find(|c| c.lease.job_id == Some(sent.id))
+            .unwrap()
+            .lease
+            .clone()
+    };
+    // The script is loaded (and the AOF has the pending entries) before the restart.
+    let first = large_success(&before, 1, b'1');
+    assert_eq!(
+        queue.complete(&lease_of(&before), &first).await.unwrap(),
+        Completion::Recorded
+    );
+    server.kill();
+    server.start_again();
+    let second = large_success(&after, 1, b'2');
+    assert_eq!(
+        queue.complete(&lease_of(&after), &second).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(queue.result(after.id).await.unwrap(), Some(second));
+    assert_eq!(queue.result(before.id).await.unwrap(), Some(first));
+    assert_eq!(queue.stats().await.unwrap().leased, 0);
+    assert_nothing_staged(&server, &queue);
+}
