@@ -203,9 +203,11 @@ async fn a_mixed_batch_gets_the_right_reply_per_job() {
     queue.enqueue(&jobs).await.unwrap();
     let stalled = queue.claim("stalls", 40, SHORT, PATIENT).await.unwrap();
     assert_eq!(stalled.len(), 40);
+    // (A claimer takes over entries idle longer than its own lease; no one claims
+    // after the holder, so its short lease is never taken over.)
     let mut holders = Vec::new();
     while holders.len() < 40 {
-        holders.extend(queue.claim("holder", 40, LONG, PATIENT).await.unwrap());
+        holders.extend(queue.claim("holder", 40, SHORT, PATIENT).await.unwrap());
     }
     holders.sort_by_key(|c| c.lease.job_id);
     let mut stalled = stalled;

@@ -404,12 +404,15 @@ fn completion_pipeline(
     let ttl = millis(config.result_ttl);
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    let staged_keys: Vec<String> = batch
+    let staged_keys: Vec<Option<String>> = batch
         .iter()
-        .map(|item| keys.staged_result(&item.lease.entry_id, &item.lease.consumer))
+        .map(|item| {
+            item.staged()
+                .then(|| keys.staged_result(&item.lease.entry_id, &item.lease.consumer))
+        })
         .collect();
     for (item, staged) in batch.iter().zip(&staged_keys) {
-        if item.staged() {
+        if let Some(staged) = staged {
             pipe.cmd("SET")
                 .arg(staged)
                 .arg(&item.encoded)
@@ -420,14 +423,18 @@ fn completion_pipeline(
     // `ScriptInvocation` sends itself only alone; in a pipeline the EVALSHA is spelled
     // out (NOSCRIPT is handled by the caller, which loads the script and sends again).
     let eval = pipe.cmd("EVALSHA");
+    let declared = batch.len() + staged_keys.iter().flatten().count();
     eval.arg(SCRIPTS.complete.get_hash())
-        .arg(4 + 2 * batch.len())
+        .arg(4 + declared)
         .arg(&keys.jobs)
         .arg(&keys.stats)
         .arg(&keys.done)
         .arg(keys.owned());
     for (item, staged) in batch.iter().zip(&staged_keys) {
-        eval.arg(keys.result_key(item.job_id)).arg(staged);
+        eval.arg(keys.result_key(item.job_id));
+        if let Some(staged) = staged {
+            eval.arg(staged);
+        }
     }
     eval.arg(GROUP)
         .arg(ttl)

@@ -12,11 +12,11 @@
 --              (not built from ARGV[4]) because the skip depends on it: in a cluster
 --              whose slot is migrating, a declared key the node no longer holds gets
 --              ASK/TRYAGAIN instead of reading as missing.
--- KEYS[3 + 2i]   the result key of the i-th job
--- KEYS[4 + 2i]   its staged key (`staged:<entry id>:<consumer>`, keys.rs): where the
---                caller SET the encoded result (PX result TTL) in the same round trip,
---                just before this script, when the job's flag is 1; declared for every
---                job (unused when the flag is 0) so the keys keep one stride
+-- KEYS[5…]    per job, in order: its result key, then, when its staged flag is 1, its
+--              staged key (`staged:<entry id>:<consumer>`, keys.rs), where the caller
+--              SET the encoded result (PX result TTL) in the same round trip, just
+--              before this script (an inline job declares no staged key: a key per
+--              job is a Lua string the no-op's completions would pay for)
 -- ARGV[1]      consumer group
 -- ARGV[2]      result TTL, ms
 -- ARGV[3]      notice TTL, ms (notices older than this are trimmed)
@@ -61,12 +61,21 @@
 -- batch, nor has its record's outcome noted (its listing shows it pending, while its
 -- result is stored). The next enqueue of an owned job sets the flag again.
 local group, ttl, notice_ttl, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local n = (#KEYS - 4) / 2
 local per = 6
+local n = (#ARGV - 4) / per
+
+-- Where each job's keys start in KEYS, and whether its result is staged.
+local key_at, staged_at = {}, {}
+local k = 5
+for i = 1, n do
+  key_at[i] = k
+  staged_at[i] = ARGV[4 + (i - 1) * per + 6] == '1'
+  if staged_at[i] then k = k + 2 else k = k + 1 end
+end
 
 -- Deletes the staged key of job i, if it staged its result.
 local function unstage(i)
-  if ARGV[4 + (i - 1) * per + 6] == '1' then redis.call('DEL', KEYS[4 + 2 * i]) end
+  if staged_at[i] then redis.call('DEL', KEYS[key_at[i] + 1]) end
 end
 
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'hash'),
@@ -103,8 +112,8 @@ local recorded, duplicates, stale = 0, 0, 0
 for i = 1, n do
   local base = 4 + (i - 1) * per
   local entry, job, kind, result = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local staged = ARGV[base + 6] == '1'
-  local key, staged_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local staged = staged_at[i]
+  local key, staged_key = KEYS[key_at[i]], KEYS[key_at[i] + 1]
   local batch, problem, missing = nil, nil, false
   if owned and pending[entry] then batch, problem = batch_of(prefix, job, 'n:' .. kind) end
   local stored = false
@@ -122,7 +131,7 @@ for i = 1, n do
       stored = redis.call('SET', key, result, 'NX', 'PX', ttl)
     end
   end
-  if staged and not stored then redis.call('DEL', staged_key) end
+  if staged and not stored then unstage(i) end
   if not problem and not stored and not missing then problem = foreign(key, 'string') end
   if problem then
     reply[i] = 'CORRUPT ' .. problem
