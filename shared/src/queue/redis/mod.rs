@@ -33,6 +33,7 @@ mod admission;
 mod artifacts;
 mod blobs;
 mod blocking;
+mod completions;
 mod config;
 mod connect;
 mod connection;
@@ -61,6 +62,7 @@ pub use artifacts::{
     MAX_REFUSAL_TTL, PRECOMPILE_STREAM_CAP, PrecompileRequest, StoredArtifact, StoredRefusal,
 };
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
+pub use completions::STAGE_THRESHOLD;
 pub use config::{
     RedisConfig, RedisConfigError, Topology, redacted_url, scrubbed, seed_urls, validate_queue_name,
 };
@@ -77,7 +79,7 @@ pub use listing::{
 };
 pub use modules::{ModulePut, ModuleRemoved, ModuleStoreError, Modules};
 pub use notices::{NoticeError, NoticeReader};
-pub use queue::{ClaimErrorHook, ClaimStep, STAGE_THRESHOLD};
+pub use queue::{ClaimErrorHook, ClaimStep};
 pub use recovery::{Recovery, RecoveryError, Whereabouts};
 pub use results::{
     BatchCancelled, BatchCounts, BatchJob, CANCELLED, Cancelled, JobRecord, Results, ResultsError,

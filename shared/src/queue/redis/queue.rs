@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::completions::{PendingCompletion, flush_completions};
 use super::connection::Connection;
 use parking_lot::Mutex;
 use redis::{RedisError, Script, Value};
@@ -19,7 +20,6 @@ use super::keys::Keys;
 use super::reply::{bytes_of, count_of, into_bytes, into_entries, into_field_pairs, millis};
 use super::scripts::SCRIPTS;
 use super::{ENVELOPE_FIELD, GROUP, RedisConfig, RedisQueue};
-use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobId};
 use crate::outcome::{JobResult, OutcomeKind};
@@ -42,24 +42,6 @@ pub enum ClaimStep {
 /// ([`RedisQueue::on_claim_step_failed`]): the hook then logs and counts it, and the
 /// queue logs nothing of its own.
 pub type ClaimErrorHook = Arc<dyn Fn(ClaimStep, &QueueError) + Send + Sync>;
-
-/// One completion waiting for the batch flusher: the result already encoded (by the
-/// caller's task, from its result as lent), and what the script's arguments name.
-struct PendingCompletion {
-    lease: Lease,
-    job_id: JobId,
-    kind: OutcomeKind,
-    encoded: Vec<u8>,
-    done: oneshot::Sender<Result<Completion, QueueError>>,
-}
-
-impl PendingCompletion {
-    /// Whether the result goes to Redis staged beside the script rather than in its
-    /// arguments ([`STAGE_THRESHOLD`]).
-    fn staged(&self) -> bool {
-        self.encoded.len() >= STAGE_THRESHOLD
-    }
-}
 
 /// The claim side's state: the completion flusher's inbox and the maintenance clocks.
 pub(super) struct ClaimState {
@@ -370,224 +352,6 @@ fn claimed(
             consumer: consumer.to_owned(),
         },
         delivery,
-    }
-}
-
-/// Results whose encoded length is at least this many bytes are staged: the flusher
-/// pipelines `SET <staged key> <result> PX <result TTL>` before `complete.lua`, which
-/// moves the staged key onto the result key with `RENAMENX` (no copy through Lua, the
-/// TTL kept), instead of passing the result in ARGV, where Redis's Lua hashes every
-/// byte of it into a Lua string and copies it again into the stored value. Smaller
-/// results go inline: staging costs a command of its own per job.
-///
-/// Measured with `scripts/redis-probe-staged --size 256,1024,2048,4096,16384 2000 3`
-/// (Redis CPU per result, 2,000 batches of 16, three rounds, load 0.9–1.3,
-/// 2026-11-29 10:51 UTC), inline / staged: 256 B 3.0–3.9 / 3.5–4.3 µs (no gain);
-/// 1 KiB 5.4–6.3 / 4.3–5.0 µs (1.1–1.3 saved); 2 KiB 9.3–9.5 / 6.7–6.8 µs;
-/// 4 KiB 15.3–15.6 / 10.4–10.7 µs (about 5 saved); 16 KiB 49–79 / 26–28 µs.
-/// Staging starts to pay between 256 B and 1 KiB; 1 KiB is the first size measured
-/// where it paid in every round. The no-op's result (about 20 bytes) stays inline.
-pub const STAGE_THRESHOLD: usize = 1024;
-
-/// Tries of one completion batch before its jobs are left to run again: Redis may be
-/// restarting, and a batch given up on is run again after its leases expire.
-const FLUSH_TRIES: usize = 9;
-
-/// The round trip of one completion batch: each staged result's `SET`, then the
-/// script's `EVALSHA`, in one pipeline (replies in that order; errors kept per
-/// command, so a refused `SET` is told from a failed script).
-fn completion_pipeline(
-    batch: &[PendingCompletion],
-    keys: &Keys,
-    config: &RedisConfig,
-) -> redis::Pipeline {
-    let ttl = millis(config.result_ttl);
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    let staged_keys: Vec<Option<String>> = batch
-        .iter()
-        .map(|item| {
-            item.staged()
-                .then(|| keys.staged_result(&item.lease.entry_id, &item.lease.consumer))
-        })
-        .collect();
-    for (item, staged) in batch.iter().zip(&staged_keys) {
-        if let Some(staged) = staged {
-            pipe.cmd("SET")
-                .arg(staged)
-                .arg(&item.encoded)
-                .arg("PX")
-                .arg(ttl);
-        }
-    }
-    // `ScriptInvocation` sends itself only alone; in a pipeline the EVALSHA is spelled
-    // out (NOSCRIPT is handled by the caller, which loads the script and sends again).
-    let eval = pipe.cmd("EVALSHA");
-    let declared = batch.len() + staged_keys.iter().flatten().count();
-    eval.arg(SCRIPTS.complete.get_hash())
-        .arg(4 + declared)
-        .arg(&keys.jobs)
-        .arg(&keys.stats)
-        .arg(&keys.done)
-        .arg(keys.owned());
-    for (item, staged) in batch.iter().zip(&staged_keys) {
-        eval.arg(keys.result_key(item.job_id));
-        if let Some(staged) = staged {
-            eval.arg(staged);
-        }
-    }
-    eval.arg(GROUP)
-        .arg(ttl)
-        .arg(millis(config.notice_ttl))
-        .arg(keys.prefix());
-    for item in batch {
-        let (value, flag): (&[u8], &str) = if item.staged() {
-            (&[], "1")
-        } else {
-            (&item.encoded, "0")
-        };
-        eval.arg(&item.lease.entry_id)
-            .arg(item.job_id.to_string())
-            .arg(item.kind.as_str())
-            .arg(value)
-            .arg(&item.lease.consumer)
-            .arg(flag);
-    }
-    pipe
-}
-
-/// What one send of a completion batch came back with: the script's per-job replies
-/// and each staged `SET`'s error (in the batch's order, `None` for inline jobs and
-/// stored copies), or why the batch failed as a whole.
-type FlushReply = Result<(Vec<Value>, Vec<Option<RedisError>>), RedisError>;
-
-/// Sends `pipe` once; a `NOSCRIPT` (Redis restarted and lost its script cache) loads
-/// the script and sends it all again (the staged `SET`s too: a restart loses them).
-async fn send_completions(
-    pipe: &redis::Pipeline,
-    batch: &[PendingCompletion],
-    conn: &mut Connection,
-) -> FlushReply {
-    let mut replies = pipe
-        .query_async::<Vec<Result<Value, RedisError>>>(conn)
-        .await?;
-    if matches!(replies.last(), Some(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-    {
-        SCRIPTS.complete.load_async(conn).await?;
-        replies = pipe
-            .query_async::<Vec<Result<Value, RedisError>>>(conn)
-            .await?;
-    }
-    let script = replies.pop().unwrap_or_else(|| Ok(Value::Nil))?;
-    let Value::Array(per_job) = script else {
-        return Err(RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "complete.lua reply is not an array",
-        )));
-    };
-    let mut set_errors = replies.into_iter();
-    let staging = batch
-        .iter()
-        .map(|item| {
-            if item.staged() {
-                set_errors.next().and_then(Result::err)
-            } else {
-                None
-            }
-        })
-        .collect();
-    Ok((per_job, staging))
-}
-
-/// Sends completions in batches: whatever has queued up while the previous batch was
-/// in flight goes in the next script call, so under load one round trip completes many
-/// jobs, and a lone completion goes at once. Results of [`STAGE_THRESHOLD`] bytes or
-/// more are staged in the same round trip (see there).
-async fn flush_completions(
-    mut pending: mpsc::Receiver<PendingCompletion>,
-    mut conn: Connection,
-    keys: Keys,
-    config: RedisConfig,
-) {
-    let mut batch = Vec::with_capacity(config.completion_batch);
-    while let Some(first) = pending.recv().await {
-        batch.push(first);
-        while batch.len() < config.completion_batch {
-            match pending.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let pipe = completion_pipeline(&batch, &keys, &config);
-        // Redis may be restarting: keep trying for a while rather than fail the batch,
-        // whose jobs would otherwise run again after their leases expire. Each try
-        // sends the staged SETs again with the script (a restarted Redis lost them; a
-        // try whose reply was lost after the script ran finds its results stored, and
-        // deletes the copies staged again). A corrupt key stays corrupt: no point
-        // waiting.
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut outcome = send_completions(&pipe, &batch, &mut conn).await;
-        for _ in 1..FLUSH_TRIES {
-            match &outcome {
-                Ok(_) => break,
-                Err(e) if e.code() == Some("CORRUPT") => break,
-                Err(_) => {}
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-            outcome = send_completions(&pipe, &batch, &mut conn).await;
-        }
-        match outcome {
-            Ok((replies, staging)) => {
-                let mut replies = replies.into_iter();
-                for (item, set_error) in batch.drain(..).zip(staging) {
-                    let status = completion_status(&item, replies.next(), set_error);
-                    let _ = item.done.send(status);
-                }
-            }
-            Err(e) => {
-                let error = unavailable(e);
-                tracing::warn!(jobs = batch.len(), %error, "results not stored; the jobs stay queued");
-                for item in batch.drain(..) {
-                    let _ = item.done.send(Err(error.clone().into()));
-                }
-            }
-        }
-    }
-}
-
-/// What `complete.lua` answered for one job (see its header), as the caller's result;
-/// `set_error` is why Redis refused the job's staged `SET`, if it did.
-fn completion_status(
-    item: &PendingCompletion,
-    reply: Option<Value>,
-    set_error: Option<RedisError>,
-) -> Result<Completion, QueueError> {
-    match reply {
-        Some(Value::Int(1)) => Ok(Completion::Recorded),
-        Some(Value::Int(0)) => Ok(Completion::AlreadyDone),
-        Some(Value::Int(2)) => Err(QueueError::LeaseLost {
-            entry_id: item.lease.entry_id.clone(),
-        }),
-        Some(Value::Int(3)) => {
-            let why = set_error.map_or_else(
-                || "expired or evicted before the script ran".to_owned(),
-                |e| format!("Redis refused its SET: {e}"),
-            );
-            let error = QueueError::StagedResultMissing {
-                entry_id: item.lease.entry_id.clone(),
-                why,
-            };
-            tracing::warn!(job = %item.job_id, %error, "result not stored");
-            Err(error)
-        }
-        Some(other) => {
-            let text = bytes_of(&other).unwrap_or_default();
-            let text = String::from_utf8_lossy(&text);
-            let error = QueueError::from(corrupt(text.strip_prefix("CORRUPT ").unwrap_or(&text)));
-            tracing::warn!(job = %item.job_id, %error, "result not stored; the job stays queued");
-            Err(error)
-        }
-        None => Err(bad_reply("complete.lua replied for fewer jobs than sent").into()),
     }
 }
 
