@@ -51,8 +51,13 @@ impl PendingCompletion {
 /// 2026-11-29 10:51 UTC), inline / staged: 256 B 3.0–3.9 / 3.5–4.3 µs (no gain);
 /// 1 KiB 5.4–6.3 / 4.3–5.0 µs (1.1–1.3 saved); 2 KiB 9.3–9.5 / 6.7–6.8 µs;
 /// 4 KiB 15.3–15.6 / 10.4–10.7 µs (about 5 saved); 16 KiB 49–79 / 26–28 µs.
-/// Staging starts to pay between 256 B and 1 KiB; 1 KiB is the first size measured
-/// where it paid in every round. The no-op's result (about 20 bytes) stays inline.
+/// A second run (`--size 256,512,768,1024 2000 3`, load 1.9, 11:19 UTC): 256 B saved
+/// 0.0–0.1 µs (one outlier 2.0), 512 B 0.5–0.6 (one 2.5), 768 B 0.6–0.9, 1 KiB 1.3–1.5.
+/// The probe leaves out what staging adds to the real script: the staged key declared
+/// in KEYS, a Lua string of about 60 bytes per staged job (about 0.4 µs of Redis CPU
+/// per job in `sluice bench`, when a first cut declared one for every job), which
+/// eats the gain below about 768 B. So 1 KiB, the first size where staging paid
+/// clearly in every round. The no-op's result (about 20 bytes) stays inline.
 pub const STAGE_THRESHOLD: usize = 1024;
 
 /// Tries of one completion batch before its jobs are left to run again: Redis may be
