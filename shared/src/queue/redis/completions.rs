@@ -261,3 +261,68 @@ fn completion_status(
         None => Err(bad_reply("complete.lua replied for fewer jobs than sent").into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(encoded_len: usize) -> PendingCompletion {
+        PendingCompletion {
+            lease: Lease {
+                entry_id: "1-0".into(),
+                job_id: None,
+                deliveries: 1,
+                consumer: "c1".into(),
+            },
+            job_id: "0190a0a0-0000-7000-8000-000000000000".parse().unwrap(),
+            kind: OutcomeKind::Success,
+            encoded: vec![0; encoded_len],
+            done: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn results_from_the_threshold_up_are_staged() {
+        assert!(!pending(STAGE_THRESHOLD - 1).staged());
+        assert!(pending(STAGE_THRESHOLD).staged());
+    }
+
+    #[test]
+    fn a_missing_staged_result_is_a_typed_error_saying_why() {
+        let item = pending(STAGE_THRESHOLD);
+        let gone = completion_status(&item, Some(Value::Int(3)), None).unwrap_err();
+        let QueueError::StagedResultMissing { entry_id, why } = &gone else {
+            panic!("{gone}");
+        };
+        assert_eq!(entry_id, "1-0");
+        assert!(why.contains("expired or evicted"), "{why}");
+        assert!(gone.to_string().contains("runs again"), "{gone}");
+        let refused = RedisError::from((redis::ErrorKind::Client, "NOPERM no SET"));
+        let refused = completion_status(&item, Some(Value::Int(3)), Some(refused)).unwrap_err();
+        assert!(refused.to_string().contains("refused its SET"), "{refused}");
+    }
+
+    #[test]
+    fn the_other_replies_keep_their_meaning() {
+        let item = pending(10);
+        assert!(matches!(
+            completion_status(&item, Some(Value::Int(1)), None),
+            Ok(Completion::Recorded)
+        ));
+        assert!(matches!(
+            completion_status(&item, Some(Value::Int(0)), None),
+            Ok(Completion::AlreadyDone)
+        ));
+        assert!(matches!(
+            completion_status(&item, Some(Value::Int(2)), None),
+            Err(QueueError::LeaseLost { .. })
+        ));
+        let corrupt = Value::BulkString(b"CORRUPT sluice:{q}:result:x holds a hash".to_vec());
+        let error = completion_status(&item, Some(corrupt), None).unwrap_err();
+        assert!(
+            error.to_string().contains("result:x holds a hash"),
+            "{error}"
+        );
+        assert!(completion_status(&item, None, None).is_err());
+    }
+}
