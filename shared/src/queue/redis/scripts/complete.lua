@@ -14,8 +14,8 @@
 --              ASK/TRYAGAIN instead of reading as missing.
 -- KEYS[5…]    per job, in order: its result key, then, when its staged flag is 1, its
 --              staged key (`staged:<entry id>:<consumer>`, keys.rs), where the caller
---              SET the encoded result (PX result TTL) in the same round trip, just
---              before this script (an inline job declares no staged key: a key per
+--              SET the encoded result (PX a short staging TTL, STAGED_TTL in
+--              completions.rs) in the same round trip, just before this script (an inline job declares no staged key: a key per
 --              job is a Lua string the no-op's completions would pay for)
 -- ARGV[1]      consumer group
 -- ARGV[2]      result TTL, ms
@@ -26,7 +26,9 @@
 -- then per job: entry id, job id, outcome kind, encoded result ('' when staged),
 --              consumer, staged flag ('1': the result is in the staged key and is
 --              moved with RENAMENX, no copy through Lua; '0': it is the ARGV value)
--- Returns      per job: 1 stored; 0 a result was already stored (duplicate; the entry,
+-- Returns      an error, with nothing written, when the declared keys do not match the
+--              per-job staged flags (a caller bug: a key would be renamed onto another
+--              job's); else per job: 1 stored; 0 a result was already stored (duplicate; the entry,
 --              if still there, is removed); 2 stale: the entry is gone (retried, dead-
 --              lettered, released, cancelled, or lost with Redis's data) and nothing
 --              changed; 3 the staged result is missing (expired or evicted between its
@@ -48,11 +50,19 @@
 -- Atomicity: every key is checked before the first write, so a corrupt key fails the
 -- script (shared keys) or skips its job (per-job keys) with nothing half done. (Deleting
 -- this call's staged keys is the one write on those paths: they are this caller's
--- copies, not the queue's state.) A staged key needs no check: the caller's SET just
--- replaced whatever it held with a string, so it is a string or missing; RENAMENX onto
--- a result key that exists (of any type) writes nothing and answers 0, and the result
--- key's type is then checked as on the inline path. The
--- result, XACK/XDEL and counters change in one script: no entry is acknowledged
+-- copies, not the queue's state.) A staged key is not type-checked: when the caller's
+-- SET landed, it replaced whatever the key held with a string, so it is a string or
+-- missing. When the SET was refused (OOM, an ACL) the script cannot tell, and RENAMENX
+-- moves whatever the key held: a string left by an earlier delivery of the same entry
+-- to the same consumer (its own result of the same job, at most the staging TTL old),
+-- or a value written there by hand, which, if not a string, becomes a result key of
+-- another type that fetch reports as corrupt. A TYPE per staged job to rule out the
+-- hand-written case would cost every large completion a command. RENAMENX onto a
+-- result key that exists (of any type) writes nothing and answers 0, and the result
+-- key's type is then checked as on the inline path. A renamed result gets the result
+-- TTL (PEXPIRE): the staged copy's own TTL is short, so that a copy never renamed
+-- (the caller crashed, the script failed) does not outlive the flush's retries by much.
+-- The result, XACK/XDEL and counters change in one script: no entry is acknowledged
 -- without its result, none is counted without being acknowledged, a job is counted
 -- once (SET NX: results are never replaced).
 --
@@ -71,6 +81,10 @@ for i = 1, n do
   key_at[i] = k
   staged_at[i] = ARGV[4 + (i - 1) * per + 6] == '1'
   if staged_at[i] then k = k + 2 else k = k + 1 end
+end
+if (#ARGV - 4) % per ~= 0 or k - 1 ~= #KEYS then
+  return redis.error_reply('ERR complete.lua: ' .. #KEYS .. ' keys declared for ' ..
+    (#ARGV - 4) / per .. ' jobs whose staged flags call for ' .. (k - 1))
 end
 
 -- Deletes the staged key of job i, if it staged its result.
@@ -126,6 +140,7 @@ for i = 1, n do
         missing = redis.call('EXISTS', key) == 0
       else
         stored = moved == 1
+        if stored then redis.call('PEXPIRE', key, ttl) end
       end
     else
       stored = redis.call('SET', key, result, 'NX', 'PX', ttl)
