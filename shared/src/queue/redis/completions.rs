@@ -3,7 +3,8 @@
 //! stages (those of [`STAGE_THRESHOLD`] bytes or more), then `complete.lua`, which
 //! renames each staged result to its result key or deletes it, and stores the small
 //! results from its arguments. Retries after a connection error, reloads the script
-//! after a `NOSCRIPT`, and turns each job's reply into its caller's result.
+//! after a `NOSCRIPT`, sends a result whose staged copy was missing again inline (its
+//! entry is still pending), and turns each job's reply into its caller's result.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use super::{GROUP, RedisConfig};
 use crate::backoff::Backoff;
 use crate::job::JobId;
 use crate::outcome::OutcomeKind;
-use crate::queue::{Completion, Lease, QueueError};
+use crate::queue::{Completion, Lease, QueueError, StagedLoss};
 
 /// One completion waiting for the batch flusher: the result already encoded (by the
 /// caller's task, from its result as lent), and what the script's arguments name.
@@ -28,14 +29,16 @@ pub(super) struct PendingCompletion {
     pub(super) job_id: JobId,
     pub(super) kind: OutcomeKind,
     pub(super) encoded: Vec<u8>,
+    /// Sent inline whatever its size: its staged copy was missing on a first send.
+    pub(super) inline: bool,
     pub(super) done: oneshot::Sender<Result<Completion, QueueError>>,
 }
 
 impl PendingCompletion {
     /// Whether the result goes to Redis staged beside the script rather than in its
-    /// arguments ([`STAGE_THRESHOLD`]).
+    /// arguments ([`STAGE_THRESHOLD`]), unless it is being sent again inline.
     fn staged(&self) -> bool {
-        self.encoded.len() >= STAGE_THRESHOLD
+        !self.inline && self.encoded.len() >= STAGE_THRESHOLD
     }
 }
 
@@ -64,6 +67,33 @@ pub const STAGE_THRESHOLD: usize = 1024;
 /// restarting, and a batch given up on is run again after its leases expire.
 const FLUSH_TRIES: usize = 9;
 
+/// The wait before a completion batch's second try; doubled for each try after.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// The longest wait between two tries of a completion batch.
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// The shortest TTL of a staged copy. A copy lives only from its `SET` to the script
+/// that renames or deletes it, normally the same round trip; the TTL bounds what a copy
+/// never renamed costs (the worker crashed between the two, the connection dropped and
+/// every try failed, the script failed part-way): at most `completion_batch` results
+/// for this long, instead of for the result TTL (24 hours by default). A minute, or the
+/// flush's retry span if longer ([`staged_ttl`]), so that no copy expires while its
+/// batch is still being tried.
+pub const STAGED_TTL_FLOOR: Duration = Duration::from_secs(60);
+
+/// The TTL of a staged copy: [`STAGED_TTL_FLOOR`], or the longest a batch's tries can
+/// take if that is more (each try up to the response timeout, the waits between them
+/// up to [`RETRY_CAP`]). A renamed copy gets the result TTL (`complete.lua`).
+pub fn staged_ttl(config: &RedisConfig) -> Duration {
+    let tries = u32::try_from(FLUSH_TRIES).unwrap_or(u32::MAX);
+    let span = config
+        .response_timeout
+        .saturating_mul(tries)
+        .saturating_add(RETRY_CAP.saturating_mul(tries - 1));
+    span.max(STAGED_TTL_FLOOR)
+}
+
 /// The round trip of one completion batch: each staged result's `SET`, then the
 /// script's `EVALSHA`, in one pipeline (replies in that order; errors kept per
 /// command, so a refused `SET` is told from a failed script).
@@ -73,6 +103,7 @@ fn completion_pipeline(
     config: &RedisConfig,
 ) -> redis::Pipeline {
     let ttl = millis(config.result_ttl);
+    let staged_ttl = millis(staged_ttl(config));
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     let staged_keys: Vec<Option<String>> = batch
@@ -88,7 +119,7 @@ fn completion_pipeline(
                 .arg(staged)
                 .arg(&item.encoded)
                 .arg("PX")
-                .arg(ttl);
+                .arg(staged_ttl);
         }
     }
     // `ScriptInvocation` sends itself only alone; in a pipeline the EVALSHA is spelled
@@ -189,30 +220,24 @@ pub(super) async fn flush_completions(
                 Err(_) => break,
             }
         }
-        let pipe = completion_pipeline(&batch, &keys, &config);
         // Redis may be restarting: keep trying for a while rather than fail the batch,
-        // whose jobs would otherwise run again after their leases expire. Each try
-        // sends the staged SETs again with the script (a restarted Redis lost them; a
-        // try whose reply was lost after the script ran finds its results stored, and
-        // deletes the copies staged again). A corrupt key stays corrupt: no point
-        // waiting.
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut outcome = send_completions(&pipe, &batch, &mut conn).await;
-        for _ in 1..FLUSH_TRIES {
-            match &outcome {
-                Ok(_) => break,
-                Err(e) if e.code() == Some("CORRUPT") => break,
-                Err(_) => {}
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-            outcome = send_completions(&pipe, &batch, &mut conn).await;
-        }
-        match outcome {
+        // whose jobs would otherwise run again after their leases expire.
+        match send_with_retries(&batch, &keys, &config, &mut conn).await {
             Ok((replies, staging)) => {
                 let mut replies = replies.into_iter();
+                let mut again = Vec::new();
                 for (item, set_error) in batch.drain(..).zip(staging) {
-                    let status = completion_status(&item, replies.next(), set_error);
-                    let _ = item.done.send(status);
+                    match replies.next() {
+                        // The entry is still pending: its result goes again, inline.
+                        Some(Value::Int(3)) => again.push((item, loss_of(set_error))),
+                        reply => {
+                            let status = completion_status(&item, reply);
+                            let _ = item.done.send(status);
+                        }
+                    }
+                }
+                if !again.is_empty() {
+                    resend_inline(again, &keys, &config, &mut conn).await;
                 }
             }
             Err(e) => {
@@ -226,12 +251,93 @@ pub(super) async fn flush_completions(
     }
 }
 
-/// What `complete.lua` answered for one job (see its header), as the caller's result;
-/// `set_error` is why Redis refused the job's staged `SET`, if it did.
+/// Sends a batch, trying again after a failure up to [`FLUSH_TRIES`] times in all.
+/// Each try sends the staged `SET`s again with the script (a restarted Redis lost
+/// them; a try whose reply was lost after the script ran finds its results stored, and
+/// deletes the copies staged again). A corrupt key stays corrupt: no point waiting.
+async fn send_with_retries(
+    batch: &[PendingCompletion],
+    keys: &Keys,
+    config: &RedisConfig,
+    conn: &mut Connection,
+) -> FlushReply {
+    let pipe = completion_pipeline(batch, keys, config);
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
+    let mut outcome = send_completions(&pipe, batch, conn).await;
+    for _ in 1..FLUSH_TRIES {
+        match &outcome {
+            Ok(_) => break,
+            Err(e) if e.code() == Some("CORRUPT") => break,
+            Err(_) => {}
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+        outcome = send_completions(&pipe, batch, conn).await;
+    }
+    outcome
+}
+
+/// Why a job's staged copy was missing: its `SET` was refused, or the copy was gone.
+fn loss_of(set_error: Option<RedisError>) -> StagedLoss {
+    match set_error {
+        Some(e) => StagedLoss::Refused {
+            code: e.code().unwrap_or("unknown").to_owned(),
+        },
+        None => StagedLoss::Gone,
+    }
+}
+
+/// Sends the results whose staged copies were missing again, inline, in one script
+/// call (once: their entries are still pending, so a failure here only means the jobs
+/// run again). The usual cause is Redis being full: it refuses the staged `SET`
+/// (`OOM` under `noeviction`), while a script that has written once (complete.lua's
+/// `XCLAIM`) may store past the cap, as inline results always have been.
+async fn resend_inline(
+    again: Vec<(PendingCompletion, StagedLoss)>,
+    keys: &Keys,
+    config: &RedisConfig,
+    conn: &mut Connection,
+) {
+    let (mut batch, losses): (Vec<_>, Vec<_>) = again.into_iter().unzip();
+    for item in &mut batch {
+        item.inline = true;
+    }
+    let pipe = completion_pipeline(&batch, keys, config);
+    match send_completions(&pipe, &batch, conn).await {
+        Ok((replies, _)) => {
+            let mut replies = replies.into_iter();
+            for (item, why) in batch.into_iter().zip(losses) {
+                let status = match replies.next() {
+                    // Not an inline reply; kept typed all the same.
+                    Some(Value::Int(3)) => Err(missing(&item, why, "staged again".into())),
+                    reply => completion_status(&item, reply),
+                };
+                let _ = item.done.send(status);
+            }
+        }
+        Err(e) => {
+            let resend = e.to_string();
+            for (item, why) in batch.into_iter().zip(losses) {
+                let error = missing(&item, why, resend.clone());
+                let _ = item.done.send(Err(error));
+            }
+        }
+    }
+}
+
+/// The error of a job whose staged copy was missing and whose inline resend failed.
+fn missing(item: &PendingCompletion, why: StagedLoss, resend: String) -> QueueError {
+    QueueError::StagedResultMissing {
+        entry_id: item.lease.entry_id.clone(),
+        why,
+        resend,
+    }
+}
+
+/// What `complete.lua` answered for one job (see its header), as the caller's result
+/// (reply 3, a missing staged copy, is answered by [`resend_inline`] instead).
 fn completion_status(
     item: &PendingCompletion,
     reply: Option<Value>,
-    set_error: Option<RedisError>,
 ) -> Result<Completion, QueueError> {
     match reply {
         Some(Value::Int(1)) => Ok(Completion::Recorded),
@@ -239,18 +345,7 @@ fn completion_status(
         Some(Value::Int(2)) => Err(QueueError::LeaseLost {
             entry_id: item.lease.entry_id.clone(),
         }),
-        Some(Value::Int(3)) => {
-            let why = set_error.map_or_else(
-                || "expired or evicted before the script ran".to_owned(),
-                |e| format!("Redis refused its SET: {e}"),
-            );
-            let error = QueueError::StagedResultMissing {
-                entry_id: item.lease.entry_id.clone(),
-                why,
-            };
-            tracing::warn!(job = %item.job_id, %error, "result not stored");
-            Err(error)
-        }
+        Some(Value::Int(3)) => Err(missing(item, StagedLoss::Gone, "not sent again".into())),
         Some(other) => {
             let text = bytes_of(&other).unwrap_or_default();
             let text = String::from_utf8_lossy(&text);
@@ -277,6 +372,7 @@ mod tests {
             job_id: "0190a0a0-0000-7000-8000-000000000000".parse().unwrap(),
             kind: OutcomeKind::Success,
             encoded: vec![0; encoded_len],
+            inline: false,
             done: oneshot::channel().0,
         }
     }
@@ -285,44 +381,65 @@ mod tests {
     fn results_from_the_threshold_up_are_staged() {
         assert!(!pending(STAGE_THRESHOLD - 1).staged());
         assert!(pending(STAGE_THRESHOLD).staged());
+        let mut again = pending(STAGE_THRESHOLD);
+        again.inline = true;
+        assert!(!again.staged(), "a resend goes inline whatever its size");
+    }
+
+    #[test]
+    fn a_staged_copy_outlives_the_flushs_tries_but_not_by_hours() {
+        let mut config = RedisConfig::new("redis://127.0.0.1");
+        config.response_timeout = Duration::from_secs(1);
+        assert_eq!(staged_ttl(&config), STAGED_TTL_FLOOR);
+        config.response_timeout = Duration::from_secs(10);
+        // Nine tries of 10 s and eight waits of at most 2 s.
+        assert_eq!(staged_ttl(&config), Duration::from_secs(106));
     }
 
     #[test]
     fn a_missing_staged_result_is_a_typed_error_saying_why() {
+        assert_eq!(loss_of(None), StagedLoss::Gone);
+        // (The client builds no OOM error by hand; the e2e test meets a real one.)
+        let refused = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "refused",
+        ));
+        let why = loss_of(Some(refused));
+        assert_eq!(why, StagedLoss::Refused { code: "ERR".into() });
         let item = pending(STAGE_THRESHOLD);
-        let gone = completion_status(&item, Some(Value::Int(3)), None).unwrap_err();
-        let QueueError::StagedResultMissing { entry_id, why } = &gone else {
-            panic!("{gone}");
+        let error = missing(&item, why, "NOPERM no SET".into());
+        let QueueError::StagedResultMissing { entry_id, why, .. } = &error else {
+            panic!("{error}");
         };
         assert_eq!(entry_id, "1-0");
-        assert!(why.contains("expired or evicted"), "{why}");
-        assert!(gone.to_string().contains("runs again"), "{gone}");
-        let refused = RedisError::from((redis::ErrorKind::Client, "NOPERM no SET"));
-        let refused = completion_status(&item, Some(Value::Int(3)), Some(refused)).unwrap_err();
-        assert!(refused.to_string().contains("refused its SET"), "{refused}");
+        assert!(matches!(why, StagedLoss::Refused { code } if code == "ERR"));
+        let text = error.to_string();
+        for said in ["refused its SET (ERR)", "NOPERM no SET", "runs again"] {
+            assert!(text.contains(said), "{text}");
+        }
     }
 
     #[test]
     fn the_other_replies_keep_their_meaning() {
         let item = pending(10);
         assert!(matches!(
-            completion_status(&item, Some(Value::Int(1)), None),
+            completion_status(&item, Some(Value::Int(1))),
             Ok(Completion::Recorded)
         ));
         assert!(matches!(
-            completion_status(&item, Some(Value::Int(0)), None),
+            completion_status(&item, Some(Value::Int(0))),
             Ok(Completion::AlreadyDone)
         ));
         assert!(matches!(
-            completion_status(&item, Some(Value::Int(2)), None),
+            completion_status(&item, Some(Value::Int(2))),
             Err(QueueError::LeaseLost { .. })
         ));
         let corrupt = Value::BulkString(b"CORRUPT sluice:{q}:result:x holds a hash".to_vec());
-        let error = completion_status(&item, Some(corrupt), None).unwrap_err();
+        let error = completion_status(&item, Some(corrupt)).unwrap_err();
         assert!(
             error.to_string().contains("result:x holds a hash"),
             "{error}"
         );
-        assert!(completion_status(&item, None, None).is_err());
+        assert!(completion_status(&item, None).is_err());
     }
 }

@@ -497,6 +497,7 @@ impl Queue for RedisQueue {
             job_id: result.job_id,
             kind: result.outcome.kind(),
             encoded: codec::encode_result(result),
+            inline: false,
             done,
         };
         self.claims
