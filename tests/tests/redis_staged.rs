@@ -3,13 +3,16 @@
 //! it to the result key or deletes it. Every test ends by checking that no staged key
 //! is left behind, whatever the script answered.
 
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_shared::queue::Completion;
 use sluice_shared::queue::conformance::large_success;
 use sluice_shared::queue::redis::{RedisConfig, RedisQueue, STAGE_THRESHOLD};
+use sluice_shared::queue::{Completion, StagedLoss};
 use sluice_shared::{Claimed, Job, JobInput, JobResult, ModuleHash, Outcome, Queue, QueueError};
+use sluice_tests::wait::poll;
 use sluice_tests::{RedisServer, fresh_queue};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -139,48 +142,100 @@ async fn a_corrupt_result_key_leaves_the_job_pending_and_its_staged_copy_deleted
     assert_nothing_staged(&server, &queue);
 }
 
-/// Redis refuses the staged SET (an ACL that denies SET on staged keys stands in for
-/// the staged key expiring or being evicted before the script runs: either way the
-/// script finds no staged key). Nothing is stored, the entry stays pending, the error
-/// says so, and the job runs again after its lease.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_staged_result_leaves_the_job_pending_with_a_typed_error() {
-    let server = RedisServer::start();
-    let acl = server.cli(&[
-        "ACL",
-        "SETUSER",
-        "stager",
-        "on",
-        ">pw",
-        "~*",
-        "&*",
-        "+@all",
-        "-set",
-        "(+set ~sluice:*:result:*)",
-    ]);
+/// A queue client connected as user `stager`, who may run everything (until a test's
+/// ACL change says otherwise), on a fresh server; the test's `cli` stays the default
+/// user, to change the ACL and look.
+async fn as_stager(server: &RedisServer) -> RedisQueue {
+    let acl = server.cli(&["ACL", "SETUSER", "stager", "on", ">pw", "~*", "&*", "+@all"]);
     assert_eq!(acl.trim(), "OK", "{acl}");
     let url = format!("redis://stager:pw@127.0.0.1:{}", server.port());
-    let queue = RedisQueue::connect(RedisConfig::new(url)).await.unwrap();
+    RedisQueue::connect(RedisConfig::new(url)).await.unwrap()
+}
+
+fn acl(server: &RedisServer, rules: &[&str]) {
+    let mut args = vec!["ACL", "SETUSER", "stager"];
+    args.extend_from_slice(rules);
+    let reply = server.cli(&args);
+    assert_eq!(reply.trim(), "OK", "{reply}");
+}
+
+/// `SET key value` by hand, the value binary (redis-cli's `-x` reads it from stdin).
+fn set_bytes(server: &RedisServer, key: &str, value: &[u8]) {
+    let mut cli = Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "-x", "SET", key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    cli.stdin.take().unwrap().write_all(value).unwrap();
+    let out = cli.wait_with_output().unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(reply.trim(), "OK", "{reply}");
+}
+
+/// Redis refuses the staged SET (an ACL that denies SET on staged keys stands in for
+/// the staged key expiring or being evicted before the script runs: either way the
+/// script finds no staged key and answers 3). The entry is still pending, so the
+/// flusher sends the result again inline, and it is stored.
+/// (Before the inline resend, this test expected `StagedResultMissing`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_staged_set_is_sent_again_inline_and_stored() {
+    let server = RedisServer::start();
+    let queue = as_stager(&server).await;
+    acl(&server, &["-set", "(+set ~sluice:*:result:*)"]);
     let sent = job(5);
     queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", LONG).await;
+    let result = large_success(&sent, 1, b'm');
+    assert_eq!(
+        queue.complete(&claimed.lease, &result).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(result));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.leased, stats.completed), (0, 1));
+    assert_nothing_staged(&server, &queue);
+}
+
+/// The staged SET is refused and so is the inline resend's (an ACL denying SET
+/// altogether): nothing is stored, the entry stays pending, the typed error says
+/// why, and the job runs again after its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_staged_result_whose_resend_fails_leaves_the_job_pending() {
+    let server = RedisServer::start();
+    let queue = as_stager(&server).await;
+    let sent = job(8);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
     let claimed = claim_one(&queue, "c1", SHORT).await;
+    acl(&server, &["-set"]);
     let err = queue
         .complete(&claimed.lease, large_success(&sent, 1, b'm'))
         .await
         .unwrap_err();
-    let QueueError::StagedResultMissing { entry_id, why } = &err else {
+    let QueueError::StagedResultMissing {
+        entry_id,
+        why,
+        resend,
+    } = &err
+    else {
         panic!("not a missing staged result: {err}");
     };
     assert_eq!(entry_id, &claimed.lease.entry_id);
-    assert!(why.contains("refused"), "{why}");
+    assert_eq!(
+        why,
+        &StagedLoss::Refused {
+            code: "NOPERM".into()
+        }
+    );
+    assert!(resend.contains("can't run this command"), "{resend}");
     assert!(err.to_string().contains("stays queued"), "{err}");
     assert_eq!(queue.result(sent.id).await.unwrap(), None);
     assert_eq!(leased(&queue).await, 1, "the entry must stay pending");
     assert_eq!(queue.stats().await.unwrap().completed, 0);
     assert_nothing_staged(&server, &queue);
-    // A small result is not staged, so the same user stores it: the job ran again
-    // after its lease and this run's result is the one.
+    // The job runs again after its lease, and that run's result is stored.
     // (A claimer takes over entries idle longer than its own lease.)
+    acl(&server, &["+set"]);
     let again = claim_one(&queue, "c2", SHORT).await;
     assert_eq!(again.lease.job_id, Some(sent.id));
     assert_eq!(again.lease.deliveries, 2);
@@ -190,6 +245,123 @@ async fn a_missing_staged_result_leaves_the_job_pending_with_a_typed_error() {
         Completion::Recorded
     );
     assert_eq!(queue.result(sent.id).await.unwrap(), Some(small));
+}
+
+/// Redis is full (used memory over `maxmemory`, `noeviction`, as docs/quotas.md
+/// recommends): it refuses the staged SET with OOM, while the script, which writes
+/// first (XCLAIM), may store past the cap. The result, sent again inline, is stored,
+/// as it was before results were staged: a full Redis must not turn successes into
+/// reruns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_result_is_stored_while_redis_is_full() {
+    let (server, queue) = fresh_queue(|_| {}).await;
+    let sent = job(9);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", LONG).await;
+    let full = server.cli(&[
+        "CONFIG",
+        "SET",
+        "maxmemory-policy",
+        "noeviction",
+        "maxmemory",
+        "1",
+    ]);
+    assert_eq!(full.trim(), "OK", "{full}");
+    let refused = server.cli(&["SET", "probe", "x"]);
+    assert!(refused.contains("OOM"), "Redis is not full: {refused}");
+    let result = large_success(&sent, 1, b'o');
+    let done = queue.complete(&claimed.lease, &result).await;
+    let room = server.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(room.trim(), "OK", "{room}");
+    assert_eq!(done.unwrap(), Completion::Recorded);
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(result));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.leased, stats.completed), (0, 1));
+    assert_nothing_staged(&server, &queue);
+}
+
+/// A corrupt shared key (the stats hash a string) fails the whole script: the large
+/// completion gets CORRUPT, its entry stays pending, and its staged copy is deleted by
+/// the failing script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_shared_key_deletes_the_staged_copy() {
+    let (server, queue) = fresh_queue(|_| {}).await;
+    let sent = job(10);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", LONG).await;
+    let stats = queue.keys().stats.clone();
+    server.cli(&["DEL", &stats]);
+    server.cli(&["SET", &stats, "oops"]);
+    let err = queue
+        .complete(&claimed.lease, large_success(&sent, 1, b'k'))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    assert!(err.to_string().contains(&stats), "{err}");
+    assert_nothing_staged(&server, &queue);
+    server.cli(&["DEL", &stats]);
+    assert_eq!(leased(&queue).await, 1, "the entry must stay pending");
+    assert_eq!(queue.result(sent.id).await.unwrap(), None);
+}
+
+/// A result already stored (written here by hand) when a large completion of a still
+/// pending entry arrives: RENAMENX answers 0, a duplicate; the entry is acknowledged,
+/// the stored result kept, the staged copy deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_completion_onto_a_stored_result_is_a_duplicate() {
+    let (server, queue) = fresh_queue(|_| {}).await;
+    let sent = job(11);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", LONG).await;
+    let first = JobResult::without_run(sent.id, Outcome::Success, 1);
+    let key = queue.keys().result_key(sent.id);
+    let encoded = sluice_shared::codec::encode_result(&first);
+    set_bytes(&server, &key, &encoded);
+    assert_eq!(
+        queue
+            .complete(&claimed.lease, large_success(&sent, 1, b'd'))
+            .await
+            .unwrap(),
+        Completion::AlreadyDone
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(first));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.leased, stats.completed), (0, 0));
+    let stats_key = queue.keys().stats.clone();
+    assert_eq!(server.cli(&["HGET", &stats_key, "duplicates"]).trim(), "1");
+    assert_nothing_staged(&server, &queue);
+}
+
+/// Each try of a batch sends its staged SETs again, not the script alone: the script
+/// is denied (ACL) so the first tries fail after their SETs landed; the staged copy is
+/// deleted, and must come back (a later try's SET) before the script is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_batch_stages_its_results_again() {
+    let server = RedisServer::start();
+    let queue = Arc::new(as_stager(&server).await);
+    let sent = job(12);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", LONG).await;
+    let staged = queue
+        .keys()
+        .staged_result(&claimed.lease.entry_id, &claimed.lease.consumer);
+    acl(&server, &["-evalsha"]);
+    let result = large_success(&sent, 1, b'r');
+    let completing = {
+        let (queue, lease, result) = (queue.clone(), claimed.lease.clone(), result.clone());
+        tokio::spawn(async move { queue.complete(&lease, &result).await })
+    };
+    let exists = || server.cli(&["EXISTS", &staged]).trim().to_owned();
+    tokio::task::block_in_place(|| {
+        poll("the first try's staged copy", PATIENT, exists, |e| e == "1");
+        server.cli(&["DEL", &staged]);
+        poll("a later try's staged copy", PATIENT, exists, |e| e == "1");
+    });
+    acl(&server, &["+evalsha"]);
+    assert_eq!(completing.await.unwrap().unwrap(), Completion::Recorded);
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(result));
+    assert_eq!(leased(&queue).await, 0);
+    assert_nothing_staged(&server, &queue);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
