@@ -49,19 +49,20 @@ impl PendingCompletion {
 /// byte of it into a Lua string and copies it again into the stored value. Smaller
 /// results go inline: staging costs a command of its own per job.
 ///
-/// Measured with `scripts/redis-probe-staged --size 256,1024,2048,4096,16384 2000 3`
-/// (Redis CPU per result, 2,000 batches of 16, three rounds, load 0.9–1.3,
-/// 2026-11-29 10:51 UTC), inline / staged: 256 B 3.0–3.9 / 3.5–4.3 µs (no gain);
-/// 1 KiB 5.4–6.3 / 4.3–5.0 µs (1.1–1.3 saved); 2 KiB 9.3–9.5 / 6.7–6.8 µs;
-/// 4 KiB 15.3–15.6 / 10.4–10.7 µs (about 5 saved); 16 KiB 49–79 / 26–28 µs.
-/// A second run (`--size 256,512,768,1024 2000 3`, load 1.9, 11:19 UTC): 256 B saved
-/// 0.0–0.1 µs (one outlier 2.0), 512 B 0.5–0.6 (one 2.5), 768 B 0.6–0.9, 1 KiB 1.3–1.5.
-/// The probe leaves out what staging adds to the real script: the staged key declared
-/// in KEYS, a Lua string of about 60 bytes per staged job (about 0.4 µs of Redis CPU
-/// per job in `sluice bench`, when a first cut declared one for every job), which
-/// eats the gain below about 768 B. So 1 KiB, the first size where staging paid
-/// clearly in every round. The no-op's result (about 20 bytes) stays inline.
-pub const STAGE_THRESHOLD: usize = 1024;
+/// Measured with `scripts/redis-probe-staged`, whose staged mode does what complete.lua
+/// does (`SET PX` the staging TTL, `RENAMENX`, `PEXPIRE` the result TTL) with keys as
+/// long as the real ones (Redis CPU per result, 2,000 batches of 16, three rounds,
+/// 2026-11-29, redis 7.0.15), inline / staged:
+/// `--size 256,512,768,1024,2048,4096,16384 2000 3` (load 1.3–1.4): 256 B 3.6–4.2 /
+/// 5.1–5.9 µs (staging costs 1.0–2.2); 512 B costs 1.0–1.1; 768 B costs 0.5–0.6;
+/// 1 KiB 6.5–6.6 / 6.6–6.8 (costs 0.1–0.2); 2 KiB 9.7–10.1 / 8.6–8.9 (saves 1.0–1.2);
+/// 4 KiB 14.1–15.6 / 9.2–11.3 (saves 3.2–4.9); 16 KiB 47–49 / 24–26 (saves 23–24).
+/// `--size 1024,1280,1536,1792,2048 2000 3` (load 1.6–1.9): saves 1 KiB 0.0–0.2,
+/// 1,280 B 0.0–0.6, 1,536 B −0.2–0.7, 1,792 B 1.0–1.6, 2 KiB 0.3–1.8.
+/// Break-even lies between 1 and 2 KiB, within the noise of a shared machine; 2 KiB is
+/// the cautious choice: the first size that saved in every round of both runs. The
+/// no-op's result (about 20 bytes) stays inline.
+pub const STAGE_THRESHOLD: usize = 2048;
 
 /// Tries of one completion batch before its jobs are left to run again: Redis may be
 /// restarting, and a batch given up on is run again after its leases expire.
