@@ -68,10 +68,13 @@ impl Keys {
         format!("{}result:{job}", self.prefix)
     }
 
-    /// Where the completion flusher stages a large result (a string with the result's
-    /// TTL) in the round trip that runs `complete.lua`, which renames it to the result
-    /// key or deletes it. One per delivery and holder: two consumers may hold the same
-    /// entry after a takeover, and each stages its own copy. The entry id is Redis's
+    /// Where the completion flusher stages a large result (a string with a short
+    /// staging TTL) in the round trip that runs `complete.lua`, which renames it to the
+    /// result key or deletes it. One per entry and holder: two consumers may hold the
+    /// same entry after a takeover, and each stages its own copy. It holds no delivery
+    /// count, so a consumer that takes over its own expired entry reuses the key; that
+    /// is harmless, as its earlier copy was renamed or deleted by its own script call,
+    /// or is its own result of the same job. The entry id is Redis's
     /// (`<ms>-<seq>`), the consumer name bounded by whoever claims (the worker's
     /// `--consumer` at most 128 printable ASCII bytes, its default host-pid name at most
     /// 64 + 11); neither comes from a tenant.
