@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{Claimed, Completion, Queue, QueueError, ReleaseKind};
 use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobInput, ModuleHash};
-use crate::outcome::{JobResult, Outcome, OutcomeKind};
+use crate::outcome::{JobOutput, JobResult, Outcome, OutcomeKind};
 
 const LONG: Duration = Duration::from_secs(60);
 const PATIENT: Duration = Duration::from_secs(30);
@@ -29,6 +29,14 @@ fn job(n: u8) -> Job {
 
 fn success(job: &Job, attempt: u32) -> JobResult {
     JobResult::without_run(job.id, Outcome::Success, attempt)
+}
+
+/// A success with `fill` repeated as a large output: large enough for the Redis queue
+/// to stage it outside its script ([`super::redis::STAGE_THRESHOLD`]).
+pub fn large_success(job: &Job, attempt: u32, fill: u8) -> JobResult {
+    let mut result = success(job, attempt);
+    result.output = JobOutput::Inline(vec![fill; 4 * super::redis::STAGE_THRESHOLD]);
+    result
 }
 
 /// Enqueues `sent` alone.
@@ -64,6 +72,8 @@ macro_rules! queue_conformance {
             overdue_release_counts_an_attempt,
             release_of_a_lost_lease_is_refused,
             waiting_claim_wakes_on_enqueue,
+            large_result_round_trips,
+            large_duplicate_completion_keeps_first_result,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -152,6 +162,46 @@ pub async fn duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
     );
     assert_eq!(queue.result(sent.id).await.unwrap(), Some(later));
     assert_eq!(queue.stats().await.unwrap().completed, 1);
+}
+
+/// A large result is stored whole, ends the job and counts once, as a small one does.
+pub async fn large_result_round_trips<Q: Queue>(queue: &Q) {
+    let sent = job(16);
+    enqueue_one(queue, &sent).await;
+    let claimed = claim_one(queue, "c1", LONG).await;
+    let result = large_success(&sent, 1, b'L');
+    assert_eq!(
+        queue.complete(&claimed.lease, &result).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(result));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.completed), (0, 0, 1));
+}
+
+/// Two holders of one job (after a takeover) both finish with large results: the
+/// first stored is kept, the other is a duplicate, and the job counts once.
+pub async fn large_duplicate_completion_keeps_first_result<Q: Queue>(queue: &Q) {
+    let sent = job(17);
+    enqueue_one(queue, &sent).await;
+    let first = claim_one(queue, "c1", SHORT).await;
+    let second = claim_one(queue, "c2", SHORT).await;
+    assert_eq!(second.lease.deliveries, 2);
+    let later = large_success(&sent, 2, b'2');
+    assert_eq!(
+        queue.complete(&second.lease, &later).await.unwrap(),
+        Completion::Recorded
+    );
+    assert_eq!(
+        queue
+            .complete(&first.lease, large_success(&sent, 1, b'1'))
+            .await
+            .unwrap(),
+        Completion::AlreadyDone
+    );
+    assert_eq!(queue.result(sent.id).await.unwrap(), Some(later));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.completed, stats.leased, stats.ready), (1, 0, 0));
 }
 
 /// Checks that expired lease is redelivered with higher count.

@@ -139,6 +139,36 @@ pub enum QueueError {
     /// The backend answered with something this build does not understand.
     #[error("queue protocol error: {0}")]
     Protocol(String),
+    /// A large result staged beside the completion (Redis's `staged:` key) was gone
+    /// when the completion ran, and sending it again inline failed too: nothing was
+    /// stored and the entry is still pending, so the job runs again after its lease.
+    #[error(
+        "result of entry {entry_id} not stored: its staged copy was missing ({why}) and \
+         sending it inline failed ({resend}); the job stays queued and runs again after \
+         its lease"
+    )]
+    StagedResultMissing {
+        /// The entry whose result was not stored.
+        entry_id: String,
+        /// Why the staged copy was missing, as far as the caller knows.
+        why: StagedLoss,
+        /// Why the inline resend failed (the backend's error message).
+        resend: String,
+    },
+}
+
+/// Why a result staged beside its completion was missing when the script ran.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StagedLoss {
+    /// The staged copy was stored and gone by then (expired or evicted).
+    #[error("expired or evicted before the script ran")]
+    Gone,
+    /// Redis refused the staged `SET`.
+    #[error("Redis refused its SET ({code})")]
+    Refused {
+        /// The error code Redis answered with (`OOM` when full, `NOPERM` under an ACL).
+        code: String,
+    },
 }
 
 /// When a failed job is tried again, and when it is given up.

@@ -68,6 +68,25 @@ impl Keys {
         format!("{}result:{job}", self.prefix)
     }
 
+    /// Where the completion flusher stages a large result (a string with a short
+    /// staging TTL) in the round trip that runs `complete.lua`, which renames it to the
+    /// result key or deletes it. One per entry and holder: two consumers may hold the
+    /// same entry after a takeover, and each stages its own copy. It holds no delivery
+    /// count, so a consumer that takes over its own expired entry reuses the key; that
+    /// is harmless, as its earlier copy was renamed or deleted by its own script call,
+    /// or is its own result of the same job. The entry id is Redis's
+    /// (`<ms>-<seq>`), the consumer name bounded by whoever claims (the worker's
+    /// `--consumer` at most 128 printable ASCII bytes, its default host-pid name at most
+    /// 64 + 11); neither comes from a tenant.
+    pub fn staged_result(&self, entry_id: &str, consumer: &str) -> String {
+        format!("{}staged:{entry_id}:{consumer}", self.prefix)
+    }
+
+    /// A pattern matching every staged result of the queue (for `SCAN`).
+    pub fn staged_pattern(&self) -> String {
+        format!("{}staged:*", self.prefix)
+    }
+
     /// A module's bytes, content-addressed.
     pub fn module(&self, hash: &ModuleHash) -> String {
         format!("{}module:{hash}", self.prefix)
@@ -227,6 +246,7 @@ mod tests {
         for key in [
             keys.jobs.clone(),
             keys.result_key(id),
+            keys.staged_result("1700000000000-0", "host-1"),
             keys.module_owners(&hash),
             keys.module_meta(&hash),
             keys.tenant_alias("t", "n"),
@@ -246,6 +266,11 @@ mod tests {
             assert!(key.starts_with("sluice:{q}:"), "{key}");
         }
         assert_eq!(keys.batch_jobs("b"), "sluice:{q}:batch:b:jobs");
+        assert_eq!(
+            keys.staged_result("1-0", "w{x}"),
+            "sluice:{q}:staged:1-0:w{x}",
+            "a brace in a consumer name comes after the queue's tag, which stays the slot's"
+        );
         assert_eq!(keys.tenant_alias("t", "n"), "sluice:{q}:alias:t/n");
         assert_eq!(tenant_tokens("t"), "sluice:{tenants}:tokens:t");
     }

@@ -33,6 +33,7 @@ mod admission;
 mod artifacts;
 mod blobs;
 mod blocking;
+mod completions;
 mod config;
 mod connect;
 mod connection;
@@ -61,6 +62,7 @@ pub use artifacts::{
     MAX_REFUSAL_TTL, PRECOMPILE_STREAM_CAP, PrecompileRequest, StoredArtifact, StoredRefusal,
 };
 pub use blobs::{BlobError, BlobReadStream, BlobReader, BlobWriteStream, BlobWriter, Blobs};
+pub use completions::STAGE_THRESHOLD;
 pub use config::{
     RedisConfig, RedisConfigError, Topology, redacted_url, scrubbed, seed_urls, validate_queue_name,
 };

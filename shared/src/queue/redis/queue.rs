@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::completions::{PendingCompletion, flush_completions};
 use super::connection::Connection;
 use parking_lot::Mutex;
 use redis::{RedisError, Script, Value};
@@ -19,7 +20,6 @@ use super::keys::Keys;
 use super::reply::{bytes_of, count_of, into_bytes, into_entries, into_field_pairs, millis};
 use super::scripts::SCRIPTS;
 use super::{ENVELOPE_FIELD, GROUP, RedisConfig, RedisQueue};
-use crate::backoff::Backoff;
 use crate::codec::{self, DecodeError};
 use crate::job::{Job, JobId};
 use crate::outcome::{JobResult, OutcomeKind};
@@ -42,16 +42,6 @@ pub enum ClaimStep {
 /// ([`RedisQueue::on_claim_step_failed`]): the hook then logs and counts it, and the
 /// queue logs nothing of its own.
 pub type ClaimErrorHook = Arc<dyn Fn(ClaimStep, &QueueError) + Send + Sync>;
-
-/// One completion waiting for the batch flusher: the result already encoded (by the
-/// caller's task, from its result as lent), and what the script's arguments name.
-struct PendingCompletion {
-    lease: Lease,
-    job_id: JobId,
-    kind: OutcomeKind,
-    encoded: Vec<u8>,
-    done: oneshot::Sender<Result<Completion, QueueError>>,
-}
 
 /// The claim side's state: the completion flusher's inbox and the maintenance clocks.
 pub(super) struct ClaimState {
@@ -365,94 +355,6 @@ fn claimed(
     }
 }
 
-/// Sends completions in batches: whatever has queued up while the previous batch was
-/// in flight goes in the next script call, so under load one round trip completes many
-/// jobs, and a lone completion goes at once.
-async fn flush_completions(
-    mut pending: mpsc::Receiver<PendingCompletion>,
-    mut conn: Connection,
-    keys: Keys,
-    config: RedisConfig,
-) {
-    let mut batch = Vec::with_capacity(config.completion_batch);
-    while let Some(first) = pending.recv().await {
-        batch.push(first);
-        while batch.len() < config.completion_batch {
-            match pending.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let mut invocation = SCRIPTS.complete.prepare_invoke();
-        invocation
-            .key(&keys.jobs)
-            .key(&keys.stats)
-            .key(&keys.done)
-            .key(keys.owned())
-            .arg(GROUP)
-            .arg(millis(config.result_ttl))
-            .arg(millis(config.notice_ttl))
-            .arg(keys.prefix());
-        for item in &batch {
-            invocation
-                .key(keys.result_key(item.job_id))
-                .arg(&item.lease.entry_id)
-                .arg(item.job_id.to_string())
-                .arg(item.kind.as_str())
-                .arg(&item.encoded)
-                .arg(&item.lease.consumer);
-        }
-        // Redis may be restarting: keep trying for a while rather than fail the batch,
-        // whose jobs would otherwise run again after their leases expire. A corrupt key
-        // stays corrupt: no point waiting.
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut outcome = invocation.invoke_async::<Vec<Value>>(&mut conn).await;
-        for _ in 0..8 {
-            match &outcome {
-                Ok(_) => break,
-                Err(e) if e.code() == Some("CORRUPT") => break,
-                Err(_) => {}
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-            outcome = invocation.invoke_async::<Vec<Value>>(&mut conn).await;
-        }
-        match outcome {
-            Ok(replies) => {
-                let mut replies = replies.into_iter();
-                for item in batch.drain(..) {
-                    let status = match replies.next() {
-                        Some(Value::Int(1)) => Ok(Completion::Recorded),
-                        Some(Value::Int(0)) => Ok(Completion::AlreadyDone),
-                        Some(Value::Int(2)) => Err(QueueError::LeaseLost {
-                            entry_id: item.lease.entry_id.clone(),
-                        }),
-                        Some(other) => {
-                            let text = bytes_of(&other).unwrap_or_default();
-                            let text = String::from_utf8_lossy(&text);
-                            let error = QueueError::from(corrupt(
-                                text.strip_prefix("CORRUPT ").unwrap_or(&text),
-                            ));
-                            tracing::warn!(job = %item.job_id, %error, "result not stored; the job stays queued");
-                            Err(error)
-                        }
-                        None => {
-                            Err(bad_reply("complete.lua replied for fewer jobs than sent").into())
-                        }
-                    };
-                    let _ = item.done.send(status);
-                }
-            }
-            Err(e) => {
-                let error = unavailable(e);
-                tracing::warn!(jobs = batch.len(), %error, "results not stored; the jobs stay queued");
-                for item in batch.drain(..) {
-                    let _ = item.done.send(Err(error.clone().into()));
-                }
-            }
-        }
-    }
-}
-
 impl RedisQueue {
     /// Entry counts ([`Queue::stats`]).
     pub(super) async fn depths(&self) -> Result<QueueStats, StoreError> {
@@ -595,6 +497,7 @@ impl Queue for RedisQueue {
             job_id: result.job_id,
             kind: result.outcome.kind(),
             encoded: codec::encode_result(result),
+            inline: false,
             done,
         };
         self.claims

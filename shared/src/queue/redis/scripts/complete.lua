@@ -12,19 +12,32 @@
 --              (not built from ARGV[4]) because the skip depends on it: in a cluster
 --              whose slot is migrating, a declared key the node no longer holds gets
 --              ASK/TRYAGAIN instead of reading as missing.
--- KEYS[4 + i]  the result key of the i-th job
+-- KEYS[5…]    per job, in order: its result key, then, when its staged flag is 1, its
+--              staged key (`staged:<entry id>:<consumer>`, keys.rs), where the caller
+--              SET the encoded result (PX a short staging TTL, STAGED_TTL in
+--              completions.rs) in the same round trip, just before this script (an inline job declares no staged key: a key per
+--              job is a Lua string the no-op's completions would pay for)
 -- ARGV[1]      consumer group
 -- ARGV[2]      result TTL, ms
 -- ARGV[3]      notice TTL, ms (notices older than this are trimmed)
 -- ARGV[4]      the queue's key prefix (`sluice:{q}:`): job records and batch hashes are
 --              ARGV[4] .. 'job:' .. id and ARGV[4] .. 'batch:' .. id (same hash tag,
 --              so the same slot as the declared keys)
--- then per job: entry id, job id, outcome kind, encoded result, consumer
--- Returns      per job: 1 stored; 0 a result was already stored (duplicate; the entry,
+-- then per job: entry id, job id, outcome kind, encoded result ('' when staged),
+--              consumer, staged flag ('1': the result is in the staged key and is
+--              moved with RENAMENX, no copy through Lua; '0': it is the ARGV value)
+-- Returns      an error, with nothing written, when the declared keys do not match the
+--              per-job staged flags (a caller bug: a key would be renamed onto another
+--              job's); else per job: 1 stored; 0 a result was already stored (duplicate; the entry,
 --              if still there, is removed); 2 stale: the entry is gone (retried, dead-
 --              lettered, released, cancelled, or lost with Redis's data) and nothing
---              changed; or 'CORRUPT <key> …' when a key of that job is corrupt (that
---              job's entry is left where it was).
+--              changed; 3 the staged result is missing (expired or evicted between its
+--              SET and this script, or its SET failed): nothing stored, the entry left
+--              pending, so the job runs again after its lease; or 'CORRUPT <key> …'
+--              when a key of that job is corrupt (that job's entry is left where it
+--              was). Whatever the reply, no staged key of this call is left behind: one
+--              not renamed to its result is deleted (a script that fails on a corrupt
+--              shared key deletes them before it answers).
 --
 -- Ownership: a result is stored only while the entry is still pending in the group,
 -- whoever holds it now. Pending to the caller: it owns the job. Pending to another
@@ -35,8 +48,21 @@
 -- was re-added), so storing a result would finish a job that will run again.
 --
 -- Atomicity: every key is checked before the first write, so a corrupt key fails the
--- script (shared keys) or skips its job (per-job keys) with nothing half done. The
--- result, XACK/XDEL and counters change in one script: no entry is acknowledged
+-- script (shared keys) or skips its job (per-job keys) with nothing half done. (Deleting
+-- this call's staged keys is the one write on those paths: they are this caller's
+-- copies, not the queue's state.) A staged key is not type-checked: when the caller's
+-- SET landed, it replaced whatever the key held with a string, so it is a string or
+-- missing. When the SET was refused (OOM, an ACL) the script cannot tell, and RENAMENX
+-- moves whatever the key held: a string left by an earlier delivery of the same entry
+-- to the same consumer (its own result of the same job, at most the staging TTL old),
+-- or a value written there by hand, which, if not a string, becomes a result key of
+-- another type that fetch reports as corrupt. A TYPE per staged job to rule out the
+-- hand-written case would cost every large completion a command. RENAMENX onto a
+-- result key that exists (of any type) writes nothing and answers 0, and the result
+-- key's type is then checked as on the inline path. A renamed result gets the result
+-- TTL (PEXPIRE): the staged copy's own TTL is short, so that a copy never renamed
+-- (the caller crashed, the script failed) does not outlive the flush's retries by much.
+-- The result, XACK/XDEL and counters change in one script: no entry is acknowledged
 -- without its result, none is counted without being acknowledged, a job is counted
 -- once (SET NX: results are never replaced).
 --
@@ -45,17 +71,40 @@
 -- batch, nor has its record's outcome noted (its listing shows it pending, while its
 -- result is stored). The next enqueue of an owned job sets the flag again.
 local group, ttl, notice_ttl, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local n = #KEYS - 4
+local per = 6
+local n = (#ARGV - 4) / per
+
+-- Where each job's keys start in KEYS, and whether its result is staged.
+local key_at, staged_at = {}, {}
+local k = 5
+for i = 1, n do
+  key_at[i] = k
+  staged_at[i] = ARGV[4 + (i - 1) * per + 6] == '1'
+  if staged_at[i] then k = k + 2 else k = k + 1 end
+end
+if (#ARGV - 4) % per ~= 0 or k - 1 ~= #KEYS then
+  return redis.error_reply('ERR complete.lua: ' .. #KEYS .. ' keys declared for ' ..
+    (#ARGV - 4) / per .. ' jobs whose staged flags call for ' .. (k - 1))
+end
+
+-- Deletes the staged key of job i, if it staged its result.
+local function unstage(i)
+  if staged_at[i] then redis.call('DEL', KEYS[key_at[i] + 1]) end
+end
+
 local bad = corrupt(foreign(KEYS[1], 'stream'), foreign(KEYS[2], 'hash'),
   not_counter(KEYS[2], 'completed'),
   not_counter(KEYS[2], 'duplicates'), not_counter(KEYS[2], 'stale'))
-if bad then return bad end
+if bad then
+  for i = 1, n do unstage(i) end
+  return bad
+end
 
 -- Which entries are still pending, one XCLAIM per consumer (JUSTID: no delivery is
 -- counted; the entries it names are acknowledged below anyway).
 local by_consumer, pending = {}, {}
 for i = 1, n do
-  local base = 4 + (i - 1) * 5
+  local base = 4 + (i - 1) * per
   local consumer = ARGV[base + 5]
   by_consumer[consumer] = by_consumer[consumer] or {}
   table.insert(by_consumer[consumer], ARGV[base + 1])
@@ -75,18 +124,34 @@ local owned = redis.call('EXISTS', KEYS[4]) == 1
 local acked, notice, reply = {}, {}, {}
 local recorded, duplicates, stale = 0, 0, 0
 for i = 1, n do
-  local base = 4 + (i - 1) * 5
+  local base = 4 + (i - 1) * per
   local entry, job, kind, result = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  local key = KEYS[4 + i]
-  local batch, problem = nil, nil
+  local staged = staged_at[i]
+  local key, staged_key = KEYS[key_at[i]], KEYS[key_at[i] + 1]
+  local batch, problem, missing = nil, nil, false
   if owned and pending[entry] then batch, problem = batch_of(prefix, job, 'n:' .. kind) end
   local stored = false
   if not problem and pending[entry] then
-    stored = redis.call('SET', key, result, 'NX', 'PX', ttl)
+    if staged then
+      -- RENAMENX keeps the staged key's TTL (the result TTL) and copies nothing; a
+      -- missing staged key is an error reply, caught here.
+      local moved = redis.pcall('RENAMENX', staged_key, key)
+      if type(moved) == 'table' and moved.err then
+        missing = redis.call('EXISTS', key) == 0
+      else
+        stored = moved == 1
+        if stored then redis.call('PEXPIRE', key, ttl) end
+      end
+    else
+      stored = redis.call('SET', key, result, 'NX', 'PX', ttl)
+    end
   end
-  if not problem and not stored then problem = foreign(key, 'string') end
+  if staged and not stored then unstage(i) end
+  if not problem and not stored and not missing then problem = foreign(key, 'string') end
   if problem then
     reply[i] = 'CORRUPT ' .. problem
+  elseif missing then
+    reply[i] = 3
   elseif stored then
     reply[i] = 1
     recorded = recorded + 1
