@@ -176,15 +176,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--metrics-listen {addr}"))?;
             eprintln!("sluice serve: metrics on {}", listener.local_addr()?);
             let router = crate::cli::exporter::router(metrics.clone());
-            let stop = shutdown.clone();
-            Some(tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "serving --metrics-listen");
-                }
-            }))
+            // Operators' scrapers only: the endpoint's bounds, not the API's.
+            Some(tokio::spawn(crate::api::serve(
+                listener,
+                router,
+                ServerConfig::ENDPOINT,
+                || (),
+                shutdown.clone().cancelled_owned(),
+            )))
         }
         None => None,
     };
@@ -193,10 +192,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         header_read_timeout: args.header_timeout,
         ..ServerConfig::default()
     };
-    crate::api::serve(listener, app, server, metrics, async move {
-        sluice_worker::cli::terminated().await;
-        waits.cancel();
-    })
+    crate::api::serve(
+        listener,
+        app,
+        server,
+        move || metrics.connection_opened(),
+        async move {
+            sluice_worker::cli::terminated().await;
+            waits.cancel();
+        },
+    )
     .await;
     shutdown.cancel();
     let _ = dispatcher.await;
