@@ -5,13 +5,19 @@
 //! for ever and their number grow without bound. This accept loop uses hyper's own
 //! HTTP/1 connection with a header-read timeout (which also closes keep-alive
 //! connections that send no next request), stops accepting while `max_connections` are
-//! open (further clients wait in the kernel's listen backlog), and drains open
-//! connections on shutdown. Body reads are bounded by the handlers (the API's
+//! open (further clients wait in the kernel's listen backlog), optionally caps the
+//! connections one client address holds (closing the rest as soon as they are
+//! accepted, so one client cannot hold a metrics port's every connection and starve
+//! its health probes), and drains open connections on shutdown. Body reads are bounded by the handlers (the API's
 //! `read_body`, `stream_input`; the endpoints take no body).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,6 +31,10 @@ use tokio::sync::Semaphore;
 pub struct ServerConfig {
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most of them one client address may hold; a further connection from it is
+    /// closed as soon as it is accepted. `None`: no such cap (the API, where every
+    /// client behind a proxy shares one address).
+    pub max_connections_per_peer: Option<usize>,
     /// A request's headers (and, on a kept-alive connection, the next request's) must
     /// arrive within this; the connection is closed otherwise.
     pub header_read_timeout: Duration,
@@ -39,6 +49,7 @@ impl ServerConfig {
     /// a request's headers, 64 KiB of them, 10 s to finish at shutdown.
     pub const API: ServerConfig = ServerConfig {
         max_connections: 1024,
+        max_connections_per_peer: None,
         header_read_timeout: Duration::from_secs(10),
         max_header_bytes: 64 << 10,
         shutdown_grace: Duration::from_secs(10),
@@ -46,10 +57,12 @@ impl ServerConfig {
 
     /// A metrics or health port's bounds (the worker's `--metrics-addr`, `sluice serve
     /// --metrics-listen`, `sluice exporter`): its clients are a few scrapers and probes,
-    /// so 64 connections, 10 s for a request's headers, 16 KiB of them, 5 s to finish
-    /// at shutdown.
+    /// so 64 connections, 16 of them per client address (one client holding its 16
+    /// leaves room for the probes), 10 s for a request's headers, 16 KiB of them, 5 s
+    /// to finish at shutdown.
     pub const ENDPOINT: ServerConfig = ServerConfig {
         max_connections: 64,
+        max_connections_per_peer: Some(16),
         header_read_timeout: Duration::from_secs(10),
         max_header_bytes: 16 << 10,
         shutdown_grace: Duration::from_secs(5),
@@ -80,6 +93,7 @@ pub async fn serve<G: Send + 'static>(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192));
+    let peers = Arc::new(Mutex::new(HashMap::new()));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -89,9 +103,9 @@ pub async fn serve<G: Send + 'static>(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors or a connection reset before accept:
                     // back off briefly instead of spinning on the error.
@@ -102,6 +116,18 @@ pub async fn serve<G: Send + 'static>(
             },
             () = &mut shutdown => break,
         };
+        let peer_slot = match config.max_connections_per_peer {
+            Some(max) => match PeerSlot::take(&peers, peer.ip(), max) {
+                Some(slot) => Some(slot),
+                None => {
+                    // Closed at once (its permit with it): waiting in the backlog, it
+                    // would queue the other clients behind it.
+                    tracing::debug!(%peer, "closing a connection past the per-client cap");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let open = opened();
         let connection = graceful.watch(
@@ -111,6 +137,7 @@ pub async fn serve<G: Send + 'static>(
             // A client that goes away or times out ends its connection; nothing to do.
             let _ = connection.await;
             drop(open);
+            drop(peer_slot);
             drop(permit);
         });
     }
@@ -119,6 +146,42 @@ pub async fn serve<G: Send + 'static>(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => {
             tracing::warn!("connections still open at the end of the shutdown grace period");
+        }
+    }
+}
+
+/// One connection counted against its client address until dropped.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    /// A slot for `ip` if it holds fewer than `max` connections. The map holds only
+    /// addresses with open connections, so at most `max_connections` entries.
+    fn take(peers: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let ip = ip.to_canonical();
+        let mut held = peers.lock();
+        let count = held.entry(ip).or_insert(0);
+        if *count >= max.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.peers.lock();
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
         }
     }
 }
@@ -238,6 +301,51 @@ mod tests {
             .unwrap();
     }
 
+    /// A connection from `from` (a loopback address) to `addr`.
+    async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind((std::net::Ipv4Addr::from(from), 0).into())
+            .unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_client_holding_its_share_leaves_room_for_others() {
+        let config = ServerConfig {
+            max_connections: 8,
+            max_connections_per_peer: Some(2),
+            header_read_timeout: Duration::from_secs(600),
+            ..ServerConfig::ENDPOINT
+        };
+        let (addr, open, stop, _server) = start(config).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = connect_from([127, 0, 0, 1], addr).await;
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+            held.push(c);
+        }
+        await_open(&open, 2).await;
+        // Its third is accepted and closed unanswered, and never counted as open.
+        let mut third = connect_from([127, 0, 0, 1], addr).await;
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let _ = third.write_all(request).await;
+        assert_eq!(read_to_close(&mut third).await, "");
+        // Another client is served meanwhile.
+        let mut other = connect_from([127, 0, 0, 2], addr).await;
+        other.write_all(request).await.unwrap();
+        let reply = read_to_close(&mut other).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        // Once one of the first client's goes, it may open another.
+        drop(held.pop());
+        await_open(&open, 1).await;
+        let mut again = connect_from([127, 0, 0, 1], addr).await;
+        again.write_all(request).await.unwrap();
+        let reply = read_to_close(&mut again).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        stop.send(()).unwrap();
+    }
+
     #[tokio::test]
     async fn a_silent_or_half_sent_connection_is_closed_after_the_header_timeout() {
         let config = ServerConfig {
@@ -290,6 +398,8 @@ mod tests {
         assert_eq!(ServerConfig::default(), ServerConfig::API);
         let (api, endpoint) = (ServerConfig::API, ServerConfig::ENDPOINT);
         assert!(endpoint.max_connections < api.max_connections);
+        assert_eq!(api.max_connections_per_peer, None);
+        assert!(endpoint.max_connections_per_peer < Some(endpoint.max_connections));
         assert!(endpoint.max_header_bytes >= 8192);
     }
 }
