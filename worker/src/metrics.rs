@@ -588,7 +588,8 @@ impl Default for WorkerMetrics {
 /// (bound by the caller, so that the endpoint answers as soon as the worker says it is
 /// ready) until `shutdown`, through the bounded server ([`crate::http`]) with
 /// [`ServerConfig::ENDPOINT`](crate::http::ServerConfig::ENDPOINT)'s bounds: at most 64
-/// connections (`sluice_worker_endpoint_connections_open`), 10 s for a request's headers.
+/// connections (`sluice_worker_endpoint_connections_open`), 16 per client address, 10 s
+/// for a request's headers.
 pub async fn serve_endpoint(
     listener: tokio::net::TcpListener,
     metrics: WorkerMetrics,
