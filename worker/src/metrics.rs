@@ -98,6 +98,9 @@ pub struct WorkerMetrics {
     /// `sluice_worker_endpoint_connections_open`: connections open now on this
     /// endpoint (`/metrics`, `/healthz`, `/readyz`; capped, see [`serve_endpoint`]).
     pub endpoint_connections: IntGauge,
+    /// `sluice_worker_endpoint_connections_evicted_total`: connections the endpoint
+    /// closed to make room for a new one with all 64 open (see [`serve_endpoint`]).
+    pub endpoint_evicted: IntCounter,
     /// When a failing claim step's warning was last logged: it fails at every
     /// maintenance round (10 a second) until repaired, and is counted each time.
     step_warned: Arc<Mutex<HashMap<QueueOp, Instant>>>,
@@ -312,6 +315,10 @@ impl WorkerMetrics {
             endpoint_connections: gauge(
                 "sluice_worker_endpoint_connections_open",
                 "Connections open now on the worker's metrics and health endpoint",
+            ),
+            endpoint_evicted: counter(
+                "sluice_worker_endpoint_connections_evicted_total",
+                "Oldest connections the worker's metrics and health endpoint closed to accept a new one with all open",
             ),
             tenants: TenantMetrics::register(&registry, TenantLabels::FirstSeen(max_tenants)),
             compile,
@@ -588,8 +595,9 @@ impl Default for WorkerMetrics {
 /// (bound by the caller, so that the endpoint answers as soon as the worker says it is
 /// ready) until `shutdown`, through the bounded server ([`crate::http`]) with
 /// [`ServerConfig::ENDPOINT`](crate::http::ServerConfig::ENDPOINT)'s bounds: at most 64
-/// connections (`sluice_worker_endpoint_connections_open`), 16 per client address, 10 s
-/// for a request's headers.
+/// connections (`sluice_worker_endpoint_connections_open`), the oldest evicted for a new
+/// one when all are open (`sluice_worker_endpoint_connections_evicted_total`), 30 s per
+/// connection, 10 s for a request's headers.
 pub async fn serve_endpoint(
     listener: tokio::net::TcpListener,
     metrics: WorkerMetrics,
@@ -598,6 +606,7 @@ pub async fn serve_endpoint(
 ) {
     use axum::routing::get;
     let connections = metrics.endpoint_connections.clone();
+    let evicted = metrics.endpoint_evicted.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -616,7 +625,10 @@ pub async fn serve_endpoint(
         listener,
         app,
         crate::http::ServerConfig::ENDPOINT,
-        move || OpenConnection::new(&connections),
+        crate::http::Hooks {
+            opened: Box::new(move || OpenConnection::new(&connections)),
+            evicted: Box::new(move || evicted.inc()),
+        },
         async move { shutdown.cancelled().await },
     )
     .await;

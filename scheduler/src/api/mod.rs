@@ -44,7 +44,7 @@ use sluice_shared::{EntryPoint, ModuleHash};
 
 pub use auth::{Admin, Tenant};
 pub use error::ApiError;
-pub use sluice_worker::http::{ServerConfig, serve};
+pub use sluice_worker::http::{Hooks, ServerConfig, serve};
 pub use wait::{DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITERS, DEFAULT_MAX_WAITERS_PER_TENANT, WaitLimits};
 
 /// The OpenAPI document served at `/openapi.json`.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::RedisArgs;
-use crate::api::{Api, ApiConfig, ServerConfig, WaitLimits, router};
+use crate::api::{Api, ApiConfig, Hooks, ServerConfig, WaitLimits, router};
 
 /// What `sluice serve` logs when `RUST_LOG` is unset: warnings and errors (with their
 /// causes), and one info line per request (`sluice::api::request`: method, matched
@@ -176,12 +176,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--metrics-listen {addr}"))?;
             eprintln!("sluice serve: metrics on {}", listener.local_addr()?);
             let router = crate::cli::exporter::router(metrics.clone());
-            // Operators' scrapers only: the endpoint's bounds, not the API's.
+            // Operators' scrapers only: the endpoint's bounds, not the API's. No hooks:
+            // the scheduler's metrics count the API's connections; evictions are logged.
             Some(tokio::spawn(crate::api::serve(
                 listener,
                 router,
                 ServerConfig::ENDPOINT,
-                || (),
+                Hooks::none(),
                 shutdown.clone().cancelled_owned(),
             )))
         }
@@ -196,7 +197,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         listener,
         app,
         server,
-        move || metrics.connection_opened(),
+        Hooks {
+            opened: Box::new(move || metrics.connection_opened()),
+            // The API never evicts (`ServerConfig::API`).
+            evicted: Box::new(|| ()),
+        },
         async move {
             sluice_worker::cli::terminated().await;
             waits.cancel();
