@@ -9,6 +9,9 @@ use tokio::sync::watch;
 /// A generous bound on waits for events that must come (never a measurement).
 const EVENTUALLY: Duration = Duration::from_secs(60);
 
+/// How long `GET /slow` takes to answer.
+const SLOW: Duration = Duration::from_secs(2);
+
 /// A whole request that asks for the connection to close after its answer.
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
@@ -39,7 +42,15 @@ async fn start(config: ServerConfig) -> Server {
     let (counter, open) = watch::channel(0usize);
     let evicted = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let app = Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(SLOW).await;
+                "slow"
+            }),
+        );
     let evictions = evicted.clone();
     let hooks = Hooks {
         opened: Box::new(move || {
@@ -189,6 +200,27 @@ async fn a_client_that_never_reads_its_answers_is_closed_at_the_age() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(EVENTUALLY, reader.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the connection was never closed");
+    server.await_open(0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_in_progress_at_the_age_is_finished_before_the_close() {
+    let config = ServerConfig {
+        // Well before `/slow` answers, well after its request arrives.
+        max_connection_age: Some(SLOW / 4),
+        header_read_timeout: EVENTUALLY,
+        ..ServerConfig::ENDPOINT
+    };
+    let mut server = start(config).await;
+    let mut c = TcpStream::connect(server.addr).await.unwrap();
+    // Kept alive: only the age closes it, after the answer.
+    c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_to_close(&mut c).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("slow"), "{reply}");
     server.await_open(0).await;
     server.stop().await;
 }
