@@ -26,6 +26,8 @@
 //! - [`metrics`]: the worker's Prometheus metrics and their endpoint.
 //! - [`health`]: liveness (`/healthz`: the claim loop progresses) and readiness
 //!   (`/readyz`: Redis answers, not draining), read from atomics the loop updates.
+//! - [`http`]: the bounded HTTP/1 server under every listener of both binaries
+//!   (connection cap, header-read timeout, graceful drain).
 //! - [`logging`]: `--log-format text|json` and `RUST_LOG`, for both binaries.
 //!
 //! ```no_run
@@ -48,6 +50,7 @@ pub mod executor;
 pub mod fleet;
 pub mod health;
 mod hostcalls;
+pub mod http;
 pub mod job_io;
 mod limiter;
 pub mod logging;

@@ -95,6 +95,12 @@ pub struct WorkerMetrics {
     pub credit_released: IntCounter,
     /// `sluice_tenant_*`: runs, run seconds and fuel by tenant (folded).
     pub tenants: TenantMetrics,
+    /// `sluice_worker_endpoint_connections_open`: connections open now on this
+    /// endpoint (`/metrics`, `/healthz`, `/readyz`; capped, see [`serve_endpoint`]).
+    pub endpoint_connections: IntGauge,
+    /// `sluice_worker_endpoint_connections_evicted_total`: connections the endpoint
+    /// closed to make room for a new one with all 64 open (see [`serve_endpoint`]).
+    pub endpoint_evicted: IntCounter,
     /// When a failing claim step's warning was last logged: it fails at every
     /// maintenance round (10 a second) until repaired, and is counted each time.
     step_warned: Arc<Mutex<HashMap<QueueOp, Instant>>>,
@@ -306,6 +312,14 @@ impl WorkerMetrics {
             ),
             slots: gauge("sluice_worker_slots", "Job slots (concurrency)"),
             slots_busy: gauge("sluice_worker_slots_busy", "Job slots holding a job now"),
+            endpoint_connections: gauge(
+                "sluice_worker_endpoint_connections_open",
+                "Connections open now on the worker's metrics and health endpoint",
+            ),
+            endpoint_evicted: counter(
+                "sluice_worker_endpoint_connections_evicted_total",
+                "Oldest connections the worker's metrics and health endpoint closed to accept a new one with all open",
+            ),
             tenants: TenantMetrics::register(&registry, TenantLabels::FirstSeen(max_tenants)),
             compile,
             jobs,
@@ -579,14 +593,20 @@ impl Default for WorkerMetrics {
 
 /// Serves `/metrics` (and `/healthz`, `/readyz`: [`crate::health`]) on `listener`
 /// (bound by the caller, so that the endpoint answers as soon as the worker says it is
-/// ready) until `shutdown`.
+/// ready) until `shutdown`, through the bounded server ([`crate::http`]) with
+/// [`ServerConfig::ENDPOINT`](crate::http::ServerConfig::ENDPOINT)'s bounds: at most 64
+/// connections (`sluice_worker_endpoint_connections_open`), the oldest evicted for a new
+/// one when all are open (`sluice_worker_endpoint_connections_evicted_total`), 30 s per
+/// connection, 10 s for a request's headers.
 pub async fn serve_endpoint(
     listener: tokio::net::TcpListener,
     metrics: WorkerMetrics,
     health: Arc<crate::health::WorkerHealth>,
     shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
+) {
     use axum::routing::get;
+    let connections = metrics.endpoint_connections.clone();
+    let evicted = metrics.endpoint_evicted.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -601,7 +621,31 @@ pub async fn serve_endpoint(
             }),
         )
         .merge(crate::health::routes(health));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    crate::http::serve(
+        listener,
+        app,
+        crate::http::ServerConfig::ENDPOINT,
+        crate::http::Hooks {
+            opened: Box::new(move || OpenConnection::new(&connections)),
+            evicted: Box::new(move || evicted.inc()),
+        },
+        async move { shutdown.cancelled().await },
+    )
+    .await;
+}
+
+/// Holds the endpoint's open-connections gauge up by one until dropped.
+struct OpenConnection(IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -7,7 +7,8 @@
 //! Every request is bounded: bodies are read with an idle timeout and a size cap, a
 //! tenant's policy caps what one request may enqueue (413) and what the tenant may hold
 //! (429 with `Retry-After`), and module validation runs off the async threads
-//! (`docs/quotas.md`). The server itself (`server`) caps connections and header reads.
+//! (`docs/quotas.md`). The server itself (`sluice_worker::http`, re-exported here) caps
+//! connections and header reads.
 
 //!
 //! One file per resource: modules (`/v1/modules`), jobs (`/v1/jobs`), batches
@@ -26,7 +27,6 @@ mod log;
 mod modules;
 mod params;
 mod quotas;
-mod server;
 mod tenants;
 mod turns;
 mod units;
@@ -44,7 +44,7 @@ use sluice_shared::{EntryPoint, ModuleHash};
 
 pub use auth::{Admin, Tenant};
 pub use error::ApiError;
-pub use server::{ServerConfig, serve};
+pub use sluice_worker::http::{Hooks, ServerConfig, serve};
 pub use wait::{DEFAULT_MAX_WAIT, DEFAULT_MAX_WAITERS, DEFAULT_MAX_WAITERS_PER_TENANT, WaitLimits};
 
 /// The OpenAPI document served at `/openapi.json`.

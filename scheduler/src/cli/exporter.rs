@@ -135,9 +135,15 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     eprintln!("sluice exporter: listening on {}", listener.local_addr()?);
-    axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(sluice_worker::cli::terminated())
-        .await
-        .context("serving /metrics")?;
+    // Bounded as every metrics port is (64 connections, the oldest evicted for a new
+    // one, 10 s for a request's headers). No hooks: evictions are logged, not counted.
+    crate::api::serve(
+        listener,
+        router(metrics),
+        crate::api::ServerConfig::ENDPOINT,
+        crate::api::Hooks::none(),
+        sluice_worker::cli::terminated(),
+    )
+    .await;
     Ok(ExitCode::SUCCESS)
 }

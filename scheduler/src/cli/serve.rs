@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::RedisArgs;
-use crate::api::{Api, ApiConfig, ServerConfig, WaitLimits, router};
+use crate::api::{Api, ApiConfig, Hooks, ServerConfig, WaitLimits, router};
 
 /// What `sluice serve` logs when `RUST_LOG` is unset: warnings and errors (with their
 /// causes), and one info line per request (`sluice::api::request`: method, matched
@@ -176,15 +176,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--metrics-listen {addr}"))?;
             eprintln!("sluice serve: metrics on {}", listener.local_addr()?);
             let router = crate::cli::exporter::router(metrics.clone());
-            let stop = shutdown.clone();
-            Some(tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "serving --metrics-listen");
-                }
-            }))
+            // Operators' scrapers only: the endpoint's bounds, not the API's. No hooks:
+            // the scheduler's metrics count the API's connections; evictions are logged.
+            Some(tokio::spawn(crate::api::serve(
+                listener,
+                router,
+                ServerConfig::ENDPOINT,
+                Hooks::none(),
+                shutdown.clone().cancelled_owned(),
+            )))
         }
         None => None,
     };
@@ -193,10 +193,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         header_read_timeout: args.header_timeout,
         ..ServerConfig::default()
     };
-    crate::api::serve(listener, app, server, metrics, async move {
-        sluice_worker::cli::terminated().await;
-        waits.cancel();
-    })
+    crate::api::serve(
+        listener,
+        app,
+        server,
+        Hooks {
+            opened: Box::new(move || metrics.connection_opened()),
+            // The API never evicts (`ServerConfig::API`).
+            evicted: Box::new(|| ()),
+        },
+        async move {
+            sluice_worker::cli::terminated().await;
+            waits.cancel();
+        },
+    )
     .await;
     shutdown.cancel();
     let _ = dispatcher.await;

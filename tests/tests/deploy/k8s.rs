@@ -340,3 +340,40 @@ fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
         .find(|v| v["name"].as_str() == Some(name))
         .unwrap_or_else(|| panic!("no volume {name}"))
 }
+
+#[test]
+fn the_workers_metrics_port_is_reachable_only_from_monitoring() {
+    let policy = resource("NetworkPolicy", "sluice-worker-metrics");
+    let worker = resource("Deployment", "sluice-worker");
+    let pod = &worker["spec"]["template"];
+    // It selects the worker's pods.
+    let selected = policy["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels");
+    for (key, value) in selected {
+        assert_eq!(&pod["metadata"]["labels"][key], value, "label {key:?}");
+    }
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_yaml_ng::from_str::<Value>("[Ingress]").unwrap()
+    );
+    // One rule: the worker's metrics port, from one namespace.
+    let rules = policy["spec"]["ingress"].as_sequence().expect("ingress");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let ports = rules[0]["ports"].as_sequence().expect("ports");
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let container_ports = pod["spec"]["containers"][0]["ports"]
+        .as_sequence()
+        .expect("the worker's ports");
+    let named = container_ports
+        .iter()
+        .find(|p| p["name"] == ports[0]["port"])
+        .unwrap_or_else(|| panic!("no worker port named {:?}", ports[0]["port"]));
+    assert_eq!(named["containerPort"].as_u64(), Some(9464));
+    let from = rules[0]["from"].as_sequence().expect("from");
+    assert_eq!(from.len(), 1, "{from:?}");
+    assert!(
+        !from[0]["namespaceSelector"]["matchLabels"].is_null() && from[0]["podSelector"].is_null(),
+        "{from:?}"
+    );
+}

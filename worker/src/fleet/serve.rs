@@ -123,17 +123,12 @@ pub async fn serve(config: FleetConfig, shutdown: CancellationToken) -> Result<(
         // runs without its endpoint, as before.
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
-                let endpoint = tokio::spawn(metrics::serve_endpoint(
+                tokio::spawn(metrics::serve_endpoint(
                     listener,
                     metrics.clone(),
                     health.clone(),
                     endpoint_stop,
                 ));
-                tokio::spawn(async move {
-                    if let Ok(Err(error)) = endpoint.await {
-                        tracing::error!(%error, %addr, "metrics endpoint failed");
-                    }
-                });
             }
             Err(error) => tracing::error!(%error, %addr, "metrics endpoint failed"),
         }
