@@ -14,9 +14,10 @@
 --              ASK/TRYAGAIN instead of reading as missing.
 -- KEYS[5…]    per job, in order: its result key, then, when its staged flag is 1, its
 --              staged key (`staged:<entry id>:<consumer>`, keys.rs), where the caller
---              SET the encoded result (PX a short staging TTL, STAGED_TTL in
---              completions.rs) in the same round trip, just before this script (an inline job declares no staged key: a key per
---              job is a Lua string the no-op's completions would pay for)
+--              SET the encoded result (PX a short staging TTL, `staged_ttl` in
+--              completions.rs) in the same round trip, just before this script (an
+--              inline job declares no staged key: a key per job is a Lua string the
+--              no-op's completions would pay for)
 -- ARGV[1]      consumer group
 -- ARGV[2]      result TTL, ms
 -- ARGV[3]      notice TTL, ms (notices older than this are trimmed)
@@ -28,16 +29,16 @@
 --              moved with RENAMENX, no copy through Lua; '0': it is the ARGV value)
 -- Returns      an error, with nothing written, when the declared keys do not match the
 --              per-job staged flags (a caller bug: a key would be renamed onto another
---              job's); else per job: 1 stored; 0 a result was already stored (duplicate; the entry,
---              if still there, is removed); 2 stale: the entry is gone (retried, dead-
---              lettered, released, cancelled, or lost with Redis's data) and nothing
---              changed; 3 the staged result is missing (expired or evicted between its
---              SET and this script, or its SET failed): nothing stored, the entry left
---              pending, so the job runs again after its lease; or 'CORRUPT <key> …'
---              when a key of that job is corrupt (that job's entry is left where it
---              was). Whatever the reply, no staged key of this call is left behind: one
---              not renamed to its result is deleted (a script that fails on a corrupt
---              shared key deletes them before it answers).
+--              job's); else per job: 1 stored; 0 a result was already stored (duplicate;
+--              the entry, if still there, is removed); 2 stale: the entry is gone (retried,
+--              dead-lettered, released, cancelled, or lost with Redis's data) and nothing
+--              changed; 3 the staged result is missing (expired or evicted between its SET
+--              and this script, or its SET failed): nothing stored, the entry left pending,
+--              so the job runs again after its lease (the flusher first resends it inline);
+--              or 'CORRUPT <key> …' when a key of that job is corrupt (that job's entry is
+--              left where it was). Whatever the reply, no staged key of this call is left
+--              behind: one not renamed to its result is deleted (a script that fails on a
+--              corrupt shared key deletes them before it answers).
 --
 -- Ownership: a result is stored only while the entry is still pending in the group,
 -- whoever holds it now. Pending to the caller: it owns the job. Pending to another
@@ -133,8 +134,9 @@ for i = 1, n do
   local stored = false
   if not problem and pending[entry] then
     if staged then
-      -- RENAMENX keeps the staged key's TTL (the result TTL) and copies nothing; a
-      -- missing staged key is an error reply, caught here.
+      -- RENAMENX copies nothing and keeps the staged key's short TTL, so the result
+      -- gets the result TTL from PEXPIRE; a missing staged key is an error reply,
+      -- caught here.
       local moved = redis.pcall('RENAMENX', staged_key, key)
       if type(moved) == 'table' and moved.err then
         missing = redis.call('EXISTS', key) == 0
