@@ -191,7 +191,12 @@ impl WorkerHealth {
             self.claim_completed(now);
         }
         let kind: u8 = match error {
-            QueueError::Unavailable(message) => redis_code(message)
+            // A large result whose staged copy was missing and whose inline resend then
+            // failed: the resend's failure is Redis's (a full Redis refuses both).
+            QueueError::Unavailable(message)
+            | QueueError::StagedResultMissing {
+                resend: message, ..
+            } => redis_code(message)
                 .and_then(|code| REDIS_CODES.iter().position(|(c, _)| *c == code))
                 .map_or(1, |i| {
                     3u8.saturating_add(u8::try_from(i).unwrap_or(u8::MAX))
@@ -480,6 +485,25 @@ mod tests {
         );
         for i in 0..u64::from(UNREADY_AFTER) {
             health.queue_error(t0 + secs(i), QueueOp::Renew, &oom);
+        }
+        let reason = health.readiness(t0 + secs(3)).expect_err("not ready");
+        assert!(
+            reason.to_string().contains("last: Redis replied OOM"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_large_result_refused_twice_by_a_full_redis_counts_as_a_redis_failure() {
+        let t0 = Instant::now();
+        let health = WorkerHealth::at(t0, 1, 0, BOUND);
+        let refused = QueueError::StagedResultMissing {
+            entry_id: "1-0".into(),
+            why: sluice_shared::queue::StagedLoss::Refused { code: "OOM".into() },
+            resend: "OOM: command not allowed when used memory > 'maxmemory'.".into(),
+        };
+        for i in 0..u64::from(UNREADY_AFTER) {
+            health.queue_error(t0 + secs(i), QueueOp::Complete, &refused);
         }
         let reason = health.readiness(t0 + secs(3)).expect_err("not ready");
         assert!(
