@@ -501,3 +501,56 @@ async fn a_large_completion_after_a_redis_restart_is_staged_again_and_stored() {
     assert_eq!(queue.stats().await.unwrap().leased, 0);
     assert_nothing_staged(&server, &queue);
 }
+
+/// `complete.lua` as the queue loads it: `check.lua`'s key checks in front.
+fn complete_script() -> String {
+    format!(
+        "{}\n{}",
+        include_str!("../../shared/src/queue/redis/scripts/check.lua"),
+        include_str!("../../shared/src/queue/redis/scripts/complete.lua")
+    )
+}
+
+/// A call whose declared keys do not match its jobs' staged flags (a caller bug: one
+/// job's staged copy would be renamed onto the next job's result key) is refused before
+/// any write: the staged copy, the job's entry and the counters are as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_keys_do_not_match_its_staged_flags_writes_nothing() {
+    let (server, queue) = fresh_queue(|_| {}).await;
+    let sent = job(20);
+    queue.enqueue(std::slice::from_ref(&sent)).await.unwrap();
+    let claimed = claim_one(&queue, "c1", LONG).await;
+    let lease = &claimed.lease;
+    let keys = queue.keys();
+    let staged = keys.staged_result(&lease.entry_id, &lease.consumer);
+    server.cli(&["SET", &staged, "copy", "PX", "60000"]);
+    let result_key = keys.result_key(sent.id);
+    let id = sent.id.to_string();
+    let script = complete_script();
+    // One job flagged staged ('1') but only its result key declared: 5 keys, not 6.
+    let reply = server.cli(&[
+        "EVAL",
+        &script,
+        "5",
+        &keys.jobs,
+        &keys.stats,
+        &keys.done,
+        &keys.owned(),
+        &result_key,
+        "workers",
+        "600000",
+        "60000",
+        keys.prefix(),
+        &lease.entry_id,
+        &id,
+        "success",
+        "",
+        &lease.consumer,
+        "1",
+    ]);
+    assert!(reply.contains("keys declared"), "{reply}");
+    assert_eq!(server.cli(&["EXISTS", &result_key]).trim(), "0");
+    assert_eq!(server.cli(&["GET", &staged]).trim(), "copy");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.leased, stats.completed), (1, 0));
+}
