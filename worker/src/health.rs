@@ -476,15 +476,13 @@ mod tests {
         assert_eq!(health.readiness(now), Ok(Healthy::Ready));
     }
 
-    #[test]
-    fn a_redis_error_reply_is_named_by_its_code() {
+    /// After `UNREADY_AFTER` spaced failures of `op` with `error`, the worker is not
+    /// ready, and says Redis replied OOM.
+    fn assert_unready_on_oom(op: QueueOp, error: &QueueError) {
         let t0 = Instant::now();
         let health = WorkerHealth::at(t0, 1, 0, BOUND);
-        let oom = QueueError::Unavailable(
-            "\"OOM\": command not allowed when used memory > 'maxmemory'.".into(),
-        );
         for i in 0..u64::from(UNREADY_AFTER) {
-            health.queue_error(t0 + secs(i), QueueOp::Renew, &oom);
+            health.queue_error(t0 + secs(i), op, error);
         }
         let reason = health.readiness(t0 + secs(3)).expect_err("not ready");
         assert!(
@@ -494,22 +492,21 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_error_reply_is_named_by_its_code() {
+        let oom = QueueError::Unavailable(
+            "\"OOM\": command not allowed when used memory > 'maxmemory'.".into(),
+        );
+        assert_unready_on_oom(QueueOp::Renew, &oom);
+    }
+
+    #[test]
     fn a_large_result_refused_twice_by_a_full_redis_counts_as_a_redis_failure() {
-        let t0 = Instant::now();
-        let health = WorkerHealth::at(t0, 1, 0, BOUND);
         let refused = QueueError::StagedResultMissing {
             entry_id: "1-0".into(),
             why: sluice_shared::queue::StagedLoss::Refused { code: "OOM".into() },
             resend: "OOM: command not allowed when used memory > 'maxmemory'.".into(),
         };
-        for i in 0..u64::from(UNREADY_AFTER) {
-            health.queue_error(t0 + secs(i), QueueOp::Complete, &refused);
-        }
-        let reason = health.readiness(t0 + secs(3)).expect_err("not ready");
-        assert!(
-            reason.to_string().contains("last: Redis replied OOM"),
-            "{reason}"
-        );
+        assert_unready_on_oom(QueueOp::Complete, &refused);
     }
 
     #[test]

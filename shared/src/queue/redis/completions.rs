@@ -43,11 +43,12 @@ impl PendingCompletion {
 }
 
 /// Results whose encoded length is at least this many bytes are staged: the flusher
-/// pipelines `SET <staged key> <result> PX <result TTL>` before `complete.lua`, which
-/// moves the staged key onto the result key with `RENAMENX` (no copy through Lua, the
-/// TTL kept), instead of passing the result in ARGV, where Redis's Lua hashes every
-/// byte of it into a Lua string and copies it again into the stored value. Smaller
-/// results go inline: staging costs a command of its own per job.
+/// pipelines `SET <staged key> <result> PX <staging TTL>` ([`staged_ttl`]) before
+/// `complete.lua`, which moves the staged key onto the result key with `RENAMENX` (no
+/// copy through Lua) and gives it the result TTL, instead of passing the result in
+/// ARGV, where Redis's Lua hashes every byte of it into a Lua string and copies it
+/// again into the stored value. Smaller results go inline: staging costs a command of
+/// its own per job.
 ///
 /// Measured with `scripts/redis-probe-staged`, whose staged mode does what complete.lua
 /// does (`SET PX` the staging TTL, `RENAMENX`, `PEXPIRE` the result TTL) with keys as
